@@ -1,0 +1,55 @@
+"""Request dependencies: the services container and the calling principal."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from modelport.catalog.service import CatalogService
+from modelport.config import Settings
+from modelport.db.engine import Database
+from modelport.errors import Unauthenticated
+from modelport.identity.principal import Principal
+from modelport.identity.service import IdentityService
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    identity: IdentityService
+    catalog: CatalogService
+    extra: dict[str, object] = field(default_factory=dict)  # later subsystems register here
+
+
+def services(request: Request) -> Services:
+    return request.app.state.services
+
+
+def bearer(authorization: str | None) -> str | None:
+    if not authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("Send the key as 'Authorization: Bearer <key>'.")
+    return token.strip()
+
+
+def principal(
+    request: Request,
+    svc: Annotated[Services, Depends(services)],
+    authorization: Annotated[str | None, Header()] = None,
+    x_modelport_workspace: Annotated[str | None, Header(description="Platform admins: act in this workspace.")] = None,
+) -> Principal:
+    token = bearer(authorization)
+    if token and token.startswith("mpd_"):
+        raise Unauthenticated("Deployment keys call inference routes only; use an API key on /api/v1.")
+    p = svc.identity.authenticate(token, x_modelport_workspace)
+    request.state.principal = p
+    return p
+
+
+Svc = Annotated[Services, Depends(services)]
+Caller = Annotated[Principal, Depends(principal)]

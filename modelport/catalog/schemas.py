@@ -1,0 +1,106 @@
+"""Wire schemas of the catalog routes (control plane)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Task = Literal["chat-completion", "embeddings"]
+Format = Literal["gguf", "safetensors"]
+DeploymentType = Literal["dedicated", "serverless"]
+
+
+class UploadFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: str = Field(min_length=1, max_length=300, description="Relative file name inside the model.")
+    size: int = Field(ge=0, description="Exact size in bytes.")
+
+
+class UploadCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=100)
+    version: str = Field(default="1", min_length=1, max_length=64)
+    format: Format
+    task: Task | None = Field(default=None, description="Read from the files when omitted.")
+    scope: Literal["workspace", "catalog"] = Field(
+        default="workspace", description="`catalog` (platform admin) or private to your workspace."
+    )
+    publisher: str | None = Field(default=None, max_length=100)
+    license: str = Field(default="NOASSERTION", max_length=64, description="SPDX licence id.")
+    license_url: str | None = Field(default=None, max_length=500)
+    card: str = Field(default="", max_length=200_000, description="Model card, markdown.")
+    downloadable: bool = False
+    finetunable: bool = False
+    deployment_types: list[DeploymentType] = Field(default_factory=lambda: ["dedicated", "serverless"])
+    files: list[UploadFile] = Field(min_length=1, max_length=500)
+
+
+class UploadOut(BaseModel):
+    id: str
+    name: str
+    version: str
+    files: list[UploadFile]
+    received: list[str]
+    expires_at: datetime
+
+
+class ModelUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    curated: bool | None = None
+    downloadable: bool | None = None
+    finetunable: bool | None = None
+    deprecated: bool | None = None
+    card: str | None = Field(default=None, max_length=200_000)
+    deployment_types: list[DeploymentType] | None = None
+
+
+class FileOut(BaseModel):
+    path: str
+    size: int
+    sha256: str
+
+
+class LicenseOut(BaseModel):
+    spdx: str
+    url: str | None
+
+
+class ScanOut(BaseModel):
+    status: Literal["passed", "failed"]
+    scanned_at: datetime
+    findings: list[dict]
+
+
+class ModelOut(BaseModel):
+    id: str
+    name: str
+    version: str
+    publisher: str
+    license: LicenseOut
+    task: str
+    format: str
+    size_bytes: int
+    files: list[FileOut]
+    scan: ScanOut
+    curated: bool
+    downloadable: bool
+    finetunable: bool
+    deployment_types: list[str]
+    owner: Literal["platform", "workspace"]
+    source: str
+    deprecated: bool
+    metadata: dict
+    offer: dict | None
+    created_at: datetime
+
+
+class ModelDetailOut(ModelOut):
+    card: str
+    scan_report: dict
+
+
+class ModelPage(BaseModel):
+    data: list[ModelOut]
+    next_cursor: str | None

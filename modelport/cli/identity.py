@@ -1,0 +1,197 @@
+"""CLI: workspaces, users, members, API keys, audit."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from modelport.cli.common import JsonOpt, client, handle_errors
+from modelport.cli.output import console, err_console, kv, print_json, table
+
+workspaces = typer.Typer(help="Workspaces (tenants) and their members.", no_args_is_help=True)
+users = typer.Typer(help="Users of the installation (platform admin).", no_args_is_help=True)
+apikeys = typer.Typer(help="API keys of the current workspace.", no_args_is_help=True)
+
+ROLES = ["owner", "contributor", "reader"]
+
+
+@workspaces.command("list")
+@handle_errors
+def ws_list(ctx: typer.Context, json: JsonOpt = False) -> None:
+    """List the workspaces you belong to (platform admins: all)."""
+    rows = client(ctx).request("GET", "/api/v1/workspaces")
+    if json:
+        return print_json(rows)
+    table(rows, [("NAME", "name"), ("ID", "id"), ("YOUR ROLE", "role"), ("CREATED", "created_at")])
+
+
+@workspaces.command("create")
+@handle_errors
+def ws_create(ctx: typer.Context, name: str, description: str = "",
+              owner: Annotated[str | None, typer.Option(help="User who owns it (default: you).")] = None,
+              json: JsonOpt = False) -> None:
+    """Create a workspace (platform admin)."""
+    ws = client(ctx).request("POST", "/api/v1/workspaces",
+                             json={"name": name, "description": description, "owner": owner})
+    if json:
+        return print_json(ws)
+    console.print(f"Created workspace [bold]{ws['name']}[/bold] ({ws['id']}).")
+
+
+@workspaces.command("show")
+@handle_errors
+def ws_show(ctx: typer.Context, name: str, json: JsonOpt = False) -> None:
+    ws = client(ctx).request("GET", f"/api/v1/workspaces/{name}")
+    if json:
+        return print_json(ws)
+    kv(ws, [("Name", "name"), ("ID", "id"), ("Description", "description"), ("Created", "created_at")])
+
+
+@workspaces.command("delete")
+@handle_errors
+def ws_delete(ctx: typer.Context, name: str,
+              yes: Annotated[bool, typer.Option("--yes", help="Confirm without asking.")] = False,
+              json: JsonOpt = False) -> None:
+    """Delete a workspace and everything in it."""
+    if not yes:
+        typer.confirm(f"Delete workspace '{name}' and everything in it?", abort=True)
+    client(ctx).request("DELETE", f"/api/v1/workspaces/{name}")
+    if json:
+        return print_json({"deleted": name})
+    console.print(f"Deleted workspace {name}.")
+
+
+@workspaces.command("members")
+@handle_errors
+def ws_members(ctx: typer.Context, json: JsonOpt = False) -> None:
+    """List the members of the current workspace."""
+    rows = client(ctx).request("GET", "/api/v1/members")
+    if json:
+        return print_json(rows)
+    table(rows, [("USER", "user"), ("ROLE", "role"), ("USER ID", "user_id"), ("SINCE", "created_at")])
+
+
+@workspaces.command("add-member")
+@handle_errors
+def ws_add_member(ctx: typer.Context, user: str,
+                  role: Annotated[str, typer.Option(help="owner | contributor | reader")] = "reader",
+                  to: Annotated[str | None, typer.Option("--to", help="Platform admins: another workspace.")] = None,
+                  json: JsonOpt = False) -> None:
+    """Add a user to the current workspace (or, as platform admin, to --to WORKSPACE)."""
+    if role not in ROLES:
+        raise typer.BadParameter(f"role must be one of {', '.join(ROLES)}", param_hint="--role")
+    path = f"/api/v1/workspaces/{to}/members" if to else "/api/v1/members"
+    m = client(ctx).request("POST", path, json={"user": user, "role": role})
+    if json:
+        return print_json(m)
+    console.print(f"Added {m['user']} as {m['role']}.")
+
+
+@workspaces.command("set-role")
+@handle_errors
+def ws_set_role(ctx: typer.Context, user: str, role: str, json: JsonOpt = False) -> None:
+    if role not in ROLES:
+        raise typer.BadParameter(f"role must be one of {', '.join(ROLES)}", param_hint="ROLE")
+    m = client(ctx).request("PATCH", f"/api/v1/members/{user}", json={"role": role})
+    if json:
+        return print_json(m)
+    console.print(f"{m['user']} is now {m['role']}.")
+
+
+@workspaces.command("remove-member")
+@handle_errors
+def ws_remove_member(ctx: typer.Context, user: str, json: JsonOpt = False) -> None:
+    client(ctx).request("DELETE", f"/api/v1/members/{user}")
+    if json:
+        return print_json({"removed": user})
+    console.print(f"Removed {user}; their keys in this workspace were revoked.")
+
+
+@users.command("list")
+@handle_errors
+def users_list(ctx: typer.Context, json: JsonOpt = False) -> None:
+    rows = client(ctx).request("GET", "/api/v1/users")
+    if json:
+        return print_json(rows)
+    table(rows, [("NAME", "name"), ("ID", "id"), ("EMAIL", "email"), ("ADMIN", "platform_admin"),
+                 ("DISABLED", "disabled")])
+
+
+@users.command("create")
+@handle_errors
+def users_create(ctx: typer.Context, name: str, email: str | None = None,
+                 platform_admin: Annotated[bool, typer.Option("--platform-admin")] = False,
+                 json: JsonOpt = False) -> None:
+    u = client(ctx).request("POST", "/api/v1/users",
+                            json={"name": name, "email": email, "platform_admin": platform_admin})
+    if json:
+        return print_json(u)
+    console.print(f"Created user [bold]{u['name']}[/bold] ({u['id']}).")
+
+
+@users.command("disable")
+@handle_errors
+def users_disable(ctx: typer.Context, name: str, json: JsonOpt = False) -> None:
+    u = client(ctx).request("PATCH", f"/api/v1/users/{name}", json={"disabled": True})
+    if json:
+        return print_json(u)
+    console.print(f"Disabled {u['name']}; their keys stop working.")
+
+
+@users.command("enable")
+@handle_errors
+def users_enable(ctx: typer.Context, name: str, json: JsonOpt = False) -> None:
+    u = client(ctx).request("PATCH", f"/api/v1/users/{name}", json={"disabled": False})
+    if json:
+        return print_json(u)
+    console.print(f"Enabled {u['name']}.")
+
+
+@apikeys.command("create")
+@handle_errors
+def keys_create(ctx: typer.Context, name: str = "",
+                expires_in_days: Annotated[int | None, typer.Option(help="Expire after this many days.")] = None,
+                user: Annotated[str | None, typer.Option(help="Owners: create it for this member.")] = None,
+                json: JsonOpt = False) -> None:
+    """Create an API key. The key is shown once."""
+    k = client(ctx).request("POST", "/api/v1/apikeys",
+                            json={"name": name, "expires_in_days": expires_in_days, "user": user})
+    if json:
+        return print_json(k)
+    err_console.print(f"Created API key {k['id']}. Store it now; it is not shown again:")
+    console.print(k["key"], highlight=False, soft_wrap=True)
+
+
+@apikeys.command("list")
+@handle_errors
+def keys_list(ctx: typer.Context, json: JsonOpt = False) -> None:
+    rows = client(ctx).request("GET", "/api/v1/apikeys")
+    if json:
+        return print_json(rows)
+    table(rows, [("ID", "id"), ("NAME", "name"), ("USER", "user_id"), ("CREATED", "created_at"),
+                 ("EXPIRES", "expires_at"), ("LAST USED", "last_used_at"), ("REVOKED", "revoked_at")])
+
+
+@apikeys.command("revoke")
+@handle_errors
+def keys_revoke(ctx: typer.Context, key_id: str, json: JsonOpt = False) -> None:
+    k = client(ctx).request("DELETE", f"/api/v1/apikeys/{key_id}")
+    if json:
+        return print_json(k)
+    console.print(f"Revoked {k['id']}.")
+
+
+@handle_errors
+def audit(ctx: typer.Context,
+          all_workspaces: Annotated[bool, typer.Option("--all", help="Platform admins: every workspace.")] = False,
+          action: str | None = None, limit: int = 50, json: JsonOpt = False) -> None:
+    """Show the audit log of the current workspace (owners) or of all (platform admins)."""
+    rows = client(ctx).request("GET", "/api/v1/audit",
+                               params={k: v for k, v in {"all_workspaces": all_workspaces, "action": action,
+                                                         "limit": limit}.items() if v not in (None, False)})
+    if json:
+        return print_json(rows)
+    table(rows, [("WHEN", "at"), ("ACTION", "action"), ("OUTCOME", "outcome"), ("ACTOR", "actor_user_id"),
+                 ("RESOURCE", lambda r: f"{r['resource_type'] or ''} {r['resource_id'] or ''}".strip()),
+                 ("WORKSPACE", "workspace_id")])

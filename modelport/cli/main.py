@@ -1,0 +1,120 @@
+"""The `modelport` command: a client of the REST API, plus `serve` to run the server."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from modelport import __version__
+from modelport.cli import identity as identity_cli
+from modelport.cli import models as models_cli
+from modelport.cli.common import JsonOpt, client, handle_errors
+from modelport.cli.output import console, err_console, kv, print_json
+
+app = typer.Typer(name="modelport", help="Self-hosted model catalog and Models-as-a-Service.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+app.add_typer(identity_cli.workspaces, name="workspaces")
+app.add_typer(identity_cli.users, name="users")
+app.add_typer(identity_cli.apikeys, name="apikeys")
+app.add_typer(models_cli.models, name="models")
+app.command("audit")(identity_cli.audit)
+
+
+@app.callback()
+def root(ctx: typer.Context,
+         url: Annotated[str | None, typer.Option(help="Server URL (env MODELPORT_URL).")] = None,
+         api_key: Annotated[str | None, typer.Option(help="API key (env MODELPORT_API_KEY; default "
+                                                          "$MODELPORT_HOME/admin.key).")] = None,
+         workspace: Annotated[str | None, typer.Option(help="Platform admins: act in this workspace.")] = None,
+         ) -> None:
+    ctx.obj = {"url": url, "api_key": api_key, "workspace": workspace}
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    console.print(__version__)
+
+
+@app.command()
+def serve(host: Annotated[str | None, typer.Option(help="Bind address (env MODELPORT_HOST).")] = None,
+          port: Annotated[int | None, typer.Option(help="Port (env MODELPORT_PORT).")] = None) -> None:
+    """Run the server in the foreground on the embedded defaults (Ctrl-C stops it)."""
+    import uvicorn
+
+    from modelport import logs
+    from modelport.api.app import create_app
+    from modelport.bootstrap import build_services, prepare
+    from modelport.config import build_settings
+
+    overrides: dict[str, object] = {}
+    if host:
+        overrides["host"] = host
+    if port:
+        overrides["port"] = port
+    try:
+        settings = build_settings(**overrides)
+    except ValueError as exc:
+        err_console.print(f"[red]Invalid configuration:[/red] {exc}")
+        raise typer.Exit(2) from None
+    logs.configure(settings.log_level, settings.log_file)
+    services = build_services(settings)
+    err_console.print(f"modelport {__version__}: preparing {settings.home} (migrations, bundled models)...")
+    result = prepare(services)
+    _announce(settings, result)
+    uvicorn.run(create_app(settings, services), host=settings.host, port=settings.port, log_config=None,
+                access_log=False, lifespan="on", timeout_graceful_shutdown=10)
+
+
+def _announce(settings, result) -> None:  # type: ignore[no-untyped-def]
+    if result.admin_key:
+        err_console.print(f"Created the platform admin, the 'default' workspace and an admin key, saved to "
+                          f"{settings.admin_key_file} (mode 0600).")
+        if sys.stdout.isatty():
+            # Shown once on a terminal; never when output goes to a file or a log collector.
+            console.print(f"Admin key (shown once): [bold]{result.admin_key}[/bold]", highlight=False)
+    for p in result.problems:
+        err_console.print(f"[yellow]Bundled model skipped:[/yellow] {p}")
+    err_console.print(
+        f"\nmodelport is starting on {settings.base_url}\n"
+        f"Next steps, in another terminal (the CLI reads {settings.admin_key_file}):\n"
+        f"  .venv/bin/modelport status\n"
+        f"  .venv/bin/modelport models list\n"
+        f"  .venv/bin/modelport models show SmolLM2-135M-Instruct\n"
+        f"  open {settings.base_url}/docs for the REST API\n",
+        highlight=False,
+    )
+
+
+@app.command()
+@handle_errors
+def status(ctx: typer.Context, json: JsonOpt = False) -> None:
+    """Report whether the server is alive and ready, and who you are."""
+    c = client(ctx)
+    alive = c.request("GET", "/healthz")
+    import httpx
+
+    with c.http() as http:
+        r = http.get("/readyz")
+    ready = r.json()
+    me = None
+    if c.key:
+        try:
+            me = c.request("GET", "/api/v1/me")
+        except Exception:  # status still reports health without a valid key
+            me = None
+    out = {"url": c.url, "alive": alive["status"] == "ok", "version": alive["version"],
+           "ready": ready["status"] == "ready", "checks": ready["checks"], "me": me}
+    del httpx
+    if json:
+        print_json(out)
+    else:
+        kv(out, [("Server", "url"), ("Version", "version"), ("Alive", "alive"), ("Ready", "ready"),
+                 ("Database", lambda d: d["checks"].get("database")),
+                 ("Migrations", lambda d: d["checks"].get("migrations")),
+                 ("You", lambda d: f"{d['me']['user']} in {d['me']['workspace']} ({d['me']['role'] or 'no role'})"
+                  if d["me"] else "not signed in")])
+    if r.status_code != 200:
+        raise typer.Exit(1)

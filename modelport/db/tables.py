@@ -1,0 +1,140 @@
+"""Persistence models. Wire schemas live next to the routes; these are the tables.
+
+Nothing a user sends to a model (prompt, output, training text) has a column here, and no
+table holds a plaintext key: API keys are stored as a lookup id plus a SHA-256 digest.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from modelport.db.base import Base, UTCDateTime, utcnow
+
+
+class Workspace(Base):
+    __tablename__ = "workspaces"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    email: Mapped[str | None] = mapped_column(String(254), nullable=True)
+    is_platform_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Membership(Base):
+    __tablename__ = "memberships"
+    __table_args__ = (UniqueConstraint("workspace_id", "user_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    role: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    user: Mapped[User] = relationship(lazy="joined")
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # key_<lookup id>, also in the secret
+    name: Mapped[str] = mapped_column(String(64), default="")
+    digest: Mapped[str] = mapped_column(String(64))  # sha256 of the whole secret, hex
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class CatalogModel(Base):
+    """A model in the catalog: catalog-wide (owner_workspace_id NULL) or private to a workspace.
+
+    `scope_key` is the owner workspace id, or "" for catalog-wide models, so that one unique
+    constraint covers both kinds on every backend (NULLs never collide in SQL).
+    """
+
+    __tablename__ = "models"
+    __table_args__ = (UniqueConstraint("scope_key", "name", "version"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    version: Mapped[str] = mapped_column(String(64))
+    scope_key: Mapped[str] = mapped_column(String(40), index=True)
+    owner_workspace_id: Mapped[str | None] = mapped_column(
+        ForeignKey("workspaces.id", ondelete="CASCADE"), nullable=True
+    )
+    publisher: Mapped[str] = mapped_column(String(100))
+    license_spdx: Mapped[str] = mapped_column(String(64))
+    license_url: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    license_text: Mapped[str | None] = mapped_column(Text, nullable=True)
+    task: Mapped[str] = mapped_column(String(32))
+    format: Mapped[str] = mapped_column(String(16))
+    card: Mapped[str] = mapped_column(Text, default="")
+    model_metadata: Mapped[dict] = mapped_column(JSON, default=dict)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    scan_status: Mapped[str] = mapped_column(String(16))  # passed | failed
+    scan_report: Mapped[dict] = mapped_column(JSON, default=dict)
+    scanned_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    curated: Mapped[bool] = mapped_column(Boolean, default=False)
+    downloadable: Mapped[bool] = mapped_column(Boolean, default=False)
+    finetunable: Mapped[bool] = mapped_column(Boolean, default=False)
+    deployment_types: Mapped[list] = mapped_column(JSON, default=list)
+    source: Mapped[str] = mapped_column(String(16))  # bundled | imported | finetuned
+    deprecated: Mapped[bool] = mapped_column(Boolean, default=False)
+    offer: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # marketplace terms, later issue
+    created_by: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    files: Mapped[list[ModelFile]] = relationship(
+        back_populates="model", cascade="all, delete-orphan", lazy="selectin", order_by="ModelFile.path"
+    )
+
+
+class ModelFile(Base):
+    __tablename__ = "model_files"
+    __table_args__ = (UniqueConstraint("model_id", "path"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
+    path: Mapped[str] = mapped_column(String(300))  # relative name inside the model
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    location: Mapped[str] = mapped_column(Text)  # absolute path (bundled) or blob-relative path (imported)
+
+    model: Mapped[CatalogModel] = relationship(back_populates="files")
+
+
+class AuditEvent(Base):
+    """Who did what to which resource, when, and how it ended. Never a request body."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_ws_at", "workspace_id", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    actor_user_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    actor_key_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    workspace_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    action: Mapped[str] = mapped_column(String(64))
+    resource_type: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    resource_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    outcome: Mapped[str] = mapped_column(String(16))  # success | denied | failed
+    status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    request_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    detail: Mapped[dict] = mapped_column(JSON, default=dict)

@@ -1,0 +1,98 @@
+"""The one exception hierarchy of modelport.
+
+    ModelportError                      base of everything we raise on purpose
+    ├── UserError                       the caller can fix it; mapped to a 4xx answer
+    │   ├── InvalidInput          400   a value is wrong; `field` names it, the value is never echoed
+    │   ├── Unauthenticated       401   no key, an unknown key, a revoked or expired key
+    │   ├── Forbidden             403   the key is valid but its role may not do this
+    │   ├── NotFound              404   missing, or belongs to another workspace (never told apart)
+    │   ├── Conflict              409   a duplicate name, a state that does not allow the action
+    │   ├── PayloadTooLarge       413   a body over the configured limit
+    │   ├── Unprocessable         422   the input parsed but is not a valid artifact (GGUF, dataset...)
+    │   └── TooManyRequests       429   a bounded queue is full; `retry_after` in seconds
+    └── InternalError                   our side failed; mapped to 5xx, the message stays generic
+        ├── ServiceUnavailable    503   a dependency (key provider, worker pool) is down
+        └── IntegrityError        500   stored bytes do not match their recorded hash
+
+Domain code raises these; it never raises HTTP exceptions. One handler per surface maps them to
+the control-plane JSON shape, the OpenAI shape on /v1 and the Azure shape on /deployments.
+Messages say what was wrong and what to do, and never contain user content (prompts, outputs,
+keys, field values).
+"""
+
+from __future__ import annotations
+
+
+class ModelportError(Exception):
+    status_code = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, field: str | None = None, details: dict | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.details = details or {}
+
+
+class UserError(ModelportError):
+    status_code = 400
+    code = "invalid_request"
+
+
+class InvalidInput(UserError):
+    status_code = 400
+    code = "invalid_input"
+
+
+class Unauthenticated(UserError):
+    status_code = 401
+    code = "unauthenticated"
+
+
+class Forbidden(UserError):
+    status_code = 403
+    code = "forbidden"
+
+
+class NotFound(UserError):
+    status_code = 404
+    code = "not_found"
+
+
+class Conflict(UserError):
+    status_code = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(UserError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class Unprocessable(UserError):
+    status_code = 422
+    code = "unprocessable"
+
+
+class TooManyRequests(UserError):
+    status_code = 429
+    code = "too_many_requests"
+
+    def __init__(self, message: str, *, retry_after: int = 1, **kw) -> None:
+        super().__init__(message, **kw)
+        self.retry_after = retry_after
+
+
+class InternalError(ModelportError):
+    status_code = 500
+    code = "internal_error"
+
+
+class ServiceUnavailable(InternalError):
+    status_code = 503
+    code = "service_unavailable"
+
+
+class IntegrityError(InternalError):
+    status_code = 500
+    code = "integrity_error"

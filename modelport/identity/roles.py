@@ -1,0 +1,83 @@
+"""The role table, written once and enforced here and nowhere else.
+
+| action                  | reader | contributor | owner | platform admin (without membership) |
+|-------------------------|:------:|:-----------:|:-----:|:------------------------------------:|
+| workspace.read          |   x    |      x      |   x   |                                      |
+| members.read            |   x    |      x      |   x   |                                      |
+| members.write           |        |             |   x   |  x (audited; adding itself flagged)   |
+| apikeys.own             |   x    |      x      |   x   |                                      |
+| apikeys.manage          |        |             |   x   |                                      |
+| models.read             |   x    |      x      |   x   |                                      |
+| models.import           |        |      x      |   x   |                                      |
+| models.manage           |        |             |   x   |                                      |
+| deployments.read        |   x    |      x      |   x   |                                      |
+| deployments.write       |        |      x      |   x   |                                      |
+| deployments.call        |   x    |      x      |   x   |                                      |
+| datasets.read           |   x    |      x      |   x   |                                      |
+| datasets.write          |        |      x      |   x   |                                      |
+| finetuning.read         |   x    |      x      |   x   |                                      |
+| finetuning.write        |        |      x      |   x   |                                      |
+| keys.manage (cmk, workspace key) |  |          |   x   |                                      |
+| safety.manage           |        |             |   x   |                                      |
+| audit.read              |        |             |   x   |  x (all workspaces)                   |
+| workspace.delete        |        |             |   x   |  x                                   |
+
+Platform-wide actions (`platform.*`: create workspaces, manage users, catalog-wide models,
+the platform key) need the platform-admin flag. A platform admin reaches a workspace's
+resources only as a member of it; the table above applies to it like to anyone else.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Role(StrEnum):
+    READER = "reader"
+    CONTRIBUTOR = "contributor"
+    OWNER = "owner"
+
+
+RANK = {Role.READER: 1, Role.CONTRIBUTOR: 2, Role.OWNER: 3}
+
+# action -> least role that may do it, inside the caller's workspace
+WORKSPACE_ACTIONS: dict[str, Role] = {
+    "workspace.read": Role.READER,
+    "workspace.delete": Role.OWNER,
+    "members.read": Role.READER,
+    "members.write": Role.OWNER,
+    "apikeys.own": Role.READER,
+    "apikeys.manage": Role.OWNER,
+    "models.read": Role.READER,
+    "models.import": Role.CONTRIBUTOR,
+    "models.manage": Role.OWNER,
+    "deployments.read": Role.READER,
+    "deployments.write": Role.CONTRIBUTOR,
+    "deployments.call": Role.READER,
+    "datasets.read": Role.READER,
+    "datasets.write": Role.CONTRIBUTOR,
+    "finetuning.read": Role.READER,
+    "finetuning.write": Role.CONTRIBUTOR,
+    "keys.manage": Role.OWNER,
+    "safety.manage": Role.OWNER,
+    "audit.read": Role.OWNER,
+}
+
+PLATFORM_ACTIONS = frozenset(
+    {
+        "platform.workspaces",  # create, list all, delete any workspace
+        "platform.users",  # create, list, disable users; add members anywhere
+        "platform.models",  # import, curate, deprecate, delete catalog-wide models
+        "platform.keys",  # rotate and rewrap the platform key
+        "platform.audit",  # read every workspace's audit log
+    }
+)
+
+
+def role_allows(role: Role | str | None, action: str) -> bool:
+    if role is None:
+        return False
+    need = WORKSPACE_ACTIONS.get(action)
+    if need is None:
+        raise KeyError(f"unknown action {action!r}")  # a bug in our code, not a user error
+    return RANK[Role(role)] >= RANK[need]

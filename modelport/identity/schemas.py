@@ -1,0 +1,96 @@
+"""Wire schemas of workspaces, users, members and API keys."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from modelport.identity.roles import Role
+
+
+class WorkspaceCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=63)
+    description: str = Field(default="", max_length=500)
+    owner: str | None = Field(default=None, description="User name or id; default: you.")
+
+
+class WorkspaceOut(BaseModel):
+    id: str
+    name: str
+    description: str
+    role: Role | None = None
+    created_at: datetime
+
+
+class UserCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=63)
+    email: str | None = Field(default=None, max_length=254)
+    platform_admin: bool = False
+
+
+class UserUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    disabled: bool
+
+
+class UserOut(BaseModel):
+    id: str
+    name: str
+    email: str | None
+    platform_admin: bool
+    disabled: bool
+    created_at: datetime
+
+
+class MemberAdd(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user: str = Field(min_length=1, max_length=63, description="User name or id.")
+    role: Role
+
+
+class MemberUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Role
+
+
+class MemberOut(BaseModel):
+    user_id: str
+    user: str
+    role: Role
+    created_at: datetime
+
+
+class ApiKeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(default="", max_length=64)
+    expires_in_days: int | None = Field(default=None, ge=1, le=3650)
+    user: str | None = Field(default=None, description="Owners: create the key for this member.")
+
+
+class ApiKeyOut(BaseModel):
+    id: str
+    name: str
+    user_id: str
+    workspace_id: str
+    prefix: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+
+class ApiKeyCreated(ApiKeyOut):
+    key: str = Field(description="The secret. Shown once; store it now.")
+
+
+class MeOut(BaseModel):
+    user_id: str
+    user: str
+    platform_admin: bool
+    workspace_id: str
+    workspace: str
+    role: Role | None
+    key_id: str

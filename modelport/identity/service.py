@@ -1,0 +1,415 @@
+"""Workspaces, users, memberships and API keys: the tenancy service.
+
+Every function takes the acting Principal and checks the role table through
+`Principal.require`, so routes stay thin and the checks live in one place. A resource of
+another workspace is reported as missing (404), never as forbidden.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError as SAIntegrityError
+from sqlalchemy.orm import Session
+
+from modelport.audit import service as audit
+from modelport.db.base import new_id, utcnow
+from modelport.db.engine import Database
+from modelport.db.tables import ApiKey, Membership, User, Workspace
+from modelport.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthenticated
+from modelport.identity import secrets as keysecrets
+from modelport.identity.principal import Principal
+from modelport.identity.roles import Role
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+
+
+def check_name(value: str, field: str) -> str:
+    if not NAME_RE.match(value):
+        raise InvalidInput(
+            f"{field} must be 1-63 characters of lowercase letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit.",
+            field=field,
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class CreatedKey:
+    row: ApiKey
+    secret: str
+
+
+class LastUsedTracker:
+    """Records `last_used_at` without a database write on the request path.
+
+    Requests only touch a dict; `flush()` (called every few seconds by the server and at
+    shutdown) writes the newest timestamp of each key in one transaction.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[str, datetime] = {}
+        self._lock = threading.Lock()
+
+    def touch(self, key_id: str) -> None:
+        with self._lock:
+            self._pending[key_id] = utcnow()
+
+    def flush(self, db: Database) -> int:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        if not pending:
+            return 0
+        with db.session() as s:
+            for key_id, at in pending.items():
+                s.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=at))
+        return len(pending)
+
+
+class IdentityService:
+    AUTH_CACHE_SECONDS = 5.0
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.last_used = LastUsedTracker()
+        self._cache: dict[str, tuple[float, Principal, datetime | None]] = {}
+        self._cache_lock = threading.Lock()
+
+    # -- authentication -------------------------------------------------------------------
+
+    def authenticate(self, secret: str | None, workspace: str | None = None) -> Principal:
+        """Resolve an API key (and, for platform admins, an optional other workspace)."""
+        if not secret:
+            raise Unauthenticated("Missing API key: send 'Authorization: Bearer <key>'.")
+        parsed = keysecrets.parse(secret)
+        if parsed is None or parsed.kind != "mpk":
+            raise Unauthenticated("Invalid API key.")
+        cache_key = keysecrets.digest(secret) + "|" + (workspace or "")
+        now = time.monotonic()
+        with self._cache_lock:
+            hit = self._cache.get(cache_key)
+        if hit and hit[0] > now and (hit[2] is None or hit[2] > utcnow()):
+            self.last_used.touch(hit[1].key_id)
+            return hit[1]
+        principal, expires_at = self._authenticate_db(parsed, workspace)
+        with self._cache_lock:
+            self._cache[cache_key] = (now + self.AUTH_CACHE_SECONDS, principal, expires_at)
+        self.last_used.touch(principal.key_id)
+        return principal
+
+    def _authenticate_db(
+        self, parsed: keysecrets.ParsedSecret, workspace: str | None
+    ) -> tuple[Principal, datetime | None]:
+        with self.db.session() as s:
+            key = s.get(ApiKey, f"key_{parsed.lookup}")
+            if key is None or not keysecrets.matches(parsed.secret, key.digest):
+                raise Unauthenticated("Invalid API key.")
+            if key.revoked_at is not None:
+                raise Unauthenticated("This API key was revoked; create a new one.")
+            if key.expires_at is not None and key.expires_at <= utcnow():
+                raise Unauthenticated("This API key has expired; create a new one.")
+            user = s.get(User, key.user_id)
+            if user is None or user.disabled:
+                raise Unauthenticated("The user of this API key is disabled.")
+            ws_id = key.workspace_id
+            if workspace:
+                if not user.is_platform_admin:
+                    raise Forbidden("Only a platform admin's key may name another workspace.")
+                ws = s.scalar(select(Workspace).where((Workspace.id == workspace) | (Workspace.name == workspace)))
+                if ws is None:
+                    raise NotFound(f"Workspace '{workspace}' not found.")
+                ws_id = ws.id
+            ws = s.get(Workspace, ws_id)
+            if ws is None:
+                raise Unauthenticated("The workspace of this API key no longer exists.")
+            member = s.scalar(
+                select(Membership).where(Membership.workspace_id == ws_id, Membership.user_id == user.id)
+            )
+            if member is None and workspace:
+                # An admin reaches a workspace's resources only as a member of it.
+                raise NotFound(f"Workspace '{workspace}' not found among your memberships.")
+            return (
+                Principal(
+                    user_id=user.id,
+                    user_name=user.name,
+                    is_platform_admin=user.is_platform_admin,
+                    key_id=key.id,
+                    workspace_id=ws.id,
+                    workspace_name=ws.name,
+                    role=Role(member.role) if member else None,
+                ),
+                key.expires_at,
+            )
+
+    def invalidate_cache(self) -> None:
+        with self._cache_lock:
+            self._cache.clear()
+
+    # -- bootstrap ------------------------------------------------------------------------
+
+    def bootstrap(self) -> str | None:
+        """On first start: the platform admin, a `default` workspace it owns, an admin key.
+
+        Returns the new key's secret, or None when the installation already has an admin.
+        """
+        with self.db.session() as s:
+            if s.scalar(select(User).where(User.is_platform_admin.is_(True)).limit(1)) is not None:
+                return None
+            admin = User(id=new_id("usr"), name="admin", is_platform_admin=True)
+            ws = Workspace(id=new_id("ws"), name="default", description="Created on first start.")
+            s.add_all([admin, ws])
+            s.flush()
+            s.add(Membership(workspace_id=ws.id, user_id=admin.id, role=Role.OWNER.value))
+            created = self._new_key(s, user_id=admin.id, workspace_id=ws.id, name="admin", expires_at=None)
+            audit.record(s, None, "platform.bootstrap", resource_type="workspace", resource_id=ws.id,
+                         workspace_id=ws.id)
+            return created.secret
+
+    # -- workspaces -----------------------------------------------------------------------
+
+    def create_workspace(self, actor: Principal, name: str, description: str = "",
+                         owner: str | None = None) -> Workspace:
+        actor.require("platform.workspaces")
+        check_name(name, "name")
+        with self.db.session() as s:
+            owner_user = self._user_by_ref(s, owner) if owner else s.get(User, actor.user_id)
+            assert owner_user is not None
+            ws = Workspace(id=new_id("ws"), name=name, description=description)
+            s.add(ws)
+            try:
+                s.flush()
+            except SAIntegrityError as exc:
+                raise Conflict(f"A workspace named '{name}' already exists.", field="name") from exc
+            s.add(Membership(workspace_id=ws.id, user_id=owner_user.id, role=Role.OWNER.value))
+            audit.record(s, actor, "workspace.create", resource_type="workspace", resource_id=ws.id,
+                         workspace_id=ws.id, detail={"owner": owner_user.id})
+            if owner_user.id == actor.user_id:
+                audit.record(s, actor, "workspace.member.self_add", resource_type="workspace",
+                             resource_id=ws.id, workspace_id=ws.id, detail={"role": Role.OWNER.value})
+            return ws
+
+    def list_workspaces(self, actor: Principal) -> Sequence[tuple[Workspace, str | None]]:
+        """A platform admin sees every workspace; anyone else the workspaces they belong to."""
+        with self.db.session() as s:
+            mine = {
+                m.workspace_id: m.role
+                for m in s.scalars(select(Membership).where(Membership.user_id == actor.user_id))
+            }
+            stmt = select(Workspace).order_by(Workspace.name)
+            if not actor.is_platform_admin:
+                stmt = stmt.where(Workspace.id.in_(list(mine)))
+            return [(ws, mine.get(ws.id)) for ws in s.scalars(stmt)]
+
+    def get_workspace(self, actor: Principal, ref: str) -> Workspace:
+        with self.db.session() as s:
+            ws = self._visible_workspace(s, actor, ref)
+            return ws
+
+    def delete_workspace(self, actor: Principal, ref: str) -> None:
+        with self.db.session() as s:
+            ws = self._visible_workspace(s, actor, ref)
+            if ws.name == "default":
+                raise Conflict("The default workspace cannot be deleted.")
+            if not actor.is_platform_admin:
+                if ws.id != actor.workspace_id:
+                    raise NotFound(f"Workspace '{ref}' not found.")
+                actor.require("workspace.delete")
+            s.delete(ws)
+            audit.record(s, actor, "workspace.delete", resource_type="workspace", resource_id=ws.id,
+                         workspace_id=ws.id)
+        self.invalidate_cache()
+
+    def _visible_workspace(self, s: Session, actor: Principal, ref: str) -> Workspace:
+        ws = s.scalar(select(Workspace).where((Workspace.id == ref) | (Workspace.name == ref)))
+        if ws is None:
+            raise NotFound(f"Workspace '{ref}' not found.")
+        if actor.is_platform_admin:
+            return ws
+        member = s.scalar(select(Membership).where(Membership.workspace_id == ws.id,
+                                                   Membership.user_id == actor.user_id))
+        if member is None:
+            raise NotFound(f"Workspace '{ref}' not found.")
+        return ws
+
+    # -- users ----------------------------------------------------------------------------
+
+    def create_user(self, actor: Principal, name: str, email: str | None = None,
+                    platform_admin: bool = False) -> User:
+        actor.require("platform.users")
+        check_name(name, "name")
+        with self.db.session() as s:
+            user = User(id=new_id("usr"), name=name, email=email, is_platform_admin=platform_admin)
+            s.add(user)
+            try:
+                s.flush()
+            except SAIntegrityError as exc:
+                raise Conflict(f"A user named '{name}' already exists.", field="name") from exc
+            audit.record(s, actor, "user.create", resource_type="user", resource_id=user.id,
+                         detail={"platform_admin": platform_admin})
+            return user
+
+    def list_users(self, actor: Principal) -> Sequence[User]:
+        actor.require("platform.users")
+        with self.db.session() as s:
+            return s.scalars(select(User).order_by(User.name)).all()
+
+    def set_user_disabled(self, actor: Principal, ref: str, disabled: bool) -> User:
+        actor.require("platform.users")
+        with self.db.session() as s:
+            user = self._user_by_ref(s, ref)
+            if user.id == actor.user_id and disabled:
+                raise Conflict("You cannot disable yourself.")
+            user.disabled = disabled
+            audit.record(s, actor, "user.disable" if disabled else "user.enable", resource_type="user",
+                         resource_id=user.id)
+        self.invalidate_cache()
+        return user
+
+    def _user_by_ref(self, s: Session, ref: str) -> User:
+        user = s.scalar(select(User).where((User.id == ref) | (User.name == ref)))
+        if user is None:
+            raise NotFound(f"User '{ref}' not found.", field="user")
+        return user
+
+    # -- members --------------------------------------------------------------------------
+
+    def list_members(self, actor: Principal) -> Sequence[Membership]:
+        actor.require("members.read")
+        with self.db.session() as s:
+            return s.scalars(
+                select(Membership).where(Membership.workspace_id == actor.workspace_id).order_by(Membership.id)
+            ).all()
+
+    def add_member(self, actor: Principal, user_ref: str, role: Role, workspace: str | None = None) -> Membership:
+        """Owners add members to their workspace; a platform admin to any (audited)."""
+        with self.db.session() as s:
+            if workspace and actor.is_platform_admin:
+                ws = self._visible_workspace(s, actor, workspace)
+            else:
+                actor.require("members.write")
+                ws = s.get(Workspace, actor.workspace_id)
+            assert ws is not None
+            if not actor.can("members.write") and not actor.is_platform_admin:
+                raise Forbidden("Only a workspace owner or a platform admin may add members.")
+            user = self._user_by_ref(s, user_ref)
+            m = Membership(workspace_id=ws.id, user_id=user.id, role=Role(role).value)
+            s.add(m)
+            try:
+                s.flush()
+            except SAIntegrityError as exc:
+                raise Conflict(f"'{user.name}' is already a member of '{ws.name}'.", field="user") from exc
+            audit.record(s, actor, "workspace.member.add", resource_type="user", resource_id=user.id,
+                         workspace_id=ws.id, detail={"role": m.role})
+            if user.id == actor.user_id:
+                audit.record(s, actor, "workspace.member.self_add", resource_type="workspace",
+                             resource_id=ws.id, workspace_id=ws.id, detail={"role": m.role})
+            s.refresh(m)
+            return m
+
+    def set_member_role(self, actor: Principal, user_ref: str, role: Role) -> Membership:
+        actor.require("members.write")
+        with self.db.session() as s:
+            m = self._member(s, actor, user_ref)
+            if m.role == Role.OWNER and role != Role.OWNER:
+                self._ensure_other_owner(s, actor.workspace_id, m.user_id)
+            m.role = Role(role).value
+            audit.record(s, actor, "workspace.member.role", resource_type="user", resource_id=m.user_id,
+                         detail={"role": m.role})
+        self.invalidate_cache()
+        return m
+
+    def remove_member(self, actor: Principal, user_ref: str) -> None:
+        actor.require("members.write")
+        with self.db.session() as s:
+            m = self._member(s, actor, user_ref)
+            if m.role == Role.OWNER:
+                self._ensure_other_owner(s, actor.workspace_id, m.user_id)
+            s.delete(m)
+            # Keys of a removed member stop working in this workspace at once.
+            s.execute(update(ApiKey).where(ApiKey.workspace_id == actor.workspace_id,
+                                           ApiKey.user_id == m.user_id,
+                                           ApiKey.revoked_at.is_(None)).values(revoked_at=utcnow()))
+            audit.record(s, actor, "workspace.member.remove", resource_type="user", resource_id=m.user_id)
+        self.invalidate_cache()
+
+    def _member(self, s: Session, actor: Principal, user_ref: str) -> Membership:
+        user = self._user_by_ref(s, user_ref)
+        m = s.scalar(select(Membership).where(Membership.workspace_id == actor.workspace_id,
+                                              Membership.user_id == user.id))
+        if m is None:
+            raise NotFound(f"User '{user_ref}' is not a member of this workspace.", field="user")
+        return m
+
+    def _ensure_other_owner(self, s: Session, workspace_id: str, user_id: str) -> None:
+        others = s.scalars(select(Membership).where(Membership.workspace_id == workspace_id,
+                                                    Membership.role == Role.OWNER.value,
+                                                    Membership.user_id != user_id)).first()
+        if others is None:
+            raise Conflict("A workspace needs at least one owner; make someone else owner first.")
+
+    # -- API keys -------------------------------------------------------------------------
+
+    def create_api_key(self, actor: Principal, name: str = "", expires_in_days: int | None = None,
+                       user_ref: str | None = None) -> CreatedKey:
+        if expires_in_days is not None and not 1 <= expires_in_days <= 3650:
+            raise InvalidInput("expires_in_days must be between 1 and 3650.", field="expires_in_days")
+        if len(name) > 64:
+            raise InvalidInput("name must be at most 64 characters.", field="name")
+        with self.db.session() as s:
+            user_id = actor.user_id
+            if user_ref is not None:
+                user = self._user_by_ref(s, user_ref)
+                if user.id != actor.user_id:
+                    actor.require("apikeys.manage")
+                    if s.scalar(select(Membership).where(Membership.workspace_id == actor.workspace_id,
+                                                         Membership.user_id == user.id)) is None:
+                        raise NotFound(f"User '{user_ref}' is not a member of this workspace.", field="user")
+                user_id = user.id
+            if user_id == actor.user_id:
+                actor.require("apikeys.own")
+            expires = utcnow() + timedelta(days=expires_in_days) if expires_in_days else None
+            created = self._new_key(s, user_id=user_id, workspace_id=actor.workspace_id, name=name,
+                                    expires_at=expires)
+            audit.record(s, actor, "apikey.create", resource_type="apikey", resource_id=created.row.id,
+                         detail={"user": user_id})
+            return created
+
+    def _new_key(self, s: Session, *, user_id: str, workspace_id: str, name: str,
+                 expires_at: datetime | None) -> CreatedKey:
+        lookup, secret = keysecrets.generate("mpk")
+        row = ApiKey(id=f"key_{lookup}", name=name, digest=keysecrets.digest(secret), user_id=user_id,
+                     workspace_id=workspace_id, expires_at=expires_at)
+        s.add(row)
+        s.flush()
+        return CreatedKey(row=row, secret=secret)
+
+    def list_api_keys(self, actor: Principal) -> Sequence[ApiKey]:
+        """Owners see every key of the workspace; others only their own."""
+        with self.db.session() as s:
+            stmt = select(ApiKey).where(ApiKey.workspace_id == actor.workspace_id).order_by(ApiKey.created_at)
+            if not actor.can("apikeys.manage"):
+                actor.require("apikeys.own")
+                stmt = stmt.where(ApiKey.user_id == actor.user_id)
+            return s.scalars(stmt).all()
+
+    def revoke_api_key(self, actor: Principal, key_id: str) -> ApiKey:
+        with self.db.session() as s:
+            key = s.get(ApiKey, key_id)
+            if key is None or key.workspace_id != actor.workspace_id:
+                raise NotFound(f"API key '{key_id}' not found.")
+            if key.user_id != actor.user_id:
+                if not actor.can("apikeys.manage"):
+                    raise NotFound(f"API key '{key_id}' not found.")
+            else:
+                actor.require("apikeys.own")
+            if key.revoked_at is None:
+                key.revoked_at = utcnow()
+            audit.record(s, actor, "apikey.revoke", resource_type="apikey", resource_id=key.id)
+        self.invalidate_cache()
+        return key
