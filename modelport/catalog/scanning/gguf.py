@@ -138,16 +138,37 @@ class _Cursor:
         start = self.take(n, what)
         return bytes(self.buf[start : start + n])
 
-    def skip_string(self, what: str) -> None:
-        n = self.unpack(_U64, f"length of {what}")
-        self.take(n, what)
-
 
 def _value_type(raw: int, what: str) -> GGUFValueType:
     try:
         return GGUFValueType(raw)
     except ValueError:
         raise GGUFFormatError("gguf.kv_type", f"{what} has unknown value type {raw}") from None
+
+
+def _string_array(cur: _Cursor, count: int, key: str, keep: bool) -> list[str]:
+    """Walk (and when `keep`, decode) an array of strings. The hot loop of the parser (a
+    vocabulary has ~50k-250k entries), so it is inlined; messages are built only on error."""
+    buf, pos, size = cur.buf, cur.pos, cur.size
+    unpack = _U64.unpack_from
+    out: list[str] = []
+    for i in range(count):
+        if size - pos < 8:
+            cur.pos = pos
+            cur.take(8, f"length of item #{i} of array {quote_name(key)}")  # raises
+        (n,) = unpack(buf, pos)
+        pos += 8
+        if n > size - pos:
+            raise GGUFFormatError(
+                "gguf.header",
+                f"item #{i} of array {quote_name(key)} at byte {pos} claims {n} bytes but only "
+                f"{size - pos} remain in the file (bogus string length or truncated file)",
+            )
+        if keep:
+            out.append(buf[pos : pos + n].decode("utf-8", errors="replace"))
+        pos += n
+    cur.pos = pos
+    return out
 
 
 def _read_value(cur: _Cursor, vtype: GGUFValueType, key: str, keep: bool) -> Any:
@@ -168,14 +189,8 @@ def _read_value(cur: _Cursor, vtype: GGUFValueType, key: str, keep: bool) -> Any
                     f"array {quote_name(key)} claims {count} strings, more than the "
                     f"{cur.remaining()} remaining bytes can hold (truncated or corrupt header)",
                 )
-            if keep:
-                return [
-                    cur.string(f"item of array {quote_name(key)}").decode("utf-8", errors="replace")
-                    for _ in range(count)
-                ]
-            for _ in range(count):
-                cur.skip_string(f"item of array {quote_name(key)}")
-            return GGUFArray(int(item_type), count)
+            items = _string_array(cur, count, key, keep)
+            return items if keep else GGUFArray(int(item_type), count)
         item = _SCALARS[item_type]
         cur.take(count * item.size, f"{count} items of array {quote_name(key)}")
         return GGUFArray(int(item_type), count)
@@ -348,7 +363,7 @@ def _check_tensors(header: GGUFHeader, infos: list[tuple], file: str) -> list[Fi
         findings.append(
             Finding(
                 file,
-                "gguf.tensor_info",
+                problems[MAX_TENSOR_FINDINGS][0],  # the check of the first one left out
                 "structure",
                 f"{len(problems) - MAX_TENSOR_FINDINGS} more tensor problems not listed",
             )

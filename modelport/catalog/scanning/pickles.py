@@ -56,6 +56,8 @@ WEIGHTS_ONLY_EXTRA: dict[str, frozenset[str]] = {
 }
 
 MAX_FINDINGS = 10
+#: Largest pickle inside a zip that is scanned; torch's data.pkl is kilobytes even for large models.
+MAX_ZIP_PICKLE_BYTES = 256 * 1024 * 1024
 
 
 def pickle_kind(path: Path, name: str) -> str | None:
@@ -91,16 +93,31 @@ def _unparseable_members(path: Path, kind: str) -> list[str] | None:
     try:
         with zipfile.ZipFile(path) as zf:
             bad = []
+            # Only *.pkl members (torch.load reads data.pkl): raw tensor storages may begin with
+            # pickle-like bytes by chance; picklescan still lists any globals found in those.
             for info in zf.infolist():
-                with zf.open(info) as member:
-                    head = member.read(2)
-                if info.filename.endswith(".pkl") or head in _PICKLE_MAGIC:
+                if info.filename.endswith(".pkl"):
                     with zf.open(info) as member:
                         if not _first_pickle_parses(member):
                             bad.append(info.filename)
             return bad
     except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError, EOFError):
         return None
+
+
+def _oversized_zip_pickles(path: Path) -> list[str]:
+    """Pickle members whose declared size is beyond the limit. Checked before any scanner reads
+    them: a disassembler reads opcode arguments whole, so a compressed pickle holding a huge
+    BINBYTES would otherwise be a memory bomb. (zipfile stops reading at the declared size.)"""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return [
+                i.filename
+                for i in zf.infolist()
+                if i.filename.endswith(".pkl") and i.file_size > MAX_ZIP_PICKLE_BYTES
+            ]
+    except (zipfile.BadZipFile, OSError):
+        return []  # reported as an unreadable archive by the parse check
 
 
 def _global_findings(file: str, result: Any) -> list[Finding]:
@@ -131,6 +148,18 @@ def _global_findings(file: str, result: Any) -> list[Finding]:
 def scan_pickle_file(path: Path, file: str, kind: str) -> list[Finding]:
     """Scan one pickle container (raw pickle, legacy torch file or torch zip) and return findings."""
     suffix = PurePosixPath(file).suffix.lower()
+    oversized = _oversized_zip_pickles(path) if kind == "zip" else []
+    if oversized:
+        return [
+            Finding(
+                file,
+                "pickle.parse",
+                "security",
+                f"archive member {quote_name(m)} unpacks to more than {MAX_ZIP_PICKLE_BYTES} bytes; "
+                "too large to scan, refused",
+            )
+            for m in oversized[:MAX_FINDINGS]
+        ]
     try:
         with open(path, "rb") as fh:
             result = scan_bytes(fh, file, suffix or None)
