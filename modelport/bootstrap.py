@@ -12,7 +12,12 @@ from modelport.catalog.storage import LocalModelStore
 from modelport.config import Settings
 from modelport.db import migrate
 from modelport.db.engine import Database
+from modelport.deployments.schemas import DeploymentCreate
+from modelport.deployments.service import DeploymentService
 from modelport.identity.service import IdentityService
+from modelport.inference.manager import DeploymentManager
+from modelport.inference.pools import PoolManager, RegionSlots
+from modelport.workers.supervisor import WorkerSupervisor
 
 log = logging.getLogger("modelport.bootstrap")
 
@@ -21,12 +26,23 @@ def build_services(settings: Settings) -> Services:
     settings.home.mkdir(parents=True, exist_ok=True)
     os.chmod(settings.home, 0o700)
     db = Database(settings.db_url)
+    catalog = CatalogService(db, LocalModelStore(settings.blob_dir), max_upload_bytes=settings.max_model_upload_bytes,
+                             upload_ttl_seconds=settings.upload_ttl_seconds)
+    deployments = DeploymentService(db, catalog, settings)
+    supervisor = WorkerSupervisor(
+        settings.run_dir, regions=list(settings.region_slots),
+        require_egress_isolation=settings.require_egress_isolation, uid_base=settings.worker_uid_base,
+        # Workers never see the metadata store, the blobs or the keys, even through a mount.
+        hidden_paths=[settings.home],
+    )
+    pools = PoolManager(supervisor, RegionSlots(settings.region_slots), settings.queue_per_deployment)
     return Services(
         settings=settings,
         db=db,
         identity=IdentityService(db),
-        catalog=CatalogService(db, LocalModelStore(settings.blob_dir), max_upload_bytes=settings.max_model_upload_bytes,
-                               upload_ttl_seconds=settings.upload_ttl_seconds),
+        catalog=catalog,
+        deployments=deployments,
+        manager=DeploymentManager(settings, db, catalog, deployments, pools),
     )
 
 
@@ -34,6 +50,7 @@ def build_services(settings: Settings) -> Services:
 class PrepareResult:
     admin_key: str | None
     problems: list[str]
+    deployment_key: str | None = None
 
 
 def prepare(svc: Services) -> PrepareResult:
@@ -50,7 +67,10 @@ def prepare(svc: Services) -> PrepareResult:
         for p in problems:
             log.warning("bundled model not registered: " + p)
     svc.catalog.expire_uploads()
-    result = PrepareResult(admin_key=admin_key, problems=problems)
+    deployment_key = None
+    if admin_key is not None and svc.settings.create_default_deployment:
+        deployment_key = _default_deployment(svc, admin_key)
+    result = PrepareResult(admin_key=admin_key, problems=problems, deployment_key=deployment_key)
     svc.extra["prepared"] = result
     return result
 
@@ -61,3 +81,19 @@ def write_admin_key(settings: Settings, secret: str) -> None:
     with os.fdopen(fd, "w") as fh:
         fh.write(secret + "\n")
     os.chmod(path, 0o600)
+
+
+def _default_deployment(svc: Services, admin_key: str) -> str | None:
+    """First start: a serverless deployment `chat` of the bundled chat model, its key saved."""
+    try:
+        admin = svc.identity.authenticate(admin_key)
+        created = svc.deployments.create(admin, DeploymentCreate(name="chat", model="SmolLM2-135M-Instruct",
+                                                                 type="serverless"))
+    except Exception:  # no bundled chat model (package missing): the catalog works without it
+        log.warning("default deployment not created")
+        return None
+    path = svc.settings.home / "chat.key"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(created.primary + "\n")
+    return created.primary

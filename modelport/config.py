@@ -6,12 +6,15 @@ home directory and never need monkeypatching.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -40,6 +43,35 @@ class Settings(BaseSettings):
     # API keys
     api_key_last_used_flush_seconds: float = 30.0
 
+    # Inference: geographies group regions; each region has worker slots on this installation.
+    geographies: dict[str, list[str]] = Field(
+        default_factory=lambda: {"local": ["local"]},
+        description='JSON, e.g. {"eu": ["eu-west", "eu-central"], "us": ["us-east"]}.',
+    )
+    region_slots: dict[str, int] = Field(
+        default_factory=lambda: {"local": 8}, description="Worker processes each region may run (JSON)."
+    )
+    worker_threads: int | None = Field(default=None, description="Threads per worker; default: the CPU count.")
+    serverless_idle_seconds: float = Field(default=300.0, description="Stop an idle serverless pool after this.")
+    queue_per_deployment: int = Field(default=16, description="Requests waiting per deployment before 429.")
+    max_request_bytes: int = Field(default=4 * 1024 * 1024, description="Largest inference request body.")
+    drain_seconds: float = Field(default=10.0, description="On SIGTERM, time in-flight requests get to finish.")
+    require_egress_isolation: bool = Field(
+        default=False, description="Fail deployments whose workers cannot be put in their own network namespace."
+    )
+    create_default_deployment: bool = Field(
+        default=True, description="On first start, a serverless deployment `chat` of the bundled chat model."
+    )
+    runtime_overrides: dict[str, str] = Field(
+        default_factory=dict, description='Serve a model with another runtime, e.g. {"my-model": "echo"} (JSON).'
+    )
+    worker_uid_base: int = Field(default=61000, description="Workers run as uid base+slot when started as root.")
+
+    @field_validator("geographies", "region_slots", "runtime_overrides", mode="before")
+    @classmethod
+    def _json(cls, value: object) -> object:
+        return json.loads(value) if isinstance(value, str) else value
+
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, *args, **kwargs):  # type: ignore[override]
         # Only what build_settings() passes in: the environment is read there, explicitly.
@@ -51,7 +83,22 @@ class Settings(BaseSettings):
         if self.environment == "production" and self.database_url is None:
             # Production must say where its metadata lives; the SQLite default is for one machine.
             raise ValueError("MODELPORT_DATABASE_URL must be set when MODELPORT_ENVIRONMENT=production")
+        for geo, regions in self.geographies.items():
+            if not regions:
+                raise ValueError(f"geography {geo!r} has no regions")
+            unknown = [r for r in regions if r not in self.region_slots]
+            if unknown:
+                raise ValueError(f"geography {geo!r} names regions without worker slots: {unknown}")
         return self
+
+    def regions_of(self, geography: str) -> list[str]:
+        return list(self.geographies.get(geography, []))
+
+    @property
+    def run_dir(self) -> Path:
+        """Worker sockets. Outside MODELPORT_HOME, which is hidden from workers entirely."""
+        tag = hashlib.sha256(str(self.home.resolve()).encode()).hexdigest()[:10]
+        return Path(tempfile.gettempdir()) / f"modelport-{os.getuid()}-{tag}"
 
     @property
     def db_url(self) -> str:

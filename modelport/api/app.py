@@ -13,9 +13,10 @@ from modelport import __version__
 from modelport.api import errors
 from modelport.api.deps import Services
 from modelport.api.middleware import RequestContext
-from modelport.api.routes import identity, models, ops
+from modelport.api.routes import deployments, identity, models, ops
 from modelport.bootstrap import build_services, prepare
 from modelport.config import Settings
+from modelport.inference import routes as inference_routes
 
 log = logging.getLogger("modelport.server")
 
@@ -26,13 +27,18 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         prepare(svc)
+        svc.manager.load_routes()
+        await svc.manager.start_existing()
         flusher = asyncio.create_task(_flush_last_used(svc))
+        background = asyncio.create_task(svc.manager.run_background())
         try:
             yield
         finally:
-            flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher
+            for task in (flusher, background):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await svc.manager.shutdown()
             svc.identity.last_used.flush(svc.db)
             svc.db.dispose()
 
@@ -43,6 +49,8 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.include_router(ops.router)
     app.include_router(identity.router)
     app.include_router(models.router)
+    app.include_router(deployments.router)
+    app.include_router(inference_routes.router)
     app.add_middleware(RequestContext)
     return app
 

@@ -10,9 +10,11 @@ from fastapi import Depends, Header, Request
 from modelport.catalog.service import CatalogService
 from modelport.config import Settings
 from modelport.db.engine import Database
+from modelport.deployments.service import DeploymentService
 from modelport.errors import Unauthenticated
 from modelport.identity.principal import Principal
 from modelport.identity.service import IdentityService
+from modelport.inference.manager import DeploymentManager
 
 
 @dataclass
@@ -21,6 +23,8 @@ class Services:
     db: Database
     identity: IdentityService
     catalog: CatalogService
+    deployments: DeploymentService
+    manager: DeploymentManager
     extra: dict[str, object] = field(default_factory=dict)  # later subsystems register here
 
 

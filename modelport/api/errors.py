@@ -30,7 +30,10 @@ def error_body(code: str, message: str, request: Request, *, field: str | None =
 def describe_validation(exc: RequestValidationError) -> tuple[str, list[dict]]:
     fields = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body",)) or "body"
+        if err.get("type") == "json_invalid":
+            loc = "body"  # FastAPI's loc here is ("body", byte offset): the body as a whole is wrong
+        else:
+            loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body",)) or "body"
         # err["msg"] is pydantic's description of the rule ("Field required", "Input should be
         # a valid integer"); err["input"] is the offending value and is deliberately dropped.
         fields.append({"field": loc, "message": err.get("msg", "invalid"), "type": err.get("type")})

@@ -24,7 +24,6 @@ from sqlalchemy.orm import Session
 from modelport.audit import service as audit
 from modelport.catalog import bundled as bundled_models
 from modelport.catalog.scanning import ScanReport, read_gguf_metadata, read_safetensors_metadata, scan_model
-from modelport.catalog.scanning.hashing import sha256_file
 from modelport.catalog.schemas import ModelUpdate, UploadCreate
 from modelport.catalog.storage import LocalModelStore, safe_relpath
 from modelport.db.base import new_id, utcnow
@@ -283,6 +282,9 @@ class CatalogService:
                 raise Forbidden(
                     f"Model '{row.name}' is not downloadable: its licence or owner does not allow it."
                 )
+            if row.scan_status != "passed":
+                raise Conflict(f"Model '{row.name}' failed its artifact scan and cannot be downloaded; "
+                               "see its scan report.")
             if file is None:
                 if len(row.files) != 1:
                     raise InvalidInput(
@@ -353,14 +355,23 @@ class CatalogService:
             if public:
                 raise Conflict(f"'{name}' is the name of a catalog-wide model; choose another.", field="name")
 
-    def _upload_meta(self, actor: Principal, upload_id: str) -> dict:
+    def _upload_meta(self, actor: Principal, upload_id: str, *, write: bool = True) -> dict:
+        """The upload as `actor` may see it; `write` also checks the role that began it needs.
+
+        Every step of an upload (files, commit, abort) needs the same right as beginning it, so
+        a reader cannot finish a colleague's upload and a workspace member cannot commit the
+        catalog-wide upload that a platform admin began in that workspace.
+        """
         meta = self.store.read_upload_meta(upload_id) if re.fullmatch(r"upl_[0-9a-f]{16}", upload_id) else None
         if meta is None or meta["workspace_id"] != actor.workspace_id:
             raise NotFound(f"Upload '{upload_id}' not found (it may have expired).")
+        if write:
+            actor.require("platform.models" if meta["scope_key"] == GLOBAL_SCOPE else "models.import")
         return meta
 
     def get_upload(self, actor: Principal, upload_id: str) -> dict:
-        return self._upload_meta(actor, upload_id)
+        actor.require("models.read")
+        return self._upload_meta(actor, upload_id, write=False)
 
     async def put_upload_file(self, actor: Principal, upload_id: str, path: str,
                               chunks: AsyncIterator[bytes]) -> dict:

@@ -9,7 +9,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from modelport.cli.client import DEFAULT_URL, CliError, Client, resolve_key
+from modelport.cli.client import DEFAULT_URL, Client, CliError, resolve_key
 from modelport.cli.output import err_console
 
 F = TypeVar("F", bound=Callable[..., Any])

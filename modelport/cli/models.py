@@ -12,7 +12,7 @@ import httpx
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-from modelport.cli.client import CliError, Client, error_from
+from modelport.cli.client import Client, CliError, error_from
 from modelport.cli.common import JsonOpt, client, handle_errors
 from modelport.cli.output import console, err_console, human_size, kv, print_json, table
 

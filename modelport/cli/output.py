@@ -18,7 +18,9 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
-def table(rows: Sequence[dict], columns: Sequence[tuple[str, str | Callable[[dict], Any]]], title: str | None = None) -> None:
+def table(
+    rows: Sequence[dict], columns: Sequence[tuple[str, str | Callable[[dict], Any]]], title: str | None = None
+) -> None:
     t = Table(title=title, show_lines=False, header_style="bold")
     for header, _ in columns:
         t.add_column(header)

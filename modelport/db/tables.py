@@ -138,3 +138,51 @@ class AuditEvent(Base):
     status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
     request_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
     detail: Mapped[dict] = mapped_column(JSON, default=dict)
+
+
+class Deployment(Base):
+    """A named endpoint for one model in one workspace (dedicated or serverless).
+
+    Keys are stored as lookup id + SHA-256 digest, like API keys. `network` holds
+    {"public_access": bool, "allowed_ranges": [CIDR, ...]}.
+    """
+
+    __tablename__ = "deployments"
+    __table_args__ = (UniqueConstraint("workspace_id", "name"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="RESTRICT"), index=True)
+    type: Mapped[str] = mapped_column(String(16))  # dedicated | serverless
+    instances: Mapped[int] = mapped_column(Integer, default=1)
+    geography: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16))  # creating | succeeded | failed | deleting
+    state_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    egress: Mapped[str] = mapped_column(String(16), default="unknown")  # isolated | not isolated | unknown
+    network: Mapped[dict] = mapped_column(JSON, default=dict)
+    content_filter: Mapped[dict] = mapped_column(JSON, default=dict)
+    primary_lookup: Mapped[str] = mapped_column(String(16), unique=True)
+    primary_digest: Mapped[str] = mapped_column(String(64))
+    secondary_lookup: Mapped[str] = mapped_column(String(16), unique=True)
+    secondary_digest: Mapped[str] = mapped_column(String(64))
+    created_by: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class UsageRecord(Base):
+    """Token counts of one inference request, for billing. Counts only: never content."""
+
+    __tablename__ = "usage_records"
+    __table_args__ = (Index("ix_usage_dep_at", "deployment_id", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    workspace_id: Mapped[str] = mapped_column(String(40), index=True)
+    deployment_id: Mapped[str] = mapped_column(String(40))
+    model_id: Mapped[str] = mapped_column(String(40))
+    api: Mapped[str] = mapped_column(String(32))  # chat.completions | completions | embeddings
+    prompt_tokens: Mapped[int] = mapped_column(Integer)
+    completion_tokens: Mapped[int] = mapped_column(Integer)
+    outcome: Mapped[str] = mapped_column(String(16))  # success | error | cancelled | filtered

@@ -2,8 +2,8 @@
 
 from alembic import context
 
-from modelport.db.base import Base
 from modelport.db import tables  # noqa: F401  (registers the tables on Base.metadata)
+from modelport.db.base import Base
 
 engine = context.config.attributes["engine"]
 with engine.begin() as connection:

@@ -5,10 +5,8 @@ Revises:
 Create Date: 2026-11-27 23:09:56.242277
 """
 
-from alembic import op
 import sqlalchemy as sa
-
-
+from alembic import op
 
 revision = '0001'
 down_revision = None
@@ -17,7 +15,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    
+
     op.create_table('audit_events',
     sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
     sa.Column('at', sa.DateTime(timezone=True), nullable=False),
@@ -137,11 +135,11 @@ def upgrade() -> None:
     with op.batch_alter_table('model_files', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_model_files_model_id'), ['model_id'], unique=False)
 
-    
+
 
 
 def downgrade() -> None:
-    
+
     with op.batch_alter_table('model_files', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_model_files_model_id'))
 
@@ -167,4 +165,4 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_audit_events_at'))
 
     op.drop_table('audit_events')
-    
+

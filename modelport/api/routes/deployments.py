@@ -1,0 +1,76 @@
+"""Routes: deployments (control plane). Workers start in the background after a create."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, status
+from starlette.concurrency import run_in_threadpool
+
+from modelport.api.deps import Caller, Svc
+from modelport.db.tables import CatalogModel, Deployment
+from modelport.deployments.schemas import (
+    DeploymentCreate,
+    DeploymentCreated,
+    DeploymentKeys,
+    DeploymentOut,
+    DeploymentUpdate,
+    RegenerateKey,
+    UsageOut,
+)
+
+router = APIRouter(prefix="/api/v1")
+
+
+def deployment_out(d: Deployment, m: CatalogModel) -> dict:
+    return {"id": d.id, "name": d.name, "model": m.name, "model_id": m.id, "model_version": m.version,
+            "task": m.task, "type": d.type, "instances": d.instances, "geography": d.geography, "state": d.state,
+            "state_reason": d.state_reason, "egress": d.egress, "network": d.network,
+            "endpoints": {"openai": "/v1", "azure": f"/deployments/{d.name}"},
+            "created_at": d.created_at, "updated_at": d.updated_at}
+
+
+@router.post("/deployments", response_model=DeploymentCreated, status_code=status.HTTP_201_CREATED,
+             name="deployment.create")
+async def create_deployment(body: DeploymentCreate, caller: Caller, svc: Svc) -> dict:
+    created = await run_in_threadpool(svc.deployments.create, caller, body)
+    svc.manager.refresh(created.row.id)
+    svc.manager.spawn(svc.manager.provision(created.row.id))
+    return {**deployment_out(created.row, created.model),
+            "keys": DeploymentKeys(primary=created.primary, secondary=created.secondary)}
+
+
+@router.get("/deployments", response_model=list[DeploymentOut], name="deployment.list")
+def list_deployments(caller: Caller, svc: Svc) -> list[dict]:
+    return [deployment_out(d, m) for d, m in svc.deployments.list(caller)]
+
+
+@router.get("/deployments/{name}", response_model=DeploymentOut, name="deployment.read")
+def get_deployment(name: str, caller: Caller, svc: Svc) -> dict:
+    return deployment_out(*svc.deployments.get(caller, name))
+
+
+@router.patch("/deployments/{name}", response_model=DeploymentOut, name="deployment.update")
+async def update_deployment(name: str, body: DeploymentUpdate, caller: Caller, svc: Svc) -> dict:
+    row = await run_in_threadpool(svc.deployments.update, caller, name, body)
+    svc.manager.refresh(row.id)
+    if body.instances is not None:
+        svc.manager.spawn(svc.manager.rescale(row.id))
+    return deployment_out(*await run_in_threadpool(svc.deployments.get, caller, row.id))
+
+
+@router.delete("/deployments/{name}", status_code=status.HTTP_204_NO_CONTENT, name="deployment.delete")
+async def delete_deployment(name: str, caller: Caller, svc: Svc) -> None:
+    row = await run_in_threadpool(svc.deployments.mark_deleting, caller, name)
+    await svc.manager.delete(row.id)
+
+
+@router.post("/deployments/{name}/keys", response_model=DeploymentKeys, name="deployment.regenerate_key")
+async def regenerate_key(name: str, body: RegenerateKey, caller: Caller, svc: Svc) -> DeploymentKeys:
+    row, secret = await run_in_threadpool(svc.deployments.regenerate_key, caller, name, body.which)
+    svc.manager.refresh(row.id)
+    return DeploymentKeys(**{body.which: secret})
+
+
+@router.get("/deployments/{name}/usage", response_model=UsageOut, name="deployment.usage")
+async def deployment_usage(name: str, caller: Caller, svc: Svc) -> dict:
+    await run_in_threadpool(svc.manager.flush_usage)
+    return await run_in_threadpool(svc.deployments.usage, caller, name)

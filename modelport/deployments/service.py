@@ -1,0 +1,215 @@
+"""Deployments: create, list, show, update, delete, rotate keys; the rows behind the endpoints.
+
+The service owns the database side and the rules (names, model checks, geography, keys).
+Starting and stopping worker processes is the `DeploymentManager`'s job (data plane); the
+service hands it the deployment id after each change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError as SAIntegrityError
+from sqlalchemy.orm import Session
+
+from modelport.audit import service as audit
+from modelport.catalog.service import CatalogService
+from modelport.config import Settings
+from modelport.db.base import new_id, utcnow
+from modelport.db.engine import Database
+from modelport.db.tables import CatalogModel, Deployment, UsageRecord
+from modelport.deployments.schemas import DeploymentCreate, DeploymentUpdate
+from modelport.errors import Conflict, InvalidInput, NotFound
+from modelport.identity import secrets as keysecrets
+from modelport.identity.principal import Principal
+from modelport.identity.service import check_name
+
+
+@dataclass(frozen=True)
+class CreatedDeployment:
+    row: Deployment
+    model: CatalogModel
+    primary: str
+    secondary: str
+
+
+class DeploymentService:
+    def __init__(self, db: Database, catalog: CatalogService, settings: Settings) -> None:
+        self.db = db
+        self.catalog = catalog
+        self.settings = settings
+
+    def create(self, actor: Principal, req: DeploymentCreate) -> CreatedDeployment:
+        actor.require("deployments.write")
+        check_name(req.name, "name")
+        geography = req.geography or next(iter(self.settings.geographies))
+        if geography not in self.settings.geographies:
+            raise InvalidInput(
+                f"Geography '{geography}' is not served by this installation; choose one of: "
+                f"{', '.join(sorted(self.settings.geographies))}.",
+                field="geography",
+            )
+        with self.db.session() as s:
+            model = self.catalog.resolve(s, actor, req.model, req.model_version)
+            self._check_deployable(model, req.type)
+            if req.type == "serverless" and req.instances != 1:
+                raise InvalidInput(
+                    "instances applies to dedicated deployments; serverless pools scale themselves.", field="instances"
+                )
+            p_lookup, primary = keysecrets.generate("mpd")
+            s_lookup, secondary = keysecrets.generate("mpd")
+            row = Deployment(
+                id=new_id("dep"),
+                workspace_id=actor.workspace_id,
+                name=req.name,
+                model_id=model.id,
+                type=req.type,
+                instances=req.instances,
+                geography=geography,
+                state="creating",
+                network=req.network.model_dump(),
+                content_filter={},
+                primary_lookup=p_lookup,
+                primary_digest=keysecrets.digest(primary),
+                secondary_lookup=s_lookup,
+                secondary_digest=keysecrets.digest(secondary),
+                created_by=actor.user_id,
+            )
+            s.add(row)
+            try:
+                s.flush()
+            except SAIntegrityError as exc:
+                raise Conflict(
+                    f"A deployment named '{req.name}' already exists in this workspace.", field="name"
+                ) from exc
+            audit.record(
+                s,
+                actor,
+                "deployment.create",
+                resource_type="deployment",
+                resource_id=row.id,
+                detail={"type": row.type, "model": model.id, "geography": geography},
+            )
+            return CreatedDeployment(row=row, model=model, primary=primary, secondary=secondary)
+
+    @staticmethod
+    def _check_deployable(model: CatalogModel, dep_type: str) -> None:
+        if model.scan_status != "passed":
+            raise Conflict(
+                f"Model '{model.name}' failed its artifact scan and cannot be deployed; "
+                "see its scan report (modelport models show)."
+            )
+        if dep_type not in (model.deployment_types or []):
+            raise InvalidInput(
+                f"Model '{model.name}' allows only {', '.join(model.deployment_types)} deployments.", field="type"
+            )
+        if model.deprecated:
+            raise Conflict(f"Model '{model.name}' is deprecated; deploy a current model.")
+
+    def _get(self, s: Session, actor: Principal, name: str) -> Deployment:
+        row = s.scalar(
+            select(Deployment).where(
+                Deployment.workspace_id == actor.workspace_id, (Deployment.name == name) | (Deployment.id == name)
+            )
+        )
+        if row is None:
+            raise NotFound(f"Deployment '{name}' not found.")
+        return row
+
+    def get(self, actor: Principal, name: str) -> tuple[Deployment, CatalogModel]:
+        actor.require("deployments.read")
+        with self.db.session() as s:
+            row = self._get(s, actor, name)
+            return row, s.get_one(CatalogModel, row.model_id)
+
+    def list(self, actor: Principal) -> Sequence[tuple[Deployment, CatalogModel]]:
+        actor.require("deployments.read")
+        with self.db.session() as s:
+            rows = s.execute(
+                select(Deployment, CatalogModel)
+                .join(CatalogModel, CatalogModel.id == Deployment.model_id)
+                .where(Deployment.workspace_id == actor.workspace_id)
+                .order_by(Deployment.name)
+            )
+            return [(d, m) for d, m in rows]
+
+    def update(self, actor: Principal, name: str, change: DeploymentUpdate) -> Deployment:
+        actor.require("deployments.write")
+        with self.db.session() as s:
+            row = self._get(s, actor, name)
+            if row.state == "deleting":
+                raise Conflict("This deployment is being deleted.")
+            if change.instances is not None:
+                if row.type != "dedicated":
+                    raise InvalidInput("instances applies to dedicated deployments only.", field="instances")
+                row.instances = change.instances
+            if change.network is not None:
+                row.network = change.network.model_dump()
+            row.updated_at = utcnow()
+            audit.record(
+                s,
+                actor,
+                "deployment.update",
+                resource_type="deployment",
+                resource_id=row.id,
+                detail={"fields": sorted(change.model_dump(exclude_none=True))},
+            )
+            return row
+
+    def mark_deleting(self, actor: Principal, name: str) -> Deployment:
+        actor.require("deployments.write")
+        with self.db.session() as s:
+            row = self._get(s, actor, name)
+            row.state = "deleting"
+            audit.record(s, actor, "deployment.delete", resource_type="deployment", resource_id=row.id)
+            return row
+
+    def remove_row(self, dep_id: str) -> None:
+        with self.db.session() as s:
+            row = s.get(Deployment, dep_id)
+            if row is not None:
+                s.delete(row)
+
+    def regenerate_key(self, actor: Principal, name: str, which: str) -> tuple[Deployment, str]:
+        actor.require("deployments.write")
+        lookup, secret = keysecrets.generate("mpd")
+        with self.db.session() as s:
+            row = self._get(s, actor, name)
+            if which == "primary":
+                row.primary_lookup, row.primary_digest = lookup, keysecrets.digest(secret)
+            else:
+                row.secondary_lookup, row.secondary_digest = lookup, keysecrets.digest(secret)
+            audit.record(
+                s,
+                actor,
+                "deployment.regenerate_key",
+                resource_type="deployment",
+                resource_id=row.id,
+                detail={"which": which},
+            )
+            return row, secret
+
+    def set_state(self, dep_id: str, state: str, reason: str | None = None, egress: str | None = None) -> None:
+        with self.db.session() as s:
+            row = s.get(Deployment, dep_id)
+            if row is None or row.state == "deleting":
+                return
+            row.state = state
+            row.state_reason = reason
+            if egress is not None:
+                row.egress = egress
+
+    def usage(self, actor: Principal, name: str) -> dict:
+        actor.require("deployments.read")
+        with self.db.session() as s:
+            row = self._get(s, actor, name)
+            n, p, c = s.execute(
+                select(
+                    func.count(UsageRecord.id),
+                    func.coalesce(func.sum(UsageRecord.prompt_tokens), 0),
+                    func.coalesce(func.sum(UsageRecord.completion_tokens), 0),
+                ).where(UsageRecord.deployment_id == row.id)
+            ).one()
+            return {"deployment": row.name, "requests": n, "prompt_tokens": p, "completion_tokens": c}

@@ -1,0 +1,176 @@
+"""The request path shared by both inference APIs: who may call which deployment, then the
+call itself through the deployment's pool.
+
+Order on every request: key -> deployment -> caller address (403 before the body is read
+whenever the deployment is known from the key or the URL) -> body size -> parse -> pool.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import orjson
+from fastapi import Request
+
+from modelport.errors import (
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    Unauthenticated,
+)
+from modelport.identity import secrets as keysecrets
+from modelport.identity.service import IdentityService
+from modelport.inference.manager import DeploymentManager, Route
+from modelport.workers.client import ChoiceFinished, GenerateEvent, StreamUsage, TextDelta
+from modelport.workers.protocol import GenerateBody
+
+
+@dataclass(frozen=True)
+class Caller:
+    """A workspace API key (any deployment of its workspace) or one deployment's key."""
+
+    workspace_id: str
+    deployment: Route | None = None
+
+
+def key_from(request: Request, *, azure: bool = False) -> str:
+    if azure:
+        api_key = request.headers.get("api-key")
+        if api_key:
+            return api_key.strip()
+    auth = request.headers.get("authorization")
+    if auth:
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    raise Unauthenticated(
+        "Missing key: send 'Authorization: Bearer <key>'" + (" or 'api-key: <key>'." if azure else "."),
+        details={"openai_code": "invalid_api_key"},
+    )
+
+
+def authenticate(manager: DeploymentManager, identity: IdentityService, secret: str) -> Caller:
+    parsed = keysecrets.parse(secret)
+    if parsed is not None and parsed.kind == "mpd":
+        route = manager.by_key.get(parsed.lookup)
+        if route is not None:
+            digest = keysecrets.digest(secret)
+            if hmac.compare_digest(
+                digest, route.primary_digest if parsed.lookup == route.primary_lookup else route.secondary_digest
+            ):
+                return Caller(workspace_id=route.workspace_id, deployment=route)
+        raise Unauthenticated("Invalid deployment key.", details={"openai_code": "invalid_api_key"})
+    try:
+        principal = identity.authenticate(secret)
+    except Unauthenticated as exc:
+        exc.details["openai_code"] = "invalid_api_key"
+        raise
+    principal.require("deployments.call")
+    return Caller(workspace_id=principal.workspace_id)
+
+
+def resolve(manager: DeploymentManager, caller: Caller, name: str | None) -> Route:
+    """The deployment this caller names; another workspace's answers 404 like a missing one."""
+    if caller.deployment is not None:
+        if name is not None and name != caller.deployment.name:
+            raise NotFound(
+                f"The deployment '{name}' does not exist or this key cannot call it.",
+                details={"openai_code": "model_not_found", "azure_code": "DeploymentNotFound"},
+            )
+        return caller.deployment
+    if not name:
+        raise InvalidInput("Name the deployment in the 'model' field.", field="model")
+    route = manager.by_name.get((caller.workspace_id, name))
+    if route is None:
+        raise NotFound(
+            f"The deployment '{name}' does not exist or this key cannot call it.",
+            details={"openai_code": "model_not_found", "azure_code": "DeploymentNotFound"},
+        )
+    return route
+
+
+def check_client(route: Route, request: Request) -> None:
+    host = request.client.host if request.client else None
+    if not route.allows_client(host):
+        raise Forbidden(
+            "Public access to this deployment is off and your address is not in its allowed ranges.",
+            details={"azure_code": "Forbidden"},
+        )
+
+
+def check_ready(route: Route) -> None:
+    if route.state == "succeeded":
+        return
+    if route.state == "creating":
+        raise ServiceUnavailable("This deployment is still being created; retry in a few seconds.")
+    if route.state == "failed":
+        raise Conflict(
+            "This deployment failed to start; see its state reason (modelport deployments show) and create it again."
+        )
+    raise ServiceUnavailable("This deployment is being deleted.")
+
+
+async def read_json(request: Request, limit: int) -> dict:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise PayloadTooLarge(f"The request body is larger than the {limit} bytes this server accepts.")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"The request body is larger than the {limit} bytes this server accepts.")
+        chunks.append(chunk)
+    try:
+        body = orjson.loads(b"".join(chunks))
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput("The request body is not valid JSON.") from exc
+    if not isinstance(body, dict):
+        raise InvalidInput("The request body must be a JSON object.")
+    return body
+
+
+@dataclass
+class Choice:
+    text: list[str] = field(default_factory=list)
+    finish_reason: str | None = None
+
+
+async def generate(manager: DeploymentManager, route: Route, body: GenerateBody) -> AsyncIterator[GenerateEvent]:
+    """Stream the worker's events for one request through the deployment's pool."""
+    pool = await manager.pool_for(route)
+    async with pool.slot(route.id) as client:
+        async for event in client.generate(body):
+            yield event
+
+
+async def collect(events: AsyncIterator[GenerateEvent], n: int) -> tuple[list[Choice], StreamUsage]:
+    choices = [Choice() for _ in range(n)]
+    usage = StreamUsage(0, 0)
+    async for ev in events:
+        if isinstance(ev, TextDelta):
+            choices[ev.index].text.append(ev.text)
+        elif isinstance(ev, ChoiceFinished):
+            choices[ev.index].finish_reason = ev.finish_reason
+        elif isinstance(ev, StreamUsage):
+            usage = ev
+    return choices, usage
+
+
+async def embed(manager: DeploymentManager, route: Route, texts: list[str]) -> tuple[list[list[float]], int]:
+    pool = await manager.pool_for(route)
+    async with pool.slot(route.id) as client:
+        result = await client.embed(texts)
+    return result.data, result.prompt_tokens
+
+
+def encode_embedding(vector: list[float], fmt: str) -> list[float] | str:
+    if fmt == "base64":
+        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
+    return vector

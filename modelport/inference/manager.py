@@ -1,0 +1,350 @@
+"""The data plane's view of deployments: routing table, provisioning, pools, usage counts.
+
+The control plane (DeploymentService) writes rows; this manager keeps an in-memory routing
+table built from them (so the request path never queries the database), provisions worker
+pools in the background, and buffers token counts for billing (counts only, P1), flushed to
+the database off the request path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+
+from modelport.catalog.service import CatalogService
+from modelport.config import Settings
+from modelport.db.base import utcnow
+from modelport.db.engine import Database
+from modelport.db.tables import CatalogModel, Deployment, UsageRecord
+from modelport.deployments.service import DeploymentService
+from modelport.errors import IntegrityError, ModelportError, ServiceUnavailable
+from modelport.inference.pools import Pool, PoolManager
+from modelport.workers.protocol import WorkerSpec
+
+log = logging.getLogger("modelport.deployments")
+
+# How many requests one worker of each runtime takes at once. llama.cpp's high-level API
+# decodes one sequence at a time; more in flight would only queue inside the worker, where
+# the fair scheduler could not see them.
+RUNTIME_CONCURRENCY = {"llamacpp": 1, "transformers": 1, "echo": 64}
+
+
+@dataclass(frozen=True)
+class Route:
+    """Everything the gateway needs about one deployment, without a database query."""
+
+    id: str
+    workspace_id: str
+    name: str
+    model_id: str
+    model_name: str
+    task: str
+    type: str
+    geography: str
+    state: str
+    public_access: bool
+    allowed: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    primary_lookup: str
+    primary_digest: str
+    secondary_lookup: str
+    secondary_digest: str
+    pool_key: str
+    content_filter: dict
+    created_at: int
+
+    def allows_client(self, host: str | None) -> bool:
+        if self.public_access:
+            return True
+        if host is None:
+            return False
+        try:
+            addr = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(addr in net for net in self.allowed)
+
+
+def runtime_for(model: CatalogModel, settings: Settings) -> str:
+    override = settings.runtime_overrides.get(model.name)
+    if override:
+        return override
+    if model.format == "gguf":
+        return "llamacpp"
+    return "transformers"
+
+
+def pool_key(dep: Deployment, model: CatalogModel) -> str:
+    if dep.type == "dedicated":
+        return f"dedicated:{dep.id}"
+    if model.owner_workspace_id:
+        # A workspace's private model is served only on workers of that workspace (P6, P9).
+        return f"serverless:{model.id}:{dep.geography}:{dep.workspace_id}"
+    return f"serverless:{model.id}:{dep.geography}"
+
+
+class DeploymentManager:
+    def __init__(
+        self, settings: Settings, db: Database, catalog: CatalogService, service: DeploymentService, pools: PoolManager
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.catalog = catalog
+        self.service = service
+        self.pools = pools
+        self.by_name: dict[tuple[str, str], Route] = {}
+        self.by_key: dict[str, Route] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._usage: list[UsageRecord] = []
+        self._usage_lock = threading.Lock()
+
+    # -- routing table --------------------------------------------------------------------
+
+    def load_routes(self) -> None:
+        with self.db.session() as s:
+            rows = s.execute(
+                select(Deployment, CatalogModel).join(CatalogModel, CatalogModel.id == Deployment.model_id)
+            )
+            routes = [self._route(d, m) for d, m in rows]
+        self.by_name = {(r.workspace_id, r.name): r for r in routes}
+        self.by_key = {k: r for r in routes for k in (r.primary_lookup, r.secondary_lookup)}
+
+    def refresh(self, dep_id: str) -> Route | None:
+        with self.db.session() as s:
+            row = s.execute(
+                select(Deployment, CatalogModel)
+                .join(CatalogModel, CatalogModel.id == Deployment.model_id)
+                .where(Deployment.id == dep_id)
+            ).first()
+        for table in (self.by_name, self.by_key):
+            for k in [k for k, r in table.items() if r.id == dep_id]:
+                del table[k]
+        if row is None:
+            return None
+        route = self._route(*row)
+        self.by_name[(route.workspace_id, route.name)] = route
+        self.by_key[route.primary_lookup] = route
+        self.by_key[route.secondary_lookup] = route
+        return route
+
+    @staticmethod
+    def _route(d: Deployment, m: CatalogModel) -> Route:
+        net = d.network or {}
+        return Route(
+            id=d.id,
+            workspace_id=d.workspace_id,
+            name=d.name,
+            model_id=m.id,
+            model_name=m.name,
+            task=m.task,
+            type=d.type,
+            geography=d.geography,
+            state=d.state,
+            public_access=net.get("public_access", True),
+            allowed=tuple(ipaddress.ip_network(r) for r in net.get("allowed_ranges", [])),
+            primary_lookup=d.primary_lookup,
+            primary_digest=d.primary_digest,
+            secondary_lookup=d.secondary_lookup,
+            secondary_digest=d.secondary_digest,
+            pool_key=pool_key(d, m),
+            content_filter=d.content_filter or {},
+            created_at=int(d.created_at.timestamp()),
+        )
+
+    def routes_of(self, workspace_id: str) -> list[Route]:
+        return sorted((r for (ws, _), r in self.by_name.items() if ws == workspace_id), key=lambda r: r.name)
+
+    # -- provisioning ---------------------------------------------------------------------
+
+    def spawn(self, coro) -> asyncio.Task:  # type: ignore[no-untyped-def]
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def wait_idle(self) -> None:
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def _pool(self, dep: Deployment, model: CatalogModel) -> Pool:
+        runtime = runtime_for(model, self.settings)
+        paths = self.catalog.file_paths(model)
+        if model.format == "gguf":
+            model_path = str(next(p for rel, p in paths.items() if rel.endswith(".gguf")))
+        else:
+            model_path = (
+                str(next(iter(paths.values())).parent)
+                if len(paths) == 1
+                else str(_common_root([Path(p) for p in paths.values()]))
+            )
+        threads = self.settings.worker_threads
+        drain = self.settings.drain_seconds
+
+        # Imported weights live under MODELPORT_HOME, which workers cannot read: they get an open
+        # read-only descriptor instead of a path (GGUF), as encrypted weights will (memfd).
+        by_fd = runtime != "echo" and model.format == "gguf" and model.source != "bundled"
+
+        def spec() -> WorkerSpec:
+            fd = os.open(model_path, os.O_RDONLY) if by_fd else None
+            return WorkerSpec(
+                runtime=runtime,
+                model_id=model.id,
+                model_path=None if runtime == "echo" or by_fd else model_path,
+                model_fd=fd,
+                threads=threads,
+                drain_seconds=drain,
+                options={"task": model.task},
+            )
+
+        return self.pools.get_or_create(
+            pool_key(dep, model),
+            kind=dep.type,
+            geography=dep.geography,
+            regions=self.settings.regions_of(dep.geography),
+            spec_factory=spec,
+            instances=dep.instances if dep.type == "dedicated" else 1,
+            concurrency=RUNTIME_CONCURRENCY.get(runtime, 1),
+        )
+
+    async def provision(self, dep_id: str) -> None:
+        """Verify the model, start (or join) the pool, and record the outcome."""
+        with self.db.session() as s:
+            dep = s.get(Deployment, dep_id)
+            model = s.get(CatalogModel, dep.model_id) if dep else None
+        if dep is None or model is None or dep.state == "deleting":
+            return
+        try:
+            report = await asyncio.to_thread(self.catalog.scan_stored, model)
+            if not report.passed:
+                raise IntegrityError(f"Model '{model.name}' no longer passes its artifact scan; see its report.")
+            pool = self._pool(dep, model)
+            await self.pools.scale(pool, dep.instances if dep.type == "dedicated" else max(1, len(pool.members)))
+            egress = self._egress(pool)
+            if self.settings.require_egress_isolation and egress != "isolated":
+                raise ServiceUnavailable(
+                    "This machine cannot isolate workers from the network and the operator "
+                    "requires it (MODELPORT_REQUIRE_EGRESS_ISOLATION)."
+                )
+            # Answered: the worker reports healthy and counts a token, so the model is loaded.
+            async with pool.slot(dep.id) as client:
+                await client.count_tokens(prompt="ready?") if model.task == "chat-completion" else (
+                    await client.embed(["ready?"])
+                )
+        except ModelportError as exc:
+            log.warning("deployment failed", extra={"deployment_id": dep_id, "error_code": exc.code})
+            await asyncio.to_thread(self.service.set_state, dep_id, "failed", exc.message)
+            if dep.type == "dedicated":
+                await self.pools.close(pool_key(dep, model))
+        except Exception as exc:
+            log.exception("deployment failed unexpectedly", extra={"deployment_id": dep_id})
+            await asyncio.to_thread(
+                self.service.set_state,
+                dep_id,
+                "failed",
+                f"Internal error while starting the workers ({type(exc).__name__}); see the server log.",
+            )
+        else:
+            await asyncio.to_thread(self.service.set_state, dep_id, "succeeded", None, egress)
+        self.refresh(dep_id)
+
+    @staticmethod
+    def _egress(pool: Pool) -> str:
+        if not pool.members:
+            return "unknown"
+        return "isolated" if all(m.handle.egress_isolated for m in pool.members) else "not isolated"
+
+    async def pool_for(self, route: Route) -> Pool:
+        """The pool serving `route`; a stopped serverless pool starts again on demand."""
+        pool = self.pools.pools.get(route.pool_key)
+        if pool is not None and not pool.closed and pool.members:
+            return pool
+        with self.db.session() as s:
+            dep = s.get(Deployment, route.id)
+            model = s.get(CatalogModel, route.model_id)
+        if dep is None or model is None:
+            raise ServiceUnavailable("This deployment is being removed.")
+        pool = self._pool(dep, model)
+        await self.pools.scale(pool, pool.instances)
+        return pool
+
+    async def rescale(self, dep_id: str) -> None:
+        with self.db.session() as s:
+            dep = s.get(Deployment, dep_id)
+            model = s.get(CatalogModel, dep.model_id) if dep else None
+        if dep is None or model is None or dep.type != "dedicated" or dep.state != "succeeded":
+            return
+        await self.pools.scale(self._pool(dep, model), dep.instances)
+
+    async def delete(self, dep_id: str) -> None:
+        route = self.refresh(dep_id)
+        if route is not None:
+            shared = [r for r in self.by_name.values() if r.pool_key == route.pool_key and r.id != dep_id]
+            if not shared:
+                await self.pools.close(route.pool_key)
+        await asyncio.to_thread(self.service.remove_row, dep_id)
+        self.refresh(dep_id)
+
+    async def start_existing(self) -> None:
+        """After a restart: dedicated deployments get their workers back."""
+        with self.db.session() as s:
+            ids = list(s.scalars(select(Deployment.id).where(Deployment.state.in_(("creating", "succeeded")))))
+            stale = list(s.scalars(select(Deployment.id).where(Deployment.state == "deleting")))
+        for dep_id in stale:
+            await asyncio.to_thread(self.service.remove_row, dep_id)
+        for dep_id in ids:
+            self.spawn(self.provision(dep_id))
+
+    # -- metering (counts only) -----------------------------------------------------------
+
+    def record_usage(self, route: Route, api: str, prompt_tokens: int, completion_tokens: int, outcome: str) -> None:
+        with self._usage_lock:
+            self._usage.append(
+                UsageRecord(
+                    at=utcnow(),
+                    workspace_id=route.workspace_id,
+                    deployment_id=route.id,
+                    model_id=route.model_id,
+                    api=api,
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=completion_tokens,
+                    outcome=outcome,
+                )
+            )
+
+    def flush_usage(self) -> int:
+        with self._usage_lock:
+            batch, self._usage = self._usage, []
+        if batch:
+            with self.db.session() as s:
+                s.add_all(batch)
+        return len(batch)
+
+    async def run_background(self) -> None:
+        """Flush usage and stop idle serverless pools, every second or so."""
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await asyncio.to_thread(self.flush_usage)
+                await self.pools.reap_idle(self.settings.serverless_idle_seconds)
+            except Exception:
+                log.exception("background deployment work failed")
+
+    async def shutdown(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.pools.close_all()
+        await self.pools.supervisor.stop_all()
+        self.flush_usage()
+
+
+def _common_root(paths: list[Path]) -> Path:
+    return Path(os.path.commonpath([str(p.parent) for p in paths]))

@@ -1,0 +1,117 @@
+"""Inference routes: OpenAI-compatible under /v1, Azure AI Model Inference under /deployments.
+
+Thin: authenticate, find the deployment, check the caller's address, read the body, call the
+shared handler; every error leaves in the surface's own shape.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from modelport.errors import InvalidInput, ModelportError
+from modelport.inference import calls, handlers
+from modelport.inference.wire_errors import azure_error, openai_error
+
+router = APIRouter()
+
+_BODY = {"requestBody": {"content": {"application/json": {"schema": {"type": "object"}}}, "required": True}}
+EXTRA_MODES = ("error", "drop", "pass-through")
+
+
+def _ctx(request: Request):  # type: ignore[no-untyped-def]
+    svc = request.app.state.services
+    return svc, svc.manager
+
+
+async def _openai_call(request: Request, kind: str) -> Response:
+    svc, manager = _ctx(request)
+    try:
+        caller = calls.authenticate(manager, svc.identity, calls.key_from(request))
+        if caller.deployment is not None:
+            calls.check_client(caller.deployment, request)  # before the body is read
+        body = await calls.read_json(request, svc.settings.max_request_bytes)
+        model = body.get("model")
+        route = calls.resolve(manager, caller, model if isinstance(model, str) else None)
+        calls.check_client(route, request)
+        calls.check_ready(route)
+        if kind == "chat":
+            return await handlers.chat(request, manager, route, body, error_shape=openai_error)
+        if kind == "completions":
+            return await handlers.completions(request, manager, route, body, error_shape=openai_error)
+        return await handlers.embeddings(manager, route, body)
+    except ModelportError as exc:
+        return openai_error(exc)
+
+
+@router.post("/v1/chat/completions", name="inference.openai.chat_completions", openapi_extra=_BODY,
+             tags=["inference"])
+async def openai_chat(request: Request) -> Response:
+    return await _openai_call(request, "chat")
+
+
+@router.post("/v1/completions", name="inference.openai.completions", openapi_extra=_BODY, tags=["inference"])
+async def openai_completions(request: Request) -> Response:
+    return await _openai_call(request, "completions")
+
+
+@router.post("/v1/embeddings", name="inference.openai.embeddings", openapi_extra=_BODY, tags=["inference"])
+async def openai_embeddings(request: Request) -> Response:
+    return await _openai_call(request, "embeddings")
+
+
+@router.get("/v1/models", name="inference.openai.models", tags=["inference"])
+async def openai_models(request: Request) -> Response:
+    """Exactly the deployments this key may call."""
+    svc, manager = _ctx(request)
+    try:
+        caller = calls.authenticate(manager, svc.identity, calls.key_from(request))
+        routes = [caller.deployment] if caller.deployment else manager.routes_of(caller.workspace_id)
+        return JSONResponse({"object": "list", "data": [
+            {"id": r.name, "object": "model", "created": r.created_at, "owned_by": "modelport",
+             "task": r.task, "state": r.state} for r in routes if r is not None]})
+    except ModelportError as exc:
+        return openai_error(exc)
+
+
+async def _azure_call(request: Request, name: str, kind: str) -> Response:
+    svc, manager = _ctx(request)
+    try:
+        caller = calls.authenticate(manager, svc.identity, calls.key_from(request, azure=True))
+        route = calls.resolve(manager, caller, name)
+        calls.check_client(route, request)  # the URL names the deployment: before the body
+        mode = request.headers.get("extra-parameters", "error").lower()
+        if mode not in EXTRA_MODES:
+            raise InvalidInput("extra-parameters must be error, drop or pass-through.", field="extra-parameters")
+        if kind == "info":
+            calls.check_ready(route)
+            return JSONResponse({"model_name": route.model_name,
+                                 "model_type": "chat-completion" if route.task == "chat-completion" else "embeddings",
+                                 "model_provider_name": "modelport"})
+        body = await calls.read_json(request, svc.settings.max_request_bytes)
+        calls.check_ready(route)
+        # pass-through: parameters the schema does not know are handed on only when the runtime
+        # understands them; ours take none beyond the schema, so they are dropped (documented).
+        extra_mode = "error" if mode == "error" else "drop"
+        if kind == "chat":
+            return await handlers.chat(request, manager, route, body, extra_mode=extra_mode, error_shape=azure_error)
+        return await handlers.embeddings(manager, route, body, extra_mode=extra_mode)
+    except ModelportError as exc:
+        return azure_error(exc)
+
+
+@router.post("/deployments/{name}/chat/completions", name="inference.azure.chat_completions", openapi_extra=_BODY,
+             tags=["inference"])
+async def azure_chat(name: str, request: Request) -> Response:
+    return await _azure_call(request, name, "chat")
+
+
+@router.post("/deployments/{name}/embeddings", name="inference.azure.embeddings", openapi_extra=_BODY,
+             tags=["inference"])
+async def azure_embeddings(name: str, request: Request) -> Response:
+    return await _azure_call(request, name, "embeddings")
+
+
+@router.get("/deployments/{name}/info", name="inference.azure.info", tags=["inference"])
+async def azure_info(name: str, request: Request) -> Response:
+    return await _azure_call(request, name, "info")

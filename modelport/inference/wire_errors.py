@@ -1,0 +1,45 @@
+"""Errors in each inference API's own shape. Messages never contain prompt or output text.
+
+OpenAI (/v1):       {"error": {"message", "type", "param", "code"}}
+Azure (/deployments): {"error": {"code", "message", "status", "details"}}
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi.responses import JSONResponse
+
+from modelport.errors import ModelportError, TooManyRequests
+
+log = logging.getLogger("modelport.inference")
+
+OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                404: "invalid_request_error", 409: "invalid_request_error", 413: "invalid_request_error",
+                422: "invalid_request_error", 429: "rate_limit_error"}
+
+
+def _public_message(exc: ModelportError) -> str:
+    if exc.status_code >= 500 and exc.status_code != 503:
+        return "The server had an error while processing your request."
+    return exc.message
+
+
+def _headers(exc: ModelportError) -> dict[str, str]:
+    return {"Retry-After": str(exc.retry_after)} if isinstance(exc, TooManyRequests) else {}
+
+
+def openai_error(exc: ModelportError) -> JSONResponse:
+    if exc.status_code >= 500:
+        log.warning("inference error", extra={"error_code": exc.code, "status": exc.status_code})
+    body = {"error": {"message": _public_message(exc), "type": OPENAI_TYPES.get(exc.status_code, "server_error"),
+                      "param": exc.field, "code": exc.details.get("openai_code", exc.code)}}
+    return JSONResponse(body, status_code=exc.status_code, headers=_headers(exc))
+
+
+def azure_error(exc: ModelportError) -> JSONResponse:
+    if exc.status_code >= 500:
+        log.warning("inference error", extra={"error_code": exc.code, "status": exc.status_code})
+    body = {"error": {"code": exc.details.get("azure_code", exc.code), "message": _public_message(exc),
+                      "status": exc.status_code, "param": exc.field}}
+    return JSONResponse(body, status_code=exc.status_code, headers=_headers(exc))
