@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from modelport import __version__
+from modelport.cli import deployments as deployments_cli
 from modelport.cli import identity as identity_cli
 from modelport.cli import models as models_cli
 from modelport.cli.common import JsonOpt, client, handle_errors
@@ -19,6 +20,7 @@ app.add_typer(identity_cli.workspaces, name="workspaces")
 app.add_typer(identity_cli.users, name="users")
 app.add_typer(identity_cli.apikeys, name="apikeys")
 app.add_typer(models_cli.models, name="models")
+app.add_typer(deployments_cli.deployments, name="deployments")
 app.command("audit")(identity_cli.audit)
 
 
@@ -75,6 +77,12 @@ def _announce(settings, result) -> None:  # type: ignore[no-untyped-def]
         if sys.stdout.isatty():
             # Shown once on a terminal; never when output goes to a file or a log collector.
             console.print(f"Admin key (shown once): [bold]{result.admin_key}[/bold]", highlight=False)
+    if result.deployment_key:
+        err_console.print(f"Created the serverless deployment 'chat' of SmolLM2-135M-Instruct; its key is saved to "
+                          f"{settings.home / 'chat.key'} (mode 0600).")
+        if sys.stdout.isatty():
+            console.print(f"Deployment key of 'chat' (shown once): [bold]{result.deployment_key}[/bold]",
+                          highlight=False)
     for p in result.problems:
         err_console.print(f"[yellow]Bundled model skipped:[/yellow] {p}")
     err_console.print(
@@ -82,7 +90,11 @@ def _announce(settings, result) -> None:  # type: ignore[no-untyped-def]
         f"Next steps, in another terminal (the CLI reads {settings.admin_key_file}):\n"
         f"  .venv/bin/modelport status\n"
         f"  .venv/bin/modelport models list\n"
-        f"  .venv/bin/modelport models show SmolLM2-135M-Instruct\n"
+        f"  .venv/bin/modelport deployments list\n"
+        f"  curl {settings.base_url}/v1/chat/completions \\\n"
+        f"    -H \"Authorization: Bearer $(cat {settings.home / 'chat.key'})\" "
+        f"-H 'Content-Type: application/json' -d '{{\"model\": \"chat\", \"messages\": [{{\"role\": \"user\", "
+        f"\"content\": \"Hello!\"}}]}}'\n"
         f"  open {settings.base_url}/docs for the REST API\n",
         highlight=False,
     )
