@@ -121,9 +121,9 @@ def start_server(home: Path, *, env_extra: dict[str, str] | None = None, timeout
                 "PYTHONUNBUFFERED": "1"})
     env.update(env_extra or {})
     log_path = home.parent / f"server-{port}.out"
-    out = open(log_path, "wb")  # noqa: SIM115  (closed with the process)
-    proc = subprocess.Popen([sys.executable, "-m", "modelport", "serve"], env=env, stdout=out, stderr=out,
-                            stdin=subprocess.DEVNULL, cwd=str(ROOT))
+    with open(log_path, "wb") as out:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen([sys.executable, "-m", "modelport", "serve"], env=env, stdout=out, stderr=out,
+                                stdin=subprocess.DEVNULL, cwd=str(ROOT))
     server = Server(url=f"http://127.0.0.1:{port}", home=home, proc=proc, log_path=log_path, env=env)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -73,13 +73,13 @@ def serve(host: Annotated[str | None, typer.Option(help="Bind address (env MODEL
 def _announce(settings, result) -> None:  # type: ignore[no-untyped-def]
     if result.admin_key:
         err_console.print(f"Created the platform admin, the 'default' workspace and an admin key, saved to "
-                          f"{settings.admin_key_file} (mode 0600).")
+                          f"{settings.admin_key_file} (mode 0600).", soft_wrap=True)
         if sys.stdout.isatty():
             # Shown once on a terminal; never when output goes to a file or a log collector.
             console.print(f"Admin key (shown once): [bold]{result.admin_key}[/bold]", highlight=False)
     if result.deployment_key:
         err_console.print(f"Created the serverless deployment 'chat' of SmolLM2-135M-Instruct; its key is saved to "
-                          f"{settings.home / 'chat.key'} (mode 0600).")
+                          f"{settings.home / 'chat.key'} (mode 0600).", soft_wrap=True)
         if sys.stdout.isatty():
             console.print(f"Deployment key of 'chat' (shown once): [bold]{result.deployment_key}[/bold]",
                           highlight=False)
@@ -97,6 +97,7 @@ def _announce(settings, result) -> None:  # type: ignore[no-untyped-def]
         f"\"content\": \"Hello!\"}}]}}'\n"
         f"  open {settings.base_url}/docs for the REST API\n",
         highlight=False,
+        soft_wrap=True,
     )
 
 

@@ -339,9 +339,10 @@ class IdentityService:
         self.invalidate_cache()
 
     def _member(self, s: Session, actor: Principal, user_ref: str) -> Membership:
-        user = self._user_by_ref(s, user_ref)
-        m = s.scalar(select(Membership).where(Membership.workspace_id == actor.workspace_id,
-                                              Membership.user_id == user.id))
+        # One answer for "no such user" and "a user of another workspace": a workspace must not
+        # learn which users exist elsewhere on the installation.
+        m = s.scalar(select(Membership).join(User, Membership.user_id == User.id).where(
+            Membership.workspace_id == actor.workspace_id, (User.id == user_ref) | (User.name == user_ref)))
         if m is None:
             raise NotFound(f"User '{user_ref}' is not a member of this workspace.", field="user")
         return m
@@ -363,14 +364,9 @@ class IdentityService:
             raise InvalidInput("name must be at most 64 characters.", field="name")
         with self.db.session() as s:
             user_id = actor.user_id
-            if user_ref is not None:
-                user = self._user_by_ref(s, user_ref)
-                if user.id != actor.user_id:
-                    actor.require("apikeys.manage")
-                    if s.scalar(select(Membership).where(Membership.workspace_id == actor.workspace_id,
-                                                         Membership.user_id == user.id)) is None:
-                        raise NotFound(f"User '{user_ref}' is not a member of this workspace.", field="user")
-                user_id = user.id
+            if user_ref is not None and user_ref not in (actor.user_id, actor.user_name):
+                actor.require("apikeys.manage")
+                user_id = self._member(s, actor, user_ref).user_id
             if user_id == actor.user_id:
                 actor.require("apikeys.own")
             expires = utcnow() + timedelta(days=expires_in_days) if expires_in_days else None
