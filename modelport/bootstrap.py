@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from modelport.api.deps import Services
 from modelport.catalog.service import CatalogService
 from modelport.catalog.storage import LocalModelStore
-from modelport.config import Settings
+from modelport.config import Settings, datastore_environ
+from modelport.datasets.service import DatasetService
+from modelport.datastore.settings import from_settings as datastore_from_settings
 from modelport.db import migrate
 from modelport.db.engine import Database
 from modelport.deployments.schemas import DeploymentCreate
@@ -17,6 +19,7 @@ from modelport.deployments.service import DeploymentService
 from modelport.identity.service import IdentityService
 from modelport.inference.manager import DeploymentManager
 from modelport.inference.pools import PoolManager, RegionSlots
+from modelport.keys.service import KeyService
 from modelport.workers.supervisor import WorkerSupervisor
 
 log = logging.getLogger("modelport.bootstrap")
@@ -35,6 +38,7 @@ def build_services(settings: Settings) -> Services:
         # Workers never see the metadata store, the blobs or the keys, even through a mount.
         hidden_paths=[settings.home],
     )
+    datastore = datastore_from_settings(settings.home, datastore_environ(settings))
     pools = PoolManager(supervisor, RegionSlots(settings.region_slots), settings.queue_per_deployment)
     return Services(
         settings=settings,
@@ -43,6 +47,8 @@ def build_services(settings: Settings) -> Services:
         catalog=catalog,
         deployments=deployments,
         manager=DeploymentManager(settings, db, catalog, deployments, pools),
+        datasets=DatasetService(db, datastore, settings.max_dataset_bytes),
+        keys=KeyService(db, datastore),
     )
 
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -65,6 +65,15 @@ class Settings(BaseSettings):
     runtime_overrides: dict[str, str] = Field(
         default_factory=dict, description='Serve a model with another runtime, e.g. {"my-model": "echo"} (JSON).'
     )
+    # Datastore and keys (see modelport/datastore/settings.py for the master-key rules)
+    max_dataset_bytes: int = Field(default=1024**3, description="Largest dataset upload (413 beyond).")
+    platform_master_key: SecretStr | None = Field(default=None, description="base64 of 32 bytes (outer layer).")
+    workspace_master_key: SecretStr | None = Field(default=None, description="base64 of 32 bytes (inner layer).")
+    datastore_chunk_size: int = 1024 * 1024
+    datastore_key_cache_ttl: float = Field(default=60.0, description="Seconds an unwrapped data key is cached.")
+    kms_aws_region: str | None = Field(default=None, description="Turns the AWS KMS key provider on.")
+    kms_aws_endpoint_url: str | None = None
+
     worker_uid_base: int = Field(default=61000, description="Workers run as uid base+slot when started as root.")
 
     @field_validator("geographies", "region_slots", "runtime_overrides", mode="before")
@@ -127,3 +136,21 @@ def build_settings(environ: Mapping[str, str] | None = None, **overrides: object
             values[name] = env[key]
     values.update(overrides)
     return Settings(**values)
+
+
+def datastore_environ(settings: Settings) -> dict[str, str]:
+    """The datastore's configuration as the variables its builder reads."""
+    env = {
+        "MODELPORT_ENVIRONMENT": settings.environment,
+        "MODELPORT_DATASTORE_CHUNK_SIZE": str(settings.datastore_chunk_size),
+        "MODELPORT_DATASTORE_KEY_CACHE_TTL": str(settings.datastore_key_cache_ttl),
+    }
+    if settings.platform_master_key is not None:
+        env["MODELPORT_PLATFORM_MASTER_KEY"] = settings.platform_master_key.get_secret_value()
+    if settings.workspace_master_key is not None:
+        env["MODELPORT_WORKSPACE_MASTER_KEY"] = settings.workspace_master_key.get_secret_value()
+    if settings.kms_aws_region:
+        env["MODELPORT_KMS_AWS_REGION"] = settings.kms_aws_region
+    if settings.kms_aws_endpoint_url:
+        env["MODELPORT_KMS_AWS_ENDPOINT_URL"] = settings.kms_aws_endpoint_url
+    return env

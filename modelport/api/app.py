@@ -13,7 +13,7 @@ from modelport import __version__
 from modelport.api import errors
 from modelport.api.deps import Services
 from modelport.api.middleware import RequestContext
-from modelport.api.routes import deployments, identity, models, ops
+from modelport.api.routes import datasets, deployments, identity, models, ops
 from modelport.bootstrap import build_services, prepare
 from modelport.config import Settings
 from modelport.inference import routes as inference_routes
@@ -50,6 +50,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.include_router(identity.router)
     app.include_router(models.router)
     app.include_router(deployments.router)
+    app.include_router(datasets.router)
     app.include_router(inference_routes.router)
     app.add_middleware(RequestContext)
     return app

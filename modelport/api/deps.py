@@ -9,12 +9,14 @@ from fastapi import Depends, Header, Request
 
 from modelport.catalog.service import CatalogService
 from modelport.config import Settings
+from modelport.datasets.service import DatasetService
 from modelport.db.engine import Database
 from modelport.deployments.service import DeploymentService
 from modelport.errors import Unauthenticated
 from modelport.identity.principal import Principal
 from modelport.identity.service import IdentityService
 from modelport.inference.manager import DeploymentManager
+from modelport.keys.service import KeyService
 
 
 @dataclass
@@ -25,6 +27,8 @@ class Services:
     catalog: CatalogService
     deployments: DeploymentService
     manager: DeploymentManager
+    datasets: DatasetService
+    keys: KeyService
     extra: dict[str, object] = field(default_factory=dict)  # later subsystems register here
 
 

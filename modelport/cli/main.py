@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from modelport import __version__
+from modelport.cli import datasets as datasets_cli
 from modelport.cli import deployments as deployments_cli
 from modelport.cli import identity as identity_cli
 from modelport.cli import models as models_cli
@@ -21,6 +22,10 @@ app.add_typer(identity_cli.users, name="users")
 app.add_typer(identity_cli.apikeys, name="apikeys")
 app.add_typer(models_cli.models, name="models")
 app.add_typer(deployments_cli.deployments, name="deployments")
+app.add_typer(datasets_cli.datasets, name="datasets")
+app.add_typer(datasets_cli.workspace_key, name="workspace-key")
+app.add_typer(datasets_cli.cmk, name="cmk")
+app.add_typer(datasets_cli.platform_key, name="platform-key")
 app.command("audit")(identity_cli.audit)
 
 
