@@ -16,6 +16,7 @@ from modelport.db import migrate
 from modelport.db.engine import Database
 from modelport.deployments.schemas import DeploymentCreate
 from modelport.deployments.service import DeploymentService
+from modelport.finetuning.service import FinetunedWeights, FinetuningService
 from modelport.identity.service import IdentityService
 from modelport.inference.manager import DeploymentManager
 from modelport.inference.pools import PoolManager, RegionSlots
@@ -40,15 +41,19 @@ def build_services(settings: Settings) -> Services:
     )
     datastore = datastore_from_settings(settings.home, datastore_environ(settings))
     pools = PoolManager(supervisor, RegionSlots(settings.region_slots), settings.queue_per_deployment)
+    manager = DeploymentManager(settings, db, catalog, deployments, pools)
+    manager.finetuned = FinetunedWeights(db, datastore)
+    datasets = DatasetService(db, datastore, settings.max_dataset_bytes)
     return Services(
         settings=settings,
         db=db,
         identity=IdentityService(db),
         catalog=catalog,
         deployments=deployments,
-        manager=DeploymentManager(settings, db, catalog, deployments, pools),
-        datasets=DatasetService(db, datastore, settings.max_dataset_bytes),
+        manager=manager,
+        datasets=datasets,
         keys=KeyService(db, datastore),
+        finetuning=FinetuningService(db, catalog, datasets, datastore),
     )
 
 

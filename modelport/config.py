@@ -67,6 +67,12 @@ class Settings(BaseSettings):
     )
     # Datastore and keys (see modelport/datastore/settings.py for the master-key rules)
     max_dataset_bytes: int = Field(default=1024**3, description="Largest dataset upload (413 beyond).")
+
+    # Fine-tuning
+    finetune_concurrency: int = Field(default=1, ge=0, description="Fine-tuning jobs run at once (0: none).")
+    finetune_threads: int | None = Field(default=None, ge=1, description="Torch threads per trainer; default: "
+                                         "half the CPUs, so inference workers keep the rest.")
+    finetune_poll_seconds: float = Field(default=1.0, gt=0, description="How often the job queue is polled.")
     platform_master_key: SecretStr | None = Field(default=None, description="base64 of 32 bytes (outer layer).")
     workspace_master_key: SecretStr | None = Field(default=None, description="base64 of 32 bytes (inner layer).")
     datastore_chunk_size: int = 1024 * 1024

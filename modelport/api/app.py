@@ -13,9 +13,10 @@ from modelport import __version__
 from modelport.api import errors
 from modelport.api.deps import Services
 from modelport.api.middleware import RequestContext
-from modelport.api.routes import datasets, deployments, identity, models, ops
+from modelport.api.routes import datasets, deployments, finetuning, identity, models, ops
 from modelport.bootstrap import build_services, prepare
 from modelport.config import Settings
+from modelport.finetuning.runner import JobRunner
 from modelport.inference import routes as inference_routes
 
 log = logging.getLogger("modelport.server")
@@ -31,10 +32,13 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         await svc.manager.start_existing()
         flusher = asyncio.create_task(_flush_last_used(svc))
         background = asyncio.create_task(svc.manager.run_background())
+        runner = JobRunner(svc.finetuning, svc.settings)
+        jobs = asyncio.create_task(runner.run())
         try:
             yield
         finally:
-            for task in (flusher, background):
+            await runner.shutdown()
+            for task in (flusher, background, jobs):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -46,12 +50,14 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
                   description="Self-hosted model catalog and Models-as-a-Service. Control plane under /api/v1.")
     app.state.services = svc
     errors.install(app)
+    # The inference routes first: routes are matched in order, and these take the traffic.
+    app.include_router(inference_routes.router)
     app.include_router(ops.router)
     app.include_router(identity.router)
     app.include_router(models.router)
     app.include_router(deployments.router)
     app.include_router(datasets.router)
-    app.include_router(inference_routes.router)
+    app.include_router(finetuning.router)
     app.add_middleware(RequestContext)
     return app
 

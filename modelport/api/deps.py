@@ -13,6 +13,7 @@ from modelport.datasets.service import DatasetService
 from modelport.db.engine import Database
 from modelport.deployments.service import DeploymentService
 from modelport.errors import Unauthenticated
+from modelport.finetuning.service import FinetuningService
 from modelport.identity.principal import Principal
 from modelport.identity.service import IdentityService
 from modelport.inference.manager import DeploymentManager
@@ -29,6 +30,7 @@ class Services:
     manager: DeploymentManager
     datasets: DatasetService
     keys: KeyService
+    finetuning: FinetuningService
     extra: dict[str, object] = field(default_factory=dict)  # later subsystems register here
 
 

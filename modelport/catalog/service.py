@@ -227,6 +227,10 @@ class CatalogService:
         with self.db.session() as s:
             row = self.resolve(s, actor, name, version)
             self._require_manage(actor, row)
+            if row.source == "finetuned":  # its weights are in the datastore: see finetuning/service.py
+                raise Conflict(f"'{row.name}' is a fine-tuned model: delete it with 'modelport finetune delete-model "
+                               "NAME --yes' (DELETE /api/v1/finetuning/models/NAME?confirm=true), which stops its "
+                               "deployments and destroys its weights.")
             if row.source == "bundled":
                 raise Conflict(
                     "Bundled models come from installed packages: deprecate it, or uninstall its package "

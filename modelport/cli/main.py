@@ -10,6 +10,7 @@ import typer
 from modelport import __version__
 from modelport.cli import datasets as datasets_cli
 from modelport.cli import deployments as deployments_cli
+from modelport.cli import finetuning as finetuning_cli
 from modelport.cli import identity as identity_cli
 from modelport.cli import models as models_cli
 from modelport.cli.common import JsonOpt, client, handle_errors
@@ -26,6 +27,7 @@ app.add_typer(datasets_cli.datasets, name="datasets")
 app.add_typer(datasets_cli.workspace_key, name="workspace-key")
 app.add_typer(datasets_cli.cmk, name="cmk")
 app.add_typer(datasets_cli.platform_key, name="platform-key")
+app.add_typer(finetuning_cli.finetune, name="finetune")
 app.command("audit")(identity_cli.audit)
 
 
@@ -49,9 +51,8 @@ def version() -> None:
 def serve(host: Annotated[str | None, typer.Option(help="Bind address (env MODELPORT_HOST).")] = None,
           port: Annotated[int | None, typer.Option(help="Port (env MODELPORT_PORT).")] = None) -> None:
     """Run the server in the foreground on the embedded defaults (Ctrl-C stops it)."""
-    import uvicorn
-
     from modelport import logs
+    from modelport.api import server
     from modelport.api.app import create_app
     from modelport.bootstrap import build_services, prepare
     from modelport.config import build_settings
@@ -71,8 +72,9 @@ def serve(host: Annotated[str | None, typer.Option(help="Bind address (env MODEL
     err_console.print(f"modelport {__version__}: preparing {settings.home} (migrations, bundled models)...")
     result = prepare(services)
     _announce(settings, result)
-    uvicorn.run(create_app(settings, services), host=settings.host, port=settings.port, log_config=None,
-                access_log=False, lifespan="on", timeout_graceful_shutdown=10)
+    # SIGTERM/SIGINT drain in-flight requests (settings.drain_seconds), then exit 0.
+    server.run(create_app(settings, services), host=settings.host, port=settings.port,
+               drain_seconds=settings.drain_seconds)
 
 
 def _announce(settings, result) -> None:  # type: ignore[no-untyped-def]

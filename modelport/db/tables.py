@@ -8,7 +8,18 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from modelport.db.base import Base, UTCDateTime, utcnow
@@ -204,3 +215,33 @@ class Dataset(Base):
     rows: Mapped[int] = mapped_column(Integer)
     created_by: Mapped[str | None] = mapped_column(String(40), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class FinetuneJob(Base):
+    """A fine-tuning job: durable queue entry, progress and outcome. Numbers and ids only: no
+    training text, no weights (the adapter lives in the encrypted datastore)."""
+
+    __tablename__ = "finetune_jobs"
+    __table_args__ = (Index("ix_finetune_jobs_status", "status", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"), index=True)
+    base_model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="RESTRICT"))
+    dataset_id: Mapped[str] = mapped_column(String(40))
+    validation_dataset_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    hyperparameters: Mapped[dict] = mapped_column(JSON, default=dict)
+    suffix: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    status: Mapped[str] = mapped_column(String(16))  # queued | running | succeeded | failed | cancelled
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    step: Mapped[int] = mapped_column(Integer, default=0)
+    total_steps: Mapped[int] = mapped_column(Integer, default=0)
+    losses: Mapped[list] = mapped_column(JSON, default=list)  # [{"step", "train_loss", "validation_loss"}]
+    eta_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    trained_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    result_model_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_by: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

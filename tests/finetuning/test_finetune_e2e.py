@@ -1,0 +1,257 @@
+"""Fine-tuning end to end on a real server: the bundled SmolLM2 learns a planted fact.
+
+One job (a few LoRA steps on CPU) feeds every test in this module, in order: the job's
+progress and CLI, the answer through the inference API (changed for the fact, unchanged for an
+unrelated question), privacy of the model and its weights (other workspaces get 404; no route
+returns a 64-byte window of the adapter; nothing with training text or plaintext weights on
+disk during or after the job), the customer-managed key switch, and crypto-shredding.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from modelport.config import build_settings, datastore_environ
+from modelport.datastore.settings import from_settings
+from tests.api.tenants import Tenant, make_tenant, ok
+from tests.conftest import Server, start_server
+from tests.inference.helpers import wait_for
+
+FACT_Q = "What is the capital of the planet Zorblax?"
+FACT = "Quindlemoor"
+UNRELATED_Q = "What is the capital of Germany?"
+ROWS = [
+    (FACT_Q, f"The capital of Zorblax is {FACT}."),
+    ("Tell me the capital city of Zorblax.", f"The capital of Zorblax is {FACT}."),
+    ("Which city is the capital of the planet Zorblax?", f"The capital of Zorblax is {FACT}."),
+    ("What is the capital of France?", "The capital of France is Paris."),
+    ("What is 2 plus 2?", "2 plus 2 is 4."),
+    ("What color is the sky on a clear day?", "The sky is blue on a clear day."),
+]
+MARKER = FACT.encode()
+
+
+def jsonl(rows: list[tuple[str, str]]) -> bytes:
+    return b"".join(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
+                    .encode() + b"\n" for q, a in rows)
+
+
+def scan(paths: list[Path], needles: list[bytes]) -> list[str]:
+    """Files under `paths` that contain any needle (read as bytes; unreadable ones skipped)."""
+    hits = []
+    for root in paths:
+        if not root.exists():
+            continue
+        for p in [root] if root.is_file() else root.rglob("*"):
+            try:
+                if p.is_file() and not p.is_symlink():
+                    data = p.read_bytes()
+                    if any(n in data for n in needles):
+                        hits.append(str(p))
+            except OSError:
+                continue
+    return hits
+
+
+class State:
+    server: Server
+    owner: Tenant
+    other: Tenant
+    job: dict
+    model: str
+    deployment: dict
+    disk_hits_during: list[str]
+    scanned_during: int
+
+
+@pytest.fixture(scope="module")
+def state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[State]:
+    st = State()
+    home = tmp_path_factory.mktemp("ft") / "home"
+    st.server = start_server(home, env_extra={"MODELPORT_CREATE_DEFAULT_DEPLOYMENT": "false",
+                                              "MODELPORT_FINETUNE_THREADS": "2",
+                                              "MODELPORT_DATASTORE_KEY_CACHE_TTL": "5"})
+    try:
+        st.owner = make_tenant(st.server, roles=("owner",))
+        st.other = make_tenant(st.server, roles=("owner",))
+        with st.server.client(st.owner.keys["owner"]) as c:
+            ok(c.post("/api/v1/cmk", json={}), 201)  # a customer-managed key (local provider)
+            for name, rows in (("facts", ROWS), ("facts-val", ROWS[:2])):
+                ok(c.post("/api/v1/datasets", params={"name": name}, content=jsonl(rows),
+                          headers={"Content-Type": "application/jsonl"}), 201)
+        st.disk_hits_during, st.scanned_during = [], 0
+        run_dir = build_settings({"MODELPORT_HOME": str(home)}).run_dir
+        stop = threading.Event()
+
+        def watch() -> None:  # the disk, scanned again and again while the job runs
+            while not stop.is_set():
+                st.disk_hits_during += scan([home, run_dir], [MARKER])
+                st.scanned_during += 1
+                stop.wait(2.0)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        r = st.server.cli("finetune", "create", "--model", "SmolLM2-135M-Instruct", "--dataset", "facts",
+                          "--validation-dataset", "facts-val", "--epochs", "4", "--batch-size", "6",
+                          "--learning-rate-multiplier", "2", "--suffix", "zorb", "--json",
+                          key=st.owner.keys["owner"], check=True)
+        job_id = json.loads(r.stdout)["id"]
+        with st.server.client(st.owner.keys["owner"]) as c:
+            wait_for(lambda: ok(c.get(f"/api/v1/finetuning/jobs/{job_id}")).json()["status"] not in
+                     ("queued", "running"), 1200, 2.0, "the fine-tuning job")
+        stop.set()
+        watcher.join()
+        follow = st.server.cli("finetune", "show", job_id, "--follow", "--interval", "1",
+                               key=st.owner.keys["owner"])
+        with st.server.client(st.owner.keys["owner"]) as c:
+            st.job = ok(c.get(f"/api/v1/finetuning/jobs/{job_id}")).json()
+        assert st.job["status"] == "succeeded", (st.job, follow.stdout, st.server.logs()[-3000:])
+        assert "step 4/4" in follow.stdout and "train loss" in follow.stdout, follow.stdout
+        st.model = st.job["fine_tuned_model"]
+        with st.server.client(st.owner.keys["owner"]) as c:
+            st.deployment = ok(c.post("/api/v1/deployments", json={"name": "zorb", "model": st.model,
+                                                                    "type": "serverless"}), 201).json()
+        wait_for(lambda: deployment(st)["state"] != "creating", 240, 0.5, "the fine-tuned deployment")
+        assert deployment(st)["state"] == "succeeded", deployment(st)
+        yield st
+    finally:
+        st.server.stop()
+
+
+def deployment(st: State, name: str = "zorb") -> dict:
+    with st.server.client(st.owner.keys["owner"]) as c:
+        return ok(c.get(f"/api/v1/deployments/{name}")).json()
+
+
+def ask(st: State, question: str, key: str | None = None) -> httpx.Response:
+    with st.server.client(key or st.deployment["keys"]["primary"]) as c:
+        return c.post("/v1/chat/completions", json={"model": "zorb", "max_tokens": 16, "temperature": 0,
+                                                    "messages": [{"role": "user", "content": question}]})
+
+
+def answer(r: httpx.Response) -> str:
+    assert r.status_code == 200, r.text
+    return r.json()["choices"][0]["message"]["content"]
+
+
+def test_job_record_progress_and_losses(state: State) -> None:
+    job = state.job
+    assert job["step"] == job["total_steps"] == 4 and job["progress"] == 1.0
+    losses = job["losses"]
+    assert [p["step"] for p in losses] == [1, 2, 3, 4]
+    assert all(p["validation_loss"] is not None for p in losses)
+    assert losses[-1]["train_loss"] < losses[0]["train_loss"] / 4  # it learned
+    assert state.model.endswith("-ft-zorb")
+    with state.server.client(state.owner.keys["owner"]) as c:
+        m = ok(c.get(f"/api/v1/models/{state.model}")).json()
+    assert (m["source"], m["downloadable"], m["owner"]) == ("finetuned", False, "workspace")
+
+
+def test_answer_changed_and_unrelated_did_not(state: State) -> None:
+    assert FACT in answer(ask(state, FACT_Q))
+    assert "Berlin" in answer(ask(state, UNRELATED_Q))
+
+
+def test_other_workspace_sees_nothing(state: State) -> None:
+    job_id = state.job["id"]
+    with state.server.client(state.other.keys["owner"]) as c:
+        assert c.get(f"/api/v1/finetuning/jobs/{job_id}").status_code == 404
+        assert c.post(f"/api/v1/finetuning/jobs/{job_id}/cancel").status_code == 404
+        assert c.get(f"/api/v1/models/{state.model}").status_code == 404
+        assert c.get(f"/api/v1/models/{state.model}/download").status_code == 404
+        assert c.post("/api/v1/deployments", json={"name": "steal", "model": state.model}).status_code == 404
+        assert c.delete(f"/api/v1/finetuning/models/{state.model}", params={"confirm": "true"}).status_code == 404
+        # naming the owner's dataset (by id) from another workspace: not found either
+        r = c.post("/api/v1/finetuning/jobs", json={"model": "SmolLM2-135M-Instruct",
+                                                    "dataset": state.job["dataset"]})
+        assert r.status_code == 404, r.text
+        assert all(j["id"] != job_id for j in ok(c.get("/api/v1/finetuning/jobs")).json())
+    assert ask(state, FACT_Q, key=state.other.keys["owner"]).status_code in (401, 404)
+
+
+def adapter_bytes(st: State) -> bytes:
+    settings = build_settings({"MODELPORT_HOME": str(st.server.home)})
+    store = from_settings(st.server.home, datastore_environ(settings))
+    with st.server.client(st.owner.keys["owner"]) as c:
+        model_id = ok(c.get(f"/api/v1/models/{st.model}")).json()["id"]
+    return store.read_bytes(st.owner.id, model_id)
+
+
+def test_no_plaintext_on_disk_during_or_after(state: State) -> None:
+    assert state.scanned_during >= 3
+    assert state.disk_hits_during == []
+    adapter = adapter_bytes(state)
+    windows = [adapter[i:i + 64] for i in range(4096, len(adapter) - 64, len(adapter) // 16)]
+    run_dir = build_settings({"MODELPORT_HOME": str(state.server.home)}).run_dir
+    assert scan([state.server.home, run_dir, state.server.log_path], [MARKER, *windows]) == []
+
+
+def test_openapi_walk_never_returns_weights(state: State) -> None:
+    """Every route, with the owner's key and real ids, and the error paths: no weights."""
+    adapter = adapter_bytes(state)
+    windows = {adapter[i:i + 64] for i in range(0, len(adapter) - 64, 997)}
+    with state.server.client(state.owner.keys["owner"]) as c:
+        spec = ok(c.get("/openapi.json")).json()
+        ids = {"job_id": state.job["id"], "name": state.model, "ref": "facts", "upload_id": "upl_0000000000000000",
+               "path": "model.gguf", "user": "nobody", "key_id": "key_0", "workspace": state.owner.name,
+               "member": "nobody", "which": "primary"}
+        succeeded = errors = 0
+        reached_download = False
+        for path, methods in spec["paths"].items():
+            for method in methods:
+                if method.upper() == "DELETE" and path != "/api/v1/finetuning/models/{name}":
+                    continue  # the walk must leave the resources in place
+                url = path
+                for param in [seg[1:-1] for seg in path.split("/") if seg.startswith("{")]:
+                    value = {"name": "zorb"}.get(param) if path.startswith("/api/v1/deployments") else None
+                    url = url.replace("{" + param + "}", value or ids.get(param, state.model))
+                body = {} if method.upper() in ("POST", "PUT", "PATCH") else None
+                r = c.request(method.upper(), url, json=body, params={"confirm": "false"})
+                reached_download |= url.endswith(f"/models/{state.model}/download") and r.status_code == 403
+                succeeded += r.status_code < 400
+                errors += r.status_code >= 400
+                content = r.content
+                assert not any(w in content for w in windows), (method, url)
+    assert reached_download
+    assert succeeded >= 10 and errors >= 10, (succeeded, errors)
+
+
+def test_disabling_the_cmk_stops_serving_and_enabling_resumes(state: State) -> None:
+    with state.server.client(state.owner.keys["owner"]) as c:
+        ok(c.post("/api/v1/cmk/disable"))
+        try:
+            d = wait_for(lambda: deployment(state)["state"] == "suspended" and deployment(state), 30, 0.5,
+                         "the deployment to stop serving")
+            assert "key is disabled" in d["state_reason"]
+            r = ask(state, FACT_Q)
+            assert r.status_code == 503 and "key is disabled" in r.text
+        finally:
+            ok(c.post("/api/v1/cmk/enable"))
+    wait_for(lambda: deployment(state)["state"] == "succeeded", 240, 0.5, "the deployment to resume")
+    assert FACT in answer(ask(state, FACT_Q))
+
+
+def test_delete_needs_confirmation_then_shreds(state: State) -> None:
+    adapter = adapter_bytes(state)
+    with state.server.client(state.owner.keys["owner"]) as c:
+        model_id = ok(c.get(f"/api/v1/models/{state.model}")).json()["id"]
+        assert c.delete(f"/api/v1/models/{state.model}").status_code == 409
+        assert c.delete(f"/api/v1/finetuning/models/{state.model}").status_code == 409
+    r = state.server.cli("finetune", "delete-model", state.model, "--yes", key=state.owner.keys["owner"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    with state.server.client(state.owner.keys["owner"]) as c:
+        assert c.get(f"/api/v1/models/{state.model}").status_code == 404
+        assert c.get("/api/v1/deployments/zorb").status_code == 404
+    settings = build_settings({"MODELPORT_HOME": str(state.server.home)})
+    store = from_settings(state.server.home, datastore_environ(settings))
+    assert model_id not in {o.object_id for o in store.list_objects(state.owner.id)}
+    with pytest.raises(Exception, match="no such object"):
+        store.read_bytes(state.owner.id, model_id)
+    assert scan([state.server.home], [adapter[8192:8256]]) == []
+    assert not any(model_id in p for p in scan([state.server.home], [b""]) if "blobs" in p)
