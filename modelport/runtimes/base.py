@@ -1,0 +1,259 @@
+"""The one small interface every model runtime implements.
+
+A runtime wraps one inference library (llama.cpp, transformers, ...) for one loaded model. It
+lives inside a worker process (`modelport.workers`), never in the gateway, and is driven by one
+thread at a time: the worker serialises calls, so a runtime needs no locking of its own.
+
+    Runtime.load(spec)            load the model named by `spec` (local files only)
+    runtime.generate(req, cancel) iterator of Delta; the last one carries finish_reason + usage
+    runtime.embed(texts)          EmbedResult (one unit-length vector per text, token count)
+    runtime.count_tokens(...)     prompt size before any inference (the gateway answers 400)
+    runtime.context_length        the most tokens (prompt + completion) one sequence may hold
+    runtime.close()               free the model
+
+Privacy (P1): a runtime never logs, prints or puts into an exception message any prompt or
+output text. Errors name what was wrong in our own words (sizes and limits are fine).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from modelport.errors import InvalidInput, Unprocessable
+
+FinishReason = Literal["stop", "length"]
+ResponseFormat = Literal["text", "json_object"]
+
+TASK_CHAT = "chat-completion"
+TASK_COMPLETION = "completion"
+TASK_EMBEDDINGS = "embeddings"
+
+
+def default_threads() -> int:
+    """Threads one worker uses by default: the CPUs this process may run on, at most 8.
+
+    More threads than cores only adds contention (llama.cpp and torch both spin), and past 8
+    the small bundled models stop scaling; operators set `threads` per deployment to split a
+    machine between workers.
+    """
+    try:
+        available = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        available = os.cpu_count() or 1
+    return max(1, min(8, available))
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """What a runtime needs to load a model. Paths are local; the worker turns an inherited
+    file descriptor into `/proc/self/fd/N` before it gets here."""
+
+    model_path: str
+    lora_path: str | None = None
+    n_ctx: int | None = None
+    threads: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def thread_count(self) -> int:
+        return self.threads or default_threads()
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateRequest:
+    """One completion. Exactly one of `messages` (chat, rendered with the model's own chat
+    template) and `prompt` (raw text) is set. Defaults follow the OpenAI API."""
+
+    messages: Sequence[dict[str, Any]] | None = None
+    prompt: str | None = None
+    max_tokens: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    response_format: ResponseFormat = "text"
+
+    def __post_init__(self) -> None:
+        if (self.messages is None) == (self.prompt is None):
+            raise InvalidInput("give either messages or a prompt", field="messages")
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """A piece of generated text. The last Delta of a generation has `finish_reason` and
+    `usage` set (its text may be empty); a generation that was cancelled ends without one."""
+
+    text: str
+    finish_reason: FinishReason | None = None
+    usage: Usage | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EmbedResult:
+    vectors: list[list[float]]
+    prompt_tokens: int
+
+
+class Runtime(ABC):
+    """Base class of runtimes; see the module docstring for the contract."""
+
+    name: ClassVar[str]
+    tasks: ClassVar[frozenset[str]]
+
+    def __init__(self) -> None:
+        # Read by the worker's health endpoint; runtimes add one per decoded token so that a
+        # test (or an operator) can see decoding stop when a client goes away.
+        self.tokens_generated_total = 0
+
+    @classmethod
+    @abstractmethod
+    def load(cls, spec: ModelSpec) -> Runtime:
+        """Load the model; raise `Unprocessable` when the files are not a model we can run."""
+
+    @property
+    @abstractmethod
+    def context_length(self) -> int:
+        """Most tokens one sequence may hold (prompt and completion together)."""
+
+    @property
+    def supported_tasks(self) -> frozenset[str]:
+        """Tasks of this loaded model (a transformers model is either an encoder or a LM)."""
+        return self.tasks
+
+    def generate(self, request: GenerateRequest, cancel: threading.Event) -> Iterator[Delta]:
+        raise InvalidInput("this model does not generate text; it is an embeddings model", field="model")
+
+    def embed(self, texts: Sequence[str]) -> EmbedResult:
+        raise InvalidInput("this model does not produce embeddings; it is a text generation model",
+                           field="model")
+
+    @abstractmethod
+    def count_tokens(self, *, messages: Sequence[dict[str, Any]] | None = None,
+                     prompt: str | None = None) -> int:
+        """Tokens the prompt occupies, exactly as `generate` would feed it to the model."""
+
+    def count_input_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens of each embeddings input, as `embed` would feed it to the model."""
+        raise InvalidInput("this model does not produce embeddings; it is a text generation model",
+                           field="model")
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Free the model. Default: nothing to free."""
+
+
+def check_prompt_fits(prompt_tokens: int, context_length: int) -> int:
+    """Raise InvalidInput when the prompt leaves no room to generate; return the room left."""
+    room = context_length - prompt_tokens
+    if room <= 0:
+        raise InvalidInput(
+            f"the prompt has {prompt_tokens} tokens, which fills the model's context window of "
+            f"{context_length} tokens; shorten the messages",
+            field="messages",
+        )
+    return room
+
+
+def flatten_content(content: Any) -> str:
+    """OpenAI messages may carry a list of content parts; text parts are joined, others refused."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts: list[str] = []
+        for part in content:
+            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
+                parts.append(part["text"])
+            else:
+                raise InvalidInput("only text content parts are supported by this model",
+                                   field="messages")
+        return "".join(parts)
+    raise InvalidInput("message content must be a string or a list of text parts", field="messages")
+
+
+def normalise_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages as chat templates expect them: role and plain-string content."""
+    out: list[dict[str, Any]] = []
+    for message in messages:
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise InvalidInput("each message needs a role", field="messages")
+        item = dict(message)
+        item["content"] = flatten_content(message.get("content"))
+        out.append(item)
+    if not out:
+        raise InvalidInput("messages must not be empty", field="messages")
+    return out
+
+
+def render_chat(template: str, messages: Sequence[dict[str, Any]], *, bos_token: str,
+                eos_token: str) -> str:
+    """The model's chat template, rendered in the catalog's sandbox (the same renderer the
+    artifact scan checked the template with). A template that refuses the conversation or
+    fails on it is the caller's 400; a template that breaks a sandbox rule stays a 422."""
+    from modelport.catalog.scanning.chat_template import render_chat_template  # jinja: lazy
+
+    try:
+        return render_chat_template(template, normalise_messages(messages), add_generation_prompt=True,
+                                    bos_token=bos_token, eos_token=eos_token)
+    except Unprocessable as exc:
+        if exc.details.get("reason") in ("refused", "render"):
+            raise InvalidInput(f"{exc.message}; check the roles and order of the messages",
+                               field="messages") from exc
+        raise
+
+
+class StopMatcher:
+    """Holds back generated text that could be the start of a stop sequence.
+
+    Text is released only once it can no longer be part of a stop sequence, so a stop sequence
+    split across tokens is still caught and never streamed to the client (OpenAI semantics:
+    the stop sequence itself is not returned).
+    """
+
+    __slots__ = ("_held", "_stops")
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self._stops = tuple(s for s in stops if s)
+        self._held = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        """Add text; return (text safe to emit, whether a stop sequence was hit)."""
+        if not self._stops:
+            return text, False
+        held = self._held + text
+        first = -1
+        for stop in self._stops:
+            index = held.find(stop)
+            if index != -1 and (first == -1 or index < first):
+                first = index
+        if first != -1:
+            self._held = ""
+            return held[:first], True
+        keep = 0
+        for stop in self._stops:
+            for length in range(min(len(stop) - 1, len(held)), keep, -1):
+                if held.endswith(stop[:length]):
+                    keep = length
+                    break
+        self._held = held[len(held) - keep:] if keep else ""
+        return held[: len(held) - keep], False
+
+    def flush(self) -> str:
+        """Text still held when generation ends for another reason than a stop sequence."""
+        held, self._held = self._held, ""
+        return held

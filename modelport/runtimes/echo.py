@@ -1,0 +1,107 @@
+"""`echo`: a runtime with no model, for the gateway-overhead benchmark and fast tests.
+
+It answers instantly (or after `delay_ms` per token, to test streaming, disconnects and
+draining) with the words of the last message, one word per token. A word is a token for
+counting too, so usage figures are exact and predictable. Embeddings are unit vectors derived
+from a hash of the text: deterministic, meaningless, `dim` long.
+
+Options: `context_length` (default 2048), `delay_ms` (default 0), `dim` (default 8),
+`cycle` (default true: with max_tokens larger than the text, keep repeating the words).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from modelport.runtimes.base import (
+    TASK_CHAT,
+    TASK_COMPLETION,
+    TASK_EMBEDDINGS,
+    Delta,
+    EmbedResult,
+    GenerateRequest,
+    ModelSpec,
+    Runtime,
+    StopMatcher,
+    Usage,
+    check_prompt_fits,
+    normalise_messages,
+)
+
+
+class EchoRuntime(Runtime):
+    name = "echo"
+    tasks = frozenset({TASK_CHAT, TASK_COMPLETION, TASK_EMBEDDINGS})
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        options = spec.options
+        self._context_length = int(options.get("context_length", 2048))
+        self._delay = float(options.get("delay_ms", 0)) / 1000.0
+        self._dim = int(options.get("dim", 8))
+        self._cycle = bool(options.get("cycle", True))
+
+    @classmethod
+    def load(cls, spec: ModelSpec) -> EchoRuntime:
+        return cls(spec)
+
+    @property
+    def context_length(self) -> int:
+        return self._context_length
+
+    @staticmethod
+    def _prompt_words(messages: Sequence[dict[str, Any]] | None, prompt: str | None) -> tuple[int, list[str]]:
+        if messages is not None:
+            normalised = normalise_messages(messages)
+            count = sum(len(m["role"].split()) + len(m["content"].split()) for m in normalised)
+            return count, normalised[-1]["content"].split()
+        words = (prompt or "").split()
+        return len(words), words
+
+    def count_tokens(self, *, messages: Sequence[dict[str, Any]] | None = None,
+                     prompt: str | None = None) -> int:
+        return self._prompt_words(messages, prompt)[0]
+
+    def generate(self, request: GenerateRequest, cancel: threading.Event) -> Iterator[Delta]:
+        prompt_tokens, words = self._prompt_words(request.messages, request.prompt)
+        room = check_prompt_fits(prompt_tokens, self._context_length)
+        words = words or ["echo"]
+        if request.response_format == "json_object":
+            words = [json.dumps({"echo": " ".join(words)})]
+        cap = min(request.max_tokens or room, room)
+        natural = len(words) if request.max_tokens is None or not self._cycle else None
+        limit, finish = (natural, "stop") if natural is not None and natural <= cap else (cap, "length")
+        stopper = StopMatcher(request.stop)
+        produced = 0
+        hit = False
+        while produced < limit:
+            if (self._delay and cancel.wait(self._delay)) or cancel.is_set():
+                return
+            word = words[produced % len(words)]
+            produced += 1
+            self.tokens_generated_total += 1
+            out, hit = stopper.feed(word if produced == 1 else " " + word)
+            if out:
+                yield Delta(out)
+            if hit:
+                finish = "stop"
+                break
+        tail = "" if hit else stopper.flush()
+        yield Delta(tail, finish_reason=finish, usage=Usage(prompt_tokens, produced))  # type: ignore[arg-type]
+
+    def count_input_tokens(self, texts: Sequence[str]) -> list[int]:
+        return [len(t.split()) for t in texts]
+
+    def embed(self, texts: Sequence[str]) -> EmbedResult:
+        vectors = []
+        for text in texts:
+            digest = hashlib.sha256(text.encode("utf-8")).digest()
+            raw = [(digest[i % len(digest)] - 127.5) for i in range(self._dim)]
+            norm = math.sqrt(sum(v * v for v in raw)) or 1.0
+            vectors.append([v / norm for v in raw])
+        return EmbedResult(vectors, sum(self.count_input_tokens(texts)))

@@ -1,0 +1,52 @@
+"""Find a runtime class by name (entry point) or by `module:Class` reference.
+
+Built-in runtimes register exactly as a third-party package would, in the `modelport.runtimes`
+entry-point group (see pyproject.toml). `BUILTIN` is only read for a name that no installed
+distribution declares, so that a source checkout that was never `pip install`ed still works;
+an entry point of the same name always wins.
+
+An operator may also name a class directly as `package.module:ClassName` (a runtime shipped
+outside any distribution); it is imported inside the worker, never in the gateway.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import entry_points
+
+from modelport.errors import InvalidInput
+from modelport.runtimes.base import Runtime
+
+ENTRY_POINT_GROUP = "modelport.runtimes"
+
+BUILTIN: dict[str, str] = {
+    "llamacpp": "modelport.runtimes.llamacpp:LlamaCppRuntime",
+    "transformers": "modelport.runtimes.transformers:TransformersRuntime",
+    "echo": "modelport.runtimes.echo:EchoRuntime",
+}
+
+
+def available_runtimes() -> dict[str, str]:
+    """Runtime names and the `module:Class` they load, entry points first."""
+    found = dict(BUILTIN)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        found[ep.name] = ep.value
+    return found
+
+
+def resolve_runtime(ref: str) -> type[Runtime]:
+    """Import the runtime class for a registered name or a `module:Class` reference."""
+    target = ref if ":" in ref else available_runtimes().get(ref)
+    if target is None:
+        names = ", ".join(sorted(available_runtimes()))
+        raise InvalidInput(f"unknown runtime {ref!r}; installed runtimes: {names}", field="runtime")
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise InvalidInput(f"runtime {ref!r} cannot be imported: {type(exc).__name__}: {exc}",
+                           field="runtime") from exc
+    cls = getattr(module, attr, None)
+    if not (isinstance(cls, type) and issubclass(cls, Runtime)):
+        raise InvalidInput(f"runtime {ref!r} does not name a modelport Runtime class", field="runtime")
+    return cls

@@ -1,0 +1,294 @@
+"""The worker's HTTP server: one loaded runtime behind the routes of `protocol.py`.
+
+One model context decodes one sequence at a time, so generation and embedding take
+`model_lock`; requests beyond `max_queue` waiting for it get 429. The runtime runs in a
+dedicated thread and hands events to the event loop one by one; the event loop writes them to
+the client and, when the client is gone (a failed write, or aiohttp cancelling the handler on
+disconnect), sets the request's cancel event, which the runtime checks before every token.
+The lock is released only when the runtime thread has really stopped, so a cancelled request
+can never overlap the next one on the same model context.
+
+SIGTERM: stop taking requests (503), give in-flight ones `drain_seconds`, then cancel what is
+left and end each of those streams with an explicit error event.
+
+Privacy (P1): nothing here logs or echoes request content; validation errors name the field
+and the rule, never the value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from modelport import errors
+from modelport.runtimes.base import GenerateRequest, Runtime
+from modelport.workers.protocol import (
+    EmbedBody,
+    GenerateBody,
+    Health,
+    TokenCount,
+    TokenizeBody,
+    WorkerSpec,
+    encode_event,
+    error_body,
+)
+
+_SHUTDOWN_MESSAGE = "the model worker was stopped before this request finished; retry the request"
+_NDJSON = {"Content-Type": "application/x-ndjson"}
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def _error(exc: errors.ModelportError) -> web.Response:
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, errors.TooManyRequests) else None
+    response = _json(error_body(exc), status=exc.status_code)
+    if headers:
+        response.headers.update(headers)
+    return response
+
+
+def _invalid(exc: ValidationError) -> errors.InvalidInput:
+    first = exc.errors(include_input=False, include_url=False)[0]
+    field = ".".join(str(part) for part in first["loc"]) or None
+    return errors.InvalidInput(f"{field or 'body'}: {first['msg']}", field=field)
+
+
+async def _parse(request: web.Request, model: type[BaseModel]) -> Any:
+    raw = await request.read()
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise _invalid(exc) from None  # `from None`: the chained error would carry the input
+
+
+class WorkerServer:
+    """State and handlers of one worker; `app()` builds the aiohttp application."""
+
+    def __init__(self, runtime: Runtime, spec: WorkerSpec) -> None:
+        self.runtime = runtime
+        self.spec = spec
+        self.model_lock = asyncio.Lock()
+        self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="model")
+        self._tokenize_thread = ThreadPoolExecutor(1, thread_name_prefix="tokenize")
+        self.active_generations = 0
+        self.queued = 0
+        self.requests_total = 0
+        self.draining = False
+        self.shutting_down = False
+        self._cancels: set[threading.Event] = set()
+        self._netns_inode = os.stat("/proc/self/ns/net").st_ino
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024**2)
+        app.router.add_get("/health", self.health)
+        app.router.add_post("/tokenize", self.tokenize)
+        app.router.add_post("/generate", self.generate)
+        app.router.add_post("/embed", self.embed)
+        return app
+
+    # -- health and counting ----------------------------------------------------------------
+
+    async def health(self, request: web.Request) -> web.Response:
+        info = Health(
+            status="draining" if self.draining else "ready", pid=os.getpid(), uid=os.getuid(),
+            model_id=self.spec.model_id, runtime=self.runtime.name,
+            tasks=sorted(self.runtime.supported_tasks), context_length=self.runtime.context_length,
+            active_generations=self.active_generations, queued=self.queued,
+            tokens_generated_total=self.runtime.tokens_generated_total,
+            requests_total=self.requests_total, netns_inode=self._netns_inode,
+        )
+        return web.Response(body=info.model_dump_json(), content_type="application/json")
+
+    async def tokenize(self, request: web.Request) -> web.Response:
+        try:
+            body: TokenizeBody = await _parse(request, TokenizeBody)
+            loop = asyncio.get_running_loop()
+            if body.input is not None:
+                counts = await loop.run_in_executor(self._tokenize_thread, self.runtime.count_input_tokens,
+                                                    body.input)
+                result = TokenCount(count=sum(counts), counts=counts,
+                                    context_length=self.runtime.context_length)
+            else:
+                if (body.messages is None) == (body.prompt is None):
+                    raise errors.InvalidInput("give exactly one of messages, prompt and input",
+                                              field="messages")
+                count = await loop.run_in_executor(
+                    self._tokenize_thread,
+                    lambda: self.runtime.count_tokens(messages=body.messages, prompt=body.prompt))
+                result = TokenCount(count=count, context_length=self.runtime.context_length)
+        except errors.ModelportError as exc:
+            return _error(exc)
+        return web.Response(body=result.model_dump_json(), content_type="application/json")
+
+    # -- admission --------------------------------------------------------------------------
+
+    async def _admit(self) -> None:
+        """Wait for the model; raise when draining or when too many are already waiting."""
+        if self.draining:
+            raise errors.ServiceUnavailable("the model worker is shutting down; retry the request")
+        if self.queued >= self.spec.max_queue:
+            raise errors.TooManyRequests("the model is busy: too many requests are waiting; retry shortly")
+        self.requests_total += 1
+        self.queued += 1
+        try:
+            await self.model_lock.acquire()
+        finally:
+            self.queued -= 1
+        if self.shutting_down:
+            self.model_lock.release()
+            raise errors.ServiceUnavailable("the model worker is shutting down; retry the request")
+
+    def _run_locked(self, fn: Callable[[], Any]) -> asyncio.Future[Any]:
+        """Run fn on the model thread; the lock is released when the thread is done with it."""
+        future = asyncio.get_running_loop().run_in_executor(self._model_thread, fn)
+        future.add_done_callback(lambda _: self.model_lock.release())
+        return future
+
+    # -- embeddings -------------------------------------------------------------------------
+
+    async def embed(self, request: web.Request) -> web.Response:
+        try:
+            body: EmbedBody = await _parse(request, EmbedBody)
+            await self._admit()
+            # shield: a client that goes away must not release the lock while the thread runs
+            result = await asyncio.shield(self._run_locked(lambda: self.runtime.embed(body.input)))
+        except errors.ModelportError as exc:
+            return _error(exc)
+        return _json({"data": result.vectors, "prompt_tokens": result.prompt_tokens})
+
+    # -- generation -------------------------------------------------------------------------
+
+    def _produce(self, body: GenerateBody, cancel: threading.Event,
+                 push: Callable[[tuple[Any, ...]], None]) -> None:
+        """Model thread: run each choice, push ("delta", i, Delta) items, then ("end",)."""
+        try:
+            for index in range(body.n):
+                request = GenerateRequest(
+                    messages=body.messages, prompt=body.prompt, max_tokens=body.max_tokens,
+                    temperature=body.temperature, top_p=body.top_p, stop=tuple(body.stop),
+                    seed=None if body.seed is None else body.seed + index,
+                    response_format=body.response_format,
+                )
+                for delta in self.runtime.generate(request, cancel):
+                    push(("delta", index, delta))
+                if cancel.is_set():
+                    break
+            push(("end",))
+        except errors.ModelportError as exc:
+            push(("error", exc))
+        except Exception as exc:  # a runtime bug: say what kind, never the message (may hold data)
+            push(("error", errors.InternalError(f"the model runtime failed ({type(exc).__name__})")))
+
+    async def generate(self, request: web.Request) -> web.StreamResponse:
+        try:
+            body: GenerateBody = await _parse(request, GenerateBody)
+            await self._admit()
+        except errors.ModelportError as exc:
+            return _error(exc)
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+        cancel = threading.Event()
+
+        def push(item: tuple[Any, ...]) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, item)
+
+        self.active_generations += 1
+        self._cancels.add(cancel)
+        producer = self._run_locked(lambda: self._produce(body, cancel, push))
+
+        def finished(_: Any) -> None:
+            self.active_generations -= 1
+            self._cancels.discard(cancel)
+
+        producer.add_done_callback(finished)
+        try:
+            first = await events.get()
+            if first[0] == "error":  # refused before any output: a plain HTTP error
+                return _error(first[1])
+            response = web.StreamResponse(headers=_NDJSON)
+            await response.prepare(request)
+            with contextlib.suppress(ConnectionError):  # the client went away: stop the runtime
+                await self._stream(response, first, events, body.n)
+            return response
+        finally:
+            cancel.set()  # also on CancelledError: aiohttp cancels the handler on disconnect
+
+    async def _stream(self, response: web.StreamResponse, item: tuple[Any, ...],
+                      events: asyncio.Queue[tuple[Any, ...]], n: int) -> None:
+        prompt_tokens = 0
+        completion_tokens = 0
+        finished = 0
+        while True:
+            chunk: list[bytes] = []
+            done = False
+            while True:  # batch whatever the model thread has produced since the last write
+                kind = item[0]
+                if kind == "delta":
+                    index, delta = item[1], item[2]
+                    if delta.text:
+                        chunk.append(encode_event({"type": "delta", "index": index, "text": delta.text}))
+                    if delta.finish_reason is not None:
+                        usage = delta.usage
+                        prompt_tokens = usage.prompt_tokens
+                        completion_tokens += usage.completion_tokens
+                        finished += 1
+                        chunk.append(encode_event({"type": "finish", "index": index,
+                                                   "finish_reason": delta.finish_reason,
+                                                   "completion_tokens": usage.completion_tokens}))
+                elif kind == "end":
+                    if finished < n:  # cancelled by a shutdown (a disconnect has nobody to tell)
+                        error = errors.ServiceUnavailable(_SHUTDOWN_MESSAGE)
+                        chunk.append(encode_event({"type": "error", **error_body(error)["error"]}))
+                    else:
+                        chunk.append(encode_event({"type": "usage", "prompt_tokens": prompt_tokens,
+                                                   "completion_tokens": completion_tokens}))
+                    done = True
+                    break
+                else:  # error
+                    chunk.append(encode_event({"type": "error", **error_body(item[1])["error"]}))
+                    done = True
+                    break
+                if events.empty():
+                    break
+                item = events.get_nowait()
+            if chunk:
+                await response.write(b"".join(chunk))
+            if done:
+                await response.write_eof()
+                return
+            item = await events.get()
+
+    # -- shutdown ---------------------------------------------------------------------------
+
+    async def drain(self) -> None:
+        """Stop admitting, wait up to drain_seconds for in-flight work, then cancel the rest."""
+        self.draining = True
+        deadline = time.monotonic() + self.spec.drain_seconds
+        while (self.active_generations or self.queued) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        self.shutting_down = True
+        for cancel in list(self._cancels):
+            cancel.set()
+        # Let handlers write their closing error events before the server goes away.
+        for _ in range(100):
+            if not self.active_generations:
+                break
+            await asyncio.sleep(0.02)
+
+    def close(self) -> None:
+        self._model_thread.shutdown(wait=True, cancel_futures=True)
+        self._tokenize_thread.shutdown(wait=True, cancel_futures=True)
+        with contextlib.suppress(Exception):
+            self.runtime.close()
