@@ -47,12 +47,16 @@ class DeploymentService:
         geography = req.geography or next(iter(self.settings.geographies))
         if geography not in self.settings.geographies:
             raise InvalidInput(
-                f"Geography '{geography}' is not served by this installation; choose one of: "
+                "That geography is not served by this installation; choose one of: "
                 f"{', '.join(sorted(self.settings.geographies))}.",
                 field="geography",
             )
         with self.db.session() as s:
-            model = self.catalog.resolve(s, actor, req.model, req.model_version)
+            try:
+                model = self.catalog.resolve(s, actor, req.model, req.model_version)
+            except NotFound as exc:  # the message must not echo a body field (errors.py)
+                raise NotFound("No model of that name and version is visible to this workspace; "
+                               "'modelport models list' shows them.", field="model") from exc
             self._check_deployable(model, req.type)
             if req.type == "serverless" and req.instances != 1:
                 raise InvalidInput(

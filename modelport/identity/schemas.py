@@ -13,7 +13,7 @@ class WorkspaceCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=63)
     description: str = Field(default="", max_length=500)
-    owner: str | None = Field(default=None, description="User name or id; default: you.")
+    owner: str | None = Field(default=None, max_length=63, description="User name or id; default: you.")
 
 
 class WorkspaceOut(BaseModel):
@@ -67,7 +67,7 @@ class ApiKeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(default="", max_length=64)
     expires_in_days: int | None = Field(default=None, ge=1, le=3650)
-    user: str | None = Field(default=None, description="Owners: create the key for this member.")
+    user: str | None = Field(default=None, max_length=63, description="Owners: create the key for this member.")
 
 
 class ApiKeyOut(BaseModel):

@@ -178,7 +178,7 @@ class IdentityService:
         actor.require("platform.workspaces")
         check_name(name, "name")
         with self.db.session() as s:
-            owner_user = self._user_by_ref(s, owner) if owner else s.get(User, actor.user_id)
+            owner_user = self._user_by_ref(s, owner, "owner") if owner else s.get(User, actor.user_id)
             assert owner_user is not None
             ws = Workspace(id=new_id("ws"), name=name, description=description)
             s.add(ws)
@@ -271,10 +271,11 @@ class IdentityService:
         self.invalidate_cache()
         return user
 
-    def _user_by_ref(self, s: Session, ref: str) -> User:
+    def _user_by_ref(self, s: Session, ref: str, field: str = "user") -> User:
         user = s.scalar(select(User).where((User.id == ref) | (User.name == ref)))
         if user is None:
-            raise NotFound(f"User '{ref}' not found.", field="user")
+            # The value is not echoed: it may come from a request body (errors.py).
+            raise NotFound("No user has that name or id; 'modelport users list' shows them.", field=field)
         return user
 
     # -- members --------------------------------------------------------------------------
@@ -344,7 +345,8 @@ class IdentityService:
         m = s.scalar(select(Membership).join(User, Membership.user_id == User.id).where(
             Membership.workspace_id == actor.workspace_id, (User.id == user_ref) | (User.name == user_ref)))
         if m is None:
-            raise NotFound(f"User '{user_ref}' is not a member of this workspace.", field="user")
+            raise NotFound("No member of this workspace has that name or id; 'modelport workspaces members' "
+                           "lists them.", field="user")
         return m
 
     def _ensure_other_owner(self, s: Session, workspace_id: str, user_id: str) -> None:

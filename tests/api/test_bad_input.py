@@ -1,0 +1,350 @@
+"""Bad input on every write route: one JSON error shape naming the field, the value never echoed.
+
+The JSON bodies are mutated from the route's own schema in the OpenAPI document: for every field
+(nested ones too) a wrong type, a missing required field, an oversized string and an extra
+field, each on its own in an otherwise valid body, so the error must name exactly that field.
+`VALID` holds one valid body per JSON write route with every field set; a route or a field
+without an entry fails the first tests, so new input cannot escape. Routes without a JSON body
+get hand-written cases (path traversal, sizes that do not match, unknown ids).
+
+Each bad value carries a canary; it must appear neither in the response nor in the server's
+logs (its stdout/stderr capture and its log file). The bodies are never sent unmutated.
+"""
+
+from __future__ import annotations
+
+import copy
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.api.tenants import begin_upload, lean_server, ok, tiny_gguf, write_routes
+from tests.conftest import Server
+
+CANARY = "cnry" + secrets.token_hex(12)
+ERROR_KEYS = {"code", "message", "field", "details", "request_id"}
+
+#: (url to call, a valid body with every field set) for each write route with a JSON body.
+VALID: dict[tuple[str, str], tuple[str, dict]] = {
+    ("POST", "/api/v1/workspaces"): ("/api/v1/workspaces", {"name": "ok-ws", "description": "d", "owner": "admin"}),
+    ("POST", "/api/v1/workspaces/{ref}/members"): ("/api/v1/workspaces/default/members",
+                                                   {"user": "admin", "role": "reader"}),
+    ("POST", "/api/v1/members"): ("/api/v1/members", {"user": "admin", "role": "reader"}),
+    ("PATCH", "/api/v1/members/{user}"): ("/api/v1/members/admin", {"role": "owner"}),
+    ("POST", "/api/v1/users"): ("/api/v1/users", {"name": "ok-user", "email": "a@example.org",
+                                                  "platform_admin": False}),
+    ("PATCH", "/api/v1/users/{ref}"): ("/api/v1/users/admin", {"disabled": False}),
+    ("POST", "/api/v1/apikeys"): ("/api/v1/apikeys", {"name": "k", "expires_in_days": 1, "user": "admin"}),
+    ("PATCH", "/api/v1/models/{name}"): ("/api/v1/models/all-MiniLM-L6-v2", {
+        "curated": True, "downloadable": True, "finetunable": False, "deprecated": False, "card": "c",
+        "deployment_types": ["dedicated"]}),
+    ("POST", "/api/v1/model-uploads"): ("/api/v1/model-uploads", {
+        "name": "ok-model", "version": "1", "format": "gguf", "task": "chat-completion", "scope": "workspace",
+        "publisher": "p", "license": "MIT", "license_url": "https://example.org/l", "card": "c",
+        "downloadable": False, "finetunable": False, "deployment_types": ["dedicated"],
+        "files": [{"path": "m.gguf", "size": 10}]}),
+    ("POST", "/api/v1/deployments"): ("/api/v1/deployments", {
+        "name": "ok-dep", "model": "SmolLM2-135M-Instruct", "model_version": "q4_1", "type": "serverless",
+        "instances": 1, "geography": "local", "network": {"public_access": True, "allowed_ranges": ["10.0.0.0/8"]}}),
+    ("PATCH", "/api/v1/deployments/{name}"): ("/api/v1/deployments/none", {
+        "instances": 1, "network": {"public_access": True, "allowed_ranges": ["10.0.0.0/8"]}}),
+    ("POST", "/api/v1/deployments/{name}/keys"): ("/api/v1/deployments/none/keys", {"which": "primary"}),
+    ("POST", "/api/v1/workspace-key/min-decryption-version"): ("/api/v1/workspace-key/min-decryption-version",
+                                                              {"version": 1, "force": False}),
+    ("POST", "/api/v1/platform-key/min-decryption-version"): ("/api/v1/platform-key/min-decryption-version",
+                                                             {"version": 1, "force": False}),
+    ("POST", "/api/v1/cmk"): ("/api/v1/cmk", {"provider": "local", "key_ref": "k"}),
+    ("POST", "/api/v1/finetuning/jobs"): ("/api/v1/finetuning/jobs", {
+        "model": "SmolLM2-135M-Instruct", "dataset": "d", "validation_dataset": "v", "epochs": 1,
+        "learning_rate_multiplier": 1.0, "batch_size": 1, "suffix": "ok", "seed": 0}),
+}
+
+#: Write routes that take no input at all (no body, no parameter): nothing to send them wrong.
+#: The test checks in the OpenAPI document that they still take none.
+NO_INPUT = {
+    ("POST", "/api/v1/workspace-key/rotate"), ("POST", "/api/v1/workspace-key/rewrap"),
+    ("DELETE", "/api/v1/cmk"), ("POST", "/api/v1/cmk/disable"), ("POST", "/api/v1/cmk/enable"),
+    ("POST", "/api/v1/cmk/rotate"), ("POST", "/api/v1/platform-key/rotate"), ("POST", "/api/v1/platform-key/rewrap"),
+}
+
+
+@dataclass
+class Mutation:
+    name: str
+    body: Any
+    field: str  # the field the error must name
+    container: str | None = None  # for a list item: a validator of the whole list may name the list
+
+
+def _deref(spec: dict, schema: dict) -> dict:
+    """Follow $ref and drop the `null` branch of optional fields."""
+    while True:
+        if "$ref" in schema:
+            node: Any = spec
+            for part in schema["$ref"].removeprefix("#/").split("/"):
+                node = node[part]
+            schema = node
+            continue
+        branches = [b for b in schema.get("anyOf", []) if b.get("type") != "null"]
+        if len(branches) == 1:
+            schema = {**{k: v for k, v in schema.items() if k != "anyOf"}, **branches[0]}
+            continue
+        return schema
+
+
+def _wrong_type(schema: dict) -> Any:
+    t = schema.get("type")
+    if t == "string" and not schema.get("enum") and "const" not in schema:
+        return {"value": CANARY}
+    return CANARY  # not an integer, boolean, array, object, nor one of the allowed values
+
+
+def _set(body: Any, path: tuple, value: Any) -> Any:
+    out = copy.deepcopy(body)
+    node = out
+    for p in path[:-1]:
+        node = node[p]
+    node[path[-1]] = value
+    return out
+
+
+def _delete(body: Any, path: tuple) -> Any:
+    out = copy.deepcopy(body)
+    node = out
+    for p in path[:-1]:
+        node = node[p]
+    del node[path[-1]]
+    return out
+
+
+def mutations(spec: dict, schema: dict, root: Any, path: tuple = ()) -> Iterator[Mutation]:
+    """Every single-fault variant of the valid body `root`, walking its schema alongside it."""
+    schema = _deref(spec, schema)
+    node = root
+    for p in path:
+        node = node[p]
+    dotted = ".".join(str(p) for p in path)
+    container = ".".join(str(p) for p in path[:-1]) if path and isinstance(path[-1], int) else None
+    if path:
+        yield Mutation(f"{dotted}: wrong type", _set(root, path, _wrong_type(schema)), dotted, container)
+    t = schema.get("type")
+    if t == "string" and path:
+        limit = schema.get("maxLength", 1_000_000)
+        yield Mutation(f"{dotted}: oversized", _set(root, path, CANARY + "x" * limit), dotted, container)
+    if t == "object" and isinstance(node, dict):
+        props = schema.get("properties", {})
+        assert set(node) == set(props), f"VALID body at '{dotted or 'body'}' must set every field: {sorted(props)}"
+        for name in schema.get("required", []):
+            yield Mutation(f"{dotted or 'body'}: {name} missing", _delete(root, (*path, name)),
+                           ".".join(str(p) for p in (*path, name)))
+        # CONVENTIONS.md: control-plane request models use extra="forbid".
+        assert schema.get("additionalProperties") is False, f"'{dotted or 'body'}' accepts unknown fields"
+        extra = (*path, "unexpected_field")
+        yield Mutation(f"{dotted or 'body'}: extra field", _set(root, extra, CANARY), ".".join(str(p) for p in extra))
+        for name, sub in props.items():
+            yield from mutations(spec, sub, root, (*path, name))
+    if t == "array" and isinstance(node, list) and node:
+        yield from mutations(spec, schema.get("items", {}), root, (*path, 0))
+
+
+def body_mutations(spec: dict, route: tuple[str, str]) -> list[Mutation]:
+    method, path = route
+    schema = spec["paths"][path][method.lower()]["requestBody"]["content"]["application/json"]["schema"]
+    out = list(mutations(spec, schema, VALID[route][1]))
+    out.append(Mutation("not JSON", None, "body"))
+    out.append(Mutation("a JSON array", [CANARY], "body"))
+    return out
+
+
+def json_routes(spec: dict) -> set[tuple[str, str]]:
+    return {r for r in write_routes(spec)
+            if "application/json" in spec["paths"][r[1]][r[0].lower()].get("requestBody", {}).get("content", {})}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    yield from lean_server(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def spec(server: Server) -> dict:
+    with server.client() as c:
+        return c.get("/openapi.json").json()
+
+
+def assert_error(r: httpx.Response, status: int | tuple[int, ...], field: str | None) -> dict:
+    """The one JSON error shape, naming `field`, with nothing of the canary in it."""
+    statuses = (status,) if isinstance(status, int) else status
+    assert r.status_code in statuses, f"{r.request.method} {r.request.url}: {r.status_code} {r.text}"
+    body = r.json()
+    assert set(body) == {"error"} and set(body["error"]) == ERROR_KEYS, body
+    err = body["error"]
+    assert err["request_id"] == r.headers["x-request-id"]
+    assert err["message"] and err["code"]
+    if field is not None:
+        assert err["field"] == field, err
+    assert CANARY not in r.text
+    return err
+
+
+def assert_logs_clean(server: Server) -> None:
+    for text in (server.logs(), (server.home / "logs" / "server.log").read_text()):
+        assert "request" in text  # the access log is there to be checked
+        assert CANARY not in text
+
+
+def test_every_json_write_route_has_a_valid_body(spec: dict) -> None:
+    assert json_routes(spec) - set(VALID) == set(), "JSON write routes without a VALID body"
+    assert set(VALID) - json_routes(spec) == set()
+
+
+@pytest.mark.parametrize("route", list(VALID), ids=[f"{m} {p}" for m, p in VALID])
+def test_malformed_json_bodies(server: Server, spec: dict, route: tuple[str, str]) -> None:
+    url = VALID[route][0]
+    cases = body_mutations(spec, route)
+    assert len(cases) >= 4
+    with server.client() as admin:
+        for m in cases:
+            if m.name == "not JSON":
+                r = admin.request(route[0], url, content=b'{"name": "' + CANARY.encode(),
+                                  headers={"Content-Type": "application/json"})
+            else:
+                r = admin.request(route[0], url, json=m.body)
+            err = assert_error(r, 422, None)
+            assert err["code"] == "invalid_input", m.name
+            named = {err["field"]} | {f["field"] for f in err["details"]["fields"]}
+            assert err["field"] in (m.field, m.container) and named <= {m.field, m.container}, (m.name, err)
+    assert_logs_clean(server)
+
+
+def test_a_missing_body_names_the_body(server: Server) -> None:
+    with server.client() as admin:
+        assert_error(admin.post("/api/v1/users"), 422, "body")
+
+
+# Values that parse but that the services refuse: names, patterns, references, ranges.
+SERVICE_CASES: list[tuple[str, str, dict, int, str]] = [
+    ("POST", "/api/v1/workspaces", {"name": f"Bad Name {CANARY}"}, 400, "name"),
+    ("POST", "/api/v1/workspaces", {"name": "ok-ws2", "owner": CANARY}, 404, "owner"),
+    ("POST", "/api/v1/users", {"name": f"-{CANARY}!"}, 400, "name"),
+    ("POST", "/api/v1/members", {"user": CANARY, "role": "reader"}, 404, "user"),
+    ("POST", "/api/v1/workspaces/default/members", {"user": CANARY, "role": "reader"}, 404, "user"),
+    ("POST", "/api/v1/apikeys", {"user": CANARY}, 404, "user"),
+    ("POST", "/api/v1/apikeys", {"expires_in_days": 0}, 422, "expires_in_days"),
+    ("POST", "/api/v1/apikeys", {"expires_in_days": 10**9}, 422, "expires_in_days"),
+    ("PATCH", "/api/v1/models/all-MiniLM-L6-v2", {"deployment_types": []}, 400, "deployment_types"),
+    ("POST", "/api/v1/model-uploads", {"name": f"bad name {CANARY}", "format": "gguf",
+                                       "files": [{"path": "m.gguf", "size": 1}]}, 400, "name"),
+    ("POST", "/api/v1/model-uploads", {"name": "m", "version": f"bad version {CANARY}", "format": "gguf",
+                                       "files": [{"path": "m.gguf", "size": 1}]}, 400, "version"),
+    ("POST", "/api/v1/model-uploads", {"name": "m", "license": f"not spdx {CANARY}", "format": "gguf",
+                                       "files": [{"path": "m.gguf", "size": 1}]}, 400, "license"),
+    ("POST", "/api/v1/model-uploads", {"name": "m", "format": "gguf",
+                                       "files": [{"path": f"../{CANARY}", "size": 1}]}, 400, "files[0].path"),
+    ("POST", "/api/v1/model-uploads", {"name": "m", "format": "gguf",
+                                       "files": [{"path": f"/{CANARY}", "size": 1}]}, 400, "files[0].path"),
+    ("POST", "/api/v1/model-uploads", {"name": "m", "format": "gguf",
+                                       "files": [{"path": "a", "size": 1}, {"path": "./a", "size": 1}]},
+     400, "files[1].path"),
+    ("POST", "/api/v1/model-uploads", {"name": "m", "format": "gguf", "files": []}, 422, "files"),
+    ("POST", "/api/v1/model-uploads", {"name": "m", "format": "gguf", "files": [{"path": "m", "size": -1}]},
+     422, "files.0.size"),
+    ("POST", "/api/v1/model-uploads", {"name": "m", "format": "gguf", "scope": "catalog",
+                                       "files": [{"path": "m", "size": 1}]}, 400, "publisher"),
+    ("POST", "/api/v1/model-uploads", {"name": "m", "format": "gguf", "files": [{"path": "m", "size": 2**62}]},
+     413, None),
+    ("POST", "/api/v1/deployments", {"name": f"Bad {CANARY}", "model": "SmolLM2-135M-Instruct"}, 400, "name"),
+    ("POST", "/api/v1/deployments", {"name": "d1", "model": CANARY}, 404, "model"),
+    ("POST", "/api/v1/deployments", {"name": "d1", "model": "SmolLM2-135M-Instruct", "geography": CANARY},
+     400, "geography"),
+    ("POST", "/api/v1/deployments", {"name": "d1", "model": "SmolLM2-135M-Instruct", "instances": 0}, 422,
+     "instances"),
+    ("POST", "/api/v1/deployments", {"name": "d1", "model": "SmolLM2-135M-Instruct", "type": "serverless",
+                                     "instances": 2}, 400, "instances"),
+    ("POST", "/api/v1/deployments", {"name": "d1", "model": "SmolLM2-135M-Instruct",
+                                     "network": {"allowed_ranges": [CANARY]}}, 422, "network.allowed_ranges"),
+    ("POST", "/api/v1/finetuning/jobs", {"model": CANARY, "dataset": "d"}, 404, "model"),
+    ("POST", "/api/v1/finetuning/jobs", {"model": "all-MiniLM-L6-v2", "dataset": "d"}, 400, "model"),
+    ("POST", "/api/v1/finetuning/jobs", {"model": "SmolLM2-135M-Instruct", "dataset": CANARY}, 404, "dataset"),
+    ("POST", "/api/v1/finetuning/jobs", {"model": "SmolLM2-135M-Instruct", "dataset": "d", "suffix": f"-{CANARY}"},
+     422, "suffix"),
+    ("POST", "/api/v1/finetuning/jobs", {"model": "SmolLM2-135M-Instruct", "dataset": "d",
+                                         "learning_rate_multiplier": 0}, 422, "learning_rate_multiplier"),
+]
+
+
+@pytest.mark.parametrize(("method", "url", "body", "status", "field"), SERVICE_CASES,
+                         ids=[f"{c[0]} {c[1]} {c[4]}" for c in SERVICE_CASES])
+def test_values_the_services_refuse(server: Server, method: str, url: str, body: dict, status: int,
+                                    field: str | None) -> None:
+    with server.client() as admin:
+        assert_error(admin.request(method, url, json=body), status, field)
+        # nothing was created by the refused request
+        assert "ok-ws2" not in {w["name"] for w in admin.get("/api/v1/workspaces").json()}
+        assert admin.get("/api/v1/deployments").json() == []
+    assert_logs_clean(server)
+
+
+def test_routes_without_a_json_body(server: Server, spec: dict, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Unknown ids, traversal, wrong sizes, commits of incomplete uploads: all in the one shape."""
+    gguf = tiny_gguf(tmp_path)
+    size = gguf.stat().st_size
+    with server.client() as admin:
+        up = begin_upload(admin, gguf, "bad-input-upload")
+        files = f"/api/v1/model-uploads/{up['id']}/files"
+        octet = {"Content-Type": "application/octet-stream"}
+        filler = (CANARY.encode() * (size // len(CANARY) + 2))
+        tried = {
+            ("DELETE", "/api/v1/workspaces/{ref}"): [(admin.delete("/api/v1/workspaces/no-such-ws"), 404, None)],
+            ("DELETE", "/api/v1/members/{user}"): [(admin.delete("/api/v1/members/no-such-user"), 404, "user")],
+            ("DELETE", "/api/v1/apikeys/{key_id}"): [(admin.delete("/api/v1/apikeys/not-a-key"), 404, None)],
+            ("DELETE", "/api/v1/models/{name}"): [
+                (admin.delete("/api/v1/models/all-MiniLM-L6-v2", params={"version": "no-such"}), 404, None)],
+            ("POST", "/api/v1/models/{name}/deprecate"): [(admin.post("/api/v1/models/no-such/deprecate"), 404, None)],
+            ("POST", "/api/v1/models/{name}/scan"): [(admin.post("/api/v1/models/no-such/scan"), 404, None)],
+            ("PUT", "/api/v1/model-uploads/{upload_id}/files/{path}"): [
+                (admin.put(f"{files}/%2e%2e/model.gguf", content=b"x", headers=octet), 400, "path"),
+                (admin.put(f"{files}/other.gguf", content=b"x", headers=octet), 404, "path"),
+                (admin.put(f"{files}/model.gguf", content=filler, headers=octet), 413, None),
+                (admin.put(f"{files}/model.gguf", content=filler[: size - 1], headers=octet), 400, "size"),
+            ],
+            ("POST", "/api/v1/model-uploads/{upload_id}/commit"): [
+                (admin.post(f"/api/v1/model-uploads/{up['id']}/commit"), 409, None)],
+            ("DELETE", "/api/v1/model-uploads/{upload_id}"): [
+                (admin.delete("/api/v1/model-uploads/upl_../../etc"), 404, None)],
+            ("DELETE", "/api/v1/deployments/{name}"): [(admin.delete("/api/v1/deployments/no-such"), 404, None)],
+            ("DELETE", "/api/v1/datasets/{ref}"): [(admin.delete("/api/v1/datasets/no-such"), 404, None)],
+            ("POST", "/api/v1/finetuning/jobs/{job_id}/cancel"): [
+                (admin.post("/api/v1/finetuning/jobs/ftjob_0000/cancel"), 404, None)],
+            ("DELETE", "/api/v1/finetuning/models/{name}"): [
+                (admin.delete("/api/v1/finetuning/models/no-such", params={"confirm": True}), 404, None),
+                (admin.delete("/api/v1/finetuning/models/no-such", params={"confirm": CANARY}), 422, "query.confirm")],
+            ("POST", "/api/v1/datasets"): [
+                (admin.post("/api/v1/datasets", content=b"{}"), 422, "query.name"),
+                (admin.post("/api/v1/datasets", params={"name": f"Bad {CANARY}"}, content=b"{}"), 400, "name"),
+                (admin.post("/api/v1/datasets", params={"name": "ds", "format": CANARY}, content=b"{}"), 422,
+                 "query.format"),
+                (admin.post("/api/v1/datasets", params={"name": "ds"},
+                            content=b'{"prompt": "' + CANARY.encode() + b'"}\n' + CANARY.encode() + b"\n"),
+                 400, "file"),
+                (admin.post("/api/v1/datasets", params={"name": "ds"}, content=b""), 400, "file"),
+            ],
+        }
+        for responses in tried.values():
+            for r, status, field in responses:
+                assert_error(r, status, field)
+        # The refused parts left nothing behind: the upload still expects its one file.
+        assert ok(admin.get(f"/api/v1/model-uploads/{up['id']}")).json()["received"] == []
+        assert not any(p.name.endswith(".part") for p in (server.home / "blobs" / "uploads").rglob("*"))
+        assert admin.get("/api/v1/datasets").json() == []  # no refused dataset was stored
+    covered = set(tried) | set(VALID) | NO_INPUT
+    assert write_routes(spec) - covered == set(), "write routes without a bad-input case"
+    for method, path in NO_INPUT:
+        op = spec["paths"][path][method.lower()]
+        params = {p["name"] for p in op.get("parameters", [])}
+        assert "requestBody" not in op and params <= {"authorization", "x-modelport-workspace"}, (method, path)
+    assert_logs_clean(server)

@@ -1,0 +1,270 @@
+"""Tenant isolation: every control-plane route that names a resource, tried from another workspace.
+
+Workspace `victim` holds one of everything (a member, API keys, a private downloadable model,
+an upload with its file received, a deployment). The owner of workspace `intruder` (not a
+platform admin) tries every route with a path parameter on those resources, by name and by id,
+and the answer must be exactly the answer for an id that does not exist: same status, same
+code, same field, same message once the id itself is taken out. Routes come from the OpenAPI
+document; one without a row here fails the first test. Platform-only routes answer 403 to a
+non-admin whether or not the resource exists, which tells nothing either.
+
+Afterwards the victim's resources are checked to be untouched.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests import pg
+from tests.api.tenants import (
+    ECHO_MODEL,
+    Tenant,
+    begin_upload,
+    import_tiny_gguf,
+    lean_server,
+    make_tenant,
+    ok,
+    path_param_routes,
+    put_file,
+    tiny_gguf,
+)
+from tests.conftest import Server
+
+
+@dataclass
+class Victim:
+    tenant: Tenant
+    model: str
+    upload_id: str
+    deployment: str
+    deployment_id: str
+    dataset: str
+    dataset_id: str
+    job_id: str
+    gguf: Path
+
+
+@dataclass
+class World:
+    server: Server
+    victim: Victim
+    intruder: Tenant
+
+
+@dataclass
+class Row:
+    """How to call one route on a given ref; `foreign` gives the victim's refs, `missing` one unknown."""
+
+    call: Callable[[str], tuple[str, str, dict]]
+    foreign: Callable[[Victim], list[str]]
+    missing: str
+    expect: int = 404
+
+
+GGUF_HEADERS = {"Content-Type": "application/octet-stream"}
+
+
+def _missing(prefix: str) -> str:
+    return f"{prefix}{secrets.token_hex(8)}"
+
+
+ROWS: dict[tuple[str, str], Row] = {
+    ("GET", "/api/v1/workspaces/{ref}"): Row(
+        lambda ref: ("GET", f"/api/v1/workspaces/{ref}", {}),
+        lambda v: [v.tenant.name, v.tenant.id], _missing("ws_")),
+    ("DELETE", "/api/v1/workspaces/{ref}"): Row(
+        lambda ref: ("DELETE", f"/api/v1/workspaces/{ref}", {}),
+        lambda v: [v.tenant.name, v.tenant.id], _missing("ws_")),
+    ("POST", "/api/v1/workspaces/{ref}/members"): Row(
+        lambda ref: ("POST", f"/api/v1/workspaces/{ref}/members", {"json": {"user": "admin", "role": "owner"}}),
+        lambda v: [v.tenant.name, v.tenant.id], _missing("ws_"), expect=403),
+    ("PATCH", "/api/v1/members/{user}"): Row(
+        lambda ref: ("PATCH", f"/api/v1/members/{ref}", {"json": {"role": "owner"}}),
+        lambda v: [v.tenant.users["reader"], v.tenant.user_ids["reader"]], _missing("usr_")),
+    ("DELETE", "/api/v1/members/{user}"): Row(
+        lambda ref: ("DELETE", f"/api/v1/members/{ref}", {}),
+        lambda v: [v.tenant.users["reader"], v.tenant.user_ids["reader"]], _missing("usr_")),
+    ("PATCH", "/api/v1/users/{ref}"): Row(
+        lambda ref: ("PATCH", f"/api/v1/users/{ref}", {"json": {"disabled": True}}),
+        lambda v: [v.tenant.users["reader"], v.tenant.user_ids["reader"]], _missing("usr_"), expect=403),
+    ("DELETE", "/api/v1/apikeys/{key_id}"): Row(
+        lambda ref: ("DELETE", f"/api/v1/apikeys/{ref}", {}),
+        lambda v: [v.tenant.key_ids["reader"], v.tenant.key_ids["owner"]], _missing("key_")),
+    ("GET", "/api/v1/models/{name}"): Row(
+        lambda ref: ("GET", f"/api/v1/models/{ref}", {}), lambda v: [v.model], _missing("model-")),
+    ("PATCH", "/api/v1/models/{name}"): Row(
+        lambda ref: ("PATCH", f"/api/v1/models/{ref}", {"json": {"deprecated": True}}),
+        lambda v: [v.model], _missing("model-")),
+    ("DELETE", "/api/v1/models/{name}"): Row(
+        lambda ref: ("DELETE", f"/api/v1/models/{ref}", {}), lambda v: [v.model], _missing("model-")),
+    ("POST", "/api/v1/models/{name}/deprecate"): Row(
+        lambda ref: ("POST", f"/api/v1/models/{ref}/deprecate", {}), lambda v: [v.model], _missing("model-")),
+    ("POST", "/api/v1/models/{name}/scan"): Row(
+        lambda ref: ("POST", f"/api/v1/models/{ref}/scan", {}), lambda v: [v.model], _missing("model-")),
+    ("GET", "/api/v1/models/{name}/download"): Row(
+        lambda ref: ("GET", f"/api/v1/models/{ref}/download", {}), lambda v: [v.model], _missing("model-")),
+    ("GET", "/api/v1/model-uploads/{upload_id}"): Row(
+        lambda ref: ("GET", f"/api/v1/model-uploads/{ref}", {}), lambda v: [v.upload_id], _missing("upl_")),
+    ("DELETE", "/api/v1/model-uploads/{upload_id}"): Row(
+        lambda ref: ("DELETE", f"/api/v1/model-uploads/{ref}", {}), lambda v: [v.upload_id], _missing("upl_")),
+    ("PUT", "/api/v1/model-uploads/{upload_id}/files/{path}"): Row(
+        lambda ref: ("PUT", f"/api/v1/model-uploads/{ref}/files/model.gguf",
+                     {"content": b"GGUF" + b"\0" * 60, "headers": GGUF_HEADERS}),
+        lambda v: [v.upload_id], _missing("upl_")),
+    ("POST", "/api/v1/model-uploads/{upload_id}/commit"): Row(
+        lambda ref: ("POST", f"/api/v1/model-uploads/{ref}/commit", {}), lambda v: [v.upload_id], _missing("upl_")),
+    ("GET", "/api/v1/deployments/{name}"): Row(
+        lambda ref: ("GET", f"/api/v1/deployments/{ref}", {}),
+        lambda v: [v.deployment, v.deployment_id], _missing("dep_")),
+    ("PATCH", "/api/v1/deployments/{name}"): Row(
+        lambda ref: ("PATCH", f"/api/v1/deployments/{ref}", {"json": {"network": {"public_access": False}}}),
+        lambda v: [v.deployment, v.deployment_id], _missing("dep_")),
+    ("DELETE", "/api/v1/deployments/{name}"): Row(
+        lambda ref: ("DELETE", f"/api/v1/deployments/{ref}", {}),
+        lambda v: [v.deployment, v.deployment_id], _missing("dep_")),
+    ("POST", "/api/v1/deployments/{name}/keys"): Row(
+        lambda ref: ("POST", f"/api/v1/deployments/{ref}/keys", {"json": {"which": "primary"}}),
+        lambda v: [v.deployment, v.deployment_id], _missing("dep_")),
+    ("GET", "/api/v1/deployments/{name}/usage"): Row(
+        lambda ref: ("GET", f"/api/v1/deployments/{ref}/usage", {}),
+        lambda v: [v.deployment, v.deployment_id], _missing("dep_")),
+    ("GET", "/api/v1/datasets/{ref}"): Row(
+        lambda ref: ("GET", f"/api/v1/datasets/{ref}", {}), lambda v: [v.dataset, v.dataset_id], _missing("ds_")),
+    ("DELETE", "/api/v1/datasets/{ref}"): Row(
+        lambda ref: ("DELETE", f"/api/v1/datasets/{ref}", {}), lambda v: [v.dataset, v.dataset_id], _missing("ds_")),
+    ("GET", "/api/v1/finetuning/jobs/{job_id}"): Row(
+        lambda ref: ("GET", f"/api/v1/finetuning/jobs/{ref}", {}), lambda v: [v.job_id], _missing("ftjob_")),
+    ("POST", "/api/v1/finetuning/jobs/{job_id}/cancel"): Row(
+        lambda ref: ("POST", f"/api/v1/finetuning/jobs/{ref}/cancel", {}), lambda v: [v.job_id],
+        _missing("ftjob_")),
+    # The victim has no fine-tuned model (that takes minutes of training): its private model's
+    # name is the one to probe, and must answer as a name that exists nowhere.
+    ("DELETE", "/api/v1/finetuning/models/{name}"): Row(
+        lambda ref: ("DELETE", f"/api/v1/finetuning/models/{ref}", {"params": {"confirm": True}}),
+        lambda v: [v.model], _missing("model-")),
+}
+
+DATASET = b'{"prompt": "2+2?", "completion": "4"}\n'
+
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The whole module runs against a server on each metadata store."""
+    if request.param == "sqlite":
+        yield from lean_server(tmp_path_factory)
+        return
+    admin_url = request.getfixturevalue("postgres_admin_url")
+    if admin_url is None:
+        pytest.skip("PostgreSQL not available: set MODELPORT_TEST_DATABASE_URL or install the server binaries")
+    url = pg.create_database(admin_url)
+    try:
+        yield from lean_server(tmp_path_factory, MODELPORT_DATABASE_URL=url)
+    finally:
+        pg.drop_database(admin_url, url)
+
+
+@pytest.fixture(scope="module")
+def world(server: Server, tmp_path_factory: pytest.TempPathFactory) -> World:
+    tmp = tmp_path_factory.mktemp("models")
+    t = make_tenant(server, "victim")
+    with server.client(t.keys["contributor"]) as c:
+        model = import_tiny_gguf(c, tmp, downloadable=True)["name"]
+        import_tiny_gguf(c, tmp, ECHO_MODEL)
+        gguf = tiny_gguf(tmp)
+        up = begin_upload(c, gguf, "victim-pending")
+        ok(put_file(c, up["id"], gguf))
+        dep = ok(c.post("/api/v1/deployments", json={"name": "victim-dep", "model": ECHO_MODEL}), 201).json()
+        ds = ok(c.post("/api/v1/datasets", params={"name": "victim-data"}, content=DATASET), 201).json()
+        job = ok(c.post("/api/v1/finetuning/jobs", json={"model": "SmolLM2-135M-Instruct", "dataset": ds["id"]}),
+                 201).json()
+    victim = Victim(tenant=t, model=model, upload_id=up["id"], deployment=dep["name"], deployment_id=dep["id"],
+                    dataset=ds["name"], dataset_id=ds["id"], job_id=job["id"], gguf=gguf)
+    return World(server=server, victim=victim, intruder=make_tenant(server, "intruder", roles=("owner",)))
+
+
+def _normalized(body: dict, ref: str) -> dict:
+    err = dict(body["error"])
+    err.pop("request_id")
+    err["message"] = err["message"].replace(ref, "<ref>")
+    return err
+
+
+def test_every_route_with_a_path_parameter_has_a_row(server: Server) -> None:
+    with server.client() as c:
+        routes = path_param_routes(c.get("/openapi.json").json())
+    assert routes - set(ROWS) == set(), "routes with a path parameter missing from the isolation test"
+    assert set(ROWS) - routes == set(), "rows for routes that no longer exist"
+
+
+@pytest.mark.parametrize("route", list(ROWS), ids=[f"{m} {p}" for m, p in ROWS])
+def test_other_workspace_gets_the_answer_for_a_missing_id(world: World, route: tuple[str, str]) -> None:
+    row = ROWS[route]
+    with world.server.client(world.intruder.keys["owner"]) as intruder:
+        method, url, kw = row.call(row.missing)
+        missing = intruder.request(method, url, **kw)
+        assert missing.status_code == row.expect, missing.text
+        for ref in row.foreign(world.victim):
+            method, url, kw = row.call(ref)
+            foreign = intruder.request(method, url, **kw)
+            assert foreign.status_code == row.expect, f"{method} {url}: {foreign.status_code} {foreign.text}"
+            assert _normalized(foreign.json(), ref) == _normalized(missing.json(), row.missing)
+
+
+def test_admin_workspace_header_and_audit_filter_tell_nothing(world: World) -> None:
+    v = world.victim.tenant
+    with world.server.client(world.intruder.keys["owner"]) as intruder:
+        for path, params, headers in [("/api/v1/audit", {"workspace": "{ref}"}, {}),
+                                      ("/api/v1/me", {}, {"X-Modelport-Workspace": "{ref}"})]:
+            answers = []
+            for ref in (v.name, "no-such-workspace"):
+                r = intruder.get(path, params={k: x.format(ref=ref) for k, x in params.items()},
+                                 headers={k: x.format(ref=ref) for k, x in headers.items()})
+                answers.append((r.status_code, _normalized(r.json(), ref)))
+            assert answers[0] == answers[1]
+            assert answers[0][0] in (403, 404)
+
+
+def test_lists_show_nothing_of_another_workspace(world: World) -> None:
+    v = world.victim
+    with world.server.client(world.intruder.keys["owner"]) as intruder:
+        models = intruder.get("/api/v1/models", params={"limit": 200}).json()["data"]
+        assert v.model not in {m["name"] for m in models} and ECHO_MODEL not in {m["name"] for m in models}
+        assert {w["name"] for w in intruder.get("/api/v1/workspaces").json()} == {"intruder"}
+        assert v.tenant.users["reader"] not in {m["user"] for m in intruder.get("/api/v1/members").json()}
+        assert not set(v.tenant.key_ids.values()) & {k["id"] for k in intruder.get("/api/v1/apikeys").json()}
+        assert v.deployment not in {d["name"] for d in intruder.get("/api/v1/deployments").json()}
+        assert intruder.get("/api/v1/datasets").json() == []
+        assert intruder.get("/api/v1/finetuning/jobs").json() == []
+        assert intruder.get("/api/v1/models", params={"owner": "workspace"}).json()["data"] == []
+        # The private name of another workspace is free to use here.
+        r = intruder.post("/api/v1/model-uploads", json={"name": v.model, "format": "gguf",
+                                                         "files": [{"path": "m.gguf", "size": 1}]})
+        assert r.status_code == 201, r.text
+        ok(intruder.delete(f"/api/v1/model-uploads/{r.json()['id']}"))
+
+
+def test_victim_resources_are_untouched(world: World) -> None:
+    """Runs last: nothing the intruder tried changed anything."""
+    v = world.victim
+    with world.server.client(v.tenant.keys["owner"]) as owner, \
+            world.server.client(v.tenant.keys["reader"]) as reader:
+        assert reader.get("/api/v1/me").status_code == 200  # its key was not revoked
+        assert ok(owner.get(f"/api/v1/workspaces/{v.tenant.name}")).json()["id"] == v.tenant.id
+        members = {m["user"]: m["role"] for m in ok(owner.get("/api/v1/members")).json()}
+        assert members[v.tenant.users["reader"]] == "reader"
+        model = ok(owner.get(f"/api/v1/models/{v.model}")).json()
+        assert model["deprecated"] is False
+        assert ok(owner.get(f"/api/v1/model-uploads/{v.upload_id}")).json()["received"] == ["model.gguf"]
+        dep = ok(owner.get(f"/api/v1/deployments/{v.deployment}")).json()
+        assert dep["network"]["public_access"] is True
+        assert all(k["revoked_at"] is None for k in ok(owner.get("/api/v1/apikeys")).json())
+        assert ok(owner.get(f"/api/v1/datasets/{v.dataset}")).json()["rows"] == 1
+        assert ok(owner.get(f"/api/v1/finetuning/jobs/{v.job_id}")).json()["status"] == "queued"
+        # and the upload still commits with the victim's own bytes
+        assert ok(owner.post(f"/api/v1/model-uploads/{v.upload_id}/commit"), 201).json()["name"] == "victim-pending"
