@@ -1,0 +1,137 @@
+"""Content-safety screening latency on one core: `python benchmarks/bench_safety.py`.
+
+Measures, with torch.set_num_threads(1) and the shipped MiniLM backend:
+- screening one 60-word prompt (backend call alone, and through Screener.screen_prompt);
+- screening a 400-token output streamed token by token through StreamScreener (buffered):
+  per-segment latency and the total screening time of the whole output;
+- batched classification (per-text cost at batch 8 and 32).
+Prints p50/p99 in milliseconds. Target (issue 5): prompt screening under 10 ms p50 on one core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+
+import torch
+
+from modelport.safety.backends.minilm import MiniLMBackend
+from modelport.safety.config import ContentFilterConfig
+from modelport.safety.screening import Screener
+
+PROMPT_60 = (
+    "I have been planning a small garden behind our house this spring and I would like some advice. "
+    "The soil is heavy clay, the yard gets about five hours of sun, and we want tomatoes, beans, herbs and a few "
+    "flowers for the bees. What should I plant first, how should I improve the soil, and how often should I water?"
+)
+OUTPUT_SENTENCES = [
+    "Clay soil holds water well but drains slowly, so the first step is to add plenty of compost.",
+    "Work two or three inches of compost into the top layer of soil before you plant anything.",
+    "Raised beds are another good option, because they warm up faster in spring and drain better.",
+    "Tomatoes need the sunniest spot you have, and five hours is enough for a modest harvest.",
+    "Beans can be sown directly once the soil is warm, usually a week or two after the last frost.",
+    "Herbs such as thyme, oregano and rosemary prefer drier soil, so give them the best-drained corner.",
+    "For the bees, plant lavender, borage and marigolds along the edges of the beds.",
+    "Water deeply once or twice a week rather than a little every day, so roots grow down.",
+    "Mulch around the plants to keep moisture in and weeds down during the summer.",
+]
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def report(name: str, ms: list[float]) -> None:
+    print(f"{name:<48} p50 {pct(ms, 0.5):7.2f} ms   p99 {pct(ms, 0.99):7.2f} ms   (n={len(ms)})")
+
+
+def output_tokens(n: int = 400) -> list[str]:
+    words: list[str] = []
+    while len(words) < n * 3 // 4:  # about 4 tokens per 3 English words
+        for s in OUTPUT_SENTENCES:
+            words += s.split()
+    return [w + " " for w in words[: n * 3 // 4]]
+
+
+async def stream_once(screener: Screener, tokens: list[str]) -> tuple[float, list[float], dict]:
+    stream = screener.stream()
+    segment_ms = []
+    t_all = time.perf_counter()
+    for tok in tokens:
+        t = time.perf_counter()
+        before = stream.segments
+        step = await stream.feed(tok)
+        if stream.segments > before:
+            segment_ms.append((time.perf_counter() - t) * 1000)
+        assert not step.stop  # annotate mode: the stream is never cut, every segment is screened
+    t = time.perf_counter()
+    await stream.finish()
+    segment_ms.append((time.perf_counter() - t) * 1000)
+    return (time.perf_counter() - t_all) * 1000, segment_ms, stream.results()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--int8", action="store_true", help="dynamic int8 quantization of the MiniLM backend")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    backend = MiniLMBackend(int8=args.int8)
+    backend.warm_up()
+    screener = Screener(backend, ContentFilterConfig())
+    # the stream is screened in annotate mode so that all 400 tokens are screened (same cost per
+    # segment as blocking mode); a benign output flagged by mistake is reported below
+    annotate = {c: {"mode": "annotate"} for c in ("hate", "sexual", "violence", "self_harm")}
+    stream_screener = Screener(backend, ContentFilterConfig.model_validate(annotate))
+    n_tokens = len(backend._loaded().tokenizer(PROMPT_60)["input_ids"])  # type: ignore[operator]
+    words = len(PROMPT_60.split())
+    print(f"threads={torch.get_num_threads()} int8={args.int8}  prompt: {words} words, {n_tokens} tokens")
+
+    for _ in range(10):
+        backend.classify([PROMPT_60])
+    ms = []
+    for _ in range(args.rounds):
+        t = time.perf_counter()
+        backend.classify([PROMPT_60])
+        ms.append((time.perf_counter() - t) * 1000)
+    report("prompt, backend.classify (60 words)", ms)
+
+    async def prompts() -> list[float]:
+        out = []
+        for _ in range(args.rounds):
+            t = time.perf_counter()
+            await screener.screen_prompt(PROMPT_60)
+            out.append((time.perf_counter() - t) * 1000)
+        return out
+
+    report("prompt, Screener.screen_prompt (async)", asyncio.run(prompts()))
+
+    tokens = output_tokens(400)
+    totals, segments = [], []
+    for _ in range(max(5, args.rounds // 20)):
+        total, seg, results = asyncio.run(stream_once(stream_screener, tokens))
+        totals.append(total)
+        segments += seg
+    n_seg = len(segments) // len(totals)
+    print(f"stream: 400 tokens ({len(''.join(tokens))} chars) -> {n_seg} segments")
+    worst = {c: results[c]["severity"] for c in ("hate", "sexual", "violence", "self_harm")}
+    print(f"stream: highest severity per category on this benign text: {worst}")
+    report("stream, one segment screened", segments)
+    report("stream, whole 400-token output", totals)
+
+    for batch in (8, 32):
+        texts = [PROMPT_60] * batch
+        ms = []
+        for _ in range(max(5, args.rounds // batch)):
+            t = time.perf_counter()
+            backend.classify(texts)
+            ms.append((time.perf_counter() - t) * 1000 / batch)
+        report(f"batch of {batch} prompts, per prompt", ms)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""A deployment's content-filter configuration (stored with the deployment, edited by its owner).
+
+Defaults are the safe ones: filtering on, every category blocked at `medium` for prompts and
+completions, jailbreak detection on and blocking, profanity off, buffered streaming. A
+serverless deployment gets exactly these defaults (`ContentFilterConfig.default_for`).
+Thresholds mean "filter at this severity or above": `low` is the strictest.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Threshold = Literal["low", "medium", "high"]
+Mode = Literal["block", "annotate"]
+StreamingMode = Literal["buffered", "asynchronous"]
+DeploymentKind = Literal["serverless", "dedicated"]
+
+_BLOCKLIST_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class CategoryPolicy(BaseModel):
+    """One harm category: a threshold for prompts, one for completions, and what to do on a hit."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt_threshold: Threshold = "medium"
+    completion_threshold: Threshold = "medium"
+    mode: Mode = "block"
+
+
+class DetectorPolicy(BaseModel):
+    """A yes/no detector (jailbreak, profanity): on or off, and block or annotate."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    mode: Mode = "block"
+
+
+class ContentFilterConfig(BaseModel):
+    """Everything that decides what a deployment's content filter does.
+
+    `blocklists` names the workspace's custom blocklists that apply (prompts and completions,
+    always blocking). `backend` names a registered safety backend (entry-point group
+    `modelport.safety_backends`); the default is the bundled fine-tuned MiniLM.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    hate: CategoryPolicy = Field(default_factory=CategoryPolicy)
+    sexual: CategoryPolicy = Field(default_factory=CategoryPolicy)
+    violence: CategoryPolicy = Field(default_factory=CategoryPolicy)
+    self_harm: CategoryPolicy = Field(default_factory=CategoryPolicy)
+    jailbreak: DetectorPolicy = Field(default_factory=DetectorPolicy)
+    profanity: DetectorPolicy = Field(default_factory=lambda: DetectorPolicy(enabled=False, mode="annotate"))
+    blocklists: tuple[str, ...] = ()
+    streaming: StreamingMode = "buffered"
+    backend: str = Field(default="minilm", pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")
+
+    @field_validator("blocklists")
+    @classmethod
+    def _names(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        import re
+
+        if len(names) > 16:
+            raise ValueError("at most 16 blocklists per deployment")
+        for name in names:
+            if not re.match(_BLOCKLIST_NAME, name):
+                raise ValueError("a blocklist name is 1-64 letters, digits, '_', '.', '-'")
+        if len(set(names)) != len(names):
+            raise ValueError("a blocklist is named twice")
+        return names
+
+    def category(self, name: str) -> CategoryPolicy:
+        return getattr(self, name)
+
+    @classmethod
+    def default_for(cls, kind: DeploymentKind) -> ContentFilterConfig:
+        """The configuration a new deployment starts with: on, `medium`, blocking, for both kinds."""
+        if kind not in ("serverless", "dedicated"):
+            raise ValueError(f"unknown deployment kind {kind!r}")
+        return cls()
+
+    @classmethod
+    def disabled(cls) -> ContentFilterConfig:
+        return cls(enabled=False)

@@ -1,0 +1,158 @@
+"""Evaluate a safety backend on the frozen evaluation set: `python -m modelport.safety.evaluate`.
+
+The evaluation set (data/eval.jsonl) was written before the classifier was trained and is
+never used for training or tuning; its sha256 is recorded in data/EVAL_SHA256 and this script
+refuses to run on a changed file, so figures are always about the same texts.
+
+For each category and each threshold T (low, medium, high) an item counts as positive when
+its labelled severity is >= T and as flagged when the predicted severity is >= T. Printed:
+precision, recall, and false-positive rate twice: on the benign texts (no category, no
+jailbreak, no profanity label) and on every text not labelled in that category. Each figure
+carries a Wilson 95% interval, which is what a set of this size allows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+
+from modelport.safety.backends.base import CATEGORIES, SEVERITIES, Analysis, SafetyBackend, severity_rank
+
+DATA_DIR = Path(__file__).parent / "data"
+EVAL_PATH = DATA_DIR / "eval.jsonl"
+SHA_PATH = DATA_DIR / "EVAL_SHA256"
+
+
+class EvalSetChanged(Exception):
+    """The evaluation file does not match its frozen sha256."""
+
+
+def load_eval_set(path: Path = EVAL_PATH, sha_path: Path = SHA_PATH) -> list[dict]:
+    """The frozen evaluation items; raises EvalSetChanged if the file is not the frozen one."""
+    data = path.read_bytes()
+    expected = sha_path.read_text(encoding="utf-8").strip()
+    if hashlib.sha256(data).hexdigest() != expected:
+        raise EvalSetChanged(f"{path.name} does not match its frozen sha256 in {sha_path.name}; "
+                             "the evaluation set must not change after it was frozen")
+    return [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
+
+
+def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (n = 0 gives the whole range)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _fmt(k: int, n: int) -> str:
+    if n == 0:
+        return "   n/a             "
+    lo, hi = wilson(k, n)
+    return f"{k / n:5.2f} [{lo:4.2f}-{hi:4.2f}] {k:>3}/{n:<3}"
+
+
+def is_benign(item: dict) -> bool:
+    return not item["labels"] and not item["jailbreak"] and not item["profanity"]
+
+
+def category_table(items: list[dict], analyses: list[Analysis]) -> list[dict]:
+    """Counts per category and threshold (the numbers behind the printed report)."""
+    rows = []
+    for cat in CATEGORIES:
+        for t in SEVERITIES[1:]:
+            rank = severity_rank(t)
+            tp = fp_all = fp_benign = pos = neg_all = benign = flagged = 0
+            for it, an in zip(items, analyses, strict=True):
+                truth = severity_rank(it["labels"].get(cat, "safe")) >= rank
+                pred = severity_rank(an.severities[cat]) >= rank
+                flagged += pred
+                pos += truth
+                tp += truth and pred
+                if cat not in it["labels"]:
+                    neg_all += 1
+                    fp_all += pred
+                if is_benign(it):
+                    benign += 1
+                    fp_benign += pred
+            rows.append({"category": cat, "threshold": t, "tp": tp, "pos": pos, "flagged": flagged,
+                         "fp_benign": fp_benign, "benign": benign, "fp_unlabelled": fp_all,
+                         "unlabelled": neg_all})
+    return rows
+
+
+def binary_figures(items: list[dict], analyses: list[Analysis], key: str) -> dict:
+    tp = sum(1 for it, an in zip(items, analyses, strict=True) if it[key] and getattr(an, key))
+    pos = sum(1 for it in items if it[key])
+    flagged = sum(1 for an in analyses if getattr(an, key))
+    neg = sum(1 for it in items if not it[key])
+    return {"tp": tp, "pos": pos, "flagged": flagged, "fp": flagged - tp, "neg": neg}
+
+
+def report(items: list[dict], analyses: list[Analysis], show_misses: bool = False) -> str:
+    lines = [f"evaluation set: {len(items)} texts, {sum(map(is_benign, items))} benign "
+             f"({sum(1 for i in items if i.get('tricky'))} of them tricky)", ""]
+    lines.append(f"{'category':<10} {'thr':<6} {'recall':<24} {'precision':<24} {'FPR benign':<24} "
+                 f"{'FPR not-in-category':<24}")
+    for r in category_table(items, analyses):
+        lines.append(
+            f"{r['category']:<10} {r['threshold']:<6} {_fmt(r['tp'], r['pos']):<24} "
+            f"{_fmt(r['tp'], r['flagged']):<24} {_fmt(r['fp_benign'], r['benign']):<24} "
+            f"{_fmt(r['fp_unlabelled'], r['unlabelled']):<24}"
+        )
+    lines.append("")
+    any_flag = sum(1 for it, an in zip(items, analyses, strict=True) if is_benign(it)
+                   and any(severity_rank(s) >= 2 for s in an.severities.values()))
+    lines.append(f"benign texts flagged in any category at medium: {_fmt(any_flag, sum(map(is_benign, items)))}")
+    for key in ("jailbreak", "profanity"):
+        b = binary_figures(items, analyses, key)
+        lines.append(f"{key:<10} recall {_fmt(b['tp'], b['pos'])}  precision {_fmt(b['tp'], b['flagged'])}  "
+                     f"FPR {_fmt(b['fp'], b['neg'])}")
+    if show_misses:
+        lines += ["", "misses and false positives at the medium threshold:"]
+        for it, an in zip(items, analyses, strict=True):
+            for cat in CATEGORIES:
+                truth = severity_rank(it["labels"].get(cat, "safe")) >= 2
+                pred = severity_rank(an.severities[cat]) >= 2
+                if truth != pred:
+                    kind = "MISS" if truth else "FP  "
+                    lines.append(f"  {kind} {cat:<9} label={it['labels'].get(cat, 'safe'):<6} "
+                                 f"pred={an.severities[cat]:<6} {it['text'][:90]}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Evaluate a safety backend on the frozen evaluation set.")
+    parser.add_argument("--backend", default="minilm", help="registered backend name (default: minilm)")
+    parser.add_argument("--show-misses", action="store_true",
+                        help="list the evaluation texts the backend got wrong at the medium threshold")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--int8", action="store_true", help="minilm only: dynamic int8 quantization")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from modelport.safety.backends import create_backend
+
+    torch.set_num_threads(args.threads)
+    items = load_eval_set()
+    options = {"int8": True} if args.int8 else {}
+    backend: SafetyBackend = create_backend(args.backend, **options)
+    t0 = time.perf_counter()
+    analyses: list[Analysis] = []
+    for start in range(0, len(items), 32):
+        analyses += asyncio.run(backend.analyze([it["text"] for it in items[start : start + 32]]))
+    print(f"backend {backend.name}: {len(items)} texts in {time.perf_counter() - t0:.1f}s\n")
+    print(report(items, analyses, show_misses=args.show_misses))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,322 @@
+"""Screening: apply a deployment's content-filter configuration to prompts and streamed outputs.
+
+`Screener` combines a backend (severities, jailbreak, profanity), the configuration
+(thresholds, block or annotate) and the workspace's blocklists into a `Verdict`, whose
+`results` is the wire `content_filter_results` object: always every key, in one shape, on
+every path (see `empty_results`). Any failure while screening raises `SafetyUnavailable`
+(HTTP 503): the filter fails closed, never open. Nothing screened is logged or kept (P1);
+a Verdict holds severities and names, never text.
+
+`StreamScreener` cuts a streamed completion into segments (a sentence end after MIN_CHARS,
+or at most MAX_CHARS), screens each with the last CARRY_CHARS of the previous segment in
+front (so a phrase split across two segments is still seen whole), and tells the gateway
+what it may send:
+- buffered (default): a segment's text is released only after it passed; the first filtered
+  segment stops the stream and none of its text is released;
+- asynchronous: text is released at once, segments are screened in background tasks, and
+  the stream is cut as soon as one is found filtered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from modelport.errors import InvalidInput, ServiceUnavailable
+from modelport.safety.backends.base import CATEGORIES, SEVERITIES, Analysis, SafetyBackend, severity_rank
+from modelport.safety.blocklists import BlocklistSet
+from modelport.safety.config import ContentFilterConfig
+
+Direction = Literal["prompt", "completion"]
+
+MIN_CHARS = 100
+MAX_CHARS = 200
+CARRY_CHARS = 60
+_SENTENCE_END = re.compile(r"[.!?;:\n](?=\s|$)|\n")
+
+
+class SafetyUnavailable(ServiceUnavailable):
+    """Screening failed (backend error, blocklist timeout); the request is refused, not let through."""
+
+    code = "content_filter_unavailable"
+
+
+class ContentFiltered(InvalidInput):
+    """A prompt was blocked. `details["content_filter_result"]` is the wire results object."""
+
+    code = "content_filter"
+
+    def __init__(self, verdict: Verdict) -> None:
+        names = ", ".join(verdict.filtered_reasons)
+        super().__init__(
+            f"The prompt was filtered by the deployment's content filter ({names}). Change the prompt, or "
+            "ask the deployment's owner to review its content-filter configuration.",
+            field="prompt",
+            details={"content_filter_result": verdict.results},
+        )
+        self.verdict = verdict
+
+
+def empty_results() -> dict[str, Any]:
+    """The results object of a text nothing was found in; every key of the stable schema."""
+    out: dict[str, Any] = {c: {"filtered": False, "severity": "safe"} for c in CATEGORIES}
+    out["jailbreak"] = {"filtered": False, "detected": False}
+    out["profanity"] = {"filtered": False, "detected": False}
+    out["custom_blocklists"] = {"filtered": False, "details": []}
+    return out
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of screening one text (or one segment). `results` is the wire object."""
+
+    filtered: bool
+    results: dict[str, Any]
+    #: what caused the block, for counts per deployment and category: category names,
+    #: "jailbreak", "profanity", "custom_blocklists"; empty when not filtered
+    filtered_reasons: tuple[str, ...] = ()
+    #: everything that hit, blocking or annotated (for counts of annotations)
+    detected: tuple[str, ...] = field(default=())
+
+
+def error_body(verdict: Verdict, *, param: str = "prompt") -> dict[str, Any]:
+    """The HTTP 400 body for a blocked prompt, in the Azure shape (DESIGN.md section 3)."""
+    return {
+        "error": {
+            "code": "content_filter",
+            "message": ContentFiltered(verdict).message,
+            "param": param,
+            "status": 400,
+            "innererror": {"code": "ResponsibleAIPolicyViolation", "content_filter_result": verdict.results},
+        }
+    }
+
+
+def prompt_filter_results(verdict: Verdict, prompt_index: int = 0) -> list[dict[str, Any]]:
+    """`prompt_filter_results` of a successful response."""
+    return [{"prompt_index": prompt_index, "content_filter_results": verdict.results}]
+
+
+class Screener:
+    """Screens texts for one deployment. Cheap to build; the backend holds the model."""
+
+    def __init__(self, backend: SafetyBackend, config: ContentFilterConfig,
+                 blocklists: BlocklistSet | None = None) -> None:
+        self.backend = backend
+        self.config = config
+        self.blocklists = blocklists or BlocklistSet()
+        unknown = set(config.blocklists) - set(self.blocklists.names())
+        if unknown:
+            raise InvalidInput("the content filter names a blocklist that does not exist", field="blocklists")
+
+    async def _analyze(self, texts: list[str]) -> list[Analysis]:
+        try:
+            analyses = await self.backend.analyze(texts)
+        except Exception as exc:  # any failure of the backend: fail closed
+            raise SafetyUnavailable(
+                "Content screening is unavailable, so the request was not processed. Retry later; if it "
+                "persists, the operator should check the safety backend.",
+            ) from exc
+        if len(analyses) != len(texts):
+            raise SafetyUnavailable("Content screening returned an incomplete answer; the request was not processed.")
+        return analyses
+
+    def _blocklist_hits(self, text: str) -> list[str]:
+        try:
+            return self.blocklists.match(text, self.config.blocklists)
+        except InvalidInput:
+            raise
+        except Exception as exc:
+            raise SafetyUnavailable(
+                "A custom blocklist could not be evaluated; the request was not processed."
+            ) from exc
+
+    def verdict(self, analysis: Analysis, hits: list[str], direction: Direction) -> Verdict:
+        """Apply thresholds and modes to one analysis (pure; exposed for tests and the gateway)."""
+        cfg = self.config
+        results = empty_results()
+        reasons: list[str] = []
+        detected: list[str] = []
+        for cat in CATEGORIES:
+            policy = cfg.category(cat)
+            severity = analysis.severities[cat]
+            threshold = policy.prompt_threshold if direction == "prompt" else policy.completion_threshold
+            hit = severity_rank(severity) >= severity_rank(threshold)
+            blocked = hit and policy.mode == "block"
+            results[cat] = {"filtered": blocked, "severity": severity}
+            detected += [cat] if hit else []
+            reasons += [cat] if blocked else []
+        for name, flag, applies in (
+            ("jailbreak", analysis.jailbreak, direction == "prompt"),
+            ("profanity", analysis.profanity, True),
+        ):
+            policy = getattr(cfg, name)
+            found = bool(flag and policy.enabled and applies)
+            blocked = found and policy.mode == "block"
+            results[name] = {"filtered": blocked, "detected": found}
+            detected += [name] if found else []
+            reasons += [name] if blocked else []
+        if hits:
+            results["custom_blocklists"] = {"filtered": True, "details": [{"id": h, "filtered": True} for h in hits]}
+            detected.append("custom_blocklists")
+            reasons.append("custom_blocklists")
+        return Verdict(filtered=bool(reasons), results=results, filtered_reasons=tuple(reasons),
+                       detected=tuple(detected))
+
+    async def screen(self, texts: list[str], direction: Direction) -> list[Verdict]:
+        """Screen a batch of texts (one backend call). With filtering off, every verdict is empty."""
+        if not self.config.enabled:
+            return [Verdict(filtered=False, results=empty_results()) for _ in texts]
+        analyses = await self._analyze(texts)
+        return [self.verdict(a, self._blocklist_hits(t), direction) for t, a in zip(texts, analyses, strict=True)]
+
+    async def screen_prompt(self, text: str) -> Verdict:
+        """Screen a prompt (for chat: the messages' text joined by newlines)."""
+        return (await self.screen([text], "prompt"))[0]
+
+    async def check_prompt(self, text: str) -> Verdict:
+        """Screen a prompt and raise ContentFiltered when it is blocked; return the verdict otherwise."""
+        verdict = await self.screen_prompt(text)
+        if verdict.filtered:
+            raise ContentFiltered(verdict)
+        return verdict
+
+    async def screen_completion(self, text: str) -> Verdict:
+        return (await self.screen([text], "completion"))[0]
+
+    def stream(self) -> StreamScreener:
+        return StreamScreener(self)
+
+
+def merge_results(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Combine two results objects: highest severity, any filtered, any detected, union of blocklists."""
+    out = empty_results()
+    for cat in CATEGORIES:
+        sev = max(a[cat]["severity"], b[cat]["severity"], key=SEVERITIES.index)
+        out[cat] = {"filtered": a[cat]["filtered"] or b[cat]["filtered"], "severity": sev}
+    for name in ("jailbreak", "profanity"):
+        out[name] = {k: a[name][k] or b[name][k] for k in ("filtered", "detected")}
+    details = {d["id"]: d for d in a["custom_blocklists"]["details"] + b["custom_blocklists"]["details"]}
+    out["custom_blocklists"] = {
+        "filtered": a["custom_blocklists"]["filtered"] or b["custom_blocklists"]["filtered"],
+        "details": [details[k] for k in sorted(details)],
+    }
+    return out
+
+
+@dataclass
+class StreamStep:
+    """What the gateway does after feeding a delta: send `text` (may be ""), then stop if `stop`."""
+
+    text: str = ""
+    stop: bool = False
+
+
+def split_segment(pending: str, final: bool) -> int:
+    """Where the next segment ends in `pending` (0 = not yet): a sentence end past MIN_CHARS, a
+    space before MAX_CHARS, or MAX_CHARS; everything when the stream is final."""
+    if final:
+        return len(pending)
+    if len(pending) < MIN_CHARS:
+        return 0
+    for m in _SENTENCE_END.finditer(pending, MIN_CHARS - 1):
+        if m.end() <= MAX_CHARS:
+            return m.end()
+        break
+    if len(pending) < MAX_CHARS:
+        return 0
+    space = pending.rfind(" ", MIN_CHARS, MAX_CHARS)
+    return space + 1 if space > 0 else MAX_CHARS
+
+
+class StreamScreener:
+    """Segment-by-segment screening of one streamed completion (one choice)."""
+
+    def __init__(self, screener: Screener) -> None:
+        self.screener = screener
+        self.buffered = screener.config.streaming == "buffered"
+        self._pending = ""
+        self._carry = ""
+        self._results = empty_results()
+        self._stopped = False
+        self._tasks: list[asyncio.Task[Verdict]] = []
+        self.segments = 0
+
+    @property
+    def filtered(self) -> bool:
+        """True once a segment was filtered: the choice ends with finish_reason "content_filter"."""
+        return self._stopped
+
+    def results(self) -> dict[str, Any]:
+        """The choice's content_filter_results: every screened segment merged."""
+        return self._results
+
+    def _window(self, segment: str) -> str:
+        """The text screened for a segment: the carry-over from the previous one, then the segment."""
+        window = self._carry + segment
+        self._carry = window[-CARRY_CHARS:]
+        self.segments += 1
+        return window
+
+    def _take(self, verdict: Verdict) -> None:
+        self._results = merge_results(self._results, verdict.results)
+        if verdict.filtered:
+            self._stopped = True
+
+    async def _drain_done(self) -> None:
+        for task in [t for t in self._tasks if t.done()]:
+            self._tasks.remove(task)
+            self._take(task.result())  # re-raises SafetyUnavailable: fail closed
+
+    async def feed(self, delta: str, *, final: bool = False) -> StreamStep:
+        """Add generated text; `final=True` with the last delta (or "") flushes the remainder."""
+        if self._stopped or not self.screener.config.enabled:
+            return StreamStep(text="" if self._stopped else delta, stop=self._stopped)
+        self._pending += delta
+        if not self.buffered:
+            return await self._feed_async(delta, final)
+        released = []
+        while self._pending:
+            cut = split_segment(self._pending, final)
+            if cut == 0:
+                break
+            segment, self._pending = self._pending[:cut], self._pending[cut:]
+            verdict = await self.screener.screen_completion(self._window(segment))
+            self._take(verdict)
+            if verdict.filtered:
+                self._pending = ""
+                return StreamStep(text="".join(released), stop=True)
+            released.append(segment)
+        return StreamStep(text="".join(released))
+
+    async def _feed_async(self, delta: str, final: bool) -> StreamStep:
+        await self._drain_done()
+        if self._stopped:
+            return StreamStep(stop=True)
+        while self._pending:
+            cut = split_segment(self._pending, final)
+            if cut == 0:
+                break
+            segment, self._pending = self._pending[:cut], self._pending[cut:]
+            self._tasks.append(asyncio.ensure_future(self.screener.screen_completion(self._window(segment))))
+        if final:
+            results = await asyncio.gather(*self._tasks)
+            self._tasks.clear()
+            for verdict in results:
+                self._take(verdict)
+            return StreamStep(text="" if self._stopped else delta, stop=self._stopped)
+        return StreamStep(text=delta)
+
+    async def finish(self) -> StreamStep:
+        """End of generation: screen what is left. Returns any last text to send and whether to stop."""
+        return await self.feed("", final=True)
+
+    async def aclose(self) -> None:
+        """Cancel background screening (client went away); nothing is kept."""
+        for task in self._tasks:
+            task.cancel()
+        self._tasks.clear()
+        self._pending = ""
+        self._carry = ""

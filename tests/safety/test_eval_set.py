@@ -1,0 +1,55 @@
+"""The frozen evaluation set: checked by sha256, big and varied enough, never in the training data."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from modelport.safety import evaluate
+from modelport.safety.evaluate import EvalSetChanged, load_eval_set, wilson
+
+DATA = Path(evaluate.__file__).parent / "data"
+
+
+def test_frozen_eval_set_loads_and_has_the_promised_shape() -> None:
+    items = load_eval_set()
+    assert len(items) >= 300
+    benign = [i for i in items if evaluate.is_benign(i)]
+    tricky = [i for i in benign if i.get("tricky")]
+    assert len(tricky) * 3 >= len(benign)
+    assert sum(1 for i in items if len(i["labels"]) > 1) >= 5
+    for cat in ("hate", "sexual", "violence", "self_harm"):
+        assert sum(1 for i in items if i["labels"].get(cat) in ("medium", "high")) >= 30
+    assert sum(i["jailbreak"] for i in items) >= 20
+    assert sum(i["profanity"] for i in items) >= 20
+
+
+def test_a_changed_eval_set_is_refused(tmp_path: Path) -> None:
+    copy = tmp_path / "eval.jsonl"
+    shutil.copy(DATA / "eval.jsonl", copy)
+    with copy.open("a", encoding="utf-8") as f:
+        f.write(json.dumps({"text": "an extra easy item", "labels": {}, "jailbreak": False, "profanity": False}) + "\n")
+    with pytest.raises(EvalSetChanged):
+        load_eval_set(copy, DATA / "EVAL_SHA256")
+
+
+def test_no_eval_text_or_near_copy_is_in_the_training_set() -> None:
+    def words(t: str) -> set[str]:
+        return set(re.findall(r"\w+", t.lower()))
+
+    evals = [words(i["text"]) for i in load_eval_set()]
+    lines = (DATA / "train.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(lines) >= 2500
+    for line in lines:
+        w = words(json.loads(line)["text"])
+        assert all(len(w & e) < 0.6 * len(w | e) for e in evals), "a training text nearly copies an eval text"
+
+
+def test_wilson_interval_matches_known_values() -> None:
+    lo, hi = wilson(17, 20)
+    assert (round(lo, 3), round(hi, 3)) == (0.640, 0.948)
+    assert wilson(0, 0) == (0.0, 1.0)
