@@ -21,6 +21,7 @@ from modelport.identity.service import IdentityService
 from modelport.inference.manager import DeploymentManager
 from modelport.inference.pools import PoolManager, RegionSlots
 from modelport.keys.service import KeyService
+from modelport.safety.service import SafetyService
 from modelport.workers.supervisor import WorkerSupervisor
 
 log = logging.getLogger("modelport.bootstrap")
@@ -53,6 +54,7 @@ def build_services(settings: Settings) -> Services:
         manager=manager,
         datasets=datasets,
         keys=KeyService(db, datastore),
+        safety=SafetyService(db),
         finetuning=FinetuningService(db, catalog, datasets, datastore),
     )
 

@@ -65,6 +65,10 @@ class Settings(BaseSettings):
     runtime_overrides: dict[str, str] = Field(
         default_factory=dict, description='Serve a model with another runtime, e.g. {"my-model": "echo"} (JSON).'
     )
+    content_filter_default: Literal["on", "off"] = Field(
+        default="on", description="Content filter of new deployments: on at medium (the default), or off."
+    )
+
     # Datastore and keys (see modelport/datastore/settings.py for the master-key rules)
     max_dataset_bytes: int = Field(default=1024**3, description="Largest dataset upload (413 beyond).")
 

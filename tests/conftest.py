@@ -118,7 +118,10 @@ def start_server(home: Path, *, env_extra: dict[str, str] | None = None, timeout
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODELPORT_") or k in KEEP_ENV}
     env.update({"MODELPORT_HOME": str(home), "MODELPORT_PORT": str(port), "MODELPORT_HOST": "127.0.0.1",
                 "MODELPORT_LOG_FILE": str(home / "logs" / "server.log"), "HF_HUB_OFFLINE": "1",
-                "PYTHONUNBUFFERED": "1"})
+                "PYTHONUNBUFFERED": "1",
+                # Test servers start deployments with the content filter off, so that plumbing tests do
+                # not depend on the classifier; tests/safety turn it on (the product default is on).
+                "MODELPORT_CONTENT_FILTER_DEFAULT": "off"})
     env.update(env_extra or {})
     log_path = home.parent / f"server-{port}.out"
     with open(log_path, "wb") as out:  # the child keeps its own copy of the descriptor

@@ -8,18 +8,32 @@ import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
 
 from modelport import __version__
 from modelport.api import errors
 from modelport.api.deps import Services
 from modelport.api.middleware import RequestContext
-from modelport.api.routes import datasets, deployments, finetuning, identity, models, ops
+from modelport.api.routes import datasets, deployments, finetuning, identity, models, ops, safety
 from modelport.bootstrap import build_services, prepare
 from modelport.config import Settings
 from modelport.finetuning.runner import JobRunner
 from modelport.inference import routes as inference_routes
+from modelport.inference.asgi import DataPlane
 
 log = logging.getLogger("modelport.server")
+
+
+class ModelportApp(FastAPI):
+    """FastAPI, with the inference routes taken ahead of its middleware stack (inference/asgi.py)."""
+
+    data_plane: DataPlane | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.data_plane is not None and (hit := self.data_plane.match(scope)) is not None:
+            await self.data_plane(scope, receive, send, hit)
+            return
+        await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
@@ -30,6 +44,9 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         prepare(svc)
         svc.manager.load_routes()
         await svc.manager.start_existing()
+        if svc.settings.content_filter_default == "on":
+            # Load the default classifier now rather than on the first filtered request.
+            svc.manager.spawn(_warm_safety(svc))
         flusher = asyncio.create_task(_flush_last_used(svc))
         background = asyncio.create_task(svc.manager.run_background())
         runner = JobRunner(svc.finetuning, svc.settings)
@@ -44,21 +61,23 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
                     await task
             await svc.manager.shutdown()
             svc.identity.last_used.flush(svc.db)
+            svc.safety.flush_counts()
             svc.db.dispose()
 
-    app = FastAPI(title="modelport", version=__version__, lifespan=lifespan,
-                  description="Self-hosted model catalog and Models-as-a-Service. Control plane under /api/v1.")
+    app = ModelportApp(title="modelport", version=__version__, lifespan=lifespan,
+                       description="Self-hosted model catalog and Models-as-a-Service. Control plane under /api/v1.")
     app.state.services = svc
     errors.install(app)
-    # The inference routes first: routes are matched in order, and these take the traffic.
-    app.include_router(inference_routes.router)
     app.include_router(ops.router)
     app.include_router(identity.router)
     app.include_router(models.router)
     app.include_router(deployments.router)
     app.include_router(datasets.router)
+    app.include_router(safety.router)
     app.include_router(finetuning.router)
+    app.include_router(inference_routes.router)
     app.add_middleware(RequestContext)
+    app.data_plane = DataPlane(app)
     return app
 
 
@@ -67,5 +86,13 @@ async def _flush_last_used(svc: Services) -> None:
         await asyncio.sleep(svc.settings.api_key_last_used_flush_seconds)
         try:
             await asyncio.to_thread(svc.identity.last_used.flush, svc.db)
+            await asyncio.to_thread(svc.safety.flush_counts)
         except Exception:
-            log.exception("could not record API key use")
+            log.exception("could not record API key use or content-filter counts")
+
+
+async def _warm_safety(svc: Services) -> None:
+    try:
+        await svc.safety.backend("minilm")
+    except Exception:  # requests to filtered deployments will answer 503 and say why
+        log.exception("could not load the content-filter classifier")

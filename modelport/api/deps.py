@@ -18,6 +18,7 @@ from modelport.identity.principal import Principal
 from modelport.identity.service import IdentityService
 from modelport.inference.manager import DeploymentManager
 from modelport.keys.service import KeyService
+from modelport.safety.service import SafetyService
 
 
 @dataclass
@@ -30,6 +31,7 @@ class Services:
     manager: DeploymentManager
     datasets: DatasetService
     keys: KeyService
+    safety: SafetyService
     finetuning: FinetuningService
     extra: dict[str, object] = field(default_factory=dict)  # later subsystems register here
 

@@ -13,6 +13,7 @@ from modelport.cli import deployments as deployments_cli
 from modelport.cli import finetuning as finetuning_cli
 from modelport.cli import identity as identity_cli
 from modelport.cli import models as models_cli
+from modelport.cli import safety as safety_cli
 from modelport.cli.common import JsonOpt, client, handle_errors
 from modelport.cli.output import console, err_console, kv, print_json
 
@@ -24,6 +25,7 @@ app.add_typer(identity_cli.apikeys, name="apikeys")
 app.add_typer(models_cli.models, name="models")
 app.add_typer(deployments_cli.deployments, name="deployments")
 app.add_typer(datasets_cli.datasets, name="datasets")
+app.add_typer(safety_cli.safety, name="safety")
 app.add_typer(datasets_cli.workspace_key, name="workspace-key")
 app.add_typer(datasets_cli.cmk, name="cmk")
 app.add_typer(datasets_cli.platform_key, name="platform-key")

@@ -245,3 +245,31 @@ class FinetuneJob(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class Blocklist(Base):
+    """A workspace's custom blocklist (operator configuration: exact terms and regexes)."""
+
+    __tablename__ = "blocklists"
+    __table_args__ = (UniqueConstraint("workspace_id", "name"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    terms: Mapped[list] = mapped_column(JSON, default=list)
+    patterns: Mapped[list] = mapped_column(JSON, default=list)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class ContentFilterCount(Base):
+    """How many requests a deployment's filter flagged, per direction and category. Counts only."""
+
+    __tablename__ = "content_filter_counts"
+    __table_args__ = (UniqueConstraint("deployment_id", "direction", "category", "action"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    deployment_id: Mapped[str] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"), index=True)
+    direction: Mapped[str] = mapped_column(String(16))  # prompt | completion
+    category: Mapped[str] = mapped_column(String(32))
+    action: Mapped[str] = mapped_column(String(16))  # filtered | annotated
+    count: Mapped[int] = mapped_column(BigInteger, default=0)

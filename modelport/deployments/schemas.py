@@ -63,6 +63,7 @@ class DeploymentOut(BaseModel):
     state_reason: str | None
     egress: str
     network: NetworkSettings
+    content_filter: dict
     endpoints: dict[str, str]
     created_at: datetime
     updated_at: datetime

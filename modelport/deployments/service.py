@@ -25,6 +25,7 @@ from modelport.errors import Conflict, InvalidInput, NotFound
 from modelport.identity import secrets as keysecrets
 from modelport.identity.principal import Principal
 from modelport.identity.service import check_name
+from modelport.safety.config import ContentFilterConfig
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,11 @@ class DeploymentService:
                 geography=geography,
                 state="creating",
                 network=req.network.model_dump(),
-                content_filter={},
+                content_filter=(
+                    ContentFilterConfig.default_for(req.type)
+                    if self.settings.content_filter_default == "on"
+                    else ContentFilterConfig.disabled()
+                ).model_dump(mode="json"),
                 primary_lookup=p_lookup,
                 primary_digest=keysecrets.digest(primary),
                 secondary_lookup=s_lookup,
@@ -160,6 +165,22 @@ class DeploymentService:
                 resource_id=row.id,
                 detail={"fields": sorted(change.model_dump(exclude_none=True))},
             )
+            return row
+
+    def set_content_filter(self, actor: Principal, name: str, config: ContentFilterConfig,
+                           known_blocklists: set[str]) -> Deployment:
+        """Owners change a deployment's filter at once; the next request uses it."""
+        actor.require("safety.manage")
+        unknown = sorted(set(config.blocklists) - known_blocklists)
+        if unknown:
+            raise InvalidInput(f"Unknown blocklist: {unknown[0]}; create it first (modelport safety blocklists put).",
+                               field="blocklists")
+        with self.db.session() as s:
+            row = self._get(s, actor, name)
+            row.content_filter = config.model_dump(mode="json")
+            row.updated_at = utcnow()
+            audit.record(s, actor, "deployment.content_filter", resource_type="deployment", resource_id=row.id,
+                         detail={"enabled": config.enabled})
             return row
 
     def mark_deleting(self, actor: Principal, name: str) -> Deployment:

@@ -110,6 +110,9 @@ def check_ready(route: Route) -> None:
         return
     if route.state == "creating":
         raise ServiceUnavailable("This deployment is still being created; retry in a few seconds.")
+    if route.state == "suspended":  # a fine-tune whose workspace key is disabled (manager.check_private_weights)
+        raise ServiceUnavailable("This deployment is suspended: its workspace key is disabled. Enable the key "
+                                 "again and it resumes serving; see modelport deployments show.")
     if route.state == "failed":
         raise Conflict(
             "This deployment failed to start; see its state reason (modelport deployments show) and create it again."

@@ -3,15 +3,18 @@
 A streamed answer is started only after the worker produced its first event, so that the
 errors that happen before any output (prompt too long, queue full, worker gone) still get a
 proper HTTP status. A client that disconnects mid-stream cancels the generator, which closes
-the worker connection, and the worker stops decoding.
+the worker connection, and the worker stops decoding. A client that disconnects before its
+answer started (waiting in the queue, or waiting for a non-streamed answer) cancels the same
+way: uvicorn does not cancel a handler whose client went away, so the handler watches for it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import orjson
 from fastapi import Request
@@ -19,13 +22,65 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
 from modelport.errors import InvalidInput, ModelportError
-from modelport.inference import calls
+from modelport.inference import calls, filtering
 from modelport.inference.manager import DeploymentManager, Route
 from modelport.inference.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, split_extra
 from modelport.workers.client import ChoiceFinished, StreamUsage, TextDelta
 from modelport.workers.protocol import GenerateBody
 
 ErrorShape = Callable[[ModelportError], JSONResponse]
+T = TypeVar("T")
+CLIENT_CLOSED_REQUEST = 499  # nobody reads it; the access log shows why the request ended
+
+
+class ClientGone(Exception):
+    """The caller disconnected before its answer was ready."""
+
+
+# Requests that answer sooner are not watched: a watcher task per request would cost about a
+# tenth of the gateway's CPU at full load (profiled), and a request that short wastes nothing.
+WATCH_AFTER_SECONDS = 0.05
+
+
+async def _disconnected(request: Request) -> None:
+    # The body has been read in full, so the next ASGI message is the disconnect.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def unless_gone(request: Request, work: Awaitable[T]) -> T:
+    """Await `work` in this task, cancelled if the client disconnects first (raises ClientGone):
+    a request nobody will read must not keep its place in the queue or its worker busy."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    if task is None:  # not in a task (never the case under uvicorn): nothing to cancel
+        return await work
+    watcher: asyncio.Task[None] | None = None
+    gone = False
+
+    def on_disconnect(w: asyncio.Task[None]) -> None:
+        nonlocal gone
+        if not w.cancelled() and w.exception() is None:
+            gone = True
+            task.cancel()
+
+    def watch() -> None:
+        nonlocal watcher
+        watcher = loop.create_task(_disconnected(request))
+        watcher.add_done_callback(on_disconnect)
+
+    timer = loop.call_later(WATCH_AFTER_SECONDS, watch)
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if gone and task.uncancel() == 0:  # our own cancel, nobody else's: the client left
+            raise ClientGone from None
+        raise
+    finally:
+        timer.cancel()
+        if watcher is not None:
+            watcher.remove_done_callback(on_disconnect)
+            watcher.cancel()
 
 
 def parse(model: type[BaseModel], body: dict[str, Any], extra_mode: str = "error") -> Any:
@@ -51,14 +106,6 @@ def _sse(obj: dict) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
-async def _first_then_rest(events: AsyncIterator[Any]) -> tuple[Any, AsyncIterator[Any]]:
-    try:
-        first = await events.__anext__()
-    except StopAsyncIteration:
-        first = None
-    return first, events
-
-
 async def chat(request: Request, manager: DeploymentManager, route: Route, body: dict, *,
                extra_mode: str = "error", error_shape: ErrorShape) -> Response:
     req: ChatCompletionRequest = parse(ChatCompletionRequest, body, extra_mode)
@@ -69,7 +116,8 @@ async def chat(request: Request, manager: DeploymentManager, route: Route, body:
         temperature=1.0 if req.temperature is None else req.temperature,
         top_p=1.0 if req.top_p is None else req.top_p, stop=req.stop or [], seed=req.seed, n=req.n,
         response_format=req.response_format.type if req.response_format else "text")
-    return await _complete(request, manager, route, gen, req, "chat.completions", error_shape)
+    return await _complete(request, manager, route, gen, req, "chat.completions", error_shape,
+                           filtering.message_text(gen.messages or []))
 
 
 async def completions(request: Request, manager: DeploymentManager, route: Route, body: dict, *,
@@ -84,46 +132,76 @@ async def completions(request: Request, manager: DeploymentManager, route: Route
     gen = GenerateBody(prompt=prompt, max_tokens=req.max_tokens or 16,
                        temperature=1.0 if req.temperature is None else req.temperature,
                        top_p=1.0 if req.top_p is None else req.top_p, stop=req.stop or [], seed=req.seed, n=req.n)
-    return await _complete(request, manager, route, gen, req, "completions", error_shape)
+    return await _complete(request, manager, route, gen, req, "completions", error_shape, prompt)
 
 
 async def _complete(request: Request, manager: DeploymentManager, route: Route, gen: GenerateBody, req: Any,
-                    api: str, error_shape: ErrorShape) -> Response:
+                    api: str, error_shape: ErrorShape, prompt_text: str) -> Response:
     chat_api = api == "chat.completions"
     rid = ("chatcmpl-" if chat_api else "cmpl-") + secrets.token_hex(12)
     created = int(time.time())
+    # The content filter (P4): a blocked prompt raises here and never reaches a worker.
+    flt = await filtering.screen_prompt(request.app.state.services.safety, route, prompt_text)
     events = calls.generate(manager, route, gen)
     if not req.stream:
         try:
-            choices, usage = await calls.collect(events, gen.n)
+            choices, usage = await unless_gone(request, calls.collect(events, gen.n))
+        except ClientGone:
+            manager.record_usage(route, api, 0, 0, "cancelled")
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
         except ModelportError:
             manager.record_usage(route, api, 0, 0, "error")
             raise
         manager.record_usage(route, api, usage.prompt_tokens, usage.completion_tokens, "success")
         out_choices = []
-        for i, c in enumerate(choices):
-            text = "".join(c.text)
-            if chat_api:
-                out_choices.append({"index": i, "message": {"role": "assistant", "content": text},
-                                    "logprobs": None, "finish_reason": c.finish_reason})
-            else:
-                out_choices.append({"index": i, "text": text, "logprobs": None, "finish_reason": c.finish_reason})
-        return Response(orjson.dumps({
+        try:
+            for i, c in enumerate(choices):
+                text, finish = "".join(c.text), c.finish_reason
+                if flt is not None:
+                    text, cut = await flt.screen_text(i, text)
+                    finish = "content_filter" if cut else finish
+                if chat_api:
+                    choice = {"index": i, "message": {"role": "assistant", "content": text},
+                              "logprobs": None, "finish_reason": finish}
+                else:
+                    choice = {"index": i, "text": text, "logprobs": None, "finish_reason": finish}
+                if flt is not None:
+                    choice["content_filter_results"] = flt.results(i)
+                out_choices.append(choice)
+        finally:
+            if flt is not None:
+                await flt.close()
+        out: dict[str, Any] = {
             "id": rid, "object": "chat.completion" if chat_api else "text_completion", "created": created,
             "model": route.name, "choices": out_choices,
             "usage": {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-                      "total_tokens": usage.prompt_tokens + usage.completion_tokens}}),
-            media_type="application/json")
+                      "total_tokens": usage.prompt_tokens + usage.completion_tokens}}
+        if flt is not None:
+            out["prompt_filter_results"] = flt.prompt_filter_results()
+        return Response(orjson.dumps(out), media_type="application/json")
 
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
-    first, events = await _first_then_rest(events)
+    try:
+        first = await unless_gone(request, anext(events, None))
+    except ClientGone:
+        await events.aclose()
+        manager.record_usage(route, api, 0, 0, "cancelled")
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
     obj = "chat.completion.chunk" if chat_api else "text_completion"
 
-    def chunk(choices: list[dict], usage: dict | None = None) -> bytes:
+    def chunk(choices: list[dict], usage: dict | None = None, first_chunk: bool = False) -> bytes:
         out: dict[str, Any] = {"id": rid, "object": obj, "created": created, "model": route.name, "choices": choices}
         if include_usage:
             out["usage"] = usage
+        if first_chunk and flt is not None:
+            out["prompt_filter_results"] = flt.prompt_filter_results()
         return _sse(out)
+
+    def finish_choice(index: int, reason: str | None) -> dict:
+        c = delta_choice(index, None if chat_api else "", reason)
+        if flt is not None:
+            c["content_filter_results"] = flt.results(index)
+        return c
 
     def delta_choice(index: int, text: str | None, finish: str | None, role: bool = False) -> dict:
         if chat_api:
@@ -141,13 +219,30 @@ async def _complete(request: Request, manager: DeploymentManager, route: Route, 
         try:
             if chat_api:
                 for i in range(gen.n):
-                    yield chunk([delta_choice(i, "", None, role=True)])
+                    yield chunk([delta_choice(i, "", None, role=True)], first_chunk=i == 0)
             ev = first
+            cut: set[int] = set()  # choices the content filter ended
             while ev is not None:
                 if isinstance(ev, TextDelta):
-                    yield chunk([delta_choice(ev.index, ev.text, None)])
+                    if flt is None:
+                        yield chunk([delta_choice(ev.index, ev.text, None)])
+                    elif ev.index not in cut:
+                        step = await flt.feed(ev.index, ev.text)
+                        if step.text:
+                            yield chunk([delta_choice(ev.index, step.text, None)])
+                        if step.stop:
+                            cut.add(ev.index)
+                            yield chunk([finish_choice(ev.index, "content_filter")])
+                            if len(cut) == gen.n:
+                                break  # closing the worker stream below stops generation
                 elif isinstance(ev, ChoiceFinished):
-                    yield chunk([delta_choice(ev.index, None if chat_api else "", ev.finish_reason)])
+                    if flt is None:
+                        yield chunk([finish_choice(ev.index, ev.finish_reason)])
+                    elif ev.index not in cut:
+                        step = await flt.finish(ev.index)
+                        if step.text:
+                            yield chunk([delta_choice(ev.index, step.text, None)])
+                        yield chunk([finish_choice(ev.index, "content_filter" if step.stop else ev.finish_reason)])
                 elif isinstance(ev, StreamUsage):
                     usage = ev
                 ev = await anext(events, None)
@@ -162,25 +257,34 @@ async def _complete(request: Request, manager: DeploymentManager, route: Route, 
             yield _sse(err)
         finally:
             await events.aclose()
+            if flt is not None:
+                await flt.close()
             manager.record_usage(route, api, usage.prompt_tokens, usage.completion_tokens, outcome)
 
     return StreamingResponse(stream(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-async def embeddings(manager: DeploymentManager, route: Route, body: dict, *, extra_mode: str = "error") -> Response:
+async def embeddings(manager: DeploymentManager, route: Route, body: dict, *, extra_mode: str = "error",
+                     request: Request | None = None) -> Response:
     req: EmbeddingRequest = parse(EmbeddingRequest, body, extra_mode)
     _check_task(route, "embeddings")
     texts = [req.input] if isinstance(req.input, str) else req.input
     if not texts or len(texts) > 2048 or any(not isinstance(t, str) or not t for t in texts):
         raise InvalidInput("input takes 1 to 2048 non-empty texts.", field="input")
+    screened = None
+    if request is not None:
+        screened = await filtering.screen_inputs(request.app.state.services.safety, route, texts)
     vectors, prompt_tokens = await calls.embed(manager, route, texts)
     if req.dimensions is not None and vectors and req.dimensions != len(vectors[0]):
         raise InvalidInput(f"This model returns {len(vectors[0])} dimensions; omit 'dimensions' or set it to that.",
                            field="dimensions")
     manager.record_usage(route, "embeddings", prompt_tokens, 0, "success")
-    return Response(orjson.dumps({
+    out: dict[str, Any] = {
         "object": "list", "model": route.name,
         "data": [{"object": "embedding", "index": i, "embedding": calls.encode_embedding(v, req.encoding_format)}
                  for i, v in enumerate(vectors)],
-        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}}), media_type="application/json")
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}}
+    if screened is not None:
+        out["prompt_filter_results"] = screened
+    return Response(orjson.dumps(out), media_type="application/json")

@@ -155,8 +155,8 @@ class PoolManager:
             return
         pool.closed = True
         pool.scheduler.fail_waiting(ServiceUnavailable("This deployment's workers were stopped."))
-        for m in pool.members:
-            await self._stop_member(pool, m)
+        # Together: each worker drains its in-flight requests for up to drain_seconds.
+        await asyncio.gather(*(self._stop_member(pool, m) for m in pool.members))
         pool.members = []
 
     async def reap_idle(self, idle_seconds: float) -> list[str]:
@@ -171,5 +171,4 @@ class PoolManager:
         return stopped
 
     async def close_all(self) -> None:
-        for key in list(self.pools):
-            await self.close(key)
+        await asyncio.gather(*(self.close(key) for key in list(self.pools)))

@@ -39,7 +39,7 @@ async def _openai_call(request: Request, kind: str) -> Response:
             return await handlers.chat(request, manager, route, body, error_shape=openai_error)
         if kind == "completions":
             return await handlers.completions(request, manager, route, body, error_shape=openai_error)
-        return await handlers.embeddings(manager, route, body)
+        return await handlers.embeddings(manager, route, body, request=request)
     except ModelportError as exc:
         return openai_error(exc)
 
@@ -95,7 +95,7 @@ async def _azure_call(request: Request, name: str, kind: str) -> Response:
         extra_mode = "error" if mode == "error" else "drop"
         if kind == "chat":
             return await handlers.chat(request, manager, route, body, extra_mode=extra_mode, error_shape=azure_error)
-        return await handlers.embeddings(manager, route, body, extra_mode=extra_mode)
+        return await handlers.embeddings(manager, route, body, extra_mode=extra_mode, request=request)
     except ModelportError as exc:
         return azure_error(exc)
 

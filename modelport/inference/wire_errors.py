@@ -29,7 +29,18 @@ def _headers(exc: ModelportError) -> dict[str, str]:
     return {"Retry-After": str(exc.retry_after)} if isinstance(exc, TooManyRequests) else {}
 
 
+def _content_filter(exc: ModelportError) -> JSONResponse | None:
+    """A blocked prompt answers in DESIGN.md's one content-filter shape on both APIs."""
+    from modelport.safety.screening import ContentFiltered, error_body
+
+    if isinstance(exc, ContentFiltered):
+        return JSONResponse(error_body(exc.verdict, param=exc.field or "prompt"), status_code=400)
+    return None
+
+
 def openai_error(exc: ModelportError) -> JSONResponse:
+    if (blocked := _content_filter(exc)) is not None:
+        return blocked
     if exc.status_code >= 500:
         log.warning("inference error", extra={"error_code": exc.code, "status": exc.status_code})
     body = {"error": {"message": _public_message(exc), "type": OPENAI_TYPES.get(exc.status_code, "server_error"),
@@ -38,6 +49,8 @@ def openai_error(exc: ModelportError) -> JSONResponse:
 
 
 def azure_error(exc: ModelportError) -> JSONResponse:
+    if (blocked := _content_filter(exc)) is not None:
+        return blocked
     if exc.status_code >= 500:
         log.warning("inference error", extra={"error_code": exc.code, "status": exc.status_code})
     body = {"error": {"code": exc.details.get("azure_code", exc.code), "message": _public_message(exc),

@@ -16,6 +16,7 @@ from modelport.deployments.schemas import (
     RegenerateKey,
     UsageOut,
 )
+from modelport.safety.config import ContentFilterConfig
 
 router = APIRouter(prefix="/api/v1")
 
@@ -24,6 +25,7 @@ def deployment_out(d: Deployment, m: CatalogModel) -> dict:
     return {"id": d.id, "name": d.name, "model": m.name, "model_id": m.id, "model_version": m.version,
             "task": m.task, "type": d.type, "instances": d.instances, "geography": d.geography, "state": d.state,
             "state_reason": d.state_reason, "egress": d.egress, "network": d.network,
+            "content_filter": d.content_filter or {},
             "endpoints": {"openai": "/v1", "azure": f"/deployments/{d.name}"},
             "created_at": d.created_at, "updated_at": d.updated_at}
 
@@ -74,3 +76,23 @@ async def regenerate_key(name: str, body: RegenerateKey, caller: Caller, svc: Sv
 async def deployment_usage(name: str, caller: Caller, svc: Svc) -> dict:
     await run_in_threadpool(svc.manager.flush_usage)
     return await run_in_threadpool(svc.deployments.usage, caller, name)
+
+
+@router.get("/deployments/{name}/content-filter", name="deployment.content_filter.read")
+def get_content_filter(name: str, caller: Caller, svc: Svc) -> dict:
+    d, _ = svc.deployments.get(caller, name)
+    return ContentFilterConfig.model_validate(d.content_filter or {}).model_dump(mode="json")
+
+
+@router.put("/deployments/{name}/content-filter", name="deployment.content_filter.update")
+async def put_content_filter(name: str, body: ContentFilterConfig, caller: Caller, svc: Svc) -> dict:
+    known = {b.name for b in await run_in_threadpool(svc.safety.list_blocklists, caller)}
+    row = await run_in_threadpool(svc.deployments.set_content_filter, caller, name, body, known)
+    svc.manager.refresh(row.id)
+    return ContentFilterConfig.model_validate(row.content_filter).model_dump(mode="json")
+
+
+@router.get("/deployments/{name}/content-filter/counts", name="deployment.content_filter.counts")
+def content_filter_counts(name: str, caller: Caller, svc: Svc) -> list[dict]:
+    d, _ = svc.deployments.get(caller, name)
+    return svc.safety.counts(d.id)

@@ -1,0 +1,60 @@
+"""Routes: standalone screening for operators, and workspace blocklists."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from fastapi import APIRouter, status
+from pydantic import BaseModel, ConfigDict, Field
+
+from modelport.api.deps import Caller, Svc
+from modelport.safety.config import ContentFilterConfig
+
+router = APIRouter(prefix="/api/v1/safety")
+
+
+class AnalyzeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(min_length=1, max_length=100_000, description="The text to screen; it is not stored.")
+    config: ContentFilterConfig | None = Field(default=None, description="Thresholds to apply (default: medium).")
+
+
+class AnalyzeOut(BaseModel):
+    filtered: bool
+    content_filter_results: dict
+
+
+class BlocklistPut(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    terms: list[str] = Field(default_factory=list, description="Exact terms, matched case-insensitively as words.")
+    patterns: list[str] = Field(default_factory=list, description="Regular expressions.")
+
+
+class BlocklistOut(BaseModel):
+    name: str
+    terms: list[str]
+    patterns: list[str]
+    updated_at: datetime
+
+
+@router.post("/analyze", response_model=AnalyzeOut, name="safety.analyze")
+async def analyze(body: AnalyzeRequest, caller: Caller, svc: Svc) -> AnalyzeOut:
+    verdict = await svc.safety.analyze(caller, body.text, body.config)
+    return AnalyzeOut(filtered=verdict.filtered, content_filter_results=verdict.results)
+
+
+@router.get("/blocklists", response_model=list[BlocklistOut], name="safety.blocklist.list")
+def list_blocklists(caller: Caller, svc: Svc) -> list[BlocklistOut]:
+    return [BlocklistOut(name=b.name, terms=b.terms, patterns=b.patterns, updated_at=b.updated_at)
+            for b in svc.safety.list_blocklists(caller)]
+
+
+@router.put("/blocklists/{name}", response_model=BlocklistOut, name="safety.blocklist.put")
+def put_blocklist(name: str, body: BlocklistPut, caller: Caller, svc: Svc) -> BlocklistOut:
+    b = svc.safety.put_blocklist(caller, name, body.terms, body.patterns)
+    return BlocklistOut(name=b.name, terms=b.terms, patterns=b.patterns, updated_at=b.updated_at)
+
+
+@router.delete("/blocklists/{name}", status_code=status.HTTP_204_NO_CONTENT, name="safety.blocklist.delete")
+def delete_blocklist(name: str, caller: Caller, svc: Svc) -> None:
+    svc.safety.delete_blocklist(caller, name)

@@ -1,0 +1,105 @@
+"""The content filter on the request path (P4): prompts before inference, outputs while they
+stream, embeddings inputs, in one stable schema on both inference APIs.
+
+A deployment whose filter is off pays nothing here. With it on, a blocked prompt never
+reaches a worker; a filtered output segment ends its choice with `finish_reason:
+"content_filter"` (buffered mode: none of that segment's text is sent). Screening failures
+raise SafetyUnavailable (503): the filter fails closed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from modelport.inference.manager import Route
+from modelport.safety.screening import ContentFiltered, Screener, StreamScreener, StreamStep, empty_results
+from modelport.safety.service import SafetyService
+
+
+def message_text(messages: list[dict[str, Any]]) -> str:
+    parts = []
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, str):
+            parts.append(content)
+        elif isinstance(content, list):
+            parts += [p.get("text", "") for p in content if isinstance(p, dict)]
+    return "\n".join(p for p in parts if p)
+
+
+def _reasons(results: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    filtered = tuple(k for k, v in results.items() if v.get("filtered"))
+    detected = tuple(k for k, v in results.items()
+                     if v.get("detected") or v.get("severity", "safe") != "safe") if results else ()
+    return filtered, detected
+
+
+@dataclass
+class RequestFilter:
+    """One request's filter: the prompt verdict and one stream screener per choice."""
+
+    safety: SafetyService
+    route: Route
+    screener: Screener
+    prompt_results: dict[str, Any]
+    streams: dict[int, StreamScreener] = field(default_factory=dict)
+
+    def prompt_filter_results(self) -> list[dict[str, Any]]:
+        return [{"prompt_index": 0, "content_filter_results": self.prompt_results}]
+
+    def stream(self, index: int) -> StreamScreener:
+        if index not in self.streams:
+            self.streams[index] = self.screener.stream()
+        return self.streams[index]
+
+    async def feed(self, index: int, text: str) -> StreamStep:
+        return await self.stream(index).feed(text)
+
+    async def finish(self, index: int) -> StreamStep:
+        return await self.stream(index).finish()
+
+    def results(self, index: int) -> dict[str, Any]:
+        return self.stream(index).results() if index in self.streams else empty_results()
+
+    async def screen_text(self, index: int, text: str) -> tuple[str, bool]:
+        """A whole (non-streamed) completion: the text that may be returned, and whether it was cut."""
+        first = await self.feed(index, text)
+        released, stop = first.text, first.stop
+        if not stop:
+            last = await self.finish(index)
+            released, stop = released + last.text, last.stop
+        return released, stop
+
+    async def close(self) -> None:
+        for index, s in self.streams.items():
+            await s.aclose()
+            filtered, detected = _reasons(s.results())
+            self.safety.count_results(self.route.id, "completion", filtered, detected)
+            del index
+
+
+async def screen_prompt(safety: SafetyService, route: Route, text: str) -> RequestFilter | None:
+    """None when the deployment's filter is off; raises ContentFiltered for a blocked prompt."""
+    screener = await safety.screener(route.workspace_id, route.content_filter)
+    if screener is None:
+        return None
+    verdict = await screener.screen_prompt(text)
+    safety.count_results(route.id, "prompt", verdict.filtered_reasons, verdict.detected)
+    if verdict.filtered:
+        raise ContentFiltered(verdict)
+    return RequestFilter(safety=safety, route=route, screener=screener, prompt_results=verdict.results)
+
+
+async def screen_inputs(safety: SafetyService, route: Route, texts: list[str]) -> list[dict[str, Any]] | None:
+    """Embeddings inputs: every text screened as a prompt; one blocked input refuses the request."""
+    screener = await safety.screener(route.workspace_id, route.content_filter)
+    if screener is None:
+        return None
+    verdicts = await screener.screen(texts, "prompt")
+    for v in verdicts:
+        safety.count_results(route.id, "prompt", v.filtered_reasons, v.detected)
+    blocked = next((v for v in verdicts if v.filtered), None)
+    if blocked is not None:
+        raise ContentFiltered(blocked)
+    return [{"prompt_index": i, "content_filter_results": v.results} for i, v in enumerate(verdicts)]

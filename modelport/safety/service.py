@@ -1,0 +1,146 @@
+"""Content safety in the running platform: backends loaded once, per-deployment screeners,
+workspace blocklists, the standalone analyze call, and counts of what the filters caught.
+
+Nothing screened is stored or logged (P1): the counters hold deployment, direction, category
+and a number, nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import Counter
+from typing import Any
+
+from sqlalchemy import select
+
+from modelport.audit import service as audit
+from modelport.db.base import new_id
+from modelport.db.engine import Database
+from modelport.db.tables import Blocklist, ContentFilterCount
+from modelport.errors import InvalidInput, NotFound
+from modelport.identity.principal import Principal
+from modelport.safety.backends import create_backend
+from modelport.safety.backends.base import SafetyBackend
+from modelport.safety.blocklists import BlocklistSet
+from modelport.safety.config import ContentFilterConfig
+from modelport.safety.screening import SafetyUnavailable, Screener, Verdict
+
+MAX_TERMS = 1000
+MAX_PATTERNS = 100
+
+
+class SafetyService:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._backends: dict[str, SafetyBackend] = {}
+        self._backend_lock = asyncio.Lock()
+        self._blocklists: dict[str, BlocklistSet] = {}
+        self._counts: Counter[tuple[str, str, str, str]] = Counter()
+        self._counts_lock = threading.Lock()
+
+    # -- screeners ------------------------------------------------------------------------
+    async def backend(self, name: str) -> SafetyBackend:
+        if name not in self._backends:
+            async with self._backend_lock:
+                if name not in self._backends:
+                    try:
+                        self._backends[name] = await asyncio.to_thread(create_backend, name)
+                    except Exception as exc:  # fail closed: no screening, no request
+                        raise SafetyUnavailable(f"The content-filter backend '{name}' could not be loaded; "
+                                                "requests to filtered deployments are refused.") from exc
+        return self._backends[name]
+
+    async def screener(self, workspace_id: str, config_doc: dict) -> Screener | None:
+        config = ContentFilterConfig.model_validate(config_doc) if config_doc else ContentFilterConfig()
+        if not config.enabled:
+            return None
+        lists = await asyncio.to_thread(self.blocklist_set, workspace_id) if config.blocklists else None
+        return Screener(await self.backend(config.backend), config, lists)
+
+    async def analyze(self, actor: Principal, text: str, config: ContentFilterConfig | None) -> Verdict:
+        actor.require("deployments.read")
+        if not text.strip():
+            raise InvalidInput("text is empty.", field="text")
+        cfg = config or ContentFilterConfig()
+        lists = await asyncio.to_thread(self.blocklist_set, actor.workspace_id) if cfg.blocklists else None
+        return await Screener(await self.backend(cfg.backend), cfg, lists).screen_prompt(text)
+
+    # -- counts ---------------------------------------------------------------------------
+    def count_results(self, deployment_id: str, direction: str, filtered: tuple[str, ...],
+                      detected: tuple[str, ...]) -> None:
+        with self._counts_lock:
+            for reason in filtered:
+                self._counts[(deployment_id, direction, reason, "filtered")] += 1
+            for reason in set(detected) - set(filtered):
+                self._counts[(deployment_id, direction, reason, "annotated")] += 1
+
+    def flush_counts(self) -> int:
+        with self._counts_lock:
+            batch, self._counts = self._counts, Counter()
+        if not batch:
+            return 0
+        with self.db.session() as s:
+            for (dep, direction, category, action), n in batch.items():
+                row = s.scalar(select(ContentFilterCount).where(
+                    ContentFilterCount.deployment_id == dep, ContentFilterCount.direction == direction,
+                    ContentFilterCount.category == category, ContentFilterCount.action == action))
+                if row is None:
+                    s.add(ContentFilterCount(deployment_id=dep, direction=direction, category=category,
+                                             action=action, count=n))
+                else:
+                    row.count += n
+        return len(batch)
+
+    def counts(self, deployment_id: str) -> list[dict[str, Any]]:
+        self.flush_counts()
+        with self.db.session() as s:
+            rows = s.scalars(select(ContentFilterCount).where(ContentFilterCount.deployment_id == deployment_id)
+                             .order_by(ContentFilterCount.direction, ContentFilterCount.category))
+            return [{"direction": r.direction, "category": r.category, "action": r.action, "count": r.count}
+                    for r in rows]
+
+    # -- blocklists -----------------------------------------------------------------------
+    def blocklist_set(self, workspace_id: str) -> BlocklistSet:
+        cached = self._blocklists.get(workspace_id)
+        if cached is None:
+            with self.db.session() as s:
+                rows = s.scalars(select(Blocklist).where(Blocklist.workspace_id == workspace_id)).all()
+                cached = BlocklistSet.from_mapping({r.name: {"terms": r.terms, "patterns": r.patterns} for r in rows})
+            self._blocklists[workspace_id] = cached
+        return cached
+
+    def list_blocklists(self, actor: Principal) -> list[Blocklist]:
+        actor.require("deployments.read")
+        with self.db.session() as s:
+            return list(s.scalars(select(Blocklist).where(Blocklist.workspace_id == actor.workspace_id)
+                                  .order_by(Blocklist.name)))
+
+    def put_blocklist(self, actor: Principal, name: str, terms: list[str], patterns: list[str]) -> Blocklist:
+        actor.require("safety.manage")
+        if len(terms) > MAX_TERMS or len(patterns) > MAX_PATTERNS:
+            raise InvalidInput(f"A blocklist holds at most {MAX_TERMS} terms and {MAX_PATTERNS} patterns.",
+                               field="terms")
+        BlocklistSet.from_mapping({name: {"terms": terms, "patterns": patterns}})  # validates (names, regexes)
+        with self.db.session() as s:
+            row = s.scalar(select(Blocklist).where(Blocklist.workspace_id == actor.workspace_id,
+                                                   Blocklist.name == name))
+            if row is None:
+                row = Blocklist(id=new_id("bl"), workspace_id=actor.workspace_id, name=name)
+                s.add(row)
+            row.terms, row.patterns = list(terms), list(patterns)
+            audit.record(s, actor, "blocklist.put", resource_type="blocklist", resource_id=row.id,
+                         detail={"terms": len(terms), "patterns": len(patterns)})
+        self._blocklists.pop(actor.workspace_id, None)
+        return row
+
+    def delete_blocklist(self, actor: Principal, name: str) -> None:
+        actor.require("safety.manage")
+        with self.db.session() as s:
+            row = s.scalar(select(Blocklist).where(Blocklist.workspace_id == actor.workspace_id,
+                                                   Blocklist.name == name))
+            if row is None:
+                raise NotFound("No blocklist of that name in this workspace.", field="name")
+            s.delete(row)
+            audit.record(s, actor, "blocklist.delete", resource_type="blocklist", resource_id=row.id)
+        self._blocklists.pop(actor.workspace_id, None)
