@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import signal
 import socket
 from collections.abc import Callable, Generator
 from types import FrameType
@@ -23,13 +25,16 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI
 
+log = logging.getLogger("modelport.server")
+
 # Beyond the drain: time for the supervisor to stop each worker and the streams to flush.
 SHUTDOWN_MARGIN_SECONDS = 10.0
 
 
 class DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, on_signal: Callable[[], None]) -> None:
+    def __init__(self, config: uvicorn.Config, on_signal: Callable[[], None], drain_seconds: float) -> None:
         super().__init__(config)
+        self._drain_seconds = drain_seconds
         self._on_signal = on_signal
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -41,8 +46,14 @@ class DrainingServer(uvicorn.Server):
         first = not self.should_exit
         super().handle_exit(sig, frame)
         if first and self._loop is not None:
-            # A signal handler runs between two bytecodes of the loop's thread: hand over.
-            self._loop.call_soon_threadsafe(self._on_signal)
+            # A signal handler runs between two bytecodes of the loop's thread (maybe inside a
+            # logging call): hand over, and log from the loop.
+            self._loop.call_soon_threadsafe(self._drain, signal.Signals(sig).name)
+
+    def _drain(self, signal_name: str) -> None:
+        log.info("shutting down on %s: in-flight requests get up to %.0f s", signal_name, self._drain_seconds,
+                 extra={"event": "server.drain"})
+        self._on_signal()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
@@ -57,5 +68,5 @@ def run(app: FastAPI, *, host: str, port: int, drain_seconds: float) -> None:
     manager = app.state.services.manager
     config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="on",
                             timeout_graceful_shutdown=int(drain_seconds + SHUTDOWN_MARGIN_SECONDS))
-    DrainingServer(config, on_signal=manager.begin_drain).run()
+    DrainingServer(config, on_signal=manager.begin_drain, drain_seconds=drain_seconds).run()
 

@@ -33,7 +33,8 @@ def _results_table(results: dict) -> None:
 @safety.command("check")
 @handle_errors
 def check(ctx: typer.Context,
-          file: Annotated[Path | None, typer.Argument(help="Read the text from this file (default: stdin).")] = None,
+          file: Annotated[Path | None, typer.Argument(help="Read the text from this file (default: stdin).",
+                                                      exists=True, dir_okay=False, readable=True)] = None,
           threshold: Annotated[str, typer.Option(help="low | medium | high, for every category.")] = "medium",
           json: JsonOpt = False) -> None:
     """Screen a text as a deployment's filter would. The text is read from stdin or a file,

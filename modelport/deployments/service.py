@@ -173,7 +173,8 @@ class DeploymentService:
         actor.require("safety.manage")
         unknown = sorted(set(config.blocklists) - known_blocklists)
         if unknown:
-            raise InvalidInput(f"Unknown blocklist: {unknown[0]}; create it first (modelport safety blocklists put).",
+            raise InvalidInput("The configuration names a blocklist this workspace does not have; create it first "
+                               "(modelport safety blocklists put).",
                                field="blocklists")
         with self.db.session() as s:
             row = self._get(s, actor, name)

@@ -79,8 +79,16 @@ class RequestFilter:
             del index
 
 
+def _off(route: Route) -> bool:
+    # Read without validating the whole configuration: this runs on every request, and the
+    # stored document always has `enabled` (it is a ContentFilterConfig dump).
+    return route.content_filter.get("enabled") is False
+
+
 async def screen_prompt(safety: SafetyService, route: Route, text: str) -> RequestFilter | None:
     """None when the deployment's filter is off; raises ContentFiltered for a blocked prompt."""
+    if _off(route):
+        return None
     screener = await safety.screener(route.workspace_id, route.content_filter)
     if screener is None:
         return None
@@ -93,6 +101,8 @@ async def screen_prompt(safety: SafetyService, route: Route, text: str) -> Reque
 
 async def screen_inputs(safety: SafetyService, route: Route, texts: list[str]) -> list[dict[str, Any]] | None:
     """Embeddings inputs: every text screened as a prompt; one blocked input refuses the request."""
+    if _off(route):
+        return None
     screener = await safety.screener(route.workspace_id, route.content_filter)
     if screener is None:
         return None

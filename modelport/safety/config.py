@@ -17,7 +17,7 @@ Mode = Literal["block", "annotate"]
 StreamingMode = Literal["buffered", "asynchronous"]
 DeploymentKind = Literal["serverless", "dedicated"]
 
-_BLOCKLIST_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+BLOCKLIST_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
 class CategoryPolicy(BaseModel):
@@ -68,7 +68,7 @@ class ContentFilterConfig(BaseModel):
         if len(names) > 16:
             raise ValueError("at most 16 blocklists per deployment")
         for name in names:
-            if not re.match(_BLOCKLIST_NAME, name):
+            if not re.match(BLOCKLIST_NAME, name):
                 raise ValueError("a blocklist name is 1-64 letters, digits, '_', '.', '-'")
         if len(set(names)) != len(names):
             raise ValueError("a blocklist is named twice")

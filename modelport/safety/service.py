@@ -8,6 +8,7 @@ and a number, nothing else.
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 from collections import Counter
 from typing import Any
@@ -23,7 +24,7 @@ from modelport.identity.principal import Principal
 from modelport.safety.backends import create_backend
 from modelport.safety.backends.base import SafetyBackend
 from modelport.safety.blocklists import BlocklistSet
-from modelport.safety.config import ContentFilterConfig
+from modelport.safety.config import BLOCKLIST_NAME, ContentFilterConfig
 from modelport.safety.screening import SafetyUnavailable, Screener, Verdict
 
 MAX_TERMS = 1000
@@ -56,7 +57,12 @@ class SafetyService:
         if not config.enabled:
             return None
         lists = await asyncio.to_thread(self.blocklist_set, workspace_id) if config.blocklists else None
-        return Screener(await self.backend(config.backend), config, lists)
+        backend = await self.backend(config.backend)
+        try:
+            return Screener(backend, config, lists)
+        except InvalidInput as exc:  # a named blocklist was deleted since: refuse, never screen less
+            raise SafetyUnavailable("This deployment's content filter names a blocklist that no longer exists; "
+                                    "its owner must update the filter configuration.") from exc
 
     async def analyze(self, actor: Principal, text: str, config: ContentFilterConfig | None) -> Verdict:
         actor.require("deployments.read")
@@ -118,6 +124,8 @@ class SafetyService:
 
     def put_blocklist(self, actor: Principal, name: str, terms: list[str], patterns: list[str]) -> Blocklist:
         actor.require("safety.manage")
+        if not re.fullmatch(BLOCKLIST_NAME, name):  # a name a deployment's filter could never refer to
+            raise InvalidInput("A blocklist name is 1-64 letters, digits, '_', '.', '-'.", field="name")
         if len(terms) > MAX_TERMS or len(patterns) > MAX_PATTERNS:
             raise InvalidInput(f"A blocklist holds at most {MAX_TERMS} terms and {MAX_PATTERNS} patterns.",
                                field="terms")

@@ -28,6 +28,13 @@ from tests.conftest import Server
 CANARY = "cnry" + secrets.token_hex(12)
 ERROR_KEYS = {"code", "message", "field", "details", "request_id"}
 
+_POLICY = {"prompt_threshold": "medium", "completion_threshold": "high", "mode": "block"}
+#: A content-filter configuration with every field set (nested ones too). Each category gets its
+#: own copy of the policy: deepcopy keeps shared dicts shared, and a mutation must hit one field.
+FILTER = {"enabled": True, **{c: dict(_POLICY) for c in ("hate", "sexual", "violence", "self_harm")},
+          "jailbreak": {"enabled": True, "mode": "block"}, "profanity": {"enabled": False, "mode": "annotate"},
+          "blocklists": ["ok-list"], "streaming": "buffered", "backend": "minilm"}
+
 #: (url to call, a valid body with every field set) for each write route with a JSON body.
 VALID: dict[tuple[str, str], tuple[str, dict]] = {
     ("POST", "/api/v1/workspaces"): ("/api/v1/workspaces", {"name": "ok-ws", "description": "d", "owner": "admin"}),
@@ -58,6 +65,10 @@ VALID: dict[tuple[str, str], tuple[str, dict]] = {
     ("POST", "/api/v1/platform-key/min-decryption-version"): ("/api/v1/platform-key/min-decryption-version",
                                                              {"version": 1, "force": False}),
     ("POST", "/api/v1/cmk"): ("/api/v1/cmk", {"provider": "local", "key_ref": "k"}),
+    ("POST", "/api/v1/safety/analyze"): ("/api/v1/safety/analyze", {"text": "t", "config": FILTER}),
+    ("PUT", "/api/v1/safety/blocklists/{name}"): ("/api/v1/safety/blocklists/ok-list",
+                                                  {"terms": ["t"], "patterns": ["p+"]}),
+    ("PUT", "/api/v1/deployments/{name}/content-filter"): ("/api/v1/deployments/none/content-filter", FILTER),
     ("POST", "/api/v1/finetuning/jobs"): ("/api/v1/finetuning/jobs", {
         "model": "SmolLM2-135M-Instruct", "dataset": "d", "validation_dataset": "v", "epochs": 1,
         "learning_rate_multiplier": 1.0, "batch_size": 1, "suffix": "ok", "seed": 0}),
@@ -267,6 +278,10 @@ SERVICE_CASES: list[tuple[str, str, dict, int, str]] = [
                                      "instances": 2}, 400, "instances"),
     ("POST", "/api/v1/deployments", {"name": "d1", "model": "SmolLM2-135M-Instruct",
                                      "network": {"allowed_ranges": [CANARY]}}, 422, "network.allowed_ranges"),
+    ("POST", "/api/v1/safety/analyze", {"text": "   "}, 400, "text"),
+    ("PUT", "/api/v1/safety/blocklists/ok-list", {"patterns": [f"([{CANARY}"]}, 400, "patterns"),
+    ("PUT", "/api/v1/safety/blocklists/-bad!", {"terms": [CANARY]}, 400, "name"),
+    ("PUT", "/api/v1/deployments/none/content-filter", {"blocklists": ["no-such-list"]}, 400, "blocklists"),
     ("POST", "/api/v1/finetuning/jobs", {"model": CANARY, "dataset": "d"}, 404, "model"),
     ("POST", "/api/v1/finetuning/jobs", {"model": "all-MiniLM-L6-v2", "dataset": "d"}, 400, "model"),
     ("POST", "/api/v1/finetuning/jobs", {"model": "SmolLM2-135M-Instruct", "dataset": CANARY}, 404, "dataset"),
@@ -318,6 +333,8 @@ def test_routes_without_a_json_body(server: Server, spec: dict, tmp_path) -> Non
                 (admin.delete("/api/v1/model-uploads/upl_../../etc"), 404, None)],
             ("DELETE", "/api/v1/deployments/{name}"): [(admin.delete("/api/v1/deployments/no-such"), 404, None)],
             ("DELETE", "/api/v1/datasets/{ref}"): [(admin.delete("/api/v1/datasets/no-such"), 404, None)],
+            ("DELETE", "/api/v1/safety/blocklists/{name}"): [
+                (admin.delete("/api/v1/safety/blocklists/no-such"), 404, "name")],
             ("POST", "/api/v1/finetuning/jobs/{job_id}/cancel"): [
                 (admin.post("/api/v1/finetuning/jobs/ftjob_0000/cancel"), 404, None)],
             ("DELETE", "/api/v1/finetuning/models/{name}"): [

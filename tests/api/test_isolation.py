@@ -47,6 +47,7 @@ class Victim:
     dataset_id: str
     job_id: str
     gguf: Path
+    blocklists: tuple[str, str] = ("victim-words", "victim-phrases")
 
 
 @dataclass
@@ -142,6 +143,24 @@ ROWS: dict[tuple[str, str], Row] = {
     ("POST", "/api/v1/finetuning/jobs/{job_id}/cancel"): Row(
         lambda ref: ("POST", f"/api/v1/finetuning/jobs/{ref}/cancel", {}), lambda v: [v.job_id],
         _missing("ftjob_")),
+    ("GET", "/api/v1/deployments/{name}/content-filter"): Row(
+        lambda ref: ("GET", f"/api/v1/deployments/{ref}/content-filter", {}),
+        lambda v: [v.deployment, v.deployment_id], _missing("dep_")),
+    ("PUT", "/api/v1/deployments/{name}/content-filter"): Row(
+        lambda ref: ("PUT", f"/api/v1/deployments/{ref}/content-filter", {"json": {"enabled": True}}),
+        lambda v: [v.deployment, v.deployment_id], _missing("dep_")),
+    ("GET", "/api/v1/deployments/{name}/content-filter/counts"): Row(
+        lambda ref: ("GET", f"/api/v1/deployments/{ref}/content-filter/counts", {}),
+        lambda v: [v.deployment, v.deployment_id], _missing("dep_")),
+    # Blocklist names are per workspace: a PUT of the victim's name makes the intruder's own list,
+    # exactly as for a name that exists nowhere (the victim's list is checked untouched at the end).
+    # The DELETE probes the victim's other list, which the intruder never made for itself.
+    ("PUT", "/api/v1/safety/blocklists/{name}"): Row(
+        lambda ref: ("PUT", f"/api/v1/safety/blocklists/{ref}", {"json": {"terms": ["intruded"]}}),
+        lambda v: [v.blocklists[0]], _missing("bl-"), expect=200),
+    ("DELETE", "/api/v1/safety/blocklists/{name}"): Row(
+        lambda ref: ("DELETE", f"/api/v1/safety/blocklists/{ref}", {}),
+        lambda v: [v.blocklists[1]], _missing("bl-")),
     # The victim has no fine-tuned model (that takes minutes of training): its private model's
     # name is the one to probe, and must answer as a name that exists nowhere.
     ("DELETE", "/api/v1/finetuning/models/{name}"): Row(
@@ -185,10 +204,16 @@ def world(server: Server, tmp_path_factory: pytest.TempPathFactory) -> World:
                  201).json()
     victim = Victim(tenant=t, model=model, upload_id=up["id"], deployment=dep["name"], deployment_id=dep["id"],
                     dataset=ds["name"], dataset_id=ds["id"], job_id=job["id"], gguf=gguf)
+    with server.client(t.keys["owner"]) as owner:
+        for name in victim.blocklists:
+            ok(owner.put(f"/api/v1/safety/blocklists/{name}", json={"terms": ["victim-term"]}))
     return World(server=server, victim=victim, intruder=make_tenant(server, "intruder", roles=("owner",)))
 
 
 def _normalized(body: dict, ref: str) -> dict:
+    if "error" not in body:  # a success in the intruder's own workspace: compare it without times
+        return {k: v.replace(ref, "<ref>") if isinstance(v, str) else v for k, v in body.items()
+                if k != "updated_at"}
     err = dict(body["error"])
     err.pop("request_id")
     err["message"] = err["message"].replace(ref, "<ref>")
@@ -266,5 +291,8 @@ def test_victim_resources_are_untouched(world: World) -> None:
         assert all(k["revoked_at"] is None for k in ok(owner.get("/api/v1/apikeys")).json())
         assert ok(owner.get(f"/api/v1/datasets/{v.dataset}")).json()["rows"] == 1
         assert ok(owner.get(f"/api/v1/finetuning/jobs/{v.job_id}")).json()["status"] == "queued"
+        assert ok(owner.get(f"/api/v1/deployments/{v.deployment}/content-filter")).json()["enabled"] is False
+        assert {b["name"]: b["terms"] for b in ok(owner.get("/api/v1/safety/blocklists")).json()} == {
+            name: ["victim-term"] for name in v.blocklists}
         # and the upload still commits with the victim's own bytes
         assert ok(owner.post(f"/api/v1/model-uploads/{v.upload_id}/commit"), 201).json()["name"] == "victim-pending"

@@ -43,6 +43,7 @@ class World:
     outsider: Tenant
     tmp: Path
     dataset: str = ""  # a dataset of team, for fine-tuning jobs
+    filtered_dep: str = ""  # a deployment of team, for its content-filter configuration
 
     def key(self, role: str) -> str:
         if role == "admin":
@@ -316,6 +317,28 @@ def b_finetune_model_delete(w: World, role: str) -> Req:
     return Req("DELETE", f"/api/v1/finetuning/models/{unique('ft')}", {"params": {"confirm": True}})
 
 
+def b_safety_analyze(w: World, role: str) -> Req:
+    return Req("POST", "/api/v1/safety/analyze", {"json": {"text": "What is a good name for a goldfish?"}})
+
+
+def b_blocklist_put(w: World, role: str) -> Req:
+    return Req("PUT", f"/api/v1/safety/blocklists/{unique('bl')}", {"json": {"terms": ["zork"], "patterns": []}})
+
+
+def b_blocklist_delete(w: World, role: str) -> Req:
+    name = unique("bl")
+    with w.client("owner") as c:
+        ok(c.put(f"/api/v1/safety/blocklists/{name}", json={"terms": ["zork"]}))
+    return Req("DELETE", f"/api/v1/safety/blocklists/{name}")
+
+
+def b_content_filter_put(w: World, role: str) -> Req:
+    if not w.filtered_dep:  # one deployment serves every try: the change is the same each time
+        w.filtered_dep = _deployment(w)
+    return Req("PUT", f"/api/v1/deployments/{w.filtered_dep}/content-filter",
+               {"json": {"enabled": True, "streaming": "asynchronous"}})
+
+
 def _owner_key_route(status: int) -> dict[str, int | None]:
     return {"owner": status, "contributor": 403, "reader": 403, "outsider": None, "admin": None}
 
@@ -386,6 +409,14 @@ CASES: list[Case] = [
          _key_route("POST", "/api/v1/platform-key/rewrap"), platform=True),
     Case(("POST", "/api/v1/platform-key/min-decryption-version"), "v1", _only_admin(200),
          _key_route("POST", "/api/v1/platform-key/min-decryption-version", {"version": 1}), platform=True),
+    # Screening a text needs read access; the outsider and the admin screen in their own workspace.
+    Case(("POST", "/api/v1/safety/analyze"), "any-member",
+         {"owner": 200, "contributor": 200, "reader": 200, "outsider": None, "admin": None}, b_safety_analyze),
+    # A PUT by the outsider makes a blocklist in its own workspace, which says nothing here.
+    Case(("PUT", "/api/v1/safety/blocklists/{name}"), "put", {**_owner_only(200), "outsider": None},
+         b_blocklist_put),
+    Case(("DELETE", "/api/v1/safety/blocklists/{name}"), "delete", _owner_only(204), b_blocklist_delete),
+    Case(("PUT", "/api/v1/deployments/{name}/content-filter"), "change", _owner_only(200), b_content_filter_put),
     # The outsider's workspace has no such dataset (404).
     Case(("POST", "/api/v1/finetuning/jobs"), "queued", _contributor_up(201), b_finetune_create),
     Case(("POST", "/api/v1/finetuning/jobs/{job_id}/cancel"), "queued", _contributor_up(200), b_finetune_cancel),

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
 from fastapi import APIRouter, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from modelport.api.deps import Caller, Svc
+from modelport.safety.blocklists import MAX_PATTERN_CHARS, MAX_TERM_CHARS
 from modelport.safety.config import ContentFilterConfig
+from modelport.safety.service import MAX_PATTERNS, MAX_TERMS
 
 router = APIRouter(prefix="/api/v1/safety")
 
@@ -26,8 +29,11 @@ class AnalyzeOut(BaseModel):
 
 class BlocklistPut(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    terms: list[str] = Field(default_factory=list, description="Exact terms, matched case-insensitively as words.")
-    patterns: list[str] = Field(default_factory=list, description="Regular expressions.")
+    # Bounded here too, so an oversized list or entry is refused before any work (422).
+    terms: list[Annotated[str, Field(max_length=MAX_TERM_CHARS)]] = Field(
+        default_factory=list, max_length=MAX_TERMS, description="Exact terms, matched case-insensitively as words.")
+    patterns: list[Annotated[str, Field(min_length=1, max_length=MAX_PATTERN_CHARS)]] = Field(
+        default_factory=list, max_length=MAX_PATTERNS, description="Regular expressions.")
 
 
 class BlocklistOut(BaseModel):
