@@ -127,8 +127,11 @@ def generation(adapter: bytes | None, threads: int) -> float:
         lora = f"/proc/self/fd/{fd}"
     llm = Llama(str(find_gguf()), n_ctx=512, n_threads=threads, lora_path=lora, verbose=False)
     t0 = time.monotonic()
-    r = llm.create_completion("Write a short story about a lighthouse keeper.", max_tokens=128, temperature=0)
+    r = llm.create_chat_completion(messages=[{"role": "user", "content": "Write a short story about a lighthouse "
+                                                                         "keeper."}], max_tokens=128, temperature=0)
     n = r["usage"]["completion_tokens"]
+    if n == 0:
+        raise RuntimeError("the model produced no tokens; the generation figure would be meaningless")
     rate = n / (time.monotonic() - t0)
     llm.close()
     if fd is not None:
