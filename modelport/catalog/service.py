@@ -114,11 +114,17 @@ class CatalogService:
             self._apply_report(row, report)
             if row.scan_status != "passed":
                 row.curated = False
-            row.files = [
-                ModelFile(path=rel, size=report.files[rel]["size"], sha256=report.files[rel]["sha256"],
-                          location=str(path))
-                for rel, path in sorted(bm.files.items())
-            ]
+            # Update in place: replacing the collection would insert the new rows before the
+            # old ones are deleted and trip the (model_id, path) unique constraint on restart.
+            existing = {f.path: f for f in row.files}
+            for rel, path in sorted(bm.files.items()):
+                f = existing.pop(rel, None)
+                if f is None:
+                    f = ModelFile(path=rel)
+                    row.files.append(f)
+                f.size, f.sha256, f.location = report.files[rel]["size"], report.files[rel]["sha256"], str(path)
+            for gone in existing.values():
+                row.files.remove(gone)
             row.size_bytes = sum(f.size for f in row.files)
 
     @staticmethod
