@@ -40,6 +40,13 @@ class LoopThread:
         return self.submit(coro).result(timeout)
 
     def close(self) -> None:
+        async def cancel_rest() -> None:  # e.g. the health loop of a supervisor a test left running
+            rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in rest:
+                t.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
+
+        self.run(cancel_rest(), timeout=30)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()
