@@ -29,9 +29,9 @@ def message_text(messages: list[dict[str, Any]]) -> str:
 
 
 def _reasons(results: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(what blocked, what was found) in a merged results object, for the counters."""
     filtered = tuple(k for k, v in results.items() if v.get("filtered"))
-    detected = tuple(k for k, v in results.items()
-                     if v.get("detected") or v.get("severity", "safe") != "safe") if results else ()
+    detected = tuple(k for k, v in results.items() if v.get("detected") or v.get("severity", "safe") != "safe")
     return filtered, detected
 
 
@@ -72,26 +72,17 @@ class RequestFilter:
         return released, stop
 
     async def close(self) -> None:
-        for index, s in self.streams.items():
+        for s in self.streams.values():
             await s.aclose()
             filtered, detected = _reasons(s.results())
             self.safety.count_results(self.route.id, "completion", filtered, detected)
-            del index
-
-
-def _off(route: Route) -> bool:
-    # Read without validating the whole configuration: this runs on every request, and the
-    # stored document always has `enabled` (it is a ContentFilterConfig dump).
-    return route.content_filter.get("enabled") is False
 
 
 async def screen_prompt(safety: SafetyService, route: Route, text: str) -> RequestFilter | None:
     """None when the deployment's filter is off; raises ContentFiltered for a blocked prompt."""
-    if _off(route):
+    if not route.content_filter.enabled:
         return None
     screener = await safety.screener(route.workspace_id, route.content_filter)
-    if screener is None:
-        return None
     verdict = await screener.screen_prompt(text)
     safety.count_results(route.id, "prompt", verdict.filtered_reasons, verdict.detected)
     if verdict.filtered:
@@ -101,11 +92,9 @@ async def screen_prompt(safety: SafetyService, route: Route, text: str) -> Reque
 
 async def screen_inputs(safety: SafetyService, route: Route, texts: list[str]) -> list[dict[str, Any]] | None:
     """Embeddings inputs: every text screened as a prompt; one blocked input refuses the request."""
-    if _off(route):
+    if not route.content_filter.enabled:
         return None
     screener = await safety.screener(route.workspace_id, route.content_filter)
-    if screener is None:
-        return None
     verdicts = await screener.screen(texts, "prompt")
     for v in verdicts:
         safety.count_results(route.id, "prompt", v.filtered_reasons, v.detected)

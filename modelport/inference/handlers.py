@@ -216,6 +216,7 @@ async def _complete(request: Request, manager: DeploymentManager, route: Route, 
     async def stream() -> AsyncIterator[bytes]:
         usage = StreamUsage(0, 0)
         outcome = "cancelled"
+        deltas = 0  # a stream cut before the worker's usage event still bills what was generated
         try:
             if chat_api:
                 for i in range(gen.n):
@@ -224,6 +225,7 @@ async def _complete(request: Request, manager: DeploymentManager, route: Route, 
             cut: set[int] = set()  # choices the content filter ended
             while ev is not None:
                 if isinstance(ev, TextDelta):
+                    deltas += 1
                     if flt is None:
                         yield chunk([delta_choice(ev.index, ev.text, None)])
                     elif ev.index not in cut:
@@ -259,7 +261,10 @@ async def _complete(request: Request, manager: DeploymentManager, route: Route, 
             await events.aclose()
             if flt is not None:
                 await flt.close()
-            manager.record_usage(route, api, usage.prompt_tokens, usage.completion_tokens, outcome)
+            # Without the usage event (client gone, filter cut, worker lost) the worker's deltas, one
+            # per decoded token, are a lower bound of the completion tokens; the prompt count is unknown.
+            completion = usage.completion_tokens or deltas
+            manager.record_usage(route, api, usage.prompt_tokens, completion, outcome)
 
     return StreamingResponse(stream(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -29,6 +29,7 @@ from modelport.db.tables import CatalogModel, Deployment, UsageRecord
 from modelport.deployments.service import DeploymentService
 from modelport.errors import IntegrityError, ModelportError, ServiceUnavailable
 from modelport.inference.pools import Pool, PoolManager
+from modelport.safety.config import ContentFilterConfig
 from modelport.workers.protocol import WorkerSpec
 
 if TYPE_CHECKING:
@@ -64,7 +65,7 @@ class Route:
     secondary_lookup: str
     secondary_digest: str
     pool_key: str
-    content_filter: dict
+    content_filter: ContentFilterConfig  # parsed once here, never on the request path
     created_at: int
 
     def allows_client(self, host: str | None) -> bool:
@@ -167,7 +168,7 @@ class DeploymentManager:
             secondary_lookup=d.secondary_lookup,
             secondary_digest=d.secondary_digest,
             pool_key=pool_key(d, m),
-            content_filter=d.content_filter or {},
+            content_filter=ContentFilterConfig.model_validate(d.content_filter or {}),
             created_at=int(d.created_at.timestamp()),
         )
 

@@ -52,11 +52,12 @@ class SafetyService:
                                                 "requests to filtered deployments are refused.") from exc
         return self._backends[name]
 
-    async def screener(self, workspace_id: str, config_doc: dict) -> Screener | None:
-        config = ContentFilterConfig.model_validate(config_doc) if config_doc else ContentFilterConfig()
-        if not config.enabled:
-            return None
-        lists = await asyncio.to_thread(self.blocklist_set, workspace_id) if config.blocklists else None
+    async def screener(self, workspace_id: str, config: ContentFilterConfig) -> Screener:
+        """A screener for one request of a deployment whose filter is on (the caller checks)."""
+        lists = None
+        if config.blocklists:
+            # Cached per workspace; the database is read (in a thread) only after a change.
+            lists = self._blocklists.get(workspace_id) or await asyncio.to_thread(self.blocklist_set, workspace_id)
         backend = await self.backend(config.backend)
         try:
             return Screener(backend, config, lists)

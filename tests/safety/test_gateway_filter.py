@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -310,6 +311,24 @@ def test_counts_show_what_was_caught(world: World) -> None:
     assert counts("guard").get(("prompt", "violence", "filtered"), 0) >= 1
     assert counts("wrap").get(("completion", "custom_blocklists", "filtered"), 0) >= 1
     assert counts("embed").get(("prompt", "custom_blocklists", "filtered"), 0) >= 1
+
+
+def test_a_stream_cut_by_the_filter_is_still_billed(world: World) -> None:
+    """A buffered stream cut by the filter ends before the worker's usage event is read: the
+    tokens generated until the cut are recorded (a lower bound), not zero."""
+    s = world.server
+    create_deployment(s, "wrap-bill", CHAT_MODEL, wait=False, type="serverless")
+    assert wait_state(s, "wrap-bill")["state"] == "succeeded"
+    _put_filter(s, "wrap-bill", blocklists=["wrap"])
+    with s.client() as admin:
+        r = admin.post("/v1/chat/completions", json={"model": "wrap-bill", **user(WRAP_PROMPT, max_tokens=WRAP_TOKENS,
+                                                                                   stream=True)})
+        finishes = [c["finish_reason"] for e in events(r) for c in e.get("choices", []) if c.get("finish_reason")]
+        assert finishes == ["content_filter"]
+        time.sleep(1.5)  # usage is flushed to the database about every second
+        usage = ok(admin.get("/api/v1/deployments/wrap-bill/usage")).json()
+    assert usage["requests"] == 1
+    assert 0 < usage["completion_tokens"] <= WRAP_TOKENS
 
 
 def test_cli_check_reads_stdin_or_a_file(world: World, tmp_path: Path) -> None:
