@@ -81,7 +81,7 @@ def resolve(manager: DeploymentManager, caller: Caller, name: str | None) -> Rou
     if caller.deployment is not None:
         if name is not None and name != caller.deployment.name:
             raise NotFound(
-                f"The deployment '{name}' does not exist or this key cannot call it.",
+                "The deployment named in the request does not exist or this key cannot call it.",
                 details={"openai_code": "model_not_found", "azure_code": "DeploymentNotFound"},
             )
         return caller.deployment
@@ -90,7 +90,7 @@ def resolve(manager: DeploymentManager, caller: Caller, name: str | None) -> Rou
     route = manager.by_name.get((caller.workspace_id, name))
     if route is None:
         raise NotFound(
-            f"The deployment '{name}' does not exist or this key cannot call it.",
+            "The deployment named in the request does not exist or this key cannot call it.",
             details={"openai_code": "model_not_found", "azure_code": "DeploymentNotFound"},
         )
     return route
