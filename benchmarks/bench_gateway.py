@@ -10,7 +10,10 @@ gateway (uvicorn, its event loop and the fair scheduler) and the proxy are pinne
 worker to CPU 1, as in DESIGN.md section 7; the load generator (this process, aiohttp on
 uvloop) is not pinned. Three paths, each asking for one token of `echo`:
 
-- direct:  WorkerClient.generate() over the worker's Unix socket (the gateway's own client);
+- direct:  the load generator's own HTTP client (aiohttp) posting to the worker's /generate over
+           its Unix socket: the worker alone, reached the way the other paths are reached, so
+           that the difference to them is the hop (until 2026-11-28 this path used the
+           gateway's WorkerClient, which was then an aiohttp session too);
 - proxy:   a minimal aiohttp server that forwards the body to the worker's /generate and
            returns its bytes, with one persistent aiohttp session (DESIGN.md's reference shape);
 - gateway: POST /v1/chat/completions with a deployment key: key check, network check, body
@@ -174,10 +177,10 @@ Call = Callable[[], Awaitable[None]]
 class Paths:
     """One callable per path, each making one complete request and checking its answer."""
 
-    def __init__(self, setup: Setup, session: aiohttp.ClientSession, worker: WorkerClient) -> None:
+    def __init__(self, setup: Setup, session: aiohttp.ClientSession, worker: aiohttp.ClientSession) -> None:
         self.setup = setup
         self.session = session
-        self.worker = worker
+        self.worker = worker  # a session over the worker's Unix socket
         self.gen_body = GenerateBody(messages=MESSAGES, max_tokens=1)
         self.proxy_body = self.gen_body.model_dump_json(exclude_defaults=True).encode()
         self.gateway_body = json.dumps({"model": "bench", "messages": MESSAGES, "max_tokens": 1}).encode()
@@ -188,10 +191,10 @@ class Paths:
         self.gateway_url = f"{setup.url}/v1/chat/completions"
 
     async def direct(self) -> None:
-        n = 0
-        async for _ in self.worker.generate(self.gen_body):
-            n += 1
-        assert n == 3  # delta, finish, usage
+        async with self.worker.post("http://worker/generate", data=self.proxy_body,
+                                    headers={"Content-Type": "application/json"}) as r:
+            data = await r.read()
+        assert r.status == 200 and data.count(b"\n") == 3  # delta, finish, usage
 
     async def proxy(self) -> None:
         async with self.session.post(self.proxy_url, data=self.proxy_body,
@@ -248,10 +251,14 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-async def measure(setup: Setup, n: int, rounds: int, seconds: float, clients: int) -> dict[str, dict[str, float]]:
+async def measure(setup: Setup, n: int, rounds: int, seconds: float, clients: int,
+                  filtered: bool = True) -> dict[str, dict[str, float]]:
     connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector) as session, WorkerClient(setup.socket) as worker:
+    async with (aiohttp.ClientSession(connector=connector) as session,
+                aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=setup.socket, limit=0)) as worker):
         paths = Paths(setup, session, worker).all()
+        if not filtered:
+            del paths["filtered"]
         for call in paths.values():  # warm up: connections, caches, the pool
             await latencies(call, 50)
         lat: dict[str, list[float]] = {k: [] for k in paths}
@@ -286,7 +293,7 @@ def report(results: dict[str, dict[str, float]], n: int, clients: int) -> bool:
         rounds = ", ".join(f"{x:,.0f}" for x in r["rps_rounds"])
         cpu = "-" if name == "direct" else f"{r['cpu_us']:,.0f} µs"
         print(f"{name:<9} {r['p50']:>8.3f} {r['p99']:>8.3f} {added:>10} {r['rps']:>12,.0f} {cpu:>12}  [{rounds}]")
-    g, p, f = results["gateway"], results["proxy"], results["filtered"]
+    g, p, f = results["gateway"], results["proxy"], results.get("filtered")
     g_added, p_added = g["p50"] - direct, p["p50"] - direct
     print(f"\n({n} sequential requests per path; {clients} concurrent clients; medians of the rounds)")
     print("vs DESIGN.md section 7 (wrk, aiohttp proxy +0.40 ms p50, about 4,650 req/s):")
@@ -295,8 +302,9 @@ def report(results: dict[str, dict[str, float]], n: int, clients: int) -> bool:
     print(f"  gateway here: +{g_added:.3f} ms p50 ({g_added / REF_PROXY_ADDED_MS:.2f}x the reference), "
           f"{g['rps']:,.0f} req/s ({g['rps'] / REF_PROXY_RPS:.2f}x the reference, "
           f"{g['rps'] / p['rps']:.2f}x the proxy measured here)")
-    print(f"content filter (default settings, bundled MiniLM) on top: +{f['p50'] - g['p50']:.1f} ms p50, "
-          f"{f['cpu_us'] - g['cpu_us']:,.0f} µs CPU per request (one prompt and one output screened)")
+    if f is not None:
+        print(f"content filter (default settings, bundled MiniLM) on top: +{f['p50'] - g['p50']:.1f} ms p50, "
+              f"{f['cpu_us'] - g['cpu_us']:,.0f} µs CPU per request (one prompt and one output screened)")
     ok_latency = g_added < 1.0
     ok_rps = g["rps"] >= 0.5 * p["rps"]
     print(f"CPU per request of the hop (load-independent): gateway {g['cpu_us']:,.0f} µs, proxy {p['cpu_us']:,.0f} µs "
@@ -317,6 +325,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--no-filtered", action="store_true", help="skip the content-filtered path")
     parser.add_argument("--log-level", default="INFO",
                         help="the server's (INFO, the default, writes one access-log line per request)")
     args = parser.parse_args()
@@ -330,7 +339,8 @@ def main() -> int:
         print("starting modelport serve with an echo deployment...", file=sys.stderr)
         setup = Setup(home, args.log_level)
         try:
-            results = uvloop.run(measure(setup, args.requests, args.rounds, args.seconds, args.clients))
+            results = uvloop.run(measure(setup, args.requests, args.rounds, args.seconds, args.clients,
+                                         not args.no_filtered))
         finally:
             setup.stop()
     return 0 if report(results, args.requests, args.clients) else 1

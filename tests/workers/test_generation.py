@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from modelport.errors import InvalidInput, ServiceUnavailable
-from modelport.workers.client import ChoiceFinished, StreamUsage, TextDelta
+from modelport.workers.client import ChoiceFinished, StreamUsage, TextDelta, WorkerClient
 from modelport.workers.protocol import GenerateBody, WorkerSpec
 from modelport.workers.supervisor import WorkerHandle, WorkerSupervisor
 from tests.runtimes.models import MINILM_DIR, SMOLLM2_GGUF
@@ -152,3 +152,52 @@ def test_embeddings_worker_returns_unit_vectors(loop: LoopThread, supervisor: Wo
         loop.run(supervisor.stop(handle))
     with pytest.raises(ServiceUnavailable):
         loop.run(handle.client.health())
+
+
+def _sockets() -> set[str]:
+    """This process's open sockets, by inode ("socket:[123]")."""
+    out = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:"):
+            out.add(target)
+    return out
+
+
+def test_the_client_keeps_one_connection_alive_and_drops_an_abandoned_one(
+        loop: LoopThread, llama: WorkerHandle) -> None:
+    """Keep-alive: sequential calls reuse one connection (the same socket, nothing else opened, after
+    ten calls); a stream left early closes its connection (the worker sees the disconnect and
+    stops), and the next call opens a fresh one and works. A client of its own, so that the
+    supervisor's health checks do not share its connections."""
+    client = WorkerClient(llama.client.socket_path)
+    body = GenerateBody(prompt=COUNTING, max_tokens=3, temperature=0)
+
+    async def generate(b: GenerateBody) -> str:
+        return "".join([e.text async for e in client.generate(b) if isinstance(e, TextDelta)])
+
+    try:
+        first = loop.run(generate(body))
+        before = _sockets()
+        for _ in range(5):
+            assert loop.run(generate(body)) == first
+            loop.run(client.count_tokens(prompt="one two"))
+        assert _sockets() == before
+
+        async def leave_early() -> None:
+            stream = client.generate(GenerateBody(prompt=COUNTING, max_tokens=200, temperature=0))
+            async for event in stream:
+                if isinstance(event, TextDelta):
+                    break
+            await stream.aclose()
+
+        loop.run(leave_early())
+        after_abandon = _sockets()
+        assert len(before - after_abandon) == 1 and after_abandon < before  # that connection is closed
+        assert loop.run(generate(body)) == first  # a new connection serves the next call
+        assert len(_sockets() - after_abandon) == 1
+    finally:
+        loop.run(client.close())
