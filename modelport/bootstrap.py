@@ -18,6 +18,7 @@ from modelport.deployments.schemas import DeploymentCreate
 from modelport.deployments.service import DeploymentService
 from modelport.finetuning.service import FinetunedWeights, FinetuningService
 from modelport.identity.service import IdentityService
+from modelport.inference.judge import judge_factory
 from modelport.inference.manager import DeploymentManager
 from modelport.inference.pools import PoolManager, RegionSlots
 from modelport.keys.service import KeyService
@@ -45,6 +46,8 @@ def build_services(settings: Settings) -> Services:
     manager = DeploymentManager(settings, db, catalog, deployments, pools)
     manager.finetuned = FinetunedWeights(db, datastore)
     datasets = DatasetService(db, datastore, settings.max_dataset_bytes)
+    safety = SafetyService(db)
+    safety.set_judge_factory(judge_factory(manager))  # the llm-judge backend calls chat deployments
     return Services(
         settings=settings,
         db=db,
@@ -54,7 +57,7 @@ def build_services(settings: Settings) -> Services:
         manager=manager,
         datasets=datasets,
         keys=KeyService(db, datastore),
-        safety=SafetyService(db),
+        safety=safety,
         finetuning=FinetuningService(db, catalog, datasets, datastore),
     )
 

@@ -59,12 +59,16 @@ def deployment_filter(ctx: typer.Context, deployment: str,
                       mode: Annotated[str | None, typer.Option(help="block | annotate, every category")] = None,
                       streaming: Annotated[str | None, typer.Option(help="buffered | asynchronous")] = None,
                       blocklist: Annotated[list[str] | None, typer.Option(help="Apply this blocklist; repeat.")] = None,
+                      backend: Annotated[str | None, typer.Option(help="minilm | hf-local | llm-judge")] = None,
+                      judge: Annotated[str | None, typer.Option(
+                          help="With --backend llm-judge: the chat deployment (same geography) that judges.")] = None,
                       json: JsonOpt = False) -> None:
     """Show or change a deployment's content filter (owners; applies to the next request)."""
     c = client(ctx)
     path = f"/api/v1/deployments/{deployment}/content-filter"
     current = c.request("GET", path)
-    changed = config is not None or any(v is not None for v in (enabled, threshold, mode, streaming, blocklist))
+    changed = config is not None or any(
+        v is not None for v in (enabled, threshold, mode, streaming, blocklist, backend, judge))
     if config is not None:
         current = jsonlib.loads(config.read_text(encoding="utf-8"))
     if enabled is not None:
@@ -78,12 +82,19 @@ def deployment_filter(ctx: typer.Context, deployment: str,
         current["streaming"] = streaming
     if blocklist is not None:
         current["blocklists"] = blocklist
+    if backend is not None:
+        current["backend"] = backend
+        if backend != "llm-judge":
+            current["judge_deployment"] = None
+    if judge is not None:
+        current["judge_deployment"] = judge
     if changed:
         current = c.request("PUT", path, json=current)
     if json:
         return print_json(current)
-    console.print(f"Filter {'on' if current['enabled'] else 'off'}, streaming {current['streaming']}, "
-                  f"blocklists: {', '.join(current['blocklists']) or 'none'}")
+    judged = f" (judge: {current['judge_deployment']})" if current.get("judge_deployment") else ""
+    console.print(f"Filter {'on' if current['enabled'] else 'off'}, backend {current['backend']}{judged}, "
+                  f"streaming {current['streaming']}, blocklists: {', '.join(current['blocklists']) or 'none'}")
     table([{"category": cat, **current[cat]} for cat in CATS],
           [("CATEGORY", "category"), ("PROMPT", "prompt_threshold"), ("COMPLETION", "completion_threshold"),
            ("MODE", "mode")])

@@ -193,7 +193,7 @@ class UsageRecord(Base):
     workspace_id: Mapped[str] = mapped_column(String(40), index=True)
     deployment_id: Mapped[str] = mapped_column(String(40))
     model_id: Mapped[str] = mapped_column(String(40))
-    api: Mapped[str] = mapped_column(String(32))  # chat.completions | completions | embeddings
+    api: Mapped[str] = mapped_column(String(32))  # chat.completions | completions | embeddings | content_filter.judge
     prompt_tokens: Mapped[int] = mapped_column(Integer)
     completion_tokens: Mapped[int] = mapped_column(Integer)
     outcome: Mapped[str] = mapped_column(String(16))  # success | error | cancelled | filtered

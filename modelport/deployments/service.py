@@ -178,11 +178,33 @@ class DeploymentService:
                                field="blocklists")
         with self.db.session() as s:
             row = self._get(s, actor, name)
+            if config.judge_deployment is not None:
+                self._check_judge(s, actor, row, config.judge_deployment)
             row.content_filter = config.model_dump(mode="json")
             row.updated_at = utcnow()
             audit.record(s, actor, "deployment.content_filter", resource_type="deployment", resource_id=row.id,
                          detail={"enabled": config.enabled})
             return row
+
+    @staticmethod
+    def _check_judge(s: Session, actor: Principal, row: Deployment, judge: str) -> None:
+        """The llm-judge backend's deployment: a chat deployment of the same workspace and geography
+        (the judged text must not leave the deployment's geography)."""
+        found = s.execute(
+            select(Deployment, CatalogModel)
+            .join(CatalogModel, CatalogModel.id == Deployment.model_id)
+            .where(Deployment.workspace_id == actor.workspace_id, Deployment.name == judge)
+        ).first()
+        if found is None:
+            raise InvalidInput("judge_deployment names no deployment of this workspace; create the chat deployment "
+                               "that should judge first.", field="judge_deployment")
+        judge_row, model = found
+        if model.task != "chat-completion":
+            raise InvalidInput("judge_deployment must be a chat deployment (its model serves chat completions).",
+                               field="judge_deployment")
+        if judge_row.geography != row.geography:
+            raise InvalidInput(f"judge_deployment must be in the deployment's geography ({row.geography}): screened "
+                               "text may not leave it.", field="judge_deployment")
 
     def mark_deleting(self, actor: Principal, name: str) -> Deployment:
         actor.require("deployments.write")

@@ -82,7 +82,7 @@ async def screen_prompt(safety: SafetyService, route: Route, text: str) -> Reque
     """None when the deployment's filter is off; raises ContentFiltered for a blocked prompt."""
     if not route.content_filter.enabled:
         return None
-    screener = await safety.screener(route.workspace_id, route.content_filter)
+    screener = await safety.screener(route.workspace_id, route.content_filter, route.geography)
     verdict = await screener.screen_prompt(text)
     safety.count_results(route.id, "prompt", verdict.filtered_reasons, verdict.detected)
     if verdict.filtered:
@@ -94,7 +94,7 @@ async def screen_inputs(safety: SafetyService, route: Route, texts: list[str]) -
     """Embeddings inputs: every text screened as a prompt; one blocked input refuses the request."""
     if not route.content_filter.enabled:
         return None
-    screener = await safety.screener(route.workspace_id, route.content_filter)
+    screener = await safety.screener(route.workspace_id, route.content_filter, route.geography)
     verdicts = await screener.screen(texts, "prompt")
     for v in verdicts:
         safety.count_results(route.id, "prompt", v.filtered_reasons, v.detected)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Threshold = Literal["low", "medium", "high"]
 Mode = Literal["block", "annotate"]
@@ -44,7 +44,9 @@ class ContentFilterConfig(BaseModel):
 
     `blocklists` names the workspace's custom blocklists that apply (prompts and completions,
     always blocking). `backend` names a registered safety backend (entry-point group
-    `modelport.safety_backends`); the default is the bundled fine-tuned MiniLM.
+    `modelport.safety_backends`); the default is the bundled fine-tuned MiniLM. The `llm-judge`
+    backend asks `judge_deployment`, a chat deployment of the same workspace and geography, to
+    judge each text (its own traffic is not screened again).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -59,6 +61,17 @@ class ContentFilterConfig(BaseModel):
     blocklists: tuple[str, ...] = ()
     streaming: StreamingMode = "buffered"
     backend: str = Field(default="minilm", pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")
+    judge_deployment: str | None = Field(default=None, min_length=1, max_length=128,
+                                         description="With backend llm-judge: the chat deployment that judges.")
+
+    @model_validator(mode="after")
+    def _judge(self) -> ContentFilterConfig:
+        if self.backend == "llm-judge" and self.judge_deployment is None:
+            raise ValueError("the llm-judge backend needs judge_deployment: the name of a chat deployment of this "
+                             "workspace in the same geography")
+        if self.judge_deployment is not None and self.backend != "llm-judge":
+            raise ValueError("judge_deployment is used only with backend llm-judge")
+        return self
 
     @field_validator("blocklists")
     @classmethod

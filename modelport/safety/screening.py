@@ -114,6 +114,8 @@ class Screener:
     async def _analyze(self, texts: list[str]) -> list[Analysis]:
         try:
             analyses = await self.backend.analyze(texts)
+        except SafetyUnavailable:  # already says what is unavailable (e.g. the llm-judge's deployment)
+            raise
         except Exception as exc:  # any failure of the backend: fail closed
             raise SafetyUnavailable(
                 "Content screening is unavailable, so the request was not processed. Retry later; if it "

@@ -11,6 +11,7 @@ import asyncio
 import re
 import threading
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import select
@@ -23,12 +24,17 @@ from modelport.errors import InvalidInput, NotFound
 from modelport.identity.principal import Principal
 from modelport.safety.backends import create_backend
 from modelport.safety.backends.base import SafetyBackend
+from modelport.safety.backends.llm_judge import Complete, LLMJudgeBackend
 from modelport.safety.blocklists import BlocklistSet
 from modelport.safety.config import BLOCKLIST_NAME, ContentFilterConfig
 from modelport.safety.screening import SafetyUnavailable, Screener, Verdict
 
 MAX_TERMS = 1000
 MAX_PATTERNS = 100
+
+#: (workspace id, judge deployment name, geography the judged text must stay in, or None) ->
+#: an async callable that sends chat messages to that deployment, unscreened, and returns the answer
+JudgeFactory = Callable[[str, str, str | None], Complete]
 
 
 class SafetyService:
@@ -39,6 +45,13 @@ class SafetyService:
         self._blocklists: dict[str, BlocklistSet] = {}
         self._counts: Counter[tuple[str, str, str, str]] = Counter()
         self._counts_lock = threading.Lock()
+        self._judge_factory: JudgeFactory | None = None
+        self._judges: dict[tuple[str, str, str | None], LLMJudgeBackend] = {}
+
+    def set_judge_factory(self, factory: JudgeFactory) -> None:
+        """How the llm-judge backend reaches chat deployments (the gateway wires its own calls in)."""
+        self._judge_factory = factory
+        self._judges.clear()
 
     # -- screeners ------------------------------------------------------------------------
     async def backend(self, name: str) -> SafetyBackend:
@@ -52,13 +65,27 @@ class SafetyService:
                                                 "requests to filtered deployments are refused.") from exc
         return self._backends[name]
 
-    async def screener(self, workspace_id: str, config: ContentFilterConfig) -> Screener:
-        """A screener for one request of a deployment whose filter is on (the caller checks)."""
+    def judge(self, workspace_id: str, deployment: str, geography: str | None) -> LLMJudgeBackend:
+        """The llm-judge backend asking `deployment` of `workspace_id` (one per judge and geography)."""
+        if self._judge_factory is None:
+            raise SafetyUnavailable("The llm-judge content-filter backend is not available in this process; "
+                                    "requests to filtered deployments are refused.")
+        key = (workspace_id, deployment, geography)
+        if key not in self._judges:
+            self._judges[key] = LLMJudgeBackend(self._judge_factory(workspace_id, deployment, geography))
+        return self._judges[key]
+
+    async def screener(self, workspace_id: str, config: ContentFilterConfig, geography: str | None = None) -> Screener:
+        """A screener for one request of a deployment whose filter is on (the caller checks);
+        `geography` is the deployment's, which an llm-judge must share."""
         lists = None
         if config.blocklists:
             # Cached per workspace; the database is read (in a thread) only after a change.
             lists = self._blocklists.get(workspace_id) or await asyncio.to_thread(self.blocklist_set, workspace_id)
-        backend = await self.backend(config.backend)
+        if config.judge_deployment is not None:
+            backend: SafetyBackend = self.judge(workspace_id, config.judge_deployment, geography)
+        else:
+            backend = await self.backend(config.backend)
         try:
             return Screener(backend, config, lists)
         except InvalidInput as exc:  # a named blocklist was deleted since: refuse, never screen less
@@ -71,7 +98,11 @@ class SafetyService:
             raise InvalidInput("text is empty.", field="text")
         cfg = config or ContentFilterConfig()
         lists = await asyncio.to_thread(self.blocklist_set, actor.workspace_id) if cfg.blocklists else None
-        return await Screener(await self.backend(cfg.backend), cfg, lists).screen_prompt(text)
+        if cfg.judge_deployment is not None:
+            backend: SafetyBackend = self.judge(actor.workspace_id, cfg.judge_deployment, None)
+        else:
+            backend = await self.backend(cfg.backend)
+        return await Screener(backend, cfg, lists).screen_prompt(text)
 
     # -- counts ---------------------------------------------------------------------------
     def count_results(self, deployment_id: str, direction: str, filtered: tuple[str, ...],
