@@ -177,10 +177,12 @@ Call = Callable[[], Awaitable[None]]
 class Paths:
     """One callable per path, each making one complete request and checking its answer."""
 
-    def __init__(self, setup: Setup, session: aiohttp.ClientSession, worker: aiohttp.ClientSession) -> None:
+    def __init__(self, setup: Setup, session: aiohttp.ClientSession, worker: aiohttp.ClientSession,
+                 client: WorkerClient) -> None:
         self.setup = setup
         self.session = session
         self.worker = worker  # a session over the worker's Unix socket
+        self.client = client  # the gateway's own worker client
         self.gen_body = GenerateBody(messages=MESSAGES, max_tokens=1)
         self.proxy_body = self.gen_body.model_dump_json(exclude_defaults=True).encode()
         self.gateway_body = json.dumps({"model": "bench", "messages": MESSAGES, "max_tokens": 1}).encode()
@@ -195,6 +197,12 @@ class Paths:
                                     headers={"Content-Type": "application/json"}) as r:
             data = await r.read()
         assert r.status == 200 and data.count(b"\n") == 3  # delta, finish, usage
+
+    async def workerclient(self) -> None:
+        n = 0
+        async for _ in self.client.generate(self.gen_body):
+            n += 1
+        assert n == 3  # delta, finish, usage
 
     async def proxy(self) -> None:
         async with self.session.post(self.proxy_url, data=self.proxy_body,
@@ -213,7 +221,8 @@ class Paths:
         assert r.status == 200 and b'"content_filter_results"' in data, data
 
     def all(self) -> dict[str, Call]:
-        return {"direct": self.direct, "proxy": self.proxy, "gateway": self.gateway, "filtered": self.filtered}
+        return {"direct": self.direct, "workerclient": self.workerclient, "proxy": self.proxy, "gateway": self.gateway,
+                "filtered": self.filtered}
 
 
 async def latencies(call: Call, n: int) -> list[float]:
@@ -255,8 +264,9 @@ async def measure(setup: Setup, n: int, rounds: int, seconds: float, clients: in
                   filtered: bool = True) -> dict[str, dict[str, float]]:
     connector = aiohttp.TCPConnector(limit=0)
     async with (aiohttp.ClientSession(connector=connector) as session,
-                aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=setup.socket, limit=0)) as worker):
-        paths = Paths(setup, session, worker).all()
+                aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=setup.socket, limit=0)) as worker,
+                WorkerClient(setup.socket) as client):
+        paths = Paths(setup, session, worker, client).all()
         if not filtered:
             del paths["filtered"]
         for call in paths.values():  # warm up: connections, caches, the pool
@@ -269,7 +279,7 @@ async def measure(setup: Setup, n: int, rounds: int, seconds: float, clients: in
                 lat[name] += await latencies(call, max(1, chunk // 10) if name == "filtered" else chunk)
         rps: dict[str, list[float]] = {k: [] for k in paths}
         cpu: dict[str, list[float]] = {k: [] for k in paths}  # CPU µs per request of the hop
-        hop = {"direct": None, "proxy": setup.proxy.pid, "gateway": setup.server.pid,
+        hop = {"direct": None, "workerclient": None, "proxy": setup.proxy.pid, "gateway": setup.server.pid,
                "filtered": setup.server.pid}
         for _ in range(rounds):
             for name, call in paths.items():
@@ -289,9 +299,9 @@ def report(results: dict[str, dict[str, float]], n: int, clients: int) -> bool:
     print(f"\n{'path':<9} {'p50 ms':>8} {'p99 ms':>8} {'added p50':>10} {f'req/s @{clients}':>12} "
           f"{'hop CPU/req':>12}  rounds (req/s)")
     for name, r in results.items():
-        added = "-" if name == "direct" else f"+{r['p50'] - direct:.3f}"
+        added = "-" if name in ("direct", "workerclient") else f"+{r['p50'] - direct:.3f}"
         rounds = ", ".join(f"{x:,.0f}" for x in r["rps_rounds"])
-        cpu = "-" if name == "direct" else f"{r['cpu_us']:,.0f} µs"
+        cpu = "-" if name in ("direct", "workerclient") else f"{r['cpu_us']:,.0f} µs"
         print(f"{name:<9} {r['p50']:>8.3f} {r['p99']:>8.3f} {added:>10} {r['rps']:>12,.0f} {cpu:>12}  [{rounds}]")
     g, p, f = results["gateway"], results["proxy"], results.get("filtered")
     g_added, p_added = g["p50"] - direct, p["p50"] - direct
@@ -305,6 +315,9 @@ def report(results: dict[str, dict[str, float]], n: int, clients: int) -> bool:
     if f is not None:
         print(f"content filter (default settings, bundled MiniLM) on top: +{f['p50'] - g['p50']:.1f} ms p50, "
               f"{f['cpu_us'] - g['cpu_us']:,.0f} µs CPU per request (one prompt and one output screened)")
+    wc = results["workerclient"]["p50"]
+    print(f"the worker through the gateway's own WorkerClient: {wc:.3f} ms p50 ({wc - direct:+.3f} ms vs direct); "
+          f"the gateway path is +{g['p50'] - wc:.3f} ms over that (client library included)")
     ok_latency = g_added < 1.0
     ok_rps = g["rps"] >= 0.5 * p["rps"]
     print(f"CPU per request of the hop (load-independent): gateway {g['cpu_us']:,.0f} µs, proxy {p['cpu_us']:,.0f} µs "

@@ -47,6 +47,14 @@ _SHUTDOWN_MESSAGE = "the model worker was stopped before this request finished; 
 _NDJSON = {"Content-Type": "application/x-ndjson"}
 
 
+class _EventStream(web.StreamResponse):
+    """The NDJSON answer of /generate. Its headers leave with the first events, in one write
+    (aiohttp's StreamResponse sends them alone at prepare(), which costs the gateway one more
+    wakeup per request; `_send_headers_immediately` is the switch aiohttp's own Response uses)."""
+
+    _send_headers_immediately = False
+
+
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
@@ -217,7 +225,7 @@ class WorkerServer:
             first = await events.get()
             if first[0] == "error":  # refused before any output: a plain HTTP error
                 return _error(first[1])
-            response = web.StreamResponse(headers=_NDJSON)
+            response = _EventStream(headers=_NDJSON)
             await response.prepare(request)
             with contextlib.suppress(ConnectionError):  # the client went away: stop the runtime
                 await self._stream(response, first, events, body.n)
@@ -263,11 +271,11 @@ class WorkerServer:
                 if events.empty():
                     break
                 item = events.get_nowait()
+            if done:  # the last events and the end of the body in one write (one wakeup for the gateway)
+                await response.write_eof(b"".join(chunk))
+                return
             if chunk:
                 await response.write(b"".join(chunk))
-            if done:
-                await response.write_eof()
-                return
             item = await events.get()
 
     # -- shutdown ---------------------------------------------------------------------------
