@@ -33,7 +33,7 @@ _POLICY = {"prompt_threshold": "medium", "completion_threshold": "high", "mode":
 #: own copy of the policy: deepcopy keeps shared dicts shared, and a mutation must hit one field.
 FILTER = {"enabled": True, **{c: dict(_POLICY) for c in ("hate", "sexual", "violence", "self_harm")},
           "jailbreak": {"enabled": True, "mode": "block"}, "profanity": {"enabled": False, "mode": "annotate"},
-          "blocklists": ["ok-list"], "streaming": "buffered", "backend": "minilm"}
+          "blocklists": ["ok-list"], "streaming": "buffered", "backend": "llm-judge", "judge_deployment": "judge"}
 
 #: (url to call, a valid body with every field set) for each write route with a JSON body.
 VALID: dict[tuple[str, str], tuple[str, dict]] = {
