@@ -76,11 +76,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--int8", action="store_true", help="dynamic int8 quantization of the MiniLM backend")
+    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
+                        help="MiniLM inference dtype (auto: bfloat16 + traced where the CPU supports it natively)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    backend = MiniLMBackend(int8=args.int8)
+    backend = MiniLMBackend(dtype=args.dtype)
     backend.warm_up()
     screener = Screener(backend, ContentFilterConfig())
     # the stream is screened in annotate mode so that all 400 tokens are screened (same cost per
@@ -89,7 +90,7 @@ def main() -> None:
     stream_screener = Screener(backend, ContentFilterConfig.model_validate(annotate))
     n_tokens = len(backend._loaded().tokenizer(PROMPT_60)["input_ids"])  # type: ignore[operator]
     words = len(PROMPT_60.split())
-    print(f"threads={torch.get_num_threads()} int8={args.int8}  prompt: {words} words, {n_tokens} tokens")
+    print(f"threads={torch.get_num_threads()} dtype={backend.dtype}  prompt: {words} words, {n_tokens} tokens")
 
     for _ in range(10):
         backend.classify([PROMPT_60])

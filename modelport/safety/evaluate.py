@@ -135,7 +135,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--show-misses", action="store_true",
                         help="list the evaluation texts the backend got wrong at the medium threshold")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--int8", action="store_true", help="minilm only: dynamic int8 quantization")
+    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default=None,
+                        help="minilm only: inference dtype (default: the backend's, auto = bfloat16 where native)")
     args = parser.parse_args(argv)
 
     import torch
@@ -144,13 +145,15 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     items = load_eval_set()
-    options = {"int8": True} if args.int8 else {}
+    options = {"dtype": args.dtype} if args.dtype else {}
     backend: SafetyBackend = create_backend(args.backend, **options)
     t0 = time.perf_counter()
     analyses: list[Analysis] = []
     for start in range(0, len(items), 32):
         analyses += asyncio.run(backend.analyze([it["text"] for it in items[start : start + 32]]))
-    print(f"backend {backend.name}: {len(items)} texts in {time.perf_counter() - t0:.1f}s\n")
+    dtype = getattr(backend, "dtype", None)
+    print(f"backend {backend.name}{f' ({dtype})' if dtype else ''}: {len(items)} texts in "
+          f"{time.perf_counter() - t0:.1f}s\n")
     print(report(items, analyses, show_misses=args.show_misses))
 
 

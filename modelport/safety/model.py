@@ -7,6 +7,12 @@ frozen bottom is run once per text and cached) and keeps what the repository shi
 tuned layers (float16) and the heads, as a delta over the bundled base model, whose sha256 is
 checked before the delta is applied.
 
+Pooling is mean and max over tokens, concatenated: with mean pooling alone one harmful sentence
+inside benign context was diluted (a threat after three benign sentences scored 0.16 instead of
+1.0), which forced the backend to score every pair of sentences separately; the max half keeps
+a strong local signal, so one pass over a window of up to 128 tokens suffices (train.py embeds
+harmful sentences in benign context so the model learns to use it).
+
 Outputs (all sigmoids, `OUTPUTS` gives the order): per category three ordinal outputs
 P(severity >= low), P(>= medium), P(>= high); then jailbreak and profanity.
 """
@@ -24,7 +30,8 @@ from torch import nn
 CATEGORIES = ("hate", "sexual", "violence", "self_harm")
 SEVERITIES = ("safe", "low", "medium", "high")
 OUTPUTS = (*(f"{c}>={s}" for c in CATEGORIES for s in SEVERITIES[1:]), "jailbreak", "profanity")
-TUNED_LAYERS = 2
+TUNED_LAYERS = 4
+POOLING = "mean+max"
 MAX_TOKENS = 128
 MODEL_DIR = Path(__file__).parent / "model"
 WEIGHTS_FILE = "minilm_safety.safetensors"
@@ -39,23 +46,29 @@ def base_model_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
+def _extended_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The additive attention mask: 0 on tokens, the dtype's most negative value on padding."""
+    return (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+
+
 class SafetyHead(nn.Module):
-    """Top transformer layers + mean pooling + one linear layer to the ordinal/binary outputs."""
+    """Top transformer layers + mean and max pooling (concatenated) + one linear output layer."""
 
     def __init__(self, layers: nn.ModuleList, hidden: int) -> None:
         super().__init__()
         self.layers = layers
         self.dropout = nn.Dropout(0.1)
-        self.out = nn.Linear(hidden, len(OUTPUTS))
+        self.out = nn.Linear(2 * hidden, len(OUTPUTS))
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        ext = (1.0 - mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
+        ext = _extended_mask(mask, hidden.dtype)
         for layer in self.layers:
             out = layer(hidden, attention_mask=ext)
             hidden = out[0] if isinstance(out, tuple) else out
         m = mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
-        return self.out(self.dropout(pooled))
+        mean = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+        peak = hidden.masked_fill(m == 0, -1e4).amax(1)  # padding never wins the max
+        return self.out(self.dropout(torch.cat([mean, peak], dim=-1)))
 
 
 @dataclass
@@ -75,8 +88,12 @@ class Bottom(nn.Module):
         self.layers = nn.ModuleList(bert.encoder.layer[:n_frozen])
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.embeddings(input_ids=input_ids)
-        ext = (1.0 - attention_mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
+        # explicit position / token-type ids, computed with tensor ops only, so that a traced
+        # graph (backends/minilm.py) follows the sequence length and batch size of its input
+        positions = torch.ones_like(input_ids).cumsum(1) - 1
+        hidden = self.embeddings(input_ids=input_ids, position_ids=positions,
+                                 token_type_ids=torch.zeros_like(input_ids))
+        ext = _extended_mask(attention_mask, hidden.dtype)
         for layer in self.layers:
             out = layer(hidden, attention_mask=ext)
             hidden = out[0] if isinstance(out, tuple) else out
@@ -116,6 +133,9 @@ def load_shipped(model_dir: Path | None = None, base_dir: Path | None = None) ->
     model_dir = model_dir or MODEL_DIR
     base_dir = base_dir or base_model_dir()
     meta = json.loads((model_dir / META_FILE).read_text(encoding="utf-8"))
+    if meta.get("tuned_layers") != TUNED_LAYERS or meta.get("pooling") != POOLING:
+        raise ValueError(f"the shipped safety delta ({meta.get('tuned_layers')} layers, pooling "
+                         f"{meta.get('pooling', 'mean')}) does not fit this code ({TUNED_LAYERS}, {POOLING})")
     actual = sha256_file(base_dir / "model.safetensors")
     if actual != meta["base_sha256"]:
         raise ValueError("the bundled MiniLM base model differs from the one the safety delta was trained on")

@@ -5,11 +5,14 @@ Reproducible (fixed seeds, one thread count, deterministic data order). Steps:
 2. split off 15% of the training data as a calibration slice;
 3. run the frozen bottom of the bundled MiniLM once per text and cache its hidden states;
 4. fine-tune the top layers + output layer on the rest (binary cross-entropy on the ordinal
-   severity outputs and the jailbreak/profanity outputs);
-5. per output, pick the lowest decision threshold whose false-positive rate on the
-   calibration slice is at most CALIBRATION_FPR (never tuned on the evaluation set);
-6. write model/minilm_safety.safetensors (tuned layers fp16 + output layer) and
-   model/minilm_safety.json (thresholds, base model sha256, training summary).
+   severity outputs and the jailbreak/profanity outputs; bfloat16 autocast where the CPU
+   supports it natively, float32 master weights);
+5. write model/minilm_safety.safetensors (tuned layers fp16 + output layer);
+6. score the calibration slice through the production inference path (MiniLMBackend: the
+   shipped fp16 weights, bfloat16 + traced where supported, token windows) and, per output,
+   pick the lowest decision threshold whose false-positive rate on the calibration slice is at
+   most CALIBRATION_FPR (never tuned on the evaluation set); write model/minilm_safety.json
+   (thresholds, base model sha256, training summary, calibration-slice figures).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from modelport.safety.model import (
     META_FILE,
     MODEL_DIR,
     OUTPUTS,
+    POOLING,
     SEVERITIES,
     TUNED_LAYERS,
     WEIGHTS_FILE,
@@ -41,6 +45,7 @@ from modelport.safety.model import (
 DATA = Path(__file__).parent / "data" / "train.jsonl"
 SEED = 20240611
 CALIBRATION_FPR = 0.01
+LAYER_LR = 6e-5
 THRESHOLD_GRID = [round(x, 2) for x in np.arange(0.30, 0.96, 0.05)]
 
 
@@ -51,6 +56,38 @@ def targets(item: dict) -> list[float]:
         level = SEVERITIES.index(item["labels"].get(cat, "safe"))
         out += [float(level >= k) for k in (1, 2, 3)]
     return [*out, float(item["jailbreak"]), float(item["profanity"])]
+
+
+def split_by_group(items: list[dict], fraction: float, rng: random.Random) -> tuple[list[int], list[int]]:
+    """(calibration, training) indices: whole groups (a hand-written text and its augmented
+    copies share a group) go to the calibration slice until it holds `fraction` of the items, so
+    no calibration text has a near copy in training (with a plain random split, augmented
+    copies on both sides made the slice look perfect and pushed every threshold to the floor)."""
+    groups: dict[str, list[int]] = {}
+    for i, it in enumerate(items):
+        groups.setdefault(it.get("group", it["text"]), []).append(i)
+    keys = list(groups)
+    rng.shuffle(keys)
+    cal: list[int] = []
+    train: list[int] = []
+    for k in keys:
+        (cal if len(cal) < fraction * len(items) else train).extend(groups[k])
+    return cal, train
+
+
+def length_batches(idx: list[int], states: list[torch.Tensor], batch: int, rng: random.Random) -> list[list[int]]:
+    """Shuffled batches of texts of similar length (less padding, about half the compute): the
+    shuffled indices are cut into pools of 50 batches, each pool sorted by length and cut into
+    batches, and the order of all batches shuffled."""
+    idx = list(idx)
+    rng.shuffle(idx)
+    pool = 50 * batch
+    batches = []
+    for start in range(0, len(idx), pool):
+        chunk = sorted(idx[start : start + pool], key=lambda i: states[i].shape[0])
+        batches += [chunk[i : i + batch] for i in range(0, len(chunk), batch)]
+    rng.shuffle(batches)
+    return batches
 
 
 @torch.inference_mode()
@@ -79,14 +116,13 @@ def collate(states: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return hidden, mask
 
 
-@torch.inference_mode()
-def predict(head, states: list[torch.Tensor], batch: int = 64) -> np.ndarray:
-    head.eval()
-    outs = []
-    for start in range(0, len(states), batch):
-        hidden, mask = collate(states[start : start + batch])
-        outs.append(torch.sigmoid(head(hidden, mask)).numpy())
-    return np.concatenate(outs)
+def production_scores(texts: list[str], model_dir: Path, batch: int = 32) -> np.ndarray:
+    """Scores of the shipped model in `model_dir` through the production backend (same dtype,
+    tracing and windowing as a served request), in `OUTPUTS` order."""
+    from modelport.safety.backends.minilm import MiniLMBackend
+
+    backend = MiniLMBackend(model_dir=model_dir)
+    return np.concatenate([backend.scores(texts[i : i + batch]).numpy() for i in range(0, len(texts), batch)])
 
 
 def calibrate(probs: np.ndarray, y: np.ndarray) -> dict[str, float]:
@@ -110,24 +146,45 @@ def calibrate(probs: np.ndarray, y: np.ndarray) -> dict[str, float]:
     return thresholds
 
 
-def recalibrate(items: list[dict], cal_idx: list[int], y: np.ndarray, out: Path) -> None:
-    """Recompute the thresholds of the shipped weights on the same calibration slice."""
-    from modelport.safety.model import load_shipped
+def slice_figures(probs: np.ndarray, y: np.ndarray, thresholds: dict[str, float]) -> dict[str, dict]:
+    """Per category on the calibration slice, at the medium threshold (the evaluation's rule: an
+    item is flagged when its >=medium or >=high output passes): recall on medium+high items and
+    false-positive rate on texts without any label; then jailbreak and profanity."""
+    benign = y.sum(1) == 0
+    out: dict[str, dict] = {}
+    for cat in CATEGORIES:
+        jm, jh = OUTPUTS.index(f"{cat}>=medium"), OUTPUTS.index(f"{cat}>=high")
+        flagged = (probs[:, jm] >= thresholds[OUTPUTS[jm]]) | (probs[:, jh] >= thresholds[OUTPUTS[jh]])
+        pos = y[:, jm] == 1
+        out[cat] = {"recall": round(float(flagged[pos].mean()), 3), "positives": int(pos.sum()),
+                    "fpr_benign": round(float(flagged[benign].mean()), 3), "benign": int(benign.sum())}
+    for name in ("jailbreak", "profanity"):
+        j = OUTPUTS.index(name)
+        flagged, pos = probs[:, j] >= thresholds[name], y[:, j] == 1
+        out[name] = {"recall": round(float(flagged[pos].mean()), 3), "fpr": round(float(flagged[~pos].mean()), 3)}
+    return out
 
-    model = load_shipped(out)
-    cal_texts = [items[i]["text"] for i in cal_idx]
-    states = encode_bottom(model.tokenizer, model.bottom, cal_texts)
-    thresholds = calibrate(predict(model.head, states), y[cal_idx])
+
+def calibrate_shipped(items: list[dict], cal_idx: list[int], y: np.ndarray, out: Path) -> dict:
+    """Thresholds and calibration-slice figures of the weights shipped in `out`, scored through
+    the production path; written into the model's json."""
     meta_path = out / META_FILE
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta["thresholds"] = {name: 0.5 for name in OUTPUTS}  # placeholder while scoring
+    meta_path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    probs = production_scores([items[i]["text"] for i in cal_idx], out)
+    thresholds = calibrate(probs, y[cal_idx])
     meta["thresholds"] = thresholds
+    meta["calibration_slice"] = slice_figures(probs, y[cal_idx], thresholds)
     meta_path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     print("thresholds:", thresholds)
+    print("calibration slice:", json.dumps(meta["calibration_slice"]))
+    return meta
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=MODEL_DIR)
     parser.add_argument("--calibrate-only", action="store_true",
@@ -141,14 +198,12 @@ def main(argv: list[str] | None = None) -> None:
 
     items = [json.loads(line) for line in DATA.read_text(encoding="utf-8").splitlines() if line.strip()]
     rng = random.Random(SEED)  # noqa: S311 (data order, not crypto)
-    order = list(range(len(items)))
-    rng.shuffle(order)
-    n_cal = int(0.15 * len(items))
-    cal_idx, train_idx = order[:n_cal], order[n_cal:]
+    cal_idx, train_idx = split_by_group(items, 0.15, rng)
+    n_cal = len(cal_idx)
 
     y = np.array([targets(it) for it in items], dtype=np.float32)
     if args.calibrate_only:
-        recalibrate(items, cal_idx, y, args.out)
+        calibrate_shipped(items, cal_idx, y, args.out)
         return
     tokenizer, bottom, head = load_base()
     t0 = time.perf_counter()
@@ -160,24 +215,28 @@ def main(argv: list[str] | None = None) -> None:
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
     optimizer = torch.optim.AdamW(
         [
-            {"params": head.layers.parameters(), "lr": 8e-5},
+            {"params": head.layers.parameters(), "lr": LAYER_LR},
             {"params": head.out.parameters(), "lr": 2e-3},
         ],
         weight_decay=0.01,
     )
     batch = 32
     steps = args.epochs * ((len(train_idx) + batch - 1) // batch)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[8e-5, 2e-3], total_steps=steps,
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[LAYER_LR, 2e-3], total_steps=steps,
                                                     pct_start=0.1)
+    from modelport.safety.backends.minilm import bf16_supported
+
+    autocast = bf16_supported()
+    t_train = time.perf_counter()
     for epoch in range(args.epochs):
         head.train()
-        rng.shuffle(train_idx)
         total = 0.0
         t0 = time.perf_counter()
-        for start in range(0, len(train_idx), batch):
-            idx = train_idx[start : start + batch]
+        for idx in length_batches(train_idx, states, batch, rng):
             hidden, mask = collate([states[i] for i in idx])
-            loss = loss_fn(head(hidden, mask), torch.from_numpy(y[idx]))
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                logits = head(hidden, mask)
+            loss = loss_fn(logits.float(), torch.from_numpy(y[idx]))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -185,12 +244,7 @@ def main(argv: list[str] | None = None) -> None:
             total += float(loss.detach()) * len(idx)
         print(f"epoch {epoch + 1}: loss {total / len(train_idx):.4f} ({time.perf_counter() - t0:.0f}s)")
 
-    # calibrate what is shipped: the tuned layers rounded to float16
-    head.load_state_dict({k: v.float() for k, v in head_state_for_shipping(head).items()})
-    probs = predict(head, [states[i] for i in cal_idx])
-    thresholds = calibrate(probs, y[cal_idx])
-    print("thresholds:", thresholds)
-
+    train_s = time.perf_counter() - t_train
     from safetensors.torch import save_file
 
     from modelport.catalog.scanning import sha256_file
@@ -201,16 +255,20 @@ def main(argv: list[str] | None = None) -> None:
         "base": "all-MiniLM-L6-v2",
         "base_sha256": sha256_file(base_model_dir() / "model.safetensors"),
         "tuned_layers": TUNED_LAYERS,
+        "pooling": POOLING,
         "max_tokens": MAX_TOKENS,
         "outputs": list(OUTPUTS),
-        "thresholds": thresholds,
+        "thresholds": {},
         "train_items": len(train_idx),
         "calibration_items": n_cal,
         "epochs": args.epochs,
+        "bf16_autocast": autocast,
+        "train_seconds": round(train_s),
         "seed": SEED,
     }
     (args.out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {args.out / WEIGHTS_FILE}")
+    print(f"wrote {args.out / WEIGHTS_FILE} (training took {train_s:.0f}s)")
+    calibrate_shipped(items, cal_idx, y, args.out)
 
 
 if __name__ == "__main__":

@@ -70,6 +70,14 @@ JAILBREAK = _lines("jailbreak")
 
 PROFANE = _lines("profane")
 
+# third pass (written for the mean+max model): many more varied hand-written texts, hard benign
+# cases above all; see data/README.md for what informed them
+HARMFUL_3 = _lines("harmful_3")
+BENIGN_TRICKY_3 = _lines("benign_tricky_3")
+BENIGN_PLAIN_2 = _lines("benign_plain_2")
+JAILBREAK_2 = _lines("jailbreak_2")
+PROFANE_2 = _lines("profane_2")
+
 # ----------------------------------------------------------------------------------------------
 # Templates x slots
 # ----------------------------------------------------------------------------------------------
@@ -481,8 +489,12 @@ def build_more(rng: random.Random) -> list[dict]:
     return items
 
 
-def _item(labels: dict[str, str], text: str, *, jailbreak: bool = False, profanity: bool = False) -> dict:
-    return {"text": text, "labels": labels, "jailbreak": jailbreak, "profanity": profanity}
+def _item(labels: dict[str, str], text: str, *, jailbreak: bool = False, profanity: bool = False,
+          group: str | None = None) -> dict:
+    """One training item. `group` is the text it was made from (augmented copies keep their
+    original's group), so that train.py keeps all copies on one side of the calibration split."""
+    return {"text": text, "labels": labels, "jailbreak": jailbreak, "profanity": profanity,
+            "group": group or text}
 
 
 def _augment(text: str, rng: random.Random) -> str:
@@ -496,26 +508,57 @@ def _augment(text: str, rng: random.Random) -> str:
     return text.upper() if len(text) < 60 else text
 
 
+_PROFANE = re.compile(
+    r"\b(fuck\w*|\w*shit\w*|bitch\w*|\w*asshole\w*|bastards?|dick(s|head\w*)?|cunts?|wank\w*|"
+    r"damn\w*|goddamn\w*|piss(ed|ing)?|crap(py)?|cock(s|sucker\w*)?|puss(y|ies)|twats?|arse\w*|bollocks)\b",
+    re.IGNORECASE,
+)
+
+
 def _is_profane(text: str) -> bool:
-    low = text.lower()
-    return any(
-        w in low
-        for w in (
-            "fuck",
-            "shit",
-            "bitch",
-            "asshole",
-            "bastard",
-            "dick",
-            "cunt",
-            "wanker",
-            "damn",
-            "piss",
-            "crap",
-            "cock",
-            "pussy",
-        )
-    )
+    """Swear words as whole words (so "Scunthorpe", "cocktail", "Dickens", "scrap" do not count)."""
+    return _PROFANE.search(text) is not None
+
+
+def _embed(text: str, rng: random.Random, filler: list[str]) -> str:
+    """`text` between zero to two benign sentences on each side (at least one in all), so that a
+    harmful sentence inside a longer benign segment is seen in training."""
+    before = rng.sample(filler, rng.randint(0, 2))
+    after = rng.sample(filler, rng.randint(0, 2))
+    if not before and not after:
+        after = [rng.choice(filler)]
+    return " ".join([*before, text, *after])
+
+
+def build_third(rng: random.Random) -> list[dict]:
+    """Third pass: the new hand-written sources, each once as written, once lightly augmented and
+    once embedded in benign sentences; plus long benign texts made of 4-9 benign sentences (the
+    kind of segment a streamed answer produces)."""
+    items: list[dict] = []
+    for text in BENIGN_TRICKY_3 + BENIGN_PLAIN_2:
+        items.append(_item({}, text, profanity=False))
+    for line in HARMFUL_3:
+        spec, text = line.split("|", 1)
+        items.append(_item(_labels(spec), text, profanity=_is_profane(text)))
+    for text in JAILBREAK_2:
+        items.append(_item({}, text, jailbreak=True, profanity=_is_profane(text)))
+    for text in PROFANE_2:
+        spec, _, body = text.partition("|") if "|" in text[:8] else ("-", "", text)
+        items.append(_item(_labels(spec), body, profanity=True))
+    filler = BENIGN_PLAIN + BENIGN_PLAIN_2
+    base = list(items)
+    for it in base:
+        items.append({**it, "text": _augment(it["text"], rng)})
+    for it in base:
+        items.append({**it, "text": _embed(it["text"], rng, filler)})
+    # harmful hand-written texts of the first passes, embedded in benign sentences as well
+    for line in HARMFUL + HARMFUL_2:
+        spec, text = line.split("|", 1)
+        items.append(_item(_labels(spec), _embed(text, rng, filler), profanity=_is_profane(text), group=text))
+    benign_pool = filler + BENIGN_TRICKY + BENIGN_TRICKY_2 + BENIGN_TRICKY_3
+    for _ in range(400):
+        items.append(_item({}, " ".join(rng.sample(benign_pool, rng.randint(4, 9)))))
+    return items
 
 
 def build(eval_path: Path | None = None) -> list[dict]:
@@ -589,6 +632,7 @@ def build(eval_path: Path | None = None) -> list[dict]:
             items.append(_item({}, t.format(w=rng.choice(SWEARS), o=o), profanity=True))
             items.append(_item({}, c.format(o=o)))
     items += build_more(random.Random(SEED + 1))  # noqa: S311
+    items += build_third(random.Random(SEED + 2))  # noqa: S311
     return _dedupe(items, eval_path or DATA_DIR / "eval.jsonl", rng)
 
 
@@ -624,6 +668,8 @@ def main() -> None:
     path = DATA_DIR / "train.jsonl"
     with path.open("w", encoding="utf-8") as f:
         for it in items:
+            if it["group"] == it["text"]:  # stored only where it differs (augmented copies)
+                it = {k: v for k, v in it.items() if k != "group"}
             f.write(json.dumps(it, ensure_ascii=False) + "\n")
     print(f"wrote {len(items)} items to {path}")
 

@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import pytest
+import torch
 
 from modelport.safety.backends import create_backend
-from modelport.safety.backends.minilm import MiniLMBackend
-from modelport.safety.model import MODEL_DIR, WEIGHTS_FILE
+from modelport.safety.backends import minilm as minilm_module
+from modelport.safety.backends.minilm import MiniLMBackend, bf16_supported, build_encoder
+from modelport.safety.model import (
+    MAX_TOKENS,
+    META_FILE,
+    MODEL_DIR,
+    OUTPUTS,
+    POOLING,
+    TUNED_LAYERS,
+    WEIGHTS_FILE,
+    LoadedModel,
+    load_shipped,
+)
 
 CASES = [
     ("How do I kill a stuck process on Windows?", None),
@@ -35,4 +51,106 @@ def test_long_text_is_windowed_so_a_late_harmful_sentence_is_found(minilm: MiniL
 
 def test_registry_builds_the_default_backend_and_the_shipped_delta_is_small() -> None:
     assert isinstance(create_backend("minilm"), MiniLMBackend)
-    assert (MODEL_DIR / WEIGHTS_FILE).stat().st_size < 10_000_000
+    assert (MODEL_DIR / WEIGHTS_FILE).stat().st_size < 16_000_000
+
+
+def test_a_threat_inside_benign_context_is_found_in_one_window(minilm: MiniLMBackend) -> None:
+    """Mean pooling alone diluted this (0.16); mean+max pooling must keep it, in one pass."""
+    text = ("We went to the farmers market this morning. The strawberries were great this year. "
+            "Then we had lunch by the river. I'm going to stab my neighbour tonight and make sure he dies.")
+    n_tokens = len(minilm._loaded().tokenizer(text)["input_ids"])  # type: ignore[operator]
+    assert n_tokens <= MAX_TOKENS
+    (analysis,) = minilm.classify([text])
+    assert analysis.severities["violence"] in ("medium", "high")
+
+
+def test_batch_scores_match_single_text_scores(minilm: MiniLMBackend) -> None:
+    """Padding (in a batch of different lengths) and windowing must not change a text's scores."""
+    texts = [
+        "Hi.",
+        "What is a good recipe for banana bread?",
+        "The museum opens at nine and the cafe serves good coffee. " * 20,
+        "I have the pills ready and tonight I'm going to end my life.",
+    ]
+    batch = minilm.scores(texts)
+    single = torch.cat([minilm.scores([t]) for t in texts])
+    assert batch.shape == (len(texts), len(OUTPUTS))
+    assert torch.allclose(batch, single, atol=0.02)
+
+
+def _fresh_model() -> LoadedModel:
+    return load_shipped()
+
+
+def _encode(model: LoadedModel, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    enc = model.tokenizer(texts, padding=True, truncation=True, max_length=MAX_TOKENS,  # type: ignore[operator]
+                          return_tensors="pt")
+    return enc["input_ids"], enc["attention_mask"]
+
+
+BATCHES = [
+    ["ok"],
+    ["How do I kill a stuck process on Windows?"],
+    ["short", "a somewhat longer text that needs padding in this batch, with several more words"],
+    ["The museum opens at nine and the cafe serves good coffee. " * 30, "Hi.", "I will hurt you."],
+]
+
+
+@pytest.mark.skipif(not bf16_supported(), reason="this CPU has no native bfloat16")
+def test_traced_bf16_graph_matches_eager_for_every_batch_size_and_length() -> None:
+    model = _fresh_model()
+    traced, dtype = build_encoder(model, "bfloat16", trace=True)
+    eager_bf16, _ = build_encoder(model, "bfloat16", trace=False)
+    eager_fp32, _ = build_encoder(model, "float32", trace=False)
+    assert dtype == "bfloat16" and isinstance(traced, torch.jit.ScriptModule)
+    with torch.inference_mode():
+        for texts in BATCHES:
+            ids, mask = _encode(model, texts)
+            got = torch.sigmoid(traced(ids, mask))
+            assert got.shape == (len(texts), len(OUTPUTS))
+            assert torch.allclose(got, torch.sigmoid(eager_bf16(ids, mask)), atol=1e-3)
+            # bfloat16 against float32: small score differences only
+            assert (got - torch.sigmoid(eager_fp32(ids, mask))).abs().max() < 0.08
+
+
+def test_float32_is_eager_and_auto_follows_the_cpu() -> None:
+    model = _fresh_model()
+    encoder, dtype = build_encoder(model, "float32")
+    assert dtype == "float32" and not isinstance(encoder, torch.jit.ScriptModule)
+    assert next(encoder.parameters()).dtype == torch.float32
+    _, auto = build_encoder(model, "auto")
+    assert auto == ("bfloat16" if bf16_supported() else "float32")
+    # casting to bfloat16 leaves the loaded float32 model as it was
+    build_encoder(model, "bfloat16", trace=False)
+    assert next(model.head.parameters()).dtype == torch.float32
+    with pytest.raises(ValueError, match="dtype"):
+        build_encoder(model, "float16")
+
+
+def test_auto_falls_back_to_float32_where_bf16_is_not_native(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Simulates a CPU without bfloat16 (the capability check answers False): the backend then runs
+    float32 eager and still classifies correctly."""
+    monkeypatch.setattr(minilm_module, "bf16_supported", lambda: False)
+    backend = MiniLMBackend()
+    backend.classify(["warm up"])
+    assert backend.dtype == "float32"
+    (a, b) = backend.classify(["What is a good recipe for banana bread?",
+                               "I'm going to stab my neighbour tonight and make sure he dies."])
+    assert a.severities["violence"] == "safe" and b.severities["violence"] in ("medium", "high")
+
+
+def test_a_delta_for_another_architecture_is_refused(tmp_path: Path) -> None:
+    for name in (WEIGHTS_FILE, META_FILE):
+        shutil.copy(MODEL_DIR / name, tmp_path / name)
+    meta = json.loads((tmp_path / META_FILE).read_text())
+    meta["tuned_layers"] = TUNED_LAYERS - 1
+    (tmp_path / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="does not fit"):
+        load_shipped(tmp_path)
+
+
+def test_shipped_thresholds_cover_every_output() -> None:
+    meta = json.loads((MODEL_DIR / META_FILE).read_text())
+    assert set(meta["thresholds"]) == set(OUTPUTS)
+    assert all(0.0 < t < 1.0 for t in meta["thresholds"].values())
+    assert meta["pooling"] == POOLING and meta["tuned_layers"] == TUNED_LAYERS
