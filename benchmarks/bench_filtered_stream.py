@@ -36,8 +36,11 @@ import httpx  # noqa: E402
 from tests.conftest import start_server  # noqa: E402
 
 MODEL = "SmolLM2-135M-Instruct"
-PROMPT = ("Write a long, calm story about a family that plants a vegetable garden in spring: the "
-          "soil, the seeds, the rain, the first tomatoes and the harvest dinner with the neighbours.")
+#: A benign request whose greedy answer the bundled classifier lets through. The first choice, a
+#: story about a family's vegetable garden, was cut by a `hate` false positive ("selecting the
+#: most fertile seeds ... a small plot of land"), as was a water-cycle explanation: a quality
+#: problem reported with issue 5, and useless for a speed comparison, which needs whole answers.
+PROMPT = "Explain how to bake a loaf of bread at home, step by step, in detail."
 NAMES = ("plain", "buffered", "async")
 
 
@@ -112,6 +115,9 @@ def main() -> None:
         print(f"{name:<10} {m['tps']:>9.1f} {m['ttft'] * 1000:>9.0f} ms {m['tokens']:>7.0f}  {finishes}")
     plain = med["plain"]
     for name in ("buffered", "async"):
+        cut = sum(r["finish"] == "content_filter" for r in results[name])
+        if cut:
+            print(f"{name}: {cut} of {len(results[name])} answers were cut by the filter: tokens/s not comparable")
         ratio = med[name]["tps"] / plain["tps"]
         print(f"{name}: {ratio:.1%} of the unfiltered tokens/s (target >= 90%: {'met' if ratio >= 0.9 else 'MISSED'}); "
               f"first token +{(med[name]['ttft'] - plain['ttft']) * 1000:.0f} ms")
