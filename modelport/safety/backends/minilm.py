@@ -119,19 +119,21 @@ class MiniLMBackend:
         """The SafetyBackend method: `classify` in a worker thread, off the event loop."""
         return await asyncio.to_thread(self.classify, texts)
 
-    def _windows(self, texts: list[str], max_length: int) -> torch.Tensor:
-        """Sigmoid scores of every window of `texts` (rows follow overflow_to_sample_mapping)."""
-        m = self._loaded()
-        enc = m.tokenizer(  # type: ignore[operator]
+    def _encode(self, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
+        """Token windows of `texts`, `max_length` tokens each, overlapping by _STRIDE."""
+        return self._loaded().tokenizer(  # type: ignore[operator, no-any-return]
             texts, padding=True, truncation=True, max_length=max_length, stride=_STRIDE,
             return_overflowing_tokens=True, return_tensors="pt",
         )
+
+    def _run(self, enc: dict[str, torch.Tensor], n: int) -> torch.Tensor:
+        """Sigmoid scores per text of `enc`'s `n` texts: the max over each text's windows."""
         assert self._encoder is not None
         probs = torch.sigmoid(self._encoder(enc["input_ids"], enc["attention_mask"]))
-        if probs.shape[0] == len(texts):  # one window per text
+        if probs.shape[0] == n:  # one window per text
             return probs
         mapping = enc["overflow_to_sample_mapping"]
-        return torch.stack([probs[mapping == i].amax(0) for i in range(len(texts))])
+        return torch.stack([probs[mapping == i].amax(0) for i in range(n)])
 
     @torch.inference_mode()
     def scores(self, texts: list[str]) -> torch.Tensor:
@@ -140,17 +142,18 @@ class MiniLMBackend:
         A text that fits the 128-token window is scored in one pass; a longer one as windows of
         LONG_WINDOW tokens overlapping by 32, so that a harmful sentence keeps at most about 60
         tokens of benign context around it (in a 128-token window after 90 benign tokens a
-        threat scored 0.96, under the 0.99 violence threshold)."""
-        m = self._loaded()
-        lengths = [len(ids) for ids in m.tokenizer(texts)["input_ids"]]  # type: ignore[operator]
-        long = [i for i, n in enumerate(lengths) if n > MAX_TOKENS]
-        if not long:
-            return self._windows(texts, MAX_TOKENS)
+        threat scored 0.96, under the 0.99 violence threshold). Texts are tokenized once in the
+        common case (every text fits); only a batch with long texts is tokenized again."""
+        enc = self._encode(texts, MAX_TOKENS)
+        windows = torch.bincount(enc["overflow_to_sample_mapping"], minlength=len(texts)).tolist()
+        if all(k == 1 for k in windows):
+            return self._run(enc, len(texts))
+        short = [i for i, k in enumerate(windows) if k == 1]
+        long = [i for i, k in enumerate(windows) if k > 1]
         out = torch.empty(len(texts), len(OUTPUTS))
-        short = [i for i in range(len(texts)) if lengths[i] <= MAX_TOKENS]
         if short:
-            out[short] = self._windows([texts[i] for i in short], MAX_TOKENS)
-        out[long] = self._windows([texts[i] for i in long], LONG_WINDOW)
+            out[short] = self._run(self._encode([texts[i] for i in short], MAX_TOKENS), len(short))
+        out[long] = self._run(self._encode([texts[i] for i in long], LONG_WINDOW), len(long))
         return out
 
     def classify(self, texts: list[str]) -> list[Analysis]:
