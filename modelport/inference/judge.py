@@ -16,13 +16,14 @@ from modelport.inference import calls
 from modelport.inference.manager import DeploymentManager
 from modelport.safety.backends.llm_judge import Complete
 from modelport.safety.screening import SafetyUnavailable
+from modelport.safety.service import JudgeFactory
 from modelport.workers.protocol import GenerateBody
 
 #: Llama Guard answers in two short lines ("unsafe" / "S1,S3"); more is never needed.
 JUDGE_MAX_TOKENS = 24
 
 
-def judge_factory(manager: DeploymentManager):  # type: ignore[no-untyped-def]
+def judge_factory(manager: DeploymentManager) -> JudgeFactory:
     """The SafetyService's JudgeFactory for this gateway."""
 
     def make(workspace_id: str, name: str, geography: str | None) -> Complete:
