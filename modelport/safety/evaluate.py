@@ -26,6 +26,7 @@ from modelport.safety.backends.base import CATEGORIES, SEVERITIES, Analysis, Saf
 DATA_DIR = Path(__file__).parent / "data"
 EVAL_PATH = DATA_DIR / "eval.jsonl"
 SHA_PATH = DATA_DIR / "EVAL_SHA256"
+ANSWERS_PATH = DATA_DIR / "answers_heldout.txt"
 
 
 class EvalSetChanged(Exception):
@@ -129,14 +130,60 @@ def report(items: list[dict], analyses: list[Analysis], show_misses: bool = Fals
     return "\n".join(lines)
 
 
+async def screen_answers(backend: SafetyBackend, answers: list[str]) -> list[dict[str, str]]:
+    """Each benign answer streamed word by word through the served output filter (the default
+    configuration: buffered, block at medium); per answer, the highest severity per category
+    over its segments and whether the stream would have been cut."""
+    from modelport.safety.config import ContentFilterConfig
+    from modelport.safety.screening import Screener
+
+    screener = Screener(backend, ContentFilterConfig())
+    out = []
+    for text in answers:
+        stream = screener.stream()
+        for word in text.split(" "):
+            if (await stream.feed(word + " ")).stop:
+                break
+        else:
+            await stream.finish()
+        results = stream.results()
+        out.append({c: results[c]["severity"] for c in CATEGORIES} | {"cut": str(stream.filtered)})
+    return out
+
+
+def answers_report(rows: list[dict[str, str]]) -> str:
+    """How many held-out benign answers the output filter would cut, per category, with intervals."""
+    n = len(rows)
+    cut = sum(r["cut"] == "True" for r in rows)
+    lines = [f"held-out benign model answers (data/{ANSWERS_PATH.name}, streamed through the output "
+             f"filter at medium): {n}",
+             f"  cut: {cut}/{n} = {_fmt(cut, n)}"]
+    for cat in CATEGORIES:
+        k = sum(severity_rank(r[cat]) >= 2 for r in rows)
+        lines.append(f"  {cat:<9} medium or high in some segment: {k}/{n} = {_fmt(k, n)}")
+    return "\n".join(lines)
+
+
+def _fmt(k: int, n: int) -> str:
+    lo, hi = wilson(k, n)
+    return f"{k / n:.2f} [{lo:.2f}-{hi:.2f}]"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Evaluate a safety backend on the frozen evaluation set.")
     parser.add_argument("--backend", default="minilm", help="registered backend name (default: minilm)")
     parser.add_argument("--show-misses", action="store_true",
                         help="list the evaluation texts the backend got wrong at the medium threshold")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default=None,
-                        help="minilm only: inference dtype (default: the backend's, auto = bfloat16 where native)")
+    parser.add_argument("--model-dir", type=Path, default=None,
+                        help="minilm only: a delta other than the shipped one (e.g. a candidate from train.py --out)")
+    parser.add_argument("--answers-only", action="store_true",
+                        help="only the held-out benign model answers, not the evaluation set")
+    parser.add_argument("--runtime", choices=("auto", "onnx", "torch"), default=None,
+                        help="minilm only: runtime (default: the backend's, onnx where installed)")
+    parser.add_argument("--dtype", choices=("auto", "int8", "float32", "bfloat16"), default=None,
+                        help="minilm only: inference dtype (default: the backend's; onnx: int8, torch: "
+                             "bfloat16 where native)")
     args = parser.parse_args(argv)
 
     import torch
@@ -144,17 +191,24 @@ def main(argv: list[str] | None = None) -> None:
     from modelport.safety.backends import create_backend
 
     torch.set_num_threads(args.threads)
-    items = load_eval_set()
-    options = {"dtype": args.dtype} if args.dtype else {}
+    options = {k: v for k, v in (("runtime", args.runtime), ("dtype", args.dtype), ("model_dir", args.model_dir)) if v}
     backend: SafetyBackend = create_backend(args.backend, **options)
+    if args.answers_only:
+        answers = [a for a in ANSWERS_PATH.read_text(encoding="utf-8").splitlines() if a.strip()]
+        print(answers_report(asyncio.run(screen_answers(backend, answers))))
+        return
+    items = load_eval_set()
     t0 = time.perf_counter()
     analyses: list[Analysis] = []
     for start in range(0, len(items), 32):
         analyses += asyncio.run(backend.analyze([it["text"] for it in items[start : start + 32]]))
-    dtype = getattr(backend, "dtype", None)
+    dtype = " ".join(str(getattr(backend, k)) for k in ("runtime", "dtype") if getattr(backend, k, None))
     print(f"backend {backend.name}{f' ({dtype})' if dtype else ''}: {len(items)} texts in "
           f"{time.perf_counter() - t0:.1f}s\n")
     print(report(items, analyses, show_misses=args.show_misses))
+    if ANSWERS_PATH.exists():
+        answers = [a for a in ANSWERS_PATH.read_text(encoding="utf-8").splitlines() if a.strip()]
+        print("\n" + answers_report(asyncio.run(screen_answers(backend, answers))))
 
 
 if __name__ == "__main__":
