@@ -76,12 +76,15 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
-                        help="MiniLM inference dtype (auto: bfloat16 + traced where the CPU supports it natively)")
+    parser.add_argument("--runtime", choices=("auto", "onnx", "torch"), default="auto",
+                        help="MiniLM runtime (auto: ONNX Runtime where installed, the served default)")
+    parser.add_argument("--dtype", choices=("auto", "int8", "float32", "bfloat16"), default="auto",
+                        help="onnx: int8 (auto) or float32; torch: bfloat16 + traced where the CPU supports it "
+                             "natively (auto), float32 or bfloat16")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    backend = MiniLMBackend(dtype=args.dtype)
+    backend = MiniLMBackend(runtime=args.runtime, dtype=args.dtype, threads=args.threads)
     backend.warm_up()
     screener = Screener(backend, ContentFilterConfig())
     # the stream is screened in annotate mode so that all 400 tokens are screened (same cost per
@@ -90,7 +93,8 @@ def main() -> None:
     stream_screener = Screener(backend, ContentFilterConfig.model_validate(annotate))
     n_tokens = len(backend._loaded().tokenizer(PROMPT_60)["input_ids"])  # type: ignore[operator]
     words = len(PROMPT_60.split())
-    print(f"threads={torch.get_num_threads()} dtype={backend.dtype}  prompt: {words} words, {n_tokens} tokens")
+    print(f"threads={torch.get_num_threads()} runtime={backend.runtime} dtype={backend.dtype}  "
+          f"prompt: {words} words, {n_tokens} tokens")
 
     for _ in range(10):
         backend.classify([PROMPT_60])

@@ -5,31 +5,51 @@ so one harmful sentence in benign context is not diluted away); a longer text is
 overlapping token windows of 64 tokens (overlap 32, see `scores`) and gets, per output, the
 highest score of its windows. All windows of a batch run as one or two padded batches.
 
-Inference path (`dtype="auto"`, the default): where the CPU computes bfloat16 natively
-(AVX512-BF16 / AMX, `torch.ops.mkldnn._is_mkldnn_bf16_supported()`), the whole encoder is cast to
-bfloat16 and traced + frozen with torch.jit (about 2.4x faster than float32 eager on one core;
-scores differ by at most a few hundredths, and the thresholds are calibrated on this same path
-by train.py); elsewhere it runs float32 eager. The traced graph follows batch size and
-sequence length (tests/safety/test_classifier.py compares it with eager outputs).
+Runtimes (`runtime=`):
+- "onnx" (the default where onnxruntime is installed): at load, the float32 encoder (shipped
+  delta applied to the bundled base) is exported to ONNX in memory and its matrix products are
+  quantized to int8 with dynamic activation scales (`dtype="int8"`, the default) or kept in
+  float32 (`dtype="float32"`); ONNX Runtime runs it on `threads` threads. The graph is kept in
+  `onnx_cache_dir()` under a key of the shipped delta and library versions, so only the first
+  load pays for export and quantization (about 5 s). Only model weights are written there,
+  never a screened text.
+- "torch": float32 eager, or bfloat16 traced + frozen with torch.jit where the CPU computes
+  bfloat16 natively (AVX512-BF16 / AMX; `dtype="auto"|"float32"|"bfloat16"`).
+The thresholds are calibrated on the default path (train.py scores its calibration slice
+through this backend), so other paths give scores that differ by a few hundredths; tests
+compare every path with float32 eager.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import hashlib
+import importlib.util
+import io
+import logging
+import os
+import tempfile
 import threading
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from modelport.safety.backends.base import CATEGORIES, SEVERITIES, Analysis
-from modelport.safety.model import MAX_TOKENS, OUTPUTS, LoadedModel, load_shipped
+from modelport.safety.model import MAX_TOKENS, META_FILE, MODEL_DIR, OUTPUTS, WEIGHTS_FILE, LoadedModel, load_shipped
 
 _STRIDE = 32
 LONG_WINDOW = 64
 DTYPES = ("auto", "float32", "bfloat16")
+RUNTIMES = ("auto", "onnx", "torch")
+ONNX_DTYPES = ("auto", "int8", "float32")
+
+
+def onnx_available() -> bool:
+    return importlib.util.find_spec("onnxruntime") is not None
 
 
 def bf16_supported() -> bool:
@@ -79,25 +99,160 @@ def build_encoder(model: LoadedModel, dtype: str = "auto", trace: bool | None = 
     return frozen, chosen
 
 
-class MiniLMBackend:
-    """Fine-tuned MiniLM classifier; loads lazily (about 1 s) and is safe to share between threads.
+class _DropFrom(logging.Filter):
+    """Drops records logged from a package's own files (by path), lets every other record pass."""
 
-    `dtype`: "auto" (bfloat16 where the CPU supports it natively, else float32), "float32" or
-    "bfloat16"; `trace`: None (trace when bfloat16), True or False."""
+    def __init__(self, package: str) -> None:
+        super().__init__()
+        self._part = f"/{package}/"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self._part not in record.pathname
+
+
+class OnnxEncoder:
+    """The encoder as an ONNX Runtime session: called like the torch module (ids, mask -> logits).
+
+    `per_text`: run each row alone, without its padding. Dynamic int8 quantization scales the
+    activations of a whole call by their largest value, so in a batch one text's scores would
+    depend on the other texts (measured: 0.25 alone, 0.33 in a batch); a verdict must not depend
+    on what else is screened at the same time, so the int8 graph sees one text per call."""
+
+    def __init__(self, session: object, per_text: bool) -> None:
+        self._session = session
+        self.per_text = per_text
+
+    def _call(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        (logits,) = self._session.run(["logits"], {"input_ids": ids, "attention_mask": mask})  # type: ignore[attr-defined]
+        return logits  # type: ignore[no-any-return]
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        ids = input_ids.numpy().astype(np.int64, copy=False)
+        mask = attention_mask.numpy().astype(np.int64, copy=False)
+        if not self.per_text:
+            return torch.from_numpy(self._call(ids, mask))
+        rows = []
+        for i, n in enumerate(mask.sum(1).tolist()):
+            rows.append(self._call(ids[i : i + 1, :n], mask[i : i + 1, :n]))
+        return torch.from_numpy(np.concatenate(rows))
+
+
+def export_onnx(model: LoadedModel) -> bytes:
+    """The float32 encoder as an ONNX graph (batch size and sequence length dynamic)."""
+    encoder = Encoder(model).eval()
+    ids = torch.tensor([[101, 7592, 2088, 2003, 1037, 3231, 102], [101, 7592, 102, 0, 0, 0, 0]])
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript-based exporter warns that it is legacy
+        torch.onnx.export(
+            encoder, (ids, (ids != 0).long()), buf, input_names=["input_ids", "attention_mask"],
+            output_names=["logits"], opset_version=17, dynamo=False,
+            dynamic_axes={"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"},
+                          "logits": {0: "batch"}},
+        )
+    return buf.getvalue()
+
+
+def onnx_cache_dir() -> Path:
+    """Where exported graphs are kept between processes: $MODELPORT_CACHE_DIR/safety, default
+    ~/.cache/modelport/safety. They hold model weights only (the shipped delta applied to the
+    bundled base), never a screened text."""
+    root = os.environ.get("MODELPORT_CACHE_DIR") or str(Path.home() / ".cache" / "modelport")
+    return Path(root) / "safety"
+
+
+def onnx_cache_key(model_dir: Path, dtype: str) -> str:
+    """Changes with the shipped delta, its metadata and the exporting library versions."""
+    import onnx
+    import onnxruntime as ort
+
+    h = hashlib.sha256()
+    for name in (WEIGHTS_FILE, META_FILE):
+        h.update((model_dir / name).read_bytes())
+    h.update(f"{dtype} torch {torch.__version__} onnx {onnx.__version__} ort {ort.__version__}".encode())
+    return h.hexdigest()[:32]
+
+
+def build_onnx(model: LoadedModel, dtype: str = "auto", threads: int | None = None,
+               cache: Path | None = None) -> tuple[OnnxEncoder, str]:
+    """An ONNX Runtime encoder and the dtype of its matrix products ("int8" or "float32").
+
+    int8: weights per output channel, activations with dynamic scales, every MatMul but the
+    output layer (whose 9 logits stay float32). `cache`: a file to read the graph from, or to
+    write it to (atomically) after building it; export and quantization take about 5 s, loading
+    the file well under one."""
+    import onnxruntime as ort
+
+    if dtype not in ONNX_DTYPES:
+        raise ValueError(f"dtype for the onnx runtime must be one of {ONNX_DTYPES}, not {dtype!r}")
+    chosen = "int8" if dtype == "auto" else dtype
+    graph = cache.read_bytes() if cache is not None and cache.is_file() else _build_graph(model, chosen)
+    if cache is not None and not cache.is_file():
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=cache.parent, prefix=".tmp-", delete=False) as f:
+            f.write(graph)
+        os.replace(f.name, cache)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+    return OnnxEncoder(session, per_text=chosen == "int8"), chosen
+
+
+def _build_graph(model: LoadedModel, dtype: str) -> bytes:
+    graph = export_onnx(model)
+    if dtype == "int8":
+        import onnx
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        proto = onnx.load_from_string(graph)
+        keep = [n.name for n in proto.graph.node if n.op_type in ("MatMul", "Gemm") and "/out/" in n.name]
+        with tempfile.TemporaryDirectory(prefix="modelport-safety-") as tmp:
+            src, dst = Path(tmp) / "encoder.onnx", Path(tmp) / "encoder.int8.onnx"
+            src.write_bytes(graph)
+            quiet = _DropFrom("onnxruntime")  # its advice to pre-process goes to the root logger
+            logging.getLogger().addFilter(quiet)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=True,
+                                     nodes_to_exclude=keep)
+            finally:
+                logging.getLogger().removeFilter(quiet)
+            graph = dst.read_bytes()
+    return graph
+
+
+class MiniLMBackend:
+    """Fine-tuned MiniLM classifier; loads lazily (a few seconds with the onnx runtime: export
+    and quantization) and is safe to share between threads.
+
+    `runtime`: "auto" (onnx where onnxruntime is installed, else torch), "onnx" or "torch".
+    `dtype`: with onnx "auto" (= "int8") or "float32"; with torch "auto" (bfloat16 where the CPU
+    supports it natively, else float32), "float32" or "bfloat16". `trace` (torch only): None
+    (trace when bfloat16), True or False. `threads`: onnx intra-op threads (default: torch's)."""
 
     name = "minilm"
 
     def __init__(self, model_dir: Path | None = None, base_dir: Path | None = None, *,
-                 dtype: str = "auto", trace: bool | None = None) -> None:
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, not {dtype!r}")
+                 runtime: str = "auto", dtype: str = "auto", trace: bool | None = None,
+                 threads: int | None = None) -> None:
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {RUNTIMES}, not {runtime!r}")
+        self.runtime = ("onnx" if onnx_available() else "torch") if runtime == "auto" else runtime
+        allowed = ONNX_DTYPES if self.runtime == "onnx" else DTYPES
+        if dtype not in allowed:
+            raise ValueError(f"dtype for the {self.runtime} runtime must be one of {allowed}, not {dtype!r}")
         self._model_dir = model_dir
         self._base_dir = base_dir
         self.requested_dtype = dtype
         self._trace = trace
+        self._threads = threads
         self.dtype: str | None = None  # what the loaded encoder computes in
         self._model: LoadedModel | None = None
-        self._encoder: nn.Module | None = None
+        self._encoder: nn.Module | OnnxEncoder | None = None
         self._lock = threading.Lock()
 
     def _loaded(self) -> LoadedModel:
@@ -105,7 +260,12 @@ class MiniLMBackend:
             with self._lock:
                 if self._model is None:
                     model = load_shipped(self._model_dir, self._base_dir)
-                    self._encoder, self.dtype = build_encoder(model, self.requested_dtype, self._trace)
+                    if self.runtime == "onnx":
+                        dtype = "int8" if self.requested_dtype == "auto" else self.requested_dtype
+                        cache = onnx_cache_dir() / f"minilm-{onnx_cache_key(self._model_dir or MODEL_DIR, dtype)}.onnx"
+                        self._encoder, self.dtype = build_onnx(model, dtype, self._threads, cache)
+                    else:
+                        self._encoder, self.dtype = build_encoder(model, self.requested_dtype, self._trace)
                     self._model = model
         return self._model
 
