@@ -78,6 +78,14 @@ BENIGN_PLAIN_2 = _lines("benign_plain_2")
 JAILBREAK_2 = _lines("jailbreak_2")
 PROFANE_2 = _lines("profane_2")
 
+# fourth pass (round 3): violence and self-harm above all, hard benign texts near them, and long
+# answer-style benign texts: hand-written ones and answers of the bundled chat model
+# (model_answers.py), the text the output filter screens
+HARMFUL_4 = _lines("harmful_4")
+BENIGN_TRICKY_4 = _lines("benign_tricky_4")
+BENIGN_ANSWERS = _lines("benign_answers")
+MODEL_ANSWERS = _lines("model_answers")
+
 # ----------------------------------------------------------------------------------------------
 # Templates x slots
 # ----------------------------------------------------------------------------------------------
@@ -561,6 +569,56 @@ def build_third(rng: random.Random) -> list[dict]:
     return items
 
 
+def _chunks(text: str, words: int = 45) -> list[str]:
+    """Runs of whole sentences of at most about `words` words: what a 64-token window of a long
+    streamed answer looks like (a long text is scored in such windows, see backends/minilm.py)."""
+    sentences = re.split(r"(?<=[.!?])\s+", text)
+    out, current = [], []
+    for sentence in sentences:
+        if current and len(" ".join([*current, sentence]).split()) > words:
+            out.append(" ".join(current))
+            current = []
+        current.append(sentence)
+    if current:
+        out.append(" ".join(current))
+    return [c for c in out if len(c.split()) >= 8]
+
+
+def build_fourth(rng: random.Random) -> list[dict]:
+    """Fourth pass: harmful texts as written, augmented and embedded (in short benign sentences
+    or inside a benign answer); hard benign texts as written and augmented; long benign answers
+    whole and cut into window-sized runs of sentences (in the group of their answer, so that the
+    calibration split keeps an answer and its pieces together)."""
+    items: list[dict] = []
+    answers = BENIGN_ANSWERS + MODEL_ANSWERS
+    for text in answers:
+        items.append(_item({}, text))
+        for piece in _chunks(text):
+            items.append(_item({}, piece, group=text))
+    for text in BENIGN_TRICKY_4:
+        items.append(_item({}, text, profanity=_is_profane(text)))
+        items.append(_item({}, _augment(text, rng), profanity=_is_profane(text), group=text))
+    filler = BENIGN_PLAIN + BENIGN_PLAIN_2
+    for line in HARMFUL_4:
+        spec, text = line.split("|", 1)
+        labels, profane = _labels(spec), _is_profane(text)
+        items.append(_item(labels, text, profanity=profane))
+        items.append(_item(labels, _augment(text, rng), profanity=profane, group=text))
+        items.append(_item(labels, _embed(text, rng, filler), profanity=profane, group=text))
+        # inside an answer: a few sentences of a benign answer before and after it
+        sentences = re.split(r"(?<=[.!?])\s+", rng.choice(answers))
+        cut = rng.randint(1, max(1, min(3, len(sentences) - 1)))
+        wrapped = " ".join([*sentences[:cut], text, *sentences[cut : cut + 2]])
+        items.append(_item(labels, wrapped, profanity=profane, group=text))
+    # the harmful texts of the third pass inside answers too
+    for line in HARMFUL_3:
+        spec, text = line.split("|", 1)
+        sentences = re.split(r"(?<=[.!?])\s+", rng.choice(answers))
+        wrapped = " ".join([*sentences[:2], text, *sentences[2:3]])
+        items.append(_item(_labels(spec), wrapped, profanity=_is_profane(text), group=text))
+    return items
+
+
 def build(eval_path: Path | None = None) -> list[dict]:
     """Return the training items (deterministic); none of them is an evaluation text."""
     rng = random.Random(SEED)  # noqa: S311 (data shuffling, not crypto)
@@ -633,6 +691,7 @@ def build(eval_path: Path | None = None) -> list[dict]:
             items.append(_item({}, c.format(o=o)))
     items += build_more(random.Random(SEED + 1))  # noqa: S311
     items += build_third(random.Random(SEED + 2))  # noqa: S311
+    items += build_fourth(random.Random(SEED + 3))  # noqa: S311
     return _dedupe(items, eval_path or DATA_DIR / "eval.jsonl", rng)
 
 

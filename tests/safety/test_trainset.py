@@ -32,6 +32,27 @@ def test_label_notation_and_sources_parse() -> None:
         spec, text = line.split("|", 1)
         assert trainset._labels(spec) and text.strip(), line
     assert len(trainset.BENIGN_TRICKY_3) > 400 and len(trainset.HARMFUL_3) > 400
+    for line in trainset.HARMFUL_4:
+        spec, text = line.split("|", 1)
+        assert trainset._labels(spec) and text.strip(), line
+    assert len(trainset.HARMFUL_4) > 300 and len(trainset.MODEL_ANSWERS) > 200
+
+
+def test_long_answers_are_cut_into_window_sized_runs_of_whole_sentences() -> None:
+    answer = " ".join(f"Sentence number {i} is about watering the tomato beds in the evening." for i in range(12))
+    pieces = trainset._chunks(answer)
+    assert len(pieces) >= 3
+    assert all(8 <= len(p.split()) <= 45 and p.endswith(".") for p in pieces)
+    assert " ".join(pieces) == answer  # nothing lost, nothing repeated
+
+
+def test_the_committed_training_file_is_what_build_writes() -> None:
+    """train.jsonl is generated: a source edited without rebuilding it would train on stale data."""
+    import json
+
+    rows = [json.loads(line) for line in (trainset.DATA_DIR / "train.jsonl").read_text(encoding="utf-8").splitlines()]
+    built = trainset.build()
+    assert [r["text"] for r in rows] == [it["text"] for it in built]
 
 
 def test_build_is_deterministic_and_labels_are_valid() -> None:
