@@ -2,7 +2,8 @@
 
 Why this shape: a frozen sentence encoder captures topic more than intent (DESIGN.md section 7:
 0.42-0.83 recall at 8% false positives with linear heads), so the encoder itself must learn.
-Fine-tuning only the top `TUNED_LAYERS` transformer layers keeps training cheap on CPU (the
+The first `layers` transformer layers of the base are used (all 6, or fewer for speed: the
+delta's json says); fine-tuning only the top `tuned_layers` of them keeps training cheap on CPU (the
 frozen bottom is run once per text and cached) and keeps what the repository ships small: the
 tuned layers (float16) and the heads, as a delta over the bundled base model, whose sha256 is
 checked before the delta is applied.
@@ -30,7 +31,8 @@ from torch import nn
 CATEGORIES = ("hate", "sexual", "violence", "self_harm")
 SEVERITIES = ("safe", "low", "medium", "high")
 OUTPUTS = (*(f"{c}>={s}" for c in CATEGORIES for s in SEVERITIES[1:]), "jailbreak", "profanity")
-TUNED_LAYERS = 4
+TUNED_LAYERS = 4  # default for training; the shipped delta records its own (`tuned_layers`)
+LAYERS = 6  # base layers used, counted from the bottom (`layers` in the delta's json)
 POOLING = "mean+max"
 MAX_TOKENS = 128
 MODEL_DIR = Path(__file__).parent / "model"
@@ -100,19 +102,22 @@ class Bottom(nn.Module):
         return hidden
 
 
-def load_base(base_dir: Path | None = None) -> tuple[object, Bottom, SafetyHead]:
-    """Tokenizer, frozen bottom and a fresh head whose layers start from the base model's top layers."""
+def load_base(base_dir: Path | None = None, layers: int = LAYERS,
+              tuned: int = TUNED_LAYERS) -> tuple[object, Bottom, SafetyHead]:
+    """Tokenizer, frozen bottom and a fresh head: the base model's first `layers` layers are
+    used (the rest dropped, for speed), the top `tuned` of them start the head."""
     from transformers import AutoModel, AutoTokenizer
 
     base_dir = base_dir or base_model_dir()
     tokenizer = AutoTokenizer.from_pretrained(str(base_dir), local_files_only=True)
     bert = AutoModel.from_pretrained(str(base_dir), local_files_only=True, attn_implementation="eager")
     bert.eval()
-    n = len(bert.encoder.layer)
-    bottom = Bottom(bert, n - TUNED_LAYERS).eval()
+    if not 1 <= tuned <= layers <= len(bert.encoder.layer):
+        raise ValueError(f"cannot tune {tuned} of {layers} layers of a {len(bert.encoder.layer)}-layer base model")
+    bottom = Bottom(bert, layers - tuned).eval()
     for p in bottom.parameters():
         p.requires_grad_(False)
-    head = SafetyHead(nn.ModuleList(bert.encoder.layer[n - TUNED_LAYERS :]), bert.config.hidden_size)
+    head = SafetyHead(nn.ModuleList(bert.encoder.layer[layers - tuned : layers]), bert.config.hidden_size)
     return tokenizer, bottom, head
 
 
@@ -133,14 +138,16 @@ def load_shipped(model_dir: Path | None = None, base_dir: Path | None = None) ->
     model_dir = model_dir or MODEL_DIR
     base_dir = base_dir or base_model_dir()
     meta = json.loads((model_dir / META_FILE).read_text(encoding="utf-8"))
-    if meta.get("tuned_layers") != TUNED_LAYERS or meta.get("pooling") != POOLING:
-        raise ValueError(f"the shipped safety delta ({meta.get('tuned_layers')} layers, pooling "
-                         f"{meta.get('pooling', 'mean')}) does not fit this code ({TUNED_LAYERS}, {POOLING})")
+    state = {k: v.float() for k, v in load_file(str(model_dir / WEIGHTS_FILE)).items()}
+    in_file = len({k.split(".")[1] for k in state if k.startswith("layers.")})
+    layers, tuned = meta.get("layers", LAYERS), meta.get("tuned_layers")
+    if tuned != in_file or meta.get("pooling") != POOLING or not isinstance(layers, int):
+        raise ValueError(f"the shipped safety delta ({in_file} tuned layers in the weights, {tuned} in its json, "
+                         f"pooling {meta.get('pooling', 'mean')}) does not fit this code (pooling {POOLING})")
     actual = sha256_file(base_dir / "model.safetensors")
     if actual != meta["base_sha256"]:
         raise ValueError("the bundled MiniLM base model differs from the one the safety delta was trained on")
-    tokenizer, bottom, head = load_base(base_dir)
-    state = {k: v.float() for k, v in load_file(str(model_dir / WEIGHTS_FILE)).items()}
+    tokenizer, bottom, head = load_base(base_dir, layers, tuned)
     head.load_state_dict(state, strict=True)
     head.eval()
     return LoadedModel(tokenizer=tokenizer, bottom=bottom, head=head, thresholds=dict(meta["thresholds"]))

@@ -21,6 +21,7 @@ import argparse
 import json
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ from torch import nn
 
 from modelport.safety.model import (
     CATEGORIES,
+    LAYERS,
     MAX_TOKENS,
     META_FILE,
     MODEL_DIR,
@@ -44,9 +46,17 @@ from modelport.safety.model import (
 
 DATA = Path(__file__).parent / "data" / "train.jsonl"
 SEED = 20240611
-CALIBRATION_FPR = 0.01
+# Chosen on the calibration slice before the round-3 evaluation run (see model/README.md): a
+# category's false positives are benign texts it flags (the issue's measure), at most
+# CATEGORY_FPR each, so that the four together stay near the issue's 3%; jailbreak and profanity
+# keep CALIBRATION_FPR over every text without the flag. The grid is finer and wider than round
+# 2's 0.30..0.95 (step 0.05), whose top forced violence and self_harm to 0.95.
+CATEGORY_FPR = 0.01
+CALIBRATION_FPR = 0.02
+CALIBRATION_RULE = {"categories_on_benign": CATEGORY_FPR, "jailbreak_profanity": CALIBRATION_FPR}
 LAYER_LR = 6e-5
-THRESHOLD_GRID = [round(x, 2) for x in np.arange(0.30, 0.96, 0.05)]
+LABEL_SMOOTHING = 0.05  # against the over-confidence seen in round 2 (benign texts at >= 0.98)
+THRESHOLD_GRID = [round(x, 2) for x in np.arange(0.20, 0.975, 0.01)]
 
 
 def targets(item: dict) -> list[float]:
@@ -126,24 +136,46 @@ def production_scores(texts: list[str], model_dir: Path, batch: int = 32) -> np.
 
 
 def calibrate(probs: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """Per output, the lowest threshold whose false-positive rate on the calibration slice is at
-    most CALIBRATION_FPR. Negatives of a severity output are the texts without that category at
-    all (a `low` text scored as `medium` is a severity error, not a false positive: counting it
-    as one pushed the self_harm>=medium threshold to 0.85 in the first calibration)."""
+    """Per output, a threshold that keeps false positives on the calibration slice's benign
+    texts at most CATEGORY_FPR for the verdict a user sees. A category is flagged at `medium`
+    when its >=medium or its >=high output passes, so (calibrating each output alone let the
+    union reach 3.7% for self_harm with 2% per output):
+    1. medium: the lowest threshold t for max(P>=medium, P>=high) >= t;
+    2. high: the lowest threshold for P>=high alone, but never below medium's (so a text flagged
+       through its >=high output also has max >= t: the medium verdict's rate stays bounded);
+    3. low: the lowest threshold for P>=low with the medium verdict's flags counted in (when
+       the medium verdict already uses the budget, `low` flags little more than `medium`).
+    The negatives are the texts without any label. A harmful text of another category that is
+    also flagged here (a self-harm note as violence) is a category error, not a false positive:
+    counting those held violence at a 0.75 threshold and 0.79 recall on the round-3 slice, with
+    0.2% benign texts flagged (as a `low` text scored `medium` is a severity error: counting
+    those pushed self_harm>=medium to 0.85 in round 1). Jailbreak and profanity: texts without
+    the flag, at most CALIBRATION_FPR."""
     thresholds = {}
-    for j, name in enumerate(OUTPUTS):
-        if ">=" in name:
-            any_level = OUTPUTS.index(name.split(">=")[0] + ">=low")
-            neg = probs[y[:, any_level] == 0, j]
-        else:
-            neg = probs[y[:, j] == 0, j]
-        chosen = THRESHOLD_GRID[-1]
-        for t in THRESHOLD_GRID:
-            if neg.size == 0 or float((neg >= t).mean()) <= CALIBRATION_FPR:
-                chosen = t
-                break
-        thresholds[name] = float(max(chosen, 0.5)) if neg.size == 0 else float(chosen)
-    return thresholds
+    benign = y.sum(1) == 0
+    for cat in CATEGORIES:
+        low, med, high = (probs[benign, OUTPUTS.index(f"{cat}>={lv}")] for lv in ("low", "medium", "high"))
+        t_med = _lowest(lambda t, s=np.maximum(med, high): _rate(s >= t), CATEGORY_FPR)
+        t_high = max(_lowest(lambda t, s=high: _rate(s >= t), CATEGORY_FPR), t_med)
+        medium_verdict = (med >= t_med) | (high >= t_high)
+        t_low = _lowest(lambda t, s=low, v=medium_verdict: _rate((s >= t) | v), CATEGORY_FPR)
+        thresholds |= {f"{cat}>=low": t_low, f"{cat}>=medium": t_med, f"{cat}>=high": t_high}
+    for name in ("jailbreak", "profanity"):
+        j = OUTPUTS.index(name)
+        thresholds[name] = _lowest(lambda t, s=probs[y[:, j] == 0, j]: _rate(s >= t), CALIBRATION_FPR)
+    return {name: thresholds[name] for name in OUTPUTS}
+
+
+def _rate(flags: np.ndarray) -> float:
+    return float(flags.mean()) if flags.size else 0.0
+
+
+def _lowest(fpr_at: Callable[[float], float], bound: float) -> float:
+    """The lowest grid threshold whose false-positive rate is at most `bound` (else the top)."""
+    for t in THRESHOLD_GRID:
+        if fpr_at(t) <= bound:
+            return float(t)
+    return float(THRESHOLD_GRID[-1])
 
 
 def slice_figures(probs: np.ndarray, y: np.ndarray, thresholds: dict[str, float]) -> dict[str, dict]:
@@ -175,6 +207,7 @@ def calibrate_shipped(items: list[dict], cal_idx: list[int], y: np.ndarray, out:
     probs = production_scores([items[i]["text"] for i in cal_idx], out)
     thresholds = calibrate(probs, y[cal_idx])
     meta["thresholds"] = thresholds
+    meta["calibration_fpr"] = CALIBRATION_RULE
     meta["calibration_slice"] = slice_figures(probs, y[cal_idx], thresholds)
     meta_path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     print("thresholds:", thresholds)
@@ -186,6 +219,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--layers", type=int, default=LAYERS, help="base layers used (6 = all; fewer is faster)")
+    parser.add_argument("--tuned-layers", type=int, default=TUNED_LAYERS, help="top layers fine-tuned")
     parser.add_argument("--out", type=Path, default=MODEL_DIR)
     parser.add_argument("--calibrate-only", action="store_true",
                         help="keep the shipped weights, recompute only the thresholds on the calibration slice")
@@ -205,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.calibrate_only:
         calibrate_shipped(items, cal_idx, y, args.out)
         return
-    tokenizer, bottom, head = load_base()
+    tokenizer, bottom, head = load_base(layers=args.layers, tuned=args.tuned_layers)
     t0 = time.perf_counter()
     states = encode_bottom(tokenizer, bottom, [it["text"] for it in items])
     print(f"cached bottom states for {len(items)} texts in {time.perf_counter() - t0:.0f}s")
@@ -236,7 +271,8 @@ def main(argv: list[str] | None = None) -> None:
             hidden, mask = collate([states[i] for i in idx])
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
                 logits = head(hidden, mask)
-            loss = loss_fn(logits.float(), torch.from_numpy(y[idx]))
+            target = torch.from_numpy(y[idx]) * (1 - LABEL_SMOOTHING) + LABEL_SMOOTHING / 2
+            loss = loss_fn(logits.float(), target)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -254,7 +290,10 @@ def main(argv: list[str] | None = None) -> None:
     meta = {
         "base": "all-MiniLM-L6-v2",
         "base_sha256": sha256_file(base_model_dir() / "model.safetensors"),
-        "tuned_layers": TUNED_LAYERS,
+        "layers": args.layers,
+        "tuned_layers": args.tuned_layers,
+        "label_smoothing": LABEL_SMOOTHING,
+        "calibration_fpr": CALIBRATION_RULE,
         "pooling": POOLING,
         "max_tokens": MAX_TOKENS,
         "outputs": list(OUTPUTS),
