@@ -11,14 +11,13 @@ import torch
 
 from modelport.safety.backends import create_backend
 from modelport.safety.backends import minilm as minilm_module
-from modelport.safety.backends.minilm import MiniLMBackend, bf16_supported, build_encoder
+from modelport.safety.backends.minilm import MiniLMBackend, bf16_supported, build_encoder, build_onnx
 from modelport.safety.model import (
     MAX_TOKENS,
     META_FILE,
     MODEL_DIR,
     OUTPUTS,
     POOLING,
-    TUNED_LAYERS,
     WEIGHTS_FILE,
     LoadedModel,
     load_shipped,
@@ -128,12 +127,13 @@ def test_float32_is_eager_and_auto_follows_the_cpu() -> None:
 
 
 def test_auto_falls_back_to_float32_where_bf16_is_not_native(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Simulates a CPU without bfloat16 (the capability check answers False): the backend then runs
-    float32 eager and still classifies correctly."""
+    """Simulates a machine without onnxruntime and a CPU without bfloat16 (both checks answer
+    False): the backend then runs torch float32 eager and still classifies correctly."""
     monkeypatch.setattr(minilm_module, "bf16_supported", lambda: False)
+    monkeypatch.setattr(minilm_module, "onnx_available", lambda: False)
     backend = MiniLMBackend()
     backend.classify(["warm up"])
-    assert backend.dtype == "float32"
+    assert (backend.runtime, backend.dtype) == ("torch", "float32")
     (a, b) = backend.classify(["What is a good recipe for banana bread?",
                                "I'm going to stab my neighbour tonight and make sure he dies."])
     assert a.severities["violence"] == "safe" and b.severities["violence"] in ("medium", "high")
@@ -143,7 +143,7 @@ def test_a_delta_for_another_architecture_is_refused(tmp_path: Path) -> None:
     for name in (WEIGHTS_FILE, META_FILE):
         shutil.copy(MODEL_DIR / name, tmp_path / name)
     meta = json.loads((tmp_path / META_FILE).read_text())
-    meta["tuned_layers"] = TUNED_LAYERS - 1
+    meta["tuned_layers"] -= 1  # the json no longer matches the weights
     (tmp_path / META_FILE).write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="does not fit"):
         load_shipped(tmp_path)
@@ -153,4 +153,71 @@ def test_shipped_thresholds_cover_every_output() -> None:
     meta = json.loads((MODEL_DIR / META_FILE).read_text())
     assert set(meta["thresholds"]) == set(OUTPUTS)
     assert all(0.0 < t < 1.0 for t in meta["thresholds"].values())
-    assert meta["pooling"] == POOLING and meta["tuned_layers"] == TUNED_LAYERS
+    assert meta["pooling"] == POOLING and 1 <= meta["tuned_layers"] <= meta["layers"] <= 6
+
+
+# int8 against float32 scores: at most 0.10 measured on these texts, where a score sits on the
+# steep middle of the sigmoid (0.77 against 0.83 for violence>=high of a stabbing threat).
+INT8_TOLERANCE = 0.15
+
+
+@pytest.mark.parametrize("dtype", ["int8", "float32"])
+def test_onnx_runtime_matches_torch_float32(dtype: str) -> None:
+    """The served path (ONNX Runtime, int8 by default) against float32 eager torch, on the same
+    texts in several batch shapes: same shapes, scores within INT8_TOLERANCE (int8) or equal
+    (float32 export). The thresholds are calibrated on the int8 path itself (train.py)."""
+    model = _fresh_model()
+    onnx_encoder, chosen = build_onnx(model, dtype, threads=1)
+    eager, _ = build_encoder(model, "float32", trace=False)
+    assert chosen == dtype
+    tolerance = INT8_TOLERANCE if dtype == "int8" else 1e-4
+    with torch.inference_mode():
+        for texts in BATCHES:
+            ids, mask = _encode(model, texts)
+            got = torch.sigmoid(onnx_encoder(ids, mask))
+            assert got.shape == (len(texts), len(OUTPUTS))
+            assert (got - torch.sigmoid(eager(ids, mask))).abs().max() < tolerance
+
+
+def test_the_default_runtime_is_onnx_int8_and_torch_stays_available() -> None:
+    served = MiniLMBackend()
+    fallback = MiniLMBackend(runtime="torch", dtype="float32")
+    texts = ["What is a good recipe for banana bread?",
+             "I'm going to stab my neighbour tonight and make sure he dies."]
+    a, b = served.classify(texts)
+    assert (served.runtime, served.dtype) == ("onnx", "int8")
+    assert a.severities["violence"] == "safe" and b.severities["violence"] in ("medium", "high")
+    assert [x.severities for x in fallback.classify(texts)] == [a.severities, b.severities]
+    assert (served.scores(texts) - fallback.scores(texts)).abs().max() < INT8_TOLERANCE
+    with pytest.raises(ValueError, match="runtime"):
+        MiniLMBackend(runtime="tensorrt")
+    with pytest.raises(ValueError, match="dtype"):
+        MiniLMBackend(runtime="onnx", dtype="bfloat16")
+
+
+def test_quantizing_logs_nothing_through_the_root_logger(caplog: pytest.LogCaptureFixture) -> None:
+    """ONNX Runtime's quantizer advises pre-processing through the root logger; at load this
+    would land in the gateway's log. It is dropped, and only it: other records still pass."""
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        build_onnx(_fresh_model(), "int8", threads=1)
+        logging.getLogger("modelport.test").warning("still logged")
+    assert [r.getMessage() for r in caplog.records] == ["still logged"]
+
+
+def test_the_exported_graph_is_cached_and_reused(tmp_path: Path) -> None:
+    """The first load writes the graph (atomically, no temporary file left); the next load reads
+    it instead of exporting again: a model whose output layer was zeroed still scores like the
+    cached graph, not like itself."""
+    cache = tmp_path / "safety" / "minilm-test.onnx"
+    model = _fresh_model()
+    first, _ = build_onnx(model, "int8", threads=1, cache=cache)
+    assert cache.is_file() and [p.name for p in cache.parent.iterdir()] == [cache.name]
+    with torch.no_grad():
+        model.head.out.weight.zero_()
+        model.head.out.bias.zero_()
+    second, _ = build_onnx(model, "int8", threads=1, cache=cache)
+    ids, mask = _encode(model, ["I'm going to stab my neighbour tonight and make sure he dies."])
+    assert torch.equal(first(ids, mask), second(ids, mask))
+    assert first(ids, mask).abs().max() > 1.0  # not the zeroed layer's all-zero logits
