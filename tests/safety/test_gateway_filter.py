@@ -148,6 +148,20 @@ def requests_of(w: World, name: str) -> int:
 
 # -- prompts ----------------------------------------------------------------------------------
 
+def test_the_classifier_is_loaded_at_start_not_by_the_first_request(world: World) -> None:
+    """With filtering on by default, the server loads and runs the classifier once at start (in the
+    background, readiness does not wait), so no user request pays for the load."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        ready = [json.loads(line) for line in world.server.logs().splitlines()
+                 if line.startswith("{") and '"safety.ready"' in line]
+        if ready:
+            break
+        time.sleep(0.5)
+    assert len(ready) == 1 and ready[0]["msg"] == "content-filter classifier ready"
+    assert ready[0]["duration_ms"] > 0
+
+
 def test_a_threat_is_refused_on_both_apis_before_the_worker(world: World) -> None:
     before = requests_of(world, "guard")
     with oai(world, "guard") as c, pytest.raises(openai.BadRequestError) as caught:
