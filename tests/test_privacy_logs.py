@@ -133,6 +133,8 @@ def test_controls_the_scans_see_what_they_should(run: Run) -> None:
     out = _outputs(run)
     for text in out.values():
         assert '"route":"/api/v1/models/{name}"' in text and '"status":404' in text
+        assert '"route":"/v1/chat/completions"' in text  # the data plane's routes are named too
+        assert '"route":"<unmatched>"' not in text
     files = _home_files(run)
     assert any(b"privacy-control-user" in data for p, data in files.items() if p.name.startswith("modelport.db"))
     assert any(p.name == "admin.key" for p in files)

@@ -50,10 +50,13 @@ class DataPlane:
     def __init__(self, app: FastAPI) -> None:
         self.app = app
         endpoints = set(_OPENAI.values()) | set(_AZURE.values())
-        # The declared routes, for the access log's route template.
+        # The declared routes, for the access log's route template. Taken from the inference
+        # router itself: FastAPI (0.16x) keeps an included router's routes nested, not in app.routes.
         self._routes: dict[Endpoint, BaseRoute] = {
-            r.endpoint: r for r in app.routes if getattr(r, "endpoint", None) in endpoints  # type: ignore[attr-defined]
+            r.endpoint: r for r in routes.router.routes if getattr(r, "endpoint", None) in endpoints  # type: ignore[attr-defined]
         }
+        if len(self._routes) != len(endpoints):
+            raise RuntimeError("the data plane's endpoints and the inference router's routes differ")
         self._logged = RequestContext(self._serve)
 
     def match(self, scope: Scope) -> tuple[Endpoint, str | None] | None:
