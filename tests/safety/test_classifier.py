@@ -222,3 +222,13 @@ def test_the_exported_graph_is_cached_and_reused(tmp_path: Path) -> None:
     ids, mask = _encode(model, ["I'm going to stab my neighbour tonight and make sure he dies."])
     assert torch.equal(first(ids, mask), second(ids, mask))
     assert first(ids, mask).abs().max() > 1.0  # not the zeroed layer's all-zero logits
+
+
+def test_a_graph_that_cannot_be_cached_leaves_no_temporary_file(tmp_path: Path) -> None:
+    """The cache path is taken by a directory, so the final rename fails: the error reaches the
+    caller and the half-written temporary file is removed."""
+    cache = tmp_path / "safety" / "minilm-test.onnx"
+    cache.mkdir(parents=True)
+    with pytest.raises(OSError):
+        build_onnx(_fresh_model(), "float32", threads=1, cache=cache)
+    assert [p.name for p in cache.parent.iterdir()] == [cache.name]

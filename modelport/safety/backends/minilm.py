@@ -11,7 +11,7 @@ Runtimes (`runtime=`):
   quantized to int8 with dynamic activation scales (`dtype="int8"`, the default) or kept in
   float32 (`dtype="float32"`); ONNX Runtime runs it on `threads` threads. The graph is kept in
   `onnx_cache_dir()` under a key of the shipped delta and library versions, so only the first
-  load pays for export and quantization (about 5 s). Only model weights are written there,
+  load pays for export and quantization (about 7 s). Only model weights are written there,
   never a screened text.
 - "torch": float32 eager, or bfloat16 traced + frozen with torch.jit where the CPU computes
   bfloat16 natively (AVX512-BF16 / AMX; `dtype="auto"|"float32"|"bfloat16"`).
@@ -178,8 +178,8 @@ def build_onnx(model: LoadedModel, dtype: str = "auto", threads: int | None = No
     """An ONNX Runtime encoder and the dtype of its matrix products ("int8" or "float32").
 
     int8: weights per output channel, activations with dynamic scales, every MatMul but the
-    output layer (whose 9 logits stay float32). `cache`: a file to read the graph from, or to
-    write it to (atomically) after building it; export and quantization take about 5 s, loading
+    output layer (whose 14 logits stay float32). `cache`: a file to read the graph from, or to
+    write it to (atomically) after building it; export and quantization take about 7 s, loading
     the file well under one."""
     import onnxruntime as ort
 
@@ -190,8 +190,13 @@ def build_onnx(model: LoadedModel, dtype: str = "auto", threads: int | None = No
     if cache is not None and not cache.is_file():
         cache.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=cache.parent, prefix=".tmp-", delete=False) as f:
-            f.write(graph)
-        os.replace(f.name, cache)
+            try:
+                f.write(graph)
+                f.close()
+                os.replace(f.name, cache)
+            except BaseException:
+                Path(f.name).unlink(missing_ok=True)  # no half-written graph left behind
+                raise
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
