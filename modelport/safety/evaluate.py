@@ -20,6 +20,7 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from modelport.safety.backends.base import CATEGORIES, SEVERITIES, Analysis, SafetyBackend, severity_rank
 
@@ -130,10 +131,18 @@ def report(items: list[dict], analyses: list[Analysis], show_misses: bool = Fals
     return "\n".join(lines)
 
 
-async def screen_answers(backend: SafetyBackend, answers: list[str]) -> list[dict[str, str]]:
+class AnswerResult(NamedTuple):
+    severities: dict[str, str]  # highest severity per category over the answer's segments
+    cut: bool  # the stream would have been stopped
+
+
+def load_answers() -> list[str]:
+    return [a for a in ANSWERS_PATH.read_text(encoding="utf-8").splitlines() if a.strip()]
+
+
+async def screen_answers(backend: SafetyBackend, answers: list[str]) -> list[AnswerResult]:
     """Each benign answer streamed word by word through the served output filter (the default
-    configuration: buffered, block at medium); per answer, the highest severity per category
-    over its segments and whether the stream would have been cut."""
+    configuration: buffered, block at medium)."""
     from modelport.safety.config import ContentFilterConfig
     from modelport.safety.screening import Screener
 
@@ -147,26 +156,20 @@ async def screen_answers(backend: SafetyBackend, answers: list[str]) -> list[dic
         else:
             await stream.finish()
         results = stream.results()
-        out.append({c: results[c]["severity"] for c in CATEGORIES} | {"cut": str(stream.filtered)})
+        out.append(AnswerResult({c: results[c]["severity"] for c in CATEGORIES}, stream.filtered))
     return out
 
 
-def answers_report(rows: list[dict[str, str]]) -> str:
+def answers_report(rows: list[AnswerResult]) -> str:
     """How many held-out benign answers the output filter would cut, per category, with intervals."""
     n = len(rows)
-    cut = sum(r["cut"] == "True" for r in rows)
     lines = [f"held-out benign model answers (data/{ANSWERS_PATH.name}, streamed through the output "
              f"filter at medium): {n}",
-             f"  cut: {cut}/{n} = {_fmt(cut, n)}"]
+             f"  cut:                               {_fmt(sum(r.cut for r in rows), n)}"]
     for cat in CATEGORIES:
-        k = sum(severity_rank(r[cat]) >= 2 for r in rows)
-        lines.append(f"  {cat:<9} medium or high in some segment: {k}/{n} = {_fmt(k, n)}")
+        k = sum(severity_rank(r.severities[cat]) >= 2 for r in rows)
+        lines.append(f"  {cat:<9} medium or high in some segment: {_fmt(k, n)}")
     return "\n".join(lines)
-
-
-def _fmt(k: int, n: int) -> str:
-    lo, hi = wilson(k, n)
-    return f"{k / n:.2f} [{lo:.2f}-{hi:.2f}]"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -194,8 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     options = {k: v for k, v in (("runtime", args.runtime), ("dtype", args.dtype), ("model_dir", args.model_dir)) if v}
     backend: SafetyBackend = create_backend(args.backend, **options)
     if args.answers_only:
-        answers = [a for a in ANSWERS_PATH.read_text(encoding="utf-8").splitlines() if a.strip()]
-        print(answers_report(asyncio.run(screen_answers(backend, answers))))
+        print(answers_report(asyncio.run(screen_answers(backend, load_answers()))))
         return
     items = load_eval_set()
     t0 = time.perf_counter()
@@ -207,8 +209,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{time.perf_counter() - t0:.1f}s\n")
     print(report(items, analyses, show_misses=args.show_misses))
     if ANSWERS_PATH.exists():
-        answers = [a for a in ANSWERS_PATH.read_text(encoding="utf-8").splitlines() if a.strip()]
-        print("\n" + answers_report(asyncio.run(screen_answers(backend, answers))))
+        print("\n" + answers_report(asyncio.run(screen_answers(backend, load_answers()))))
 
 
 if __name__ == "__main__":
