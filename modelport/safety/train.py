@@ -153,6 +153,8 @@ def calibrate(probs: np.ndarray, y: np.ndarray) -> dict[str, float]:
     the flag, at most CALIBRATION_FPR."""
     thresholds = {}
     benign = y.sum(1) == 0
+    if not benign.any():
+        raise ValueError("the calibration slice holds no benign text: category thresholds cannot be bounded")
     for cat in CATEGORIES:
         low, med, high = (probs[benign, OUTPUTS.index(f"{cat}>={lv}")] for lv in ("low", "medium", "high"))
         t_med = _lowest(lambda t, s=np.maximum(med, high): _rate(s >= t), CATEGORY_FPR)

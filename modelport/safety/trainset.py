@@ -722,14 +722,17 @@ def _dedupe(items: list[dict], eval_path: Path, rng: random.Random) -> list[dict
     return out
 
 
+def stored(item: dict) -> dict:
+    """An item as train.jsonl holds it: `group` only where it differs from the text."""
+    return {k: v for k, v in item.items() if k != "group" or v != item["text"]}
+
+
 def main() -> None:
     items = build()
     path = DATA_DIR / "train.jsonl"
     with path.open("w", encoding="utf-8") as f:
         for it in items:
-            if it["group"] == it["text"]:  # stored only where it differs (augmented copies)
-                it = {k: v for k, v in it.items() if k != "group"}
-            f.write(json.dumps(it, ensure_ascii=False) + "\n")
+            f.write(json.dumps(stored(it), ensure_ascii=False) + "\n")
     print(f"wrote {len(items)} items to {path}")
 
 

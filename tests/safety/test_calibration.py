@@ -6,6 +6,7 @@ are not counted as false positives."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from modelport.safety.model import OUTPUTS
 from modelport.safety.train import CALIBRATION_FPR, CATEGORY_FPR, THRESHOLD_GRID, calibrate
@@ -13,8 +14,8 @@ from modelport.safety.train import CALIBRATION_FPR, CATEGORY_FPR, THRESHOLD_GRID
 
 def _scores(seed: int) -> tuple[np.ndarray, np.ndarray]:
     """2,000 texts, 1,000 without any label; the >=medium and >=high outputs of the negatives
-    are independent noise, so each alone would pass 2% at a threshold where their union
-    passes about 4%."""
+    are independent noise, so at the threshold where each alone passes CATEGORY_FPR their
+    union passes about twice that (2% against 1% for seed 7)."""
     rng = np.random.default_rng(seed)
     n, pos = 2000, 1000
     y = np.zeros((n, len(OUTPUTS)), dtype=np.float32)
@@ -39,6 +40,13 @@ def test_the_medium_verdict_keeps_its_false_positive_rate_and_levels_are_ordered
         assert min(THRESHOLD_GRID) <= thr[f"{cat}>=medium"] <= max(THRESHOLD_GRID)
     jb = probs[y[:, OUTPUTS.index("jailbreak")] == 0, OUTPUTS.index("jailbreak")]
     assert (jb >= thr["jailbreak"]).mean() <= CALIBRATION_FPR
+
+
+def test_a_slice_without_benign_texts_is_refused() -> None:
+    probs, y = _scores(10)
+    y[:, OUTPUTS.index("profanity")] = 1  # every text now carries a label
+    with pytest.raises(ValueError, match="no benign text"):
+        calibrate(probs, y)
 
 
 def test_no_threshold_passes_so_the_top_of_the_grid_is_used() -> None:

@@ -47,12 +47,12 @@ def test_long_answers_are_cut_into_window_sized_runs_of_whole_sentences() -> Non
 
 
 def test_the_committed_training_file_is_what_build_writes() -> None:
-    """train.jsonl is generated: a source edited without rebuilding it would train on stale data."""
+    """train.jsonl is generated: a source edited without rebuilding it (a text or only a label)
+    would train on stale data."""
     import json
 
     rows = [json.loads(line) for line in (trainset.DATA_DIR / "train.jsonl").read_text(encoding="utf-8").splitlines()]
-    built = trainset.build()
-    assert [r["text"] for r in rows] == [it["text"] for it in built]
+    assert rows == [trainset.stored(it) for it in trainset.build()]
 
 
 def test_build_is_deterministic_and_labels_are_valid() -> None:
