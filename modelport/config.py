@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     content_filter_default: Literal["on", "off"] = Field(
         default="on", description="Content filter of new deployments: on at medium (the default), or off."
     )
+    screening_concurrency: int = Field(default=2, ge=1, description="Prompts one workspace screens at once.")
+    screening_queue: int = Field(default=16, ge=0, description="Prompts of one workspace waiting for screening "
+                                 "before 429.")
+    blocklist_budget_ms: int = Field(default=200, ge=1, le=60_000, description="Time all of a deployment's "
+                                     "blocklists get per text; past it the request is refused (503).")
 
     # Datastore and keys (see modelport/datastore/settings.py for the master-key rules)
     max_dataset_bytes: int = Field(default=1024**3, description="Largest dataset upload (413 beyond).")
