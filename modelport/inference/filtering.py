@@ -15,16 +15,13 @@ the gateway sends, whose content parts the runtime's own `flatten_content` joine
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelport.inference.calls import PromptSize
 from modelport.inference.manager import Route
 from modelport.safety.screening import ContentFiltered, Screener, StreamScreener, StreamStep, empty_results
 from modelport.safety.service import SafetyService
-
-#: refuses (raises) a prompt or input that cannot fit the model's context
-Fits = Callable[[], Awaitable[None]]
 
 
 def prompt_text(messages: list[dict[str, Any]]) -> str:
@@ -85,12 +82,13 @@ class RequestFilter:
             self.safety.count_results(self.route.id, "completion", filtered, detected)
 
 
-async def screen_prompt(safety: SafetyService, route: Route, text: str, fits: Fits) -> RequestFilter | None:
+async def screen_prompt(safety: SafetyService, route: Route, text: str, size: PromptSize) -> RequestFilter | None:
     """None when the deployment's filter is off; raises ContentFiltered for a blocked prompt."""
     if not route.content_filter.enabled:
         return None
+    counter = await size.counter()  # may start the workers: before one of the workspace's places is taken
     async with safety.admission(route.workspace_id):
-        await fits()
+        await size.check(counter)
         screener = await safety.screener(route.workspace_id, route.content_filter, route.geography)
         verdict = await screener.screen_prompt(text)
     safety.count_results(route.id, "prompt", verdict.filtered_reasons, verdict.detected)
@@ -100,12 +98,13 @@ async def screen_prompt(safety: SafetyService, route: Route, text: str, fits: Fi
 
 
 async def screen_inputs(safety: SafetyService, route: Route, texts: list[str],
-                        fits: Fits) -> list[dict[str, Any]] | None:
+                        size: PromptSize) -> list[dict[str, Any]] | None:
     """Embeddings inputs: every text screened as a prompt; one blocked input refuses the request."""
     if not route.content_filter.enabled:
         return None
+    counter = await size.counter()
     async with safety.admission(route.workspace_id):
-        await fits()
+        await size.check(counter)
         screener = await safety.screener(route.workspace_id, route.content_filter, route.geography)
         verdicts = await screener.screen(texts, "prompt")
     for v in verdicts:

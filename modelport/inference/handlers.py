@@ -125,7 +125,7 @@ async def chat(request: Request, manager: DeploymentManager, route: Route, body:
         top_p=1.0 if req.top_p is None else req.top_p, stop=req.stop or [], seed=req.seed, n=req.n,
         response_format=req.response_format.type if req.response_format else "text")
     return await _complete(request, manager, route, gen, req, "chat.completions", error_shape,
-                           filtering.prompt_text(messages), lambda: calls.check_fits(manager, route, messages=messages))
+                           filtering.prompt_text(messages), calls.PromptSize(manager, route, messages=messages))
 
 
 def worker_messages(messages: list[Message]) -> list[dict[str, Any]]:
@@ -152,17 +152,17 @@ async def completions(request: Request, manager: DeploymentManager, route: Route
                        temperature=1.0 if req.temperature is None else req.temperature,
                        top_p=1.0 if req.top_p is None else req.top_p, stop=req.stop or [], seed=req.seed, n=req.n)
     return await _complete(request, manager, route, gen, req, "completions", error_shape, prompt,
-                           lambda: calls.check_fits(manager, route, prompt=prompt))
+                           calls.PromptSize(manager, route, prompt=prompt))
 
 
 async def _complete(request: Request, manager: DeploymentManager, route: Route, gen: GenerateBody, req: Any,
-                    api: str, error_shape: ErrorShape, prompt_text: str, fits: filtering.Fits) -> Response:
+                    api: str, error_shape: ErrorShape, prompt_text: str, size: calls.PromptSize) -> Response:
     chat_api = api == "chat.completions"
     rid = ("chatcmpl-" if chat_api else "cmpl-") + secrets.token_hex(12)
     created = int(time.time())
     # The content filter (P4): a prompt too long for the context, or a blocked one, raises here
     # and is never generated from.
-    flt = await filtering.screen_prompt(request.app.state.services.safety, route, prompt_text, fits)
+    flt = await filtering.screen_prompt(request.app.state.services.safety, route, prompt_text, size)
     events = calls.generate(manager, route, gen)
     if not req.stream:
         try:
@@ -301,7 +301,7 @@ async def embeddings(manager: DeploymentManager, route: Route, body: dict, *, ex
     screened = None
     if request is not None:
         screened = await filtering.screen_inputs(request.app.state.services.safety, route, texts,
-                                                 lambda: calls.check_fits(manager, route, inputs=texts))
+                                                 calls.PromptSize(manager, route, inputs=texts))
     vectors, prompt_tokens = await calls.embed(manager, route, texts)
     if req.dimensions is not None and vectors and req.dimensions != len(vectors[0]):
         raise InvalidInput(f"This model returns {len(vectors[0])} dimensions; omit 'dimensions' or set it to that.",

@@ -118,7 +118,8 @@ class SafetyService:
             backend: SafetyBackend = self.judge(actor.workspace_id, cfg.judge_deployment, None)
         else:
             backend = await self.backend(cfg.backend)
-        return await Screener(backend, cfg, lists, blocklist_budget_s=self.blocklist_budget_s).screen_prompt(text)
+        async with self.admission(actor.workspace_id):  # the same CPU as the gateway's screening
+            return await Screener(backend, cfg, lists, blocklist_budget_s=self.blocklist_budget_s).screen_prompt(text)
 
     # -- counts ---------------------------------------------------------------------------
     def count_results(self, deployment_id: str, direction: str, filtered: tuple[str, ...],
