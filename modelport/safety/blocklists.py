@@ -9,9 +9,12 @@ on a 17,000-character text; the tree takes about 10 ms).
 
 Patterns come from users, so they are bounded: per list (count, length), per deployment across
 every list it names (`check_caps`), and in time: all of a deployment's lists share one time
-budget per text, enforced with the `regex` library's per-call timeout (the stdlib `re` has
-none), and a text that runs out of it raises BlocklistTimeout, which the screener turns into a
-refusal: it fails closed, never open. Matching is CPU work for a thread, never the event loop.
+budget per text, checked between searches and passed to each search as the `regex` library's
+timeout (the stdlib `re` has none), and a text that runs out of it raises BlocklistTimeout,
+which the screener turns into a refusal: it fails closed, never open. That timeout counts the
+whole process's CPU time (measured: two threads each stopped at half their timeout), so on a
+busy server a slow pattern is stopped sooner, never later. Matching is CPU work for a thread
+(`regex` releases the GIL while it matches), never the event loop.
 Match results name the blocklist, never the matched text (P1).
 """
 
