@@ -46,7 +46,9 @@ def build_services(settings: Settings) -> Services:
     manager = DeploymentManager(settings, db, catalog, deployments, pools)
     manager.finetuned = FinetunedWeights(db, datastore)
     datasets = DatasetService(db, datastore, settings.max_dataset_bytes)
-    safety = SafetyService(db)
+    safety = SafetyService(db, screening_concurrency=settings.screening_concurrency,
+                           screening_queue=settings.screening_queue,
+                           blocklist_budget_s=settings.blocklist_budget_ms / 1000)
     safety.set_judge_factory(judge_factory(manager))  # the llm-judge backend calls chat deployments
     return Services(
         settings=settings,

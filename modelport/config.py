@@ -7,6 +7,7 @@ home directory and never need monkeypatching.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import os
 import tempfile
@@ -68,6 +69,14 @@ class Settings(BaseSettings):
     content_filter_default: Literal["on", "off"] = Field(
         default="on", description="Content filter of new deployments: on at medium (the default), or off."
     )
+    screening_concurrency: int = Field(default=2, ge=1, description="Prompts one workspace screens at once.")
+    screening_queue: int = Field(default=16, ge=0, description="Prompts of one workspace waiting for screening "
+                                 "before 429.")
+    blocklist_budget_ms: int = Field(default=200, ge=1, le=60_000, description="Time all of a deployment's "
+                                     "blocklists get per text; past it the request is refused (503).")
+    trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(
+        default_factory=list, description="CIDRs of reverse proxies whose X-Forwarded-For/-Proto headers are "
+        "believed (comma-separated); empty: forwarded headers are ignored.")
 
     # Datastore and keys (see modelport/datastore/settings.py for the master-key rules)
     max_dataset_bytes: int = Field(default=1024**3, description="Largest dataset upload (413 beyond).")
@@ -90,6 +99,18 @@ class Settings(BaseSettings):
     @classmethod
     def _json(cls, value: object) -> object:
         return json.loads(value) if isinstance(value, str) else value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _cidrs(cls, value: object) -> object:
+        items = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+        if not isinstance(items, list):
+            return items
+        try:  # strict: "10.0.0.1/8" is a typo for a host or a network, not something to guess
+            return [ipaddress.ip_network(v, strict=True) if isinstance(v, str) else v for v in items]
+        except ValueError as exc:
+            raise ValueError(f"MODELPORT_TRUSTED_PROXIES takes comma-separated CIDRs such as 10.0.0.0/8 "
+                             f"({exc})") from exc
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, *args, **kwargs):  # type: ignore[override]

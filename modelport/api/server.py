@@ -123,7 +123,11 @@ class DrainingServer(uvicorn.Server):
 
 def run(app: FastAPI, *, host: str, port: int, drain_seconds: float) -> None:
     manager = app.state.services.manager
+    # X-Forwarded-For decides the caller's address (deployments' network settings), so it is
+    # believed only from the proxies an operator named; with none, uvicorn never reads it.
+    proxies = [str(net) for net in app.state.services.settings.trusted_proxies]
     config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="on", http=_Protocol,
-                            timeout_graceful_shutdown=int(drain_seconds + SHUTDOWN_MARGIN_SECONDS))
+                            timeout_graceful_shutdown=int(drain_seconds + SHUTDOWN_MARGIN_SECONDS),
+                            proxy_headers=bool(proxies), forwarded_allow_ips=proxies or None)
     DrainingServer(config, on_signal=manager.begin_drain, drain_seconds=drain_seconds).run()
 

@@ -11,6 +11,7 @@ import base64
 import hmac
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import orjson
@@ -28,7 +29,7 @@ from modelport.errors import (
 from modelport.identity import secrets as keysecrets
 from modelport.identity.service import IdentityService
 from modelport.inference.manager import DeploymentManager, Route
-from modelport.workers.client import ChoiceFinished, GenerateEvent, StreamUsage, TextDelta
+from modelport.workers.client import ChoiceFinished, GenerateEvent, StreamUsage, TextDelta, WorkerClient
 from modelport.workers.protocol import GenerateBody
 
 
@@ -164,6 +165,42 @@ async def collect(events: AsyncIterator[GenerateEvent], n: int) -> tuple[list[Ch
         elif isinstance(ev, StreamUsage):
             usage = ev
     return choices, usage
+
+
+@dataclass(frozen=True)
+class PromptSize:
+    """A chat's `messages`, a text `prompt` or embeddings `inputs`, to be counted against the model's
+    context before they are screened. Counted by a ready worker of the deployment with its own
+    tokenizer and chat template, outside the generation queue (counting generates nothing)."""
+
+    manager: DeploymentManager
+    route: Route
+    messages: list[dict[str, Any]] | None = None
+    prompt: str | None = None
+    inputs: list[str] | None = None
+
+    async def counter(self) -> WorkerClient:
+        """A ready worker of the deployment (a stopped serverless pool starts)."""
+        pool = await self.manager.pool_for(self.route)
+        ready = pool.ready()
+        if not ready:
+            raise ServiceUnavailable(f"No worker of geography '{self.route.geography}' is available for this "
+                                     "deployment right now; requests are never sent outside it. Retry shortly.")
+        return min(ready, key=lambda m: m.inflight).client
+
+    async def check(self, counter: WorkerClient) -> None:
+        """Refuse (400, naming the limit) a prompt, or an embeddings input, that cannot fit the context."""
+        counted = await counter.count_tokens(messages=self.messages, prompt=self.prompt, input=self.inputs)
+        limit = counted.context_length
+        if self.inputs is not None:
+            longest = max(counted.counts or [0])
+            if longest > limit:
+                raise InvalidInput(f"An input has {longest} tokens; this model's context takes at most {limit} "
+                                   "tokens per input. Shorten it or split it.", field="input")
+        elif counted.count >= limit:
+            where = "messages" if self.messages is not None else "prompt"
+            raise InvalidInput(f"The prompt has {counted.count} tokens, which fills this model's context window of "
+                               f"{limit} tokens and leaves no room for an answer; shorten the {where}.", field=where)
 
 
 async def embed(manager: DeploymentManager, route: Route, texts: list[str]) -> tuple[list[list[float]], int]:

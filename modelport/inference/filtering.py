@@ -1,10 +1,16 @@
 """The content filter on the request path (P4): prompts before inference, outputs while they
 stream, embeddings inputs, in one stable schema on both inference APIs.
 
-A deployment whose filter is off pays nothing here. With it on, a blocked prompt never
-reaches a worker; a filtered output segment ends its choice with `finish_reason:
-"content_filter"` (buffered mode: none of that segment's text is sent). Screening failures
-raise SafetyUnavailable (503): the filter fails closed.
+A deployment whose filter is off pays nothing here. With it on, a prompt is first counted by
+the deployment's worker (its own tokenizer and chat template; nothing is generated), and one
+that cannot fit the model's context is refused before it costs any screening; then it is
+screened, within the workspace's bound on concurrent screening (429 beyond). A blocked prompt
+is never generated from; a filtered output segment ends its choice with `finish_reason:
+"content_filter"` (buffered mode, and every non-streamed answer: none of that segment's text is
+sent). Screening failures raise SafetyUnavailable (503): the filter fails closed.
+
+What is screened for a chat is exactly what the worker receives (`prompt_text` of the messages
+the gateway sends, whose content parts the runtime's own `flatten_content` joined).
 """
 
 from __future__ import annotations
@@ -12,20 +18,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelport.inference.calls import PromptSize
 from modelport.inference.manager import Route
 from modelport.safety.screening import ContentFiltered, Screener, StreamScreener, StreamStep, empty_results
 from modelport.safety.service import SafetyService
 
 
-def message_text(messages: list[dict[str, Any]]) -> str:
-    parts = []
-    for m in messages:
-        content = m.get("content")
-        if isinstance(content, str):
-            parts.append(content)
-        elif isinstance(content, list):
-            parts += [p.get("text", "") for p in content if isinstance(p, dict)]
-    return "\n".join(p for p in parts if p)
+def prompt_text(messages: list[dict[str, Any]]) -> str:
+    """The text screened for a chat: each message's name and content as the worker receives them
+    (content already flattened to a string), one per line."""
+    return "\n".join(part for m in messages for part in (m.get("name"), m.get("content")) if part)
 
 
 def _reasons(results: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -48,9 +50,9 @@ class RequestFilter:
     def prompt_filter_results(self) -> list[dict[str, Any]]:
         return [{"prompt_index": 0, "content_filter_results": self.prompt_results}]
 
-    def stream(self, index: int) -> StreamScreener:
+    def stream(self, index: int, *, buffered: bool | None = None) -> StreamScreener:
         if index not in self.streams:
-            self.streams[index] = self.screener.stream()
+            self.streams[index] = self.screener.stream(buffered=buffered)
         return self.streams[index]
 
     async def feed(self, index: int, text: str) -> StreamStep:
@@ -63,11 +65,13 @@ class RequestFilter:
         return self.stream(index).results() if index in self.streams else empty_results()
 
     async def screen_text(self, index: int, text: str) -> tuple[str, bool]:
-        """A whole (non-streamed) completion: the text that may be returned, and whether it was cut."""
-        first = await self.feed(index, text)
+        """A whole (non-streamed) completion: the text that may be returned, and whether it was cut.
+        Always screened as `buffered`: the text of a filtered segment is never returned."""
+        stream = self.stream(index, buffered=True)
+        first = await stream.feed(text)
         released, stop = first.text, first.stop
         if not stop:
-            last = await self.finish(index)
+            last = await stream.finish()
             released, stop = released + last.text, last.stop
         return released, stop
 
@@ -78,24 +82,31 @@ class RequestFilter:
             self.safety.count_results(self.route.id, "completion", filtered, detected)
 
 
-async def screen_prompt(safety: SafetyService, route: Route, text: str) -> RequestFilter | None:
+async def screen_prompt(safety: SafetyService, route: Route, text: str, size: PromptSize) -> RequestFilter | None:
     """None when the deployment's filter is off; raises ContentFiltered for a blocked prompt."""
     if not route.content_filter.enabled:
         return None
-    screener = await safety.screener(route.workspace_id, route.content_filter, route.geography)
-    verdict = await screener.screen_prompt(text)
+    counter = await size.counter()  # may start the workers: before one of the workspace's places is taken
+    async with safety.admission(route.workspace_id):
+        await size.check(counter)
+        screener = await safety.screener(route.workspace_id, route.content_filter, route.geography)
+        verdict = await screener.screen_prompt(text)
     safety.count_results(route.id, "prompt", verdict.filtered_reasons, verdict.detected)
     if verdict.filtered:
         raise ContentFiltered(verdict)
     return RequestFilter(safety=safety, route=route, screener=screener, prompt_results=verdict.results)
 
 
-async def screen_inputs(safety: SafetyService, route: Route, texts: list[str]) -> list[dict[str, Any]] | None:
+async def screen_inputs(safety: SafetyService, route: Route, texts: list[str],
+                        size: PromptSize) -> list[dict[str, Any]] | None:
     """Embeddings inputs: every text screened as a prompt; one blocked input refuses the request."""
     if not route.content_filter.enabled:
         return None
-    screener = await safety.screener(route.workspace_id, route.content_filter, route.geography)
-    verdicts = await screener.screen(texts, "prompt")
+    counter = await size.counter()
+    async with safety.admission(route.workspace_id):
+        await size.check(counter)
+        screener = await safety.screener(route.workspace_id, route.content_filter, route.geography)
+        verdicts = await screener.screen(texts, "prompt")
     for v in verdicts:
         safety.count_results(route.id, "prompt", v.filtered_reasons, v.detected)
     blocked = next((v for v in verdicts if v.filtered), None)

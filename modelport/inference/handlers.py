@@ -24,7 +24,14 @@ from pydantic import BaseModel, ValidationError
 from modelport.errors import InvalidInput, ModelportError
 from modelport.inference import calls, filtering
 from modelport.inference.manager import DeploymentManager, Route
-from modelport.inference.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, split_extra
+from modelport.inference.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    Message,
+    split_extra,
+)
+from modelport.runtimes.base import flatten_content
 from modelport.workers.client import ChoiceFinished, StreamUsage, TextDelta
 from modelport.workers.protocol import GenerateBody
 
@@ -110,14 +117,26 @@ async def chat(request: Request, manager: DeploymentManager, route: Route, body:
                extra_mode: str = "error", error_shape: ErrorShape) -> Response:
     req: ChatCompletionRequest = parse(ChatCompletionRequest, body, extra_mode)
     _check_task(route, "chat-completion")
+    messages = worker_messages(req.messages)
     gen = GenerateBody(
-        messages=[m.model_dump(exclude_none=True) for m in req.messages],
+        messages=messages,
         max_tokens=req.max_completion_tokens or req.max_tokens,
         temperature=1.0 if req.temperature is None else req.temperature,
         top_p=1.0 if req.top_p is None else req.top_p, stop=req.stop or [], seed=req.seed, n=req.n,
         response_format=req.response_format.type if req.response_format else "text")
     return await _complete(request, manager, route, gen, req, "chat.completions", error_shape,
-                           filtering.message_text(gen.messages or []))
+                           filtering.prompt_text(messages), calls.PromptSize(manager, route, messages=messages))
+
+
+def worker_messages(messages: list[Message]) -> list[dict[str, Any]]:
+    """The messages as the worker receives them: content parts joined by the runtime's own
+    `flatten_content` here, so that what is screened (`filtering.prompt_text`) is exactly that."""
+    out = []
+    for m in messages:
+        item = m.model_dump(exclude_none=True)
+        item["content"] = flatten_content(m.content)
+        out.append(item)
+    return out
 
 
 async def completions(request: Request, manager: DeploymentManager, route: Route, body: dict, *,
@@ -132,16 +151,18 @@ async def completions(request: Request, manager: DeploymentManager, route: Route
     gen = GenerateBody(prompt=prompt, max_tokens=req.max_tokens or 16,
                        temperature=1.0 if req.temperature is None else req.temperature,
                        top_p=1.0 if req.top_p is None else req.top_p, stop=req.stop or [], seed=req.seed, n=req.n)
-    return await _complete(request, manager, route, gen, req, "completions", error_shape, prompt)
+    return await _complete(request, manager, route, gen, req, "completions", error_shape, prompt,
+                           calls.PromptSize(manager, route, prompt=prompt))
 
 
 async def _complete(request: Request, manager: DeploymentManager, route: Route, gen: GenerateBody, req: Any,
-                    api: str, error_shape: ErrorShape, prompt_text: str) -> Response:
+                    api: str, error_shape: ErrorShape, prompt_text: str, size: calls.PromptSize) -> Response:
     chat_api = api == "chat.completions"
     rid = ("chatcmpl-" if chat_api else "cmpl-") + secrets.token_hex(12)
     created = int(time.time())
-    # The content filter (P4): a blocked prompt raises here and never reaches a worker.
-    flt = await filtering.screen_prompt(request.app.state.services.safety, route, prompt_text)
+    # The content filter (P4): a prompt too long for the context, or a blocked one, raises here
+    # and is never generated from.
+    flt = await filtering.screen_prompt(request.app.state.services.safety, route, prompt_text, size)
     events = calls.generate(manager, route, gen)
     if not req.stream:
         try:
@@ -279,7 +300,8 @@ async def embeddings(manager: DeploymentManager, route: Route, body: dict, *, ex
         raise InvalidInput("input takes 1 to 2048 non-empty texts.", field="input")
     screened = None
     if request is not None:
-        screened = await filtering.screen_inputs(request.app.state.services.safety, route, texts)
+        screened = await filtering.screen_inputs(request.app.state.services.safety, route, texts,
+                                                 calls.PromptSize(manager, route, inputs=texts))
     vectors, prompt_tokens = await calls.embed(manager, route, texts)
     if req.dimensions is not None and vectors and req.dimensions != len(vectors[0]):
         raise InvalidInput(f"This model returns {len(vectors[0])} dimensions; omit 'dimensions' or set it to that.",

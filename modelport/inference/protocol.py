@@ -17,11 +17,17 @@ UNSUPPORTED = frozenset({"tools", "tool_choice", "functions", "function_call", "
                          "frequency_penalty", "presence_penalty"})
 
 
+#: `name` is an identifier, as OpenAI documents it: it reaches the chat template, so it may carry
+#: neither markup nor invisible characters (it is screened with its message's content, too)
+NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+
+
 class Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[dict[str, Any]] | None = None
-    name: str | None = None
+    name: str | None = Field(default=None, pattern=NAME_PATTERN,
+                             description="1-64 letters, digits, '_' or '-'.")
 
 
 class StreamOptions(BaseModel):

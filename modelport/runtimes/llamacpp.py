@@ -33,8 +33,8 @@ from modelport.runtimes.base import (
     StopMatcher,
     Usage,
     check_prompt_fits,
-    render_chat,
 )
+from modelport.runtimes.prompting import chat_prompt_ids
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_N_CTX = 4096
@@ -49,6 +49,16 @@ def check_gguf(path: str) -> None:
         raise Unprocessable(f"model file cannot be opened ({exc.strerror})", field="model") from exc
     if magic != GGUF_MAGIC:
         raise Unprocessable("model file is not a valid GGUF (bad magic bytes)", field="model")
+
+
+def control_texts(llm: Any) -> list[str]:
+    """Texts of the vocabulary's control tokens: those llama.cpp parses only when asked to."""
+    import llama_cpp
+
+    vocab = llm._model.vocab
+    mask = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN
+    return [llm._model.token_get_text(i) for i in range(llama_cpp.llama_vocab_n_tokens(vocab))
+            if llama_cpp.llama_vocab_get_attr(vocab, i) & mask]
 
 
 class LlamaCppRuntime(Runtime):
@@ -73,6 +83,7 @@ class LlamaCppRuntime(Runtime):
         eos = llm.token_eos()
         self._eos_text = model.token_get_text(eos) if eos >= 0 else ""
         self._template = llm.metadata.get("tokenizer.chat_template")
+        self._controls = control_texts(llm)
         self._token_to_piece = llama_cpp.llama_token_to_piece
         self._pieces: dict[int, bytes] = {}
 
@@ -107,16 +118,21 @@ class LlamaCppRuntime(Runtime):
 
     # -- prompt ----------------------------------------------------------------------------
 
-    def _render(self, messages: Sequence[dict[str, Any]]) -> str:
-        if not self._template:
-            raise InvalidInput("this model has no chat template; use the completions API", field="messages")
-        return render_chat(self._template, messages, bos_token=self._bos_text, eos_token=self._eos_text)
+    def _tokenize(self, text: str, special: bool) -> list[int]:
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
 
     def _prompt_tokens(self, messages: Sequence[dict[str, Any]] | None, prompt: str | None) -> list[int]:
-        text = self._render(messages) if messages is not None else (prompt or "")
-        # special=True: the rendered template's control tokens (<|im_start|>...) must become
-        # the model's special tokens, as llama.cpp's own server does.
-        tokens = self._llm.tokenize(text.encode("utf-8"), add_bos=self._add_bos, special=True)
+        if messages is not None:
+            if not self._template:
+                raise InvalidInput("this model has no chat template; use the completions API", field="messages")
+            # Only the template's markup becomes control tokens (<|im_start|>...); the messages'
+            # text never does, whatever it contains (runtimes/prompting.py).
+            tokens = chat_prompt_ids(self._template, messages, bos_token=self._bos_text, eos_token=self._eos_text,
+                                     tokenize=self._tokenize, control_texts=self._controls)
+        else:
+            tokens = self._tokenize(prompt or "", True)  # a raw prompt is the caller's whole input
+        if self._add_bos and self._bos >= 0:
+            tokens = [self._bos, *tokens]
         if len(tokens) >= 2 and tokens[0] == tokens[1] == self._bos:
             tokens = tokens[1:]  # template wrote BOS and the tokenizer added one
         if not tokens:

@@ -34,8 +34,8 @@ from modelport.runtimes.base import (
     StopMatcher,
     Usage,
     check_prompt_fits,
-    render_chat,
 )
+from modelport.runtimes.prompting import chat_prompt_ids
 
 _CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 
@@ -220,14 +220,22 @@ class TransformersRuntime(Runtime):
             if not template:
                 raise InvalidInput("this model has no chat template; use the completions API",
                                    field="messages")
-            text = render_chat(template, messages, bos_token=tok.bos_token or "",
-                               eos_token=tok.eos_token or "")
-            ids = tok(text, add_special_tokens=False)["input_ids"]
+            # Only the template's markup becomes special tokens; the messages' text never does.
+            ids = chat_prompt_ids(template, messages, bos_token=tok.bos_token or "", eos_token=tok.eos_token or "",
+                                  tokenize=self._tokenize, control_texts=self._special_texts())
         else:
             ids = tok(prompt or "", add_special_tokens=True)["input_ids"]
         if not ids:
             raise InvalidInput("the prompt is empty", field="prompt")
         return list(ids)
+
+    def _tokenize(self, text: str, special: bool) -> list[int]:
+        return list(self._tokenizer(text, add_special_tokens=False, split_special_tokens=not special)["input_ids"])
+
+    def _special_texts(self) -> list[str]:
+        tok = self._tokenizer
+        added = [t.content for t in tok.added_tokens_decoder.values() if t.special]
+        return sorted(set(tok.all_special_tokens) | set(added))
 
     def count_tokens(self, *, messages: Sequence[dict[str, Any]] | None = None,
                      prompt: str | None = None) -> int:

@@ -3,9 +3,13 @@
 `Screener` combines a backend (severities, jailbreak, profanity), the configuration
 (thresholds, block or annotate) and the workspace's blocklists into a `Verdict`, whose
 `results` is the wire `content_filter_results` object: always every key, in one shape, on
-every path (see `empty_results`). Any failure while screening raises `SafetyUnavailable`
-(HTTP 503): the filter fails closed, never open. Nothing screened is logged or kept (P1);
-a Verdict holds severities and names, never text.
+every path (see `empty_results`). Both the backend and the blocklists see each text in its
+screening form (`safety.text`: NFKC, without format characters), so a word hidden by a
+zero-width character or written in fullwidth letters is screened as the word. Blocklists run
+in a worker thread within one time budget per text. Any failure while screening (a backend
+error, a blocklist past its budget) raises `SafetyUnavailable` (HTTP 503): the filter fails
+closed, never open. Nothing screened is logged or kept (P1); a Verdict holds severities and
+names, never text.
 
 `StreamScreener` cuts a streamed completion into segments (a sentence end after MIN_CHARS,
 or at most MAX_CHARS), screens each with the last CARRY_CHARS of the previous segment in
@@ -15,6 +19,8 @@ what it may send:
   segment stops the stream and none of its text is released;
 - asynchronous: text is released at once, segments are screened in background tasks, and
   the stream is cut as soon as one is found filtered.
+A non-streamed answer is always screened as `buffered` (`Screener.stream(buffered=True)`):
+nothing of it has been sent while it is screened, so none of a filtered segment ever is.
 """
 
 from __future__ import annotations
@@ -26,8 +32,9 @@ from typing import Any, Literal
 
 from modelport.errors import InvalidInput, ServiceUnavailable
 from modelport.safety.backends.base import CATEGORIES, SEVERITIES, Analysis, SafetyBackend, severity_rank
-from modelport.safety.blocklists import BlocklistSet
+from modelport.safety.blocklists import DEFAULT_BUDGET_S, BlocklistSet, BlocklistTimeout
 from modelport.safety.config import ContentFilterConfig
+from modelport.safety.text import screening_form
 
 Direction = Literal["prompt", "completion"]
 
@@ -100,16 +107,18 @@ def prompt_filter_results(verdict: Verdict, prompt_index: int = 0) -> list[dict[
 
 
 class Screener:
-    """Screens texts for one deployment. Cheap to build; the backend holds the model."""
+    """Screens texts for one deployment. Cheap to build; the backend holds the model.
+
+    Raises InvalidInput when the configuration names a blocklist that does not exist, or
+    blocklists that together exceed a deployment's caps (`BlocklistSet.check_caps`)."""
 
     def __init__(self, backend: SafetyBackend, config: ContentFilterConfig,
-                 blocklists: BlocklistSet | None = None) -> None:
+                 blocklists: BlocklistSet | None = None, *, blocklist_budget_s: float = DEFAULT_BUDGET_S) -> None:
         self.backend = backend
         self.config = config
         self.blocklists = blocklists or BlocklistSet()
-        unknown = set(config.blocklists) - set(self.blocklists.names())
-        if unknown:
-            raise InvalidInput("the content filter names a blocklist that does not exist", field="blocklists")
+        self.blocklist_budget_s = blocklist_budget_s
+        self.blocklists.check_caps(config.blocklists)
 
     async def _analyze(self, texts: list[str]) -> list[Analysis]:
         try:
@@ -125,11 +134,21 @@ class Screener:
             raise SafetyUnavailable("Content screening returned an incomplete answer; the request was not processed.")
         return analyses
 
-    def _blocklist_hits(self, text: str) -> list[str]:
+    def _match_all(self, texts: list[str]) -> list[list[str]]:
+        """Blocklist hits of each text, each within its own time budget (CPU work: runs in a thread)."""
+        names, budget = self.config.blocklists, self.blocklist_budget_s
+        return [self.blocklists.match(t, names, budget) for t in texts]
+
+    async def _blocklist_hits(self, texts: list[str]) -> list[list[str]]:
+        if not self.config.blocklists:
+            return [[] for _ in texts]
         try:
-            return self.blocklists.match(text, self.config.blocklists)
-        except InvalidInput:
-            raise
+            return await asyncio.to_thread(self._match_all, texts)
+        except BlocklistTimeout as exc:
+            raise SafetyUnavailable(
+                "The deployment's custom blocklists did not finish within their time budget on this text, so the "
+                "request was not processed. The workspace's owner should simplify the blocklists' regular expressions."
+            ) from exc
         except Exception as exc:
             raise SafetyUnavailable(
                 "A custom blocklist could not be evaluated; the request was not processed."
@@ -168,14 +187,17 @@ class Screener:
                        detected=tuple(detected))
 
     async def screen(self, texts: list[str], direction: Direction) -> list[Verdict]:
-        """Screen a batch of texts (one backend call). With filtering off, every verdict is empty."""
+        """Screen a batch of texts (one backend call) in their screening form. With filtering off,
+        every verdict is empty."""
         if not self.config.enabled:
             return [Verdict(filtered=False, results=empty_results()) for _ in texts]
-        analyses = await self._analyze(texts)
-        return [self.verdict(a, self._blocklist_hits(t), direction) for t, a in zip(texts, analyses, strict=True)]
+        forms = [screening_form(t) for t in texts]
+        analyses = await self._analyze(forms)
+        hits = await self._blocklist_hits(forms)
+        return [self.verdict(a, h, direction) for a, h in zip(analyses, hits, strict=True)]
 
     async def screen_prompt(self, text: str) -> Verdict:
-        """Screen a prompt (for chat: the messages' text joined by newlines)."""
+        """Screen a prompt (for chat: `inference.filtering.prompt_text` of the messages)."""
         return (await self.screen([text], "prompt"))[0]
 
     async def check_prompt(self, text: str) -> Verdict:
@@ -188,8 +210,9 @@ class Screener:
     async def screen_completion(self, text: str) -> Verdict:
         return (await self.screen([text], "completion"))[0]
 
-    def stream(self) -> StreamScreener:
-        return StreamScreener(self)
+    def stream(self, *, buffered: bool | None = None) -> StreamScreener:
+        """A stream screener; `buffered` overrides the configured streaming mode (non-streamed answers)."""
+        return StreamScreener(self, buffered=buffered)
 
 
 def merge_results(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
@@ -236,9 +259,9 @@ def split_segment(pending: str, final: bool) -> int:
 class StreamScreener:
     """Segment-by-segment screening of one streamed completion (one choice)."""
 
-    def __init__(self, screener: Screener) -> None:
+    def __init__(self, screener: Screener, *, buffered: bool | None = None) -> None:
         self.screener = screener
-        self.buffered = screener.config.streaming == "buffered"
+        self.buffered = screener.config.streaming == "buffered" if buffered is None else buffered
         self._pending = ""
         self._carry = ""
         self._results = empty_results()

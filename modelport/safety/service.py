@@ -1,5 +1,6 @@
 """Content safety in the running platform: backends loaded once, per-deployment screeners,
-workspace blocklists, the standalone analyze call, and counts of what the filters caught.
+workspace blocklists, the per-workspace bound on screening (`admission`), the standalone
+analyze call, and counts of what the filters caught.
 
 Nothing screened is stored or logged (P1): the counters hold deployment, direction, category
 and a number, nothing else.
@@ -8,10 +9,11 @@ and a number, nothing else.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from sqlalchemy import select
@@ -19,9 +21,11 @@ from sqlalchemy import select
 from modelport.audit import service as audit
 from modelport.db.base import new_id
 from modelport.db.engine import Database
-from modelport.db.tables import Blocklist, ContentFilterCount
+from modelport.db.tables import Blocklist, ContentFilterCount, Deployment
 from modelport.errors import InvalidInput, NotFound
 from modelport.identity.principal import Principal
+from modelport.safety import blocklists
+from modelport.safety.admission import WorkspaceGate
 from modelport.safety.backends import create_backend
 from modelport.safety.backends.base import SafetyBackend
 from modelport.safety.backends.llm_judge import Complete, LLMJudgeBackend
@@ -38,8 +42,14 @@ JudgeFactory = Callable[[str, str, str | None], Complete]
 
 
 class SafetyService:
-    def __init__(self, db: Database) -> None:
+    """`screening_concurrency`/`screening_queue`: screenings one workspace runs at once / may queue
+    (beyond: 429); `blocklist_budget_s`: time all of a deployment's blocklists get per text."""
+
+    def __init__(self, db: Database, *, screening_concurrency: int = 2, screening_queue: int = 16,
+                 blocklist_budget_s: float = blocklists.DEFAULT_BUDGET_S) -> None:
         self.db = db
+        self.gate = WorkspaceGate(screening_concurrency, screening_queue)
+        self.blocklist_budget_s = blocklist_budget_s
         self._backends: dict[str, SafetyBackend] = {}
         self._backend_lock = asyncio.Lock()
         self._blocklists: dict[str, BlocklistSet] = {}
@@ -54,6 +64,12 @@ class SafetyService:
         self._judges.clear()
 
     # -- screeners ------------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def admission(self, workspace_id: str) -> AsyncIterator[None]:
+        """Hold one of the workspace's screening places (or wait for one; TooManyRequests beyond)."""
+        async with self.gate.enter(workspace_id):
+            yield
+
     async def backend(self, name: str) -> SafetyBackend:
         if name not in self._backends:
             async with self._backend_lock:
@@ -87,10 +103,10 @@ class SafetyService:
         else:
             backend = await self.backend(config.backend)
         try:
-            return Screener(backend, config, lists)
-        except InvalidInput as exc:  # a named blocklist was deleted since: refuse, never screen less
-            raise SafetyUnavailable("This deployment's content filter names a blocklist that no longer exists; "
-                                    "its owner must update the filter configuration.") from exc
+            return Screener(backend, config, lists, blocklist_budget_s=self.blocklist_budget_s)
+        except InvalidInput as exc:  # a named blocklist was deleted or grew since: refuse, never screen less
+            raise SafetyUnavailable(f"This deployment's content filter cannot be applied ({exc.message}); its owner "
+                                    "must update the filter configuration. The request was not processed.") from exc
 
     async def analyze(self, actor: Principal, text: str, config: ContentFilterConfig | None) -> Verdict:
         actor.require("deployments.read")
@@ -102,7 +118,8 @@ class SafetyService:
             backend: SafetyBackend = self.judge(actor.workspace_id, cfg.judge_deployment, None)
         else:
             backend = await self.backend(cfg.backend)
-        return await Screener(backend, cfg, lists).screen_prompt(text)
+        async with self.admission(actor.workspace_id):  # the same CPU as the gateway's screening
+            return await Screener(backend, cfg, lists, blocklist_budget_s=self.blocklist_budget_s).screen_prompt(text)
 
     # -- counts ---------------------------------------------------------------------------
     def count_results(self, deployment_id: str, direction: str, filtered: tuple[str, ...],
@@ -148,6 +165,17 @@ class SafetyService:
             self._blocklists[workspace_id] = cached
         return cached
 
+    def check_filter(self, actor: Principal, config: ContentFilterConfig) -> set[str]:
+        """Before a deployment's filter is saved: the caps of the blocklists it names together (400
+        beyond), and the names of the workspace's blocklists (the caller refuses unknown ones)."""
+        actor.require("safety.manage")
+        with self.db.session() as s:
+            rows = s.scalars(select(Blocklist).where(Blocklist.workspace_id == actor.workspace_id)).all()
+            sizes = {r.name: _sizes(r.name, r.terms, r.patterns) for r in rows}
+        if all(n in sizes for n in config.blocklists):
+            blocklists.check_caps(sizes[n] for n in config.blocklists)
+        return set(sizes)
+
     def list_blocklists(self, actor: Principal) -> list[Blocklist]:
         actor.require("deployments.read")
         with self.db.session() as s:
@@ -163,6 +191,7 @@ class SafetyService:
                                field="terms")
         BlocklistSet.from_mapping({name: {"terms": terms, "patterns": patterns}})  # validates (names, regexes)
         with self.db.session() as s:
+            self._check_deployments_naming(s, actor.workspace_id, _sizes(name, terms, patterns))
             row = s.scalar(select(Blocklist).where(Blocklist.workspace_id == actor.workspace_id,
                                                    Blocklist.name == name))
             if row is None:
@@ -174,6 +203,22 @@ class SafetyService:
         self._blocklists.pop(actor.workspace_id, None)
         return row
 
+    @staticmethod
+    def _check_deployments_naming(s: Any, workspace_id: str, changed: blocklists.Blocklist) -> None:
+        """A changed blocklist must keep every deployment that names it within the caps."""
+        rows = s.scalars(select(Blocklist).where(Blocklist.workspace_id == workspace_id)).all()
+        sizes = {r.name: _sizes(r.name, r.terms, r.patterns) for r in rows} | {changed.name: changed}
+        for dep in s.scalars(select(Deployment).where(Deployment.workspace_id == workspace_id)):
+            names = (dep.content_filter or {}).get("blocklists") or []
+            if changed.name not in names:
+                continue
+            try:
+                blocklists.check_caps(sizes[n] for n in names if n in sizes)
+            except InvalidInput as exc:
+                raise InvalidInput(f"Deployment '{dep.name}' names this blocklist, and with this change {exc.message}. "
+                                   "Make the list smaller, or remove it from that deployment's content filter first.",
+                                   field=exc.field) from exc
+
     def delete_blocklist(self, actor: Principal, name: str) -> None:
         actor.require("safety.manage")
         with self.db.session() as s:
@@ -184,3 +229,8 @@ class SafetyService:
             s.delete(row)
             audit.record(s, actor, "blocklist.delete", resource_type="blocklist", resource_id=row.id)
         self._blocklists.pop(actor.workspace_id, None)
+
+
+def _sizes(name: str, terms: list[str], patterns: list[str]) -> blocklists.Blocklist:
+    """A blocklist with its terms and patterns but not compiled: enough to check caps."""
+    return blocklists.Blocklist(name=name, terms=tuple(t.strip() for t in terms if t.strip()), patterns=tuple(patterns))

@@ -236,9 +236,12 @@ def test_buffered_stream_is_cut_before_the_blocked_segment(world: World, api: st
         "filtered": True, "details": [{"id": "wrap", "filtered": True}]}
 
 
+@pytest.mark.parametrize("name", ["wrap", "wrap-async"])
 @pytest.mark.parametrize("api", ["openai", "azure"])
-def test_non_streamed_answer_is_cut_the_same_way(world: World, api: str) -> None:
-    r = post(world, "wrap", api, user(WRAP_PROMPT, max_tokens=WRAP_TOKENS))
+def test_non_streamed_answer_is_cut_the_same_way(world: World, api: str, name: str) -> None:
+    """A non-streamed answer is always screened as `buffered`, whatever the deployment's streaming
+    mode: in `asynchronous` mode it must not return the filtered text either (nothing was sent yet)."""
+    r = post(world, name, api, user(WRAP_PROMPT, max_tokens=WRAP_TOKENS))
     assert r.status_code == 200, r.text
     (choice,) = r.json()["choices"]
     content = choice["message"]["content"]
@@ -246,8 +249,18 @@ def test_non_streamed_answer_is_cut_the_same_way(world: World, api: str) -> None
     assert WRAP_ECHO.startswith(content) and "zork alpha" not in content.lower() and content
     assert choice["content_filter_results"]["custom_blocklists"]["filtered"] is True
     # without the blocklist hit (fewer tokens than one wrap-around), the same deployment answers whole
-    short = post(world, "wrap", api, user(WRAP_PROMPT, max_tokens=len(WORDS))).json()["choices"][0]
+    short = post(world, name, api, user(WRAP_PROMPT, max_tokens=len(WORDS))).json()["choices"][0]
     assert short["message"]["content"] == WRAP_PROMPT and short["finish_reason"] == "length"
+
+
+def test_non_streamed_legacy_completion_in_asynchronous_mode_is_cut_too(world: World) -> None:
+    with httpx.Client(base_url=world.server.url,
+                      headers={"Authorization": f"Bearer {world.keys['wrap-async']}"}, timeout=120) as c:
+        r = c.post("/v1/completions", json={"model": "wrap-async", "prompt": WRAP_PROMPT, "max_tokens": WRAP_TOKENS})
+    assert r.status_code == 200, r.text
+    (choice,) = r.json()["choices"]
+    assert choice["finish_reason"] == "content_filter"
+    assert WRAP_ECHO.startswith(choice["text"]) and "zork alpha" not in choice["text"].lower()
 
 
 def test_asynchronous_stream_still_ends_with_content_filter(world: World) -> None:

@@ -163,3 +163,20 @@ def test_segments_cut_at_sentence_ends_or_size_and_carry_over() -> None:
     cut = split_segment(long, final=False)
     assert 100 < cut <= 200 and long[cut - 1] == " "
     assert CARRY_CHARS >= 40
+
+
+@pytest.mark.parametrize("disguise", [
+    lambda t: t.translate({c: c + 0xFEE0 for c in range(0x21, 0x7F)}),  # fullwidth
+    lambda t: "\u200b".join(t),  # a zero-width space between every character
+    lambda t: " ".join(w[: len(w) // 2] + "\u00ad" + w[len(w) // 2:] for w in t.split(" ")),  # soft hyphens
+])
+def test_the_classifier_and_blocklists_see_the_normalised_text(minilm: MiniLMBackend, disguise) -> None:
+    """What a person (and a model) reads as the threat is screened as the threat."""
+    lists = BlocklistSet.from_mapping({"police": {"terms": ["the police"]}})
+    with_list = Screener(minilm, ContentFilterConfig(blocklists=("police",)), lists)
+    verdict = run(with_list.screen_prompt(disguise(THREAT)))
+    assert verdict.filtered and verdict.results["custom_blocklists"]["filtered"] is True
+    plain = run(Screener(minilm, ContentFilterConfig()).screen_prompt(THREAT))
+    assert plain.results["violence"]["filtered"] is True
+    disguised = run(Screener(minilm, ContentFilterConfig()).screen_prompt(disguise(THREAT)))
+    assert disguised.results["violence"] == plain.results["violence"]

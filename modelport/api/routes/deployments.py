@@ -86,7 +86,7 @@ def get_content_filter(name: str, caller: Caller, svc: Svc) -> dict:
 
 @router.put("/deployments/{name}/content-filter", name="deployment.content_filter.update")
 async def put_content_filter(name: str, body: ContentFilterConfig, caller: Caller, svc: Svc) -> dict:
-    known = {b.name for b in await run_in_threadpool(svc.safety.list_blocklists, caller)}
+    known = await run_in_threadpool(svc.safety.check_filter, caller, body)  # also the blocklists' caps
     row = await run_in_threadpool(svc.deployments.set_content_filter, caller, name, body, known)
     svc.manager.refresh(row.id)
     return ContentFilterConfig.model_validate(row.content_filter).model_dump(mode="json")
