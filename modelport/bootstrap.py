@@ -17,6 +17,7 @@ from modelport.db.engine import Database
 from modelport.deployments.schemas import DeploymentCreate
 from modelport.deployments.service import DeploymentService
 from modelport.finetuning.service import FinetunedWeights, FinetuningService
+from modelport.identity.offboarding import Offboarding
 from modelport.identity.service import IdentityService
 from modelport.inference.judge import judge_factory
 from modelport.inference.manager import DeploymentManager
@@ -45,13 +46,14 @@ def build_services(settings: Settings) -> Services:
     pools = PoolManager(supervisor, RegionSlots(settings.region_slots), settings.queue_per_deployment)
     manager = DeploymentManager(settings, db, catalog, deployments, pools)
     manager.finetuned = FinetunedWeights(db, datastore)
-    datasets = DatasetService(db, datastore, settings.max_dataset_bytes)
+    identity = IdentityService(db)
+    datasets = DatasetService(db, datastore, settings.max_dataset_bytes, activity=identity.activity)
     safety = SafetyService(db)
     safety.set_judge_factory(judge_factory(manager))  # the llm-judge backend calls chat deployments
     return Services(
         settings=settings,
         db=db,
-        identity=IdentityService(db),
+        identity=identity,
         catalog=catalog,
         deployments=deployments,
         manager=manager,
@@ -59,6 +61,7 @@ def build_services(settings: Settings) -> Services:
         keys=KeyService(db, datastore),
         safety=safety,
         finetuning=FinetuningService(db, catalog, datasets, datastore),
+        offboarding=Offboarding(settings, db, identity, manager, catalog, safety, datastore),
     )
 
 
