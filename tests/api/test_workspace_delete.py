@@ -45,7 +45,7 @@ from modelport.errors import ModelportError
 from tests.api.tenants import Tenant, begin_upload, make_tenant, ok, put_file, unique
 from tests.catalog.malicious import SMALL_TEMPLATE
 from tests.conftest import Server, start_server
-from tests.finetuning.test_restart import trainer_pids
+from tests.finetuning.test_dataset_delete import trainers_of
 from tests.inference.helpers import alive, wait_for, wait_state, workers
 from tests.inference.runtimes import SLOW_LOAD
 from tests.kms.helpers import kek_materials
@@ -187,9 +187,9 @@ def world(server: Server, tmp_path_factory: pytest.TempPathFactory) -> World:
     with server.client(w.victim.keys["owner"]) as c:  # a second job, still running at the deletion
         running = ok(c.post("/api/v1/finetuning/jobs", json={"model": BASE, "dataset": "facts", "epochs": 100,
                                                              "batch_size": 1}), 201).json()
-        wait_for(lambda: _job(c, running["id"])["status"] == "running" and trainer_pids(), 300, 0.5,
+        wait_for(lambda: _job(c, running["id"])["status"] == "running" and trainers_of(server), 300, 0.5,
                  "the second job's trainer")
-    w.trainer_pids = trainer_pids()
+    w.trainer_pids = trainers_of(server)
 
     # What an attacker would look for afterwards, read now: ciphertext, wrapped keys, key material.
     store = server.home / "datastore"
@@ -243,7 +243,7 @@ def test_delete_answers_and_every_key_is_refused_at_once(world: World) -> None:
 def test_workers_and_the_running_trainer_are_gone(world: World) -> None:
     assert world.trainer_pids and len(world.worker_pids) == 2
     assert world.alive_after == [], "a worker or trainer of the deleted workspace outlived the DELETE"
-    assert not [p for p in trainer_pids() if p in world.trainer_pids]
+    assert not [p for p in trainers_of(world.server) if p in world.trainer_pids]
 
 
 def test_nothing_of_the_workspace_is_left_on_disk(world: World) -> None:
