@@ -111,6 +111,7 @@ class World:
     worker_pids: list[int] = field(default_factory=list)
     trainer_pids: list[int] = field(default_factory=list)
     delete_status: int = 0
+    delete_seconds: float = 0.0
     after: dict[str, int] = field(default_factory=dict)  # call -> status, right after the DELETE
     alive_after: list[int] = field(default_factory=list)
     roots: list[Path] = field(default_factory=list)
@@ -224,7 +225,9 @@ def world(server: Server, tmp_path_factory: pytest.TempPathFactory) -> World:
     assert missing == [], f"the scan must find every needle while the workspace exists: {missing}"
 
     with server.client(w.victim.keys["owner"]) as c:
+        started = time.perf_counter()
         w.delete_status = c.delete(f"/api/v1/workspaces/{w.victim.name}").status_code
+        w.delete_seconds = time.perf_counter() - started
     for name, key in w.keys.items():  # at once: no wait, no retry
         w.after[f"{name} deployment key, OpenAI"] = _call(server, key, name)
         w.after[f"{name} deployment key, Azure"] = _call(server, key, name, azure=True)
@@ -235,17 +238,21 @@ def world(server: Server, tmp_path_factory: pytest.TempPathFactory) -> World:
     return w
 
 
+@pytest.mark.slow  # the world fixture fine-tunes and serves the real model
 def test_delete_answers_and_every_key_is_refused_at_once(world: World) -> None:
+    print(f"\nDELETE of a workspace with 2 deployments, 2 jobs (1 running), 2 objects: {world.delete_seconds:.2f} s")
     assert world.delete_status == 204
     assert world.after == dict.fromkeys(world.after, 401), world.after
 
 
+@pytest.mark.slow  # the world fixture fine-tunes and serves the real model
 def test_workers_and_the_running_trainer_are_gone(world: World) -> None:
     assert world.trainer_pids and len(world.worker_pids) == 2
     assert world.alive_after == [], "a worker or trainer of the deleted workspace outlived the DELETE"
     assert not [p for p in trainers_of(world.server) if p in world.trainer_pids]
 
 
+@pytest.mark.slow  # the world fixture fine-tunes and serves the real model
 def test_nothing_of_the_workspace_is_left_on_disk(world: World) -> None:
     hits = scan(world.roots, world.needles)
     files = sum(1 for r in world.roots if r.is_dir() for p in r.rglob("*") if p.is_file())
@@ -259,6 +266,7 @@ def test_nothing_of_the_workspace_is_left_on_disk(world: World) -> None:
     assert staged == []
 
 
+@pytest.mark.slow  # the world fixture fine-tunes and serves the real model
 def test_usage_and_audit_records_remain_for_chargeback(world: World) -> None:
     with sqlite3.connect(world.server.home / "modelport.db") as db:
         usage = db.execute("SELECT count(*), sum(completion_tokens) FROM usage_records WHERE workspace_id = ?",
@@ -278,6 +286,7 @@ def test_usage_and_audit_records_remain_for_chargeback(world: World) -> None:
         assert world.victim.id not in {ws["id"] for ws in ok(admin.get("/api/v1/workspaces")).json()}
 
 
+@pytest.mark.slow  # the world fixture fine-tunes and serves the real model
 def test_a_backup_of_its_files_put_back_does_not_decrypt(world: World) -> None:
     """The workspace's ledger and a dataset blob, copied before the deletion, are put back: the
     ledger names data keys wrapped by the workspace's keys, which no longer exist anywhere."""
@@ -295,6 +304,7 @@ def test_a_backup_of_its_files_put_back_does_not_decrypt(world: World) -> None:
         shutil.rmtree(world.server.home / "datastore" / "blobs" / world.victim.id, ignore_errors=True)
 
 
+@pytest.mark.slow  # the world fixture fine-tunes and serves the real model
 def test_the_name_can_be_used_again(world: World) -> None:
     """The deleted workspace's users stay (they are the installation's); its name is free again."""
     name, owner = world.victim.name, world.victim.users["owner"]

@@ -125,3 +125,23 @@ def test_a_cmk_in_aws_kms_is_forgotten_never_deleted(make_store: Callable[..., D
     with pytest.raises(ModelportError):
         store.workspace_key("ws1")  # no registration left
     assert not store.ledger.path("ws1").exists()
+
+
+def test_a_backup_of_a_deleted_object_opens_while_the_workspace_key_lives(store: Datastore) -> None:
+    """What the README says of backups: deleting one object destroys its data keys in the live
+    system, but the key-encryption keys stay valid, so a backup of the ledger and blob from before
+    the deletion opens again. Only destroying the workspace key (the workspace's deletion) ends that."""
+    store.put("ws1", "a", b"restored from a backup")
+    backup = files_of(store.root / "ledger") | files_of(store.root / "blobs" / "ws1")
+    store.delete("ws1", "a")
+    for path, data in backup.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    assert store.read_bytes("ws1", "a") == b"restored from a backup"
+    store.purge_workspace("ws1")
+    for path, data in backup.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    with pytest.raises(ModelportError) as caught:
+        store.read_bytes("ws1", "a")
+    assert caught.value.code == "key_destroyed"

@@ -73,6 +73,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         s.stop()
 
 
+@pytest.mark.slow  # a real trainer loads the real model
 def test_deleting_a_dataset_cancels_the_jobs_that_read_it(server: Server) -> None:
     with server.client() as c:
         for name in ("d", "e"):
