@@ -35,23 +35,15 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Column, Table, delete, func, select, update
 
 from modelport.audit import service as audit
 from modelport.catalog.service import CatalogService
 from modelport.config import Settings
 from modelport.datastore.store import Datastore
+from modelport.db.base import Base, utcnow
 from modelport.db.engine import Database
-from modelport.db.tables import (
-    ApiKey,
-    Blocklist,
-    CatalogModel,
-    Dataset,
-    Deployment,
-    FinetuneJob,
-    Membership,
-    Workspace,
-)
+from modelport.db.tables import CatalogModel, Dataset, Deployment, FinetuneJob, Workspace
 from modelport.errors import ModelportError, ServiceUnavailable
 from modelport.finetuning.cancel import cancel_workspace_jobs
 from modelport.identity.principal import Principal
@@ -104,7 +96,7 @@ class Offboarding:
                 begun = await asyncio.to_thread(self._begin_again, ws_id)
                 await self._finish(begun, None, own_requests=0, trainers_wait=0.0)
                 finished.append(ws_id)
-            except ModelportError:
+            except Exception:  # the server starts anyway; the workspace stays unusable
                 log.exception("an unfinished workspace deletion could not be finished; it stays 'deleting'",
                               extra={"workspace_id": ws_id})
         return finished
@@ -114,10 +106,11 @@ class Offboarding:
     def _begin(self, actor: Principal, ref: str) -> Begun:
         with self.db.session() as s:
             ws = self.identity.authorize_delete(s, actor, ref)
-            self.identity.activity.close(ws.id)
             begun = self._mark(s, actor, ws.id)
             audit.record(s, actor, "workspace.delete.begin", resource_type="workspace", resource_id=ws.id,
                          workspace_id=ws.id)
+        # Committed: refuse what comes next. A request that got in before is counted, and waited for.
+        self.identity.activity.close(begun.workspace_id)
         self.identity.invalidate_cache()
         return begun
 
@@ -127,7 +120,7 @@ class Offboarding:
             begun = self._mark(s, None, ws_id)
             # Nothing runs a trainer in a process that just started: a job left running is over.
             s.execute(update(FinetuneJob).where(FinetuneJob.workspace_id == ws_id, FinetuneJob.status == "running")
-                      .values(status="cancelled"))
+                      .values(status="cancelled", finished_at=utcnow()))
         self.identity.invalidate_cache()
         return begun
 
@@ -193,12 +186,11 @@ class Offboarding:
                   "models": len(models), "objects_shredded": purge.objects, "keys_destroyed": len(purge.keys_destroyed),
                   "cmk_forgotten": purge.cmk_forgotten}
         with self.db.session() as s:
-            datasets = s.execute(delete(Dataset).where(Dataset.workspace_id == ws_id)).rowcount  # type: ignore[attr-defined]
-            for table in (Deployment, FinetuneJob, CatalogModel, Blocklist, ApiKey, Membership):
-                column = table.owner_workspace_id if table is CatalogModel else table.workspace_id  # type: ignore[attr-defined]
+            report["datasets"] = s.scalar(select(func.count()).select_from(Dataset)
+                                          .where(Dataset.workspace_id == ws_id)) or 0
+            for table, column in _owned_tables():
                 s.execute(delete(table).where(column == ws_id))
-            s.execute(delete(Workspace).where(Workspace.id == ws_id))
-            report["datasets"] = datasets
+            s.execute(delete(Workspace.__table__).where(Workspace.id == ws_id))
             audit.record(s, actor, "workspace.delete", resource_type="workspace", resource_id=ws_id,
                          workspace_id=ws_id, detail=report)
         self._scrub_sqlite()
@@ -219,3 +211,17 @@ class Offboarding:
                 conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
         except Exception:  # a busy database checkpoints later by itself; the deletion is done
             log.warning("could not checkpoint the SQLite write-ahead log after a workspace deletion")
+
+
+def _owned_tables() -> list[tuple[Table, Column]]:
+    """Every table with a foreign key to the workspace, dependents first (deployments before the
+    models they name, jobs before their base models): what a workspace's deletion removes. Tables
+    that name a workspace without a foreign key (usage records, the audit log) are kept on purpose:
+    counts and ids for chargeback and accountability, never content."""
+    workspaces = Workspace.__table__
+    owned = []
+    for table in reversed(Base.metadata.sorted_tables):
+        for fk in table.foreign_keys:
+            if fk.column.table is workspaces:
+                owned.append((table, fk.parent))
+    return owned

@@ -53,6 +53,7 @@ from tests.kms.helpers import kek_materials
 BASE = "SmolLM2-135M-Instruct"
 PRIVATE = "private-tiny"
 SLOW = "slow-private"
+SHARED = "shared-tiny"  # catalog-wide: one serverless pool serves every workspace
 
 
 def forms(secret: bytes) -> list[bytes]:
@@ -121,7 +122,8 @@ class World:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     s = start_server(tmp_path_factory.mktemp("offboard") / "home",
                      env_extra={"MODELPORT_CREATE_DEFAULT_DEPLOYMENT": "false", "MODELPORT_FINETUNE_THREADS": "2",
-                                "MODELPORT_RUNTIME_OVERRIDES": json.dumps({PRIVATE: "echo", SLOW: SLOW_LOAD})})
+                                "MODELPORT_RUNTIME_OVERRIDES": json.dumps({PRIVATE: "echo", SLOW: SLOW_LOAD,
+                                                                           SHARED: "echo"})})
     try:
         yield s
     finally:
@@ -271,7 +273,10 @@ def test_usage_and_audit_records_remain_for_chargeback(world: World) -> None:
     with sqlite3.connect(world.server.home / "modelport.db") as db:
         usage = db.execute("SELECT count(*), sum(completion_tokens) FROM usage_records WHERE workspace_id = ?",
                            (world.victim.id,)).fetchone()
-        assert db.execute("SELECT count(*) FROM workspaces WHERE id = ?", (world.victim.id,)).fetchone() == (0,)
+        tables = [name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        mentions = {t: n for t in tables if t not in ("usage_records", "audit_events")
+                    if (n := sum(world.victim.id in repr(row) for row in db.execute(f"SELECT * FROM {t}")))}
+    assert "workspaces" in tables and mentions == {}, mentions  # no row of any other table names it
     assert usage[0] >= 5 and usage[1] > 0, usage
     with world.server.client() as admin:
         events = ok(admin.get("/api/v1/audit", params={"all_workspaces": True, "limit": 1000})).json()
@@ -325,7 +330,11 @@ def test_a_deployment_still_starting_does_not_outlive_its_workspace(server: Serv
     DELETE arrives; it must be stopped by the deletion, not left running for nobody."""
     tenant = make_tenant(server, roles=("owner",))
     worker_dirs = Settings(home=server.home).run_dir / "workers"
-    before = {d.name for d in worker_dirs.iterdir()} if worker_dirs.is_dir() else set()
+
+    def dirs() -> set[str]:
+        return {d.name for d in worker_dirs.iterdir()} if worker_dirs.is_dir() else set()
+
+    before = dirs()
     gguf = private_gguf(tmp_path / "slow.gguf", "slow", np.ones(32, dtype=np.float32))
     with server.client(tenant.keys["owner"]) as c:
         up = begin_upload(c, gguf, SLOW)
@@ -333,12 +342,12 @@ def test_a_deployment_still_starting_does_not_outlive_its_workspace(server: Serv
         ok(c.post(f"/api/v1/model-uploads/{up['id']}/commit"), 201)
         key = ok(c.post("/api/v1/deployments", json={"name": "slow", "model": SLOW, "type": "dedicated"}),
                  201).json()["keys"]["primary"]
-        wait_for(lambda: {d.name for d in worker_dirs.iterdir()} - before, 60, 0.05, "the worker to be starting")
+        wait_for(lambda: dirs() - before, 60, 0.05, "the worker to be starting")
         assert ok(c.delete(f"/api/v1/workspaces/{tenant.name}")).status_code == 204
     assert _call(server, key, "slow") == 401
-    assert {d.name for d in worker_dirs.iterdir()} - before == set()
+    assert dirs() - before == set()
     time.sleep(5)  # longer than the load: a worker started behind the deletion's back would be up now
-    assert {d.name for d in worker_dirs.iterdir()} - before == set()
+    assert dirs() - before == set()
     assert set(workers(server)) <= before
 
 
@@ -396,3 +405,27 @@ def test_uploads_in_flight_are_stopped_and_leave_nothing(server: Server) -> None
     assert results["dataset"] not in (200, 201) and results["model"] not in (200, 201), results
     assert scan([server.home, Settings(home=server.home).run_dir], {"upload canary": canary.encode()}) == []
     assert not (server.home / "blobs" / "uploads" / upload["id"]).exists()
+
+
+def test_a_shared_serverless_pool_keeps_serving_the_other_workspaces(server: Server, tmp_path: Path) -> None:
+    """Two workspaces call the same catalog-wide model serverless, on one shared pool: deleting one
+    stops nothing the other uses."""
+    gguf = private_gguf(tmp_path / "shared.gguf", "shared", np.ones(32, dtype=np.float32))
+    with server.client() as admin:
+        up = begin_upload(admin, gguf, SHARED, scope="catalog", publisher="tests")
+        ok(put_file(admin, up["id"], gguf))
+        ok(admin.post(f"/api/v1/model-uploads/{up['id']}/commit"), 201)
+    gone, stays = make_tenant(server, roles=("owner",)), make_tenant(server, roles=("owner",))
+    keys = {}
+    for tenant in (gone, stays):
+        with server.client(tenant.keys["owner"]) as c:
+            keys[tenant.name] = ok(c.post("/api/v1/deployments", json={"name": "s", "model": SHARED,
+                                                                       "type": "serverless"}), 201).json()["keys"]
+        assert wait_state(server, "s", key=tenant.keys["owner"])["state"] == "succeeded"
+        assert _call(server, keys[tenant.name]["primary"], "s") == 200
+    before = {w.health.pid for w in workers(server).values()}
+    with server.client(gone.keys["owner"]) as c:
+        assert ok(c.delete(f"/api/v1/workspaces/{gone.name}")).status_code == 204
+    assert _call(server, keys[gone.name]["primary"], "s") == 401
+    assert _call(server, keys[stays.name]["primary"], "s") == 200
+    assert {w.health.pid for w in workers(server).values()} == before

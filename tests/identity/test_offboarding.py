@@ -1,7 +1,8 @@
 """A workspace deletion that fails halfway: the workspace stays `deleting`, nothing of it can be
 used, and a retry or the next start of the server finishes it.
 
-The services are the real ones (`build_services` on a temporary home, SQLite), driven in-process.
+The services are the real ones (`build_services` on a temporary home, on SQLite and PostgreSQL),
+driven in-process.
 The failure is injected at the OS edge, where a full or failing disk would raise it: the datastore
 the deletion uses is opened on the same files with a FileSystem whose next unlink of the ledger
 fails with EIO (tests/kms/helpers.FlakyFileSystem).
@@ -28,9 +29,9 @@ from modelport.identity.principal import Principal
 from tests.kms.helpers import FlakyFileSystem
 
 
-def settings_for(home: Path) -> Settings:
-    return build_settings({"MODELPORT_HOME": str(home)}, load_bundled_models=False,
-                          create_default_deployment=False)
+def settings_for(home: Path, db_url: str) -> Settings:
+    return build_settings({"MODELPORT_HOME": str(home), "MODELPORT_DATABASE_URL": db_url},
+                          load_bundled_models=False, create_default_deployment=False)
 
 
 @dataclass
@@ -49,8 +50,8 @@ def doomed_workspace(svc: Services, admin: Principal, name: str) -> Doomed:
 
 
 @pytest.fixture
-def installation(tmp_path: Path) -> Iterator[tuple[Services, Principal]]:
-    svc = build_services(settings_for(tmp_path / "home"))
+def installation(tmp_path: Path, db_url: str) -> Iterator[tuple[Services, Principal]]:
+    svc = build_services(settings_for(tmp_path / "home", db_url))
     admin_key = prepare(svc).admin_key
     assert admin_key is not None
     svc.extra["admin_key"] = admin_key
@@ -98,7 +99,7 @@ def test_a_failed_deletion_stays_deleting_and_a_retry_finishes_it(installation) 
     assert not svc.datasets.datastore.ledger.path(doomed.ws_id).exists()
 
 
-def test_the_next_start_finishes_a_deletion_a_stopped_server_left(installation, tmp_path: Path) -> None:
+def test_the_next_start_finishes_a_deletion_a_stopped_server_left(installation, tmp_path: Path, db_url: str) -> None:
     svc, admin = installation
     doomed = doomed_workspace(svc, admin, "doomed")
     kept = doomed_workspace(svc, admin, "kept")
@@ -108,7 +109,7 @@ def test_the_next_start_finishes_a_deletion_a_stopped_server_left(installation, 
         asyncio.run(offboarding.delete_workspace(admin, "doomed"))
     svc.db.dispose()
 
-    restarted = build_services(settings_for(tmp_path / "home"))  # a new process on the same home
+    restarted = build_services(settings_for(tmp_path / "home", db_url))  # a new process on the same home
     try:
         assert asyncio.run(restarted.offboarding.resume()) == [doomed.ws_id]
         assert state_of(restarted, doomed.ws_id) is None
