@@ -17,6 +17,7 @@ from modelport.db.engine import Database
 from modelport.deployments.schemas import DeploymentCreate
 from modelport.deployments.service import DeploymentService
 from modelport.finetuning.service import FinetunedWeights, FinetuningService
+from modelport.identity.offboarding import Offboarding
 from modelport.identity.service import IdentityService
 from modelport.inference.judge import judge_factory
 from modelport.inference.manager import DeploymentManager
@@ -45,7 +46,8 @@ def build_services(settings: Settings) -> Services:
     pools = PoolManager(supervisor, RegionSlots(settings.region_slots), settings.queue_per_deployment)
     manager = DeploymentManager(settings, db, catalog, deployments, pools)
     manager.finetuned = FinetunedWeights(db, datastore)
-    datasets = DatasetService(db, datastore, settings.max_dataset_bytes)
+    identity = IdentityService(db)
+    datasets = DatasetService(db, datastore, settings.max_dataset_bytes, activity=identity.activity)
     safety = SafetyService(db, screening_concurrency=settings.screening_concurrency,
                            screening_queue=settings.screening_queue,
                            blocklist_budget_s=settings.blocklist_budget_ms / 1000)
@@ -53,7 +55,7 @@ def build_services(settings: Settings) -> Services:
     return Services(
         settings=settings,
         db=db,
-        identity=IdentityService(db),
+        identity=identity,
         catalog=catalog,
         deployments=deployments,
         manager=manager,
@@ -61,6 +63,7 @@ def build_services(settings: Settings) -> Services:
         keys=KeyService(db, datastore),
         safety=safety,
         finetuning=FinetuningService(db, catalog, datasets, datastore),
+        offboarding=Offboarding(settings, db, identity, manager, catalog, safety, datastore),
     )
 
 

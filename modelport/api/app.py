@@ -43,6 +43,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         prepare(svc)
+        await svc.offboarding.resume()  # workspace deletions a stopped server left unfinished
         svc.manager.load_routes()
         await svc.manager.start_existing()
         if svc.settings.content_filter_default == "on":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -14,6 +15,7 @@ from modelport.db.engine import Database
 from modelport.deployments.service import DeploymentService
 from modelport.errors import Unauthenticated
 from modelport.finetuning.service import FinetuningService
+from modelport.identity.offboarding import Offboarding
 from modelport.identity.principal import Principal
 from modelport.identity.service import IdentityService
 from modelport.inference.manager import DeploymentManager
@@ -33,6 +35,7 @@ class Services:
     keys: KeyService
     safety: SafetyService
     finetuning: FinetuningService
+    offboarding: Offboarding
     extra: dict[str, object] = field(default_factory=dict)  # later subsystems register here
 
 
@@ -54,13 +57,15 @@ def principal(
     svc: Annotated[Services, Depends(services)],
     authorization: Annotated[str | None, Header()] = None,
     x_modelport_workspace: Annotated[str | None, Header(description="Platform admins: act in this workspace.")] = None,
-) -> Principal:
+) -> Iterator[Principal]:
     token = bearer(authorization)
     if token and token.startswith("mpd_"):
         raise Unauthenticated("Deployment keys call inference routes only; use an API key on /api/v1.")
     p = svc.identity.authenticate(token, x_modelport_workspace)
     request.state.principal = p
-    return p
+    # Counted while it runs, so that deleting the workspace waits for it (identity/activity.py).
+    with svc.identity.activity.hold(p.workspace_id):
+        yield p
 
 
 Svc = Annotated[Services, Depends(services)]

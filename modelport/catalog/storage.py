@@ -57,6 +57,16 @@ class LocalModelStore:
     def discard_upload(self, upload_id: str) -> None:
         shutil.rmtree(self.upload_dir(upload_id), ignore_errors=True)
 
+    def discard_uploads_of(self, workspace_id: str) -> int:
+        """Remove every upload begun in a workspace (it is being deleted); how many there were."""
+        removed = 0
+        for d in list(self.uploads.iterdir()):
+            meta = self.read_upload_meta(d.name)
+            if meta is not None and meta.get("workspace_id") == workspace_id:
+                self.discard_upload(d.name)
+                removed += 1
+        return removed
+
     def expire_uploads(self, ttl_seconds: float) -> int:
         removed = 0
         now = time.time()

@@ -3,8 +3,8 @@
 The bytes never touch disk in plaintext: the upload stream is validated line by line and
 encrypted chunk by chunk straight into the datastore. A file that fails validation or the
 size limit is rejected and nothing of it is kept (the datastore commits an object only when
-its source ended cleanly). Deletion crypto-shreds: the datastore destroys the data keys
-before the blob is removed.
+its source ended cleanly). Deletion stops the fine-tuning jobs that read the dataset, then
+crypto-shreds: the datastore destroys the data keys before the blob is removed.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from modelport.db.base import new_id
 from modelport.db.engine import Database
 from modelport.db.tables import Dataset
 from modelport.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
+from modelport.finetuning.cancel import cancel_jobs_reading
+from modelport.identity.activity import WorkspaceActivity
 from modelport.identity.principal import Principal
 from modelport.identity.service import check_name
 
@@ -38,10 +40,13 @@ def limited(chunks: Iterator[bytes], limit: int) -> Iterator[bytes]:
 
 
 class DatasetService:
-    def __init__(self, db: Database, datastore: Datastore, max_bytes: int) -> None:
+    def __init__(self, db: Database, datastore: Datastore, max_bytes: int,
+                 activity: WorkspaceActivity | None = None) -> None:
         self.db = db
         self.datastore = datastore
         self.max_bytes = max_bytes
+        # Stops an upload at its next chunk when its workspace is being deleted.
+        self.activity = activity or WorkspaceActivity()
 
     def check_upload(self, actor: Principal, name: str, fmt: str | None, declared_size: int | None) -> None:
         """Everything that can be refused before a byte of the body is read."""
@@ -61,7 +66,8 @@ class DatasetService:
         self.check_upload(actor, name, fmt, None)
         validator = Validator(format=fmt)  # type: ignore[arg-type]
         ds_id = new_id("ds")
-        info = self.datastore.put(actor.workspace_id, ds_id, validating(limited(chunks, self.max_bytes), validator))
+        source = self.activity.guard(actor.workspace_id, limited(chunks, self.max_bytes))
+        info = self.datastore.put(actor.workspace_id, ds_id, validating(source, validator))
         try:
             with self.db.session() as s:
                 row = Dataset(id=ds_id, workspace_id=actor.workspace_id, name=name, format=validator.format or "chat",
@@ -97,8 +103,11 @@ class DatasetService:
     def delete(self, actor: Principal, ref: str) -> None:
         actor.require("datasets.write")
         row = self.get(actor, ref)
-        # Keys first (crypto-shredding), then the row: a failure in between leaves a row whose
-        # data is already unreadable, and deleting again finishes the job.
+        # The jobs that read it stop first (queued: cancelled; running: the trainer is killed and
+        # no model is registered), then the keys go (crypto-shredding), then the row: a failure in
+        # between leaves a row whose data is already unreadable, and deleting again finishes.
+        with self.db.session() as s:
+            cancel_jobs_reading(s, actor, actor.workspace_id, row.id)
         try:
             self.datastore.delete(actor.workspace_id, row.id)
         except NotFound:

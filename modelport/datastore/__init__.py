@@ -14,6 +14,7 @@ from modelport.datastore.store import (
     KeyVersionRef,
     ObjectInfo,
     PlaintextStream,
+    PurgeReport,
     RewrapReport,
     WorkspaceKeyInfo,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "LocalBlobStore",
     "ObjectInfo",
     "PlaintextStream",
+    "PurgeReport",
     "RewrapReport",
     "StorageUnavailable",
     "WorkspaceKeyInfo",

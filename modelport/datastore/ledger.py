@@ -118,6 +118,19 @@ class Ledger:
             if draft != current:
                 self._write(draft)
 
+    def remove(self, workspace_id: str) -> bool:
+        """Unlink a workspace's ledger file (its wrapped keys and key registration) durably.
+
+        Only for the deletion of the whole workspace: the caller holds `lock(workspace_id)`.
+        """
+        try:
+            removed = self._fs.remove(self.path(workspace_id))
+        except OSError as exc:
+            raise StorageUnavailable("the key ledger could not be removed; retry the deletion") from exc
+        with self._guard:
+            self._cache.pop(workspace_id, None)
+        return removed
+
     def workspaces(self) -> list[str]:
         return sorted(
             p.name[: -len(_SUFFIX)]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import re
 import secrets
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -39,6 +40,7 @@ from modelport.datastore.keycache import DataKeyCache
 from modelport.datastore.ledger import KekRef, Ledger, LedgerEntry, WorkspaceLedger
 from modelport.errors import Conflict, Forbidden, InvalidInput, NotFound
 from modelport.kms.base import (
+    KeyDestroyed,
     KeyDisabled,
     KeyInfo,
     KeyProvider,
@@ -107,6 +109,17 @@ class RewrapReport:
 class GcReport:
     blobs_removed: int
     temp_files_removed: int
+
+
+@dataclass(frozen=True)
+class PurgeReport:
+    """What `purge_workspace` did: objects shredded, blobs removed, local keys destroyed, and the
+    provider of a customer-managed key in an external KMS whose registration was forgotten."""
+
+    objects: int
+    blobs_removed: int
+    keys_destroyed: list[str]
+    cmk_forgotten: str | None
 
 
 def _info(workspace_id: str, e: LedgerEntry) -> ObjectInfo:
@@ -387,6 +400,58 @@ class Datastore:
                     temps += 1
         return GcReport(removed, temps)
 
+    def purge_workspace(self, workspace_id: str) -> PurgeReport:
+        """Crypto-shred every object of a workspace and destroy its workspace key: its deletion.
+
+        Each step can be repeated, so a retry after a failure finishes the job:
+          1. destroy every key of the workspace in the workspace keystore (its own key, every
+             version, and a customer-managed key created there). From here nothing wrapped under
+             them opens again, copies of the ledger in old backups included, and nothing new can
+             be written for the workspace (`_ensure_kek` finds its key destroyed);
+          2. unlink its ledger file: the wrapped data keys and the key registration are gone. A
+             customer-managed key held in an external KMS is only forgotten, never disabled or
+             deleted there: it is the customer's, and so is the decision to destroy it;
+          3. remove its blobs (ciphertext that nothing can open any more) and their directory.
+        """
+        check_id(workspace_id, "workspace_id")
+        with self._ledger.lock(workspace_id):
+            ledger = self._ledger.read(workspace_id)
+            try:
+                destroyed = self._destroy_local_keys(workspace_id)
+            finally:
+                self._cache.evict(workspace_id)  # unwrapped data keys must not outlive their keys
+            kek = ledger.kek
+            external = kek is not None and kek.cmk and kek.provider != self._workspace_keystore.name
+            self._ledger.remove(workspace_id)
+        removed = 0
+        for key in [k for k in self._blobs.keys(workspace_id) if k.startswith(f"{workspace_id}/")]:
+            removed += int(self._blobs.delete(key))
+        if isinstance(self._blobs, LocalBlobStore):  # temp files a crash left, then the directory
+            try:
+                shutil.rmtree(self._blobs.root / workspace_id)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise StorageUnavailable("the workspace's blob directory could not be removed; retry") from exc
+        return PurgeReport(len(ledger.objects), removed, destroyed, kek.provider if external and kek else None)
+
+    def _destroy_local_keys(self, workspace_id: str) -> list[str]:
+        keystore = self._workspace_keystore
+        mine = [ref for ref in keystore.key_refs()
+                if ref == self._default_key_ref(workspace_id) or ref.startswith(f"cmk-{workspace_id}-")]
+        destroyed = []
+        for ref in mine:
+            info = keystore.describe(ref)
+            # The label decides (a prefix alone could name another workspace's key); a destroyed
+            # key has no labels left and nothing to destroy.
+            if info.state is KeyState.DESTROYED or info.labels.get("workspace") != workspace_id:
+                continue
+            if info.state is KeyState.ENABLED:
+                keystore.disable(ref)  # the explicit confirmation destroy asks for
+            keystore.destroy(ref)
+            destroyed.append(ref)
+        return destroyed
+
     # ========================================================================= workspace keys
     def ensure_workspace_key(self, workspace_id: str) -> WorkspaceKeyInfo:
         """Give the workspace its own key in the workspace keystore unless it has a key already."""
@@ -565,7 +630,10 @@ class Datastore:
         with self._ledger.transaction(workspace_id) as draft:
             if draft.kek is None:
                 ref = self._default_key_ref(workspace_id)
-                self._workspace_keystore.ensure_key(ref, labels={"workspace": workspace_id, "purpose": "workspace-key"})
+                info = self._workspace_keystore.ensure_key(
+                    ref, labels={"workspace": workspace_id, "purpose": "workspace-key"})
+                if info.state is KeyState.DESTROYED:  # purged: the workspace was deleted
+                    raise KeyDestroyed("this workspace was deleted: its workspace key is destroyed")
                 draft.kek = KekRef(self._workspace_keystore.name, ref, cmk=False)
             return draft.kek
 

@@ -31,6 +31,9 @@ class Workspace(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
     description: Mapped[str] = mapped_column(Text, default="")
+    # active | deleting: a deletion began and has not finished (its keys are refused; a retry or
+    # the next start finishes it, modelport/identity/offboarding.py).
+    state: Mapped[str] = mapped_column(String(16), default="active", server_default="active")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

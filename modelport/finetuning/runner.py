@@ -35,6 +35,7 @@ from typing import Any
 import orjson
 
 from modelport.errors import ServiceUnavailable
+from modelport.finetuning.cancel import JobCancelled
 from modelport.workers import isolation
 
 log = logging.getLogger("modelport.finetuning")
@@ -259,6 +260,9 @@ class JobRunner:
         uid = self._uid()
         try:
             model_id = await self._train(job, cancel, uid)
+        except JobCancelled as exc:  # its dataset or workspace was deleted: the adapter is shredded
+            await asyncio.to_thread(self.service.finish, job.id, "cancelled", exc.message)
+            log.info("fine-tuning job %s cancelled before it registered a model", job.id)
         except TrainerFailed as exc:
             status = "cancelled" if exc.code == "cancelled" else "failed"
             await asyncio.to_thread(self.service.finish, job.id, status, None if status == "cancelled" else exc.message)

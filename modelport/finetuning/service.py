@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
 
 from modelport.audit import service as audit
 from modelport.catalog.service import GLOBAL_SCOPE, CatalogService
@@ -24,6 +25,7 @@ from modelport.db.base import new_id, utcnow
 from modelport.db.engine import Database
 from modelport.db.tables import CatalogModel, Dataset, Deployment, FinetuneJob
 from modelport.errors import Conflict, InvalidInput, NotFound
+from modelport.finetuning.cancel import DATASET_DELETED, JobCancelled
 from modelport.finetuning.schemas import JobCreate, JobOut, LossPoint
 from modelport.identity.principal import Principal
 
@@ -111,8 +113,8 @@ class FinetuningService:
     def out(self, job: FinetuneJob) -> JobOut:
         with self.db.session() as s:
             base = s.get(CatalogModel, job.base_model_id)
-            names = dict(s.execute(select(Dataset.id, Dataset.name).where(
-                Dataset.id.in_([job.dataset_id, job.validation_dataset_id or ""]))).tuples().all())
+            names = {ds_id: name for ds_id, name in s.execute(select(Dataset.id, Dataset.name).where(
+                Dataset.id.in_([job.dataset_id, job.validation_dataset_id or ""])))}
             result = s.get(CatalogModel, job.result_model_id) if job.result_model_id else None
         return JobOut(
             id=job.id, status=job.status, model=base.name if base else job.base_model_id,  # type: ignore[arg-type]
@@ -183,7 +185,9 @@ class FinetuningService:
             job = s.get(FinetuneJob, job_id)
             if job is None:
                 return
-            job.status, job.error, job.result_model_id = status, error, model_id
+            job.status, job.result_model_id = status, model_id
+            if error is not None or status != "cancelled":  # a cancellation keeps the reason it was given
+                job.error = error
             job.finished_at, job.eta_seconds = utcnow(), None
             audit.record(s, None, f"finetune.{status}", resource_type="finetune_job", resource_id=job_id,
                          workspace_id=job.workspace_id)
@@ -193,11 +197,16 @@ class FinetuningService:
             return s.get_one(CatalogModel, job.base_model_id)
 
     def register(self, job: FinetuneJob, adapter: bytes) -> str:
-        """Encrypt the adapter into the datastore and register the private model; its id."""
+        """Encrypt the adapter into the datastore and register the private model; its id.
+
+        Refused (JobCancelled, the adapter shredded) when the job's cancellation was requested or
+        its data is gone: a dataset deleted while the job trained must not live on in a model.
+        """
         model_id = new_id("mdl")
         info = self.datastore.put(job.workspace_id, model_id, adapter)
         try:
             with self.db.session() as s:
+                self._claim_result(s, job, model_id)
                 base = s.get_one(CatalogModel, job.base_model_id)
                 name = f"{base.name}-ft-{job.suffix or job.id.removeprefix('ftjob_')[:8]}"[:100]
                 taken = s.scalar(select(func.count()).select_from(CatalogModel).where(
@@ -222,6 +231,23 @@ class FinetuningService:
             self.datastore.delete(job.workspace_id, model_id)
             raise
         return model_id
+
+    @staticmethod
+    def _claim_result(s: Session, job: FinetuneJob, model_id: str) -> None:
+        # A write first: it takes the job's row lock (PostgreSQL) or the write lock (SQLite), so a
+        # dataset deletion that cancels the job either came before (and this refuses) or waits for
+        # this transaction (and finds the result already registered).
+        claimed = s.execute(update(FinetuneJob).where(
+            FinetuneJob.id == job.id, FinetuneJob.status == "running", FinetuneJob.cancel_requested.is_(False),
+            FinetuneJob.result_model_id.is_(None)).values(result_model_id=model_id))
+        if claimed.rowcount != 1:  # type: ignore[attr-defined]
+            reason = s.scalar(select(FinetuneJob.error).where(FinetuneJob.id == job.id))
+            raise JobCancelled(reason or "The job was cancelled; no model was registered.")
+        needed = {job.dataset_id, *([job.validation_dataset_id] if job.validation_dataset_id else [])}
+        present = s.scalar(select(func.count()).select_from(Dataset).where(
+            Dataset.workspace_id == job.workspace_id, Dataset.id.in_(needed))) or 0
+        if present != len(needed):
+            raise JobCancelled(DATASET_DELETED)
 
     # -- fine-tuned models: deletion (P12) --------------------------------------------------
 

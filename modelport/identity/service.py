@@ -24,6 +24,7 @@ from modelport.db.engine import Database
 from modelport.db.tables import ApiKey, Membership, User, Workspace
 from modelport.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthenticated
 from modelport.identity import secrets as keysecrets
+from modelport.identity.activity import WorkspaceActivity
 from modelport.identity.principal import Principal
 from modelport.identity.roles import Role
 
@@ -77,6 +78,7 @@ class IdentityService:
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        self.activity = WorkspaceActivity()
         self.last_used = LastUsedTracker()
         self._cache: dict[str, tuple[float, Principal, datetime | None]] = {}
         self._cache_lock = threading.Lock()
@@ -128,6 +130,10 @@ class IdentityService:
             ws = s.get(Workspace, ws_id)
             if ws is None:
                 raise Unauthenticated("The workspace of this API key no longer exists.")
+            if ws.state == "deleting":
+                if workspace:
+                    raise NotFound(f"Workspace '{workspace}' is being deleted.")
+                raise Unauthenticated("The workspace of this API key is being deleted.")
             member = s.scalar(
                 select(Membership).where(Membership.workspace_id == ws_id, Membership.user_id == user.id)
             )
@@ -211,19 +217,17 @@ class IdentityService:
             ws = self._visible_workspace(s, actor, ref)
             return ws
 
-    def delete_workspace(self, actor: Principal, ref: str) -> None:
-        with self.db.session() as s:
-            ws = self._visible_workspace(s, actor, ref)
-            if ws.name == "default":
-                raise Conflict("The default workspace cannot be deleted.")
-            if not actor.is_platform_admin:
-                if ws.id != actor.workspace_id:
-                    raise NotFound(f"Workspace '{ref}' not found.")
-                actor.require("workspace.delete")
-            s.delete(ws)
-            audit.record(s, actor, "workspace.delete", resource_type="workspace", resource_id=ws.id,
-                         workspace_id=ws.id)
-        self.invalidate_cache()
+    def authorize_delete(self, s: Session, actor: Principal, ref: str) -> Workspace:
+        """The workspace `actor` may delete (its owner, or a platform admin); the deletion itself
+        is modelport/identity/offboarding.py."""
+        ws = self._visible_workspace(s, actor, ref)
+        if ws.name == "default":
+            raise Conflict("The default workspace cannot be deleted.")
+        if not actor.is_platform_admin:
+            if ws.id != actor.workspace_id:
+                raise NotFound(f"Workspace '{ref}' not found.")
+            actor.require("workspace.delete")
+        return ws
 
     def _visible_workspace(self, s: Session, actor: Principal, ref: str) -> Workspace:
         ws = s.scalar(select(Workspace).where((Workspace.id == ref) | (Workspace.name == ref)))

@@ -254,6 +254,11 @@ class DeploymentManager:
                 raise IntegrityError(f"Model '{model.name}' no longer passes its artifact scan; see its report.")
             pool = self._pool(dep, model)
             await self.pools.scale(pool, dep.instances if dep.type == "dedicated" else max(1, len(pool.members)))
+            if await asyncio.to_thread(self._being_deleted, dep_id):
+                # Deleted (or its workspace) while its workers started: they must not outlive it.
+                if not [r for r in self.by_name.values() if r.pool_key == pool.key and r.id != dep_id]:
+                    await self.pools.close(pool.key)
+                return
             egress = self._egress(pool)
             if self.settings.require_egress_isolation and egress != "isolated":
                 raise ServiceUnavailable(
@@ -281,6 +286,11 @@ class DeploymentManager:
         else:
             await asyncio.to_thread(self.service.set_state, dep_id, "succeeded", None, egress)
         self.refresh(dep_id)
+
+    def _being_deleted(self, dep_id: str) -> bool:
+        with self.db.session() as s:
+            state = s.scalar(select(Deployment.state).where(Deployment.id == dep_id))
+        return state is None or state == "deleting"
 
     @staticmethod
     def _egress(pool: Pool) -> str:
@@ -320,6 +330,28 @@ class DeploymentManager:
                 await self.pools.close(route.pool_key)
         await asyncio.to_thread(self.service.remove_row, dep_id)
         self.refresh(dep_id)
+
+    async def stop_workspace(self, workspace_id: str) -> list[str]:
+        """A workspace is being deleted: its routes leave the routing table at once (its
+        deployment keys get 401 from here), then every pool that served only its deployments
+        stops; a shared serverless pool keeps serving the other workspaces. Returns the ids of
+        its deployments; their rows are the caller's to remove."""
+        with self.db.session() as s:
+            rows = [(d, m) for d, m in s.execute(
+                select(Deployment, CatalogModel).join(CatalogModel, CatalogModel.id == Deployment.model_id)
+                .where(Deployment.workspace_id == workspace_id))]
+        gone = [r for r in self.by_name.values() if r.workspace_id == workspace_id]
+        self.forget_routes(workspace_id)
+        keys = {pool_key(d, m) for d, m in rows} | {r.pool_key for r in gone}
+        still_used = {r.pool_key for r in self.by_name.values()}
+        await asyncio.gather(*(self.pools.close(key) for key in sorted(keys - still_used)))
+        return sorted({d.id for d, _ in rows} | {r.id for r in gone})
+
+    def forget_routes(self, workspace_id: str) -> None:
+        """Drop every route of a workspace from the routing table (call on the event loop)."""
+        for table in (self.by_name, self.by_key):
+            for k in [k for k, r in table.items() if r.workspace_id == workspace_id]:
+                del table[k]
 
     async def start_existing(self) -> None:
         """After a restart: dedicated deployments get their workers back."""

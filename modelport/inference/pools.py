@@ -124,6 +124,8 @@ class PoolManager:
     async def scale(self, pool: Pool, instances: int | None = None) -> None:
         """Bring the pool to its instance count; returns once every new worker answered."""
         async with pool.starting:
+            if pool.closed:  # stopped while this call waited for its turn: start nothing
+                raise ServiceUnavailable("This deployment's workers were stopped.")
             if instances is not None:
                 pool.instances = instances
             pool.members = [m for m in pool.members if m.handle.state not in ("stopped", "failed")]
@@ -155,9 +157,11 @@ class PoolManager:
             return
         pool.closed = True
         pool.scheduler.fail_waiting(ServiceUnavailable("This deployment's workers were stopped."))
-        # Together: each worker drains its in-flight requests for up to drain_seconds.
-        await asyncio.gather(*(self._stop_member(pool, m) for m in pool.members))
-        pool.members = []
+        # A start in progress finishes first, so that the workers it started are stopped too.
+        async with pool.starting:
+            # Together: each worker drains its in-flight requests for up to drain_seconds.
+            await asyncio.gather(*(self._stop_member(pool, m) for m in pool.members))
+            pool.members = []
 
     async def reap_idle(self, idle_seconds: float) -> list[str]:
         """Stop serverless pools nobody used for `idle_seconds` (they restart on demand)."""

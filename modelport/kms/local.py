@@ -46,7 +46,7 @@ from modelport.kms.base import (
     WrappedKey,
     validate_key_ref,
 )
-from modelport.kms.files import FileSystem, InterProcessLock
+from modelport.kms.files import FileSystem, InterProcessLock, is_temp_name
 
 FORMAT = 1
 MASTER_KEY_SIZE = 32
@@ -129,6 +129,10 @@ class LocalKeystore:
             if not self._path(key_ref).exists():
                 self.create_key(key_ref, labels=labels)
             return self.describe(key_ref)
+
+    def key_refs(self) -> list[str]:
+        """Every key of this keystore, destroyed ones (tombstones) included."""
+        return sorted(p.stem for p in self.root.glob("*.json") if not is_temp_name(p.name))
 
     def describe(self, key_ref: str) -> KeyInfo:
         ring = self._load(key_ref)

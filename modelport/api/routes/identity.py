@@ -62,8 +62,10 @@ def get_workspace(ref: str, caller: Caller, svc: Svc) -> WorkspaceOut:
 
 
 @router.delete("/workspaces/{ref}", status_code=status.HTTP_204_NO_CONTENT, name="workspace.delete")
-def delete_workspace(ref: str, caller: Caller, svc: Svc) -> None:
-    svc.identity.delete_workspace(caller, ref)
+async def delete_workspace(ref: str, caller: Caller, svc: Svc) -> None:
+    """Stop and delete everything of the workspace, destroy its workspace key, keep its usage and
+    audit records. Answers once its keys are refused, its workers stopped and its data destroyed."""
+    await svc.offboarding.delete_workspace(caller, ref)
 
 
 @router.post("/workspaces/{ref}/members", response_model=MemberOut, status_code=status.HTTP_201_CREATED,

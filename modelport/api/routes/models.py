@@ -111,7 +111,8 @@ def get_upload(upload_id: str, caller: Caller, svc: Svc) -> UploadOut:
 @router.put("/model-uploads/{upload_id}/files/{path:path}", response_model=UploadOut, name="model.upload.file",
             openapi_extra={"requestBody": {"content": {"application/octet-stream": {}}, "required": True}})
 async def put_upload_file(upload_id: str, path: str, request: Request, caller: Caller, svc: Svc) -> UploadOut:
-    return upload_out(await svc.catalog.put_upload_file(caller, upload_id, path, request.stream()))
+    chunks = svc.identity.activity.aguard(caller.workspace_id, request.stream())  # stops if the workspace goes
+    return upload_out(await svc.catalog.put_upload_file(caller, upload_id, path, chunks))
 
 
 @router.post("/model-uploads/{upload_id}/commit", response_model=ModelDetailOut,
