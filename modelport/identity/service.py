@@ -320,12 +320,14 @@ class IdentityService:
                 ws = s.get(Workspace, actor.workspace_id)
             assert ws is not None
             user = self._addable_user(s, actor, user_ref)
+            # Read before the insert: a failed flush leaves the session unusable for lazy loads.
+            already = f"'{user.name}' is already a member of '{ws.name}'."
             m = Membership(workspace_id=ws.id, user_id=user.id, role=Role(role).value)
             s.add(m)
             try:
                 s.flush()
             except SAIntegrityError as exc:
-                raise Conflict(f"'{user.name}' is already a member of '{ws.name}'.", field="user") from exc
+                raise Conflict(already, field="user") from exc
             audit.record(s, actor, "workspace.member.add", resource_type="user", resource_id=user.id,
                          workspace_id=ws.id, detail={"role": m.role})
             if user.id == actor.user_id:

@@ -212,6 +212,18 @@ def test_add_member_answers_do_not_tell_users_apart(server: Server, team: Tenant
     assert members.isdisjoint({disabled, other_admin, "admin"})
 
 
+def test_adding_a_member_twice_is_a_conflict(server: Server, team: Tenant) -> None:
+    """Found by the stateful test: the second add answered 500 (the session was read after its failed insert)."""
+    with server.client() as admin:
+        for _ in range(2):
+            r = admin.post(f"/api/v1/workspaces/{team.name}/members", json={"user": "admin", "role": "reader"})
+        assert r.status_code == 409 and "already a member" in r.json()["error"]["message"], r.text
+    with server.client(team.keys["owner"]) as owner:
+        r = owner.post("/api/v1/members", json={"user": team.users["reader"], "role": "owner"})
+        assert r.status_code == 409, r.text
+        assert {m["user"]: m["role"] for m in ok(owner.get("/api/v1/members")).json()}[team.users["reader"]] == "reader"
+
+
 def _user_id(server: Server, name: str) -> str:
     with server.client() as admin:
         return next(u["id"] for u in ok(admin.get("/api/v1/users")).json() if u["name"] == name)
