@@ -104,6 +104,9 @@ def test_admin_makes_a_key_for_a_member_without_joining(server: Server, team: Te
     r = server.cli("apikeys", "create", "--user", name, "--workspace", team.name, "--name", "cli", "--json",
                    check=True)
     assert f'"user_id": "{uid}"' in r.stdout
+    for args in (("--user", name), ("--workspace", team.name)):  # one without the other is a usage error
+        r = server.cli("apikeys", "create", *args)
+        assert r.returncode == 2 and "--workspace" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 def test_admin_makes_no_key_it_should_not(server: Server, team: Tenant) -> None:
