@@ -1,4 +1,4 @@
-"""Keys carry at most their maker's power, also keys made before that rule (the 0006 migration).
+"""Keys carry at most their maker's power, also keys made before that rule (the key-provenance migration).
 
 On a real metadata store (SQLite and PostgreSQL): the store is built at the revision before
 the rule, holds the keys the old code made (the bootstrap key, an admin's own key, an admin key
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import pytest
 import sqlalchemy as sa
 from alembic import command
+from alembic.script import ScriptDirectory
 
 from modelport.db import migrate
 from modelport.db.engine import Database
@@ -49,10 +50,18 @@ def _created(conn: sa.Connection, key_id: str, actor: str, ws_id: str) -> None:
                       "r": key_id if outcome == "success" else None, "o": outcome})
 
 
+def _before_provenance(cfg) -> str:  # type: ignore[no-untyped-def]
+    """The revision just before the one that records key provenance (found by its title)."""
+    rev = next(r for r in ScriptDirectory.from_config(cfg).walk_revisions() if r.doc.startswith("api key provenance"))
+    assert isinstance(rev.down_revision, str)
+    return rev.down_revision
+
+
 @pytest.fixture
 def legacy(db_url: str) -> Iterator[Legacy]:
     db = Database(db_url)
-    command.upgrade(migrate.alembic_config(db.engine), "0005")
+    cfg = migrate.alembic_config(db.engine)
+    command.upgrade(cfg, _before_provenance(cfg))
     secrets, ids = {}, {}
     with db.engine.begin() as conn:
         for uid, name, admin in (("usr_admin", "admin", True), ("usr_alice", "alice", False)):
