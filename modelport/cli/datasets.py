@@ -136,7 +136,7 @@ def wk_retire(ctx: typer.Context, below: Annotated[int, typer.Option(help="Minim
 @cmk.command("register")
 @handle_errors
 def cmk_register(ctx: typer.Context,
-                 provider: Annotated[str, typer.Option(help="aws-kms | local")] = "local",
+                 provider: Annotated[str, typer.Option(help="aws | local")] = "local",
                  key_ref: Annotated[str | None, typer.Option(help="Key id or ARN (omit with local: a new key)")] = None,
                  json: JsonOpt = False) -> None:
     """Register a customer-managed key; new data is wrapped under it (run rewrap for old data)."""

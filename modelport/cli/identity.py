@@ -11,7 +11,7 @@ from modelport.cli.output import console, err_console, kv, print_json, table
 
 workspaces = typer.Typer(help="Workspaces (tenants) and their members.", no_args_is_help=True)
 users = typer.Typer(help="Users of the installation (platform admin).", no_args_is_help=True)
-apikeys = typer.Typer(help="API keys of the current workspace.", no_args_is_help=True)
+apikeys = typer.Typer(help="API keys of the current workspace (each made by its own user).", no_args_is_help=True)
 
 ROLES = ["owner", "contributor", "reader"]
 
@@ -152,11 +152,23 @@ def users_enable(ctx: typer.Context, name: str, json: JsonOpt = False) -> None:
 @handle_errors
 def keys_create(ctx: typer.Context, name: str = "",
                 expires_in_days: Annotated[int | None, typer.Option(help="Expire after this many days.")] = None,
-                user: Annotated[str | None, typer.Option(help="Owners: create it for this member.")] = None,
+                user: Annotated[str | None, typer.Option(help="Platform admins: create it for this member "
+                                                              "(not a platform admin) of --workspace.")] = None,
+                workspace: Annotated[str | None, typer.Option(help="With --user: the workspace the key is "
+                                                                   "for.")] = None,
                 json: JsonOpt = False) -> None:
-    """Create an API key. The key is shown once."""
-    k = client(ctx).request("POST", "/api/v1/apikeys",
-                            json={"name": name, "expires_in_days": expires_in_days, "user": user})
+    """Create an API key for yourself, or (platform admins, --user) for a member. The key is shown once."""
+    body = {"name": name, "expires_in_days": expires_in_days}
+    if user is None:
+        if workspace is not None:
+            raise typer.BadParameter("--workspace needs --user; your own key is for your current workspace",
+                                     param_hint="--workspace")
+        k = client(ctx).request("POST", "/api/v1/apikeys", json=body)
+    else:
+        if not workspace:
+            raise typer.BadParameter("--user needs --workspace WORKSPACE, the workspace the key is for",
+                                     param_hint="--workspace")
+        k = client(ctx).request("POST", f"/api/v1/users/{user}/apikeys", json={**body, "workspace": workspace})
     if json:
         return print_json(k)
     err_console.print(f"Created API key {k['id']}. Store it now; it is not shown again:")
@@ -170,6 +182,7 @@ def keys_list(ctx: typer.Context, json: JsonOpt = False) -> None:
     if json:
         return print_json(rows)
     table(rows, [("ID", "id"), ("NAME", "name"), ("USER", "user_id"), ("CREATED", "created_at"),
+                 ("CREATED BY", "created_by"), ("PLATFORM", "platform_admin"),
                  ("EXPIRES", "expires_at"), ("LAST USED", "last_used_at"), ("REVOKED", "revoked_at")])
 
 

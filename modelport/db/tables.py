@@ -73,6 +73,10 @@ class ApiKey(Base):
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Who made the key, and whether it carries platform-admin power: only a key a platform admin
+    # made for itself with such a key does (a key never carries more than its maker's power).
+    created_by: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    platform_admin: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class CatalogModel(Base):

@@ -6,7 +6,7 @@
 | members.read            |   x    |      x      |   x   |                                      |
 | members.write           |        |             |   x   |  x (audited; adding itself flagged)   |
 | apikeys.own             |   x    |      x      |   x   |                                      |
-| apikeys.manage          |        |             |   x   |                                      |
+| apikeys.manage (list, revoke) |  |             |   x   |                                      |
 | models.read             |   x    |      x      |   x   |                                      |
 | models.import           |        |      x      |   x   |                                      |
 | models.manage           |        |             |   x   |                                      |
@@ -22,9 +22,14 @@
 | audit.read              |        |             |   x   |  x (all workspaces)                   |
 | workspace.delete        |        |             |   x   |  x                                   |
 
-Platform-wide actions (`platform.*`: create workspaces, manage users, catalog-wide models,
-the platform key) need the platform-admin flag. A platform admin reaches a workspace's
-resources only as a member of it; the table above applies to it like to anyone else.
+Platform-wide actions (`platform.*`: create workspaces, manage users, create a key for a member,
+catalog-wide models, the platform key) need platform-admin power, which only a platform admin's
+key made by that admin itself carries. A platform admin reaches a workspace's resources only as
+a member of it; the table above applies to it like to anyone else.
+
+No role creates API keys for someone else: `apikeys.own` is one's own keys, `apikeys.manage`
+lists and revokes the workspace's keys (not those with platform-admin power). A platform admin's
+membership is changed only by a platform admin.
 """
 
 from __future__ import annotations

@@ -67,7 +67,18 @@ class ApiKeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(default="", max_length=64)
     expires_in_days: int | None = Field(default=None, ge=1, le=3650)
-    user: str | None = Field(default=None, max_length=63, description="Owners: create the key for this member.")
+    user: str | None = Field(default=None, max_length=63,
+                             description="Your own name or id, if given: an API key is created by its own user "
+                                         "(a platform admin uses POST /api/v1/users/{user}/apikeys).")
+
+
+class UserApiKeyCreate(BaseModel):
+    """A platform admin creates a key for a non-admin member of a workspace, without joining it."""
+
+    model_config = ConfigDict(extra="forbid")
+    workspace: str = Field(min_length=1, max_length=63, description="Workspace name or id; the user is a member.")
+    name: str = Field(default="", max_length=64)
+    expires_in_days: int | None = Field(default=None, ge=1, le=3650)
 
 
 class ApiKeyOut(BaseModel):
@@ -80,6 +91,8 @@ class ApiKeyOut(BaseModel):
     expires_at: datetime | None
     revoked_at: datetime | None
     last_used_at: datetime | None
+    created_by: str | None = Field(description="Id of the user who created the key.")
+    platform_admin: bool = Field(description="The key carries platform-admin power.")
 
 
 class ApiKeyCreated(ApiKeyOut):

@@ -3,6 +3,17 @@
 Every function takes the acting Principal and checks the role table through
 `Principal.require`, so routes stay thin and the checks live in one place. A resource of
 another workspace is reported as missing (404), never as forbidden.
+
+No one gains power through another user:
+- a key never carries more privilege than the principal who made it: API keys are made by
+  their own user, or by a platform admin for a non-admin member of a workspace (without joining
+  it); only a key a platform admin made for itself, with a key that has that power, carries
+  platform-admin power (`ApiKey.platform_admin`);
+- platform admins are invisible to workspace owners: an owner cannot add one (the answer is the
+  404 of an unknown user), change its role, remove it or revoke its platform keys;
+- an owner adds only enabled users, and an unknown, disabled or platform-admin user gets one
+  and the same 404, so add-member answers do not enumerate the installation's users;
+- a workspace keeps at least one enabled owner.
 """
 
 from __future__ import annotations
@@ -29,6 +40,14 @@ from modelport.identity.principal import Principal
 from modelport.identity.roles import Role
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+
+# One answer for every user an owner cannot add, so that the answers do not tell them apart.
+NO_ADDABLE_USER = "No user you can add has that name or id; ask a platform admin for the user's name."
+KEYS_ARE_PERSONAL = (
+    "An API key is created by its own user. A platform admin creates one for a member with "
+    "POST /api/v1/users/{user}/apikeys ('modelport apikeys create --user USER --workspace WORKSPACE')."
+)
+ADMIN_MEMBERSHIP = "A platform admin's membership is changed only by a platform admin."
 
 
 def check_name(value: str, field: str) -> str:
@@ -119,9 +138,11 @@ class IdentityService:
             user = s.get(User, key.user_id)
             if user is None or user.disabled:
                 raise Unauthenticated("The user of this API key is disabled.")
+            # Platform-admin power needs both: a platform admin, and a key made with that power.
+            platform_admin = user.is_platform_admin and key.platform_admin
             ws_id = key.workspace_id
             if workspace:
-                if not user.is_platform_admin:
+                if not platform_admin:
                     raise Forbidden("Only a platform admin's key may name another workspace.")
                 ws = s.scalar(select(Workspace).where((Workspace.id == workspace) | (Workspace.name == workspace)))
                 if ws is None:
@@ -144,7 +165,7 @@ class IdentityService:
                 Principal(
                     user_id=user.id,
                     user_name=user.name,
-                    is_platform_admin=user.is_platform_admin,
+                    is_platform_admin=platform_admin,
                     key_id=key.id,
                     workspace_id=ws.id,
                     workspace_name=ws.name,
@@ -172,7 +193,8 @@ class IdentityService:
             s.add_all([admin, ws])
             s.flush()
             s.add(Membership(workspace_id=ws.id, user_id=admin.id, role=Role.OWNER.value))
-            created = self._new_key(s, user_id=admin.id, workspace_id=ws.id, name="admin", expires_at=None)
+            created = self._new_key(s, user_id=admin.id, workspace_id=ws.id, name="admin", expires_at=None,
+                                    created_by=admin.id, platform_admin=True)
             audit.record(s, None, "platform.bootstrap", resource_type="workspace", resource_id=ws.id,
                          workspace_id=ws.id)
             return created.secret
@@ -292,23 +314,24 @@ class IdentityService:
             ).all()
 
     def add_member(self, actor: Principal, user_ref: str, role: Role, workspace: str | None = None) -> Membership:
-        """Owners add members to their workspace; a platform admin to any (audited)."""
+        """Owners add members to their workspace; a platform admin to any (`workspace`, audited)."""
         with self.db.session() as s:
-            if workspace and actor.is_platform_admin:
-                ws = self._visible_workspace(s, actor, workspace)
+            if workspace is not None:
+                actor.require("platform.users")
+                ws = self._workspace_by_ref(s, workspace)
             else:
                 actor.require("members.write")
                 ws = s.get(Workspace, actor.workspace_id)
             assert ws is not None
-            if not actor.can("members.write") and not actor.is_platform_admin:
-                raise Forbidden("Only a workspace owner or a platform admin may add members.")
-            user = self._user_by_ref(s, user_ref)
+            user = self._addable_user(s, actor, user_ref)
+            # Read before the insert: a failed flush leaves the session unusable for lazy loads.
+            already = f"'{user.name}' is already a member of '{ws.name}'."
             m = Membership(workspace_id=ws.id, user_id=user.id, role=Role(role).value)
             s.add(m)
             try:
                 s.flush()
             except SAIntegrityError as exc:
-                raise Conflict(f"'{user.name}' is already a member of '{ws.name}'.", field="user") from exc
+                raise Conflict(already, field="user") from exc
             audit.record(s, actor, "workspace.member.add", resource_type="user", resource_id=user.id,
                          workspace_id=ws.id, detail={"role": m.role})
             if user.id == actor.user_id:
@@ -317,10 +340,27 @@ class IdentityService:
             s.refresh(m)
             return m
 
+    def _addable_user(self, s: Session, actor: Principal, ref: str) -> User:
+        """A platform admin adds anyone; an owner an enabled user who is not a platform admin."""
+        if actor.is_platform_admin:
+            return self._user_by_ref(s, ref)
+        user = s.scalar(select(User).where((User.id == ref) | (User.name == ref)))
+        if user is None or user.disabled or user.is_platform_admin:
+            raise NotFound(NO_ADDABLE_USER, field="user")
+        return user
+
+    def _workspace_by_ref(self, s: Session, ref: str) -> Workspace:
+        ws = s.scalar(select(Workspace).where((Workspace.id == ref) | (Workspace.name == ref)))
+        if ws is None:
+            raise NotFound("No workspace has that name or id; 'modelport workspaces list' shows them.",
+                           field="workspace")
+        return ws
+
     def set_member_role(self, actor: Principal, user_ref: str, role: Role) -> Membership:
         actor.require("members.write")
         with self.db.session() as s:
             m = self._member(s, actor, user_ref)
+            self._guard_admin_membership(actor, m)
             if m.role == Role.OWNER and role != Role.OWNER:
                 self._ensure_other_owner(s, actor.workspace_id, m.user_id)
             m.role = Role(role).value
@@ -330,9 +370,12 @@ class IdentityService:
         return m
 
     def remove_member(self, actor: Principal, user_ref: str) -> None:
-        actor.require("members.write")
+        """Owners remove members; any member may leave (a workspace keeps an enabled owner)."""
+        if user_ref not in (actor.user_id, actor.user_name):
+            actor.require("members.write")
         with self.db.session() as s:
             m = self._member(s, actor, user_ref)
+            self._guard_admin_membership(actor, m)
             if m.role == Role.OWNER:
                 self._ensure_other_owner(s, actor.workspace_id, m.user_id)
             s.delete(m)
@@ -353,40 +396,71 @@ class IdentityService:
                            "lists them.", field="user")
         return m
 
+    def _guard_admin_membership(self, actor: Principal, m: Membership) -> None:
+        if m.user.is_platform_admin and not actor.is_platform_admin:
+            raise Forbidden(ADMIN_MEMBERSHIP, field="user")
+
     def _ensure_other_owner(self, s: Session, workspace_id: str, user_id: str) -> None:
-        others = s.scalars(select(Membership).where(Membership.workspace_id == workspace_id,
-                                                    Membership.role == Role.OWNER.value,
-                                                    Membership.user_id != user_id)).first()
+        """A disabled owner does not count: it could not act for the workspace."""
+        others = s.scalars(select(Membership).join(User, Membership.user_id == User.id).where(
+            Membership.workspace_id == workspace_id, Membership.role == Role.OWNER.value,
+            Membership.user_id != user_id, User.disabled.is_(False))).first()
         if others is None:
-            raise Conflict("A workspace needs at least one owner; make someone else owner first.")
+            raise Conflict("A workspace needs at least one enabled owner; make someone else owner first.")
 
     # -- API keys -------------------------------------------------------------------------
 
     def create_api_key(self, actor: Principal, name: str = "", expires_in_days: int | None = None,
                        user_ref: str | None = None) -> CreatedKey:
-        if expires_in_days is not None and not 1 <= expires_in_days <= 3650:
-            raise InvalidInput("expires_in_days must be between 1 and 3650.", field="expires_in_days")
-        if len(name) > 64:
-            raise InvalidInput("name must be at most 64 characters.", field="name")
+        """A key for the caller itself, in the caller's workspace, with at most the caller's power.
+
+        `user_ref` may only name the caller: nobody creates a key for someone else here.
+        """
+        if user_ref is not None and user_ref not in (actor.user_id, actor.user_name):
+            raise Forbidden(KEYS_ARE_PERSONAL, field="user")
+        expires = _expiry(name, expires_in_days)
+        actor.require("apikeys.own")
         with self.db.session() as s:
-            user_id = actor.user_id
-            if user_ref is not None and user_ref not in (actor.user_id, actor.user_name):
-                actor.require("apikeys.manage")
-                user_id = self._member(s, actor, user_ref).user_id
-            if user_id == actor.user_id:
-                actor.require("apikeys.own")
-            expires = utcnow() + timedelta(days=expires_in_days) if expires_in_days else None
-            created = self._new_key(s, user_id=user_id, workspace_id=actor.workspace_id, name=name,
-                                    expires_at=expires)
+            created = self._new_key(s, user_id=actor.user_id, workspace_id=actor.workspace_id, name=name,
+                                    expires_at=expires, created_by=actor.user_id,
+                                    platform_admin=actor.is_platform_admin)
             audit.record(s, actor, "apikey.create", resource_type="apikey", resource_id=created.row.id,
-                         detail={"user": user_id})
+                         detail={"user": actor.user_id})
+            return created
+
+    def create_api_key_for_user(self, actor: Principal, user_ref: str, workspace: str, name: str = "",
+                                expires_in_days: int | None = None) -> CreatedKey:
+        """A platform admin makes a key for a non-admin member of a workspace, without joining it.
+
+        The key never carries platform-admin power, and the workspace's audit log records it.
+        """
+        actor.require("platform.users")
+        expires = _expiry(name, expires_in_days)
+        with self.db.session() as s:
+            user = self._user_by_ref(s, user_ref)
+            if user.is_platform_admin:
+                raise Forbidden("A platform admin's API keys are created by that platform admin, with its own key.",
+                                field="user")
+            if user.disabled:
+                raise Conflict("This user is disabled; enable it first ('modelport users enable').", field="user")
+            ws = self._workspace_by_ref(s, workspace)
+            member = s.scalar(select(Membership).where(Membership.workspace_id == ws.id,
+                                                       Membership.user_id == user.id))
+            if member is None:
+                raise Conflict(f"'{user.name}' is not a member of '{ws.name}'; add them first "
+                               "('modelport workspaces add-member USER --to WORKSPACE').", field="workspace")
+            created = self._new_key(s, user_id=user.id, workspace_id=ws.id, name=name, expires_at=expires,
+                                    created_by=actor.user_id, platform_admin=False)
+            audit.record(s, actor, "apikey.create", resource_type="apikey", resource_id=created.row.id,
+                         workspace_id=ws.id, detail={"user": user.id})
             return created
 
     def _new_key(self, s: Session, *, user_id: str, workspace_id: str, name: str,
-                 expires_at: datetime | None) -> CreatedKey:
+                 expires_at: datetime | None, created_by: str, platform_admin: bool) -> CreatedKey:
         lookup, secret = keysecrets.generate("mpk")
         row = ApiKey(id=f"key_{lookup}", name=name, digest=keysecrets.digest(secret), user_id=user_id,
-                     workspace_id=workspace_id, expires_at=expires_at)
+                     workspace_id=workspace_id, expires_at=expires_at, created_by=created_by,
+                     platform_admin=platform_admin)
         s.add(row)
         s.flush()
         return CreatedKey(row=row, secret=secret)
@@ -410,8 +484,18 @@ class IdentityService:
                     raise NotFound(f"API key '{key_id}' not found.")
             else:
                 actor.require("apikeys.own")
+            if key.platform_admin and not actor.is_platform_admin:
+                raise Forbidden("This key carries platform-admin power; only a platform admin revokes it.")
             if key.revoked_at is None:
                 key.revoked_at = utcnow()
             audit.record(s, actor, "apikey.revoke", resource_type="apikey", resource_id=key.id)
         self.invalidate_cache()
         return key
+
+
+def _expiry(name: str, expires_in_days: int | None) -> datetime | None:
+    if expires_in_days is not None and not 1 <= expires_in_days <= 3650:
+        raise InvalidInput("expires_in_days must be between 1 and 3650.", field="expires_in_days")
+    if len(name) > 64:
+        raise InvalidInput("name must be at most 64 characters.", field="name")
+    return utcnow() + timedelta(days=expires_in_days) if expires_in_days else None

@@ -7,6 +7,10 @@ versions (backing keys) inside its ciphertext blob and does not expose them: `ke
 always 0 here, `rotate` is `RotateKeyOnDemand` and `rewrap` is `ReEncrypt`, which moves a
 wrapped key to the current backing key without the data key leaving KMS.
 
+A key is a workspace's customer-managed key only when its owner says so in AWS: the key carries
+the tag `modelport:workspace` = the workspace id (`key_binding` reads it, with the key's ARN, to
+which aliases and key ids resolve). AWS KMS reads tags only of keys in the caller's own account.
+
 What KMS does not offer is refused with UnsupportedOperation: a minimum decryption version
 (KMS keeps every backing key). `destroy` schedules deletion with the shortest window KMS allows
 (7 days); the key is unusable from that moment.
@@ -30,6 +34,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from modelport.errors import ModelportError
 from modelport.kms.base import (
     KeyAccessDenied,
+    KeyBinding,
     KeyDisabled,
     KeyInfo,
     KeyNotFound,
@@ -42,6 +47,7 @@ from modelport.kms.base import (
 )
 
 DELETION_WINDOW_DAYS = 7  # the minimum AWS KMS accepts
+WORKSPACE_TAG = "modelport:workspace"  # on a customer-managed key: the id of the workspace it is for
 
 _UNAVAILABLE_CODES = {
     "KMSInternalException",
@@ -134,6 +140,18 @@ class AwsKmsProvider:
             raise UnsupportedOperation("disable the key before destroying it; destruction cannot be undone")
         with self._errors():
             self._client.schedule_key_deletion(KeyId=self._key_id(key_ref), PendingWindowInDays=DELETION_WINDOW_DAYS)
+
+    def key_binding(self, key_ref: str) -> KeyBinding:
+        """The key's ARN (an alias or key id resolved) and the workspace its WORKSPACE_TAG names."""
+        with self._errors():
+            arn = self._client.describe_key(KeyId=key_ref)["KeyMetadata"]["Arn"]
+            tags: dict[str, str] = {}
+            page: dict[str, Any] = {"Truncated": True}
+            while page.get("Truncated"):
+                marker = {"Marker": page["NextMarker"]} if "NextMarker" in page else {}
+                page = self._client.list_resource_tags(KeyId=arn, **marker)
+                tags.update({t["TagKey"]: t["TagValue"] for t in page.get("Tags", [])})
+        return KeyBinding(arn, tags.get(WORKSPACE_TAG))
 
     # ------------------------------------------------------------------------------- wrapping
     def wrap(self, key_ref: str, plaintext: bytes, context: Mapping[str, str]) -> WrappedKey:

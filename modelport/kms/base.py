@@ -161,6 +161,24 @@ class KeyProvider(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class KeyBinding:
+    """Which workspace a key's owner bound it to, and the one reference that names the key."""
+
+    key_ref: str  # canonical: every alias and id of the key resolves to it (AWS: the key ARN)
+    workspace_id: str | None  # the workspace the key names, None when it names none
+
+
+@runtime_checkable
+class BindsKeysToWorkspaces(Protocol):
+    """A provider whose keys can be customer-managed keys: it proves which workspace a key is for.
+
+    A provider without it cannot hold customer-managed keys (the registration fails closed).
+    """
+
+    def key_binding(self, key_ref: str) -> KeyBinding: ...
+
+
 def validate_key_ref(key_ref: str) -> str:
     if not isinstance(key_ref, str) or not KEY_REF_PATTERN.fullmatch(key_ref):
         raise InvalidInput("a key reference is 1-160 characters of letters, digits, '_', '.', '-'", field="key_ref")

@@ -1,8 +1,9 @@
 """Tenants built on a real server through its own REST API, for the HTTP tests.
 
 `make_tenant` creates a workspace with one user per role and an API key for each, the way an
-operator would: the platform admin adds itself to the workspace (an audited self-add), creates
-the members and their keys, then leaves, so the admin is not a member afterwards.
+operator would: the platform admin adds itself to the workspace (an audited self-add), adds the
+members, creates their keys (`POST /api/v1/users/{user}/apikeys`, which needs no membership),
+then leaves, so the admin is not a member afterwards.
 `import_tiny_gguf` registers a small, valid GGUF written by the reference writer, so that tests
 that need many private models do not upload the 98 MB bundled file each time.
 """
@@ -82,8 +83,8 @@ def make_tenant(server: Server, name: str | None = None, roles: tuple[str, ...] 
                 ok(admin.post("/api/v1/members", json={"user": users[role]["name"], "role": role}, headers=as_ws))
         t = Tenant(name=name, id=ws["id"])
         for role in roles:
-            k = ok(admin.post("/api/v1/apikeys", json={"name": f"{role}-key", "user": users[role]["name"]},
-                              headers=as_ws)).json()
+            k = ok(admin.post(f"/api/v1/users/{users[role]['name']}/apikeys",
+                              json={"name": f"{role}-key", "workspace": name})).json()
             t.users[role], t.user_ids[role] = users[role]["name"], users[role]["id"]
             t.keys[role], t.key_ids[role] = k["key"], k["id"]
         ok(admin.delete("/api/v1/members/admin", headers=as_ws))
@@ -91,13 +92,14 @@ def make_tenant(server: Server, name: str | None = None, roles: tuple[str, ...] 
 
 
 def add_member(server: Server, tenant: Tenant, role: str = "reader") -> tuple[str, str, str]:
-    """A fresh user added to `tenant` by its owner, with a key the owner made: (name, id, key)."""
+    """A fresh user added to `tenant` by its owner, with a key the platform admin made: (name, id, key)."""
     name = unique(f"{tenant.name}-m")
     with server.client() as admin:
         uid = ok(admin.post("/api/v1/users", json={"name": name})).json()["id"]
     with server.client(tenant.keys["owner"]) as owner:
         ok(owner.post("/api/v1/members", json={"user": name, "role": role}))
-        key = ok(owner.post("/api/v1/apikeys", json={"user": name})).json()
+    with server.client() as admin:
+        key = ok(admin.post(f"/api/v1/users/{name}/apikeys", json={"workspace": tenant.name})).json()
     return name, uid, key["key"]
 
 

@@ -46,6 +46,8 @@ VALID: dict[tuple[str, str], tuple[str, dict]] = {
                                                   "platform_admin": False}),
     ("PATCH", "/api/v1/users/{ref}"): ("/api/v1/users/admin", {"disabled": False}),
     ("POST", "/api/v1/apikeys"): ("/api/v1/apikeys", {"name": "k", "expires_in_days": 1, "user": "admin"}),
+    ("POST", "/api/v1/users/{ref}/apikeys"): ("/api/v1/users/admin/apikeys",
+                                              {"workspace": "default", "name": "k", "expires_in_days": 1}),
     ("PATCH", "/api/v1/models/{name}"): ("/api/v1/models/all-MiniLM-L6-v2", {
         "curated": True, "downloadable": True, "finetunable": False, "deprecated": False, "card": "c",
         "deployment_types": ["dedicated"]}),
@@ -244,7 +246,9 @@ SERVICE_CASES: list[tuple[str, str, dict, int, str]] = [
     ("POST", "/api/v1/users", {"name": f"-{CANARY}!"}, 400, "name"),
     ("POST", "/api/v1/members", {"user": CANARY, "role": "reader"}, 404, "user"),
     ("POST", "/api/v1/workspaces/default/members", {"user": CANARY, "role": "reader"}, 404, "user"),
-    ("POST", "/api/v1/apikeys", {"user": CANARY}, 404, "user"),
+    ("POST", "/api/v1/apikeys", {"user": CANARY}, 403, "user"),  # only one's own keys: nothing looked up
+    ("POST", f"/api/v1/users/{CANARY}/apikeys", {"workspace": "default"}, 404, "user"),
+    ("POST", "/api/v1/users/admin/apikeys", {"workspace": CANARY}, 403, "user"),
     ("POST", "/api/v1/apikeys", {"expires_in_days": 0}, 422, "expires_in_days"),
     ("POST", "/api/v1/apikeys", {"expires_in_days": 10**9}, 422, "expires_in_days"),
     ("PATCH", "/api/v1/models/all-MiniLM-L6-v2", {"deployment_types": []}, 400, "deployment_types"),

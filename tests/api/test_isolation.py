@@ -93,6 +93,9 @@ ROWS: dict[tuple[str, str], Row] = {
     ("PATCH", "/api/v1/users/{ref}"): Row(
         lambda ref: ("PATCH", f"/api/v1/users/{ref}", {"json": {"disabled": True}}),
         lambda v: [v.tenant.users["reader"], v.tenant.user_ids["reader"]], _missing("usr_"), expect=403),
+    ("POST", "/api/v1/users/{ref}/apikeys"): Row(
+        lambda ref: ("POST", f"/api/v1/users/{ref}/apikeys", {"json": {"workspace": "victim"}}),
+        lambda v: [v.tenant.users["reader"], v.tenant.user_ids["reader"]], _missing("usr_"), expect=403),
     ("DELETE", "/api/v1/apikeys/{key_id}"): Row(
         lambda ref: ("DELETE", f"/api/v1/apikeys/{ref}", {}),
         lambda v: [v.tenant.key_ids["reader"], v.tenant.key_ids["owner"]], _missing("key_")),

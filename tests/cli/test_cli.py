@@ -64,7 +64,7 @@ def test_tables_are_readable(server: Server) -> None:
     assert headers[:3] == ["NAME", "ID", "YOUR ROLE"] and ["default", "owner"] == [rows[0][0], rows[0][2]]
     keys = server.cli("apikeys", "list", check=True).stdout
     headers, rows = table(keys)
-    assert headers == ["ID", "NAME", "USER", "CREATED", "EXPIRES", "LAST USED", "REVOKED"]
+    assert headers == ["ID", "NAME", "USER", "CREATED", "CREATED BY", "PLATFORM", "EXPIRES", "LAST USED", "REVOKED"]
     assert any(r[1] == "admin" and r[0].startswith("key_") for r in rows)
     for out in (users, keys):
         assert "{" not in out and "mpk_" not in out  # a table, and never a secret
@@ -105,7 +105,7 @@ def test_workspaces_and_users(server: Server) -> None:
                                                   check=True).stdout
     members = {m["user"]: m["role"] for m in cli_json(server, *in_team, "workspaces", "members")}
     assert members == {"alice": "owner", "admin": "owner", "bob": "contributor"}
-    bob_key = cli_json(server, *in_team, "apikeys", "create", "--user", "bob")["key"]
+    bob_key = cli_json(server, "apikeys", "create", "--user", "bob", "--workspace", "team")["key"]
     with server.client(bob_key) as bob:
         assert bob.get("/api/v1/me").json()["workspace"] == "team"
     assert "Removed bob" in server.cli(*in_team, "workspaces", "remove-member", "bob", check=True).stdout

@@ -45,9 +45,7 @@ def new_workspace_owner(srv: Server, name: str) -> str:
     with srv.client() as c:
         c.post("/api/v1/users", json={"name": f"{name}-owner"}).raise_for_status()
         c.post("/api/v1/workspaces", json={"name": name, "owner": f"{name}-owner"}).raise_for_status()
-        c.post(f"/api/v1/workspaces/{name}/members", json={"user": "admin", "role": "owner"}).raise_for_status()
-    with srv.client(headers={"X-Modelport-Workspace": name}) as c:
-        r = c.post("/api/v1/apikeys", json={"user": f"{name}-owner", "name": "t"})
+        r = c.post(f"/api/v1/users/{name}-owner/apikeys", json={"workspace": name, "name": "t"})
         r.raise_for_status()
         return r.json()["key"]
 

@@ -160,6 +160,11 @@ def b_key_create_for_member(w: World, role: str) -> Req:
     return Req("POST", "/api/v1/apikeys", {"json": {"name": "theirs", "user": name}})
 
 
+def b_key_create_for_user(w: World, role: str) -> Req:
+    name, _, _ = add_member(w.server, w.team)
+    return Req("POST", f"/api/v1/users/{name}/apikeys", {"json": {"workspace": w.team.name, "name": "by-admin"}})
+
+
 def b_key_revoke_own(w: World, role: str) -> Req:
     with w.client(role) as c:
         key_id = ok(c.post("/api/v1/apikeys", json={"name": "to-revoke"})).json()["id"]
@@ -235,7 +240,7 @@ def b_upload_commit_catalog(w: World, role: str) -> Req:
             return Req("POST", f"/api/v1/model-uploads/{up['id']}/commit")
         name = _fresh_user(w)
         ok(admin.post("/api/v1/members", json={"user": name, "role": role}))
-        secret = ok(admin.post("/api/v1/apikeys", json={"user": name})).json()["key"]
+        secret = ok(admin.post(f"/api/v1/users/{name}/apikeys", json={"workspace": "default"})).json()["key"]
     return Req("POST", f"/api/v1/model-uploads/{up['id']}/commit", key=secret)
 
 
@@ -355,8 +360,10 @@ CASES: list[Case] = [
     Case(("POST", "/api/v1/users"), "create", _only_admin(201), b_user_create, platform=True),
     Case(("PATCH", "/api/v1/users/{ref}"), "disable", _only_admin(200), b_user_update, platform=True),
     Case(("POST", "/api/v1/apikeys"), "own", {r: 201 for r in ROLE_NAMES}, b_key_create_own),
-    # An outsider is an owner elsewhere: the user is not a member of its workspace (404).
-    Case(("POST", "/api/v1/apikeys"), "for-member", _owner_only(201), b_key_create_for_member),
+    # Nobody creates a key for another user here, an owner neither (SEC-C1); nothing is looked up.
+    Case(("POST", "/api/v1/apikeys"), "for-member", {r: 403 for r in ROLE_NAMES}, b_key_create_for_member),
+    # A platform admin does, for a non-admin member, without joining the workspace.
+    Case(("POST", "/api/v1/users/{ref}/apikeys"), "member", _only_admin(201), b_key_create_for_user, platform=True),
     Case(("DELETE", "/api/v1/apikeys/{key_id}"), "own", {r: 200 for r in ROLE_NAMES}, b_key_revoke_own),
     # Non-owners cannot list other members' keys, so revoking one answers as for a missing key.
     Case(("DELETE", "/api/v1/apikeys/{key_id}"), "other-member",

@@ -45,9 +45,8 @@ class Store:
     def user_with_key(self, name: str, workspace: str = "default", role: Role = Role.READER) -> str:
         """A new user, member of `workspace` with `role`, and its first API key (made by the admin)."""
         self.svc.create_user(self.admin, name)
-        admin_there = self.admin if workspace == "default" else self.as_admin_in(workspace)
-        self.svc.add_member(admin_there, name, role)
-        return self.svc.create_api_key(admin_there, name="first", user_ref=name).secret
+        self.svc.add_member(self.admin, name, role, workspace=workspace)
+        return self.svc.create_api_key_for_user(self.admin, name, workspace, name="first").secret
 
 
 @pytest.fixture
@@ -237,14 +236,16 @@ def test_admin_reaches_a_workspace_only_as_a_member(store: Store) -> None:
 
 def test_a_workspace_keeps_at_least_one_owner(store: Store) -> None:
     admin = store.admin
-    with pytest.raises(Conflict, match="at least one owner"):
+    with pytest.raises(Conflict, match="at least one enabled owner"):
         store.svc.set_member_role(admin, "admin", Role.READER)
-    with pytest.raises(Conflict, match="at least one owner"):
+    with pytest.raises(Conflict, match="at least one enabled owner"):
         store.svc.remove_member(admin, "admin")
     secret = store.user_with_key("grace", role=Role.OWNER)
     grace = store.svc.authenticate(secret)
-    store.svc.set_member_role(grace, "admin", Role.READER)  # allowed now: grace is an owner too
-    with pytest.raises(Conflict, match="at least one owner"):
+    with pytest.raises(Forbidden, match="platform admin"):
+        store.svc.set_member_role(grace, "admin", Role.READER)  # an owner does not touch the admin
+    store.svc.set_member_role(admin, "admin", Role.READER)  # the admin may: grace is an owner too
+    with pytest.raises(Conflict, match="at least one enabled owner"):
         store.svc.remove_member(grace, "grace")
     with pytest.raises(Forbidden):
         store.svc.set_member_role(store.admin, "grace", Role.READER)  # the admin is a reader here now

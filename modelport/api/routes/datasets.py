@@ -84,7 +84,7 @@ class MinVersion(BaseModel):
 class CmkRegister(BaseModel):
     model_config = ConfigDict(extra="forbid")
     provider: str | None = Field(default=None, max_length=32,
-                                 description="Key provider: `aws-kms`, or `local` (default: a new local key).")
+                                 description="Key provider: `aws`, or `local` (default: a new local key).")
     key_ref: str | None = Field(default=None, max_length=2048, description="The key's id or ARN at the provider.")
 
 

@@ -14,6 +14,7 @@ from modelport.identity.schemas import (
     MemberOut,
     MemberUpdate,
     MeOut,
+    UserApiKeyCreate,
     UserCreate,
     UserOut,
     UserUpdate,
@@ -27,7 +28,8 @@ router = APIRouter(prefix="/api/v1")
 def _key_out(k: ApiKey) -> dict:
     return {"id": k.id, "name": k.name, "user_id": k.user_id, "workspace_id": k.workspace_id,
             "prefix": "mpk_" + k.id.removeprefix("key_"), "created_at": k.created_at,
-            "expires_at": k.expires_at, "revoked_at": k.revoked_at, "last_used_at": k.last_used_at}
+            "expires_at": k.expires_at, "revoked_at": k.revoked_at, "last_used_at": k.last_used_at,
+            "created_by": k.created_by, "platform_admin": k.platform_admin}
 
 
 def _user_out(u) -> UserOut:  # type: ignore[no-untyped-def]
@@ -72,7 +74,6 @@ async def delete_workspace(ref: str, caller: Caller, svc: Svc) -> None:
              name="workspace.member.add_any")
 def add_member_any(ref: str, body: MemberAdd, caller: Caller, svc: Svc) -> MemberOut:
     """Platform admins add a member to any workspace (adding themselves is audited)."""
-    caller.require("platform.users")
     m = svc.identity.add_member(caller, body.user, body.role, workspace=ref)
     return MemberOut(user_id=m.user_id, user=m.user.name, role=m.role, created_at=m.created_at)
 
@@ -113,6 +114,14 @@ def list_users(caller: Caller, svc: Svc) -> list[UserOut]:
 @router.patch("/users/{ref}", response_model=UserOut, name="user.update")
 def update_user(ref: str, body: UserUpdate, caller: Caller, svc: Svc) -> UserOut:
     return _user_out(svc.identity.set_user_disabled(caller, ref, body.disabled))
+
+
+@router.post("/users/{ref}/apikeys", response_model=ApiKeyCreated, status_code=status.HTTP_201_CREATED,
+             name="user.apikey.create")
+def create_api_key_for_user(ref: str, body: UserApiKeyCreate, caller: Caller, svc: Svc) -> ApiKeyCreated:
+    """Platform admins create a key for a non-admin member of a workspace, without joining it (audited there)."""
+    created = svc.identity.create_api_key_for_user(caller, ref, body.workspace, body.name, body.expires_in_days)
+    return ApiKeyCreated(**_key_out(created.row), key=created.secret)
 
 
 @router.post("/apikeys", response_model=ApiKeyCreated, status_code=status.HTTP_201_CREATED, name="apikey.create")
