@@ -315,9 +315,7 @@ def test_the_name_can_be_used_again(world: World) -> None:
     name, owner = world.victim.name, world.victim.users["owner"]
     with world.server.client() as admin:
         again = ok(admin.post("/api/v1/workspaces", json={"name": name, "owner": owner}), 201).json()
-        ok(admin.post(f"/api/v1/workspaces/{name}/members", json={"user": "admin", "role": "owner"}))
-        key = ok(admin.post("/api/v1/apikeys", json={"user": owner}, headers={"X-Modelport-Workspace": name})).json()
-        ok(admin.delete("/api/v1/members/admin", headers={"X-Modelport-Workspace": name}))
+        key = ok(admin.post(f"/api/v1/users/{owner}/apikeys", json={"workspace": name}), 201).json()
     assert again["id"] != world.victim.id
     with world.server.client(key["key"]) as c:
         ok(c.post("/api/v1/datasets", params={"name": "facts"}, content=jsonl("fresh", 2)), 201)

@@ -1,7 +1,7 @@
 """api key provenance: who made each key, and whether it carries platform-admin power
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-12-03 10:00:00.000000
 
 A key carries platform-admin power only when its own user, a platform admin acting with such a
@@ -15,8 +15,8 @@ platform-admin power.
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0006'
-down_revision = '0005'
+revision = '0007'
+down_revision = '0006'
 branch_labels = None
 depends_on = None
 
