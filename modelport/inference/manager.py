@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
+import operator
 import os
 import threading
 import time
@@ -254,12 +256,7 @@ class DeploymentManager:
                 raise IntegrityError(f"Model '{model.name}' no longer passes its artifact scan; see its report.")
             pool = self._pool(dep, model)
             await self.pools.scale(pool, dep.instances if dep.type == "dedicated" else max(1, len(pool.members)))
-            egress = self._egress(pool)
-            if self.settings.require_egress_isolation and egress != "isolated":
-                raise ServiceUnavailable(
-                    "This machine cannot isolate workers from the network and the operator "
-                    "requires it (MODELPORT_REQUIRE_EGRESS_ISOLATION)."
-                )
+            isolation = self._isolation(pool)
             # Answered: the worker reports healthy and counts a token, so the model is loaded.
             async with pool.slot(dep.id) as client:
                 await client.count_tokens(prompt="ready?") if model.task == "chat-completion" else (
@@ -279,14 +276,15 @@ class DeploymentManager:
                 f"Internal error while starting the workers ({type(exc).__name__}); see the server log.",
             )
         else:
-            await asyncio.to_thread(self.service.set_state, dep_id, "succeeded", None, egress)
+            await asyncio.to_thread(self.service.set_state, dep_id, "succeeded", None, isolation)
         self.refresh(dep_id)
 
     @staticmethod
-    def _egress(pool: Pool) -> str:
+    def _isolation(pool: Pool) -> dict[str, bool] | None:
+        """What every worker of the pool is isolated from (each worker's sandbox is verified at its start)."""
         if not pool.members:
-            return "unknown"
-        return "isolated" if all(m.handle.egress_isolated for m in pool.members) else "not isolated"
+            return None
+        return functools.reduce(operator.and_, (m.handle.isolation for m in pool.members)).as_dict()
 
     async def pool_for(self, route: Route) -> Pool:
         """The pool serving `route`; a stopped serverless pool starts again on demand."""
