@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import stat
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from modelport.config import Settings
 from tests.api.tenants import ok
 from tests.conftest import KEEP_ENV, ROOT, Server, start_server
 from tests.inference.helpers import CHAT_MODEL, create_deployment, lean_env
+from tests.runtimes.models import SMOLLM2_GGUF
 
 
 @pytest.fixture(scope="module")
@@ -59,10 +61,16 @@ def test_the_server_is_not_dumpable() -> None:
     assert main.index("harden_process()") < main.index("build_settings(**overrides)")
 
 
-def test_everything_the_server_writes_is_private(server: Server) -> None:
+def test_everything_the_server_writes_is_private(server: Server, tmp_path: Path) -> None:
     """SEC-L7: a stat of every file under a fresh home (and the run directory) after a start, a
-    deployment, an API key and a dataset upload."""
+    deployment, an API key, a dataset upload and a model import. The one exception is the
+    imported model's own files, which its workers (other uids) must read: 0644 inside 0700
+    directories, so that no other user reaches them."""
     owner = {"Authorization": f"Bearer {server.admin_key}"}
+    model = tmp_path / "m.gguf"
+    shutil.copyfile(SMOLLM2_GGUF, model)
+    imported = json.loads(server.cli("models", "import", str(model), "--name", "private-smol", "--license",
+                                     "Apache-2.0", "--json", check=True).stdout)
     with server.client() as c:
         ok(c.post("/api/v1/apikeys", json={"name": "more"}), 201)
         rows = b"".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"},
@@ -72,16 +80,23 @@ def test_everything_the_server_writes_is_private(server: Server) -> None:
                   headers={**owner, "Content-Type": "application/jsonl"}), 201)
     create_deployment(server, "hardened")
     seen = []
+    model_files = []
     for root in (server.home, Settings(home=server.home).run_dir):
         for path in [root, *root.rglob("*")]:
             st = os.lstat(path)
             if stat.S_ISSOCK(st.st_mode):
                 continue  # a worker's socket, inside its 0700 directory
             seen.append(path)
+            if imported["id"] in path.parts:
+                model_files.append(path)
+                assert stat.S_IMODE(st.st_mode) in (0o644, 0o755), path
+                continue
             assert st.st_mode & 0o077 == 0, f"{path} has mode {stat.S_IMODE(st.st_mode):04o}"
     names = {p.name for p in seen}
     assert {"modelport.db", "modelport.db-wal", "server.log", "admin.key"} <= names
-    assert any("blobs" in p.parts for p in seen)
+    assert any("blobs" in p.parts for p in seen) and any(p.name == "m.gguf" for p in model_files)
+    assert all(p.parent.name != imported["id"] or os.stat(p.parent.parent).st_mode & 0o077 == 0
+               for p in model_files)  # the directory above the model's is private
 
 
 def test_deployments_show_how_their_workers_are_isolated(server: Server) -> None:

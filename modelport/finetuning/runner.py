@@ -33,7 +33,7 @@ from typing import Any
 import orjson
 
 from modelport.errors import ServiceUnavailable
-from modelport.workers.sandbox import Sandbox, SandboxLauncher
+from modelport.workers.sandbox import Sandbox, SandboxLauncher, SandboxUnavailable
 
 log = logging.getLogger("modelport.finetuning")
 
@@ -215,6 +215,9 @@ class JobRunner:
             log.info("fine-tuning job %s %s (%s)", job.id, status, exc.code)
         except asyncio.CancelledError:
             raise  # server stopping: the job stays `running` and is requeued on the next start
+        except SandboxUnavailable as exc:  # the machine, not a bug: the reason is the job's error
+            log.warning("fine-tuning job %s failed: %s", job.id, exc.message)
+            await asyncio.to_thread(self.service.finish, job.id, "failed", exc.message)
         except Exception as exc:
             message = getattr(exc, "message", None) or f"internal error ({type(exc).__name__}); see the server log"
             log.exception("fine-tuning job %s failed", job.id)

@@ -42,7 +42,6 @@ import shutil
 import signal
 import stat
 import sys
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +56,6 @@ Mode = Literal["root", "userns"]
 RUN_ROOT = Path("/run/modelport")  # as root: run directories and the uid pool live here
 TMP_BYTES = 64 * 1024**2  # each sandbox's /tmp and /dev/shm (memory)
 REPORT_TIMEOUT = 60.0
-_UID_WAIT = 10.0  # how long close() waits for a sandbox's last processes before keeping its uid
 
 
 class SandboxUnavailable(errors.ServiceUnavailable):
@@ -382,7 +380,6 @@ class Sandbox:
     read_only: tuple[str, ...] = ()
     uid: int | None = None
     closed: bool = field(default=False, repr=False)
-    _spawned: bool = field(default=False, repr=False)
 
     @property
     def peer_uid(self) -> int:
@@ -396,9 +393,6 @@ class Sandbox:
         if self.closed:
             raise errors.ServiceUnavailable("this sandbox was closed; create a new one")
         launcher = self.launcher
-        if self.uid is not None and self._spawned:
-            await self._wait_uid_free()
-        self._spawned = True
         if self.mode is None:
             env = sandbox_env(threads=threads, home=str(self.directory))
             process = await asyncio.create_subprocess_exec(
@@ -449,29 +443,19 @@ class Sandbox:
             "keep_fds": list(pass_fds), "server_pid": os.getpid(),
         }
 
-    async def _wait_uid_free(self) -> None:
-        """A previous payload of this sandbox (before a restart) must be entirely gone."""
-        deadline = time.monotonic() + _UID_WAIT
-        while await asyncio.to_thread(lambda: self.uid in uids_in_use()):
-            if time.monotonic() > deadline:
-                raise errors.ServiceUnavailable("processes of this worker's previous run are still exiting; "
-                                                "retry shortly")
-            await asyncio.sleep(0.05)
-
     async def close(self) -> None:
-        """After its process ended: give the uid back (once none of its processes is left) and
-        remove the directory."""
+        """After its process ended: give the uid back and remove the directory.
+
+        Once the keeper has been reaped, every process of the payload is gone: the kernel lets
+        the parent reap a PID namespace's init only after all other processes in it were
+        reaped. So is a restart's previous run. A uid that some process still runs under (one
+        that escaped this accounting, or a foreign user of the range) stays reserved until a
+        later acquire finds it free."""
         if self.closed:
             return
         self.closed = True
-        if self.uid is not None:
-            deadline = time.monotonic() + _UID_WAIT
-            while not await asyncio.to_thread(self.launcher.uids.release, self.uid):
-                if time.monotonic() > deadline:
-                    log.warning("sandbox uid %d still has processes; it stays reserved until they are gone",
-                                self.uid)
-                    break
-                await asyncio.sleep(0.05)
+        if self.uid is not None and not await asyncio.to_thread(self.launcher.uids.release, self.uid):
+            log.warning("sandbox uid %d still runs processes; it stays reserved until they are gone", self.uid)
         await asyncio.to_thread(shutil.rmtree, self.directory, True)
 
 

@@ -24,7 +24,7 @@ import pytest
 from modelport.workers.protocol import GenerateBody, WorkerSpec
 from modelport.workers.sandbox import Capabilities, SandboxLauncher, SandboxUnavailable, uids_in_use
 from modelport.workers.supervisor import WorkerHandle, WorkerSupervisor
-from tests.workers.conftest import LoopThread, collect, make_supervisor
+from tests.workers.conftest import LoopThread, collect, make_supervisor, wait_for
 
 PROBE = "tests.workers.probe_runtime:ProbeRuntime"
 ALL = {"network": True, "files": True, "processes": True}
@@ -251,16 +251,20 @@ def test_a_workers_processes_die_with_it_and_only_then_is_its_uid_free(loop: Loo
     pool then handed to the next worker. (Exact pids are followed: servers of other checkouts on
     this machine may run older code that takes uids from the same range.)"""
     sup = make_supervisor(loop, run_root / "orphans")
-    handle, _ = run_probe(loop, sup, orphan=True)
-    uid = handle.uid
-    children = {pid for pid in _pids_of_uid(uid) if _parent(pid) == handle.pid}
-    assert [_cmdline(pid)[:2] for pid in children] == [["sleep", "600"]]
-    mine = {handle.pid, *children}
-    loop.run(sup.stop(handle))
-    assert not any(_alive(pid) for pid in mine)  # the sleep died with the worker
-    if uid not in uids_in_use():  # (unless an older server elsewhere took the same uid meanwhile)
-        assert uid not in sup.launcher.uids.held()
-    loop.run(sup.stop_all())
+    try:
+        handle, _ = run_probe(loop, sup, orphan=True)
+        uid = handle.uid
+        children = {pid for pid in _pids_of_uid(uid) if _parent(pid) == handle.pid}
+        assert len(children) == 1
+        # Right after exec, /proc/<pid>/cmdline can still be empty for a moment.
+        wait_for(loop, lambda: [_cmdline(pid)[:2] for pid in children] == [["sleep", "600"]], timeout=10)
+        mine = {handle.pid, *children}
+        loop.run(sup.stop(handle))
+        assert not any(_alive(pid) for pid in mine)  # the sleep died with the worker
+        if uid not in uids_in_use():  # (unless an older server elsewhere took the same uid meanwhile)
+            assert uid not in sup.launcher.uids.held()
+    finally:
+        loop.run(sup.stop_all())
 
 
 def _cmdline(pid: int) -> list[str]:

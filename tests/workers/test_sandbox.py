@@ -18,7 +18,7 @@ import pytest
 
 from modelport.config import build_settings
 from modelport.finetuning.runner import JobRunner
-from modelport.workers.sandbox import RUN_ROOT, Sandbox, SandboxLauncher, UidPool, uids_in_use
+from modelport.workers.sandbox import RUN_ROOT, Capabilities, Sandbox, SandboxLauncher, UidPool, uids_in_use
 from tests.workers.conftest import LoopThread
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs sandboxes under uids of their own: needs root")
@@ -126,3 +126,30 @@ def test_a_sandbox_can_be_closed_twice_and_spawned_again_only_while_open(loop: L
     assert not any(Path(launcher.directory).iterdir())
     launcher.tidy()
     assert asyncio.iscoroutinefunction(launcher.create)
+
+
+def test_a_fine_tuning_job_whose_sandbox_cannot_be_built_fails_with_the_reason(loop: LoopThread,
+                                                                                 tmp_path: Path) -> None:
+    """The runner's own path, on real services (SQLite, datastore, bundled catalog); the machine
+    that cannot build sandboxes is faked by overriding the launcher's probe."""
+    from modelport.bootstrap import build_services, prepare
+    from modelport.finetuning.schemas import JobCreate
+
+    settings = build_settings({"MODELPORT_HOME": str(tmp_path / "home"),
+                               "MODELPORT_CREATE_DEFAULT_DEPLOYMENT": "false"})
+    svc = build_services(settings)
+    admin = svc.identity.authenticate(prepare(svc).admin_key)
+    rows = b'{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}\n'
+    svc.datasets.upload(admin, "d", None, iter([rows]))
+    created = svc.finetuning.create(admin, JobCreate(model="SmolLM2-135M-Instruct", dataset="d"))
+    runner = JobRunner(svc.finetuning, settings)
+    runner.launcher = SandboxLauncher(settings.run_dir, "trainers",
+                                      capabilities=Capabilities(None, "faked: no namespaces here"))
+    job = svc.finetuning.claim_next()
+    assert job is not None and job.id == created.id
+    loop.run(runner._run(job))
+    row = svc.finetuning.get(admin, job.id)
+    assert row.status == "failed" and row.isolation is None
+    assert row.error is not None and "cannot sandbox model processes (faked: no namespaces here)" in row.error
+    assert "MODELPORT_ALLOW_UNISOLATED_WORKERS" in row.error
+    svc.db.dispose()
