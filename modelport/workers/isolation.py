@@ -106,7 +106,7 @@ def harden_process() -> None:
     """No core dumps, and no ptrace or /proc/<pid>/mem, environ or fd access by other processes
     of the same uid. For the server, every sandboxed process and the keeper."""
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    _check(_libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "mark the process not dumpable")
 
 
 def dumpable() -> int:
@@ -251,9 +251,8 @@ def _exit_like(status: int) -> NoReturn:
         if sig != signal.SIGKILL:
             signal.signal(sig, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         os.kill(os.getpid(), sig)
-        os._exit(128 + sig)
+        os._exit(128 + sig)  # pragma: no cover - the signal ends the process first
     os._exit(os.waitstatus_to_exitcode(status))
 
 
@@ -277,15 +276,14 @@ def keep(plan: dict[str, Any], report_fd: int) -> NoReturn:
             _write_id_maps(uid, gid)
         else:
             unshare(CLONE_NEWPID, "unshare a PID namespace")
+        # Only now: a process that is not dumpable may not write its own /proc/self/uid_map.
+        _check(_libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "mark the keeper not dumpable")
+        # Die with the server (its payload follows: it asks for SIGKILL when the keeper dies).
+        _check(_libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "ask for SIGKILL when the server dies")
+        if os.getppid() != plan["server_pid"]:
+            raise SandboxError("the server exited while the sandbox was built")
     except SandboxError as exc:
         _report(report_fd, {"event": "error", "message": str(exc)})
-        os._exit(127)
-    # Only now: a process that is not dumpable may not write its own /proc/self/uid_map.
-    _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
-    # Die with the server (its payload follows: it asks for SIGKILL when the keeper dies).
-    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != plan["server_pid"]:
-        _report(report_fd, {"event": "error", "message": "the server exited while the sandbox was built"})
         os._exit(127)
     go_r, go_w = os.pipe()
     err_r, err_w = os.pipe()
