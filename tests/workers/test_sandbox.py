@@ -152,4 +152,5 @@ def test_a_fine_tuning_job_whose_sandbox_cannot_be_built_fails_with_the_reason(l
     assert row.status == "failed" and row.isolation is None
     assert row.error is not None and "cannot sandbox model processes (faked: no namespaces here)" in row.error
     assert "MODELPORT_ALLOW_UNISOLATED_WORKERS" in row.error
+    runner.launcher.tidy()
     svc.db.dispose()
