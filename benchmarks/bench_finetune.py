@@ -96,7 +96,8 @@ def run_plain(threads: int, steps: int) -> dict:
 
 
 def run_job(threads: int, steps: int) -> tuple[dict, bytes]:
-    from modelport.finetuning.runner import isolation_plan, run_trainer
+    from modelport.finetuning.runner import run_trainer
+    from modelport.workers.sandbox import SandboxLauncher
 
     per_epoch = -(-len(ROWS) // HP["batch_size"])
     hp = dict(HP, epochs=-(-steps // per_epoch))
@@ -104,12 +105,17 @@ def run_job(threads: int, steps: int) -> tuple[dict, bytes]:
 
     async def go() -> tuple[dict, bytes]:
         fd = os.open(gguf, os.O_RDONLY)
+        # The server's own launcher: the job pays for its sandbox as it does in the server.
+        launcher = SandboxLauncher(Path(tempfile.mkdtemp(prefix="mpb-", dir="/tmp")), "trainers")
+        sandbox = await launcher.create()
         try:
-            result = await run_trainer({"hyperparameters": hp}, [dataset()], [], model_fd=fd,
-                                       workdir=Path(tempfile.mkdtemp()) / "w", threads=threads,
-                                       plan=isolation_plan(None, []))
+            result = await run_trainer({"hyperparameters": hp}, [dataset()], [], model_fd=fd, sandbox=sandbox,
+                                       threads=threads)
         finally:
             os.close(fd)
+            await sandbox.close()
+            launcher.tidy()
+            os.rmdir(launcher.run_dir)
         return result.summary, result.adapter
 
     # The job runs whole epochs; throughput is compared per token and per step.

@@ -24,6 +24,7 @@ from modelport.inference.manager import DeploymentManager
 from modelport.inference.pools import PoolManager, RegionSlots
 from modelport.keys.service import KeyService
 from modelport.safety.service import SafetyService
+from modelport.workers.sandbox import SandboxLauncher
 from modelport.workers.supervisor import WorkerSupervisor
 
 log = logging.getLogger("modelport.bootstrap")
@@ -36,12 +37,12 @@ def build_services(settings: Settings) -> Services:
     catalog = CatalogService(db, LocalModelStore(settings.blob_dir), max_upload_bytes=settings.max_model_upload_bytes,
                              upload_ttl_seconds=settings.upload_ttl_seconds)
     deployments = DeploymentService(db, catalog, settings)
-    supervisor = WorkerSupervisor(
-        settings.run_dir, regions=list(settings.region_slots),
-        require_egress_isolation=settings.require_egress_isolation, uid_base=settings.worker_uid_base,
-        # Workers never see the metadata store, the blobs or the keys, even through a mount.
-        hidden_paths=[settings.home],
-    )
+    if settings.allow_unisolated_workers:
+        log.warning("MODELPORT_ALLOW_UNISOLATED_WORKERS=true: where no sandbox can be built, model workers and "
+                    "trainers run WITHOUT isolation (network, files, processes); for development machines only")
+    # Workers see nothing of the metadata store, the blobs or the keys (sandbox.py).
+    supervisor = WorkerSupervisor(settings.run_dir, regions=list(settings.region_slots),
+                                  launcher=SandboxLauncher.from_settings(settings, "workers"))
     datastore = datastore_from_settings(settings.home, datastore_environ(settings))
     pools = PoolManager(supervisor, RegionSlots(settings.region_slots), settings.queue_per_deployment)
     manager = DeploymentManager(settings, db, catalog, deployments, pools)

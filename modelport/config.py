@@ -6,11 +6,9 @@ home directory and never need monkeypatching.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -57,8 +55,9 @@ class Settings(BaseSettings):
     queue_per_deployment: int = Field(default=16, description="Requests waiting per deployment before 429.")
     max_request_bytes: int = Field(default=4 * 1024 * 1024, description="Largest inference request body.")
     drain_seconds: float = Field(default=10.0, description="On SIGTERM, time in-flight requests get to finish.")
-    require_egress_isolation: bool = Field(
-        default=False, description="Fail deployments whose workers cannot be put in their own network namespace."
+    allow_unisolated_workers: bool = Field(
+        default=False, description="Development machines only: where no sandbox can be built, run model workers and "
+        "trainers without isolation instead of failing them. Refused in production."
     )
     create_default_deployment: bool = Field(
         default=True, description="On first start, a serverless deployment `chat` of the bundled chat model."
@@ -93,7 +92,8 @@ class Settings(BaseSettings):
     kms_aws_region: str | None = Field(default=None, description="Turns the AWS KMS key provider on.")
     kms_aws_endpoint_url: str | None = None
 
-    worker_uid_base: int = Field(default=61000, description="Workers run as uid base+slot when started as root.")
+    worker_uid_base: int = Field(default=61000, description="As root, workers and trainers run under uids from "
+                                 "base to base+999, from a pool shared by every server on the machine.")
 
     @field_validator("geographies", "region_slots", "runtime_overrides", mode="before")
     @classmethod
@@ -117,12 +117,24 @@ class Settings(BaseSettings):
         # Only what build_settings() passes in: the environment is read there, explicitly.
         return (init_settings,)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _removed(cls, values: object) -> object:
+        if isinstance(values, dict):
+            for key, replacement in REMOVED.items():
+                if key.removeprefix("MODELPORT_").lower() in values:
+                    raise ValueError(f"{key} was removed: {replacement}")
+        return values
+
     @model_validator(mode="after")
     def _resolve(self) -> Settings:
         self.home = self.home.expanduser()
         if self.environment == "production" and self.database_url is None:
             # Production must say where its metadata lives; the SQLite default is for one machine.
             raise ValueError("MODELPORT_DATABASE_URL must be set when MODELPORT_ENVIRONMENT=production")
+        if self.environment == "production" and self.allow_unisolated_workers:
+            raise ValueError("MODELPORT_ALLOW_UNISOLATED_WORKERS=true is refused when MODELPORT_ENVIRONMENT="
+                             "production: model workers and trainers always run isolated there")
         for geo, regions in self.geographies.items():
             if not regions:
                 raise ValueError(f"geography {geo!r} has no regions")
@@ -136,9 +148,11 @@ class Settings(BaseSettings):
 
     @property
     def run_dir(self) -> Path:
-        """Worker sockets. Outside MODELPORT_HOME, which is hidden from workers entirely."""
-        tag = hashlib.sha256(str(self.home.resolve()).encode()).hexdigest()[:10]
-        return Path(tempfile.gettempdir()) / f"modelport-{os.getuid()}-{tag}"
+        """Worker sockets and sandbox directories, where only this server's user can create them:
+        /run/modelport/<hash of the home> as root, $MODELPORT_HOME/run otherwise (mode 0700)."""
+        from modelport.workers.sandbox import run_dir_for
+
+        return run_dir_for(self.home)
 
     @property
     def db_url(self) -> str:
@@ -157,9 +171,20 @@ class Settings(BaseSettings):
         return f"http://{self.host}:{self.port}"
 
 
+# Settings that were removed, and what replaced them: setting one is a start-up error, not a no-op.
+REMOVED = {
+    "MODELPORT_REQUIRE_EGRESS_ISOLATION": "model workers and trainers are now always isolated (network, files, "
+    "processes) and fail when they cannot be; MODELPORT_ALLOW_UNISOLATED_WORKERS=true is the escape hatch for "
+    "development machines",
+}
+
+
 def build_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
     """Build settings from `environ` (default: os.environ) plus explicit overrides."""
     env = dict(os.environ if environ is None else environ)
+    for key, replacement in REMOVED.items():
+        if key in env:
+            raise ValueError(f"{key} was removed: {replacement}; unset it")
     values: dict[str, object] = {}
     for name in Settings.model_fields:
         key = f"MODELPORT_{name.upper()}"

@@ -26,6 +26,19 @@ def safe_relpath(path: str, field: str = "path") -> str:
     return str(p)
 
 
+def _readable_by_workers(directory: Path) -> None:
+    """The server writes with umask 077, but model workers run under uids of their own and open
+    their model by path (llama.cpp reopens /proc/self/fd/N, which checks the file's mode). Model
+    files are public artifacts, and they stay out of other users' reach: they lie in the 0700
+    MODELPORT_HOME, and a worker's sandbox shows it only its own model."""
+    for parent, _dirs, files in os.walk(directory):
+        os.chmod(parent, 0o755)  # noqa: S103 - inside the 0700 home; see above
+        for name in files:
+            path = os.path.join(parent, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o644)
+
+
 class LocalModelStore:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -82,6 +95,7 @@ class LocalModelStore:
         dest = self.models / model_id
         os.replace(self.upload_dir(upload_id) / "files", dest)
         self.discard_upload(upload_id)
+        _readable_by_workers(dest)
         return dest
 
     def model_dir(self, model_id: str) -> Path:

@@ -13,15 +13,28 @@ from modelport.cli.output import console, err_console, kv, print_json, table
 
 deployments = typer.Typer(help="Deployments: named endpoints serving a catalog model.", no_args_is_help=True)
 
+
+
+def isolation_text(isolation: dict | None) -> str:
+    """`network, files, processes` when all are isolated; what is not, in capitals, otherwise."""
+    if not isolation:
+        return "-"
+    parts = ("network", "files", "processes")
+    off = [p for p in parts if not isolation[p]]
+    on = ", ".join(p for p in parts if isolation[p])
+    return on if not off else (on + "; " if on else "") + "NOT ISOLATED: " + ", ".join(off)
+
+
 ROWS = [("NAME", "name"), ("MODEL", "model"), ("TYPE", "type"), ("INSTANCES", "instances"),
-        ("GEOGRAPHY", "geography"), ("STATE", "state"), ("EGRESS", "egress"),
+        ("GEOGRAPHY", "geography"), ("STATE", "state"), ("ISOLATION", lambda d: isolation_text(d.get("isolation"))),
         ("PUBLIC", lambda d: d["network"]["public_access"])]
 
 
 def _show(d: dict) -> None:
     kv(d, [("Name", "name"), ("ID", "id"), ("Model", lambda x: f"{x['model']} {x['model_version']}"),
            ("Task", "task"), ("Type", "type"), ("Instances", "instances"), ("Geography", "geography"),
-           ("State", "state"), ("Reason", "state_reason"), ("Egress", "egress"),
+           ("State", "state"), ("Reason", "state_reason"),
+           ("Isolation", lambda x: isolation_text(x.get("isolation"))),
            ("Public access", lambda x: x["network"]["public_access"]),
            ("Allowed ranges", lambda x: x["network"]["allowed_ranges"] or None),
            ("OpenAI base URL", lambda x: x["endpoints"]["openai"]),

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from modelport.cli.common import JsonOpt, client, handle_errors
+from modelport.cli.deployments import isolation_text
 from modelport.cli.output import console, kv, print_json, table
 
 finetune = typer.Typer(help="Fine-tune catalog models (LoRA) on this workspace's datasets.", no_args_is_help=True)
@@ -34,7 +35,8 @@ SHOW_ROWS = [("ID", "id"), ("Status", "status"), ("Base model", "model"), ("Data
              ("Validation dataset", lambda j: j["validation_dataset"] or "-"),
              ("Progress", lambda j: f"{j['step']}/{j['total_steps']} steps ({j['progress'] * 100:.0f}%)"),
              ("Loss", _loss), ("Time left", _eta), ("Fine-tuned model", lambda j: j["fine_tuned_model"] or "-"),
-             ("Error", lambda j: j["error"] or "-"), ("Hyperparameters", "hyperparameters"),
+             ("Error", lambda j: j["error"] or "-"), ("Isolation", lambda j: isolation_text(j.get("isolation"))),
+             ("Hyperparameters", "hyperparameters"),
              ("Created", "created_at"), ("Started", "started_at"), ("Finished", "finished_at")]
 
 

@@ -53,12 +53,23 @@ def version() -> None:
 def serve(host: Annotated[str | None, typer.Option(help="Bind address (env MODELPORT_HOST).")] = None,
           port: Annotated[int | None, typer.Option(help="Port (env MODELPORT_PORT).")] = None) -> None:
     """Run the server in the foreground on the embedded defaults (Ctrl-C stops it)."""
+    import os
+
+    from pydantic import ValidationError
+
     from modelport import logs
     from modelport.api import server
     from modelport.api.app import create_app
     from modelport.bootstrap import build_services, prepare
     from modelport.config import build_settings
+    from modelport.errors import ModelportError
+    from modelport.workers.isolation import harden_process
+    from modelport.workers.sandbox import secure_run_dir
 
+    # Before anything is written: files for this user only (database, its WAL, blobs, keys, logs),
+    # no core dumps, and no ptrace or /proc/<pid>/environ|mem by other processes of the same uid.
+    os.umask(0o077)
+    harden_process()
     overrides: dict[str, object] = {}
     if host:
         overrides["host"] = host
@@ -66,11 +77,19 @@ def serve(host: Annotated[str | None, typer.Option(help="Bind address (env MODEL
         overrides["port"] = port
     try:
         settings = build_settings(**overrides)
+    except ValidationError as exc:  # the messages only: the input may hold master keys
+        err_console.print("[red]Invalid configuration:[/red] " + "; ".join(e["msg"] for e in exc.errors()))
+        raise typer.Exit(2) from None
     except ValueError as exc:
         err_console.print(f"[red]Invalid configuration:[/red] {exc}")
         raise typer.Exit(2) from None
     logs.configure(settings.log_level, settings.log_file)
     services = build_services(settings)
+    try:  # before any worker starts: refuse a run directory that someone else prepared
+        secure_run_dir(settings.run_dir)
+    except ModelportError as exc:
+        err_console.print(f"[red]Cannot start:[/red] {exc.message}")
+        raise typer.Exit(2) from None
     err_console.print(f"modelport {__version__}: preparing {settings.home} (migrations, bundled models)...")
     result = prepare(services)
     _announce(settings, result)

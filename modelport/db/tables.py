@@ -178,6 +178,8 @@ class Deployment(Base):
     state: Mapped[str] = mapped_column(String(16))  # creating | succeeded | failed | deleting
     state_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     egress: Mapped[str] = mapped_column(String(16), default="unknown")  # isolated | not isolated | unknown
+    # What its workers' sandboxes isolate: {"network", "files", "processes"} (bools); null before one ran.
+    isolation: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     network: Mapped[dict] = mapped_column(JSON, default=dict)
     content_filter: Mapped[dict] = mapped_column(JSON, default=dict)
     primary_lookup: Mapped[str] = mapped_column(String(16), unique=True)
@@ -248,6 +250,7 @@ class FinetuneJob(Base):
     trained_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     result_model_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    isolation: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # the trainer's sandbox, as for deployments
     created_by: Mapped[str | None] = mapped_column(String(40), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -27,6 +27,16 @@ class NetworkSettings(BaseModel):
         return out
 
 
+class Isolation(BaseModel):
+    """What a model process's sandbox isolates: all true, except `network` where the operator
+    allowed egress, and all false only where unisolated processes are allowed on a development
+    machine (MODELPORT_ALLOW_UNISOLATED_WORKERS)."""
+
+    network: bool = Field(description="Its own network namespace: no connection out.")
+    files: bool = Field(description="A root holding nothing of the platform (and, as root, a uid of its own).")
+    processes: bool = Field(description="Its own PID namespace: no other process is visible; all die with it.")
+
+
 class DeploymentCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=63)
@@ -61,7 +71,8 @@ class DeploymentOut(BaseModel):
     geography: str
     state: str
     state_reason: str | None
-    egress: str
+    egress: str = Field(description="`isolated` when every worker has no network route out (isolation.network).")
+    isolation: Isolation | None = Field(description="How its workers are isolated; null before one started.")
     network: NetworkSettings
     content_filter: dict
     endpoints: dict[str, str]

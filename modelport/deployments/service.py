@@ -239,15 +239,17 @@ class DeploymentService:
             )
             return row, secret
 
-    def set_state(self, dep_id: str, state: str, reason: str | None = None, egress: str | None = None) -> None:
+    def set_state(self, dep_id: str, state: str, reason: str | None = None,
+                  isolation: dict[str, bool] | None = None) -> None:
         with self.db.session() as s:
             row = s.get(Deployment, dep_id)
             if row is None or row.state == "deleting":
                 return
             row.state = state
             row.state_reason = reason
-            if egress is not None:
-                row.egress = egress
+            if isolation is not None:
+                row.isolation = isolation
+                row.egress = "isolated" if isolation["network"] else "not isolated"
 
     def usage(self, actor: Principal, name: str) -> dict:
         actor.require("deployments.read")

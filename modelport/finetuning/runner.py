@@ -10,8 +10,10 @@ puts jobs left `running` by a server that stopped back in the queue (they restar
 beginning: no checkpoint is ever written, since it would hold training-derived weights on
 disk); after `MAX_ATTEMPTS` starts a job fails with a reason instead of looping.
 
-The trainer is isolated like a model worker (modelport.workers.isolation): its own network
-namespace, its own uid and the platform home hidden where the machine allows it. It gets the
+The trainer runs in a sandbox from the same launcher as the model workers
+(modelport.workers.sandbox): its own network, mount and PID namespaces, a root that holds
+nothing of the platform, a uid from the machine-wide pool (as root). A job whose sandbox cannot
+be built fails with the reason; the job shows the isolation it ran with. The trainer gets the
 base model as an open descriptor and the training data as plaintext frames over a pipe, which
 the server decrypts with `Datastore.open`; it sends the adapter back over another pipe, and the
 server encrypts it into the datastore. Its stdout and stderr are discarded (P1).
@@ -23,26 +25,21 @@ import asyncio
 import contextlib
 import logging
 import os
-import shutil
 import struct
-import subprocess
-import sys
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import orjson
 
 from modelport.errors import ServiceUnavailable
 from modelport.finetuning.cancel import JobCancelled
-from modelport.workers import isolation
+from modelport.workers.sandbox import Sandbox, SandboxLauncher, SandboxUnavailable
 
 log = logging.getLogger("modelport.finetuning")
 
 FRAME = 1 << 20
 MAX_ATTEMPTS = 3
-TRAINER_UID_OFFSET = 1000  # trainers use uids above the supervisor's worker range
 
 
 class TrainerFailed(Exception):
@@ -58,38 +55,6 @@ class TrainerFailed(Exception):
 class TrainerResult:
     adapter: bytes
     summary: dict[str, Any] = field(default_factory=dict)
-
-
-def trainer_env(workdir: Path, threads: int) -> dict[str, str]:
-    home = str(workdir)
-    env = {
-        "PATH": "/usr/local/bin:/usr/bin:/bin",
-        "LANG": "C.UTF-8",
-        "HOME": home,
-        "TMPDIR": home,
-        "PYTHONPATH": isolation.runtime_paths()[-1],
-        "PYTHONDONTWRITEBYTECODE": "1",
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-        "TRANSFORMERS_VERBOSITY": "error",
-        "HF_HOME": os.path.join(home, "hf"),
-        "TOKENIZERS_PARALLELISM": "false",
-        "OMP_NUM_THREADS": str(threads),
-        "MKL_NUM_THREADS": str(threads),
-    }
-    return env
-
-
-def isolation_plan(uid: int | None, hidden: Iterable[str]) -> isolation.IsolationPlan:
-    caps = isolation.probe()
-    if not caps.can_switch_uid or uid is None:
-        return isolation.IsolationPlan(netns_flags=caps.netns_flags)
-    overlays = isolation.closed_ancestors(isolation.runtime_paths()) if caps.can_mount else ()
-    return isolation.IsolationPlan(netns_flags=caps.netns_flags, uid=uid, gid=uid, overlays=overlays,
-                                   hidden=tuple(hidden) if caps.can_mount else ())
 
 
 def _write_input(fd: int, spec: dict[str, Any], train: Iterable[bytes], validation: Iterable[bytes]) -> None:
@@ -124,31 +89,23 @@ async def run_trainer(
     validation: Iterable[bytes],
     *,
     model_fd: int,
-    workdir: Path,
+    sandbox: Sandbox,
     threads: int,
-    plan: isolation.IsolationPlan,
     on_event: Callable[[dict[str, Any]], Awaitable[None] | None] | None = None,
     cancel: asyncio.Event | None = None,
-    python: str | None = None,
 ) -> TrainerResult:
-    """Run one trainer process to the end; raise TrainerFailed with a safe reason otherwise."""
-    workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if plan.uid is not None:
-        os.chown(workdir, plan.uid, plan.gid or plan.uid)
+    """Run one trainer process in `sandbox` to the end; raise TrainerFailed with a safe reason
+    otherwise (and the sandbox's own error when it cannot be built)."""
     in_r, in_w = os.pipe()
     out_r, out_w = os.pipe()
     spec = {**spec, "model_dir": "/proc/self/fd", "model_file": str(model_fd), "threads": threads}
     try:
-        process = await asyncio.create_subprocess_exec(
-            python or sys.executable, "-m", "modelport.finetuning.trainer", "--in-fd", str(in_r),
-            "--out-fd", str(out_w), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL, cwd=str(workdir), env=trainer_env(workdir, threads),
-            pass_fds=(in_r, out_w, model_fd), preexec_fn=isolation.make_preexec(plan), start_new_session=True,
-        )
+        process = await sandbox.spawn(["modelport.finetuning.trainer", "--in-fd", str(in_r), "--out-fd", str(out_w)],
+                                      pass_fds=(in_r, out_w, model_fd), threads=threads)
     except BaseException as exc:
         for fd in (in_r, in_w, out_r, out_w):
             os.close(fd)
-        if isinstance(exc, OSError | subprocess.SubprocessError):
+        if isinstance(exc, OSError):
             raise ServiceUnavailable(f"could not start the trainer process ({type(exc).__name__})") from exc
         raise
     os.close(in_r)
@@ -190,9 +147,7 @@ async def run_trainer(
         code = await process.wait()
     finally:
         if process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
+            await process.kill_and_wait()
         for task in (events, waiter):
             if task is not None and not task.done():
                 task.cancel()
@@ -201,7 +156,6 @@ async def run_trainer(
         transport.close()
         with contextlib.suppress(Exception):
             await writer
-        shutil.rmtree(workdir, ignore_errors=True)
     if error is not None:
         raise error
     if adapter is None or code != 0:
@@ -223,9 +177,8 @@ class JobRunner:
         self.concurrency = settings.finetune_concurrency
         self.threads = settings.finetune_threads or default_threads()
         self.running: dict[str, asyncio.Task[None]] = {}
-        self._uids = iter(range(settings.worker_uid_base + TRAINER_UID_OFFSET,
-                                settings.worker_uid_base + TRAINER_UID_OFFSET + 1000))
-        self._free_uids: list[int] = []
+        # The same launcher as the model workers', and the same machine-wide uid pool.
+        self.launcher = SandboxLauncher.from_settings(settings, "trainers")
 
     async def run(self) -> None:
         await asyncio.to_thread(self.service.requeue_interrupted, MAX_ATTEMPTS)
@@ -250,16 +203,13 @@ class JobRunner:
         for task in list(self.running.values()):
             task.cancel()
         await asyncio.gather(*self.running.values(), return_exceptions=True)
-
-    def _uid(self) -> int:
-        return self._free_uids.pop() if self._free_uids else next(self._uids)
+        self.launcher.tidy()
 
     async def _run(self, job: Any) -> None:
         cancel = asyncio.Event()
         watcher = asyncio.create_task(self._watch_cancel(job.id, cancel))
-        uid = self._uid()
         try:
-            model_id = await self._train(job, cancel, uid)
+            model_id = await self._train(job, cancel)
         except JobCancelled as exc:  # its dataset or workspace was deleted: the adapter is shredded
             await asyncio.to_thread(self.service.finish, job.id, "cancelled", exc.message)
             log.info("fine-tuning job %s cancelled before it registered a model", job.id)
@@ -269,6 +219,9 @@ class JobRunner:
             log.info("fine-tuning job %s %s (%s)", job.id, status, exc.code)
         except asyncio.CancelledError:
             raise  # server stopping: the job stays `running` and is requeued on the next start
+        except SandboxUnavailable as exc:  # the machine, not a bug: the reason is the job's error
+            log.warning("fine-tuning job %s failed: %s", job.id, exc.message)
+            await asyncio.to_thread(self.service.finish, job.id, "failed", exc.message)
         except Exception as exc:
             message = getattr(exc, "message", None) or f"internal error ({type(exc).__name__}); see the server log"
             log.exception("fine-tuning job %s failed", job.id)
@@ -278,7 +231,6 @@ class JobRunner:
             log.info("fine-tuning job %s succeeded: model %s", job.id, model_id)
         finally:
             watcher.cancel()
-            self._free_uids.append(uid)
 
     async def _watch_cancel(self, job_id: str, cancel: asyncio.Event) -> None:
         while not cancel.is_set():
@@ -286,33 +238,33 @@ class JobRunner:
             if await asyncio.to_thread(self.service.cancel_requested, job_id):
                 cancel.set()
 
-    async def _train(self, job: Any, cancel: asyncio.Event, uid: int) -> str:
+    async def _train(self, job: Any, cancel: asyncio.Event) -> str:
         svc = self.service
         base = await asyncio.to_thread(svc.base_model, job)
         gguf = next(p for rel, p in svc.catalog.file_paths(base).items() if rel.endswith(".gguf"))
-        datastore = svc.datastore
-        # Plaintext streams, decrypted chunk by chunk as the trainer reads them (P11).
-        train = await asyncio.to_thread(datastore.open, job.workspace_id, job.dataset_id)
-        validation: Any = []
-        if job.validation_dataset_id:
-            validation = await asyncio.to_thread(datastore.open, job.workspace_id, job.validation_dataset_id)
-        model_fd = os.open(gguf, os.O_RDONLY | os.O_CLOEXEC)
-        spec = {"job_id": job.id, "hyperparameters": job.hyperparameters, "name": f"{base.name} LoRA",
-                "arch": (base.model_metadata or {}).get("architecture", "llama")}
-
-        async def progress(event: dict[str, Any]) -> None:
-            if event.get("event") == "progress":
-                await asyncio.to_thread(svc.record_progress, job.id, event)
-
-        trainers = self.settings.run_dir / "trainers"
-        trainers.mkdir(parents=True, exist_ok=True)
-        for d in (self.settings.run_dir, trainers):  # enterable (not listable) by a trainer's own uid
-            os.chmod(d, 0o711)  # noqa: S103
+        # First the sandbox: a job that cannot have one fails before any data is decrypted.
+        sandbox = await self.launcher.create(name=job.id)
         try:
-            result = await run_trainer(
-                spec, train, validation, model_fd=model_fd,
-                workdir=self.settings.run_dir / "trainers" / job.id, threads=self.threads,
-                plan=isolation_plan(uid, [str(self.settings.home.resolve())]), on_event=progress, cancel=cancel)
+            await asyncio.to_thread(svc.set_isolation, job.id, sandbox.isolation.as_dict())
+            datastore = svc.datastore
+            # Plaintext streams, decrypted chunk by chunk as the trainer reads them (P11).
+            train = await asyncio.to_thread(datastore.open, job.workspace_id, job.dataset_id)
+            validation: Any = []
+            if job.validation_dataset_id:
+                validation = await asyncio.to_thread(datastore.open, job.workspace_id, job.validation_dataset_id)
+            model_fd = os.open(gguf, os.O_RDONLY | os.O_CLOEXEC)
+            spec = {"job_id": job.id, "hyperparameters": job.hyperparameters, "name": f"{base.name} LoRA",
+                    "arch": (base.model_metadata or {}).get("architecture", "llama")}
+
+            async def progress(event: dict[str, Any]) -> None:
+                if event.get("event") == "progress":
+                    await asyncio.to_thread(svc.record_progress, job.id, event)
+
+            try:
+                result = await run_trainer(spec, train, validation, model_fd=model_fd, sandbox=sandbox,
+                                           threads=self.threads, on_event=progress, cancel=cancel)
+            finally:
+                os.close(model_fd)
         finally:
-            os.close(model_fd)
+            await sandbox.close()
         return await asyncio.to_thread(svc.register, job, result.adapter)

@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from modelport.deployments.schemas import Isolation
+
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
@@ -48,6 +50,7 @@ class JobOut(BaseModel):
     losses: list[LossPoint]
     fine_tuned_model: str | None = Field(description="Name of the model this job registered.")
     error: str | None
+    isolation: Isolation | None = Field(description="How the trainer was isolated; null before it started.")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None

@@ -125,7 +125,8 @@ class FinetuningService:
             progress=round(job.step / job.total_steps, 4) if job.total_steps else 0.0,
             eta_seconds=job.eta_seconds, trained_tokens=job.trained_tokens,
             losses=[LossPoint(**p) for p in job.losses or []], fine_tuned_model=result.name if result else None,
-            error=job.error, created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
+            error=job.error, isolation=job.isolation, created_at=job.created_at, started_at=job.started_at,
+            finished_at=job.finished_at,
         )
 
     # -- the runner's side ------------------------------------------------------------------
@@ -179,6 +180,13 @@ class FinetuningService:
                      "validation_loss": None if event.get("validation_loss") is None
                      else float(event["validation_loss"])}
             job.losses = [*(job.losses or []), point]
+
+    def set_isolation(self, job_id: str, isolation: dict[str, bool]) -> None:
+        """What the trainer's sandbox isolates (network, files, processes), shown on the job."""
+        with self.db.session() as s:
+            job = s.get(FinetuneJob, job_id)
+            if job is not None:
+                job.isolation = isolation
 
     def finish(self, job_id: str, status: str, error: str | None = None, model_id: str | None = None) -> None:
         with self.db.session() as s:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
+import operator
 import os
 import threading
 import time
@@ -259,12 +261,7 @@ class DeploymentManager:
                 if not [r for r in self.by_name.values() if r.pool_key == pool.key and r.id != dep_id]:
                     await self.pools.close(pool.key)
                 return
-            egress = self._egress(pool)
-            if self.settings.require_egress_isolation and egress != "isolated":
-                raise ServiceUnavailable(
-                    "This machine cannot isolate workers from the network and the operator "
-                    "requires it (MODELPORT_REQUIRE_EGRESS_ISOLATION)."
-                )
+            isolation = self._isolation(pool)
             # Answered: the worker reports healthy and counts a token, so the model is loaded.
             async with pool.slot(dep.id) as client:
                 await client.count_tokens(prompt="ready?") if model.task == "chat-completion" else (
@@ -284,7 +281,7 @@ class DeploymentManager:
                 f"Internal error while starting the workers ({type(exc).__name__}); see the server log.",
             )
         else:
-            await asyncio.to_thread(self.service.set_state, dep_id, "succeeded", None, egress)
+            await asyncio.to_thread(self.service.set_state, dep_id, "succeeded", None, isolation)
         self.refresh(dep_id)
 
     def _being_deleted(self, dep_id: str) -> bool:
@@ -293,10 +290,11 @@ class DeploymentManager:
         return state is None or state == "deleting"
 
     @staticmethod
-    def _egress(pool: Pool) -> str:
+    def _isolation(pool: Pool) -> dict[str, bool] | None:
+        """What every worker of the pool is isolated from (each worker's sandbox is verified at its start)."""
         if not pool.members:
-            return "unknown"
-        return "isolated" if all(m.handle.egress_isolated for m in pool.members) else "not isolated"
+            return None
+        return functools.reduce(operator.and_, (m.handle.isolation for m in pool.members)).as_dict()
 
     async def pool_for(self, route: Route) -> Pool:
         """The pool serving `route`; a stopped serverless pool starts again on demand."""

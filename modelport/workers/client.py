@@ -12,11 +12,19 @@ Any failure to reach the worker, or a stream cut before its last event, becomes
 reports keep their class (InvalidInput stays a 400). Leaving a `generate()` iteration early
 (break, aclose, task cancelled) closes that connection, which the worker notices and stops
 decoding. A connection goes back to the pool only after its answer was read to the end.
+
+Every new connection checks who serves the socket (SO_PEERCRED: the uid of the process that
+listens on it, as the kernel recorded it) against `peer_uid`, the uid the worker's sandbox runs
+under, and is refused otherwise: a socket swapped in by another local user never receives a
+prompt. `peer_uid=None` checks nothing; only tools that look at workers from outside use it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
+import struct
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +41,8 @@ from modelport.workers.protocol import (
     TokenCount,
     error_from_wire,
 )
+
+log = logging.getLogger("modelport.workers")
 
 _LOST = "the model worker stopped while answering; retry the request"
 _UNREACHABLE = "the model worker is not reachable (starting, restarting or stopped); retry shortly"
@@ -205,9 +215,10 @@ def _request(method: str, path: str, payload: bytes | None) -> bytes:
 
 
 class WorkerClient:
-    def __init__(self, socket_path: str | Path, *, connect_timeout: float = 5.0,
+    def __init__(self, socket_path: str | Path, *, peer_uid: int | None = None, connect_timeout: float = 5.0,
                  request_timeout: float | None = None) -> None:
         self.socket_path = str(socket_path)
+        self.peer_uid = peer_uid
         self._connect_timeout = connect_timeout
         self._request_timeout = request_timeout
         self._idle: list[_Connection] = []
@@ -234,9 +245,19 @@ class WorkerClient:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._connect_timeout):
-                _, conn = await loop.create_unix_connection(_Connection, self.socket_path)
+                transport, conn = await loop.create_unix_connection(_Connection, self.socket_path)
         except (OSError, TimeoutError) as exc:
             raise errors.ServiceUnavailable(_UNREACHABLE) from exc
+        if self.peer_uid is not None:
+            sock = transport.get_extra_info("socket")
+            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            pid, uid, _ = struct.unpack("3i", creds)
+            if uid != self.peer_uid:
+                transport.close()
+                log.warning("refused a worker socket served by uid %d (pid %d), not by the worker's uid %d",
+                            uid, pid, self.peer_uid)
+                raise errors.ServiceUnavailable("the model worker's socket is not served by the worker itself; "
+                                                "the connection was refused")
         return conn
 
     async def _send(self, method: str, path: str, payload: bytes | None) -> _Connection:

@@ -1,10 +1,11 @@
 """Worker process entry point: `python -m modelport.workers.main --spec-fd N --status-fd M --socket PATH`.
 
-Started by the supervisor, already inside its isolation (network namespace, own uid). It:
+Started by the supervisor through the sandbox launcher (sandbox.py), already inside its sandbox
+(own network, mount and PID namespaces, own uid as root, not dumpable, no core dumps). It:
 1. reads its WorkerSpec from the inherited pipe `--spec-fd` (the spec, and later data keys,
    never travel in argv or the environment, which other users can read in /proc);
 2. loads the runtime; a model given as an inherited fd is opened as /proc/self/fd/N;
-3. binds its Unix socket (a path relative to its private working directory) and writes one
+3. binds its Unix socket (a path relative to its own directory, /sandbox) and writes one
    JSON line to `--status-fd`: {"event": "ready", ...} or {"event": "error", "code", "message"},
    so that the supervisor learns why a start failed without parsing logs;
 4. serves until SIGTERM, then drains (see server.py) and exits 0.

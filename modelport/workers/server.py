@@ -32,6 +32,7 @@ from pydantic import BaseModel, ValidationError
 
 from modelport import errors
 from modelport.runtimes.base import GenerateRequest, Runtime
+from modelport.workers.isolation import host_pid
 from modelport.workers.protocol import (
     EmbedBody,
     GenerateBody,
@@ -110,7 +111,7 @@ class WorkerServer:
 
     async def health(self, request: web.Request) -> web.Response:
         info = Health(
-            status="draining" if self.draining else "ready", pid=os.getpid(), uid=os.getuid(),
+            status="draining" if self.draining else "ready", pid=host_pid(), uid=os.getuid(),
             model_id=self.spec.model_id, runtime=self.runtime.name,
             tasks=sorted(self.runtime.supported_tasks), context_length=self.runtime.context_length,
             active_generations=self.active_generations, queued=self.queued,

@@ -1,6 +1,6 @@
 """`WorkerSupervisor`: starts, health-checks, restarts and stops local worker processes.
 
-    supervisor = WorkerSupervisor(run_dir, require_egress_isolation=True)
+    supervisor = WorkerSupervisor(run_dir)
     handle = await supervisor.start(WorkerSpec(runtime="llamacpp", model_id="dep_1",
                                                model_path=gguf), region="eu")
     async for event in handle.client.generate(GenerateBody(messages=[...])): ...
@@ -18,11 +18,12 @@ replaced at the same socket path, after an exponential backoff (`backoff_initial
 sees the stream cut). After `max_consecutive_failures` crashes or failed starts without a
 stable period in between, the handle goes to `failed` and stays there.
 
-Isolation (see isolation.py): each worker gets its own network namespace unless its spec
-allows egress; where that is impossible, `handle.egress_isolated` is False (deployments show
-`egress: not isolated`), and with `require_egress_isolation=True` the start fails instead.
-The supervisor verifies isolation rather than trusting the plan: the worker reports the inode
-of its network namespace, which must differ from the supervisor's.
+Isolation (sandbox.py): each worker runs in a sandbox of its own (network, files, processes),
+built by the one launcher that trainers use too; where none can be built, `start` fails with
+the reason, unless the launcher allows unisolated workers (a development machine's escape
+hatch). The supervisor verifies what it can rather than trusting the plan: the worker reports
+the inode of its network namespace, which must differ from the supervisor's, and its uid; and
+the worker's client checks the uid behind the socket (SO_PEERCRED) on every connection.
 """
 
 from __future__ import annotations
@@ -34,14 +35,11 @@ import inspect
 import logging
 import os
 import secrets
-import shutil
 import signal
-import stat
-import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,9 +48,9 @@ import orjson
 
 from modelport import errors
 from modelport.runtimes.base import default_threads
-from modelport.workers import isolation
 from modelport.workers.client import WorkerClient
 from modelport.workers.protocol import Health, WorkerSpec, error_from_wire
+from modelport.workers.sandbox import Isolation, Sandbox, SandboxLauncher, SandboxProcess, SandboxUnavailable
 
 log = logging.getLogger("modelport.workers")
 
@@ -69,10 +67,7 @@ class WorkerState(enum.StrEnum):
     STOPPED = "stopped"
 
 
-class IsolationUnavailable(errors.ServiceUnavailable):
-    """The operator requires egress isolation and this machine cannot provide it."""
-
-    code = "isolation_unavailable"
+IsolationUnavailable = SandboxUnavailable  # the worker's sandbox could not be built or verified
 
 
 StateListener = Callable[["WorkerHandle", WorkerState, WorkerState], Any]
@@ -85,32 +80,39 @@ class WorkerHandle:
     id: str
     spec: WorkerSpec
     region: str
-    directory: Path
+    sandbox: Sandbox
     socket_path: Path
     client: WorkerClient
-    plan: isolation.IsolationPlan
     state: WorkerState = WorkerState.STARTING
-    pid: int | None = None
-    egress_isolated: bool = False
+    pid: int | None = None  # on the host
+    isolation: Isolation = field(default=Isolation(False, False, False))  # as verified at the last start
     restarts: int = 0
     last_exit: str | None = None
     last_error: str | None = None
     last_health: Health | None = None
     ready_since: float | None = None
     consecutive_failures: int = 0
-    _process: asyncio.subprocess.Process | None = field(default=None, repr=False)
+    _process: SandboxProcess | None = field(default=None, repr=False)
     _monitor: asyncio.Task[None] | None = field(default=None, repr=False)
     _fds: tuple[int, ...] = field(default=(), repr=False)
     _stopping: bool = field(default=False, repr=False)
     _health_failures: int = field(default=0, repr=False)
 
     @property
-    def fs_isolated(self) -> bool:
-        return self.plan.fs_isolated
+    def directory(self) -> Path:
+        return self.sandbox.directory
 
     @property
     def uid(self) -> int | None:
-        return self.plan.uid
+        return self.sandbox.uid
+
+    @property
+    def egress_isolated(self) -> bool:
+        return self.isolation.network
+
+    @property
+    def fs_isolated(self) -> bool:
+        return self.isolation.files
 
     @property
     def egress(self) -> str:
@@ -137,12 +139,7 @@ class WorkerSupervisor:
         run_dir: Path,
         *,
         regions: Collection[str] | None = None,
-        require_egress_isolation: bool = False,
-        isolate_files: bool = True,
-        uid_base: int = 61000,
-        uid_count: int = 1000,
-        uid_lock_dir: Path = Path("/run/lock/modelport-worker-uids"),
-        hidden_paths: Sequence[Path] = (),
+        launcher: SandboxLauncher | None = None,
         health_interval: float = 5.0,
         health_timeout: float = 2.0,
         health_failures: int = 3,
@@ -154,21 +151,17 @@ class WorkerSupervisor:
         stop_grace: float = 5.0,
         python: str | None = None,
         on_state_change: StateListener | None = None,
-        capabilities: isolation.Capabilities | None = None,
     ) -> None:
-        """`capabilities` overrides the isolation probe: for a machine where the operator knows
-        better, and for tests of the "cannot isolate here" path on a machine that can."""
-        self.run_dir = Path(run_dir).absolute()
+        """`launcher` builds the sandboxes (default: one for `run_dir/workers`, isolation required)."""
+        self.python = python or sys.executable
+        self.launcher = launcher or SandboxLauncher(Path(run_dir), "workers", python=self.python)
+        self.run_dir = self.launcher.run_dir
         longest = len(str(self.run_dir / "workers" / ("wrk_" + "0" * 12) / SOCKET_NAME))
         if longest > _MAX_UNIX_PATH:
             raise errors.InvalidInput(
                 f"the worker run directory path is too long for Unix socket paths ({longest} > "
                 f"{_MAX_UNIX_PATH} bytes); choose a shorter run directory", field="run_dir")
         self.regions = frozenset(regions) if regions is not None else None
-        self.require_egress_isolation = require_egress_isolation
-        self.isolate_files = isolate_files
-        self.uids = isolation.UidPool(uid_base, uid_count, uid_lock_dir)
-        self.hidden_paths = tuple(str(Path(p).resolve()) for p in hidden_paths)
         self.health_interval = health_interval
         self.health_timeout = health_timeout
         self.health_failures = health_failures
@@ -178,14 +171,11 @@ class WorkerSupervisor:
         self.max_consecutive_failures = max_consecutive_failures
         self.stable_after = stable_after
         self.stop_grace = stop_grace
-        self.python = python or sys.executable
         self._listeners: list[StateListener] = [on_state_change] if on_state_change else []
         self._handles: dict[str, WorkerHandle] = {}
         self._listener_tasks: set[asyncio.Future[Any]] = set()
         self._health_task: asyncio.Task[None] | None = None
-        self._host_netns = isolation.netns_inode()
-        self._caps = capabilities
-        self._prepared = False
+        self._host_netns = os.stat("/proc/self/ns/net").st_ino
 
     # -- public API -------------------------------------------------------------------------
 
@@ -196,35 +186,23 @@ class WorkerSupervisor:
     def handles(self) -> list[WorkerHandle]:
         return list(self._handles.values())
 
-    async def capabilities(self) -> isolation.Capabilities:
-        if self._caps is None:
-            self._caps = await asyncio.get_running_loop().run_in_executor(None, isolation.probe)
-            for note in self._caps.notes:
-                log.warning("worker isolation: %s", note)
-        return self._caps
-
     async def start(self, spec: WorkerSpec, region: str) -> WorkerHandle:
         """Start a worker and return once it is ready; raise with an actionable message."""
         if self.regions is not None and region not in self.regions:
             raise errors.Conflict(f"this machine runs workers in {sorted(self.regions)}, not in {region!r}",
                                   field="region")
-        self._prepare_run_dir()
-        caps = await self.capabilities()
         handle_id = "wrk_" + secrets.token_hex(6)
-        plan = self._plan(spec, caps)
-        directory = self.run_dir / "workers" / handle_id
+        model_paths = [p for p in (spec.model_path, spec.lora_path) if p is not None]
+        sandbox = await self.launcher.create(read_only=model_paths, allow_egress=spec.allow_egress, name=handle_id)
         fds: tuple[int, ...] = ()
         try:
-            directory.mkdir(mode=0o700)
-            if plan.uid is not None:
-                os.chown(directory, plan.uid, plan.gid or plan.uid)
             fds, spec = self._dup_fds(spec)
-            handle = WorkerHandle(id=handle_id, spec=spec, region=region, directory=directory,
-                                  socket_path=directory / SOCKET_NAME,
-                                  client=WorkerClient(directory / SOCKET_NAME), plan=plan, _fds=fds)
+            socket_path = sandbox.directory / SOCKET_NAME
+            handle = WorkerHandle(id=handle_id, spec=spec, region=region, sandbox=sandbox, socket_path=socket_path,
+                                  client=WorkerClient(socket_path, peer_uid=sandbox.peer_uid), _fds=fds)
             await self._launch(handle)
         except BaseException:
-            self._release(plan, fds, directory)
+            await self._release(sandbox, fds)
             raise
         self._handles[handle.id] = handle
         handle._monitor = asyncio.create_task(self._monitor(handle), name=f"monitor-{handle.id}")
@@ -246,7 +224,7 @@ class WorkerSupervisor:
         await self._terminate(handle, drain + self.stop_grace)
         await handle.client.close()
         self._handles.pop(handle.id, None)
-        self._release(handle.plan, handle._fds, handle.directory)
+        await self._release(handle.sandbox, handle._fds)
         self._set_state(handle, WorkerState.STOPPED)
 
     async def stop_all(self) -> None:
@@ -256,60 +234,7 @@ class WorkerSupervisor:
                 await self._health_task
             self._health_task = None
         await asyncio.gather(*(self.stop(h) for h in list(self._handles.values())))
-
-    # -- planning ---------------------------------------------------------------------------
-
-    def _prepare_run_dir(self) -> None:
-        if self._prepared:
-            return
-        workers = self.run_dir / "workers"
-        workers.mkdir(parents=True, exist_ok=True)
-        # Root-owned, enterable by the gateway only; each worker owns one 0700 entry inside.
-        os.chmod(self.run_dir, 0o711)  # noqa: S103 - search only, no listing: by design
-        os.chmod(workers, 0o711)  # noqa: S103
-        for stale in workers.iterdir():  # left by a supervisor that died (its workers died too)
-            shutil.rmtree(stale, ignore_errors=True)
-        self._prepared = True
-
-    def _plan(self, spec: WorkerSpec, caps: isolation.Capabilities) -> isolation.IsolationPlan:
-        netns = 0 if spec.allow_egress else caps.netns_flags
-        if not spec.allow_egress and not netns and self.require_egress_isolation:
-            raise IsolationUnavailable(
-                "this machine cannot isolate model workers from the network (no network "
-                "namespaces: run as root or enable user namespaces), and the operator requires it "
-                "(require_egress_isolation); the deployment was not started")
-        uid = gid = None
-        overlays: tuple[tuple[str, tuple[str, ...]], ...] = ()
-        hidden: tuple[str, ...] = ()
-        if self.isolate_files and caps.can_switch_uid:
-            model_paths = [p for p in (spec.model_path, spec.lora_path) if p is not None]
-            self._check_readable(model_paths)
-            uid = gid = self._allocate_uid()  # last: nothing below can fail and leak it
-            if caps.can_mount:
-                overlays = isolation.closed_ancestors([*isolation.runtime_paths(), *model_paths])
-                hidden = self.hidden_paths
-        return isolation.IsolationPlan(netns_flags=netns, uid=uid, gid=gid, overlays=overlays, hidden=hidden)
-
-    @staticmethod
-    def _check_readable(paths: Sequence[str]) -> None:
-        for path in paths:
-            try:
-                mode = os.stat(path).st_mode
-            except OSError as exc:
-                raise errors.InvalidInput(f"model path cannot be read ({exc.strerror})",
-                                          field="model_path") from exc
-            needed = stat.S_IROTH | (stat.S_IXOTH if stat.S_ISDIR(mode) else 0)
-            if mode & needed != needed:
-                raise errors.InvalidInput(
-                    "the model file is not readable by worker processes, which run under their own "
-                    "user; make it world-readable or hand it over as a file descriptor (model_fd)",
-                    field="model_path")
-
-    def _allocate_uid(self) -> int:
-        uid = self.uids.acquire()
-        if uid is None:
-            raise errors.TooManyRequests(f"all {self.uids.count} worker uids are in use; stop a worker first")
-        return uid
+        self.launcher.tidy()
 
     @staticmethod
     def _dup_fds(spec: WorkerSpec) -> tuple[tuple[int, ...], WorkerSpec]:
@@ -321,36 +246,12 @@ class WorkerSupervisor:
                 updates[name] = os.dup(fd)
         return tuple(updates.values()), spec.model_copy(update=updates)
 
-    def _release(self, plan: isolation.IsolationPlan, fds: tuple[int, ...], directory: Path) -> None:
+    @staticmethod
+    async def _release(sandbox: Sandbox, fds: tuple[int, ...]) -> None:
         for fd in fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
-        if plan.uid is not None:
-            self.uids.release(plan.uid)
-        shutil.rmtree(directory, ignore_errors=True)
-
-    def _env(self, handle: WorkerHandle) -> dict[str, str]:
-        threads = str(handle.spec.threads or default_threads())
-        home = str(handle.directory)
-        env = {
-            "PATH": "/usr/local/bin:/usr/bin:/bin",
-            "LANG": "C.UTF-8",
-            "HOME": home,
-            "TMPDIR": home,
-            "PYTHONPATH": isolation.runtime_paths()[-1],
-            "PYTHONDONTWRITEBYTECODE": "1",
-            "PYTHONUNBUFFERED": "1",
-            # Never reach a model hub, never write its cache, no progress bars in the log.
-            "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1",
-            "HF_HUB_DISABLE_TELEMETRY": "1",
-            "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-            "TRANSFORMERS_VERBOSITY": "error",
-            "HF_HOME": os.path.join(home, "hf"),
-            "TOKENIZERS_PARALLELISM": "false",
-        }
-        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = threads
-        return env
+        await sandbox.close()
 
     # -- process lifecycle ------------------------------------------------------------------
 
@@ -361,19 +262,16 @@ class WorkerSupervisor:
         with contextlib.suppress(FileNotFoundError):
             handle.socket_path.unlink()
         try:
-            process = await asyncio.create_subprocess_exec(
-                self.python, "-m", "modelport.workers.main", "--spec-fd", str(spec_r),
-                "--status-fd", str(status_w), "--socket", SOCKET_NAME,
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE, cwd=handle.directory, env=self._env(handle),
-                pass_fds=(spec_r, status_w, *handle._fds), preexec_fn=isolation.make_preexec(handle.plan),
-                start_new_session=True,
-            )
-        except (OSError, subprocess.SubprocessError) as exc:  # SubprocessError: preexec_fn raised
+            process = await handle.sandbox.spawn(
+                ["modelport.workers.main", "--spec-fd", str(spec_r), "--status-fd", str(status_w),
+                 "--socket", SOCKET_NAME],
+                pass_fds=(spec_r, status_w, *handle._fds), threads=handle.spec.threads or default_threads(),
+                stderr=asyncio.subprocess.PIPE)
+        except OSError as exc:
             for fd in (spec_r, spec_w, status_r, status_w):
                 os.close(fd)
             raise errors.ServiceUnavailable(
-                f"could not start a worker process ({type(exc).__name__}: {exc})") from exc
+                f"could not start a worker process ({type(exc).__name__}: {exc.strerror})") from exc
         except BaseException:
             for fd in (spec_r, spec_w, status_r, status_w):
                 os.close(fd)
@@ -388,11 +286,10 @@ class WorkerSupervisor:
             await self._handshake(handle, process, spec_w, status_r, stderr_task, stderr_tail)
         except BaseException:  # includes cancellation of start(): never leave a worker behind
             if process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
+                process.kill()
             raise
 
-    async def _handshake(self, handle: WorkerHandle, process: asyncio.subprocess.Process, spec_w: int,
+    async def _handshake(self, handle: WorkerHandle, process: SandboxProcess, spec_w: int,
                          status_r: int, stderr_task: asyncio.Task[None], stderr_tail: deque[str]) -> None:
         """Hand the spec over, wait for the worker's status line, check its health and isolation."""
         loop = asyncio.get_running_loop()
@@ -425,15 +322,21 @@ class WorkerSupervisor:
             await self._kill(process)
             raise
         handle.last_health = health
-        handle.egress_isolated = handle.plan.egress_isolated and health.netns_inode != self._host_netns
-        if self.require_egress_isolation and not handle.spec.allow_egress and not handle.egress_isolated:
+        planned = handle.sandbox.isolation
+        broken = []
+        if planned.network and health.netns_inode == self._host_netns:
+            broken.append("it shares the server's network namespace")
+        if handle.uid is not None and health.uid != handle.uid:
+            broken.append(f"it runs as uid {health.uid}, not its own uid {handle.uid}")
+        if broken:
             await self._kill(process)
-            raise IsolationUnavailable("the worker started without network isolation although the "
-                                       "operator requires it; the deployment was not started")
+            raise SandboxUnavailable(f"the worker for {handle.spec.model_id} did not start in its sandbox ("
+                                     + "; ".join(broken) + "); it was stopped")
+        handle.isolation = planned
         handle.ready_since = time.monotonic()
         handle._health_failures = 0
-        log.info("worker %s ready: model=%s pid=%s egress=%s fs_isolated=%s", handle.id,
-                 handle.spec.model_id, process.pid, handle.egress, handle.fs_isolated)
+        log.info("worker %s ready: model=%s pid=%s isolation=%s", handle.id, handle.spec.model_id, process.pid,
+                 planned.as_dict())
 
     @staticmethod
     def _write_all(fd: int, data: bytes) -> None:
@@ -447,7 +350,7 @@ class WorkerSupervisor:
             os.close(fd)
 
     @staticmethod
-    async def _read_status(fd: int, process: asyncio.subprocess.Process) -> dict[str, Any] | None:
+    async def _read_status(fd: int, process: SandboxProcess) -> dict[str, Any] | None:
         """The worker's one status line, or None when it exited without writing one."""
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader()
@@ -465,7 +368,7 @@ class WorkerSupervisor:
             return None
 
     @staticmethod
-    async def _read_stderr(handle: WorkerHandle, process: asyncio.subprocess.Process,
+    async def _read_stderr(handle: WorkerHandle, process: SandboxProcess,
                            tail: deque[str]) -> None:
         """Keep the last lines printed while starting; discard everything after ready (P1)."""
         assert process.stderr is not None
@@ -477,7 +380,7 @@ class WorkerSupervisor:
                 tail.append(line.decode("utf-8", "replace").rstrip())
 
     @staticmethod
-    async def _wait_exit(process: asyncio.subprocess.Process, timeout: float = 5.0) -> int | None:
+    async def _wait_exit(process: SandboxProcess, timeout: float = 5.0) -> int | None:
         try:
             return await asyncio.wait_for(process.wait(), timeout)
         except TimeoutError:
@@ -485,18 +388,15 @@ class WorkerSupervisor:
             return process.returncode
 
     @staticmethod
-    async def _kill(process: asyncio.subprocess.Process) -> None:
+    async def _kill(process: SandboxProcess) -> None:
         if process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
+            await process.kill_and_wait()
 
     async def _terminate(self, handle: WorkerHandle, timeout: float) -> None:
         process = handle._process
         if process is None or process.returncode is not None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
+        process.send_signal(signal.SIGTERM)
         try:
             await asyncio.wait_for(process.wait(), timeout)
         except TimeoutError:
@@ -551,8 +451,7 @@ class WorkerSupervisor:
                         log.warning("worker %s failed %d health checks; killing it", handle.id,
                                     handle._health_failures)
                         handle._health_failures = 0
-                        with contextlib.suppress(ProcessLookupError):
-                            handle._process.kill()  # the monitor restarts it
+                        handle._process.kill()  # the monitor restarts it
 
     def _set_state(self, handle: WorkerHandle, new: WorkerState) -> None:
         old = handle.state

@@ -148,6 +148,8 @@ def test_job_record_progress_and_losses(state: State) -> None:
     assert all(p["validation_loss"] is not None for p in losses)
     assert losses[-1]["train_loss"] < losses[0]["train_loss"] / 4  # it learned
     assert state.model.endswith("-ft-zorb")
+    # The trainer ran in a full sandbox (network, files, processes), and says so.
+    assert job["isolation"] == {"network": True, "files": True, "processes": True}
     with state.server.client(state.owner.keys["owner"]) as c:
         m = ok(c.get(f"/api/v1/models/{state.model}")).json()
     assert (m["source"], m["downloadable"], m["owner"]) == ("finetuned", False, "workspace")

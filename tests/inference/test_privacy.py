@@ -38,6 +38,7 @@ from tests.inference.helpers import (
     chat_body,
     create_deployment,
     kill,
+    run_dir,
     start_lean,
     wait_for,
     worker_health,
@@ -81,6 +82,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, started_at: float) -> Itera
 
 def files_to_scan(server: Server, since: float) -> Iterator[Path]:
     yield from (p for p in server.home.rglob("*") if p.is_file())
+    # The workers' own directories (their sockets; a worker's /tmp is memory inside its sandbox).
+    yield from (p for p in run_dir(server).rglob("*") if p.is_file())
     yield server.log_path
     for root, _dirs, names in os.walk(tempfile.gettempdir()):
         for name in names:

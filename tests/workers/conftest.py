@@ -88,6 +88,15 @@ def llama(loop: LoopThread, supervisor: WorkerSupervisor) -> WorkerHandle:
     return loop.run(supervisor.start(spec, region="local"))
 
 
+def wait_for(loop: LoopThread, predicate, timeout: float = 20.0) -> None:
+    """Poll `predicate` on the test loop until it holds (a deadline, not a timing assertion)."""
+    async def poll() -> None:
+        while not predicate():
+            await asyncio.sleep(0.02)
+
+    loop.run(poll(), timeout=timeout)
+
+
 async def collect(handle: WorkerHandle, body: GenerateBody) -> tuple[dict[int, str], list[Any]]:
     texts: dict[int, str] = {}
     events = []

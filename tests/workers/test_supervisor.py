@@ -16,7 +16,7 @@ from modelport.errors import Conflict, InvalidInput, ServiceUnavailable, TooMany
 from modelport.workers.client import TextDelta
 from modelport.workers.protocol import GenerateBody, WorkerSpec
 from modelport.workers.supervisor import WorkerState, WorkerSupervisor
-from tests.workers.conftest import LoopThread, collect, make_supervisor
+from tests.workers.conftest import LoopThread, collect, make_supervisor, wait_for
 
 PROBE = "tests.workers.probe_runtime:ProbeRuntime"
 WORDS = [{"role": "user", "content": "alpha beta gamma delta"}]
@@ -24,14 +24,6 @@ WORDS = [{"role": "user", "content": "alpha beta gamma delta"}]
 
 def echo(model_id: str, **options: object) -> WorkerSpec:
     return WorkerSpec(runtime="echo", model_id=model_id, options=options, drain_seconds=0.5)
-
-
-def wait_for(loop: LoopThread, predicate, timeout: float = 20.0) -> None:
-    async def poll() -> None:
-        while not predicate():
-            await asyncio.sleep(0.02)
-
-    loop.run(poll(), timeout=timeout)
 
 
 def test_start_failures_say_what_to_fix(loop: LoopThread, supervisor: WorkerSupervisor, tmp_path: Path) -> None:
