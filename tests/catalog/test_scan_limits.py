@@ -8,6 +8,10 @@ into a failure instead of a stuck suite; they are not speed assertions.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 
 from modelport.catalog.scanning import render_chat_template, scan_model
@@ -137,3 +141,34 @@ def test_request_time_renders_stop_at_the_deadline(template):
     with pytest.raises(Unprocessable) as err:
         render_chat_template(template, [{"role": "user", "content": "hi"}])
     assert err.value.details["reason"] == "limits"
+
+
+# -- pickles (SEC-L5) ------------------------------------------------------------------------
+
+
+def test_a_raw_pickle_larger_than_the_cap_is_refused_unread(tmp_path):
+    """A raw pickle whose BINBYTES8 opcode declares 600 MB (a sparse file: no disk used). The
+    disassembler reads an opcode's argument whole, so scanning it used to read the 600 MB into
+    memory. Scanned in a child process whose peak resident memory is compared before and after."""
+    path = tmp_path / "weights.pkl"
+    size = 600 * 1000**2
+    with open(path, "wb") as fh:
+        fh.write(b"\x80\x04\x8e" + size.to_bytes(8, "little"))
+        fh.truncate(size + 11)
+    assert path.stat().st_size > 256 * 1024**2  # the cap, like zip members'
+    code = (
+        "import resource, sys, json\n"
+        "from pathlib import Path\n"
+        "from modelport.catalog.scanning.pickles import scan_pickle_file\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "found = scan_pickle_file(Path(sys.argv[1]), 'weights.pkl', 'pickle')\n"
+        "grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before\n"
+        "print(json.dumps({'grew_kib': grew, 'findings': [f.to_dict() for f in found]}))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout)
+    assert out["grew_kib"] < 64 * 1024, out["grew_kib"]
+    (finding,) = out["findings"]
+    assert (finding["check"], finding["kind"]) == ("pickle.parse", "security")
+    assert "too large to scan" in finding["message"]
