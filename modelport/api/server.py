@@ -253,6 +253,9 @@ class _Protocol(HttpToolsProtocol):
         """Answer `status` in place of the application and close the connection."""
         self._refused = True
         if self.cycle is not None and not self.cycle.response_complete:
+            if self.cycle.response_started:  # a pipelined request's answer is under way: no room for ours
+                self._abort(self.cycle)
+                return
             self.cycle.disconnected = True  # the application's own answer, if any, goes nowhere
             self.cycle.message_event.set()
         body = orjson.dumps({"error": {"code": code, "message": message}})
