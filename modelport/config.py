@@ -51,8 +51,8 @@ class Settings(BaseSettings):
                                         "its answer before the connection is closed (a stream stops, its slot frees).")
     max_connections: int = Field(default=512, gt=0, description="Open client connections; more are refused (503).")
     max_dedicated_instances_per_workspace: int = Field(default=8, ge=0)
-    max_open_uploads_per_workspace: int = Field(default=8, ge=0)
-    max_active_finetune_jobs_per_workspace: int = Field(default=4, ge=0, description="Queued and running jobs.")
+    max_open_uploads_per_workspace: int = Field(default=64, ge=0)
+    max_active_finetune_jobs_per_workspace: int = Field(default=16, ge=0, description="Queued and running jobs.")
     upload_sweep_seconds: float = Field(default=300.0, gt=0, description="How often expired uploads are removed.")
     scan_concurrency: int = Field(default=2, ge=1, description="Model scans (imports, rescans) run at once.")
 

@@ -63,7 +63,7 @@ class Filters:
 
 class CatalogService:
     def __init__(self, db: Database, store: LocalModelStore, *, max_upload_bytes: int,
-                 upload_ttl_seconds: int, max_open_uploads: int = 8) -> None:
+                 upload_ttl_seconds: int, max_open_uploads: int = 64) -> None:
         self.db = db
         self.store = store
         self.max_upload_bytes = max_upload_bytes

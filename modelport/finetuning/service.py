@@ -37,7 +37,7 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 
 class FinetuningService:
     def __init__(self, db: Database, catalog: CatalogService, datasets: DatasetService, datastore: Datastore,
-                 max_active_jobs: int = 4) -> None:
+                 max_active_jobs: int = 16) -> None:
         self.db = db
         self.catalog = catalog
         self.datasets = datasets
