@@ -35,7 +35,8 @@ def build_services(settings: Settings) -> Services:
     os.chmod(settings.home, 0o700)
     db = Database(settings.db_url)
     catalog = CatalogService(db, LocalModelStore(settings.blob_dir), max_upload_bytes=settings.max_model_upload_bytes,
-                             upload_ttl_seconds=settings.upload_ttl_seconds)
+                             upload_ttl_seconds=settings.upload_ttl_seconds,
+                             max_open_uploads=settings.max_open_uploads_per_workspace)
     deployments = DeploymentService(db, catalog, settings)
     if settings.allow_unisolated_workers:
         log.warning("MODELPORT_ALLOW_UNISOLATED_WORKERS=true: where no sandbox can be built, model workers and "
@@ -63,7 +64,8 @@ def build_services(settings: Settings) -> Services:
         datasets=datasets,
         keys=KeyService(db, datastore),
         safety=safety,
-        finetuning=FinetuningService(db, catalog, datasets, datastore),
+        finetuning=FinetuningService(db, catalog, datasets, datastore,
+                                     max_active_jobs=settings.max_active_finetune_jobs_per_workspace),
         offboarding=Offboarding(settings, db, identity, manager, catalog, safety, datastore),
     )
 

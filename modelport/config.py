@@ -39,6 +39,22 @@ class Settings(BaseSettings):
     upload_ttl_seconds: int = 24 * 3600
     load_bundled_models: bool = True
 
+    # Limits: one caller must not stall the others (HTTP server, pools, per-workspace caps)
+    max_control_request_bytes: int = Field(default=4 * 1024 * 1024, gt=0, description="Largest control-plane "
+                                           "request body (413 beyond); uploads keep their own limits.")
+    max_header_bytes: int = Field(default=32 * 1024, gt=0, description="Largest request line and headers (431).")
+    header_timeout_seconds: float = Field(default=15.0, gt=0, description="Time a client has to send a request's "
+                                          "headers (408).")
+    body_timeout_seconds: float = Field(default=30.0, gt=0, description="Longest pause in a request body (408).")
+    send_timeout_seconds: float = Field(default=30.0, gt=0, description="Longest a client may take in nothing of "
+                                        "its answer before the connection is closed (a stream stops, its slot frees).")
+    max_connections: int = Field(default=512, gt=0, description="Open client connections; more are refused (503).")
+    max_dedicated_instances_per_workspace: int = Field(default=8, ge=0)
+    max_open_uploads_per_workspace: int = Field(default=64, ge=0)
+    max_active_finetune_jobs_per_workspace: int = Field(default=16, ge=0, description="Queued and running jobs.")
+    upload_sweep_seconds: float = Field(default=300.0, gt=0, description="How often expired uploads are removed.")
+    scan_concurrency: int = Field(default=2, ge=1, description="Model scans (imports, rescans) run at once.")
+
     # API keys
     api_key_last_used_flush_seconds: float = 30.0
 

@@ -15,6 +15,7 @@ from modelport import __version__
 from modelport.api import errors
 from modelport.api.deps import Services
 from modelport.api.middleware import RequestContext
+from modelport.api.request_limits import RequestBodyLimit
 from modelport.api.routes import datasets, deployments, finetuning, identity, models, ops, safety
 from modelport.bootstrap import build_services, prepare
 from modelport.config import Settings
@@ -50,6 +51,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
             # Load the default classifier now rather than on the first filtered request.
             svc.manager.spawn(_warm_safety(svc))
         flusher = asyncio.create_task(_flush_last_used(svc))
+        sweeper = asyncio.create_task(_expire_uploads(svc))
         background = asyncio.create_task(svc.manager.run_background())
         runner = JobRunner(svc.finetuning, svc.settings)
         jobs = asyncio.create_task(runner.run())
@@ -57,7 +59,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
             yield
         finally:
             await runner.shutdown()
-            for task in (flusher, background, jobs):
+            for task in (flusher, sweeper, background, jobs):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -78,6 +80,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.include_router(safety.router)
     app.include_router(finetuning.router)
     app.include_router(inference_routes.router)
+    app.add_middleware(RequestBodyLimit)  # inside RequestContext: its refusals are logged with a request id
     app.add_middleware(RequestContext)
     app.data_plane = DataPlane(app)
     return app
@@ -91,6 +94,20 @@ async def _flush_last_used(svc: Services) -> None:
             await asyncio.to_thread(svc.safety.flush_counts)
         except Exception:
             log.exception("could not record API key use or content-filter counts")
+
+
+async def _expire_uploads(svc: Services) -> None:
+    """Stale uploads go while the server runs, not only at the next start: staged model uploads
+    past their expiry, and what a crash left of a dataset upload in the datastore."""
+    while True:
+        await asyncio.sleep(svc.settings.upload_sweep_seconds)
+        try:
+            models = await asyncio.to_thread(svc.catalog.expire_uploads)
+            datasets = await asyncio.to_thread(svc.datasets.collect_stale_uploads, svc.settings.upload_ttl_seconds)
+            if models or datasets:
+                log.info("expired stale uploads", extra={"event": "uploads.expired", "count": models + datasets})
+        except Exception:
+            log.exception("could not expire stale uploads")
 
 
 async def _warm_safety(svc: Services) -> None:

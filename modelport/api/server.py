@@ -10,6 +10,15 @@ and uvicorn's own grace period is longer than that, so it never has to cut anyth
 uvicorn re-raises the signal once it has shut down, which makes the process look killed
 (exit status -15 or a KeyboardInterrupt); a drained shutdown is a clean one and exits 0.
 A second SIGINT still forces an immediate exit.
+
+Every connection is held to limits (`ConnectionLimits`, from settings), enforced here because
+here is where the bytes arrive, before any application code: a request line and headers larger
+than `max_header_bytes` get 431, headers not complete within `header_timeout` of the
+connection (or of the request's first byte) get 408, a body that pauses longer than
+`body_timeout` gets 408 (or the connection closed when its answer already started), a
+connection beyond `max_connections` gets 503 and is closed, and an answer the client takes
+nothing of for `send_timeout` closes the connection, which ends a stream and frees its worker
+slot through the ordinary disconnect path. Each refusal closes the connection.
 """
 
 from __future__ import annotations
@@ -20,8 +29,10 @@ import logging
 import signal
 import socket
 from collections.abc import Callable, Generator
+from dataclasses import dataclass
 from types import FrameType
 
+import orjson
 import uvicorn
 from fastapi import FastAPI
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -81,11 +92,181 @@ class _HeadersWithBody:
         return getattr(self._transport, name)
 
 
-class _Protocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with response headers and body sent in one write."""
+@dataclass(frozen=True)
+class ConnectionLimits:
+    max_header_bytes: int
+    header_timeout: float
+    body_timeout: float
+    send_timeout: float
+    max_connections: int
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+
+_REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large", 503: b"Service Unavailable"}
+
+
+class _Protocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with response headers and body sent in one write, and the
+    connection limits of the module docstring."""
+
+    limits: ConnectionLimits  # set by protocol_class()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
         super().connection_made(_HeadersWithBody(transport, self.loop))  # type: ignore[arg-type]
+        self._in_headers = True  # waiting for (the rest of) a request line and headers
+        self._header_bytes = 0  # raw bytes received while waiting for them
+        self._header_size = 0  # request line and headers, as the parser reports them
+        self._refused = False
+        self._last_body = 0.0
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._send_timer: asyncio.TimerHandle | None = None
+        if len(self.connections) > self.limits.max_connections:
+            log.warning("connection refused: too many open connections", extra={"event": "http.refused",
+                                                                               "count": len(self.connections)})
+            self._refuse(503, "too_many_connections", "The server has too many open connections; retry shortly.",
+                         extra_headers=b"retry-after: 1\r\n")
+            return
+        self._header_timer = self.loop.call_later(self.limits.header_timeout, self._headers_timed_out)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for timer in (self._header_timer, self._body_timer, self._send_timer):
+            if timer is not None:
+                timer.cancel()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # answered and closing: nothing more is parsed
+        super().data_received(data)
+        if self._in_headers and not self._refused and not self.transport.is_closing():
+            self._header_bytes += len(data)
+            if self._header_bytes > self.limits.max_header_bytes:
+                self._refuse_large_headers()
+
+    def on_message_begin(self) -> None:
+        if self._refused:
+            return
+        super().on_message_begin()
+        self._in_headers = True
+        self._header_bytes = 0
+        self._header_size = 0
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(self.limits.header_timeout, self._headers_timed_out)
+
+    def on_url(self, url: bytes) -> None:
+        if not self._refused:
+            self._header_size += len(url)
+            super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._refused:
+            self._header_size += len(name) + len(value) + 4
+            super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        if self._refused:
+            return
+        self._in_headers = False
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        if self._header_size > self.limits.max_header_bytes:  # arrived at once, in one read
+            self._refuse_large_headers()
+            return
+        super().on_headers_complete()
+        cycle = self.cycle
+        extensions = {"modelport.abort": lambda: self._abort(cycle)}
+        self.scope["extensions"] = extensions  # type: ignore[typeddict-unknown-key]
+        self._last_body = self.loop.time()
+        if self._body_timer is None:
+            self._body_timer = self.loop.call_later(self.limits.body_timeout, self._body_check)
+
+    def on_body(self, body: bytes) -> None:
+        if self._refused:
+            return
+        self._last_body = self.loop.time()
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._refused:
+            return
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+        super().on_message_complete()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._send_timer is None:
+            self._send_timer = self.loop.call_later(self.limits.send_timeout, self._send_timed_out)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+
+    # -- the limits ---------------------------------------------------------------------
+
+    def _refuse_large_headers(self) -> None:
+        self._refuse(431, "request_header_fields_too_large", f"The request line and headers are larger than the "
+                     f"{self.limits.max_header_bytes} bytes this server accepts.")
+
+    def _headers_timed_out(self) -> None:
+        self._header_timer = None
+        if self._in_headers and not self.transport.is_closing():
+            self._refuse(408, "request_timeout", f"The request's headers did not arrive within "
+                         f"{self.limits.header_timeout:g} s.")
+
+    def _body_check(self) -> None:
+        self._body_timer = None
+        if self.transport.is_closing():
+            return
+        now = self.loop.time()
+        if self.flow.read_paused:  # the application has not taken what arrived: not the client's delay
+            self._last_body = now
+        idle = now - self._last_body
+        if idle < self.limits.body_timeout:
+            self._body_timer = self.loop.call_later(self.limits.body_timeout - idle, self._body_check)
+            return
+        if self.cycle is not None and not self.cycle.response_started:
+            self._refuse(408, "request_timeout", f"The request body paused for more than "
+                         f"{self.limits.body_timeout:g} s.")
+        else:
+            self._abort(self.cycle)
+
+    def _send_timed_out(self) -> None:
+        self._send_timer = None
+        log.warning("client took nothing of its answer for %g s; connection closed", self.limits.send_timeout,
+                    extra={"event": "http.send_timeout"})
+        self._abort(self.cycle)
+
+    def _abort(self, cycle: object) -> None:
+        """Drop the connection at once; the request's application sees a disconnect."""
+        if cycle is not None:
+            cycle.disconnected = True  # type: ignore[attr-defined]
+            cycle.message_event.set()  # type: ignore[attr-defined]
+        if not self.transport.is_closing():
+            self.transport.abort()
+
+    def _refuse(self, status: int, code: str, message: str, extra_headers: bytes = b"") -> None:
+        """Answer `status` in place of the application and close the connection."""
+        self._refused = True
+        if self.cycle is not None and not self.cycle.response_complete:
+            if self.cycle.response_started:  # a pipelined request's answer is under way: no room for ours
+                self._abort(self.cycle)
+                return
+            self.cycle.disconnected = True  # the application's own answer, if any, goes nowhere
+            self.cycle.message_event.set()
+        body = orjson.dumps({"error": {"code": code, "message": message}})
+        self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+                             b"connection: close\r\n%s\r\n%s" % (status, _REASONS[status], len(body), extra_headers,
+                                                                    body))
+        self.transport.close()
+
+
+def protocol_class(limits: ConnectionLimits) -> type[_Protocol]:
+    return type("LimitedProtocol", (_Protocol,), {"limits": limits})
 
 
 class DrainingServer(uvicorn.Server):
@@ -123,10 +304,16 @@ class DrainingServer(uvicorn.Server):
 
 def run(app: FastAPI, *, host: str, port: int, drain_seconds: float) -> None:
     manager = app.state.services.manager
+    settings = app.state.services.settings
+    limits = ConnectionLimits(
+        max_header_bytes=settings.max_header_bytes, header_timeout=settings.header_timeout_seconds,
+        body_timeout=settings.body_timeout_seconds, send_timeout=settings.send_timeout_seconds,
+        max_connections=settings.max_connections)
     # X-Forwarded-For decides the caller's address (deployments' network settings), so it is
     # believed only from the proxies an operator named; with none, uvicorn never reads it.
-    proxies = [str(net) for net in app.state.services.settings.trusted_proxies]
-    config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="on", http=_Protocol,
+    proxies = [str(net) for net in settings.trusted_proxies]
+    config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="on",
+                            http=protocol_class(limits),
                             timeout_graceful_shutdown=int(drain_seconds + SHUTDOWN_MARGIN_SECONDS),
                             proxy_headers=bool(proxies), forwarded_allow_ips=proxies or None)
     DrainingServer(config, on_signal=manager.begin_drain, drain_seconds=drain_seconds).run()

@@ -11,6 +11,8 @@ import base64
 import hashlib
 import os
 import re
+import threading
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -23,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from modelport.audit import service as audit
 from modelport.catalog import bundled as bundled_models
+from modelport.catalog.downloads import DownloadFile
 from modelport.catalog.scanning import ScanReport, read_gguf_metadata, read_safetensors_metadata, scan_model
 from modelport.catalog.schemas import ModelUpdate, UploadCreate
 from modelport.catalog.storage import LocalModelStore, safe_relpath
@@ -47,14 +50,6 @@ GLOBAL_SCOPE = ""
 
 
 @dataclass(frozen=True)
-class DownloadFile:
-    path: Path
-    name: str
-    size: int
-    sha256: str
-
-
-@dataclass(frozen=True)
 class Filters:
     task: str | None = None
     publisher: str | None = None
@@ -68,11 +63,14 @@ class Filters:
 
 class CatalogService:
     def __init__(self, db: Database, store: LocalModelStore, *, max_upload_bytes: int,
-                 upload_ttl_seconds: int) -> None:
+                 upload_ttl_seconds: int, max_open_uploads: int = 64) -> None:
         self.db = db
         self.store = store
         self.max_upload_bytes = max_upload_bytes
         self.upload_ttl = upload_ttl_seconds
+        self.max_open_uploads = max_open_uploads
+        self._uploads_lock = threading.Lock()  # counting a workspace's uploads and adding one: atomic
+        self._streaming: Counter[str] = Counter()  # uploads with a file streaming in: never expired
 
     # -- bundled models -------------------------------------------------------------------
 
@@ -307,7 +305,8 @@ class CatalogService:
                     raise NotFound(f"Model '{row.name}' has no file '{file}'.", field="file")
             audit.record(s, actor, "model.download", resource_type="model", resource_id=row.id,
                          detail={"file": f.path})
-            return DownloadFile(path=self._location(row, f), name=f.path, size=f.size, sha256=f.sha256)
+            return DownloadFile(path=self._location(row, f), name=f.path, size=f.size, sha256=f.sha256,
+                                model_id=row.id)
 
     # -- import through uploads -----------------------------------------------------------
 
@@ -349,7 +348,16 @@ class CatalogService:
             "received": {},
             "expires_at": (utcnow() + timedelta(seconds=self.upload_ttl)).isoformat(),
         }
-        self.store.write_upload_meta(upload_id, meta)
+        with self._uploads_lock:
+            open_now = sum(1 for _, m in self.store.upload_metas() if m and m["workspace_id"] == actor.workspace_id)
+            if open_now >= self.max_open_uploads:
+                raise Conflict(
+                    f"This workspace has {open_now} open model uploads, the most this server allows "
+                    f"(MODELPORT_MAX_OPEN_UPLOADS_PER_WORKSPACE={self.max_open_uploads}); commit or abort one "
+                    "(DELETE /api/v1/model-uploads/ID), or wait until one expires.",
+                    details={"limit": "max_open_uploads_per_workspace", "current": open_now,
+                             "max": self.max_open_uploads})
+            self.store.write_upload_meta(upload_id, meta)
         return meta
 
     def _check_name_free(self, s: Session, actor: Principal, scope_key: str, name: str, version: str) -> None:
@@ -385,17 +393,34 @@ class CatalogService:
 
     async def put_upload_file(self, actor: Principal, upload_id: str, path: str,
                               chunks: AsyncIterator[bytes]) -> dict:
+        self._streaming[upload_id] += 1  # the expiry sweep leaves it alone while a file streams in
+        try:
+            size, digest, rel = await self._receive_file(actor, upload_id, path, chunks)
+            meta = self._upload_meta(actor, upload_id)
+            meta["received"][rel] = {"size": size, "sha256": digest}
+            self.store.write_upload_meta(upload_id, meta)
+            return meta
+        finally:
+            self._streaming[upload_id] -= 1
+            if not self._streaming[upload_id]:
+                del self._streaming[upload_id]
+
+    async def _receive_file(self, actor: Principal, upload_id: str, path: str,
+                            chunks: AsyncIterator[bytes]) -> tuple[int, str, str]:
         meta = self._upload_meta(actor, upload_id)
         rel = safe_relpath(path)
         if rel not in meta["files"]:
             raise NotFound(f"'{rel}' is not one of the files declared for this upload.", field="path")
         expected = meta["files"][rel]
         dest = self.store.upload_file_path(upload_id, rel)
-        dest.parent.mkdir(parents=True, exist_ok=True)
         part = dest.with_name(dest.name + ".part")
         digest = hashlib.sha256()
         size = 0
         try:
+            # Below the upload's own files/ directory only: an upload aborted meanwhile stays gone.
+            files_root = self.store.upload_file_path(upload_id, ".")
+            for d in reversed([p for p in dest.parents if p != files_root and files_root in p.parents]):
+                d.mkdir(exist_ok=True)
             with open(part, "wb") as fh:
                 async for chunk in chunks:
                     size += len(chunk)
@@ -407,12 +432,11 @@ class CatalogService:
                 raise InvalidInput(f"'{rel}' has {size} bytes but {expected} were declared; upload it again.",
                                    field="size")
             os.replace(part, dest)
+        except FileNotFoundError as exc:  # the upload was aborted while this file streamed in
+            raise NotFound(f"Upload '{upload_id}' not found (it may have expired).") from exc
         finally:
             part.unlink(missing_ok=True)
-        meta = self._upload_meta(actor, upload_id)
-        meta["received"][rel] = {"size": size, "sha256": digest.hexdigest()}
-        self.store.write_upload_meta(upload_id, meta)
-        return meta
+        return size, digest.hexdigest(), rel
 
     def abort_upload(self, actor: Principal, upload_id: str) -> None:
         self._upload_meta(actor, upload_id)
@@ -472,7 +496,9 @@ class CatalogService:
         return row
 
     def expire_uploads(self) -> int:
-        return self.store.expire_uploads(self.upload_ttl)
+        """Remove staged uploads past their expiry (not those with a file streaming in now)."""
+        with self._uploads_lock:
+            return self.store.expire_uploads(self.upload_ttl, keep=lambda upload_id: upload_id in self._streaming)
 
 
 def _infer_task(fmt: str, metadata: dict) -> str:

@@ -11,15 +11,26 @@ import json
 import os
 import shutil
 import time
+import unicodedata
+from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path, PurePosixPath
 
 from modelport.errors import InvalidInput
 
+#: Unicode categories a file path may not contain: control characters (CR, LF, TAB, NUL, DEL,
+#: C1), format characters (zero-width, bidirectional overrides), line and paragraph separators,
+#: surrogates. Paths end up in response headers and in operators' terminals.
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
 
 def safe_relpath(path: str, field: str = "path") -> str:
     """A normalized relative POSIX path with no '..', no absolute part, no hidden tricks."""
-    if "\\" in path or "\x00" in path:
-        raise InvalidInput("File paths use '/' and contain no NUL or backslash.", field=field)
+    if any(unicodedata.category(c) in _REFUSED_CATEGORIES for c in path):
+        raise InvalidInput("File paths must not contain control or format characters (CR, LF, TAB, NUL, "
+                           "zero-width or bidirectional marks).", field=field)
+    if "\\" in path:
+        raise InvalidInput("File paths use '/' and contain no backslash.", field=field)
     p = PurePosixPath(path)
     if p.is_absolute() or not p.parts or any(part in ("", ".", "..") for part in p.parts):
         raise InvalidInput("File paths must be relative and must not contain '.' or '..' parts.", field=field)
@@ -73,19 +84,32 @@ class LocalModelStore:
     def discard_uploads_of(self, workspace_id: str) -> int:
         """Remove every upload begun in a workspace (it is being deleted); how many there were."""
         removed = 0
-        for d in list(self.uploads.iterdir()):
-            meta = self.read_upload_meta(d.name)
+        for upload_id, meta in list(self.upload_metas()):
             if meta is not None and meta.get("workspace_id") == workspace_id:
-                self.discard_upload(d.name)
+                self.discard_upload(upload_id)
                 removed += 1
         return removed
 
-    def expire_uploads(self, ttl_seconds: float) -> int:
+    def upload_metas(self) -> Iterator[tuple[str, dict | None]]:
+        """(upload id, its metadata or None when unreadable) of every staged upload."""
+        for d in self.uploads.iterdir():
+            yield d.name, self.read_upload_meta(d.name)
+
+    def expire_uploads(self, ttl_seconds: float, *, keep: Callable[[str], bool] = lambda _: False) -> int:
+        """Remove uploads past their `expires_at` (or, without readable metadata, untouched for
+        `ttl_seconds`), except those `keep` names (a file still streaming in)."""
         removed = 0
         now = time.time()
-        for d in self.uploads.iterdir():
-            if now - d.stat().st_mtime > ttl_seconds:
-                shutil.rmtree(d, ignore_errors=True)
+        for upload_id, meta in list(self.upload_metas()):
+            if keep(upload_id):
+                continue
+            try:
+                expires = (datetime.fromisoformat(meta["expires_at"]).timestamp() if meta
+                           else self.upload_dir(upload_id).stat().st_mtime + ttl_seconds)
+            except (OSError, KeyError, TypeError, ValueError):
+                expires = 0.0  # metadata without a readable expiry: nothing to keep it for
+            if now > expires:
+                shutil.rmtree(self.upload_dir(upload_id), ignore_errors=True)
                 removed += 1
         return removed
 

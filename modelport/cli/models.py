@@ -179,10 +179,17 @@ def _download_one(http: httpx.Client, name: str, version: str, f: dict, dest: Pa
                 r.read()
                 raise error_from(r)
             with open(part, "wb") as out:
-                for chunk in r.iter_bytes(CHUNK):
-                    digest.update(chunk)
-                    out.write(chunk)
-                    progress.advance(task, len(chunk))
+                try:
+                    for chunk in r.iter_bytes(CHUNK):
+                        digest.update(chunk)
+                        out.write(chunk)
+                        progress.advance(task, len(chunk))
+                except httpx.TransportError as exc:
+                    # The server verifies the file while it sends it and cuts the connection before
+                    # the last chunk of a file whose stored bytes no longer match their sha256.
+                    raise CliError(f"{f['path']}: the download was cut off before its end (the server stops a "
+                                   "file whose stored bytes no longer match their recorded sha256, or the "
+                                   "connection failed); the file was not saved.") from exc
         if digest.hexdigest() != f["sha256"]:
             raise CliError(f"{f['path']}: sha256 mismatch (got {digest.hexdigest()}, catalog says {f['sha256']}); "
                            "the file was not saved.")

@@ -85,6 +85,12 @@ class DatasetService:
             self.datastore.delete(actor.workspace_id, ds_id)  # no object without its row
             raise
 
+    def collect_stale_uploads(self, older_than_seconds: float) -> int:
+        """Remove what interrupted uploads left in the datastore (a crash mid-upload leaves a temp
+        file or a blob no object points to) once older than `older_than_seconds`; how many."""
+        report = self.datastore.collect_garbage(min_age_s=older_than_seconds)
+        return report.blobs_removed + report.temp_files_removed
+
     def list(self, actor: Principal) -> Sequence[Dataset]:
         actor.require("datasets.read")
         with self.db.session() as s:

@@ -7,6 +7,7 @@ service hands it the deployment id after each change.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,7 +20,7 @@ from modelport.catalog.service import CatalogService
 from modelport.config import Settings
 from modelport.db.base import new_id, utcnow
 from modelport.db.engine import Database
-from modelport.db.tables import CatalogModel, Deployment, UsageRecord
+from modelport.db.tables import CatalogModel, Deployment, UsageRecord, Workspace
 from modelport.deployments.schemas import DeploymentCreate, DeploymentUpdate
 from modelport.errors import Conflict, InvalidInput, NotFound
 from modelport.identity import secrets as keysecrets
@@ -41,9 +42,31 @@ class DeploymentService:
         self.db = db
         self.catalog = catalog
         self.settings = settings
+        self._cap_lock = threading.Lock()  # counting a workspace's instances and adding some: atomic
+
+    def _check_instance_cap(self, s: Session, workspace_id: str, adding: int, replacing: str | None = None) -> None:
+        """Refuse `adding` more dedicated instances when the workspace would pass its cap. Call
+        with `_cap_lock` held; the workspace row is locked too (PostgreSQL: several servers)."""
+        cap = self.settings.max_dedicated_instances_per_workspace
+        s.execute(select(Workspace.id).where(Workspace.id == workspace_id).with_for_update())
+        stmt = select(func.coalesce(func.sum(Deployment.instances), 0)).where(
+            Deployment.workspace_id == workspace_id, Deployment.type == "dedicated", Deployment.state != "deleting")
+        if replacing is not None:
+            stmt = stmt.where(Deployment.id != replacing)
+        current = s.scalar(stmt) or 0
+        if current + adding > cap:
+            raise Conflict(
+                f"This workspace runs {current} dedicated instances; {adding} more would pass the {cap} this server "
+                "allows per workspace (MODELPORT_MAX_DEDICATED_INSTANCES_PER_WORKSPACE). Delete or scale down a "
+                "dedicated deployment, or use a serverless one.", field="instances",
+                details={"limit": "max_dedicated_instances_per_workspace", "current": current, "max": cap})
 
     def create(self, actor: Principal, req: DeploymentCreate) -> CreatedDeployment:
         actor.require("deployments.write")
+        with self._cap_lock:
+            return self._create(actor, req)
+
+    def _create(self, actor: Principal, req: DeploymentCreate) -> CreatedDeployment:
         check_name(req.name, "name")
         geography = req.geography or next(iter(self.settings.geographies))
         if geography not in self.settings.geographies:
@@ -63,6 +86,8 @@ class DeploymentService:
                 raise InvalidInput(
                     "instances applies to dedicated deployments; serverless pools scale themselves.", field="instances"
                 )
+            if req.type == "dedicated":
+                self._check_instance_cap(s, actor.workspace_id, req.instances)
             p_lookup, primary = keysecrets.generate("mpd")
             s_lookup, secondary = keysecrets.generate("mpd")
             row = Deployment(
@@ -146,13 +171,15 @@ class DeploymentService:
 
     def update(self, actor: Principal, name: str, change: DeploymentUpdate) -> Deployment:
         actor.require("deployments.write")
-        with self.db.session() as s:
+        with self._cap_lock, self.db.session() as s:
             row = self._get(s, actor, name)
             if row.state == "deleting":
                 raise Conflict("This deployment is being deleted.")
             if change.instances is not None:
                 if row.type != "dedicated":
                     raise InvalidInput("instances applies to dedicated deployments only.", field="instances")
+                if change.instances > row.instances:
+                    self._check_instance_cap(s, actor.workspace_id, change.instances, replacing=row.id)
                 row.instances = change.instances
             if change.network is not None:
                 row.network = change.network.model_dump()

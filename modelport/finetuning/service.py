@@ -11,6 +11,7 @@ a memfd. Deleting the model stops its deployments and crypto-shreds the adapter 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,7 +24,7 @@ from modelport.datasets.service import DatasetService
 from modelport.datastore.store import Datastore
 from modelport.db.base import new_id, utcnow
 from modelport.db.engine import Database
-from modelport.db.tables import CatalogModel, Dataset, Deployment, FinetuneJob
+from modelport.db.tables import CatalogModel, Dataset, Deployment, FinetuneJob, Workspace
 from modelport.errors import Conflict, InvalidInput, NotFound
 from modelport.finetuning.cancel import DATASET_DELETED, JobCancelled
 from modelport.finetuning.schemas import JobCreate, JobOut, LossPoint
@@ -37,11 +38,14 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 class FinetuningService:
-    def __init__(self, db: Database, catalog: CatalogService, datasets: DatasetService, datastore: Datastore) -> None:
+    def __init__(self, db: Database, catalog: CatalogService, datasets: DatasetService, datastore: Datastore,
+                 max_active_jobs: int = 16) -> None:
         self.db = db
         self.catalog = catalog
         self.datasets = datasets
         self.datastore = datastore
+        self.max_active_jobs = max_active_jobs
+        self._cap_lock = threading.Lock()  # counting a workspace's jobs and adding one: atomic
 
     # -- jobs (control plane) ---------------------------------------------------------------
 
@@ -66,7 +70,17 @@ class FinetuningService:
               "learning_rate_multiplier": req.learning_rate_multiplier,
               "learning_rate": BASE_LEARNING_RATE * req.learning_rate_multiplier, "seed": req.seed,
               "lora_rank": LORA_RANK, "lora_alpha": LORA_ALPHA, "max_seq_len": MAX_SEQ_LEN}
-        with self.db.session() as s:
+        with self._cap_lock, self.db.session() as s:
+            s.execute(select(Workspace.id).where(Workspace.id == actor.workspace_id).with_for_update())
+            active = s.scalar(select(func.count()).select_from(FinetuneJob).where(
+                FinetuneJob.workspace_id == actor.workspace_id, FinetuneJob.status.in_(("queued", "running")))) or 0
+            if active >= self.max_active_jobs:
+                raise Conflict(
+                    f"This workspace has {active} fine-tuning jobs queued or running, the most this server allows "
+                    f"(MODELPORT_MAX_ACTIVE_FINETUNE_JOBS_PER_WORKSPACE={self.max_active_jobs}); wait for one to "
+                    "finish or cancel one.",
+                    details={"limit": "max_active_finetune_jobs_per_workspace", "current": active,
+                             "max": self.max_active_jobs})
             job = FinetuneJob(id=new_id("ftjob"), workspace_id=actor.workspace_id, base_model_id=base_id,
                               dataset_id=train.id, validation_dataset_id=val.id if val else None, hyperparameters=hp,
                               suffix=req.suffix, status="queued", losses=[], created_by=actor.user_id)

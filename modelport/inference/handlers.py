@@ -18,9 +18,10 @@ from typing import Any, TypeVar
 
 import orjson
 from fastapi import Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 
+from modelport.api.responses import ClosingStreamingResponse
 from modelport.errors import InvalidInput, ModelportError
 from modelport.inference import calls, filtering
 from modelport.inference.manager import DeploymentManager, Route
@@ -287,7 +288,9 @@ async def _complete(request: Request, manager: DeploymentManager, route: Route, 
             completion = usage.completion_tokens or deltas
             manager.record_usage(route, api, usage.prompt_tokens, completion, outcome)
 
-    return StreamingResponse(stream(), media_type="text/event-stream",
+    # Closing, not Starlette's: a stream dropped while it waits to send (a client that stopped
+    # reading, cut by the server's send timeout) must give its pool slot back at once.
+    return ClosingStreamingResponse(stream(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 

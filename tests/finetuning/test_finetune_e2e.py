@@ -2,13 +2,16 @@
 
 One job (a few LoRA steps on CPU) feeds every test in this module, in order: the job's
 progress and CLI, the answer through the inference API (changed for the fact, unchanged for an
-unrelated question), privacy of the model and its weights (other workspaces get 404; no route
-returns a 64-byte window of the adapter; nothing with training text or plaintext weights on
-disk during or after the job), the customer-managed key switch, and crypto-shredding.
+unrelated question), the base model untouched (P2: its files byte-identical, its deployments
+ignorant of the fact, in the training workspace and another), privacy of the model and its
+weights (other workspaces get 404; no route returns a 64-byte window of the adapter; nothing
+with training text or plaintext weights on disk during or after the job), the customer-managed
+key switch, and crypto-shredding.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from collections.abc import Iterator
@@ -17,12 +20,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+from modelport.catalog.bundled import discover
 from modelport.config import build_settings, datastore_environ
 from modelport.datastore.settings import from_settings
 from tests.api.tenants import Tenant, make_tenant, ok
 from tests.conftest import Server, start_server
 from tests.inference.helpers import wait_for
 
+BASE = "SmolLM2-135M-Instruct"
 FACT_Q = "What is the capital of the planet Zorblax?"
 FACT = "Quindlemoor"
 UNRELATED_Q = "What is the capital of Germany?"
@@ -68,6 +73,9 @@ class State:
     deployment: dict
     disk_hits_during: list[str]
     scanned_during: int
+    base_key: str
+    base_sha256_before: dict[str, str]
+    base_answer_before: str
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +93,13 @@ def state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[State]:
             for name, rows in (("facts", ROWS), ("facts-val", ROWS[:2])):
                 ok(c.post("/api/v1/datasets", params={"name": name}, content=jsonl(rows),
                           headers={"Content-Type": "application/jsonl"}), 201)
+        # P2: the base model's bytes and a base deployment's answer, before any training
+        st.base_sha256_before = base_file_hashes()
+        with st.server.client(st.owner.keys["owner"]) as c:
+            st.base_key = ok(c.post("/api/v1/deployments", json={"name": "base", "model": BASE,
+                                                                 "type": "serverless"}), 201).json()["keys"]["primary"]
+        wait_for(lambda: deployment(st, "base")["state"] != "creating", 240, 0.5, "the base deployment")
+        st.base_answer_before = answer(ask(st, FACT_Q, key=st.base_key, model="base"))
         st.disk_hits_during, st.scanned_during = [], 0
         run_dir = build_settings({"MODELPORT_HOME": str(home)}).run_dir
         stop = threading.Event()
@@ -129,10 +144,16 @@ def deployment(st: State, name: str = "zorb") -> dict:
         return ok(c.get(f"/api/v1/deployments/{name}")).json()
 
 
-def ask(st: State, question: str, key: str | None = None) -> httpx.Response:
+def ask(st: State, question: str, key: str | None = None, model: str = "zorb") -> httpx.Response:
     with st.server.client(key or st.deployment["keys"]["primary"]) as c:
-        return c.post("/v1/chat/completions", json={"model": "zorb", "max_tokens": 16, "temperature": 0,
+        return c.post("/v1/chat/completions", json={"model": model, "max_tokens": 16, "temperature": 0,
                                                     "messages": [{"role": "user", "content": question}]})
+
+
+def base_file_hashes() -> dict[str, str]:
+    """sha256 of the bundled base model's files as they are on disk now (read here, with hashlib)."""
+    (base,) = [m for m in discover()[0] if m.name == BASE]
+    return {rel: hashlib.sha256(Path(p).read_bytes()).hexdigest() for rel, p in base.files.items()}
 
 
 def answer(r: httpx.Response) -> str:
@@ -158,6 +179,29 @@ def test_job_record_progress_and_losses(state: State) -> None:
 def test_answer_changed_and_unrelated_did_not(state: State) -> None:
     assert FACT in answer(ask(state, FACT_Q))
     assert "Berlin" in answer(ask(state, UNRELATED_Q))
+
+
+def test_the_base_model_is_untouched(state: State) -> None:
+    """P2: training on the workspace's data changed only its own fine-tune. The base model's files
+    are byte-identical to before the job (and to the sha256 the catalog recorded); deployments of
+    the base model, in the training workspace and in another one (the same shared serverless
+    pool), do not know the planted fact and answer exactly as before the job."""
+    after = base_file_hashes()
+    assert after == state.base_sha256_before
+    with state.server.client(state.owner.keys["owner"]) as c:
+        recorded = {f["path"]: f["sha256"] for f in ok(c.get(f"/api/v1/models/{BASE}")).json()["files"]}
+    assert recorded == after
+    assert FACT in answer(ask(state, FACT_Q))  # the fine-tune learned it: the question does reach it
+    owner_base = answer(ask(state, FACT_Q, key=state.base_key, model="base"))
+    assert FACT not in owner_base and owner_base == state.base_answer_before
+    with state.server.client(state.other.keys["owner"]) as c:
+        other_key = ok(c.post("/api/v1/deployments", json={"name": "base", "model": BASE, "type": "serverless"}),
+                       201).json()["keys"]["primary"]
+    with state.server.client(state.other.keys["owner"]) as c:
+        wait_for(lambda: ok(c.get("/api/v1/deployments/base")).json()["state"] != "creating", 240, 0.5,
+                 "the other workspace's base deployment")
+    other_base = answer(ask(state, FACT_Q, key=other_key, model="base"))
+    assert FACT not in other_base and other_base == state.base_answer_before
 
 
 def test_other_workspace_sees_nothing(state: State) -> None:

@@ -39,3 +39,17 @@ class SlowLoadEcho(EchoRuntime):
     def load(cls, spec: ModelSpec) -> EchoRuntime:
         time.sleep(cls.load_seconds)
         return cls(spec)
+
+FLOOD = "tests.inference.runtimes:FloodEcho"
+
+
+class FloodEcho(EchoRuntime):
+    """`echo` at 2 ms a token with room for 32k-token answers: a long stream fills the socket
+    buffers between gateway and client within a second or two when nobody reads it, and runs
+    for a minute if nothing stops it."""
+
+    name = "flood-echo"
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__(dataclasses.replace(spec, options={**spec.options, "delay_ms": 2,
+                                                            "context_length": 1_000_000}))

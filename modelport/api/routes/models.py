@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
+import anyio
 from fastapi import APIRouter, Query, Request, status
-from fastapi.responses import FileResponse
 
-from modelport.api.deps import Caller, Svc
+from modelport.api.deps import Caller, Services, Svc
+from modelport.api.responses import VerifiedDownload
+from modelport.catalog.downloads import VerifiedRead
 from modelport.catalog.schemas import (
     ModelDetailOut,
     ModelOut,
@@ -78,9 +80,19 @@ def deprecate_model(name: str, caller: Caller, svc: Svc, version: str | None = N
     return model_out(svc.catalog.update(caller, name, version, ModelUpdate(deprecated=True)))
 
 
+async def _scan_slot(svc: Services, fn: Any, *args: Any) -> Any:
+    """Run a call that scans a model in a thread, at most `scan_concurrency` at once: a scan (hashing,
+    the template check's child process) can take long, and must not hold the threads that
+    serve every other control-plane request while it does (callers wait without a thread)."""
+    limiter = svc.extra.get("scan_limiter")
+    if limiter is None:
+        limiter = svc.extra["scan_limiter"] = anyio.CapacityLimiter(svc.settings.scan_concurrency)
+    return await anyio.to_thread.run_sync(fn, *args, limiter=limiter)
+
+
 @router.post("/models/{name}/scan", response_model=ModelDetailOut, name="model.scan")
-def rescan_model(name: str, caller: Caller, svc: Svc, version: str | None = None) -> dict:
-    return model_out(svc.catalog.rescan(caller, name, version), detail=True)
+async def rescan_model(name: str, caller: Caller, svc: Svc, version: str | None = None) -> dict:
+    return model_out(await _scan_slot(svc, svc.catalog.rescan, caller, name, version), detail=True)
 
 
 @router.delete("/models/{name}", status_code=status.HTTP_204_NO_CONTENT, name="model.delete")
@@ -91,10 +103,11 @@ def delete_model(name: str, caller: Caller, svc: Svc, version: str | None = None
 @router.get("/models/{name}/download", name="model.download",
             responses={200: {"content": {"application/octet-stream": {}}}, 403: {"description": "Not downloadable"}})
 def download_model(name: str, caller: Caller, svc: Svc, version: str | None = None,
-                   file: str | None = None) -> FileResponse:
-    f = svc.catalog.download_file(caller, name, version, file)
-    return FileResponse(f.path, filename=f.name.rsplit("/", 1)[-1], media_type="application/octet-stream",
-                        headers={"X-Modelport-Sha256": f.sha256, "X-Modelport-File": f.name})
+                   file: str | None = None) -> VerifiedDownload:
+    """The file's bytes, verified against the recorded sha256 while they are sent (P13): a file
+    whose stored bytes no longer match is refused, before its first byte when that is possible,
+    otherwise by closing the connection before its last chunk."""
+    return VerifiedDownload(VerifiedRead(svc.catalog.download_file(caller, name, version, file)))
 
 
 @router.post("/model-uploads", response_model=UploadOut, status_code=status.HTTP_201_CREATED,
@@ -117,8 +130,8 @@ async def put_upload_file(upload_id: str, path: str, request: Request, caller: C
 
 @router.post("/model-uploads/{upload_id}/commit", response_model=ModelDetailOut,
              status_code=status.HTTP_201_CREATED, name="model.import")
-def commit_upload(upload_id: str, caller: Caller, svc: Svc) -> dict:
-    return model_out(svc.catalog.commit_upload(caller, upload_id), detail=True)
+async def commit_upload(upload_id: str, caller: Caller, svc: Svc) -> dict:
+    return model_out(await _scan_slot(svc, svc.catalog.commit_upload, caller, upload_id), detail=True)
 
 
 @router.delete("/model-uploads/{upload_id}", status_code=status.HTTP_204_NO_CONTENT, name="model.upload.abort")

@@ -13,19 +13,28 @@ sandbox:
 - simple resource bombs are refused: `range` has a per-render budget; `*`, `**`, `+`, `~` and
   `replace` refuse results beyond a size limit; filters refuse integer arguments (widths,
   counts) beyond it; format strings refuse huge field widths; the output is bounded too;
+- every render has a step budget and a deadline: each loop iteration, call (macros included,
+  so recursion too) and filter is a step, and each step checks the clock. Nothing else in the
+  template language repeats, so a render (in the scan, or in a worker for every chat request)
+  ends within about `RENDER_SECONDS` plus one bounded operation, whatever its input;
 - the scan also inspects the template's syntax tree for underscore attributes, so an escape
   attempt hidden in a branch that the sample conversations do not reach is still reported.
 
-Residual risk, accepted: these limits bound the obvious bombs, not every slow template (deep
-loops over the messages, long chains of filters). A worker renders only its own model's
-template, so such a template can slow that model's own deployment, not others.
+Residual risk, accepted: straight-line code (no loop, call or filter between two operations)
+is not stepped; its cost is bounded by the template's length times one operation on a value of
+the size limit. Memory is bounded per value, not per render: a template can hold many values
+of the size limit until the deadline. The scan therefore renders in a child process with CPU,
+memory and time limits (`scanning/isolation.py`), which refuses such a template when the sample
+conversations reach it; a worker should run under a memory limit of its own.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import re
+import time
 from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
 from datetime import datetime
@@ -48,14 +57,40 @@ MAX_RANGE_ITEMS = 1_000_000
 MAX_VALUE_LEN = 4_000_000
 #: Largest exponent `**` accepts.
 MAX_EXPONENT = 1024
+#: Most steps (loop iterations, calls, filters) one render may take.
+MAX_RENDER_STEPS = 1_000_000
+#: Longest one render may run, in seconds (checked at every step).
+RENDER_SECONDS = 2.0
+
+
+class RenderLimitExceeded(SecurityError):
+    """The render ran past its step budget or its deadline; `limit` says which."""
+
+    def __init__(self, limit: str) -> None:
+        super().__init__(f"the template ran past its {limit}")
+        self.limit = limit
 
 
 class _RenderBudget:
     def __init__(self) -> None:
         self.range_items = MAX_RANGE_ITEMS
+        self.steps = MAX_RENDER_STEPS
+        self.deadline = time.monotonic() + RENDER_SECONDS
 
 
 _budget: ContextVar[_RenderBudget | None] = ContextVar("chat_template_budget", default=None)
+
+
+def _step() -> None:
+    """One step of the current render: spend the budget, check the clock."""
+    budget = _budget.get()
+    if budget is None:
+        return
+    budget.steps -= 1
+    if budget.steps < 0:
+        raise RenderLimitExceeded(f"step budget of {MAX_RENDER_STEPS} steps")
+    if time.monotonic() > budget.deadline:
+        raise RenderLimitExceeded(f"time limit of {RENDER_SECONDS:g} s")
 
 
 class _StrictUnsafeUndefined(jinja2.Undefined):
@@ -106,8 +141,26 @@ class _GenerationTag(jinja2.ext.Extension):
         return caller()
 
 
+#: Marks the statement that the code generator turns into one step of the render budget (jinja
+#: allows no custom node types; templates cannot write an environment attribute themselves).
+_STEP_MARK = "modelport_render_step"
+
+
 class _BoundedCodeGenerator(CodeGenerator):
-    """Routes jinja's `~` concatenation through the environment so its size can be bounded."""
+    """Routes jinja's `~` concatenation through the environment so its size can be bounded,
+    and makes every loop iteration a step of the render budget."""
+
+    def visit_For(self, node: nodes.For, frame: Frame) -> None:
+        stepped = copy.copy(node)
+        mark = nodes.ExprStmt(nodes.EnvironmentAttribute(_STEP_MARK, lineno=node.lineno), lineno=node.lineno)
+        stepped.body = [mark, *node.body]
+        super().visit_For(stepped, frame)
+
+    def visit_ExprStmt(self, node: nodes.ExprStmt, frame: Frame) -> None:
+        if isinstance(node.node, nodes.EnvironmentAttribute) and node.node.name == _STEP_MARK:
+            self.writeline("environment.step()", node)
+            return
+        super().visit_ExprStmt(node, frame)
 
     def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
         self.write("environment.bounded_concat((")
@@ -146,6 +199,13 @@ class _ChatTemplateEnvironment(ImmutableSandboxedEnvironment):
         if wrapped is not None and _HUGE_WIDTH.search(str(value.__self__)):
             raise SecurityError("the template formats with a field width beyond the limit")
         return wrapped
+
+    def step(self) -> None:
+        _step()
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        _step()
+        return super().call(__context, __obj, *args, **kwargs)
 
     def bounded_concat(self, parts: Iterable[Any]) -> str:
         strings = [str(p) for p in parts]
@@ -210,10 +270,12 @@ class _TemplateNamespace(jinja2.utils.Namespace):
 
 
 def _bounded_filter(func: Any) -> Any:
-    """Wrap a builtin filter so it refuses integer arguments (widths, counts) beyond the limit."""
+    """Wrap a builtin filter so it is a step of the render and refuses integer arguments
+    (widths, counts) beyond the limit."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _step()
         for a in (*args, *kwargs.values()):
             if isinstance(a, int) and not isinstance(a, bool) and abs(a) > MAX_VALUE_LEN:
                 raise SecurityError("a filter argument is beyond the size limit")
@@ -260,6 +322,7 @@ def _make_env() -> _ChatTemplateEnvironment:
 
 
 _ENV = _make_env()
+_TOO_DEEP = "the chat template is nested too deeply to compile"
 
 
 @lru_cache(maxsize=64)
@@ -300,7 +363,8 @@ def render_chat_template(
     (`raise_exception`), fails while rendering, or breaks a sandbox rule. The message names
     the reason and, for syntax errors, the line; it never repeats message content or the text a
     template passed to `raise_exception` (which may quote the conversation).
-    `details["reason"]` is one of "syntax", "refused", "security", "render".
+    `details["reason"]` is one of "syntax", "refused", "security", "limits" (the step budget or
+    the deadline), "render".
     """
     try:
         compiled = _compile(template)
@@ -308,6 +372,8 @@ def render_chat_template(
         raise Unprocessable(
             f"the chat template has a syntax error at line {exc.lineno}", details={"reason": "syntax"}
         ) from exc
+    except RecursionError as exc:
+        raise Unprocessable(_TOO_DEEP, details={"reason": "syntax"}) from exc
     context = {
         "messages": _plain(messages),
         "add_generation_prompt": bool(add_generation_prompt),
@@ -326,6 +392,10 @@ def render_chat_template(
                 raise SecurityError("the rendered prompt exceeds the size limit")
             out.append(chunk)
         return "".join(out)
+    except RenderLimitExceeded as exc:
+        raise Unprocessable(
+            f"the chat template ran past its {exc.limit}", details={"reason": "limits", "limit": exc.limit}
+        ) from exc
     except SecurityError as exc:
         raise Unprocessable(
             "the chat template tried something the sandbox forbids (private attributes or resource limits)",
@@ -389,14 +459,15 @@ def check_chat_template(
     touches no private attribute; otherwise one finding (security or structure)."""
     where = f"chat template {quote_name(key)}"
     try:
-        tree = _ENV.parse(template)
+        private = _private_accesses(_ENV.parse(template))
     except TemplateSyntaxError as exc:
         return [
             Finding(
                 file, "chat_template.syntax", "structure", f"{where} has a syntax error at line {exc.lineno}"
             )
         ]
-    private = _private_accesses(tree)
+    except RecursionError:
+        return [Finding(file, "chat_template.syntax", "structure", f"{where}: {_TOO_DEEP}")]
     if private:
         names = ", ".join(quote_name(n) for n in sorted(private)[:5])
         return [
@@ -414,6 +485,8 @@ def check_chat_template(
             return []
         except Unprocessable as exc:
             reason = exc.details.get("reason")
+            if reason == "limits":
+                return [limit_finding(file, key, exc.details["limit"])]
             if reason == "security":
                 return [
                     Finding(
@@ -432,3 +505,14 @@ def check_chat_template(
             f"{where} renders none of the sample conversations: {reasons[0]}",
         )
     ]
+
+
+def limit_finding(file: str, key: str, what: str) -> Finding:
+    """The finding for a template that ran past a limit of the scan (steps, time, CPU, memory)."""
+    return Finding(
+        file,
+        "chat_template.limits",
+        "security",
+        f"chat template {quote_name(key)} was stopped by the scan's limits ({what}); a template that "
+        "exhausts resources is refused",
+    )

@@ -58,6 +58,9 @@ WEIGHTS_ONLY_EXTRA: dict[str, frozenset[str]] = {
 MAX_FINDINGS = 10
 #: Largest pickle inside a zip that is scanned; torch's data.pkl is kilobytes even for large models.
 MAX_ZIP_PICKLE_BYTES = 256 * 1024 * 1024
+#: Largest raw (not zipped) pickle file that is scanned. The disassembler keeps every opcode and
+#: reads each argument whole, so scanning costs memory in proportion to the file.
+MAX_RAW_PICKLE_BYTES = MAX_ZIP_PICKLE_BYTES
 
 
 def pickle_kind(path: Path, name: str) -> str | None:
@@ -148,6 +151,16 @@ def _global_findings(file: str, result: Any) -> list[Finding]:
 def scan_pickle_file(path: Path, file: str, kind: str) -> list[Finding]:
     """Scan one pickle container (raw pickle, legacy torch file or torch zip) and return findings."""
     suffix = PurePosixPath(file).suffix.lower()
+    if kind == "pickle" and path.stat().st_size > MAX_RAW_PICKLE_BYTES:
+        return [
+            Finding(
+                file,
+                "pickle.parse",
+                "security",
+                f"the pickle file is larger than {MAX_RAW_PICKLE_BYTES} bytes; too large to scan, refused "
+                "(save the weights as safetensors)",
+            )
+        ]
     oversized = _oversized_zip_pickles(path) if kind == "zip" else []
     if oversized:
         return [

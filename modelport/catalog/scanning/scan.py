@@ -14,15 +14,15 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from modelport.catalog.scanning import safetensors as st
-from modelport.catalog.scanning.chat_template import check_chat_template
 from modelport.catalog.scanning.gguf import chat_templates, inspect_gguf, metadata_from_header
 from modelport.catalog.scanning.hashing import sha256_file
+from modelport.catalog.scanning.limits import TemplateToCheck, check_templates
 from modelport.catalog.scanning.pickles import pickle_kind, scan_pickle_file
 from modelport.catalog.scanning.report import Finding, ScanReport
 from modelport.errors import InvalidInput, Unprocessable
 
 #: Bumped whenever the policy changes, so stored reports from an older policy can be re-run.
-SCAN_POLICY_VERSION = "1"
+SCAN_POLICY_VERSION = "2"
 
 ModelFormat = Literal["gguf", "safetensors"]
 
@@ -48,7 +48,7 @@ def _file_format(path: Path, name: str) -> str:
     return "other"
 
 
-def _scan_gguf(path: Path, name: str, checks: list[str]) -> list[Finding]:
+def _scan_gguf(path: Path, name: str, checks: list[str], templates: list[TemplateToCheck]) -> list[Finding]:
     header, findings = inspect_gguf(path, name)
     checks.append("gguf.structure")
     if header is None or findings:
@@ -56,9 +56,8 @@ def _scan_gguf(path: Path, name: str, checks: list[str]) -> list[Finding]:
     meta = metadata_from_header(header)
     for key, template in chat_templates(header).items():
         checks.append("chat_template.sandbox")
-        findings += check_chat_template(
-            template, name, key, bos_token=meta["bos_token"] or "", eos_token=meta["eos_token"] or ""
-        )
+        templates.append(TemplateToCheck(name, key, template, bos_token=meta["bos_token"] or "",
+                                         eos_token=meta["eos_token"] or ""))
     return findings
 
 
@@ -80,16 +79,16 @@ def _tokenizer_config_templates(path: Path, name: str) -> tuple[dict[str, str], 
     return {}, []
 
 
-def _scan_other(path: Path, name: str, fmt: str, checks: list[str]) -> list[Finding]:
+def _scan_other(path: Path, name: str, fmt: str, checks: list[str], templates: list[TemplateToCheck]) -> list[Finding]:
     base = PurePosixPath(name).name
     if fmt in ("pickle", "zip"):
         checks.append("pickle.globals")
         return scan_pickle_file(path, name, fmt)
     if base == "tokenizer_config.json":
-        templates, findings = _tokenizer_config_templates(path, name)
-        for key, template in templates.items():
+        found, findings = _tokenizer_config_templates(path, name)
+        for key, template in found.items():
             checks.append("chat_template.sandbox")
-            findings += check_chat_template(template, name, key)
+            templates.append(TemplateToCheck(name, key, template))
         return findings
     if base == "chat_template.jinja":
         checks.append("chat_template.sandbox")
@@ -99,7 +98,8 @@ def _scan_other(path: Path, name: str, fmt: str, checks: list[str]) -> list[Find
             return [
                 Finding(name, "chat_template.syntax", "structure", "the chat template is not valid UTF-8")
             ]
-        return check_chat_template(template, name, "chat_template.jinja")
+        templates.append(TemplateToCheck(name, "chat_template.jinja", template))
+        return []
     if base == "config.json":
         checks.append("json.parse")
         try:
@@ -147,13 +147,15 @@ def scan_model(files: Mapping[str, Path], fmt: ModelFormat) -> ScanReport:
     `files` maps each relative name ("model.safetensors", "1_Pooling/config.json") to a local
     path. Every file gets a streamed sha256 and size; .gguf and .safetensors files get strict
     structural validation; pickle containers get picklescan; chat templates (GGUF header,
-    tokenizer_config.json, chat_template.jinja) must render in the sandbox. A gguf model needs
+    tokenizer_config.json, chat_template.jinja) must render in the sandbox, checked together in a
+    child process under CPU, memory and time limits (`limits.py`). A gguf model needs
     exactly one .gguf file, a safetensors model at least one .safetensors file.
     Raises InvalidInput only for an unknown `fmt`.
     """
     if fmt not in ("gguf", "safetensors"):
         raise InvalidInput("format must be 'gguf' or 'safetensors'", field="format")
     findings: list[Finding] = []
+    templates: list[TemplateToCheck] = []
     recorded: dict[str, dict[str, Any]] = {}
     for name in sorted(files):
         path = Path(files[name])
@@ -171,15 +173,16 @@ def scan_model(files: Mapping[str, Path], fmt: ModelFormat) -> ScanReport:
         recorded[name] = {"size": size, "sha256": digest, "format": file_fmt, "checks": checks}
         try:
             if file_fmt == "gguf":
-                findings += _scan_gguf(path, name, checks)
+                findings += _scan_gguf(path, name, checks, templates)
             elif file_fmt == "safetensors":
                 checks.append("safetensors.structure")
                 findings += st.inspect_safetensors(path, name)[1]
             else:
-                findings += _scan_other(path, name, file_fmt, checks)
+                findings += _scan_other(path, name, file_fmt, checks, templates)
         except OSError:
             findings.append(
                 Finding(name, "file.read", "structure", "the file became unreadable during the scan")
             )
+    findings += check_templates(templates)
     findings += _model_level(files, fmt)
     return ScanReport(passed=not findings, findings=findings, files=recorded, scanner=scanner_versions())
