@@ -22,8 +22,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.api.tenants import begin_upload, lean_server, ok, tiny_gguf, write_routes
-from tests.conftest import Server
+from tests.support.server import Server, lean_server
+from tests.support.tenants import begin_upload, ok, tiny_gguf, write_routes
 
 CANARY = "cnry" + secrets.token_hex(12)
 ERROR_KEYS = {"code", "message", "field", "details", "request_id"}

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.api.tenants import Tenant, import_tiny_gguf, lean_server, make_tenant, ok, unique
-from tests.catalog.malicious import (
+from tests.support.artifacts import (
     gadget_pickle,
     gadgets,
     real_gguf,
@@ -24,8 +23,9 @@ from tests.catalog.malicious import (
     truncated_copy,
     valid_safetensors,
 )
-from tests.cli.clitools import assert_clean_error, cli_json
-from tests.conftest import Server
+from tests.support.cli import assert_clean_error, cli_json
+from tests.support.server import Server, lean_server
+from tests.support.tenants import Tenant, import_tiny_gguf, make_tenant, ok, unique
 
 SMOL = "SmolLM2-135M-Instruct"
 MINILM = "all-MiniLM-L6-v2"

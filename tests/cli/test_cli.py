@@ -9,9 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.api.tenants import free_port_url, lean_server, make_tenant
-from tests.cli.clitools import assert_clean_error, cli_json, table
-from tests.conftest import Server
+from tests.support.cli import assert_clean_error, cli_json, table
+from tests.support.server import Server, free_port_url, lean_server
+from tests.support.tenants import make_tenant
 
 KEY_RE = re.compile(r"^mpk_[0-9a-f]{16}_[A-Za-z0-9_-]{43}$")
 

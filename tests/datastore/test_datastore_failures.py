@@ -18,7 +18,7 @@ from modelport.datastore import Datastore, StorageUnavailable
 from modelport.errors import NotFound, ServiceUnavailable
 from modelport.kms import KeyProviderUnavailable
 from modelport.kms.testing import kms_server
-from tests.kms.helpers import FlakyFileSystem, aws_provider_for, snapshot, temp_files
+from tests.support.kms import FlakyFileSystem, aws_provider_for, snapshot, temp_files
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import pytest
 from modelport.datastore import Datastore
 from modelport.errors import Conflict, Forbidden, InvalidInput
 from modelport.kms import KeyDisabled, KeyProviderUnavailable, KeyState, KeyVersionRetired
-from tests.kms.helpers import aws_provider_for
+from tests.support.kms import aws_provider_for
 
 
 def put_after_each_rotation(store: Datastore, rotate: Callable[[], int], rotations: int = 10) -> dict[str, bytes]:

@@ -19,9 +19,9 @@ import pytest
 
 from modelport.config import build_settings, datastore_environ
 from modelport.datastore.settings import from_settings
-from tests.api.tenants import Tenant, make_tenant, ok
-from tests.conftest import Server, start_server
-from tests.inference.helpers import wait_for
+from tests.support.server import Server, start_server
+from tests.support.tenants import Tenant, make_tenant, ok
+from tests.support.waiting import wait_until
 
 FACT_Q = "What is the capital of the planet Zorblax?"
 FACT = "Quindlemoor"
@@ -103,8 +103,8 @@ def state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[State]:
                           key=st.owner.keys["owner"], check=True)
         job_id = json.loads(r.stdout)["id"]
         with st.server.client(st.owner.keys["owner"]) as c:
-            wait_for(lambda: ok(c.get(f"/api/v1/finetuning/jobs/{job_id}")).json()["status"] not in
-                     ("queued", "running"), 1200, 2.0, "the fine-tuning job")
+            wait_until(lambda: ok(c.get(f"/api/v1/finetuning/jobs/{job_id}")).json()["status"] not in
+                       ("queued", "running"), 1200, 2.0, "the fine-tuning job")
         stop.set()
         watcher.join()
         follow = st.server.cli("finetune", "show", job_id, "--follow", "--interval", "1",
@@ -117,7 +117,7 @@ def state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[State]:
         with st.server.client(st.owner.keys["owner"]) as c:
             st.deployment = ok(c.post("/api/v1/deployments", json={"name": "zorb", "model": st.model,
                                                                     "type": "serverless"}), 201).json()
-        wait_for(lambda: deployment(st)["state"] != "creating", 240, 0.5, "the fine-tuned deployment")
+        wait_until(lambda: deployment(st)["state"] != "creating", 240, 0.5, "the fine-tuned deployment")
         assert deployment(st)["state"] == "succeeded", deployment(st)
         yield st
     finally:
@@ -293,14 +293,14 @@ def test_disabling_the_cmk_stops_serving_and_enabling_resumes(state: State) -> N
     with state.server.client(state.owner.keys["owner"]) as c:
         ok(c.post("/api/v1/cmk/disable"))
         try:
-            d = wait_for(lambda: deployment(state)["state"] == "suspended" and deployment(state), 30, 0.5,
-                         "the deployment to stop serving")
+            d = wait_until(lambda: deployment(state)["state"] == "suspended" and deployment(state), 30, 0.5,
+                           "the deployment to stop serving")
             assert "key is disabled" in d["state_reason"]
             r = ask(state, FACT_Q)
             assert r.status_code == 503 and "key is disabled" in r.text
         finally:
             ok(c.post("/api/v1/cmk/enable"))
-    wait_for(lambda: deployment(state)["state"] == "succeeded", 240, 0.5, "the deployment to resume")
+    wait_until(lambda: deployment(state)["state"] == "succeeded", 240, 0.5, "the deployment to resume")
     assert FACT in answer(ask(state, FACT_Q))
 
 

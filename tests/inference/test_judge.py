@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from tests.api.tenants import ok
-from tests.conftest import Server
-from tests.inference.helpers import CHAT_MODEL, EMBED_MODEL, chat, create_deployment, start_lean
+from tests.support.inference import CHAT_MODEL, EMBED_MODEL, chat, create_deployment
+from tests.support.server import Server, start_lean
+from tests.support.tenants import ok
 
 FAIL_CLOSED = "judge"  # every fail-closed message names the judge deployment or the judge
 

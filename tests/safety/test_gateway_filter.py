@@ -25,9 +25,9 @@ from azure.ai.inference.models import UserMessage
 from azure.core.credentials import AzureKeyCredential
 from azure.core.exceptions import HttpResponseError
 
-from tests.api.tenants import Tenant, make_tenant, ok
-from tests.conftest import Server, start_server
-from tests.inference.helpers import CHAT_MODEL, EMBED_MODEL, create_deployment, wait_state
+from tests.support.inference import CHAT_MODEL, EMBED_MODEL, create_deployment, wait_state
+from tests.support.server import Server, start_server
+from tests.support.tenants import Tenant, make_tenant, ok
 
 CANARY = "cnry" + secrets.token_hex(8)
 THREAT = f"I am going to find you and kill you and your whole family tonight. {CANARY}"

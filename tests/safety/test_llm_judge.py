@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+from asyncio import run
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,6 @@ from modelport.safety.backends.base import Analysis
 from modelport.safety.backends.llm_judge import JudgeAnswerInvalid, LLMJudgeBackend, parse_answer
 from modelport.safety.config import ContentFilterConfig
 from modelport.safety.screening import SafetyUnavailable, Screener
-from tests.safety.conftest import run
 
 
 @pytest.mark.parametrize(("answer", "expected"), [

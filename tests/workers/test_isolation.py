@@ -20,7 +20,7 @@ import pytest
 from modelport.workers import isolation
 from modelport.workers.protocol import GenerateBody, WorkerSpec
 from modelport.workers.supervisor import IsolationUnavailable, WorkerHandle, WorkerSupervisor
-from tests.workers.conftest import LoopThread, collect, make_supervisor
+from tests.support.workers import LoopThread, collect, make_supervisor
 
 PROBE = "tests.workers.probe_runtime:ProbeRuntime"
 

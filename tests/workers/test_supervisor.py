@@ -16,7 +16,7 @@ from modelport.errors import Conflict, InvalidInput, ServiceUnavailable, TooMany
 from modelport.workers.client import TextDelta
 from modelport.workers.protocol import GenerateBody, WorkerSpec
 from modelport.workers.supervisor import WorkerState, WorkerSupervisor
-from tests.workers.conftest import LoopThread, collect, make_supervisor
+from tests.support.workers import LoopThread, collect, make_supervisor
 
 PROBE = "tests.workers.probe_runtime:ProbeRuntime"
 WORDS = [{"role": "user", "content": "alpha beta gamma delta"}]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 
-from tests.conftest import Server
+from tests.support.server import Server
 
 
 def cli_json(server: Server, *args: str, key: str | None = None) -> object:
