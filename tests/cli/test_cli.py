@@ -1,5 +1,10 @@
 """The `modelport` CLI against a real server: status, tables, --json, keys, workspaces, users,
-and errors as one clean line."""
+and errors as one clean line.
+
+Commands run in this process (typer's CliRunner, real HTTP to the server); the tests named
+`..._installed_...` run the installed `modelport` entry point in a subprocess, to prove that the
+command a user types works: its exit codes, and errors without tracebacks.
+"""
 
 from __future__ import annotations
 
@@ -21,8 +26,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     yield from lean_server(tmp_path_factory)
 
 
-def test_status(server: Server) -> None:
-    r = server.cli("status", check=True)
+def test_status_through_the_installed_command(server: Server) -> None:
+    r = server.installed_cli("status")
+    assert r.returncode == 0, r.stderr
     assert "Ready" in r.stdout and "admin in default (owner)" in r.stdout
     assert re.search(r"Migrations\s+ok", r.stdout) and re.search(r"Database\s+ok", r.stdout)
     s = cli_json(server, "status")
@@ -33,9 +39,11 @@ def test_status(server: Server) -> None:
     assert "not signed in" in r.stdout
 
 
-def test_unreachable_server_is_one_clean_line(server: Server) -> None:
-    assert_clean_error(server.cli("--url", free_port_url(), "status"), None, "Cannot reach modelport")
-    assert_clean_error(server.cli("--url", free_port_url(), "models", "list"), None, "is the server running")
+def test_unreachable_server_is_one_clean_line_from_the_installed_command(server: Server) -> None:
+    assert_clean_error(server.installed_cli("--url", free_port_url(), "status"), None, "Cannot reach modelport")
+    assert_clean_error(server.installed_cli("--url", free_port_url(), "models", "list"), None,
+                       "is the server running")
+    assert_clean_error(server.installed_cli("models", "show", "no-such-model"), 404, "not found")
 
 
 LISTS = [

@@ -10,4 +10,5 @@
 - `models`: where the bundled model files are installed.
 - `pg`: PostgreSQL for the store tests.
 - `waiting`: `wait_until`, a deadline on a condition instead of a sleep.
+- `clock`: `ManualClock`, for code that takes an injectable clock.
 """

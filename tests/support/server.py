@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.cli import CliResult, run_cli, run_installed_cli
 from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,17 +59,16 @@ class Server:
         headers.update(kw.pop("headers", {}))
         return httpx.Client(base_url=self.url, headers=headers, timeout=60, **kw)
 
-    def cli(self, *args: str, key: str | None = None, input: str | None = None,
-            check: bool = False) -> subprocess.CompletedProcess:
-        """Run the installed `modelport` command in a subprocess against this server."""
-        env = dict(self.env, MODELPORT_URL=self.url, COLUMNS="200")
-        if key is not None:
-            env["MODELPORT_API_KEY"] = key
-        r = subprocess.run([sys.executable, "-m", "modelport", *args], env=env, capture_output=True, text=True,
-                           input=input, timeout=300)
+    def cli(self, *args: str, key: str | None = None, input: str | None = None, check: bool = False) -> CliResult:
+        """Run `modelport ARGS` against this server, in this process (the admin key unless `key`)."""
+        r = run_cli(self.url, self.home, *args, key=key, input=input)
         if check and r.returncode != 0:
             raise AssertionError(f"modelport {' '.join(args)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
         return r
+
+    def installed_cli(self, *args: str, key: str | None = None, input: str | None = None) -> CliResult:
+        """Run the installed `modelport` entry point against this server, in a subprocess."""
+        return run_installed_cli(self.url, self.home, *args, key=key, input=input, env=self.env)
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 
@@ -18,3 +19,16 @@ def wait_until(check: Callable[[], Any], timeout: float = 60, interval: float = 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+async def wait_until_async(check: Callable[[], Awaitable[Any]], timeout: float = 60, interval: float = 0.02,
+                           what: str = "condition") -> Any:
+    """`wait_until` for a coroutine check, inside a running event loop."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(interval)
