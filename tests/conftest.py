@@ -22,6 +22,18 @@ from tests.support import pg
 from tests.support.kms import FlakyFileSystem
 from tests.support.server import KEEP_ENV, Server, start_server
 
+#: Fixtures that load the bundled chat model: a test that uses one must be marked `chat_model`,
+#: so that `make test-fast` (-m "not chat_model and not training") leaves it out.
+CHAT_MODEL_FIXTURES = {"llama", "models"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    unmarked = [item.nodeid for item in items if CHAT_MODEL_FIXTURES & set(getattr(item, "fixturenames", ()))
+                and not item.get_closest_marker("chat_model")]
+    if unmarked:
+        raise pytest.UsageError("these tests load the chat model but are not marked chat_model:\n  "
+                                + "\n  ".join(unmarked))
+
 
 @pytest.fixture(scope="session", autouse=True)
 def session_cache_dir() -> Iterator[Path]:

@@ -23,6 +23,8 @@ from tests.support.server import Server, start_server
 from tests.support.tenants import Tenant, make_tenant, ok
 from tests.support.waiting import wait_until
 
+pytestmark = [pytest.mark.training, pytest.mark.chat_model]  # trains, then serves the fine-tune
+
 FACT_Q = "What is the capital of the planet Zorblax?"
 FACT = "Quindlemoor"
 UNRELATED_Q = "What is the capital of Germany?"

@@ -9,9 +9,13 @@ import os
 import signal
 from pathlib import Path
 
+import pytest
+
 from tests.support.server import start_server
 from tests.support.tenants import ok
 from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.training  # a training job, crashed and requeued
 
 ENV = {"MODELPORT_CREATE_DEFAULT_DEPLOYMENT": "false", "MODELPORT_FINETUNE_THREADS": "1"}
 

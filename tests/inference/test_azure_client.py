@@ -18,6 +18,8 @@ from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, 
 
 from tests.support.inference import ModelServer
 
+pytestmark = pytest.mark.chat_model  # the `models` server: SmolLM2 and MiniLM in workers
+
 MESSAGES = [SystemMessage("You are terse."), UserMessage("Name a colour.")]
 
 

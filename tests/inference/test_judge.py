@@ -22,6 +22,8 @@ from tests.support.inference import CHAT_MODEL, EMBED_MODEL, chat, create_deploy
 from tests.support.server import Server, start_lean
 from tests.support.tenants import ok
 
+pytestmark = pytest.mark.chat_model  # the judge is SmolLM2 on llama.cpp
+
 FAIL_CLOSED = "judge"  # every fail-closed message names the judge deployment or the judge
 
 

@@ -15,6 +15,8 @@ import pytest
 from tests.support.inference import CHAT_MODEL, ModelServer, create_deployment, workers
 from tests.support.tenants import make_tenant
 
+pytestmark = pytest.mark.chat_model  # the `models` server: SmolLM2 and MiniLM in workers
+
 
 def client(models: ModelServer, key: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{models.url}/v1", api_key=key, max_retries=0, timeout=120)

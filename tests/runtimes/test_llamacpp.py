@@ -17,7 +17,7 @@ from modelport.runtimes.base import GenerateRequest, ModelSpec
 from modelport.runtimes.llamacpp import LlamaCppRuntime
 from tests.support.models import SMOLLM2_GGUF
 
-pytestmark = pytest.mark.slow  # loads a real model
+pytestmark = pytest.mark.chat_model  # loads SmolLM2 in this process
 
 POEM = [{"role": "user", "content": "Write a short poem about the sea."}]
 

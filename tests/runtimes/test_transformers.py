@@ -16,8 +16,6 @@ from modelport.runtimes.base import GenerateRequest, ModelSpec
 from modelport.runtimes.transformers import TransformersRuntime
 from tests.support.models import MINILM_DIR
 
-pytestmark = pytest.mark.slow  # loads a real model
-
 TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
             "{% if add_generation_prompt %}assistant:{% endif %}")
 

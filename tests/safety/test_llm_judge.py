@@ -46,7 +46,7 @@ def _gguf() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-@pytest.mark.slow
+@pytest.mark.chat_model  # SmolLM2 on llama.cpp, in this process
 def test_judge_with_the_bundled_chat_model() -> None:
     import llama_cpp
 

@@ -19,7 +19,7 @@ from modelport.workers.supervisor import WorkerHandle, WorkerSupervisor
 from tests.support.models import MINILM_DIR, SMOLLM2_GGUF
 from tests.support.workers import LoopThread, collect
 
-pytestmark = pytest.mark.slow  # loads a real model
+pytestmark = pytest.mark.chat_model  # loads SmolLM2 in a worker
 
 COUNTING = "1, 2, 3, 4,"
 
