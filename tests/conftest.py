@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -21,6 +22,9 @@ from modelport.kms.testing import start_kms_server
 from tests.support import pg
 from tests.support.kms import FlakyFileSystem
 from tests.support.server import KEEP_ENV, Server, start_server
+
+if TYPE_CHECKING:
+    from modelport.safety.backends.minilm import MiniLMBackend
 
 #: Fixtures that load the bundled chat model: a test that uses one must be marked `chat_model`,
 #: so that `make test-fast` (-m "not chat_model and not training") leaves it out.
@@ -100,6 +104,22 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield s
     finally:
         s.stop()
+
+
+# -- the safety classifier -------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def minilm() -> MiniLMBackend:
+    """The real shipped MiniLM safety backend in this process, loaded once per session (its ONNX
+    graph is built into the session's MODELPORT_CACHE_DIR)."""
+    import torch  # here, not at the top: most test runs never load torch
+
+    from modelport.safety.backends.minilm import MiniLMBackend
+
+    torch.set_num_threads(2)
+    backend = MiniLMBackend()
+    backend.warm_up()
+    return backend
 
 
 # -- key providers and storage failures ------------------------------------------------------

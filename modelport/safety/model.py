@@ -11,7 +11,7 @@ checked before the delta is applied.
 Pooling is mean and max over tokens, concatenated: with mean pooling alone one harmful sentence
 inside benign context was diluted (a threat after three benign sentences scored 0.16 instead of
 1.0), which forced the backend to score every pair of sentences separately; the max half keeps
-a strong local signal, so one pass over a window of up to 128 tokens suffices (train.py embeds
+a strong local signal, so one pass over a window of up to 128 tokens suffices (tools/safety/train.py embeds
 harmful sentences in benign context so the model learns to use it).
 
 Outputs (all sigmoids, `OUTPUTS` gives the order): per category three ordinal outputs
@@ -119,14 +119,6 @@ def load_base(base_dir: Path | None = None, layers: int = LAYERS,
         p.requires_grad_(False)
     head = SafetyHead(nn.ModuleList(bert.encoder.layer[layers - tuned : layers]), bert.config.hidden_size)
     return tokenizer, bottom, head
-
-
-def head_state_for_shipping(head: SafetyHead) -> dict[str, torch.Tensor]:
-    """Tuned layers in float16 (half the bytes, no measurable loss), output layer in float32."""
-    state = {}
-    for k, v in head.state_dict().items():
-        state[k] = v.detach().to(torch.float16 if k.startswith("layers.") else torch.float32).contiguous()
-    return state
 
 
 def load_shipped(model_dir: Path | None = None, base_dir: Path | None = None) -> LoadedModel:

@@ -1,4 +1,4 @@
-"""A few clear cases for the shipped classifier (the full evaluation is `python -m modelport.safety.evaluate`)."""
+"""A few clear cases for the shipped classifier (the full evaluation is `python -m tools.safety.evaluate`)."""
 
 from __future__ import annotations
 

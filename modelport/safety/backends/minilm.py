@@ -15,7 +15,7 @@ Runtimes (`runtime=`):
   never a screened text.
 - "torch": float32 eager, or bfloat16 traced + frozen with torch.jit where the CPU computes
   bfloat16 natively (AVX512-BF16 / AMX; `dtype="auto"|"float32"|"bfloat16"`).
-The thresholds are calibrated on the default path (train.py scores its calibration slice
+The thresholds are calibrated on the default path (tools/safety/train.py scores its calibration slice
 through this backend), so other paths give scores that differ by a few hundredths; tests
 compare every path with float32 eager.
 """

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from modelport.safety import trainset
+from tools.safety import trainset
 
 
 def test_profanity_is_matched_as_whole_words_only() -> None:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from modelport.safety import evaluate, trainset
-from modelport.safety.evaluate import EvalSetChanged, load_eval_set, wilson
+from tools.safety import evaluate, trainset
+from tools.safety.evaluate import EvalSetChanged, load_eval_set, wilson
 
 DATA = Path(evaluate.__file__).parent / "data"
 
