@@ -12,7 +12,7 @@ import torch
 from modelport.safety.backends import create_backend
 from modelport.safety.backends import minilm as minilm_module
 from modelport.safety.backends.minilm import MiniLMBackend, bf16_supported, build_encoder, build_onnx
-from modelport.safety.model import (
+from modelport.safety.classifier import (
     MAX_TOKENS,
     META_FILE,
     MODEL_DIR,

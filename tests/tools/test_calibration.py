@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from modelport.safety.model import OUTPUTS
+from modelport.safety.classifier import OUTPUTS
 from tools.safety.train import CALIBRATION_FPR, CATEGORY_FPR, THRESHOLD_GRID, calibrate
 
 

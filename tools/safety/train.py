@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from modelport.safety.model import (
+from modelport.safety.classifier import (
     CATEGORIES,
     LAYERS,
     MAX_TOKENS,
