@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from modelport.api.deps import Services
 from modelport.catalog.service import CatalogService
-from modelport.catalog.storage import LocalModelStore
+from modelport.catalog.storage import LocalModelStore, move_legacy_dir
 from modelport.config import Settings, datastore_environ
 from modelport.datasets.service import DatasetService
 from modelport.datastore.settings import from_settings as datastore_from_settings
@@ -32,13 +32,16 @@ def build_services(settings: Settings) -> Services:
     settings.home.mkdir(parents=True, exist_ok=True)
     os.chmod(settings.home, 0o700)
     db = Database(settings.db_url)
-    catalog = CatalogService(db, LocalModelStore(settings.blob_dir), max_upload_bytes=settings.max_model_upload_bytes,
+    if move_legacy_dir(settings.home, settings.model_files_dir):
+        log.info("moved model files to their new directory", extra={"event": "catalog.files_moved"})
+    catalog = CatalogService(db, LocalModelStore(settings.model_files_dir),
+                             max_upload_bytes=settings.max_model_upload_bytes,
                              upload_ttl_seconds=settings.upload_ttl_seconds)
     deployments = DeploymentService(db, catalog, settings)
     supervisor = WorkerSupervisor(
         settings.run_dir, regions=list(settings.region_slots),
         require_egress_isolation=settings.require_egress_isolation, uid_base=settings.worker_uid_base,
-        # Workers never see the metadata store, the blobs or the keys, even through a mount.
+        # Workers never see the metadata store, the model files, the datastore or the keys, even through a mount.
         hidden_paths=[settings.home],
     )
     datastore = datastore_from_settings(settings.home, datastore_environ(settings))

@@ -13,7 +13,11 @@ import shutil
 import time
 from pathlib import Path, PurePosixPath
 
-from modelport.errors import InvalidInput
+from modelport.errors import Conflict, InvalidInput
+
+#: Where homes made before the rename kept model files: `$MODELPORT_HOME/blobs`, a word that
+#: means ciphertext everywhere else (the datastore's blobs).
+LEGACY_DIR_NAME = "blobs"
 
 
 def safe_relpath(path: str, field: str = "path") -> str:
@@ -24,6 +28,22 @@ def safe_relpath(path: str, field: str = "path") -> str:
     if p.is_absolute() or not p.parts or any(part in ("", ".", "..") for part in p.parts):
         raise InvalidInput("File paths must be relative and must not contain '.' or '..' parts.", field=field)
     return str(p)
+
+
+def move_legacy_dir(home: Path, root: Path) -> bool:
+    """Move an older home's `blobs/` directory to `root` (one rename); True if it moved.
+
+    Stored locations are relative to the model's directory, so nothing else changes. Both
+    directories present means something wrote the new one beside the old: refuse to guess.
+    """
+    legacy = home / LEGACY_DIR_NAME
+    if not legacy.is_dir():
+        return False
+    if root.exists():
+        raise Conflict(f"Both {legacy} (model files of an older release) and {root} exist. Keep one: move the "
+                       f"contents of {legacy} into {root}, or remove whichever holds no models, then start again.")
+    os.rename(legacy, root)
+    return True
 
 
 class LocalModelStore:

@@ -16,6 +16,7 @@ from modelport.cli import models as models_cli
 from modelport.cli import safety as safety_cli
 from modelport.cli.common import JsonOpt, client, handle_errors
 from modelport.cli.output import console, err_console, kv, print_json
+from modelport.errors import ModelportError
 
 app = typer.Typer(name="modelport", help="Self-hosted model catalog and Models-as-a-Service.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -70,7 +71,11 @@ def serve(host: Annotated[str | None, typer.Option(help="Bind address (env MODEL
         err_console.print(f"[red]Invalid configuration:[/red] {exc}")
         raise typer.Exit(2) from None
     logs.configure(settings.log_level, settings.log_file)
-    services = build_services(settings)
+    try:
+        services = build_services(settings)
+    except ModelportError as exc:  # e.g. a home whose directories need an operator's decision
+        err_console.print(f"[red]Cannot start:[/red] {exc.message}", highlight=False)
+        raise typer.Exit(2) from None
     err_console.print(f"modelport {__version__}: preparing {settings.home} (migrations, bundled models)...")
     result = prepare(services)
     _announce(settings, result)
