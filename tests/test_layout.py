@@ -45,3 +45,30 @@ def test_support_modules_import_nothing_from_test_packages() -> None:
     bad = [f"{p.relative_to(TESTS)}: imports {m}" for p in sorted((TESTS / "support").glob("*.py"))
            for m in sorted(imported_modules(p)) if not allowed(m, "support")]
     assert not bad, "\n".join(bad)
+
+
+ROOT = TESTS.parent
+#: What a reader of a clone cannot open: notes kept beside the repository, not in it.
+OUTSIDE = ("DESIGN" + ".md", "../" + "shared", "/work" + "/")
+SKIP_DIRS = {".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache", ".hypothesis", "build"}
+
+
+def repository_text_files() -> list[Path]:
+    found = []
+    for path in ROOT.rglob("*"):
+        rel = path.relative_to(ROOT)
+        if any(part in SKIP_DIRS or part.endswith(".egg-info") for part in rel.parts) or not path.is_file():
+            continue
+        if path.suffix in {".py", ".md", ".toml", ".txt", ".sh", ".cfg", ".ini", ".yml", ".yaml"} or \
+                path.name in {"Makefile", "NOTICE", "LICENSE"}:
+            found.append(path)
+    return found
+
+
+def test_no_file_points_at_files_outside_the_repository() -> None:
+    """Code and docs say what they mean; they never send a reader to a file a clone does not have."""
+    files = repository_text_files()
+    assert any(p.name == "README.md" and p.parent == ROOT for p in files)
+    bad = [f"{p.relative_to(ROOT)}: {needle}" for p in files
+           for needle in OUTSIDE if needle in p.read_text(encoding="utf-8", errors="replace")]
+    assert not bad, "\n".join(bad)

@@ -1,7 +1,8 @@
 """The default safety classifier: the bundled all-MiniLM-L6-v2 with its top layers fine-tuned.
 
-Why this shape: a frozen sentence encoder captures topic more than intent (DESIGN.md section 7:
-0.42-0.83 recall at 8% false positives with linear heads), so the encoder itself must learn.
+Why this shape: a frozen sentence encoder captures topic more than intent (measured before this
+classifier: linear heads on frozen MiniLM embeddings caught 0.42-0.83 of medium-or-high items at
+8% false positives, on text written independently), so the encoder itself must learn.
 The first `layers` transformer layers of the base are used (all 6, or fewer for speed: the
 delta's json says); fine-tuning only the top `tuned_layers` of them keeps training cheap on CPU (the
 frozen bottom is run once per text and cached) and keeps what the repository ships small: the
