@@ -64,6 +64,7 @@ def create(ctx: typer.Context,
 @finetune.command("list")
 @handle_errors
 def list_(ctx: typer.Context, json: JsonOpt = False) -> None:
+    """List the fine-tuning jobs of the current workspace."""
     rows = client(ctx).request("GET", "/api/v1/finetuning/jobs")
     if json:
         return print_json(rows)
@@ -107,6 +108,7 @@ def show(ctx: typer.Context, job_id: str,
 @finetune.command("cancel")
 @handle_errors
 def cancel(ctx: typer.Context, job_id: str, json: JsonOpt = False) -> None:
+    """Cancel a queued or running fine-tuning job."""
     job = client(ctx).request("POST", f"/api/v1/finetuning/jobs/{job_id}/cancel")
     if json:
         return print_json(job)

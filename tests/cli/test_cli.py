@@ -16,7 +16,7 @@ import pytest
 
 from tests.support.cli import assert_clean_error, cli_json, table
 from tests.support.server import Server, free_port_url, lean_server
-from tests.support.tenants import make_tenant
+from tests.support.tenants import import_tiny_gguf, make_tenant
 
 KEY_RE = re.compile(r"^mpk_[0-9a-f]{16}_[A-Za-z0-9_-]{43}$")
 
@@ -142,3 +142,24 @@ def test_errors_are_one_clean_line(server: Server) -> None:
     assert_clean_error(server.cli("users", "create", "Not A Name"), 400, "lowercase")
     assert_clean_error(server.cli("--workspace", "errs", "models", "list"), 404, "not found among your memberships")
     assert_clean_error(server.cli("audit", key=reader), 403, "does not allow audit.read")
+
+
+def test_models_show_prints_the_card_as_text(server: Server, tmp_path) -> None:
+    """The card is the publisher's text: shown rendered, with every terminal control sequence and
+    bidirectional override removed and rich markup shown as typed, never interpreted."""
+    card = ("# Tiny model\n\nGood for **tests**.\n\n"
+            "Escapes: \x1b[2J\x1b]0;pwned\x07 \x1b]52;c;Y2xpcGJvYXJk\x07 carriage\rreturn back\x08space\n"
+            "Markup: [red]not red[/red] [/] [link=https://evil.example]here[/link]\n"
+            "Bidi: \u202eelif.exe\u202c and C1: \x9b31m\n")
+    with server.client() as admin:
+        m = import_tiny_gguf(admin, tmp_path, card=card, publisher="Pub\x1b[31m")
+    r = server.cli("models", "show", m["name"], check=True)
+    out = r.stdout
+    assert "Tiny model" in out and "Good for tests." in out.replace("**", "")
+    assert "[red]not red[/red]" in out and "[/]" in out and "[link=https://evil.example]here[/link]" in out
+    for forbidden in ("\x1b", "\x07", "\r", "\x08", "\u202e", "\u202c", "\x9b"):
+        assert forbidden not in out + r.stderr, repr(forbidden)
+    assert "Escapes:" in out and "carriagereturn" in out and "elif.exe" in out
+    assert "Pub[31m" in out  # the publisher cell too: the escape character is gone, the rest is text
+    shown = cli_json(server, "models", "show", m["name"])
+    assert shown["card"] == card  # --json gives the exact text (JSON escapes it)
