@@ -18,11 +18,12 @@ test: $(STAMP)
 	$(BIN)/ruff check modelport tests benchmarks tools
 	$(BIN)/python -m pytest
 
-# The inner loop: pytest markers leave out the tests that load SmolLM2 (`chat_model`) or train
-# (`training`); the safety classifier still loads (once per session in this process).
+# The inner loop: pytest markers leave out the tests that load SmolLM2 (`chat_model`), train or
+# build training data (`training`), or build the safety classifier anew (`classifier`); the
+# classifier's graph is still built once per session, in a temporary MODELPORT_CACHE_DIR.
 test-fast: $(STAMP)
 	$(BIN)/ruff check modelport tests benchmarks tools
-	$(BIN)/python -m pytest -m "not chat_model and not training"
+	$(BIN)/python -m pytest -m "not chat_model and not training and not classifier"
 
 install: $(STAMP)
 
