@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from modelport.config import Settings
 from tests.support.cli import CliResult, run_cli, run_installed_cli
 from tests.support.waiting import wait_until
 
@@ -69,6 +70,11 @@ class Server:
     def installed_cli(self, *args: str, key: str | None = None, input: str | None = None) -> CliResult:
         """Run the installed `modelport` entry point against this server, in a subprocess."""
         return run_installed_cli(self.url, self.home, *args, key=key, input=input, env=self.env)
+
+    @property
+    def model_files(self) -> Path:
+        """Where this server keeps catalog model files (`models/<id>/`, `uploads/<id>/`)."""
+        return Settings(home=self.home).model_files_dir
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")
