@@ -58,7 +58,8 @@ class Server:
         k = self.admin_key if key is None else key
         headers = {"Authorization": f"Bearer {k}"} if k else {}
         headers.update(kw.pop("headers", {}))
-        return httpx.Client(base_url=self.url, headers=headers, timeout=60, **kw)
+        kw.setdefault("timeout", 300)  # a deadline for a loaded machine, not a timing assertion
+        return httpx.Client(base_url=self.url, headers=headers, **kw)
 
     def cli(self, *args: str, key: str | None = None, input: str | None = None, check: bool = False) -> CliResult:
         """Run `modelport ARGS` against this server, in this process (the admin key unless `key`)."""
