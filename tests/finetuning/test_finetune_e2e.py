@@ -122,6 +122,9 @@ def state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[State]:
         wait_until(lambda: deployment(st)["state"] != "creating", 240, 0.5, "the fine-tuned deployment")
         assert deployment(st)["state"] == "succeeded", deployment(st)
         yield st
+        # The story's last step destroys what every test here reads, so it runs when they are all
+        # done, whatever order they ran in (a failure shows as an error at teardown).
+        delete_needs_confirmation_then_shreds(st)
     finally:
         st.server.stop()
 
@@ -306,7 +309,8 @@ def test_disabling_the_cmk_stops_serving_and_enabling_resumes(state: State) -> N
     assert FACT in answer(ask(state, FACT_Q))
 
 
-def test_delete_needs_confirmation_then_shreds(state: State) -> None:
+def delete_needs_confirmation_then_shreds(state: State) -> None:
+    """P12: deleting the fine-tune needs confirmation, stops its deployment, shreds its keys and blobs."""
     adapter = adapter_bytes(state)
     with state.server.client(state.owner.keys["owner"]) as c:
         model_id = ok(c.get(f"/api/v1/models/{state.model}")).json()["id"]

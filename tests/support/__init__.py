@@ -11,4 +11,5 @@
 - `pg`: PostgreSQL for the store tests.
 - `waiting`: `wait_until`, a deadline on a condition instead of a sleep.
 - `clock`: `ManualClock`, for code that takes an injectable clock.
+- `reverse_order`: a plugin (`-p tests.support.reverse_order`) that runs the tests backwards.
 """
