@@ -19,11 +19,12 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 # The inner loop: pytest markers leave out the tests that load SmolLM2 (`chat_model`), train or
-# build training data (`training`), or build the safety classifier anew (`classifier`); the
-# classifier's graph is still built once per session, in a temporary MODELPORT_CACHE_DIR.
+# build training data (`training`), build the safety classifier anew (`classifier`), or cost more
+# than 30 s of CPU alone (`slow`); the classifier's graph is still built once per session, in a
+# temporary MODELPORT_CACHE_DIR.
 test-fast: $(STAMP)
 	$(BIN)/ruff check modelport tests benchmarks tools
-	$(BIN)/python -m pytest -m "not chat_model and not training and not classifier"
+	$(BIN)/python -m pytest -m "not chat_model and not training and not classifier and not slow"
 
 install: $(STAMP)
 

@@ -9,7 +9,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from rich.console import Console
-from rich.markdown import Markdown
 from rich.markup import escape
 from rich.table import Table
 
@@ -31,6 +30,8 @@ def terminal_safe(text: str) -> str:
 
 def markdown(text: str) -> None:
     """Print markdown (a model card) rendered as text, after `terminal_safe`."""
+    from rich.markdown import Markdown  # here: its parser costs every other command 0.1 s at start
+
     console.print(Markdown(terminal_safe(text)))
 
 

@@ -63,6 +63,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         s.stop()
 
 
+@pytest.mark.slow  # about 35 processes of the installed command: 44 s of CPU, the most of any test here
 def test_the_walkthrough_runs_against_a_live_server(server: Server, tmp_path: Path) -> None:
     work, elsewhere = tmp_path / "work", tmp_path / "not-the-server-home"
     work.mkdir()

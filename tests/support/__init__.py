@@ -12,4 +12,5 @@
 - `waiting`: `wait_until`, a deadline on a condition instead of a sleep.
 - `clock`: `ManualClock`, for code that takes an injectable clock.
 - `reverse_order`: a plugin (`-p tests.support.reverse_order`) that runs the tests backwards.
+- `cpu_report`: a plugin (`-p tests.support.cpu_report`) that reports the CPU each module costs.
 """
