@@ -16,12 +16,12 @@ from modelport.db import migrate
 from modelport.db.engine import Database
 from modelport.deployments.schemas import DeploymentCreate
 from modelport.deployments.service import DeploymentService
+from modelport.encryption_keys.service import KeyService
 from modelport.finetuning.service import FinetunedWeights, FinetuningService
 from modelport.identity.service import IdentityService
 from modelport.inference.judge import judge_factory
 from modelport.inference.manager import DeploymentManager
 from modelport.inference.pools import PoolManager, RegionSlots
-from modelport.keys.service import KeyService
 from modelport.safety.service import SafetyService
 from modelport.workers.supervisor import WorkerSupervisor
 
