@@ -139,7 +139,7 @@ def test_full_queue_is_429_with_retry_after(server: Server, public: dict):
 # -- network settings (P7) ---------------------------------------------------------------
 
 
-def test_caller_outside_the_allowed_ranges_gets_403(server: Server, private: dict):
+def test_caller_outside_the_allowed_ranges_gets_403(server: Server, private: dict, public: dict):
     key = private["keys"]["primary"]
     for k in (key, server.admin_key):  # a deployment key, and a workspace API key naming it
         with from_address(server, k, "127.0.0.2") as c:
