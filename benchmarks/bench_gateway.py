@@ -7,7 +7,7 @@ worker called directly, and against a minimal aiohttp pass-through proxy to that
 Set-up: a real `modelport serve` (its own temporary home) with a serverless deployment of the
 bundled chat model on the instant `echo` runtime, so that only the plumbing is measured. The
 gateway (uvicorn, its event loop and the fair scheduler) and the proxy are pinned to CPU 0, the
-worker to CPU 1, as in DESIGN.md section 7; the load generator (this process, aiohttp on
+worker to CPU 1, as in the reference measurement (docs/design.md); the load generator (this process, aiohttp on
 uvloop) is not pinned. Three paths, each asking for one token of `echo`:
 
 - direct:  the load generator's own HTTP client (aiohttp) posting to the worker's /generate over
@@ -15,7 +15,7 @@ uvloop) is not pinned. Three paths, each asking for one token of `echo`:
            that the difference to them is the hop (until 2026-11-28 this path used the
            gateway's WorkerClient, which was then an aiohttp session too);
 - proxy:   a minimal aiohttp server that forwards the body to the worker's /generate and
-           returns its bytes, with one persistent aiohttp session (DESIGN.md's reference shape);
+           returns its bytes, with one persistent aiohttp session (the reference design);
 - gateway: POST /v1/chat/completions with a deployment key: key check, network check, body
            limit, validation, fair admission, the worker call, the OpenAI JSON, usage metering;
            content filter off for this deployment (the plumbing alone);
@@ -26,7 +26,7 @@ Measured: p50/p99 latency of one client sending requests one after the other, an
 with 32 concurrent clients (medians of the rounds; paths alternate within each round so that
 load from elsewhere on the machine falls on all alike), and the CPU time the hop's process (the
 gateway, the proxy) spent per request during the concurrent rounds, from /proc: a figure that
-stays meaningful on a machine shared with other work, where latencies do not. DESIGN.md's reference figures were
+stays meaningful on a machine shared with other work, where latencies do not. The reference figures were
 measured with `wrk` against an instant fake upstream: +0.40 ms p50 and about 4,650 req/s for
 the aiohttp proxy. A Python load generator costs more per request than wrk, so compare the
 gateway with the proxy measured here, in the same run. Targets: the gateway adds < 1 ms at p50
@@ -306,7 +306,7 @@ def report(results: dict[str, dict[str, float]], n: int, clients: int) -> bool:
     g, p, f = results["gateway"], results["proxy"], results.get("filtered")
     g_added, p_added = g["p50"] - direct, p["p50"] - direct
     print(f"\n({n} sequential requests per path; {clients} concurrent clients; medians of the rounds)")
-    print("vs DESIGN.md section 7 (wrk, aiohttp proxy +0.40 ms p50, about 4,650 req/s):")
+    print("vs the reference (docs/design.md; wrk, aiohttp proxy +0.40 ms p50, about 4,650 req/s):")
     print(f"  proxy here:   +{p_added:.3f} ms p50 ({p_added / REF_PROXY_ADDED_MS:.2f}x the reference), "
           f"{p['rps']:,.0f} req/s ({p['rps'] / REF_PROXY_RPS:.2f}x)")
     print(f"  gateway here: +{g_added:.3f} ms p50 ({g_added / REF_PROXY_ADDED_MS:.2f}x the reference), "

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from modelport.api.deps import Services
 from modelport.catalog.service import CatalogService
-from modelport.catalog.storage import LocalModelStore
+from modelport.catalog.storage import LocalModelStore, move_legacy_dir
 from modelport.config import Settings, datastore_environ
 from modelport.datasets.service import DatasetService
 from modelport.datastore.settings import from_settings as datastore_from_settings
@@ -16,13 +16,13 @@ from modelport.db import migrate
 from modelport.db.engine import Database
 from modelport.deployments.schemas import DeploymentCreate
 from modelport.deployments.service import DeploymentService
+from modelport.encryption_keys.service import KeyService
 from modelport.finetuning.service import FinetunedWeights, FinetuningService
 from modelport.identity.offboarding import Offboarding
 from modelport.identity.service import IdentityService
 from modelport.inference.judge import judge_factory
 from modelport.inference.manager import DeploymentManager
 from modelport.inference.pools import PoolManager, RegionSlots
-from modelport.keys.service import KeyService
 from modelport.safety.service import SafetyService
 from modelport.workers.sandbox import SandboxLauncher
 from modelport.workers.supervisor import WorkerSupervisor
@@ -34,14 +34,17 @@ def build_services(settings: Settings) -> Services:
     settings.home.mkdir(parents=True, exist_ok=True)
     os.chmod(settings.home, 0o700)
     db = Database(settings.db_url)
-    catalog = CatalogService(db, LocalModelStore(settings.blob_dir), max_upload_bytes=settings.max_model_upload_bytes,
+    if move_legacy_dir(settings.home, settings.model_files_dir):
+        log.info("moved model files to their new directory", extra={"event": "catalog.files_moved"})
+    catalog = CatalogService(db, LocalModelStore(settings.model_files_dir),
+                             max_upload_bytes=settings.max_model_upload_bytes,
                              upload_ttl_seconds=settings.upload_ttl_seconds,
                              max_open_uploads=settings.max_open_uploads_per_workspace)
     deployments = DeploymentService(db, catalog, settings)
     if settings.allow_unisolated_workers:
         log.warning("MODELPORT_ALLOW_UNISOLATED_WORKERS=true: where no sandbox can be built, model workers and "
                     "trainers run WITHOUT isolation (network, files, processes); for development machines only")
-    # Workers see nothing of the metadata store, the blobs or the keys (sandbox.py).
+    # Workers see nothing of the metadata store, the model files, the datastore or the keys (sandbox.py).
     supervisor = WorkerSupervisor(settings.run_dir, regions=list(settings.region_slots),
                                   launcher=SandboxLauncher.from_settings(settings, "workers"))
     datastore = datastore_from_settings(settings.home, datastore_environ(settings))

@@ -25,7 +25,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MODELPORT_", extra="ignore", frozen=False)
 
     environment: Literal["development", "production"] = "development"
-    home: Path = Field(default_factory=_default_home, description="Data directory (database, blobs, keys).")
+    home: Path = Field(default_factory=_default_home,
+                       description="Data directory (database, model files, datastore, keys).")
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL; default SQLite at $MODELPORT_HOME/modelport.db."
     )
@@ -175,8 +176,9 @@ class Settings(BaseSettings):
         return self.database_url or f"sqlite:///{self.home / 'modelport.db'}"
 
     @property
-    def blob_dir(self) -> Path:
-        return self.home / "blobs"
+    def model_files_dir(self) -> Path:
+        """Catalog model files, stored as they are (plaintext public artifacts, not blobs)."""
+        return self.home / "model-files"
 
     @property
     def admin_key_file(self) -> Path:

@@ -1,34 +1,67 @@
-"""Fixtures shared by the whole suite: real databases, a real server on loopback, the CLI.
+"""Fixtures shared by the whole suite: a clean environment, real databases, a real server on
+loopback, the KMS server. Helpers that tests import live in tests/support/, never in a conftest.
 
 Every test gets its own MODELPORT_HOME and an environment without MODELPORT_* variables
-(except the test-only ones), so nothing leaks between tests or from the developer's shell.
+(except the test-only ones), so nothing leaks between tests or from the developer's shell. Caches
+that the code under test keeps between processes (the safety classifier's ONNX graph) go to one
+temporary MODELPORT_CACHE_DIR per test session, never to the user's ~/.cache.
 """
 
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
+import shutil
+import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import httpx
 import pytest
 
-from tests import pg
+from modelport.kms.testing import start_kms_server
+from tests.support import pg
+from tests.support.kms import FlakyFileSystem
+from tests.support.server import KEEP_ENV, Server, start_server
 
-ROOT = Path(__file__).resolve().parent.parent
-KEEP_ENV = {"MODELPORT_TEST_DATABASE_URL"}
+if TYPE_CHECKING:
+    from modelport.safety.backends.minilm import MiniLMBackend
+
+#: Fixtures that load the bundled chat model: a test that uses one must be marked `chat_model`,
+#: so that `make test-fast` (-m "not chat_model and not training") leaves it out.
+CHAT_MODEL_FIXTURES = {"llama", "models"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    unmarked = [item.nodeid for item in items if CHAT_MODEL_FIXTURES & set(getattr(item, "fixturenames", ()))
+                and not item.get_closest_marker("chat_model")]
+    if unmarked:
+        raise pytest.UsageError("these tests load the chat model but are not marked chat_model:\n  "
+                                + "\n  ".join(unmarked))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_cache_dir() -> Iterator[Path]:
+    """One cache directory for the session, set before any server or module fixture starts, so
+    that servers and in-process backends build their caches there (once per session)."""
+    path = Path(tempfile.mkdtemp(prefix="modelport-test-cache-"))
+    before = os.environ.get("MODELPORT_CACHE_DIR")
+    os.environ["MODELPORT_CACHE_DIR"] = str(path)
+    try:
+        yield path
+    finally:
+        if before is None:
+            os.environ.pop("MODELPORT_CACHE_DIR", None)
+        else:
+            os.environ["MODELPORT_CACHE_DIR"] = before
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
-def clean_environ(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+def clean_environ(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, session_cache_dir: Path) -> Path:
     for key in list(os.environ):
         if key.startswith("MODELPORT_") and key not in KEEP_ENV:
             monkeypatch.delenv(key)
+    monkeypatch.setenv("MODELPORT_CACHE_DIR", str(session_cache_dir))
     home = tmp_path / "home"
     monkeypatch.setenv("MODELPORT_HOME", str(home))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -63,88 +96,6 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 # -- a real server on loopback ---------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Server:
-    """A `modelport serve` process on loopback, with its home, admin key and captured output."""
-
-    url: str
-    home: Path
-    proc: subprocess.Popen
-    log_path: Path
-    env: dict[str, str]
-    admin_key: str = ""
-    extra: dict = field(default_factory=dict)
-
-    def client(self, key: str | None = None, **kw) -> httpx.Client:
-        k = self.admin_key if key is None else key
-        headers = {"Authorization": f"Bearer {k}"} if k else {}
-        headers.update(kw.pop("headers", {}))
-        return httpx.Client(base_url=self.url, headers=headers, timeout=60, **kw)
-
-    def cli(self, *args: str, key: str | None = None, input: str | None = None,
-            check: bool = False) -> subprocess.CompletedProcess:
-        env = dict(self.env, MODELPORT_URL=self.url, COLUMNS="200")
-        if key is not None:
-            env["MODELPORT_API_KEY"] = key
-        r = subprocess.run([sys.executable, "-m", "modelport", *args], env=env, capture_output=True, text=True,
-                           input=input, timeout=300)
-        if check and r.returncode != 0:
-            raise AssertionError(f"modelport {' '.join(args)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
-        return r
-
-    def logs(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(2)  # SIGINT, as Ctrl-C
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
-
-def start_server(home: Path, *, env_extra: dict[str, str] | None = None, timeout: float = 120) -> Server:
-    port = free_port()
-    home.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELPORT_") or k in KEEP_ENV}
-    env.update({"MODELPORT_HOME": str(home), "MODELPORT_PORT": str(port), "MODELPORT_HOST": "127.0.0.1",
-                "MODELPORT_LOG_FILE": str(home / "logs" / "server.log"), "HF_HUB_OFFLINE": "1",
-                "PYTHONUNBUFFERED": "1",
-                # Test servers start deployments with the content filter off, so that plumbing tests do
-                # not depend on the classifier; tests/safety turn it on (the product default is on).
-                "MODELPORT_CONTENT_FILTER_DEFAULT": "off"})
-    env.update(env_extra or {})
-    log_path = home.parent / f"server-{port}.out"
-    with open(log_path, "wb") as out:  # the child keeps its own copy of the descriptor
-        proc = subprocess.Popen([sys.executable, "-m", "modelport", "serve"], env=env, stdout=out, stderr=out,
-                                stdin=subprocess.DEVNULL, cwd=str(ROOT))
-    server = Server(url=f"http://127.0.0.1:{port}", home=home, proc=proc, log_path=log_path, env=env)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{server.logs()}")
-        try:
-            if httpx.get(f"{server.url}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    else:
-        proc.kill()
-        raise RuntimeError(f"server did not become ready:\n{server.logs()}")
-    server.admin_key = (home / "admin.key").read_text().strip()
-    return server
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One real server per test module (starting one costs a few seconds)."""
@@ -153,3 +104,36 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield s
     finally:
         s.stop()
+
+
+# -- the safety classifier -------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def minilm() -> MiniLMBackend:
+    """The real shipped MiniLM safety backend in this process, loaded once per session (its ONNX
+    graph is built into the session's MODELPORT_CACHE_DIR)."""
+    import torch  # here, not at the top: most test runs never load torch
+
+    from modelport.safety.backends.minilm import MiniLMBackend
+
+    torch.set_num_threads(2)
+    backend = MiniLMBackend()
+    backend.warm_up()
+    return backend
+
+
+# -- key providers and storage failures ------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def kms_endpoint() -> Iterator[str]:
+    """moto_server in a subprocess on a free loopback port, for the whole session."""
+    kms = start_kms_server()
+    try:
+        yield kms.endpoint_url
+    finally:
+        kms.stop()
+
+
+@pytest.fixture
+def flaky_fs() -> FlakyFileSystem:
+    return FlakyFileSystem()

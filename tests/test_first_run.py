@@ -24,9 +24,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import KEEP_ENV, ROOT, free_port
+from tests.support.server import KEEP_ENV, ROOT, free_port
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.chat_model, pytest.mark.slow]  # the default layout serves `chat` (SmolLM2)
 
 
 def closed_ancestor(path: str) -> Path | None:

@@ -25,9 +25,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.api.tenants import begin_upload, make_tenant, ok, put_file
-from tests.catalog.malicious import real_gguf, truncated_copy
-from tests.conftest import Server, free_port, start_server
+from tests.support.artifacts import real_gguf, truncated_copy
+from tests.support.server import Server, free_port, start_server
+from tests.support.tenants import begin_upload, make_tenant, ok, put_file
+
+pytestmark = pytest.mark.chat_model  # the default configuration deploys `chat` (SmolLM2)
 
 CANARY = "privcanary" + secrets.token_hex(10)
 

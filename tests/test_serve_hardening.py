@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 
 from modelport.config import Settings
-from tests.api.tenants import ok
-from tests.conftest import KEEP_ENV, ROOT, Server, start_server
-from tests.inference.helpers import CHAT_MODEL, create_deployment, lean_env
-from tests.runtimes.models import SMOLLM2_GGUF
+from tests.support.inference import CHAT_MODEL, create_deployment
+from tests.support.models import SMOLLM2_GGUF
+from tests.support.server import KEEP_ENV, ROOT, Server, lean_env, start_server
+from tests.support.tenants import ok
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,13 @@ from modelport.config import Settings
 from modelport.datasets.service import DatasetService
 from modelport.db.engine import Database
 from modelport.deployments.service import DeploymentService
+from modelport.encryption_keys.service import KeyService
 from modelport.errors import Unauthenticated
 from modelport.finetuning.service import FinetuningService
 from modelport.identity.offboarding import Offboarding
 from modelport.identity.principal import Principal
 from modelport.identity.service import IdentityService
 from modelport.inference.manager import DeploymentManager
-from modelport.keys.service import KeyService
 from modelport.safety.service import SafetyService
 
 

@@ -16,7 +16,11 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 
-from modelport.errors import InvalidInput
+from modelport.errors import Conflict, InvalidInput
+
+#: Where homes made before the rename kept model files: `$MODELPORT_HOME/blobs`, a word that
+#: means ciphertext everywhere else (the datastore's blobs).
+LEGACY_DIR_NAME = "blobs"
 
 #: Unicode categories a file path may not contain: control characters (CR, LF, TAB, NUL, DEL,
 #: C1), format characters (zero-width, bidirectional overrides), line and paragraph separators,
@@ -48,6 +52,22 @@ def _readable_by_workers(directory: Path) -> None:
             path = os.path.join(parent, name)
             if not os.path.islink(path):
                 os.chmod(path, 0o644)
+
+
+def move_legacy_dir(home: Path, root: Path) -> bool:
+    """Move an older home's `blobs/` directory to `root` (one rename); True if it moved.
+
+    Stored locations are relative to the model's directory, so nothing else changes. Both
+    directories present means something wrote the new one beside the old: refuse to guess.
+    """
+    legacy = home / LEGACY_DIR_NAME
+    if not legacy.is_dir():
+        return False
+    if root.exists():
+        raise Conflict(f"Both {legacy} (model files of an older release) and {root} exist. Keep one: move the "
+                       f"contents of {legacy} into {root}, or remove whichever holds no models, then start again.")
+    os.rename(legacy, root)
+    return True
 
 
 class LocalModelStore:

@@ -61,6 +61,7 @@ def upload(ctx: typer.Context, file: Path, name: Annotated[str, typer.Option(hel
 @datasets.command("list")
 @handle_errors
 def list_(ctx: typer.Context, json: JsonOpt = False) -> None:
+    """List the datasets of the current workspace."""
     rows = client(ctx).request("GET", "/api/v1/datasets")
     if json:
         return print_json(rows)
@@ -70,6 +71,7 @@ def list_(ctx: typer.Context, json: JsonOpt = False) -> None:
 @datasets.command("show")
 @handle_errors
 def show(ctx: typer.Context, name: str, json: JsonOpt = False) -> None:
+    """Show a dataset: format, size, rows, sha256 (never its content)."""
     d = client(ctx).request("GET", f"/api/v1/datasets/{name}")
     if json:
         return print_json(d)
@@ -109,6 +111,7 @@ def _key(ctx: typer.Context, method: str, path: str, json: bool, body: dict | No
 @workspace_key.command("show")
 @handle_errors
 def wk_show(ctx: typer.Context, json: JsonOpt = False) -> None:
+    """Show the workspace key: provider, state, latest and minimum decryption version."""
     _key(ctx, "GET", "/api/v1/workspace-key", json)
 
 
@@ -130,6 +133,7 @@ def wk_rewrap(ctx: typer.Context, json: JsonOpt = False) -> None:
 @handle_errors
 def wk_retire(ctx: typer.Context, below: Annotated[int, typer.Option(help="Minimum decryption version.")],
               force: bool = False, json: JsonOpt = False) -> None:
+    """Retire workspace-key versions below --below (refused while data still needs them; --force)."""
     _key(ctx, "POST", "/api/v1/workspace-key/min-decryption-version", json, {"version": below, "force": force})
 
 
@@ -146,12 +150,14 @@ def cmk_register(ctx: typer.Context,
 @cmk.command("show")
 @handle_errors
 def cmk_show(ctx: typer.Context, json: JsonOpt = False) -> None:
+    """Show the workspace's customer-managed key (the workspace key, when one is registered)."""
     _key(ctx, "GET", "/api/v1/workspace-key", json)
 
 
 @cmk.command("rotate")
 @handle_errors
 def cmk_rotate(ctx: typer.Context, json: JsonOpt = False) -> None:
+    """Rotate the customer-managed key: a new version wraps new data keys."""
     _key(ctx, "POST", "/api/v1/cmk/rotate", json)
 
 
@@ -165,6 +171,7 @@ def cmk_disable(ctx: typer.Context, json: JsonOpt = False) -> None:
 @cmk.command("enable")
 @handle_errors
 def cmk_enable(ctx: typer.Context, json: JsonOpt = False) -> None:
+    """Enable the customer-managed key again: reads and writes work again."""
     _key(ctx, "POST", "/api/v1/cmk/enable", json)
 
 
@@ -178,18 +185,21 @@ def cmk_remove(ctx: typer.Context, json: JsonOpt = False) -> None:
 @platform_key.command("show")
 @handle_errors
 def pk_show(ctx: typer.Context, json: JsonOpt = False) -> None:
+    """Show the platform key (platform admin): state, latest and minimum decryption version."""
     _key(ctx, "GET", "/api/v1/platform-key", json)
 
 
 @platform_key.command("rotate")
 @handle_errors
 def pk_rotate(ctx: typer.Context, json: JsonOpt = False) -> None:
+    """Rotate the platform key (platform admin): a new version wraps new data keys."""
     _key(ctx, "POST", "/api/v1/platform-key/rotate", json)
 
 
 @platform_key.command("rewrap")
 @handle_errors
 def pk_rewrap(ctx: typer.Context, json: JsonOpt = False) -> None:
+    """Move every stored data key to the newest platform-key version (platform admin; no data is decrypted)."""
     _key(ctx, "POST", "/api/v1/platform-key/rewrap", json)
 
 
@@ -197,4 +207,5 @@ def pk_rewrap(ctx: typer.Context, json: JsonOpt = False) -> None:
 @handle_errors
 def pk_retire(ctx: typer.Context, below: Annotated[int, typer.Option(help="Minimum decryption version.")],
               force: bool = False, json: JsonOpt = False) -> None:
+    """Retire platform-key versions below --below (platform admin; refused while data needs them; --force)."""
     _key(ctx, "POST", "/api/v1/platform-key/min-decryption-version", json, {"version": below, "force": force})

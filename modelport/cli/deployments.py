@@ -83,6 +83,7 @@ def create(ctx: typer.Context, name: str,
 @deployments.command("list")
 @handle_errors
 def list_(ctx: typer.Context, json: JsonOpt = False) -> None:
+    """List the deployments of the current workspace."""
     rows = client(ctx).request("GET", "/api/v1/deployments")
     if json:
         return print_json(rows)
@@ -92,6 +93,7 @@ def list_(ctx: typer.Context, json: JsonOpt = False) -> None:
 @deployments.command("show")
 @handle_errors
 def show(ctx: typer.Context, name: str, json: JsonOpt = False) -> None:
+    """Show a deployment: model, type, state, network settings and its endpoints (never its keys)."""
     d = client(ctx).request("GET", f"/api/v1/deployments/{name}")
     if json:
         return print_json(d)
@@ -124,6 +126,7 @@ def update(ctx: typer.Context, name: str, instances: int | None = None,
 def delete(ctx: typer.Context, name: str,
            yes: Annotated[bool, typer.Option("--yes", help="Confirm without asking.")] = False,
            json: JsonOpt = False) -> None:
+    """Delete a deployment (asks first): its keys stop working and its workers stop."""
     if not yes:
         typer.confirm(f"Delete deployment '{name}'? Its keys stop working at once.", abort=True)
     client(ctx).request("DELETE", f"/api/v1/deployments/{name}")

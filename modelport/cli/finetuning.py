@@ -9,7 +9,7 @@ import typer
 
 from modelport.cli.common import JsonOpt, client, handle_errors
 from modelport.cli.deployments import isolation_text
-from modelport.cli.output import console, kv, print_json, table
+from modelport.cli.output import console, err_console, kv, print_json, table
 
 finetune = typer.Typer(help="Fine-tune catalog models (LoRA) on this workspace's datasets.", no_args_is_help=True)
 
@@ -52,20 +52,23 @@ def create(ctx: typer.Context,
            suffix: Annotated[str | None, typer.Option(help="Added to the fine-tuned model's name.")] = None,
            seed: Annotated[int, typer.Option(help="Seed (a job is reproducible).")] = 0,
            json: JsonOpt = False) -> None:
-    """Queue a fine-tuning job."""
+    """Queue a fine-tuning job; prints its id (`ftjob_...`)."""
     body = {"model": model, "dataset": dataset, "validation_dataset": validation_dataset, "epochs": epochs,
             "learning_rate_multiplier": learning_rate_multiplier, "batch_size": batch_size, "suffix": suffix,
             "seed": seed}
     job = client(ctx).request("POST", "/api/v1/finetuning/jobs", json=body)
     if json:
         return print_json(job)
-    console.print(f"Queued fine-tuning job [bold]{job['id']}[/bold]; follow it with "
-                  f"'modelport finetune show {job['id']} --follow'.")
+    # Only the id on stdout, so that scripts can capture it: JOB=$(modelport finetune create ...)
+    err_console.print(f"Queued fine-tuning job {job['id']}; follow it with "
+                      f"'modelport finetune show {job['id']} --follow'.", highlight=False)
+    console.print(job["id"], highlight=False)
 
 
 @finetune.command("list")
 @handle_errors
 def list_(ctx: typer.Context, json: JsonOpt = False) -> None:
+    """List the fine-tuning jobs of the current workspace."""
     rows = client(ctx).request("GET", "/api/v1/finetuning/jobs")
     if json:
         return print_json(rows)
@@ -109,6 +112,7 @@ def show(ctx: typer.Context, job_id: str,
 @finetune.command("cancel")
 @handle_errors
 def cancel(ctx: typer.Context, job_id: str, json: JsonOpt = False) -> None:
+    """Cancel a queued or running fine-tuning job."""
     job = client(ctx).request("POST", f"/api/v1/finetuning/jobs/{job_id}/cancel")
     if json:
         return print_json(job)

@@ -42,6 +42,7 @@ def ws_create(ctx: typer.Context, name: str, description: str = "",
 @workspaces.command("show")
 @handle_errors
 def ws_show(ctx: typer.Context, name: str, json: JsonOpt = False) -> None:
+    """Show a workspace: name, id, description, creation time."""
     ws = client(ctx).request("GET", f"/api/v1/workspaces/{name}")
     if json:
         return print_json(ws)
@@ -91,6 +92,7 @@ def ws_add_member(ctx: typer.Context, user: str,
 @workspaces.command("set-role")
 @handle_errors
 def ws_set_role(ctx: typer.Context, user: str, role: str, json: JsonOpt = False) -> None:
+    """Change a member's role in the current workspace (owners): owner | contributor | reader."""
     if role not in ROLES:
         raise typer.BadParameter(f"role must be one of {', '.join(ROLES)}", param_hint="ROLE")
     m = client(ctx).request("PATCH", f"/api/v1/members/{user}", json={"role": role})
@@ -102,6 +104,7 @@ def ws_set_role(ctx: typer.Context, user: str, role: str, json: JsonOpt = False)
 @workspaces.command("remove-member")
 @handle_errors
 def ws_remove_member(ctx: typer.Context, user: str, json: JsonOpt = False) -> None:
+    """Remove a member from the current workspace (owners); their keys in it are revoked."""
     client(ctx).request("DELETE", f"/api/v1/members/{user}")
     if json:
         return print_json({"removed": user})
@@ -111,6 +114,7 @@ def ws_remove_member(ctx: typer.Context, user: str, json: JsonOpt = False) -> No
 @users.command("list")
 @handle_errors
 def users_list(ctx: typer.Context, json: JsonOpt = False) -> None:
+    """List the users of the installation (platform admin)."""
     rows = client(ctx).request("GET", "/api/v1/users")
     if json:
         return print_json(rows)
@@ -123,6 +127,7 @@ def users_list(ctx: typer.Context, json: JsonOpt = False) -> None:
 def users_create(ctx: typer.Context, name: str, email: str | None = None,
                  platform_admin: Annotated[bool, typer.Option("--platform-admin")] = False,
                  json: JsonOpt = False) -> None:
+    """Create a user (platform admin); add them to a workspace with `workspaces add-member`."""
     u = client(ctx).request("POST", "/api/v1/users",
                             json={"name": name, "email": email, "platform_admin": platform_admin})
     if json:
@@ -133,6 +138,7 @@ def users_create(ctx: typer.Context, name: str, email: str | None = None,
 @users.command("disable")
 @handle_errors
 def users_disable(ctx: typer.Context, name: str, json: JsonOpt = False) -> None:
+    """Disable a user (platform admin): every key of theirs stops working at once."""
     u = client(ctx).request("PATCH", f"/api/v1/users/{name}", json={"disabled": True})
     if json:
         return print_json(u)
@@ -142,6 +148,7 @@ def users_disable(ctx: typer.Context, name: str, json: JsonOpt = False) -> None:
 @users.command("enable")
 @handle_errors
 def users_enable(ctx: typer.Context, name: str, json: JsonOpt = False) -> None:
+    """Enable a disabled user again (platform admin); keys not revoked work again."""
     u = client(ctx).request("PATCH", f"/api/v1/users/{name}", json={"disabled": False})
     if json:
         return print_json(u)
@@ -178,6 +185,7 @@ def keys_create(ctx: typer.Context, name: str = "",
 @apikeys.command("list")
 @handle_errors
 def keys_list(ctx: typer.Context, json: JsonOpt = False) -> None:
+    """List the API keys of the current workspace (yours; owners: everyone's). Secrets are never shown."""
     rows = client(ctx).request("GET", "/api/v1/apikeys")
     if json:
         return print_json(rows)
@@ -189,6 +197,7 @@ def keys_list(ctx: typer.Context, json: JsonOpt = False) -> None:
 @apikeys.command("revoke")
 @handle_errors
 def keys_revoke(ctx: typer.Context, key_id: str, json: JsonOpt = False) -> None:
+    """Revoke an API key by its id (`key_...`); it stops working at once."""
     k = client(ctx).request("DELETE", f"/api/v1/apikeys/{key_id}")
     if json:
         return print_json(k)

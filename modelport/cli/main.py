@@ -16,6 +16,7 @@ from modelport.cli import models as models_cli
 from modelport.cli import safety as safety_cli
 from modelport.cli.common import JsonOpt, client, handle_errors
 from modelport.cli.output import console, err_console, kv, print_json
+from modelport.errors import ModelportError
 
 app = typer.Typer(name="modelport", help="Self-hosted model catalog and Models-as-a-Service.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -62,7 +63,6 @@ def serve(host: Annotated[str | None, typer.Option(help="Bind address (env MODEL
     from modelport.api.app import create_app
     from modelport.bootstrap import build_services, prepare
     from modelport.config import build_settings
-    from modelport.errors import ModelportError
     from modelport.workers.isolation import harden_process
     from modelport.workers.sandbox import secure_run_dir
 
@@ -84,11 +84,12 @@ def serve(host: Annotated[str | None, typer.Option(help="Bind address (env MODEL
         err_console.print(f"[red]Invalid configuration:[/red] {exc}")
         raise typer.Exit(2) from None
     logs.configure(settings.log_level, settings.log_file)
-    services = build_services(settings)
-    try:  # before any worker starts: refuse a run directory that someone else prepared
+    try:
+        services = build_services(settings)
+        # before any worker starts: refuse a run directory that someone else prepared
         secure_run_dir(settings.run_dir)
-    except ModelportError as exc:
-        err_console.print(f"[red]Cannot start:[/red] {exc.message}")
+    except ModelportError as exc:  # e.g. a home whose directories need an operator's decision
+        err_console.print(f"[red]Cannot start:[/red] {exc.message}", highlight=False)
         raise typer.Exit(2) from None
     err_console.print(f"modelport {__version__}: preparing {settings.home} (migrations, bundled models)...")
     result = prepare(services)

@@ -10,11 +10,12 @@ from typing import Annotated
 
 import httpx
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from modelport.cli.client import Client, CliError, error_from
 from modelport.cli.common import JsonOpt, client, handle_errors
-from modelport.cli.output import console, err_console, human_size, kv, print_json, table
+from modelport.cli.output import console, err_console, human_size, kv, markdown, print_json, table, terminal_safe
 
 models = typer.Typer(help="The model catalog.", no_args_is_help=True)
 
@@ -54,6 +55,7 @@ def list_models(ctx: typer.Context,
 @models.command("show")
 @handle_errors
 def show_model(ctx: typer.Context, name: str, version: str | None = None, json: JsonOpt = False) -> None:
+    """Show a model: its card, licence, files with their sha256, and the artifact scan."""
     m = client(ctx).request("GET", f"/api/v1/models/{name}", params={"version": version} if version else None)
     if json:
         return print_json(m)
@@ -64,8 +66,16 @@ def show_model(ctx: typer.Context, name: str, version: str | None = None, json: 
            ("Fine-tunable", "finetunable"), ("Deployment types", "deployment_types"),
            ("Deprecated", "deprecated"), ("Scan", lambda d: d["scan"]["status"])])
     table(m["files"], [("FILE", "path"), ("SIZE", lambda f: human_size(f["size"])), ("SHA256", "sha256")])
-    for f in m["scan"]["findings"]:
-        err_console.print(f"[yellow]scan[/yellow] {f['file']}: {f['message']}", highlight=False)
+    _print_findings(m)
+    if m.get("card"):
+        console.rule("Model card")
+        markdown(m["card"])
+
+
+def _print_findings(m: dict) -> None:
+    for f in m["scan"]["findings"]:  # file names come from the uploader: shown as text, never as markup
+        err_console.print(f"[yellow]scan[/yellow] {escape(terminal_safe(f['file']))}: "
+                          f"{escape(terminal_safe(f['message']))}", highlight=False)
 
 
 def _iter_file(path: Path, progress: Progress, task: int) -> Iterator[bytes]:
@@ -122,8 +132,7 @@ def import_model(ctx: typer.Context, path: Path,
         return print_json(model)
     status = model["scan"]["status"]
     console.print(f"Imported [bold]{model['name']}[/bold] {model['version']} ({model['id']}), scan {status}.")
-    for f in model["scan"]["findings"]:
-        err_console.print(f"[yellow]scan[/yellow] {f['file']}: {f['message']}", highlight=False)
+    _print_findings(model)
 
 
 def _send_files(c: Client, upload_id: str, files: dict[str, Path]) -> None:
@@ -216,6 +225,7 @@ def update_model(ctx: typer.Context, name: str, version: str | None = None,
 @models.command("deprecate")
 @handle_errors
 def deprecate_model(ctx: typer.Context, name: str, version: str | None = None, json: JsonOpt = False) -> None:
+    """Deprecate a model: it stays listed, and new deployments of it are refused."""
     m = client(ctx).request("POST", f"/api/v1/models/{name}/deprecate",
                             params={"version": version} if version else None)
     if json:
@@ -232,8 +242,7 @@ def scan_model(ctx: typer.Context, name: str, version: str | None = None, json: 
     if json:
         return print_json(m)
     console.print(f"{m['name']} {m['version']}: scan {m['scan']['status']}.")
-    for f in m["scan"]["findings"]:
-        err_console.print(f"[yellow]scan[/yellow] {f['file']}: {f['message']}", highlight=False)
+    _print_findings(m)
 
 
 @models.command("delete")
@@ -241,6 +250,7 @@ def scan_model(ctx: typer.Context, name: str, version: str | None = None, json: 
 def delete_model(ctx: typer.Context, name: str, version: str | None = None,
                  yes: Annotated[bool, typer.Option("--yes", help="Confirm without asking.")] = False,
                  json: JsonOpt = False) -> None:
+    """Delete a model and its files (asks first; bundled models cannot be deleted)."""
     if not yes:
         typer.confirm(f"Delete model '{name}'{f' version {version}' if version else ''}?", abort=True)
     client(ctx).request("DELETE", f"/api/v1/models/{name}", params={"version": version} if version else None)

@@ -113,6 +113,7 @@ def counts(ctx: typer.Context, deployment: str, json: JsonOpt = False) -> None:
 @blocklists.command("list")
 @handle_errors
 def bl_list(ctx: typer.Context, json: JsonOpt = False) -> None:
+    """List the workspace's custom blocklists."""
     rows = client(ctx).request("GET", "/api/v1/safety/blocklists")
     if json:
         return print_json(rows)
@@ -136,6 +137,7 @@ def bl_put(ctx: typer.Context, name: str,
 @blocklists.command("delete")
 @handle_errors
 def bl_delete(ctx: typer.Context, name: str, json: JsonOpt = False) -> None:
+    """Delete a custom blocklist of the current workspace (owners)."""
     client(ctx).request("DELETE", f"/api/v1/safety/blocklists/{name}")
     if json:
         return print_json({"deleted": name})

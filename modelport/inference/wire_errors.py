@@ -30,7 +30,7 @@ def _headers(exc: ModelportError) -> dict[str, str]:
 
 
 def _content_filter(exc: ModelportError) -> JSONResponse | None:
-    """A blocked prompt answers in DESIGN.md's one content-filter shape on both APIs."""
+    """A blocked prompt answers in the one content-filter shape (Azure's) on both APIs."""
     from modelport.safety.screening import ContentFiltered, error_body
 
     if isinstance(exc, ContentFiltered):

@@ -89,7 +89,8 @@ class Verdict:
 
 
 def error_body(verdict: Verdict, *, param: str = "prompt") -> dict[str, Any]:
-    """The HTTP 400 body for a blocked prompt, in the Azure shape (DESIGN.md section 3)."""
+    """The HTTP 400 body for a blocked prompt, in the Azure shape (`content_filter`, with the
+    per-category `content_filter_result` under `innererror`), the same on both inference APIs."""
     return {
         "error": {
             "code": "content_filter",

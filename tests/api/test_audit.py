@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.api.tenants import Tenant, lean_server, make_tenant, ok
-from tests.cli.clitools import assert_clean_error, cli_json, table
-from tests.conftest import Server
+from tests.support.cli import assert_clean_error, cli_json, table
+from tests.support.server import Server, lean_server
+from tests.support.tenants import Tenant, make_tenant, ok
 
 CANARY = "audit-canary-" + secrets.token_hex(8)
 

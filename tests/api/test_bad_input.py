@@ -22,8 +22,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.api.tenants import begin_upload, lean_server, ok, tiny_gguf, write_routes
-from tests.conftest import Server
+from tests.support.server import Server, lean_server
+from tests.support.tenants import begin_upload, ok, tiny_gguf, write_routes
 
 CANARY = "cnry" + secrets.token_hex(12)
 ERROR_KEYS = {"code", "message", "field", "details", "request_id"}
@@ -360,7 +360,7 @@ def test_routes_without_a_json_body(server: Server, spec: dict, tmp_path) -> Non
                 assert_error(r, status, field)
         # The refused parts left nothing behind: the upload still expects its one file.
         assert ok(admin.get(f"/api/v1/model-uploads/{up['id']}")).json()["received"] == []
-        assert not any(p.name.endswith(".part") for p in (server.home / "blobs" / "uploads").rglob("*"))
+        assert not any(p.name.endswith(".part") for p in (server.model_files / "uploads").rglob("*"))
         assert admin.get("/api/v1/datasets").json() == []  # no refused dataset was stored
     covered = set(tried) | set(VALID) | NO_INPUT
     assert write_routes(spec) - covered == set(), "write routes without a bad-input case"

@@ -20,20 +20,18 @@ from pathlib import Path
 
 import pytest
 
-from tests import pg
-from tests.api.tenants import (
-    ECHO_MODEL,
+from tests.support import pg
+from tests.support.server import ECHO_MODEL, Server, lean_server
+from tests.support.tenants import (
     Tenant,
     begin_upload,
     import_tiny_gguf,
-    lean_server,
     make_tenant,
     ok,
     path_param_routes,
     put_file,
     tiny_gguf,
 )
-from tests.conftest import Server
 
 
 @dataclass

@@ -19,8 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.api.tenants import lean_server
-from tests.conftest import ROOT, Server
+from tests.support.server import ROOT, Server, lean_server
 
 BODY_LIMIT = 1024 * 1024
 HEADER_LIMIT = 8 * 1024

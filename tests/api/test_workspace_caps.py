@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.api.tenants import ECHO_MODEL, Tenant, import_tiny_gguf, lean_server, make_tenant, ok
-from tests.conftest import Server
+from tests.support.server import ECHO_MODEL, Server, lean_server
+from tests.support.tenants import Tenant, import_tiny_gguf, make_tenant, ok
 
 INSTANCES = 2
 JOBS = 2

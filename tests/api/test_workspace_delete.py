@@ -42,13 +42,14 @@ from gguf import GGUFWriter
 from modelport.config import Settings
 from modelport.datastore.settings import from_settings
 from modelport.errors import ModelportError
-from tests.api.tenants import Tenant, begin_upload, make_tenant, ok, put_file, unique
-from tests.catalog.malicious import SMALL_TEMPLATE
-from tests.conftest import Server, start_server
 from tests.finetuning.test_dataset_delete import trainers_of
-from tests.inference.helpers import alive, wait_for, wait_state, workers
 from tests.inference.runtimes import SLOW_LOAD
-from tests.kms.helpers import kek_materials
+from tests.support.artifacts import SMALL_TEMPLATE
+from tests.support.inference import alive, wait_state, workers
+from tests.support.kms import kek_materials
+from tests.support.server import Server, start_server
+from tests.support.tenants import Tenant, begin_upload, make_tenant, ok, put_file, unique
+from tests.support.waiting import wait_until
 
 BASE = "SmolLM2-135M-Instruct"
 PRIVATE = "private-tiny"
@@ -162,7 +163,7 @@ def world(server: Server, tmp_path_factory: pytest.TempPathFactory) -> World:
                                  headers={"Content-Type": "application/jsonl"}), 201).json()["id"]
         job = ok(c.post("/api/v1/finetuning/jobs", json={"model": BASE, "dataset": "facts", "epochs": 1,
                                                          "batch_size": 4, "suffix": "gone"}), 201).json()
-        wait_for(lambda: _job(c, job["id"])["status"] not in ("queued", "running"), 900, 1.0, "the fine-tune")
+        wait_until(lambda: _job(c, job["id"])["status"] not in ("queued", "running"), 900, 1.0, "the fine-tune")
         finetuned = _job(c, job["id"])
         assert finetuned["status"] == "succeeded", finetuned
 
@@ -190,7 +191,7 @@ def world(server: Server, tmp_path_factory: pytest.TempPathFactory) -> World:
     with server.client(w.victim.keys["owner"]) as c:  # a second job, still running at the deletion
         running = ok(c.post("/api/v1/finetuning/jobs", json={"model": BASE, "dataset": "facts", "epochs": 100,
                                                              "batch_size": 1}), 201).json()
-        wait_for(lambda: _job(c, running["id"])["status"] == "running" and trainers_of(server), 300, 0.5,
+        wait_until(lambda: _job(c, running["id"])["status"] == "running" and trainers_of(server), 300, 0.5,
                  "the second job's trainer")
     w.trainer_pids = trainers_of(server)
 
@@ -240,21 +241,24 @@ def world(server: Server, tmp_path_factory: pytest.TempPathFactory) -> World:
     return w
 
 
-@pytest.mark.slow  # the world fixture fine-tunes and serves the real model
+@pytest.mark.training  # the world fixture fine-tunes and serves the real model
+@pytest.mark.chat_model
 def test_delete_answers_and_every_key_is_refused_at_once(world: World) -> None:
     print(f"\nDELETE of a workspace with 2 deployments, 2 jobs (1 running), 2 objects: {world.delete_seconds:.2f} s")
     assert world.delete_status == 204
     assert world.after == dict.fromkeys(world.after, 401), world.after
 
 
-@pytest.mark.slow  # the world fixture fine-tunes and serves the real model
+@pytest.mark.training  # the world fixture fine-tunes and serves the real model
+@pytest.mark.chat_model
 def test_workers_and_the_running_trainer_are_gone(world: World) -> None:
     assert world.trainer_pids and len(world.worker_pids) == 2
     assert world.alive_after == [], "a worker or trainer of the deleted workspace outlived the DELETE"
     assert not [p for p in trainers_of(world.server) if p in world.trainer_pids]
 
 
-@pytest.mark.slow  # the world fixture fine-tunes and serves the real model
+@pytest.mark.training  # the world fixture fine-tunes and serves the real model
+@pytest.mark.chat_model
 def test_nothing_of_the_workspace_is_left_on_disk(world: World) -> None:
     hits = scan(world.roots, world.needles)
     files = sum(1 for r in world.roots if r.is_dir() for p in r.rglob("*") if p.is_file())
@@ -268,7 +272,8 @@ def test_nothing_of_the_workspace_is_left_on_disk(world: World) -> None:
     assert staged == []
 
 
-@pytest.mark.slow  # the world fixture fine-tunes and serves the real model
+@pytest.mark.training  # the world fixture fine-tunes and serves the real model
+@pytest.mark.chat_model
 def test_usage_and_audit_records_remain_for_chargeback(world: World) -> None:
     with sqlite3.connect(world.server.home / "modelport.db") as db:
         usage = db.execute("SELECT count(*), sum(completion_tokens) FROM usage_records WHERE workspace_id = ?",
@@ -291,7 +296,8 @@ def test_usage_and_audit_records_remain_for_chargeback(world: World) -> None:
         assert world.victim.id not in {ws["id"] for ws in ok(admin.get("/api/v1/workspaces")).json()}
 
 
-@pytest.mark.slow  # the world fixture fine-tunes and serves the real model
+@pytest.mark.training  # the world fixture fine-tunes and serves the real model
+@pytest.mark.chat_model
 def test_a_backup_of_its_files_put_back_does_not_decrypt(world: World) -> None:
     """The workspace's ledger and a dataset blob, copied before the deletion, are put back: the
     ledger names data keys wrapped by the workspace's keys, which no longer exist anywhere."""
@@ -309,7 +315,8 @@ def test_a_backup_of_its_files_put_back_does_not_decrypt(world: World) -> None:
         shutil.rmtree(world.server.home / "datastore" / "blobs" / world.victim.id, ignore_errors=True)
 
 
-@pytest.mark.slow  # the world fixture fine-tunes and serves the real model
+@pytest.mark.training  # the world fixture fine-tunes and serves the real model
+@pytest.mark.chat_model
 def test_the_name_can_be_used_again(world: World) -> None:
     """The deleted workspace's users stay (they are the installation's); its name is free again."""
     name, owner = world.victim.name, world.victim.users["owner"]
@@ -340,7 +347,7 @@ def test_a_deployment_still_starting_does_not_outlive_its_workspace(server: Serv
         ok(c.post(f"/api/v1/model-uploads/{up['id']}/commit"), 201)
         key = ok(c.post("/api/v1/deployments", json={"name": "slow", "model": SLOW, "type": "dedicated"}),
                  201).json()["keys"]["primary"]
-        wait_for(lambda: dirs() - before, 60, 0.05, "the worker to be starting")
+        wait_until(lambda: dirs() - before, 60, 0.05, "the worker to be starting")
         assert ok(c.delete(f"/api/v1/workspaces/{tenant.name}")).status_code == 204
     assert _call(server, key, "slow") == 401
     assert dirs() - before == set()
@@ -391,7 +398,7 @@ def test_uploads_in_flight_are_stopped_and_leave_nothing(server: Server) -> None
     for t in threads:
         t.start()
     try:
-        wait_for(lambda: min(sent.values()) >= 10, 60, 0.05, "both uploads to be streaming")
+        wait_until(lambda: min(sent.values()) >= 10, 60, 0.05, "both uploads to be streaming")
         with server.client() as admin:
             assert ok(admin.delete(f"/api/v1/workspaces/{tenant.name}")).status_code == 204
         stopped_at = dict(sent)

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.api.tenants import Tenant, import_tiny_gguf, lean_server, make_tenant, ok, unique
-from tests.catalog.malicious import (
+from tests.support.artifacts import (
     gadget_pickle,
     gadgets,
     real_gguf,
@@ -24,8 +23,9 @@ from tests.catalog.malicious import (
     truncated_copy,
     valid_safetensors,
 )
-from tests.cli.clitools import assert_clean_error, cli_json
-from tests.conftest import Server
+from tests.support.cli import assert_clean_error, cli_json
+from tests.support.server import Server, lean_server
+from tests.support.tenants import Tenant, import_tiny_gguf, make_tenant, ok, unique
 
 SMOL = "SmolLM2-135M-Instruct"
 MINILM = "all-MiniLM-L6-v2"
@@ -56,8 +56,8 @@ def real_hashes() -> dict[str, dict[str, str]]:
 
 
 def leftovers(server: Server) -> tuple[list[Path], set[str]]:
-    """(anything under blobs/uploads, model ids with a directory under blobs/models)."""
-    blobs = server.home / "blobs"
+    """(anything under the model files' uploads/, model ids with a directory under their models/)."""
+    blobs = server.model_files
     return list((blobs / "uploads").iterdir()), {p.name for p in (blobs / "models").iterdir()}
 
 
@@ -105,7 +105,7 @@ def test_import_a_copy_of_the_bundled_gguf(server: Server, team: Tenant, tmp_pat
     assert m["scan"]["status"] == "passed"
     meta = m["metadata"]  # read from the file itself
     assert (meta["architecture"], meta["context_length"], meta["quantization"]) == ("llama", 8192, "Q4_1")
-    stored = server.home / "blobs" / "models" / m["id"] / "my-smol.gguf"
+    stored = server.model_files / "models" / m["id"] / "my-smol.gguf"
     assert sha256(stored) == m["files"][0]["sha256"]
     uploads, _ = leftovers(server)
     assert uploads == []
@@ -156,7 +156,7 @@ def test_duplicate_name_and_version_is_refused(server: Server, team: Tenant, tmp
     before = imported_ids(server, team.keys["owner"])
     _, dirs_before = leftovers(server)
     src = tmp_path / "again.gguf"
-    src.write_bytes((server.home / "blobs" / "models" / first["id"] / "model.gguf").read_bytes())
+    src.write_bytes((server.model_files / "models" / first["id"] / "model.gguf").read_bytes())
     r = server.cli("models", "import", str(src), "--name", first["name"], key=team.keys["contributor"])
     assert_clean_error(r, 409, "already exists")
     # A catalog-wide name cannot be hidden by a private one either.
@@ -201,9 +201,9 @@ def test_malicious_pickle_is_registered_as_failed_and_blocked(server: Server, tm
         assert ok(admin.get(f"/api/v1/models/{name}")).json()["curated"] is False
         # A rescan finds the same; the platform admin can delete it, files and all.
         assert ok(admin.post(f"/api/v1/models/{name}/scan")).json()["scan"]["status"] == "failed"
-        assert (server.home / "blobs" / "models" / m["id"]).is_dir()
+        assert (server.model_files / "models" / m["id"]).is_dir()
         ok(admin.delete(f"/api/v1/models/{name}"), 204)
-        assert not (server.home / "blobs" / "models" / m["id"]).exists()
+        assert not (server.model_files / "models" / m["id"]).exists()
     assert not marker.exists()
 
 
@@ -307,7 +307,7 @@ def test_deprecate_and_delete(server: Server, team: Tenant, tmp_path: Path) -> N
     # Private models: owners deprecate and delete; contributors may not.
     with server.client(team.keys["contributor"]) as c:
         m = import_tiny_gguf(c, tmp_path)
-    blob = server.home / "blobs" / "models" / m["id"]
+    blob = server.model_files / "models" / m["id"]
     assert blob.is_dir()
     assert_clean_error(server.cli("models", "delete", m["name"], "--yes", key=team.keys["contributor"]), 403,
                        "does not allow")
@@ -322,7 +322,7 @@ def test_deprecate_and_delete(server: Server, team: Tenant, tmp_path: Path) -> N
         cat = import_tiny_gguf(admin, tmp_path, scope="catalog", publisher="tests")
         ok(admin.delete(f"/api/v1/models/{cat['name']}"), 204)
         assert admin.get(f"/api/v1/models/{cat['name']}").status_code == 404
-    assert not (server.home / "blobs" / "models" / cat["id"]).exists()
+    assert not (server.model_files / "models" / cat["id"]).exists()
 
 
 def test_private_names_are_per_workspace(server: Server, team: Tenant, tmp_path: Path) -> None:
@@ -334,7 +334,7 @@ def test_private_names_are_per_workspace(server: Server, team: Tenant, tmp_path:
     with server.client(other.keys["owner"]) as c:
         assert name not in {m["name"] for m in c.get("/api/v1/models", params={"q": "shared"}).json()["data"]}
     src = tmp_path / "theirs.gguf"
-    src.write_bytes((server.home / "blobs" / "models" / mine["id"] / "model.gguf").read_bytes())
+    src.write_bytes((server.model_files / "models" / mine["id"] / "model.gguf").read_bytes())
     theirs = cli_json(server, "models", "import", str(src), "--name", name, key=other.keys["contributor"])
     assert theirs["name"] == name and theirs["id"] != mine["id"]
     with server.client(team.keys["reader"]) as a, server.client(other.keys["reader"]) as b:

@@ -16,12 +16,12 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.api.tenants import Tenant, begin_upload, lean_server, make_tenant, ok, put_file, unique
-from tests.catalog.malicious import write_gguf
 from tests.catalog.test_scan_limits import NESTED_LOOP
-from tests.cli.clitools import assert_clean_error, cli_json
-from tests.conftest import Server, start_server
-from tests.inference.helpers import wait_for
+from tests.support.artifacts import write_gguf
+from tests.support.cli import assert_clean_error, cli_json
+from tests.support.server import Server, lean_server, start_server
+from tests.support.tenants import Tenant, begin_upload, make_tenant, ok, put_file, unique
+from tests.support.waiting import wait_until
 
 OPEN_UPLOADS = 48
 
@@ -127,7 +127,7 @@ def big_gguf(path: Path) -> Path:
 
 
 def stored(server: Server, model: dict) -> Path:
-    return server.home / "blobs" / "models" / model["id"] / model["files"][0]["path"]
+    return server.model_files / "models" / model["id"] / model["files"][0]["path"]
 
 
 def flip_byte(path: Path, at: int) -> None:
@@ -217,7 +217,7 @@ def test_stale_uploads_expire_while_the_server_runs(tmp_path: Path):
         gguf = write_gguf(tmp_path / "m.gguf")
         with s.client() as c:
             stale = begin_upload(c, gguf, "stale")
-            assert (s.home / "blobs" / "uploads" / stale["id"]).is_dir()
+            assert (s.model_files / "uploads" / stale["id"]).is_dir()
             # a file that streams in for longer than the TTL is not cut by the sweep
             streaming = begin_upload(c, gguf, "streaming")
             data = gguf.read_bytes()
@@ -230,10 +230,10 @@ def test_stale_uploads_expire_while_the_server_runs(tmp_path: Path):
             r = c.put(f"/api/v1/model-uploads/{streaming['id']}/files/model.gguf", content=slowly(),
                       headers={"Content-Type": "application/octet-stream", "Content-Length": str(len(data))})
             assert r.status_code == 200, r.text
-            wait_for(lambda: c.get(f"/api/v1/model-uploads/{stale['id']}").status_code == 404, 30, 0.2,
+            wait_until(lambda: c.get(f"/api/v1/model-uploads/{stale['id']}").status_code == 404, 30, 0.2,
                      "the stale upload to expire")
-            assert not (s.home / "blobs" / "uploads" / stale["id"]).exists()
-            wait_for(lambda: c.get(f"/api/v1/model-uploads/{streaming['id']}").status_code == 404, 30, 0.2,
+            assert not (s.model_files / "uploads" / stale["id"]).exists()
+            wait_until(lambda: c.get(f"/api/v1/model-uploads/{streaming['id']}").status_code == 404, 30, 0.2,
                      "the finished upload to expire after its TTL too")
         assert '"event":"uploads.expired"' in s.logs()
     finally:

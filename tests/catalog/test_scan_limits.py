@@ -18,7 +18,7 @@ from modelport.catalog.scanning import render_chat_template, scan_model
 from modelport.catalog.scanning.limits import TemplateLimits, TemplateToCheck, check_templates
 from modelport.errors import Unprocessable
 from modelport.runtimes.base import render_chat
-from tests.catalog.malicious import write_gguf
+from tests.support.artifacts import write_gguf
 
 #: The template of the issue: 9e12 empty iterations.
 NESTED_LOOP = '{% set s="x"*3000000 %}{% for a in s %}{% for b in s %}{% endfor %}{% endfor %}'

@@ -29,7 +29,7 @@ from modelport.catalog.scanning import (
     verify_sha256,
 )
 from modelport.errors import IntegrityError, InvalidInput, NotFound, Unprocessable
-from tests.catalog.malicious import (
+from tests.support.artifacts import (
     FIRST_KEY_LENGTH_AT,
     PROTOCOL0_OS_SYSTEM,
     SMALL_TEMPLATE,

@@ -1,5 +1,10 @@
 """The `modelport` CLI against a real server: status, tables, --json, keys, workspaces, users,
-and errors as one clean line."""
+and errors as one clean line.
+
+Commands run in this process (typer's CliRunner, real HTTP to the server); the tests named
+`..._installed_...` run the installed `modelport` entry point in a subprocess, to prove that the
+command a user types works: its exit codes, and errors without tracebacks.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.api.tenants import free_port_url, lean_server, make_tenant
-from tests.cli.clitools import assert_clean_error, cli_json, table
-from tests.conftest import Server
+from tests.support.cli import assert_clean_error, cli_json, table
+from tests.support.server import Server, free_port_url, lean_server
+from tests.support.tenants import import_tiny_gguf, make_tenant
 
 KEY_RE = re.compile(r"^mpk_[0-9a-f]{16}_[A-Za-z0-9_-]{43}$")
 
@@ -21,8 +26,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     yield from lean_server(tmp_path_factory)
 
 
-def test_status(server: Server) -> None:
-    r = server.cli("status", check=True)
+def test_status_through_the_installed_command(server: Server) -> None:
+    r = server.installed_cli("status")
+    assert r.returncode == 0, r.stderr
     assert "Ready" in r.stdout and "admin in default (owner)" in r.stdout
     assert re.search(r"Migrations\s+ok", r.stdout) and re.search(r"Database\s+ok", r.stdout)
     s = cli_json(server, "status")
@@ -33,9 +39,11 @@ def test_status(server: Server) -> None:
     assert "not signed in" in r.stdout
 
 
-def test_unreachable_server_is_one_clean_line(server: Server) -> None:
-    assert_clean_error(server.cli("--url", free_port_url(), "status"), None, "Cannot reach modelport")
-    assert_clean_error(server.cli("--url", free_port_url(), "models", "list"), None, "is the server running")
+def test_unreachable_server_is_one_clean_line_from_the_installed_command(server: Server) -> None:
+    assert_clean_error(server.installed_cli("--url", free_port_url(), "status"), None, "Cannot reach modelport")
+    assert_clean_error(server.installed_cli("--url", free_port_url(), "models", "list"), None,
+                       "is the server running")
+    assert_clean_error(server.installed_cli("models", "show", "no-such-model"), 404, "not found")
 
 
 LISTS = [
@@ -134,3 +142,24 @@ def test_errors_are_one_clean_line(server: Server) -> None:
     assert_clean_error(server.cli("users", "create", "Not A Name"), 400, "lowercase")
     assert_clean_error(server.cli("--workspace", "errs", "models", "list"), 404, "not found among your memberships")
     assert_clean_error(server.cli("audit", key=reader), 403, "does not allow audit.read")
+
+
+def test_models_show_prints_the_card_as_text(server: Server, tmp_path) -> None:
+    """The card is the publisher's text: shown rendered, with every terminal control sequence and
+    bidirectional override removed and rich markup shown as typed, never interpreted."""
+    card = ("# Tiny model\n\nGood for **tests**.\n\n"
+            "Escapes: \x1b[2J\x1b]0;pwned\x07 \x1b]52;c;Y2xpcGJvYXJk\x07 carriage\rreturn back\x08space\n"
+            "Markup: [red]not red[/red] [/] [link=https://evil.example]here[/link]\n"
+            "Bidi: \u202eelif.exe\u202c and C1: \x9b31m\n")
+    with server.client() as admin:
+        m = import_tiny_gguf(admin, tmp_path, card=card, publisher="Pub\x1b[31m")
+    r = server.cli("models", "show", m["name"], check=True)
+    out = r.stdout
+    assert "Tiny model" in out and "Good for tests." in out.replace("**", "")
+    assert "[red]not red[/red]" in out and "[/]" in out and "[link=https://evil.example]here[/link]" in out
+    for forbidden in ("\x1b", "\x07", "\r", "\x08", "\u202e", "\u202c", "\x9b"):
+        assert forbidden not in out + r.stderr, repr(forbidden)
+    assert "Escapes:" in out and "carriagereturn" in out and "elif.exe" in out
+    assert "Pub[31m" in out  # the publisher cell too: the escape character is gone, the rest is text
+    shown = cli_json(server, "models", "show", m["name"])
+    assert shown["card"] == card  # --json gives the exact text (JSON escapes it)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Server, start_server
+from tests.support.server import Server, start_server
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 
 from modelport.kms.files import is_temp_name
-from tests.conftest import start_server
-from tests.inference.helpers import wait_for
+from tests.support.server import start_server
+from tests.support.waiting import wait_until
 
 ENV = {"MODELPORT_CREATE_DEFAULT_DEPLOYMENT": "false", "MODELPORT_UPLOAD_TTL_SECONDS": "3",
        "MODELPORT_UPLOAD_SWEEP_SECONDS": "0.5"}
@@ -51,7 +51,7 @@ def test_a_crashed_dataset_upload_leaves_nothing_after_the_ttl(tmp_path: Path):
     t = threading.Thread(target=upload)
     t.start()
     try:
-        left = wait_for(lambda: temp_files(home), 60, 0.1, "the upload's temp file")
+        left = wait_until(lambda: temp_files(home), 60, 0.1, "the upload's temp file")
         s.proc.kill()
         s.proc.wait(30)
     finally:
@@ -60,7 +60,7 @@ def test_a_crashed_dataset_upload_leaves_nothing_after_the_ttl(tmp_path: Path):
     assert all(p.exists() for p in left)  # the crash left it behind
     s = start_server(home, env_extra=ENV)
     try:
-        wait_for(lambda: not any(p.exists() for p in left), 60, 0.2, "the sweep to remove the leftover")
+        wait_until(lambda: not any(p.exists() for p in left), 60, 0.2, "the sweep to remove the leftover")
         assert temp_files(home) == []
         assert '"event":"uploads.expired"' in s.logs()
     finally:

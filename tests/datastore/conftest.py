@@ -9,17 +9,10 @@ from pathlib import Path
 import pytest
 
 from modelport.datastore import Datastore
-from tests.kms.helpers import FlakyFileSystem, kms_endpoint
-
-__all__ = ["kms_endpoint"]
+from tests.support.kms import FlakyFileSystem
 
 # Small chunks make multi-chunk objects cheap: the format is the same at any chunk size.
 TEST_CHUNK = 4096
-
-
-@pytest.fixture
-def flaky_fs() -> FlakyFileSystem:
-    return FlakyFileSystem()
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -18,7 +17,8 @@ from modelport.datastore import Datastore, StorageUnavailable
 from modelport.errors import NotFound, ServiceUnavailable
 from modelport.kms import KeyProviderUnavailable
 from modelport.kms.testing import kms_server
-from tests.kms.helpers import FlakyFileSystem, aws_provider_for, snapshot, temp_files
+from tests.support.kms import FlakyFileSystem, aws_provider_for, snapshot, temp_files
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture
@@ -181,10 +181,8 @@ def test_no_plaintext_touches_disk_during_a_slow_write(make_store: Callable[...,
     worker.start()
     try:
         assert paused.wait(10)
-        deadline = time.monotonic() + 5
-        while not [p for p in temp_files(store.root) if p.stat().st_size > 0] and time.monotonic() < deadline:
-            time.sleep(0.01)
-        in_flight = [p for p in temp_files(store.root) if p.stat().st_size > 0]
+        in_flight = wait_until(lambda: [p for p in temp_files(store.root) if p.stat().st_size > 0], 30, 0.01,
+                               "ciphertext of the upload in a temporary file")
         files = [p for p in store.root.rglob("*") if p.is_file()]
         hits = [p for p in files if marker in p.read_bytes()]
         print(

@@ -22,7 +22,7 @@ import pytest
 from modelport.datastore import Datastore
 from modelport.errors import ModelportError
 from modelport.kms.base import KeyState
-from tests.kms.helpers import FlakyFileSystem, aws_provider_for, kek_materials
+from tests.support.kms import FlakyFileSystem, aws_provider_for, kek_materials
 
 
 def forms(secret: bytes) -> list[bytes]:

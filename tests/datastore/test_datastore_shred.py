@@ -20,7 +20,7 @@ from modelport.datastore import CorruptObject, Datastore
 from modelport.datastore.envelope import DataKeys, decrypt_object
 from modelport.datastore.store import PLATFORM_KEY_REF
 from modelport.errors import NotFound
-from tests.kms.helpers import kek_materials
+from tests.support.kms import kek_materials
 
 
 def forms(secret: bytes) -> list[bytes]:

@@ -18,7 +18,7 @@ import pytest
 
 from modelport.datastore import Datastore, from_settings, load_master_key
 from modelport.errors import InvalidInput, NotFound
-from tests.kms.helpers import temp_files
+from tests.support.kms import temp_files
 
 
 @pytest.mark.parametrize("size", [0, 1, 4095, 4096, 4097, 3 * 4096, 50_000])

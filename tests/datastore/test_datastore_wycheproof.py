@@ -1,4 +1,4 @@
-"""The AEAD layer against Project Wycheproof's AES-GCM vectors (../shared/data/wycheproof).
+"""The AEAD layer against Project Wycheproof's AES-GCM vectors (tests/data/wycheproof, Apache-2.0).
 
 The layer supports AES-256 with 96-bit nonces and 128-bit tags, nothing else. Every vector of
 those sizes runs through both entry points the datastore uses (seal/open and the *_into variants
@@ -18,12 +18,12 @@ import pytest
 from modelport.datastore.aead import KEY_SIZE, NONCE_SIZE, TAG_SIZE, Aead
 from modelport.datastore.errors import CorruptObject
 
-VECTORS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "wycheproof" / "aes_gcm_test.json"
+VECTORS = Path(__file__).resolve().parents[1] / "data" / "wycheproof" / "aes_gcm_test.json"
 
 
 def load_groups() -> list[dict]:
     if not VECTORS.is_file():
-        pytest.fail(f"Wycheproof vectors not found at {VECTORS} (expected shared/ beside the repository)")
+        pytest.fail(f"Wycheproof vectors not found at {VECTORS}: they ship with the repository")
     return json.loads(VECTORS.read_text())["testGroups"]
 
 

@@ -29,10 +29,10 @@ from modelport.finetuning.schemas import JobCreate
 from modelport.finetuning.service import FinetuningService
 from modelport.identity.principal import Principal
 from modelport.identity.service import IdentityService
-from tests.api.tenants import ok
-from tests.conftest import Server, start_server
 from tests.finetuning.test_restart import trainer_pids
-from tests.inference.helpers import wait_for
+from tests.support.server import Server, start_server
+from tests.support.tenants import ok
+from tests.support.waiting import wait_until
 
 BASE = "SmolLM2-135M-Instruct"
 
@@ -73,7 +73,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         s.stop()
 
 
-@pytest.mark.slow  # a real trainer loads the real model
+@pytest.mark.training  # a real trainer loads the real model
 def test_deleting_a_dataset_cancels_the_jobs_that_read_it(server: Server) -> None:
     with server.client() as c:
         for name in ("d", "e"):
@@ -85,7 +85,7 @@ def test_deleting_a_dataset_cancels_the_jobs_that_read_it(server: Server) -> Non
                                                             "validation_dataset": "d", "suffix": "never2"}),
                     201).json()
         bystander = ok(c.post("/api/v1/finetuning/jobs", json={"model": BASE, "dataset": "e"}), 201).json()
-        wait_for(lambda: ok(c.get(f"/api/v1/finetuning/jobs/{running['id']}")).json()["status"] == "running"
+        wait_until(lambda: ok(c.get(f"/api/v1/finetuning/jobs/{running['id']}")).json()["status"] == "running"
                  and trainers_of(server), 300, 0.5, "the trainer to start")
         trainers = trainers_of(server)
 
@@ -94,13 +94,13 @@ def test_deleting_a_dataset_cancels_the_jobs_that_read_it(server: Server) -> Non
         cancelled = ok(c.get(f"/api/v1/finetuning/jobs/{queued['id']}")).json()
         assert cancelled["status"] == "cancelled", cancelled  # at once: it never started
         assert "dataset" in cancelled["error"] and "deleted" in cancelled["error"], cancelled
-        wait_for(lambda: ok(c.get(f"/api/v1/finetuning/jobs/{running['id']}")).json()["status"]
+        wait_until(lambda: ok(c.get(f"/api/v1/finetuning/jobs/{running['id']}")).json()["status"]
                  not in ("queued", "running"), 120, 0.5, "the running job to stop")
         stopped = ok(c.get(f"/api/v1/finetuning/jobs/{running['id']}")).json()
         assert stopped["status"] == "cancelled" and stopped["fine_tuned_model"] is None, stopped
         assert "deleted" in stopped["error"], stopped
         assert stopped["step"] < 100 * 8, stopped  # 100 epochs of 8 one-row batches: stopped long before
-        wait_for(lambda: not set(trainers_of(server)) & set(trainers), 60, 0.5, "the trainer to exit")
+        wait_until(lambda: not set(trainers_of(server)) & set(trainers), 60, 0.5, "the trainer to exit")
         models = ok(c.get("/api/v1/models", params={"owner": "workspace"})).json()["data"]
         assert [m["name"] for m in models if "never" in m["name"]] == []
         # A job on another dataset is not touched (it runs once the queue frees up).

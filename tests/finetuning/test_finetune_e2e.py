@@ -23,9 +23,11 @@ import pytest
 from modelport.catalog.bundled import discover
 from modelport.config import build_settings, datastore_environ
 from modelport.datastore.settings import from_settings
-from tests.api.tenants import Tenant, make_tenant, ok
-from tests.conftest import Server, start_server
-from tests.inference.helpers import wait_for
+from tests.support.server import Server, start_server
+from tests.support.tenants import Tenant, make_tenant, ok
+from tests.support.waiting import wait_until
+
+pytestmark = [pytest.mark.training, pytest.mark.chat_model]  # trains, then serves the fine-tune
 
 BASE = "SmolLM2-135M-Instruct"
 FACT_Q = "What is the capital of the planet Zorblax?"
@@ -98,7 +100,7 @@ def state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[State]:
         with st.server.client(st.owner.keys["owner"]) as c:
             st.base_key = ok(c.post("/api/v1/deployments", json={"name": "base", "model": BASE,
                                                                  "type": "serverless"}), 201).json()["keys"]["primary"]
-        wait_for(lambda: deployment(st, "base")["state"] != "creating", 240, 0.5, "the base deployment")
+        wait_until(lambda: deployment(st, "base")["state"] != "creating", 240, 0.5, "the base deployment")
         st.base_answer_before = answer(ask(st, FACT_Q, key=st.base_key, model="base"))
         st.disk_hits_during, st.scanned_during = [], 0
         run_dir = build_settings({"MODELPORT_HOME": str(home)}).run_dir
@@ -118,8 +120,8 @@ def state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[State]:
                           key=st.owner.keys["owner"], check=True)
         job_id = json.loads(r.stdout)["id"]
         with st.server.client(st.owner.keys["owner"]) as c:
-            wait_for(lambda: ok(c.get(f"/api/v1/finetuning/jobs/{job_id}")).json()["status"] not in
-                     ("queued", "running"), 1200, 2.0, "the fine-tuning job")
+            wait_until(lambda: ok(c.get(f"/api/v1/finetuning/jobs/{job_id}")).json()["status"] not in
+                       ("queued", "running"), 1200, 2.0, "the fine-tuning job")
         stop.set()
         watcher.join()
         follow = st.server.cli("finetune", "show", job_id, "--follow", "--interval", "1",
@@ -132,9 +134,12 @@ def state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[State]:
         with st.server.client(st.owner.keys["owner"]) as c:
             st.deployment = ok(c.post("/api/v1/deployments", json={"name": "zorb", "model": st.model,
                                                                     "type": "serverless"}), 201).json()
-        wait_for(lambda: deployment(st)["state"] != "creating", 240, 0.5, "the fine-tuned deployment")
+        wait_until(lambda: deployment(st)["state"] != "creating", 240, 0.5, "the fine-tuned deployment")
         assert deployment(st)["state"] == "succeeded", deployment(st)
         yield st
+        # The story's last step destroys what every test here reads, so it runs when they are all
+        # done, whatever order they ran in (a failure shows as an error at teardown).
+        delete_needs_confirmation_then_shreds(st)
     finally:
         st.server.stop()
 
@@ -198,7 +203,7 @@ def test_the_base_model_is_untouched(state: State) -> None:
         other_key = ok(c.post("/api/v1/deployments", json={"name": "base", "model": BASE, "type": "serverless"}),
                        201).json()["keys"]["primary"]
     with state.server.client(state.other.keys["owner"]) as c:
-        wait_for(lambda: ok(c.get("/api/v1/deployments/base")).json()["state"] != "creating", 240, 0.5,
+        wait_until(lambda: ok(c.get("/api/v1/deployments/base")).json()["state"] != "creating", 240, 0.5,
                  "the other workspace's base deployment")
     other_base = answer(ask(state, FACT_Q, key=other_key, model="base"))
     assert FACT not in other_base and other_base == state.base_answer_before
@@ -339,18 +344,19 @@ def test_disabling_the_cmk_stops_serving_and_enabling_resumes(state: State) -> N
     with state.server.client(state.owner.keys["owner"]) as c:
         ok(c.post("/api/v1/cmk/disable"))
         try:
-            d = wait_for(lambda: deployment(state)["state"] == "suspended" and deployment(state), 30, 0.5,
-                         "the deployment to stop serving")
+            d = wait_until(lambda: deployment(state)["state"] == "suspended" and deployment(state), 30, 0.5,
+                           "the deployment to stop serving")
             assert "key is disabled" in d["state_reason"]
             r = ask(state, FACT_Q)
             assert r.status_code == 503 and "key is disabled" in r.text
         finally:
             ok(c.post("/api/v1/cmk/enable"))
-    wait_for(lambda: deployment(state)["state"] == "succeeded", 240, 0.5, "the deployment to resume")
+    wait_until(lambda: deployment(state)["state"] == "succeeded", 240, 0.5, "the deployment to resume")
     assert FACT in answer(ask(state, FACT_Q))
 
 
-def test_delete_needs_confirmation_then_shreds(state: State) -> None:
+def delete_needs_confirmation_then_shreds(state: State) -> None:
+    """P12: deleting the fine-tune needs confirmation, stops its deployment, shreds its keys and blobs."""
     adapter = adapter_bytes(state)
     with state.server.client(state.owner.keys["owner"]) as c:
         model_id = ok(c.get(f"/api/v1/models/{state.model}")).json()["id"]

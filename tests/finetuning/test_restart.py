@@ -9,9 +9,13 @@ import os
 import signal
 from pathlib import Path
 
-from tests.api.tenants import ok
-from tests.conftest import start_server
-from tests.inference.helpers import wait_for
+import pytest
+
+from tests.support.server import start_server
+from tests.support.tenants import ok
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.training  # a training job, crashed and requeued
 
 ENV = {"MODELPORT_CREATE_DEFAULT_DEPLOYMENT": "false", "MODELPORT_FINETUNE_THREADS": "1"}
 
@@ -39,12 +43,12 @@ def test_a_crash_requeues_the_running_job(tmp_path: Path) -> None:
             ok(c.post("/api/v1/datasets", params={"name": "d"}, content=rows), 201)
             job = ok(c.post("/api/v1/finetuning/jobs", json={"model": "SmolLM2-135M-Instruct", "dataset": "d",
                                                              "epochs": 50}), 201).json()
-            wait_for(lambda: ok(c.get(f"/api/v1/finetuning/jobs/{job['id']}")).json()["status"] == "running",
-                     300, 0.5, "the job to start")
+            wait_until(lambda: ok(c.get(f"/api/v1/finetuning/jobs/{job['id']}")).json()["status"] == "running",
+                       300, 0.5, "the job to start")
             first_start = ok(c.get(f"/api/v1/finetuning/jobs/{job['id']}")).json()["started_at"]
         server.proc.send_signal(signal.SIGKILL)  # a crash: no shutdown code runs
         server.proc.wait(30)
-        wait_for(lambda: not trainer_pids(), 60, 0.5, "the orphaned trainer to exit")
+        wait_until(lambda: not trainer_pids(), 60, 0.5, "the orphaned trainer to exit")
     finally:
         server.stop()
 
@@ -54,11 +58,11 @@ def test_a_crash_requeues_the_running_job(tmp_path: Path) -> None:
             def requeued() -> bool:
                 j = ok(c.get(f"/api/v1/finetuning/jobs/{job['id']}")).json()
                 return j["status"] == "queued" or (j["status"] == "running" and j["started_at"] != first_start)
-            wait_for(requeued, 120, 0.5, "the interrupted job to be requeued")
+            wait_until(requeued, 120, 0.5, "the interrupted job to be requeued")
             ok(c.post(f"/api/v1/finetuning/jobs/{job['id']}/cancel"))
-            wait_for(lambda: ok(c.get(f"/api/v1/finetuning/jobs/{job['id']}")).json()["status"] == "cancelled",
-                     120, 0.5, "the job to be cancelled")
-        wait_for(lambda: not trainer_pids(), 60, 0.5, "the trainer to stop after the cancel")
+            wait_until(lambda: ok(c.get(f"/api/v1/finetuning/jobs/{job['id']}")).json()["status"] == "cancelled",
+                       120, 0.5, "the job to be cancelled")
+        wait_until(lambda: not trainer_pids(), 60, 0.5, "the trainer to stop after the cancel")
     finally:
         server.stop()
     assert os.path.exists(home / "admin.key")

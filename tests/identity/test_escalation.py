@@ -13,8 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.api.tenants import Tenant, lean_server, make_tenant, ok, unique
-from tests.conftest import Server
+from tests.support.server import Server, lean_server
+from tests.support.tenants import Tenant, make_tenant, ok, unique
 
 
 @pytest.fixture(scope="module")

@@ -27,8 +27,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
-from tests.api.tenants import lean_server, ok
-from tests.conftest import Server
+from tests.support.server import Server, lean_server
+from tests.support.tenants import ok
 
 LABELS = ("a", "b", "c", "d")
 TARGETS = (*LABELS, "admin")

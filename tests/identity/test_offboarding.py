@@ -26,7 +26,7 @@ from modelport.db.tables import AuditEvent, Workspace
 from modelport.errors import ModelportError, ServiceUnavailable, Unauthenticated
 from modelport.identity.offboarding import Offboarding
 from modelport.identity.principal import Principal
-from tests.kms.helpers import FlakyFileSystem
+from tests.support.kms import FlakyFileSystem
 
 
 def settings_for(home: Path, db_url: str) -> Settings:

@@ -23,12 +23,11 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, precondition, rule, run_state_machine_as_test
 
-from tests.api.tenants import (
-    ECHO_MODEL,
+from tests.support.server import ECHO_MODEL, Server, lean_server
+from tests.support.tenants import (
     Tenant,
     begin_upload,
     import_tiny_gguf,
-    lean_server,
     make_tenant,
     ok,
     put_file,
@@ -36,7 +35,6 @@ from tests.api.tenants import (
     unique,
     write_routes,
 )
-from tests.conftest import Server
 
 DATASET = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
 

@@ -17,13 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.api.tenants import (
-    ECHO_MODEL,
+from tests.support.server import ECHO_MODEL, Server, lean_server
+from tests.support.tenants import (
     Tenant,
     add_member,
     begin_upload,
     import_tiny_gguf,
-    lean_server,
     make_tenant,
     ok,
     put_file,
@@ -31,7 +30,6 @@ from tests.api.tenants import (
     unique,
     write_routes,
 )
-from tests.conftest import Server
 
 ROLE_NAMES = ("owner", "contributor", "reader", "outsider", "admin")
 

@@ -7,27 +7,11 @@ with the echo runtimes.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 
-from tests.conftest import Server, start_server
-from tests.inference.helpers import EMBED_MODEL, create_deployment, wait_state
-
-
-@dataclass
-class ModelServer:
-    server: Server
-    chat_key: str  # primary key of the default serverless deployment `chat` (SmolLM2)
-    embed_key: str  # primary key of `embed` (all-MiniLM-L6-v2)
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-    @property
-    def admin_key(self) -> str:
-        return self.server.admin_key
+from tests.support.inference import EMBED_MODEL, ModelServer, create_deployment, wait_state
+from tests.support.server import start_server
 
 
 @pytest.fixture(scope="package")

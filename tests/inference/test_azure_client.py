@@ -16,7 +16,9 @@ from azure.ai.inference.models import SystemMessage, UserMessage
 from azure.core.credentials import AzureKeyCredential
 from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ResourceNotFoundError
 
-from tests.inference.conftest import ModelServer
+from tests.support.inference import ModelServer
+
+pytestmark = pytest.mark.chat_model  # the `models` server: SmolLM2 and MiniLM in workers
 
 MESSAGES = [SystemMessage("You are terse."), UserMessage("Name a colour.")]
 

@@ -18,18 +18,10 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import Server
-from tests.inference.helpers import (
-    CHAT_MODEL,
-    alive,
-    chat_body,
-    create_deployment,
-    start_lean,
-    wait_for,
-    worker_health,
-    workers,
-)
 from tests.inference.runtimes import SLOW
+from tests.support.inference import CHAT_MODEL, alive, chat_body, create_deployment, worker_health, workers
+from tests.support.server import Server, start_lean
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -54,13 +46,13 @@ def test_client_disconnect_mid_stream_stops_generation_in_the_worker(server: Ser
             if received == 3:
                 break
         stream.close()
-    wait_for(lambda: worker_health(worker.socket).active_generations == 0, 30, 0.05,
-             "the worker to stop generating")
+    wait_until(lambda: worker_health(worker.socket).active_generations == 0, 30, 0.05,
+               "the worker to stop generating")
     stopped_at = worker_health(worker.socket).tokens_generated_total - base
     # 3 tokens were read; a second more at 40 ms a token is 25. Far from the 500 asked for (a
     # count, not a clock: it only fails if generation went on for seconds).
     assert 3 <= stopped_at < 100, stopped_at
-    wait_for(lambda: worker_health(worker.socket).tokens_generated_total - base == stopped_at, 5)
+    wait_until(lambda: worker_health(worker.socket).tokens_generated_total - base == stopped_at, 5)
     # the worker is free for the next caller at once
     with server.client(key) as http:
         r = http.post("/v1/chat/completions", json=chat_body("next please", max_tokens=2))
@@ -82,7 +74,7 @@ def test_abandoned_non_streamed_requests_are_not_generated(server: Server):
 
     t = threading.Thread(target=long_call)
     t.start()
-    wait_for(lambda: worker_health(worker.socket).active_generations == 1, 30, 0.02, "the long call to run")
+    wait_until(lambda: worker_health(worker.socket).active_generations == 1, 30, 0.02, "the long call to run")
     with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=0.3) as http:
         with pytest.raises(httpx.ReadTimeout):  # gives up while queued behind the long call
             http.post("/v1/chat/completions", json=chat_body("gone", max_tokens=200))
@@ -91,7 +83,7 @@ def test_abandoned_non_streamed_requests_are_not_generated(server: Server):
     with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=0.5) as http:
         with pytest.raises(httpx.ReadTimeout):  # gives up while its answer is being generated
             http.post("/v1/chat/completions", json=chat_body("gone", max_tokens=200))
-    wait_for(lambda: worker_health(worker.socket).active_generations == 0, 30, 0.05, "the worker to be idle")
+    wait_until(lambda: worker_health(worker.socket).active_generations == 0, 30, 0.05, "the worker to be idle")
     generated = worker_health(worker.socket).tokens_generated_total - base
     assert 40 <= generated < 40 + 100, generated  # not 40 + 200 + 200
 
@@ -142,6 +134,10 @@ def test_sigterm_drains_in_flight_streams_and_exits_0(tmp_path: Path):
         s.stop()
 
 
-def test_sigint_drains_in_flight_streams_and_exits_0(server: Server):
-    """Last in this module: it stops the module's server."""
-    _drain_on_signal(server, signal.SIGINT)
+def test_sigint_drains_in_flight_streams_and_exits_0(tmp_path: Path):
+    """Its own server, like SIGTERM's: stopping the module's server would fail the tests after it."""
+    s = start_lean(tmp_path / "home", {CHAT_MODEL: SLOW}, MODELPORT_DRAIN_SECONDS="2")
+    try:
+        _drain_on_signal(s, signal.SIGINT)
+    finally:
+        s.stop()

@@ -16,8 +16,8 @@ import pytest
 from pydantic import ValidationError
 
 from modelport.config import build_settings
-from tests.conftest import Server
-from tests.inference.helpers import CHAT_MODEL, create_deployment, start_lean
+from tests.support.inference import CHAT_MODEL, create_deployment
+from tests.support.server import Server, start_lean
 
 API_VERSION = "2024-05-01-preview"
 ALLOWED = "10.9.9.9"

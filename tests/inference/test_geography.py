@@ -14,9 +14,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import Server
-from tests.inference.helpers import CHAT_MODEL, chat, create_deployment, kill, start_lean, wait_for, workers
 from tests.inference.runtimes import SLOW
+from tests.support.inference import CHAT_MODEL, chat, create_deployment, kill, workers
+from tests.support.server import Server, start_lean
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -66,11 +67,11 @@ def test_requests_never_leave_their_geography_when_its_workers_die(server: Serve
     for t in threads:
         t.start()
     try:
-        wait_for(lambda: x_before.count(200) >= 2 and y_statuses, 60, what="traffic in both geographies")
+        wait_until(lambda: x_before.count(200) >= 2 and y_statuses, 60, what="traffic in both geographies")
         killed.set()
         kill(x_worker.health.pid)
-        wait_for(lambda: 503 in x_after, 60, 0.05, "X's callers to get 503")
-        wait_for(lambda: x_after.count(200) >= 3, 120, 0.05, "X's worker to be restarted and serve again")
+        wait_until(lambda: 503 in x_after, 60, 0.05, "X's callers to get 503")
+        wait_until(lambda: x_after.count(200) >= 3, 120, 0.05, "X's worker to be restarted and serve again")
     finally:
         stop.set()
         for t in threads:

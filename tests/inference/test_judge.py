@@ -18,9 +18,11 @@ from typing import Any
 
 import pytest
 
-from tests.api.tenants import ok
-from tests.conftest import Server
-from tests.inference.helpers import CHAT_MODEL, EMBED_MODEL, chat, create_deployment, start_lean
+from tests.support.inference import CHAT_MODEL, EMBED_MODEL, chat, create_deployment
+from tests.support.server import Server, start_lean
+from tests.support.tenants import ok
+
+pytestmark = pytest.mark.chat_model  # the judge is SmolLM2 on llama.cpp
 
 FAIL_CLOSED = "judge"  # every fail-closed message names the judge deployment or the judge
 
@@ -46,12 +48,18 @@ def _put(server: Server, name: str, **change: Any):  # type: ignore[no-untyped-d
         return c.put(f"/api/v1/deployments/{name}/content-filter", json=cfg)
 
 
+def _reset(server: Server) -> None:
+    """`guarded` back to the default filter, whatever a test before this one left it with."""
+    ok(_put(server, "guarded", enabled=True, backend="minilm", judge_deployment=None))
+
+
 def _judge_usage(server: Server) -> dict:
     with server.client() as c:
         return ok(c.get("/api/v1/deployments/judge/usage")).json()
 
 
 def test_the_configuration_names_a_chat_deployment_of_the_same_geography(server: Server):
+    _reset(server)
     r = _put(server, "guarded", enabled=True, backend="llm-judge")
     assert r.status_code in (400, 422) and "judge_deployment" in r.text
     r = _put(server, "guarded", enabled=True, judge_deployment="judge")  # backend still minilm
@@ -74,6 +82,7 @@ def test_the_configuration_names_a_chat_deployment_of_the_same_geography(server:
 
 
 def test_requests_are_judged_by_the_judge_deployment_or_refused(server: Server):
+    _reset(server)
     cfg = ok(_put(server, "guarded", enabled=True, backend="llm-judge", judge_deployment="judge")).json()
     assert cfg["backend"] == "llm-judge" and cfg["judge_deployment"] == "judge"
     # The judge may even name itself: its own calls never pass through screening, so this
@@ -101,10 +110,13 @@ def test_requests_are_judged_by_the_judge_deployment_or_refused(server: Server):
 
 
 def test_a_judge_that_is_gone_fails_closed(server: Server):
-    ok(_put(server, "guarded", enabled=True, backend="llm-judge", judge_deployment="judge"))
+    """Its own judge: deleting the module's would fail the tests that run after this one."""
+    create_deployment(server, "gone-judge", CHAT_MODEL, type="dedicated", geography="x")
+    ok(_put(server, "guarded", enabled=True, backend="llm-judge", judge_deployment="gone-judge"))
     with server.client() as c:
-        assert c.delete("/api/v1/deployments/judge").status_code == 204
+        assert c.delete("/api/v1/deployments/gone-judge").status_code == 204
     r = chat(server, None, "guarded", "What is the capital of France?", max_tokens=8)
     assert r.status_code == 503, r.text
     assert FAIL_CLOSED in r.json()["error"]["message"]
     assert "choices" not in r.text
+    _reset(server)

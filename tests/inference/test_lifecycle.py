@@ -14,19 +14,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.api.tenants import import_tiny_gguf, make_tenant, ok, unique
-from tests.catalog.malicious import write_gguf
-from tests.conftest import Server
-from tests.inference.helpers import (
-    CHAT_MODEL,
-    alive,
-    chat,
-    create_deployment,
-    start_lean,
-    wait_state,
-    workers,
-)
 from tests.inference.runtimes import SLOW_LOAD
+from tests.support.artifacts import write_gguf
+from tests.support.inference import CHAT_MODEL, alive, chat, create_deployment, wait_state, workers
+from tests.support.server import Server, start_lean
+from tests.support.tenants import import_tiny_gguf, make_tenant, ok, unique
 
 SLOW_LOAD_MODEL = "slow-load-echo"
 

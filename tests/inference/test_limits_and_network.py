@@ -21,9 +21,10 @@ from azure.core.credentials import AzureKeyCredential
 from azure.core.exceptions import HttpResponseError
 from azure.core.pipeline.transport import RequestsTransport
 
-from tests.conftest import Server
-from tests.inference.helpers import CHAT_MODEL, chat, chat_body, create_deployment, start_lean, wait_for
 from tests.inference.runtimes import SLOW
+from tests.support.inference import CHAT_MODEL, chat, chat_body, create_deployment
+from tests.support.server import Server, start_lean
+from tests.support.waiting import wait_until
 
 LIMIT = 4096
 
@@ -128,7 +129,7 @@ def test_full_queue_is_429_with_retry_after(server: Server, public: dict):
                 except openai.RateLimitError as exc:
                     return exc.response.headers["retry-after"].isdigit()
                 return False
-            wait_for(limited, 60, 0.05, "a RateLimitError while the queue is full")
+            wait_until(limited, 60, 0.05, "a RateLimitError while the queue is full")
     finally:
         stop.set()
         for t in busy:
@@ -138,7 +139,7 @@ def test_full_queue_is_429_with_retry_after(server: Server, public: dict):
 # -- network settings (P7) ---------------------------------------------------------------
 
 
-def test_caller_outside_the_allowed_ranges_gets_403(server: Server, private: dict):
+def test_caller_outside_the_allowed_ranges_gets_403(server: Server, private: dict, public: dict):
     key = private["keys"]["primary"]
     for k in (key, server.admin_key):  # a deployment key, and a workspace API key naming it
         with from_address(server, k, "127.0.0.2") as c:

@@ -12,9 +12,10 @@ import numpy as np
 import openai
 import pytest
 
-from tests.api.tenants import make_tenant
-from tests.inference.conftest import ModelServer
-from tests.inference.helpers import CHAT_MODEL, create_deployment, workers
+from tests.support.inference import CHAT_MODEL, ModelServer, create_deployment, workers
+from tests.support.tenants import make_tenant
+
+pytestmark = pytest.mark.chat_model  # the `models` server: SmolLM2 and MiniLM in workers
 
 
 def client(models: ModelServer, key: str) -> openai.OpenAI:

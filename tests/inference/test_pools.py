@@ -14,19 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.api.tenants import import_tiny_gguf, make_tenant
-from tests.conftest import Server
-from tests.inference.helpers import (
-    CHAT_MODEL,
-    alive,
-    chat,
-    create_deployment,
-    start_lean,
-    wait_for,
-    worker_pids_on_proc,
-    workers,
-)
 from tests.inference.runtimes import SLOW
+from tests.support.inference import CHAT_MODEL, alive, chat, create_deployment, worker_pids_on_proc, workers
+from tests.support.server import Server, start_lean
+from tests.support.tenants import import_tiny_gguf, make_tenant
+from tests.support.waiting import wait_until
 
 SLOW_MODEL = "slow-echo"
 
@@ -64,7 +56,7 @@ def test_dedicated_instances_run_in_processes_reserved_for_the_deployment(server
     # scaling the dedicated deployment down stops one of its own processes
     with server.client() as admin:
         assert admin.patch("/api/v1/deployments/dedicated", json={"instances": 1}).status_code == 200
-    wait_for(lambda: sum(alive(p) for p in pids) == 1, 30, what="one dedicated worker to stop")
+    wait_until(lambda: sum(alive(p) for p in pids) == 1, 30, what="one dedicated worker to stop")
     assert chat(server, key, None).status_code == 200
 
 
@@ -99,7 +91,7 @@ def test_fair_round_robin_between_deployments_of_one_pool(server: Server, tmp_pa
 
     with ThreadPoolExecutor(14) as pool:
         flood = [pool.submit(call, "A", a) for _ in range(12)]
-        wait_for(lambda: finished, 60, 0.01, "A's first request to finish")  # A's are queued by now
+        wait_until(lambda: finished, 60, 0.01, "A's first request to finish")  # A's are queued by now
         polite = [pool.submit(call, "B", b) for _ in range(2)]
         statuses = [f.result() for f in flood + polite]
     assert statuses == [200] * 14
@@ -124,8 +116,8 @@ def test_idle_serverless_pool_stops_and_starts_again_on_demand(idle_server: Serv
     key = create_deployment(s, "on-demand", CHAT_MODEL)["keys"]["primary"]
     assert chat(s, key, None).status_code == 200
     (first,) = [w for i, w in workers(s).items() if i != ded_worker.id]
-    wait_for(lambda: not alive(first.health.pid) and not first.socket.parent.exists(), 60, 0.2,
-             "the idle serverless worker to stop and its directory to go")
+    wait_until(lambda: not alive(first.health.pid) and not first.socket.parent.exists(), 60, 0.2,
+               "the idle serverless worker to stop and its directory to go")
     time.sleep(0.5)
     assert alive(ded_worker.health.pid)  # dedicated workers are never stopped for idleness
     r = chat(s, key, None, "welcome back")

@@ -30,21 +30,20 @@ from azure.ai.inference import ChatCompletionsClient
 from azure.ai.inference.models import UserMessage
 from azure.core.credentials import AzureKeyCredential
 
-from tests.api.tenants import ok
-from tests.conftest import Server
-from tests.inference.helpers import (
+from tests.inference.runtimes import SLOW
+from tests.support.inference import (
     CHAT_MODEL,
     EMBED_MODEL,
     chat_body,
     create_deployment,
     kill,
     run_dir,
-    start_lean,
-    wait_for,
     worker_health,
     workers,
 )
-from tests.inference.runtimes import SLOW
+from tests.support.server import Server, start_lean
+from tests.support.tenants import ok
+from tests.support.waiting import wait_until
 
 MAX_SCAN_BYTES = 512 * 1024**2
 
@@ -190,7 +189,7 @@ def test_no_prompt_or_output_is_ever_written(server: Server, started_at: float, 
         with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=0.5) as quick:
             with pytest.raises(httpx.ReadTimeout):
                 quick.post("/v1/chat/completions", json=chat_body(c("abandoned"), max_tokens=300))
-        wait_for(lambda: worker_health(worker.socket).active_generations == 0, 30, 0.05, "the worker to be idle")
+        wait_until(lambda: worker_health(worker.socket).active_generations == 0, 30, 0.05, "the worker to be idle")
 
         # -- the worker killed mid-request: 503, and mid-stream: an error event -------------
         results: dict[str, object] = {}
@@ -207,9 +206,9 @@ def test_no_prompt_or_output_is_ever_written(server: Server, started_at: float, 
 
         threads = [threading.Thread(target=long_stream), threading.Thread(target=long_call)]
         threads[0].start()
-        wait_for(lambda: worker_health(worker.socket).active_generations == 1, 30, 0.02, "the stream to run")
+        wait_until(lambda: worker_health(worker.socket).active_generations == 1, 30, 0.02, "the stream to run")
         threads[1].start()
-        wait_for(lambda: worker_health(worker.socket).tokens_generated_total > 0, 30, 0.02)
+        wait_until(lambda: worker_health(worker.socket).tokens_generated_total > 0, 30, 0.02)
         time.sleep(0.3)  # let the second request reach the queue behind the first
         kill(worker.health.pid)
         for t in threads:
@@ -217,7 +216,7 @@ def test_no_prompt_or_output_is_ever_written(server: Server, started_at: float, 
         assert '"service_unavailable"' in results["stream"][-1]
         assert results["call"].status_code == 503  # type: ignore[union-attr]
         assert not c.pattern().search(results["call"].content)  # type: ignore[union-attr]
-        wait_for(lambda: workers(server).get(worker.id), 60, 0.2, "the worker to be restarted")
+        wait_until(lambda: workers(server).get(worker.id), 60, 0.2, "the worker to be restarted")
         assert oa.chat.completions.create(model="priv", messages=[{"role": "user", "content": c("after")}]).choices
 
         # -- usage: counts recorded, no content --------------------------------------------

@@ -18,9 +18,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.conftest import Server
-from tests.inference.helpers import CHAT_MODEL, create_deployment, start_lean, wait_for, worker_health, workers
 from tests.inference.runtimes import FLOOD
+from tests.support.inference import CHAT_MODEL, create_deployment, worker_health, workers
+from tests.support.server import Server, start_lean
+from tests.support.waiting import wait_until
 
 SEND_TIMEOUT = 2.0
 WORD = "w" * 4000
@@ -57,17 +58,17 @@ def test_a_reader_that_stops_frees_the_slot_for_the_next_caller(server: Server):
     base = worker.health.tokens_generated_total
     sock = stalled_reader(server, key)
     try:
-        wait_for(lambda: worker_health(worker.socket).active_generations == 1, 30, 0.05, "the stream to start")
+        wait_until(lambda: worker_health(worker.socket).active_generations == 1, 30, 0.05, "the stream to start")
         # The next caller waits for the only slot; it is served once the stalled stream is dropped.
         with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as c:
             r = c.post("/v1/chat/completions", json={"model": "flood", "max_tokens": 2,
                                                       "messages": [{"role": "user", "content": "next please"}]})
         assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "next please"
         # The stalled stream's generation was cancelled in the worker, far from its 32,768 tokens.
-        wait_for(lambda: worker_health(worker.socket).active_generations == 0, 30, 0.05, "the worker to be idle")
+        wait_until(lambda: worker_health(worker.socket).active_generations == 0, 30, 0.05, "the worker to be idle")
         generated = worker_health(worker.socket).tokens_generated_total - base
         assert generated < 32768 // 2, generated
-        wait_for(lambda: worker_health(worker.socket).tokens_generated_total - base == generated, 5, 0.5,
+        wait_until(lambda: worker_health(worker.socket).tokens_generated_total - base == generated, 5, 0.5,
                  "generation to stay stopped")
     finally:
         sock.close()

@@ -10,19 +10,12 @@ import pytest
 
 from modelport.kms.aws import AwsKmsProvider
 from modelport.kms.local import LocalKeystore
-from tests.kms.helpers import FlakyFileSystem, aws_provider_for, kms_endpoint
-
-__all__ = ["kms_endpoint"]
+from tests.support.kms import FlakyFileSystem, aws_provider_for
 
 
 @pytest.fixture
 def aws_provider(kms_endpoint: str) -> AwsKmsProvider:
     return aws_provider_for(kms_endpoint)
-
-
-@pytest.fixture
-def flaky_fs() -> FlakyFileSystem:
-    return FlakyFileSystem()
 
 
 @pytest.fixture

@@ -17,13 +17,13 @@ import pytest
 from modelport.datastore.store import Datastore
 from modelport.db import migrate
 from modelport.db.engine import Database
+from modelport.encryption_keys.service import KeyService
 from modelport.errors import Forbidden
 from modelport.identity.principal import Principal
 from modelport.identity.roles import Role
-from modelport.keys.service import KeyService
 from modelport.kms.local import LocalKeystore
-from tests.api.tenants import Tenant, lean_server, make_tenant, ok, unique
-from tests.conftest import Server
+from tests.support.server import Server, lean_server
+from tests.support.tenants import Tenant, make_tenant, ok, unique
 
 TAG = "modelport:workspace"
 

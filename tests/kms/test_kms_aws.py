@@ -26,7 +26,7 @@ from modelport.kms import (
 )
 from modelport.kms.aws import AwsKmsProvider, from_environ
 from modelport.kms.testing import free_port
-from tests.kms.helpers import aws_provider_for
+from tests.support.kms import aws_provider_for
 
 CTX = {"modelport:workspace": "ws1", "modelport:object": "obj1", "modelport:version": "1"}
 

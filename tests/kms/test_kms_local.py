@@ -27,7 +27,7 @@ from modelport.kms import (
     UnwrapFailed,
     WrappedKey,
 )
-from tests.kms.helpers import FlakyFileSystem, kek_materials, snapshot, temp_files
+from tests.support.kms import FlakyFileSystem, kek_materials, snapshot, temp_files
 
 CTX = {"modelport:workspace": "ws1", "modelport:object": "obj1"}
 

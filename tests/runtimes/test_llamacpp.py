@@ -15,9 +15,9 @@ import pytest
 from modelport.errors import InvalidInput, Unprocessable
 from modelport.runtimes.base import GenerateRequest, ModelSpec
 from modelport.runtimes.llamacpp import LlamaCppRuntime
-from tests.runtimes.models import SMOLLM2_GGUF
+from tests.support.models import SMOLLM2_GGUF
 
-pytestmark = pytest.mark.slow  # loads a real model
+pytestmark = pytest.mark.chat_model  # loads SmolLM2 in this process
 
 POEM = [{"role": "user", "content": "Write a short poem about the sea."}]
 

@@ -14,9 +14,7 @@ import pytest
 from modelport.errors import InvalidInput, Unprocessable
 from modelport.runtimes.base import GenerateRequest, ModelSpec
 from modelport.runtimes.transformers import TransformersRuntime
-from tests.runtimes.models import MINILM_DIR
-
-pytestmark = pytest.mark.slow  # loads a real model
+from tests.support.models import MINILM_DIR
 
 TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
             "{% if add_generation_prompt %}assistant:{% endif %}")

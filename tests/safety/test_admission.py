@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from asyncio import run
 
 import pytest
 
 from modelport.errors import TooManyRequests
 from modelport.safety.admission import WorkspaceGate
-from tests.safety.conftest import run
 
 
 async def _scenario() -> dict[str, object]:

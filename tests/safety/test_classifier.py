@@ -1,4 +1,4 @@
-"""A few clear cases for the shipped classifier (the full evaluation is `python -m modelport.safety.evaluate`)."""
+"""A few clear cases for the shipped classifier (the full evaluation is `python -m tools.safety.evaluate`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from modelport.safety.backends import create_backend
 from modelport.safety.backends import minilm as minilm_module
 from modelport.safety.backends.minilm import MiniLMBackend, bf16_supported, build_encoder, build_onnx
-from modelport.safety.model import (
+from modelport.safety.classifier import (
     MAX_TOKENS,
     META_FILE,
     MODEL_DIR,
@@ -95,6 +95,7 @@ BATCHES = [
 ]
 
 
+@pytest.mark.classifier  # loads or exports the classifier again, beside the session's shared instance
 @pytest.mark.skipif(not bf16_supported(), reason="this CPU has no native bfloat16")
 def test_traced_bf16_graph_matches_eager_for_every_batch_size_and_length() -> None:
     model = _fresh_model()
@@ -112,6 +113,7 @@ def test_traced_bf16_graph_matches_eager_for_every_batch_size_and_length() -> No
             assert (got - torch.sigmoid(eager_fp32(ids, mask))).abs().max() < 0.08
 
 
+@pytest.mark.classifier  # loads or exports the classifier again, beside the session's shared instance
 def test_float32_is_eager_and_auto_follows_the_cpu() -> None:
     model = _fresh_model()
     encoder, dtype = build_encoder(model, "float32")
@@ -126,6 +128,7 @@ def test_float32_is_eager_and_auto_follows_the_cpu() -> None:
         build_encoder(model, "float16")
 
 
+@pytest.mark.classifier  # loads or exports the classifier again, beside the session's shared instance
 def test_auto_falls_back_to_float32_where_bf16_is_not_native(monkeypatch: pytest.MonkeyPatch) -> None:
     """Simulates a machine without onnxruntime and a CPU without bfloat16 (both checks answer
     False): the backend then runs torch float32 eager and still classifies correctly."""
@@ -162,6 +165,7 @@ def test_shipped_thresholds_cover_every_output() -> None:
 INT8_TOLERANCE = 0.15
 
 
+@pytest.mark.classifier  # loads or exports the classifier again, beside the session's shared instance
 @pytest.mark.parametrize("dtype", ["int8", "float32"])
 def test_onnx_runtime_matches_torch_float32(dtype: str) -> None:
     """The served path (ONNX Runtime, int8 by default) against float32 eager torch, on the same
@@ -180,6 +184,7 @@ def test_onnx_runtime_matches_torch_float32(dtype: str) -> None:
             assert (got - torch.sigmoid(eager(ids, mask))).abs().max() < tolerance
 
 
+@pytest.mark.classifier  # loads or exports the classifier again, beside the session's shared instance
 def test_the_default_runtime_is_onnx_int8_and_torch_stays_available() -> None:
     served = MiniLMBackend()
     fallback = MiniLMBackend(runtime="torch", dtype="float32")
@@ -196,6 +201,7 @@ def test_the_default_runtime_is_onnx_int8_and_torch_stays_available() -> None:
         MiniLMBackend(runtime="onnx", dtype="bfloat16")
 
 
+@pytest.mark.classifier  # loads or exports the classifier again, beside the session's shared instance
 def test_quantizing_logs_nothing_through_the_root_logger(caplog: pytest.LogCaptureFixture) -> None:
     """ONNX Runtime's quantizer advises pre-processing through the root logger; at load this
     would land in the gateway's log. It is dropped, and only it: other records still pass."""
@@ -207,6 +213,7 @@ def test_quantizing_logs_nothing_through_the_root_logger(caplog: pytest.LogCaptu
     assert [r.getMessage() for r in caplog.records] == ["still logged"]
 
 
+@pytest.mark.classifier  # loads or exports the classifier again, beside the session's shared instance
 def test_the_exported_graph_is_cached_and_reused(tmp_path: Path) -> None:
     """The first load writes the graph (atomically, no temporary file left); the next load reads
     it instead of exporting again: a model whose output layer was zeroed still scores like the
@@ -224,6 +231,7 @@ def test_the_exported_graph_is_cached_and_reused(tmp_path: Path) -> None:
     assert first(ids, mask).abs().max() > 1.0  # not the zeroed layer's all-zero logits
 
 
+@pytest.mark.classifier  # loads or exports the classifier again, beside the session's shared instance
 def test_a_graph_that_cannot_be_cached_leaves_no_temporary_file(tmp_path: Path) -> None:
     """The cache path is taken by a directory, so the final rename fails: the error reaches the
     caller and the half-written temporary file is removed."""

@@ -23,9 +23,9 @@ from azure.ai.inference.models import TextContentItem, UserMessage
 from azure.core.credentials import AzureKeyCredential
 from azure.core.exceptions import HttpResponseError
 
-from tests.api.tenants import ok
-from tests.conftest import Server, start_server
-from tests.inference.helpers import CHAT_MODEL, create_deployment, wait_state
+from tests.support.inference import CHAT_MODEL, create_deployment, wait_state
+from tests.support.server import Server, start_server
+from tests.support.tenants import ok
 
 
 def fullwidth(text: str) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +24,10 @@ from azure.ai.inference.models import UserMessage
 from azure.core.credentials import AzureKeyCredential
 from azure.core.exceptions import HttpResponseError
 
-from tests.api.tenants import Tenant, make_tenant, ok
-from tests.conftest import Server, start_server
-from tests.inference.helpers import CHAT_MODEL, EMBED_MODEL, create_deployment, wait_state
+from tests.support.inference import CHAT_MODEL, EMBED_MODEL, create_deployment, wait_state
+from tests.support.server import Server, start_server
+from tests.support.tenants import Tenant, make_tenant, ok
+from tests.support.waiting import wait_until
 
 CANARY = "cnry" + secrets.token_hex(8)
 THREAT = f"I am going to find you and kill you and your whole family tonight. {CANARY}"
@@ -151,13 +151,11 @@ def requests_of(w: World, name: str) -> int:
 def test_the_classifier_is_loaded_at_start_not_by_the_first_request(world: World) -> None:
     """With filtering on by default, the server loads and runs the classifier once at start (in the
     background, readiness does not wait), so no user request pays for the load."""
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        ready = [json.loads(line) for line in world.server.logs().splitlines()
-                 if line.startswith("{") and '"safety.ready"' in line]
-        if ready:
-            break
-        time.sleep(0.5)
+    def ready_lines() -> list[dict]:
+        return [json.loads(line) for line in world.server.logs().splitlines()
+                if line.startswith("{") and '"safety.ready"' in line]
+
+    ready = wait_until(ready_lines, 120, 0.2, "the classifier's ready line in the server log")
     assert len(ready) == 1 and ready[0]["msg"] == "content-filter classifier ready"
     assert ready[0]["duration_ms"] > 0
 
@@ -335,9 +333,19 @@ def test_counts_show_what_was_caught(world: World) -> None:
         assert all(set(r) == {"direction", "category", "action", "count"} for r in rows)
         return {(r["direction"], r["category"], r["action"]): r["count"] for r in rows}
 
-    assert counts("guard").get(("prompt", "violence", "filtered"), 0) >= 1
-    assert counts("wrap").get(("completion", "custom_blocklists", "filtered"), 0) >= 1
-    assert counts("embed").get(("prompt", "custom_blocklists", "filtered"), 0) >= 1
+    # What it counts, this test causes itself, so that it does not depend on the tests before it.
+    assert post(world, "guard", "openai", user(THREAT, max_tokens=3)).status_code == 400
+    assert streamed(events(post(world, "wrap", "openai", user(WRAP_PROMPT, max_tokens=WRAP_TOKENS,
+                                                              stream=True))))[1] == ["content_filter"]
+    with httpx.Client(base_url=world.server.url, headers={"Authorization": f"Bearer {world.keys['embed']}"}) as c:
+        assert c.post("/v1/embeddings", json={"model": "embed", "input": ["the zork alpha"]}).status_code == 400
+
+    def all_counted() -> bool:  # counts reach the database with the usage, about every second
+        return (counts("guard").get(("prompt", "violence", "filtered"), 0) >= 1
+                and counts("wrap").get(("completion", "custom_blocklists", "filtered"), 0) >= 1
+                and counts("embed").get(("prompt", "custom_blocklists", "filtered"), 0) >= 1)
+
+    wait_until(all_counted, 30, 0.2, "the three filtered requests to be counted")
 
 
 def test_a_stream_cut_by_the_filter_is_still_billed(world: World) -> None:
@@ -352,8 +360,12 @@ def test_a_stream_cut_by_the_filter_is_still_billed(world: World) -> None:
                                                                                    stream=True)})
         finishes = [c["finish_reason"] for e in events(r) for c in e.get("choices", []) if c.get("finish_reason")]
         assert finishes == ["content_filter"]
-        time.sleep(1.5)  # usage is flushed to the database about every second
-        usage = ok(admin.get("/api/v1/deployments/wrap-bill/usage")).json()
+
+        def recorded() -> dict | None:  # usage is flushed to the database about every second
+            u = ok(admin.get("/api/v1/deployments/wrap-bill/usage")).json()
+            return u if u["requests"] else None
+
+        usage = wait_until(recorded, 30, 0.2, "the stream's usage to be recorded")
     assert usage["requests"] == 1
     assert 0 < usage["completion_tokens"] <= WRAP_TOKENS
 

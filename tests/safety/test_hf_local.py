@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from asyncio import run
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,6 @@ from modelport.safety.backends.base import CATEGORIES, Analysis
 from modelport.safety.backends.hf_local import HFLocalBackend
 from modelport.safety.config import ContentFilterConfig
 from modelport.safety.screening import SafetyUnavailable, Screener
-from tests.safety.conftest import run
 
 LABELS = ["safe", "violence", "hate:high", "jailbreak"]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import re
+from asyncio import run
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,6 @@ from modelport.safety.backends.llm_judge import (
 )
 from modelport.safety.config import ContentFilterConfig
 from modelport.safety.screening import SafetyUnavailable, Screener
-from tests.safety.conftest import run
 
 
 @pytest.mark.parametrize(("answer", "expected"), [
@@ -53,7 +53,7 @@ def _gguf() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-@pytest.mark.slow
+@pytest.mark.chat_model  # SmolLM2 on llama.cpp, in this process
 def test_judge_with_the_bundled_chat_model() -> None:
     import llama_cpp
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from asyncio import run
 
 import pytest
 
@@ -21,7 +22,6 @@ from modelport.safety.screening import (
     prompt_filter_results,
     split_segment,
 )
-from tests.safety.conftest import run
 
 KEYS = {"hate", "sexual", "violence", "self_harm", "jailbreak", "profanity", "custom_blocklists"}
 THREAT = "I know where you live. Accidents happen to people who talk to the police, so keep your mouth shut."

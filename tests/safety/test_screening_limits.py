@@ -24,9 +24,10 @@ import httpx
 import openai
 import pytest
 
-from tests.api.tenants import Tenant, make_tenant, ok
-from tests.conftest import Server, start_server
-from tests.inference.helpers import CHAT_MODEL, EMBED_MODEL, create_deployment, wait_for, wait_state
+from tests.support.inference import CHAT_MODEL, EMBED_MODEL, create_deployment, wait_state
+from tests.support.server import Server, start_server
+from tests.support.tenants import Tenant, make_tenant, ok
+from tests.support.waiting import wait_until
 
 API_VERSION = "2024-05-01-preview"
 TERM = "quuxblorp"
@@ -124,7 +125,7 @@ class Hostile:
         self.thread.start()
         # Matching has started once the server spent 0.15 s of CPU on the request (the classifier
         # needs a few milliseconds for these 20 characters); or the request ended.
-        wait_for(lambda: not self.pending or server_cpu_seconds(self.w.server) > cpu + 0.15, 60, 0.01,
+        wait_until(lambda: not self.pending or server_cpu_seconds(self.w.server) > cpu + 0.15, 60, 0.01,
                  "the server to be busy with the hostile request")
         assert self.pending, f"the hostile request ended before it was matched: {self.response}"
         return self

@@ -16,10 +16,10 @@ from modelport.errors import InvalidInput, ServiceUnavailable
 from modelport.workers.client import ChoiceFinished, StreamUsage, TextDelta, WorkerClient
 from modelport.workers.protocol import GenerateBody, WorkerSpec
 from modelport.workers.supervisor import WorkerHandle, WorkerSupervisor
-from tests.runtimes.models import MINILM_DIR, SMOLLM2_GGUF
-from tests.workers.conftest import LoopThread, collect
+from tests.support.models import MINILM_DIR, SMOLLM2_GGUF
+from tests.support.workers import LoopThread, collect
 
-pytestmark = pytest.mark.slow  # loads a real model
+pytestmark = pytest.mark.chat_model  # loads SmolLM2 in a worker
 
 COUNTING = "1, 2, 3, 4,"
 

@@ -24,7 +24,7 @@ import pytest
 from modelport.workers.protocol import GenerateBody, WorkerSpec
 from modelport.workers.sandbox import Capabilities, SandboxLauncher, SandboxUnavailable, uids_in_use
 from modelport.workers.supervisor import WorkerHandle, WorkerSupervisor
-from tests.workers.conftest import LoopThread, collect, make_supervisor, wait_for
+from tests.support.workers import LoopThread, collect, make_supervisor, wait_for
 
 PROBE = "tests.workers.probe_runtime:ProbeRuntime"
 ALL = {"network": True, "files": True, "processes": True}

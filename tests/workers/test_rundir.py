@@ -21,7 +21,7 @@ from modelport.errors import ServiceUnavailable
 from modelport.workers.client import WorkerClient
 from modelport.workers.protocol import WorkerSpec
 from modelport.workers.sandbox import UidPool, UnsafeDirectory, secure_directory
-from tests.workers.conftest import LoopThread, make_supervisor
+from tests.support.workers import LoopThread, make_supervisor
 
 NOBODY = 65534
 

@@ -19,7 +19,7 @@ import pytest
 from modelport.config import build_settings
 from modelport.finetuning.runner import JobRunner
 from modelport.workers.sandbox import RUN_ROOT, Capabilities, Sandbox, SandboxLauncher, UidPool, uids_in_use
-from tests.workers.conftest import LoopThread
+from tests.support.workers import LoopThread
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs sandboxes under uids of their own: needs root")
 

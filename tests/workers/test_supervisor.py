@@ -15,8 +15,9 @@ import pytest
 from modelport.errors import Conflict, InvalidInput, ServiceUnavailable, TooManyRequests, Unprocessable
 from modelport.workers.client import TextDelta
 from modelport.workers.protocol import GenerateBody, WorkerSpec
-from modelport.workers.supervisor import WorkerState, WorkerSupervisor
-from tests.workers.conftest import LoopThread, collect, make_supervisor, wait_for
+from modelport.workers.supervisor import WorkerHandle, WorkerState, WorkerSupervisor
+from tests.support.waiting import wait_until_async
+from tests.support.workers import LoopThread, collect, make_supervisor, wait_for
 
 PROBE = "tests.workers.probe_runtime:ProbeRuntime"
 WORDS = [{"role": "user", "content": "alpha beta gamma delta"}]
@@ -24,6 +25,12 @@ WORDS = [{"role": "user", "content": "alpha beta gamma delta"}]
 
 def echo(model_id: str, **options: object) -> WorkerSpec:
     return WorkerSpec(runtime="echo", model_id=model_id, options=options, drain_seconds=0.5)
+
+
+async def health_is(handle: WorkerHandle, **expected: object) -> bool:
+    """The worker's own health report has these values (asked over its socket)."""
+    health = await handle.client.health()
+    return all(getattr(health, k) == v for k, v in expected.items())
 
 
 def test_start_failures_say_what_to_fix(loop: LoopThread, supervisor: WorkerSupervisor, tmp_path: Path) -> None:
@@ -120,10 +127,10 @@ def test_sigterm_drains_in_flight_requests_then_ends_the_rest_with_an_error(loop
     async def scenario() -> tuple[object, object, object, float]:
         short = asyncio.ensure_future(collect(handle, GenerateBody(messages=WORDS, max_tokens=6)))
         long = asyncio.ensure_future(collect(handle, GenerateBody(messages=WORDS, max_tokens=1000)))
-        await asyncio.sleep(0.1)
+        await wait_until_async(lambda: health_is(handle, requests_total=2), 10, what="both requests admitted")
         began = time.monotonic()
         stopping = asyncio.ensure_future(sup.stop(handle))
-        await asyncio.sleep(0.1)
+        await wait_until_async(lambda: health_is(handle, status="draining"), 10, what="the worker to drain")
         late = await asyncio.gather(collect(handle, GenerateBody(messages=WORDS)), return_exceptions=True)
         results = await asyncio.gather(short, long, return_exceptions=True)
         await stopping
@@ -143,10 +150,11 @@ def test_a_full_queue_answers_429(loop: LoopThread, run_root: Path) -> None:
     handle = loop.run(sup.start(spec, region="local"))
 
     async def scenario() -> object:
-        running = asyncio.ensure_future(collect(handle, GenerateBody(messages=WORDS, max_tokens=20)))
-        await asyncio.sleep(0.05)
+        # 100 tokens at 20 ms: the first request holds the model while the others arrive
+        running = asyncio.ensure_future(collect(handle, GenerateBody(messages=WORDS, max_tokens=100)))
+        await wait_until_async(lambda: health_is(handle, requests_total=1), 10, what="the first request to run")
         queued = asyncio.ensure_future(collect(handle, GenerateBody(messages=WORDS, max_tokens=2)))
-        await asyncio.sleep(0.05)
+        await wait_until_async(lambda: health_is(handle, requests_total=2), 10, what="the second request to wait")
         third = await asyncio.gather(collect(handle, GenerateBody(messages=WORDS)), return_exceptions=True)
         await asyncio.gather(running, queued)
         return third[0]

@@ -1,4 +1,4 @@
-"""The default backend: the bundled MiniLM with fine-tuned top layers (see safety/model.py).
+"""The default backend: the bundled MiniLM with fine-tuned top layers (see safety/classifier.py).
 
 A text of up to 128 tokens is scored in one forward pass over its tokens (mean + max pooling,
 so one harmful sentence in benign context is not diluted away); a longer text is scored as
@@ -15,7 +15,7 @@ Runtimes (`runtime=`):
   never a screened text.
 - "torch": float32 eager, or bfloat16 traced + frozen with torch.jit where the CPU computes
   bfloat16 natively (AVX512-BF16 / AMX; `dtype="auto"|"float32"|"bfloat16"`).
-The thresholds are calibrated on the default path (train.py scores its calibration slice
+The thresholds are calibrated on the default path (tools/safety/train.py scores its calibration slice
 through this backend), so other paths give scores that differ by a few hundredths; tests
 compare every path with float32 eager.
 """
@@ -39,7 +39,15 @@ import torch
 from torch import nn
 
 from modelport.safety.backends.base import CATEGORIES, SEVERITIES, Analysis
-from modelport.safety.model import MAX_TOKENS, META_FILE, MODEL_DIR, OUTPUTS, WEIGHTS_FILE, LoadedModel, load_shipped
+from modelport.safety.classifier import (
+    MAX_TOKENS,
+    META_FILE,
+    MODEL_DIR,
+    OUTPUTS,
+    WEIGHTS_FILE,
+    LoadedModel,
+    load_shipped,
+)
 
 _STRIDE = 32
 LONG_WINDOW = 64

@@ -10,41 +10,16 @@ that need many private models do not upload the 98 MB bundled file each time.
 
 from __future__ import annotations
 
-import json
 import secrets
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import pytest
 
-from tests.catalog.malicious import write_gguf
-from tests.conftest import Server, free_port, start_server
+from tests.support.artifacts import write_gguf
+from tests.support.server import Server
 
 ROLES = ("owner", "contributor", "reader")
-
-#: Deployments of a model with this name run on the echo runtime (a real worker process that
-#: answers without loading weights): enough for the control-plane tests, which never call it.
-ECHO_MODEL = "echo-tiny"
-
-
-def free_port_url() -> str:
-    """The URL of a port that nothing listens on."""
-    return f"http://127.0.0.1:{free_port()}"
-
-
-def lean_server(factory: pytest.TempPathFactory, **env: str) -> Iterator[Server]:
-    """A real server without the default `chat` deployment, whose SmolLM2 worker these tests never
-    call and which would take a core while it loads, and whose fine-tuning jobs stay queued (the
-    control-plane tests create and cancel jobs; they never train)."""
-    s = start_server(factory.mktemp("srv") / "home",
-                     env_extra={"MODELPORT_CREATE_DEFAULT_DEPLOYMENT": "false", "MODELPORT_FINETUNE_CONCURRENCY": "0",
-                                "MODELPORT_RUNTIME_OVERRIDES": json.dumps({ECHO_MODEL: "echo"}), **env})
-    try:
-        yield s
-    finally:
-        s.stop()
 
 
 def unique(prefix: str) -> str:

@@ -1,16 +1,14 @@
-"""Helpers shared by the kms and datastore tests: storage-failure injection, the KMS server."""
+"""Helpers of the kms and datastore tests: storage-failure injection, the AWS provider on a
+loopback KMS server (the `kms_endpoint` fixture in tests/conftest.py starts it), key material
+read as an attacker would."""
 
 from __future__ import annotations
 
 import errno
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from modelport.kms.aws import AwsKmsProvider
 from modelport.kms.files import FileSystem, is_temp_name
-from modelport.kms.testing import start_kms_server
 
 
 class FlakyFileSystem(FileSystem):
@@ -70,16 +68,6 @@ def aws_provider_for(endpoint: str) -> AwsKmsProvider:
         connect_timeout=2,
         read_timeout=5,
     )
-
-
-@pytest.fixture(scope="session")
-def kms_endpoint() -> Iterator[str]:
-    """moto_server in a subprocess on a free loopback port, for the whole session."""
-    server = start_kms_server()
-    try:
-        yield server.endpoint_url
-    finally:
-        server.stop()
 
 
 def kek_materials(keystore_root: Path, master_key: bytes, key_ref: str) -> dict[int, bytes]:

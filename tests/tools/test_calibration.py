@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from modelport.safety.model import OUTPUTS
-from modelport.safety.train import CALIBRATION_FPR, CATEGORY_FPR, THRESHOLD_GRID, calibrate
+from modelport.safety.classifier import OUTPUTS
+from tools.safety.train import CALIBRATION_FPR, CATEGORY_FPR, THRESHOLD_GRID, calibrate
 
 
 def _scores(seed: int) -> tuple[np.ndarray, np.ndarray]:

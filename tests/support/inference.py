@@ -9,11 +9,8 @@ protocol the gateway uses, which tells their pid and their request and token cou
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,33 +21,29 @@ from modelport.config import Settings
 from modelport.errors import ModelportError
 from modelport.workers.client import WorkerClient
 from modelport.workers.protocol import Health
-from tests.api.tenants import ok
-from tests.conftest import Server, start_server
+from tests.support.server import Server
+from tests.support.tenants import ok
+from tests.support.waiting import wait_until
 
 CHAT_MODEL = "SmolLM2-135M-Instruct"
 EMBED_MODEL = "all-MiniLM-L6-v2"
 
 
-def wait_for(check: Callable[[], Any], timeout: float = 60, interval: float = 0.1, what: str = "condition") -> Any:
-    """Poll until `check()` is truthy; returns its value. A deadline, not a timing assertion."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
+@dataclass
+class ModelServer:
+    """A server with the real bundled models deployed (the `models` fixture of tests/inference)."""
 
+    server: Server
+    chat_key: str  # primary key of the default serverless deployment `chat` (SmolLM2)
+    embed_key: str  # primary key of `embed` (all-MiniLM-L6-v2)
 
-def lean_env(overrides: dict[str, str] | None = None, **env: str) -> dict[str, str]:
-    """Environment of a server without the default `chat` deployment, models on `overrides` runtimes."""
-    return {"MODELPORT_CREATE_DEFAULT_DEPLOYMENT": "false",
-            "MODELPORT_RUNTIME_OVERRIDES": json.dumps(overrides or {}), **env}
+    @property
+    def url(self) -> str:
+        return self.server.url
 
-
-def start_lean(home: Path, overrides: dict[str, str] | None = None, **env: str) -> Server:
-    return start_server(home, env_extra=lean_env(overrides, **env))
+    @property
+    def admin_key(self) -> str:
+        return self.server.admin_key
 
 
 # -- deployments ---------------------------------------------------------------------------
@@ -74,7 +67,7 @@ def wait_state(server: Server, name: str, *, key: str | None = None, timeout: fl
         def done() -> dict | None:
             d = ok(c.get(f"/api/v1/deployments/{name}")).json()
             return d if d["state"] != "creating" else None
-        return wait_for(done, timeout, 0.2, f"deployment {name} to leave 'creating'")
+        return wait_until(done, timeout, 0.2, f"deployment {name} to leave 'creating'")
 
 
 def chat_body(text: str = "hello world", **kw: Any) -> dict:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import random
 
-from modelport.safety import trainset
+import pytest
+
+from tools.safety import trainset
 
 
 def test_profanity_is_matched_as_whole_words_only() -> None:
@@ -46,6 +48,7 @@ def test_long_answers_are_cut_into_window_sized_runs_of_whole_sentences() -> Non
     assert " ".join(pieces) == answer  # nothing lost, nothing repeated
 
 
+@pytest.mark.training  # builds the classifier's whole training set
 def test_the_committed_training_file_is_what_build_writes() -> None:
     """train.jsonl is generated: a source edited without rebuilding it (a text or only a label)
     would train on stale data."""
@@ -55,6 +58,7 @@ def test_the_committed_training_file_is_what_build_writes() -> None:
     assert rows == [trainset.stored(it) for it in trainset.build()]
 
 
+@pytest.mark.training  # builds the classifier's whole training set
 def test_build_is_deterministic_and_labels_are_valid() -> None:
     a, b = trainset.build(), trainset.build()
     assert a == b

@@ -1,6 +1,6 @@
 """Benign answers of the bundled chat model, for the safety classifier's training data.
 
-`python -m modelport.safety.model_answers` asks the bundled SmolLM2-135M-Instruct (llama.cpp,
+`python -m tools.safety.model_answers` asks the bundled SmolLM2-135M-Instruct (llama.cpp,
 the same GGUF file the platform serves) each prompt of `PROMPTS` twice (two seeds) and writes
 the answers, one per line, to `data/train_sources/model_answers.txt`. They are the text the
 output filter screens on every streamed answer: long, instruction-like, sometimes rambling or
@@ -194,7 +194,7 @@ HELDOUT_PROMPTS = [
 def review(path: Path) -> None:
     """Print each answer flagged at `low` or above in any category, or as profane, with line number."""
     from modelport.safety.backends.minilm import MiniLMBackend
-    from modelport.safety.trainset import _is_profane
+    from tools.safety.trainset import _is_profane
 
     answers = path.read_text(encoding="utf-8").splitlines()
     backend = MiniLMBackend()

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from modelport.safety import evaluate, trainset
-from modelport.safety.evaluate import EvalSetChanged, load_eval_set, wilson
+from tools.safety import evaluate, trainset
+from tools.safety.evaluate import EvalSetChanged, load_eval_set, wilson
 
 DATA = Path(evaluate.__file__).parent / "data"
 
@@ -58,7 +58,7 @@ def test_wilson_interval_matches_known_values() -> None:
 def test_held_out_answers_are_streamed_through_the_output_filter(minilm) -> None:
     """evaluate.py's second measure: benign answers streamed through the served output filter.
     A harmless answer passes; the same answer with a threat in its middle is cut, as violence."""
-    from tests.safety.conftest import run
+    from asyncio import run
 
     answer = ("Tomatoes like full sun and rich soil. Water them deeply twice a week rather than a "
               "little every day, so the roots grow down. Pinch out the side shoots of cordon "

