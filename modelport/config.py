@@ -261,21 +261,3 @@ def build_settings(environ: Mapping[str, str] | None = None, **overrides: object
         return Settings(**overrides)  # type: ignore[arg-type]  # (pydantic-settings types init kwargs loosely)
     finally:
         _ENVIRON.reset(token)
-
-
-def datastore_environ(settings: Settings) -> dict[str, str]:
-    """The datastore's configuration as the variables its builder reads."""
-    env = {
-        "MODELPORT_ENVIRONMENT": settings.environment,
-        "MODELPORT_DATASTORE_CHUNK_SIZE": str(settings.datastore_chunk_size),
-        "MODELPORT_DATASTORE_KEY_CACHE_TTL": str(settings.datastore_key_cache_ttl),
-    }
-    if settings.platform_master_key is not None:
-        env["MODELPORT_PLATFORM_MASTER_KEY"] = settings.platform_master_key.get_secret_value()
-    if settings.workspace_master_key is not None:
-        env["MODELPORT_WORKSPACE_MASTER_KEY"] = settings.workspace_master_key.get_secret_value()
-    if settings.kms_aws_region:
-        env["MODELPORT_KMS_AWS_REGION"] = settings.kms_aws_region
-    if settings.kms_aws_endpoint_url:
-        env["MODELPORT_KMS_AWS_ENDPOINT_URL"] = settings.kms_aws_endpoint_url
-    return env
