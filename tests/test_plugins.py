@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from modelport import plugins
+from modelport.errors import InvalidInput
 from modelport.kms.base import load_provider_factories
 
 
@@ -54,5 +55,5 @@ def test_two_distributions_declaring_one_name_are_refused(site: Path) -> None:
 def test_unknown_groups_and_bad_targets_are_errors() -> None:
     with pytest.raises(ValueError):
         plugins.plugins("modelport.nothing")
-    with pytest.raises(Exception, match="package.module:name"):
+    with pytest.raises(InvalidInput, match=r"package\.module:name"):
         plugins.load_target("no_colon")
