@@ -43,6 +43,8 @@ log = logging.getLogger("modelport.deployments")
 # decodes one sequence at a time; more in flight would only queue inside the worker, where
 # the fair scheduler could not see them.
 RUNTIME_CONCURRENCY = {"llamacpp": 1, "transformers": 1, "echo": 64}
+# The state reason of a deployment that governance policies suspended (modelport/policies/enforcement.py).
+POLICY_SUSPENSION = "policy:"
 # How often fine-tuned deployments check that their workspace key still unwraps their weights.
 KEY_CHECK_SECONDS = 5.0
 
@@ -69,6 +71,7 @@ class Route:
     pool_key: str
     content_filter: ContentFilterConfig  # parsed once here, never on the request path
     created_at: int
+    state_reason: str | None = None
 
     def allows_client(self, host: str | None) -> bool:
         if self.public_access:
@@ -172,6 +175,7 @@ class DeploymentManager:
             pool_key=pool_key(d, m),
             content_filter=ContentFilterConfig.model_validate(d.content_filter or {}),
             created_at=int(d.created_at.timestamp()),
+            state_reason=d.state_reason,
         )
 
     def routes_of(self, workspace_id: str) -> list[Route]:
@@ -418,7 +422,8 @@ class DeploymentManager:
                     await asyncio.to_thread(self.service.set_state, dep.id, "suspended", reason)
                     self.refresh(dep.id)
             else:
-                if dep.state == "suspended":
+                # A deployment that governance suspended stays so until compliance --enforce resumes it.
+                if dep.state == "suspended" and not (dep.state_reason or "").startswith(POLICY_SUSPENSION):
                     await asyncio.to_thread(self.service.set_state, dep.id, "creating", None)
                     self.refresh(dep.id)
                     self.spawn(self.provision(dep.id))
