@@ -133,7 +133,7 @@ class PolicyEngine:
             return Decision(allowed=True, version=snap.version)
         request = {"principal": {"type": "User", "id": user.id}, "action": {"type": "Action", "id": action},
                    "resource": {"type": "Deployment" if isinstance(resource, DeploymentFacts) else "Model",
-                                "id": resource.id}, "context": {}}
+                                "id": resource.id}}  # no context: every fact is an entity attribute
         result = cedarpy.is_authorized(request, compiled.policy_set, entities(user, resource), compiler.schema())
         matched = {compiled.ids[int(m.group(1)) - 1] for r in result.diagnostics.reasons
                    if (m := _POSITION.fullmatch(r)) and int(m.group(1)) > 0}
