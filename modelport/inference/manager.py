@@ -43,8 +43,6 @@ log = logging.getLogger("modelport.deployments")
 # decodes one sequence at a time; more in flight would only queue inside the worker, where
 # the fair scheduler could not see them.
 RUNTIME_CONCURRENCY = {"llamacpp": 1, "transformers": 1, "echo": 64}
-# The state reason of a deployment that governance policies suspended (modelport/policies/enforcement.py).
-POLICY_SUSPENSION = "policy:"
 # How often fine-tuned deployments check that their workspace key still unwraps their weights.
 KEY_CHECK_SECONDS = 5.0
 
@@ -62,6 +60,7 @@ class Route:
     type: str
     geography: str
     state: str
+    state_reason: str | None
     public_access: bool
     allowed: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     primary_lookup: str
@@ -71,7 +70,6 @@ class Route:
     pool_key: str
     content_filter: ContentFilterConfig  # parsed once here, never on the request path
     created_at: int
-    state_reason: str | None = None
 
     def allows_client(self, host: str | None) -> bool:
         if self.public_access:
@@ -166,6 +164,7 @@ class DeploymentManager:
             type=d.type,
             geography=d.geography,
             state=d.state,
+            state_reason=d.state_reason,
             public_access=net.get("public_access", True),
             allowed=tuple(ipaddress.ip_network(r) for r in net.get("allowed_ranges", [])),
             primary_lookup=d.primary_lookup,
@@ -175,7 +174,6 @@ class DeploymentManager:
             pool_key=pool_key(d, m),
             content_filter=ContentFilterConfig.model_validate(d.content_filter or {}),
             created_at=int(d.created_at.timestamp()),
-            state_reason=d.state_reason,
         )
 
     def routes_of(self, workspace_id: str) -> list[Route]:
@@ -397,6 +395,26 @@ class DeploymentManager:
             except Exception:
                 log.exception("background deployment work failed")
 
+    # -- suspension (deployments/suspension.py: a set of reasons) ---------------------------
+
+    async def suspend(self, dep_id: str, reason: str, message: str) -> None:
+        """Suspend a deployment for `reason` (beside any others): its requests answer 503 with
+        the message from the next one, and its workers stop unless another deployment shares them."""
+        stop = await asyncio.to_thread(self.service.suspend, dep_id, reason, message)
+        route = self.refresh(dep_id)
+        if stop and route is not None:
+            if not [r for r in self.by_name.values() if r.pool_key == route.pool_key and r.id != dep_id
+                    and r.state in ("creating", "succeeded")]:
+                await self.pools.close(route.pool_key)
+
+    async def resume(self, dep_id: str, reason: str) -> None:
+        """Clear `reason`; once no reason is left, the deployment starts again (no redeploy)."""
+        if await asyncio.to_thread(self.service.resume, dep_id, reason):
+            self.refresh(dep_id)
+            self.spawn(self.provision(dep_id))
+        else:
+            self.refresh(dep_id)
+
     async def check_private_weights(self) -> None:
         """Fine-tuned deployments stop serving once their workspace key no longer unwraps their
         weights (a disabled customer-managed key: within the datastore's key-cache time) and
@@ -411,22 +429,17 @@ class DeploymentManager:
             try:
                 await asyncio.to_thread(self.finetuned.check, model)
             except ModelportError as exc:
-                if dep.state == "succeeded":
-                    await self.pools.close(pool_key(dep, model))
-                    reason = (
+                if "key_disabled" not in (dep.suspensions or {}):
+                    message = (
                         "The workspace key is disabled, so this fine-tuned model's weights cannot be decrypted "
                         "and it is not served; enable it again (modelport cmk enable) and it resumes."
                         if exc.code == "key_disabled"
                         else f"This fine-tuned model's weights cannot be read ({exc.code}); it is not served."
                     )
-                    await asyncio.to_thread(self.service.set_state, dep.id, "suspended", reason)
-                    self.refresh(dep.id)
+                    await self.suspend(dep.id, "key_disabled", message)
             else:
-                # A deployment that governance suspended stays so until compliance --enforce resumes it.
-                if dep.state == "suspended" and not (dep.state_reason or "").startswith(POLICY_SUSPENSION):
-                    await asyncio.to_thread(self.service.set_state, dep.id, "creating", None)
-                    self.refresh(dep.id)
-                    self.spawn(self.provision(dep.id))
+                if "key_disabled" in (dep.suspensions or {}):
+                    await self.resume(dep.id, "key_disabled")
 
     def begin_drain(self) -> None:
         """The server got SIGTERM/SIGINT (call on the event loop). Every worker is asked to stop

@@ -24,7 +24,6 @@ from modelport.db.engine import Database
 from modelport.db.tables import CatalogModel, Deployment, Membership, Policy, User, Workspace
 from modelport.errors import Conflict, Forbidden, InvalidInput, NotFound
 from modelport.identity.principal import Principal
-from modelport.inference.manager import POLICY_SUSPENSION
 from modelport.policies import compiler
 from modelport.policies.engine import Decision, PolicyEngine
 from modelport.policies.facts import DeploymentFacts, FilterFacts, ModelFacts, UserFacts, as_json
@@ -33,8 +32,8 @@ from modelport.safety.config import ContentFilterConfig
 
 #: How many policies one scope holds: each is evaluated on every governed request.
 MAX_POLICIES_PER_SCOPE = 200
-#: The prefix of a deployment's state reason when compliance enforcement suspended it.
-SUSPEND_PREFIX = POLICY_SUSPENSION
+#: The suspension reason compliance enforcement adds (deployments/suspension.py).
+SUSPENSION_REASON = "policy"
 
 
 @dataclass(frozen=True)
@@ -261,8 +260,10 @@ class PolicyService:
                                          "import_model", None, d))
         return version, out
 
-    def suspensions(self, actor: Principal, all_workspaces: bool) -> tuple[int, list[Violation], list[str]]:
-        """For `--enforce`: the violations, and the policy-suspended deployments that comply again."""
+    def suspensions(self, actor: Principal, all_workspaces: bool) -> tuple[int, list[Violation], list[str],
+                                                                              list[str]]:
+        """For `--enforce`: (policy version, violations, deployments to suspend for policy now,
+        deployments suspended for policy that comply again)."""
         if all_workspaces:
             actor.require("platform.policies")
         else:
@@ -270,12 +271,12 @@ class PolicyService:
         version, found = self.compliance(actor, all_workspaces)
         denied = {v.id for v in found if v.kind == "deployment" and v.decision.denied_by}
         with self.db.session() as s:
-            q = select(Deployment.id).where(Deployment.state == "suspended",
-                                            Deployment.state_reason.startswith(SUSPEND_PREFIX))
+            q = select(Deployment).where(Deployment.state != "deleting")
             if not all_workspaces:
                 q = q.where(Deployment.workspace_id == actor.workspace_id)
-            comply = [dep_id for dep_id in s.scalars(q) if dep_id not in denied]
-        return version, found, comply
+            rows = s.scalars(q).all()
+            held = {d.id for d in rows if SUSPENSION_REASON in (d.suspensions or {})}
+        return version, found, sorted(denied - held), sorted(held - denied)
 
     def record_enforcement(self, actor: Principal, suspended: list[str], resumed: list[str],
                            all_workspaces: bool) -> None:
