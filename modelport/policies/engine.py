@@ -17,11 +17,12 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import cedarpy
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from modelport.audit import service as audit
 from modelport.db.engine import Database
@@ -67,12 +68,13 @@ class Snapshot:
 
     version: int
     policies: tuple[StoredPolicy, ...]
+    fingerprint: tuple = ()  # (count, latest update) of the rows it was built from
     sets: dict[tuple[str | None, str], CompiledSet] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, version: int, policies: Iterable[StoredPolicy]) -> Snapshot:
+    def build(cls, version: int, policies: Iterable[StoredPolicy], fingerprint: tuple = ()) -> Snapshot:
         policies = tuple(policies)
-        snap = cls(version=version, policies=policies)
+        snap = cls(version=version, policies=policies, fingerprint=fingerprint)
         platform = [p for p in policies if p.workspace_id is None]
         workspaces = sorted({p.workspace_id for p in policies if p.workspace_id is not None})
         for ws in [None, *workspaces]:
@@ -94,12 +96,18 @@ class Snapshot:
 
 
 class PolicyEngine:
-    """Holds the snapshot in force; decides, enforces and audits."""
+    """Holds the snapshot in force; decides, enforces and audits.
 
-    def __init__(self, db: Database) -> None:
+    A save or delete on this server reloads at once. Saves made by another server on the same
+    database are noticed within `refresh_seconds`: at most that often, a decision first compares
+    the policy table's row count and latest update with its snapshot's."""
+
+    def __init__(self, db: Database, refresh_seconds: float = 1.0) -> None:
         self.db = db
+        self.refresh_seconds = refresh_seconds
         self._snapshot: Snapshot | None = None
         self._reload_lock = threading.Lock()
+        self._next_check = 0.0
 
     # -- the set in force -------------------------------------------------------------------
 
@@ -107,7 +115,14 @@ class PolicyEngine:
     def snapshot(self) -> Snapshot:
         snap = self._snapshot
         if snap is None:  # first decision before `reload` (a service used without the server)
-            snap = self.reload()
+            return self.reload()
+        now = time.monotonic()
+        if now >= self._next_check:
+            self._next_check = now + self.refresh_seconds
+            with self.db.session() as s:
+                current = tuple(s.execute(select(func.count(Policy.id), func.max(Policy.updated_at))).one())
+            if current != snap.fingerprint:
+                snap = self.reload()
         return snap
 
     def reload(self) -> Snapshot:
@@ -119,7 +134,8 @@ class PolicyEngine:
                                    actions=compiler.check_document(r.policy_id, r.cedar).actions)
                       for r in rows]
             version = (self._snapshot.version + 1) if self._snapshot else 1
-            snap = Snapshot.build(version, stored)
+            fingerprint = tuple(s.execute(select(func.count(Policy.id), func.max(Policy.updated_at))).one())
+            snap = Snapshot.build(version, stored, fingerprint)
             self._snapshot = snap  # one assignment: a decision sees the old set or this one
             return snap
 

@@ -210,3 +210,21 @@ def test_edits_racing_decisions_never_show_a_half_updated_set(db: Database) -> N
             t.join()
     assert len(seen) > 40
     assert set(seen) == {(False, ("flip",))}
+
+
+def test_a_save_by_another_server_is_noticed_within_the_refresh_interval(db: Database) -> None:
+    """Two engines on one database stand for two servers: the second reloads on its own."""
+    mine, theirs = PolicyEngine(db, refresh_seconds=0.0), PolicyEngine(db, refresh_seconds=3600)
+    assert mine.decide(USER, "ws_1", "deploy", deployment(geography="us")).allowed
+    save(db, theirs, "eu-only", 'forbid(principal, action == Action::"deploy", resource) '
+                                'unless { resource.geography == "eu" };')
+    assert mine.decide(USER, "ws_1", "deploy", deployment(geography="us")).denied_by == ("eu-only",)
+    with db.session() as s:
+        s.delete(s.scalar(select(Policy)))
+    assert mine.decide(USER, "ws_1", "deploy", deployment(geography="us")).allowed
+
+
+def test_the_inference_path_does_not_consult_policies() -> None:
+    """Policies govern the control plane: nothing under modelport/inference imports them."""
+    for f in (ROOT / "modelport" / "inference").glob("*.py"):
+        assert "modelport.policies" not in f.read_text(), f
