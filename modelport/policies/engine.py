@@ -76,16 +76,25 @@ class Snapshot:
         policies = tuple(policies)
         snap = cls(version=version, policies=policies, fingerprint=fingerprint)
         platform = [p for p in policies if p.workspace_id is None]
-        workspaces = sorted({p.workspace_id for p in policies if p.workspace_id is not None})
-        for ws in [None, *workspaces]:
-            own = [p for p in policies if ws is not None and p.workspace_id == ws]
+        bases: dict[str, tuple[cedarpy.PolicySet, list[StoredPolicy]]] = {}
+        for action in compiler.ACTIONS:
+            chosen = [p for p in platform if action in p.actions]
+            bases[action] = (cedarpy.PolicySet.from_str(BASE_PERMIT + "\n".join(p.cedar for p in chosen)), chosen)
+            if chosen:
+                snap.sets[(None, action)] = CompiledSet(bases[action][0], tuple(p.id for p in chosen),
+                                                        frozenset(p.id for p in chosen if p.audit))
+        for ws in sorted({p.workspace_id for p in policies if p.workspace_id is not None}):
+            own = [p for p in policies if p.workspace_id == ws]
             for action in compiler.ACTIONS:
-                chosen = [p for p in platform + own if action in p.actions]
-                if chosen:
-                    text = BASE_PERMIT + "\n".join(p.cedar for p in chosen)
-                    snap.sets[(ws, action)] = CompiledSet(
-                        policy_set=cedarpy.PolicySet.from_str(text), ids=tuple(p.id for p in chosen),
-                        audit_ids=frozenset(p.id for p in chosen if p.audit))
+                mine = [p for p in own if action in p.actions]
+                if not mine:  # decided by the platform's set alone
+                    continue
+                base, chosen = bases[action]
+                # The platform set is cloned, not parsed again; the fragment's positions follow it.
+                both = chosen + mine
+                snap.sets[(ws, action)] = CompiledSet(base.with_added_str("\n".join(p.cedar for p in mine)),
+                                                      tuple(p.id for p in both),
+                                                      frozenset(p.id for p in both if p.audit))
         return snap
 
     def compiled(self, workspace_id: str | None, action: str) -> CompiledSet | None:
@@ -131,7 +140,7 @@ class PolicyEngine:
         with self._reload_lock, self.db.session() as s:
             rows = s.scalars(select(Policy).order_by(Policy.scope_key, Policy.policy_id)).all()
             stored = [StoredPolicy(id=r.policy_id, workspace_id=r.workspace_id, cedar=r.cedar, audit=r.audit,
-                                   actions=compiler.check_document(r.policy_id, r.cedar).actions)
+                                   actions=compiler.actions_of(r.cedar))
                       for r in rows]
             version = (self._snapshot.version + 1) if self._snapshot else 1
             fingerprint = tuple(s.execute(select(func.count(Policy.id), func.max(Policy.updated_at))).one())

@@ -228,3 +228,15 @@ def test_the_inference_path_does_not_consult_policies() -> None:
     """Policies govern the control plane: nothing under modelport/inference imports them."""
     for f in (ROOT / "modelport" / "inference").glob("*.py"):
         assert "modelport.policies" not in f.read_text(), f
+
+
+def test_subscribe_is_decided_on_the_offered_model(db: Database) -> None:
+    """The marketplace calls `enforce(actor, "subscribe", ModelFacts...)`; the model's offer is an attribute."""
+    engine = PolicyEngine(db)
+    save(db, engine, "no-offers", 'forbid(principal, action == Action::"subscribe", resource) '
+                                  'when { resource.offer != "" && resource.publisher != "HuggingFaceTB" };')
+    offered = ModelFacts(**{**MODEL.__dict__, "publisher": "Acme", "offer": "offer_1"})
+    with pytest.raises(PolicyDenied) as exc:
+        engine.enforce(ACTOR, "subscribe", offered)
+    assert exc.value.details == {"policies": ["no-offers"], "action": "subscribe"}
+    assert engine.enforce(ACTOR, "subscribe", MODEL).allowed
