@@ -222,7 +222,7 @@ class PolicyService:
         version = self.engine.snapshot.version
         out: list[Violation] = []
         with self.db.session() as s:
-            ws_names = dict(s.execute(select(Workspace.id, Workspace.name)).tuples().all())
+            ws_names = dict(s.execute(select(Workspace.id, Workspace.name)).all())
             users = {u.id: u for u in s.scalars(select(User))}
             roles = {(m.workspace_id, m.user_id): m.role for m in s.scalars(select(Membership))}
 
@@ -244,7 +244,7 @@ class PolicyService:
             if not all_workspaces:
                 dep_q = dep_q.where(Deployment.workspace_id == actor.workspace_id)
                 model_q = model_q.where(CatalogModel.owner_workspace_id == actor.workspace_id)
-            for dep, m in s.execute(dep_q.order_by(Deployment.workspace_id, Deployment.name)).tuples():
+            for dep, m in s.execute(dep_q.order_by(Deployment.workspace_id, Deployment.name)):
                 if dep.state == "deleting":
                     continue
                 facts = DeploymentFacts.of(dep, model_facts(m), ws_names.get(dep.workspace_id, ""))
