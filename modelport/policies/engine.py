@@ -36,6 +36,7 @@ log = logging.getLogger("modelport.policies")
 
 BASE_PERMIT = '@id("modelport-base-permit")\npermit(principal, action, resource);\n'
 _POSITION = re.compile(r"policy(\d+)")
+_ERROR_POSITION = re.compile(r"^error while evaluating policy `policy(\d+)`")
 
 
 @dataclass(frozen=True)
@@ -165,9 +166,12 @@ class PolicyEngine:
         # A policy that failed to evaluate did not forbid anything; a governance control fails closed,
         # so an error in a deny policy denies (and in an audit policy, audits).
         for err in result.diagnostics.errors:
-            for m in _POSITION.finditer(str(err)):
-                if int(m.group(1)) > 0:
-                    matched.add(compiled.ids[int(m.group(1)) - 1])
+            m = _ERROR_POSITION.match(str(err))
+            if m is None or not 0 < int(m.group(1)) <= len(compiled.ids):
+                # An error that names no policy of the set: nothing can be trusted, deny by them all.
+                matched.update(compiled.ids)
+            else:
+                matched.add(compiled.ids[int(m.group(1)) - 1])
         if result.diagnostics.errors:
             log.warning("a policy failed to evaluate", extra={"event": "policy.error", "action": action})
         denied = tuple(sorted(matched - compiled.audit_ids))
