@@ -23,6 +23,8 @@ from modelport.identity.service import IdentityService
 from modelport.inference.judge import judge_factory
 from modelport.inference.manager import DeploymentManager
 from modelport.inference.pools import PoolManager, RegionSlots
+from modelport.policies.engine import PolicyEngine
+from modelport.policies.service import PolicyService
 from modelport.safety.service import SafetyService
 from modelport.workers.sandbox import SandboxLauncher
 from modelport.workers.supervisor import WorkerSupervisor
@@ -36,11 +38,12 @@ def build_services(settings: Settings) -> Services:
     db = Database(settings.db_url)
     if move_legacy_dir(settings.home, settings.model_files_dir):
         log.info("moved model files to their new directory", extra={"event": "catalog.files_moved"})
+    policies = PolicyEngine(db)  # one set in force for every governed action of this server
     catalog = CatalogService(db, LocalModelStore(settings.model_files_dir),
                              max_upload_bytes=settings.max_model_upload_bytes,
                              upload_ttl_seconds=settings.upload_ttl_seconds,
-                             max_open_uploads=settings.max_open_uploads_per_workspace)
-    deployments = DeploymentService(db, catalog, settings)
+                             max_open_uploads=settings.max_open_uploads_per_workspace, policies=policies)
+    deployments = DeploymentService(db, catalog, settings, policies=policies)
     if settings.allow_unisolated_workers:
         log.warning("MODELPORT_ALLOW_UNISOLATED_WORKERS=true: where no sandbox can be built, model workers and "
                     "trainers run WITHOUT isolation (network, files, processes); for development machines only")
@@ -70,6 +73,7 @@ def build_services(settings: Settings) -> Services:
         finetuning=FinetuningService(db, catalog, datasets, datastore,
                                      max_active_jobs=settings.max_active_finetune_jobs_per_workspace),
         offboarding=Offboarding(settings, db, identity, manager, catalog, safety, datastore),
+        policies=PolicyService(db, policies, catalog, settings),
     )
 
 
@@ -85,6 +89,7 @@ def prepare(svc: Services) -> PrepareResult:
     if svc.extra.get("prepared"):
         return svc.extra["prepared"]  # type: ignore[return-value]
     migrate.upgrade(svc.db.engine)
+    svc.policies.engine.reload()
     admin_key = svc.identity.bootstrap()
     if admin_key is not None:
         write_admin_key(svc.settings, admin_key)

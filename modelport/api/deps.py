@@ -20,6 +20,7 @@ from modelport.identity.offboarding import Offboarding
 from modelport.identity.principal import Principal
 from modelport.identity.service import IdentityService
 from modelport.inference.manager import DeploymentManager
+from modelport.policies.service import PolicyService
 from modelport.safety.service import SafetyService
 
 
@@ -36,6 +37,7 @@ class Services:
     safety: SafetyService
     finetuning: FinetuningService
     offboarding: Offboarding
+    policies: PolicyService
     extra: dict[str, object] = field(default_factory=dict)  # later subsystems register here
 
 
