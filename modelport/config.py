@@ -94,6 +94,19 @@ class Settings(BaseSettings):
         default_factory=list, description="CIDRs of reverse proxies whose X-Forwarded-For/-Proto headers are "
         "believed (comma-separated); empty: forwarded headers are ignored.")
 
+    # Quotas: per-deployment rate limits (platform defaults = the caps until an admin changes a deployment's)
+    serverless_requests_per_minute: int = Field(default=1000, ge=1, le=10_000_000, description="Default cap of "
+                                                "a serverless deployment's requests per minute (Azure's default).")
+    serverless_tokens_per_minute: int = Field(default=200_000, ge=1, le=10_000_000_000, description="Default cap "
+                                              "of a serverless deployment's tokens per minute (Azure's default).")
+    dedicated_requests_per_minute: int = Field(default=1000, ge=1, le=10_000_000,
+                                               description="Default cap of a dedicated deployment's requests per "
+                                               "minute.")
+    dedicated_tokens_per_minute: int = Field(default=200_000, ge=1, le=10_000_000_000,
+                                             description="Default cap of a dedicated deployment's tokens per minute.")
+    redis_url: str | None = Field(default=None, description="redis://host:port/db (or rediss://, redis+unix://): "
+                                  "rate-limit counts shared by every server using it; default: this process's memory.")
+
     # Datastore and keys (see modelport/datastore/settings.py for the master-key rules)
     max_dataset_bytes: int = Field(default=1024**3, description="Largest dataset upload (413 beyond).")
 
@@ -116,6 +129,15 @@ class Settings(BaseSettings):
     @classmethod
     def _json(cls, value: object) -> object:
         return json.loads(value) if isinstance(value, str) else value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not value.startswith(("redis://", "rediss://", "redis+unix://")):
+            raise ValueError("MODELPORT_REDIS_URL takes a redis://host:port/db, rediss:// or redis+unix:// URL")
+        return value.strip()
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

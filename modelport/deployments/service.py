@@ -26,6 +26,7 @@ from modelport.errors import Conflict, InvalidInput, NotFound
 from modelport.identity import secrets as keysecrets
 from modelport.identity.principal import Principal
 from modelport.identity.service import check_name
+from modelport.quotas import rates
 from modelport.safety.config import ContentFilterConfig
 
 
@@ -183,6 +184,10 @@ class DeploymentService:
                 row.instances = change.instances
             if change.network is not None:
                 row.network = change.network.model_dump()
+            if change.rate_limit_caps is not None:
+                self._set_caps(actor, row, change.rate_limit_caps)
+            if change.rate_limits is not None:
+                self._set_rate_limits(actor, row, change.rate_limits)
             row.updated_at = utcnow()
             audit.record(
                 s,
@@ -190,9 +195,35 @@ class DeploymentService:
                 "deployment.update",
                 resource_type="deployment",
                 resource_id=row.id,
-                detail={"fields": sorted(change.model_dump(exclude_none=True))},
+                detail={"fields": sorted(change.model_dump(exclude_none=True)),
+                        **({"rate_limits": row.rate_limits, "rate_limit_caps": row.rate_limit_caps}
+                           if change.rate_limits is not None or change.rate_limit_caps is not None else {})},
             )
             return row
+
+    def _set_caps(self, actor: Principal, row: Deployment, change: rates.RateLimitsIn) -> None:
+        """Platform admins set a deployment's caps; an owner's limit above a new cap comes down to it."""
+        actor.require("platform.quotas")
+        row.rate_limit_caps = rates.merged(row.rate_limit_caps, change)
+        caps = rates.caps_of(self.settings, row.type, row.rate_limit_caps)
+        own = dict(row.rate_limits or {})
+        for f in rates.FIELDS:
+            if own.get(f) is not None and own[f] > getattr(caps, f):
+                own[f] = getattr(caps, f)
+        row.rate_limits = own
+
+    def _set_rate_limits(self, actor: Principal, row: Deployment, change: rates.RateLimitsIn) -> None:
+        """Owners set limits at most the caps (400 naming the cap beyond)."""
+        actor.require("deployments.rate_limits")
+        caps = rates.caps_of(self.settings, row.type, row.rate_limit_caps)
+        wanted = rates.merged(row.rate_limits, change)
+        for f in rates.FIELDS:
+            value, cap = wanted[f], getattr(caps, f)
+            if value is not None and value > cap:
+                raise InvalidInput(f"rate_limits.{f} may be at most this deployment's cap of {cap}; a platform "
+                                   "admin sets the caps.", field=f"rate_limits.{f}",
+                                   details={"cap": cap})
+        row.rate_limits = wanted
 
     def set_content_filter(self, actor: Principal, name: str, config: ContentFilterConfig,
                            known_blocklists: set[str]) -> Deployment:
