@@ -143,12 +143,10 @@ class DeploymentService:
         if model.deprecated:
             raise Conflict(f"Model '{model.name}' is deprecated; deploy a current model.")
 
-    def _get(self, s: Session, actor: Principal, name: str) -> Deployment:
-        row = s.scalar(
-            select(Deployment).where(
-                Deployment.workspace_id == actor.workspace_id, (Deployment.name == name) | (Deployment.id == name)
-            )
-        )
+    def _get(self, s: Session, actor: Principal, name: str, lock: bool = False) -> Deployment:
+        stmt = select(Deployment).where(
+            Deployment.workspace_id == actor.workspace_id, (Deployment.name == name) | (Deployment.id == name))
+        row = s.scalar(stmt.with_for_update() if lock else stmt)
         if row is None:
             raise NotFound(f"Deployment '{name}' not found.")
         return row
@@ -171,9 +169,19 @@ class DeploymentService:
             return [(d, m) for d, m in rows]
 
     def update(self, actor: Principal, name: str, change: DeploymentUpdate) -> Deployment:
-        actor.require("deployments.write")
+        """Instances and network: contributors; rate limits: owners; rate-limit caps: platform admins."""
+        limits_only = change.instances is None and change.network is None and (
+            change.rate_limits is not None or change.rate_limit_caps is not None)
+        if not limits_only:
+            actor.require("deployments.write")
+        if change.rate_limits is not None:
+            actor.require("deployments.rate_limits")
+        if change.rate_limit_caps is not None:
+            actor.require("platform.quotas")
         with self._cap_lock, self.db.session() as s:
-            row = self._get(s, actor, name)
+            # Locked (PostgreSQL): a cap and an owner's limit changed at once by two servers
+            # must not leave the limit above the cap.
+            row = self._get(s, actor, name, lock=True)
             if row.state == "deleting":
                 raise Conflict("This deployment is being deleted.")
             if change.instances is not None:
@@ -203,7 +211,6 @@ class DeploymentService:
 
     def _set_caps(self, actor: Principal, row: Deployment, change: rates.RateLimitsIn) -> None:
         """Platform admins set a deployment's caps; an owner's limit above a new cap comes down to it."""
-        actor.require("platform.quotas")
         row.rate_limit_caps = rates.merged(row.rate_limit_caps, change)
         caps = rates.caps_of(self.settings, row.type, row.rate_limit_caps)
         own = dict(row.rate_limits or {})
@@ -214,7 +221,6 @@ class DeploymentService:
 
     def _set_rate_limits(self, actor: Principal, row: Deployment, change: rates.RateLimitsIn) -> None:
         """Owners set limits at most the caps (400 naming the cap beyond)."""
-        actor.require("deployments.rate_limits")
         caps = rates.caps_of(self.settings, row.type, row.rate_limit_caps)
         wanted = rates.merged(row.rate_limits, change)
         for f in rates.FIELDS:
