@@ -9,9 +9,11 @@ are charged at admission from the estimate (prompt + max_tokens). The admission 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 
+import aiohttp
 import httpx
 import openai
 import pytest
@@ -203,3 +205,37 @@ def test_a_server_with_redis_keeps_its_counts_there(tmp_path) -> None:  # type: 
         assert keys and all(k.startswith("modelport:") for k in keys), keys
     finally:
         s.stop()
+
+
+def test_32_concurrent_clients_are_admitted_within_2_percent_per_window(server: Server) -> None:
+    """32 clients call as fast as a 429 lets them (a tenth of a second's pause after one) for two
+    whole 10-second windows; each window admits its 100 requests (600 a minute), within 2%."""
+    name, key = limited(server, rpm=600)
+    left = 10 - time.time() % 10
+    time.sleep(left + 0.02)  # from the start of a window
+    first = int(time.time() // 10)
+    admitted: list[float] = []
+    statuses: dict[int, int] = {}
+
+    async def run() -> None:
+        end = (first + 2) * 10
+        headers = {"Authorization": f"Bearer {key}"}
+        body = chat_body("hi", model=name, max_tokens=1)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=32)) as session:
+            async def client() -> None:
+                while time.time() < end - 0.05:
+                    sent = time.time()
+                    async with session.post(f"{server.url}/v1/chat/completions", json=body, headers=headers) as r:
+                        await r.read()
+                    statuses[r.status] = statuses.get(r.status, 0) + 1
+                    if r.status == 200:
+                        admitted.append((sent + time.time()) / 2)
+                    else:
+                        await asyncio.sleep(0.1)
+
+            await asyncio.gather(*(client() for _ in range(32)))
+
+    asyncio.run(run())
+    assert set(statuses) == {200, 429} and statuses[429] > 100, statuses  # the clients pressed on the limit
+    per_window = [sum(1 for t in admitted if int(t // 10) == w) for w in (first, first + 1)]
+    assert all(abs(n - 100) <= 2 for n in per_window), per_window
