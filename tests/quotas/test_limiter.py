@@ -20,11 +20,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from modelport.errors import InvalidInput, RateLimited
+from modelport.errors import InvalidInput, RateLimited, ServiceUnavailable
 from modelport.quotas.limiter import RateLimiter, Window, request_window, storage_uri, token_window
 from modelport.quotas.rates import RateLimits
 from tests.support.redis import require_redis
-from tests.support.server import ROOT
+from tests.support.server import ROOT, free_port
 
 BIG = 10**9
 
@@ -189,3 +189,15 @@ def test_admitted_tokens_never_pass_the_limit_and_refusals_are_justified(costs: 
         assert charged <= 1000
 
     asyncio.run(run())
+
+
+def test_an_unreachable_redis_refuses_requests_with_503() -> None:
+    """Fail closed: without its shared count a server must not admit requests unlimited."""
+    limiter = Limiter(storage_uri(f"redis://127.0.0.1:{free_port()}/0"))  # nothing listens there
+
+    async def run() -> None:
+        with pytest.raises(ServiceUnavailable) as err:
+            await limiter.admit(dep(), RateLimits(60, 1000), 1)
+        assert "Redis" in err.value.message and err.value.status_code == 503
+
+    limiter.run(run())
