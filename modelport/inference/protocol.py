@@ -8,18 +8,31 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # Accepted for compatibility and ignored because they change nothing here.
-IGNORED = frozenset({"user", "store", "metadata", "service_tier", "parallel_tool_calls", "stream_options"})
-UNSUPPORTED = frozenset({"tools", "tool_choice", "functions", "function_call", "logprobs", "top_logprobs",
-                         "logit_bias", "audio", "modalities", "prediction", "suffix", "echo", "best_of",
-                         "frequency_penalty", "presence_penalty"})
+IGNORED = frozenset({"user", "store", "metadata", "service_tier", "stream_options"})
+UNSUPPORTED = frozenset({"functions", "function_call", "logit_bias", "audio", "modalities", "prediction", "suffix",
+                         "echo", "best_of", "frequency_penalty", "presence_penalty"})
+MAX_TOOLS = 128
 
 
 #: `name` is an identifier, as OpenAI documents it: it reaches the chat template, so it may carry
 #: neither markup nor invisible characters (it is screened with its message's content, too)
 NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+class FunctionCall(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str = Field(pattern=NAME_PATTERN)
+    arguments: str = Field(max_length=1 << 20, description="The arguments as JSON text.")
+
+
+class ToolCall(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    id: str = Field(max_length=256)
+    type: Literal["function"] = "function"
+    function: FunctionCall
 
 
 class Message(BaseModel):
@@ -28,6 +41,17 @@ class Message(BaseModel):
     content: str | list[dict[str, Any]] | None = None
     name: str | None = Field(default=None, pattern=NAME_PATTERN,
                              description="1-64 letters, digits, '_' or '-'.")
+    tool_calls: list[ToolCall] | None = Field(default=None, max_length=MAX_TOOLS,
+                                              description="An assistant message's calls.")
+    tool_call_id: str | None = Field(default=None, max_length=256, description="A tool message's call.")
+
+    @model_validator(mode="after")
+    def _tool_fields(self) -> Message:
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs the tool_call_id it answers")
+        return self
 
 
 class StreamOptions(BaseModel):
@@ -35,9 +59,24 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = False
+
+
 class ResponseFormat(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    type: Literal["text", "json_object"] = "text"
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("type 'json_schema' needs a 'json_schema' object (name, schema, strict)")
+        return self
 
 
 class _Sampling(BaseModel):
@@ -68,10 +107,22 @@ class ChatCompletionRequest(_Sampling):
     messages: list[Message] = Field(min_length=1, max_length=1000)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=32768)
     response_format: ResponseFormat | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    tools: list[dict[str, Any]] | None = Field(default=None, max_length=MAX_TOOLS)
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool = True
+
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self) -> ChatCompletionRequest:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
 
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str] = Field(description="One prompt (a list of one string is accepted).")
+    logprobs: int | None = Field(default=None, ge=0, le=20, description="Alternatives per token (0-20).")
 
 
 class EmbeddingRequest(BaseModel):
