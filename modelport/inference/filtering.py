@@ -18,16 +18,26 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from modelport.inference.calls import PromptSize
 from modelport.inference.manager import Route
 from modelport.safety.screening import ContentFiltered, Screener, StreamScreener, StreamStep, empty_results
 from modelport.safety.service import SafetyService
 
 
-def prompt_text(messages: list[dict[str, Any]]) -> str:
+def prompt_text(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
     """The text screened for a chat: each message's name and content as the worker receives them
-    (content already flattened to a string), one per line."""
-    return "\n".join(part for m in messages for part in (m.get("name"), m.get("content")) if part)
+    (content already flattened to a string), the name and arguments of each earlier tool call (a
+    tool result is a `tool` message's content), then each tool definition as compact JSON (its
+    name, description and parameter schema: the text the model is shown), one per line."""
+    parts = []
+    for m in messages:
+        parts += [m.get("name"), m.get("content")]
+        for call in m.get("tool_calls") or []:
+            parts += [call["function"]["name"], call["function"]["arguments"]]
+    parts += [orjson.dumps(t["function"]).decode() for t in tools or []]
+    return "\n".join(p for p in parts if p)
 
 
 def _reasons(results: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -94,8 +94,9 @@ async def _azure_call(request: Request, name: str, kind: str) -> Response:
         # understands them; ours take none beyond the schema, so they are dropped (documented).
         extra_mode = "error" if mode == "error" else "drop"
         if kind == "chat":
-            return await handlers.chat(request, manager, route, body, extra_mode=extra_mode, error_shape=azure_error)
-        return await handlers.embeddings(manager, route, body, extra_mode=extra_mode, request=request)
+            return await handlers.chat(request, manager, route, body, extra_mode=extra_mode, error_shape=azure_error,
+                                       azure=True)
+        return await handlers.embeddings(manager, route, body, extra_mode=extra_mode, request=request, azure=True)
     except ModelportError as exc:
         return azure_error(exc)
 

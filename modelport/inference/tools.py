@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelport.errors import InternalError, InvalidInput
-from modelport.inference.grammar import Grammar, compact, literal
+from modelport.inference.grammar import Grammar, compact, json_schema_gbnf, literal
 
 CALL_PREFIX = '{"tool_calls":['
 _NAME_OPEN = '{"name":"'
@@ -42,6 +42,34 @@ class Tool:
             fn["description"] = self.description
         fn["parameters"] = self.parameters
         return {"type": "function", "function": fn}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the worker is asked for, and how its answer is read."""
+
+    grammar: str | None
+    tools: list[dict[str, Any]] | None  # shown to the model
+    calls: bool  # the answer may be a tool call
+    response_format: str  # what the worker's own `response_format` says: text | json_object
+
+
+def plan(tools: list[Tool], choice: str | None, *, parallel: bool, response_format: Any) -> Plan:
+    """`response_format` is the request's (None, or one with `type` and `json_schema`)."""
+    kind = response_format.type if response_format is not None else "text"
+    text_schema = None
+    if kind == "json_schema":
+        spec = response_format.json_schema
+        text_schema = (spec.schema_, bool(spec.strict))
+    elif kind == "json_object" and choice is not None:
+        text_schema = ({"type": "object"}, False)
+    if choice is None:
+        grammar = json_schema_gbnf(text_schema[0], strict=text_schema[1],
+                                   field_name="response_format.json_schema.schema") if kind == "json_schema" else None
+        worker_format = "json_object" if kind == "json_object" else "text"
+        return Plan(grammar=grammar, tools=None, calls=False, response_format=worker_format)
+    grammar = grammar_for(tools, choice, parallel=parallel, text_schema=text_schema)
+    return Plan(grammar=grammar, tools=[t.wire() for t in tools], calls=True, response_format="text")
 
 
 def grammar_for(tools: list[Tool], choice: str | None, *, parallel: bool, text_schema: tuple[Any, bool] | None,
@@ -100,7 +128,8 @@ def tool_from(fn: dict[str, Any], where: str) -> Tool:
     if params is None:
         params = EMPTY_PARAMETERS
     if not isinstance(params, dict) or params.get("type") != "object":
-        raise InvalidInput(f"{where}.parameters must be a JSON Schema of 'type': 'object'.", field=where + ".parameters")
+        raise InvalidInput(f"{where}.parameters must be a JSON Schema of 'type': 'object'.",
+                           field=where + ".parameters")
     strict = fn.get("strict") or False
     if not isinstance(strict, bool):
         raise InvalidInput(f"{where}.strict must be true or false.", field=where + ".strict")

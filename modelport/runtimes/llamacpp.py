@@ -217,11 +217,10 @@ class LlamaCppRuntime(Runtime):
     def _grammar_for(self, request: GenerateRequest) -> Any:
         if request.grammar is None:
             return self._json_grammar if request.response_format == "json_object" else None
-        from llama_cpp.llama_grammar import LlamaGrammar
-
         # llama.cpp answers a grammar it cannot parse with a null sampler, which the sampler chain
         # would dereference: try it alone first (the gateway builds grammars; failing here is a bug).
         import llama_cpp
+        from llama_cpp.llama_grammar import LlamaGrammar
 
         probe = llama_cpp.llama_sampler_init_grammar(self._vocab, request.grammar.encode("utf-8"), b"root")
         if not probe:

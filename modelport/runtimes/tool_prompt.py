@@ -38,7 +38,7 @@ def template_renders_tools(template: str) -> bool:
     from jinja2 import Environment, TemplateSyntaxError, meta
 
     try:
-        return "tools" in meta.find_undeclared_variables(Environment().parse(template))
+        return "tools" in meta.find_undeclared_variables(Environment(autoescape=False).parse(template))  # noqa: S701 - parsed only
     except TemplateSyntaxError:
         return False  # the renderer reports the syntax error itself
 
@@ -52,9 +52,9 @@ def _arguments(raw: Any) -> Any:
     return raw
 
 
-def _calls(message: dict[str, Any]) -> list[dict[str, Any]]:
-    calls = message.get("tool_calls") or []
-    return [c.get("function", {}) for c in calls if isinstance(c, dict)]
+def _native_call(call: dict[str, Any]) -> dict[str, Any]:
+    fn = call.get("function", {})
+    return {**call, "function": {**fn, "arguments": _arguments(fn.get("arguments"))}}
 
 
 def _with_system(messages: list[dict[str, Any]], text: str) -> list[dict[str, Any]]:
@@ -76,9 +76,7 @@ def prepare(messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] 
     if native:
         for m in out:
             if m.get("tool_calls"):
-                m["tool_calls"] = [
-                    {**c, "function": {**c.get("function", {}), "arguments": _arguments(c.get("function", {}).get("arguments"))}}
-                    for c in m["tool_calls"] if isinstance(c, dict)]
+                m["tool_calls"] = [_native_call(c) for c in m["tool_calls"] if isinstance(c, dict)]
         return (_with_system(out, ANSWER_FORMAT) if tools else out), (list(tools) if tools else None)
     names: dict[str, str] = {}
     converted = []
