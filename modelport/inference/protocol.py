@@ -144,3 +144,28 @@ def split_extra(body: dict[str, Any], model: type[BaseModel]) -> tuple[dict[str,
         if body[k] in (None, 0, 0.0, False, [], {}):  # a default value asks for nothing
             extra.remove(k)
     return keep, sorted(extra)
+
+
+class ResponsesRequest(BaseModel):
+    """`POST /v1/responses`, the part that maps onto one stateless chat (nothing is stored, P1)."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str | None = Field(default=None, max_length=100, description="The deployment name.")
+    input: str | list[dict[str, Any]] = Field(description="A text, or a list of messages and function-call items.")
+    instructions: str | None = None
+    max_output_tokens: int | None = Field(default=None, ge=1, le=32768)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    tools: list[dict[str, Any]] | None = Field(default=None, max_length=MAX_TOOLS)
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool = True
+    text: dict[str, Any] | None = Field(default=None, description="{'format': {'type': 'text' | 'json_object' | "
+                                                                  "'json_schema', ...}}")
+    stream: bool = False
+    store: bool = Field(default=False, description="Must be false: modelport never stores a response.")
+    previous_response_id: str | None = Field(default=None, description="Refused: nothing is stored to continue.")
+    include: list[str] | None = None
+    truncation: Literal["disabled"] | None = None
+    metadata: dict[str, str] | None = None
+    user: str | None = Field(default=None, max_length=256)
+    safety_identifier: str | None = Field(default=None, max_length=256)

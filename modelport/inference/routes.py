@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from modelport.errors import InvalidInput, ModelportError
-from modelport.inference import calls, handlers
+from modelport.inference import calls, handlers, responses
 from modelport.inference.wire_errors import azure_error, openai_error
 
 router = APIRouter()
@@ -39,6 +39,8 @@ async def _openai_call(request: Request, kind: str) -> Response:
             return await handlers.chat(request, manager, route, body, error_shape=openai_error)
         if kind == "completions":
             return await handlers.completions(request, manager, route, body, error_shape=openai_error)
+        if kind == "responses":
+            return await responses.create(request, manager, route, body, error_shape=openai_error)
         return await handlers.embeddings(manager, route, body, request=request)
     except ModelportError as exc:
         return openai_error(exc)
@@ -58,6 +60,33 @@ async def openai_completions(request: Request) -> Response:
 @router.post("/v1/embeddings", name="inference.openai.embeddings", openapi_extra=_BODY, tags=["inference"])
 async def openai_embeddings(request: Request) -> Response:
     return await _openai_call(request, "embeddings")
+
+
+@router.post("/v1/responses", name="inference.openai.responses", openapi_extra=_BODY, tags=["inference"])
+async def openai_responses(request: Request) -> Response:
+    """The Responses API for what maps onto a stateless chat; nothing is stored (P1)."""
+    return await _openai_call(request, "responses")
+
+
+@router.get("/v1/responses/{response_id}", name="inference.openai.responses_get", tags=["inference"],
+            responses={404: {"description": "Always: modelport never stores a response."}})
+async def openai_responses_get(response_id: str, request: Request) -> Response:
+    return _never_stored(request, response_id)
+
+
+@router.delete("/v1/responses/{response_id}", name="inference.openai.responses_delete", tags=["inference"],
+               responses={404: {"description": "Always: modelport never stores a response."}})
+async def openai_responses_delete(response_id: str, request: Request) -> Response:
+    return _never_stored(request, response_id)
+
+
+def _never_stored(request: Request, response_id: str) -> Response:
+    svc, manager = _ctx(request)
+    try:
+        calls.authenticate(manager, svc.identity, calls.key_from(request))
+        raise responses.not_found(response_id)
+    except ModelportError as exc:
+        return openai_error(exc)
 
 
 @router.get("/v1/models", name="inference.openai.models", tags=["inference"])
