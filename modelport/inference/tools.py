@@ -88,7 +88,8 @@ def grammar_for(tools: list[Tool], choice: str | None, *, parallel: bool, text_s
             args = g.add_schema(t.parameters)
             calls.append(g.rule(f'{literal(_NAME_OPEN + t.name + _ARGS_OPEN)} {args} "}}"', "call"))
         call = g.rule(" | ".join(calls), "calls")
-        more = f' ( "," {call} )*' if parallel else ""
+        # a named function is called once; `parallel_tool_calls` lets auto/required call several
+        more = f' ( "," {call} )*' if parallel and choice in ("auto", "required") else ""
         alts.append(f'{literal(CALL_PREFIX)} {call}{more} {literal("]}")}')
     if choice in (None, "auto"):
         if text_schema is not None:
