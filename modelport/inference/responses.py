@@ -32,7 +32,7 @@ from modelport.inference.handlers import (
     unless_gone,
 )
 from modelport.inference.manager import DeploymentManager, Route
-from modelport.inference.protocol import ChatCompletionRequest, ResponseFormat, ResponsesRequest
+from modelport.inference.protocol import ChatCompletionRequest, ResponsesRequest
 from modelport.workers.client import StreamUsage
 from modelport.workers.protocol import GenerateBody
 
@@ -132,8 +132,6 @@ def chat_request(req: ResponsesRequest) -> ChatCompletionRequest:
         field = (exc.field or "").replace("messages", "input").replace("response_format", "text.format")
         raise InvalidInput(exc.message.replace("messages", "input").replace("response_format", "text.format"),
                            field=field or None) from exc
-    if response_format is not None:
-        ResponseFormat.model_validate(response_format)
     return chat
 
 

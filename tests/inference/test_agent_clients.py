@@ -199,6 +199,17 @@ def test_responses_function_tools_round_trip(client: openai.OpenAI):
     assert done and done[0].arguments.startswith(deltas[:10]) and json.loads(done[0].arguments)
 
 
+def test_responses_structured_output(client: openai.OpenAI):
+    schema = {"type": "object", "properties": {"colour": {"type": "string", "maxLength": 12},
+                                               "hex": {"type": "boolean"}},
+              "required": ["colour", "hex"], "additionalProperties": False}
+    r = client.responses.create(model="chat", input="Name a colour.", max_output_tokens=40, temperature=0,
+                                text={"format": {"type": "json_schema", "name": "colour", "schema": schema,
+                                                 "strict": True}})
+    assert r.status == "completed"
+    jsonschema.validate(json.loads(r.output_text), schema)
+
+
 def test_responses_are_never_stored(client: openai.OpenAI):
     with pytest.raises(openai.BadRequestError) as err:
         client.responses.create(model="chat", input="hi", store=True, max_output_tokens=2)
@@ -275,3 +286,45 @@ def test_azure_tools_and_json_schema(models: ModelServer):
                            response_format=JsonSchemaFormat(name="person", schema=strict, strict=True))
         assert r.choices[0].finish_reason == "stop"
         jsonschema.validate(json.loads(r.choices[0].message.content), strict)
+
+
+# -- the same under the default content filter -------------------------------------------------------
+
+@pytest.fixture
+def guarded(models: ModelServer) -> Iterator[str]:
+    """A serverless deployment of the same model (the same pool) with the default filter on, buffered,
+    in a workspace of its own (the package's other modules count the default workspace's deployments)."""
+    from tests.support.inference import create_deployment
+    from tests.support.tenants import make_tenant, ok
+
+    owner = make_tenant(models.server, roles=("owner",)).keys["owner"]
+    dep = create_deployment(models.server, "guarded", "SmolLM2-135M-Instruct", key=owner, type="serverless")
+    with models.server.client(owner) as c:
+        cfg = ok(c.get("/api/v1/deployments/guarded/content-filter")).json()
+        ok(c.put("/api/v1/deployments/guarded/content-filter", json={**cfg, "enabled": True, "streaming": "buffered"}))
+        yield dep["keys"]["primary"]
+        ok(c.delete("/api/v1/deployments/guarded"), 204)
+
+
+def test_tool_calls_and_logprobs_under_the_buffered_filter(models: ModelServer, guarded: str):
+    with openai.OpenAI(base_url=f"{models.url}/v1", api_key=guarded, max_retries=0, timeout=180) as c:
+        chunks = list(c.chat.completions.create(model="guarded", messages=ASK, tools=[WEATHER], stream=True,
+                                                tool_choice="required", max_tokens=80, temperature=0))
+        calls = [ch.choices[0].delta.tool_calls[0] for ch in chunks if ch.choices and ch.choices[0].delta.tool_calls]
+        assert calls[0].function.name == "get_weather"
+        jsonschema.validate(json.loads("".join(d.function.arguments or "" for d in calls)), WEATHER_PARAMS)
+        assert [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason] == [
+            "tool_calls"]
+        assert chunks[0].model_extra["prompt_filter_results"][0]["content_filter_results"]["jailbreak"] == {
+            "filtered": False, "detected": False}
+        chunks = list(c.chat.completions.create(model="guarded", messages=ASK, stream=True, max_tokens=40,
+                                                temperature=0, logprobs=True, top_logprobs=1))
+        # released segment by segment: a token's logprob never leaves before all of its text did
+        # (one that straddles a segment's end leaves with the next segment), and in the end all do
+        text, scored = "", ""
+        for ch in chunks:
+            if ch.choices and (ch.choices[0].delta.content or ch.choices[0].logprobs):
+                text += ch.choices[0].delta.content or ""
+                scored += "".join(t.token for t in ch.choices[0].logprobs.content)
+                assert text.startswith(scored)
+        assert scored == text and text
