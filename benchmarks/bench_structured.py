@@ -81,11 +81,12 @@ def main() -> None:
     grammar = json_schema_gbnf(SCHEMA, strict=True)
     runtime_round(rt, 8)  # warm up
     figures: dict[str, list[float]] = {"plain": [], "grammar": [], "logprobs": [], "raw grammar": []}
-    for _ in range(args.rounds):
+    for i in range(args.rounds):
         figures["plain"].append(runtime_round(rt, args.tokens))
         figures["grammar"].append(runtime_round(rt, args.tokens, grammar=grammar))
         figures["logprobs"].append(runtime_round(rt, args.tokens, logprobs=20))
         figures["raw grammar"].append(raw_round(rt, grammar, args.tokens))
+        print(f"round {i + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in figures.items()), flush=True)
     med = {k: statistics.median(v) for k, v in figures.items()}
     print(f"SmolLM2-135M Q4_1, {args.threads} threads, {args.tokens} tokens, medians of {args.rounds} rounds")
     for k, v in figures.items():

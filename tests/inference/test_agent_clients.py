@@ -309,7 +309,8 @@ def guarded(models: ModelServer) -> Iterator[str]:
 def test_tool_calls_and_logprobs_under_the_buffered_filter(models: ModelServer, guarded: str):
     with openai.OpenAI(base_url=f"{models.url}/v1", api_key=guarded, max_retries=0, timeout=180) as c:
         chunks = list(c.chat.completions.create(model="guarded", messages=ASK, tools=[WEATHER], stream=True,
-                                                tool_choice="required", max_tokens=80, temperature=0))
+                                                tool_choice="required", parallel_tool_calls=False, max_tokens=80,
+                                                temperature=0))
         calls = [ch.choices[0].delta.tool_calls[0] for ch in chunks if ch.choices and ch.choices[0].delta.tool_calls]
         assert calls[0].function.name == "get_weather"
         jsonschema.validate(json.loads("".join(d.function.arguments or "" for d in calls)), WEATHER_PARAMS)
