@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hmac
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -149,8 +150,13 @@ class Choice:
 async def generate(manager: DeploymentManager, route: Route, body: GenerateBody) -> AsyncIterator[GenerateEvent]:
     """Stream the worker's events for one request through the deployment's pool."""
     pool = await manager.pool_for(route)
-    async with pool.slot(route.id) as client:
+    asked = time.monotonic()
+    async with pool.slot(route.workspace_id, route.id) as client:
+        waiting_first = True
         async for event in client.generate(body):
+            if waiting_first:  # queue and prefill: what the autoscaler watches
+                pool.observe_first_token(time.monotonic() - asked)
+                waiting_first = False
             yield event
 
 
@@ -205,7 +211,7 @@ class PromptSize:
 
 async def embed(manager: DeploymentManager, route: Route, texts: list[str]) -> tuple[list[list[float]], int]:
     pool = await manager.pool_for(route)
-    async with pool.slot(route.id) as client:
+    async with pool.slot(route.workspace_id, route.id) as client:
         result = await client.embed(texts)
     return result.data, result.prompt_tokens
 
