@@ -204,5 +204,7 @@ class FairScheduler:
             self._unqueued(workspace, waiter)
             if workspace in self._queues:
                 self._turns.append(workspace)
+            if waiter.future.done():  # cancelled, and its task has not run its cleanup yet
+                continue
             self._take(workspace)
             waiter.future.set_result(None)

@@ -191,6 +191,16 @@ class SchedulerMachine(RuleBasedStateMachine):
             waiting[data.draw(st.integers(0, len(waiting) - 1))][1].cancel()
             self.settle()
 
+    @rule(data=st.data())
+    def leave_as_a_slot_frees(self, data: st.DataObject) -> None:
+        """A waiter's client goes away in the same instant as a running request ends: the slot
+        must not go to the departed one (nor be lost)."""
+        waiting = [t for t in self.tasks if not t[1].done()]
+        if waiting and self.held:
+            waiting[data.draw(st.integers(0, len(waiting) - 1))][1].cancel()
+            self.s.release(self.held.pop(data.draw(st.integers(0, len(self.held) - 1))))
+            self.settle()
+
     @rule(capacity=st.integers(0, 12))
     def resize(self, capacity: int) -> None:
         self.s.set_capacity(capacity)
