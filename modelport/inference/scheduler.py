@@ -11,7 +11,7 @@ authentication, network settings, budget and the per-minute limits, a request me
    than its share, and none of its own requests are waiting. Otherwise it waits in its
    workspace's queue (at most `queue_limit` per deployment, then 429; a workspace's deployments
    take turns within it). Each freed slot goes to
-   the waiting workspace that holds the fewest slots, in turn among equals (round robin), and
+   the waiting workspace that holds the fewest slots, among equals the one served longest ago, and
    never to one that already holds its share: a burst of one workspace is served in the gaps
    the others leave, never ahead of them.
 
@@ -96,7 +96,9 @@ class FairScheduler:
         self.running: Counter[str] = Counter()  # slots held, per workspace
         self._queues: dict[str, _WorkspaceQueue] = {}
         self._waiting_per_deployment: Counter[str] = Counter()
-        self._turns: deque[str] = deque()  # workspaces with someone waiting, in turn order
+        self._turns: deque[str] = deque()  # workspaces with someone waiting
+        self._granted = 0  # slots handed out so far: the clock of `_last_served`
+        self._last_served: dict[str, int] = {}  # per workspace running or waiting
 
     # -- what the pool and the autoscaler read ------------------------------------------------
 
@@ -151,6 +153,7 @@ class FairScheduler:
         self.running[workspace] -= 1
         if self.running[workspace] <= 0:
             del self.running[workspace]
+        self._forget_idle(workspace)
         self._dispatch()
 
     def set_capacity(self, capacity: int) -> None:
@@ -166,18 +169,26 @@ class FairScheduler:
         self._queues.clear()
         self._waiting_per_deployment.clear()
         self._turns.clear()
+        self._last_served = {w: t for w, t in self._last_served.items() if self.running[w]}
 
     # -- internals ----------------------------------------------------------------------------
 
     def _take(self, workspace: str) -> None:
         self.in_use += 1
         self.running[workspace] += 1
+        self._granted += 1
+        self._last_served[workspace] = self._granted
+
+    def _forget_idle(self, workspace: str) -> None:
+        if not self.running[workspace] and workspace not in self._queues:
+            self._last_served.pop(workspace, None)
 
     def _forget(self, workspace: str, waiter: _Waiter) -> None:
         queue = self._queues.get(workspace)
         if queue is None or not queue.remove(waiter):
             return
         self._unqueued(workspace, waiter)
+        self._forget_idle(workspace)
         self._dispatch()  # the workspace may now be under its share with nobody of its own ahead
 
     def _unqueued(self, workspace: str, waiter: _Waiter) -> None:
@@ -192,10 +203,10 @@ class FairScheduler:
     def _dispatch(self) -> None:
         limit = self.limit()
         while self.in_use < self.capacity and self._turns:
-            # The slot goes to the waiting workspace that holds the fewest slots (below its share),
-            # the first in turn among equals; it goes to the back of the line if more of it waits.
+            # The slot goes to the waiting workspace that holds the fewest slots (below its share);
+            # among equals, to the one served longest ago (one never served first).
             workspace = min((w for w in self._turns if self.running[w] < limit),
-                            key=lambda w: self.running[w], default=None)
+                            key=lambda w: (self.running[w], self._last_served.get(w, -1)), default=None)
             if workspace is None:
                 return  # everyone waiting holds their share: the free slots stay for newcomers
             self._turns.remove(workspace)
@@ -205,6 +216,7 @@ class FairScheduler:
             if workspace in self._queues:
                 self._turns.append(workspace)
             if waiter.future.done():  # cancelled, and its task has not run its cleanup yet
+                self._forget_idle(workspace)
                 continue
             self._take(workspace)
             waiter.future.set_result(None)

@@ -215,6 +215,10 @@ class SchedulerMachine(RuleBasedStateMachine):
             assert self.held.count(ws) + self.s.waiting(ws) <= 10  # the per-workspace cap
 
     @invariant()
+    def nothing_is_kept_for_a_workspace_with_nothing_in_the_pool(self) -> None:
+        assert set(self.s._last_served) <= set(self.s.running) | {ws for ws in "ABC" if self.s.waiting(ws)}
+
+    @invariant()
     def no_slot_idles_while_an_eligible_workspace_waits(self) -> None:
         if self.s.in_use < self.s.capacity:
             for ws in "ABC":
@@ -249,3 +253,21 @@ async def test_deployments_of_one_workspace_take_turns_within_its_share():
     await asyncio.gather(*tasks)
     # the first ran at once; then the queue alternates between the two deployments
     assert order[:5] == ["flood", "flood", "polite", "flood", "polite"]
+
+
+@in_loop
+async def test_a_newcomer_gets_the_next_slot_ahead_of_a_burst_whose_request_just_ended():
+    """One slot: A's request runs and 10 more of A's wait; B arrives. When A's request ends, A
+    holds nothing either, but A was served more recently: the slot goes to B."""
+    s = FairScheduler(queue_limit=64)
+    s.set_capacity(1)
+    burst = [start(s, "A") for _ in range(11)]
+    await settle()
+    b = start(s, "B")
+    await settle()
+    s.release("A")
+    await settle()
+    assert b.done() and s.running == {"B": 1}
+    for t in burst:
+        t.cancel()
+    await settle()
