@@ -142,6 +142,7 @@ def main() -> None:
     print(f"B alone, first token p50:            {statistics.median(r['idle']) * 1000:8.0f} ms")
     print(f"B under A's burst, first token p50:  {p50 * 1000:8.0f} ms  (max {max(r['under']) * 1000:.0f} ms; "
           f"target < 1000 ms: {'met' if p50 < 1 else 'NOT met'})")
+    print("B under the burst, each sample (ms):  " + ", ".join(f"{u * 1000:.0f}" for u in r["under"]))
     print(f"A's requests waiting ahead of B:     {statistics.median(r['ahead']):8.0f}  "
           f"(A's median stream {r['a_stream_s']:.2f} s, {r['a_done']} of A's finished)")
     print(f"FIFO estimate for B (reference 2):   {fifo * 1000:8.0f} ms  -> fair queue is {fifo / p50:.0f}x sooner")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import hmac
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -150,14 +149,8 @@ class Choice:
 async def generate(manager: DeploymentManager, route: Route, body: GenerateBody) -> AsyncIterator[GenerateEvent]:
     """Stream the worker's events for one request through the deployment's pool."""
     pool = await manager.pool_for(route)
-    asked = time.monotonic()
-    async with pool.slot(route.workspace_id, route.id) as client:
-        waiting_first = True
-        async for event in client.generate(body):
-            if waiting_first:  # queue and prefill: what the autoscaler watches
-                pool.observe_first_token(time.monotonic() - asked)
-                waiting_first = False
-            yield event
+    async for event in pool.generate(route.workspace_id, route.id, body):
+        yield event
 
 
 async def collect(events: AsyncIterator[GenerateEvent], n: int) -> tuple[list[Choice], StreamUsage]:

@@ -259,7 +259,7 @@ class DeploymentManager:
             if not report.passed:
                 raise IntegrityError(f"Model '{model.name}' no longer passes its artifact scan; see its report.")
             pool = self._pool(dep, model)
-            await self.pools.scale(pool, dep.instances if dep.type == "dedicated" else max(1, len(pool.members)))
+            await self.pools.scale(pool, dep.instances if dep.type == "dedicated" else max(1, len(pool.live())))
             if await asyncio.to_thread(self._being_deleted, dep_id):
                 # Deleted (or its workspace) while its workers started: they must not outlive it.
                 if not [r for r in self.by_name.values() if r.pool_key == pool.key and r.id != dep_id]:

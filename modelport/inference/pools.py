@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from modelport.config import Settings
 from modelport.errors import ServiceUnavailable
 from modelport.inference.scheduler import FairScheduler
-from modelport.workers.client import WorkerClient
-from modelport.workers.protocol import WorkerSpec
+from modelport.workers.client import GenerateEvent, WorkerClient
+from modelport.workers.protocol import GenerateBody, WorkerSpec
 from modelport.workers.supervisor import WorkerHandle, WorkerSupervisor
 
 log = logging.getLogger("modelport.pools")
@@ -181,6 +181,19 @@ class Pool:
                 member.inflight -= 1
             self.last_used = self.clock()
             self.scheduler.release(workspace_id)
+
+    async def generate(self, workspace_id: str, deployment_id: str, body: GenerateBody
+                       ) -> AsyncIterator[GenerateEvent]:
+        """One generation through `slot`: the worker's events, and the wait for the first one
+        (queue and prefill) recorded for the autoscaler."""
+        asked = time.monotonic()
+        async with self.slot(workspace_id, deployment_id) as client:
+            waiting_first = True
+            async for event in client.generate(body):
+                if waiting_first:
+                    self.observe_first_token(time.monotonic() - asked)
+                    waiting_first = False
+                yield event
 
     # -- what the autoscaler asks -------------------------------------------------------------
 

@@ -55,12 +55,11 @@ def words(n: int, tag: str = "w") -> str:
 
 
 async def ask(pool: Pool, text: str, *, workspace: str = "ws", deployment: str = "dep") -> str:
-    """One request through the pool's fair admission, its whole answer."""
+    """One request through the pool's fair admission (as the gateway sends it), its whole answer."""
     out = []
-    async with pool.slot(workspace, deployment) as client:
-        async for ev in client.generate(GenerateBody(prompt=text, max_tokens=len(text.split()))):
-            if isinstance(ev, TextDelta):
-                out.append(ev.text)
+    async for ev in pool.generate(workspace, deployment, GenerateBody(prompt=text, max_tokens=len(text.split()))):
+        if isinstance(ev, TextDelta):
+            out.append(ev.text)
     return "".join(out)
 
 
@@ -191,6 +190,33 @@ def test_growth_stops_at_the_region_slots_other_pools_hold(loop: LoopThread, sup
         assert loop.run(scenario(), timeout=60) == [words(6)] * 6
         assert len(pool.members) == 1 and len(dedicated.members) == 1  # the dedicated one keeps its slot
         assert not loop.run(manager.grow(pool))
+    finally:
+        loop.run(manager.close_all())
+
+
+def test_slow_first_tokens_grow_a_pool_whose_queue_stays_short(loop: LoopThread, supervisor: WorkerSupervisor):
+    """Workers that take 4 requests each but decode one at a time (as today's llama.cpp worker
+    would with more slots): nothing waits in the pool's queue, yet first tokens take seconds.
+    The first-token trigger adds an instance; the queue trigger (set out of reach) does not."""
+    policy = ScalePolicy(max_instances=2, up_queue=1000, up_first_token_seconds=0.5, interval_seconds=0.05)
+    manager = PoolManager(supervisor, RegionSlots({"local": 4}), queue_limit=32, policy=policy)
+    pool = make_pool(manager, "serverless:first-token", delay_ms=40, concurrency=4)
+
+    async def scenario() -> tuple[list[str], int]:
+        await manager.scale(pool)
+        scaler = asyncio.get_running_loop().create_task(manager.run_autoscaler())
+        try:
+            waves = []
+            for wave in range(3):  # 4 at a time: the 4th waits 1.2 s for its first token
+                waves += await asyncio.gather(*(ask(pool, words(10, f"{wave}-{i}-")) for i in range(4)))
+            return list(waves), len(pool.live())
+        finally:
+            scaler.cancel()
+
+    try:
+        answers, size = loop.run(scenario(), timeout=120)
+        assert answers == [words(10, f"{w}-{i}-") for w in range(3) for i in range(4)]
+        assert size == 2
     finally:
         loop.run(manager.close_all())
 
