@@ -19,6 +19,8 @@ import httpx
 import pytest
 
 from tests.inference.runtimes import SLOW
+from tests.support.cli import assert_clean_error, cli_json, run_cli
+from tests.support.cli import table as cli_table
 from tests.support.inference import CHAT_MODEL, chat, create_deployment, workers
 from tests.support.server import Server, start_lean
 from tests.support.tenants import Tenant, make_tenant
@@ -229,3 +231,21 @@ def test_a_serverless_pool_grows_under_load_and_shrinks_to_zero_without_cutting_
     r = chat(elastic, key, None, "back again")
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "back again"
     assert size() == 1
+
+
+def test_the_cli_shows_pool_sizes_to_members_and_every_pool_to_platform_admins(fair: Server, tmp_path):
+    t = make_tenant(fair, roles=("owner",))
+    key = create_deployment(fair, "cli-sized", CHAT_MODEL, key=t.keys["owner"])["keys"]["primary"]
+    assert chat(fair, key, None).status_code == 200
+    shown = run_cli(fair.url, tmp_path, "deployments", "show", "cli-sized", key=t.keys["owner"])
+    assert shown.returncode == 0 and "1 of 0-1 (1 ready)" in shown.stdout, shown.stdout
+    headers, rows = cli_table(run_cli(fair.url, tmp_path, "deployments", "list", key=t.keys["owner"]).stdout)
+    assert rows[0][headers.index("POOL")] == "1/1"
+    r = run_cli(fair.url, tmp_path, "deployments", "pools", key=fair.admin_key)
+    headers, rows = cli_table(r.stdout)
+    (row,) = [row for row in rows if row[headers.index("KIND")] == "serverless"]
+    assert row[headers.index("INSTANCES")] == "1 of 0-1" and row[headers.index("SLOTS")] == "1"
+    as_json = cli_json(fair, "deployments", "pools")
+    assert [p["instances"] for p in as_json if p["kind"] == "serverless"] == [1]
+    refused = run_cli(fair.url, tmp_path, "deployments", "pools", key=t.keys["owner"])
+    assert_clean_error(refused, 403, "platform admin")
