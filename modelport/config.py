@@ -69,7 +69,7 @@ class Settings(BaseSettings):
     )
     worker_threads: int | None = Field(default=None, description="Threads per worker; default: the CPU count.")
     serverless_idle_seconds: float = Field(default=300.0, description="Stop an idle serverless pool after this.")
-    queue_per_deployment: int = Field(default=16, description="Requests waiting per deployment before 429.")
+    queue_per_deployment: int = Field(default=16, ge=0, description="Requests waiting per deployment before 429.")
     pool_requests_per_workspace: int = Field(default=128, ge=1, description="Requests one workspace may have "
                                              "in one pool at once, running and waiting, before 429.")
     pool_workspace_share: float = Field(default=0.75, gt=0, le=1, description="Most of a shared serverless "

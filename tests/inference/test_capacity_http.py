@@ -174,7 +174,7 @@ def test_pool_size_in_the_deployment_view_and_pools_for_platform_admins_only(fai
 def elastic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     s = start_lean(tmp_path_factory.mktemp("elastic") / "home", {CHAT_MODEL: SLOW},
                    MODELPORT_POOL_MAX_INSTANCES="3", MODELPORT_POOL_SCALE_UP_QUEUE="2",
-                   MODELPORT_POOL_SCALE_DOWN_SECONDS="1", MODELPORT_SERVERLESS_IDLE_SECONDS="6",
+                   MODELPORT_POOL_SCALE_DOWN_SECONDS="2", MODELPORT_SERVERLESS_IDLE_SECONDS="6",
                    MODELPORT_QUEUE_PER_DEPLOYMENT="64")
     try:
         yield s
@@ -184,11 +184,11 @@ def elastic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 def test_a_serverless_pool_grows_under_load_and_shrinks_to_zero_without_cutting_a_stream(elastic: Server):
     """Scripted load over HTTP on workers taking one request each: 16 requests of 0.4 s at once
-    grow the pool to its cap of 3 and reach every instance; a 4 s stream that starts meanwhile
+    grow the pool to its cap of 3 and reach every instance; an 8 s stream that starts meanwhile
     runs to its end while the pool shrinks back; idle, the pool stops; the next call starts it."""
     key = create_deployment(elastic, "elastic", CHAT_MODEL)["keys"]["primary"]
     text = " ".join(f"w{i}" for i in range(10))
-    long_text = " ".join(f"l{i}" for i in range(100))
+    long_text = " ".join(f"l{i}" for i in range(200))
     sizes: list[int] = []
     served: dict[str, int] = {}
 
@@ -205,7 +205,7 @@ def test_a_serverless_pool_grows_under_load_and_shrinks_to_zero_without_cutting_
             load = [asyncio.create_task(stream(client, key, text, 10)) for _ in range(16)]
             while max(sizes, default=0) < 3 and not all(t.done() for t in load):
                 await asyncio.sleep(0.05)
-            long = asyncio.create_task(stream(client, key, long_text, 100))
+            long = asyncio.create_task(stream(client, key, long_text, 200))
             results = await asyncio.gather(*load)
             served.update({i: w.health.requests_total for i, w in (await asyncio.to_thread(workers, elastic)).items()})
             long_result = await long
