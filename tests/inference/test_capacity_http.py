@@ -113,14 +113,17 @@ def test_a_burst_of_64_streams_does_not_delay_another_workspaces_next_request(fa
 def test_the_per_workspace_cap_answers_429_with_retry_after_and_spares_other_workspaces(fair: Server):
     """A workspace holds 66 requests in the pool (its cap: one running for 4 s, 65 waiting); its
     next ones are refused at once with 429 and Retry-After, saying which limit; another
-    workspace's request is still served."""
+    workspace's request is still served; and the admission steps before the pool (key, network
+    settings) still answer first for the capped workspace."""
     t, other = make_tenant(fair, roles=("owner",)), make_tenant(fair, roles=("owner",))
     key = create_deployment(fair, "capped", CHAT_MODEL, key=t.keys["owner"])["keys"]["primary"]
     other_key = create_deployment(fair, "spared", CHAT_MODEL, key=other.keys["owner"])["keys"]["primary"]
+    closed = create_deployment(fair, "closed", CHAT_MODEL, key=t.keys["owner"],  # same workspace, same pool
+                               network={"public_access": False, "allowed_ranges": ["10.0.0.0/8"]})["keys"]["primary"]
     held = " ".join(f"w{i}" for i in range(100))  # 4 s each: none ends while the test looks
     wait_quiet(fair)
 
-    async def scenario() -> tuple[list[httpx.Response], httpx.Response]:
+    async def scenario() -> tuple[list[httpx.Response], httpx.Response, list[httpx.Response]]:
         async with httpx.AsyncClient(base_url=fair.url, timeout=120,
                                      limits=httpx.Limits(max_connections=BURST + 16)) as client:
             holding = [asyncio.create_task(stream(client, key, held, 100)) for _ in range(BURST + 2)]
@@ -131,12 +134,19 @@ def test_the_per_workspace_cap_answers_429_with_retry_after_and_spares_other_wor
                     for _ in range(2)]
             spared = await client.post("/v1/chat/completions", json=body,
                                        headers={"Authorization": f"Bearer {other_key}"})
+            # the steps before the pool still answer first while the workspace is at its cap
+            earlier = [await client.post("/v1/chat/completions", json=body),
+                       await client.post("/v1/chat/completions", json=body,
+                                         headers={"Authorization": "Bearer mpd_nope"}),
+                       await client.post("/v1/chat/completions", json=body,
+                                         headers={"Authorization": f"Bearer {closed}"})]
             for h in holding:  # the clients go away: their places and slots free at once
                 h.cancel()
             await asyncio.gather(*holding, return_exceptions=True)
-            return over, spared
+            return over, spared, earlier
 
-    over, spared = asyncio.run(scenario())
+    over, spared, earlier = asyncio.run(scenario())
+    assert [r.status_code for r in earlier] == [401, 401, 403]  # no key, a bad key, network settings
     for r in over:
         assert r.status_code == 429, r.text
         err = r.json()["error"]
