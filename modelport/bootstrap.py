@@ -22,7 +22,7 @@ from modelport.identity.offboarding import Offboarding
 from modelport.identity.service import IdentityService
 from modelport.inference.judge import judge_factory
 from modelport.inference.manager import DeploymentManager
-from modelport.inference.pools import PoolManager, RegionSlots
+from modelport.inference.pools import PoolManager, RegionSlots, scale_policy
 from modelport.metrics import Metrics
 from modelport.policies.engine import PolicyEngine
 from modelport.policies.service import PolicyService
@@ -53,7 +53,9 @@ def build_services(settings: Settings) -> Services:
     supervisor = WorkerSupervisor(settings.run_dir, regions=list(settings.region_slots),
                                   launcher=SandboxLauncher.from_settings(settings, "workers"))
     datastore = datastore_from_settings(settings)
-    pools = PoolManager(supervisor, RegionSlots(settings.region_slots), settings.queue_per_deployment)
+    pools = PoolManager(supervisor, RegionSlots(settings.region_slots), settings.queue_per_deployment,
+                        policy=scale_policy(settings), workspace_cap=settings.pool_requests_per_workspace,
+                        share=settings.pool_workspace_share)
     metrics = Metrics()
     manager = DeploymentManager(settings, db, catalog, deployments, pools, metrics)
     metrics.watch_queues(manager.queue_depths)

@@ -25,14 +25,24 @@ def isolation_text(isolation: dict | None) -> str:
     return on if not off else (on + "; " if on else "") + "NOT ISOLATED: " + ", ".join(off)
 
 
+def pool_text(pool: dict | None) -> str:
+    """`2 of 1-4 (2 ready)`: workers now, the range the pool may take, how many take requests."""
+    if not pool:
+        return "no workers running (the next call starts them)"
+    return (f"{pool['instances']} of {pool['min_instances']}-{pool['max_instances']} "
+            f"({pool['ready']} ready)")
+
+
 ROWS = [("NAME", "name"), ("MODEL", "model"), ("TYPE", "type"), ("INSTANCES", "instances"),
+        ("POOL", lambda d: (f"{d['pool']['instances']}/{d['pool']['max_instances']}" if d.get("pool") else "0")),
         ("GEOGRAPHY", "geography"), ("STATE", "state"), ("ISOLATION", lambda d: isolation_text(d.get("isolation"))),
         ("PUBLIC", lambda d: d["network"]["public_access"])]
 
 
 def _show(d: dict) -> None:
     kv(d, [("Name", "name"), ("ID", "id"), ("Model", lambda x: f"{x['model']} {x['model_version']}"),
-           ("Task", "task"), ("Type", "type"), ("Instances", "instances"), ("Geography", "geography"),
+           ("Task", "task"), ("Type", "type"), ("Instances", "instances"),
+           ("Pool", lambda x: pool_text(x.get("pool"))), ("Geography", "geography"),
            ("State", "state"), ("Reason", "state_reason"),
            ("Isolation", lambda x: isolation_text(x.get("isolation"))),
            ("Public access", lambda x: x["network"]["public_access"]),
@@ -180,3 +190,19 @@ def usage(ctx: typer.Context, name: str, json: JsonOpt = False) -> None:
         return print_json(u)
     kv(u, [("Deployment", "deployment"), ("Requests", "requests"), ("Prompt tokens", "prompt_tokens"),
            ("Completion tokens", "completion_tokens")])
+
+
+POOL_ROWS = [("POOL", "key"), ("KIND", "kind"), ("GEOGRAPHY", "geography"), ("DEPLOYMENTS", "deployments"),
+             ("INSTANCES", lambda p: f"{p['instances']} of {p['min_instances']}-{p['max_instances']}"),
+             ("READY", "ready"), ("RETIRING", "retiring"), ("SLOTS", "slots"), ("IN FLIGHT", "in_flight"),
+             ("WAITING", "waiting"), ("WORKSPACES", "workspaces")]
+
+
+@deployments.command("pools")
+@handle_errors
+def pools(ctx: typer.Context, json: JsonOpt = False) -> None:
+    """Platform admins: every running worker pool, its size and its load (counts only)."""
+    rows = client(ctx).request("GET", "/api/v1/pools")
+    if json:
+        return print_json(rows)
+    table(rows, POOL_ROWS)

@@ -149,9 +149,8 @@ class Choice:
 async def generate(manager: DeploymentManager, route: Route, body: GenerateBody) -> AsyncIterator[GenerateEvent]:
     """Stream the worker's events for one request through the deployment's pool."""
     pool = await manager.pool_for(route)
-    async with pool.slot(route.id) as client:
-        async for event in client.generate(body):
-            yield event
+    async for event in pool.generate(route.workspace_id, route.id, body):
+        yield event
 
 
 async def collect(events: AsyncIterator[GenerateEvent], n: int) -> tuple[list[Choice], StreamUsage]:
@@ -207,7 +206,7 @@ class PromptSize:
 
 async def embed(manager: DeploymentManager, route: Route, texts: list[str]) -> tuple[list[list[float]], int]:
     pool = await manager.pool_for(route)
-    async with pool.slot(route.id) as client:
+    async with pool.slot(route.workspace_id, route.id) as client:
         result = await client.embed(texts)
     return result.data, result.prompt_tokens
 

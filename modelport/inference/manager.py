@@ -17,6 +17,7 @@ import operator
 import os
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,7 +30,7 @@ from modelport.db.base import utcnow
 from modelport.db.engine import Database
 from modelport.db.tables import CatalogModel, Deployment, UsageRecord
 from modelport.deployments.service import DeploymentService
-from modelport.errors import IntegrityError, ModelportError, ServiceUnavailable
+from modelport.errors import Forbidden, IntegrityError, ModelportError, ServiceUnavailable
 from modelport.inference.pools import Pool, PoolManager
 from modelport.metrics import Metrics
 from modelport.quotas import rates
@@ -39,12 +40,13 @@ from modelport.workers.protocol import WorkerSpec
 
 if TYPE_CHECKING:
     from modelport.finetuning.service import FinetunedWeights
+    from modelport.identity.principal import Principal
 
 log = logging.getLogger("modelport.deployments")
 
-# How many requests one worker of each runtime takes at once. llama.cpp's high-level API
-# decodes one sequence at a time; more in flight would only queue inside the worker, where
-# the fair scheduler could not see them.
+# How many requests one worker of each runtime takes at once (MODELPORT_WORKER_SLOTS overrides).
+# llama.cpp's high-level API decodes one sequence at a time; more in flight would only queue
+# inside the worker, where the fair scheduler could not see them.
 RUNTIME_CONCURRENCY = {"llamacpp": 1, "transformers": 1, "echo": 64}
 # How often fine-tuned deployments check that their workspace key still unwraps their weights.
 KEY_CHECK_SECONDS = 5.0
@@ -248,7 +250,9 @@ class DeploymentManager:
             regions=self.settings.regions_of(dep.geography),
             spec_factory=spec,
             instances=dep.instances if dep.type == "dedicated" else 1,
-            concurrency=RUNTIME_CONCURRENCY.get(runtime, 1),
+            concurrency=self.settings.worker_slots.get(runtime, RUNTIME_CONCURRENCY.get(runtime, 1)),
+            # A catalog model's serverless pool serves every workspace: each gets its share.
+            shared=dep.type == "serverless" and not model.owner_workspace_id,
         )
 
     async def provision(self, dep_id: str) -> None:
@@ -263,7 +267,7 @@ class DeploymentManager:
             if not report.passed:
                 raise IntegrityError(f"Model '{model.name}' no longer passes its artifact scan; see its report.")
             pool = self._pool(dep, model)
-            await self.pools.scale(pool, dep.instances if dep.type == "dedicated" else max(1, len(pool.members)))
+            await self.pools.scale(pool, dep.instances if dep.type == "dedicated" else max(1, len(pool.live())))
             if await asyncio.to_thread(self._being_deleted, dep_id):
                 # Deleted (or its workspace) while its workers started: they must not outlive it.
                 if not [r for r in self.by_name.values() if r.pool_key == pool.key and r.id != dep_id]:
@@ -271,7 +275,7 @@ class DeploymentManager:
                 return
             isolation = self._isolation(pool)
             # Answered: the worker reports healthy and counts a token, so the model is loaded.
-            async with pool.slot(dep.id) as client:
+            async with pool.slot(dep.workspace_id, dep.id) as client:
                 await client.count_tokens(prompt="ready?") if model.task == "chat-completion" else (
                     await client.embed(["ready?"])
                 )
@@ -319,6 +323,29 @@ class DeploymentManager:
         pool = self._pool(dep, model)
         await self.pools.scale(pool, pool.instances)
         return pool
+
+    def pool_status(self, dep_id: str) -> dict | None:
+        """The size of the pool serving a deployment; None while it has no workers (not started
+        yet, or a serverless pool stopped for idleness). Its load is not shown: on a shared pool
+        that is other workspaces' traffic."""
+        route = next((r for r in list(self.by_key.values()) if r.id == dep_id), None)
+        pool = self.pools.pools.get(route.pool_key) if route is not None else None
+        if pool is None or pool.closed or not pool.members:
+            return None
+        st = pool.status()
+        return {k: st[k] for k in ("instances", "ready", "min_instances", "max_instances")}
+
+    def pools_overview(self, caller: Principal) -> list[dict]:
+        """Every pool with workers, its size and load (platform admins only)."""
+        if not caller.is_platform_admin:
+            raise Forbidden("Pools are shown to platform admins only; a deployment shows its own pool's size.")
+        serving = Counter(r.pool_key for r in list(self.by_name.values()))
+        out = []
+        for key, pool in sorted(list(self.pools.pools.items())):
+            if pool.closed or not pool.members:
+                continue
+            out.append({"key": key, "deployments": serving.get(key, 0), **pool.status()})
+        return out
 
     async def rescale(self, dep_id: str) -> None:
         with self.db.session() as s:
@@ -399,17 +426,22 @@ class DeploymentManager:
         return len(batch)
 
     async def run_background(self) -> None:
-        """Flush usage and stop idle serverless pools, every second or so."""
-        while True:
-            await asyncio.sleep(1.0)
-            try:
-                await asyncio.to_thread(self.flush_usage)
-                await self.pools.reap_idle(self.settings.serverless_idle_seconds)
-                if self.finetuned is not None and time.monotonic() >= self._next_key_check:
-                    self._next_key_check = time.monotonic() + KEY_CHECK_SECONDS
-                    await self.check_private_weights()
-            except Exception:
-                log.exception("background deployment work failed")
+        """Flush usage and stop idle serverless pools, every second or so; resize serverless
+        pools to their load (PoolManager.autoscale) every `pool_scale_interval_seconds`."""
+        scaler = asyncio.get_running_loop().create_task(self.pools.run_autoscaler())
+        try:
+            while True:
+                await asyncio.sleep(1.0)
+                try:
+                    await asyncio.to_thread(self.flush_usage)
+                    await self.pools.reap_idle(self.settings.serverless_idle_seconds)
+                    if self.finetuned is not None and time.monotonic() >= self._next_key_check:
+                        self._next_key_check = time.monotonic() + KEY_CHECK_SECONDS
+                        await self.check_private_weights()
+                except Exception:
+                    log.exception("background deployment work failed")
+        finally:
+            scaler.cancel()
 
     # -- suspension (deployments/suspension.py: a set of reasons) ---------------------------
 
