@@ -94,6 +94,14 @@ class Settings(BaseSettings):
         default_factory=list, description="CIDRs of reverse proxies whose X-Forwarded-For/-Proto headers are "
         "believed (comma-separated); empty: forwarded headers are ignored.")
 
+    # Web portal (modelport/portal): server-side sessions
+    portal_session_idle_minutes: int = Field(default=30, ge=1, description="A portal session unused this long "
+                                             "ends (sign in again).")
+    portal_session_absolute_hours: int = Field(default=12, ge=1, description="A portal session ends this long after "
+                                               "sign-in, used or not.")
+    portal_signin_link_minutes: int = Field(default=10, ge=1, le=1440, description="Validity of the one-time sign-in "
+                                            "link that `modelport serve` prints on its terminal for the local admin.")
+
     # Datastore and keys (see modelport/datastore/settings.py for the master-key rules)
     max_dataset_bytes: int = Field(default=1024**3, description="Largest dataset upload (413 beyond).")
 
