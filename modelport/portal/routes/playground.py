@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
-from markupsafe import escape
+from markupsafe import Markup, escape
 from starlette.concurrency import run_in_threadpool
 
 from modelport.api.responses import ClosingStreamingResponse
@@ -89,14 +89,14 @@ async def chat(request: Request, me: Me, svc: Svc) -> Response:
     calls.check_client(route, request)
     calls.check_ready(route)
     turn = "a-" + secrets.token_hex(6)
-    opening = TEMPLATES.get_template("_turn.html").render(message=message, turn=turn)
+    turn_html = TEMPLATES.get_template("_turn.html")
     try:
         upstream = await handlers.chat(request, manager, route, body, error_shape=openai_error)
     except ContentFiltered as exc:
-        note = _filter_note(exc.details.get("content_filter_result", {}), "prompt")
-        html = (f'<hx-partial hx-target="#conversation" hx-swap="beforeend">{opening}</hx-partial>'
-                f'<hx-partial hx-target="#{turn}" hx-swap="afterend">{note}</hx-partial>')
-        return HTMLResponse(html)
+        note = Markup(_filter_note(exc.details.get("content_filter_result", {}), "prompt"))  # noqa: S704 - rendered
+        html = turn_html.render(message=message, turn=turn, note=note)
+        return HTMLResponse(f'<hx-partial hx-target="#conversation" hx-swap="beforeend">{html}</hx-partial>')
+    opening = turn_html.render(message=message, turn=turn)
     return ClosingStreamingResponse(_relay(upstream, opening, turn, message), media_type="text/event-stream",
                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
