@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.browser import LAUNCH_ARGS, SMOLLM2, Console, chromium_path
+from tests.support.browser import LAUNCH_ARGS, SMOLLM2, Console, WebSession, chromium_path, web_session
 from tests.support.server import ECHO_MODEL, Server, start_lean
 
 
@@ -54,3 +54,19 @@ def portal_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield s
     finally:
         s.stop()
+
+
+@pytest.fixture
+def web() -> Iterator[object]:
+    """`web(url, key)`: a signed-in httpx session (tests.support.browser.WebSession), closed after."""
+    opened: list[WebSession] = []
+
+    def open_session(url: str, key: str) -> WebSession:
+        opened.append(web_session(url, key))
+        return opened[-1]
+
+    try:
+        yield open_session
+    finally:
+        for s in opened:
+            s.client.close()

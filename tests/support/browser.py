@@ -65,6 +65,12 @@ class WebSession:
     client: httpx.Client
     csrf: str
 
+    def __enter__(self) -> WebSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.client.close()
+
     def post(self, path: str, data: dict | None = None, *, csrf: str | None = None, **kw) -> httpx.Response:
         body = {"csrf_token": self.csrf if csrf is None else csrf, **(data or {})}
         return self.client.post(path, data=body, **kw)
