@@ -125,7 +125,7 @@ def _announce(settings, result) -> None:  # type: ignore[no-untyped-def]
         f"    -H \"Authorization: Bearer $(cat {settings.home / 'chat.key'})\" "
         f"-H 'Content-Type: application/json' -d '{{\"model\": \"chat\", \"messages\": [{{\"role\": \"user\", "
         f"\"content\": \"Hello!\"}}]}}'\n"
-        f"  open {settings.base_url}/docs for the REST API\n",
+        f"  open {settings.base_url}/ for the web portal ({settings.base_url}/docs for the REST API)\n",
         highlight=False,
         soft_wrap=True,
     )
