@@ -59,6 +59,7 @@ def test_start_a_fine_tune_and_watch_its_chart_move(page, server: Server) -> Non
                "the job to finish")
     assert page.locator("#job-status").inner_text() == "succeeded", page.locator("#job-progress").inner_text()
     assert points() == 4 and len(seen) >= 2  # the chart grew while we watched
+    assert page.get_by_role("button", name="Cancel the job").count() == 0  # the live part updated too
     assert chart.locator("polyline.loss").count() == 1
     model = page.get_by_role("link", name=re.compile(r"portal"))
     assert model.first.is_visible()

@@ -96,6 +96,10 @@ def test_find_the_chat_model_and_deploy_it(page, portal_server: Server) -> None:
         r = ok(c.post("/v1/chat/completions", json={"model": "wizard-chat",
                                                      "messages": [{"role": "user", "content": "ping"}]}))
         assert r.json()["choices"][0]["message"]["content"]
+    page.goto(f"{url}/deployments/wizard-chat")
+    assert page.locator(".usage-counts span").first.inner_text() == "1 request"
+    assert page.locator("svg.chart rect.bar").count() == 24
+    assert float(page.locator("svg.chart rect.bar").last.get_attribute("height")) > 0  # this hour's bar
     screenshot(page, "deployment")
 
 
