@@ -1,4 +1,4 @@
-// Swagger UI's start-up, moved out of FastAPI's inline <script> so that the page runs under a
+// Swagger UI's start-up, moved out of the inline script of FastAPI's page so that the page runs under a
 // Content-Security-Policy of 'self' (no inline script).
 window.addEventListener("DOMContentLoaded", function () {
   var el = document.getElementById("swagger-ui");
