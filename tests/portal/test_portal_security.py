@@ -348,3 +348,20 @@ def test_serve_prints_the_signin_link_on_a_terminal_only(tmp_path: Path) -> None
         proc.wait(30)
         os.close(primary)
     assert url.rsplit("/", 1)[1] not in (home / "server.log").read_text()
+
+
+# -- size ----------------------------------------------------------------------------------------
+
+def test_a_huge_form_is_refused_and_a_large_dataset_streams(web, server: Server) -> None:
+    ws = web(server.url, server.admin_key)
+    r = ws.post("/workspace/apikeys", {"name": "huge", "padding": "x" * 300_000})
+    assert r.status_code == 413 and "at most 256 KB" in r.text
+    assert _keys_named(server, server.admin_key, "huge") == []
+    # A dataset streams as the request body, past the control plane's 4 MiB body limit.
+    row = b'{"prompt": "' + b"p" * 1000 + b'", "completion": "c"}\n'
+    body = row * 6000  # about 6 MB
+    r = ws.client.post("/datasets/upload?name=big-data", content=body,
+                       headers={"X-CSRF-Token": ws.csrf, "HX-Request": "true",
+                                "Content-Type": "application/octet-stream"})
+    assert r.status_code == 200, r.text[:300]
+    assert "6000 rows" in r.text
