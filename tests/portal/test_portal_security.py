@@ -365,3 +365,14 @@ def test_a_huge_form_is_refused_and_a_large_dataset_streams(web, server: Server)
                                 "Content-Type": "application/octet-stream"})
     assert r.status_code == 200, r.text[:300]
     assert "6000 rows" in r.text
+
+
+def test_deleting_a_workspace_ends_its_sessions_and_leaves_no_session_row(web, server: Server) -> None:
+    t = make_tenant(server)
+    ws = web(server.url, t.keys["owner"])
+    assert ws.client.get("/workspace").status_code == 200
+    with server.client() as admin:
+        ok(admin.delete(f"/api/v1/workspaces/{t.name}"))
+    with _db(server) as db:  # removed by the offboarding itself, before any request of the session
+        assert db.execute("SELECT count(*) FROM portal_sessions WHERE workspace_id = ?", (t.id,)).fetchone()[0] == 0
+    assert ws.client.get("/workspace").status_code == 303
