@@ -79,3 +79,22 @@ def test_platform_admin_creates_a_user_and_a_workspace(page, portal_server: Serv
     users_form.get_by_label("Name").fill("Not Valid!")
     users_form.get_by_role("button", name="Create user").click()
     assert "lowercase letters" in page.locator(".alert.error").inner_text()
+
+
+def test_download_where_the_licence_allows_verified(web, portal_server: Server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import hashlib
+
+    from tests.support.tenants import import_tiny_gguf
+
+    with portal_server.client() as admin:
+        free = import_tiny_gguf(admin, tmp_path, unique("free"), downloadable=True)
+        closed = import_tiny_gguf(admin, tmp_path, unique("closed"))
+    ws = web(portal_server.url, portal_server.admin_key)
+    page = ws.client.get(f"/catalog/{free['name']}").text
+    assert "Download model.gguf" in page
+    r = ws.client.get(f"/catalog/{free['name']}/download?file=model.gguf")
+    assert r.status_code == 200
+    assert hashlib.sha256(r.content).hexdigest() == free["files"][0]["sha256"]
+    assert "Download" not in ws.client.get(f"/catalog/{closed['name']}").text.split("<dl")[0]
+    r = ws.client.get(f"/catalog/{closed['name']}/download?file=model.gguf")
+    assert r.status_code == 403 and "not downloadable" in r.text
