@@ -167,7 +167,6 @@ def principal(request: Request, cur: Annotated[Current, Depends(current)]) -> It
 
 
 Me = Annotated[Principal, Depends(principal)]
-Session = Annotated[Current, Depends(current)]
 
 
 def svc(request: Request) -> Services:

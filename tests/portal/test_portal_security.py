@@ -376,3 +376,12 @@ def test_deleting_a_workspace_ends_its_sessions_and_leaves_no_session_row(web, s
     with _db(server) as db:  # removed by the offboarding itself, before any request of the session
         assert db.execute("SELECT count(*) FROM portal_sessions WHERE workspace_id = ?", (t.id,)).fetchone()[0] == 0
     assert ws.client.get("/workspace").status_code == 303
+
+
+def test_an_unknown_page_is_a_readable_404_and_the_apis_keep_their_shape(server: Server) -> None:
+    with httpx.Client(base_url=server.url, headers={"Accept": "text/html"}) as browser:
+        r = browser.get("/no-such-page")
+        assert r.status_code == 404 and "There is no such page" in r.text
+        assert "default-src 'self'" in r.headers["content-security-policy"]
+        api = browser.get("/api/v1/no-such-route")
+        assert api.status_code == 404 and api.json()["error"]["code"] == "not_found"

@@ -6,12 +6,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from modelport.api.deps import Services
+from modelport.identity.principal import Principal
 from modelport.portal.web import Me, PortalRoute, Svc, form, redirect, render
 
 router = APIRouter(route_class=PortalRoute, include_in_schema=False)
 
 
-def _view(me, svc) -> dict:  # type: ignore[no-untyped-def]
+def _view(me: Principal, svc: Services) -> dict:
     me.require("platform.workspaces")
     return {"workspaces": svc.identity.list_workspaces(me), "users": svc.identity.list_users(me),
             "platform_key": svc.keys.platform_key(me)}

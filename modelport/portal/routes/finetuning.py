@@ -8,8 +8,10 @@ from fastapi.responses import HTMLResponse, Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from modelport.api.deps import Services
 from modelport.catalog.service import Filters
-from modelport.finetuning.schemas import JobCreate
+from modelport.finetuning.schemas import JobCreate, JobOut
+from modelport.identity.principal import Principal
 from modelport.portal import charts
 from modelport.portal.routes.deployments import invalid
 from modelport.portal.web import Me, PortalRoute, Svc, form, redirect, render
@@ -45,7 +47,7 @@ async def create(request: Request, me: Me, svc: Svc) -> Response:
     return redirect(f"/finetuning/{job.id}")
 
 
-def _job_view(me, svc, job_id: str):  # type: ignore[no-untyped-def]
+def _job_view(me: Principal, svc: Services, job_id: str) -> tuple[JobOut, charts.Line]:
     out = svc.finetuning.out(svc.finetuning.get(me, job_id))
     line = charts.line([(p.step, p.train_loss) for p in out.losses])
     return out, line

@@ -9,8 +9,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from modelport.api.deps import Services
 from modelport.audit import service as audit
 from modelport.errors import InvalidInput
+from modelport.identity.principal import Principal
 from modelport.identity.roles import Role
 from modelport.portal.web import Me, PortalRoute, Svc, form, redirect, render
 
@@ -24,7 +26,7 @@ def _role(value: str | None) -> Role:
         raise InvalidInput("role must be reader, contributor or owner.", field="role") from None
 
 
-def _view(me, svc, action: str | None, since: str | None) -> dict:  # type: ignore[no-untyped-def]
+def _view(me: Principal, svc: Services, action: str | None, since: str | None) -> dict:
     ctx: dict = {"members": svc.identity.list_members(me), "keys": svc.identity.list_api_keys(me),
                  "wskey": None, "events": None, "action": action or "", "since": since or ""}
     if me.can("keys.manage"):
