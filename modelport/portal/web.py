@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import parse_qsl, quote
 
+import anyio
 from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.routing import APIRoute
@@ -26,6 +27,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.datastructures import ImmutableMultiDict
 
 from modelport.api.deps import Services
+from modelport.audit import service as audit
 from modelport.errors import Forbidden, InvalidInput, ModelportError, PayloadTooLarge, Unauthenticated
 from modelport.identity.principal import Principal
 from modelport.portal import nav
@@ -220,9 +222,26 @@ class PortalRoute(APIRoute):
             for k, v in SECURITY_HEADERS.items():
                 response.headers.setdefault(k, v)
             response.headers.setdefault("Cache-Control", "no-store")
+            if request.method not in SAFE_METHODS and response.status_code >= 400:
+                await anyio.to_thread.run_sync(self._audit_refusal, request, response.status_code)
             return response
 
         return route
+
+    def _audit_refusal(self, request: Request, status: int) -> None:
+        """A refused or failed portal write is audited like one on the REST API (the actor, the
+        route, the status; nothing of the request)."""
+        principal = getattr(request.state, "principal", None)
+        if principal is None:
+            return  # no session: no actor to record
+        outcome = "denied" if status in (401, 403, 404) else "failed"
+        try:
+            with portal(request).services.db.session() as s:
+                audit.record(s, principal, f"portal.{self.name}"[:64],
+                             outcome=outcome, status_code=status,
+                             request_id=getattr(request.state, "request_id", None))
+        except Exception:  # the audit of a refusal must never turn it into a 500
+            log.exception("could not write audit record")
 
 
 def set_session_cookie(request: Request, response: Response, cur: Current) -> None:

@@ -170,6 +170,11 @@ def test_a_readers_session_shows_no_write_controls_and_cannot_write(web, page, s
         roles = {m["user"]: m["role"] for m in ok(owner.get("/api/v1/members")).json()}
         assert roles[t.users["contributor"]] == "contributor"
     assert ws.client.get("/admin").status_code == 403
+    # Audited like refusals on the REST API: the actor and the route, nothing of the request.
+    with server.client(t.keys["owner"]) as owner:
+        events = ok(owner.get("/api/v1/audit", params={"action": "portal.deploy"})).json()
+    assert any(e["outcome"] == "denied" and e["status_code"] == 403 and e["actor_user_id"] == t.user_ids["reader"]
+               for e in events)
 
 
 def test_a_contributor_cannot_change_the_content_filter(web, server: Server, tenants: tuple[Tenant, Tenant]) -> None:
