@@ -98,3 +98,19 @@ def test_download_where_the_licence_allows_verified(web, portal_server: Server, 
     assert "Download" not in ws.client.get(f"/catalog/{closed['name']}").text.split("<dl")[0]
     r = ws.client.get(f"/catalog/{closed['name']}/download?file=model.gguf")
     assert r.status_code == 403 and "not downloadable" in r.text
+
+
+def test_saving_the_filter_form_keeps_what_it_does_not_show(web, portal_server: Server) -> None:  # type: ignore[no-untyped-def]
+    with portal_server.client() as admin:
+        ok(admin.post("/api/v1/deployments", json={"name": "cf-keep", "model": SMOLLM2, "type": "serverless"}))
+        ok(admin.put("/api/v1/deployments/cf-keep/content-filter",
+                     json={"enabled": False, "profanity": {"enabled": True, "mode": "block"},
+                           "jailbreak": {"enabled": False, "mode": "annotate"}}))
+    ws = web(portal_server.url, portal_server.admin_key)
+    r = ws.post("/deployments/cf-keep/content-filter", {"enabled": "", "hate_prompt": "low", "streaming": "buffered"})
+    assert r.status_code == 303, r.text[:300]
+    with portal_server.client() as admin:
+        cf = ok(admin.get("/api/v1/deployments/cf-keep/content-filter")).json()
+    assert cf["hate"]["prompt_threshold"] == "low"  # what the form changed
+    assert cf["profanity"] == {"enabled": True, "mode": "block"}  # what it does not show, kept
+    assert cf["jailbreak"] == {"enabled": False, "mode": "annotate"}

@@ -109,7 +109,10 @@ async def regenerate(name: str, request: Request, me: Me, svc: Svc) -> HTMLRespo
 @router.post("/deployments/{name}/content-filter")
 async def content_filter(name: str, request: Request, me: Me, svc: Svc) -> Response:
     data = await form(request)
-    cfg: dict[str, Any] = {"enabled": data.get("enabled") == "on"}
+    d, _ = await run_in_threadpool(svc.deployments.get, me, name)
+    # What the form does not show (jailbreak, profanity, backend, judge) is kept as it is.
+    cfg: dict[str, Any] = ContentFilterConfig.model_validate(d.content_filter or {}).model_dump(mode="json")
+    cfg["enabled"] = data.get("enabled") == "on"
     for c in CATEGORIES:
         cfg[c] = {"prompt_threshold": data.get(f"{c}_prompt") or "medium",
                   "completion_threshold": data.get(f"{c}_completion") or "medium",
