@@ -159,6 +159,13 @@ class Settings(BaseSettings):
                                              description="Default cap of a dedicated deployment's tokens per minute.")
     redis_url: str | None = Field(default=None, description="redis://host:port/db (or rediss://, redis+unix://): "
                                   "rate-limit counts shared by every server using it; default: this process's memory.")
+    # Web portal (modelport/portal): server-side sessions
+    portal_session_idle_minutes: int = Field(default=30, ge=1, description="A portal session unused this long "
+                                             "ends (sign in again).")
+    portal_session_absolute_hours: int = Field(default=12, ge=1, description="A portal session ends this long after "
+                                               "sign-in, used or not.")
+    portal_signin_link_minutes: int = Field(default=10, ge=1, le=1440, description="Validity of the one-time sign-in "
+                                            "link that `modelport serve` prints on its terminal for the local admin.")
 
     # Datastore and keys (see modelport/datastore/settings.py for the master-key rules)
     max_dataset_bytes: int = Field(default=1024**3, json_schema_extra=_readme("1 GiB"),
