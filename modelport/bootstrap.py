@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from modelport.api.deps import Services
 from modelport.catalog.service import CatalogService
 from modelport.catalog.storage import LocalModelStore, move_legacy_dir
-from modelport.config import Settings, datastore_environ
+from modelport.config import Settings
 from modelport.datasets.service import DatasetService
 from modelport.datastore.settings import from_settings as datastore_from_settings
 from modelport.db import migrate
@@ -50,7 +50,7 @@ def build_services(settings: Settings) -> Services:
     # Workers see nothing of the metadata store, the model files, the datastore or the keys (sandbox.py).
     supervisor = WorkerSupervisor(settings.run_dir, regions=list(settings.region_slots),
                                   launcher=SandboxLauncher.from_settings(settings, "workers"))
-    datastore = datastore_from_settings(settings.home, datastore_environ(settings))
+    datastore = datastore_from_settings(settings)
     pools = PoolManager(supervisor, RegionSlots(settings.region_slots), settings.queue_per_deployment)
     manager = DeploymentManager(settings, db, catalog, deployments, pools)
     manager.finetuned = FinetunedWeights(db, datastore)

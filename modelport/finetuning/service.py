@@ -161,10 +161,6 @@ class FinetuningService:
                     job.status, job.step, job.losses, job.eta_seconds = "queued", 0, [], None
                 job.eta_seconds = None
 
-    def running_count(self) -> int:
-        with self.db.session() as s:
-            return s.scalar(select(func.count()).select_from(FinetuneJob).where(FinetuneJob.status == "running")) or 0
-
     def claim_next(self) -> FinetuneJob | None:
         """The oldest queued job, atomically moved to `running` (safe with several servers)."""
         with self.db.session() as s:
