@@ -23,8 +23,10 @@ from modelport.identity.service import IdentityService
 from modelport.inference.judge import judge_factory
 from modelport.inference.manager import DeploymentManager
 from modelport.inference.pools import PoolManager, RegionSlots
+from modelport.metrics import Metrics
 from modelport.policies.engine import PolicyEngine
 from modelport.policies.service import PolicyService
+from modelport.quotas.limiter import RateLimiter, storage_uri
 from modelport.safety.service import SafetyService
 from modelport.workers.sandbox import SandboxLauncher
 from modelport.workers.supervisor import WorkerSupervisor
@@ -52,11 +54,13 @@ def build_services(settings: Settings) -> Services:
                                   launcher=SandboxLauncher.from_settings(settings, "workers"))
     datastore = datastore_from_settings(settings)
     pools = PoolManager(supervisor, RegionSlots(settings.region_slots), settings.queue_per_deployment)
-    manager = DeploymentManager(settings, db, catalog, deployments, pools)
+    metrics = Metrics()
+    manager = DeploymentManager(settings, db, catalog, deployments, pools, metrics)
+    metrics.watch_queues(manager.queue_depths)
     manager.finetuned = FinetunedWeights(db, datastore)
     identity = IdentityService(db)
     datasets = DatasetService(db, datastore, settings.max_dataset_bytes, activity=identity.activity)
-    safety = SafetyService(db, screening_concurrency=settings.screening_concurrency,
+    safety = SafetyService(db, metrics=metrics, screening_concurrency=settings.screening_concurrency,
                            screening_queue=settings.screening_queue,
                            blocklist_budget_s=settings.blocklist_budget_ms / 1000)
     safety.set_judge_factory(judge_factory(manager))  # the llm-judge backend calls chat deployments
@@ -74,6 +78,8 @@ def build_services(settings: Settings) -> Services:
                                      max_active_jobs=settings.max_active_finetune_jobs_per_workspace),
         offboarding=Offboarding(settings, db, identity, manager, catalog, safety, datastore),
         policies=PolicyService(db, policies, catalog, settings),
+        rate_limiter=RateLimiter(storage_uri(settings.redis_url)),
+        metrics=metrics,
     )
 
 

@@ -128,6 +128,19 @@ class Settings(BaseSettings):
         default_factory=list, description="CIDRs of reverse proxies whose X-Forwarded-For/-Proto headers are "
         "believed (comma-separated); empty: forwarded headers are ignored.")
 
+    # Quotas: per-deployment rate limits (platform defaults = the caps until an admin changes a deployment's)
+    serverless_requests_per_minute: int = Field(default=1000, ge=1, le=10_000_000, description="Default cap of "
+                                                "a serverless deployment's requests per minute (Azure's default).")
+    serverless_tokens_per_minute: int = Field(default=200_000, ge=1, le=10_000_000_000, description="Default cap "
+                                              "of a serverless deployment's tokens per minute (Azure's default).")
+    dedicated_requests_per_minute: int = Field(default=1000, ge=1, le=10_000_000,
+                                               description="Default cap of a dedicated deployment's requests per "
+                                               "minute.")
+    dedicated_tokens_per_minute: int = Field(default=200_000, ge=1, le=10_000_000_000,
+                                             description="Default cap of a dedicated deployment's tokens per minute.")
+    redis_url: str | None = Field(default=None, description="redis://host:port/db (or rediss://, redis+unix://): "
+                                  "rate-limit counts shared by every server using it; default: this process's memory.")
+
     # Datastore and keys (see modelport/datastore/settings.py for the master-key rules)
     max_dataset_bytes: int = Field(default=1024**3, json_schema_extra=_readme("1 GiB"),
                                    description="Largest dataset upload (413 beyond).")
@@ -167,6 +180,15 @@ class Settings(BaseSettings):
         except json.JSONDecodeError as exc:
             raise ValueError(f"{ENV_PREFIX}{info.field_name.upper()} must be JSON ({exc.msg} at character "
                              f"{exc.pos})") from None
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not value.startswith(("redis://", "rediss://", "redis+unix://")):
+            raise ValueError("MODELPORT_REDIS_URL takes a redis://host:port/db, rediss:// or redis+unix:// URL")
+        return value.strip()
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

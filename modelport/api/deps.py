@@ -20,7 +20,9 @@ from modelport.identity.offboarding import Offboarding
 from modelport.identity.principal import Principal
 from modelport.identity.service import IdentityService
 from modelport.inference.manager import DeploymentManager
+from modelport.metrics import Metrics
 from modelport.policies.service import PolicyService
+from modelport.quotas.limiter import RateLimiter
 from modelport.safety.service import SafetyService
 
 
@@ -38,6 +40,8 @@ class Services:
     finetuning: FinetuningService
     offboarding: Offboarding
     policies: PolicyService
+    rate_limiter: RateLimiter
+    metrics: Metrics
     extra: dict[str, object] = field(default_factory=dict)  # later subsystems register here
 
 

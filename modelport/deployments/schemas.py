@@ -8,6 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from modelport.quotas.rates import RateLimitsIn
+
 
 class NetworkSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -52,6 +54,15 @@ class DeploymentUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     instances: int | None = Field(default=None, ge=1, le=16)
     network: NetworkSettings | None = None
+    rate_limits: RateLimitsIn | None = Field(default=None, description="Owners: lower the deployment's requests "
+                                             "and tokens per minute, at most its caps (null field: the cap).")
+    rate_limit_caps: RateLimitsIn | None = Field(default=None, description="Platform admins: the most the owner "
+                                                 "may set (null field: the platform default).")
+
+
+class RateLimitsOut(BaseModel):
+    requests_per_minute: int
+    tokens_per_minute: int
 
 
 class RegenerateKey(BaseModel):
@@ -82,6 +93,8 @@ class DeploymentOut(BaseModel):
     isolation: Isolation | None = Field(description="How its workers are isolated; null before one started.")
     network: NetworkSettings
     content_filter: dict
+    rate_limits: RateLimitsOut = Field(description="What the gateway enforces: the owner's limits, at most the caps.")
+    rate_limit_caps: RateLimitsOut = Field(description="The most the owner may set (a platform admin sets them).")
     endpoints: dict[str, str]
     created_at: datetime
     updated_at: datetime

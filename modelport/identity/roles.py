@@ -13,6 +13,7 @@
 | deployments.read        |   x    |      x      |   x   |                                      |
 | deployments.write       |        |      x      |   x   |                                      |
 | deployments.call        |   x    |      x      |   x   |                                      |
+| deployments.rate_limits |        |             |   x   |                                      |
 | datasets.read           |   x    |      x      |   x   |                                      |
 | datasets.write          |        |      x      |   x   |                                      |
 | finetuning.read         |   x    |      x      |   x   |                                      |
@@ -66,6 +67,7 @@ WORKSPACE_ACTIONS: dict[str, Role] = {
     "deployments.read": Role.READER,
     "deployments.write": Role.CONTRIBUTOR,
     "deployments.call": Role.READER,
+    "deployments.rate_limits": Role.OWNER,
     "datasets.read": Role.READER,
     "datasets.write": Role.CONTRIBUTOR,
     "finetuning.read": Role.READER,
@@ -85,6 +87,8 @@ PLATFORM_ACTIONS = frozenset(
         "platform.keys",  # rotate and rewrap the platform key
         "platform.audit",  # read every workspace's audit log
         "platform.policies",  # save and delete platform policies; compliance of every workspace
+        "platform.quotas",  # set deployments' rate-limit caps
+        "platform.metrics",  # read GET /metrics
     }
 )
 

@@ -31,6 +31,9 @@ from modelport.db.tables import CatalogModel, Deployment, UsageRecord
 from modelport.deployments.service import DeploymentService
 from modelport.errors import IntegrityError, ModelportError, ServiceUnavailable
 from modelport.inference.pools import Pool, PoolManager
+from modelport.metrics import Metrics
+from modelport.quotas import rates
+from modelport.quotas.rates import RateLimits
 from modelport.safety.config import ContentFilterConfig
 from modelport.workers.protocol import WorkerSpec
 
@@ -70,6 +73,7 @@ class Route:
     pool_key: str
     content_filter: ContentFilterConfig  # parsed once here, never on the request path
     created_at: int
+    rate_limits: RateLimits  # what admission enforces (quotas/rates.py)
 
     def allows_client(self, host: str | None) -> bool:
         if self.public_access:
@@ -103,9 +107,11 @@ def pool_key(dep: Deployment, model: CatalogModel) -> str:
 
 class DeploymentManager:
     def __init__(
-        self, settings: Settings, db: Database, catalog: CatalogService, service: DeploymentService, pools: PoolManager
+        self, settings: Settings, db: Database, catalog: CatalogService, service: DeploymentService, pools: PoolManager,
+        metrics: Metrics,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.db = db
         self.catalog = catalog
         self.service = service
@@ -151,8 +157,7 @@ class DeploymentManager:
         self.by_key[route.secondary_lookup] = route
         return route
 
-    @staticmethod
-    def _route(d: Deployment, m: CatalogModel) -> Route:
+    def _route(self, d: Deployment, m: CatalogModel) -> Route:
         net = d.network or {}
         return Route(
             id=d.id,
@@ -174,6 +179,7 @@ class DeploymentManager:
             pool_key=pool_key(d, m),
             content_filter=ContentFilterConfig.model_validate(d.content_filter or {}),
             created_at=int(d.created_at.timestamp()),
+            rate_limits=rates.effective(self.settings, d.type, d.rate_limit_caps, d.rate_limits),
         )
 
     def routes_of(self, workspace_id: str) -> list[Route]:
@@ -373,6 +379,16 @@ class DeploymentManager:
                "completion_tokens": completion_tokens, "outcome": outcome}
         with self._usage_lock:
             self._usage.append(row)
+        self.metrics.tokens(route.id, outcome, prompt_tokens, completion_tokens)
+
+    def queue_depths(self) -> list[tuple[str, int]]:
+        """(deployment id, requests waiting for a worker) of every deployment whose pool is up."""
+        out = []
+        for route in list(self.by_name.values()):
+            pool = self.pools.pools.get(route.pool_key)
+            if pool is not None and not pool.closed:
+                out.append((route.id, pool.scheduler.waiting(route.id)))
+        return out
 
     def flush_usage(self) -> int:
         with self._usage_lock:
