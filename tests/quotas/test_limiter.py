@@ -171,22 +171,30 @@ def test_two_processes_share_one_limit_through_redis(dimension: str) -> None:
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(costs=st.lists(st.integers(min_value=1, max_value=400), min_size=1, max_size=40))
-def test_admitted_tokens_never_pass_the_limit_and_refusals_are_justified(costs: list[int]) -> None:
-    """Within one window, any sequence of requests: what is admitted fits the limit, and a request
-    is refused only when it would not have fit."""
+def test_any_sequence_admits_within_both_limits_and_refuses_only_what_would_not_fit(costs: list[int]) -> None:
+    """Within one window, any sequence of requests against 5 requests and 1,000 tokens a minute:
+    what is admitted fits both limits; a request is refused for requests only when 5 were taken,
+    for tokens only when its cost would not fit (and then it has still taken a request)."""
     limiter = RateLimiter()
 
     async def run() -> None:
-        d, limits = dep(), RateLimits(BIG, 1000)
-        charged = 0
+        await window_start(60, 2)
+        d, limits = dep(), RateLimits(5, 1000)
+        requests = tokens = 0
         for cost in costs:
             try:
                 decision = await limiter.admit(d, limits, cost)
-                charged += cost
-                assert decision.remaining_tokens == 1000 - charged
-            except RateLimited:
-                assert charged + cost > 1000
-        assert charged <= 1000
+            except RateLimited as exc:
+                if exc.details["limit"] == "requests":
+                    assert requests == 5
+                else:
+                    assert tokens + cost > 1000
+                    requests += 1
+                continue
+            requests += 1
+            tokens += cost
+            assert (decision.remaining_requests, decision.remaining_tokens) == (5 - requests, 1000 - tokens)
+        assert requests <= 5 and tokens <= 1000
 
     asyncio.run(run())
 
