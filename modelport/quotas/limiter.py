@@ -23,6 +23,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from limits.errors import StorageError
 from limits.storage import storage_from_string
 
 from modelport.errors import InvalidInput, RateLimited, ServiceUnavailable
@@ -171,6 +172,4 @@ def _remaining(window: Window, state: tuple[int, float, int, float]) -> int:
 
 
 def _is_storage_error(exc: Exception) -> bool:
-    from limits.errors import StorageError
-
     return isinstance(exc, StorageError | ConnectionError | OSError | TimeoutError)
