@@ -189,6 +189,21 @@ def test_limits_changed_on_the_control_plane_apply_to_the_next_request(server: S
         assert raw.headers["x-ratelimit-limit-tokens"] == "100"
 
 
+def test_lowering_a_limit_keeps_what_was_already_spent(server: Server) -> None:
+    """Counts belong to the deployment, not to a limit's value: lowering the limit does not give a
+    fresh window, and the next request is measured against what this window already admitted."""
+    name, key = limited(server, rpm=600)  # 100 per 10 seconds
+    wait_for_window_start()
+    with openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0) as c:
+        for _ in range(5):
+            c.chat.completions.create(model=name, max_tokens=1, **chat_body())
+        with server.client() as admin:
+            ok(admin.patch(f"/api/v1/deployments/{name}", json={"rate_limits": {"requests_per_minute": 30}}))
+        with pytest.raises(openai.RateLimitError) as err:  # 5 per 10 seconds, and 5 were admitted
+            c.chat.completions.create(model=name, max_tokens=1, **chat_body())
+        assert err.value.response.headers["x-ratelimit-limit-requests"] == "30"
+
+
 def test_a_server_with_redis_keeps_its_counts_there(tmp_path) -> None:  # type: ignore[no-untyped-def]
     url = require_redis()
     s = start_lean(tmp_path / "home", {CHAT_MODEL: "echo"}, MODELPORT_REDIS_URL=url)
