@@ -54,9 +54,10 @@ def limited(server: Server, rpm: int | None = None, tpm: int | None = None, mode
 
 
 def wait_for_window_start() -> None:
-    """Windows are aligned to the clock (memory storage): keep a test's calls inside one."""
+    """Windows are aligned to the clock (memory storage): keep a test's calls inside one 10-second
+    window of requests and one 60-second window of tokens."""
     left = 10 - time.time() % 10
-    if left < 4:
+    if left < 4 or 60 - time.time() % 60 < 4:
         time.sleep(left + 0.05)
 
 
@@ -86,6 +87,7 @@ def test_every_answer_carries_the_headers_on_both_apis_streamed_too(server: Serv
         r = c.post(f"/deployments/{name}/chat/completions", json=chat_body("hi", max_tokens=30_000, n=2))
         assert r.status_code == 400 and "50000 tokens per minute" in r.json()["error"]["message"]
     ename, ekey = limited(server, rpm=60, tpm=1000, model=EMBED_MODEL)
+    wait_for_window_start()
     with openai.OpenAI(base_url=f"{server.url}/v1", api_key=ekey, max_retries=0) as c:
         raw = c.embeddings.with_raw_response.create(model=ename, input=["abcdefgh", "ab"])
         assert raw.headers["x-ratelimit-remaining-tokens"] == str(1000 - 3)
@@ -114,6 +116,7 @@ def test_429_in_each_apis_shape_with_retry_after(server: Server) -> None:
 
 def test_tokens_are_charged_at_admission_from_the_estimate(server: Server) -> None:
     name, key = limited(server, tpm=1000)
+    wait_for_window_start()
     with openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0) as c:
         for left in (1000 - 405, 1000 - 810):  # "hello world": 3 tokens + 4 for the message + 398
             raw = c.chat.completions.with_raw_response.create(model=name, max_tokens=398, **chat_body())
