@@ -148,6 +148,18 @@ class RateLimiter:
             raise
         return Decision(limits, _remaining(rw, rstate), _remaining(tw, tstate))
 
+    async def peek(self, deployment_id: str, limits: RateLimits) -> Decision:
+        """The deployment's limits and what is left of them, charging nothing."""
+        rw, tw = request_window(limits.requests_per_minute), token_window(limits.tokens_per_minute)
+        try:
+            rstate = await self.storage.get_sliding_window(f"rpm/{deployment_id}", rw.seconds)
+            tstate = await self.storage.get_sliding_window(f"tpm/{deployment_id}", tw.seconds)
+        except Exception as exc:
+            if self.remote and _is_storage_error(exc):
+                raise ServiceUnavailable("The rate-limit store (Redis) cannot be reached; retry shortly.") from exc
+            raise
+        return Decision(limits, _remaining(rw, rstate), _remaining(tw, tstate))
+
     async def _refused(self, limits: RateLimits, rw: Window, tw: Window, rkey: str, tkey: str, cost: int,
                        dimension: str) -> RateLimited:
         rstate = await self.storage.get_sliding_window(rkey, rw.seconds)

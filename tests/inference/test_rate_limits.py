@@ -1,10 +1,11 @@
 """Rate limits on the request path of a real server, seen by the official clients.
 
-Every answer of an admitted request carries x-ratelimit-limit/remaining-requests/-tokens (both
-APIs, streamed too); a refused one gets 429 with `retry-after` and `retry-after-ms`, after which
-the official `openai` and `azure-ai-inference` clients retry on their own and succeed. Tokens
-are charged at admission from the estimate (prompt + max_tokens). The admission order: no key
-(401), then the network settings (403), then the body (400), then the rate limits (429).
+Every answer to a request that passed the network settings carries the x-ratelimit-limit/
+remaining-requests/-tokens headers (both APIs, streamed too; as charged, or as they stand for a
+refused body); a throttled one gets 429 with `retry-after` and `retry-after-ms`, after which the
+official `openai` and `azure-ai-inference` clients retry on their own and succeed. Tokens are
+charged at admission from the estimate (prompt + max_tokens). The admission order: no key (401),
+then the network settings (403), then the body (400), then the rate limits (429).
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ def test_every_answer_carries_the_headers_on_both_apis_streamed_too(server: Serv
         # A request that could never fit the minute: 400 naming the limit, not a 429 to retry forever.
         r = c.post(f"/deployments/{name}/chat/completions", json=chat_body("hi", max_tokens=30_000, n=2))
         assert r.status_code == 400 and "50000 tokens per minute" in r.json()["error"]["message"]
+        assert r.headers["x-ratelimit-remaining-requests"] == "96"  # it was not charged
     ename, ekey = limited(server, rpm=60, tpm=1000, model=EMBED_MODEL)
     wait_for_window_start()
     with openai.OpenAI(base_url=f"{server.url}/v1", api_key=ekey, max_retries=0) as c:
@@ -169,6 +171,8 @@ def test_admission_order_401_then_network_403_then_body_400_then_429(server: Ser
         # A body the API refuses is 400 before any quota: it spends nothing and says what to fix.
         bad = c.post("/v1/chat/completions", json={"model": name, "messages": "not a list"})
         assert bad.status_code == 400
+        # ... and still tells what is left (charging nothing): every answer past the network check does.
+        assert bad.headers["x-ratelimit-remaining-requests"] == "0" and all(h in bad.headers for h in HEADERS)
     with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=60,
                       transport=httpx.HTTPTransport(local_address="127.0.0.2")) as outside:
         r = outside.post("/v1/chat/completions", json=chat_body(model=name, max_tokens=2))
