@@ -210,6 +210,9 @@ def build_onnx(model: LoadedModel, dtype: str = "auto", threads: int | None = No
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    # no busy-waiting between calls: a screened text is a short burst of work on a core the
+    # gateway's event loop shares (its threads spun on that core and slowed the rest of the request)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
     return OnnxEncoder(session, per_text=chosen == "int8"), chosen
 
