@@ -208,7 +208,7 @@ def build_onnx(model: LoadedModel, dtype: str = "auto", threads: int | None = No
                 Path(f.name).unlink(missing_ok=True)  # no half-written graph left behind
                 raise
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.intra_op_num_threads = threads or 1
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
@@ -262,7 +262,10 @@ class MiniLMBackend:
     `runtime`: "auto" (onnx where onnxruntime is installed, else torch), "onnx" or "torch".
     `dtype`: with onnx "auto" (= "int8") or "float32"; with torch "auto" (bfloat16 where the CPU
     supports it natively, else float32), "float32" or "bfloat16". `trace` (torch only): None
-    (trace when bfloat16), True or False. `threads`: onnx intra-op threads (default: torch's)."""
+    (trace when bfloat16), True or False. `threads`: onnx intra-op threads (default 1: a screened
+    text is tens of tokens, too little work to split, and splitting it on a gateway pinned to one
+    core cost a thread switch per graph node; concurrent requests run in parallel instead, each
+    in its own worker thread)."""
 
     name = "minilm"
 
