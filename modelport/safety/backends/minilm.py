@@ -29,6 +29,7 @@ import importlib.util
 import io
 import logging
 import os
+import sys
 import tempfile
 import threading
 import warnings
@@ -233,8 +234,11 @@ def _build_graph(model: LoadedModel, dtype: str) -> bytes:
     with tempfile.TemporaryDirectory(prefix="modelport-safety-") as tmp:
         src, fused, dst = Path(tmp) / "encoder.onnx", Path(tmp) / "encoder.fused.onnx", Path(tmp) / "encoder.int8.onnx"
         src.write_bytes(graph)
-        quiet = _DropFrom("onnxruntime")  # its optimizer and quantizer log advice to the root logger
-        logging.getLogger().addFilter(quiet)
+        # the quantizer logs advice to the root logger, the optimizer's modules to loggers of their own
+        quiet = _DropFrom("onnxruntime")
+        loggers = [logging.getLogger(), *_package_loggers("onnxruntime")]
+        for logger in loggers:
+            logger.addFilter(quiet)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -251,8 +255,18 @@ def _build_graph(model: LoadedModel, dtype: str) -> bytes:
                                      extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
                     graph = dst.read_bytes()
         finally:
-            logging.getLogger().removeFilter(quiet)
+            for logger in loggers:
+                logger.removeFilter(quiet)
     return graph
+
+
+def _package_loggers(package: str) -> list[logging.Logger]:
+    """The loggers named after modules loaded from `package`'s files (onnxruntime's transformer
+    optimizer imports its modules under top-level names such as `onnx_model`)."""
+    part = f"/{package}/"
+    names = [name for name, module in list(sys.modules.items())
+             if part in (getattr(module, "__file__", None) or "") and name in logging.Logger.manager.loggerDict]
+    return [logging.getLogger(name) for name in names]
 
 
 class MiniLMBackend:
