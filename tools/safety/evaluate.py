@@ -305,10 +305,12 @@ def analyze_all(backend: SafetyBackend, items: list[dict]) -> list[Analysis]:
 
 
 def model_id(model_dir: Path | None) -> str:
-    """The first 12 hex digits of the sha256 of the delta's weights: which model a report is about."""
-    from modelport.safety.classifier import MODEL_DIR, WEIGHTS_FILE
+    """Which model a report is about: the first 12 hex digits of the sha256 of the delta's weights,
+    then of its json (thresholds)."""
+    from modelport.safety.classifier import META_FILE, MODEL_DIR, WEIGHTS_FILE
 
-    return hashlib.sha256(((model_dir or MODEL_DIR) / WEIGHTS_FILE).read_bytes()).hexdigest()[:12]
+    folder = model_dir or MODEL_DIR
+    return "/".join(hashlib.sha256((folder / name).read_bytes()).hexdigest()[:12] for name in (WEIGHTS_FILE, META_FILE))
 
 
 def main(argv: list[str] | None = None) -> None:
