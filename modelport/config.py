@@ -141,6 +141,9 @@ class Settings(BaseSettings):
     screening_concurrency: int = Field(default=2, ge=1, description="Prompts one workspace screens at once.")
     screening_queue: int = Field(default=16, ge=0, description="Prompts of one workspace waiting for screening "
                                  "before 429.")
+    screening_cache_entries: int = Field(default=8192, ge=0, le=1_000_000, description="Analyses of texts "
+                                         "already screened kept per safety backend (by keyed hash, never the "
+                                         "text); 0 turns the cache off.")
     blocklist_budget_ms: int = Field(default=200, ge=1, le=60_000, description="Time all of a deployment's "
                                      "blocklists get per text; past it the request is refused (503).")
     trusted_proxies: Annotated[list[ipaddress.IPv4Network | ipaddress.IPv6Network], NoDecode] = Field(
