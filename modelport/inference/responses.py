@@ -86,8 +86,8 @@ def chat_messages(req: ResponsesRequest) -> list[dict[str, Any]]:
             messages.append({"role": "tool", "tool_call_id": item.get("call_id"),
                              "content": _text(output, where + ".output")})
         else:
-            raise InvalidInput(f"{where}: input items of type '{kind}' are not supported (message, function_call "
-                               "and function_call_output are).", field=where + ".type")
+            raise InvalidInput(f"{where}: only message, function_call and function_call_output items are "
+                               "supported.", field=where + ".type")
     return messages
 
 

@@ -33,7 +33,9 @@ def strict_object(**props: dict) -> dict:
       "additionalProperties": False}, "oneOf"),
     ({"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}, "additionalProperties"),
     ({"type": "object", "properties": {"a": {"type": "string"}}, "required": [],
-      "additionalProperties": False}, "'a' is not"),
+      "additionalProperties": False}, "property 0 is not"),
+    ({"type": "object", "properties": {}, "required": [], "additionalProperties": False,
+      "secret-canary-key": 1}, "not a supported JSON Schema keyword"),
     ({"type": "array", "items": {"type": "string"}}, "root"),
     ({"type": "object", "properties": {"a": {"type": "array"}}, "required": ["a"],
       "additionalProperties": False}, "items"),
@@ -46,6 +48,8 @@ def test_strict_refusals_name_the_feature(schema: dict, named: str):
     with pytest.raises(InvalidInput) as err:
         json_schema_gbnf(schema, strict=True)
     assert named in err.value.message and err.value.field == "response_format"
+    # what the caller wrote (property names, unknown keys, $defs names) is never repeated (P1)
+    assert not any(word in err.value.message for word in ("'a'", "canary", "https://", "#/$defs/A"))
 
 
 def test_non_strict_accepts_optional_properties_and_open_objects():
