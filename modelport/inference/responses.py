@@ -28,8 +28,11 @@ from modelport.inference.handlers import (
     ChoiceOut,
     ClientGone,
     ErrorShape,
+    chat_plan,
+    check_task,
     parse,
     unless_gone,
+    worker_messages,
 )
 from modelport.inference.manager import DeploymentManager, Route
 from modelport.inference.protocol import ChatCompletionRequest, ResponsesRequest
@@ -146,10 +149,8 @@ INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
 
 async def create(request: Request, manager: DeploymentManager, route: Route, body: dict, *,
                  error_shape: ErrorShape) -> Response:
-    from modelport.inference.handlers import _check_task, chat_plan, worker_messages
-
     req: ResponsesRequest = parse(ResponsesRequest, body)
-    _check_task(route, "chat-completion")
+    check_task(route, "chat-completion")
     chat = chat_request(req)
     found = chat_plan(chat)
     messages = worker_messages(chat.messages)
