@@ -16,7 +16,7 @@ from modelport.api import errors
 from modelport.api.deps import Services
 from modelport.api.middleware import RequestContext
 from modelport.api.request_limits import RequestBodyLimit
-from modelport.api.routes import datasets, deployments, finetuning, identity, models, ops, safety
+from modelport.api.routes import datasets, deployments, finetuning, identity, models, ops, policies, safety
 from modelport.bootstrap import build_services, prepare
 from modelport.config import Settings
 from modelport.finetuning.runner import JobRunner
@@ -64,6 +64,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await svc.manager.shutdown()
+            await svc.rate_limiter.close()
             svc.identity.last_used.flush(svc.db)
             svc.safety.flush_counts()
             svc.db.dispose()
@@ -79,6 +80,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.include_router(datasets.router)
     app.include_router(safety.router)
     app.include_router(finetuning.router)
+    app.include_router(policies.router)
     app.include_router(inference_routes.router)
     app.add_middleware(RequestBodyLimit)  # inside RequestContext: its refusals are logged with a request id
     app.add_middleware(RequestContext)

@@ -47,8 +47,14 @@ def _show(d: dict) -> None:
            ("Isolation", lambda x: isolation_text(x.get("isolation"))),
            ("Public access", lambda x: x["network"]["public_access"]),
            ("Allowed ranges", lambda x: x["network"]["allowed_ranges"] or None),
+           ("Requests/minute", lambda x: _limit(x, "requests_per_minute")),
+           ("Tokens/minute", lambda x: _limit(x, "tokens_per_minute")),
            ("OpenAI base URL", lambda x: x["endpoints"]["openai"]),
            ("Azure endpoint", lambda x: x["endpoints"]["azure"])])
+
+
+def _limit(d: dict, field: str) -> str:
+    return f"{d['rate_limits'][field]:,} (cap {d['rate_limit_caps'][field]:,})"
 
 
 def _wait(ctx: typer.Context, name: str, timeout: float) -> dict:
@@ -115,12 +121,27 @@ def show(ctx: typer.Context, name: str, json: JsonOpt = False) -> None:
 def update(ctx: typer.Context, name: str, instances: int | None = None,
            public: Annotated[bool | None, typer.Option("--public/--private")] = None,
            allow: Annotated[list[str] | None, typer.Option(help="Allowed client range (CIDR); repeat.")] = None,
+           rpm: Annotated[int | None, typer.Option("--rpm", help="Owners: requests per minute, at most the cap.")]
+           = None,
+           tpm: Annotated[int | None, typer.Option("--tpm", help="Owners: tokens per minute, at most the cap.")]
+           = None,
+           rpm_cap: Annotated[int | None, typer.Option("--rpm-cap", help="Platform admins: the requests-per-minute "
+                                                       "cap.")] = None,
+           tpm_cap: Annotated[int | None, typer.Option("--tpm-cap", help="Platform admins: the tokens-per-minute "
+                                                       "cap.")] = None,
            json: JsonOpt = False) -> None:
-    """Change instances (dedicated) or network settings."""
+    """Change instances (dedicated), network settings, or rate limits (owners lower them within the caps
+    that platform admins set)."""
     c = client(ctx)
     body: dict = {}
     if instances is not None:
         body["instances"] = instances
+    if rpm is not None or tpm is not None:
+        body["rate_limits"] = {k: v for k, v in (("requests_per_minute", rpm), ("tokens_per_minute", tpm))
+                               if v is not None}
+    if rpm_cap is not None or tpm_cap is not None:
+        body["rate_limit_caps"] = {k: v for k, v in (("requests_per_minute", rpm_cap), ("tokens_per_minute", tpm_cap))
+                                   if v is not None}
     if public is not None or allow is not None:
         current = c.request("GET", f"/api/v1/deployments/{name}")["network"]
         body["network"] = {"public_access": current["public_access"] if public is None else public,

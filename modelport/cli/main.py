@@ -13,6 +13,7 @@ from modelport.cli import deployments as deployments_cli
 from modelport.cli import finetuning as finetuning_cli
 from modelport.cli import identity as identity_cli
 from modelport.cli import models as models_cli
+from modelport.cli import policies as policies_cli
 from modelport.cli import safety as safety_cli
 from modelport.cli.common import JsonOpt, client, handle_errors
 from modelport.cli.output import console, err_console, kv, print_json
@@ -31,6 +32,7 @@ app.add_typer(datasets_cli.workspace_key, name="workspace-key")
 app.add_typer(datasets_cli.cmk, name="cmk")
 app.add_typer(datasets_cli.platform_key, name="platform-key")
 app.add_typer(finetuning_cli.finetune, name="finetune")
+app.add_typer(policies_cli.policies, name="policies")
 app.command("audit")(identity_cli.audit)
 
 

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 
 from modelport.api.responses import ClosingStreamingResponse
 from modelport.errors import InvalidInput, ModelportError
-from modelport.inference import calls, filtering
+from modelport.inference import admission, calls, filtering
 from modelport.inference.manager import DeploymentManager, Route
 from modelport.inference.protocol import (
     ChatCompletionRequest,
@@ -32,6 +32,7 @@ from modelport.inference.protocol import (
     Message,
     split_extra,
 )
+from modelport.quotas import estimate
 from modelport.runtimes.base import flatten_content
 from modelport.workers.client import ChoiceFinished, StreamUsage, TextDelta
 from modelport.workers.protocol import GenerateBody
@@ -125,6 +126,9 @@ async def chat(request: Request, manager: DeploymentManager, route: Route, body:
         temperature=1.0 if req.temperature is None else req.temperature,
         top_p=1.0 if req.top_p is None else req.top_p, stop=req.stop or [], seed=req.seed, n=req.n,
         response_format=req.response_format.type if req.response_format else "text")
+    await admission.admit(request, route, estimate.prompt_tokens((m.get("content") or "" for m in messages),
+                                                                 len(messages))
+                          + estimate.completion_tokens(gen.max_tokens, gen.n))
     return await _complete(request, manager, route, gen, req, "chat.completions", error_shape,
                            filtering.prompt_text(messages), calls.PromptSize(manager, route, messages=messages))
 
@@ -152,6 +156,8 @@ async def completions(request: Request, manager: DeploymentManager, route: Route
     gen = GenerateBody(prompt=prompt, max_tokens=req.max_tokens or 16,
                        temperature=1.0 if req.temperature is None else req.temperature,
                        top_p=1.0 if req.top_p is None else req.top_p, stop=req.stop or [], seed=req.seed, n=req.n)
+    await admission.admit(request, route, estimate.prompt_tokens([prompt])
+                          + estimate.completion_tokens(gen.max_tokens, gen.n))
     return await _complete(request, manager, route, gen, req, "completions", error_shape, prompt,
                            calls.PromptSize(manager, route, prompt=prompt))
 
@@ -294,17 +300,16 @@ async def _complete(request: Request, manager: DeploymentManager, route: Route, 
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-async def embeddings(manager: DeploymentManager, route: Route, body: dict, *, extra_mode: str = "error",
-                     request: Request | None = None) -> Response:
+async def embeddings(manager: DeploymentManager, route: Route, body: dict, *, request: Request,
+                     extra_mode: str = "error") -> Response:
     req: EmbeddingRequest = parse(EmbeddingRequest, body, extra_mode)
     _check_task(route, "embeddings")
     texts = [req.input] if isinstance(req.input, str) else req.input
     if not texts or len(texts) > 2048 or any(not isinstance(t, str) or not t for t in texts):
         raise InvalidInput("input takes 1 to 2048 non-empty texts.", field="input")
-    screened = None
-    if request is not None:
-        screened = await filtering.screen_inputs(request.app.state.services.safety, route, texts,
-                                                 calls.PromptSize(manager, route, inputs=texts))
+    await admission.admit(request, route, estimate.prompt_tokens(texts))
+    screened = await filtering.screen_inputs(request.app.state.services.safety, route, texts,
+                                             calls.PromptSize(manager, route, inputs=texts))
     vectors, prompt_tokens = await calls.embed(manager, route, texts)
     if req.dimensions is not None and vectors and req.dimensions != len(vectors[0]):
         raise InvalidInput(f"This model returns {len(vectors[0])} dimensions; omit 'dimensions' or set it to that.",

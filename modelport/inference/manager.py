@@ -32,6 +32,9 @@ from modelport.db.tables import CatalogModel, Deployment, UsageRecord
 from modelport.deployments.service import DeploymentService
 from modelport.errors import Forbidden, IntegrityError, ModelportError, ServiceUnavailable
 from modelport.inference.pools import Pool, PoolManager
+from modelport.metrics import Metrics
+from modelport.quotas import rates
+from modelport.quotas.rates import RateLimits
 from modelport.safety.config import ContentFilterConfig
 from modelport.workers.protocol import WorkerSpec
 
@@ -62,6 +65,7 @@ class Route:
     type: str
     geography: str
     state: str
+    state_reason: str | None
     public_access: bool
     allowed: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     primary_lookup: str
@@ -71,6 +75,7 @@ class Route:
     pool_key: str
     content_filter: ContentFilterConfig  # parsed once here, never on the request path
     created_at: int
+    rate_limits: RateLimits  # what admission enforces (quotas/rates.py)
 
     def allows_client(self, host: str | None) -> bool:
         if self.public_access:
@@ -104,9 +109,11 @@ def pool_key(dep: Deployment, model: CatalogModel) -> str:
 
 class DeploymentManager:
     def __init__(
-        self, settings: Settings, db: Database, catalog: CatalogService, service: DeploymentService, pools: PoolManager
+        self, settings: Settings, db: Database, catalog: CatalogService, service: DeploymentService, pools: PoolManager,
+        metrics: Metrics,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.db = db
         self.catalog = catalog
         self.service = service
@@ -152,8 +159,7 @@ class DeploymentManager:
         self.by_key[route.secondary_lookup] = route
         return route
 
-    @staticmethod
-    def _route(d: Deployment, m: CatalogModel) -> Route:
+    def _route(self, d: Deployment, m: CatalogModel) -> Route:
         net = d.network or {}
         return Route(
             id=d.id,
@@ -165,6 +171,7 @@ class DeploymentManager:
             type=d.type,
             geography=d.geography,
             state=d.state,
+            state_reason=d.state_reason,
             public_access=net.get("public_access", True),
             allowed=tuple(ipaddress.ip_network(r) for r in net.get("allowed_ranges", [])),
             primary_lookup=d.primary_lookup,
@@ -174,6 +181,7 @@ class DeploymentManager:
             pool_key=pool_key(d, m),
             content_filter=ContentFilterConfig.model_validate(d.content_filter or {}),
             created_at=int(d.created_at.timestamp()),
+            rate_limits=rates.effective(self.settings, d.type, d.rate_limit_caps, d.rate_limits),
         )
 
     def routes_of(self, workspace_id: str) -> list[Route]:
@@ -398,6 +406,16 @@ class DeploymentManager:
                "completion_tokens": completion_tokens, "outcome": outcome}
         with self._usage_lock:
             self._usage.append(row)
+        self.metrics.tokens(route.id, outcome, prompt_tokens, completion_tokens)
+
+    def queue_depths(self) -> list[tuple[str, int]]:
+        """(deployment id, requests waiting for a worker) of every deployment whose pool is up."""
+        out = []
+        for route in list(self.by_name.values()):
+            pool = self.pools.pools.get(route.pool_key)
+            if pool is not None and not pool.closed:
+                out.append((route.id, pool.scheduler.waiting_for(route.id)))
+        return out
 
     def flush_usage(self) -> int:
         with self._usage_lock:
@@ -425,6 +443,26 @@ class DeploymentManager:
         finally:
             scaler.cancel()
 
+    # -- suspension (deployments/suspension.py: a set of reasons) ---------------------------
+
+    async def suspend(self, dep_id: str, reason: str, message: str) -> None:
+        """Suspend a deployment for `reason` (beside any others): its requests answer 503 with
+        the message from the next one, and its workers stop unless another deployment shares them."""
+        stop = await asyncio.to_thread(self.service.suspend, dep_id, reason, message)
+        route = self.refresh(dep_id)
+        if stop and route is not None:
+            if not [r for r in self.by_name.values() if r.pool_key == route.pool_key and r.id != dep_id
+                    and r.state in ("creating", "succeeded")]:
+                await self.pools.close(route.pool_key)
+
+    async def resume(self, dep_id: str, reason: str) -> None:
+        """Clear `reason`; once no reason is left, the deployment starts again (no redeploy)."""
+        if await asyncio.to_thread(self.service.resume, dep_id, reason):
+            self.refresh(dep_id)
+            self.spawn(self.provision(dep_id))
+        else:
+            self.refresh(dep_id)
+
     async def check_private_weights(self) -> None:
         """Fine-tuned deployments stop serving once their workspace key no longer unwraps their
         weights (a disabled customer-managed key: within the datastore's key-cache time) and
@@ -439,21 +477,17 @@ class DeploymentManager:
             try:
                 await asyncio.to_thread(self.finetuned.check, model)
             except ModelportError as exc:
-                if dep.state == "succeeded":
-                    await self.pools.close(pool_key(dep, model))
-                    reason = (
+                if "key_disabled" not in (dep.suspensions or {}):
+                    message = (
                         "The workspace key is disabled, so this fine-tuned model's weights cannot be decrypted "
                         "and it is not served; enable it again (modelport cmk enable) and it resumes."
                         if exc.code == "key_disabled"
                         else f"This fine-tuned model's weights cannot be read ({exc.code}); it is not served."
                     )
-                    await asyncio.to_thread(self.service.set_state, dep.id, "suspended", reason)
-                    self.refresh(dep.id)
+                    await self.suspend(dep.id, "key_disabled", message)
             else:
-                if dep.state == "suspended":
-                    await asyncio.to_thread(self.service.set_state, dep.id, "creating", None)
-                    self.refresh(dep.id)
-                    self.spawn(self.provision(dep.id))
+                if "key_disabled" in (dep.suspensions or {}):
+                    await self.resume(dep.id, "key_disabled")
 
     def begin_drain(self) -> None:
         """The server got SIGTERM/SIGINT (call on the event loop). Every worker is asked to stop

@@ -18,10 +18,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.inference.runtimes import SLOW
 from tests.support.cli import assert_clean_error, cli_json, run_cli
 from tests.support.cli import table as cli_table
 from tests.support.inference import CHAT_MODEL, chat, create_deployment, workers
+from tests.support.runtimes import SLOW
 from tests.support.server import Server, start_lean
 from tests.support.tenants import Tenant, make_tenant
 from tests.support.waiting import wait_until
