@@ -37,6 +37,7 @@ _OPENAI: dict[tuple[str, str], Endpoint] = {
     ("POST", "/v1/chat/completions"): routes.openai_chat,
     ("POST", "/v1/completions"): routes.openai_completions,
     ("POST", "/v1/embeddings"): routes.openai_embeddings,
+    ("POST", "/v1/responses"): routes.openai_responses,
     ("GET", "/v1/models"): routes.openai_models,
 }
 # /deployments/{name}/<tail>

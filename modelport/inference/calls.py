@@ -177,6 +177,7 @@ class PromptSize:
     messages: list[dict[str, Any]] | None = None
     prompt: str | None = None
     inputs: list[str] | None = None
+    tools: list[dict[str, Any]] | None = None
 
     async def counter(self) -> WorkerClient:
         """A ready worker of the deployment (a stopped serverless pool starts)."""
@@ -189,7 +190,8 @@ class PromptSize:
 
     async def check(self, counter: WorkerClient) -> None:
         """Refuse (400, naming the limit) a prompt, or an embeddings input, that cannot fit the context."""
-        counted = await counter.count_tokens(messages=self.messages, prompt=self.prompt, input=self.inputs)
+        counted = await counter.count_tokens(messages=self.messages, prompt=self.prompt, input=self.inputs,
+                                             tools=self.tools)
         limit = counted.context_length
         if self.inputs is not None:
             longest = max(counted.counts or [0])

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from modelport.errors import InvalidInput, ModelportError
-from modelport.inference import admission, calls, handlers
+from modelport.inference import admission, calls, handlers, responses
 from modelport.inference.manager import Route
 from modelport.inference.wire_errors import azure_error, openai_error
 
@@ -49,6 +49,8 @@ async def _openai_call(request: Request, kind: str) -> Response:
             response = await handlers.chat(request, manager, route, body, error_shape=openai_error)
         elif kind == "completions":
             response = await handlers.completions(request, manager, route, body, error_shape=openai_error)
+        elif kind == "responses":
+            response = await responses.create(request, manager, route, body, error_shape=openai_error)
         else:
             response = await handlers.embeddings(manager, route, body, request=request)
     except ModelportError as exc:
@@ -70,6 +72,33 @@ async def openai_completions(request: Request) -> Response:
 @router.post("/v1/embeddings", name="inference.openai.embeddings", openapi_extra=_BODY, tags=["inference"])
 async def openai_embeddings(request: Request) -> Response:
     return await _openai_call(request, "embeddings")
+
+
+@router.post("/v1/responses", name="inference.openai.responses", openapi_extra=_BODY, tags=["inference"])
+async def openai_responses(request: Request) -> Response:
+    """The Responses API for what maps onto a stateless chat; nothing is stored (P1)."""
+    return await _openai_call(request, "responses")
+
+
+@router.get("/v1/responses/{response_id}", name="inference.openai.responses_get", tags=["inference"],
+            responses={404: {"description": "Always: modelport never stores a response."}})
+async def openai_responses_get(response_id: str, request: Request) -> Response:
+    return _never_stored(request, response_id)
+
+
+@router.delete("/v1/responses/{response_id}", name="inference.openai.responses_delete", tags=["inference"],
+               responses={404: {"description": "Always: modelport never stores a response."}})
+async def openai_responses_delete(response_id: str, request: Request) -> Response:
+    return _never_stored(request, response_id)
+
+
+def _never_stored(request: Request, response_id: str) -> Response:
+    svc, manager = _ctx(request)
+    try:
+        calls.authenticate(manager, svc.identity, calls.key_from(request))
+        raise responses.not_found(response_id)
+    except ModelportError as exc:
+        return openai_error(exc)
 
 
 @router.get("/v1/models", name="inference.openai.models", tags=["inference"])
@@ -107,9 +136,10 @@ async def _azure_call(request: Request, name: str, kind: str) -> Response:
         extra_mode = "error" if mode == "error" else "drop"
         if kind == "chat":
             response = await handlers.chat(request, manager, route, body, extra_mode=extra_mode,
-                                           error_shape=azure_error)
+                                           error_shape=azure_error, azure=True)
         else:
-            response = await handlers.embeddings(manager, route, body, extra_mode=extra_mode, request=request)
+            response = await handlers.embeddings(manager, route, body, extra_mode=extra_mode, request=request,
+                                                 azure=True)
     except ModelportError as exc:
         response = azure_error(exc)
     return admission.with_ratelimit_headers(request, response)
