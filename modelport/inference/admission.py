@@ -7,8 +7,13 @@
 3. budget                         403   the workspace's monthly budget (`budget_exhausted`);
                                         its check is called first in `admit`, before step 4
 4. requests and tokens per minute 429   `check_rate_limits` (quotas/limiter.py)
-5. per-workspace caps             429   prompts screened at once per workspace (safety/admission.py)
-6. the fair queue                 429   the deployment's bounded queue in its pool, then a slot
+5. per-workspace caps             429   prompts screened at once per workspace (safety/admission.py);
+                                        requests of one workspace in one pool, running and waiting
+                                        (`pool_requests_per_workspace`, inference/scheduler.py)
+6. the fair queue                 429   the deployment's bounded queue in its workspace's queue of
+                                        the pool, then a slot: each workspace holds at most its
+                                        share of a shared pool's slots, a freed slot goes to the
+                                        waiting workspace holding fewest (inference/scheduler.py)
 
 Steps 5 and 6 follow in the handler (screening, then calls.generate). Every answer to a request
 that passed step 2 carries the deployment's x-ratelimit-* headers (`answer`): as charged at
