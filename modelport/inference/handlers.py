@@ -21,6 +21,7 @@ import orjson
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from modelport.api.responses import ClosingStreamingResponse
 from modelport.errors import InvalidInput, ModelportError
@@ -131,7 +132,7 @@ async def chat(request: Request, manager: DeploymentManager, route: Route, body:
                extra_mode: str = "error", error_shape: ErrorShape, azure: bool = False) -> Response:
     req: ChatCompletionRequest = parse(ChatCompletionRequest, body, extra_mode, azure=azure)
     check_task(route, "chat-completion")
-    found = chat_plan(req)
+    found = await run_in_threadpool(chat_plan, req)  # a schema's grammar is built off the event loop
     messages = worker_messages(req.messages)
     gen = GenerateBody(
         messages=messages,

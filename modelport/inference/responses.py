@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 from fastapi import Request
 from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
 
 from modelport.api.responses import ClosingStreamingResponse
 from modelport.errors import InvalidInput, ModelportError, NotFound
@@ -153,7 +154,7 @@ async def create(request: Request, manager: DeploymentManager, route: Route, bod
     req: ResponsesRequest = parse(ResponsesRequest, body)
     check_task(route, "chat-completion")
     chat = chat_request(req)
-    found = chat_plan(chat)
+    found = await run_in_threadpool(chat_plan, chat)  # a schema's grammar is built off the event loop
     messages = worker_messages(chat.messages)
     gen = GenerateBody(messages=messages, max_tokens=chat.max_tokens,
                        temperature=1.0 if chat.temperature is None else chat.temperature,
