@@ -154,7 +154,8 @@ def test_readers_and_contributors_read_only_and_forged_writes_are_refused(web, p
     assert any(e["outcome"] == "denied" and e["actor_user_id"] == tenant.user_ids["reader"] for e in events)
 
 
-def test_another_workspaces_policy_is_404_and_never_listed(web, portal_server: Server, tenant: Tenant) -> None:
+def test_another_workspaces_policy_is_404_and_hostile_input_a_clear_4xx(web, portal_server: Server,
+                                                                       tenant: Tenant) -> None:
     other = make_tenant(portal_server)
     with portal_server.client(tenant.keys["owner"]) as owner:
         ok(owner.put("/api/v1/policies/a-secret-rule", json={"cedar": FORBID_PUBLIC}))
@@ -169,6 +170,27 @@ def test_another_workspaces_policy_is_404_and_never_listed(web, portal_server: S
     assert ws.post("/policies/x/delete", {"scope": "galaxy"}).status_code == 400
     r = ws.post("/policies/test", {"action": "teleport", "model": SMOLLM2})
     assert r.status_code == 400 and "action" in r.text
+    r = ws.post("/policies/test", {"action": "deploy", "model": "no-such-model"})
+    assert r.status_code == 404 and "No model of that name" in r.text
+    # An htmx request gets the message for the page's alert region.
+    r = ws.client.post("/policies/test", data={"action": "deploy", "model": "no-such-model"},
+                       headers={"HX-Request": "true", "X-CSRF-Token": ws.csrf})
+    assert r.status_code == 404 and r.headers["hx-retarget"] == "#alerts" and "<html" not in r.text
+    # Too long a policy: the page says the limit, keeps nothing; a huge form is refused unread.
+    r = ws.post("/policies", {"id": "too-long", "cedar": FORBID_ALL_DEPLOYS + "//" + "x" * 17_000})
+    assert r.status_code == 400 and "cedar" in r.text and "16384" in r.text
+    r = ws.post("/policies", {"id": "huge", "cedar": "x" * 300_000})
+    assert r.status_code == 413
+    deep = 'forbid(principal, action, resource) when { ' + "(" * 500 + "true" + ")" * 500 + " };"
+    r = ws.post("/policies", {"id": "deep", "cedar": deep})
+    assert r.status_code == 400 and "nests brackets" in r.text
+    # An owner's write without the session's CSRF token, or from another site, is refused.
+    for kw in ({"csrf": ""}, {"headers": {"Origin": "https://evil.example"}}):
+        r = ws.post("/policies", {"id": "forged", "cedar": FORBID_ALL_DEPLOYS}, **kw)
+        assert r.status_code == 403 and "CSRF" in r.text
+        r = ws.post("/policies/compliance/enforce", {}, **kw)
+        assert r.status_code == 403 and "CSRF" in r.text
+    assert _policies(portal_server, other.keys["owner"]) == {}
 
 
 PAYLOAD = "<img src=x id=xss-probe onerror=window.__xss=1>"

@@ -69,10 +69,10 @@ async def save(request: Request, me: Me, svc: Svc) -> Response:
     draft = {"id": policy_id, "cedar": data.get("cedar") or "", "scope": data.get("scope") or "workspace"}
     me.require("platform.policies" if draft["scope"] == "platform" else "policies.write")  # before any parsing
     try:
-        body = PolicyPut(cedar=draft["cedar"], scope=draft["scope"])  # type: ignore[arg-type]
-    except ValidationError as exc:
-        raise invalid(exc) from None
-    try:
+        try:
+            body = PolicyPut(cedar=draft["cedar"], scope=draft["scope"])  # type: ignore[arg-type]
+        except ValidationError as exc:
+            raise invalid(exc) from None
         await run_in_threadpool(svc.policies.put, me, policy_id, body)
     except (InvalidInput, Conflict) as exc:  # shown beside the text, which stays as typed
         return await run_in_threadpool(_page, request, me, svc, exc.status_code, draft=draft, error=exc.message,
