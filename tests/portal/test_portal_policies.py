@@ -126,7 +126,8 @@ def test_readers_and_contributors_read_only_and_forged_writes_are_refused(web, p
     with portal_server.client(tenant.keys["owner"]) as owner:
         ok(owner.put("/api/v1/policies/kept", json={"cedar": FORBID_PUBLIC}))
     sign_in(page, portal_server.url, tenant.keys["reader"])
-    page.goto(f"{portal_server.url}/policies")
+    page.get_by_role("link", name="Policies").click()  # every member reads the policies in force
+    page.wait_for_url(f"{portal_server.url}/policies")
     assert FORBID_PUBLIC in page.locator("#policy-kept pre").inner_text()
     assert page.locator("#policy-form").count() == 0
     assert page.get_by_role("button", name=re.compile("Delete")).count() == 0
@@ -271,6 +272,9 @@ def test_a_platform_admin_saves_a_platform_policy_that_members_see_and_cannot_de
         _save(page, "platform-guard", cedar)
         page.wait_for_url(re.compile(r".*saved=platform-guard.*"))
         assert "platform" in page.locator("#policy-platform-guard .badge").first.inner_text()
+        page.goto(f"{portal_server.url}/policies/compliance?all=1")  # platform admins: every workspace
+        assert "every workspace" in page.locator("h1").inner_text()
+        assert page.locator("form[action='/policies/compliance/enforce'] input[name='all']").count() == 1
         ws = web(portal_server.url, tenant.keys["owner"])
         listing = ws.client.get("/policies").text
         assert 'id="policy-platform-guard"' in listing
@@ -279,6 +283,9 @@ def test_a_platform_admin_saves_a_platform_policy_that_members_see_and_cannot_de
         assert r.status_code == 403
         r = ws.post("/policies/platform-guard/delete", {"scope": "workspace"})
         assert r.status_code == 404
+        r = ws.post("/policies/compliance/enforce", {"all": "1"})  # an owner is no platform admin
+        assert r.status_code == 403
+        assert "every workspace" not in ws.client.get("/policies/compliance?all=1").text
     finally:
         with portal_server.client() as admin:
             admin.delete("/api/v1/policies/platform-guard", params={"scope": "platform"})
