@@ -259,6 +259,16 @@ def test_compliance_lists_violations_and_enforce_suspends_with_the_reason_shown(
     page.get_by_role("link", name=name).click()
     suspension = page.locator("ul.suspensions li")
     assert "policy" in suspension.inner_text() and "no-public" in suspension.inner_text()
+    # Once the policy is gone, enforcing again resumes it (only the audit policy still lists it).
+    with portal_server.client(tenant.keys["owner"]) as owner:
+        ok(owner.delete("/api/v1/policies/no-public"))
+    page.goto(f"{portal_server.url}/policies/compliance")
+    page.once("dialog", lambda d: d.accept())
+    page.get_by_role("button", name=re.compile("Enforce")).click()
+    assert "0 deployments suspended, 1 resumed" in page.locator("#enforced").inner_text()
+    assert page.locator("tr.violation", has_text=name).locator("td").nth(3).inner_text() == ""
+    page.goto(f"{portal_server.url}/deployments/{name}")
+    assert page.locator("ul.suspensions").count() == 0
 
 
 def test_a_platform_admin_saves_a_platform_policy_that_members_see_and_cannot_delete(  # type: ignore[no-untyped-def]
