@@ -52,6 +52,7 @@ class World:
     blocklist: str
     job_id: str
     outsider: str  # a user who is not a member
+    policy: str  # a workspace policy (forbids nothing)
     gguf: bytes
     reader: str = ""  # the reader of the current run
     reader_keys: list[str] | None = None
@@ -136,9 +137,16 @@ TRIES: dict[tuple[str, str], Callable[[World], list[Request]]] = {
         ("POST", f"/api/v1/finetuning/jobs/{w.job_id}/cancel", {})],
     ("DELETE", "/api/v1/finetuning/models/{name}"): lambda w: [
         ("DELETE", f"/api/v1/finetuning/models/{w.model}", {"params": {"confirm": True}})],
+    ("PUT", "/api/v1/policies/{policy_id}"): lambda w: [
+        ("PUT", f"/api/v1/policies/{unique('p')}", {"json": {
+            "cedar": 'forbid(principal, action == Action::"deploy", resource);', "scope": "workspace"}})],
+    ("DELETE", "/api/v1/policies/{policy_id}"): lambda w: [
+        ("DELETE", f"/api/v1/policies/{w.policy}", {"params": {"scope": "workspace"}})],
+    ("POST", "/api/v1/policies/compliance/enforce"): lambda w: [("POST", "/api/v1/policies/compliance/enforce", {})],
 }
-#: Writes a reader may make, besides its own keys (which the steps below make and revoke).
-READER_MAY = {("POST", "/api/v1/safety/analyze")}
+#: Writes a reader may make, besides its own keys (which the steps below make and revoke): screening a
+#: text and testing a request against the policies change nothing.
+READER_MAY = {("POST", "/api/v1/safety/analyze"), ("POST", "/api/v1/policies/test")}
 FLAT = sorted((route, n) for route, build in TRIES.items() for n in range(2))
 
 
@@ -160,11 +168,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         with server.client(team.keys["owner"]) as o:
             blocklist = unique("bl")
             ok(o.put(f"/api/v1/safety/blocklists/{blocklist}", json={"terms": ["kept"]}))
+            policy = unique("p")
+            ok(o.put(f"/api/v1/policies/{policy}", json={
+                "cedar": 'forbid(principal, action == Action::"import_model", resource) when { false };',
+                "scope": "workspace"}))
         outsider = unique("out")
         with server.client() as admin:
             ok(admin.post("/api/v1/users", json={"name": outsider}), 201)
         yield World(server=server, team=team, model=model, upload_id=up["id"], deployment=dep["name"],
-                    dataset=ds["name"], blocklist=blocklist, job_id=job["id"], outsider=outsider,
+                    dataset=ds["name"], blocklist=blocklist, job_id=job["id"], outsider=outsider, policy=policy,
                     gguf=gguf.read_bytes())
 
 
