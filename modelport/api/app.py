@@ -46,6 +46,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         prepare(svc)
         await svc.offboarding.resume()  # workspace deletions a stopped server left unfinished
         svc.manager.load_routes()
+        svc.manager.meter.start()
         await svc.manager.start_existing()
         if svc.settings.content_filter_default == "on":
             # Load the default classifier now rather than on the first filtered request.

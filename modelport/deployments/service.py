@@ -20,7 +20,7 @@ from modelport.catalog.service import CatalogService
 from modelport.config import Settings
 from modelport.db.base import new_id, utcnow
 from modelport.db.engine import Database
-from modelport.db.tables import CatalogModel, Deployment, UsageRecord, Workspace
+from modelport.db.tables import CatalogModel, Deployment, UsageEvent, Workspace
 from modelport.deployments.schemas import DeploymentCreate, DeploymentUpdate
 from modelport.errors import Conflict, InvalidInput, NotFound
 from modelport.identity import secrets as keysecrets
@@ -284,9 +284,9 @@ class DeploymentService:
             row = self._get(s, actor, name)
             n, p, c = s.execute(
                 select(
-                    func.count(UsageRecord.id),
-                    func.coalesce(func.sum(UsageRecord.prompt_tokens), 0),
-                    func.coalesce(func.sum(UsageRecord.completion_tokens), 0),
-                ).where(UsageRecord.deployment_id == row.id)
+                    func.count(UsageEvent.id),
+                    func.coalesce(func.sum(UsageEvent.input_tokens), 0),
+                    func.coalesce(func.sum(UsageEvent.output_tokens), 0),
+                ).where(UsageEvent.deployment_id == row.id)
             ).one()
             return {"deployment": row.name, "requests": n, "prompt_tokens": p, "completion_tokens": c}

@@ -154,30 +154,50 @@ async def generate(manager: DeploymentManager, route: Route, body: GenerateBody)
             yield event
 
 
-async def collect(events: AsyncIterator[GenerateEvent], n: int) -> tuple[list[Choice], StreamUsage]:
+@dataclass
+class Tally:
+    """What the worker produced so far for one request: its text deltas (one per decoded token,
+    so a lower bound of the tokens it generated) and its final usage, once it came."""
+
+    deltas: int = 0
+    usage: StreamUsage | None = None
+
+
+async def collect(events: AsyncIterator[GenerateEvent], n: int,
+                  tally: Tally | None = None) -> tuple[list[Choice], StreamUsage]:
     choices = [Choice() for _ in range(n)]
-    usage = StreamUsage(0, 0)
+    tally = tally if tally is not None else Tally()
     async for ev in events:
         if isinstance(ev, TextDelta):
+            tally.deltas += 1
             choices[ev.index].text.append(ev.text)
         elif isinstance(ev, ChoiceFinished):
             choices[ev.index].finish_reason = ev.finish_reason
         elif isinstance(ev, StreamUsage):
-            usage = ev
-    return choices, usage
+            tally.usage = ev
+    return choices, tally.usage or StreamUsage(0, 0)
 
 
-@dataclass(frozen=True)
+@dataclass
 class PromptSize:
     """A chat's `messages`, a text `prompt` or embeddings `inputs`, to be counted against the model's
     context before they are screened. Counted by a ready worker of the deployment with its own
-    tokenizer and chat template, outside the generation queue (counting generates nothing)."""
+    tokenizer and chat template, outside the generation queue (counting generates nothing).
+    `prompt_tokens` keeps the count once made (metering bills a cut stream's prompt with it)."""
 
     manager: DeploymentManager
     route: Route
     messages: list[dict[str, Any]] | None = None
     prompt: str | None = None
     inputs: list[str] | None = None
+    prompt_tokens: int | None = None
+
+    async def count(self) -> int:
+        """The prompt's tokens (counted once), by a ready worker of the deployment."""
+        if self.prompt_tokens is None:
+            counted = await (await self.counter()).count_tokens(messages=self.messages, prompt=self.prompt)
+            self.prompt_tokens = counted.count
+        return self.prompt_tokens
 
     async def counter(self) -> WorkerClient:
         """A ready worker of the deployment (a stopped serverless pool starts)."""
@@ -192,6 +212,8 @@ class PromptSize:
         """Refuse (400, naming the limit) a prompt, or an embeddings input, that cannot fit the context."""
         counted = await counter.count_tokens(messages=self.messages, prompt=self.prompt, input=self.inputs)
         limit = counted.context_length
+        if self.inputs is None:
+            self.prompt_tokens = counted.count
         if self.inputs is not None:
             longest = max(counted.counts or [0])
             if longest > limit:

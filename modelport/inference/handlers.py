@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 
 from modelport.api.responses import ClosingStreamingResponse
-from modelport.errors import InvalidInput, ModelportError
+from modelport.errors import InvalidInput, ModelportError, TooManyRequests
 from modelport.inference import calls, filtering
 from modelport.inference.manager import DeploymentManager, Route
 from modelport.inference.protocol import (
@@ -89,6 +89,54 @@ async def unless_gone(request: Request, work: Awaitable[T]) -> T:
         if watcher is not None:
             watcher.remove_done_callback(on_disconnect)
             watcher.cancel()
+
+
+class Bill:
+    """The one usage event of one generation request: committed before the answer's last byte
+    (`commit`), or, for a request that ended early (client gone, worker lost), queued with what
+    the worker produced until then (`cut`). Whichever comes first wins; the other does nothing."""
+
+    def __init__(self, manager: DeploymentManager, route: Route, api: str, size: calls.PromptSize) -> None:
+        self.manager, self.route, self.api, self.size = manager, route, api, size
+        self.done = False
+
+    async def prompt_tokens(self) -> int:
+        """The prompt's tokens as counted before screening; counted now if it was not (0 if it cannot be)."""
+        try:
+            return await self.size.count()
+        except ModelportError:
+            return 0
+
+    async def commit(self, input_tokens: int, output_tokens: int, status: str) -> None:
+        if self.done:
+            return
+        self.done = True
+        await self.manager.record_usage_durable(self.route, self.api, input_tokens, output_tokens, status)
+
+    def cut(self, tally: calls.Tally, status: str, exc: ModelportError | None = None) -> None:
+        if self.done:
+            return
+        self.done = True
+        if isinstance(exc, TooManyRequests) and not tally.deltas:
+            return  # refused by the queue: it never reached a worker
+        if tally.usage is not None:  # the worker finished; the answer did not reach the client
+            self.manager.record_usage(self.route, self.api, tally.usage.prompt_tokens, tally.usage.completion_tokens,
+                                      status)
+            return
+        if not tally.deltas:
+            self.manager.record_usage(self.route, self.api, 0, 0, status)
+            return
+        # The worker read the prompt and generated `deltas` tokens: billed with the prompt's count
+        # (made before screening, or asked for now, off the request's own task).
+        deltas = tally.deltas
+        if self.size.prompt_tokens is not None:
+            self.manager.record_usage(self.route, self.api, self.size.prompt_tokens, deltas, status)
+            return
+
+        async def count_then_record() -> None:
+            self.manager.record_usage(self.route, self.api, await self.prompt_tokens(), deltas, status)
+
+        self.manager.spawn(count_then_record())
 
 
 def parse(model: type[BaseModel], body: dict[str, Any], extra_mode: str = "error") -> Any:
@@ -165,16 +213,17 @@ async def _complete(request: Request, manager: DeploymentManager, route: Route, 
     # and is never generated from.
     flt = await filtering.screen_prompt(request.app.state.services.safety, route, prompt_text, size)
     events = calls.generate(manager, route, gen)
+    bill = Bill(manager, route, api, size)
     if not req.stream:
+        tally = calls.Tally()
         try:
-            choices, usage = await unless_gone(request, calls.collect(events, gen.n))
+            choices, usage = await unless_gone(request, calls.collect(events, gen.n, tally))
         except ClientGone:
-            manager.record_usage(route, api, 0, 0, "cancelled")
+            bill.cut(tally, "cancelled")
             return Response(status_code=CLIENT_CLOSED_REQUEST)
-        except ModelportError:
-            manager.record_usage(route, api, 0, 0, "error")
+        except ModelportError as exc:
+            bill.cut(tally, "error", exc)
             raise
-        manager.record_usage(route, api, usage.prompt_tokens, usage.completion_tokens, "success")
         out_choices = []
         try:
             for i, c in enumerate(choices):
@@ -193,6 +242,9 @@ async def _complete(request: Request, manager: DeploymentManager, route: Route, 
         finally:
             if flt is not None:
                 await flt.close()
+        filtered = any(c["finish_reason"] == "content_filter" for c in out_choices)
+        # Committed before the answer leaves: an answer that was sent is billed (group commit).
+        await bill.commit(usage.prompt_tokens, usage.completion_tokens, "filtered" if filtered else "success")
         out: dict[str, Any] = {
             "id": rid, "object": "chat.completion" if chat_api else "text_completion", "created": created,
             "model": route.name, "choices": out_choices,
@@ -203,12 +255,16 @@ async def _complete(request: Request, manager: DeploymentManager, route: Route, 
         return Response(orjson.dumps(out), media_type="application/json")
 
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    tally = calls.Tally()
     try:
         first = await unless_gone(request, anext(events, None))
     except ClientGone:
         await events.aclose()
-        manager.record_usage(route, api, 0, 0, "cancelled")
+        bill.cut(tally, "cancelled")
         return Response(status_code=CLIENT_CLOSED_REQUEST)
+    except ModelportError as exc:
+        bill.cut(tally, "error", exc)
+        raise
     obj = "chat.completion.chunk" if chat_api else "text_completion"
 
     def chunk(choices: list[dict], usage: dict | None = None, first_chunk: bool = False) -> bytes:
@@ -236,18 +292,15 @@ async def _complete(request: Request, manager: DeploymentManager, route: Route, 
         return {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish}
 
     async def stream() -> AsyncIterator[bytes]:
-        usage = StreamUsage(0, 0)
-        outcome = "cancelled"
-        deltas = 0  # a stream cut before the worker's usage event still bills what was generated
+        cut: set[int] = set()  # choices the content filter ended
         try:
             if chat_api:
                 for i in range(gen.n):
                     yield chunk([delta_choice(i, "", None, role=True)], first_chunk=i == 0)
             ev = first
-            cut: set[int] = set()  # choices the content filter ended
             while ev is not None:
                 if isinstance(ev, TextDelta):
-                    deltas += 1
+                    tally.deltas += 1
                     if flt is None:
                         yield chunk([delta_choice(ev.index, ev.text, None)])
                     elif ev.index not in cut:
@@ -266,27 +319,29 @@ async def _complete(request: Request, manager: DeploymentManager, route: Route, 
                         step = await flt.finish(ev.index)
                         if step.text:
                             yield chunk([delta_choice(ev.index, step.text, None)])
+                        if step.stop:
+                            cut.add(ev.index)
                         yield chunk([finish_choice(ev.index, "content_filter" if step.stop else ev.finish_reason)])
                 elif isinstance(ev, StreamUsage):
-                    usage = ev
+                    tally.usage = ev
                 ev = await anext(events, None)
+            # Without the worker's usage (every choice cut by the filter) the answer reports, and is
+            # billed for, the prompt as counted before screening and the tokens generated until the cut.
+            usage = tally.usage or StreamUsage(await bill.prompt_tokens(), tally.deltas)
             if include_usage:
                 yield chunk([], {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
                                  "total_tokens": usage.prompt_tokens + usage.completion_tokens})
-            outcome = "success"
+            await bill.commit(usage.prompt_tokens, usage.completion_tokens, "filtered" if cut else "success")
             yield b"data: [DONE]\n\n"
         except ModelportError as exc:
-            outcome = "error"
+            bill.cut(tally, "error", exc)
             err = orjson.loads(error_shape(exc).body)
             yield _sse(err)
         finally:
             await events.aclose()
             if flt is not None:
                 await flt.close()
-            # Without the usage event (client gone, filter cut, worker lost) the worker's deltas, one
-            # per decoded token, are a lower bound of the completion tokens; the prompt count is unknown.
-            completion = usage.completion_tokens or deltas
-            manager.record_usage(route, api, usage.prompt_tokens, completion, outcome)
+            bill.cut(tally, "cancelled")  # nothing if billed above: the client left mid-stream
 
     # Closing, not Starlette's: a stream dropped while it waits to send (a client that stopped
     # reading, cut by the server's send timeout) must give its pool slot back at once.
@@ -307,9 +362,10 @@ async def embeddings(manager: DeploymentManager, route: Route, body: dict, *, ex
                                                  calls.PromptSize(manager, route, inputs=texts))
     vectors, prompt_tokens = await calls.embed(manager, route, texts)
     if req.dimensions is not None and vectors and req.dimensions != len(vectors[0]):
+        manager.record_usage(route, "embeddings", prompt_tokens, 0, "error")
         raise InvalidInput(f"This model returns {len(vectors[0])} dimensions; omit 'dimensions' or set it to that.",
                            field="dimensions")
-    manager.record_usage(route, "embeddings", prompt_tokens, 0, "success")
+    await manager.record_usage_durable(route, "embeddings", prompt_tokens, 0, "success")
     out: dict[str, Any] = {
         "object": "list", "model": route.name,
         "data": [{"object": "embedding", "index": i, "embedding": calls.encode_embedding(v, req.encoding_format)}

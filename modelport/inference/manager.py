@@ -15,22 +15,22 @@ import ipaddress
 import logging
 import operator
 import os
-import threading
 import time
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 
 from modelport.catalog.service import CatalogService
 from modelport.config import Settings
-from modelport.db.base import utcnow
 from modelport.db.engine import Database
-from modelport.db.tables import CatalogModel, Deployment, UsageRecord
+from modelport.db.tables import CatalogModel, Deployment
 from modelport.deployments.service import DeploymentService
 from modelport.errors import IntegrityError, ModelportError, ServiceUnavailable
 from modelport.inference.pools import Pool, PoolManager
+from modelport.metering.recorder import MeterRecorder, usage_row
 from modelport.safety.config import ContentFilterConfig
 from modelport.workers.protocol import WorkerSpec
 
@@ -45,6 +45,21 @@ log = logging.getLogger("modelport.deployments")
 RUNTIME_CONCURRENCY = {"llamacpp": 1, "transformers": 1, "echo": 64}
 # How often fine-tuned deployments check that their workspace key still unwraps their weights.
 KEY_CHECK_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Billing:
+    """What a deployment's requests are billed under: its model's offer and the workspace's
+    subscription to it, and the prices in force (per 1,000 tokens). All None: not billed."""
+
+    offer_id: str | None = None
+    subscription_id: str | None = None
+    currency: str | None = None
+    input_price: Decimal | None = None
+    output_price: Decimal | None = None
+
+
+FREE = Billing()
 
 
 @dataclass(frozen=True)
@@ -69,6 +84,7 @@ class Route:
     pool_key: str
     content_filter: ContentFilterConfig  # parsed once here, never on the request path
     created_at: int
+    billing: Billing = FREE
 
     def allows_client(self, host: str | None) -> bool:
         if self.public_access:
@@ -112,8 +128,7 @@ class DeploymentManager:
         self.by_name: dict[tuple[str, str], Route] = {}
         self.by_key: dict[str, Route] = {}
         self._tasks: set[asyncio.Task] = set()
-        self._usage: list[dict] = []
-        self._usage_lock = threading.Lock()
+        self.meter = MeterRecorder(db)
         # Set by bootstrap: serves `finetuned` models (base GGUF + decrypted adapter memfd).
         self.finetuned: FinetunedWeights | None = None
         self._next_key_check = 0.0
@@ -363,29 +378,33 @@ class DeploymentManager:
 
     # -- metering (counts only) -----------------------------------------------------------
 
-    def record_usage(self, route: Route, api: str, prompt_tokens: int, completion_tokens: int, outcome: str) -> None:
-        # A plain dict, not an ORM object: this runs once per request (building a mapped
-        # instance, and flushing them one by one, cost several % of the gateway's CPU, profiled).
-        row = {"at": utcnow(), "workspace_id": route.workspace_id, "deployment_id": route.id,
-               "model_id": route.model_id, "api": api, "prompt_tokens": prompt_tokens,
-               "completion_tokens": completion_tokens, "outcome": outcome}
-        with self._usage_lock:
-            self._usage.append(row)
+    @staticmethod
+    def usage_row(route: Route, api: str, input_tokens: int, output_tokens: int, status: str) -> dict:
+        """The usage event of one request of `route` (counts and ids only, never content)."""
+        b = route.billing
+        return usage_row(workspace_id=route.workspace_id, deployment_id=route.id, model_id=route.model_id, api=api,
+                         input_tokens=input_tokens, output_tokens=output_tokens, status=status, offer_id=b.offer_id,
+                         subscription_id=b.subscription_id, currency=b.currency, input_price=b.input_price,
+                         output_price=b.output_price)
 
-    def flush_usage(self) -> int:
-        with self._usage_lock:
-            batch, self._usage = self._usage, []
-        if batch:
-            with self.db.session() as s:  # one Core executemany: no ORM work per row
-                s.connection().execute(insert(UsageRecord.__table__), batch)
-        return len(batch)
+    def record_usage(self, route: Route, api: str, input_tokens: int, output_tokens: int, status: str) -> None:
+        """Queue a usage event without waiting for its commit."""
+        self.meter.record(self.usage_row(route, api, input_tokens, output_tokens, status))
+
+    async def record_usage_durable(self, route: Route, api: str, input_tokens: int, output_tokens: int,
+                                   status: str) -> None:
+        """Queue a usage event and return once it is committed (before an answer's last byte)."""
+        await self.meter.record_durable(self.usage_row(route, api, input_tokens, output_tokens, status))
+
+    def flush_usage(self) -> None:
+        """Return once every usage event queued so far is committed."""
+        self.meter.flush()
 
     async def run_background(self) -> None:
-        """Flush usage and stop idle serverless pools, every second or so."""
+        """Stop idle serverless pools, every second or so (usage is written by the meter's own thread)."""
         while True:
             await asyncio.sleep(1.0)
             try:
-                await asyncio.to_thread(self.flush_usage)
                 await self.pools.reap_idle(self.settings.serverless_idle_seconds)
                 if self.finetuned is not None and time.monotonic() >= self._next_key_check:
                     self._next_key_check = time.monotonic() + KEY_CHECK_SECONDS
@@ -443,7 +462,7 @@ class DeploymentManager:
                 await self._drain
         await self.pools.close_all()
         await self.pools.supervisor.stop_all()
-        self.flush_usage()
+        await asyncio.to_thread(self.meter.stop)
 
 
 def _common_root(paths: list[Path]) -> Path:

@@ -34,7 +34,7 @@ def model_out(m: CatalogModel, detail: bool = False) -> dict:
                  "findings": (m.scan_report or {}).get("findings", [])},
         "curated": m.curated, "downloadable": m.downloadable, "finetunable": m.finetunable,
         "deployment_types": m.deployment_types, "owner": "platform" if not m.owner_workspace_id else "workspace",
-        "source": m.source, "deprecated": m.deprecated, "metadata": m.model_metadata or {}, "offer": m.offer,
+        "source": m.source, "deprecated": m.deprecated, "metadata": m.model_metadata or {}, "offer": None,
         "created_at": m.created_at,
     }
     if detail:
