@@ -20,12 +20,20 @@
 | keys.manage (cmk, workspace key) |  |          |   x   |                                      |
 | safety.manage           |        |             |   x   |                                      |
 | audit.read              |        |             |   x   |  x (all workspaces)                   |
+| marketplace.read (offers, subscriptions) | x | x   |   x   |                                      |
+| marketplace.subscribe (subscribe, unsubscribe) | | x |  x   |                                      |
+| usage.read              |   x    |      x      |   x   |  x (all workspaces: chargeback)       |
+| budgets.read            |   x    |      x      |   x   |                                      |
+| budgets.manage          |        |             |   x   |                                      |
 | workspace.delete        |        |             |   x   |  x                                   |
 
 Platform-wide actions (`platform.*`: create workspaces, manage users, create a key for a member,
-catalog-wide models, the platform key) need platform-admin power, which only a platform admin's
+catalog-wide models, the platform key, publishers, any publisher's offers, every workspace's usage) need platform-admin power, which only a platform admin's
 key made by that admin itself carries. A platform admin reaches a workspace's resources only as
 a member of it; the table above applies to it like to anyone else.
+
+A publisher API key is none of these: it has no workspace and no role, and reaches only its
+publisher's offers, subscriptions and reports (modelport/marketplace/publishers.py).
 
 No role creates API keys for someone else: `apikeys.own` is one's own keys, `apikeys.manage`
 lists and revokes the workspace's keys (not those with platform-admin power). A platform admin's
@@ -66,6 +74,11 @@ WORKSPACE_ACTIONS: dict[str, Role] = {
     "keys.manage": Role.OWNER,
     "safety.manage": Role.OWNER,
     "audit.read": Role.OWNER,
+    "marketplace.read": Role.READER,
+    "marketplace.subscribe": Role.CONTRIBUTOR,
+    "usage.read": Role.READER,
+    "budgets.read": Role.READER,
+    "budgets.manage": Role.OWNER,
 }
 
 PLATFORM_ACTIONS = frozenset(
@@ -75,6 +88,9 @@ PLATFORM_ACTIONS = frozenset(
         "platform.models",  # import, curate, deprecate, delete catalog-wide models
         "platform.keys",  # rotate and rewrap the platform key
         "platform.audit",  # read every workspace's audit log
+        "platform.publishers",  # create publishers, add their users, make their keys
+        "platform.offers",  # create and retire any publisher's offers
+        "platform.usage",  # every workspace's usage and charges (chargeback)
     }
 )
 
