@@ -199,8 +199,10 @@ class Deployment(Base):
     type: Mapped[str] = mapped_column(String(16))  # dedicated | serverless
     instances: Mapped[int] = mapped_column(Integer, default=1)
     geography: Mapped[str] = mapped_column(String(32))
-    state: Mapped[str] = mapped_column(String(16))  # creating | succeeded | failed | deleting
+    state: Mapped[str] = mapped_column(String(16))  # creating | succeeded | suspended | failed | deleting
     state_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Why it is suspended, {reason: message} (deployments/suspension.py); empty when not suspended.
+    suspensions: Mapped[dict] = mapped_column(JSON, default=dict, server_default="{}")
     egress: Mapped[str] = mapped_column(String(16), default="unknown")  # isolated | not isolated | unknown
     # What its workers' sandboxes isolate: {"network", "files", "processes"} (bools); null before one ran.
     isolation: Mapped[dict | None] = mapped_column(JSON, nullable=True)

@@ -59,6 +59,11 @@ class RegenerateKey(BaseModel):
     which: Literal["primary", "secondary"]
 
 
+class Suspension(BaseModel):
+    reason: Literal["key_disabled", "subscription", "policy"]
+    message: str
+
+
 class DeploymentOut(BaseModel):
     id: str
     name: str
@@ -71,6 +76,8 @@ class DeploymentOut(BaseModel):
     geography: str
     state: str
     state_reason: str | None
+    suspensions: list[Suspension] = Field(
+        default_factory=list, description="Why it is suspended (state `suspended`): each reason with its message.")
     egress: str = Field(description="`isolated` when every worker has no network route out (isolation.network).")
     isolation: Isolation | None = Field(description="How its workers are isolated; null before one started.")
     network: NetworkSettings

@@ -21,6 +21,7 @@ from modelport.config import Settings
 from modelport.db.base import new_id, utcnow
 from modelport.db.engine import Database
 from modelport.db.tables import CatalogModel, Deployment, UsageEvent, Workspace
+from modelport.deployments import suspension
 from modelport.deployments.schemas import DeploymentCreate, DeploymentUpdate
 from modelport.errors import Conflict, InvalidInput, NotFound
 from modelport.identity import secrets as keysecrets
@@ -268,15 +269,32 @@ class DeploymentService:
 
     def set_state(self, dep_id: str, state: str, reason: str | None = None,
                   isolation: dict[str, bool] | None = None) -> None:
+        """Record the data plane's outcome. A suspended deployment stays suspended (its workers
+        may have finished starting after it was suspended): only `resume` of its last reason ends
+        a suspension."""
         with self.db.session() as s:
-            row = s.get(Deployment, dep_id)
+            row = s.execute(select(Deployment).where(Deployment.id == dep_id).with_for_update()).scalar_one_or_none()
             if row is None or row.state == "deleting":
                 return
-            row.state = state
-            row.state_reason = reason
             if isolation is not None:
                 row.isolation = isolation
                 row.egress = "isolated" if isolation["network"] else "not isolated"
+            if row.suspensions:  # (stopping its workers may also have failed a start that was under way)
+                return
+            row.state = state
+            row.state_reason = reason
+
+    def suspend(self, dep_id: str, reason: str, message: str) -> bool:
+        """Add a suspension reason (deployments/suspension.py). True when its workers must stop."""
+        with self.db.session() as s:
+            row = s.execute(select(Deployment).where(Deployment.id == dep_id).with_for_update()).scalar_one_or_none()
+            return row is not None and row.state != "deleting" and suspension.add(row, reason, message)
+
+    def resume(self, dep_id: str, reason: str) -> bool:
+        """Clear one suspension reason. True when it was the last: its workers must start again."""
+        with self.db.session() as s:
+            row = s.execute(select(Deployment).where(Deployment.id == dep_id).with_for_update()).scalar_one_or_none()
+            return row is not None and row.state != "deleting" and suspension.clear(row, reason)
 
     def usage(self, actor: Principal, name: str) -> dict:
         actor.require("deployments.read")

@@ -28,8 +28,9 @@
 | workspace.delete        |        |             |   x   |  x                                   |
 
 Platform-wide actions (`platform.*`: create workspaces, manage users, create a key for a member,
-catalog-wide models, the platform key, publishers, any publisher's offers, every workspace's usage) need platform-admin power, which only a platform admin's
-key made by that admin itself carries. A platform admin reaches a workspace's resources only as
+catalog-wide models, the platform key, publishers, any publisher's offers, every workspace's
+usage) need platform-admin power, which only a platform admin's key made by that admin itself
+carries. A platform admin reaches a workspace's resources only as
 a member of it; the table above applies to it like to anyone else.
 
 A publisher API key is none of these: it has no workspace and no role, and reaches only its

@@ -111,9 +111,9 @@ def check_ready(route: Route) -> None:
         return
     if route.state == "creating":
         raise ServiceUnavailable("This deployment is still being created; retry in a few seconds.")
-    if route.state == "suspended":  # a fine-tune whose workspace key is disabled (manager.check_private_weights)
-        raise ServiceUnavailable("This deployment is suspended: its workspace key is disabled. Enable the key "
-                                 "again and it resumes serving; see modelport deployments show.")
+    if route.state == "suspended":  # deployments/suspension.py: every reason's message
+        raise ServiceUnavailable(f"This deployment is suspended. {route.state_reason or ''} "
+                                 "See modelport deployments show.".replace("  ", " "))
     if route.state == "failed":
         raise Conflict(
             "This deployment failed to start; see its state reason (modelport deployments show) and create it again."

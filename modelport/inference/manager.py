@@ -75,6 +75,7 @@ class Route:
     type: str
     geography: str
     state: str
+    state_reason: str | None
     public_access: bool
     allowed: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     primary_lookup: str
@@ -178,6 +179,7 @@ class DeploymentManager:
             type=d.type,
             geography=d.geography,
             state=d.state,
+            state_reason=d.state_reason,
             public_access=net.get("public_access", True),
             allowed=tuple(ipaddress.ip_network(r) for r in net.get("allowed_ranges", [])),
             primary_lookup=d.primary_lookup,
@@ -412,6 +414,26 @@ class DeploymentManager:
             except Exception:
                 log.exception("background deployment work failed")
 
+    # -- suspension (deployments/suspension.py: a set of reasons) ---------------------------
+
+    async def suspend(self, dep_id: str, reason: str, message: str) -> None:
+        """Suspend a deployment for `reason` (beside any others): its requests answer 503 with
+        the message from the next one, and its workers stop unless another deployment shares them."""
+        stop = await asyncio.to_thread(self.service.suspend, dep_id, reason, message)
+        route = self.refresh(dep_id)
+        if stop and route is not None:
+            if not [r for r in self.by_name.values() if r.pool_key == route.pool_key and r.id != dep_id
+                    and r.state in ("creating", "succeeded")]:
+                await self.pools.close(route.pool_key)
+
+    async def resume(self, dep_id: str, reason: str) -> None:
+        """Clear `reason`; once no reason is left, the deployment starts again (no redeploy)."""
+        if await asyncio.to_thread(self.service.resume, dep_id, reason):
+            self.refresh(dep_id)
+            self.spawn(self.provision(dep_id))
+        else:
+            self.refresh(dep_id)
+
     async def check_private_weights(self) -> None:
         """Fine-tuned deployments stop serving once their workspace key no longer unwraps their
         weights (a disabled customer-managed key: within the datastore's key-cache time) and
@@ -426,21 +448,17 @@ class DeploymentManager:
             try:
                 await asyncio.to_thread(self.finetuned.check, model)
             except ModelportError as exc:
-                if dep.state == "succeeded":
-                    await self.pools.close(pool_key(dep, model))
-                    reason = (
+                if "key_disabled" not in (dep.suspensions or {}):
+                    message = (
                         "The workspace key is disabled, so this fine-tuned model's weights cannot be decrypted "
                         "and it is not served; enable it again (modelport cmk enable) and it resumes."
                         if exc.code == "key_disabled"
                         else f"This fine-tuned model's weights cannot be read ({exc.code}); it is not served."
                     )
-                    await asyncio.to_thread(self.service.set_state, dep.id, "suspended", reason)
-                    self.refresh(dep.id)
+                    await self.suspend(dep.id, "key_disabled", message)
             else:
-                if dep.state == "suspended":
-                    await asyncio.to_thread(self.service.set_state, dep.id, "creating", None)
-                    self.refresh(dep.id)
-                    self.spawn(self.provision(dep.id))
+                if "key_disabled" in (dep.suspensions or {}):
+                    await self.resume(dep.id, "key_disabled")
 
     def begin_drain(self) -> None:
         """The server got SIGTERM/SIGINT (call on the event loop). Every worker is asked to stop

@@ -30,7 +30,6 @@ from azure.ai.inference import ChatCompletionsClient
 from azure.ai.inference.models import UserMessage
 from azure.core.credentials import AzureKeyCredential
 
-from tests.inference.runtimes import SLOW
 from tests.support.inference import (
     CHAT_MODEL,
     EMBED_MODEL,
@@ -41,6 +40,7 @@ from tests.support.inference import (
     worker_health,
     workers,
 )
+from tests.support.runtimes import SLOW
 from tests.support.server import Server, start_lean
 from tests.support.tenants import ok
 from tests.support.waiting import wait_until

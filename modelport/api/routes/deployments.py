@@ -24,7 +24,9 @@ router = APIRouter(prefix="/api/v1")
 def deployment_out(d: Deployment, m: CatalogModel) -> dict:
     return {"id": d.id, "name": d.name, "model": m.name, "model_id": m.id, "model_version": m.version,
             "task": m.task, "type": d.type, "instances": d.instances, "geography": d.geography, "state": d.state,
-            "state_reason": d.state_reason, "egress": d.egress, "isolation": d.isolation,
+            "state_reason": d.state_reason,
+            "suspensions": [{"reason": r, "message": m} for r, m in (d.suspensions or {}).items()],
+            "egress": d.egress, "isolation": d.isolation,
             "network": d.network,
             "content_filter": d.content_filter or {},
             "endpoints": {"openai": "/v1", "azure": f"/deployments/{d.name}"},
