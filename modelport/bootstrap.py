@@ -23,6 +23,11 @@ from modelport.identity.service import IdentityService
 from modelport.inference.judge import judge_factory
 from modelport.inference.manager import DeploymentManager
 from modelport.inference.pools import PoolManager, RegionSlots
+from modelport.marketplace.offers import OfferService
+from modelport.marketplace.publishers import PublisherService
+from modelport.marketplace.report import PublisherReports
+from modelport.metering.budgets import BudgetService
+from modelport.metering.usage import UsageService
 from modelport.safety.service import SafetyService
 from modelport.workers.sandbox import SandboxLauncher
 from modelport.workers.supervisor import WorkerSupervisor
@@ -57,6 +62,9 @@ def build_services(settings: Settings) -> Services:
                            screening_queue=settings.screening_queue,
                            blocklist_budget_s=settings.blocklist_budget_ms / 1000)
     safety.set_judge_factory(judge_factory(manager))  # the llm-judge backend calls chat deployments
+    usage = UsageService(db, manager.meter)
+    budgets = BudgetService(db, usage)
+    manager.meter.on_commit = budgets.on_commit  # every committed charge counts against its budget
     return Services(
         settings=settings,
         db=db,
@@ -70,6 +78,11 @@ def build_services(settings: Settings) -> Services:
         finetuning=FinetuningService(db, catalog, datasets, datastore,
                                      max_active_jobs=settings.max_active_finetune_jobs_per_workspace),
         offboarding=Offboarding(settings, db, identity, manager, catalog, safety, datastore),
+        publishers=PublisherService(db),
+        offers=OfferService(db),
+        usage=usage,
+        budgets=budgets,
+        reports=PublisherReports(db, usage),
     )
 
 

@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     # API keys
     api_key_last_used_flush_seconds: float = 30.0
 
+    # Metering: how often usage events are added into the hourly meters (and budgets reloaded)
+    meter_aggregate_seconds: float = Field(default=30.0, gt=0, description="Usage events into the hourly meters, "
+                                           "and budgets' spending reloaded from them, this often.")
+
     # Inference: geographies group regions; each region has worker slots on this installation.
     geographies: dict[str, list[str]] = Field(
         default_factory=lambda: {"local": ["local"]},

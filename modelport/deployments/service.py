@@ -27,6 +27,7 @@ from modelport.errors import Conflict, InvalidInput, NotFound
 from modelport.identity import secrets as keysecrets
 from modelport.identity.principal import Principal
 from modelport.identity.service import check_name
+from modelport.marketplace import offers as marketplace
 from modelport.safety.config import ContentFilterConfig
 
 
@@ -83,6 +84,7 @@ class DeploymentService:
                 raise NotFound("No model of that name and version is visible to this workspace; "
                                "'modelport models list' shows them.", field="model") from exc
             self._check_deployable(model, req.type)
+            marketplace.check_deployable(s, actor.workspace_id, model, req.type)  # 409 subscription_required
             if req.type == "serverless" and req.instances != 1:
                 raise InvalidInput(
                     "instances applies to dedicated deployments; serverless pools scale themselves.", field="instances"

@@ -1,8 +1,10 @@
 """The request path shared by both inference APIs: who may call which deployment, then the
 call itself through the deployment's pool.
 
-Order on every request: key -> deployment -> caller address (403 before the body is read
-whenever the deployment is known from the key or the URL) -> body size -> parse -> pool.
+Admission order on every request, each a named step: authentication (key -> deployment) ->
+network settings (caller address; 403 before the body is read whenever the deployment is known
+from the key or the URL) -> budget (`admit_budget`, 403 budget_exhausted) -> requests and tokens
+per minute (429) -> per-workspace caps -> body size -> parse -> the fair queue (pool).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import base64
 import hmac
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -29,6 +31,9 @@ from modelport.errors import (
 from modelport.identity import secrets as keysecrets
 from modelport.identity.service import IdentityService
 from modelport.inference.manager import DeploymentManager, Route
+
+if TYPE_CHECKING:
+    from modelport.metering.budgets import BudgetService as BudgetGate
 from modelport.workers.client import ChoiceFinished, GenerateEvent, StreamUsage, TextDelta, WorkerClient
 from modelport.workers.protocol import GenerateBody
 
@@ -68,6 +73,9 @@ def authenticate(manager: DeploymentManager, identity: IdentityService, secret: 
             ):
                 return Caller(workspace_id=route.workspace_id, deployment=route)
         raise Unauthenticated("Invalid deployment key.", details={"openai_code": "invalid_api_key"})
+    if parsed is not None and parsed.kind == "mpp":
+        raise Forbidden("A publisher API key cannot call deployments; it has no workspace powers.",
+                        details={"azure_code": "Forbidden"})
     try:
         principal = identity.authenticate(secret)
     except Unauthenticated as exc:
@@ -119,6 +127,13 @@ def check_ready(route: Route) -> None:
             "This deployment failed to start; see its state reason (modelport deployments show) and create it again."
         )
     raise ServiceUnavailable("This deployment is being deleted.")
+
+
+def admit_budget(budgets: BudgetGate, route: Route) -> None:
+    """Admission step after network settings: a call billed in a currency whose monthly budget the
+    workspace has spent is refused with 403 `budget_exhausted` (clients must not retry). Memory
+    only (metering/budgets.py). Rate limits are the next step."""
+    budgets.check(route)
 
 
 async def read_json(request: Request, limit: int) -> dict:

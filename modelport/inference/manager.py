@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from modelport.catalog.service import CatalogService
 from modelport.config import Settings
@@ -30,6 +31,7 @@ from modelport.db.tables import CatalogModel, Deployment
 from modelport.deployments.service import DeploymentService
 from modelport.errors import IntegrityError, ModelportError, ServiceUnavailable
 from modelport.inference.pools import Pool, PoolManager
+from modelport.marketplace.offers import offer_for_model, usable_subscription
 from modelport.metering.recorder import MeterRecorder, usage_row
 from modelport.safety.config import ContentFilterConfig
 from modelport.workers.protocol import WorkerSpec
@@ -99,6 +101,17 @@ class Route:
         return any(addr in net for net in self.allowed)
 
 
+def billing_of(s: Session, dep: Deployment, model: CatalogModel) -> Billing:
+    """What the deployment's requests are billed under: its model's offer (for the deployment
+    types it covers) and the workspace's usable subscription, at the offer's current prices."""
+    offer = offer_for_model(s, model.id)
+    if offer is None or dep.type not in (offer.deployment_types or []):
+        return FREE
+    sub = usable_subscription(s, dep.workspace_id, offer.id)
+    return Billing(offer_id=offer.id, subscription_id=sub.id if sub else None, currency=offer.currency,
+                   input_price=offer.input_price, output_price=offer.output_price)
+
+
 def runtime_for(model: CatalogModel, settings: Settings) -> str:
     override = settings.runtime_overrides.get(model.name)
     if override:
@@ -144,7 +157,7 @@ class DeploymentManager:
             rows = s.execute(
                 select(Deployment, CatalogModel).join(CatalogModel, CatalogModel.id == Deployment.model_id)
             )
-            routes = [self._route(d, m) for d, m in rows]
+            routes = [self._route(d, m, billing_of(s, d, m)) for d, m in rows]
         self.by_name = {(r.workspace_id, r.name): r for r in routes}
         self.by_key = {k: r for r in routes for k in (r.primary_lookup, r.secondary_lookup)}
 
@@ -155,21 +168,28 @@ class DeploymentManager:
                 .join(CatalogModel, CatalogModel.id == Deployment.model_id)
                 .where(Deployment.id == dep_id)
             ).first()
+            billing = billing_of(s, *row) if row is not None else FREE
         for table in (self.by_name, self.by_key):
             for k in [k for k, r in table.items() if r.id == dep_id]:
                 del table[k]
         if row is None:
             return None
-        route = self._route(*row)
+        route = self._route(*row, billing)
         self.by_name[(route.workspace_id, route.name)] = route
         self.by_key[route.primary_lookup] = route
         self.by_key[route.secondary_lookup] = route
         return route
 
+    def refresh_model(self, model_id: str) -> None:
+        """Every deployment of a model again (its offer's prices or state changed)."""
+        for dep_id in {r.id for r in self.by_name.values() if r.model_id == model_id}:
+            self.refresh(dep_id)
+
     @staticmethod
-    def _route(d: Deployment, m: CatalogModel) -> Route:
+    def _route(d: Deployment, m: CatalogModel, billing: Billing = FREE) -> Route:
         net = d.network or {}
         return Route(
+            billing=billing,
             id=d.id,
             workspace_id=d.workspace_id,
             name=d.name,

@@ -34,6 +34,8 @@ async def _openai_call(request: Request, kind: str) -> Response:
         model = body.get("model")
         route = calls.resolve(manager, caller, model if isinstance(model, str) else None)
         calls.check_client(route, request)
+        calls.admit_budget(svc.budgets, route)
+        # (requests and tokens per minute, then per-workspace caps, come here in this order)
         calls.check_ready(route)
         if kind == "chat":
             return await handlers.chat(request, manager, route, body, error_shape=openai_error)
@@ -88,6 +90,8 @@ async def _azure_call(request: Request, name: str, kind: str) -> Response:
             return JSONResponse({"model_name": route.model_name,
                                  "model_type": "chat-completion" if route.task == "chat-completion" else "embeddings",
                                  "model_provider_name": "modelport"})
+        calls.admit_budget(svc.budgets, route)
+        # (requests and tokens per minute, then per-workspace caps, come here in this order)
         body = await calls.read_json(request, svc.settings.max_request_bytes)
         calls.check_ready(route)
         # pass-through: parameters the schema does not know are handed on only when the runtime
