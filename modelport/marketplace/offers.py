@@ -239,6 +239,8 @@ class OfferService:
 
     def retire(self, actor: Principal | PublisherPrincipal, ref: str) -> OfferView:
         """No new subscriptions; existing ones keep working under the terms they accepted."""
+        if isinstance(actor, Principal):  # refused before the lookup: the answer tells nothing of the id
+            actor.require("platform.offers")
         with self.db.session() as s:
             offer = s.get(Offer, ref)
             if offer is None:
@@ -251,6 +253,8 @@ class OfferService:
 
     def add_terms(self, actor: Principal | PublisherPrincipal, ref: str, terms: TermsIn) -> OfferView:
         """A new terms version: new subscriptions accept it; existing ones keep theirs until retired."""
+        if isinstance(actor, Principal):  # refused before the lookup: the answer tells nothing of the id
+            actor.require("platform.offers")
         with self.db.session() as s:
             offer = s.get(Offer, ref)
             if offer is None:
@@ -271,6 +275,8 @@ class OfferService:
                      version: str) -> tuple[OfferView, list[str]]:
         """Retire an old terms version. Returns the deployments whose subscriptions accepted it:
         they stop serving until their workspace accepts the current terms."""
+        if isinstance(actor, Principal):  # refused before the lookup: the answer tells nothing of the id
+            actor.require("platform.offers")
         with self.db.session() as s:
             offer = s.get(Offer, ref)
             if offer is None:
