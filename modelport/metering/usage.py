@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import io
-from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -145,12 +144,3 @@ def _csv_safe(value: object) -> str:
     text = "" if value is None else str(value)
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
-
-def by_day(rows: list[UsageMeter]) -> dict[str, dict]:
-    days: dict[str, dict] = defaultdict(lambda: {"input_tokens": 0, "output_tokens": 0, "requests": 0})
-    for m in rows:
-        d = days[m.hour.date().isoformat()]
-        d[m.meter] += m.quantity
-        if m.meter == "input_tokens":
-            d["requests"] += m.requests
-    return days

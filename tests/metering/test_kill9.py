@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.inference.runtimes import SLOW
 from tests.support.inference import CHAT_MODEL, create_deployment
+from tests.support.runtimes import SLOW
 from tests.support.server import lean_env, start_server
 from tests.support.tenants import ok
 
