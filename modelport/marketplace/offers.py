@@ -184,6 +184,15 @@ class OfferService:
                                                              "output_price": str(offer.output_price)})
             return self._view(s, offer)
 
+    def unsubscribed_deployments(self, offer_id: str) -> list[str]:
+        """Deployments of the offer's model (types it covers) whose workspace has no usable
+        subscription: made before the offer existed, they are suspended until one subscribes."""
+        with self.db.session() as s:
+            offer = s.get_one(Offer, offer_id)
+            rows = s.execute(select(Deployment.id, Deployment.workspace_id).where(
+                Deployment.model_id == offer.model_id, Deployment.type.in_(offer.deployment_types or [])))
+            return [dep for dep, ws in rows if usable_subscription(s, ws, offer.id) is None]
+
     def _audit(self, s: Session, actor: Principal | PublisherPrincipal, action: str, offer_id: str,
                detail: dict | None = None) -> None:
         if isinstance(actor, PublisherPrincipal):

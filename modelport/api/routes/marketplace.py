@@ -101,8 +101,13 @@ def create_publisher_key(ref: str, body: PublisherKeyCreate, caller: Caller, svc
 
 @router.post("/marketplace/offers", response_model=OfferOut, status_code=status.HTTP_201_CREATED,
              name="offer.create")
-def create_offer(body: OfferCreate, caller: MarketCaller, svc: Svc) -> dict:
-    return offer_out(svc.offers.create(caller, body))
+async def create_offer(body: OfferCreate, caller: MarketCaller, svc: Svc) -> dict:
+    view = await run_in_threadpool(svc.offers.create, caller, body)
+    # deployments made before the model was sold stop until their workspace subscribes
+    for dep_id in await run_in_threadpool(svc.offers.unsubscribed_deployments, view.offer.id):
+        await svc.manager.suspend(dep_id, "subscription", SUSPENDED_FOR_SUBSCRIPTION.format(offer=view.offer.id))
+    svc.manager.refresh_model(view.model.id)
+    return offer_out(view)
 
 
 @router.get("/marketplace/offers", response_model=list[OfferOut], name="offer.list")
