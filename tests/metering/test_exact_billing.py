@@ -120,8 +120,17 @@ def _openai_completion(c: openai.OpenAI, name: str, rng: random.Random, seen: Se
     seen.add("ok", usage.prompt_tokens, usage.completion_tokens)
 
 
-def _azure_chat(c: ChatCompletionsClient, rng: random.Random, seen: Seen, *, stream: bool) -> None:
+def _azure_chat(url: str, key: str, rng: random.Random, seen: Seen, *, stream: bool) -> None:
+    """A client per call: a pooled connection left idle longer than the server's header timeout
+    (while the thread makes other calls) is closed by the server, and the client does not retry
+    a POST on a closed connection."""
     messages = [UserMessage(_prompt(rng))]
+    with ChatCompletionsClient(endpoint=f"{url}/deployments/plain", credential=AzureKeyCredential(key),
+                               api_version=API_VERSION) as c:
+        _azure_call(c, messages, rng, seen, stream=stream)
+
+
+def _azure_call(c: ChatCompletionsClient, messages: list, rng: random.Random, seen: Seen, *, stream: bool) -> None:
     try:
         if not stream:
             r = c.complete(messages=messages, max_tokens=rng.randint(1, 40))
@@ -209,8 +218,6 @@ def test_billed_tokens_equal_what_clients_received(world: World) -> None:
         rng = random.Random(1000 + i)
         oai = {n: openai.OpenAI(base_url=f"{s.url}/v1", api_key=k, max_retries=0, timeout=120)
                for n, k in world.keys.items()}
-        az = ChatCompletionsClient(endpoint=f"{s.url}/deployments/plain", credential=AzureKeyCredential(
-            world.keys["plain"]), api_version=API_VERSION)
         raw = {n: httpx.Client(base_url=s.url, headers={"Authorization": f"Bearer {k}"}, timeout=120)
                for n, k in world.keys.items()}
         try:
@@ -223,7 +230,7 @@ def test_billed_tokens_equal_what_clients_received(world: World) -> None:
                 elif roll < 0.50:
                     _openai_completion(oai["plain"], "plain", rng, seen["plain"], stream=rng.random() < 0.5)
                 elif roll < 0.60:
-                    _azure_chat(az, rng, seen["plain"], stream=rng.random() < 0.5)
+                    _azure_chat(s.url, world.keys["plain"], rng, seen["plain"], stream=rng.random() < 0.5)
                 elif roll < 0.65:
                     _raw_error(raw["plain"], "plain", rng, seen["plain"])
                 elif roll < 0.85:
@@ -231,12 +238,22 @@ def test_billed_tokens_equal_what_clients_received(world: World) -> None:
                 else:
                     _embed(oai["embed"], rng, seen["embed"])
         finally:
-            az.close()
             for c in (*oai.values(), *raw.values()):
                 c.close()
 
     with ThreadPoolExecutor(THREADS) as pool:
         list(pool.map(run, range(THREADS)))
+
+    # A burst at the filtered deployment: one screening slot and no queue, so some get 429.
+    barrier = threading.Barrier(BURST)
+
+    def burst(i: int) -> None:
+        with openai.OpenAI(base_url=f"{s.url}/v1", api_key=world.keys["guarded"], max_retries=0, timeout=120) as c:
+            barrier.wait()
+            _guarded(c, random.Random(9000 + i), seen["guarded"])
+
+    with ThreadPoolExecutor(BURST) as pool:
+        list(pool.map(burst, range(BURST)))
 
     # Then streams that clients cut, alone, so that the workers' own counters tell what they generated.
     generated_before = sum(w.health.tokens_generated_total for w in workers(s).values())
@@ -261,6 +278,7 @@ def test_billed_tokens_equal_what_clients_received(world: World) -> None:
     assert total >= 2000, total
     # the mix happened: blocked prompts, filtered outputs, refusals, 429s, cut streams
     assert seen["guarded"].outcomes["400"] > 0 and seen["guarded"].outcomes["ok"] > 0, seen["guarded"].outcomes
+    assert seen["guarded"].outcomes["429"] > 0, seen["guarded"].outcomes
     assert seen["plain"].outcomes["400"] > 0, seen["plain"].outcomes
     assert seen["cutter"].outcomes["cut"] > 0
 
@@ -278,4 +296,5 @@ def test_billed_tokens_equal_what_clients_received(world: World) -> None:
 
 THREADS = 8
 PER_THREAD = 240
+BURST = 24
 CUTS_PER_THREAD = 50
