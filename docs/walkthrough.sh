@@ -25,7 +25,7 @@ ALICE_KEY=$(modelport apikeys create --user alice --workspace research --name la
 export MODELPORT_API_KEY=$ALICE_KEY
 modelport status
 modelport workspaces add-member bob --role contributor
-modelport --api-key "$ADMIN_KEY" apikeys create --user bob --workspace research > bob.key   # keys for others: admins only
+modelport --api-key "$ADMIN_KEY" apikeys create --user bob --workspace research --name bob-laptop > bob.key   # keys for others: admins only
 modelport apikeys list                                         # owners: every key of the workspace
 modelport workspaces members
 modelport models list

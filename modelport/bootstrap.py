@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from modelport.api.deps import Services
 from modelport.catalog.service import CatalogService
 from modelport.catalog.storage import LocalModelStore, move_legacy_dir
-from modelport.config import Settings, datastore_environ
+from modelport.config import Settings
 from modelport.datasets.service import DatasetService
 from modelport.datastore.settings import from_settings as datastore_from_settings
 from modelport.db import migrate
@@ -28,6 +28,8 @@ from modelport.marketplace.publishers import PublisherService
 from modelport.marketplace.report import PublisherReports
 from modelport.metering.budgets import BudgetService
 from modelport.metering.usage import UsageService
+from modelport.policies.engine import PolicyEngine
+from modelport.policies.service import PolicyService
 from modelport.safety.service import SafetyService
 from modelport.workers.sandbox import SandboxLauncher
 from modelport.workers.supervisor import WorkerSupervisor
@@ -41,18 +43,19 @@ def build_services(settings: Settings) -> Services:
     db = Database(settings.db_url)
     if move_legacy_dir(settings.home, settings.model_files_dir):
         log.info("moved model files to their new directory", extra={"event": "catalog.files_moved"})
+    policies = PolicyEngine(db)  # one set in force for every governed action of this server
     catalog = CatalogService(db, LocalModelStore(settings.model_files_dir),
                              max_upload_bytes=settings.max_model_upload_bytes,
                              upload_ttl_seconds=settings.upload_ttl_seconds,
-                             max_open_uploads=settings.max_open_uploads_per_workspace)
-    deployments = DeploymentService(db, catalog, settings)
+                             max_open_uploads=settings.max_open_uploads_per_workspace, policies=policies)
+    deployments = DeploymentService(db, catalog, settings, policies=policies)
     if settings.allow_unisolated_workers:
         log.warning("MODELPORT_ALLOW_UNISOLATED_WORKERS=true: where no sandbox can be built, model workers and "
                     "trainers run WITHOUT isolation (network, files, processes); for development machines only")
     # Workers see nothing of the metadata store, the model files, the datastore or the keys (sandbox.py).
     supervisor = WorkerSupervisor(settings.run_dir, regions=list(settings.region_slots),
                                   launcher=SandboxLauncher.from_settings(settings, "workers"))
-    datastore = datastore_from_settings(settings.home, datastore_environ(settings))
+    datastore = datastore_from_settings(settings)
     pools = PoolManager(supervisor, RegionSlots(settings.region_slots), settings.queue_per_deployment)
     manager = DeploymentManager(settings, db, catalog, deployments, pools)
     manager.finetuned = FinetunedWeights(db, datastore)
@@ -79,10 +82,11 @@ def build_services(settings: Settings) -> Services:
                                      max_active_jobs=settings.max_active_finetune_jobs_per_workspace),
         offboarding=Offboarding(settings, db, identity, manager, catalog, safety, datastore),
         publishers=PublisherService(db),
-        offers=OfferService(db),
+        offers=OfferService(db, policies),
         usage=usage,
         budgets=budgets,
         reports=PublisherReports(db, usage),
+        policies=PolicyService(db, policies, catalog, settings),
     )
 
 
@@ -98,6 +102,7 @@ def prepare(svc: Services) -> PrepareResult:
     if svc.extra.get("prepared"):
         return svc.extra["prepared"]  # type: ignore[return-value]
     migrate.upgrade(svc.db.engine)
+    svc.policies.engine.reload()
     admin_key = svc.identity.bootstrap()
     if admin_key is not None:
         write_admin_key(svc.settings, admin_key)

@@ -5,6 +5,7 @@
     │   ├── InvalidInput          400   a value is wrong; `field` names it, the value is never echoed
     │   ├── Unauthenticated       401   no key, an unknown key, a revoked or expired key
     │   ├── Forbidden             403   the key is valid but its role may not do this
+    │   │   └── PolicyDenied      403   a governance policy forbids it; `details.policies` names them
     │   ├── NotFound              404   missing, or belongs to another workspace (never told apart)
     │   ├── Conflict              409   a duplicate name, a state that does not allow the action
     │   ├── PayloadTooLarge       413   a body over the configured limit
@@ -52,6 +53,19 @@ class Unauthenticated(UserError):
 class Forbidden(UserError):
     status_code = 403
     code = "forbidden"
+
+
+class PolicyDenied(Forbidden):
+    """A governance policy (modelport/policies) forbids the action: `details["policies"]` lists
+    the ids of the policies that denied it, and nothing else of the request."""
+
+    code = "policy_denied"
+
+    def __init__(self, action: str, policy_ids: list[str]) -> None:
+        super().__init__(
+            f"Denied by policy {', '.join(policy_ids)}: this {action.replace('_', ' ')} is forbidden by the "
+            "installation's or workspace's governance policies ('modelport policies show ID' says why).",
+            details={"policies": policy_ids, "action": action})
 
 
 class NotFound(UserError):

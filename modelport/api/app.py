@@ -16,7 +16,18 @@ from modelport.api import errors
 from modelport.api.deps import Services
 from modelport.api.middleware import RequestContext
 from modelport.api.request_limits import RequestBodyLimit
-from modelport.api.routes import datasets, deployments, finetuning, identity, marketplace, models, ops, safety, usage
+from modelport.api.routes import (
+    datasets,
+    deployments,
+    finetuning,
+    identity,
+    marketplace,
+    models,
+    ops,
+    policies,
+    safety,
+    usage,
+)
 from modelport.bootstrap import build_services, prepare
 from modelport.config import Settings
 from modelport.finetuning.runner import JobRunner
@@ -84,6 +95,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.include_router(finetuning.router)
     app.include_router(marketplace.router)
     app.include_router(usage.router)
+    app.include_router(policies.router)
     app.include_router(inference_routes.router)
     app.add_middleware(RequestBodyLimit)  # inside RequestContext: its refusals are logged with a request id
     app.add_middleware(RequestContext)

@@ -25,6 +25,7 @@ from modelport.marketplace.publishers import PublisherService
 from modelport.marketplace.report import PublisherReports
 from modelport.metering.budgets import BudgetService
 from modelport.metering.usage import UsageService
+from modelport.policies.service import PolicyService
 from modelport.safety.service import SafetyService
 
 
@@ -46,6 +47,7 @@ class Services:
     usage: UsageService
     budgets: BudgetService
     reports: PublisherReports
+    policies: PolicyService
     extra: dict[str, object] = field(default_factory=dict)  # later subsystems register here
 
 

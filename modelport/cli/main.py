@@ -14,6 +14,7 @@ from modelport.cli import finetuning as finetuning_cli
 from modelport.cli import identity as identity_cli
 from modelport.cli import marketplace as marketplace_cli
 from modelport.cli import models as models_cli
+from modelport.cli import policies as policies_cli
 from modelport.cli import safety as safety_cli
 from modelport.cli.common import JsonOpt, client, handle_errors
 from modelport.cli.output import console, err_console, kv, print_json
@@ -38,6 +39,7 @@ app.add_typer(marketplace_cli.marketplace, name="marketplace")
 app.add_typer(marketplace_cli.publisher, name="publisher")
 app.add_typer(marketplace_cli.budget, name="budget")
 app.command("usage")(marketplace_cli.usage)
+app.add_typer(policies_cli.policies, name="policies")
 app.command("audit")(identity_cli.audit)
 
 

@@ -460,3 +460,23 @@ class Budget(Base):
     alerted: Mapped[list] = mapped_column(JSON, default=list)
     updated_by: Mapped[str | None] = mapped_column(String(40), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class Policy(Base):
+    """A governance policy: one Cedar `forbid` policy, platform-wide (`workspace_id` NULL, saved by a
+    platform admin) or of one workspace (saved by its owners). `scope_key` is the workspace id or ""
+    so that one unique constraint covers both scopes on every backend."""
+
+    __tablename__ = "policies"
+    __table_args__ = (UniqueConstraint("scope_key", "policy_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    policy_id: Mapped[str] = mapped_column(String(64))
+    scope_key: Mapped[str] = mapped_column(String(40), index=True)
+    workspace_id: Mapped[str | None] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"), nullable=True)
+    cedar: Mapped[str] = mapped_column(Text)
+    audit: Mapped[bool] = mapped_column(Boolean, default=False)  # @audit: records violations, allows
+    created_by: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    updated_by: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

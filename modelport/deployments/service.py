@@ -28,6 +28,8 @@ from modelport.identity import secrets as keysecrets
 from modelport.identity.principal import Principal
 from modelport.identity.service import check_name
 from modelport.marketplace import offers as marketplace
+from modelport.policies.engine import PolicyEngine
+from modelport.policies.facts import DeploymentFacts, FilterFacts, ModelFacts
 from modelport.safety.config import ContentFilterConfig
 
 
@@ -40,10 +42,12 @@ class CreatedDeployment:
 
 
 class DeploymentService:
-    def __init__(self, db: Database, catalog: CatalogService, settings: Settings) -> None:
+    def __init__(self, db: Database, catalog: CatalogService, settings: Settings,
+                 policies: PolicyEngine | None = None) -> None:
         self.db = db
         self.catalog = catalog
         self.settings = settings
+        self.policies = policies or PolicyEngine(db)  # governance: deploy, update, content filter
         self._cap_lock = threading.Lock()  # counting a workspace's instances and adding some: atomic
 
     def _check_instance_cap(self, s: Session, workspace_id: str, adding: int, replacing: str | None = None) -> None:
@@ -89,6 +93,17 @@ class DeploymentService:
                 raise InvalidInput(
                     "instances applies to dedicated deployments; serverless pools scale themselves.", field="instances"
                 )
+            content_filter = (
+                ContentFilterConfig.default_for(req.type)
+                if self.settings.content_filter_default == "on"
+                else ContentFilterConfig.disabled()
+            ).model_dump(mode="json")
+            self.policies.enforce(actor, "deploy", DeploymentFacts(
+                id="new", name=req.name, workspace=actor.workspace_name,
+                model=ModelFacts.seen_by(model, actor, offer=marketplace.offer_id_of(s, model.id)),
+                type=req.type, geography=geography, instances=req.instances,
+                public_network_access=req.network.public_access, allowed_ranges=tuple(req.network.allowed_ranges),
+                content_filter=FilterFacts.of(content_filter)))
             if req.type == "dedicated":
                 self._check_instance_cap(s, actor.workspace_id, req.instances)
             p_lookup, primary = keysecrets.generate("mpd")
@@ -103,11 +118,7 @@ class DeploymentService:
                 geography=geography,
                 state="creating",
                 network=req.network.model_dump(),
-                content_filter=(
-                    ContentFilterConfig.default_for(req.type)
-                    if self.settings.content_filter_default == "on"
-                    else ContentFilterConfig.disabled()
-                ).model_dump(mode="json"),
+                content_filter=content_filter,
                 primary_lookup=p_lookup,
                 primary_digest=keysecrets.digest(primary),
                 secondary_lookup=s_lookup,
@@ -178,9 +189,12 @@ class DeploymentService:
             row = self._get(s, actor, name)
             if row.state == "deleting":
                 raise Conflict("This deployment is being deleted.")
+            if change.instances is not None and row.type != "dedicated":
+                raise InvalidInput("instances applies to dedicated deployments only.", field="instances")
+            self.policies.enforce(actor, "update_deployment", DeploymentFacts.of(
+                row, self._model_facts(s, actor, row), actor.workspace_name, instances=change.instances,
+                network=change.network.model_dump() if change.network is not None else None))
             if change.instances is not None:
-                if row.type != "dedicated":
-                    raise InvalidInput("instances applies to dedicated deployments only.", field="instances")
                 if change.instances > row.instances:
                     self._check_instance_cap(s, actor.workspace_id, change.instances, replacing=row.id)
                 row.instances = change.instances
@@ -210,11 +224,18 @@ class DeploymentService:
             row = self._get(s, actor, name)
             if config.judge_deployment is not None:
                 self._check_judge(s, actor, row, config.judge_deployment)
-            row.content_filter = config.model_dump(mode="json")
+            new_filter = config.model_dump(mode="json")
+            self.policies.enforce(actor, "change_content_filter", DeploymentFacts.of(
+                row, self._model_facts(s, actor, row), actor.workspace_name, content_filter=new_filter))
+            row.content_filter = new_filter
             row.updated_at = utcnow()
             audit.record(s, actor, "deployment.content_filter", resource_type="deployment", resource_id=row.id,
                          detail={"enabled": config.enabled})
             return row
+
+    @staticmethod
+    def _model_facts(s: Session, actor: Principal, row: Deployment) -> ModelFacts:
+        return ModelFacts.seen_by(s.get_one(CatalogModel, row.model_id), actor)
 
     @staticmethod
     def _check_judge(s: Session, actor: Principal, row: Deployment, judge: str) -> None:

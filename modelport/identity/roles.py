@@ -25,13 +25,19 @@
 | usage.read              |   x    |      x      |   x   |  x (all workspaces: chargeback)       |
 | budgets.read            |   x    |      x      |   x   |                                      |
 | budgets.manage          |        |             |   x   |                                      |
+| policies.read           |   x    |      x      |   x   |                                      |
+| policies.write          |        |             |   x   |                                      |
 | workspace.delete        |        |             |   x   |  x                                   |
 
 Platform-wide actions (`platform.*`: create workspaces, manage users, create a key for a member,
-catalog-wide models, the platform key, publishers, any publisher's offers, every workspace's
-usage) need platform-admin power, which only a platform admin's key made by that admin itself
-carries. A platform admin reaches a workspace's resources only as
-a member of it; the table above applies to it like to anyone else.
+catalog-wide models, the platform key, platform-scope governance policies, publishers, any
+publisher's offers, every workspace's usage) need platform-admin power, which only a platform
+admin's key made by that admin itself carries. A platform admin reaches a workspace's resources
+only as a member of it; the table above applies to it like to anyone else.
+
+Governance policies: every member reads the policies in force in its workspace; owners save and
+delete the workspace's own (which can only add forbids) and suspend its violating deployments;
+platform policies and compliance across workspaces need `platform.policies`.
 
 A publisher API key is none of these: it has no workspace and no role, and reaches only its
 publisher's offers, subscriptions and reports (modelport/marketplace/publishers.py).
@@ -80,6 +86,8 @@ WORKSPACE_ACTIONS: dict[str, Role] = {
     "usage.read": Role.READER,
     "budgets.read": Role.READER,
     "budgets.manage": Role.OWNER,
+    "policies.read": Role.READER,
+    "policies.write": Role.OWNER,
 }
 
 PLATFORM_ACTIONS = frozenset(
@@ -92,6 +100,7 @@ PLATFORM_ACTIONS = frozenset(
         "platform.publishers",  # create publishers, add their users, make their keys
         "platform.offers",  # create and retire any publisher's offers
         "platform.usage",  # every workspace's usage and charges (chargeback)
+        "platform.policies",  # save and delete platform policies; compliance of every workspace
     }
 )
 

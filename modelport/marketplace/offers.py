@@ -23,6 +23,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
@@ -35,6 +36,10 @@ from modelport.db.tables import CatalogModel, Deployment, Offer, OfferTerms, Pub
 from modelport.errors import Conflict, Forbidden, InvalidInput, NotFound
 from modelport.identity.principal import Principal, PublisherPrincipal
 from modelport.marketplace.schemas import OfferCreate, SubscriptionCreate, TermsIn
+from modelport.policies.facts import ModelFacts
+
+if TYPE_CHECKING:
+    from modelport.policies.engine import PolicyEngine
 
 NO_OFFER = "No offer has that id; 'modelport marketplace offers' lists them."
 SUSPENDED_FOR_SUBSCRIPTION = (
@@ -62,6 +67,12 @@ def offer_for_model(s: Session, model_id: str) -> Offer | None:
     subscriptions to a retired offer keep working)."""
     offers = list(s.scalars(select(Offer).where(Offer.model_id == model_id).order_by(Offer.created_at.desc())))
     return next((o for o in offers if o.state == "active"), offers[0] if offers else None)
+
+
+def offer_id_of(s: Session, model_id: str) -> str:
+    """The id of the offer a model is sold under, "" when none (governance's `resource.offer`)."""
+    offer = offer_for_model(s, model_id)
+    return offer.id if offer is not None else ""
 
 
 def current_terms(s: Session, offer_id: str) -> OfferTerms:
@@ -122,8 +133,9 @@ def _price(value: str, field: str) -> Decimal:
 
 
 class OfferService:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, policies: PolicyEngine | None = None) -> None:
         self.db = db
+        self.policies = policies  # governance: `subscribe` is a governed action
 
     def summaries(self, model_ids: list[str]) -> dict[str, dict]:
         """The offer each model is sold under, as the catalog shows it (models without: absent)."""
@@ -321,6 +333,9 @@ class OfferService:
                                                       Subscription.offer_id == offer.id))
             if offer.state != "active" and (sub is None or sub.state != "active"):
                 raise NotFound(NO_OFFER, field="offer")  # retired: no new subscriptions
+            if self.policies is not None:  # 403 policy_denied when a policy forbids it, before any write
+                model = s.get_one(CatalogModel, offer.model_id)
+                self.policies.enforce(actor, "subscribe", ModelFacts.seen_by(model, actor, offer=offer.id))
             terms = current_terms(s, offer.id)
             if req.accept_terms_sha256 != terms.sha256:
                 raise Conflict(f"The offer's current terms are version {terms.version} (sha256 {terms.sha256}); "

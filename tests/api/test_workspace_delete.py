@@ -48,6 +48,7 @@ from tests.support.kms import kek_materials
 from tests.support.processes import trainers_of
 from tests.support.runtimes import SLOW_LOAD
 from tests.support.server import Server, start_server
+from tests.support.settings import settings_at
 from tests.support.tenants import Tenant, begin_upload, make_tenant, ok, put_file, unique
 from tests.support.waiting import wait_until
 
@@ -305,7 +306,7 @@ def test_a_backup_of_its_files_put_back_does_not_decrypt(world: World) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
     try:
-        store = from_settings(world.server.home, {})
+        store = from_settings(settings_at(world.server.home))
         with pytest.raises(ModelportError) as caught:
             store.read_bytes(world.victim.id, world.dataset_id)
         assert caught.value.code == "key_destroyed", caught.value

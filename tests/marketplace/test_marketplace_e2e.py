@@ -207,3 +207,19 @@ def test_budget_spent_refuses_with_403_and_audits(world: World) -> None:
         assert {"budget.set", "budget.threshold", "budget.exhausted", "budget.refused"} <= set(actions)
         ok(c.put("/api/v1/budgets/USD", json={"amount": "1"}))
     assert _call(w, key, "capped").status_code == 200
+
+
+def test_a_governance_policy_can_forbid_subscribing(world: World) -> None:
+    """Subscribing is a governed action: a workspace policy that forbids it answers 403
+    `policy_denied` and nothing is written."""
+    t = make_tenant(world.server)
+    with world.server.client(t.keys["owner"]) as c:
+        ok(c.put("/api/v1/policies/no-sold-models", json={
+            "cedar": 'forbid(principal, action == Action::"subscribe", resource) when { resource.offer != "" };'}),
+           201)
+        current = ok(c.get(f"/api/v1/marketplace/offers/{world.offer['id']}")).json()["terms"]["sha256"]
+        r = c.post("/api/v1/marketplace/subscriptions", json={
+            "offer": world.offer["id"], "contact": {"name": "N", "email": "n@example.org"},
+            "accept_terms_sha256": current, "consent_to_share_contact": True})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "policy_denied", r.text
+        assert ok(c.get("/api/v1/marketplace/subscriptions")).json() == []

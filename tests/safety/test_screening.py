@@ -14,12 +14,10 @@ from modelport.safety.blocklists import BlocklistSet
 from modelport.safety.config import ContentFilterConfig
 from modelport.safety.screening import (
     CARRY_CHARS,
-    ContentFiltered,
     SafetyUnavailable,
     Screener,
     empty_results,
     error_body,
-    prompt_filter_results,
     split_segment,
 )
 
@@ -42,14 +40,11 @@ def test_benign_prompt_passes_with_every_key_present(minilm: MiniLMBackend) -> N
     verdict = run(Screener(minilm, ContentFilterConfig()).screen_prompt("How do I bake sourdough bread at home?"))
     assert not verdict.filtered
     assert verdict.results == empty_results()
-    assert prompt_filter_results(verdict) == [{"prompt_index": 0, "content_filter_results": verdict.results}]
 
 
-def test_blocked_prompt_raises_content_filtered_with_the_azure_error_body(minilm: MiniLMBackend) -> None:
-    screener = Screener(minilm, ContentFilterConfig())
-    with pytest.raises(ContentFiltered) as info:
-        run(screener.check_prompt(THREAT))
-    verdict = info.value.verdict
+def test_blocked_prompt_gets_the_azure_error_body(minilm: MiniLMBackend) -> None:
+    verdict = run(Screener(minilm, ContentFilterConfig()).screen_prompt(THREAT))
+    assert verdict.filtered
     assert "violence" in verdict.filtered_reasons
     body = error_body(verdict)
     assert body["error"]["code"] == "content_filter" and body["error"]["status"] == 400
