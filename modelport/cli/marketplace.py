@@ -145,6 +145,22 @@ def offer_show(ctx: typer.Context, offer: str, json: JsonOpt = False) -> None:
     _offer_kv(o)
 
 
+@offers.command("set-prices")
+@handle_errors
+def offer_set_prices(ctx: typer.Context, offer: str,
+                     input_price: Annotated[str | None, typer.Option(help="New price per 1,000 input tokens.")] = None,
+                     output_price: Annotated[str | None, typer.Option(help="New price per 1,000 output "
+                                                                           "tokens.")] = None,
+                     json: JsonOpt = False) -> None:
+    """Change an offer's prices: requests that start from now are charged at them, earlier ones not."""
+    o = client(ctx).request("PATCH", f"/api/v1/marketplace/offers/{offer}",
+                            json=_params(input_price=input_price, output_price=output_price))
+    if json:
+        return print_json(o)
+    console.print(f"Offer {o['id']} now costs {o['input_price']} / {o['output_price']} {o['currency']} per 1K "
+                  "input / output tokens.")
+
+
 @offers.command("retire")
 @handle_errors
 def offer_retire(ctx: typer.Context, offer: str, json: JsonOpt = False) -> None:

@@ -35,7 +35,7 @@ from modelport.db.engine import Database
 from modelport.db.tables import CatalogModel, Deployment, Offer, OfferTerms, Publisher, Subscription
 from modelport.errors import Conflict, Forbidden, InvalidInput, NotFound
 from modelport.identity.principal import Principal, PublisherPrincipal
-from modelport.marketplace.schemas import OfferCreate, SubscriptionCreate, TermsIn
+from modelport.marketplace.schemas import OfferCreate, OfferPrices, SubscriptionCreate, TermsIn
 from modelport.policies.facts import ModelFacts
 
 if TYPE_CHECKING:
@@ -270,6 +270,29 @@ class OfferService:
             if offer.state != "retired":
                 offer.state, offer.retired_at = "retired", utcnow()
                 self._audit(s, actor, "offer.retire", offer.id)
+            return self._view(s, offer)
+
+    def set_prices(self, actor: Principal | PublisherPrincipal, ref: str, prices: OfferPrices) -> OfferView:
+        """New prices for requests that start from now; earlier requests keep theirs (each usage
+        event carries the prices in force when its request started)."""
+        if prices.input_price is None and prices.output_price is None:
+            raise InvalidInput("Give input_price, output_price or both.", field="input_price")
+        if isinstance(actor, Principal):  # refused before the lookup: the answer tells nothing of the id
+            actor.require("platform.offers")
+        with self.db.session() as s:
+            offer = s.get(Offer, ref)
+            if offer is None:
+                raise NotFound(NO_OFFER)
+            self._may_manage(actor, offer.publisher_id)
+            if offer.state != "active":
+                raise Conflict("This offer is retired; its prices no longer change.")
+            old = {"input_price": str(offer.input_price), "output_price": str(offer.output_price)}
+            if prices.input_price is not None:
+                offer.input_price = _price(prices.input_price, "input_price")
+            if prices.output_price is not None:
+                offer.output_price = _price(prices.output_price, "output_price")
+            self._audit(s, actor, "offer.prices", offer.id, {"old": old, "new": {
+                "input_price": str(offer.input_price), "output_price": str(offer.output_price)}})
             return self._view(s, offer)
 
     def add_terms(self, actor: Principal | PublisherPrincipal, ref: str, terms: TermsIn) -> OfferView:

@@ -71,6 +71,15 @@ class OfferCreate(BaseModel):
     deployment_types: list[DeploymentType] = Field(default_factory=lambda: ["serverless"], min_length=1)
 
 
+class OfferPrices(BaseModel):
+    """New prices, in force for requests that start after the change (each request is charged at
+    the prices in force when it started)."""
+
+    model_config = ConfigDict(extra="forbid")
+    input_price: str | None = Field(default=None, pattern=PRICE)
+    output_price: str | None = Field(default=None, pattern=PRICE)
+
+
 class TermsOut(BaseModel):
     version: str
     sha256: str

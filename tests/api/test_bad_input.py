@@ -45,6 +45,8 @@ VALID: dict[tuple[str, str], tuple[str, dict]] = {
         "model": "SmolLM2-135M-Instruct", "model_version": "q4_1", "currency": "USD", "input_price": "0.1",
         "output_price": "0.2", "terms": {"version": "1", "text": "t"}, "contact_sharing_required": True,
         "deployment_types": ["serverless"]}),
+    ("PATCH", "/api/v1/marketplace/offers/{offer}"): ("/api/v1/marketplace/offers/offer_none",
+                                                      {"input_price": "0.1", "output_price": "0.2"}),
     ("POST", "/api/v1/marketplace/offers/{offer}/terms"): ("/api/v1/marketplace/offers/offer_none/terms",
                                                            {"version": "2", "text": "t"}),
     ("POST", "/api/v1/marketplace/subscriptions"): ("/api/v1/marketplace/subscriptions", {
@@ -331,6 +333,8 @@ SERVICE_CASES: list[tuple[str, str, dict, int, str]] = [
     ("POST", "/api/v1/marketplace/subscriptions", {"offer": "o", "contact": {"name": "n", "email": CANARY},
                                                    "accept_terms_sha256": "0" * 64}, 422, "contact.email"),
     ("PUT", "/api/v1/budgets/USD", {"amount": f"1{CANARY}"}, 422, "amount"),
+    ("PATCH", "/api/v1/marketplace/offers/offer_none", {}, 400, "input_price"),
+    ("PATCH", "/api/v1/marketplace/offers/offer_none", {"output_price": "1"}, 404, None),
     ("PUT", "/api/v1/budgets/usd", {"amount": "1"}, 422, "path.currency"),
     ("POST", "/api/v1/finetuning/jobs", {"model": "all-MiniLM-L6-v2", "dataset": "d"}, 400, "model"),
     ("POST", "/api/v1/finetuning/jobs", {"model": "SmolLM2-135M-Instruct", "dataset": CANARY}, 404, "dataset"),

@@ -202,6 +202,9 @@ ROWS: dict[tuple[str, str], Row] = {
         lambda ref: ("GET", f"/api/v1/marketplace/offers/{ref}", {}), lambda v: [], _missing("offer_")),
     ("GET", "/api/v1/marketplace/offers/{offer}/terms/{version}"): Row(
         lambda ref: ("GET", f"/api/v1/marketplace/offers/{ref}/terms/1", {}), lambda v: [], _missing("offer_")),
+    ("PATCH", "/api/v1/marketplace/offers/{offer}"): Row(
+        lambda ref: ("PATCH", f"/api/v1/marketplace/offers/{ref}", {"json": {"input_price": "9"}}),
+        lambda v: [v.offer_id], _missing("offer_"), expect=403),
     ("POST", "/api/v1/marketplace/offers/{offer}/retire"): Row(
         lambda ref: ("POST", f"/api/v1/marketplace/offers/{ref}/retire", {}), lambda v: [v.offer_id],
         _missing("offer_"), expect=403),

@@ -93,6 +93,8 @@ def test_sell_subscribe_call_and_report_from_the_cli(server: Server, tmp_path: P
     assert "bo@example.org" in s.cli("publisher", "report", "--csv", key=pkey, check=True).stdout
     assert "Bo <bo@example.org>" in s.cli("publisher", "subscriptions", key=pkey, check=True).stdout
 
+    r = s.cli("offers", "set-prices", offer["id"], "--input-price", "0.3", key=pkey, check=True)
+    assert "0.3 / 0.6 EUR" in r.stdout
     r = s.cli("marketplace", "unsubscribe", offer["id"], "--yes", key=owner, check=True)
     assert "suspended" in r.stdout
     assert json.loads(s.cli("deployments", "show", "sold", "--json", key=owner, check=True).stdout)["state"] \

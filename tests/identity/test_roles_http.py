@@ -246,6 +246,10 @@ def b_offer_create(w: World, role: str) -> Req:
         "terms": {"version": "1", "text": "terms"}}})
 
 
+def b_offer_prices(w: World, role: str) -> Req:
+    return Req("PATCH", f"/api/v1/marketplace/offers/{_offer(w)['id']}", {"json": {"input_price": "3"}})
+
+
 def b_offer_retire(w: World, role: str) -> Req:
     return Req("POST", f"/api/v1/marketplace/offers/{_offer(w)['id']}/retire")
 
@@ -561,6 +565,7 @@ CASES: list[Case] = [
     Case(("POST", "/api/v1/marketplace/offers"), "create", _only_admin(201), b_offer_create, platform=True),
     Case(("POST", "/api/v1/marketplace/offers/{offer}/retire"), "retire", _only_admin(200), b_offer_retire,
          platform=True),
+    Case(("PATCH", "/api/v1/marketplace/offers/{offer}"), "prices", _only_admin(200), b_offer_prices, platform=True),
     Case(("POST", "/api/v1/marketplace/offers/{offer}/terms"), "v2", _only_admin(201), b_offer_terms, platform=True),
     Case(("POST", "/api/v1/marketplace/offers/{offer}/terms/{version}/retire"), "v1", _only_admin(200),
          b_offer_terms_retire, platform=True),

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 
 import httpx
 import openai
@@ -18,8 +19,8 @@ import pytest
 
 from tests.support.inference import CHAT_MODEL, wait_state
 from tests.support.marketplace import Publisher, create_offer, make_publisher, subscribe
-from tests.support.server import Server, start_lean
-from tests.support.tenants import Tenant, make_tenant, ok
+from tests.support.server import ECHO_MODEL, Server, start_lean
+from tests.support.tenants import Tenant, import_tiny_gguf, make_tenant, ok
 from tests.support.waiting import wait_until
 
 BUNDLED_PUBLISHER = "HuggingFaceTB"  # the publisher of the bundled SmolLM2, recorded at first start
@@ -32,16 +33,17 @@ class World:
     other: Publisher
     tenant: Tenant
     offer: dict
+    tmp: Path
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    s = start_lean(tmp_path_factory.mktemp("market") / "home", {CHAT_MODEL: "echo"})
+    s = start_lean(tmp_path_factory.mktemp("market") / "home", {CHAT_MODEL: "echo", ECHO_MODEL: "echo"})
     try:
         pub = make_publisher(s, BUNDLED_PUBLISHER)
         other = make_publisher(s)
         offer = create_offer(s, pub.key, CHAT_MODEL, input_price="0.5", output_price="1.25")
-        yield World(s, pub, other, make_tenant(s), offer)
+        yield World(s, pub, other, make_tenant(s), offer, tmp_path_factory.mktemp("gguf"))
     finally:
         s.stop()
 
@@ -223,3 +225,37 @@ def test_a_governance_policy_can_forbid_subscribing(world: World) -> None:
             "accept_terms_sha256": current, "consent_to_share_contact": True})
         assert r.status_code == 403 and r.json()["error"]["code"] == "policy_denied", r.text
         assert ok(c.get("/api/v1/marketplace/subscriptions")).json() == []
+
+
+def test_each_request_is_charged_at_the_prices_in_force_when_it_ran(world: World) -> None:
+    """An offer's prices change between two calls: the usage shows each at its own price."""
+    w = world
+    model = import_tiny_gguf_catalog(w)
+    offer = create_offer(w.server, w.pub.key, model, input_price="1", output_price="2", currency="EUR")
+    t = make_tenant(w.server)
+    subscribe(w.server, t.keys["owner"], offer)
+    with w.server.client(t.keys["owner"]) as c:
+        dep = ok(c.post("/api/v1/deployments", json={"name": "priced", "model": model}), 201).json()
+    assert wait_state(w.server, "priced", key=t.keys["owner"])["state"] == "succeeded"
+    first = ok(_call(w, dep["keys"]["primary"], "priced", "one two", max_tokens=3)).json()["usage"]
+    with w.server.client(w.other.key) as c:  # not its offer
+        assert c.patch(f"/api/v1/marketplace/offers/{offer['id']}", json={"input_price": "0"}).status_code == 404
+    with w.server.client(w.pub.key) as c:
+        changed = ok(c.patch(f"/api/v1/marketplace/offers/{offer['id']}",
+                             json={"input_price": "10", "output_price": "20.5"})).json()
+        assert (changed["input_price"], changed["output_price"]) == ("10", "20.5")
+    second = ok(_call(w, dep["keys"]["primary"], "priced", "one two three", max_tokens=4)).json()["usage"]
+    expected = (Decimal(first["prompt_tokens"]) * 1 + Decimal(first["completion_tokens"]) * 2
+                + Decimal(second["prompt_tokens"]) * 10 + Decimal(second["completion_tokens"]) * Decimal("20.5")) / 1000
+    with w.server.client(t.keys["owner"]) as c:
+        (row,) = ok(c.get("/api/v1/usage", params={"group_by": "offer"})).json()["rows"]
+    assert row["requests"] == 2 and Decimal(row["charges"]) == expected and row["currency"] == "EUR"
+    with w.server.client(w.server.admin_key) as admin:
+        actions = [e["action"] for e in ok(admin.get("/api/v1/audit", params={"all_workspaces": True})).json()]
+    assert "offer.prices" in actions
+
+
+def import_tiny_gguf_catalog(w: World) -> str:
+    """A catalog-wide model of the bundled publisher, served by the echo runtime (by its name)."""
+    with w.server.client() as admin:
+        return import_tiny_gguf(admin, w.tmp, ECHO_MODEL, scope="catalog", publisher=BUNDLED_PUBLISHER)["name"]

@@ -19,6 +19,7 @@ from modelport.marketplace.report import report_csv
 from modelport.marketplace.schemas import (
     OfferCreate,
     OfferOut,
+    OfferPrices,
     PublisherCreate,
     PublisherKeyCreate,
     PublisherKeyCreated,
@@ -124,6 +125,15 @@ def get_offer(offer: str, caller: MarketCaller, svc: Svc) -> dict:
 def get_terms(offer: str, version: str, caller: MarketCaller, svc: Svc) -> dict:
     t = svc.offers.terms_text(caller, offer, version)
     return {"version": t.version, "sha256": t.sha256, "text": t.text}
+
+
+@router.patch("/marketplace/offers/{offer}", response_model=OfferOut, name="offer.prices")
+async def set_offer_prices(offer: str, body: OfferPrices, caller: MarketCaller, svc: Svc) -> dict:
+    """New prices for the requests that start from now (each request is charged at the prices in
+    force when it started)."""
+    view = await run_in_threadpool(svc.offers.set_prices, caller, offer, body)
+    svc.manager.refresh_model(view.model.id)
+    return offer_out(view)
 
 
 @router.post("/marketplace/offers/{offer}/retire", response_model=OfferOut, name="offer.retire")
