@@ -42,6 +42,7 @@ PUBLISHER_ROUTES = {("GET", "/api/v1/marketplace/offers"), ("POST", "/api/v1/mar
                     ("GET", "/api/v1/marketplace/offers/{offer}"),
                     ("GET", "/api/v1/marketplace/offers/{offer}/terms/{version}"),
                     ("POST", "/api/v1/marketplace/offers/{offer}/retire"),
+                    ("PATCH", "/api/v1/marketplace/offers/{offer}"),
                     ("POST", "/api/v1/marketplace/offers/{offer}/terms"),
                     ("POST", "/api/v1/marketplace/offers/{offer}/terms/{version}/retire"),
                     ("GET", "/api/v1/publishers/{ref}"), ("GET", "/api/v1/publisher/subscriptions"),
