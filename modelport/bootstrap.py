@@ -22,14 +22,16 @@ from modelport.identity.offboarding import Offboarding
 from modelport.identity.service import IdentityService
 from modelport.inference.judge import judge_factory
 from modelport.inference.manager import DeploymentManager
-from modelport.inference.pools import PoolManager, RegionSlots
+from modelport.inference.pools import PoolManager, RegionSlots, scale_policy
 from modelport.marketplace.offers import OfferService
 from modelport.marketplace.publishers import PublisherService
 from modelport.marketplace.report import PublisherReports
 from modelport.metering.budgets import BudgetService
 from modelport.metering.usage import UsageService
+from modelport.metrics import Metrics
 from modelport.policies.engine import PolicyEngine
 from modelport.policies.service import PolicyService
+from modelport.quotas.limiter import RateLimiter, storage_uri
 from modelport.safety.service import SafetyService
 from modelport.workers.sandbox import SandboxLauncher
 from modelport.workers.supervisor import WorkerSupervisor
@@ -56,12 +58,16 @@ def build_services(settings: Settings) -> Services:
     supervisor = WorkerSupervisor(settings.run_dir, regions=list(settings.region_slots),
                                   launcher=SandboxLauncher.from_settings(settings, "workers"))
     datastore = datastore_from_settings(settings)
-    pools = PoolManager(supervisor, RegionSlots(settings.region_slots), settings.queue_per_deployment)
-    manager = DeploymentManager(settings, db, catalog, deployments, pools)
+    pools = PoolManager(supervisor, RegionSlots(settings.region_slots), settings.queue_per_deployment,
+                        policy=scale_policy(settings), workspace_cap=settings.pool_requests_per_workspace,
+                        share=settings.pool_workspace_share)
+    metrics = Metrics()
+    manager = DeploymentManager(settings, db, catalog, deployments, pools, metrics)
+    metrics.watch_queues(manager.queue_depths)
     manager.finetuned = FinetunedWeights(db, datastore)
     identity = IdentityService(db)
     datasets = DatasetService(db, datastore, settings.max_dataset_bytes, activity=identity.activity)
-    safety = SafetyService(db, screening_concurrency=settings.screening_concurrency,
+    safety = SafetyService(db, metrics=metrics, screening_concurrency=settings.screening_concurrency,
                            screening_queue=settings.screening_queue,
                            blocklist_budget_s=settings.blocklist_budget_ms / 1000)
     safety.set_judge_factory(judge_factory(manager))  # the llm-judge backend calls chat deployments
@@ -87,6 +93,8 @@ def build_services(settings: Settings) -> Services:
         budgets=budgets,
         reports=PublisherReports(db, usage),
         policies=PolicyService(db, policies, catalog, settings),
+        rate_limiter=RateLimiter(storage_uri(settings.redis_url)),
+        metrics=metrics,
     )
 
 

@@ -107,7 +107,21 @@ class Settings(BaseSettings):
     worker_threads: int | None = Field(default=None, json_schema_extra=_readme("CPU count"),
                                        description="Threads per worker; default: the CPU count.")
     serverless_idle_seconds: float = Field(default=300.0, description="Stop an idle serverless pool after this.")
-    queue_per_deployment: int = Field(default=16, description="Requests waiting per deployment before 429.")
+    queue_per_deployment: int = Field(default=16, ge=0, description="Requests waiting per deployment before 429.")
+    pool_requests_per_workspace: int = Field(default=128, ge=1, description="Requests one workspace may have "
+                                             "in one pool at once, running and waiting, before 429.")
+    pool_workspace_share: float = Field(default=0.75, gt=0, le=1, description="Most of a shared serverless "
+                                        "pool's slots one workspace holds at once (at least one): the rest stays "
+                                        "free for other workspaces' next requests.")
+    pool_max_instances: int = Field(default=4, ge=1, description="Most instances a serverless pool grows to "
+                                    "(within its geography's region slots, which all pools share).")
+    pool_scale_up_queue: int = Field(default=4, ge=1, description="Requests waiting in a serverless pool's queue "
+                                     "that make it start one more instance.")
+    pool_scale_up_first_token_seconds: float = Field(default=2.0, gt=0, description="Median recent first token "
+                                                     "(queue included) that makes a busy serverless pool grow.")
+    pool_scale_down_seconds: float = Field(default=30.0, gt=0, description="A serverless pool retires one instance "
+                                           "once the others carried its load this long (streams run to their end).")
+    pool_scale_interval_seconds: float = Field(default=0.5, gt=0, description="How often pool sizes are reviewed.")
     max_request_bytes: int = Field(default=4 * 1024 * 1024, description="Largest inference request body (413 beyond).")
     drain_seconds: float = Field(default=10.0, description="On SIGTERM, time in-flight requests get to finish.")
     allow_unisolated_workers: bool = Field(
@@ -120,6 +134,11 @@ class Settings(BaseSettings):
     runtime_overrides: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict, description='Serve a model with another runtime, e.g. {"my-model": "echo"} (JSON).'
     )
+    worker_slots: Annotated[dict[str, int], NoDecode] = Field(
+        default_factory=dict, description='Requests one worker of a runtime takes at once, by runtime name or '
+        'override, e.g. {"llamacpp": 8} for a batching engine (JSON); default: llamacpp 1, transformers 1, echo 64, '
+        'others 1.'
+    )
     content_filter_default: Literal["on", "off"] = Field(
         default="on", description="Content filter of new deployments: on at medium (the default), or off."
     )
@@ -131,6 +150,19 @@ class Settings(BaseSettings):
     trusted_proxies: Annotated[list[ipaddress.IPv4Network | ipaddress.IPv6Network], NoDecode] = Field(
         default_factory=list, description="CIDRs of reverse proxies whose X-Forwarded-For/-Proto headers are "
         "believed (comma-separated); empty: forwarded headers are ignored.")
+
+    # Quotas: per-deployment rate limits (platform defaults = the caps until an admin changes a deployment's)
+    serverless_requests_per_minute: int = Field(default=1000, ge=1, le=10_000_000, description="Default cap of "
+                                                "a serverless deployment's requests per minute (Azure's default).")
+    serverless_tokens_per_minute: int = Field(default=200_000, ge=1, le=10_000_000_000, description="Default cap "
+                                              "of a serverless deployment's tokens per minute (Azure's default).")
+    dedicated_requests_per_minute: int = Field(default=1000, ge=1, le=10_000_000,
+                                               description="Default cap of a dedicated deployment's requests per "
+                                               "minute.")
+    dedicated_tokens_per_minute: int = Field(default=200_000, ge=1, le=10_000_000_000,
+                                             description="Default cap of a dedicated deployment's tokens per minute.")
+    redis_url: str | None = Field(default=None, description="redis://host:port/db (or rediss://, redis+unix://): "
+                                  "rate-limit counts shared by every server using it; default: this process's memory.")
 
     # Datastore and keys (see modelport/datastore/settings.py for the master-key rules)
     max_dataset_bytes: int = Field(default=1024**3, json_schema_extra=_readme("1 GiB"),
@@ -161,7 +193,7 @@ class Settings(BaseSettings):
     worker_uid_base: int = Field(default=61000, description="As root, workers and trainers run under uids from "
                                  "base to base+999, from a pool shared by every server on the machine.")
 
-    @field_validator("geographies", "region_slots", "runtime_overrides", mode="before")
+    @field_validator("geographies", "region_slots", "runtime_overrides", "worker_slots", mode="before")
     @classmethod
     def _json(cls, value: object, info: Any) -> object:
         if not isinstance(value, str):
@@ -171,6 +203,15 @@ class Settings(BaseSettings):
         except json.JSONDecodeError as exc:
             raise ValueError(f"{ENV_PREFIX}{info.field_name.upper()} must be JSON ({exc.msg} at character "
                              f"{exc.pos})") from None
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not value.startswith(("redis://", "rediss://", "redis+unix://")):
+            raise ValueError("MODELPORT_REDIS_URL takes a redis://host:port/db, rediss:// or redis+unix:// URL")
+        return value.strip()
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod
@@ -209,6 +250,9 @@ class Settings(BaseSettings):
         if self.environment == "production" and self.allow_unisolated_workers:
             raise ValueError("MODELPORT_ALLOW_UNISOLATED_WORKERS=true is refused when MODELPORT_ENVIRONMENT="
                              "production: model workers and trainers always run isolated there")
+        bad = [k for k, v in self.worker_slots.items() if not isinstance(v, int) or v < 1]
+        if bad:
+            raise ValueError(f"MODELPORT_WORKER_SLOTS takes counts of at least 1, not for {bad}")
         for geo, regions in self.geographies.items():
             if not regions:
                 raise ValueError(f"geography {geo!r} has no regions")

@@ -11,6 +11,7 @@
     │   ├── PayloadTooLarge       413   a body over the configured limit
     │   ├── Unprocessable         422   the input parsed but is not a valid artifact (GGUF, dataset...)
     │   └── TooManyRequests       429   a bounded queue is full; `retry_after` in seconds
+    │       └── RateLimited       429   a deployment's requests or tokens per minute are spent
     └── InternalError                   our side failed; mapped to 5xx, the message stays generic
         ├── ServiceUnavailable    503   a dependency (key provider, worker pool) is down
         └── IntegrityError        500   stored bytes do not match their recorded hash
@@ -95,6 +96,18 @@ class TooManyRequests(UserError):
     def __init__(self, message: str, *, retry_after: int = 1, **kw) -> None:
         super().__init__(message, **kw)
         self.retry_after = retry_after
+
+
+class RateLimited(TooManyRequests):
+    """A deployment's rate limit: the answer carries `retry-after` (seconds, rounded up),
+    `retry-after-ms` and the x-ratelimit-* headers, which the official clients read."""
+
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after_ms: int, headers: dict[str, str], **kw) -> None:
+        super().__init__(message, retry_after=max(1, -(-retry_after_ms // 1000)), **kw)
+        self.retry_after_ms = retry_after_ms
+        self.headers = headers
 
 
 class InternalError(ModelportError):

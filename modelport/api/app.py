@@ -78,6 +78,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await svc.manager.shutdown()
+            await svc.rate_limiter.close()
             svc.identity.last_used.flush(svc.db)
             svc.safety.flush_counts()
             svc.db.dispose()

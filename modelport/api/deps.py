@@ -25,7 +25,9 @@ from modelport.marketplace.publishers import PublisherService
 from modelport.marketplace.report import PublisherReports
 from modelport.metering.budgets import BudgetService
 from modelport.metering.usage import UsageService
+from modelport.metrics import Metrics
 from modelport.policies.service import PolicyService
+from modelport.quotas.limiter import RateLimiter
 from modelport.safety.service import SafetyService
 
 
@@ -48,6 +50,8 @@ class Services:
     budgets: BudgetService
     reports: PublisherReports
     policies: PolicyService
+    rate_limiter: RateLimiter
+    metrics: Metrics
     extra: dict[str, object] = field(default_factory=dict)  # later subsystems register here
 
 

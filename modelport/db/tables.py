@@ -208,6 +208,10 @@ class Deployment(Base):
     isolation: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     network: Mapped[dict] = mapped_column(JSON, default=dict)
     content_filter: Mapped[dict] = mapped_column(JSON, default=dict)
+    # {"requests_per_minute", "tokens_per_minute"} (int or null each): the owner's own limits
+    # (`rate_limits`, at most the caps) and the platform admin's caps; null: the platform default.
+    rate_limits: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    rate_limit_caps: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     primary_lookup: Mapped[str] = mapped_column(String(16), unique=True)
     primary_digest: Mapped[str] = mapped_column(String(64))
     secondary_lookup: Mapped[str] = mapped_column(String(16), unique=True)

@@ -30,6 +30,7 @@ from modelport.identity.service import check_name
 from modelport.marketplace import offers as marketplace
 from modelport.policies.engine import PolicyEngine
 from modelport.policies.facts import DeploymentFacts, FilterFacts, ModelFacts
+from modelport.quotas import rates
 from modelport.safety.config import ContentFilterConfig
 
 
@@ -156,12 +157,10 @@ class DeploymentService:
         if model.deprecated:
             raise Conflict(f"Model '{model.name}' is deprecated; deploy a current model.")
 
-    def _get(self, s: Session, actor: Principal, name: str) -> Deployment:
-        row = s.scalar(
-            select(Deployment).where(
-                Deployment.workspace_id == actor.workspace_id, (Deployment.name == name) | (Deployment.id == name)
-            )
-        )
+    def _get(self, s: Session, actor: Principal, name: str, lock: bool = False) -> Deployment:
+        stmt = select(Deployment).where(
+            Deployment.workspace_id == actor.workspace_id, (Deployment.name == name) | (Deployment.id == name))
+        row = s.scalar(stmt.with_for_update() if lock else stmt)
         if row is None:
             raise NotFound(f"Deployment '{name}' not found.")
         return row
@@ -184,9 +183,19 @@ class DeploymentService:
             return [(d, m) for d, m in rows]
 
     def update(self, actor: Principal, name: str, change: DeploymentUpdate) -> Deployment:
-        actor.require("deployments.write")
+        """Instances and network: contributors; rate limits: owners; rate-limit caps: platform admins."""
+        limits_only = change.instances is None and change.network is None and (
+            change.rate_limits is not None or change.rate_limit_caps is not None)
+        if not limits_only:
+            actor.require("deployments.write")
+        if change.rate_limits is not None:
+            actor.require("deployments.rate_limits")
+        if change.rate_limit_caps is not None:
+            actor.require("platform.quotas")
         with self._cap_lock, self.db.session() as s:
-            row = self._get(s, actor, name)
+            # Locked (PostgreSQL): a cap and an owner's limit changed at once by two servers
+            # must not leave the limit above the cap.
+            row = self._get(s, actor, name, lock=True)
             if row.state == "deleting":
                 raise Conflict("This deployment is being deleted.")
             if change.instances is not None and row.type != "dedicated":
@@ -200,6 +209,10 @@ class DeploymentService:
                 row.instances = change.instances
             if change.network is not None:
                 row.network = change.network.model_dump()
+            if change.rate_limit_caps is not None:
+                self._set_caps(actor, row, change.rate_limit_caps)
+            if change.rate_limits is not None:
+                self._set_rate_limits(actor, row, change.rate_limits)
             row.updated_at = utcnow()
             audit.record(
                 s,
@@ -207,9 +220,33 @@ class DeploymentService:
                 "deployment.update",
                 resource_type="deployment",
                 resource_id=row.id,
-                detail={"fields": sorted(change.model_dump(exclude_none=True))},
+                detail={"fields": sorted(change.model_dump(exclude_none=True)),
+                        **({"rate_limits": row.rate_limits, "rate_limit_caps": row.rate_limit_caps}
+                           if change.rate_limits is not None or change.rate_limit_caps is not None else {})},
             )
             return row
+
+    def _set_caps(self, actor: Principal, row: Deployment, change: rates.RateLimitsIn) -> None:
+        """Platform admins set a deployment's caps; an owner's limit above a new cap comes down to it."""
+        row.rate_limit_caps = rates.merged(row.rate_limit_caps, change)
+        caps = rates.caps_of(self.settings, row.type, row.rate_limit_caps)
+        own = dict(row.rate_limits or {})
+        for f in rates.FIELDS:
+            if own.get(f) is not None and own[f] > getattr(caps, f):
+                own[f] = getattr(caps, f)
+        row.rate_limits = own
+
+    def _set_rate_limits(self, actor: Principal, row: Deployment, change: rates.RateLimitsIn) -> None:
+        """Owners set limits at most the caps (400 naming the cap beyond)."""
+        caps = rates.caps_of(self.settings, row.type, row.rate_limit_caps)
+        wanted = rates.merged(row.rate_limits, change)
+        for f in rates.FIELDS:
+            value, cap = wanted[f], getattr(caps, f)
+            if value is not None and value > cap:
+                raise InvalidInput(f"rate_limits.{f} may be at most this deployment's cap of {cap}; a platform "
+                                   "admin sets the caps.", field=f"rate_limits.{f}",
+                                   details={"cap": cap})
+        row.rate_limits = wanted
 
     def set_content_filter(self, actor: Principal, name: str, config: ContentFilterConfig,
                            known_blocklists: set[str]) -> Deployment:

@@ -13,6 +13,7 @@
 | deployments.read        |   x    |      x      |   x   |                                      |
 | deployments.write       |        |      x      |   x   |                                      |
 | deployments.call        |   x    |      x      |   x   |                                      |
+| deployments.rate_limits |        |             |   x   |                                      |
 | datasets.read           |   x    |      x      |   x   |                                      |
 | datasets.write          |        |      x      |   x   |                                      |
 | finetuning.read         |   x    |      x      |   x   |                                      |
@@ -74,6 +75,7 @@ WORKSPACE_ACTIONS: dict[str, Role] = {
     "deployments.read": Role.READER,
     "deployments.write": Role.CONTRIBUTOR,
     "deployments.call": Role.READER,
+    "deployments.rate_limits": Role.OWNER,
     "datasets.read": Role.READER,
     "datasets.write": Role.CONTRIBUTOR,
     "finetuning.read": Role.READER,
@@ -101,6 +103,8 @@ PLATFORM_ACTIONS = frozenset(
         "platform.offers",  # create and retire any publisher's offers
         "platform.usage",  # every workspace's usage and charges (chargeback)
         "platform.policies",  # save and delete platform policies; compliance of every workspace
+        "platform.quotas",  # set deployments' rate-limit caps
+        "platform.metrics",  # read GET /metrics
     }
 )
 

@@ -164,9 +164,8 @@ class Choice:
 async def generate(manager: DeploymentManager, route: Route, body: GenerateBody) -> AsyncIterator[GenerateEvent]:
     """Stream the worker's events for one request through the deployment's pool."""
     pool = await manager.pool_for(route)
-    async with pool.slot(route.id) as client:
-        async for event in client.generate(body):
-            yield event
+    async for event in pool.generate(route.workspace_id, route.id, body):
+        yield event
 
 
 @dataclass
@@ -205,6 +204,7 @@ class PromptSize:
     messages: list[dict[str, Any]] | None = None
     prompt: str | None = None
     inputs: list[str] | None = None
+    tools: list[dict[str, Any]] | None = None
     prompt_tokens: int | None = None
 
     async def count(self) -> int:
@@ -225,7 +225,8 @@ class PromptSize:
 
     async def check(self, counter: WorkerClient) -> None:
         """Refuse (400, naming the limit) a prompt, or an embeddings input, that cannot fit the context."""
-        counted = await counter.count_tokens(messages=self.messages, prompt=self.prompt, input=self.inputs)
+        counted = await counter.count_tokens(messages=self.messages, prompt=self.prompt, input=self.inputs,
+                                             tools=self.tools)
         limit = counted.context_length
         if self.inputs is None:
             self.prompt_tokens = counted.count
@@ -242,7 +243,7 @@ class PromptSize:
 
 async def embed(manager: DeploymentManager, route: Route, texts: list[str]) -> tuple[list[list[float]], int]:
     pool = await manager.pool_for(route)
-    async with pool.slot(route.id) as client:
+    async with pool.slot(route.workspace_id, route.id) as client:
         result = await client.embed(texts)
     return result.data, result.prompt_tokens
 

@@ -16,6 +16,7 @@ import logging
 import operator
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -29,21 +30,25 @@ from modelport.config import Settings
 from modelport.db.engine import Database
 from modelport.db.tables import CatalogModel, Deployment
 from modelport.deployments.service import DeploymentService
-from modelport.errors import IntegrityError, ModelportError, ServiceUnavailable
+from modelport.errors import Forbidden, IntegrityError, ModelportError, ServiceUnavailable
 from modelport.inference.pools import Pool, PoolManager
 from modelport.marketplace.offers import offer_for_model, usable_subscription
 from modelport.metering.recorder import MeterRecorder, usage_row
+from modelport.metrics import Metrics
+from modelport.quotas import rates
+from modelport.quotas.rates import RateLimits
 from modelport.safety.config import ContentFilterConfig
 from modelport.workers.protocol import WorkerSpec
 
 if TYPE_CHECKING:
     from modelport.finetuning.service import FinetunedWeights
+    from modelport.identity.principal import Principal
 
 log = logging.getLogger("modelport.deployments")
 
-# How many requests one worker of each runtime takes at once. llama.cpp's high-level API
-# decodes one sequence at a time; more in flight would only queue inside the worker, where
-# the fair scheduler could not see them.
+# How many requests one worker of each runtime takes at once (MODELPORT_WORKER_SLOTS overrides).
+# llama.cpp's high-level API decodes one sequence at a time; more in flight would only queue
+# inside the worker, where the fair scheduler could not see them.
 RUNTIME_CONCURRENCY = {"llamacpp": 1, "transformers": 1, "echo": 64}
 # How often fine-tuned deployments check that their workspace key still unwraps their weights.
 KEY_CHECK_SECONDS = 5.0
@@ -87,6 +92,7 @@ class Route:
     pool_key: str
     content_filter: ContentFilterConfig  # parsed once here, never on the request path
     created_at: int
+    rate_limits: RateLimits  # what admission enforces (quotas/rates.py)
     billing: Billing = FREE
 
     def allows_client(self, host: str | None) -> bool:
@@ -132,9 +138,11 @@ def pool_key(dep: Deployment, model: CatalogModel) -> str:
 
 class DeploymentManager:
     def __init__(
-        self, settings: Settings, db: Database, catalog: CatalogService, service: DeploymentService, pools: PoolManager
+        self, settings: Settings, db: Database, catalog: CatalogService, service: DeploymentService, pools: PoolManager,
+        metrics: Metrics,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.db = db
         self.catalog = catalog
         self.service = service
@@ -185,8 +193,7 @@ class DeploymentManager:
         for dep_id in {r.id for r in self.by_name.values() if r.model_id == model_id}:
             self.refresh(dep_id)
 
-    @staticmethod
-    def _route(d: Deployment, m: CatalogModel, billing: Billing = FREE) -> Route:
+    def _route(self, d: Deployment, m: CatalogModel, billing: Billing = FREE) -> Route:
         net = d.network or {}
         return Route(
             billing=billing,
@@ -209,6 +216,7 @@ class DeploymentManager:
             pool_key=pool_key(d, m),
             content_filter=ContentFilterConfig.model_validate(d.content_filter or {}),
             created_at=int(d.created_at.timestamp()),
+            rate_limits=rates.effective(self.settings, d.type, d.rate_limit_caps, d.rate_limits),
         )
 
     def routes_of(self, workspace_id: str) -> list[Route]:
@@ -277,7 +285,9 @@ class DeploymentManager:
             regions=self.settings.regions_of(dep.geography),
             spec_factory=spec,
             instances=dep.instances if dep.type == "dedicated" else 1,
-            concurrency=RUNTIME_CONCURRENCY.get(runtime, 1),
+            concurrency=self.settings.worker_slots.get(runtime, RUNTIME_CONCURRENCY.get(runtime, 1)),
+            # A catalog model's serverless pool serves every workspace: each gets its share.
+            shared=dep.type == "serverless" and not model.owner_workspace_id,
         )
 
     async def provision(self, dep_id: str) -> None:
@@ -292,7 +302,7 @@ class DeploymentManager:
             if not report.passed:
                 raise IntegrityError(f"Model '{model.name}' no longer passes its artifact scan; see its report.")
             pool = self._pool(dep, model)
-            await self.pools.scale(pool, dep.instances if dep.type == "dedicated" else max(1, len(pool.members)))
+            await self.pools.scale(pool, dep.instances if dep.type == "dedicated" else max(1, len(pool.live())))
             if await asyncio.to_thread(self._being_deleted, dep_id):
                 # Deleted (or its workspace) while its workers started: they must not outlive it.
                 if not [r for r in self.by_name.values() if r.pool_key == pool.key and r.id != dep_id]:
@@ -300,7 +310,7 @@ class DeploymentManager:
                 return
             isolation = self._isolation(pool)
             # Answered: the worker reports healthy and counts a token, so the model is loaded.
-            async with pool.slot(dep.id) as client:
+            async with pool.slot(dep.workspace_id, dep.id) as client:
                 await client.count_tokens(prompt="ready?") if model.task == "chat-completion" else (
                     await client.embed(["ready?"])
                 )
@@ -348,6 +358,29 @@ class DeploymentManager:
         pool = self._pool(dep, model)
         await self.pools.scale(pool, pool.instances)
         return pool
+
+    def pool_status(self, dep_id: str) -> dict | None:
+        """The size of the pool serving a deployment; None while it has no workers (not started
+        yet, or a serverless pool stopped for idleness). Its load is not shown: on a shared pool
+        that is other workspaces' traffic."""
+        route = next((r for r in list(self.by_key.values()) if r.id == dep_id), None)
+        pool = self.pools.pools.get(route.pool_key) if route is not None else None
+        if pool is None or pool.closed or not pool.members:
+            return None
+        st = pool.status()
+        return {k: st[k] for k in ("instances", "ready", "min_instances", "max_instances")}
+
+    def pools_overview(self, caller: Principal) -> list[dict]:
+        """Every pool with workers, its size and load (platform admins only)."""
+        if not caller.is_platform_admin:
+            raise Forbidden("Pools are shown to platform admins only; a deployment shows its own pool's size.")
+        serving = Counter(r.pool_key for r in list(self.by_name.values()))
+        out = []
+        for key, pool in sorted(list(self.pools.pools.items())):
+            if pool.closed or not pool.members:
+                continue
+            out.append({"key": key, "deployments": serving.get(key, 0), **pool.status()})
+        return out
 
     async def rescale(self, dep_id: str) -> None:
         with self.db.session() as s:
@@ -409,13 +442,24 @@ class DeploymentManager:
                          subscription_id=b.subscription_id, currency=b.currency, input_price=b.input_price,
                          output_price=b.output_price)
 
+    def queue_depths(self) -> list[tuple[str, int]]:
+        """(deployment id, requests waiting for a worker) of every deployment whose pool is up."""
+        out = []
+        for route in list(self.by_name.values()):
+            pool = self.pools.pools.get(route.pool_key)
+            if pool is not None and not pool.closed:
+                out.append((route.id, pool.scheduler.waiting(route.id)))
+        return out
+
     def record_usage(self, route: Route, api: str, input_tokens: int, output_tokens: int, status: str) -> None:
         """Queue a usage event without waiting for its commit."""
         self.meter.record(self.usage_row(route, api, input_tokens, output_tokens, status))
+        self.metrics.tokens(route.id, status, input_tokens, output_tokens)
 
     async def record_usage_durable(self, route: Route, api: str, input_tokens: int, output_tokens: int,
                                    status: str) -> None:
         """Queue a usage event and return once it is committed (before an answer's last byte)."""
+        self.metrics.tokens(route.id, status, input_tokens, output_tokens)
         await self.meter.record_durable(self.usage_row(route, api, input_tokens, output_tokens, status))
 
     def flush_usage(self) -> None:
@@ -423,16 +467,22 @@ class DeploymentManager:
         self.meter.flush()
 
     async def run_background(self) -> None:
-        """Stop idle serverless pools, every second or so (usage is written by the meter's own thread)."""
-        while True:
-            await asyncio.sleep(1.0)
-            try:
-                await self.pools.reap_idle(self.settings.serverless_idle_seconds)
-                if self.finetuned is not None and time.monotonic() >= self._next_key_check:
-                    self._next_key_check = time.monotonic() + KEY_CHECK_SECONDS
-                    await self.check_private_weights()
-            except Exception:
-                log.exception("background deployment work failed")
+        """Stop idle serverless pools, every second or so (usage is written by the meter's own
+        thread); resize serverless pools to their load (PoolManager.autoscale) every
+        `pool_scale_interval_seconds`."""
+        scaler = asyncio.get_running_loop().create_task(self.pools.run_autoscaler())
+        try:
+            while True:
+                await asyncio.sleep(1.0)
+                try:
+                    await self.pools.reap_idle(self.settings.serverless_idle_seconds)
+                    if self.finetuned is not None and time.monotonic() >= self._next_key_check:
+                        self._next_key_check = time.monotonic() + KEY_CHECK_SECONDS
+                        await self.check_private_weights()
+                except Exception:
+                    log.exception("background deployment work failed")
+        finally:
+            scaler.cancel()
 
     # -- suspension (deployments/suspension.py: a set of reasons) ---------------------------
 

@@ -29,6 +29,8 @@ from modelport.errors import InvalidInput, Unprocessable
 FinishReason = Literal["stop", "length"]
 ResponseFormat = Literal["text", "json_object"]
 
+MAX_TOP_LOGPROBS = 20
+
 TASK_CHAT = "chat-completion"
 TASK_COMPLETION = "completion"
 TASK_EMBEDDINGS = "embeddings"
@@ -77,10 +79,20 @@ class GenerateRequest:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     response_format: ResponseFormat = "text"
+    #: GBNF text the answer must match (structured outputs, tool calls); a runtime that cannot
+    #: apply a grammar refuses the request (400), it never ignores one
+    grammar: str | None = None
+    #: most likely alternatives (0..20) to report with each token's own logprob; None: no logprobs
+    logprobs: int | None = None
+    #: function tools (OpenAI's `{"type": "function", "function": {...}}`), shown to the model by
+    #: its chat template where the template renders tools, otherwise by `tool_prompt`'s fallback
+    tools: Sequence[dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         if (self.messages is None) == (self.prompt is None):
             raise InvalidInput("give either messages or a prompt", field="messages")
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_TOP_LOGPROBS:
+            raise InvalidInput(f"logprobs takes 0 to {MAX_TOP_LOGPROBS} alternatives", field="top_logprobs")
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,13 +106,25 @@ class Usage:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """One generated token: its bytes, its log probability under the model (before sampling's
+    temperature and top_p), and the `top` most likely tokens at that step as (bytes, logprob)."""
+
+    token: bytes
+    logprob: float
+    top: tuple[tuple[bytes, float], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Delta:
     """A piece of generated text. The last Delta of a generation has `finish_reason` and
-    `usage` set (its text may be empty); a generation that was cancelled ends without one."""
+    `usage` set (its text may be empty); a generation that was cancelled ends without one.
+    `logprobs` (when asked for) holds the tokens whose text this delta releases, in order."""
 
     text: str
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,8 +168,9 @@ class Runtime(ABC):
 
     @abstractmethod
     def count_tokens(self, *, messages: Sequence[dict[str, Any]] | None = None,
-                     prompt: str | None = None) -> int:
-        """Tokens the prompt occupies, exactly as `generate` would feed it to the model."""
+                     prompt: str | None = None, tools: Sequence[dict[str, Any]] | None = None) -> int:
+        """Tokens the prompt occupies, exactly as `generate` would feed it to the model (with `tools`
+        shown to it as `generate` shows them)."""
 
     def count_input_tokens(self, texts: Sequence[str]) -> list[int]:
         """Tokens of each embeddings input, as `embed` would feed it to the model."""
@@ -154,6 +179,16 @@ class Runtime(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Free the model. Default: nothing to free."""
+
+
+def refuse_unsupported(request: GenerateRequest, runtime: str, *, grammar: bool = False,
+                       logprobs: bool = False) -> None:
+    """A runtime that cannot honour a grammar or logprobs says so (400); it never ignores them."""
+    if request.grammar is not None and not grammar:
+        raise InvalidInput(f"structured outputs and tool calls need a grammar, which the {runtime} runtime "
+                           "cannot apply; use a GGUF (llama.cpp) deployment", field="response_format")
+    if request.logprobs is not None and not logprobs:
+        raise InvalidInput(f"the {runtime} runtime does not report logprobs; leave out 'logprobs'", field="logprobs")
 
 
 def check_prompt_fits(prompt_tokens: int, context_length: int) -> int:
@@ -201,7 +236,7 @@ def normalise_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any
 
 
 def render_chat(template: str, messages: Sequence[dict[str, Any]], *, bos_token: str,
-                eos_token: str) -> str:
+                eos_token: str, tools: Sequence[dict[str, Any]] | None = None) -> str:
     """The model's chat template, rendered in the catalog's sandbox (the same renderer the
     artifact scan checked the template with). A template that refuses the conversation or
     fails on it is the caller's 400; a template that breaks a sandbox rule stays a 422."""
@@ -209,7 +244,8 @@ def render_chat(template: str, messages: Sequence[dict[str, Any]], *, bos_token:
 
     try:
         return render_chat_template(template, normalise_messages(messages), add_generation_prompt=True,
-                                    bos_token=bos_token, eos_token=eos_token)
+                                    bos_token=bos_token, eos_token=eos_token,
+                                    tools=list(tools) if tools is not None else None)
     except Unprocessable as exc:
         if exc.details.get("reason") in ("refused", "render"):
             raise InvalidInput(f"{exc.message}; check the roles and order of the messages",

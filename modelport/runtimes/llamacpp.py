@@ -31,6 +31,7 @@ from modelport.runtimes.base import (
     ModelSpec,
     Runtime,
     StopMatcher,
+    TokenLogprob,
     Usage,
     check_prompt_fits,
 )
@@ -121,14 +122,15 @@ class LlamaCppRuntime(Runtime):
     def _tokenize(self, text: str, special: bool) -> list[int]:
         return self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
 
-    def _prompt_tokens(self, messages: Sequence[dict[str, Any]] | None, prompt: str | None) -> list[int]:
+    def _prompt_tokens(self, messages: Sequence[dict[str, Any]] | None, prompt: str | None,
+                       tools: Sequence[dict[str, Any]] | None = None) -> list[int]:
         if messages is not None:
             if not self._template:
                 raise InvalidInput("this model has no chat template; use the completions API", field="messages")
             # Only the template's markup becomes control tokens (<|im_start|>...); the messages'
             # text never does, whatever it contains (runtimes/prompting.py).
             tokens = chat_prompt_ids(self._template, messages, bos_token=self._bos_text, eos_token=self._eos_text,
-                                     tokenize=self._tokenize, control_texts=self._controls)
+                                     tokenize=self._tokenize, control_texts=self._controls, tools=tools)
         else:
             tokens = self._tokenize(prompt or "", True)  # a raw prompt is the caller's whole input
         if self._add_bos and self._bos >= 0:
@@ -142,14 +144,15 @@ class LlamaCppRuntime(Runtime):
         return tokens
 
     def count_tokens(self, *, messages: Sequence[dict[str, Any]] | None = None,
-                     prompt: str | None = None) -> int:
-        return len(self._prompt_tokens(messages, prompt))
+                     prompt: str | None = None, tools: Sequence[dict[str, Any]] | None = None) -> int:
+        return len(self._prompt_tokens(messages, prompt, tools))
 
     # -- generation ------------------------------------------------------------------------
 
     def generate(self, request: GenerateRequest, cancel: threading.Event) -> Iterator[Delta]:
         llm = self._llm
-        tokens = self._prompt_tokens(request.messages, request.prompt)
+        tokens = self._prompt_tokens(request.messages, request.prompt, request.tools)
+        grammar = self._grammar_for(request)
         room = check_prompt_fits(len(tokens), self._context_length)
         max_tokens = min(request.max_tokens, room) if request.max_tokens else room
         seed = request.seed if request.seed is not None else secrets.randbits(32)
@@ -171,9 +174,11 @@ class LlamaCppRuntime(Runtime):
         stream = llm.generate(
             tokens[-1:], reset=False, temp=max(0.0, request.temperature), top_p=request.top_p,
             top_k=0, min_p=0.0, typical_p=1.0, repeat_penalty=1.0,
-            grammar=self._json_grammar if request.response_format == "json_object" else None,
+            grammar=grammar,
         )
+        logprobs = request.logprobs
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        scored: list[TokenLogprob] = []  # tokens whose text the stop matcher still holds
         stopper = StopMatcher(request.stop)
         to_piece = self._piece
         produced = 0
@@ -189,7 +194,12 @@ class LlamaCppRuntime(Runtime):
                 produced += 1
                 self.tokens_generated_total += 1
                 out, hit = stopper.feed(decoder.decode(to_piece(token)))
-                if out:
+                if logprobs is not None:
+                    scored.append(self._logprob(token, logprobs))
+                    if out:  # tokens of a stop sequence (never sent) are dropped with it
+                        yield Delta(out, logprobs=tuple(scored))
+                        scored = []
+                elif out:
                     yield Delta(out)
                 if hit:
                     finish = "stop"
@@ -199,7 +209,41 @@ class LlamaCppRuntime(Runtime):
         finally:
             stream.close()
         tail = "" if hit else stopper.flush() + decoder.decode(b"", final=True)
-        yield Delta(tail, finish_reason=finish, usage=Usage(len(tokens), produced))  # type: ignore[arg-type]
+        yield Delta(tail, finish_reason=finish, usage=Usage(len(tokens), produced),  # type: ignore[arg-type]
+                    logprobs=tuple(scored) if logprobs is not None and not hit else None)
+
+    # -- grammar and logprobs (structured outputs, tool calls) --------------------------------
+
+    def _grammar_for(self, request: GenerateRequest) -> Any:
+        if request.grammar is None:
+            return self._json_grammar if request.response_format == "json_object" else None
+        # llama.cpp answers a grammar it cannot parse with a null sampler, which the sampler chain
+        # would dereference: try it alone first (the gateway builds grammars; failing here is a bug).
+        import llama_cpp
+        from llama_cpp.llama_grammar import LlamaGrammar
+
+        probe = llama_cpp.llama_sampler_init_grammar(self._vocab, request.grammar.encode("utf-8"), b"root")
+        if not probe:
+            raise InvalidInput("the grammar does not parse", field="grammar")
+        llama_cpp.llama_sampler_free(probe)
+        return LlamaGrammar.from_string(request.grammar, verbose=False)
+
+    def _logprob(self, token: int, top: int) -> TokenLogprob:
+        """The sampled token's log probability and the `top` most likely ones, from the logits the
+        model produced for this step (still in the context: the next step is decoded after this)."""
+        import llama_cpp
+        import numpy as np
+
+        n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._llm._ctx.ctx, -1), shape=(n_vocab,))
+        shifted = logits - logits.max()
+        logz = float(np.log(np.exp(shifted).sum()))
+        best: tuple[tuple[bytes, float], ...] = ()
+        if top:
+            ids = np.argpartition(-shifted, top)[:top]
+            ids = ids[np.argsort(-shifted[ids])]
+            best = tuple((self._piece(int(i)), float(shifted[i]) - logz) for i in ids)
+        return TokenLogprob(self._piece(token), float(shifted[token]) - logz, best)
 
     def _piece(self, token: int) -> bytes:
         """Bytes of one token, memoised (the vocabulary is fixed for the life of the model).

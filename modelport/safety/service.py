@@ -24,6 +24,7 @@ from modelport.db.engine import Database
 from modelport.db.tables import Blocklist, ContentFilterCount, Deployment
 from modelport.errors import InvalidInput, NotFound
 from modelport.identity.principal import Principal
+from modelport.metrics import Metrics
 from modelport.safety import blocklists
 from modelport.safety.admission import WorkspaceGate
 from modelport.safety.backends import create_backend
@@ -45,9 +46,10 @@ class SafetyService:
     """`screening_concurrency`/`screening_queue`: screenings one workspace runs at once / may queue
     (beyond: 429); `blocklist_budget_s`: time all of a deployment's blocklists get per text."""
 
-    def __init__(self, db: Database, *, screening_concurrency: int = 2, screening_queue: int = 16,
+    def __init__(self, db: Database, *, metrics: Metrics, screening_concurrency: int = 2, screening_queue: int = 16,
                  blocklist_budget_s: float = blocklists.DEFAULT_BUDGET_S) -> None:
         self.db = db
+        self.metrics = metrics
         self.gate = WorkspaceGate(screening_concurrency, screening_queue)
         self.blocklist_budget_s = blocklist_budget_s
         self._backends: dict[str, SafetyBackend] = {}
@@ -124,11 +126,17 @@ class SafetyService:
     # -- counts ---------------------------------------------------------------------------
     def count_results(self, deployment_id: str, direction: str, filtered: tuple[str, ...],
                       detected: tuple[str, ...]) -> None:
+        annotated = set(detected) - set(filtered)
         with self._counts_lock:
             for reason in filtered:
                 self._counts[(deployment_id, direction, reason, "filtered")] += 1
-            for reason in set(detected) - set(filtered):
+            for reason in annotated:
                 self._counts[(deployment_id, direction, reason, "annotated")] += 1
+        # /metrics counts results, not categories (labels are the deployment and a status only).
+        if filtered:
+            self.metrics.filter_action(deployment_id, direction, "filtered")
+        elif annotated:
+            self.metrics.filter_action(deployment_id, direction, "annotated")
 
     def flush_counts(self) -> int:
         with self._counts_lock:

@@ -76,7 +76,9 @@ VALID: dict[tuple[str, str], tuple[str, dict]] = {
         "name": "ok-dep", "model": "SmolLM2-135M-Instruct", "model_version": "q4_1", "type": "serverless",
         "instances": 1, "geography": "local", "network": {"public_access": True, "allowed_ranges": ["10.0.0.0/8"]}}),
     ("PATCH", "/api/v1/deployments/{name}"): ("/api/v1/deployments/none", {
-        "instances": 1, "network": {"public_access": True, "allowed_ranges": ["10.0.0.0/8"]}}),
+        "instances": 1, "network": {"public_access": True, "allowed_ranges": ["10.0.0.0/8"]},
+        "rate_limits": {"requests_per_minute": 10, "tokens_per_minute": 1000},
+        "rate_limit_caps": {"requests_per_minute": 10, "tokens_per_minute": 1000}}),
     ("POST", "/api/v1/deployments/{name}/keys"): ("/api/v1/deployments/none/keys", {"which": "primary"}),
     ("POST", "/api/v1/workspace-key/min-decryption-version"): ("/api/v1/workspace-key/min-decryption-version",
                                                               {"version": 1, "force": False}),

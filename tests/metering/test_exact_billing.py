@@ -70,6 +70,10 @@ class World:
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     env = {"MODELPORT_CREATE_DEFAULT_DEPLOYMENT": "false", "MODELPORT_CONTENT_FILTER_DEFAULT": "off",
            "MODELPORT_SCREENING_CONCURRENCY": "1", "MODELPORT_SCREENING_QUEUE": "0",
+           # the per-deployment rate limits are not under test here (2,000 requests in about a minute)
+           "MODELPORT_SERVERLESS_REQUESTS_PER_MINUTE": "1000000", "MODELPORT_DEDICATED_REQUESTS_PER_MINUTE": "1000000",
+           "MODELPORT_SERVERLESS_TOKENS_PER_MINUTE": "1000000000",
+           "MODELPORT_DEDICATED_TOKENS_PER_MINUTE": "1000000000",
            "MODELPORT_RUNTIME_OVERRIDES": json.dumps({CHAT_MODEL: "echo", EMBED_MODEL: "echo"})}
     s = start_server(tmp_path_factory.mktemp("billing") / "home", env_extra=env)
     try:
