@@ -50,6 +50,8 @@ log = logging.getLogger("modelport.deployments")
 # llama.cpp's high-level API decodes one sequence at a time; more in flight would only queue
 # inside the worker, where the fair scheduler could not see them.
 RUNTIME_CONCURRENCY = {"llamacpp": 1, "transformers": 1, "echo": 64}
+# Usage statuses as the token metrics label them (an answer the filter cut was still answered).
+METRIC_STATUS = {"filtered": "success"}
 # How often fine-tuned deployments check that their workspace key still unwraps their weights.
 KEY_CHECK_SECONDS = 5.0
 
@@ -454,12 +456,12 @@ class DeploymentManager:
     def record_usage(self, route: Route, api: str, input_tokens: int, output_tokens: int, status: str) -> None:
         """Queue a usage event without waiting for its commit."""
         self.meter.record(self.usage_row(route, api, input_tokens, output_tokens, status))
-        self.metrics.tokens(route.id, status, input_tokens, output_tokens)
+        self.metrics.tokens(route.id, METRIC_STATUS.get(status, status), input_tokens, output_tokens)
 
     async def record_usage_durable(self, route: Route, api: str, input_tokens: int, output_tokens: int,
                                    status: str) -> None:
         """Queue a usage event and return once it is committed (before an answer's last byte)."""
-        self.metrics.tokens(route.id, status, input_tokens, output_tokens)
+        self.metrics.tokens(route.id, METRIC_STATUS.get(status, status), input_tokens, output_tokens)
         await self.meter.record_durable(self.usage_row(route, api, input_tokens, output_tokens, status))
 
     def flush_usage(self) -> None:
