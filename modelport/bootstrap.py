@@ -69,6 +69,7 @@ def build_services(settings: Settings) -> Services:
     datasets = DatasetService(db, datastore, settings.max_dataset_bytes, activity=identity.activity)
     safety = SafetyService(db, metrics=metrics, screening_concurrency=settings.screening_concurrency,
                            screening_queue=settings.screening_queue,
+                           screening_cache_entries=settings.screening_cache_entries,
                            blocklist_budget_s=settings.blocklist_budget_ms / 1000)
     safety.set_judge_factory(judge_factory(manager))  # the llm-judge backend calls chat deployments
     usage = UsageService(db, manager.meter)

@@ -145,6 +145,9 @@ class Settings(BaseSettings):
     screening_concurrency: int = Field(default=2, ge=1, description="Prompts one workspace screens at once.")
     screening_queue: int = Field(default=16, ge=0, description="Prompts of one workspace waiting for screening "
                                  "before 429.")
+    screening_cache_entries: int = Field(default=8192, ge=0, le=1_000_000, description="Analyses of texts "
+                                         "already screened kept per safety backend (by keyed hash, never the "
+                                         "text); 0 turns the cache off.")
     blocklist_budget_ms: int = Field(default=200, ge=1, le=60_000, description="Time all of a deployment's "
                                      "blocklists get per text; past it the request is refused (503).")
     trusted_proxies: Annotated[list[ipaddress.IPv4Network | ipaddress.IPv6Network], NoDecode] = Field(
@@ -163,6 +166,13 @@ class Settings(BaseSettings):
                                              description="Default cap of a dedicated deployment's tokens per minute.")
     redis_url: str | None = Field(default=None, description="redis://host:port/db (or rediss://, redis+unix://): "
                                   "rate-limit counts shared by every server using it; default: this process's memory.")
+    # Web portal (modelport/portal): server-side sessions
+    portal_session_idle_minutes: int = Field(default=30, ge=1, description="A portal session unused this long "
+                                             "ends (sign in again).")
+    portal_session_absolute_hours: int = Field(default=12, ge=1, description="A portal session ends this long after "
+                                               "sign-in, used or not.")
+    portal_signin_link_minutes: int = Field(default=10, ge=1, le=1440, description="Validity of the one-time sign-in "
+                                            "link that `modelport serve` prints on its terminal for the local admin.")
 
     # Datastore and keys (see modelport/datastore/settings.py for the master-key rules)
     max_dataset_bytes: int = Field(default=1024**3, json_schema_extra=_readme("1 GiB"),

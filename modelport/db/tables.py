@@ -484,3 +484,33 @@ class Policy(Base):
     updated_by: Mapped[str | None] = mapped_column(String(40), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+class PortalSession(Base):
+    """A signed-in browser of the web portal (modelport/portal/sessions.py). The row is keyed by
+    the SHA-256 of the cookie's secret, so the database never holds a usable session id. A session
+    made from an API key names that key: revoking the key ends the session."""
+
+    __tablename__ = "portal_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 hex of the cookie value
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"), index=True)
+    # The API key the session acts as (sign-in with a key or a sign-in link); null is left for a
+    # later sign-in through an identity provider, which acts as the user's membership.
+    key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), nullable=True,
+                                               index=True)
+    method: Mapped[str] = mapped_column(String(16))  # api_key | link
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)  # the absolute expiry
+
+
+class PortalSigninLink(Base):
+    """A one-time sign-in link for the local admin, printed by `modelport serve` on its terminal
+    (never logged): keyed by the SHA-256 of its secret, deleted when used or expired."""
+
+    __tablename__ = "portal_signin_links"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), index=True)
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"), index=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
@@ -368,3 +369,28 @@ class DeploymentService:
                 ).where(UsageEvent.deployment_id == row.id)
             ).one()
             return {"deployment": row.name, "requests": n, "prompt_tokens": p, "completion_tokens": c}
+
+    def usage_by_hour(self, actor: Principal, name: str, hours: int = 24) -> list[dict]:
+        """Requests and tokens per hour over the last `hours` (oldest first, empty hours included):
+        what the portal's usage chart draws."""
+        actor.require("deployments.read")
+        now = utcnow().replace(minute=0, second=0, microsecond=0)
+        start = now - timedelta(hours=hours - 1)
+        with self.db.session() as s:
+            row = self._get(s, actor, name)
+            if s.get_bind().dialect.name == "sqlite":
+                bucket = func.strftime("%Y-%m-%dT%H", UsageEvent.at)
+            else:
+                bucket = func.to_char(func.date_trunc("hour", UsageEvent.at), "YYYY-MM-DD\"T\"HH24")
+            rows = s.execute(
+                select(bucket, func.count(UsageEvent.id),
+                       func.coalesce(func.sum(UsageEvent.input_tokens + UsageEvent.output_tokens), 0))
+                .where(UsageEvent.deployment_id == row.id, UsageEvent.at >= start).group_by(bucket)
+            ).all()
+        found = {b: (n, t) for b, n, t in rows}
+        out = []
+        for i in range(hours):
+            at = start + timedelta(hours=i)
+            n, t = found.get(at.strftime("%Y-%m-%dT%H"), (0, 0))
+            out.append({"hour": at, "requests": n, "tokens": t})
+        return out

@@ -81,8 +81,15 @@ def compact(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def _path(where: str, key: str) -> str:
-    return f"{where}.{key}" if key.isidentifier() else f"{where}[{json.dumps(key)}]"
+#: JSON Schema keywords the grammar cannot guarantee: named when refused. Any other unknown key
+#: is not named (error messages never repeat what the caller wrote, P1).
+UNSUPPORTED = frozenset({
+    "pattern", "format", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "oneOf",
+    "allOf", "not", "if", "then", "else", "patternProperties", "propertyNames", "minProperties", "maxProperties",
+    "uniqueItems", "contains", "minContains", "maxContains", "prefixItems", "additionalItems", "dependentRequired",
+    "dependentSchemas", "dependencies", "unevaluatedProperties", "unevaluatedItems", "contentEncoding",
+    "contentMediaType", "contentSchema", "$anchor", "$dynamicRef", "$dynamicAnchor", "$vocabulary", "$recursiveRef",
+    "nullable", "discriminator"})
 
 
 @dataclass
@@ -95,6 +102,7 @@ class Grammar:
     _by_body: dict[str, str] = field(default_factory=dict)
     _refs: dict[str, str] = field(default_factory=dict)
     _defs: dict[str, Any] = field(default_factory=dict)
+    _def_where: dict[str, str] = field(default_factory=dict)
 
     def fail(self, where: str, what: str) -> InvalidInput:
         return InvalidInput(f"{self.field_name}: {what} (at {where}).", field=self.field_name)
@@ -138,9 +146,10 @@ class Grammar:
             if defs is None:
                 continue
             if not isinstance(defs, dict):
-                raise self.fail(_path(where, key), f"'{key}' must be an object of schemas")
-            for name, sub in defs.items():
+                raise self.fail(f"{where}.{key}", f"'{key}' must be an object of schemas")
+            for i, (name, sub) in enumerate(defs.items()):
                 self._defs[f"#/{key}/{name}"] = sub
+                self._def_where[f"#/{key}/{name}"] = f"$.{key}[{i}]"
 
     def value(self, schema: Any, where: str, depth: int = 0, pending: frozenset[str] = frozenset()) -> str:
         """The rule (or inline GBNF) for values of `schema`. `pending` holds the $refs entered
@@ -155,8 +164,12 @@ class Grammar:
             raise self.fail(where, "a schema must be a JSON object")
         unknown = sorted(set(schema) - KEYWORDS)
         if unknown:
-            raise self.fail(where, f"the JSON Schema keyword '{unknown[0]}' is not supported; the supported "
-                                   "keywords are listed in the README (structured outputs)")
+            named = [k for k in unknown if k in UNSUPPORTED]
+            if named:
+                raise self.fail(where, f"the JSON Schema keyword '{named[0]}' is not supported; the supported "
+                                       "keywords are listed in the README (structured outputs)")
+            raise self.fail(where, "a key that is not a supported JSON Schema keyword (property names belong under "
+                                   "'properties'); the supported keywords are listed in the README")
         if depth == 0:
             self.load_defs(schema, where)
         elif "$defs" in schema or "definitions" in schema:
@@ -205,7 +218,7 @@ class Grammar:
         name = f"ref{len(self.rules)}"
         self._refs[ref] = name
         self.rules[name] = "null"  # placeholder: keeps the order; replaced below (recursion reads the name)
-        self.rules[name] = self.value(self._defs[ref], ref, depth + 1, pending | {ref})
+        self.rules[name] = self.value(self._defs[ref], self._def_where[ref], depth + 1, pending | {ref})
         return name
 
     def _literals(self, values: list[Any], schema: dict[str, Any], where: str, keyword: str) -> str:
@@ -242,22 +255,24 @@ class Grammar:
             raise self.fail(where, "'required' must be a list of property names")
         missing = [r for r in required if r not in props]
         if missing:
-            raise self.fail(where, f"'required' names '{missing[0]}', which is not in 'properties'")
+            raise self.fail(where, f"'required' names a property that is not in 'properties' "
+                                   f"(item {required.index(missing[0])})")
         extra = schema.get("additionalProperties", None)
         if self.strict:
             if extra is not False:
                 raise self.fail(where, "strict mode needs 'additionalProperties': false on every object")
             absent = [p for p in props if p not in required]
             if absent:
-                raise self.fail(where, f"strict mode needs every property in 'required' ('{absent[0]}' is not); "
-                                       "make an optional value a union with null instead")
+                raise self.fail(where, f"strict mode needs every property in 'required' (property "
+                                       f"{list(props).index(absent[0])} is not); make an optional value a union "
+                                       "with null instead")
         elif extra not in (None, True, False):
             raise self.fail(where, "'additionalProperties' as a schema is not supported; use false")
         if not props:
             return self.rule('"{" "}"', "obj")
         members = []
-        for key, sub in props.items():
-            rule = self.value(sub, _path(f"{where}.properties", key), depth + 1)
+        for i, (key, sub) in enumerate(props.items()):
+            rule = self.value(sub, f"{where}.properties[{i}]", depth + 1)
             members.append((f"{literal(compact(key) + ':')} {rule}", key in required))
         return self.rule(f'"{{" {_members(self, members)} "}}"', "obj")
 

@@ -107,7 +107,7 @@ def parse(model: type[BaseModel], body: dict[str, Any], extra_mode: str = "error
         raise InvalidInput(f"Invalid value for '{where}': {err['msg']}.", field=where) from exc
 
 
-def _check_task(route: Route, task: str) -> None:
+def check_task(route: Route, task: str) -> None:
     if route.task != task:
         raise InvalidInput(f"Deployment '{route.name}' serves {route.task}, not {task}.", field="model")
 
@@ -130,7 +130,7 @@ def chat_plan(req: ChatCompletionRequest) -> tools.Plan:
 async def chat(request: Request, manager: DeploymentManager, route: Route, body: dict, *,
                extra_mode: str = "error", error_shape: ErrorShape, azure: bool = False) -> Response:
     req: ChatCompletionRequest = parse(ChatCompletionRequest, body, extra_mode, azure=azure)
-    _check_task(route, "chat-completion")
+    check_task(route, "chat-completion")
     found = chat_plan(req)
     messages = worker_messages(req.messages)
     gen = GenerateBody(
@@ -166,7 +166,7 @@ def worker_messages(messages: list[Message]) -> list[dict[str, Any]]:
 async def completions(request: Request, manager: DeploymentManager, route: Route, body: dict, *,
                       error_shape: ErrorShape) -> Response:
     req: CompletionRequest = parse(CompletionRequest, body)
-    _check_task(route, "chat-completion")
+    check_task(route, "chat-completion")
     prompt = req.prompt
     if isinstance(prompt, list):
         if len(prompt) != 1:
@@ -466,7 +466,7 @@ class Call:
 async def embeddings(manager: DeploymentManager, route: Route, body: dict, *, request: Request,
                      extra_mode: str = "error", azure: bool = False) -> Response:
     req: EmbeddingRequest = parse(EmbeddingRequest, body, extra_mode, azure=azure)
-    _check_task(route, "embeddings")
+    check_task(route, "embeddings")
     texts = [req.input] if isinstance(req.input, str) else req.input
     if not texts or len(texts) > 2048 or any(not isinstance(t, str) or not t for t in texts):
         raise InvalidInput("input takes 1 to 2048 non-empty texts.", field="input")

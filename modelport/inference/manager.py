@@ -450,7 +450,7 @@ class DeploymentManager:
         for route in list(self.by_name.values()):
             pool = self.pools.pools.get(route.pool_key)
             if pool is not None and not pool.closed:
-                out.append((route.id, pool.scheduler.waiting(route.id)))
+                out.append((route.id, pool.scheduler.waiting_for(route.id)))
         return out
 
     def record_usage(self, route: Route, api: str, input_tokens: int, output_tokens: int, status: str) -> None:

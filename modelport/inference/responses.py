@@ -28,8 +28,11 @@ from modelport.inference.handlers import (
     ChoiceOut,
     ClientGone,
     ErrorShape,
+    chat_plan,
+    check_task,
     parse,
     unless_gone,
+    worker_messages,
 )
 from modelport.inference.manager import DeploymentManager, Route
 from modelport.inference.protocol import ChatCompletionRequest, ResponsesRequest
@@ -87,8 +90,8 @@ def chat_messages(req: ResponsesRequest) -> list[dict[str, Any]]:
             messages.append({"role": "tool", "tool_call_id": item.get("call_id"),
                              "content": _text(output, where + ".output")})
         else:
-            raise InvalidInput(f"{where}: input items of type '{kind}' are not supported (message, function_call "
-                               "and function_call_output are).", field=where + ".type")
+            raise InvalidInput(f"{where}: only message, function_call and function_call_output items are "
+                               "supported.", field=where + ".type")
     return messages
 
 
@@ -147,10 +150,8 @@ INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
 
 async def create(request: Request, manager: DeploymentManager, route: Route, body: dict, *,
                  error_shape: ErrorShape) -> Response:
-    from modelport.inference.handlers import _check_task, chat_plan, worker_messages
-
     req: ResponsesRequest = parse(ResponsesRequest, body)
-    _check_task(route, "chat-completion")
+    check_task(route, "chat-completion")
     chat = chat_request(req)
     found = chat_plan(chat)
     messages = worker_messages(chat.messages)

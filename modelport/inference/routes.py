@@ -44,6 +44,7 @@ async def _openai_call(request: Request, kind: str) -> Response:
         model = body.get("model")
         route = _found(request, calls.resolve(manager, caller, model if isinstance(model, str) else None))
         calls.check_client(route, request)
+        admission.allowed(request, route)
         calls.admit_budget(svc.budgets, route)
         # next: requests and tokens per minute (429), once the body gives the estimate (admission.py)
         calls.check_ready(route)
@@ -57,7 +58,7 @@ async def _openai_call(request: Request, kind: str) -> Response:
             response = await handlers.embeddings(manager, route, body, request=request)
     except ModelportError as exc:
         response = openai_error(exc)
-    return admission.with_ratelimit_headers(request, response)
+    return await admission.answer(request, response)
 
 
 @router.post("/v1/chat/completions", name="inference.openai.chat_completions", openapi_extra=_BODY,
@@ -123,6 +124,7 @@ async def _azure_call(request: Request, name: str, kind: str) -> Response:
         caller = calls.authenticate(manager, svc.identity, calls.key_from(request, azure=True))
         route = _found(request, calls.resolve(manager, caller, name))
         calls.check_client(route, request)  # the URL names the deployment: before the body
+        admission.allowed(request, route)
         mode = request.headers.get("extra-parameters", "error").lower()
         if mode not in EXTRA_MODES:
             raise InvalidInput("extra-parameters must be error, drop or pass-through.", field="extra-parameters")
@@ -146,7 +148,7 @@ async def _azure_call(request: Request, name: str, kind: str) -> Response:
                                                  azure=True)
     except ModelportError as exc:
         response = azure_error(exc)
-    return admission.with_ratelimit_headers(request, response)
+    return await admission.answer(request, response)
 
 
 @router.post("/deployments/{name}/chat/completions", name="inference.azure.chat_completions", openapi_extra=_BODY,

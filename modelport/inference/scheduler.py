@@ -107,6 +107,10 @@ class FairScheduler:
             return len(self._queues.get(workspace, ()))
         return sum(len(q) for q in self._queues.values())
 
+    def waiting_for(self, deployment: str) -> int:
+        """Requests of one deployment in the queue (the metrics' queue depth)."""
+        return self._waiting_per_deployment.get(deployment, 0)
+
     def limit(self) -> int:
         """Slots one workspace may hold at once."""
         if self.share >= 1:

@@ -136,16 +136,17 @@ def tool_from(fn: dict[str, Any], where: str) -> Tool:
         raise InvalidInput(f"{where}.strict must be true or false.", field=where + ".strict")
     unknown = sorted(set(fn) - {"name", "description", "parameters", "strict"})
     if unknown:
-        raise InvalidInput(f"{where}: unknown field '{unknown[0]}'.", field=f"{where}.{unknown[0]}")
+        raise InvalidInput(f"{where} takes only name, description, parameters and strict.", field=where)
     return Tool(name=name, description=description, parameters=params, strict=strict)
 
 
 def _unique(tools: list[Tool], field_name: str) -> None:
-    seen: set[str] = set()
-    for t in tools:
+    seen: dict[str, int] = {}
+    for i, t in enumerate(tools):
         if t.name in seen:
-            raise InvalidInput(f"{field_name}: two tools are named '{t.name}'; names must be unique.", field=field_name)
-        seen.add(t.name)
+            raise InvalidInput(f"{field_name}[{seen[t.name]}] and {field_name}[{i}] have the same name; names must be "
+                               "unique.", field=field_name)
+        seen[t.name] = i
 
 
 def parse_choice(raw: Any, tools: list[Tool], field_name: str = "tool_choice") -> str | None:

@@ -57,6 +57,9 @@ def check_id(policy_id: str) -> None:
     if not POLICY_ID_RE.match(policy_id):
         raise InvalidInput("A policy id is 1-64 lowercase letters, digits, '.', '_' or '-', starting with a letter "
                            "or digit.", field="id")
+    if policy_id.startswith("modelport-"):
+        raise InvalidInput("Ids starting with 'modelport-' are reserved (the implicit permit is one); choose "
+                           "another.", field="id")
 
 
 def nesting_depth(text: str) -> int:

@@ -23,6 +23,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from limits.errors import StorageError
 from limits.storage import storage_from_string
 
 from modelport.errors import InvalidInput, RateLimited, ServiceUnavailable
@@ -147,6 +148,18 @@ class RateLimiter:
             raise
         return Decision(limits, _remaining(rw, rstate), _remaining(tw, tstate))
 
+    async def peek(self, deployment_id: str, limits: RateLimits) -> Decision:
+        """The deployment's limits and what is left of them, charging nothing."""
+        rw, tw = request_window(limits.requests_per_minute), token_window(limits.tokens_per_minute)
+        try:
+            rstate = await self.storage.get_sliding_window(f"rpm/{deployment_id}", rw.seconds)
+            tstate = await self.storage.get_sliding_window(f"tpm/{deployment_id}", tw.seconds)
+        except Exception as exc:
+            if self.remote and _is_storage_error(exc):
+                raise ServiceUnavailable("The rate-limit store (Redis) cannot be reached; retry shortly.") from exc
+            raise
+        return Decision(limits, _remaining(rw, rstate), _remaining(tw, tstate))
+
     async def _refused(self, limits: RateLimits, rw: Window, tw: Window, rkey: str, tkey: str, cost: int,
                        dimension: str) -> RateLimited:
         rstate = await self.storage.get_sliding_window(rkey, rw.seconds)
@@ -171,6 +184,4 @@ def _remaining(window: Window, state: tuple[int, float, int, float]) -> int:
 
 
 def _is_storage_error(exc: Exception) -> bool:
-    from limits.errors import StorageError
-
     return isinstance(exc, StorageError | ConnectionError | OSError | TimeoutError)

@@ -1,4 +1,4 @@
-"""Migration 0012 on a database with rows: a catalog-wide model's free-text publisher becomes a
+"""Migration 0013 on a database with rows: a catalog-wide model's free-text publisher becomes a
 reference to a publisher record (one per name; a workspace's own models keep theirs without
 one), and the per-request usage records become usage events, counts unchanged (SQLite and
 PostgreSQL)."""
@@ -16,7 +16,7 @@ def test_publishers_become_records_and_usage_records_become_events(db_url: str) 
     db = Database(db_url)
     try:
         cfg = migrate.alembic_config(db.engine)
-        command.upgrade(cfg, "0011")  # the revision before the marketplace
+        command.upgrade(cfg, "0012")  # the revision before the marketplace
         with db.engine.begin() as c:
             c.execute(sa.text("INSERT INTO workspaces (id, name, description, state, created_at) "
                               "VALUES ('ws_1', 'team', '', 'active', CURRENT_TIMESTAMP)"))
@@ -34,7 +34,7 @@ def test_publishers_become_records_and_usage_records_become_events(db_url: str) 
                     "INSERT INTO usage_records (at, workspace_id, deployment_id, model_id, api, prompt_tokens, "
                     "completion_tokens, outcome) VALUES (CURRENT_TIMESTAMP, 'ws_1', 'dep_1', 'mdl_a', "
                     "'chat.completions', :p, :c, 'success')"), {"p": 10 + i, "c": 20 + i})
-        command.upgrade(cfg, "0012")
+        command.upgrade(cfg, "0013")
         with db.engine.connect() as c:
             pubs = dict(c.execute(sa.text("SELECT name, id FROM publishers")).all())
             assert set(pubs) == {"Acme", "Other"}
@@ -44,7 +44,7 @@ def test_publishers_become_records_and_usage_records_become_events(db_url: str) 
                                        "ORDER BY id")).all()
             assert [tuple(e) for e in events] == [(10, 20, "success", None), (11, 21, "success", None),
                                                   (12, 22, "success", None)]
-        command.downgrade(cfg, "0011")
+        command.downgrade(cfg, "0012")
         with db.engine.connect() as c:
             assert c.execute(sa.text("SELECT sum(prompt_tokens), sum(completion_tokens) FROM usage_records")
                              ).one() == (33, 63)

@@ -66,7 +66,7 @@ def call(w: World, path: str, body: dict | None = None, *, key: str | None = "",
     key = w.key if key == "" else key
     hdrs = {**({"Authorization": f"Bearer {key}"} if key else {}), **(headers or {})}
     transport = httpx.HTTPTransport(local_address=address) if address else None
-    with httpx.Client(base_url=w.server.url, timeout=60, transport=transport) as c:
+    with httpx.Client(base_url=w.server.url, timeout=180, transport=transport) as c:
         return c.request(method, path, json=body, headers=hdrs)
 
 

@@ -280,6 +280,14 @@ def test_azure_tools_and_json_schema(models: ModelServer):
         (call,) = r.choices[0].message.tool_calls
         assert call.function.name == "get_weather"
         jsonschema.validate(json.loads(call.function.arguments), WEATHER_PARAMS)
+        updates = list(azure.complete(messages=[UserMessage("Weather in Paris?")], tools=[tool], max_tokens=80,
+                                      temperature=0, stream=True, tool_choice=ChatCompletionsNamedToolChoice(
+                                          function=ChatCompletionsNamedToolChoiceFunction(name="get_weather"))))
+        pieces = [u.choices[0].delta.tool_calls[0] for u in updates if u.choices and u.choices[0].delta.tool_calls]
+        assert pieces[0].function.name == "get_weather" and pieces[0].id.startswith("call_")
+        jsonschema.validate(json.loads("".join(p.function.arguments or "" for p in pieces)), WEATHER_PARAMS)
+        assert [u.choices[0].finish_reason for u in updates if u.choices and u.choices[0].finish_reason] == [
+            "tool_calls"]
         schema = Person.model_json_schema()
         strict = {**schema, "required": list(schema["properties"]), "additionalProperties": False}
         r = azure.complete(messages=[UserMessage("Invent a person.")], max_tokens=80, temperature=0,

@@ -33,7 +33,9 @@ def strict_object(**props: dict) -> dict:
       "additionalProperties": False}, "oneOf"),
     ({"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}, "additionalProperties"),
     ({"type": "object", "properties": {"a": {"type": "string"}}, "required": [],
-      "additionalProperties": False}, "'a' is not"),
+      "additionalProperties": False}, "property 0 is not"),
+    ({"type": "object", "properties": {}, "required": [], "additionalProperties": False,
+      "secret-canary-key": 1}, "not a supported JSON Schema keyword"),
     ({"type": "array", "items": {"type": "string"}}, "root"),
     ({"type": "object", "properties": {"a": {"type": "array"}}, "required": ["a"],
       "additionalProperties": False}, "items"),
@@ -46,6 +48,8 @@ def test_strict_refusals_name_the_feature(schema: dict, named: str):
     with pytest.raises(InvalidInput) as err:
         json_schema_gbnf(schema, strict=True)
     assert named in err.value.message and err.value.field == "response_format"
+    # what the caller wrote (property names, unknown keys, $defs names) is never repeated (P1)
+    assert not any(word in err.value.message for word in ("'a'", "canary", "https://", "#/$defs/A"))
 
 
 def test_non_strict_accepts_optional_properties_and_open_objects():
@@ -208,3 +212,23 @@ def test_a_tool_aware_template_gets_the_tools_itself():
     assert for_template == [WEATHER]
     assert messages[2]["tool_calls"][0]["function"]["arguments"] == {"city": "Paris"}  # an object for the template
     assert messages[3]["role"] == "tool"
+
+
+# -- what the content filter screens ---------------------------------------------------------------
+
+def test_every_text_the_caller_wrote_into_tools_and_calls_is_screened():
+    from modelport.inference.filtering import prompt_text
+
+    words = [f"w{i}x" for i in range(9)]
+    tool = {"type": "function", "function": {"name": "get_" + words[0], "description": words[1], "parameters": {
+        "type": "object", "title": words[2], "properties": {words[3]: {"type": "array", "items": {
+            "$ref": "#/$defs/Deep"}}, "unit": {"enum": [words[4], 3], "default": words[5]}},
+        "$defs": {"Deep": {"type": "string", "description": words[6], "examples": [words[7]]}}}}}
+    messages = [{"role": "user", "content": "hi"},
+                {"role": "assistant", "content": None, "tool_calls": [{"id": "c", "type": "function", "function": {
+                    "name": "get_x", "arguments": json.dumps({"nested": [{"k": words[8]}]})}}]},
+                {"role": "tool", "tool_call_id": "c", "content": "the result"}]
+    text = prompt_text(messages, [tool])
+    assert all(w in text for w in words) and "the result" in text
+    # as texts, not JSON: the classifier reads JSON syntax as a prompt injection
+    assert "{" not in text and '"type"' not in text

@@ -1,10 +1,11 @@
 """Rate limits on the request path of a real server, seen by the official clients.
 
-Every answer of an admitted request carries x-ratelimit-limit/remaining-requests/-tokens (both
-APIs, streamed too); a refused one gets 429 with `retry-after` and `retry-after-ms`, after which
-the official `openai` and `azure-ai-inference` clients retry on their own and succeed. Tokens
-are charged at admission from the estimate (prompt + max_tokens). The admission order: no key
-(401), then the network settings (403), then the body (400), then the rate limits (429).
+Every answer to a request that passed the network settings carries the x-ratelimit-limit/
+remaining-requests/-tokens headers (both APIs, streamed too; as charged, or as they stand for a
+refused body); a throttled one gets 429 with `retry-after` and `retry-after-ms`, after which the
+official `openai` and `azure-ai-inference` clients retry on their own and succeed. Tokens are
+charged at admission from the estimate (prompt + max_tokens). The admission order: no key (401),
+then the network settings (403), then the body (400), then the rate limits (429).
 """
 
 from __future__ import annotations
@@ -54,9 +55,10 @@ def limited(server: Server, rpm: int | None = None, tpm: int | None = None, mode
 
 
 def wait_for_window_start() -> None:
-    """Windows are aligned to the clock (memory storage): keep a test's calls inside one."""
+    """Windows are aligned to the clock (memory storage): keep a test's calls inside one 10-second
+    window of requests and one 60-second window of tokens."""
     left = 10 - time.time() % 10
-    if left < 4:
+    if left < 4 or 60 - time.time() % 60 < 4:
         time.sleep(left + 0.05)
 
 
@@ -85,7 +87,9 @@ def test_every_answer_carries_the_headers_on_both_apis_streamed_too(server: Serv
         # A request that could never fit the minute: 400 naming the limit, not a 429 to retry forever.
         r = c.post(f"/deployments/{name}/chat/completions", json=chat_body("hi", max_tokens=30_000, n=2))
         assert r.status_code == 400 and "50000 tokens per minute" in r.json()["error"]["message"]
+        assert r.headers["x-ratelimit-remaining-requests"] == "96"  # it was not charged
     ename, ekey = limited(server, rpm=60, tpm=1000, model=EMBED_MODEL)
+    wait_for_window_start()
     with openai.OpenAI(base_url=f"{server.url}/v1", api_key=ekey, max_retries=0) as c:
         raw = c.embeddings.with_raw_response.create(model=ename, input=["abcdefgh", "ab"])
         assert raw.headers["x-ratelimit-remaining-tokens"] == str(1000 - 3)
@@ -114,6 +118,7 @@ def test_429_in_each_apis_shape_with_retry_after(server: Server) -> None:
 
 def test_tokens_are_charged_at_admission_from_the_estimate(server: Server) -> None:
     name, key = limited(server, tpm=1000)
+    wait_for_window_start()
     with openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0) as c:
         for left in (1000 - 405, 1000 - 810):  # "hello world": 3 tokens + 4 for the message + 398
             raw = c.chat.completions.with_raw_response.create(model=name, max_tokens=398, **chat_body())
@@ -166,6 +171,8 @@ def test_admission_order_401_then_network_403_then_body_400_then_429(server: Ser
         # A body the API refuses is 400 before any quota: it spends nothing and says what to fix.
         bad = c.post("/v1/chat/completions", json={"model": name, "messages": "not a list"})
         assert bad.status_code == 400
+        # ... and still tells what is left (charging nothing): every answer past the network check does.
+        assert bad.headers["x-ratelimit-remaining-requests"] == "0" and all(h in bad.headers for h in HEADERS)
     with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=60,
                       transport=httpx.HTTPTransport(local_address="127.0.0.2")) as outside:
         r = outside.post("/v1/chat/completions", json=chat_body(model=name, max_tokens=2))
@@ -187,6 +194,21 @@ def test_limits_changed_on_the_control_plane_apply_to_the_next_request(server: S
             ok(admin.patch(f"/api/v1/deployments/{name}", json={"rate_limits": {"tokens_per_minute": 100}}))
         raw = c.chat.completions.with_raw_response.create(model=name, max_tokens=2, **chat_body())
         assert raw.headers["x-ratelimit-limit-tokens"] == "100"
+
+
+def test_lowering_a_limit_keeps_what_was_already_spent(server: Server) -> None:
+    """Counts belong to the deployment, not to a limit's value: lowering the limit does not give a
+    fresh window, and the next request is measured against what this window already admitted."""
+    name, key = limited(server, rpm=600)  # 100 per 10 seconds
+    wait_for_window_start()
+    with openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0) as c:
+        for _ in range(5):
+            c.chat.completions.create(model=name, max_tokens=1, **chat_body())
+        with server.client() as admin:
+            ok(admin.patch(f"/api/v1/deployments/{name}", json={"rate_limits": {"requests_per_minute": 30}}))
+        with pytest.raises(openai.RateLimitError) as err:  # 5 per 10 seconds, and 5 were admitted
+            c.chat.completions.create(model=name, max_tokens=1, **chat_body())
+        assert err.value.response.headers["x-ratelimit-limit-requests"] == "30"
 
 
 def test_a_server_with_redis_keeps_its_counts_there(tmp_path) -> None:  # type: ignore[no-untyped-def]

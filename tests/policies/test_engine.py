@@ -86,6 +86,8 @@ def test_bad_policies_are_refused_with_what_to_fix(text: str, says: str) -> None
 def test_ids_and_audit_annotation() -> None:
     with pytest.raises(InvalidInput):
         compiler.check_id("Bad Id")
+    with pytest.raises(InvalidInput, match="reserved"):
+        compiler.check_id("modelport-base-permit")
     c = compiler.check_document("geo", '@audit\nforbid(principal, action == Action::"deploy", resource);')
     assert c.audit and c.text.startswith('@id("geo")') and c.actions == {"deploy"}
     c = compiler.check_document("geo", '@id("geo") forbid(principal, action, resource);')
@@ -240,3 +242,72 @@ def test_subscribe_is_decided_on_the_offered_model(db: Database) -> None:
         engine.enforce(ACTOR, "subscribe", offered)
     assert exc.value.details == {"policies": ["no-offers"], "action": "subscribe"}
     assert engine.enforce(ACTOR, "subscribe", MODEL).allowed
+
+
+# -- saves and deletes in any order: the set in force is always the stored one ------------------
+
+RULES = {
+    "no-us": 'forbid(principal, action == Action::"deploy", resource) when { resource.geography == "us" };',
+    "no-dedicated": 'forbid(principal, action in [Action::"deploy", Action::"update_deployment"], resource) '
+                    'when { resource.type == "dedicated" };',
+    "no-public": 'forbid(principal, action, resource) when { resource is Deployment && '
+                 'resource.public_network_access };',
+    "mit-only": 'forbid(principal, action == Action::"download_model", resource) unless { resource.license == "MIT" };',
+    "audit-big": '@audit forbid(principal, action == Action::"deploy", resource) when { resource.instances > 2 };',
+}
+#: The rules above, by hand: does rule R forbid ACTION on RESOURCE?
+BY_HAND = {
+    "no-us": lambda a, r: a == "deploy" and r.geography == "us",
+    "no-dedicated": lambda a, r: a in ("deploy", "update_deployment") and r.type == "dedicated",
+    "no-public": lambda a, r: isinstance(r, DeploymentFacts) and r.public_network_access,
+    "mit-only": lambda a, r: a == "download_model" and r.license != "MIT",
+    "audit-big": lambda a, r: a == "deploy" and r.instances > 2,
+}
+REQUESTS = [("deploy", deployment(geography="us")), ("deploy", deployment(type="dedicated", instances=3)),
+            ("update_deployment", deployment(public_network_access=True)), ("download_model", MODEL),
+            ("deploy", deployment())]
+
+
+def test_any_sequence_of_saves_and_deletes_decides_as_the_stored_set(db: Database) -> None:
+    """One engine lives through random saves and deletes in both scopes; after each, every decision
+    equals that of an engine built afresh from the database, and that of the rules by hand."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    engine = PolicyEngine(db, refresh_seconds=3600)
+    ops = st.lists(st.tuples(st.sampled_from(sorted(RULES)), st.sampled_from([None, "ws_1", "ws_2"]),
+                             st.booleans()), max_size=12)
+
+    @settings(max_examples=25, deadline=None)
+    @given(ops)
+    def run(steps: list[tuple[str, str | None, bool]]) -> None:
+        with db.session() as s:
+            for row in s.scalars(select(Policy)):
+                s.delete(row)
+        engine.reload()
+        stored: dict[tuple[str | None, str], str] = {}
+        for rule, ws, keep in steps:
+            platform_has = (None, rule) in stored
+            a_workspace_has = any(w is not None and r == rule for w, r in stored)
+            if (ws is not None and platform_has) or (ws is None and a_workspace_has):
+                continue  # a workspace id may not take a platform id, nor the reverse (the service refuses it)
+            if keep:
+                save(db, engine, rule, RULES[rule], workspace_id=ws)
+                stored[(ws, rule)] = RULES[rule]
+            elif (ws, rule) in stored:
+                with db.session() as s:
+                    s.delete(s.scalar(select(Policy).where(Policy.scope_key == (ws or ""), Policy.policy_id == rule)))
+                engine.reload()
+                del stored[(ws, rule)]
+            fresh = PolicyEngine(db)
+            for ws_id in ("ws_1", "ws_2", None):
+                for action, resource in REQUESTS:
+                    got = engine.decide(USER, ws_id, action, resource)
+                    want = fresh.decide(USER, ws_id, action, resource)
+                    assert (got.allowed, got.denied_by, got.audited_by) == (want.allowed, want.denied_by,
+                                                                             want.audited_by)
+                    hits = sorted(r for (w, r) in stored if (w is None or w == ws_id) and BY_HAND[r](action, resource))
+                    assert got.denied_by == tuple(r for r in hits if r != "audit-big")
+                    assert got.audited_by == tuple(r for r in hits if r == "audit-big")
+
+    run()

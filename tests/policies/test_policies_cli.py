@@ -70,6 +70,9 @@ def test_test_answers_allow_or_deny_without_side_effects(server: Server, team: T
     owner = team.keys["owner"]
     geo = ROOT / "policies" / "allowed-geographies.cedar"
     server.cli("policies", "put", "allowed-geographies", "--file", str(geo), key=owner, check=True)
+    with server.client(owner) as c:
+        before = {d["id"] for d in ok(c.get("/api/v1/deployments")).json()}
+        denials = ok(c.get("/api/v1/audit", params={"action": "policy.deny"})).json()
     try:
         r = server.cli("policies", "test", "--as", team.users["contributor"], "--action", "deploy", "--model",
                        ECHO_MODEL, "--type", "serverless", "--geography", "local", key=owner)
@@ -83,8 +86,8 @@ def test_test_answers_allow_or_deny_without_side_effects(server: Server, team: T
         assert body["facts"]["resource"]["geography"] == "local"
         # Nothing was deployed, nothing audited.
         with server.client(owner) as c:
-            assert ok(c.get("/api/v1/deployments")).json() == []
-            assert ok(c.get("/api/v1/audit", params={"action": "policy.deny"})).json() == []
+            assert {d["id"] for d in ok(c.get("/api/v1/deployments")).json()} == before
+            assert ok(c.get("/api/v1/audit", params={"action": "policy.deny"})).json() == denials
         assert_clean_error(server.cli("policies", "test", "--action", "launch", key=owner), None, "--action")
     finally:
         server.cli("policies", "delete", "allowed-geographies", "--yes", key=owner, check=True)

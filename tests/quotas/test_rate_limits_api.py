@@ -136,6 +136,15 @@ def test_bad_values_are_422_naming_the_field(world: World, value: object) -> Non
     assert show(world, name)["rate_limits"] == DEFAULT
 
 
+def test_a_huge_patch_is_413_before_it_is_read(world: World) -> None:
+    name = deployment(world)
+    body = b'{"rate_limits": {"requests_per_minute": 10}, "pad": "' + b"x" * (5 * 1024 * 1024) + b'"}'
+    with world.server.client(world.team.keys["owner"]) as c:
+        r = c.patch(f"/api/v1/deployments/{name}", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 413
+    assert show(world, name)["rate_limits"] == DEFAULT
+
+
 def test_admin_caps_pull_the_owners_limits_down(world: World) -> None:
     name = deployment(world)
     ok(patch(world, "owner", name, {"rate_limits": {"requests_per_minute": 500, "tokens_per_minute": 900}}))

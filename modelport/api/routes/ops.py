@@ -41,7 +41,9 @@ def readyz(svc: Svc) -> JSONResponse:
 @router.get("/metrics", name="ops.metrics", response_class=Response,
             responses={200: {"content": {CONTENT_TYPE.split(";")[0]: {"schema": {"type": "string"}}},
                              "description": "Prometheus text format: requests, tokens, latency, queue depth, "
-                             "throttles and content-filter actions, labelled by deployment id and status only."}})
+                             "throttles and content-filter actions, labelled by deployment id and status only."},
+                       401: {"description": "No API key (or a deployment key)."},
+                       403: {"description": "A key without platform-admin power."}})
 def metrics(caller: Caller, svc: Svc) -> Response:
     """Operational metrics for platform admins' API keys (401 without a key, 403 for other keys)."""
     return Response(svc.metrics.scrape(caller), media_type=CONTENT_TYPE)

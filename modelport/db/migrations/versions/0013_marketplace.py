@@ -2,8 +2,8 @@
 users and keys, offers with versioned terms, subscriptions, budgets; a catalog model's publisher
 becomes a reference (existing catalog-wide models get a publisher record of their name)
 
-Revision ID: 0012
-Revises: 0011
+Revision ID: 0013
+Revises: 0012
 Create Date: 2026-12-02 12:00:00
 """
 
@@ -12,8 +12,8 @@ import secrets
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0012'
-down_revision = '0011'
+revision = '0013'
+down_revision = '0012'
 branch_labels = None
 depends_on = None
 
