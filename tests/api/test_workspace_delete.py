@@ -277,10 +277,10 @@ def test_nothing_of_the_workspace_is_left_on_disk(world: World) -> None:
 @pytest.mark.chat_model
 def test_usage_and_audit_records_remain_for_chargeback(world: World) -> None:
     with sqlite3.connect(world.server.home / "modelport.db") as db:
-        usage = db.execute("SELECT count(*), sum(completion_tokens) FROM usage_records WHERE workspace_id = ?",
+        usage = db.execute("SELECT count(*), sum(output_tokens) FROM usage_events WHERE workspace_id = ?",
                            (world.victim.id,)).fetchone()
         tables = [name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-        mentions = {t: n for t in tables if t not in ("usage_records", "audit_events")
+        mentions = {t: n for t in tables if t not in ("usage_events", "usage_meters", "audit_events")
                     if (n := sum(world.victim.id in repr(row) for row in db.execute(f"SELECT * FROM {t}")))}
     assert "workspaces" in tables and mentions == {}, mentions  # no row of any other table names it
     assert usage[0] >= 5 and usage[1] > 0, usage

@@ -143,6 +143,31 @@ TRIES: dict[tuple[str, str], Callable[[World], list[Request]]] = {
     ("DELETE", "/api/v1/policies/{policy_id}"): lambda w: [
         ("DELETE", f"/api/v1/policies/{w.policy}", {"params": {"scope": "workspace"}})],
     ("POST", "/api/v1/policies/compliance/enforce"): lambda w: [("POST", "/api/v1/policies/compliance/enforce", {})],
+    # marketplace and charges: publishers and offers are the platform's, subscriptions and budgets the owners'
+    ("POST", "/api/v1/publishers"): lambda w: [("POST", "/api/v1/publishers", {"json": {
+        "name": unique("pub"), "display_name": "P"}})],
+    ("POST", "/api/v1/publishers/{ref}/users"): lambda w: [
+        ("POST", "/api/v1/publishers/HuggingFaceTB/users", {"json": {"user": w.reader}})],
+    ("POST", "/api/v1/publishers/{ref}/apikeys"): lambda w: [
+        ("POST", "/api/v1/publishers/HuggingFaceTB/apikeys", {"json": {"user": w.reader, "name": "k"}})],
+    ("POST", "/api/v1/marketplace/offers"): lambda w: [("POST", "/api/v1/marketplace/offers", {"json": {
+        "model": "SmolLM2-135M-Instruct", "currency": "USD", "input_price": "0.1", "output_price": "0.2",
+        "terms": {"version": "1", "text": "t"}, "contact_sharing_required": False,
+        "deployment_types": ["serverless"]}})],
+    ("PATCH", "/api/v1/marketplace/offers/{offer}"): lambda w: [
+        ("PATCH", "/api/v1/marketplace/offers/offer_none", {"json": {"input_price": "0.1", "output_price": "0.2"}})],
+    ("POST", "/api/v1/marketplace/offers/{offer}/retire"): lambda w: [
+        ("POST", "/api/v1/marketplace/offers/offer_none/retire", {})],
+    ("POST", "/api/v1/marketplace/offers/{offer}/terms"): lambda w: [
+        ("POST", "/api/v1/marketplace/offers/offer_none/terms", {"json": {"version": "2", "text": "t"}})],
+    ("POST", "/api/v1/marketplace/offers/{offer}/terms/{version}/retire"): lambda w: [
+        ("POST", "/api/v1/marketplace/offers/offer_none/terms/1/retire", {})],
+    ("POST", "/api/v1/marketplace/subscriptions"): lambda w: [("POST", "/api/v1/marketplace/subscriptions", {"json": {
+        "offer": "offer_none", "contact": {"name": "n", "email": "n@example.org"},
+        "accept_terms_sha256": "0" * 64, "consent_to_share_contact": True}})],
+    ("DELETE", "/api/v1/marketplace/subscriptions/{ref}"): lambda w: [
+        ("DELETE", "/api/v1/marketplace/subscriptions/sub_none", {})],
+    ("PUT", "/api/v1/budgets/{currency}"): lambda w: [("PUT", "/api/v1/budgets/USD", {"json": {"amount": "10"}})],
 }
 #: Writes a reader may make, besides its own keys (which the steps below make and revoke): screening a
 #: text and testing a request against the policies change nothing.
