@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import httpx
+
 from tests.support.server import Server
 from tests.support.tenants import ok, unique
 
@@ -46,3 +48,10 @@ def subscribe(server: Server, key: str, offer: dict, *, consent: bool = True, co
         return ok(c.post("/api/v1/marketplace/subscriptions", json={
             "offer": offer["id"], "contact": contact, "accept_terms_sha256": current,
             "consent_to_share_contact": consent}), 201).json()
+
+
+def publisher_record(admin: httpx.Client, name: str) -> None:
+    """Make sure the publisher record `name` exists (a catalog-wide import must name one)."""
+    if admin.get(f"/api/v1/publishers/{name}").status_code == 404:
+        r = admin.post("/api/v1/publishers", json={"name": name})
+        assert r.status_code in (201, 409), r.text
