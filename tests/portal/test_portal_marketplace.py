@@ -208,4 +208,10 @@ def test_usage_shows_a_requests_tokens_and_charges_and_an_owner_sets_a_budget(  
     with portal_server.client(owner) as c:
         assert ok(c.get("/api/v1/budgets/EUR")).json()["amount"] in ("250.00", "250", "250.0")
     screenshot(page, "usage")
+
+    # With rows in the tables, a narrow screen still shows nothing wider than itself.
+    page.set_viewport_size({"width": 375, "height": 800})
+    for path in ("/usage", "/marketplace", f"/marketplace/offers/{offer['id']}"):
+        page.goto(url + path)
+        assert page.evaluate("document.documentElement.scrollWidth - window.innerWidth") <= 1, path
     assert page.console.csp_violations() == []
