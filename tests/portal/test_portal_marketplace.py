@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import httpx
@@ -201,10 +202,16 @@ def test_usage_shows_a_requests_tokens_and_charges_and_an_owner_sets_a_budget(  
     csv_link = page.get_by_role("link", name="Download CSV")
     assert csv_link.get_attribute("href").startswith("/api/v1/usage?group_by=deployment&format=csv")
 
+    today = datetime.now(UTC).date().isoformat()
     page.get_by_label("Group by").select_option("day")
+    page.get_by_label("From").fill(today)
+    page.get_by_label("To (included)").fill(today)  # the day picked as "to" counts
     page.get_by_role("button", name="Show").click()
     page.wait_for_url(re.compile(r".*/usage\?group_by=day.*"))
-    assert page.locator("#usage-rows td.group").count() == 1
+    assert page.locator("#usage-rows td.group").all_inner_texts() == [today]
+    yesterday = (datetime.now(UTC).date() - timedelta(days=1)).isoformat()
+    page.goto(f"{url}/usage?group_by=day&from={yesterday}&to={yesterday}")
+    assert page.locator("#usage-rows").count() == 0 and "No usage in this period" in page.locator("main").inner_text()
 
     page.get_by_label("Currency").fill("EUR")
     page.get_by_label("Amount per month").fill("250.00")

@@ -11,7 +11,7 @@ missing, a bad contact) re-renders the offer page with the message and the conta
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from urllib.parse import urlencode
 
@@ -109,7 +109,10 @@ def _when(value: str, name: str) -> datetime | None:
         d = datetime.fromisoformat(value)
     except ValueError:
         raise InvalidInput(f"'{name}' must be a date such as 2026-12-01.", field=name) from None
-    return d if d.tzinfo else d.replace(tzinfo=UTC)
+    d = d if d.tzinfo else d.replace(tzinfo=UTC)
+    if name == "to" and len(value) == 10:  # a date picked as "to" includes that day
+        d += timedelta(days=1)
+    return d
 
 
 def _usage_page(request: Request, me: Principal, svc: Services, status_code: int = 200,
