@@ -55,8 +55,11 @@ def test_browse_subscribe_with_consent_then_unsubscribe_suspends(page, portal_se
     page.get_by_role("button", name="Deploy", exact=True).click()
     page.locator("main .alert").wait_for()
     assert "modelport marketplace subscribe " + offer["id"] in page.locator("main").inner_text()
+    link = page.get_by_role("link", name="Read the offer's terms and subscribe in the marketplace")
+    assert link.get_attribute("href") == f"/marketplace/offers/{offer['id']}"
+    screenshot(page, "deploy-subscription-required")
 
-    page.get_by_role("link", name="Marketplace").click()
+    page.get_by_role("link", name="Marketplace", exact=True).click()
     page.wait_for_url(f"{url}/marketplace")
     row = page.locator(f"#offer-{offer['id']}")
     assert row.locator(".publisher").inner_text() == BUNDLED_PUBLISHER
@@ -116,7 +119,7 @@ def test_a_reader_sees_no_write_controls_and_forged_writes_are_refused(page, por
     url = portal_server.url
     sub = subscribe(portal_server, tenant.keys["owner"], offer)
     sign_in(page, url, tenant.keys["reader"])
-    page.get_by_role("link", name="Marketplace").click()
+    page.get_by_role("link", name="Marketplace", exact=True).click()
     page.wait_for_url(f"{url}/marketplace")
     assert page.locator(f"#sub-{sub['id']}").count() == 1
     assert page.get_by_role("button", name=re.compile("Unsubscribe")).count() == 0
