@@ -172,6 +172,9 @@ def test_a_reader_sees_no_write_controls_and_forged_writes_are_refused(page, por
     r = ws.post("/usage/budgets", {"currency": "USD", "amount": "-5"})
     assert r.status_code == 400 and "decimal" in r.text
     assert web(url, tenant.keys["owner"]).client.get("/usage?group_by=secret").status_code == 400
+    # A publisher's name, shown on every offer, cannot carry markup: the API refuses it outright.
+    with portal_server.client() as admin:
+        assert admin.post("/api/v1/publishers", json={"name": "<img src=x onerror=alert(1)>"}).status_code == 422
 
 
 def test_usage_shows_a_requests_tokens_and_charges_and_an_owner_sets_a_budget(  # type: ignore[no-untyped-def]
