@@ -228,6 +228,21 @@ def test_usage_shows_a_requests_tokens_and_charges_and_an_owner_sets_a_budget(  
         assert ok(c.get("/api/v1/budgets/EUR")).json()["amount"] in ("250.00", "250", "250.0")
     screenshot(page, "usage")
 
+    # A platform admin's chargeback view: every workspace's rows, with the workspace named.
+    admin = page.context.browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+    sign_in(admin, url, portal_server.admin_key)
+    admin.goto(f"{url}/usage")
+    admin.get_by_label("Every workspace (chargeback)").check()
+    admin.get_by_role("button", name="Show").click()
+    admin.wait_for_url(re.compile(r".*/usage\?.*all=1.*"))
+    mine = admin.locator("#usage-rows tr", has=admin.locator("td.group", has_text=name))
+    assert mine.locator("td.workspace").inner_text() == tenant.name
+    assert "all_workspaces=true" in admin.get_by_role("link", name="Download CSV").get_attribute("href")
+    admin.context.close()
+    assert page.locator("#usage-all").count() == 0  # an owner has no such choice
+    page.goto(f"{url}/usage?all=1")
+    assert page.locator("#usage-rows td.workspace").count() == 0
+
     # With rows in the tables, a narrow screen still shows nothing wider than itself.
     page.set_viewport_size({"width": 375, "height": 800})
     for path in ("/usage", "/marketplace", f"/marketplace/offers/{offer['id']}"):

@@ -122,18 +122,23 @@ def _usage_page(request: Request, me: Principal, svc: Services, status_code: int
     if group_by not in GROUPS:
         raise InvalidInput(f"group_by must be one of {', '.join(GROUPS)}.", field="group_by")
     start, end = _when(q.get("from", ""), "from"), _when(q.get("to", ""), "to")
-    rows = svc.usage.usage(me, start, end, group_by, False)  # type: ignore[arg-type]
+    all_workspaces = q.get("all") == "1" and me.can("platform.usage")  # chargeback, platform admins
+    rows = svc.usage.usage(me, start, end, group_by, all_workspaces)  # type: ignore[arg-type]
     lo, hi = parse_range(start, end)
     totals: dict[str, Decimal] = {}
     for r in rows:
         if r.currency:
             totals[r.currency] = totals.get(r.currency, Decimal(0)) + r.charges
-    bars = charts.bars([(r.group, r.input_tokens + r.output_tokens) for r in rows][:60])
+    bars = charts.bars([((f"{r.workspace}: " if r.workspace else "") + r.group, r.input_tokens + r.output_tokens)
+                        for r in rows][:60])
     export = {"group_by": group_by, "format": "csv", "from": lo.isoformat(), "to": hi.isoformat()}
+    if all_workspaces:
+        export["all_workspaces"] = "true"
     budgets = svc.budgets.list(me) if me.can("budgets.read") else []
     return render(request, "usage.html", status_code=status_code, rows=rows, group_by=group_by, groups=GROUPS,
                   start=lo, end=hi, asked={"from": q.get("from", ""), "to": q.get("to", "")}, totals=totals,
-                  bars=bars, chart=charts, export="/api/v1/usage?" + urlencode(export), budgets=budgets,
+                  bars=bars, chart=charts, all_workspaces=all_workspaces,
+                  may_see_all=me.can("platform.usage"), export="/api/v1/usage?" + urlencode(export), budgets=budgets,
                   draft=ctx.pop("draft", {}), **ctx)
 
 
