@@ -104,7 +104,9 @@ def test_browse_subscribe_with_consent_then_unsubscribe_suspends(page, portal_se
     assert ok(chat(portal_server, dep["keys"]["primary"], "sold")).status_code == 200
 
     page.reload()
-    page.once("dialog", lambda d: (d.accept() if "suspended" in d.message else d.dismiss()))
+    assert card.locator(".covered").inner_text() == "Deployments of it here: sold"
+    page.once("dialog", lambda d: (d.accept() if "1 deployment of it (sold) will be suspended" in d.message
+                                   else d.dismiss()))
     card.get_by_role("button", name=f"Unsubscribe from {SMOLLM2}").click()
     page.wait_for_url(re.compile(r".*/marketplace\?cancelled=.*"))
     assert "deployments suspended: 1" in page.locator("#alerts").inner_text()

@@ -38,7 +38,13 @@ GROUPS = ("deployment", "model", "offer", "day")
 
 def _market(me: Principal, svc: Services) -> dict:
     offers = [offer_out(v) for v in svc.offers.list(me)]
-    subs = [subscription_out(v) for v in svc.offers.subscriptions(me)]
+    views = svc.offers.subscriptions(me)
+    subs = [subscription_out(v) for v in views]
+    # The workspace's deployments each subscription covers: unsubscribing suspends them.
+    deps = svc.deployments.list(me) if me.can("deployments.read") else []
+    for sub, v in zip(subs, views, strict=True):
+        sub["deployments"] = [d.name for d, _ in deps
+                              if d.model_id == v.offer.model_id and d.type in (v.offer.deployment_types or [])]
     return {"offers": offers, "subscriptions": subs, "subscribed": {s["offer"]: s for s in subs}}
 
 
