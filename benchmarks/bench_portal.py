@@ -30,6 +30,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.support.marketplace import create_offer, make_publisher, subscribe  # noqa: E402
 from tests.support.server import ECHO_MODEL, start_lean  # noqa: E402
 from tests.support.tenants import import_tiny_gguf, ok  # noqa: E402
 
@@ -63,6 +64,11 @@ def main() -> None:
             for i in range(args.models):
                 import_tiny_gguf(admin, tmp / "models", f"bench-model-{i:03d}",
                                  card=f"# Model {i}\n\nA *small* model for the benchmark.\n\n- item\n- item\n")
+        # SmolLM2 sold through the marketplace (the admin's workspace subscribed before deploying), so
+        # the marketplace and usage pages have an offer, a subscription and charges to show.
+        offer = create_offer(server, make_publisher(server, "HuggingFaceTB").key, SMOLLM2)
+        subscribe(server, server.admin_key, offer)
+        with server.client() as admin:
             for i in range(args.deployments):
                 ok(admin.post("/api/v1/deployments", json={"name": f"bench-dep-{i:02d}", "model": SMOLLM2,
                                                            "type": "serverless"}))
@@ -91,14 +97,16 @@ def main() -> None:
         api = server.client()
         pages = ["/catalog", f"/catalog/{SMOLLM2}", "/catalog/bench-model-050", "/deployments",
                  "/deployments/bench-dep-00", "/deploy", "/playground", "/datasets", "/finetuning",
-                 f"/finetuning/{job['id']}", "/policies", "/policies/compliance", "/workspace", "/admin",
+                 f"/finetuning/{job['id']}", "/policies", "/policies/compliance", "/marketplace",
+                 f"/marketplace/offers/{offer['id']}", "/usage", "/usage?group_by=day", "/workspace", "/admin",
                  "/signin", "/docs"]
         rows = []
         for path in pages:
             times, size = timed(web, path, args.requests)
             rows.append((path, times, size))
         refs = [("/healthz", api), ("/api/v1/models?limit=100", api), ("/api/v1/deployments", api),
-                ("/api/v1/policies/compliance", api)]
+                ("/api/v1/policies/compliance", api), ("/api/v1/marketplace/offers", api),
+                ("/api/v1/usage?group_by=deployment", api)]
         ref_rows = [(path, *timed(c, path, args.requests)) for path, c in refs]
         web.close()
         api.close()
@@ -121,7 +129,10 @@ def main() -> None:
     print(f"\ncatalog page / GET /api/v1/models?limit=100: {med['/catalog'] / med['/api/v1/models?limit=100']:.2f}x; "
           f"deployments page / GET /api/v1/deployments: {med['/deployments'] / med['/api/v1/deployments']:.2f}x; "
           f"compliance page / GET /api/v1/policies/compliance: "
-          f"{med['/policies/compliance'] / med['/api/v1/policies/compliance']:.2f}x")
+          f"{med['/policies/compliance'] / med['/api/v1/policies/compliance']:.2f}x; "
+          f"marketplace page / GET /api/v1/marketplace/offers: "
+          f"{med['/marketplace'] / med['/api/v1/marketplace/offers']:.2f}x; "
+          f"usage page / GET /api/v1/usage: {med['/usage'] / med['/api/v1/usage?group_by=deployment']:.2f}x")
     worst = max((statistics.median(t), p) for p, t, _ in rows)
     print(f"slowest page p50: {worst[0]:.1f} ms ({worst[1]}); target < 100 ms: "
           f"{'met' if worst[0] < 100 else 'NOT met'}")

@@ -31,8 +31,10 @@ ENTRIES: list[Entry] = [
     Entry("Playground", "/playground", "deployments.call"),
     Entry("Datasets", "/datasets", "datasets.read"),
     Entry("Fine-tuning", "/finetuning", "finetuning.read"),
-    # Pages for services built elsewhere: shown once the service registers itself in Services.extra.
-    Entry("Marketplace", "/marketplace", "models.read", lambda services: "marketplace" in services.extra),
+    # Marketplace and metering: shown where those services are installed.
+    Entry("Marketplace", "/marketplace", "marketplace.read",
+          lambda services: getattr(services, "offers", None) is not None),
+    Entry("Usage", "/usage", "usage.read", lambda services: getattr(services, "usage", None) is not None),
     # Governance: members read the policies in force; a platform admin outside any membership
     # still reads (and writes) the platform's.
     Entry("Policies", "/policies", "policies.read", lambda services: getattr(services, "policies", None) is not None,
