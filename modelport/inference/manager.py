@@ -39,10 +39,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("modelport.deployments")
 
-# How many requests one worker of each runtime takes at once. llama.cpp's high-level API
-# decodes one sequence at a time; more in flight would only queue inside the worker, where
-# the fair scheduler could not see them.
-RUNTIME_CONCURRENCY = {"llamacpp": 1, "transformers": 1, "echo": 64}
+# How many requests one worker of each runtime takes at once: as many as it works on together.
+# llama.cpp batches up to its `parallel` sequences (4 by default, runtimes/llamacpp.py); a
+# transformers embeddings worker batches concurrent requests; a transformers chat model decodes
+# one at a time. More in flight would only queue inside the worker, where the fair scheduler
+# could not see them.
+RUNTIME_CONCURRENCY = {"llamacpp": 4, "transformers": 1, "echo": 64}
+EMBEDDINGS_CONCURRENCY = 32
 # How often fine-tuned deployments check that their workspace key still unwraps their weights.
 KEY_CHECK_SECONDS = 5.0
 
@@ -240,7 +243,8 @@ class DeploymentManager:
             regions=self.settings.regions_of(dep.geography),
             spec_factory=spec,
             instances=dep.instances if dep.type == "dedicated" else 1,
-            concurrency=RUNTIME_CONCURRENCY.get(runtime, 1),
+            concurrency=(EMBEDDINGS_CONCURRENCY if runtime == "transformers" and model.task == "embeddings"
+                         else RUNTIME_CONCURRENCY.get(runtime, 1)),
         )
 
     async def provision(self, dep_id: str) -> None:

@@ -2,10 +2,25 @@
 
 A runtime wraps one inference library (llama.cpp, transformers, ...) for one loaded model. It
 lives inside a worker process (`modelport.workers`), never in the gateway, and is driven by one
-thread at a time: the worker serialises calls, so a runtime needs no locking of its own.
+thread at a time: the worker serialises calls, so a runtime needs no locking of its own. A
+runtime whose `max_concurrent_generations` is above 1 (llamacpp: continuous batching) takes that
+many `generate` calls from as many threads at once, and does its own locking.
+
+Generate request fields beyond the OpenAI sampling parameters (the exact names the worker
+protocol and the gateway use):
+    grammar: str | None     GBNF text (llama.cpp's grammar format, root rule `root`), compiled
+                            per sequence; the model can only produce text the grammar accepts.
+                            Exclusive with response_format "json_object" (itself a built-in
+                            grammar). A grammar that does not parse is the caller's 400.
+    logprobs: int | None    None: no log-probabilities. 0..20: every generated token's
+                            log-probability under the model (natural log, before temperature,
+                            top_p and grammar), plus that many most likely alternatives at its
+                            position (`Delta.logprobs`, one TokenLogprob per token).
 
     Runtime.load(spec)            load the model named by `spec` (local files only)
     runtime.generate(req, cancel) iterator of Delta; the last one carries finish_reason + usage
+    runtime.max_concurrent_generations  how many `generate` calls may run at once (default 1)
+    runtime.counters()            engine counters for the worker's health (batching, KV cache)
     runtime.embed(texts)          EmbedResult (one unit-length vector per text, token count)
     runtime.count_tokens(...)     prompt size before any inference (the gateway answers 400)
     runtime.context_length        the most tokens (prompt + completion) one sequence may hold
@@ -64,6 +79,10 @@ class ModelSpec:
         return self.threads or default_threads()
 
 
+MAX_TOP_LOGPROBS = 20
+MAX_GRAMMAR_CHARS = 65536
+
+
 @dataclass(frozen=True, slots=True)
 class GenerateRequest:
     """One completion. Exactly one of `messages` (chat, rendered with the model's own chat
@@ -77,10 +96,21 @@ class GenerateRequest:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     response_format: ResponseFormat = "text"
+    grammar: str | None = None
+    logprobs: int | None = None
 
     def __post_init__(self) -> None:
         if (self.messages is None) == (self.prompt is None):
             raise InvalidInput("give either messages or a prompt", field="messages")
+        if self.grammar is not None:
+            if self.response_format == "json_object":
+                raise InvalidInput("give either a grammar or response_format json_object, not both",
+                                   field="grammar")
+            if not self.grammar.strip() or len(self.grammar) > MAX_GRAMMAR_CHARS:
+                raise InvalidInput(f"grammar must be GBNF text of 1 to {MAX_GRAMMAR_CHARS} characters",
+                                   field="grammar")
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_TOP_LOGPROBS:
+            raise InvalidInput(f"logprobs must be between 0 and {MAX_TOP_LOGPROBS}", field="logprobs")
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,19 +124,34 @@ class Usage:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """One generated token: its text (bytes decoded with replacement), log-probability, raw
+    bytes, and the `logprobs` most likely tokens at its position as (text, logprob, bytes)."""
+
+    token: str
+    logprob: float
+    bytes: bytes
+    top: tuple[tuple[str, float, bytes], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Delta:
     """A piece of generated text. The last Delta of a generation has `finish_reason` and
-    `usage` set (its text may be empty); a generation that was cancelled ends without one."""
+    `usage` set (its text may be empty); a generation that was cancelled ends without one.
+    With `logprobs` requested, each Delta carries the tokens sampled since the previous Delta
+    (text held back by a stop matcher travels with the Delta that releases it)."""
 
     text: str
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class EmbedResult:
     vectors: list[list[float]]
     prompt_tokens: int
+    token_counts: list[int] | None = None  # per input, when the runtime knows them
 
 
 class Runtime(ABC):
@@ -129,6 +174,15 @@ class Runtime(ABC):
     @abstractmethod
     def context_length(self) -> int:
         """Most tokens one sequence may hold (prompt and completion together)."""
+
+    @property
+    def max_concurrent_generations(self) -> int:
+        """How many `generate` calls may run at once; above 1 the runtime batches them."""
+        return 1
+
+    def counters(self) -> dict[str, int]:
+        """Engine counters for the worker's health (batching, KV cache); none by default."""
+        return {}
 
     @property
     def supported_tasks(self) -> frozenset[str]:

@@ -52,6 +52,7 @@ _UNREACHABLE = "the model worker is not reachable (starting, restarting or stopp
 class TextDelta:
     index: int
     text: str
+    logprobs: list[dict[str, Any]] | None = None  # the wire's list, when logprobs were asked
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,7 +368,7 @@ class WorkerClient:
                 event = orjson.loads(line)
                 kind = event["type"]
                 if kind == "delta":
-                    yield TextDelta(event["index"], event["text"])
+                    yield TextDelta(event["index"], event["text"], event.get("logprobs"))
                 elif kind == "finish":
                     yield ChoiceFinished(event["index"], event["finish_reason"], event["completion_tokens"])
                 elif kind == "usage":

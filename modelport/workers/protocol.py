@@ -4,6 +4,9 @@
     POST /tokenize   TokenizeBody -> TokenCount           (before inference: 400 if too long)
     POST /generate   GenerateBody -> NDJSON stream of events, one JSON object per line:
                      {"type": "delta",  "index": i, "text": "..."}
+                         with `logprobs` asked, each delta also has "logprobs": [{"token": str,
+                         "logprob": float, "bytes": [int], "top_logprobs": [{"token", "logprob",
+                         "bytes"}]}], one entry per token sampled since the previous delta
                      {"type": "finish", "index": i, "finish_reason": "stop"|"length",
                       "completion_tokens": n}
                      {"type": "usage",  "prompt_tokens": p, "completion_tokens": c}  (last line)
@@ -27,6 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from modelport import errors
 
 PROTOCOL_VERSION = 1
+MAX_GRAMMAR_CHARS = 65536  # the same limits as runtimes/base.py (this module imports no runtime)
+MAX_TOP_LOGPROBS = 20
 
 
 class WorkerSpec(BaseModel):
@@ -65,7 +70,8 @@ class _Body(BaseModel):
 
 class GenerateBody(_Body):
     """One chat or text completion. `n` choices are generated one after the other; choice i
-    uses seed + i, so a request with a seed is reproducible and its choices still differ."""
+    uses seed + i, so a request with a seed is reproducible and its choices still differ.
+    `grammar` (GBNF text) and `logprobs` (top-k count) mean what runtimes/base.py says."""
 
     messages: list[dict[str, Any]] | None = None
     prompt: str | None = None
@@ -76,11 +82,15 @@ class GenerateBody(_Body):
     seed: int | None = None
     n: int = Field(default=1, ge=1, le=16)
     response_format: Literal["text", "json_object"] = "text"
+    grammar: str | None = Field(default=None, min_length=1, max_length=MAX_GRAMMAR_CHARS)
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
 
     @model_validator(mode="after")
     def _one_input(self) -> GenerateBody:
         if (self.messages is None) == (self.prompt is None):
             raise ValueError("give exactly one of messages and prompt")
+        if self.grammar is not None and self.response_format == "json_object":
+            raise ValueError("give either a grammar or response_format json_object, not both")
         return self
 
 
@@ -120,12 +130,22 @@ class Health(BaseModel):
     requests_total: int
     netns_inode: int = Field(description="Inode of the worker's network namespace (the supervisor "
                                          "compares it with its own).")
+    counters: dict[str, int] = Field(default_factory=dict, description=(
+        "Engine counters: batching (sequences_active, max_batch_sequences, batch_steps, kv_cells_used, "
+        "preemptions), isolation (cached_prompt_tokens and kv_leftover_on_join stay 0), embeddings batching."))
 
 
 # -- events (hand-built dicts: this is the per-token path) ---------------------------------
 
 def encode_event(event: dict[str, Any]) -> bytes:
     return orjson.dumps(event) + b"\n"
+
+
+def logprobs_wire(entries: Any) -> list[dict[str, Any]]:
+    """Runtime TokenLogprob entries as the delta event's `logprobs` list."""
+    return [{"token": e.token, "logprob": e.logprob, "bytes": list(e.bytes),
+             "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(b)} for t, lp, b in e.top]}
+            for e in entries]
 
 
 def error_body(exc: errors.ModelportError) -> dict[str, Any]:
