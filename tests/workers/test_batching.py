@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import secrets
 import signal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -200,3 +202,51 @@ def test_one_bad_embeddings_request_does_not_fail_the_others_in_its_batch(loop: 
     results = loop.run(mixed())
     assert isinstance(results[3], InvalidInput) and "tokens" in results[3].message
     assert all(len(r.data) == 1 and len(r.data[0]) == 384 for i, r in enumerate(results) if i != 3)
+
+
+def _files_holding(roots: list[Path], needles: list[bytes]) -> list[str]:
+    hits = []
+    for root in roots:
+        for path in root.rglob("*"):
+            try:
+                if path.is_file() and not path.is_symlink():
+                    data = path.read_bytes()
+                    hits += [f"{path}: {n.decode()}" for n in needles if n in data]
+            except OSError:
+                continue
+    return hits
+
+
+def test_p1_canaries_through_the_batched_path_leave_no_trace(loop: LoopThread, batching: WorkerHandle,
+                                                           run_root: Path) -> None:
+    """Canaries in prompts and grammars (a grammar makes the model write one, so it is in the
+    output too), batched with each other, one stream cancelled, one grammar refused: each canary
+    comes back only to its own caller, and none is in an error message, the worker's health,
+    its run directory or /dev/shm."""
+    canaries = [f"zqcanary{secrets.token_hex(6)}" for _ in range(4)]
+    bodies = [GenerateBody(prompt=f"Repeat: {c}", max_tokens=40, temperature=0, grammar=f'root ::= "{c}"',
+                           logprobs=1) for c in canaries[:3]]
+
+    async def scenario() -> list[Any]:
+        async def leave_early() -> None:
+            stream = batching.client.generate(GenerateBody(prompt=f"{canaries[3]} 1, 2,", max_tokens=300))
+            async for _ in stream:
+                break
+            await stream.aclose()
+
+        async def refused() -> str:
+            try:
+                await collect(batching, GenerateBody(prompt=canaries[0], grammar=f"root ::= {canaries[0]} (("))
+            except InvalidInput as exc:
+                return exc.message
+            return "not refused"
+
+        return await asyncio.gather(*(collect(batching, b) for b in bodies), leave_early(), refused())
+
+    results = loop.run(scenario())
+    for canary, (texts, _) in zip(canaries, results[:3], strict=False):
+        assert texts[0] == canary  # its own, and only its own
+    assert "grammar" in results[4] and not any(c in results[4] for c in canaries)
+    health = loop.run(batching.client.health()).model_dump_json()
+    assert not any(c in health for c in canaries)
+    assert _files_holding([run_root, Path("/dev/shm")], [c.encode() for c in canaries]) == []
