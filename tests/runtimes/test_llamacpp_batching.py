@@ -220,3 +220,29 @@ def test_bad_options_are_refused_with_what_to_fix() -> None:
     with pytest.raises(InvalidInput, match="option kv_cells"):
         LlamaCppRuntime.load(ModelSpec(str(SMOLLM2_GGUF), n_ctx=256, threads=1,
                                        options={"kv_unified": True, "kv_cells": 16}))
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_while_a_stream_keeps_decoding() -> None:
+    """With `prefill_chunk` 32, a prompt of about 600 tokens that joins a running stream takes
+    about 19 steps to prefill, and every one of those steps also decodes a token of the running
+    stream: the running stream gets at least 15 tokens before the long prompt's first token."""
+    rt = LlamaCppRuntime.load(ModelSpec(str(SMOLLM2_GGUF), n_ctx=1024, threads=1,
+                                        options={"parallel": 2, "prefill_chunk": 32}))
+    try:
+        cancel = threading.Event()
+        running = rt.generate(GenerateRequest(prompt="1, 2, 3, 4,", max_tokens=900, temperature=0), cancel)
+        next(running)
+        long_prompt = "The quick brown fox jumps over the lazy dog. " * 60
+        assert rt.count_tokens(prompt=long_prompt) > 550
+        # engine-side counts (no lag of a reader): tokens decoded before the long prompt's first
+        joined = rt.counters()["batch_steps"], rt.tokens_generated_total
+        deltas = list(rt.generate(GenerateRequest(prompt=long_prompt, max_tokens=1, temperature=0),
+                                  threading.Event()))
+        after = rt.counters()["batch_steps"], rt.tokens_generated_total
+        cancel.set()
+        list(running)
+        assert deltas[-1].usage.completion_tokens == 1
+        assert after[0] - joined[0] >= 17  # about 600 / 32 steps of prefill
+        assert after[1] - joined[1] >= 16  # and the running stream decoded in (nearly) each of them
+    finally:
+        rt.close()
