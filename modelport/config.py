@@ -68,6 +68,9 @@ class Settings(BaseSettings):
         default_factory=lambda: {"local": 8}, description="Worker processes each region may run (JSON)."
     )
     worker_threads: int | None = Field(default=None, description="Threads per worker; default: the CPU count.")
+    llamacpp_parallel: int = Field(default=4, ge=1, le=256, description=(
+        "Sequences one llama.cpp worker decodes together (continuous batching); each holds a KV "
+        "cache of the whole context."))
     serverless_idle_seconds: float = Field(default=300.0, description="Stop an idle serverless pool after this.")
     queue_per_deployment: int = Field(default=16, description="Requests waiting per deployment before 429.")
     max_request_bytes: int = Field(default=4 * 1024 * 1024, description="Largest inference request body.")

@@ -40,11 +40,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("modelport.deployments")
 
 # How many requests one worker of each runtime takes at once: as many as it works on together.
-# llama.cpp batches up to its `parallel` sequences (4 by default, runtimes/llamacpp.py); a
-# transformers embeddings worker batches concurrent requests; a transformers chat model decodes
-# one at a time. More in flight would only queue inside the worker, where the fair scheduler
-# could not see them.
-RUNTIME_CONCURRENCY = {"llamacpp": 4, "transformers": 1, "echo": 64}
+# llama.cpp batches `settings.llamacpp_parallel` sequences; a transformers embeddings worker
+# batches concurrent requests; a transformers chat model decodes one at a time. More in flight
+# would only queue inside the worker, where the fair scheduler could not see them.
+RUNTIME_CONCURRENCY = {"transformers": 1, "echo": 64}
 EMBEDDINGS_CONCURRENCY = 32
 # How often fine-tuned deployments check that their workspace key still unwraps their weights.
 KEY_CHECK_SECONDS = 5.0
@@ -216,6 +215,7 @@ class DeploymentManager:
             )
         threads = self.settings.worker_threads
         drain = self.settings.drain_seconds
+        parallel = self.settings.llamacpp_parallel
 
         # Imported weights live under MODELPORT_HOME, which workers cannot read: they get an open
         # read-only descriptor instead of a path (GGUF), as encrypted weights will (memfd).
@@ -233,7 +233,7 @@ class DeploymentManager:
                 lora_fd=lora_fd,
                 threads=threads,
                 drain_seconds=drain,
-                options={"task": model.task},
+                options={"task": model.task, **({"parallel": parallel} if runtime == "llamacpp" else {})},
             )
 
         return self.pools.get_or_create(
@@ -243,7 +243,8 @@ class DeploymentManager:
             regions=self.settings.regions_of(dep.geography),
             spec_factory=spec,
             instances=dep.instances if dep.type == "dedicated" else 1,
-            concurrency=(EMBEDDINGS_CONCURRENCY if runtime == "transformers" and model.task == "embeddings"
+            concurrency=(parallel if runtime == "llamacpp"
+                         else EMBEDDINGS_CONCURRENCY if runtime == "transformers" and model.task == "embeddings"
                          else RUNTIME_CONCURRENCY.get(runtime, 1)),
         )
 
