@@ -10,9 +10,10 @@ every figure alike:
    through a batching worker (Unix socket, NDJSON), rounds alternating; the ratio is the cost of
    the worker and the batch loop for one caller (target >= 0.95);
 2. the curve: 1, 2, 4, 8, 16 streams started together on one worker, each `--tokens` tokens:
-   aggregate tokens/s, per-stream tokens/s, first token p50/p95; once through a worker that
-   batches (`parallel` 16) and once through the same worker taking one sequence at a time
-   (`parallel` 1: how a llama.cpp worker served before batching, one request after the other);
+   aggregate tokens/s, per-stream tokens/s, first token p50/p95; through a worker that batches
+   (`parallel` 16) and through the same worker taking one sequence at a time (`parallel` 1: how
+   a llama.cpp worker served before batching, one request after the other), level by level
+   side by side;
    targets at 8 streams: aggregate >= 2x a single stream, median first token <= 300 ms;
 3. memory per additional sequence: the llama.cpp state of one sequence holding prompt + tokens
    (`llama_state_seq_get_size`, in this process), and the batching worker's peak RSS.
@@ -47,8 +48,8 @@ def gguf_path() -> str:
 
 def prompt(i: int) -> str:
     """About 20 tokens of counting, a different start per stream (no two streams alike)."""
-    start = 1 + 37 * i
-    return ", ".join(str(n) for n in range(start, start + 10)) + ","
+    start = 10 + 5 * i % 85  # two-digit numbers only: every prompt the same length
+    return ", ".join(str(n) for n in range(start, start + 5)) + ","
 
 
 def load() -> str:
@@ -150,21 +151,26 @@ async def measure(args: argparse.Namespace) -> dict[str, object]:
                 raw.append(raw_round(llm, args.tokens))
                 worker.append(await stream(batched, 0, args.tokens))
             llm.close()
+            print(f"  (single stream: raw {raw}, worker {worker})", file=sys.stderr, flush=True)
             out.update(raw_tps=statistics.median(r[0] for r in raw),
                        raw_ttft_ms=statistics.median(r[1] for r in raw) * 1000,
                        worker_tps=statistics.median(r[0] for r in worker),
                        worker_ttft_ms=statistics.median(r[1] for r in worker) * 1000,
                        egress=batched.egress, fs_isolated=batched.fs_isolated)
-            out["batched"] = {n: await concurrent(batched, n, args.tokens) for n in levels}
+            # both curves level by level, side by side, so that the machine's load falls on both alike
+            serial = await sup.start(spec(1), region="local")
+            await stream(serial, 0, 8)
+            out["batched"], out["serial"] = {}, {}
+            for n in levels:
+                for name, handle in (("batched", batched), ("serial", serial)):
+                    out[name][n] = await concurrent(handle, n, args.tokens)  # type: ignore[index]
+                    print(f"  ({name}, {n} streams: {out[name][n]})", file=sys.stderr, flush=True)  # type: ignore[index]
             health = await batched.client.health()
             out["max_batch_sequences"] = health.counters.get("max_batch_sequences")
             out["cached_prompt_tokens"] = health.counters.get("cached_prompt_tokens")
             out["batched_peak_rss_mib"] = peak_rss_mib(batched.pid)
-            await sup.stop(batched)
-            serial = await sup.start(spec(1), region="local")
-            await stream(serial, 0, 8)
-            out["serial"] = {n: await concurrent(serial, n, args.tokens) for n in levels}
             out["serial_peak_rss_mib"] = peak_rss_mib(serial.pid)
+            await sup.stop(batched)
             await sup.stop(serial)
         finally:
             await sup.stop_all()

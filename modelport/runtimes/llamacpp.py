@@ -216,7 +216,9 @@ class LlamaCppRuntime(Runtime):
         sink, read = sequence_sink()
         sequence = EngineSequence(prompt=tokens, max_tokens=max_tokens, sampler=sampler,
                                   stopper=StopMatcher(request.stop), cancel=watch, sink=sink,
-                                  logprobs=request.logprobs)
+                                  logprobs=request.logprobs,
+                                  greedy=request.temperature <= 0 and request.grammar is None
+                                  and request.response_format != "json_object")
         try:
             self._engine.submit(sequence)
         except BaseException:

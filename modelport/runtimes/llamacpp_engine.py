@@ -83,6 +83,7 @@ class Sequence:
     cancel: Any  # anything with is_set(): the request's cancel event
     sink: Callable[[Event], None]
     logprobs: int | None = None
+    greedy: bool = False  # temperature 0 without grammar: the sampler chain is a plain greedy one
     slot: int = -1
     feed: list[int] = field(default_factory=list)  # tokens to decode before the next sample
     n_past: int = 0  # tokens of this sequence in the KV cache
@@ -100,8 +101,10 @@ class BatchEngine:
                  n_batch: int, prefill_chunk: int, threads: int, flash_attn: bool, unified: bool = True,
                  piece: Callable[[int], bytes]) -> None:
         import llama_cpp as L
+        import numpy as np
 
         self._L = L
+        self._np = np
         self._vocab = vocab
         self._n_vocab = L.llama_vocab_n_tokens(vocab)
         self._piece = piece
@@ -307,7 +310,11 @@ class BatchEngine:
         entry_top = None
         if seq.logprobs is not None:
             entry_top = self._logprobs(index, seq.logprobs)
-        token = L.llama_sampler_sample(seq.sampler, self._ctx, index)
+        if seq.greedy:  # argmax of the logits: what the greedy sampler returns, without its copy of the vocabulary
+            token = int(self._np.argmax(self._np.ctypeslib.as_array(L.llama_get_logits_ith(self._ctx, index),
+                                                                    shape=(self._n_vocab,))))
+        else:
+            token = L.llama_sampler_sample(seq.sampler, self._ctx, index)
         if L.llama_vocab_is_eog(self._vocab, token):
             self._finish(seq, "stop")
             return
