@@ -51,7 +51,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelport.errors import InternalError, ModelportError
+from modelport.errors import InternalError, InvalidInput, ModelportError
 from modelport.runtimes.base import Delta, StopMatcher, TokenLogprob, Usage
 
 #: what a sequence's sink receives: a Delta, an error, or None (the sequence ended without a
@@ -133,6 +133,12 @@ class BatchEngine:
                 L.llama_free(ctx)
                 raise InternalError("llama.cpp could not apply the LoRA adapter to the batching context")
         self._mem = L.llama_get_memory(ctx)
+        # candidates for sampler chains, laid out as llama_token_data (id, logit, p), reused
+        self._cand = np.zeros(self._n_vocab, dtype=np.dtype([("id", np.int32), ("logit", np.float32),
+                                                              ("p", np.float32)]))
+        self._cand_ids = np.arange(self._n_vocab, dtype=np.int32)
+        self._cand_data = ctypes.cast(self._cand.ctypes.data, L.llama_token_data_p)
+        self._cand_array = L.llama_token_data_array()
         self._batch = L.llama_batch_init(n_batch, 0, 1)
         self._free_slots = list(range(parallel - 1, -1, -1))
         self._waiting: deque[Sequence] = deque()
@@ -314,7 +320,12 @@ class BatchEngine:
             token = int(self._np.argmax(self._np.ctypeslib.as_array(L.llama_get_logits_ith(self._ctx, index),
                                                                     shape=(self._n_vocab,))))
         else:
-            token = L.llama_sampler_sample(seq.sampler, self._ctx, index)
+            token = self._sample_checked(seq, index)
+            if token < 0:  # the grammar allows no token here: end, never let llama.cpp abort
+                self._leave(seq, InvalidInput(
+                    "the grammar allows no token of this model at some point of the output; check the grammar",
+                    field="grammar"))
+                return
         if L.llama_vocab_is_eog(self._vocab, token):
             self._finish(seq, "stop")
             return
@@ -334,6 +345,33 @@ class BatchEngine:
         if out:
             seq.sink(Delta(out, logprobs=self._take_logprobs(seq)))
         seq.feed = [token]
+
+    def _sample_checked(self, seq: Sequence, index: int) -> int:
+        """`llama_sampler_sample`, step by step (the same candidates, apply, pick, accept), with
+        one check between pick and accept: the token must be one the chain left possible. A
+        grammar that allows nothing leaves every logit at -inf; accepting a token then makes
+        llama.cpp abort the whole process (GGML_ABORT in llama_grammar_accept_impl), which would
+        end every tenant's stream in this worker. Returns -1 instead."""
+        np = self._np
+        cand = self._cand
+        cand["id"] = self._cand_ids
+        cand["logit"] = np.ctypeslib.as_array(self._L.llama_get_logits_ith(self._ctx, index), shape=(self._n_vocab,))
+        cand["p"] = 0.0
+        array = self._cand_array
+        array.data = self._cand_data
+        array.size = self._n_vocab
+        array.selected = -1
+        array.sorted = False
+        self._L.llama_sampler_apply(seq.sampler, ctypes.byref(array))
+        chosen = int(array.selected)
+        if not 0 <= chosen < array.size:
+            return -1
+        entry = array.data[chosen]
+        if not math.isfinite(entry.logit):
+            return -1
+        token = int(entry.id)
+        self._L.llama_sampler_accept(seq.sampler, token)
+        return token
 
     def _logprobs(self, index: int, k: int) -> Callable[[int], tuple[float, tuple[tuple[str, float, bytes], ...]]]:
         """The model's log-probabilities at this output (before temperature, top-p and grammar)."""

@@ -9,6 +9,7 @@ answers concurrent requests in shared batches.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
 import secrets
@@ -250,3 +251,37 @@ def test_p1_canaries_through_the_batched_path_leave_no_trace(loop: LoopThread, b
     health = loop.run(batching.client.health()).model_dump_json()
     assert not any(c in health for c in canaries)
     assert _files_holding([run_root, Path("/dev/shm")], [c.encode() for c in canaries]) == []
+
+
+def test_hostile_generation_fields_are_400s_and_cannot_end_the_worker(loop: LoopThread,
+                                                                       batching: WorkerHandle) -> None:
+    """A grammar no token can satisfy (llama.cpp would abort the process on it), a left-recursive
+    one, out-of-range logprobs, a grammar with json_object, an oversized grammar: each is a 400
+    naming the field, in a batch with an ordinary stream that completes, on the same worker."""
+    pid = batching.pid
+    ordinary = GenerateBody(prompt="1, 2, 3,", max_tokens=20, temperature=0)
+    alone = loop.run(collect(batching, ordinary))[0]
+    hostile = [
+        GenerateBody(prompt="x", max_tokens=5, temperature=0.7, grammar="root ::= [\\x00]"),
+        GenerateBody(prompt="x", max_tokens=5, temperature=0, grammar='root ::= root "a"'),
+    ]
+
+    async def scenario() -> list[Any]:
+        return await asyncio.gather(collect(batching, ordinary), *(collect(batching, b) for b in hostile),
+                                    return_exceptions=True)
+
+    results = loop.run(scenario())
+    assert results[0][0] == alone
+    assert all(isinstance(r, InvalidInput) and r.field == "grammar" for r in results[1:])
+    for bad in ({"logprobs": 21}, {"logprobs": -1}, {"grammar": "root ::= \"a\"", "response_format": "json_object"},
+                {"grammar": "root ::= \"" + "a" * 70000 + "\""}, {"grammar": ""}):
+        async def post(body: dict[str, Any] = bad) -> Any:  # the raw body, past the client's own model
+            conn = await batching.client._send("POST", "/generate",
+                                               json.dumps({"prompt": "x", **body}).encode())
+            status, data = conn.status, await conn.read_all()
+            batching.client._release(conn)
+            return status, json.loads(data)
+
+        status, answer = loop.run(post())
+        assert status == 400 and answer["error"]["code"] == "invalid_input", (bad, answer)
+    assert batching.pid == pid and loop.run(batching.client.health()).status == "ready"
