@@ -11,7 +11,9 @@ protocol and the gateway use):
     grammar: str | None     GBNF text (llama.cpp's grammar format, root rule `root`), compiled
                             per sequence; the model can only produce text the grammar accepts.
                             Exclusive with response_format "json_object" (itself a built-in
-                            grammar). A grammar that does not parse is the caller's 400.
+                            grammar). A grammar that does not parse is the caller's 400;
+                            one that allows no token at some point ends its stream with an
+                            invalid_input error (never the process).
     logprobs: int | None    None: no log-probabilities. 0..20: every generated token's
                             log-probability under the model (natural log, before temperature,
                             top_p and grammar), plus that many most likely alternatives at its
