@@ -110,6 +110,9 @@ class LlamaCppRuntime(Runtime):
         kv_cells = (_int_option(options, "kv_cells", 2 * self._context_length, self._context_length, 1 << 20)
                     if unified else parallel * self._context_length)
         n_batch = _int_option(options, "n_batch", 512, 16, 8192)
+        if parallel > n_batch:
+            raise InvalidInput(f"option parallel ({parallel}) must not exceed n_batch ({n_batch}): one step decodes "
+                               "a token of every sequence", field="options.parallel")
         silence_llama_log()  # from here on a request's grammar could reach llama.cpp's log
         self._engine = BatchEngine(
             model.model, self._vocab, lora_adapter=llm._lora_adapter, parallel=parallel, kv_cells=kv_cells,

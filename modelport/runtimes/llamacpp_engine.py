@@ -117,6 +117,7 @@ class BatchEngine:
         params.n_batch = params.n_ubatch = n_batch
         params.n_seq_max = parallel
         params.kv_unified = unified
+        self._unified = unified
         params.n_threads = params.n_threads_batch = threads
         params.flash_attn_type = (L.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn
                                   else L.LLAMA_FLASH_ATTN_TYPE_DISABLED)
@@ -203,9 +204,8 @@ class BatchEngine:
                 while not self._closed and not self._waiting and not self._active:
                     self._wake.wait()
                 if self._closed:
-                    for seq in self._active:
+                    for seq in list(self._active):
                         self._leave(seq, None)
-                    self._active.clear()
                     for seq in self._waiting:
                         seq.sink(None)
                     return
@@ -227,7 +227,7 @@ class BatchEngine:
                 self._free_sampler(seq)
                 seq.sink(None)
                 continue
-            if self._active and used + len(seq.feed) + len(self._active) > self.kv_cells:
+            if self._unified and self._active and used + len(seq.feed) + len(self._active) > self.kv_cells:
                 break  # wait for room; alone, a sequence always fits (kv_cells >= context)
             self._waiting.popleft()
             seq.slot = self._free_slots.pop()
@@ -249,7 +249,9 @@ class BatchEngine:
             return
         decoding = [s for s in self._active if len(s.feed) == 1]
         prefilling = sorted((s for s in self._active if len(s.feed) > 1), key=lambda s: s.joined_at)
-        free = self.kv_cells - sum(s.n_past for s in self._active)
+        # a KV stream per sequence holds its whole context (max_tokens never passes it); a shared
+        # cache may be full
+        free = self.kv_cells - sum(s.n_past for s in self._active) if self._unified else self._n_batch
         while len(decoding) > free and len(self._active) > 1:  # the KV cache is full: preempt
             self._preempt(max(self._active, key=lambda s: s.joined_at))
             decoding = [s for s in self._active if len(s.feed) == 1]

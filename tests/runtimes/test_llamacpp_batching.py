@@ -218,6 +218,9 @@ def test_a_full_shared_kv_cache_preempts_and_recomputes() -> None:
 def test_bad_options_are_refused_with_what_to_fix() -> None:
     with pytest.raises(InvalidInput, match="option parallel must be an integer from 1 to 256"):
         LlamaCppRuntime.load(ModelSpec(str(SMOLLM2_GGUF), n_ctx=256, threads=1, options={"parallel": 0}))
+    with pytest.raises(InvalidInput, match="must not exceed n_batch"):
+        LlamaCppRuntime.load(ModelSpec(str(SMOLLM2_GGUF), n_ctx=256, threads=1,
+                                       options={"parallel": 32, "n_batch": 16}))
     with pytest.raises(InvalidInput, match="option kv_cells"):
         LlamaCppRuntime.load(ModelSpec(str(SMOLLM2_GGUF), n_ctx=256, threads=1,
                                        options={"kv_unified": True, "kv_cells": 16}))
