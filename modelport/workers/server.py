@@ -346,6 +346,7 @@ class EmbedBatcher:
         self._max_texts = max_texts
         self._pending: list[tuple[list[str], asyncio.Future[tuple[list[list[float]], int]]]] = []
         self._running = False
+        self._task: asyncio.Task[None] | None = None
         self.batches = 0
         self.requests = 0
 
@@ -357,7 +358,7 @@ class EmbedBatcher:
         self._pending.append((texts, future))
         if not self._running:
             self._running = True
-            asyncio.get_running_loop().create_task(self._drain())
+            self._task = asyncio.get_running_loop().create_task(self._drain())  # held: the loop keeps weak refs
         return await future
 
     async def _drain(self) -> None:
