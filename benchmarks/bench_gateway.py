@@ -3,6 +3,8 @@ worker called directly, and against a minimal aiohttp pass-through proxy to that
 
     .venv/bin/python benchmarks/bench_gateway.py            (2,000 sequential requests, 3 x 3 s rounds)
     .venv/bin/python benchmarks/bench_gateway.py --quick    (300 requests, 3 x 1 s rounds)
+    .venv/bin/python benchmarks/bench_gateway.py --quick --redis redis://127.0.0.1:6379/15
+                                  (also: a second server whose rate limits live in Redis)
 
 Set-up: a real `modelport serve` (its own temporary home) with a serverless deployment of the
 bundled chat model on the instant `echo` runtime, so that only the plumbing is measured. The
@@ -22,6 +24,17 @@ uvloop) is not pinned. Three paths, each asking for one token of `echo`:
 - filtered: the same with the deployment's content filter at its defaults (prompt and output
            screened by the bundled classifier), shown separately.
 
+The content filter's cost (issue 15) is measured side by side on a short chat closer to real
+use: a 6-word prompt and a 32-token answer (echo repeats the prompt's words), through
+- chat-off:    the deployment without content filter;
+- chat-on:     the deployment with the default filter, the same prompt every time (the second
+               and later requests find prompt and answer in the screening cache: what a client
+               repeating a prompt, or a retry, costs);
+- chat-unique: the default filter, a different prompt on every request (a new number in it), so
+               both prompt and answer are classified every time: the filter's full cost.
+Targets: added p50 over chat-off <= 2 ms, and >= 0.30x chat-off's requests/s. The CPU's int8
+instruction sets (lscpu flags) and the machine's load average are printed with the figures.
+
 Measured: p50/p99 latency of one client sending requests one after the other, and requests/s
 with 32 concurrent clients (medians of the rounds; paths alternate within each round so that
 load from elsewhere on the machine falls on all alike), and the CPU time the hop's process (the
@@ -31,6 +44,15 @@ measured with `wrk` against an instant fake upstream: +0.40 ms p50 and about 4,6
 the aiohttp proxy. A Python load generator costs more per request than wrk, so compare the
 gateway with the proxy measured here, in the same run. Targets: the gateway adds < 1 ms at p50
 over direct, and serves at least half the proxy's requests/s.
+
+The quota check (requests and tokens per minute, quotas/limiter.py), side by side with the run
+without it: the same sequence of admissions in this process, through the gateway's own
+`check_rate_limits` work (the limiter and the x-ratelimit headers), against a loop that does
+nothing else; on in-process memory (the default) and on Redis. Targets: <= 50 µs of CPU per
+request in memory, <= 0.5 ms p50 with Redis. With --redis, the gateway path is measured again on
+a second server whose limits live in Redis (the benchmarked deployments' caps are raised so that
+no request is refused: every request pays the full check). The load average is printed: on a
+shared machine, latencies are only comparable within one run.
 """
 
 from __future__ import annotations
@@ -57,14 +79,22 @@ import httpx  # noqa: E402
 import uvloop  # noqa: E402
 
 from modelport.config import Settings  # noqa: E402
+from modelport.quotas import estimate  # noqa: E402
+from modelport.quotas.limiter import RateLimiter, storage_uri  # noqa: E402
+from modelport.quotas.rates import MAX_REQUESTS_PER_MINUTE, MAX_TOKENS_PER_MINUTE, RateLimits  # noqa: E402
 from modelport.workers.client import WorkerClient  # noqa: E402
 from modelport.workers.protocol import GenerateBody  # noqa: E402
 
 MODEL = "SmolLM2-135M-Instruct"
 MESSAGES = [{"role": "user", "content": "hi"}]
+CHAT_PROMPT = "Please summarise the quarterly sales report"  # 6 words
+CHAT_TOKENS = 32
+INT8_FLAGS = ("avx2", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16", "amx_tile")
 REF_PROXY_ADDED_MS = 0.40
 REF_PROXY_RPS = 4650
 GATEWAY_CPU, WORKER_CPU = 0, 1
+HIGHEST_CAPS = {"requests_per_minute": MAX_REQUESTS_PER_MINUTE, "tokens_per_minute": MAX_TOKENS_PER_MINUTE}
+QUOTA_CPU_TARGET_US, QUOTA_REDIS_P50_TARGET_MS = 50.0, 0.5
 
 
 def free_port() -> int:
@@ -119,14 +149,17 @@ def proxy_main(sock: str, port: int) -> None:
 
 
 class Setup:
-    def __init__(self, home: Path, log_level: str = "INFO") -> None:
+    def __init__(self, home: Path, log_level: str = "INFO", env_extra: dict[str, str] | None = None) -> None:
         self.home = home
         self.port = free_port()
         self.proxy_port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("MODELPORT_")}
         env.update({"MODELPORT_HOME": str(home), "MODELPORT_PORT": str(self.port), "MODELPORT_HOST": "127.0.0.1",
                     "MODELPORT_CREATE_DEFAULT_DEPLOYMENT": "false", "MODELPORT_LOG_LEVEL": log_level,
-                    "MODELPORT_RUNTIME_OVERRIDES": json.dumps({MODEL: "echo"}), "HF_HUB_OFFLINE": "1"})
+                    "MODELPORT_RUNTIME_OVERRIDES": json.dumps({MODEL: "echo"}), "HF_HUB_OFFLINE": "1",
+                    # 32 concurrent clients of one workspace: room for all of them in the screening queue
+                    # (the default, 2 screening + 16 waiting, answers 429 beyond: a limit, not a cost)
+                    "MODELPORT_SCREENING_QUEUE": "64", **(env_extra or {})})
         self.log = open(home.parent / "server.out", "wb")  # closed in stop()
         self.server = subprocess.Popen([sys.executable, "-m", "modelport", "serve"], env=env, stdout=self.log,
                                        stderr=self.log, stdin=subprocess.DEVNULL, cwd=str(ROOT))
@@ -146,6 +179,8 @@ class Setup:
                     time.sleep(0.1)
                 if state != "succeeded":
                     raise RuntimeError(f"deployment {name} ended {state}")
+                # The caps as high as they go: the benchmark's load must never be refused (429).
+                c.patch(f"/api/v1/deployments/{name}", json={"rate_limit_caps": HIGHEST_CAPS}).raise_for_status()
         (self.worker_dir,) = (Settings(home=home).run_dir / "workers").iterdir()
         self.socket = str(self.worker_dir / "worker.sock")
         self.worker_pid = asyncio.run(self._worker_pid())
@@ -191,6 +226,7 @@ class Paths:
         self.filtered_body = json.dumps({"model": "filtered", "messages": MESSAGES, "max_tokens": 1}).encode()
         self.proxy_url = f"http://127.0.0.1:{setup.proxy_port}/generate"
         self.gateway_url = f"{setup.url}/v1/chat/completions"
+        self.counter = 0
 
     async def direct(self) -> None:
         async with self.worker.post("http://worker/generate", data=self.proxy_body,
@@ -215,6 +251,26 @@ class Paths:
             data = await r.read()
         assert r.status == 200 and b'"completion_tokens":1' in data, data
 
+    def _chat(self, model: str, content: str) -> bytes:
+        return json.dumps({"model": model, "messages": [{"role": "user", "content": content}],
+                           "max_tokens": CHAT_TOKENS}).encode()
+
+    async def _post_chat(self, body: bytes, headers: dict[str, str]) -> None:
+        async with self.session.post(self.gateway_url, data=body, headers=headers) as r:
+            data = await r.read()
+        assert r.status == 200 and f'"completion_tokens":{CHAT_TOKENS}'.encode() in data, data
+
+    async def chat_off(self) -> None:
+        await self._post_chat(self._chat("bench", CHAT_PROMPT), self.gateway_headers)
+
+    async def chat_on(self) -> None:
+        await self._post_chat(self._chat("filtered", CHAT_PROMPT), self.filtered_headers)
+
+    async def chat_unique(self) -> None:
+        self.counter += 1  # a new text every time: nothing is found in the screening cache
+        prompt = f"Please summarise the sales report {self.counter}"
+        await self._post_chat(self._chat("filtered", prompt), self.filtered_headers)
+
     async def filtered(self) -> None:
         async with self.session.post(self.gateway_url, data=self.filtered_body, headers=self.filtered_headers) as r:
             data = await r.read()
@@ -222,7 +278,8 @@ class Paths:
 
     def all(self) -> dict[str, Call]:
         return {"direct": self.direct, "workerclient": self.workerclient, "proxy": self.proxy, "gateway": self.gateway,
-                "filtered": self.filtered}
+                "filtered": self.filtered, "chat-off": self.chat_off, "chat-on": self.chat_on,
+                "chat-unique": self.chat_unique}
 
 
 async def latencies(call: Call, n: int) -> list[float]:
@@ -255,20 +312,33 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_int8_flags() -> list[str]:
+    """The CPU's instruction sets that int8 (and bf16) matrix products use, from /proc/cpuinfo."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return [f for f in INT8_FLAGS if f in flags]
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
 async def measure(setup: Setup, n: int, rounds: int, seconds: float, clients: int,
-                  filtered: bool = True) -> dict[str, dict[str, float]]:
+                  filtered: bool = True, only: set[str] | None = None) -> dict[str, dict[str, float]]:
     connector = aiohttp.TCPConnector(limit=0)
     async with (aiohttp.ClientSession(connector=connector) as session,
                 aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=setup.socket, limit=0)) as worker,
                 WorkerClient(setup.socket) as client):
         paths = Paths(setup, session, worker, client).all()
         if not filtered:
-            del paths["filtered"]
+            for name in ("filtered", "chat-off", "chat-on", "chat-unique"):
+                del paths[name]
+        if only is not None:
+            paths = {k: v for k, v in paths.items() if k in only}
         for call in paths.values():  # warm up: connections, caches, the pool
             await latencies(call, 50)
         lat: dict[str, list[float]] = {k: [] for k in paths}
@@ -276,11 +346,13 @@ async def measure(setup: Setup, n: int, rounds: int, seconds: float, clients: in
         for _ in range(0, n, chunk):  # interleaved, so background load falls on every path alike
             for name, call in paths.items():
                 # the content filter costs tens of ms a request: a tenth as many samples
-                lat[name] += await latencies(call, max(1, chunk // 10) if name == "filtered" else chunk)
+                few = name in ("filtered", "chat-unique")
+                lat[name] += await latencies(call, max(1, chunk // 10) if few else chunk)
         rps: dict[str, list[float]] = {k: [] for k in paths}
         cpu: dict[str, list[float]] = {k: [] for k in paths}  # CPU µs per request of the hop
         hop = {"direct": None, "workerclient": None, "proxy": setup.proxy.pid, "gateway": setup.server.pid,
-               "filtered": setup.server.pid}
+               "filtered": setup.server.pid, "chat-off": setup.server.pid, "chat-on": setup.server.pid,
+               "chat-unique": setup.server.pid}
         for _ in range(rounds):
             for name, call in paths.items():
                 pid = hop[name]
@@ -294,15 +366,76 @@ async def measure(setup: Setup, n: int, rounds: int, seconds: float, clients: in
             for name in paths}
 
 
+# ------------------------------------------------------------------------------ the quota check
+
+
+async def quota_check(uri: str | None, n: int) -> dict[str, float]:
+    """Per admission: CPU µs and wall-clock p50/p99 ms of the gateway's rate-limit step (the
+    limiter's check-and-charge of requests and tokens, then the x-ratelimit headers), or of a
+    loop doing nothing in its place (`uri` None), over `n` sequential admissions."""
+    limiter = RateLimiter(storage_uri(uri)) if uri != "none" else None
+    limits = RateLimits(MAX_REQUESTS_PER_MINUTE, MAX_TOKENS_PER_MINUTE)
+    deployment = f"dep_bench{os.getpid()}{time.time_ns()}"
+    tokens = estimate.prompt_tokens(["hi"], 1) + estimate.completion_tokens(1)
+
+    async def nothing() -> None:
+        return None
+
+    async def check() -> None:
+        assert limiter is not None
+        (await limiter.admit(deployment, limits, tokens)).headers()
+
+    step = nothing if limiter is None else check
+    try:
+        for _ in range(200):  # warm up: connections, scripts loaded into Redis
+            await step()
+        walls = []
+        cpu0 = time.process_time()
+        for _ in range(n):
+            t = time.perf_counter()
+            await step()
+            walls.append(time.perf_counter() - t)
+        cpu = (time.process_time() - cpu0) / n * 1e6
+    finally:
+        if limiter is not None:
+            await limiter.close()
+    return {"cpu_us": cpu, "p50": pct(walls, 0.5), "p99": pct(walls, 0.99)}
+
+
+def report_quota(quota: dict[str, dict[str, float]], n: int) -> bool:
+    base = quota["none"]
+    print(f"\nquota check, {n:,} sequential admissions in this process (load average {load()}):")
+    print(f"{'storage':<9} {'CPU/check':>10} {'added CPU':>10} {'p50 ms':>8} {'p99 ms':>8}")
+    for name, q in quota.items():
+        added = "-" if name == "none" else f"+{q['cpu_us'] - base['cpu_us']:.1f} µs"
+        print(f"{name:<9} {q['cpu_us']:>7.1f} µs {added:>10} {q['p50']:>8.3f} {q['p99']:>8.3f}")
+    ok = quota["memory"]["cpu_us"] - base["cpu_us"] <= QUOTA_CPU_TARGET_US
+    print(f"targets: memory adds <= {QUOTA_CPU_TARGET_US:.0f} µs CPU: {'met' if ok else 'MISSED'} "
+          f"(+{quota['memory']['cpu_us'] - base['cpu_us']:.1f} µs)", end="")
+    if "redis" in quota:
+        added_ms = quota["redis"]["p50"] - base["p50"]
+        ok_redis = added_ms <= QUOTA_REDIS_P50_TARGET_MS
+        print(f"; Redis adds <= {QUOTA_REDIS_P50_TARGET_MS} ms p50: {'met' if ok_redis else 'MISSED'} "
+              f"(+{added_ms:.3f} ms)")
+        ok = ok and ok_redis
+    else:
+        print()
+    return ok
+
+
+def load() -> str:
+    return ", ".join(f"{x:.2f}" for x in os.getloadavg()) + f" on {os.cpu_count()} CPUs"
+
+
 def report(results: dict[str, dict[str, float]], n: int, clients: int) -> bool:
     direct = results["direct"]["p50"]
-    print(f"\n{'path':<9} {'p50 ms':>8} {'p99 ms':>8} {'added p50':>10} {f'req/s @{clients}':>12} "
+    print(f"\n{'path':<11} {'p50 ms':>8} {'p99 ms':>8} {'added p50':>10} {f'req/s @{clients}':>12} "
           f"{'hop CPU/req':>12}  rounds (req/s)")
     for name, r in results.items():
         added = "-" if name in ("direct", "workerclient") else f"+{r['p50'] - direct:.3f}"
         rounds = ", ".join(f"{x:,.0f}" for x in r["rps_rounds"])
         cpu = "-" if name in ("direct", "workerclient") else f"{r['cpu_us']:,.0f} µs"
-        print(f"{name:<9} {r['p50']:>8.3f} {r['p99']:>8.3f} {added:>10} {r['rps']:>12,.0f} {cpu:>12}  [{rounds}]")
+        print(f"{name:<11} {r['p50']:>8.3f} {r['p99']:>8.3f} {added:>10} {r['rps']:>12,.0f} {cpu:>12}  [{rounds}]")
     g, p, f = results["gateway"], results["proxy"], results.get("filtered")
     g_added, p_added = g["p50"] - direct, p["p50"] - direct
     print(f"\n({n} sequential requests per path; {clients} concurrent clients; medians of the rounds)")
@@ -315,6 +448,19 @@ def report(results: dict[str, dict[str, float]], n: int, clients: int) -> bool:
     if f is not None:
         print(f"content filter (default settings, bundled MiniLM) on top: +{f['p50'] - g['p50']:.1f} ms p50, "
               f"{f['cpu_us'] - g['cpu_us']:,.0f} µs CPU per request (one prompt and one output screened)")
+    if "chat-off" in results:
+        off = results["chat-off"]
+        print(f"content filter on a short chat ({len(CHAT_PROMPT.split())}-word prompt, {CHAT_TOKENS}-token answer), "
+              "side by side with the same chat unfiltered:")
+        for name in ("chat-on", "chat-unique"):
+            r = results[name]
+            added, ratio = r["p50"] - off["p50"], r["rps"] / off["rps"]
+            print(f"  {name:<11}: +{added:.2f} ms p50 ({'met' if added <= 2.0 else 'MISSED'}, <= 2 ms), "
+                  f"{r['rps']:,.0f} req/s = {ratio:.2f}x unfiltered "
+                  f"({'met' if ratio >= 0.30 else 'MISSED'}, >= 0.30x), "
+                  f"+{r['cpu_us'] - off['cpu_us']:,.0f} µs CPU per request")
+        print(f"  CPU int8 instruction sets: {', '.join(cpu_int8_flags()) or 'none of ' + ', '.join(INT8_FLAGS)}; "
+              f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     wc = results["workerclient"]["p50"]
     print(f"the worker through the gateway's own WorkerClient: {wc:.3f} ms p50 ({wc - direct:+.3f} ms vs direct); "
           f"the gateway path is +{g['p50'] - wc:.3f} ms over that (client library included)")
@@ -341,12 +487,16 @@ def main() -> int:
     parser.add_argument("--no-filtered", action="store_true", help="skip the content-filtered path")
     parser.add_argument("--log-level", default="INFO",
                         help="the server's (INFO, the default, writes one access-log line per request)")
+    parser.add_argument("--redis", metavar="URL", default=None,
+                        help="also measure the quota check on this Redis, and the gateway on a second server "
+                        "whose rate limits live there (e.g. redis://127.0.0.1:6379/15)")
     args = parser.parse_args()
     if args.quick:
         args.requests, args.seconds = 300, 1.0
     if len(os.sched_getaffinity(0)) < 2:
         print("needs two CPUs (gateway and worker are pinned to one each)", file=sys.stderr)
         return 2
+    print(f"load average at the start: {load()}")
     with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
         home = Path(tmp) / "home"
         print("starting modelport serve with an echo deployment...", file=sys.stderr)
@@ -356,7 +506,29 @@ def main() -> int:
                                          not args.no_filtered))
         finally:
             setup.stop()
-    return 0 if report(results, args.requests, args.clients) else 1
+        redis_gateway = None
+        if args.redis:
+            print("starting a second server, its rate limits in Redis...", file=sys.stderr)
+            setup = Setup(Path(tmp) / "home-redis", args.log_level, {"MODELPORT_REDIS_URL": args.redis})
+            try:
+                redis_gateway = uvloop.run(measure(setup, args.requests, args.rounds, args.seconds, args.clients,
+                                                   False, only={"gateway"}))["gateway"]
+            finally:
+                setup.stop()
+    n_quota = max(2000, args.requests)
+    quota = {"none": uvloop.run(quota_check("none", n_quota)), "memory": uvloop.run(quota_check(None, n_quota))}
+    if args.redis:
+        quota["redis"] = uvloop.run(quota_check(args.redis, n_quota))
+    ok = report(results, args.requests, args.clients)
+    ok = report_quota(quota, n_quota) and ok
+    if redis_gateway is not None:
+        g = results["gateway"]
+        print(f"gateway with its limits in Redis (second server, same run): p50 {redis_gateway['p50']:.3f} ms "
+              f"({redis_gateway['p50'] - g['p50']:+.3f} ms vs memory), {redis_gateway['rps']:,.0f} req/s "
+              f"@{args.clients}, {redis_gateway['cpu_us']:,.0f} µs gateway CPU per request "
+              f"({redis_gateway['cpu_us'] - g['cpu_us']:+,.0f} µs vs memory)")
+    print(f"load average at the end: {load()}")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

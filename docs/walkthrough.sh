@@ -25,7 +25,7 @@ ALICE_KEY=$(modelport apikeys create --user alice --workspace research --name la
 export MODELPORT_API_KEY=$ALICE_KEY
 modelport status
 modelport workspaces add-member bob --role contributor
-modelport --api-key "$ADMIN_KEY" apikeys create --user bob --workspace research > bob.key   # keys for others: admins only
+modelport --api-key "$ADMIN_KEY" apikeys create --user bob --workspace research --name bob-laptop > bob.key   # keys for others: admins only
 modelport apikeys list                                         # owners: every key of the workspace
 modelport workspaces members
 modelport models list
@@ -58,6 +58,14 @@ modelport safety filter assistant --threshold high --streaming asynchronous
 printf '%s\n' '{"terms": ["project falcon"], "patterns": []}' > terms.json
 modelport safety blocklists put internal --file terms.json
 modelport safety counts assistant                            # counts only, never content
+
+# Governance: the platform admin forbids public endpoints in Cedar (starter policies: the repository's policies/)
+printf '%s\n' 'forbid(principal, action in [Action::"deploy", Action::"update_deployment"], resource)' \
+  'when { resource.public_network_access };' > no-public.cedar
+modelport --api-key "$ADMIN_KEY" policies put no-public-network --file no-public.cedar --scope platform
+modelport policies test --action deploy --model SmolLM2-135M-Instruct || echo "denied, as expected"   # exit 3
+modelport policies compliance                                # assistant is public: listed, left running
+modelport --api-key "$ADMIN_KEY" policies delete no-public-network --scope platform --yes
 
 # Clean up, then the platform admin rotates the platform key
 modelport datasets delete support-faq --yes                  # destroys the data keys

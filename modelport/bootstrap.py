@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from modelport.api.deps import Services
 from modelport.catalog.service import CatalogService
 from modelport.catalog.storage import LocalModelStore, move_legacy_dir
-from modelport.config import Settings, datastore_environ
+from modelport.config import Settings
 from modelport.datasets.service import DatasetService
 from modelport.datastore.settings import from_settings as datastore_from_settings
 from modelport.db import migrate
@@ -22,7 +22,11 @@ from modelport.identity.offboarding import Offboarding
 from modelport.identity.service import IdentityService
 from modelport.inference.judge import judge_factory
 from modelport.inference.manager import DeploymentManager
-from modelport.inference.pools import PoolManager, RegionSlots
+from modelport.inference.pools import PoolManager, RegionSlots, scale_policy
+from modelport.metrics import Metrics
+from modelport.policies.engine import PolicyEngine
+from modelport.policies.service import PolicyService
+from modelport.quotas.limiter import RateLimiter, storage_uri
 from modelport.safety.service import SafetyService
 from modelport.workers.sandbox import SandboxLauncher
 from modelport.workers.supervisor import WorkerSupervisor
@@ -36,25 +40,31 @@ def build_services(settings: Settings) -> Services:
     db = Database(settings.db_url)
     if move_legacy_dir(settings.home, settings.model_files_dir):
         log.info("moved model files to their new directory", extra={"event": "catalog.files_moved"})
+    policies = PolicyEngine(db)  # one set in force for every governed action of this server
     catalog = CatalogService(db, LocalModelStore(settings.model_files_dir),
                              max_upload_bytes=settings.max_model_upload_bytes,
                              upload_ttl_seconds=settings.upload_ttl_seconds,
-                             max_open_uploads=settings.max_open_uploads_per_workspace)
-    deployments = DeploymentService(db, catalog, settings)
+                             max_open_uploads=settings.max_open_uploads_per_workspace, policies=policies)
+    deployments = DeploymentService(db, catalog, settings, policies=policies)
     if settings.allow_unisolated_workers:
         log.warning("MODELPORT_ALLOW_UNISOLATED_WORKERS=true: where no sandbox can be built, model workers and "
                     "trainers run WITHOUT isolation (network, files, processes); for development machines only")
     # Workers see nothing of the metadata store, the model files, the datastore or the keys (sandbox.py).
     supervisor = WorkerSupervisor(settings.run_dir, regions=list(settings.region_slots),
                                   launcher=SandboxLauncher.from_settings(settings, "workers"))
-    datastore = datastore_from_settings(settings.home, datastore_environ(settings))
-    pools = PoolManager(supervisor, RegionSlots(settings.region_slots), settings.queue_per_deployment)
-    manager = DeploymentManager(settings, db, catalog, deployments, pools)
+    datastore = datastore_from_settings(settings)
+    pools = PoolManager(supervisor, RegionSlots(settings.region_slots), settings.queue_per_deployment,
+                        policy=scale_policy(settings), workspace_cap=settings.pool_requests_per_workspace,
+                        share=settings.pool_workspace_share)
+    metrics = Metrics()
+    manager = DeploymentManager(settings, db, catalog, deployments, pools, metrics)
+    metrics.watch_queues(manager.queue_depths)
     manager.finetuned = FinetunedWeights(db, datastore)
     identity = IdentityService(db)
     datasets = DatasetService(db, datastore, settings.max_dataset_bytes, activity=identity.activity)
-    safety = SafetyService(db, screening_concurrency=settings.screening_concurrency,
+    safety = SafetyService(db, metrics=metrics, screening_concurrency=settings.screening_concurrency,
                            screening_queue=settings.screening_queue,
+                           screening_cache_entries=settings.screening_cache_entries,
                            blocklist_budget_s=settings.blocklist_budget_ms / 1000)
     safety.set_judge_factory(judge_factory(manager))  # the llm-judge backend calls chat deployments
     return Services(
@@ -70,6 +80,9 @@ def build_services(settings: Settings) -> Services:
         finetuning=FinetuningService(db, catalog, datasets, datastore,
                                      max_active_jobs=settings.max_active_finetune_jobs_per_workspace),
         offboarding=Offboarding(settings, db, identity, manager, catalog, safety, datastore),
+        policies=PolicyService(db, policies, catalog, settings),
+        rate_limiter=RateLimiter(storage_uri(settings.redis_url)),
+        metrics=metrics,
     )
 
 
@@ -85,6 +98,7 @@ def prepare(svc: Services) -> PrepareResult:
     if svc.extra.get("prepared"):
         return svc.extra["prepared"]  # type: ignore[return-value]
     migrate.upgrade(svc.db.engine)
+    svc.policies.engine.reload()
     admin_key = svc.identity.bootstrap()
     if admin_key is not None:
         write_admin_key(svc.settings, admin_key)

@@ -5,11 +5,13 @@
     │   ├── InvalidInput          400   a value is wrong; `field` names it, the value is never echoed
     │   ├── Unauthenticated       401   no key, an unknown key, a revoked or expired key
     │   ├── Forbidden             403   the key is valid but its role may not do this
+    │   │   └── PolicyDenied      403   a governance policy forbids it; `details.policies` names them
     │   ├── NotFound              404   missing, or belongs to another workspace (never told apart)
     │   ├── Conflict              409   a duplicate name, a state that does not allow the action
     │   ├── PayloadTooLarge       413   a body over the configured limit
     │   ├── Unprocessable         422   the input parsed but is not a valid artifact (GGUF, dataset...)
     │   └── TooManyRequests       429   a bounded queue is full; `retry_after` in seconds
+    │       └── RateLimited       429   a deployment's requests or tokens per minute are spent
     └── InternalError                   our side failed; mapped to 5xx, the message stays generic
         ├── ServiceUnavailable    503   a dependency (key provider, worker pool) is down
         └── IntegrityError        500   stored bytes do not match their recorded hash
@@ -54,6 +56,19 @@ class Forbidden(UserError):
     code = "forbidden"
 
 
+class PolicyDenied(Forbidden):
+    """A governance policy (modelport/policies) forbids the action: `details["policies"]` lists
+    the ids of the policies that denied it, and nothing else of the request."""
+
+    code = "policy_denied"
+
+    def __init__(self, action: str, policy_ids: list[str]) -> None:
+        super().__init__(
+            f"Denied by policy {', '.join(policy_ids)}: this {action.replace('_', ' ')} is forbidden by the "
+            "installation's or workspace's governance policies ('modelport policies show ID' says why).",
+            details={"policies": policy_ids, "action": action})
+
+
 class NotFound(UserError):
     status_code = 404
     code = "not_found"
@@ -81,6 +96,18 @@ class TooManyRequests(UserError):
     def __init__(self, message: str, *, retry_after: int = 1, **kw) -> None:
         super().__init__(message, **kw)
         self.retry_after = retry_after
+
+
+class RateLimited(TooManyRequests):
+    """A deployment's rate limit: the answer carries `retry-after` (seconds, rounded up),
+    `retry-after-ms` and the x-ratelimit-* headers, which the official clients read."""
+
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after_ms: int, headers: dict[str, str], **kw) -> None:
+        super().__init__(message, retry_after=max(1, -(-retry_after_ms // 1000)), **kw)
+        self.retry_after_ms = retry_after_ms
+        self.headers = headers
 
 
 class InternalError(ModelportError):

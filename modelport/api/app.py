@@ -11,12 +11,12 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
-from modelport import __version__
+from modelport import __version__, portal
 from modelport.api import errors
 from modelport.api.deps import Services
 from modelport.api.middleware import RequestContext
 from modelport.api.request_limits import RequestBodyLimit
-from modelport.api.routes import datasets, deployments, finetuning, identity, models, ops, safety
+from modelport.api.routes import datasets, deployments, finetuning, identity, models, ops, policies, safety
 from modelport.bootstrap import build_services, prepare
 from modelport.config import Settings
 from modelport.finetuning.runner import JobRunner
@@ -64,11 +64,13 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await svc.manager.shutdown()
+            await svc.rate_limiter.close()
             svc.identity.last_used.flush(svc.db)
             svc.safety.flush_counts()
             svc.db.dispose()
 
-    app = ModelportApp(title="modelport", version=__version__, lifespan=lifespan,
+    # /docs is the portal's (vendored Swagger UI, no CDN); FastAPI's own pages load from a CDN.
+    app = ModelportApp(title="modelport", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                        description="Self-hosted model catalog and Models-as-a-Service. Control plane under /api/v1.")
     app.state.services = svc
     errors.install(app)
@@ -79,7 +81,9 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.include_router(datasets.router)
     app.include_router(safety.router)
     app.include_router(finetuning.router)
+    app.include_router(policies.router)
     app.include_router(inference_routes.router)
+    portal.mount(app, svc)  # the web portal at / (modelport/portal)
     app.add_middleware(RequestBodyLimit)  # inside RequestContext: its refusals are logged with a request id
     app.add_middleware(RequestContext)
     app.data_plane = DataPlane(app)

@@ -20,6 +20,9 @@ from modelport.identity.offboarding import Offboarding
 from modelport.identity.principal import Principal
 from modelport.identity.service import IdentityService
 from modelport.inference.manager import DeploymentManager
+from modelport.metrics import Metrics
+from modelport.policies.service import PolicyService
+from modelport.quotas.limiter import RateLimiter
 from modelport.safety.service import SafetyService
 
 
@@ -36,6 +39,9 @@ class Services:
     safety: SafetyService
     finetuning: FinetuningService
     offboarding: Offboarding
+    policies: PolicyService
+    rate_limiter: RateLimiter
+    metrics: Metrics
     extra: dict[str, object] = field(default_factory=dict)  # later subsystems register here
 
 

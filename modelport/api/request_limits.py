@@ -33,7 +33,8 @@ from modelport.errors import ModelportError, Unauthenticated
 
 #: Routes that stream their body and enforce their own limits.
 _STREAMING = (("PUT", re.compile(r"/api/v1/model-uploads/[^/]+/files/.+")),
-              ("POST", re.compile(r"/api/v1/datasets")))
+              ("POST", re.compile(r"/api/v1/datasets")),
+              ("POST", re.compile(r"/datasets/upload")))  # the portal's dataset upload (its session first)
 
 
 def _has_body(scope: Scope) -> tuple[bool, int | None]:

@@ -14,6 +14,8 @@ import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from modelport import plugins
+
 ENTRY_POINT_GROUP = "modelport.models"
 
 
@@ -122,9 +124,9 @@ def discover() -> tuple[list[BundledModel], list[str]]:
     """Every model registered in the entry-point group, plus a note for each that failed."""
     found: list[BundledModel] = []
     problems: list[str] = []
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+    for ep in plugins.plugins(ENTRY_POINT_GROUP).values():
         try:
-            model = ep.load()()
+            model = ep.load()()  # type: ignore[operator]  # a function () -> BundledModel, checked below
         except BundledModelMissing as exc:
             problems.append(f"{ep.name}: {exc}")
             continue

@@ -42,6 +42,8 @@ from modelport.errors import (
     Unprocessable,
 )
 from modelport.identity.principal import Principal
+from modelport.policies.engine import PolicyEngine
+from modelport.policies.facts import ModelFacts
 
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
@@ -63,8 +65,9 @@ class Filters:
 
 class CatalogService:
     def __init__(self, db: Database, store: LocalModelStore, *, max_upload_bytes: int,
-                 upload_ttl_seconds: int, max_open_uploads: int = 64) -> None:
+                 upload_ttl_seconds: int, max_open_uploads: int = 64, policies: PolicyEngine | None = None) -> None:
         self.db = db
+        self.policies = policies or PolicyEngine(db)  # governance: imports and downloads
         self.store = store
         self.max_upload_bytes = max_upload_bytes
         self.upload_ttl = upload_ttl_seconds
@@ -303,6 +306,7 @@ class CatalogService:
                 f = next((x for x in row.files if x.path == file), None)
                 if f is None:
                     raise NotFound(f"Model '{row.name}' has no file '{file}'.", field="file")
+            self.policies.enforce(actor, "download_model", ModelFacts.seen_by(row, actor))
             audit.record(s, actor, "model.download", resource_type="model", resource_id=row.id,
                          detail={"file": f.path})
             return DownloadFile(path=self._location(row, f), name=f.path, size=f.size, sha256=f.sha256,
@@ -479,6 +483,8 @@ class CatalogService:
             )
             row.size_bytes = sum(f.size for f in row.files)
             self._apply_report(row, report)
+            self.policies.enforce(actor, "import_model", ModelFacts.of(
+                row, "platform" if meta["scope_key"] == GLOBAL_SCOPE else actor.workspace_name))
             s.add(row)
             try:
                 s.flush()

@@ -25,20 +25,36 @@ def isolation_text(isolation: dict | None) -> str:
     return on if not off else (on + "; " if on else "") + "NOT ISOLATED: " + ", ".join(off)
 
 
+def pool_text(pool: dict | None) -> str:
+    """`2 of 1-4 (2 ready)`: workers now, the range the pool may take, how many take requests."""
+    if not pool:
+        return "no workers running (the next call starts them)"
+    return (f"{pool['instances']} of {pool['min_instances']}-{pool['max_instances']} "
+            f"({pool['ready']} ready)")
+
+
 ROWS = [("NAME", "name"), ("MODEL", "model"), ("TYPE", "type"), ("INSTANCES", "instances"),
+        ("POOL", lambda d: (f"{d['pool']['instances']}/{d['pool']['max_instances']}" if d.get("pool") else "0")),
         ("GEOGRAPHY", "geography"), ("STATE", "state"), ("ISOLATION", lambda d: isolation_text(d.get("isolation"))),
         ("PUBLIC", lambda d: d["network"]["public_access"])]
 
 
 def _show(d: dict) -> None:
     kv(d, [("Name", "name"), ("ID", "id"), ("Model", lambda x: f"{x['model']} {x['model_version']}"),
-           ("Task", "task"), ("Type", "type"), ("Instances", "instances"), ("Geography", "geography"),
+           ("Task", "task"), ("Type", "type"), ("Instances", "instances"),
+           ("Pool", lambda x: pool_text(x.get("pool"))), ("Geography", "geography"),
            ("State", "state"), ("Reason", "state_reason"),
            ("Isolation", lambda x: isolation_text(x.get("isolation"))),
            ("Public access", lambda x: x["network"]["public_access"]),
            ("Allowed ranges", lambda x: x["network"]["allowed_ranges"] or None),
+           ("Requests/minute", lambda x: _limit(x, "requests_per_minute")),
+           ("Tokens/minute", lambda x: _limit(x, "tokens_per_minute")),
            ("OpenAI base URL", lambda x: x["endpoints"]["openai"]),
            ("Azure endpoint", lambda x: x["endpoints"]["azure"])])
+
+
+def _limit(d: dict, field: str) -> str:
+    return f"{d['rate_limits'][field]:,} (cap {d['rate_limit_caps'][field]:,})"
 
 
 def _wait(ctx: typer.Context, name: str, timeout: float) -> dict:
@@ -105,12 +121,27 @@ def show(ctx: typer.Context, name: str, json: JsonOpt = False) -> None:
 def update(ctx: typer.Context, name: str, instances: int | None = None,
            public: Annotated[bool | None, typer.Option("--public/--private")] = None,
            allow: Annotated[list[str] | None, typer.Option(help="Allowed client range (CIDR); repeat.")] = None,
+           rpm: Annotated[int | None, typer.Option("--rpm", help="Owners: requests per minute, at most the cap.")]
+           = None,
+           tpm: Annotated[int | None, typer.Option("--tpm", help="Owners: tokens per minute, at most the cap.")]
+           = None,
+           rpm_cap: Annotated[int | None, typer.Option("--rpm-cap", help="Platform admins: the requests-per-minute "
+                                                       "cap.")] = None,
+           tpm_cap: Annotated[int | None, typer.Option("--tpm-cap", help="Platform admins: the tokens-per-minute "
+                                                       "cap.")] = None,
            json: JsonOpt = False) -> None:
-    """Change instances (dedicated) or network settings."""
+    """Change instances (dedicated), network settings, or rate limits (owners lower them within the caps
+    that platform admins set)."""
     c = client(ctx)
     body: dict = {}
     if instances is not None:
         body["instances"] = instances
+    if rpm is not None or tpm is not None:
+        body["rate_limits"] = {k: v for k, v in (("requests_per_minute", rpm), ("tokens_per_minute", tpm))
+                               if v is not None}
+    if rpm_cap is not None or tpm_cap is not None:
+        body["rate_limit_caps"] = {k: v for k, v in (("requests_per_minute", rpm_cap), ("tokens_per_minute", tpm_cap))
+                                   if v is not None}
     if public is not None or allow is not None:
         current = c.request("GET", f"/api/v1/deployments/{name}")["network"]
         body["network"] = {"public_access": current["public_access"] if public is None else public,
@@ -159,3 +190,19 @@ def usage(ctx: typer.Context, name: str, json: JsonOpt = False) -> None:
         return print_json(u)
     kv(u, [("Deployment", "deployment"), ("Requests", "requests"), ("Prompt tokens", "prompt_tokens"),
            ("Completion tokens", "completion_tokens")])
+
+
+POOL_ROWS = [("POOL", "key"), ("KIND", "kind"), ("GEOGRAPHY", "geography"), ("DEPLOYMENTS", "deployments"),
+             ("INSTANCES", lambda p: f"{p['instances']} of {p['min_instances']}-{p['max_instances']}"),
+             ("READY", "ready"), ("RETIRING", "retiring"), ("SLOTS", "slots"), ("IN FLIGHT", "in_flight"),
+             ("WAITING", "waiting"), ("WORKSPACES", "workspaces")]
+
+
+@deployments.command("pools")
+@handle_errors
+def pools(ctx: typer.Context, json: JsonOpt = False) -> None:
+    """Platform admins: every running worker pool, its size and its load (counts only)."""
+    rows = client(ctx).request("GET", "/api/v1/pools")
+    if json:
+        return print_json(rows)
+    table(rows, POOL_ROWS)

@@ -13,6 +13,7 @@ from modelport.cli import deployments as deployments_cli
 from modelport.cli import finetuning as finetuning_cli
 from modelport.cli import identity as identity_cli
 from modelport.cli import models as models_cli
+from modelport.cli import policies as policies_cli
 from modelport.cli import safety as safety_cli
 from modelport.cli.common import JsonOpt, client, handle_errors
 from modelport.cli.output import console, err_console, kv, print_json
@@ -31,6 +32,7 @@ app.add_typer(datasets_cli.workspace_key, name="workspace-key")
 app.add_typer(datasets_cli.cmk, name="cmk")
 app.add_typer(datasets_cli.platform_key, name="platform-key")
 app.add_typer(finetuning_cli.finetune, name="finetune")
+app.add_typer(policies_cli.policies, name="policies")
 app.command("audit")(identity_cli.audit)
 
 
@@ -94,6 +96,7 @@ def serve(host: Annotated[str | None, typer.Option(help="Bind address (env MODEL
     err_console.print(f"modelport {__version__}: preparing {settings.home} (migrations, bundled models)...")
     result = prepare(services)
     _announce(settings, result)
+    _announce_signin_link(settings, services)
     # SIGTERM/SIGINT drain in-flight requests (settings.drain_seconds), then exit 0.
     server.run(create_app(settings, services), host=settings.host, port=settings.port,
                drain_seconds=settings.drain_seconds)
@@ -124,10 +127,51 @@ def _announce(settings, result) -> None:  # type: ignore[no-untyped-def]
         f"    -H \"Authorization: Bearer $(cat {settings.home / 'chat.key'})\" "
         f"-H 'Content-Type: application/json' -d '{{\"model\": \"chat\", \"messages\": [{{\"role\": \"user\", "
         f"\"content\": \"Hello!\"}}]}}'\n"
-        f"  open {settings.base_url}/docs for the REST API\n",
+        f"  open {settings.base_url}/ for the web portal ({settings.base_url}/docs for the REST API)\n",
         highlight=False,
         soft_wrap=True,
     )
+
+
+def _announce_signin_link(settings, services) -> None:  # type: ignore[no-untyped-def]
+    """The portal's one-time sign-in link for the local admin, on a terminal only (never logged,
+    never written where output is collected)."""
+    if not sys.stdout.isatty():
+        return
+    from modelport.portal.links import signin_link
+
+    link = signin_link(settings, services.db)
+    if link:
+        console.print(f"Web portal: {settings.base_url}/  one-time sign-in link (valid "
+                      f"{settings.portal_signin_link_minutes} min): {link}", highlight=False, soft_wrap=True)
+
+
+@app.command("signin-link")
+def signin_link_command() -> None:
+    """Print a one-time, expiring link that signs the local admin into the web portal (reads this
+    machine's admin key file and database directly; the server need not run). Never logged."""
+    from modelport.config import build_settings
+    from modelport.db import migrate
+    from modelport.db.engine import Database
+    from modelport.portal.links import signin_link
+
+    settings = build_settings()
+    if not settings.admin_key_file.exists():
+        err_console.print(f"[red]No admin key file at {settings.admin_key_file}[/red]: run `modelport serve` once "
+                          "on this machine first, or sign in with an API key.")
+        raise typer.Exit(1)
+    db = Database(settings.db_url)
+    try:
+        if not migrate.is_current(db.engine):
+            err_console.print("[red]The database needs its migrations[/red]: start `modelport serve` once.")
+            raise typer.Exit(1)
+        link = signin_link(settings, db)
+    finally:
+        db.dispose()
+    if link is None:
+        err_console.print("[red]The admin key file holds no valid key[/red] (revoked?); sign in with an API key.")
+        raise typer.Exit(1)
+    console.print(link, highlight=False, soft_wrap=True)
 
 
 @app.command()

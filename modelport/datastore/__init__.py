@@ -1,6 +1,6 @@
 """Encrypted object storage: two AES-256-GCM layers, versioned keys, crypto-shredding.
 
-Entry points: `from_settings(home, environ)` builds the installation's `Datastore`;
+Entry points: `from_settings(settings)` builds the installation's `Datastore`;
 `Datastore.create(root, platform_master_key=..., workspace_master_key=...)` builds one from
 explicit keys (tests, tools).
 """

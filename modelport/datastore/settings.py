@@ -1,15 +1,15 @@
-"""Build a Datastore from a home directory and an environment: master keys, providers, tuning.
+"""Build a Datastore from the installation's settings: master keys, providers, tuning.
 
-Master keys (32 bytes each, base64 in the environment or in a file):
+Master keys (32 bytes each, base64 in the settings or in a file):
   MODELPORT_PLATFORM_MASTER_KEY    protects the platform keystore (outer layer)
   MODELPORT_WORKSPACE_MASTER_KEY   protects the workspace keystore (inner layer)
 Without them, `$home/keys/{platform,workspace}-master.key` are used, generated (0600) on first
 use in development. In production (MODELPORT_ENVIRONMENT=production) nothing is generated: a
 missing key is a configuration error, and a key file readable by others is refused.
 
-Tuning: MODELPORT_DATASTORE_CHUNK_SIZE (bytes, default 1 MiB), MODELPORT_DATASTORE_KEY_CACHE_TTL
-(seconds, default 60). Extra key providers come from `modelport.kms.base.load_provider_factories`
-(AWS KMS when MODELPORT_KMS_AWS_REGION is set).
+Tuning: Settings.datastore_chunk_size, datastore_key_cache_ttl. Extra key providers come from the
+`modelport.key_providers` entry points, each built from the same Settings (AWS KMS when
+MODELPORT_KMS_AWS_REGION is set).
 """
 
 from __future__ import annotations
@@ -17,11 +17,13 @@ from __future__ import annotations
 import base64
 import binascii
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from modelport.datastore.store import DEFAULT_CHUNK_SIZE, DEFAULT_KEY_CACHE_TTL, Datastore
+from pydantic import SecretStr
+
+from modelport.config import Settings
+from modelport.datastore.store import Datastore
 from modelport.errors import InvalidInput
 from modelport.kms.base import KeyProvider, load_provider_factories
 from modelport.kms.local import MASTER_KEY_SIZE
@@ -70,29 +72,28 @@ def _generate(path: Path, name: str) -> bytes:
     return key
 
 
-def from_settings(home: Path, environ: Mapping[str, str], **overrides: Any) -> Datastore:
-    """The datastore of an installation: `$home/datastore`, keys as described above."""
-    home = Path(home).expanduser()
-    development = environ.get("MODELPORT_ENVIRONMENT", "development") != "production"
+def from_settings(settings: Settings, **overrides: Any) -> Datastore:
+    """The datastore of an installation: `$MODELPORT_HOME/datastore`, keys as described above."""
+    home = settings.home
+    development = settings.environment != "production"
     keys_dir = home / "keys"
-    platform = load_master_key(
-        environ.get(PLATFORM_ENV), keys_dir / "platform-master.key", name=PLATFORM_ENV, generate=development
-    )
-    workspace = load_master_key(
-        environ.get(WORKSPACE_ENV),
-        keys_dir / "workspace-master.key",
-        name=WORKSPACE_ENV,
-        generate=development,
-    )
+    platform = load_master_key(_secret(settings.platform_master_key), keys_dir / "platform-master.key",
+                               name=PLATFORM_ENV, generate=development)
+    workspace = load_master_key(_secret(settings.workspace_master_key), keys_dir / "workspace-master.key",
+                                name=WORKSPACE_ENV, generate=development)
     providers: list[KeyProvider] = []
     for factory in load_provider_factories().values():
-        provider = factory(home, environ)
+        provider = factory(settings)
         if provider is not None:
             providers.append(provider)
     options: dict[str, Any] = {
-        "chunk_size": int(environ.get("MODELPORT_DATASTORE_CHUNK_SIZE", DEFAULT_CHUNK_SIZE)),
-        "key_cache_ttl": float(environ.get("MODELPORT_DATASTORE_KEY_CACHE_TTL", DEFAULT_KEY_CACHE_TTL)),
+        "chunk_size": settings.datastore_chunk_size,
+        "key_cache_ttl": settings.datastore_key_cache_ttl,
         "providers": providers,
     }
     options.update(overrides)
     return Datastore.create(home / "datastore", platform_master_key=platform, workspace_master_key=workspace, **options)
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value is not None else None

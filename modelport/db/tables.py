@@ -175,13 +175,19 @@ class Deployment(Base):
     type: Mapped[str] = mapped_column(String(16))  # dedicated | serverless
     instances: Mapped[int] = mapped_column(Integer, default=1)
     geography: Mapped[str] = mapped_column(String(32))
-    state: Mapped[str] = mapped_column(String(16))  # creating | succeeded | failed | deleting
+    state: Mapped[str] = mapped_column(String(16))  # creating | succeeded | suspended | failed | deleting
     state_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Why it is suspended, {reason: message} (deployments/suspension.py); empty when not suspended.
+    suspensions: Mapped[dict] = mapped_column(JSON, default=dict, server_default="{}")
     egress: Mapped[str] = mapped_column(String(16), default="unknown")  # isolated | not isolated | unknown
     # What its workers' sandboxes isolate: {"network", "files", "processes"} (bools); null before one ran.
     isolation: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     network: Mapped[dict] = mapped_column(JSON, default=dict)
     content_filter: Mapped[dict] = mapped_column(JSON, default=dict)
+    # {"requests_per_minute", "tokens_per_minute"} (int or null each): the owner's own limits
+    # (`rate_limits`, at most the caps) and the platform admin's caps; null: the platform default.
+    rate_limits: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    rate_limit_caps: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     primary_lookup: Mapped[str] = mapped_column(String(16), unique=True)
     primary_digest: Mapped[str] = mapped_column(String(64))
     secondary_lookup: Mapped[str] = mapped_column(String(16), unique=True)
@@ -283,3 +289,53 @@ class ContentFilterCount(Base):
     category: Mapped[str] = mapped_column(String(32))
     action: Mapped[str] = mapped_column(String(16))  # filtered | annotated
     count: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Policy(Base):
+    """A governance policy: one Cedar `forbid` policy, platform-wide (`workspace_id` NULL, saved by a
+    platform admin) or of one workspace (saved by its owners). `scope_key` is the workspace id or ""
+    so that one unique constraint covers both scopes on every backend."""
+
+    __tablename__ = "policies"
+    __table_args__ = (UniqueConstraint("scope_key", "policy_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    policy_id: Mapped[str] = mapped_column(String(64))
+    scope_key: Mapped[str] = mapped_column(String(40), index=True)
+    workspace_id: Mapped[str | None] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"), nullable=True)
+    cedar: Mapped[str] = mapped_column(Text)
+    audit: Mapped[bool] = mapped_column(Boolean, default=False)  # @audit: records violations, allows
+    created_by: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    updated_by: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+class PortalSession(Base):
+    """A signed-in browser of the web portal (modelport/portal/sessions.py). The row is keyed by
+    the SHA-256 of the cookie's secret, so the database never holds a usable session id. A session
+    made from an API key names that key: revoking the key ends the session."""
+
+    __tablename__ = "portal_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 hex of the cookie value
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"), index=True)
+    # The API key the session acts as (sign-in with a key or a sign-in link); null is left for a
+    # later sign-in through an identity provider, which acts as the user's membership.
+    key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), nullable=True,
+                                               index=True)
+    method: Mapped[str] = mapped_column(String(16))  # api_key | link
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)  # the absolute expiry
+
+
+class PortalSigninLink(Base):
+    """A one-time sign-in link for the local admin, printed by `modelport serve` on its terminal
+    (never logged): keyed by the SHA-256 of its secret, deleted when used or expired."""
+
+    __tablename__ = "portal_signin_links"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), index=True)
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"), index=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)

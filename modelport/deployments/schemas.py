@@ -8,6 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from modelport.quotas.rates import RateLimitsIn
+
 
 class NetworkSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -52,11 +54,49 @@ class DeploymentUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     instances: int | None = Field(default=None, ge=1, le=16)
     network: NetworkSettings | None = None
+    rate_limits: RateLimitsIn | None = Field(default=None, description="Owners: lower the deployment's requests "
+                                             "and tokens per minute, at most its caps (null field: the cap).")
+    rate_limit_caps: RateLimitsIn | None = Field(default=None, description="Platform admins: the most the owner "
+                                                 "may set (null field: the platform default).")
+
+
+class RateLimitsOut(BaseModel):
+    requests_per_minute: int
+    tokens_per_minute: int
 
 
 class RegenerateKey(BaseModel):
     model_config = ConfigDict(extra="forbid")
     which: Literal["primary", "secondary"]
+
+
+class Suspension(BaseModel):
+    reason: Literal["key_disabled", "subscription", "policy"]
+    message: str
+
+
+class PoolSize(BaseModel):
+    """How many workers serve a deployment now. A serverless pool grows and shrinks between
+    `min_instances` and `max_instances` with the load; a dedicated one runs exactly its instances."""
+
+    instances: int = Field(description="Workers running or starting (not retiring).")
+    ready: int = Field(description="Workers taking requests now.")
+    min_instances: int
+    max_instances: int
+
+
+class PoolOut(PoolSize):
+    """A pool as platform admins see it (counts only, nothing of a request)."""
+
+    key: str = Field(description="dedicated:<deployment id>, or serverless:<model id>:<geography>[:<workspace id>].")
+    kind: Literal["dedicated", "serverless"]
+    geography: str
+    deployments: int = Field(description="Deployments the pool serves.")
+    retiring: int = Field(description="Workers finishing their last requests before they stop.")
+    slots: int = Field(description="Requests the ready workers take at once.")
+    in_flight: int
+    waiting: int = Field(description="Requests in the fair queue.")
+    workspaces: int = Field(description="Workspaces with requests running.")
 
 
 class DeploymentOut(BaseModel):
@@ -71,10 +111,16 @@ class DeploymentOut(BaseModel):
     geography: str
     state: str
     state_reason: str | None
+    suspensions: list[Suspension] = Field(
+        default_factory=list, description="Why it is suspended (state `suspended`): each reason with its message.")
     egress: str = Field(description="`isolated` when every worker has no network route out (isolation.network).")
     isolation: Isolation | None = Field(description="How its workers are isolated; null before one started.")
+    pool: PoolSize | None = Field(default=None, description="Its workers now; null while none runs (before the "
+                                  "first start, or a serverless pool stopped while idle: the next call starts it).")
     network: NetworkSettings
     content_filter: dict
+    rate_limits: RateLimitsOut = Field(description="What the gateway enforces: the owner's limits, at most the caps.")
+    rate_limit_caps: RateLimitsOut = Field(description="The most the owner may set (a platform admin sets them).")
     endpoints: dict[str, str]
     created_at: datetime
     updated_at: datetime

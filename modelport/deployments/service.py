@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
@@ -21,11 +22,15 @@ from modelport.config import Settings
 from modelport.db.base import new_id, utcnow
 from modelport.db.engine import Database
 from modelport.db.tables import CatalogModel, Deployment, UsageRecord, Workspace
+from modelport.deployments import suspension
 from modelport.deployments.schemas import DeploymentCreate, DeploymentUpdate
 from modelport.errors import Conflict, InvalidInput, NotFound
 from modelport.identity import secrets as keysecrets
 from modelport.identity.principal import Principal
 from modelport.identity.service import check_name
+from modelport.policies.engine import PolicyEngine
+from modelport.policies.facts import DeploymentFacts, FilterFacts, ModelFacts
+from modelport.quotas import rates
 from modelport.safety.config import ContentFilterConfig
 
 
@@ -38,10 +43,12 @@ class CreatedDeployment:
 
 
 class DeploymentService:
-    def __init__(self, db: Database, catalog: CatalogService, settings: Settings) -> None:
+    def __init__(self, db: Database, catalog: CatalogService, settings: Settings,
+                 policies: PolicyEngine | None = None) -> None:
         self.db = db
         self.catalog = catalog
         self.settings = settings
+        self.policies = policies or PolicyEngine(db)  # governance: deploy, update, content filter
         self._cap_lock = threading.Lock()  # counting a workspace's instances and adding some: atomic
 
     def _check_instance_cap(self, s: Session, workspace_id: str, adding: int, replacing: str | None = None) -> None:
@@ -86,6 +93,16 @@ class DeploymentService:
                 raise InvalidInput(
                     "instances applies to dedicated deployments; serverless pools scale themselves.", field="instances"
                 )
+            content_filter = (
+                ContentFilterConfig.default_for(req.type)
+                if self.settings.content_filter_default == "on"
+                else ContentFilterConfig.disabled()
+            ).model_dump(mode="json")
+            self.policies.enforce(actor, "deploy", DeploymentFacts(
+                id="new", name=req.name, workspace=actor.workspace_name, model=ModelFacts.seen_by(model, actor),
+                type=req.type, geography=geography, instances=req.instances,
+                public_network_access=req.network.public_access, allowed_ranges=tuple(req.network.allowed_ranges),
+                content_filter=FilterFacts.of(content_filter)))
             if req.type == "dedicated":
                 self._check_instance_cap(s, actor.workspace_id, req.instances)
             p_lookup, primary = keysecrets.generate("mpd")
@@ -100,11 +117,7 @@ class DeploymentService:
                 geography=geography,
                 state="creating",
                 network=req.network.model_dump(),
-                content_filter=(
-                    ContentFilterConfig.default_for(req.type)
-                    if self.settings.content_filter_default == "on"
-                    else ContentFilterConfig.disabled()
-                ).model_dump(mode="json"),
+                content_filter=content_filter,
                 primary_lookup=p_lookup,
                 primary_digest=keysecrets.digest(primary),
                 secondary_lookup=s_lookup,
@@ -142,12 +155,10 @@ class DeploymentService:
         if model.deprecated:
             raise Conflict(f"Model '{model.name}' is deprecated; deploy a current model.")
 
-    def _get(self, s: Session, actor: Principal, name: str) -> Deployment:
-        row = s.scalar(
-            select(Deployment).where(
-                Deployment.workspace_id == actor.workspace_id, (Deployment.name == name) | (Deployment.id == name)
-            )
-        )
+    def _get(self, s: Session, actor: Principal, name: str, lock: bool = False) -> Deployment:
+        stmt = select(Deployment).where(
+            Deployment.workspace_id == actor.workspace_id, (Deployment.name == name) | (Deployment.id == name))
+        row = s.scalar(stmt.with_for_update() if lock else stmt)
         if row is None:
             raise NotFound(f"Deployment '{name}' not found.")
         return row
@@ -170,19 +181,36 @@ class DeploymentService:
             return [(d, m) for d, m in rows]
 
     def update(self, actor: Principal, name: str, change: DeploymentUpdate) -> Deployment:
-        actor.require("deployments.write")
+        """Instances and network: contributors; rate limits: owners; rate-limit caps: platform admins."""
+        limits_only = change.instances is None and change.network is None and (
+            change.rate_limits is not None or change.rate_limit_caps is not None)
+        if not limits_only:
+            actor.require("deployments.write")
+        if change.rate_limits is not None:
+            actor.require("deployments.rate_limits")
+        if change.rate_limit_caps is not None:
+            actor.require("platform.quotas")
         with self._cap_lock, self.db.session() as s:
-            row = self._get(s, actor, name)
+            # Locked (PostgreSQL): a cap and an owner's limit changed at once by two servers
+            # must not leave the limit above the cap.
+            row = self._get(s, actor, name, lock=True)
             if row.state == "deleting":
                 raise Conflict("This deployment is being deleted.")
+            if change.instances is not None and row.type != "dedicated":
+                raise InvalidInput("instances applies to dedicated deployments only.", field="instances")
+            self.policies.enforce(actor, "update_deployment", DeploymentFacts.of(
+                row, self._model_facts(s, actor, row), actor.workspace_name, instances=change.instances,
+                network=change.network.model_dump() if change.network is not None else None))
             if change.instances is not None:
-                if row.type != "dedicated":
-                    raise InvalidInput("instances applies to dedicated deployments only.", field="instances")
                 if change.instances > row.instances:
                     self._check_instance_cap(s, actor.workspace_id, change.instances, replacing=row.id)
                 row.instances = change.instances
             if change.network is not None:
                 row.network = change.network.model_dump()
+            if change.rate_limit_caps is not None:
+                self._set_caps(actor, row, change.rate_limit_caps)
+            if change.rate_limits is not None:
+                self._set_rate_limits(actor, row, change.rate_limits)
             row.updated_at = utcnow()
             audit.record(
                 s,
@@ -190,9 +218,33 @@ class DeploymentService:
                 "deployment.update",
                 resource_type="deployment",
                 resource_id=row.id,
-                detail={"fields": sorted(change.model_dump(exclude_none=True))},
+                detail={"fields": sorted(change.model_dump(exclude_none=True)),
+                        **({"rate_limits": row.rate_limits, "rate_limit_caps": row.rate_limit_caps}
+                           if change.rate_limits is not None or change.rate_limit_caps is not None else {})},
             )
             return row
+
+    def _set_caps(self, actor: Principal, row: Deployment, change: rates.RateLimitsIn) -> None:
+        """Platform admins set a deployment's caps; an owner's limit above a new cap comes down to it."""
+        row.rate_limit_caps = rates.merged(row.rate_limit_caps, change)
+        caps = rates.caps_of(self.settings, row.type, row.rate_limit_caps)
+        own = dict(row.rate_limits or {})
+        for f in rates.FIELDS:
+            if own.get(f) is not None and own[f] > getattr(caps, f):
+                own[f] = getattr(caps, f)
+        row.rate_limits = own
+
+    def _set_rate_limits(self, actor: Principal, row: Deployment, change: rates.RateLimitsIn) -> None:
+        """Owners set limits at most the caps (400 naming the cap beyond)."""
+        caps = rates.caps_of(self.settings, row.type, row.rate_limit_caps)
+        wanted = rates.merged(row.rate_limits, change)
+        for f in rates.FIELDS:
+            value, cap = wanted[f], getattr(caps, f)
+            if value is not None and value > cap:
+                raise InvalidInput(f"rate_limits.{f} may be at most this deployment's cap of {cap}; a platform "
+                                   "admin sets the caps.", field=f"rate_limits.{f}",
+                                   details={"cap": cap})
+        row.rate_limits = wanted
 
     def set_content_filter(self, actor: Principal, name: str, config: ContentFilterConfig,
                            known_blocklists: set[str]) -> Deployment:
@@ -207,11 +259,18 @@ class DeploymentService:
             row = self._get(s, actor, name)
             if config.judge_deployment is not None:
                 self._check_judge(s, actor, row, config.judge_deployment)
-            row.content_filter = config.model_dump(mode="json")
+            new_filter = config.model_dump(mode="json")
+            self.policies.enforce(actor, "change_content_filter", DeploymentFacts.of(
+                row, self._model_facts(s, actor, row), actor.workspace_name, content_filter=new_filter))
+            row.content_filter = new_filter
             row.updated_at = utcnow()
             audit.record(s, actor, "deployment.content_filter", resource_type="deployment", resource_id=row.id,
                          detail={"enabled": config.enabled})
             return row
+
+    @staticmethod
+    def _model_facts(s: Session, actor: Principal, row: Deployment) -> ModelFacts:
+        return ModelFacts.seen_by(s.get_one(CatalogModel, row.model_id), actor)
 
     @staticmethod
     def _check_judge(s: Session, actor: Principal, row: Deployment, judge: str) -> None:
@@ -268,15 +327,32 @@ class DeploymentService:
 
     def set_state(self, dep_id: str, state: str, reason: str | None = None,
                   isolation: dict[str, bool] | None = None) -> None:
+        """Record the data plane's outcome. A suspended deployment stays suspended (its workers
+        may have finished starting after it was suspended): only `resume` of its last reason ends
+        a suspension."""
         with self.db.session() as s:
-            row = s.get(Deployment, dep_id)
+            row = s.execute(select(Deployment).where(Deployment.id == dep_id).with_for_update()).scalar_one_or_none()
             if row is None or row.state == "deleting":
                 return
-            row.state = state
-            row.state_reason = reason
             if isolation is not None:
                 row.isolation = isolation
                 row.egress = "isolated" if isolation["network"] else "not isolated"
+            if row.suspensions:  # (stopping its workers may also have failed a start that was under way)
+                return
+            row.state = state
+            row.state_reason = reason
+
+    def suspend(self, dep_id: str, reason: str, message: str) -> bool:
+        """Add a suspension reason (deployments/suspension.py). True when its workers must stop."""
+        with self.db.session() as s:
+            row = s.execute(select(Deployment).where(Deployment.id == dep_id).with_for_update()).scalar_one_or_none()
+            return row is not None and row.state != "deleting" and suspension.add(row, reason, message)
+
+    def resume(self, dep_id: str, reason: str) -> bool:
+        """Clear one suspension reason. True when it was the last: its workers must start again."""
+        with self.db.session() as s:
+            row = s.execute(select(Deployment).where(Deployment.id == dep_id).with_for_update()).scalar_one_or_none()
+            return row is not None and row.state != "deleting" and suspension.clear(row, reason)
 
     def usage(self, actor: Principal, name: str) -> dict:
         actor.require("deployments.read")
@@ -290,3 +366,28 @@ class DeploymentService:
                 ).where(UsageRecord.deployment_id == row.id)
             ).one()
             return {"deployment": row.name, "requests": n, "prompt_tokens": p, "completion_tokens": c}
+
+    def usage_by_hour(self, actor: Principal, name: str, hours: int = 24) -> list[dict]:
+        """Requests and tokens per hour over the last `hours` (oldest first, empty hours included):
+        what the portal's usage chart draws."""
+        actor.require("deployments.read")
+        now = utcnow().replace(minute=0, second=0, microsecond=0)
+        start = now - timedelta(hours=hours - 1)
+        with self.db.session() as s:
+            row = self._get(s, actor, name)
+            if s.get_bind().dialect.name == "sqlite":
+                bucket = func.strftime("%Y-%m-%dT%H", UsageRecord.at)
+            else:
+                bucket = func.to_char(func.date_trunc("hour", UsageRecord.at), "YYYY-MM-DD\"T\"HH24")
+            rows = s.execute(
+                select(bucket, func.count(UsageRecord.id),
+                       func.coalesce(func.sum(UsageRecord.prompt_tokens + UsageRecord.completion_tokens), 0))
+                .where(UsageRecord.deployment_id == row.id, UsageRecord.at >= start).group_by(bucket)
+            ).all()
+        found = {b: (n, t) for b, n, t in rows}
+        out = []
+        for i in range(hours):
+            at = start + timedelta(hours=i)
+            n, t = found.get(at.strftime("%Y-%m-%dT%H"), (0, 0))
+            out.append({"hour": at, "requests": n, "tokens": t})
+        return out

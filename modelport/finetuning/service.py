@@ -29,6 +29,7 @@ from modelport.errors import Conflict, InvalidInput, NotFound
 from modelport.finetuning.cancel import DATASET_DELETED, JobCancelled
 from modelport.finetuning.schemas import JobCreate, JobOut, LossPoint
 from modelport.identity.principal import Principal
+from modelport.policies.facts import ModelFacts
 
 BASE_LEARNING_RATE = 1e-3
 LORA_RANK = 16
@@ -63,6 +64,7 @@ class FinetuningService:
             if base.format != "gguf" or base.task != "chat-completion":
                 raise InvalidInput(f"Model '{base.name}' is not a GGUF chat model; only those are fine-tuned here.",
                                    field="model")
+            self.catalog.policies.enforce(actor, "create_finetune", ModelFacts.seen_by(base, actor))
             base_id = base.id
         train = self._dataset(actor, req.dataset, "dataset")
         val = self._dataset(actor, req.validation_dataset, "validation_dataset") if req.validation_dataset else None
@@ -158,10 +160,6 @@ class FinetuningService:
                 else:
                     job.status, job.step, job.losses, job.eta_seconds = "queued", 0, [], None
                 job.eta_seconds = None
-
-    def running_count(self) -> int:
-        with self.db.session() as s:
-            return s.scalar(select(func.count()).select_from(FinetuneJob).where(FinetuneJob.status == "running")) or 0
 
     def claim_next(self) -> FinetuneJob | None:
         """The oldest queued job, atomically moved to `running` (safe with several servers)."""

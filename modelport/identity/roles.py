@@ -13,6 +13,7 @@
 | deployments.read        |   x    |      x      |   x   |                                      |
 | deployments.write       |        |      x      |   x   |                                      |
 | deployments.call        |   x    |      x      |   x   |                                      |
+| deployments.rate_limits |        |             |   x   |                                      |
 | datasets.read           |   x    |      x      |   x   |                                      |
 | datasets.write          |        |      x      |   x   |                                      |
 | finetuning.read         |   x    |      x      |   x   |                                      |
@@ -20,12 +21,19 @@
 | keys.manage (cmk, workspace key) |  |          |   x   |                                      |
 | safety.manage           |        |             |   x   |                                      |
 | audit.read              |        |             |   x   |  x (all workspaces)                   |
+| policies.read           |   x    |      x      |   x   |                                      |
+| policies.write          |        |             |   x   |                                      |
 | workspace.delete        |        |             |   x   |  x                                   |
 
 Platform-wide actions (`platform.*`: create workspaces, manage users, create a key for a member,
-catalog-wide models, the platform key) need platform-admin power, which only a platform admin's
-key made by that admin itself carries. A platform admin reaches a workspace's resources only as
-a member of it; the table above applies to it like to anyone else.
+catalog-wide models, the platform key, platform-scope governance policies) need platform-admin
+power, which only a platform admin's key made by that admin itself carries. A platform admin
+reaches a workspace's resources only as a member of it; the table above applies to it like to
+anyone else.
+
+Governance policies: every member reads the policies in force in its workspace; owners save and
+delete the workspace's own (which can only add forbids) and suspend its violating deployments;
+platform policies and compliance across workspaces need `platform.policies`.
 
 No role creates API keys for someone else: `apikeys.own` is one's own keys, `apikeys.manage`
 lists and revokes the workspace's keys (not those with platform-admin power). A platform admin's
@@ -59,6 +67,7 @@ WORKSPACE_ACTIONS: dict[str, Role] = {
     "deployments.read": Role.READER,
     "deployments.write": Role.CONTRIBUTOR,
     "deployments.call": Role.READER,
+    "deployments.rate_limits": Role.OWNER,
     "datasets.read": Role.READER,
     "datasets.write": Role.CONTRIBUTOR,
     "finetuning.read": Role.READER,
@@ -66,6 +75,8 @@ WORKSPACE_ACTIONS: dict[str, Role] = {
     "keys.manage": Role.OWNER,
     "safety.manage": Role.OWNER,
     "audit.read": Role.OWNER,
+    "policies.read": Role.READER,
+    "policies.write": Role.OWNER,
 }
 
 PLATFORM_ACTIONS = frozenset(
@@ -75,6 +86,9 @@ PLATFORM_ACTIONS = frozenset(
         "platform.models",  # import, curate, deprecate, delete catalog-wide models
         "platform.keys",  # rotate and rewrap the platform key
         "platform.audit",  # read every workspace's audit log
+        "platform.policies",  # save and delete platform policies; compliance of every workspace
+        "platform.quotas",  # set deployments' rate-limit caps
+        "platform.metrics",  # read GET /metrics
     }
 )
 

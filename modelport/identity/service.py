@@ -131,48 +131,62 @@ class IdentityService:
             key = s.get(ApiKey, f"key_{parsed.lookup}")
             if key is None or not keysecrets.matches(parsed.secret, key.digest):
                 raise Unauthenticated("Invalid API key.")
-            if key.revoked_at is not None:
-                raise Unauthenticated("This API key was revoked; create a new one.")
-            if key.expires_at is not None and key.expires_at <= utcnow():
-                raise Unauthenticated("This API key has expired; create a new one.")
-            user = s.get(User, key.user_id)
-            if user is None or user.disabled:
-                raise Unauthenticated("The user of this API key is disabled.")
-            # Platform-admin power needs both: a platform admin, and a key made with that power.
-            platform_admin = user.is_platform_admin and key.platform_admin
-            ws_id = key.workspace_id
-            if workspace:
-                if not platform_admin:
-                    raise Forbidden("Only a platform admin's key may name another workspace.")
-                ws = s.scalar(select(Workspace).where((Workspace.id == workspace) | (Workspace.name == workspace)))
-                if ws is None:
-                    raise NotFound(f"Workspace '{workspace}' not found.")
-                ws_id = ws.id
-            ws = s.get(Workspace, ws_id)
+            return self._principal_of_key(s, key, workspace)
+
+    def principal_for_key(self, key_id: str) -> Principal:
+        """The principal of a key already proven once (a portal session keeps the key's id, never
+        its secret): the same checks as `authenticate`, so that revoking the key, disabling its
+        user or deleting its workspace ends the session too."""
+        with self.db.session() as s:
+            key = s.get(ApiKey, key_id)
+            if key is None:
+                raise Unauthenticated("Invalid API key.")
+            return self._principal_of_key(s, key, None)[0]
+
+    def _principal_of_key(self, s: Session, key: ApiKey, workspace: str | None
+                          ) -> tuple[Principal, datetime | None]:
+        if key.revoked_at is not None:
+            raise Unauthenticated("This API key was revoked; create a new one.")
+        if key.expires_at is not None and key.expires_at <= utcnow():
+            raise Unauthenticated("This API key has expired; create a new one.")
+        user = s.get(User, key.user_id)
+        if user is None or user.disabled:
+            raise Unauthenticated("The user of this API key is disabled.")
+        # Platform-admin power needs both: a platform admin, and a key made with that power.
+        platform_admin = user.is_platform_admin and key.platform_admin
+        ws_id = key.workspace_id
+        if workspace:
+            if not platform_admin:
+                raise Forbidden("Only a platform admin's key may name another workspace.")
+            ws = s.scalar(select(Workspace).where((Workspace.id == workspace) | (Workspace.name == workspace)))
             if ws is None:
-                raise Unauthenticated("The workspace of this API key no longer exists.")
-            if ws.state == "deleting":
-                if workspace:
-                    raise NotFound(f"Workspace '{workspace}' is being deleted.")
-                raise Unauthenticated("The workspace of this API key is being deleted.")
-            member = s.scalar(
-                select(Membership).where(Membership.workspace_id == ws_id, Membership.user_id == user.id)
-            )
-            if member is None and workspace:
-                # An admin reaches a workspace's resources only as a member of it.
-                raise NotFound(f"Workspace '{workspace}' not found among your memberships.")
-            return (
-                Principal(
-                    user_id=user.id,
-                    user_name=user.name,
-                    is_platform_admin=platform_admin,
-                    key_id=key.id,
-                    workspace_id=ws.id,
-                    workspace_name=ws.name,
-                    role=Role(member.role) if member else None,
-                ),
-                key.expires_at,
-            )
+                raise NotFound(f"Workspace '{workspace}' not found.")
+            ws_id = ws.id
+        ws = s.get(Workspace, ws_id)
+        if ws is None:
+            raise Unauthenticated("The workspace of this API key no longer exists.")
+        if ws.state == "deleting":
+            if workspace:
+                raise NotFound(f"Workspace '{workspace}' is being deleted.")
+            raise Unauthenticated("The workspace of this API key is being deleted.")
+        member = s.scalar(
+            select(Membership).where(Membership.workspace_id == ws_id, Membership.user_id == user.id)
+        )
+        if member is None and workspace:
+            # An admin reaches a workspace's resources only as a member of it.
+            raise NotFound(f"Workspace '{workspace}' not found among your memberships.")
+        return (
+            Principal(
+                user_id=user.id,
+                user_name=user.name,
+                is_platform_admin=platform_admin,
+                key_id=key.id,
+                workspace_id=ws.id,
+                workspace_name=ws.name,
+                role=Role(member.role) if member else None,
+            ),
+            key.expires_at,
+        )
 
     def invalidate_cache(self) -> None:
         with self._cache_lock:

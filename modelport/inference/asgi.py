@@ -15,6 +15,7 @@ this does not match (a wrong method, a trailing slash).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -36,6 +37,7 @@ _OPENAI: dict[tuple[str, str], Endpoint] = {
     ("POST", "/v1/chat/completions"): routes.openai_chat,
     ("POST", "/v1/completions"): routes.openai_completions,
     ("POST", "/v1/embeddings"): routes.openai_embeddings,
+    ("POST", "/v1/responses"): routes.openai_responses,
     ("GET", "/v1/models"): routes.openai_models,
 }
 # /deployments/{name}/<tail>
@@ -83,6 +85,7 @@ class DataPlane:
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         endpoint, name = scope["modelport.endpoint"]
+        started = time.perf_counter()
         request = Request(scope, receive)
         try:
             response = await (endpoint(request) if name is None else endpoint(name, request))
@@ -92,4 +95,8 @@ class DataPlane:
             log.exception("inference request failed")
             error: Any = azure_error if name is not None else openai_error
             response = error(InternalError("The server had an error while processing your request."))
-        await response(scope, receive, send)
+        try:
+            await response(scope, receive, send)
+        finally:  # a stream is observed at its end, however it ended
+            self.app.state.services.metrics.observe_answer(scope.get(routes.DEPLOYMENT), response.status_code,
+                                                           time.perf_counter() - started)

@@ -111,9 +111,9 @@ def check_ready(route: Route) -> None:
         return
     if route.state == "creating":
         raise ServiceUnavailable("This deployment is still being created; retry in a few seconds.")
-    if route.state == "suspended":  # a fine-tune whose workspace key is disabled (manager.check_private_weights)
-        raise ServiceUnavailable("This deployment is suspended: its workspace key is disabled. Enable the key "
-                                 "again and it resumes serving; see modelport deployments show.")
+    if route.state == "suspended":  # deployments/suspension.py: every reason's message
+        raise ServiceUnavailable(f"This deployment is suspended. {route.state_reason or ''} "
+                                 "See modelport deployments show.".replace("  ", " "))
     if route.state == "failed":
         raise Conflict(
             "This deployment failed to start; see its state reason (modelport deployments show) and create it again."
@@ -149,9 +149,8 @@ class Choice:
 async def generate(manager: DeploymentManager, route: Route, body: GenerateBody) -> AsyncIterator[GenerateEvent]:
     """Stream the worker's events for one request through the deployment's pool."""
     pool = await manager.pool_for(route)
-    async with pool.slot(route.id) as client:
-        async for event in client.generate(body):
-            yield event
+    async for event in pool.generate(route.workspace_id, route.id, body):
+        yield event
 
 
 async def collect(events: AsyncIterator[GenerateEvent], n: int) -> tuple[list[Choice], StreamUsage]:
@@ -178,6 +177,7 @@ class PromptSize:
     messages: list[dict[str, Any]] | None = None
     prompt: str | None = None
     inputs: list[str] | None = None
+    tools: list[dict[str, Any]] | None = None
 
     async def counter(self) -> WorkerClient:
         """A ready worker of the deployment (a stopped serverless pool starts)."""
@@ -190,7 +190,8 @@ class PromptSize:
 
     async def check(self, counter: WorkerClient) -> None:
         """Refuse (400, naming the limit) a prompt, or an embeddings input, that cannot fit the context."""
-        counted = await counter.count_tokens(messages=self.messages, prompt=self.prompt, input=self.inputs)
+        counted = await counter.count_tokens(messages=self.messages, prompt=self.prompt, input=self.inputs,
+                                             tools=self.tools)
         limit = counted.context_length
         if self.inputs is not None:
             longest = max(counted.counts or [0])
@@ -205,7 +206,7 @@ class PromptSize:
 
 async def embed(manager: DeploymentManager, route: Route, texts: list[str]) -> tuple[list[list[float]], int]:
     pool = await manager.pool_for(route)
-    async with pool.slot(route.id) as client:
+    async with pool.slot(route.workspace_id, route.id) as client:
         result = await client.embed(texts)
     return result.data, result.prompt_tokens
 

@@ -18,16 +18,77 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from modelport.inference.calls import PromptSize
 from modelport.inference.manager import Route
 from modelport.safety.screening import ContentFiltered, Screener, StreamScreener, StreamStep, empty_results
 from modelport.safety.service import SafetyService
 
 
-def prompt_text(messages: list[dict[str, Any]]) -> str:
-    """The text screened for a chat: each message's name and content as the worker receives them
-    (content already flattened to a string), one per line."""
-    return "\n".join(part for m in messages for part in (m.get("name"), m.get("content")) if part)
+def prompt_text(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
+    """The text screened for a chat, one piece a line: each message's name and content as the
+    worker receives them (content already flattened to a string; a tool result is a `tool`
+    message's content), the name and argument texts of each earlier tool call, and every text the
+    caller wrote into a tool definition (name, description, property names, titles, descriptions
+    and enum, const, default and example values at any depth of its parameter schema).
+
+    Tool definitions and arguments are screened as their texts, not as JSON: the classifier reads
+    JSON syntax and schema keywords as a prompt-injection attempt (a plain weather tool scored
+    0.48 on the jailbreak head, whose threshold is 0.2). Every string the caller chose is in."""
+    parts: list[Any] = []
+    for m in messages:
+        parts += [m.get("name"), m.get("content")]
+        for call in m.get("tool_calls") or []:
+            parts += [call["function"]["name"], *argument_texts(call["function"]["arguments"])]
+    for t in tools or []:
+        fn = t["function"]
+        parts += [fn.get("name"), fn.get("description"), *schema_texts(fn.get("parameters"))]
+    return "\n".join(p for p in parts if isinstance(p, str) and p)
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in (str(k), *_strings(v))]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return [] if value is None or isinstance(value, bool) else [str(value)]
+
+
+def argument_texts(arguments: str) -> list[str]:
+    """A tool call's arguments: its keys and values when it is JSON, else the text itself."""
+    try:
+        return _strings(orjson.loads(arguments))
+    except orjson.JSONDecodeError:
+        return [arguments]
+
+
+_CALLER_TEXT = frozenset({"description", "title", "enum", "const", "default", "examples", "$comment"})
+_NAMED = frozenset({"properties", "$defs", "definitions", "patternProperties"})
+
+
+def schema_texts(schema: Any) -> list[str]:
+    """The texts a caller wrote into a JSON Schema (not its keywords or type names)."""
+    out: list[str] = []
+    if isinstance(schema, dict):
+        for key, value in schema.items():
+            if key in _CALLER_TEXT:
+                out += _strings(value)
+            elif key in _NAMED and isinstance(value, dict):
+                for name, sub in value.items():
+                    out += [str(name), *schema_texts(sub)]
+            elif key == "required" and isinstance(value, list):
+                continue  # names already listed under properties (or refused by the grammar)
+            elif isinstance(value, dict | list):
+                out += schema_texts(value)
+            elif isinstance(value, str) and key not in ("type", "$ref", "format", "pattern", "$schema", "$id"):
+                out.append(value)
+    elif isinstance(schema, list):
+        for item in schema:
+            out += schema_texts(item)
+    return out
 
 
 def _reasons(results: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:

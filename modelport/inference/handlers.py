@@ -14,6 +14,7 @@ import asyncio
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import orjson
@@ -23,7 +24,7 @@ from pydantic import BaseModel, ValidationError
 
 from modelport.api.responses import ClosingStreamingResponse
 from modelport.errors import InvalidInput, ModelportError
-from modelport.inference import calls, filtering
+from modelport.inference import admission, answers, calls, filtering, tools
 from modelport.inference.manager import DeploymentManager, Route
 from modelport.inference.protocol import (
     ChatCompletionRequest,
@@ -32,8 +33,9 @@ from modelport.inference.protocol import (
     Message,
     split_extra,
 )
+from modelport.quotas import estimate
 from modelport.runtimes.base import flatten_content
-from modelport.workers.client import ChoiceFinished, StreamUsage, TextDelta
+from modelport.workers.client import GenerateEvent, StreamUsage
 from modelport.workers.protocol import GenerateBody
 
 ErrorShape = Callable[[ModelportError], JSONResponse]
@@ -91,12 +93,12 @@ async def unless_gone(request: Request, work: Awaitable[T]) -> T:
             watcher.cancel()
 
 
-def parse(model: type[BaseModel], body: dict[str, Any], extra_mode: str = "error") -> Any:
+def parse(model: type[BaseModel], body: dict[str, Any], extra_mode: str = "error", *, azure: bool = False) -> Any:
     """Validate a request body; `extra_mode` is Azure's extra-parameters (`error`, `drop`, `pass-through`)."""
     known, extra = split_extra(body, model)
     if extra and extra_mode == "error":
         raise InvalidInput(f"Unrecognized or unsupported request parameter: {extra[0]}. Remove it"
-                           + (" or send 'extra-parameters: drop'." if extra_mode else "."), field=extra[0])
+                           + (" or send 'extra-parameters: drop'." if azure else "."), field=extra[0])
     try:
         return model.model_validate(known)
     except ValidationError as exc:
@@ -105,7 +107,7 @@ def parse(model: type[BaseModel], body: dict[str, Any], extra_mode: str = "error
         raise InvalidInput(f"Invalid value for '{where}': {err['msg']}.", field=where) from exc
 
 
-def _check_task(route: Route, task: str) -> None:
+def check_task(route: Route, task: str) -> None:
     if route.task != task:
         raise InvalidInput(f"Deployment '{route.name}' serves {route.task}, not {task}.", field="model")
 
@@ -114,19 +116,40 @@ def _sse(obj: dict) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
+def chat_plan(req: ChatCompletionRequest) -> tools.Plan:
+    """Tools, tool_choice and response_format -> what the worker must do (400s name the field)."""
+    offered = tools.parse_tools(req.tools)
+    choice = tools.parse_choice(req.tool_choice, offered)
+    found = tools.plan(offered, choice, parallel=req.parallel_tool_calls, response_format=req.response_format)
+    if found.grammar is not None and req.stop:
+        raise InvalidInput("'stop' cannot be combined with tools or a json_schema response format: a stop sequence "
+                           "could cut the answer the schema constrains. Remove 'stop'.", field="stop")
+    return found
+
+
 async def chat(request: Request, manager: DeploymentManager, route: Route, body: dict, *,
-               extra_mode: str = "error", error_shape: ErrorShape) -> Response:
-    req: ChatCompletionRequest = parse(ChatCompletionRequest, body, extra_mode)
-    _check_task(route, "chat-completion")
+               extra_mode: str = "error", error_shape: ErrorShape, azure: bool = False) -> Response:
+    req: ChatCompletionRequest = parse(ChatCompletionRequest, body, extra_mode, azure=azure)
+    check_task(route, "chat-completion")
+    found = chat_plan(req)
     messages = worker_messages(req.messages)
     gen = GenerateBody(
         messages=messages,
         max_tokens=req.max_completion_tokens or req.max_tokens,
         temperature=1.0 if req.temperature is None else req.temperature,
         top_p=1.0 if req.top_p is None else req.top_p, stop=req.stop or [], seed=req.seed, n=req.n,
-        response_format=req.response_format.type if req.response_format else "text")
-    return await _complete(request, manager, route, gen, req, "chat.completions", error_shape,
-                           filtering.prompt_text(messages), calls.PromptSize(manager, route, messages=messages))
+        response_format=found.response_format,  # type: ignore[arg-type]
+        grammar=found.grammar, tools=found.tools,
+        logprobs=(req.top_logprobs or 0) if req.logprobs else None)
+    await admission.admit(request, route, estimate.prompt_tokens([filtering.prompt_text(messages, found.tools)],
+                                                                 len(messages))
+                          + estimate.completion_tokens(gen.max_tokens, gen.n))
+    call = Call(request, manager, route, gen, "chat.completions", error_shape,
+                filtering.prompt_text(messages, found.tools),
+                calls.PromptSize(manager, route, messages=messages, tools=found.tools),
+                reads_calls=found.calls, logprobs=req.logprobs)
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    return await call.respond(stream=req.stream, include_usage=include_usage)
 
 
 def worker_messages(messages: list[Message]) -> list[dict[str, Any]]:
@@ -143,7 +166,7 @@ def worker_messages(messages: list[Message]) -> list[dict[str, Any]]:
 async def completions(request: Request, manager: DeploymentManager, route: Route, body: dict, *,
                       error_shape: ErrorShape) -> Response:
     req: CompletionRequest = parse(CompletionRequest, body)
-    _check_task(route, "chat-completion")
+    check_task(route, "chat-completion")
     prompt = req.prompt
     if isinstance(prompt, list):
         if len(prompt) != 1:
@@ -151,160 +174,249 @@ async def completions(request: Request, manager: DeploymentManager, route: Route
         prompt = prompt[0]
     gen = GenerateBody(prompt=prompt, max_tokens=req.max_tokens or 16,
                        temperature=1.0 if req.temperature is None else req.temperature,
-                       top_p=1.0 if req.top_p is None else req.top_p, stop=req.stop or [], seed=req.seed, n=req.n)
-    return await _complete(request, manager, route, gen, req, "completions", error_shape, prompt,
-                           calls.PromptSize(manager, route, prompt=prompt))
+                       top_p=1.0 if req.top_p is None else req.top_p, stop=req.stop or [], seed=req.seed, n=req.n,
+                       logprobs=req.logprobs)
+    await admission.admit(request, route, estimate.prompt_tokens([prompt])
+                          + estimate.completion_tokens(gen.max_tokens, gen.n))
+    call = Call(request, manager, route, gen, "completions", error_shape, prompt,
+                calls.PromptSize(manager, route, prompt=prompt), reads_calls=False,
+                logprobs=req.logprobs is not None)
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    return await call.respond(stream=req.stream, include_usage=include_usage)
 
 
-async def _complete(request: Request, manager: DeploymentManager, route: Route, gen: GenerateBody, req: Any,
-                    api: str, error_shape: ErrorShape, prompt_text: str, size: calls.PromptSize) -> Response:
-    chat_api = api == "chat.completions"
-    rid = ("chatcmpl-" if chat_api else "cmpl-") + secrets.token_hex(12)
-    created = int(time.time())
-    # The content filter (P4): a prompt too long for the context, or a blocked one, raises here
-    # and is never generated from.
-    flt = await filtering.screen_prompt(request.app.state.services.safety, route, prompt_text, size)
-    events = calls.generate(manager, route, gen)
-    if not req.stream:
+def legacy_logprobs(tokens: list[dict[str, Any]], offset: int) -> dict[str, Any]:
+    """The completions API's logprobs shape, from the per-token objects."""
+    out: dict[str, Any] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    for t in tokens:
+        out["tokens"].append(t["token"])
+        out["token_logprobs"].append(t["logprob"])
+        out["top_logprobs"].append({a["token"]: a["logprob"] for a in t["top_logprobs"]})
+        out["text_offset"].append(offset)
+        offset += len(t["token"])
+    return out
+
+
+@dataclass
+class ChoiceOut:
+    """One choice of a non-streamed answer, assembled from the pipeline's events."""
+
+    text: list[str] = field(default_factory=list)
+    logprobs: list[dict[str, Any]] = field(default_factory=list)
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    finish_reason: str | None = None
+
+    def take(self, piece: tools.Piece) -> None:
+        if isinstance(piece, tools.Content):
+            self.text.append(piece.text)
+            self.logprobs += piece.logprobs or []
+        elif isinstance(piece, tools.CallStart):
+            self.calls.append({"id": piece.id, "type": "function", "function": {"name": piece.name, "arguments": ""}})
+        else:
+            self.calls[piece.index]["function"]["arguments"] += piece.text
+
+
+@dataclass
+class Call:
+    """One generating request: screening, the worker's stream through the answer pipeline,
+    metering, and disconnects; `respond` shapes it for chat or completions."""
+
+    request: Request
+    manager: DeploymentManager
+    route: Route
+    gen: GenerateBody
+    api: str  # chat.completions | completions | responses (the metering label)
+    error_shape: ErrorShape
+    prompt_text: str
+    size: calls.PromptSize
+    reads_calls: bool
+    logprobs: bool
+
+    async def start(self, *, buffered: bool | None) -> tuple[answers.Answers, AsyncIterator[GenerateEvent]]:
+        # The content filter (P4): a prompt too long for the context, or a blocked one, raises here
+        # and is never generated from.
+        flt = await filtering.screen_prompt(self.request.app.state.services.safety, self.route, self.prompt_text,
+                                            self.size)
+        pipeline = answers.Answers(flt, self.gen.n, calls=self.reads_calls, logprobs=self.logprobs, buffered=buffered)
+        return pipeline, calls.generate(self.manager, self.route, self.gen)
+
+    async def collect(self) -> tuple[list[ChoiceOut], StreamUsage, filtering.RequestFilter | None] | Response:
+        """The whole answer (never streamed: always screened `buffered`), or a 499 when the client left."""
+        pipeline, events = await self.start(buffered=True)
+        out = [ChoiceOut() for _ in range(self.gen.n)]
+        usage = StreamUsage(0, 0)
+
+        async def run() -> None:
+            nonlocal usage
+            async for ev in pipeline.run(events):
+                if isinstance(ev, answers.Part):
+                    out[ev.index].take(ev.piece)
+                elif isinstance(ev, answers.Finished):
+                    out[ev.index].finish_reason = ev.reason
+                else:
+                    usage = ev
+
         try:
-            choices, usage = await unless_gone(request, calls.collect(events, gen.n))
+            await unless_gone(self.request, run())
         except ClientGone:
-            manager.record_usage(route, api, 0, 0, "cancelled")
+            self.manager.record_usage(self.route, self.api, 0, 0, "cancelled")
             return Response(status_code=CLIENT_CLOSED_REQUEST)
         except ModelportError:
-            manager.record_usage(route, api, 0, 0, "error")
+            self.manager.record_usage(self.route, self.api, 0, 0, "error")
             raise
-        manager.record_usage(route, api, usage.prompt_tokens, usage.completion_tokens, "success")
-        out_choices = []
-        try:
+        finally:
+            await events.aclose()
+            if pipeline.flt is not None:
+                await pipeline.flt.close()
+        self.manager.record_usage(self.route, self.api, usage.prompt_tokens, usage.completion_tokens, "success")
+        return out, usage, pipeline.flt
+
+    async def respond(self, *, stream: bool, include_usage: bool) -> Response:
+        chat_api = self.api == "chat.completions"
+        rid = ("chatcmpl-" if chat_api else "cmpl-") + secrets.token_hex(12)
+        created = int(time.time())
+        if not stream:
+            got = await self.collect()
+            if isinstance(got, Response):
+                return got
+            choices, usage, flt = got
+            out_choices = []
             for i, c in enumerate(choices):
-                text, finish = "".join(c.text), c.finish_reason
-                if flt is not None:
-                    text, cut = await flt.screen_text(i, text)
-                    finish = "content_filter" if cut else finish
+                text = "".join(c.text)
                 if chat_api:
-                    choice = {"index": i, "message": {"role": "assistant", "content": text},
-                              "logprobs": None, "finish_reason": finish}
+                    message: dict[str, Any] = {"role": "assistant", "content": text if text or not c.calls else None}
+                    if c.calls:
+                        message["tool_calls"] = c.calls
+                    choice: dict[str, Any] = {
+                        "index": i, "message": message, "finish_reason": c.finish_reason,
+                        "logprobs": {"content": c.logprobs, "refusal": None} if self.logprobs else None}
                 else:
-                    choice = {"index": i, "text": text, "logprobs": None, "finish_reason": finish}
+                    choice = {"index": i, "text": text, "finish_reason": c.finish_reason,
+                              "logprobs": legacy_logprobs(c.logprobs, 0) if self.logprobs else None}
                 if flt is not None:
                     choice["content_filter_results"] = flt.results(i)
                 out_choices.append(choice)
-        finally:
+            body: dict[str, Any] = {
+                "id": rid, "object": "chat.completion" if chat_api else "text_completion", "created": created,
+                "model": self.route.name, "choices": out_choices,
+                "usage": {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+                          "total_tokens": usage.prompt_tokens + usage.completion_tokens}}
             if flt is not None:
-                await flt.close()
-        out: dict[str, Any] = {
-            "id": rid, "object": "chat.completion" if chat_api else "text_completion", "created": created,
-            "model": route.name, "choices": out_choices,
-            "usage": {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-                      "total_tokens": usage.prompt_tokens + usage.completion_tokens}}
-        if flt is not None:
-            out["prompt_filter_results"] = flt.prompt_filter_results()
-        return Response(orjson.dumps(out), media_type="application/json")
+                body["prompt_filter_results"] = flt.prompt_filter_results()
+            return Response(orjson.dumps(body), media_type="application/json")
+        return await self._stream(rid, created, include_usage)
 
-    include_usage = bool(req.stream_options and req.stream_options.include_usage)
-    try:
-        first = await unless_gone(request, anext(events, None))
-    except ClientGone:
-        await events.aclose()
-        manager.record_usage(route, api, 0, 0, "cancelled")
-        return Response(status_code=CLIENT_CLOSED_REQUEST)
-    obj = "chat.completion.chunk" if chat_api else "text_completion"
-
-    def chunk(choices: list[dict], usage: dict | None = None, first_chunk: bool = False) -> bytes:
-        out: dict[str, Any] = {"id": rid, "object": obj, "created": created, "model": route.name, "choices": choices}
-        if include_usage:
-            out["usage"] = usage
-        if first_chunk and flt is not None:
-            out["prompt_filter_results"] = flt.prompt_filter_results()
-        return _sse(out)
-
-    def finish_choice(index: int, reason: str | None) -> dict:
-        c = delta_choice(index, None if chat_api else "", reason)
-        if flt is not None:
-            c["content_filter_results"] = flt.results(index)
-        return c
-
-    def delta_choice(index: int, text: str | None, finish: str | None, role: bool = False) -> dict:
-        if chat_api:
-            delta: dict[str, Any] = {}
-            if role:
-                delta["role"] = "assistant"
-            if text is not None:
-                delta["content"] = text
-            return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish}
-
-    async def stream() -> AsyncIterator[bytes]:
-        usage = StreamUsage(0, 0)
-        outcome = "cancelled"
-        deltas = 0  # a stream cut before the worker's usage event still bills what was generated
+    async def _stream(self, rid: str, created: int, include_usage: bool) -> Response:
+        chat_api = self.api == "chat.completions"
+        route, manager, api, n = self.route, self.manager, self.api, self.gen.n
+        pipeline, events = await self.start(buffered=None)
+        flt = pipeline.flt
+        run = pipeline.run(events)
         try:
-            if chat_api:
-                for i in range(gen.n):
-                    yield chunk([delta_choice(i, "", None, role=True)], first_chunk=i == 0)
-            ev = first
-            cut: set[int] = set()  # choices the content filter ended
-            while ev is not None:
-                if isinstance(ev, TextDelta):
-                    deltas += 1
-                    if flt is None:
-                        yield chunk([delta_choice(ev.index, ev.text, None)])
-                    elif ev.index not in cut:
-                        step = await flt.feed(ev.index, ev.text)
-                        if step.text:
-                            yield chunk([delta_choice(ev.index, step.text, None)])
-                        if step.stop:
-                            cut.add(ev.index)
-                            yield chunk([finish_choice(ev.index, "content_filter")])
-                            if len(cut) == gen.n:
-                                break  # closing the worker stream below stops generation
-                elif isinstance(ev, ChoiceFinished):
-                    if flt is None:
-                        yield chunk([finish_choice(ev.index, ev.finish_reason)])
-                    elif ev.index not in cut:
-                        step = await flt.finish(ev.index)
-                        if step.text:
-                            yield chunk([delta_choice(ev.index, step.text, None)])
-                        yield chunk([finish_choice(ev.index, "content_filter" if step.stop else ev.finish_reason)])
-                elif isinstance(ev, StreamUsage):
-                    usage = ev
-                ev = await anext(events, None)
-            if include_usage:
-                yield chunk([], {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-                                 "total_tokens": usage.prompt_tokens + usage.completion_tokens})
-            outcome = "success"
-            yield b"data: [DONE]\n\n"
-        except ModelportError as exc:
-            outcome = "error"
-            err = orjson.loads(error_shape(exc).body)
-            yield _sse(err)
-        finally:
+            first = await unless_gone(self.request, anext(run, None))
+        except ClientGone:
+            await run.aclose()
             await events.aclose()
             if flt is not None:
                 await flt.close()
-            # Without the usage event (client gone, filter cut, worker lost) the worker's deltas, one
-            # per decoded token, are a lower bound of the completion tokens; the prompt count is unknown.
-            completion = usage.completion_tokens or deltas
-            manager.record_usage(route, api, usage.prompt_tokens, completion, outcome)
+            manager.record_usage(route, api, 0, 0, "cancelled")
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
+        except BaseException:
+            await events.aclose()
+            if flt is not None:
+                await flt.close()
+            manager.record_usage(route, api, 0, 0, "error")
+            raise
+        obj = "chat.completion.chunk" if chat_api else "text_completion"
+        offsets = [0] * n
 
-    # Closing, not Starlette's: a stream dropped while it waits to send (a client that stopped
-    # reading, cut by the server's send timeout) must give its pool slot back at once.
-    return ClosingStreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        def chunk(choices: list[dict], usage: dict | None = None, first_chunk: bool = False) -> bytes:
+            out: dict[str, Any] = {"id": rid, "object": obj, "created": created, "model": route.name,
+                                   "choices": choices}
+            if include_usage:
+                out["usage"] = usage
+            if first_chunk and flt is not None:
+                out["prompt_filter_results"] = flt.prompt_filter_results()
+            return _sse(out)
+
+        def piece_choice(index: int, piece: tools.Piece) -> dict:
+            if not chat_api:
+                assert isinstance(piece, tools.Content)
+                lps = legacy_logprobs(piece.logprobs or [], offsets[index]) if self.logprobs else None
+                offsets[index] += len(piece.text)
+                return {"index": index, "text": piece.text, "logprobs": lps, "finish_reason": None}
+            delta: dict[str, Any] = {}
+            lps = None
+            if isinstance(piece, tools.Content):
+                delta["content"] = piece.text
+                if self.logprobs:
+                    lps = {"content": piece.logprobs or [], "refusal": None}
+            elif isinstance(piece, tools.CallStart):
+                delta["tool_calls"] = [{"index": piece.index, "id": piece.id, "type": "function",
+                                        "function": {"name": piece.name, "arguments": ""}}]
+            else:
+                delta["tool_calls"] = [{"index": piece.index, "function": {"arguments": piece.text}}]
+            return {"index": index, "delta": delta, "logprobs": lps, "finish_reason": None}
+
+        def finish_choice(index: int, reason: str) -> dict:
+            c: dict[str, Any] = ({"index": index, "delta": {}, "logprobs": None, "finish_reason": reason} if chat_api
+                                 else {"index": index, "text": "", "logprobs": None, "finish_reason": reason})
+            if flt is not None:
+                c["content_filter_results"] = flt.results(index)
+            return c
+
+        async def stream() -> AsyncIterator[bytes]:
+            usage = StreamUsage(0, 0)
+            outcome = "cancelled"
+            try:
+                if chat_api:
+                    for i in range(n):
+                        yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                                      "finish_reason": None}], first_chunk=i == 0)
+                ev = first
+                while ev is not None:
+                    if isinstance(ev, answers.Part):
+                        yield chunk([piece_choice(ev.index, ev.piece)])
+                    elif isinstance(ev, answers.Finished):
+                        yield chunk([finish_choice(ev.index, ev.reason)])
+                    else:
+                        usage = ev
+                    ev = await anext(run, None)
+                if include_usage:
+                    yield chunk([], {"prompt_tokens": usage.prompt_tokens,
+                                     "completion_tokens": usage.completion_tokens,
+                                     "total_tokens": usage.prompt_tokens + usage.completion_tokens})
+                outcome = "success"
+                yield b"data: [DONE]\n\n"
+            except ModelportError as exc:
+                outcome = "error"
+                yield _sse(orjson.loads(self.error_shape(exc).body))
+            finally:
+                await run.aclose()
+                await events.aclose()
+                if flt is not None:
+                    await flt.close()
+                # Without the usage event (client gone, filter cut, worker lost) the worker's deltas, one
+                # per decoded token, are a lower bound of the completion tokens; the prompt count is unknown.
+                manager.record_usage(route, api, usage.prompt_tokens, usage.completion_tokens or pipeline.deltas,
+                                     outcome)
+
+        # Closing, not Starlette's: a stream dropped while it waits to send (a client that stopped
+        # reading, cut by the server's send timeout) must give its pool slot back at once.
+        return ClosingStreamingResponse(stream(), media_type="text/event-stream",
+                                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-async def embeddings(manager: DeploymentManager, route: Route, body: dict, *, extra_mode: str = "error",
-                     request: Request | None = None) -> Response:
-    req: EmbeddingRequest = parse(EmbeddingRequest, body, extra_mode)
-    _check_task(route, "embeddings")
+async def embeddings(manager: DeploymentManager, route: Route, body: dict, *, request: Request,
+                     extra_mode: str = "error", azure: bool = False) -> Response:
+    req: EmbeddingRequest = parse(EmbeddingRequest, body, extra_mode, azure=azure)
+    check_task(route, "embeddings")
     texts = [req.input] if isinstance(req.input, str) else req.input
     if not texts or len(texts) > 2048 or any(not isinstance(t, str) or not t for t in texts):
         raise InvalidInput("input takes 1 to 2048 non-empty texts.", field="input")
-    screened = None
-    if request is not None:
-        screened = await filtering.screen_inputs(request.app.state.services.safety, route, texts,
-                                                 calls.PromptSize(manager, route, inputs=texts))
+    await admission.admit(request, route, estimate.prompt_tokens(texts))
+    screened = await filtering.screen_inputs(request.app.state.services.safety, route, texts,
+                                             calls.PromptSize(manager, route, inputs=texts))
     vectors, prompt_tokens = await calls.embed(manager, route, texts)
     if req.dimensions is not None and vectors and req.dimensions != len(vectors[0]):
         raise InvalidInput(f"This model returns {len(vectors[0])} dimensions; omit 'dimensions' or set it to that.",

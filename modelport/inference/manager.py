@@ -17,6 +17,7 @@ import operator
 import os
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,22 +30,40 @@ from modelport.db.base import utcnow
 from modelport.db.engine import Database
 from modelport.db.tables import CatalogModel, Deployment, UsageRecord
 from modelport.deployments.service import DeploymentService
-from modelport.errors import IntegrityError, ModelportError, ServiceUnavailable
+from modelport.errors import Forbidden, IntegrityError, ModelportError, ServiceUnavailable
 from modelport.inference.pools import Pool, PoolManager
+from modelport.metrics import Metrics
+from modelport.quotas import rates
+from modelport.quotas.rates import RateLimits
 from modelport.safety.config import ContentFilterConfig
 from modelport.workers.protocol import WorkerSpec
 
 if TYPE_CHECKING:
     from modelport.finetuning.service import FinetunedWeights
+    from modelport.identity.principal import Principal
 
 log = logging.getLogger("modelport.deployments")
 
 # How many requests one worker of each runtime takes at once: as many as it works on together.
-# llama.cpp batches `settings.llamacpp_parallel` sequences; a transformers embeddings worker
-# batches concurrent requests; a transformers chat model decodes one at a time. More in flight
-# would only queue inside the worker, where the fair scheduler could not see them.
+# llama.cpp batches `settings.llamacpp_parallel` sequences (that one setting sizes both the engine
+# and the pool's slots); a transformers embeddings worker batches concurrent requests; a
+# transformers chat model decodes one at a time. MODELPORT_WORKER_SLOTS overrides the others.
+# More in flight would only queue inside the worker, where the fair scheduler could not see them.
 RUNTIME_CONCURRENCY = {"transformers": 1, "echo": 64}
 EMBEDDINGS_CONCURRENCY = 32
+
+
+def worker_concurrency(settings: Settings, runtime: str, task: str) -> int:
+    """Requests one worker of `runtime` serving a model of `task` takes at once."""
+    if runtime == "llamacpp":
+        return settings.llamacpp_parallel  # the engine's own parallel: one knob, not two
+    if runtime in settings.worker_slots:
+        return settings.worker_slots[runtime]
+    if runtime == "transformers" and task == "embeddings":
+        return EMBEDDINGS_CONCURRENCY
+    return RUNTIME_CONCURRENCY.get(runtime, 1)
+
+
 # How often fine-tuned deployments check that their workspace key still unwraps their weights.
 KEY_CHECK_SECONDS = 5.0
 
@@ -62,6 +81,7 @@ class Route:
     type: str
     geography: str
     state: str
+    state_reason: str | None
     public_access: bool
     allowed: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     primary_lookup: str
@@ -71,6 +91,7 @@ class Route:
     pool_key: str
     content_filter: ContentFilterConfig  # parsed once here, never on the request path
     created_at: int
+    rate_limits: RateLimits  # what admission enforces (quotas/rates.py)
 
     def allows_client(self, host: str | None) -> bool:
         if self.public_access:
@@ -104,9 +125,11 @@ def pool_key(dep: Deployment, model: CatalogModel) -> str:
 
 class DeploymentManager:
     def __init__(
-        self, settings: Settings, db: Database, catalog: CatalogService, service: DeploymentService, pools: PoolManager
+        self, settings: Settings, db: Database, catalog: CatalogService, service: DeploymentService, pools: PoolManager,
+        metrics: Metrics,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.db = db
         self.catalog = catalog
         self.service = service
@@ -152,8 +175,7 @@ class DeploymentManager:
         self.by_key[route.secondary_lookup] = route
         return route
 
-    @staticmethod
-    def _route(d: Deployment, m: CatalogModel) -> Route:
+    def _route(self, d: Deployment, m: CatalogModel) -> Route:
         net = d.network or {}
         return Route(
             id=d.id,
@@ -165,6 +187,7 @@ class DeploymentManager:
             type=d.type,
             geography=d.geography,
             state=d.state,
+            state_reason=d.state_reason,
             public_access=net.get("public_access", True),
             allowed=tuple(ipaddress.ip_network(r) for r in net.get("allowed_ranges", [])),
             primary_lookup=d.primary_lookup,
@@ -174,6 +197,7 @@ class DeploymentManager:
             pool_key=pool_key(d, m),
             content_filter=ContentFilterConfig.model_validate(d.content_filter or {}),
             created_at=int(d.created_at.timestamp()),
+            rate_limits=rates.effective(self.settings, d.type, d.rate_limit_caps, d.rate_limits),
         )
 
     def routes_of(self, workspace_id: str) -> list[Route]:
@@ -243,9 +267,9 @@ class DeploymentManager:
             regions=self.settings.regions_of(dep.geography),
             spec_factory=spec,
             instances=dep.instances if dep.type == "dedicated" else 1,
-            concurrency=(parallel if runtime == "llamacpp"
-                         else EMBEDDINGS_CONCURRENCY if runtime == "transformers" and model.task == "embeddings"
-                         else RUNTIME_CONCURRENCY.get(runtime, 1)),
+            concurrency=worker_concurrency(self.settings, runtime, model.task),
+            # A catalog model's serverless pool serves every workspace: each gets its share.
+            shared=dep.type == "serverless" and not model.owner_workspace_id,
         )
 
     async def provision(self, dep_id: str) -> None:
@@ -260,7 +284,7 @@ class DeploymentManager:
             if not report.passed:
                 raise IntegrityError(f"Model '{model.name}' no longer passes its artifact scan; see its report.")
             pool = self._pool(dep, model)
-            await self.pools.scale(pool, dep.instances if dep.type == "dedicated" else max(1, len(pool.members)))
+            await self.pools.scale(pool, dep.instances if dep.type == "dedicated" else max(1, len(pool.live())))
             if await asyncio.to_thread(self._being_deleted, dep_id):
                 # Deleted (or its workspace) while its workers started: they must not outlive it.
                 if not [r for r in self.by_name.values() if r.pool_key == pool.key and r.id != dep_id]:
@@ -268,7 +292,7 @@ class DeploymentManager:
                 return
             isolation = self._isolation(pool)
             # Answered: the worker reports healthy and counts a token, so the model is loaded.
-            async with pool.slot(dep.id) as client:
+            async with pool.slot(dep.workspace_id, dep.id) as client:
                 await client.count_tokens(prompt="ready?") if model.task == "chat-completion" else (
                     await client.embed(["ready?"])
                 )
@@ -316,6 +340,29 @@ class DeploymentManager:
         pool = self._pool(dep, model)
         await self.pools.scale(pool, pool.instances)
         return pool
+
+    def pool_status(self, dep_id: str) -> dict | None:
+        """The size of the pool serving a deployment; None while it has no workers (not started
+        yet, or a serverless pool stopped for idleness). Its load is not shown: on a shared pool
+        that is other workspaces' traffic."""
+        route = next((r for r in list(self.by_key.values()) if r.id == dep_id), None)
+        pool = self.pools.pools.get(route.pool_key) if route is not None else None
+        if pool is None or pool.closed or not pool.members:
+            return None
+        st = pool.status()
+        return {k: st[k] for k in ("instances", "ready", "min_instances", "max_instances")}
+
+    def pools_overview(self, caller: Principal) -> list[dict]:
+        """Every pool with workers, its size and load (platform admins only)."""
+        if not caller.is_platform_admin:
+            raise Forbidden("Pools are shown to platform admins only; a deployment shows its own pool's size.")
+        serving = Counter(r.pool_key for r in list(self.by_name.values()))
+        out = []
+        for key, pool in sorted(list(self.pools.pools.items())):
+            if pool.closed or not pool.members:
+                continue
+            out.append({"key": key, "deployments": serving.get(key, 0), **pool.status()})
+        return out
 
     async def rescale(self, dep_id: str) -> None:
         with self.db.session() as s:
@@ -376,6 +423,16 @@ class DeploymentManager:
                "completion_tokens": completion_tokens, "outcome": outcome}
         with self._usage_lock:
             self._usage.append(row)
+        self.metrics.tokens(route.id, outcome, prompt_tokens, completion_tokens)
+
+    def queue_depths(self) -> list[tuple[str, int]]:
+        """(deployment id, requests waiting for a worker) of every deployment whose pool is up."""
+        out = []
+        for route in list(self.by_name.values()):
+            pool = self.pools.pools.get(route.pool_key)
+            if pool is not None and not pool.closed:
+                out.append((route.id, pool.scheduler.waiting_for(route.id)))
+        return out
 
     def flush_usage(self) -> int:
         with self._usage_lock:
@@ -386,17 +443,42 @@ class DeploymentManager:
         return len(batch)
 
     async def run_background(self) -> None:
-        """Flush usage and stop idle serverless pools, every second or so."""
-        while True:
-            await asyncio.sleep(1.0)
-            try:
-                await asyncio.to_thread(self.flush_usage)
-                await self.pools.reap_idle(self.settings.serverless_idle_seconds)
-                if self.finetuned is not None and time.monotonic() >= self._next_key_check:
-                    self._next_key_check = time.monotonic() + KEY_CHECK_SECONDS
-                    await self.check_private_weights()
-            except Exception:
-                log.exception("background deployment work failed")
+        """Flush usage and stop idle serverless pools, every second or so; resize serverless
+        pools to their load (PoolManager.autoscale) every `pool_scale_interval_seconds`."""
+        scaler = asyncio.get_running_loop().create_task(self.pools.run_autoscaler())
+        try:
+            while True:
+                await asyncio.sleep(1.0)
+                try:
+                    await asyncio.to_thread(self.flush_usage)
+                    await self.pools.reap_idle(self.settings.serverless_idle_seconds)
+                    if self.finetuned is not None and time.monotonic() >= self._next_key_check:
+                        self._next_key_check = time.monotonic() + KEY_CHECK_SECONDS
+                        await self.check_private_weights()
+                except Exception:
+                    log.exception("background deployment work failed")
+        finally:
+            scaler.cancel()
+
+    # -- suspension (deployments/suspension.py: a set of reasons) ---------------------------
+
+    async def suspend(self, dep_id: str, reason: str, message: str) -> None:
+        """Suspend a deployment for `reason` (beside any others): its requests answer 503 with
+        the message from the next one, and its workers stop unless another deployment shares them."""
+        stop = await asyncio.to_thread(self.service.suspend, dep_id, reason, message)
+        route = self.refresh(dep_id)
+        if stop and route is not None:
+            if not [r for r in self.by_name.values() if r.pool_key == route.pool_key and r.id != dep_id
+                    and r.state in ("creating", "succeeded")]:
+                await self.pools.close(route.pool_key)
+
+    async def resume(self, dep_id: str, reason: str) -> None:
+        """Clear `reason`; once no reason is left, the deployment starts again (no redeploy)."""
+        if await asyncio.to_thread(self.service.resume, dep_id, reason):
+            self.refresh(dep_id)
+            self.spawn(self.provision(dep_id))
+        else:
+            self.refresh(dep_id)
 
     async def check_private_weights(self) -> None:
         """Fine-tuned deployments stop serving once their workspace key no longer unwraps their
@@ -412,21 +494,17 @@ class DeploymentManager:
             try:
                 await asyncio.to_thread(self.finetuned.check, model)
             except ModelportError as exc:
-                if dep.state == "succeeded":
-                    await self.pools.close(pool_key(dep, model))
-                    reason = (
+                if "key_disabled" not in (dep.suspensions or {}):
+                    message = (
                         "The workspace key is disabled, so this fine-tuned model's weights cannot be decrypted "
                         "and it is not served; enable it again (modelport cmk enable) and it resumes."
                         if exc.code == "key_disabled"
                         else f"This fine-tuned model's weights cannot be read ({exc.code}); it is not served."
                     )
-                    await asyncio.to_thread(self.service.set_state, dep.id, "suspended", reason)
-                    self.refresh(dep.id)
+                    await self.suspend(dep.id, "key_disabled", message)
             else:
-                if dep.state == "suspended":
-                    await asyncio.to_thread(self.service.set_state, dep.id, "creating", None)
-                    self.refresh(dep.id)
-                    self.spawn(self.provision(dep.id))
+                if "key_disabled" in (dep.suspensions or {}):
+                    await self.resume(dep.id, "key_disabled")
 
     def begin_drain(self) -> None:
         """The server got SIGTERM/SIGINT (call on the event loop). Every worker is asked to stop

@@ -8,18 +8,31 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # Accepted for compatibility and ignored because they change nothing here.
-IGNORED = frozenset({"user", "store", "metadata", "service_tier", "parallel_tool_calls", "stream_options"})
-UNSUPPORTED = frozenset({"tools", "tool_choice", "functions", "function_call", "logprobs", "top_logprobs",
-                         "logit_bias", "audio", "modalities", "prediction", "suffix", "echo", "best_of",
-                         "frequency_penalty", "presence_penalty"})
+IGNORED = frozenset({"user", "store", "metadata", "service_tier", "stream_options"})
+UNSUPPORTED = frozenset({"functions", "function_call", "logit_bias", "audio", "modalities", "prediction", "suffix",
+                         "echo", "best_of", "frequency_penalty", "presence_penalty"})
+MAX_TOOLS = 128
 
 
 #: `name` is an identifier, as OpenAI documents it: it reaches the chat template, so it may carry
 #: neither markup nor invisible characters (it is screened with its message's content, too)
 NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+class FunctionCall(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str = Field(pattern=NAME_PATTERN)
+    arguments: str = Field(max_length=1 << 20, description="The arguments as JSON text.")
+
+
+class ToolCall(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    id: str = Field(max_length=256)
+    type: Literal["function"] = "function"
+    function: FunctionCall
 
 
 class Message(BaseModel):
@@ -28,6 +41,17 @@ class Message(BaseModel):
     content: str | list[dict[str, Any]] | None = None
     name: str | None = Field(default=None, pattern=NAME_PATTERN,
                              description="1-64 letters, digits, '_' or '-'.")
+    tool_calls: list[ToolCall] | None = Field(default=None, max_length=MAX_TOOLS,
+                                              description="An assistant message's calls.")
+    tool_call_id: str | None = Field(default=None, max_length=256, description="A tool message's call.")
+
+    @model_validator(mode="after")
+    def _tool_fields(self) -> Message:
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs the tool_call_id it answers")
+        return self
 
 
 class StreamOptions(BaseModel):
@@ -35,9 +59,24 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = False
+
+
 class ResponseFormat(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    type: Literal["text", "json_object"] = "text"
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("type 'json_schema' needs a 'json_schema' object (name, schema, strict)")
+        return self
 
 
 class _Sampling(BaseModel):
@@ -68,10 +107,22 @@ class ChatCompletionRequest(_Sampling):
     messages: list[Message] = Field(min_length=1, max_length=1000)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=32768)
     response_format: ResponseFormat | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    tools: list[dict[str, Any]] | None = Field(default=None, max_length=MAX_TOOLS)
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool = True
+
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self) -> ChatCompletionRequest:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
 
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str] = Field(description="One prompt (a list of one string is accepted).")
+    logprobs: int | None = Field(default=None, ge=0, le=20, description="Alternatives per token (0-20).")
 
 
 class EmbeddingRequest(BaseModel):
@@ -93,3 +144,28 @@ def split_extra(body: dict[str, Any], model: type[BaseModel]) -> tuple[dict[str,
         if body[k] in (None, 0, 0.0, False, [], {}):  # a default value asks for nothing
             extra.remove(k)
     return keep, sorted(extra)
+
+
+class ResponsesRequest(BaseModel):
+    """`POST /v1/responses`, the part that maps onto one stateless chat (nothing is stored, P1)."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str | None = Field(default=None, max_length=100, description="The deployment name.")
+    input: str | list[dict[str, Any]] = Field(description="A text, or a list of messages and function-call items.")
+    instructions: str | None = None
+    max_output_tokens: int | None = Field(default=None, ge=1, le=32768)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    tools: list[dict[str, Any]] | None = Field(default=None, max_length=MAX_TOOLS)
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool = True
+    text: dict[str, Any] | None = Field(default=None, description="{'format': {'type': 'text' | 'json_object' | "
+                                                                  "'json_schema', ...}}")
+    stream: bool = False
+    store: bool = Field(default=False, description="Must be false: modelport never stores a response.")
+    previous_response_id: str | None = Field(default=None, description="Refused: nothing is stored to continue.")
+    include: list[str] | None = None
+    truncation: Literal["disabled"] | None = None
+    metadata: dict[str, str] | None = None
+    user: str | None = Field(default=None, max_length=256)
+    safety_identifier: str | None = Field(default=None, max_length=256)

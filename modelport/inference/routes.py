@@ -1,7 +1,8 @@
 """Inference routes: OpenAI-compatible under /v1, Azure AI Model Inference under /deployments.
 
 Thin: authenticate, find the deployment, check the caller's address, read the body, call the
-shared handler; every error leaves in the surface's own shape.
+shared handler (which admits the request: inference/admission.py); every error leaves in the
+surface's own shape, and every answer to an admitted request with its x-ratelimit-* headers.
 """
 
 from __future__ import annotations
@@ -10,13 +11,16 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from modelport.errors import InvalidInput, ModelportError
-from modelport.inference import calls, handlers
+from modelport.inference import admission, calls, handlers, responses
+from modelport.inference.manager import Route
 from modelport.inference.wire_errors import azure_error, openai_error
 
 router = APIRouter()
 
 _BODY = {"requestBody": {"content": {"application/json": {"schema": {"type": "object"}}}, "required": True}}
 EXTRA_MODES = ("error", "drop", "pass-through")
+#: Where a request keeps its deployment's id once known (the ASGI scope), for /metrics.
+DEPLOYMENT = "modelport.deployment"
 
 
 def _ctx(request: Request):  # type: ignore[no-untyped-def]
@@ -24,24 +28,35 @@ def _ctx(request: Request):  # type: ignore[no-untyped-def]
     return svc, svc.manager
 
 
+def _found(request: Request, route: Route) -> Route:
+    """The deployment of this request, for the metrics of its answer (its id only)."""
+    request.scope[DEPLOYMENT] = route.id
+    return route
+
+
 async def _openai_call(request: Request, kind: str) -> Response:
     svc, manager = _ctx(request)
     try:
         caller = calls.authenticate(manager, svc.identity, calls.key_from(request))
         if caller.deployment is not None:
-            calls.check_client(caller.deployment, request)  # before the body is read
+            calls.check_client(_found(request, caller.deployment), request)  # before the body is read
         body = await calls.read_json(request, svc.settings.max_request_bytes)
         model = body.get("model")
-        route = calls.resolve(manager, caller, model if isinstance(model, str) else None)
+        route = _found(request, calls.resolve(manager, caller, model if isinstance(model, str) else None))
         calls.check_client(route, request)
+        admission.allowed(request, route)
         calls.check_ready(route)
         if kind == "chat":
-            return await handlers.chat(request, manager, route, body, error_shape=openai_error)
-        if kind == "completions":
-            return await handlers.completions(request, manager, route, body, error_shape=openai_error)
-        return await handlers.embeddings(manager, route, body, request=request)
+            response = await handlers.chat(request, manager, route, body, error_shape=openai_error)
+        elif kind == "completions":
+            response = await handlers.completions(request, manager, route, body, error_shape=openai_error)
+        elif kind == "responses":
+            response = await responses.create(request, manager, route, body, error_shape=openai_error)
+        else:
+            response = await handlers.embeddings(manager, route, body, request=request)
     except ModelportError as exc:
-        return openai_error(exc)
+        response = openai_error(exc)
+    return await admission.answer(request, response)
 
 
 @router.post("/v1/chat/completions", name="inference.openai.chat_completions", openapi_extra=_BODY,
@@ -58,6 +73,33 @@ async def openai_completions(request: Request) -> Response:
 @router.post("/v1/embeddings", name="inference.openai.embeddings", openapi_extra=_BODY, tags=["inference"])
 async def openai_embeddings(request: Request) -> Response:
     return await _openai_call(request, "embeddings")
+
+
+@router.post("/v1/responses", name="inference.openai.responses", openapi_extra=_BODY, tags=["inference"])
+async def openai_responses(request: Request) -> Response:
+    """The Responses API for what maps onto a stateless chat; nothing is stored (P1)."""
+    return await _openai_call(request, "responses")
+
+
+@router.get("/v1/responses/{response_id}", name="inference.openai.responses_get", tags=["inference"],
+            responses={404: {"description": "Always: modelport never stores a response."}})
+async def openai_responses_get(response_id: str, request: Request) -> Response:
+    return _never_stored(request, response_id)
+
+
+@router.delete("/v1/responses/{response_id}", name="inference.openai.responses_delete", tags=["inference"],
+               responses={404: {"description": "Always: modelport never stores a response."}})
+async def openai_responses_delete(response_id: str, request: Request) -> Response:
+    return _never_stored(request, response_id)
+
+
+def _never_stored(request: Request, response_id: str) -> Response:
+    svc, manager = _ctx(request)
+    try:
+        calls.authenticate(manager, svc.identity, calls.key_from(request))
+        raise responses.not_found(response_id)
+    except ModelportError as exc:
+        return openai_error(exc)
 
 
 @router.get("/v1/models", name="inference.openai.models", tags=["inference"])
@@ -78,8 +120,9 @@ async def _azure_call(request: Request, name: str, kind: str) -> Response:
     svc, manager = _ctx(request)
     try:
         caller = calls.authenticate(manager, svc.identity, calls.key_from(request, azure=True))
-        route = calls.resolve(manager, caller, name)
+        route = _found(request, calls.resolve(manager, caller, name))
         calls.check_client(route, request)  # the URL names the deployment: before the body
+        admission.allowed(request, route)
         mode = request.headers.get("extra-parameters", "error").lower()
         if mode not in EXTRA_MODES:
             raise InvalidInput("extra-parameters must be error, drop or pass-through.", field="extra-parameters")
@@ -94,10 +137,14 @@ async def _azure_call(request: Request, name: str, kind: str) -> Response:
         # understands them; ours take none beyond the schema, so they are dropped (documented).
         extra_mode = "error" if mode == "error" else "drop"
         if kind == "chat":
-            return await handlers.chat(request, manager, route, body, extra_mode=extra_mode, error_shape=azure_error)
-        return await handlers.embeddings(manager, route, body, extra_mode=extra_mode, request=request)
+            response = await handlers.chat(request, manager, route, body, extra_mode=extra_mode,
+                                           error_shape=azure_error, azure=True)
+        else:
+            response = await handlers.embeddings(manager, route, body, extra_mode=extra_mode, request=request,
+                                                 azure=True)
     except ModelportError as exc:
-        return azure_error(exc)
+        response = azure_error(exc)
+    return await admission.answer(request, response)
 
 
 @router.post("/deployments/{name}/chat/completions", name="inference.azure.chat_completions", openapi_extra=_BODY,

@@ -10,7 +10,7 @@ import logging
 
 from fastapi.responses import JSONResponse
 
-from modelport.errors import ModelportError, TooManyRequests
+from modelport.errors import ModelportError, RateLimited, TooManyRequests
 
 log = logging.getLogger("modelport.inference")
 
@@ -26,6 +26,8 @@ def _public_message(exc: ModelportError) -> str:
 
 
 def _headers(exc: ModelportError) -> dict[str, str]:
+    if isinstance(exc, RateLimited):
+        return {"Retry-After": str(exc.retry_after), "retry-after-ms": str(exc.retry_after_ms), **exc.headers}
     return {"Retry-After": str(exc.retry_after)} if isinstance(exc, TooManyRequests) else {}
 
 

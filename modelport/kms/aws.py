@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
@@ -45,6 +44,9 @@ from modelport.kms.base import (
     UnwrapFailed,
     WrappedKey,
 )
+
+if TYPE_CHECKING:
+    from modelport.config import Settings
 
 DELETION_WINDOW_DAYS = 7  # the minimum AWS KMS accepts
 WORKSPACE_TAG = "modelport:workspace"  # on a customer-managed key: the id of the workspace it is for
@@ -220,14 +222,12 @@ def _map_client_error(exc: ClientError, name: str) -> ModelportError:
     return KeyProviderError(f"key provider {name!r} refused the request ({code or 'unknown error'})")
 
 
-def from_environ(home: Path, environ: Mapping[str, str]) -> AwsKmsProvider | None:
-    """Build the provider from MODELPORT_KMS_AWS_* variables; None when not configured.
+def from_settings(settings: Settings) -> AwsKmsProvider | None:
+    """Build the provider from the installation's settings; None when not configured.
 
     MODELPORT_KMS_AWS_REGION turns it on; MODELPORT_KMS_AWS_ENDPOINT_URL points it at a
     KMS-compatible server. Credentials come from boto3's usual chain.
     """
-    region = environ.get("MODELPORT_KMS_AWS_REGION")
-    if not region:
+    if not settings.kms_aws_region:
         return None
-    endpoint = environ.get("MODELPORT_KMS_AWS_ENDPOINT_URL") or None
-    return AwsKmsProvider(region_name=region, endpoint_url=endpoint)
+    return AwsKmsProvider(region_name=settings.kms_aws_region, endpoint_url=settings.kms_aws_endpoint_url or None)

@@ -10,9 +10,9 @@ Every wrap takes a `context` (string to string), bound into the ciphertext as as
 fails to unwrap.
 
 Built-in providers: `LocalKeystore` (modelport.kms.local, the default and the reference) and
-`AwsKmsProvider` (modelport.kms.aws). Third-party providers publish a factory in the
-`modelport.key_providers` entry-point group, exactly as the built-ins are listed in
-`BUILTIN_FACTORIES`.
+`AwsKmsProvider` (modelport.kms.aws). Providers other than the local keystore publish a
+factory `(Settings) -> KeyProvider | None` in the `modelport.key_providers` entry-point group, as
+`aws` does in modelport's own pyproject.toml (modelport/plugins.py).
 """
 
 from __future__ import annotations
@@ -21,10 +21,9 @@ import enum
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
-from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, cast, runtime_checkable
 
+from modelport import plugins
 from modelport.errors import (
     Conflict,
     Forbidden,
@@ -37,6 +36,9 @@ from modelport.errors import (
 
 KEY_REF_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,159}$")
 ENTRY_POINT_GROUP = "modelport.key_providers"
+
+if TYPE_CHECKING:
+    from modelport.config import Settings
 
 
 # ---------------------------------------------------------------------------------------- errors
@@ -214,29 +216,12 @@ class KeyProviderRegistry:
         return sorted(self._providers)
 
 
-# A factory builds a provider from the data directory and the environment, or returns None when
-# the environment does not configure it.
-ProviderFactory = Callable[[Path, Mapping[str, str]], "KeyProvider | None"]
-
-BUILTIN_FACTORIES: dict[str, str] = {
-    # The local keystore is not here: the datastore builds it itself, because it needs the
-    # workspace master key. AWS KMS is configured by MODELPORT_KMS_AWS_* variables.
-    "aws": "modelport.kms.aws:from_environ",
-}
+# A factory builds a provider from the installation's settings, or returns None when they do not
+# configure it. The local keystore is not one: the datastore builds it itself, because it needs the
+# workspace master key. AWS KMS (modelport.kms.aws:from_settings) registers like a third party.
+ProviderFactory = Callable[["Settings"], "KeyProvider | None"]
 
 
 def load_provider_factories() -> dict[str, ProviderFactory]:
-    """Built-in factories plus those published in the `modelport.key_providers` entry points."""
-    specs: dict[str, str] = dict(BUILTIN_FACTORIES)
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        specs.setdefault(ep.name, ep.value)
-    factories: dict[str, ProviderFactory] = {}
-    for name, spec in specs.items():
-        factories[name] = _resolve(spec)
-    return factories
-
-
-def _resolve(spec: str) -> ProviderFactory:
-    module_name, _, attr = spec.partition(":")
-    module = __import__(module_name, fromlist=[attr])
-    return getattr(module, attr)
+    """The factories published in the `modelport.key_providers` entry points (modelport/plugins.py)."""
+    return {name: cast(ProviderFactory, p.load()) for name, p in plugins.plugins(ENTRY_POINT_GROUP).items()}

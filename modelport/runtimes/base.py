@@ -6,18 +6,8 @@ thread at a time: the worker serialises calls, so a runtime needs no locking of 
 runtime whose `max_concurrent_generations` is above 1 (llamacpp: continuous batching) takes that
 many `generate` calls from as many threads at once, and does its own locking.
 
-Generate request fields beyond the OpenAI sampling parameters (the exact names the worker
-protocol and the gateway use):
-    grammar: str | None     GBNF text (llama.cpp's grammar format, root rule `root`), compiled
-                            per sequence; the model can only produce text the grammar accepts.
-                            Exclusive with response_format "json_object" (itself a built-in
-                            grammar). A grammar that does not parse is the caller's 400;
-                            one that allows no token at some point ends its stream with an
-                            invalid_input error (never the process).
-    logprobs: int | None    None: no log-probabilities. 0..20: every generated token's
-                            log-probability under the model (natural log, before temperature,
-                            top_p and grammar), plus that many most likely alternatives at its
-                            position (`Delta.logprobs`, one TokenLogprob per token).
+Generate request fields beyond the OpenAI sampling parameters (`grammar`, `logprobs`,
+`tools`) are described on `GenerateRequest`; `Delta.logprobs` holds TokenLogprob entries.
 
     Runtime.load(spec)            load the model named by `spec` (local files only)
     runtime.generate(req, cancel) iterator of Delta; the last one carries finish_reason + usage
@@ -45,6 +35,8 @@ from modelport.errors import InvalidInput, Unprocessable
 
 FinishReason = Literal["stop", "length"]
 ResponseFormat = Literal["text", "json_object"]
+
+MAX_TOP_LOGPROBS = 20
 
 TASK_CHAT = "chat-completion"
 TASK_COMPLETION = "completion"
@@ -81,9 +73,6 @@ class ModelSpec:
         return self.threads or default_threads()
 
 
-MAX_TOP_LOGPROBS = 20
-MAX_GRAMMAR_CHARS = 65536
-
 
 @dataclass(frozen=True, slots=True)
 class GenerateRequest:
@@ -98,8 +87,14 @@ class GenerateRequest:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     response_format: ResponseFormat = "text"
+    #: GBNF text the answer must match (structured outputs, tool calls); a runtime that cannot
+    #: apply a grammar refuses the request (400), it never ignores one
     grammar: str | None = None
+    #: most likely alternatives (0..20) to report with each token's own logprob; None: no logprobs
     logprobs: int | None = None
+    #: function tools (OpenAI's `{"type": "function", "function": {...}}`), shown to the model by
+    #: its chat template where the template renders tools, otherwise by `tool_prompt`'s fallback
+    tools: Sequence[dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         if (self.messages is None) == (self.prompt is None):
@@ -108,11 +103,10 @@ class GenerateRequest:
             if self.response_format == "json_object":
                 raise InvalidInput("give either a grammar or response_format json_object, not both",
                                    field="grammar")
-            if not self.grammar.strip() or len(self.grammar) > MAX_GRAMMAR_CHARS:
-                raise InvalidInput(f"grammar must be GBNF text of 1 to {MAX_GRAMMAR_CHARS} characters",
-                                   field="grammar")
+            if not self.grammar.strip():
+                raise InvalidInput("grammar must be GBNF text with a `root` rule, not empty", field="grammar")
         if self.logprobs is not None and not 0 <= self.logprobs <= MAX_TOP_LOGPROBS:
-            raise InvalidInput(f"logprobs must be between 0 and {MAX_TOP_LOGPROBS}", field="logprobs")
+            raise InvalidInput(f"logprobs takes 0 to {MAX_TOP_LOGPROBS} alternatives", field="top_logprobs")
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,21 +121,19 @@ class Usage:
 
 @dataclass(frozen=True, slots=True)
 class TokenLogprob:
-    """One generated token: its text (bytes decoded with replacement), log-probability, raw
-    bytes, and the `logprobs` most likely tokens at its position as (text, logprob, bytes)."""
+    """One generated token: its bytes, its log probability under the model (before sampling's
+    temperature and top_p), and the `top` most likely tokens at that step as (bytes, logprob)."""
 
-    token: str
+    token: bytes
     logprob: float
-    bytes: bytes
-    top: tuple[tuple[str, float, bytes], ...] = ()
+    top: tuple[tuple[bytes, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class Delta:
     """A piece of generated text. The last Delta of a generation has `finish_reason` and
     `usage` set (its text may be empty); a generation that was cancelled ends without one.
-    With `logprobs` requested, each Delta carries the tokens sampled since the previous Delta
-    (text held back by a stop matcher travels with the Delta that releases it)."""
+    `logprobs` (when asked for) holds the tokens whose text this delta releases, in order."""
 
     text: str
     finish_reason: FinishReason | None = None
@@ -200,8 +192,9 @@ class Runtime(ABC):
 
     @abstractmethod
     def count_tokens(self, *, messages: Sequence[dict[str, Any]] | None = None,
-                     prompt: str | None = None) -> int:
-        """Tokens the prompt occupies, exactly as `generate` would feed it to the model."""
+                     prompt: str | None = None, tools: Sequence[dict[str, Any]] | None = None) -> int:
+        """Tokens the prompt occupies, exactly as `generate` would feed it to the model (with `tools`
+        shown to it as `generate` shows them)."""
 
     def count_input_tokens(self, texts: Sequence[str]) -> list[int]:
         """Tokens of each embeddings input, as `embed` would feed it to the model."""
@@ -210,6 +203,16 @@ class Runtime(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Free the model. Default: nothing to free."""
+
+
+def refuse_unsupported(request: GenerateRequest, runtime: str, *, grammar: bool = False,
+                       logprobs: bool = False) -> None:
+    """A runtime that cannot honour a grammar or logprobs says so (400); it never ignores them."""
+    if request.grammar is not None and not grammar:
+        raise InvalidInput(f"structured outputs and tool calls need a grammar, which the {runtime} runtime "
+                           "cannot apply; use a GGUF (llama.cpp) deployment", field="response_format")
+    if request.logprobs is not None and not logprobs:
+        raise InvalidInput(f"the {runtime} runtime does not report logprobs; leave out 'logprobs'", field="logprobs")
 
 
 def check_prompt_fits(prompt_tokens: int, context_length: int) -> int:
@@ -257,7 +260,7 @@ def normalise_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any
 
 
 def render_chat(template: str, messages: Sequence[dict[str, Any]], *, bos_token: str,
-                eos_token: str) -> str:
+                eos_token: str, tools: Sequence[dict[str, Any]] | None = None) -> str:
     """The model's chat template, rendered in the catalog's sandbox (the same renderer the
     artifact scan checked the template with). A template that refuses the conversation or
     fails on it is the caller's 400; a template that breaks a sandbox rule stays a 422."""
@@ -265,7 +268,8 @@ def render_chat(template: str, messages: Sequence[dict[str, Any]], *, bos_token:
 
     try:
         return render_chat_template(template, normalise_messages(messages), add_generation_prompt=True,
-                                    bos_token=bos_token, eos_token=eos_token)
+                                    bos_token=bos_token, eos_token=eos_token,
+                                    tools=list(tools) if tools is not None else None)
     except Unprocessable as exc:
         if exc.details.get("reason") in ("refused", "render"):
             raise InvalidInput(f"{exc.message}; check the roles and order of the messages",

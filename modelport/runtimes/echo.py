@@ -5,6 +5,9 @@ draining) with the words of the last message, one word per token. A word is a to
 counting too, so usage figures are exact and predictable. Embeddings are unit vectors derived
 from a hash of the text: deterministic, meaningless, `dim` long.
 
+Logprobs: every word is certain (logprob 0.0, itself its only alternative). A grammar is refused
+(400): the echo cannot constrain what it repeats.
+
 Options: `context_length` (default 2048), `delay_ms` (default 0), `dim` (default 8),
 `cycle` (default true: with max_tokens larger than the text, keep repeating the words).
 """
@@ -28,10 +31,13 @@ from modelport.runtimes.base import (
     ModelSpec,
     Runtime,
     StopMatcher,
+    TokenLogprob,
     Usage,
     check_prompt_fits,
     normalise_messages,
+    refuse_unsupported,
 )
+from modelport.runtimes.tool_prompt import prepare
 
 
 class EchoRuntime(Runtime):
@@ -55,20 +61,22 @@ class EchoRuntime(Runtime):
         return self._context_length
 
     @staticmethod
-    def _prompt_words(messages: Sequence[dict[str, Any]] | None, prompt: str | None) -> tuple[int, list[str]]:
+    def _prompt_words(messages: Sequence[dict[str, Any]] | None, prompt: str | None,
+                      tools: Sequence[dict[str, Any]] | None = None) -> tuple[int, list[str]]:
         if messages is not None:
-            normalised = normalise_messages(messages)
+            normalised = normalise_messages(prepare(messages, tools, None)[0])
             count = sum(len(m["role"].split()) + len(m["content"].split()) for m in normalised)
             return count, normalised[-1]["content"].split()
         words = (prompt or "").split()
         return len(words), words
 
     def count_tokens(self, *, messages: Sequence[dict[str, Any]] | None = None,
-                     prompt: str | None = None) -> int:
-        return self._prompt_words(messages, prompt)[0]
+                     prompt: str | None = None, tools: Sequence[dict[str, Any]] | None = None) -> int:
+        return self._prompt_words(messages, prompt, tools)[0]
 
     def generate(self, request: GenerateRequest, cancel: threading.Event) -> Iterator[Delta]:
-        prompt_tokens, words = self._prompt_words(request.messages, request.prompt)
+        refuse_unsupported(request, self.name, logprobs=True)
+        prompt_tokens, words = self._prompt_words(request.messages, request.prompt, request.tools)
         room = check_prompt_fits(prompt_tokens, self._context_length)
         words = words or ["echo"]
         if request.response_format == "json_object":
@@ -77,6 +85,7 @@ class EchoRuntime(Runtime):
         natural = len(words) if request.max_tokens is None or not self._cycle else None
         limit, finish = (natural, "stop") if natural is not None and natural <= cap else (cap, "length")
         stopper = StopMatcher(request.stop)
+        scored: list[TokenLogprob] = []
         produced = 0
         hit = False
         while produced < limit:
@@ -85,14 +94,23 @@ class EchoRuntime(Runtime):
             word = words[produced % len(words)]
             produced += 1
             self.tokens_generated_total += 1
-            out, hit = stopper.feed(word if produced == 1 else " " + word)
-            if out:
+            piece = word if produced == 1 else " " + word
+            out, hit = stopper.feed(piece)
+            if request.logprobs is not None:
+                # one word is one token, and the echo is certain of it: probability 1
+                raw = piece.encode("utf-8")
+                scored.append(TokenLogprob(raw, 0.0, ((raw, 0.0),) if request.logprobs else ()))
+                if out:
+                    yield Delta(out, logprobs=tuple(scored))
+                    scored = []
+            elif out:
                 yield Delta(out)
             if hit:
                 finish = "stop"
                 break
         tail = "" if hit else stopper.flush()
-        yield Delta(tail, finish_reason=finish, usage=Usage(prompt_tokens, produced))  # type: ignore[arg-type]
+        yield Delta(tail, finish_reason=finish, usage=Usage(prompt_tokens, produced),  # type: ignore[arg-type]
+                    logprobs=tuple(scored) if request.logprobs is not None and not hit else None)
 
     def count_input_tokens(self, texts: Sequence[str]) -> list[int]:
         return [len(t.split()) for t in texts]

@@ -181,14 +181,15 @@ class LlamaCppRuntime(Runtime):
     def _tokenize(self, text: str, special: bool) -> list[int]:
         return self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
 
-    def _prompt_tokens(self, messages: Sequence[dict[str, Any]] | None, prompt: str | None) -> list[int]:
+    def _prompt_tokens(self, messages: Sequence[dict[str, Any]] | None, prompt: str | None,
+                       tools: Sequence[dict[str, Any]] | None = None) -> list[int]:
         if messages is not None:
             if not self._template:
                 raise InvalidInput("this model has no chat template; use the completions API", field="messages")
             # Only the template's markup becomes control tokens (<|im_start|>...); the messages'
             # text never does, whatever it contains (runtimes/prompting.py).
             tokens = chat_prompt_ids(self._template, messages, bos_token=self._bos_text, eos_token=self._eos_text,
-                                     tokenize=self._tokenize, control_texts=self._controls)
+                                     tokenize=self._tokenize, control_texts=self._controls, tools=tools)
         else:
             tokens = self._tokenize(prompt or "", True)  # a raw prompt is the caller's whole input
         if self._add_bos and self._bos >= 0:
@@ -202,15 +203,15 @@ class LlamaCppRuntime(Runtime):
         return tokens
 
     def count_tokens(self, *, messages: Sequence[dict[str, Any]] | None = None,
-                     prompt: str | None = None) -> int:
-        return len(self._prompt_tokens(messages, prompt))
+                     prompt: str | None = None, tools: Sequence[dict[str, Any]] | None = None) -> int:
+        return len(self._prompt_tokens(messages, prompt, tools))
 
     # -- generation ------------------------------------------------------------------------
 
     def generate(self, request: GenerateRequest, cancel: threading.Event) -> Iterator[Delta]:
         """Hand the request to the batching engine and yield its Deltas as they are sampled.
         Leaving the iteration early (or setting `cancel`) takes the sequence out of the batch."""
-        tokens = self._prompt_tokens(request.messages, request.prompt)
+        tokens = self._prompt_tokens(request.messages, request.prompt, request.tools)
         room = check_prompt_fits(len(tokens), self._context_length)
         max_tokens = min(request.max_tokens, room) if request.max_tokens else room
         sampler = self._sampler(request)

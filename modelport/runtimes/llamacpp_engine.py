@@ -336,7 +336,7 @@ class BatchEngine:
         piece = self._piece(token)
         if entry_top is not None:
             logprob, top = entry_top(token)
-            seq.pending_logprobs.append(TokenLogprob(piece.decode("utf-8", "replace"), logprob, piece, top))
+            seq.pending_logprobs.append(TokenLogprob(piece, logprob, top))
         out, hit = seq.stopper.feed(seq.decoder.decode(piece))
         if hit:
             self._finish(seq, "stop", out, hit=True)
@@ -375,22 +375,23 @@ class BatchEngine:
         self._L.llama_sampler_accept(seq.sampler, token)
         return token
 
-    def _logprobs(self, index: int, k: int) -> Callable[[int], tuple[float, tuple[tuple[str, float, bytes], ...]]]:
-        """The model's log-probabilities at this output (before temperature, top-p and grammar)."""
+    def _logprobs(self, index: int, k: int) -> Callable[[int], tuple[float, tuple[tuple[bytes, float], ...]]]:
+        """The model's log-probabilities at this output (before temperature, top-p and grammar):
+        a function of the sampled token giving its logprob and the `k` most likely tokens as
+        (bytes, logprob), the TokenLogprob shape."""
         import numpy as np
 
         row = np.ctypeslib.as_array(self._L.llama_get_logits_ith(self._ctx, index), shape=(self._n_vocab,))
         logits = row.astype(np.float64)
         peak = float(logits.max())
         lse = peak + math.log(float(np.exp(logits - peak).sum()))
-        top: tuple[tuple[str, float, bytes], ...] = ()
+        top: tuple[tuple[bytes, float], ...] = ()
         if k:
             best = np.argpartition(-logits, k - 1)[:k]
             best = best[np.argsort(-logits[best], kind="stable")]
-            top = tuple((self._piece(int(t)).decode("utf-8", "replace"), float(logits[t]) - lse,
-                         self._piece(int(t))) for t in best)
+            top = tuple((self._piece(int(t)), float(logits[t]) - lse) for t in best)
 
-        def of(token: int) -> tuple[float, tuple[tuple[str, float, bytes], ...]]:
+        def of(token: int) -> tuple[float, tuple[tuple[bytes, float], ...]]:
             return float(logits[token]) - lse, top
 
         return of

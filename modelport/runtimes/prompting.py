@@ -29,6 +29,7 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from modelport.errors import InvalidInput
+from modelport.runtimes import tool_prompt
 from modelport.runtimes.base import normalise_messages, render_chat
 
 #: (text, parse control tokens?) -> token ids, without a BOS the tokenizer would add itself
@@ -51,14 +52,18 @@ def _mask(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[st
 
 
 def chat_pieces(template: str, messages: Sequence[dict[str, Any]], *, bos_token: str,
-                eos_token: str) -> tuple[str, list[tuple[str, bool]] | None]:
+                eos_token: str, tools: Sequence[dict[str, Any]] | None = None,
+                ) -> tuple[str, list[tuple[str, bool]] | None]:
     """The rendered prompt, and its pieces as (text, written by the caller) in order; None for
-    the pieces when the template changes the caller's text, so that it cannot be located."""
-    real = normalise_messages(messages)
-    text = render_chat(template, real, bos_token=bos_token, eos_token=eos_token)
+    the pieces when the template changes the caller's text, so that it cannot be located.
+    Tools, earlier tool calls and tool results are first given the form the template takes
+    (`tool_prompt.prepare`); in the fallback form they are message text like any other."""
+    prepared, template_tools = tool_prompt.prepare(messages, tools, template)
+    real = normalise_messages(prepared)
+    text = render_chat(template, real, bos_token=bos_token, eos_token=eos_token, tools=template_tools)
     masked, values = _mask(real)
     try:
-        shape = render_chat(template, masked, bos_token=bos_token, eos_token=eos_token)
+        shape = render_chat(template, masked, bos_token=bos_token, eos_token=eos_token, tools=template_tools)
     except InvalidInput:  # the template looks at the text itself (refuses a marker): cannot split
         return text, None
     pieces: list[tuple[str, bool]] = []
@@ -89,12 +94,21 @@ def _controls_only_in_markup(text: str, pieces: list[tuple[str, bool]], control_
 
 
 def chat_prompt_ids(template: str, messages: Sequence[dict[str, Any]], *, bos_token: str, eos_token: str,
-                    tokenize: Tokenize, control_texts: Collection[str]) -> list[int]:
+                    tokenize: Tokenize, control_texts: Collection[str],
+                    tools: Sequence[dict[str, Any]] | None = None) -> list[int]:
     """Token ids of a chat prompt; `control_texts` are the texts of the model's control tokens."""
     controls = [c for c in control_texts if c]
-    text, pieces = chat_pieces(template, messages, bos_token=bos_token, eos_token=eos_token)
+    # Structured values a tool-aware template renders itself (tool definitions, earlier calls)
+    # cannot be told apart from its markup: one holding a control token's text is refused.
+    structured = tool_prompt.strings_in([tools or [], [m.get("tool_calls") for m in messages]])
+    found = next((c for c in controls for v in structured if c in v), None)
+    if found is not None:
+        raise InvalidInput(f"a tool definition or tool call contains '{found}', a control token of this model; "
+                           "remove it", field="tools")
+    text, pieces = chat_pieces(template, messages, bos_token=bos_token, eos_token=eos_token, tools=tools)
     if pieces is None:
-        written = [v for m in normalise_messages(messages) for k, v in m.items() if k != "role" and isinstance(v, str)]
+        prepared = tool_prompt.prepare(messages, tools, template)[0]
+        written = [v for m in normalise_messages(prepared) for k, v in m.items() if k != "role" and isinstance(v, str)]
         found = next((c for c in controls for v in written if c in v), None)
         if found is not None:
             raise InvalidInput(f"a message contains '{found}', a control token of this model, which this model's "

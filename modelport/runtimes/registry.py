@@ -1,9 +1,7 @@
 """Find a runtime class by name (entry point) or by `module:Class` reference.
 
 Built-in runtimes register exactly as a third-party package would, in the `modelport.runtimes`
-entry-point group (see pyproject.toml). `BUILTIN` is only read for a name that no installed
-distribution declares, so that a source checkout that was never `pip install`ed still works;
-an entry point of the same name always wins.
+entry-point group (see pyproject.toml and modelport/plugins.py).
 
 An operator may also name a class directly as `package.module:ClassName` (a runtime shipped
 outside any distribution); it is imported inside the worker, never in the gateway.
@@ -12,26 +10,17 @@ outside any distribution); it is imported inside the worker, never in the gatewa
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import entry_points
 
+from modelport import plugins
 from modelport.errors import InvalidInput
 from modelport.runtimes.base import Runtime
 
 ENTRY_POINT_GROUP = "modelport.runtimes"
 
-BUILTIN: dict[str, str] = {
-    "llamacpp": "modelport.runtimes.llamacpp:LlamaCppRuntime",
-    "transformers": "modelport.runtimes.transformers:TransformersRuntime",
-    "echo": "modelport.runtimes.echo:EchoRuntime",
-}
-
 
 def available_runtimes() -> dict[str, str]:
-    """Runtime names and the `module:Class` they load, entry points first."""
-    found = dict(BUILTIN)
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        found[ep.name] = ep.value
-    return found
+    """Runtime names and the `module:Class` they load."""
+    return {name: p.target for name, p in plugins.plugins(ENTRY_POINT_GROUP).items()}
 
 
 def resolve_runtime(ref: str) -> type[Runtime]:

@@ -35,6 +35,7 @@ from modelport.runtimes.base import (
     StopMatcher,
     Usage,
     check_prompt_fits,
+    refuse_unsupported,
 )
 from modelport.runtimes.prompting import chat_prompt_ids
 
@@ -242,19 +243,16 @@ class TransformersRuntime(Runtime):
         return sorted(set(tok.all_special_tokens) | set(added))
 
     def count_tokens(self, *, messages: Sequence[dict[str, Any]] | None = None,
-                     prompt: str | None = None) -> int:
+                     prompt: str | None = None, tools: Sequence[dict[str, Any]] | None = None) -> int:
         if self._task == TASK_EMBEDDINGS:
             return sum(self.count_input_tokens([prompt or ""]))
         return len(self._prompt_ids(messages, prompt))
 
     def generate(self, request: GenerateRequest, cancel: threading.Event) -> Iterator[Delta]:
+        refuse_unsupported(request, self.name)
         if request.response_format == "json_object":
             raise InvalidInput("response_format json_object is supported by GGUF models only",
                                field="response_format")
-        if request.grammar is not None:
-            raise InvalidInput("a grammar is supported by GGUF models only", field="grammar")
-        if request.logprobs is not None:
-            raise InvalidInput("logprobs are supported by GGUF models only", field="logprobs")
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList
         from transformers.generation.streamers import BaseStreamer

@@ -5,8 +5,7 @@ Public API, for the gateway and the control plane:
 - `BlocklistSet`, `Blocklist` (blocklists.py): a workspace's custom blocklists.
 - `create_backend(name, **options)` (backends/): the registered backends, `minilm` by default.
 - `Screener(backend, config, blocklists)` (screening.py): `await screen_prompt(text)`,
-  `await check_prompt(text)` (raises ContentFiltered), `stream()` -> StreamScreener;
-  `error_body(verdict)`, `prompt_filter_results(verdict)`, `empty_results()`;
+  `stream()` -> StreamScreener; `error_body(verdict)`, `empty_results()`;
   failures raise `SafetyUnavailable` (503, fail closed).
 Heavy imports (torch, transformers) happen only when a backend is built.
 """
@@ -24,7 +23,6 @@ from modelport.safety.screening import (
     Verdict,
     empty_results,
     error_body,
-    prompt_filter_results,
 )
 
 __all__ = [
@@ -42,5 +40,4 @@ __all__ = [
     "create_backend",
     "empty_results",
     "error_body",
-    "prompt_filter_results",
 ]

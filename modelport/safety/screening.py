@@ -102,11 +102,6 @@ def error_body(verdict: Verdict, *, param: str = "prompt") -> dict[str, Any]:
     }
 
 
-def prompt_filter_results(verdict: Verdict, prompt_index: int = 0) -> list[dict[str, Any]]:
-    """`prompt_filter_results` of a successful response."""
-    return [{"prompt_index": prompt_index, "content_filter_results": verdict.results}]
-
-
 class Screener:
     """Screens texts for one deployment. Cheap to build; the backend holds the model.
 
@@ -200,13 +195,6 @@ class Screener:
     async def screen_prompt(self, text: str) -> Verdict:
         """Screen a prompt (for chat: `inference.filtering.prompt_text` of the messages)."""
         return (await self.screen([text], "prompt"))[0]
-
-    async def check_prompt(self, text: str) -> Verdict:
-        """Screen a prompt and raise ContentFiltered when it is blocked; return the verdict otherwise."""
-        verdict = await self.screen_prompt(text)
-        if verdict.filtered:
-            raise ContentFiltered(verdict)
-        return verdict
 
     async def screen_completion(self, text: str) -> Verdict:
         return (await self.screen([text], "completion"))[0]

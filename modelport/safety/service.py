@@ -24,12 +24,14 @@ from modelport.db.engine import Database
 from modelport.db.tables import Blocklist, ContentFilterCount, Deployment
 from modelport.errors import InvalidInput, NotFound
 from modelport.identity.principal import Principal
+from modelport.metrics import Metrics
 from modelport.safety import blocklists
 from modelport.safety.admission import WorkspaceGate
 from modelport.safety.backends import create_backend
 from modelport.safety.backends.base import SafetyBackend
 from modelport.safety.backends.llm_judge import Complete, LLMJudgeBackend
 from modelport.safety.blocklists import BlocklistSet
+from modelport.safety.cache import DEFAULT_ENTRIES, AnalysisCache, CachedBackend
 from modelport.safety.config import BLOCKLIST_NAME, ContentFilterConfig
 from modelport.safety.screening import SafetyUnavailable, Screener, Verdict
 
@@ -43,11 +45,16 @@ JudgeFactory = Callable[[str, str, str | None], Complete]
 
 class SafetyService:
     """`screening_concurrency`/`screening_queue`: screenings one workspace runs at once / may queue
-    (beyond: 429); `blocklist_budget_s`: time all of a deployment's blocklists get per text."""
+    (beyond: 429); `blocklist_budget_s`: time all of a deployment's blocklists get per text;
+    `screening_cache_entries`: analyses each loaded backend keeps of texts it has classified, by
+    keyed hash (safety/cache.py; 0: none)."""
 
-    def __init__(self, db: Database, *, screening_concurrency: int = 2, screening_queue: int = 16,
-                 blocklist_budget_s: float = blocklists.DEFAULT_BUDGET_S) -> None:
+    def __init__(self, db: Database, *, metrics: Metrics, screening_concurrency: int = 2, screening_queue: int = 16,
+                 blocklist_budget_s: float = blocklists.DEFAULT_BUDGET_S,
+                 screening_cache_entries: int = DEFAULT_ENTRIES) -> None:
         self.db = db
+        self.metrics = metrics
+        self.screening_cache_entries = screening_cache_entries
         self.gate = WorkspaceGate(screening_concurrency, screening_queue)
         self.blocklist_budget_s = blocklist_budget_s
         self._backends: dict[str, SafetyBackend] = {}
@@ -75,7 +82,8 @@ class SafetyService:
             async with self._backend_lock:
                 if name not in self._backends:
                     try:
-                        self._backends[name] = await asyncio.to_thread(create_backend, name)
+                        loaded = await asyncio.to_thread(create_backend, name)
+                        self._backends[name] = CachedBackend(loaded, AnalysisCache(self.screening_cache_entries))
                     except Exception as exc:  # fail closed: no screening, no request
                         raise SafetyUnavailable(f"The content-filter backend '{name}' could not be loaded; "
                                                 "requests to filtered deployments are refused.") from exc
@@ -124,11 +132,17 @@ class SafetyService:
     # -- counts ---------------------------------------------------------------------------
     def count_results(self, deployment_id: str, direction: str, filtered: tuple[str, ...],
                       detected: tuple[str, ...]) -> None:
+        annotated = set(detected) - set(filtered)
         with self._counts_lock:
             for reason in filtered:
                 self._counts[(deployment_id, direction, reason, "filtered")] += 1
-            for reason in set(detected) - set(filtered):
+            for reason in annotated:
                 self._counts[(deployment_id, direction, reason, "annotated")] += 1
+        # /metrics counts results, not categories (labels are the deployment and a status only).
+        if filtered:
+            self.metrics.filter_action(deployment_id, direction, "filtered")
+        elif annotated:
+            self.metrics.filter_action(deployment_id, direction, "annotated")
 
     def flush_counts(self) -> int:
         with self._counts_lock:

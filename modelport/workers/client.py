@@ -52,7 +52,7 @@ _UNREACHABLE = "the model worker is not reachable (starting, restarting or stopp
 class TextDelta:
     index: int
     text: str
-    logprobs: list[dict[str, Any]] | None = None  # the wire's list, when logprobs were asked
+    logprobs: list[dict[str, Any]] | None = None  # OpenAI's per-token objects, when asked for
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,9 +334,12 @@ class WorkerClient:
         return Health.model_validate(await self._call("GET", "/health", timeout=timeout))
 
     async def count_tokens(self, *, messages: Sequence[dict[str, Any]] | None = None,
-                           prompt: str | None = None, input: Sequence[str] | None = None) -> TokenCount:
-        """Tokens of a chat (`messages`), a text `prompt`, or each embeddings `input`."""
+                           prompt: str | None = None, input: Sequence[str] | None = None,
+                           tools: Sequence[dict[str, Any]] | None = None) -> TokenCount:
+        """Tokens of a chat (`messages`, shown `tools`), a text `prompt`, or each embeddings `input`."""
         body: dict[str, Any] = {}
+        if tools:
+            body["tools"] = list(tools)
         if messages is not None:
             body["messages"] = list(messages)
         if prompt is not None:

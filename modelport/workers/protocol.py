@@ -3,10 +3,9 @@
     GET  /health     -> Health
     POST /tokenize   TokenizeBody -> TokenCount           (before inference: 400 if too long)
     POST /generate   GenerateBody -> NDJSON stream of events, one JSON object per line:
-                     {"type": "delta",  "index": i, "text": "..."}
-                         with `logprobs` asked, each delta also has "logprobs": [{"token": str,
-                         "logprob": float, "bytes": [int], "top_logprobs": [{"token", "logprob",
-                         "bytes"}]}], one entry per token sampled since the previous delta
+                     {"type": "delta",  "index": i, "text": "...", "logprobs": [...]}
+                     (logprobs only when asked: OpenAI's per-token objects, token, logprob,
+                     bytes, top_logprobs, for the tokens whose text this delta carries)
                      {"type": "finish", "index": i, "finish_reason": "stop"|"length",
                       "completion_tokens": n}
                      {"type": "usage",  "prompt_tokens": p, "completion_tokens": c}  (last line)
@@ -30,8 +29,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from modelport import errors
 
 PROTOCOL_VERSION = 1
-MAX_GRAMMAR_CHARS = 65536  # the same limits as runtimes/base.py (this module imports no runtime)
-MAX_TOP_LOGPROBS = 20
 
 
 class WorkerSpec(BaseModel):
@@ -82,8 +79,10 @@ class GenerateBody(_Body):
     seed: int | None = None
     n: int = Field(default=1, ge=1, le=16)
     response_format: Literal["text", "json_object"] = "text"
-    grammar: str | None = Field(default=None, min_length=1, max_length=MAX_GRAMMAR_CHARS)
-    logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+    grammar: str | None = Field(default=None, min_length=1, max_length=1 << 20,
+                                description="GBNF the answer must match.")
+    logprobs: int | None = Field(default=None, ge=0, le=20, description="Top alternatives per token.")
+    tools: list[dict[str, Any]] | None = None
 
     @model_validator(mode="after")
     def _one_input(self) -> GenerateBody:
@@ -97,6 +96,7 @@ class GenerateBody(_Body):
 class TokenizeBody(_Body):
     messages: list[dict[str, Any]] | None = None
     prompt: str | None = None
+    tools: list[dict[str, Any]] | None = None
     input: list[str] | None = Field(default=None, description="Embeddings inputs, counted one by one.")
 
 
@@ -137,15 +137,17 @@ class Health(BaseModel):
 
 # -- events (hand-built dicts: this is the per-token path) ---------------------------------
 
+def _token(raw: bytes, logprob: float) -> dict[str, Any]:
+    return {"token": raw.decode("utf-8", "replace"), "logprob": logprob, "bytes": list(raw)}
+
+
+def logprobs_wire(scored: Any) -> list[dict[str, Any]]:
+    """Runtime TokenLogprobs as OpenAI's per-token logprob objects."""
+    return [{**_token(t.token, t.logprob), "top_logprobs": [_token(b, lp) for b, lp in t.top]} for t in scored]
+
+
 def encode_event(event: dict[str, Any]) -> bytes:
     return orjson.dumps(event) + b"\n"
-
-
-def logprobs_wire(entries: Any) -> list[dict[str, Any]]:
-    """Runtime TokenLogprob entries as the delta event's `logprobs` list."""
-    return [{"token": e.token, "logprob": e.logprob, "bytes": list(e.bytes),
-             "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(b)} for t, lp, b in e.top]}
-            for e in entries]
 
 
 def error_body(exc: errors.ModelportError) -> dict[str, Any]:

@@ -149,7 +149,8 @@ class WorkerServer:
                                               field="messages")
                 count = await loop.run_in_executor(
                     self._tokenize_thread,
-                    lambda: self.runtime.count_tokens(messages=body.messages, prompt=body.prompt))
+                    lambda: self.runtime.count_tokens(messages=body.messages, prompt=body.prompt,
+                                                      **({"tools": body.tools} if body.tools else {})))
                 result = TokenCount(count=count, context_length=self.runtime.context_length)
         except errors.ModelportError as exc:
             return _error(exc)
@@ -213,6 +214,7 @@ class WorkerServer:
                     temperature=body.temperature, top_p=body.top_p, stop=tuple(body.stop),
                     seed=None if body.seed is None else body.seed + index,
                     response_format=body.response_format, grammar=body.grammar, logprobs=body.logprobs,
+                    tools=body.tools,
                 )
                 for delta in self.runtime.generate(request, cancel):
                     push(("delta", index, delta))
@@ -271,7 +273,7 @@ class WorkerServer:
                 kind = item[0]
                 if kind == "delta":
                     index, delta = item[1], item[2]
-                    if delta.logprobs:
+                    if delta.logprobs is not None:
                         chunk.append(encode_event({"type": "delta", "index": index, "text": delta.text,
                                                    "logprobs": logprobs_wire(delta.logprobs)}))
                     elif delta.text:

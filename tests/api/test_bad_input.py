@@ -60,7 +60,9 @@ VALID: dict[tuple[str, str], tuple[str, dict]] = {
         "name": "ok-dep", "model": "SmolLM2-135M-Instruct", "model_version": "q4_1", "type": "serverless",
         "instances": 1, "geography": "local", "network": {"public_access": True, "allowed_ranges": ["10.0.0.0/8"]}}),
     ("PATCH", "/api/v1/deployments/{name}"): ("/api/v1/deployments/none", {
-        "instances": 1, "network": {"public_access": True, "allowed_ranges": ["10.0.0.0/8"]}}),
+        "instances": 1, "network": {"public_access": True, "allowed_ranges": ["10.0.0.0/8"]},
+        "rate_limits": {"requests_per_minute": 10, "tokens_per_minute": 1000},
+        "rate_limit_caps": {"requests_per_minute": 10, "tokens_per_minute": 1000}}),
     ("POST", "/api/v1/deployments/{name}/keys"): ("/api/v1/deployments/none/keys", {"which": "primary"}),
     ("POST", "/api/v1/workspace-key/min-decryption-version"): ("/api/v1/workspace-key/min-decryption-version",
                                                               {"version": 1, "force": False}),
@@ -74,6 +76,12 @@ VALID: dict[tuple[str, str], tuple[str, dict]] = {
     ("POST", "/api/v1/finetuning/jobs"): ("/api/v1/finetuning/jobs", {
         "model": "SmolLM2-135M-Instruct", "dataset": "d", "validation_dataset": "v", "epochs": 1,
         "learning_rate_multiplier": 1.0, "batch_size": 1, "suffix": "ok", "seed": 0}),
+    ("PUT", "/api/v1/policies/{policy_id}"): ("/api/v1/policies/ok-policy", {
+        "cedar": 'forbid(principal, action == Action::"subscribe", resource) when { false };', "scope": "workspace"}),
+    ("POST", "/api/v1/policies/test"): ("/api/v1/policies/test", {
+        "action": "deploy", "model": "SmolLM2-135M-Instruct", "model_version": "q4_1", "as_user": "admin",
+        "deployment": "none", "type": "serverless", "geography": "local", "instances": 1,
+        "network": {"public_access": True, "allowed_ranges": ["10.0.0.0/8"]}, "content_filter": FILTER}),
 }
 
 #: Write routes that take no input at all (no body, no parameter): nothing to send them wrong.
@@ -241,6 +249,14 @@ def test_a_missing_body_names_the_body(server: Server) -> None:
 
 # Values that parse but that the services refuse: names, patterns, references, ranges.
 SERVICE_CASES: list[tuple[str, str, dict, int, str]] = [
+    ("PUT", "/api/v1/policies/ok-policy",
+     {"cedar": f'permit(principal, action, resource) when {{ "{CANARY}" == "" }};'}, 400, "cedar"),
+    ("PUT", "/api/v1/policies/ok-policy", {"cedar": f'forbid(principal, action == Action::"deploy", resource) '
+                                                    f'when {{ resource.geography == "{CANARY}" }}; forbid(principal, '
+                                                    'action, resource);'}, 400, "cedar"),
+    ("POST", "/api/v1/policies/test", {"action": "deploy", "model": CANARY}, 404, "model"),
+    ("POST", "/api/v1/policies/test", {"action": "deploy", "model": "SmolLM2-135M-Instruct", "as_user": CANARY},
+     404, "as_user"),
     ("POST", "/api/v1/workspaces", {"name": f"Bad Name {CANARY}"}, 400, "name"),
     ("POST", "/api/v1/workspaces", {"name": "ok-ws2", "owner": CANARY}, 404, "owner"),
     ("POST", "/api/v1/users", {"name": f"-{CANARY}!"}, 400, "name"),
@@ -341,6 +357,13 @@ def test_routes_without_a_json_body(server: Server, spec: dict, tmp_path) -> Non
                 (admin.delete("/api/v1/safety/blocklists/no-such"), 404, "name")],
             ("POST", "/api/v1/finetuning/jobs/{job_id}/cancel"): [
                 (admin.post("/api/v1/finetuning/jobs/ftjob_0000/cancel"), 404, None)],
+            ("DELETE", "/api/v1/policies/{policy_id}"): [
+                (admin.delete("/api/v1/policies/no-such"), 404, None),
+                (admin.delete("/api/v1/policies/no-such", params={"scope": CANARY}), 422, "query.scope"),
+                (admin.delete(f"/api/v1/policies/{CANARY}!"), 422, "path.policy_id")],
+            ("POST", "/api/v1/policies/compliance/enforce"): [
+                (admin.post("/api/v1/policies/compliance/enforce", params={"all_workspaces": CANARY}), 422,
+                 "query.all_workspaces")],
             ("DELETE", "/api/v1/finetuning/models/{name}"): [
                 (admin.delete("/api/v1/finetuning/models/no-such", params={"confirm": True}), 404, None),
                 (admin.delete("/api/v1/finetuning/models/no-such", params={"confirm": CANARY}), 422, "query.confirm")],

@@ -46,6 +46,9 @@ class Victim:
     job_id: str
     gguf: Path
     blocklists: tuple[str, str] = ("victim-words", "victim-phrases")
+    # One policy per probing route, so that the intruder's PUT (which saves its own policy under
+    # that id) cannot change what its GET or DELETE finds, whatever order they run in.
+    policies: tuple[str, str, str] = ("victim-read", "victim-put", "victim-delete")
 
 
 @dataclass
@@ -66,6 +69,8 @@ class Row:
 
 
 GGUF_HEADERS = {"Content-Type": "application/octet-stream"}
+VICTIM_POLICY = 'forbid(principal, action == Action::"deploy", resource) when { resource.instances > 15 };'
+INTRUDER_POLICY = 'forbid(principal, action == Action::"subscribe", resource) when { resource.name == "none" };'
 
 
 def _missing(prefix: str) -> str:
@@ -164,6 +169,15 @@ ROWS: dict[tuple[str, str], Row] = {
         lambda v: [v.blocklists[1]], _missing("bl-")),
     # The victim has no fine-tuned model (that takes minutes of training): its private model's
     # name is the one to probe, and must answer as a name that exists nowhere.
+    # Policy ids are per workspace, like blocklist names: a PUT of the victim's id saves the
+    # intruder's own policy, as for an id that exists nowhere; GET and DELETE find nothing.
+    ("GET", "/api/v1/policies/{policy_id}"): Row(
+        lambda ref: ("GET", f"/api/v1/policies/{ref}", {}), lambda v: [v.policies[0]], _missing("pol-")),
+    ("PUT", "/api/v1/policies/{policy_id}"): Row(
+        lambda ref: ("PUT", f"/api/v1/policies/{ref}", {"json": {"cedar": INTRUDER_POLICY}}),
+        lambda v: [v.policies[1]], _missing("pol-"), expect=201),
+    ("DELETE", "/api/v1/policies/{policy_id}"): Row(
+        lambda ref: ("DELETE", f"/api/v1/policies/{ref}", {}), lambda v: [v.policies[2]], _missing("pol-")),
     ("DELETE", "/api/v1/finetuning/models/{name}"): Row(
         lambda ref: ("DELETE", f"/api/v1/finetuning/models/{ref}", {"params": {"confirm": True}}),
         lambda v: [v.model], _missing("model-")),
@@ -208,13 +222,15 @@ def world(server: Server, tmp_path_factory: pytest.TempPathFactory) -> World:
     with server.client(t.keys["owner"]) as owner:
         for name in victim.blocklists:
             ok(owner.put(f"/api/v1/safety/blocklists/{name}", json={"terms": ["victim-term"]}))
+        for name in victim.policies:
+            ok(owner.put(f"/api/v1/policies/{name}", json={"cedar": VICTIM_POLICY}), 201)
     return World(server=server, victim=victim, intruder=make_tenant(server, "intruder", roles=("owner",)))
 
 
 def _normalized(body: dict, ref: str) -> dict:
     if "error" not in body:  # a success in the intruder's own workspace: compare it without times
         return {k: v.replace(ref, "<ref>") if isinstance(v, str) else v for k, v in body.items()
-                if k != "updated_at"}
+                if k not in ("updated_at", "created_at")}
     err = dict(body["error"])
     err.pop("request_id")
     err["message"] = err["message"].replace(ref, "<ref>")
@@ -295,5 +311,8 @@ def test_victim_resources_are_untouched(world: World) -> None:
         assert ok(owner.get(f"/api/v1/deployments/{v.deployment}/content-filter")).json()["enabled"] is False
         assert {b["name"]: b["terms"] for b in ok(owner.get("/api/v1/safety/blocklists")).json()} == {
             name: ["victim-term"] for name in v.blocklists}
+        assert {p["id"] for p in ok(owner.get("/api/v1/policies")).json()} == set(v.policies)
+        for name in v.policies:
+            assert "resource.instances > 15" in ok(owner.get(f"/api/v1/policies/{name}")).json()["cedar"]
         # and the upload still commits with the victim's own bytes
         assert ok(owner.post(f"/api/v1/model-uploads/{v.upload_id}/commit"), 201).json()["name"] == "victim-pending"

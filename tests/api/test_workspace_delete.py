@@ -42,12 +42,13 @@ from gguf import GGUFWriter
 from modelport.config import Settings
 from modelport.datastore.settings import from_settings
 from modelport.errors import ModelportError
-from tests.finetuning.test_dataset_delete import trainers_of
-from tests.inference.runtimes import SLOW_LOAD
 from tests.support.artifacts import SMALL_TEMPLATE
 from tests.support.inference import alive, wait_state, workers
 from tests.support.kms import kek_materials
+from tests.support.processes import trainers_of
+from tests.support.runtimes import SLOW_LOAD
 from tests.support.server import Server, start_server
+from tests.support.settings import settings_at
 from tests.support.tenants import Tenant, begin_upload, make_tenant, ok, put_file, unique
 from tests.support.waiting import wait_until
 
@@ -267,7 +268,7 @@ def test_nothing_of_the_workspace_is_left_on_disk(world: World) -> None:
     store = world.server.home / "datastore"
     assert not (store / "ledger" / f"{world.victim.id}.ledger.json").exists()
     assert not (store / "blobs" / world.victim.id).exists()
-    staged = [d for d in (world.server.home / "blobs" / "uploads").iterdir()
+    staged = [d for d in (world.server.home / "model-files" / "uploads").iterdir()
               if world.victim.id in (d / "meta.json").read_text(errors="replace")]
     assert staged == []
 
@@ -305,7 +306,7 @@ def test_a_backup_of_its_files_put_back_does_not_decrypt(world: World) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
     try:
-        store = from_settings(world.server.home, {})
+        store = from_settings(settings_at(world.server.home))
         with pytest.raises(ModelportError) as caught:
             store.read_bytes(world.victim.id, world.dataset_id)
         assert caught.value.code == "key_destroyed", caught.value

@@ -76,16 +76,23 @@ def test_the_walkthrough_runs_against_a_live_server(server: Server, tmp_path: Pa
     assert r.returncode == 0, f"the walkthrough failed ({r.returncode}):\n{r.stdout[-4000:]}\n{r.stderr[-6000:]}"
     assert "Traceback" not in r.stdout + r.stderr
     assert '"object":"chat.completion"' in r.stdout.replace(" ", "")  # the curl call answered
+    assert "denied by: no-public-network" in r.stdout and "denied, as expected" in r.stdout
+    assert re.search(r"deployment\s*│\s*assistant\s*│.*no-public-network", r.stdout)  # the compliance table
 
-    # What the walkthrough says it did, seen by the admin after joining `research` again (audited)
+    # What the walkthrough says it did, seen by the admin, who joins `research` to look (audited)
     with server.client() as admin:
         users = {u["name"]: u for u in ok(admin.get("/api/v1/users")).json()}
         assert {"alice", "bob"} <= set(users) and users["alice"]["email"] == "alice@example.org"
         audit = ok(admin.get("/api/v1/audit", params={"all_workspaces": True, "limit": 1000})).json()
-        assert "workspace.member.self_add" in [a["action"] for a in audit]
+        # The admin minted alice's and bob's keys without joining `research` (SEC-C1): audited as its own act
+        minted = [a for a in audit if a["action"] == "apikey.create" and a["actor_user_id"] == users["admin"]["id"]]
+        assert {a["detail"]["user"] for a in minted} >= {users["alice"]["id"], users["bob"]["id"]}, minted
+        assert "workspace.member.self_add" not in [a["action"] for a in audit]
+        governance = [a["action"] for a in audit if a["resource_type"] == "policy"]
+        assert governance == ["policy.delete", "policy.put"]  # newest first
         assert ok(admin.get("/api/v1/platform-key")).json()["latest_version"] >= 2
         in_research = {"X-Modelport-Workspace": "research"}
-        assert admin.get("/api/v1/members", headers=in_research).status_code == 404  # it left after minting
+        assert admin.get("/api/v1/members", headers=in_research).status_code == 404  # never a member
         ok(admin.post("/api/v1/workspaces/research/members", json={"user": "admin", "role": "owner"}))
         members = {m["user"]: m["role"] for m in ok(admin.get("/api/v1/members", headers=in_research)).json()}
         assert members == {"alice": "owner", "bob": "contributor", "admin": "owner"}

@@ -19,6 +19,7 @@ import pytest
 from modelport.datastore import Datastore, from_settings, load_master_key
 from modelport.errors import InvalidInput, NotFound
 from tests.support.kms import temp_files
+from tests.support.settings import settings_at
 
 
 @pytest.mark.parametrize("size", [0, 1, 4095, 4096, 4097, 3 * 4096, 50_000])
@@ -138,14 +139,14 @@ def test_collect_garbage_removes_orphans_and_stale_temp_files(store: Datastore) 
 
 def test_from_settings_generates_development_master_keys(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    store = from_settings(home, {})
+    store = from_settings(settings_at(home))
     store.put("ws1", "obj", b"hello")
     files = [home / "keys" / "platform-master.key", home / "keys" / "workspace-master.key"]
     for f in files:
         assert stat.S_IMODE(f.stat().st_mode) == 0o600
         assert len(base64.b64decode(f.read_text())) == 32
     assert files[0].read_bytes() != files[1].read_bytes()
-    again = from_settings(home, {})  # the same keys are read back
+    again = from_settings(settings_at(home))  # the same keys are read back
     assert again.read_bytes("ws1", "obj") == b"hello"
     assert again.root == home / "datastore"
 
@@ -158,24 +159,25 @@ def test_from_settings_takes_base64_master_keys_from_the_environment(tmp_path: P
         "MODELPORT_DATASTORE_CHUNK_SIZE": "65536",
         "MODELPORT_DATASTORE_KEY_CACHE_TTL": "5",
     }
-    store = from_settings(tmp_path, env)
+    store = from_settings(settings_at(tmp_path, env))
     assert store.chunk_size == 65536
     store.put("ws1", "obj", b"x")
     assert not (tmp_path / "keys").exists()  # nothing generated, nothing written beside the data
-    assert from_settings(tmp_path, env).read_bytes("ws1", "obj") == b"x"
+    assert from_settings(settings_at(tmp_path, env)).read_bytes("ws1", "obj") == b"x"
 
 
 def test_master_key_configuration_errors(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput) as info:
-        from_settings(tmp_path, {"MODELPORT_ENVIRONMENT": "production"})
+        from_settings(settings_at(tmp_path, {"MODELPORT_ENVIRONMENT": "production"}))
     assert info.value.field == "MODELPORT_PLATFORM_MASTER_KEY"
     for bad in ("not base64!", base64.b64encode(b"short").decode()):
         with pytest.raises(InvalidInput) as info:
-            from_settings(tmp_path, {"MODELPORT_PLATFORM_MASTER_KEY": bad})
+            from_settings(settings_at(tmp_path, {"MODELPORT_PLATFORM_MASTER_KEY": bad}))
         assert bad not in info.value.message  # the value is never echoed
     same = base64.b64encode(os.urandom(32)).decode()
     with pytest.raises(InvalidInput):
-        from_settings(tmp_path, {"MODELPORT_PLATFORM_MASTER_KEY": same, "MODELPORT_WORKSPACE_MASTER_KEY": same})
+        from_settings(settings_at(tmp_path, {"MODELPORT_PLATFORM_MASTER_KEY": same,
+                                                "MODELPORT_WORKSPACE_MASTER_KEY": same}))
     loose = tmp_path / "loose.key"
     loose.write_text(base64.b64encode(os.urandom(32)).decode())
     loose.chmod(0o644)

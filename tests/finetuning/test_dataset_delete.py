@@ -29,32 +29,12 @@ from modelport.finetuning.schemas import JobCreate
 from modelport.finetuning.service import FinetuningService
 from modelport.identity.principal import Principal
 from modelport.identity.service import IdentityService
-from tests.finetuning.test_restart import trainer_pids
+from tests.support.processes import trainers_of
 from tests.support.server import Server, start_server
 from tests.support.tenants import ok
 from tests.support.waiting import wait_until
 
 BASE = "SmolLM2-135M-Instruct"
-
-
-def _parent(pid: int) -> int:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
-def trainers_of(server: Server) -> list[int]:
-    """The trainer processes this server started (its descendants: other servers on the machine,
-    other engineers' test runs included, have their own)."""
-    mine = []
-    for pid in trainer_pids():
-        ancestor = _parent(pid)
-        while ancestor > 1 and ancestor != server.proc.pid:
-            ancestor = _parent(ancestor)
-        if ancestor == server.proc.pid:
-            mine.append(pid)
-    return mine
 
 
 def rows(n: int, tag: str) -> bytes:

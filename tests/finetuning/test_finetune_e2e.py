@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from modelport.catalog.bundled import discover
-from modelport.config import build_settings, datastore_environ
+from modelport.config import build_settings
 from modelport.datastore.settings import from_settings
 from tests.support.server import Server, start_server
 from tests.support.tenants import Tenant, make_tenant, ok
@@ -228,7 +228,7 @@ def test_other_workspace_sees_nothing(state: State) -> None:
 
 def adapter_bytes(st: State) -> bytes:
     settings = build_settings({"MODELPORT_HOME": str(st.server.home)})
-    store = from_settings(st.server.home, datastore_environ(settings))
+    store = from_settings(settings)
     with st.server.client(st.owner.keys["owner"]) as c:
         model_id = ok(c.get(f"/api/v1/models/{st.model}")).json()["id"]
     return store.read_bytes(st.owner.id, model_id)
@@ -368,7 +368,7 @@ def delete_needs_confirmation_then_shreds(state: State) -> None:
         assert c.get(f"/api/v1/models/{state.model}").status_code == 404
         assert c.get("/api/v1/deployments/zorb").status_code == 404
     settings = build_settings({"MODELPORT_HOME": str(state.server.home)})
-    store = from_settings(state.server.home, datastore_environ(settings))
+    store = from_settings(settings)
     assert model_id not in {o.object_id for o in store.list_objects(state.owner.id)}
     with pytest.raises(Exception, match="no such object"):
         store.read_bytes(state.owner.id, model_id)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.processes import trainer_pids
 from tests.support.server import start_server
 from tests.support.tenants import ok
 from tests.support.waiting import wait_until
@@ -18,18 +19,6 @@ from tests.support.waiting import wait_until
 pytestmark = pytest.mark.training  # a training job, crashed and requeued
 
 ENV = {"MODELPORT_CREATE_DEFAULT_DEPLOYMENT": "false", "MODELPORT_FINETUNE_THREADS": "1"}
-
-
-def trainer_pids() -> list[int]:
-    pids = []
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                if b"modelport.finetuning.trainer" in (p / "cmdline").read_bytes():
-                    pids.append(int(p.name))
-            except OSError:
-                continue
-    return pids
 
 
 def test_a_crash_requeues_the_running_job(tmp_path: Path) -> None:

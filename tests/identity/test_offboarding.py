@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 from modelport.api.deps import Services
 from modelport.bootstrap import build_services, prepare
-from modelport.config import Settings, build_settings, datastore_environ
+from modelport.config import Settings, build_settings
 from modelport.datastore.settings import from_settings
 from modelport.db.tables import AuditEvent, Workspace
 from modelport.errors import ModelportError, ServiceUnavailable, Unauthenticated
@@ -63,7 +63,7 @@ def installation(tmp_path: Path, db_url: str) -> Iterator[tuple[Services, Princi
 
 def failing_offboarding(svc: Services) -> tuple[Offboarding, FlakyFileSystem]:
     fs = FlakyFileSystem()
-    store = from_settings(svc.settings.home, datastore_environ(svc.settings), fs=fs)
+    store = from_settings(svc.settings, fs=fs)
     return Offboarding(svc.settings, svc.db, svc.identity, svc.manager, svc.catalog, svc.safety, store), fs
 
 
@@ -86,7 +86,7 @@ def test_a_failed_deletion_stays_deleting_and_a_retry_finishes_it(installation) 
     with pytest.raises(Unauthenticated, match="being deleted"):  # ...and nothing of it can be used
         svc.identity.authenticate(doomed.key)
     with pytest.raises(ModelportError) as read:  # the datastore as any process opens it (no cached data keys)
-        from_settings(svc.settings.home, datastore_environ(svc.settings)).read_bytes(doomed.ws_id, doomed.dataset_id)
+        from_settings(svc.settings).read_bytes(doomed.ws_id, doomed.dataset_id)
     assert read.value.code == "key_destroyed"  # the keys went first
     with svc.db.session() as s:
         failed = s.scalars(select(AuditEvent).where(AuditEvent.action == "workspace.delete",

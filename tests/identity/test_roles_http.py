@@ -342,6 +342,45 @@ def b_content_filter_put(w: World, role: str) -> Req:
                {"json": {"enabled": True, "streaming": "asynchronous"}})
 
 
+#: A policy that forbids nothing any other case does: saving it says only who may save.
+HARMLESS_POLICY = ('forbid(principal, action == Action::"subscribe", resource) '
+                   'when { resource.name == "no-such-model" };')
+
+
+def b_policy_put(w: World, role: str) -> Req:
+    return Req("PUT", f"/api/v1/policies/{unique('p')}", {"json": {"cedar": HARMLESS_POLICY}})
+
+
+def b_policy_put_platform(w: World, role: str) -> Req:
+    return Req("PUT", f"/api/v1/policies/{unique('p')}", {"json": {"cedar": HARMLESS_POLICY, "scope": "platform"}})
+
+
+def b_policy_delete(w: World, role: str) -> Req:
+    name = unique("p")
+    with w.client("owner") as c:
+        ok(c.put(f"/api/v1/policies/{name}", json={"cedar": HARMLESS_POLICY}), 201)
+    return Req("DELETE", f"/api/v1/policies/{name}", {"params": {"scope": "workspace"}})
+
+
+def b_policy_delete_platform(w: World, role: str) -> Req:
+    name = unique("p")
+    with w.client("admin") as c:
+        ok(c.put(f"/api/v1/policies/{name}", json={"cedar": HARMLESS_POLICY, "scope": "platform"}), 201)
+    return Req("DELETE", f"/api/v1/policies/{name}", {"params": {"scope": "platform"}})
+
+
+def b_policy_test(w: World, role: str) -> Req:
+    return Req("POST", "/api/v1/policies/test", {"json": {"action": "download_model", "model": "all-MiniLM-L6-v2"}})
+
+
+def b_compliance_enforce(w: World, role: str) -> Req:
+    return Req("POST", "/api/v1/policies/compliance/enforce")
+
+
+def b_compliance_enforce_all(w: World, role: str) -> Req:
+    return Req("POST", "/api/v1/policies/compliance/enforce", {"params": {"all_workspaces": "true"}})
+
+
 def _owner_key_route(status: int) -> dict[str, int | None]:
     return {"owner": status, "contributor": 403, "reader": 403, "outsider": None, "admin": None}
 
@@ -422,6 +461,21 @@ CASES: list[Case] = [
          b_blocklist_put),
     Case(("DELETE", "/api/v1/safety/blocklists/{name}"), "delete", _owner_only(204), b_blocklist_delete),
     Case(("PUT", "/api/v1/deployments/{name}/content-filter"), "change", _owner_only(200), b_content_filter_put),
+    # Governance: owners write their workspace's policies, platform admins the platform's. The
+    # outsider's PUT saves in its own workspace (as the admin's, owner of `default`), which says
+    # nothing here; team's policy is not found from elsewhere.
+    Case(("PUT", "/api/v1/policies/{policy_id}"), "workspace", {**_owner_only(201), "outsider": None},
+         b_policy_put),
+    Case(("PUT", "/api/v1/policies/{policy_id}"), "platform", _only_admin(201), b_policy_put_platform, platform=True),
+    Case(("DELETE", "/api/v1/policies/{policy_id}"), "workspace", _owner_only(204), b_policy_delete),
+    Case(("DELETE", "/api/v1/policies/{policy_id}"), "platform", _only_admin(204), b_policy_delete_platform,
+         platform=True),
+    Case(("POST", "/api/v1/policies/test"), "any-member",
+         {"owner": 200, "contributor": 200, "reader": 200, "outsider": None, "admin": 200}, b_policy_test),
+    Case(("POST", "/api/v1/policies/compliance/enforce"), "workspace",
+         {"owner": 200, "contributor": 403, "reader": 403, "outsider": None, "admin": None}, b_compliance_enforce),
+    Case(("POST", "/api/v1/policies/compliance/enforce"), "all", _only_admin(200), b_compliance_enforce_all,
+         platform=True),
     # The outsider's workspace has no such dataset (404).
     Case(("POST", "/api/v1/finetuning/jobs"), "queued", _contributor_up(201), b_finetune_create),
     Case(("POST", "/api/v1/finetuning/jobs/{job_id}/cancel"), "queued", _contributor_up(200), b_finetune_cancel),

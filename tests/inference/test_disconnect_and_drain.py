@@ -18,8 +18,8 @@ import httpx
 import openai
 import pytest
 
-from tests.inference.runtimes import SLOW
 from tests.support.inference import CHAT_MODEL, alive, chat_body, create_deployment, worker_health, workers
+from tests.support.runtimes import SLOW
 from tests.support.server import Server, start_lean
 from tests.support.waiting import wait_until
 

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.inference.runtimes import SLOW
 from tests.support.inference import CHAT_MODEL, chat, create_deployment, kill, workers
+from tests.support.runtimes import SLOW
 from tests.support.server import Server, start_lean
 from tests.support.waiting import wait_until
 

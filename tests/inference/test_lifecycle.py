@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.inference.runtimes import SLOW_LOAD
 from tests.support.artifacts import write_gguf
 from tests.support.inference import CHAT_MODEL, alive, chat, create_deployment, wait_state, workers
+from tests.support.runtimes import SLOW_LOAD
 from tests.support.server import Server, start_lean
 from tests.support.tenants import import_tiny_gguf, make_tenant, ok, unique
 

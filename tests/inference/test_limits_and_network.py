@@ -21,8 +21,8 @@ from azure.core.credentials import AzureKeyCredential
 from azure.core.exceptions import HttpResponseError
 from azure.core.pipeline.transport import RequestsTransport
 
-from tests.inference.runtimes import SLOW
 from tests.support.inference import CHAT_MODEL, chat, chat_body, create_deployment
+from tests.support.runtimes import SLOW
 from tests.support.server import Server, start_lean
 from tests.support.waiting import wait_until
 

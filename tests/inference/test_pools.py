@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.inference.runtimes import SLOW
 from tests.support.inference import CHAT_MODEL, alive, chat, create_deployment, worker_pids_on_proc, workers
+from tests.support.runtimes import SLOW
 from tests.support.server import Server, start_lean
 from tests.support.tenants import import_tiny_gguf, make_tenant
 from tests.support.waiting import wait_until

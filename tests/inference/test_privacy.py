@@ -30,7 +30,6 @@ from azure.ai.inference import ChatCompletionsClient
 from azure.ai.inference.models import UserMessage
 from azure.core.credentials import AzureKeyCredential
 
-from tests.inference.runtimes import SLOW
 from tests.support.inference import (
     CHAT_MODEL,
     EMBED_MODEL,
@@ -41,6 +40,7 @@ from tests.support.inference import (
     worker_health,
     workers,
 )
+from tests.support.runtimes import SLOW
 from tests.support.server import Server, start_lean
 from tests.support.tenants import ok
 from tests.support.waiting import wait_until
@@ -157,6 +157,37 @@ def test_no_prompt_or_output_is_ever_written(server: Server, started_at: float, 
                 resp = http.post("/v1/chat/completions", json=body)
             assert resp.status_code == status, (name, resp.text)
             assert not c.pattern().search(resp.content), f"the {name} error echoes a value: {resp.text}"
+        # -- the agent APIs: Responses, tool calls and results, logprobs (issue 17) -----------
+        r = oa.responses.create(model="priv", input=c("responses"), instructions=c("instructions"))
+        assert c.by_path["responses"] in r.output_text
+        events = list(oa.responses.create(model="priv", input=c("responses-stream"), stream=True))
+        assert events[-1].type == "response.completed"
+        call = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": f'{{"a":"{c("args")}"}}'}}
+        tool_history = [{"role": "user", "content": c("tool-question")}, {"role": "assistant", "tool_calls": [call]},
+                        {"role": "tool", "tool_call_id": "call_1", "content": c("tool-result")}]
+        assert http.post("/v1/chat/completions", json={"model": "priv", "messages": tool_history, "logprobs": True,
+                                                       "top_logprobs": 2}).status_code == 200
+        strict = {"type": "object", "required": [c("prop")], "additionalProperties": False,
+                  "properties": {c.by_path["prop"]: {"type": "string", "pattern": "x"}}}
+        unknown_key = {"type": "object", c("schema-key"): 1}
+        tool = {"type": "function", "function": {"name": c("tool-name"), "description": c("tool-desc")}}
+        agent_refusals = {
+            "schema-property": ("/v1/chat/completions", chat_body("x") | {"response_format": {
+                "type": "json_schema", "json_schema": {"name": "s", "schema": strict, "strict": True}}}, 400),
+            "schema-key": ("/v1/chat/completions", chat_body("x") | {"response_format": {
+                "type": "json_schema", "json_schema": {"name": "s", "schema": unknown_key}}}, 400),
+            "tool-twice": ("/v1/chat/completions", chat_body("x") | {"tools": [tool, tool]}, 400),
+            "no-grammar": ("/v1/chat/completions", chat_body(c("no-grammar")) | {"tools": [tool]}, 400),
+            "item": ("/v1/responses", {"model": "priv", "input": [{"type": c("item-type")}]}, 400),
+            "store": ("/v1/responses", {"model": "priv", "input": c("store-input"), "store": True}, 400),
+        }
+        for name, (path, body, status) in agent_refusals.items():
+            resp = http.post(path, json=body)
+            assert resp.status_code == status, (name, resp.text)
+            assert not c.pattern().search(resp.content), f"the {name} error echoes a value: {resp.text}"
+        resp = http.get(f"/v1/responses/resp_{c('response-id')}")
+        assert resp.status_code == 404 and not c.pattern().search(resp.content)
+
         for bad in (f"Bearer {c('key')}", f"Bearer mpd_{c('dkey')}"):
             assert httpx.post(f"{server.url}/v1/chat/completions", json=chat_body(c("unauth")),
                               headers={"Authorization": bad}).status_code == 401

@@ -18,8 +18,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.inference.runtimes import FLOOD
 from tests.support.inference import CHAT_MODEL, create_deployment, worker_health, workers
+from tests.support.runtimes import FLOOD
 from tests.support.server import Server, start_lean
 from tests.support.waiting import wait_until
 

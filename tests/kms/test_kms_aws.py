@@ -24,9 +24,10 @@ from modelport.kms import (
     UnwrapFailed,
     WrappedKey,
 )
-from modelport.kms.aws import AwsKmsProvider, from_environ
+from modelport.kms.aws import AwsKmsProvider, from_settings
 from modelport.kms.testing import free_port
 from tests.support.kms import aws_provider_for
+from tests.support.settings import settings_at
 
 CTX = {"modelport:workspace": "ws1", "modelport:object": "obj1", "modelport:version": "1"}
 
@@ -121,7 +122,7 @@ def test_unreachable_endpoint_is_service_unavailable() -> None:
     assert info.value.status_code == 503
 
 
-def test_from_environ(tmp_path) -> None:
-    assert from_environ(tmp_path, {}) is None
-    provider = from_environ(tmp_path, {"MODELPORT_KMS_AWS_REGION": "us-east-1"})
+def test_from_settings(tmp_path) -> None:
+    assert from_settings(settings_at(tmp_path)) is None
+    provider = from_settings(settings_at(tmp_path, {"MODELPORT_KMS_AWS_REGION": "us-east-1"}))
     assert isinstance(provider, AwsKmsProvider) and provider.name == "aws"

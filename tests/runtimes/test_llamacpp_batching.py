@@ -174,7 +174,7 @@ def test_grammar_and_logprobs_per_sequence(runtime: LlamaCppRuntime, capfd: pyte
     assert text in (" red", " green", " blue")
     assert free_text == run(runtime, free)[0] and free_text != text
     entries = [e for d in deltas_box for e in (d.logprobs or ())]
-    assert "".join(e.token for e in entries) == text
+    assert b"".join(e.token for e in entries).decode() == text
     for entry in entries:
         assert len(entry.top) == 3 and entry.logprob <= 0
         assert [t[1] for t in entry.top] == sorted((t[1] for t in entry.top), reverse=True)

@@ -14,7 +14,9 @@ def test_serverless_default_is_on_at_medium_blocking_buffered() -> None:
     for cat in ("hate", "sexual", "violence", "self_harm"):
         policy = cfg.category(cat)
         assert (policy.prompt_threshold, policy.completion_threshold, policy.mode) == ("medium", "medium", "block")
-    assert cfg.jailbreak.enabled and cfg.jailbreak.mode == "block"
+    # issue 15: the detector flagged 8% of benign developer prompts written independently, so by
+    # default it reports (annotate) and blocks only where a deployment's owner asks for it
+    assert cfg.jailbreak.enabled and cfg.jailbreak.mode == "annotate"
 
 
 def test_per_category_thresholds_and_modes_round_trip() -> None:

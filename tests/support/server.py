@@ -24,7 +24,7 @@ from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Environment variables that tests keep from the developer's shell.
-KEEP_ENV = {"MODELPORT_TEST_DATABASE_URL", "MODELPORT_CACHE_DIR"}
+KEEP_ENV = {"MODELPORT_TEST_DATABASE_URL", "MODELPORT_TEST_REDIS_URL", "MODELPORT_CACHE_DIR"}
 
 #: Deployments of a model with this name run on the echo runtime (a real worker process that
 #: answers without loading weights): enough for the control-plane tests, which never call it.

@@ -77,3 +77,74 @@ def test_held_out_answers_are_streamed_through_the_output_filter(minilm) -> None
 def test_figures_print_counts_and_survive_an_empty_denominator() -> None:
     assert evaluate._fmt(35, 36).split() == ["0.97", "[0.86-1.00]", "35/36"]
     assert "n/a" in evaluate._fmt(0, 0)
+
+
+def _independent_dir(tmp_path: Path, files: dict[str, list[dict]]) -> Path:
+    import hashlib
+
+    sums = []
+    for name, items in files.items():
+        data = "".join(json.dumps(i) + "\n" for i in items).encode()
+        (tmp_path / name).write_bytes(data)
+        sums.append(f"{hashlib.sha256(data).hexdigest()}  {name}")
+    (tmp_path / "SHA256SUMS").write_text("\n".join(sums) + "\n")
+    return tmp_path
+
+
+def test_the_independent_set_is_checked_by_sha256_and_read_in_eval_shape(tmp_path: Path) -> None:
+    """On a stand-in directory (the real set's texts stay unread): items without jailbreak or
+    profanity fields read as False; a changed file or an unreadable item is refused."""
+    files = {"harmful.jsonl": [{"text": "t1", "labels": {"hate": "high", "violence": "medium"}}],
+             "benign.jsonl": [{"text": "t2", "labels": {}}],
+             "robustness.jsonl": [{"text": "t3", "labels": {}, "jailbreak": False}]}
+    directory = _independent_dir(tmp_path, files)
+    sets = evaluate.load_independent(directory)
+    assert sets["harmful.jsonl"][0] == {"text": "t1", "labels": {"hate": "high", "violence": "medium"},
+                                        "jailbreak": False, "profanity": False}
+    with (directory / "benign.jsonl").open("a") as f:
+        f.write(json.dumps({"text": "extra", "labels": {}}) + "\n")
+    with pytest.raises(EvalSetChanged):
+        evaluate.load_independent(directory)
+    bad = _independent_dir(tmp_path, {**files, "benign.jsonl": [{"text": "secret words", "labels": {"gore": "high"}}]})
+    with pytest.raises(ValueError, match="cannot read") as info:
+        evaluate.load_independent(bad)
+    assert "gore" not in str(info.value) and "secret" not in str(info.value)
+    safe = _independent_dir(tmp_path, {**files, "benign.jsonl": [{"text": "t", "labels": {"hate": "safe"}}]})
+    assert evaluate.load_independent(safe)["benign.jsonl"][0]["labels"] == {}
+
+
+def test_the_real_independent_set_is_the_frozen_one() -> None:
+    """Only that it loads (its sha256 sums hold, every item is readable): nothing of its content is
+    asserted, and a failure is reported without a traceback (which could show a text)."""
+    try:
+        sets = evaluate.load_independent()
+    except Exception as exc:  # any failure: reported by its type only
+        pytest.fail(f"the independent set did not load: {type(exc).__name__}", pytrace=False)
+    if set(sets) != set(evaluate.INDEPENDENT_FILES):
+        pytest.fail("the independent set's files differ", pytrace=False)
+
+
+def test_independent_report_counts_multi_label_items_in_every_category_and_checks_the_targets() -> None:
+    from modelport.safety.backends.base import Analysis
+
+    def an(**sev: str) -> Analysis:
+        return Analysis(severities={c: sev.get(c, "safe") for c in ("hate", "sexual", "violence", "self_harm")})
+
+    harmful = [{"text": "a", "labels": {"hate": "high", "violence": "high"}, "jailbreak": False, "profanity": False},
+               {"text": "b", "labels": {"sexual": "medium"}, "jailbreak": False, "profanity": False}]
+    benign = [{"text": "c", "labels": {}, "jailbreak": False, "profanity": False}] * 2
+    robust = [{"text": "d", "labels": {}, "jailbreak": False, "profanity": False}] * 4
+    sets = {"harmful.jsonl": harmful, "benign.jsonl": benign, "robustness.jsonl": robust}
+    found = {"harmful.jsonl": [an(hate="high"), an(sexual="medium")],  # violence missed on the two-category item
+             "benign.jsonl": [an(), an(self_harm="medium")],
+             "robustness.jsonl": [an(), an(), an(), Analysis(severities=an().severities, jailbreak=True)]}
+    text = evaluate.independent_report(sets, found)
+    targets = text.split("targets (issue 15):")[1]
+    assert "hate       recall  1.00" in targets and "violence   recall  0.00" in targets
+    assert "benign FP  0.50" in targets.split("self_harm")[1] and "benign FP  0.00" in targets.split("self_harm")[0]
+    assert "jailbreak FP on the robustness set  0.25" in targets and "MISSED" in targets
+    confusion = text.split("confusion across categories")[1].split("targets")[0]
+    hate_row = next(line for line in confusion.splitlines() if line.startswith("hate"))
+    assert hate_row.split()[1:] == ["1", "1.00", "0.00", "0.00", "0.00", "0.00"]
+    violence_row = next(line for line in confusion.splitlines() if line.startswith("violence"))
+    assert violence_row.split()[1:] == ["1", "1.00", "0.00", "0.00", "0.00", "0.00"]

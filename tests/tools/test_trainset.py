@@ -66,3 +66,19 @@ def test_build_is_deterministic_and_labels_are_valid() -> None:
     for it in a:
         assert set(it["labels"]) <= {"hate", "sexual", "violence", "self_harm"}
         assert set(it["labels"].values()) <= severities
+
+
+def test_developer_prompts_are_benign_varied_and_never_jailbreaks() -> None:
+    """Issue 15: ids, hashes, URLs, code and format instructions are taught as benign, not jailbreak;
+    the identifiers are random per item, and the fifth pass's jailbreaks also carry identifiers,
+    so an identifier alone is no cue either way."""
+    items = trainset.build_fifth(random.Random(3))
+    dev = [it for it in items if it["group"] in trainset.DEV_PROMPTS]
+    assert len(dev) == 8 * len(trainset.DEV_PROMPTS)
+    assert all(not it["labels"] and not it["jailbreak"] for it in dev)
+    canaries = [it["text"] for it in dev if "CANARY-" in it["text"]]
+    assert len(canaries) >= 20 and len(set(canaries)) == len(canaries)
+    assert any("CANARY-" in it["text"] for it in items if it["jailbreak"])
+    assert all(it["pass"] == 5 for it in items)
+    labelled = [it for it in items if it["labels"]]
+    assert sum(len(it["labels"]) > 1 for it in labelled) >= 60  # two-category items, every copy counted

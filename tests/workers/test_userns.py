@@ -31,7 +31,7 @@ import asyncio, json, sys
 from pathlib import Path
 from modelport.workers.protocol import GenerateBody, WorkerSpec
 from modelport.workers.supervisor import WorkerSupervisor
-from tests.workers.conftest import collect
+from tests.support.workers import collect
 
 run_dir, secret = Path(sys.argv[1]), sys.argv[2]
 options = {"read": [secret], "tcp": [["127.0.0.1", 22]], "list": ["/run", str(Path(secret).parent)]}

@@ -1,7 +1,8 @@
 """Rebuild the shipped safety classifier: `python -m tools.safety.train`.
 
 Reproducible (fixed seeds, one thread count, deterministic data order). Steps:
-1. read data/train.jsonl (never data/eval.jsonl: the evaluation set is only read by evaluate.py);
+1. read data/train.jsonl (never data/eval.jsonl nor eval_independent/: the evaluation sets are
+   only read by evaluate.py), every text in its screening form (safety/text.py), as served;
 2. split off 15% of the training data as a calibration slice;
 3. run the frozen bottom of the bundled MiniLM once per text and cache its hidden states;
 4. fine-tune the top layers + output layer on the rest (binary cross-entropy on the ordinal
@@ -18,6 +19,7 @@ Reproducible (fixed seeds, one thread count, deterministic data order). Steps:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
 import time
@@ -43,6 +45,7 @@ from modelport.safety.classifier import (
     base_model_dir,
     load_base,
 )
+from modelport.safety.text import screening_form
 
 DATA = Path(__file__).parent / "data" / "train.jsonl"
 SEED = 20240611
@@ -53,10 +56,40 @@ SEED = 20240611
 # 2's 0.30..0.95 (step 0.05), whose top forced violence and self_harm to 0.95.
 CATEGORY_FPR = 0.01
 CALIBRATION_FPR = 0.02
-CALIBRATION_RULE = {"categories_on_benign": CATEGORY_FPR, "jailbreak_profanity": CALIBRATION_FPR}
+# issue 15: jailbreak false positives must stay at most 1% on benign developer prompts (ids,
+# hashes, URLs, code, format instructions), so the jailbreak output is held to 1% of the slice's
+# texts without the flag; profanity keeps CALIBRATION_FPR
+JAILBREAK_FPR = 0.01
+CALIBRATION_RULE = {"categories_on_benign": CATEGORY_FPR, "jailbreak": JAILBREAK_FPR, "profanity": CALIBRATION_FPR}
 LAYER_LR = 6e-5
 LABEL_SMOOTHING = 0.05  # against the over-confidence seen in round 2 (benign texts at >= 0.98)
 THRESHOLD_GRID = [round(x, 2) for x in np.arange(0.20, 0.975, 0.01)]
+
+
+def load_items(path: Path = DATA) -> list[dict]:
+    """The training items, each text in its screening form (`safety.text.screening_form`: what
+    the served filter classifies), each with its group (taken before normalising, so a text and
+    its augmented copies stay together)."""
+    items = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            item = json.loads(line)
+            item["group"] = item.get("group", item["text"])
+            item["text"] = screening_form(item["text"])
+            items.append(item)
+    return items
+
+
+def unseen_slice(items: list[dict], cal_idx: list[int], earlier: Path) -> list[int]:
+    """The calibration slice's items that a delta trained on `earlier` (with this file's split)
+    never saw: those in that run's own calibration slice, and those not in `earlier` at all. A
+    refreshed delta (--init-from) has seen the rest, and scores a benign text it trained on lower
+    than one it did not: thresholds calibrated on them let more false positives through."""
+    old = [json.loads(line) for line in earlier.read_text(encoding="utf-8").splitlines() if line.strip()]
+    old_cal, _ = split_by_group(old, 0.15, random.Random(SEED))  # noqa: S311 (the same split as then)
+    old_groups = {it.get("group", it["text"]) for it in old}
+    unseen = {old[i].get("group", old[i]["text"]) for i in old_cal}
+    return [i for i in cal_idx if items[i]["group"] in unseen or items[i]["group"] not in old_groups]
 
 
 def head_state_for_shipping(head: SafetyHead) -> dict[str, torch.Tensor]:
@@ -158,7 +191,7 @@ def calibrate(probs: np.ndarray, y: np.ndarray) -> dict[str, float]:
     counting those held violence at a 0.75 threshold and 0.79 recall on the round-3 slice, with
     0.2% benign texts flagged (as a `low` text scored `medium` is a severity error: counting
     those pushed self_harm>=medium to 0.85 in round 1). Jailbreak and profanity: texts without
-    the flag, at most CALIBRATION_FPR."""
+    the flag, at most JAILBREAK_FPR and CALIBRATION_FPR."""
     thresholds = {}
     benign = y.sum(1) == 0
     if not benign.any():
@@ -170,9 +203,9 @@ def calibrate(probs: np.ndarray, y: np.ndarray) -> dict[str, float]:
         medium_verdict = (med >= t_med) | (high >= t_high)
         t_low = _lowest(lambda t, s=low, v=medium_verdict: _rate((s >= t) | v), CATEGORY_FPR)
         thresholds |= {f"{cat}>=low": t_low, f"{cat}>=medium": t_med, f"{cat}>=high": t_high}
-    for name in ("jailbreak", "profanity"):
+    for name, bound in (("jailbreak", JAILBREAK_FPR), ("profanity", CALIBRATION_FPR)):
         j = OUTPUTS.index(name)
-        thresholds[name] = _lowest(lambda t, s=probs[y[:, j] == 0, j]: _rate(s >= t), CALIBRATION_FPR)
+        thresholds[name] = _lowest(lambda t, s=probs[y[:, j] == 0, j]: _rate(s >= t), bound)
     return {name: thresholds[name] for name in OUTPUTS}
 
 
@@ -218,6 +251,7 @@ def calibrate_shipped(items: list[dict], cal_idx: list[int], y: np.ndarray, out:
     thresholds = calibrate(probs, y[cal_idx])
     meta["thresholds"] = thresholds
     meta["calibration_fpr"] = CALIBRATION_RULE
+    meta["calibration_items"] = len(cal_idx)
     meta["calibration_slice"] = slice_figures(probs, y[cal_idx], thresholds)
     meta_path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     print("thresholds:", thresholds)
@@ -232,6 +266,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--layers", type=int, default=LAYERS, help="base layers used (6 = all; fewer is faster)")
     parser.add_argument("--tuned-layers", type=int, default=TUNED_LAYERS, help="top layers fine-tuned")
     parser.add_argument("--out", type=Path, default=MODEL_DIR)
+    parser.add_argument("--init-from", type=Path, default=None,
+                        help="start from the delta in this directory (e.g. the shipped one) instead of the base "
+                             "model's layers: fewer epochs reach the same loss")
+    parser.add_argument("--replay", type=float, default=1.0,
+                        help="with --init-from: train on the newest pass's items (`pass` 5) and this fraction of the "
+                             "older ones (a short refresh of a trained model; 1.0 = everything)")
+    parser.add_argument("--unseen-since", type=Path, default=None,
+                        help="the train.jsonl the --init-from delta was trained on: calibrate only on slice texts that "
+                             "delta never trained on (its own calibration slice, or newer items), since it has "
+                             "seen, and scores lower, the rest")
+    parser.add_argument("--states-cache", type=Path, default=None,
+                        help="a file to keep the frozen layers' states in between runs on the same data")
     parser.add_argument("--calibrate-only", action="store_true",
                         help="keep the shipped weights, recompute only the thresholds on the calibration slice")
     args = parser.parse_args(argv)
@@ -241,18 +287,43 @@ def main(argv: list[str] | None = None) -> None:
     np.random.seed(SEED)
     torch.manual_seed(SEED)
 
-    items = [json.loads(line) for line in DATA.read_text(encoding="utf-8").splitlines() if line.strip()]
+    items = load_items()
     rng = random.Random(SEED)  # noqa: S311 (data order, not crypto)
     cal_idx, train_idx = split_by_group(items, 0.15, rng)
     n_cal = len(cal_idx)
 
     y = np.array([targets(it) for it in items], dtype=np.float32)
+    if args.unseen_since is not None:
+        cal_idx = unseen_slice(items, cal_idx, args.unseen_since)
+        n_cal = len(cal_idx)
+        print(f"calibrating on {n_cal} slice texts the earlier delta never trained on")
+    if args.replay < 1.0:
+        if args.init_from is None:
+            parser.error("--replay refreshes a trained model: give --init-from")
+        keep = random.Random(SEED + 1)  # noqa: S311 (a data sample, not crypto)
+        train_idx = [i for i in train_idx if items[i].get("pass") == 5 or keep.random() < args.replay]
     if args.calibrate_only:
         calibrate_shipped(items, cal_idx, y, args.out)
         return
     tokenizer, bottom, head = load_base(layers=args.layers, tuned=args.tuned_layers)
+    if args.init_from is not None:
+        from safetensors.torch import load_file
+
+        head.load_state_dict({k: v.float() for k, v in load_file(str(args.init_from / WEIGHTS_FILE)).items()})
     t0 = time.perf_counter()
-    states = encode_bottom(tokenizer, bottom, [it["text"] for it in items])
+    digest = hashlib.sha256("\0".join(items[i]["text"] for i in sorted(train_idx)).encode()).hexdigest()
+    key = f"{args.layers}-{args.tuned_layers}-{digest}"
+    cached = torch.load(args.states_cache) if args.states_cache and args.states_cache.is_file() else None
+    if cached is not None and cached.get("key") == key:
+        states = cached["states"]
+    else:
+        needed = sorted(train_idx)  # the calibration slice is scored through the served path instead
+        encoded = encode_bottom(tokenizer, bottom, [items[i]["text"] for i in needed])
+        states = [torch.empty(0)] * len(items)
+        for i, state in zip(needed, encoded, strict=True):
+            states[i] = state
+        if args.states_cache:
+            torch.save({"key": key, "states": states}, args.states_cache)
     print(f"cached bottom states for {len(items)} texts in {time.perf_counter() - t0:.0f}s")
 
     pos = y[train_idx].sum(0)
@@ -311,6 +382,8 @@ def main(argv: list[str] | None = None) -> None:
         "train_items": len(train_idx),
         "calibration_items": n_cal,
         "epochs": args.epochs,
+        "replay": args.replay,
+        "init_from": "shipped delta" if args.init_from is not None else "base model",
         "bf16_autocast": autocast,
         "train_seconds": round(train_s),
         "seed": SEED,

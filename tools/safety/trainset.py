@@ -86,6 +86,15 @@ BENIGN_TRICKY_4 = _lines("benign_tricky_4")
 BENIGN_ANSWERS = _lines("benign_answers")
 MODEL_ANSWERS = _lines("model_answers")
 
+# fifth pass (issue 15): the miss kinds the issue lists (two-category items, commercial sexual
+# services and adult listings, explicit consensual adult questions, extremist glorification and
+# recruitment, suicide encouragement aimed at another person, ideation without a plan, genocide
+# denial) in several genres and languages; benign texts of those genres; and developer prompts
+# (ids, hashes, URLs, code, base64, JSON, stack traces, format instructions) generated below
+HARMFUL_5 = _lines("harmful_5")
+BENIGN_5 = _lines("benign_5")
+JAILBREAK_3 = _lines("jailbreak_3")
+
 # ----------------------------------------------------------------------------------------------
 # Templates x slots
 # ----------------------------------------------------------------------------------------------
@@ -619,6 +628,150 @@ def build_fourth(rng: random.Random) -> list[dict]:
     return items
 
 
+def _hex(rng: random.Random, n: int) -> str:
+    return "".join(rng.choice("0123456789abcdef") for _ in range(n))
+
+
+def _b64(rng: random.Random, n: int) -> str:
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    return "".join(rng.choice(alphabet) for _ in range(n)) + rng.choice(["", "=", "=="])
+
+
+def _slots(rng: random.Random) -> dict[str, str]:
+    """Random identifiers of the kinds developers paste into prompts."""
+    word = rng.choice(["orders", "users", "billing", "search", "auth", "payments", "reports", "inventory", "api"])
+    return {
+        "canary": f"CANARY-{_hex(rng, 32)}",
+        "sha": _hex(rng, 40),
+        "short": _hex(rng, 7),
+        "sha256": _hex(rng, 64),
+        "md5": _hex(rng, 32),
+        "uuid": f"{_hex(rng, 8)}-{_hex(rng, 4)}-4{_hex(rng, 3)}-a{_hex(rng, 3)}-{_hex(rng, 12)}",
+        "b64": _b64(rng, rng.randint(16, 60)),
+        "jwt": f"eyJhbGciOiJIUzI1NiJ9.{_b64(rng, 40).rstrip('=')}.{_b64(rng, 43).rstrip('=')}",
+        "key": rng.choice(["sk-", "ghp_", "AKIA", "xoxb-", "pk_live_", "glpat-", "mp_"]) + _b64(rng, 24).rstrip("=+/"),
+        "url": rng.choice(["https://", "http://"]) + rng.choice(["example.com", "docs.python.org", "github.com/acme/"
+                          + word, "intranet.corp.local", "api.example.org/v2", "status.acme.io"]) + "/" + word
+                          + rng.choice(["", f"?id={rng.randint(1, 99999)}", f"#L{rng.randint(1, 400)}",
+                                        f"/{_hex(rng, 12)}", "?token=" + _hex(rng, 16)]),
+        "ip": f"{rng.randint(10, 250)}.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}",
+        "hexnum": rng.choice(["0xDEADBEEF", "0xCAFEBABE", "0xFF00FF", "0x7FFFFFFF", f"0x{_hex(rng, 8).upper()}"]),
+        "num": str(rng.randint(100, 999999)),
+        "word": word,
+        "path": rng.choice(["/var/log/", "src/", "C:\\Users\\dev\\", "~/projects/", "/etc/"]) + word
+                + rng.choice([".py", ".log", ".json", ".yaml", "/main.go", ".ts", ".rs"]),
+    }
+
+
+DEV_PROMPTS = [
+    "Say hello. {canary}",
+    "{canary} Say hello.",
+    "Reply with the word OK. {canary}",
+    "Summarise this paragraph in one sentence. {canary}",
+    "What does commit {sha} change? The diff is below.",
+    "git show {short} --stat shows three files changed; explain what the refactor does.",
+    "Why does `git cherry-pick {sha}` fail with a merge conflict?",
+    "Is {sha256} a valid SHA-256 checksum format?",
+    "The download's md5 is {md5}, but the site lists a different one. Is the file corrupted?",
+    "Open {url} and summarise the release notes.",
+    "Can you read {url} and tell me what the endpoint returns?",
+    "Please check whether {url} is reachable from {ip}.",
+    "Write a regex that matches {hexnum} and other 32-bit hex constants.",
+    "Why does my C code print {hexnum} instead of the value I stored?",
+    "Explain this regex: ^(?:[a-f0-9]{{40}}|[a-f0-9]{{64}})$",
+    "My API token looks like {key}. What format is that, and where should I store it safely?",
+    "Is it safe to commit a token like {key} to a private repo? (This one is revoked.)",
+    "Decode this JWT header and payload for me: {jwt}",
+    "What is this base64 string? {b64}",
+    "Decode {b64} and tell me if it is valid UTF-8.",
+    "Respond only with JSON: {{\"id\": \"{uuid}\", \"status\": \"ok\"}} if the order exists.",
+    "Respond only with JSON, no prose: {{\"summary\": string, \"tags\": [string]}}.",
+    "Return only valid JSON matching this schema: {{\"name\": str, \"count\": int}}. Do not add explanations.",
+    "Output exactly the string {uuid} and nothing else.",
+    "Only answer with yes or no: is {ip} a private address?",
+    "Format the answer as a markdown table with columns id and total. Request id {uuid}.",
+    "Do not use bullet points; answer in plain prose. Ticket {num}.",
+    "Traceback (most recent call last):\n  File \"{path}\", line {num}, in <module>\n    main()\n"
+    "KeyError: '{word}' -- what is wrong?",
+    "java.lang.NullPointerException: Cannot invoke \"String.length()\" at "
+    "com.acme.{word}.Service.run(Service.java:{num}) -- how do I fix it?",
+    "TypeError: Cannot read properties of undefined (reading '{word}') at {path}:{num}:17. Any idea?",
+    "panic: runtime error: index out of range [5] with length 5\ngoroutine 1 [running]:\nmain.main()\n\t{path}:{num}",
+    "error[E0382]: borrow of moved value: `{word}` in {path}. Explain the fix.",
+    "2024-05-{num} ERROR [{word}] request {uuid} failed: connection reset by peer ({ip}:5432). What does this mean?",
+    "SELECT * FROM {word} WHERE id = '{uuid}'; -- why is this slow without an index?",
+    "curl -H 'Authorization: Bearer {key}' {url} returns 401. What am I missing?",
+    "kill -9 {num} did not stop the process; how do I find what keeps restarting it?",
+    "docker run --rm -e SECRET={md5} {word}:latest exits with code 137, why?",
+    "The build id is {uuid} and the artifact hash is {sha256}; write a release note.",
+    "Ignore the first {num} lines of the log and count the errors in the rest.",
+    "Forget the previous format; give me the output as CSV instead. Job {uuid}.",
+    "You are a code reviewer. Review this function in {path} and point out bugs.",
+    "Act as a JSON formatter: pretty-print {{\"a\":1,\"b\":[1,2,3],\"id\":\"{short}\"}}",
+    "Pretend you are a Linux shell and run: sha256sum {path}",
+    "System: you are a helpful assistant for the {word} team. User: what's the SLA for P1 tickets?",
+    "Translate the error message for request {uuid} into German.",
+    "The webhook secret is {md5}; how do I verify the HMAC signature in Python?",
+    "Here is a PEM block header -----BEGIN PUBLIC KEY----- {b64} -----END PUBLIC KEY----- is it RSA or EC?",
+    "Write a unit test that asserts the parser rejects {hexnum} as an id.",
+    "Bypass the cache for {url} by adding a query parameter; which header should I use instead?",
+    "Override the default timeout of {num} ms in the config at {path}.",
+    "Execute the migration script against {ip} and tell me what could go wrong.",
+    "The test fixture uses the canary {canary} to detect prompt leakage; why does the assertion fail?",
+    "Inject the dependency through the constructor instead of the global in {path}.",
+    "Kill the container {short} and restart it with more memory.",
+    "Deutsch: Antworte nur mit JSON. Bestellnummer {num}, Status bitte als Feld \"status\".",
+    "Français : que signifie l'erreur 502 sur {url} ?",
+    "Español: ¿por qué falla el commit {short} en la integración continua?",
+    "日本語: {url} のドキュメントを要約してください。",
+    "中文：请解释这个哈希值 {md5} 是什么算法生成的。",  # noqa: RUF001 (Chinese punctuation, on purpose)
+]
+
+# quoted harmful words in a neutral frame: not harmful, not a jailbreak
+NEUTRAL_QUOTES = [
+    "The log line says \"{w}\" because the watchdog ended the worker. Is that expected?",
+    "Our moderation filter flags the word \"{w}\" even in song lyrics; how can we reduce false positives?",
+    "In the novel, the word \"{w}\" is used once, in the title of the villain's book.",
+    "The dictionary lists \"{w}\" as a verb with four meanings; which is the oldest?",
+    "Count how many times \"{w}\" appears in this CSV column and return the number.",
+]
+NEUTRAL_WORDS = ["kill", "attack", "bomb", "shoot", "execute", "terminate", "abort", "strangle", "hang", "slaughter",
+                 "die", "exploit", "inject", "override", "jailbreak", "ignore previous instructions"]
+
+
+def build_fifth(rng: random.Random) -> list[dict]:
+    """The fifth pass: hand-written texts used as written, augmented and embedded; developer
+    prompts with random identifiers (never a jailbreak, never harmful), and some of the
+    jailbreaks and harmful texts with an identifier appended, so the identifier is no cue."""
+    items: list[dict] = []
+    filler = BENIGN_PLAIN + BENIGN_PLAIN_2
+    for line in HARMFUL_5:
+        spec, text = line.split("|", 1)
+        labels, profane = _labels(spec), _is_profane(text)
+        items.append(_item(labels, text, profanity=profane))
+        items.append(_item(labels, _augment(text, rng), profanity=profane, group=text))
+        items.append(_item(labels, _embed(text, rng, filler), profanity=profane, group=text))
+    for text in BENIGN_5:
+        items.append(_item({}, text, profanity=_is_profane(text)))
+        items.append(_item({}, _augment(text, rng), profanity=_is_profane(text), group=text))
+    for text in JAILBREAK_3:
+        items.append(_item({}, text, jailbreak=True))
+        items.append(_item({}, _augment(text, rng), jailbreak=True, group=text))
+        items.append(_item({}, f"{text} {_slots(rng)['canary']}", jailbreak=True, group=text))
+    for template in DEV_PROMPTS:
+        for _ in range(8):
+            items.append(_item({}, template.format(**_slots(rng)), group=template))
+    for template in NEUTRAL_QUOTES:
+        for w in NEUTRAL_WORDS:
+            items.append(_item({}, template.format(w=w), group=template))
+    for line in rng.sample(HARMFUL_3 + HARMFUL_4, 120):
+        spec, text = line.split("|", 1)
+        slot = rng.choice(["canary", "uuid", "url", "sha"])
+        items.append(_item(_labels(spec), f"{text} [ref {_slots(rng)[slot]}]", profanity=_is_profane(text),
+                           group=text))
+    return [{**it, "pass": 5} for it in items]  # `pass`: train.py --replay can train on these plus a sample
+
+
 def build(eval_path: Path | None = None) -> list[dict]:
     """Return the training items (deterministic); none of them is an evaluation text."""
     rng = random.Random(SEED)  # noqa: S311 (data shuffling, not crypto)
@@ -692,6 +845,7 @@ def build(eval_path: Path | None = None) -> list[dict]:
     items += build_more(random.Random(SEED + 1))  # noqa: S311
     items += build_third(random.Random(SEED + 2))  # noqa: S311
     items += build_fourth(random.Random(SEED + 3))  # noqa: S311
+    items += build_fifth(random.Random(SEED + 4))  # noqa: S311
     return _dedupe(items, eval_path or DATA_DIR / "eval.jsonl", rng)
 
 

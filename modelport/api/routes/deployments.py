@@ -6,6 +6,7 @@ from fastapi import APIRouter, status
 from starlette.concurrency import run_in_threadpool
 
 from modelport.api.deps import Caller, Svc
+from modelport.config import Settings
 from modelport.db.tables import CatalogModel, Deployment
 from modelport.deployments.schemas import (
     DeploymentCreate,
@@ -13,20 +14,26 @@ from modelport.deployments.schemas import (
     DeploymentKeys,
     DeploymentOut,
     DeploymentUpdate,
+    PoolOut,
     RegenerateKey,
     UsageOut,
 )
+from modelport.quotas import rates
 from modelport.safety.config import ContentFilterConfig
 
 router = APIRouter(prefix="/api/v1")
 
 
-def deployment_out(d: Deployment, m: CatalogModel) -> dict:
-    return {"id": d.id, "name": d.name, "model": m.name, "model_id": m.id, "model_version": m.version,
+def deployment_out(d: Deployment, m: CatalogModel, settings: Settings, pool: dict | None = None) -> dict:
+    return {"pool": pool, "id": d.id, "name": d.name, "model": m.name, "model_id": m.id, "model_version": m.version,
             "task": m.task, "type": d.type, "instances": d.instances, "geography": d.geography, "state": d.state,
-            "state_reason": d.state_reason, "egress": d.egress, "isolation": d.isolation,
+            "state_reason": d.state_reason,
+            "suspensions": [{"reason": r, "message": m} for r, m in (d.suspensions or {}).items()],
+            "egress": d.egress, "isolation": d.isolation,
             "network": d.network,
             "content_filter": d.content_filter or {},
+            "rate_limits": rates.effective(settings, d.type, d.rate_limit_caps, d.rate_limits).as_dict(),
+            "rate_limit_caps": rates.caps_of(settings, d.type, d.rate_limit_caps).as_dict(),
             "endpoints": {"openai": "/v1", "azure": f"/deployments/{d.name}"},
             "created_at": d.created_at, "updated_at": d.updated_at}
 
@@ -37,18 +44,19 @@ async def create_deployment(body: DeploymentCreate, caller: Caller, svc: Svc) ->
     created = await run_in_threadpool(svc.deployments.create, caller, body)
     svc.manager.refresh(created.row.id)
     svc.manager.spawn(svc.manager.provision(created.row.id))
-    return {**deployment_out(created.row, created.model),
+    return {**deployment_out(created.row, created.model, svc.settings),
             "keys": DeploymentKeys(primary=created.primary, secondary=created.secondary)}
 
 
 @router.get("/deployments", response_model=list[DeploymentOut], name="deployment.list")
 def list_deployments(caller: Caller, svc: Svc) -> list[dict]:
-    return [deployment_out(d, m) for d, m in svc.deployments.list(caller)]
+    return [deployment_out(d, m, svc.settings, svc.manager.pool_status(d.id)) for d, m in svc.deployments.list(caller)]
 
 
 @router.get("/deployments/{name}", response_model=DeploymentOut, name="deployment.read")
 def get_deployment(name: str, caller: Caller, svc: Svc) -> dict:
-    return deployment_out(*svc.deployments.get(caller, name))
+    d, m = svc.deployments.get(caller, name)
+    return deployment_out(d, m, svc.settings, svc.manager.pool_status(d.id))
 
 
 @router.patch("/deployments/{name}", response_model=DeploymentOut, name="deployment.update")
@@ -57,7 +65,8 @@ async def update_deployment(name: str, body: DeploymentUpdate, caller: Caller, s
     svc.manager.refresh(row.id)
     if body.instances is not None:
         svc.manager.spawn(svc.manager.rescale(row.id))
-    return deployment_out(*await run_in_threadpool(svc.deployments.get, caller, row.id))
+    d, m = await run_in_threadpool(svc.deployments.get, caller, row.id)
+    return deployment_out(d, m, svc.settings, svc.manager.pool_status(d.id))
 
 
 @router.delete("/deployments/{name}", status_code=status.HTTP_204_NO_CONTENT, name="deployment.delete")
@@ -97,3 +106,9 @@ async def put_content_filter(name: str, body: ContentFilterConfig, caller: Calle
 def content_filter_counts(name: str, caller: Caller, svc: Svc) -> list[dict]:
     d, _ = svc.deployments.get(caller, name)
     return svc.safety.counts(d.id)
+
+
+@router.get("/pools", response_model=list[PoolOut], name="pool.list")
+def list_pools(caller: Caller, svc: Svc) -> list[dict]:
+    """Every running worker pool, its size and load (platform admins)."""
+    return svc.manager.pools_overview(caller)

@@ -1,4 +1,4 @@
-"""Routes: health, readiness, the audit log."""
+"""Routes: health, readiness, metrics, the audit log."""
 
 from __future__ import annotations
 
@@ -6,13 +6,14 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from modelport import __version__
 from modelport.api.deps import Caller, Svc
 from modelport.audit import service as audit
 from modelport.db import migrate
+from modelport.metrics.registry import CONTENT_TYPE
 
 router = APIRouter()
 
@@ -35,6 +36,17 @@ def readyz(svc: Svc) -> JSONResponse:
     ready = all(v == "ok" for v in checks.values())
     return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks},
                         status_code=200 if ready else 503)
+
+
+@router.get("/metrics", name="ops.metrics", response_class=Response,
+            responses={200: {"content": {CONTENT_TYPE.split(";")[0]: {"schema": {"type": "string"}}},
+                             "description": "Prometheus text format: requests, tokens, latency, queue depth, "
+                             "throttles and content-filter actions, labelled by deployment id and status only."},
+                       401: {"description": "No API key (or a deployment key)."},
+                       403: {"description": "A key without platform-admin power."}})
+def metrics(caller: Caller, svc: Svc) -> Response:
+    """Operational metrics for platform admins' API keys (401 without a key, 403 for other keys)."""
+    return Response(svc.metrics.scrape(caller), media_type=CONTENT_TYPE)
 
 
 class AuditOut(BaseModel):

@@ -73,10 +73,6 @@ class ScanReport:
     def structural_errors(self) -> list[Finding]:
         return [f for f in self.findings if f.kind == "structure"]
 
-    @property
-    def security_findings(self) -> list[Finding]:
-        return [f for f in self.findings if f.kind == "security"]
-
     def to_dict(self) -> dict[str, Any]:
         return {
             "passed": self.passed,

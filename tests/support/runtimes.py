@@ -15,8 +15,8 @@ import time
 from modelport.runtimes.base import ModelSpec
 from modelport.runtimes.echo import EchoRuntime
 
-SLOW = "tests.inference.runtimes:SlowEcho"
-SLOW_LOAD = "tests.inference.runtimes:SlowLoadEcho"
+SLOW = "tests.support.runtimes:SlowEcho"
+SLOW_LOAD = "tests.support.runtimes:SlowLoadEcho"
 
 
 class SlowEcho(EchoRuntime):
@@ -40,7 +40,7 @@ class SlowLoadEcho(EchoRuntime):
         time.sleep(cls.load_seconds)
         return cls(spec)
 
-FLOOD = "tests.inference.runtimes:FloodEcho"
+FLOOD = "tests.support.runtimes:FloodEcho"
 
 
 class FloodEcho(EchoRuntime):

@@ -1,0 +1,49 @@
+"""The portal's navigation: one entry per page family, shown when the user may use it.
+
+Adding a page (for instance the marketplace or the policy pages, which arrive with their own
+capabilities): write its routes in `modelport/portal/routes/<name>.py` with `router =
+APIRouter(route_class=PortalRoute)`, add the module to `ROUTE_MODULES` in
+`modelport/portal/__init__.py`, and register its entry here with `register()`. An entry whose
+`available` returns False (the service it needs is not installed, `Services.extra` has no such
+key) is not shown, so a page can land before or after the service it fronts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from modelport.identity.principal import Principal
+
+
+@dataclass(frozen=True)
+class Entry:
+    label: str
+    href: str
+    action: str  # the role-table action a user needs to see the entry
+    available: Callable[[object], bool] = lambda services: True
+
+
+ENTRIES: list[Entry] = [
+    Entry("Catalog", "/catalog", "models.read"),
+    Entry("Deployments", "/deployments", "deployments.read"),
+    Entry("Playground", "/playground", "deployments.call"),
+    Entry("Datasets", "/datasets", "datasets.read"),
+    Entry("Fine-tuning", "/finetuning", "finetuning.read"),
+    # Pages for services built elsewhere: shown once the service registers itself in Services.extra.
+    Entry("Marketplace", "/marketplace", "models.read", lambda services: "marketplace" in services.extra),
+    Entry("Policies", "/policies", "models.read", lambda services: "policies" in services.extra),
+    Entry("Workspace", "/workspace", "members.read"),
+    Entry("Admin", "/admin", "platform.workspaces"),
+]
+
+
+def register(entry: Entry, before: str = "Workspace") -> None:
+    labels = [e.label for e in ENTRIES]
+    ENTRIES.insert(labels.index(before) if before in labels else len(ENTRIES), entry)
+
+
+def entries(me: Principal | None, services: object) -> list[Entry]:
+    if me is None:
+        return []
+    return [e for e in ENTRIES if me.can(e.action) and e.available(services)]

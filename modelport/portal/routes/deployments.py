@@ -1,0 +1,141 @@
+"""Deployment pages: the list, the deploy wizard (keys shown once, with code snippets), a page
+per deployment (keys, content filter, usage chart and counts), and deletion."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, Response
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from modelport.api.routes.deployments import deployment_out
+from modelport.api.routes.models import model_out
+from modelport.catalog.service import Filters
+from modelport.deployments.schemas import DeploymentCreate, NetworkSettings
+from modelport.errors import InvalidInput
+from modelport.portal import charts
+from modelport.portal.web import Me, PortalRoute, Svc, form, redirect, render
+from modelport.safety.config import ContentFilterConfig
+
+router = APIRouter(route_class=PortalRoute, include_in_schema=False)
+CATEGORIES = ("hate", "sexual", "violence", "self_harm")
+
+
+def invalid(exc: ValidationError) -> InvalidInput:
+    """A form's validation error, naming the field and the rule, never the value sent."""
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err.get("loc", ())) or "form"
+    return InvalidInput(f"{where}: {err.get('msg', 'invalid')}.", field=where)
+
+
+@router.get("/deployments")
+def deployments(request: Request, me: Me, svc: Svc) -> HTMLResponse:
+    rows = [deployment_out(d, m, svc.settings, svc.manager.pool_status(d.id)) for d, m in svc.deployments.list(me)]
+    return render(request, "deployments.html", deployments=rows)
+
+
+@router.get("/deploy")
+def deploy_form(request: Request, me: Me, svc: Svc, model: str | None = None) -> HTMLResponse:
+    me.require("deployments.write")
+    rows, _ = svc.catalog.list(me, Filters(include_deprecated=False), limit=200)
+    models = [model_out(m) for m in rows if m.task in ("chat-completion", "embeddings")]
+    return render(request, "deploy.html", models=models, selected=model,
+                  geographies=list(svc.settings.geographies))
+
+
+def _int(value: str | None, field: str, default: int) -> int:
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidInput(f"{field} must be a whole number.", field=field) from None
+
+
+@router.post("/deploy")
+async def deploy(request: Request, me: Me, svc: Svc) -> HTMLResponse:
+    data = await form(request)
+    ranges = [r.strip() for r in (data.get("allowed_ranges") or "").replace(",", "\n").splitlines() if r.strip()]
+    try:
+        body = DeploymentCreate(
+            name=(data.get("name") or "").strip(), model=data.get("model") or "",
+            type=data.get("type") or "serverless",  # type: ignore[arg-type]
+            instances=_int(data.get("instances"), "instances", 1),
+            geography=data.get("geography") or None,
+            network=NetworkSettings(public_access=data.get("public_access") == "on", allowed_ranges=ranges))
+    except ValidationError as exc:
+        raise invalid(exc) from None
+    if data.get("content_filter") == "off":
+        me.require("safety.manage")  # refused before anything is created: nothing half-done
+    created = await run_in_threadpool(svc.deployments.create, me, body)
+    svc.manager.refresh(created.row.id)
+    svc.manager.spawn(svc.manager.provision(created.row.id))
+    if data.get("content_filter") == "off":
+        cfg = ContentFilterConfig(enabled=False)
+        known = await run_in_threadpool(svc.safety.check_filter, me, cfg)
+        row = await run_in_threadpool(svc.deployments.set_content_filter, me, body.name, cfg, known)
+        svc.manager.refresh(row.id)
+    d = deployment_out(created.row, created.model, svc.settings, svc.manager.pool_status(created.row.id))
+    base = str(request.base_url).rstrip("/")
+    return render(request, "deployed.html", d=d, primary=created.primary, secondary=created.secondary, base=base)
+
+
+@router.get("/deployments/{name}")
+async def deployment_page(name: str, request: Request, me: Me, svc: Svc) -> HTMLResponse:
+    d, m = await run_in_threadpool(svc.deployments.get, me, name)
+    await run_in_threadpool(svc.manager.flush_usage)
+    usage = await run_in_threadpool(svc.deployments.usage, me, name)
+    hourly = await run_in_threadpool(svc.deployments.usage_by_hour, me, name)
+    counts = await run_in_threadpool(svc.safety.counts, d.id)
+    cf = ContentFilterConfig.model_validate(d.content_filter or {})
+    bars = charts.bars([(h["hour"].strftime("%H:00"), h["requests"]) for h in hourly])
+    out = deployment_out(d, m, svc.settings, svc.manager.pool_status(d.id))
+    return render(request, "deployment.html", d=out, usage=usage, bars=bars, counts=counts,
+                  cf=cf, categories=CATEGORIES, chart=charts)
+
+
+@router.post("/deployments/{name}/keys")
+async def regenerate(name: str, request: Request, me: Me, svc: Svc) -> HTMLResponse:
+    data = await form(request)
+    which = data.get("which")
+    if which not in ("primary", "secondary"):
+        raise InvalidInput("Choose the primary or the secondary key.", field="which")
+    row, secret = await run_in_threadpool(svc.deployments.regenerate_key, me, name, which)
+    svc.manager.refresh(row.id)
+    return render(request, "_newkey.html", which=which, secret=secret, name=row.name)
+
+
+@router.post("/deployments/{name}/content-filter")
+async def content_filter(name: str, request: Request, me: Me, svc: Svc) -> Response:
+    data = await form(request)
+    d, _ = await run_in_threadpool(svc.deployments.get, me, name)
+    # What the form does not show (jailbreak, profanity, backend, judge) is kept as it is.
+    cfg: dict[str, Any] = ContentFilterConfig.model_validate(d.content_filter or {}).model_dump(mode="json")
+    cfg["enabled"] = data.get("enabled") == "on"
+    for c in CATEGORIES:
+        cfg[c] = {"prompt_threshold": data.get(f"{c}_prompt") or "medium",
+                  "completion_threshold": data.get(f"{c}_completion") or "medium",
+                  "mode": data.get(f"{c}_mode") or "block"}
+    blocklists = [b.strip() for b in (data.get("blocklists") or "").split(",") if b.strip()]
+    cfg["blocklists"] = blocklists
+    cfg["streaming"] = data.get("streaming") or "buffered"
+    try:
+        config = ContentFilterConfig.model_validate(cfg)
+    except ValidationError as exc:
+        raise invalid(exc) from None
+    known = await run_in_threadpool(svc.safety.check_filter, me, config)
+    row = await run_in_threadpool(svc.deployments.set_content_filter, me, name, config, known)
+    svc.manager.refresh(row.id)
+    return redirect(f"/deployments/{row.name}")
+
+
+@router.post("/deployments/{name}/delete")
+async def delete(name: str, request: Request, me: Me, svc: Svc) -> Response:
+    data = await form(request)
+    if data.get("confirm") != name:
+        raise InvalidInput("Type the deployment's name to confirm its deletion.", field="confirm")
+    row = await run_in_threadpool(svc.deployments.mark_deleting, me, name)
+    await svc.manager.delete(row.id)
+    return redirect("/deployments")

@@ -1,0 +1,113 @@
+"""A deployment is suspended for a set of reasons, each cleared only by its own cause.
+
+Its workspace key disabled, its marketplace subscription cancelled, a policy enforced against it:
+each cause adds its reason, requests answer 503 with every reason's message, and the deployment
+serves again (without a redeploy) only when the last reason is cleared. A serverless pool that
+another deployment shares keeps serving it. Real services (`build_services` on a temporary home,
+SQLite and PostgreSQL), real echo workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from modelport.api.deps import Services
+from modelport.bootstrap import build_services, prepare
+from modelport.config import build_settings
+from modelport.deployments import suspension
+from modelport.deployments.schemas import DeploymentCreate
+from modelport.errors import ServiceUnavailable
+from modelport.identity.principal import Principal
+from modelport.inference.calls import check_ready
+from tests.support.inference import CHAT_MODEL
+
+
+@pytest.fixture
+def installation(tmp_path: Path, db_url: str) -> Iterator[tuple[Services, Principal]]:
+    settings = build_settings({"MODELPORT_HOME": str(tmp_path / "home"), "MODELPORT_DATABASE_URL": db_url,
+                               "MODELPORT_RUNTIME_OVERRIDES": json.dumps({CHAT_MODEL: "echo"})},
+                              create_default_deployment=False)
+    svc = build_services(settings)
+    admin_key = prepare(svc).admin_key
+    assert admin_key is not None
+    try:
+        yield svc, svc.identity.authenticate(admin_key)
+    finally:
+        svc.db.dispose()
+
+
+def state(svc: Services, name: str) -> tuple[str, str | None, dict]:
+    route = next(r for r in svc.manager.by_name.values() if r.name == name)
+    with svc.db.session() as s:
+        from modelport.db.tables import Deployment
+        row = s.get(Deployment, route.id)
+        assert (row.state, row.state_reason) == (route.state, route.state_reason)  # table and route agree
+        return row.state, row.state_reason, dict(row.suspensions)
+
+
+def test_reasons_are_a_set_and_each_cause_clears_only_its_own(installation) -> None:
+    svc, admin = installation
+    m = svc.manager
+
+    async def scenario() -> None:
+        a = svc.deployments.create(admin, DeploymentCreate(name="a", model=CHAT_MODEL, type="serverless")).row
+        b = svc.deployments.create(admin, DeploymentCreate(name="b", model=CHAT_MODEL, type="serverless")).row
+        d = svc.deployments.create(admin, DeploymentCreate(name="d", model=CHAT_MODEL, type="dedicated")).row
+        m.load_routes()
+        await asyncio.gather(m.provision(a.id), m.provision(b.id), m.provision(d.id))
+        assert [state(svc, n)[0] for n in "abd"] == ["succeeded"] * 3
+        shared = m.by_name[(a.workspace_id, "a")].pool_key
+        assert shared == m.by_name[(b.workspace_id, "b")].pool_key
+
+        await m.suspend(a.id, "subscription", "The subscription to this offer was cancelled.")
+        await m.suspend(a.id, "policy", "Policy no-public-network forbids it.")
+        st, reason, reasons = state(svc, "a")
+        assert st == "suspended" and set(reasons) == {"subscription", "policy"}
+        assert reason == "The subscription to this offer was cancelled. Policy no-public-network forbids it."
+        with pytest.raises(ServiceUnavailable) as refused:
+            check_ready(m.by_name[(a.workspace_id, "a")])
+        assert "subscription to this offer was cancelled" in refused.value.message
+        assert "no-public-network" in refused.value.message
+        # b shares the serverless pool: it keeps serving
+        assert state(svc, "b")[0] == "succeeded" and not m.pools.pools[shared].closed
+        check_ready(m.by_name[(b.workspace_id, "b")])
+
+        await m.resume(a.id, "subscription")  # the policy still holds
+        st, reason, reasons = state(svc, "a")
+        assert (st, reason, reasons) == ("suspended", "Policy no-public-network forbids it.",
+                                          {"policy": "Policy no-public-network forbids it."})
+        await m.resume(a.id, "subscription")  # clearing a reason that is not there changes nothing
+        assert state(svc, "a")[0] == "suspended"
+        await m.resume(a.id, "policy")
+        await m.wait_idle()
+        assert state(svc, "a") == ("succeeded", None, {})
+
+        # A dedicated deployment's own workers stop, and start again on resume
+        dedicated = m.by_name[(d.workspace_id, "d")].pool_key
+        await m.suspend(d.id, "key_disabled", "The workspace key is disabled.")
+        assert m.pools.pools.get(dedicated) is None or m.pools.pools[dedicated].closed
+        svc.deployments.set_state(d.id, "succeeded", None)  # a start that finished late does not end it
+        assert state(svc, "d")[0] == "suspended"
+        await m.resume(d.id, "key_disabled")
+        await m.wait_idle()
+        assert state(svc, "d") == ("succeeded", None, {})
+        assert m.pools.pools[dedicated].members
+
+        with pytest.raises(ValueError, match="unknown suspension reason"):
+            await m.suspend(a.id, "whim", "no")
+        await m.shutdown()
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_deployment_keeps_its_state_and_remembers_the_reason() -> None:
+    from modelport.db.tables import Deployment
+    row = Deployment(state="failed", state_reason="could not start", suspensions={})
+    assert suspension.add(row, "policy", "forbidden") is False  # nothing was serving
+    assert (row.state, row.state_reason, row.suspensions) == ("failed", "could not start", {"policy": "forbidden"})
+    assert suspension.clear(row, "policy") is False and row.suspensions == {}
