@@ -406,9 +406,11 @@ class BatchEngine:
     def _finish(self, seq: Sequence, reason: str, out: str = "", *, hit: bool = False) -> None:
         """The last Delta: text still held back (unless a stop sequence ended it), reason, usage."""
         tail = out if hit else out + seq.stopper.flush() + seq.decoder.decode(b"", final=True)
+        scored = self._take_logprobs(seq)
+        if hit and not tail:
+            scored = None  # only the stop sequence's tokens: never sent, so neither are their logprobs
         self._leave(seq, Delta(tail, finish_reason=reason,  # type: ignore[arg-type]
-                               usage=Usage(len(seq.prompt), len(seq.generated)),
-                               logprobs=self._take_logprobs(seq)))
+                               usage=Usage(len(seq.prompt), len(seq.generated)), logprobs=scored))
 
     def _leave(self, seq: Sequence, last: Event) -> None:
         """Free the sequence's KV cells and id, then tell its reader (last event)."""
