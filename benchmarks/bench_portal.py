@@ -9,7 +9,9 @@ data. Then each page is fetched `--requests` times, one at a time, by a signed-i
 the time from request to the last byte is reported (p50 / p95 / max), with the page's size.
 
 Reference in the same run: the REST API call that reads the same data as JSON (the catalog page
-against `GET /api/v1/models?limit=100`, the deployments page against `GET /api/v1/deployments`),
+against `GET /api/v1/models?limit=100`, the deployments page against `GET /api/v1/deployments`,
+the compliance page against `GET /api/v1/policies/compliance`; the seven starter policies are in
+force as platform policies, each made `@audit`),
 and `/healthz` for the fixed cost of a request. Target: every page under 100 ms p50.
 """
 
@@ -75,6 +77,11 @@ def main() -> None:
             ok(admin.post("/api/v1/datasets?name=bench-data", content=jobs_ds,
                           headers={"Content-Type": "application/octet-stream"}))
             job = ok(admin.post("/api/v1/finetuning/jobs", json={"model": SMOLLM2, "dataset": "bench-data"})).json()
+            # The starter policies, in force as platform policies, all @audit (so nothing is refused
+            # or suspended): the policy and compliance pages evaluate them over every deployment and model.
+            for f in sorted((ROOT / "policies").glob("*.cedar")):
+                ok(admin.put(f"/api/v1/policies/{f.stem}", json={"cedar": "@audit\n" + f.read_text(),
+                                                                  "scope": "platform"}))
         print(f"seeded {args.models} models, {args.deployments} deployments in {time.perf_counter() - t0:.0f} s")
 
         web = httpx.Client(base_url=server.url, timeout=60)
@@ -84,12 +91,14 @@ def main() -> None:
         api = server.client()
         pages = ["/catalog", f"/catalog/{SMOLLM2}", "/catalog/bench-model-050", "/deployments",
                  "/deployments/bench-dep-00", "/deploy", "/playground", "/datasets", "/finetuning",
-                 f"/finetuning/{job['id']}", "/workspace", "/admin", "/signin", "/docs"]
+                 f"/finetuning/{job['id']}", "/policies", "/policies/compliance", "/workspace", "/admin",
+                 "/signin", "/docs"]
         rows = []
         for path in pages:
             times, size = timed(web, path, args.requests)
             rows.append((path, times, size))
-        refs = [("/healthz", api), ("/api/v1/models?limit=100", api), ("/api/v1/deployments", api)]
+        refs = [("/healthz", api), ("/api/v1/models?limit=100", api), ("/api/v1/deployments", api),
+                ("/api/v1/policies/compliance", api)]
         ref_rows = [(path, *timed(c, path, args.requests)) for path, c in refs]
         web.close()
         api.close()
@@ -110,7 +119,9 @@ def main() -> None:
         print(line(*r))
     med = {p: statistics.median(t) for p, t, _ in rows + ref_rows}
     print(f"\ncatalog page / GET /api/v1/models?limit=100: {med['/catalog'] / med['/api/v1/models?limit=100']:.2f}x; "
-          f"deployments page / GET /api/v1/deployments: {med['/deployments'] / med['/api/v1/deployments']:.2f}x")
+          f"deployments page / GET /api/v1/deployments: {med['/deployments'] / med['/api/v1/deployments']:.2f}x; "
+          f"compliance page / GET /api/v1/policies/compliance: "
+          f"{med['/policies/compliance'] / med['/api/v1/policies/compliance']:.2f}x")
     worst = max((statistics.median(t), p) for p, t, _ in rows)
     print(f"slowest page p50: {worst[0]:.1f} ms ({worst[1]}); target < 100 ms: "
           f"{'met' if worst[0] < 100 else 'NOT met'}")

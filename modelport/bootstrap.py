@@ -23,6 +23,11 @@ from modelport.identity.service import IdentityService
 from modelport.inference.judge import judge_factory
 from modelport.inference.manager import DeploymentManager
 from modelport.inference.pools import PoolManager, RegionSlots, scale_policy
+from modelport.marketplace.offers import OfferService
+from modelport.marketplace.publishers import PublisherService
+from modelport.marketplace.report import PublisherReports
+from modelport.metering.budgets import BudgetService
+from modelport.metering.usage import UsageService
 from modelport.metrics import Metrics
 from modelport.policies.engine import PolicyEngine
 from modelport.policies.service import PolicyService
@@ -67,6 +72,9 @@ def build_services(settings: Settings) -> Services:
                            screening_cache_entries=settings.screening_cache_entries,
                            blocklist_budget_s=settings.blocklist_budget_ms / 1000)
     safety.set_judge_factory(judge_factory(manager))  # the llm-judge backend calls chat deployments
+    usage = UsageService(db, manager.meter)
+    budgets = BudgetService(db, usage)
+    manager.meter.on_commit = budgets.on_commit  # every committed charge counts against its budget
     return Services(
         settings=settings,
         db=db,
@@ -80,6 +88,11 @@ def build_services(settings: Settings) -> Services:
         finetuning=FinetuningService(db, catalog, datasets, datastore,
                                      max_active_jobs=settings.max_active_finetune_jobs_per_workspace),
         offboarding=Offboarding(settings, db, identity, manager, catalog, safety, datastore),
+        publishers=PublisherService(db),
+        offers=OfferService(db, policies),
+        usage=usage,
+        budgets=budgets,
+        reports=PublisherReports(db, usage),
         policies=PolicyService(db, policies, catalog, settings),
         rate_limiter=RateLimiter(storage_uri(settings.redis_url)),
         metrics=metrics,

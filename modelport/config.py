@@ -92,6 +92,10 @@ class Settings(BaseSettings):
     api_key_last_used_flush_seconds: float = Field(default=30.0, description="How often API keys' last-used "
                                                    "times are written to the database.")
 
+    # Metering: how often usage events are added into the hourly meters (and budgets reloaded)
+    meter_aggregate_seconds: float = Field(default=30.0, gt=0, description="Usage events into the hourly meters, "
+                                           "and budgets' spending reloaded from them, this often.")
+
     # Inference: geographies group regions; each region has worker slots on this installation.
     geographies: Annotated[dict[str, list[str]], NoDecode] = Field(
         default_factory=lambda: {"local": ["local"]},

@@ -16,7 +16,18 @@ from modelport.api import errors
 from modelport.api.deps import Services
 from modelport.api.middleware import RequestContext
 from modelport.api.request_limits import RequestBodyLimit
-from modelport.api.routes import datasets, deployments, finetuning, identity, models, ops, policies, safety
+from modelport.api.routes import (
+    datasets,
+    deployments,
+    finetuning,
+    identity,
+    marketplace,
+    models,
+    ops,
+    policies,
+    safety,
+    usage,
+)
 from modelport.bootstrap import build_services, prepare
 from modelport.config import Settings
 from modelport.finetuning.runner import JobRunner
@@ -46,6 +57,8 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         prepare(svc)
         await svc.offboarding.resume()  # workspace deletions a stopped server left unfinished
         svc.manager.load_routes()
+        svc.manager.meter.start()
+        await asyncio.to_thread(svc.budgets.load)
         await svc.manager.start_existing()
         if svc.settings.content_filter_default == "on":
             # Load the default classifier now rather than on the first filtered request.
@@ -53,13 +66,14 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         flusher = asyncio.create_task(_flush_last_used(svc))
         sweeper = asyncio.create_task(_expire_uploads(svc))
         background = asyncio.create_task(svc.manager.run_background())
+        meters = asyncio.create_task(_aggregate_meters(svc))
         runner = JobRunner(svc.finetuning, svc.settings)
         jobs = asyncio.create_task(runner.run())
         try:
             yield
         finally:
             await runner.shutdown()
-            for task in (flusher, sweeper, background, jobs):
+            for task in (flusher, sweeper, background, jobs, meters):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -81,6 +95,8 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.include_router(datasets.router)
     app.include_router(safety.router)
     app.include_router(finetuning.router)
+    app.include_router(marketplace.router)
+    app.include_router(usage.router)
     app.include_router(policies.router)
     app.include_router(inference_routes.router)
     portal.mount(app, svc)  # the web portal at / (modelport/portal)
@@ -98,6 +114,17 @@ async def _flush_last_used(svc: Services) -> None:
             await asyncio.to_thread(svc.safety.flush_counts)
         except Exception:
             log.exception("could not record API key use or content-filter counts")
+
+
+async def _aggregate_meters(svc: Services) -> None:
+    """Usage events into the hourly meters, and budgets' spending reloaded (other replicas' too)."""
+    while True:
+        await asyncio.sleep(svc.settings.meter_aggregate_seconds)
+        try:
+            await asyncio.to_thread(svc.usage.refresh)
+            await asyncio.to_thread(svc.budgets.load)
+        except Exception:
+            log.exception("could not aggregate usage into the meters")
 
 
 async def _expire_uploads(svc: Services) -> None:

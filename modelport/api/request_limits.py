@@ -105,8 +105,11 @@ class RequestBodyLimit:
             token = bearer(request.headers.get("authorization"))
             if token and token.startswith("mpd_"):
                 raise Unauthenticated("Deployment keys call inference routes only; use an API key on /api/v1.")
-            await anyio.to_thread.run_sync(svc.identity.authenticate, token,
-                                           request.headers.get("x-modelport-workspace"))
+            if token and token.startswith("mpp_"):  # a publisher key (the route decides what it may reach)
+                await anyio.to_thread.run_sync(svc.publishers.authenticate, token)
+            else:
+                await anyio.to_thread.run_sync(svc.identity.authenticate, token,
+                                               request.headers.get("x-modelport-workspace"))
         except Unauthenticated as exc:
             return JSONResponse(error_body(exc.code, exc.message, request), status_code=401,
                                 headers={"Connection": "close"})

@@ -42,6 +42,7 @@ from modelport.errors import (
     Unprocessable,
 )
 from modelport.identity.principal import Principal
+from modelport.marketplace.publishers import ensure_publisher, publisher_by_ref
 from modelport.policies.engine import PolicyEngine
 from modelport.policies.facts import ModelFacts
 
@@ -97,6 +98,7 @@ class CatalogService:
                 raise IntegrityError(f"file {rel} does not match the sha256 in its package's RECORD")
         metadata = self._read_metadata(bm.format, bm.files)
         with self.db.session() as s:
+            publisher_id = ensure_publisher(s, bm.publisher).id  # flushed before the model row refers to it
             row = s.scalar(select(CatalogModel).where(CatalogModel.scope_key == GLOBAL_SCOPE,
                                                       CatalogModel.name == bm.name,
                                                       CatalogModel.version == bm.version))
@@ -106,6 +108,7 @@ class CatalogService:
                                    finetunable=bm.finetunable, deployment_types=list(bm.deployment_types))
                 s.add(row)
             row.publisher = bm.publisher
+            row.publisher_id = publisher_id
             row.license_spdx = bm.license_spdx
             row.license_url = bm.license_url
             row.task = bm.task
@@ -312,6 +315,17 @@ class CatalogService:
             return DownloadFile(path=self._location(row, f), name=f.path, size=f.size, sha256=f.sha256,
                                 model_id=row.id)
 
+    @staticmethod
+    def _publisher_id(s: Session, scope_key: str, publisher: str | None) -> str | None:
+        """Catalog-wide models reference their publisher's record; a workspace's own have none."""
+        if scope_key != GLOBAL_SCOPE:
+            return None
+        pub = publisher_by_ref(s, publisher or "")
+        if pub is None:
+            raise InvalidInput("The upload's publisher no longer exists; create it again or start a new upload.",
+                               field="publisher")
+        return pub.id
+
     # -- import through uploads -----------------------------------------------------------
 
     def begin_upload(self, actor: Principal, req: UploadCreate) -> dict:
@@ -328,6 +342,12 @@ class CatalogService:
             raise InvalidInput("license must be an SPDX identifier such as Apache-2.0 or MIT.", field="license")
         if req.scope == "catalog" and not req.publisher:
             raise InvalidInput("publisher is required for catalog-wide models.", field="publisher")
+        if req.scope == "catalog":
+            with self.db.session() as s:
+                if publisher_by_ref(s, req.publisher or "") is None:
+                    raise InvalidInput("A catalog-wide model names a publisher record, and none has that name; a "
+                                       "platform admin creates it first (modelport publishers create NAME).",
+                                       field="publisher")
         seen: set[str] = set()
         for i, f in enumerate(req.files):
             rel = safe_relpath(f.path, field=f"files[{i}].path")
@@ -474,6 +494,7 @@ class CatalogService:
                 id=model_id, name=req.name, version=req.version, scope_key=meta["scope_key"],
                 owner_workspace_id=meta["scope_key"] or None,
                 publisher=req.publisher or actor.workspace_name, license_spdx=req.license,
+                publisher_id=self._publisher_id(s, meta["scope_key"], req.publisher),
                 license_url=req.license_url, task=task, format=req.format, card=req.card,
                 model_metadata=metadata, curated=False, downloadable=req.downloadable,
                 finetunable=req.finetunable, deployment_types=list(req.deployment_types), source="imported",

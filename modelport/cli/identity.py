@@ -163,8 +163,19 @@ def keys_create(ctx: typer.Context, name: str = "",
                                                               "(not a platform admin) of --workspace.")] = None,
                 workspace: Annotated[str | None, typer.Option(help="With --user: the workspace the key is "
                                                                    "for.")] = None,
+                publisher: Annotated[str | None, typer.Option(help="Platform admins, with --user: a publisher "
+                                                                   "key for that publisher's user (no workspace "
+                                                                   "powers).")] = None,
                 json: JsonOpt = False) -> None:
-    """Create an API key for yourself, or (platform admins, --user) for a member. The key is shown once."""
+    """Create an API key for yourself, or (platform admins, --user) for a member or a publisher's user.
+    The key is shown once."""
+    if publisher is not None:
+        if user is None or workspace is not None:
+            raise typer.BadParameter("--publisher needs --user (a user of the publisher) and no --workspace",
+                                     param_hint="--publisher")
+        from modelport.cli.marketplace import create_publisher_key
+
+        return create_publisher_key(ctx, publisher, user, name, json)
     body = {"name": name, "expires_in_days": expires_in_days}
     if user is None:
         if workspace is not None:

@@ -12,6 +12,7 @@ from modelport.cli import datasets as datasets_cli
 from modelport.cli import deployments as deployments_cli
 from modelport.cli import finetuning as finetuning_cli
 from modelport.cli import identity as identity_cli
+from modelport.cli import marketplace as marketplace_cli
 from modelport.cli import models as models_cli
 from modelport.cli import policies as policies_cli
 from modelport.cli import safety as safety_cli
@@ -32,6 +33,12 @@ app.add_typer(datasets_cli.workspace_key, name="workspace-key")
 app.add_typer(datasets_cli.cmk, name="cmk")
 app.add_typer(datasets_cli.platform_key, name="platform-key")
 app.add_typer(finetuning_cli.finetune, name="finetune")
+app.add_typer(marketplace_cli.publishers, name="publishers")
+app.add_typer(marketplace_cli.offers, name="offers")
+app.add_typer(marketplace_cli.marketplace, name="marketplace")
+app.add_typer(marketplace_cli.publisher, name="publisher")
+app.add_typer(marketplace_cli.budget, name="budget")
+app.command("usage")(marketplace_cli.usage)
 app.add_typer(policies_cli.policies, name="policies")
 app.command("audit")(identity_cli.audit)
 

@@ -7,6 +7,7 @@ table holds a plaintext key: API keys are stored as a lookup id plus a SHA-256 d
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 
 from sqlalchemy import (
     JSON,
@@ -18,11 +19,30 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from modelport.db.base import Base, UTCDateTime, utcnow
+
+
+class DecimalText(TypeDecorator[Decimal]):
+    """An exact decimal (prices, budgets) stored as its text on every backend: SQLite has no
+    decimal type, and a float would round the figures that charges are computed from."""
+
+    impl = String(40)
+    cache_ok = True
+
+    def process_bind_param(self, value: Decimal | None, dialect: object) -> str | None:
+        if value is None:
+            return None
+        if not isinstance(value, Decimal):
+            raise TypeError("DecimalText takes Decimal values only")
+        return format(value, "f")
+
+    def process_result_value(self, value: str | None, dialect: object) -> Decimal | None:
+        return None if value is None else Decimal(value)
 
 
 class Workspace(Base):
@@ -96,7 +116,12 @@ class CatalogModel(Base):
     owner_workspace_id: Mapped[str | None] = mapped_column(
         ForeignKey("workspaces.id", ondelete="CASCADE"), nullable=True
     )
+    # The publisher as shown; catalog-wide models also reference its record (`publisher_id`),
+    # a workspace's own imports and fine-tunes have none (nothing of theirs is sold).
     publisher: Mapped[str] = mapped_column(String(100))
+    publisher_id: Mapped[str | None] = mapped_column(
+        ForeignKey("publishers.id", ondelete="RESTRICT"), nullable=True, index=True
+    )
     license_spdx: Mapped[str] = mapped_column(String(64))
     license_url: Mapped[str | None] = mapped_column(String(500), nullable=True)
     license_text: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -114,7 +139,6 @@ class CatalogModel(Base):
     deployment_types: Mapped[list] = mapped_column(JSON, default=list)
     source: Mapped[str] = mapped_column(String(16))  # bundled | imported | finetuned
     deprecated: Mapped[bool] = mapped_column(Boolean, default=False)
-    offer: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # marketplace terms, later issue
     created_by: Mapped[str | None] = mapped_column(String(40), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
@@ -197,21 +221,57 @@ class Deployment(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 
-class UsageRecord(Base):
-    """Token counts of one inference request, for billing. Counts only: never content."""
+class UsageEvent(Base):
+    """One inference request that reached a worker, for metering and billing. Counts, ids and
+    the price in force when it ran; never anything of the content (P1, P3).
 
-    __tablename__ = "usage_records"
-    __table_args__ = (Index("ix_usage_dep_at", "deployment_id", "at"),)
+    `aggregated` is set once the event was added into the hourly meters (`UsageMeter`)."""
+
+    __tablename__ = "usage_events"
+    __table_args__ = (Index("ix_usage_events_dep_at", "deployment_id", "at"),
+                      Index("ix_usage_events_ws_at", "workspace_id", "at"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    workspace_id: Mapped[str] = mapped_column(String(40), index=True)
+    workspace_id: Mapped[str] = mapped_column(String(40))
     deployment_id: Mapped[str] = mapped_column(String(40))
     model_id: Mapped[str] = mapped_column(String(40))
+    offer_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    subscription_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
     api: Mapped[str] = mapped_column(String(32))  # chat.completions | completions | embeddings | content_filter.judge
-    prompt_tokens: Mapped[int] = mapped_column(Integer)
-    completion_tokens: Mapped[int] = mapped_column(Integer)
-    outcome: Mapped[str] = mapped_column(String(16))  # success | error | cancelled | filtered
+    input_tokens: Mapped[int] = mapped_column(Integer)
+    output_tokens: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))  # success | filtered | error | cancelled
+    currency: Mapped[str | None] = mapped_column(String(3), nullable=True)
+    input_price: Mapped[Decimal | None] = mapped_column(DecimalText, nullable=True)  # per 1,000 tokens
+    output_price: Mapped[Decimal | None] = mapped_column(DecimalText, nullable=True)
+    aggregated: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+
+
+class UsageMeter(Base):
+    """Hourly meters, `input_tokens` and `output_tokens`, per workspace, deployment, model, offer,
+    subscription and unit price (Azure's input/output token meters). Ids are "" where none."""
+
+    __tablename__ = "usage_meters"
+    __table_args__ = (
+        UniqueConstraint("hour", "workspace_id", "deployment_id", "model_id", "offer_id", "subscription_id", "meter",
+                         "currency", "unit_price", name="uq_usage_meters_key"),
+        Index("ix_usage_meters_ws_hour", "workspace_id", "hour"),
+        Index("ix_usage_meters_offer_hour", "offer_id", "hour"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    hour: Mapped[datetime] = mapped_column(UTCDateTime)
+    workspace_id: Mapped[str] = mapped_column(String(40))
+    deployment_id: Mapped[str] = mapped_column(String(40))
+    model_id: Mapped[str] = mapped_column(String(40))
+    offer_id: Mapped[str] = mapped_column(String(40))
+    subscription_id: Mapped[str] = mapped_column(String(40))
+    meter: Mapped[str] = mapped_column(String(16))  # input_tokens | output_tokens
+    currency: Mapped[str] = mapped_column(String(3))  # "" for models without an offer
+    unit_price: Mapped[Decimal] = mapped_column(DecimalText)  # per 1,000 tokens; 0 without an offer
+    quantity: Mapped[int] = mapped_column(BigInteger, default=0)
+    requests: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class Dataset(Base):
@@ -289,6 +349,121 @@ class ContentFilterCount(Base):
     category: Mapped[str] = mapped_column(String(32))
     action: Mapped[str] = mapped_column(String(16))  # filtered | annotated
     count: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Publisher(Base):
+    """An organisation that publishes catalog models and sells offers for them. Its users hold
+    publisher API keys, which reach only the publisher's own offers, subscriptions and reports."""
+
+    __tablename__ = "publishers"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    display_name: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class PublisherMember(Base):
+    __tablename__ = "publisher_members"
+    __table_args__ = (UniqueConstraint("publisher_id", "user_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    publisher_id: Mapped[str] = mapped_column(ForeignKey("publishers.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class PublisherApiKey(Base):
+    """A publisher user's API key (`mpp_...`): no workspace powers at all. Stored like API keys."""
+
+    __tablename__ = "publisher_api_keys"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # pkey_<lookup id>
+    name: Mapped[str] = mapped_column(String(64), default="")
+    digest: Mapped[str] = mapped_column(String(64))
+    publisher_id: Mapped[str] = mapped_column(ForeignKey("publishers.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_by: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class Offer(Base):
+    """A catalog model's offer: prices per 1,000 input and output tokens in one currency, the
+    deployment types it covers, whether subscribers must consent to share their contact. Its
+    terms are versioned (`OfferTerms`). Retired offers take no new subscriptions."""
+
+    __tablename__ = "offers"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="RESTRICT"), index=True)
+    publisher_id: Mapped[str] = mapped_column(ForeignKey("publishers.id", ondelete="RESTRICT"), index=True)
+    currency: Mapped[str] = mapped_column(String(3))
+    input_price: Mapped[Decimal] = mapped_column(DecimalText)  # per 1,000 tokens
+    output_price: Mapped[Decimal] = mapped_column(DecimalText)
+    contact_sharing_required: Mapped[bool] = mapped_column(Boolean, default=True)
+    deployment_types: Mapped[list] = mapped_column(JSON, default=list)
+    state: Mapped[str] = mapped_column(String(16), default="active")  # active | retired
+    created_by: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class OfferTerms(Base):
+    """One version of an offer's terms, identified by the sha256 of its text."""
+
+    __tablename__ = "offer_terms"
+    __table_args__ = (UniqueConstraint("offer_id", "version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    offer_id: Mapped[str] = mapped_column(ForeignKey("offers.id", ondelete="CASCADE"), index=True)
+    version: Mapped[str] = mapped_column(String(32))
+    text: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class Subscription(Base):
+    """A workspace's subscription to an offer: the contact it shares, the terms it accepted, and
+    its consent to share that contact with the publisher (time and user). One per workspace and
+    offer; unsubscribing cancels it, subscribing again makes it active with new acceptance."""
+
+    __tablename__ = "subscriptions"
+    __table_args__ = (UniqueConstraint("workspace_id", "offer_id"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"), index=True)
+    offer_id: Mapped[str] = mapped_column(ForeignKey("offers.id", ondelete="RESTRICT"), index=True)
+    state: Mapped[str] = mapped_column(String(16))  # active | cancelled
+    terms_version: Mapped[str] = mapped_column(String(32))
+    terms_sha256: Mapped[str] = mapped_column(String(64))
+    contact_name: Mapped[str] = mapped_column(String(200))
+    contact_email: Mapped[str] = mapped_column(String(254))
+    contact_organization: Mapped[str] = mapped_column(String(200), default="")
+    consent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    consent_user_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    accepted_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    accepted_by: Mapped[str] = mapped_column(String(40))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    cancelled_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class Budget(Base):
+    """A workspace's monthly budget in one currency; `alerted` records the thresholds (80, 100)
+    already reported for `alerted_month` (YYYY-MM), so each is audited once a month."""
+
+    __tablename__ = "budgets"
+    __table_args__ = (UniqueConstraint("workspace_id", "currency"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"), index=True)
+    currency: Mapped[str] = mapped_column(String(3))
+    amount: Mapped[Decimal] = mapped_column(DecimalText)
+    alerted_month: Mapped[str] = mapped_column(String(7), default="")
+    alerted: Mapped[list] = mapped_column(JSON, default=list)
+    updated_by: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 
 class Policy(Base):

@@ -21,13 +21,14 @@ from modelport.catalog.service import CatalogService
 from modelport.config import Settings
 from modelport.db.base import new_id, utcnow
 from modelport.db.engine import Database
-from modelport.db.tables import CatalogModel, Deployment, UsageRecord, Workspace
+from modelport.db.tables import CatalogModel, Deployment, UsageEvent, Workspace
 from modelport.deployments import suspension
 from modelport.deployments.schemas import DeploymentCreate, DeploymentUpdate
 from modelport.errors import Conflict, InvalidInput, NotFound
 from modelport.identity import secrets as keysecrets
 from modelport.identity.principal import Principal
 from modelport.identity.service import check_name
+from modelport.marketplace import offers as marketplace
 from modelport.policies.engine import PolicyEngine
 from modelport.policies.facts import DeploymentFacts, FilterFacts, ModelFacts
 from modelport.quotas import rates
@@ -89,6 +90,7 @@ class DeploymentService:
                 raise NotFound("No model of that name and version is visible to this workspace; "
                                "'modelport models list' shows them.", field="model") from exc
             self._check_deployable(model, req.type)
+            marketplace.check_deployable(s, actor.workspace_id, model, req.type)  # 409 subscription_required
             if req.type == "serverless" and req.instances != 1:
                 raise InvalidInput(
                     "instances applies to dedicated deployments; serverless pools scale themselves.", field="instances"
@@ -99,7 +101,8 @@ class DeploymentService:
                 else ContentFilterConfig.disabled()
             ).model_dump(mode="json")
             self.policies.enforce(actor, "deploy", DeploymentFacts(
-                id="new", name=req.name, workspace=actor.workspace_name, model=ModelFacts.seen_by(model, actor),
+                id="new", name=req.name, workspace=actor.workspace_name,
+                model=ModelFacts.seen_by(model, actor, offer=marketplace.offer_id_of(s, model.id)),
                 type=req.type, geography=geography, instances=req.instances,
                 public_network_access=req.network.public_access, allowed_ranges=tuple(req.network.allowed_ranges),
                 content_filter=FilterFacts.of(content_filter)))
@@ -360,10 +363,10 @@ class DeploymentService:
             row = self._get(s, actor, name)
             n, p, c = s.execute(
                 select(
-                    func.count(UsageRecord.id),
-                    func.coalesce(func.sum(UsageRecord.prompt_tokens), 0),
-                    func.coalesce(func.sum(UsageRecord.completion_tokens), 0),
-                ).where(UsageRecord.deployment_id == row.id)
+                    func.count(UsageEvent.id),
+                    func.coalesce(func.sum(UsageEvent.input_tokens), 0),
+                    func.coalesce(func.sum(UsageEvent.output_tokens), 0),
+                ).where(UsageEvent.deployment_id == row.id)
             ).one()
             return {"deployment": row.name, "requests": n, "prompt_tokens": p, "completion_tokens": c}
 
@@ -376,13 +379,13 @@ class DeploymentService:
         with self.db.session() as s:
             row = self._get(s, actor, name)
             if s.get_bind().dialect.name == "sqlite":
-                bucket = func.strftime("%Y-%m-%dT%H", UsageRecord.at)
+                bucket = func.strftime("%Y-%m-%dT%H", UsageEvent.at)
             else:
-                bucket = func.to_char(func.date_trunc("hour", UsageRecord.at), "YYYY-MM-DD\"T\"HH24")
+                bucket = func.to_char(func.date_trunc("hour", UsageEvent.at), "YYYY-MM-DD\"T\"HH24")
             rows = s.execute(
-                select(bucket, func.count(UsageRecord.id),
-                       func.coalesce(func.sum(UsageRecord.prompt_tokens + UsageRecord.completion_tokens), 0))
-                .where(UsageRecord.deployment_id == row.id, UsageRecord.at >= start).group_by(bucket)
+                select(bucket, func.count(UsageEvent.id),
+                       func.coalesce(func.sum(UsageEvent.input_tokens + UsageEvent.output_tokens), 0))
+                .where(UsageEvent.deployment_id == row.id, UsageEvent.at >= start).group_by(bucket)
             ).all()
         found = {b: (n, t) for b, n, t in rows}
         out = []

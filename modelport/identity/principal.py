@@ -32,3 +32,15 @@ class Principal:
                 f"Your role in workspace '{self.workspace_name}' ({role}) does not allow {action}; "
                 "ask a workspace owner."
             )
+
+
+@dataclass(frozen=True)
+class PublisherPrincipal:
+    """A publisher user's key: it reaches its publisher's offers, subscriptions and reports, and
+    nothing of any workspace (it has no workspace, no role, no platform power)."""
+
+    user_id: str
+    user_name: str
+    key_id: str
+    publisher_id: str
+    publisher_name: str

@@ -21,19 +21,27 @@
 | keys.manage (cmk, workspace key) |  |          |   x   |                                      |
 | safety.manage           |        |             |   x   |                                      |
 | audit.read              |        |             |   x   |  x (all workspaces)                   |
+| marketplace.read (offers, subscriptions) | x | x   |   x   |                                      |
+| marketplace.subscribe (subscribe, unsubscribe) | | x |  x   |                                      |
+| usage.read              |   x    |      x      |   x   |  x (all workspaces: chargeback)       |
+| budgets.read            |   x    |      x      |   x   |                                      |
+| budgets.manage          |        |             |   x   |                                      |
 | policies.read           |   x    |      x      |   x   |                                      |
 | policies.write          |        |             |   x   |                                      |
 | workspace.delete        |        |             |   x   |  x                                   |
 
 Platform-wide actions (`platform.*`: create workspaces, manage users, create a key for a member,
-catalog-wide models, the platform key, platform-scope governance policies) need platform-admin
-power, which only a platform admin's key made by that admin itself carries. A platform admin
-reaches a workspace's resources only as a member of it; the table above applies to it like to
-anyone else.
+catalog-wide models, the platform key, platform-scope governance policies, publishers, any
+publisher's offers, every workspace's usage) need platform-admin power, which only a platform
+admin's key made by that admin itself carries. A platform admin reaches a workspace's resources
+only as a member of it; the table above applies to it like to anyone else.
 
 Governance policies: every member reads the policies in force in its workspace; owners save and
 delete the workspace's own (which can only add forbids) and suspend its violating deployments;
 platform policies and compliance across workspaces need `platform.policies`.
+
+A publisher API key is none of these: it has no workspace and no role, and reaches only its
+publisher's offers, subscriptions and reports (modelport/marketplace/publishers.py).
 
 No role creates API keys for someone else: `apikeys.own` is one's own keys, `apikeys.manage`
 lists and revokes the workspace's keys (not those with platform-admin power). A platform admin's
@@ -75,6 +83,11 @@ WORKSPACE_ACTIONS: dict[str, Role] = {
     "keys.manage": Role.OWNER,
     "safety.manage": Role.OWNER,
     "audit.read": Role.OWNER,
+    "marketplace.read": Role.READER,
+    "marketplace.subscribe": Role.CONTRIBUTOR,
+    "usage.read": Role.READER,
+    "budgets.read": Role.READER,
+    "budgets.manage": Role.OWNER,
     "policies.read": Role.READER,
     "policies.write": Role.OWNER,
 }
@@ -86,6 +99,9 @@ PLATFORM_ACTIONS = frozenset(
         "platform.models",  # import, curate, deprecate, delete catalog-wide models
         "platform.keys",  # rotate and rewrap the platform key
         "platform.audit",  # read every workspace's audit log
+        "platform.publishers",  # create publishers, add their users, make their keys
+        "platform.offers",  # create and retire any publisher's offers
+        "platform.usage",  # every workspace's usage and charges (chargeback)
         "platform.policies",  # save and delete platform policies; compliance of every workspace
         "platform.quotas",  # set deployments' rate-limit caps
         "platform.metrics",  # read GET /metrics

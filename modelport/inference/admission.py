@@ -44,7 +44,7 @@ def allowed(request: Request, route: Route) -> None:
 
 async def admit(request: Request, route: Route, tokens: int) -> None:
     """Steps 3 and 4 for one parsed request whose admission estimate is `tokens`."""
-    # Step 3, the workspace budget, is called here, before the rate limits.
+    # Step 3, the workspace budget, ran in the route before the body was read (calls.admit_budget).
     await check_rate_limits(request, route, tokens)
 
 

@@ -1,8 +1,10 @@
 """The request path shared by both inference APIs: who may call which deployment, then the
 call itself through the deployment's pool.
 
-Order on every request: key -> deployment -> caller address (403 before the body is read
-whenever the deployment is known from the key or the URL) -> body size -> parse -> pool.
+Admission order on every request, each a named step: authentication (key -> deployment) ->
+network settings (caller address; 403 before the body is read whenever the deployment is known
+from the key or the URL) -> budget (`admit_budget`, 403 budget_exhausted) -> requests and tokens
+per minute (429) -> per-workspace caps -> body size -> parse -> the fair queue (pool).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import base64
 import hmac
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -29,6 +31,9 @@ from modelport.errors import (
 from modelport.identity import secrets as keysecrets
 from modelport.identity.service import IdentityService
 from modelport.inference.manager import DeploymentManager, Route
+
+if TYPE_CHECKING:
+    from modelport.metering.budgets import BudgetService as BudgetGate
 from modelport.workers.client import ChoiceFinished, GenerateEvent, StreamUsage, TextDelta, WorkerClient
 from modelport.workers.protocol import GenerateBody
 
@@ -68,6 +73,9 @@ def authenticate(manager: DeploymentManager, identity: IdentityService, secret: 
             ):
                 return Caller(workspace_id=route.workspace_id, deployment=route)
         raise Unauthenticated("Invalid deployment key.", details={"openai_code": "invalid_api_key"})
+    if parsed is not None and parsed.kind == "mpp":
+        raise Forbidden("A publisher API key cannot call deployments; it has no workspace powers.",
+                        details={"azure_code": "Forbidden"})
     try:
         principal = identity.authenticate(secret)
     except Unauthenticated as exc:
@@ -121,6 +129,13 @@ def check_ready(route: Route) -> None:
     raise ServiceUnavailable("This deployment is being deleted.")
 
 
+def admit_budget(budgets: BudgetGate, route: Route) -> None:
+    """Admission step after network settings: a call billed in a currency whose monthly budget the
+    workspace has spent is refused with 403 `budget_exhausted` (clients must not retry). Memory
+    only (metering/budgets.py). Rate limits are the next step."""
+    budgets.check(route)
+
+
 async def read_json(request: Request, limit: int) -> dict:
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
@@ -153,24 +168,36 @@ async def generate(manager: DeploymentManager, route: Route, body: GenerateBody)
         yield event
 
 
-async def collect(events: AsyncIterator[GenerateEvent], n: int) -> tuple[list[Choice], StreamUsage]:
+@dataclass
+class Tally:
+    """What the worker produced so far for one request: its text deltas (one per decoded token,
+    so a lower bound of the tokens it generated) and its final usage, once it came."""
+
+    deltas: int = 0
+    usage: StreamUsage | None = None
+
+
+async def collect(events: AsyncIterator[GenerateEvent], n: int,
+                  tally: Tally | None = None) -> tuple[list[Choice], StreamUsage]:
     choices = [Choice() for _ in range(n)]
-    usage = StreamUsage(0, 0)
+    tally = tally if tally is not None else Tally()
     async for ev in events:
         if isinstance(ev, TextDelta):
+            tally.deltas += 1
             choices[ev.index].text.append(ev.text)
         elif isinstance(ev, ChoiceFinished):
             choices[ev.index].finish_reason = ev.finish_reason
         elif isinstance(ev, StreamUsage):
-            usage = ev
-    return choices, usage
+            tally.usage = ev
+    return choices, tally.usage or StreamUsage(0, 0)
 
 
-@dataclass(frozen=True)
+@dataclass
 class PromptSize:
     """A chat's `messages`, a text `prompt` or embeddings `inputs`, to be counted against the model's
     context before they are screened. Counted by a ready worker of the deployment with its own
-    tokenizer and chat template, outside the generation queue (counting generates nothing)."""
+    tokenizer and chat template, outside the generation queue (counting generates nothing).
+    `prompt_tokens` keeps the count once made (metering bills a cut stream's prompt with it)."""
 
     manager: DeploymentManager
     route: Route
@@ -178,6 +205,14 @@ class PromptSize:
     prompt: str | None = None
     inputs: list[str] | None = None
     tools: list[dict[str, Any]] | None = None
+    prompt_tokens: int | None = None
+
+    async def count(self) -> int:
+        """The prompt's tokens (counted once), by a ready worker of the deployment."""
+        if self.prompt_tokens is None:
+            counted = await (await self.counter()).count_tokens(messages=self.messages, prompt=self.prompt)
+            self.prompt_tokens = counted.count
+        return self.prompt_tokens
 
     async def counter(self) -> WorkerClient:
         """A ready worker of the deployment (a stopped serverless pool starts)."""
@@ -193,6 +228,8 @@ class PromptSize:
         counted = await counter.count_tokens(messages=self.messages, prompt=self.prompt, input=self.inputs,
                                              tools=self.tools)
         limit = counted.context_length
+        if self.inputs is None:
+            self.prompt_tokens = counted.count
         if self.inputs is not None:
             longest = max(counted.counts or [0])
             if longest > limit:

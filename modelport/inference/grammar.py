@@ -36,6 +36,21 @@ ANNOTATIONS = frozenset({"title", "description", "default", "examples", "$schema
 KEYWORDS = frozenset({"type", "properties", "required", "additionalProperties", "items", "minItems", "maxItems",
                       "enum", "const", "anyOf", "minLength", "maxLength", "$ref", "$defs", "definitions"}) | ANNOTATIONS
 MAX_RULES = 2000
+MAX_GRAMMAR_BYTES = 256 * 1024  # a larger GBNF is refused with 400 (the worker takes at most 1 MiB)
+ALL_KINDS = frozenset({"object", "array", "string", "number", "boolean", "null"})
+NESTING_KINDS = frozenset({"object", "array"})
+
+
+def _kind_of(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
 MAX_DEPTH = 40
 MAX_REPEAT = 1000  # minItems/maxItems/minLength/maxLength beyond this are refused (grammar size)
 
@@ -190,6 +205,7 @@ class Grammar:
             if set(schema) - ANNOTATIONS - {"anyOf"}:
                 extra = sorted(set(schema) - ANNOTATIONS - {"anyOf"})[0]
                 raise self.fail(where, f"'anyOf' cannot be combined with '{extra}' here; move it into each option")
+            self._check_disjoint(options, where)
             alts = [self.value(o, f"{where}.anyOf[{i}]", depth + 1, pending) for i, o in enumerate(options)]
             return self.rule(" | ".join(dict.fromkeys(alts)), "any")
         types = schema.get("type")
@@ -204,6 +220,44 @@ class Grammar:
             raise self.fail(where, f"'type' must be one of {', '.join(TYPES)} or a list of distinct ones")
         alts = [self._typed(t, schema, where, depth, pending) for t in names]
         return alts[0] if len(alts) == 1 else self.rule(" | ".join(alts), "union")
+
+    def _check_disjoint(self, options: list[Any], where: str) -> None:
+        """Alternatives of an `anyOf` may not both be objects or both be arrays. llama.cpp's grammar
+        keeps one parse state per way the text so far can match: two alternatives that can both
+        open the same `[` or `{` (and recurse) double those states at every level, and the time
+        to pick each token with them (measured: x4 per token, a shared worker held for minutes by
+        a 173-byte schema). Overlapping primitives (a value or null, two string enums) stay finite."""
+        seen: dict[str, int] = {}
+        for i, option in enumerate(options):
+            for kind in self._kinds(option, frozenset()) & NESTING_KINDS:
+                if kind in seen:
+                    raise self.fail(f"{where}.anyOf[{i}]", f"'anyOf' alternatives {seen[kind]} and {i} can both be "
+                                    f"an {kind}; at most one alternative may be an "
+                                    f"{kind} (e.g. a value or null)")
+                seen[kind] = i
+
+    def _kinds(self, schema: Any, visiting: frozenset[str]) -> frozenset[str]:
+        """The JSON kinds a (sub)schema can produce: object, array, string, number, boolean, null."""
+        if not isinstance(schema, dict):
+            return ALL_KINDS
+        if "$ref" in schema:
+            ref = schema["$ref"]
+            if not isinstance(ref, str) or ref not in self._defs:
+                return ALL_KINDS  # refused when the value itself is built
+            if ref in visiting:
+                return frozenset()  # a cycle adds no kind of its own
+            return self._kinds(self._defs[ref], visiting | {ref})
+        if "const" in schema:
+            return frozenset({_kind_of(schema["const"])})
+        if isinstance(schema.get("enum"), list):
+            return frozenset(_kind_of(v) for v in schema["enum"])
+        if isinstance(schema.get("anyOf"), list):
+            return frozenset().union(*(self._kinds(o, visiting) for o in schema["anyOf"]))
+        types = schema.get("type")
+        if types is None:
+            return ALL_KINDS
+        names = types if isinstance(types, list) else [types]
+        return frozenset("number" if t == "integer" else t for t in names if isinstance(t, str))
 
     def _ref(self, schema: dict[str, Any], where: str, depth: int, pending: frozenset[str]) -> str:
         ref = schema["$ref"]
@@ -349,4 +403,13 @@ def json_schema_gbnf(schema: Any, *, strict: bool, field_name: str = "response_f
     """GBNF text whose sentences are exactly compact JSON values valid against `schema`; raises
     InvalidInput (400) naming an unsupported or (in strict mode) disallowed feature."""
     g = Grammar(field_name=field_name, strict=strict)
-    return g.text(g.add_schema(schema))
+    return check_size(g.text(g.add_schema(schema)), field_name)
+
+
+def check_size(gbnf: str, field_name: str) -> str:
+    """Refuse a grammar larger than MAX_GRAMMAR_BYTES (400 naming the field), before it is built
+    into a worker request (which would fail with a 500) or compiled by llama.cpp."""
+    if len(gbnf.encode()) > MAX_GRAMMAR_BYTES:
+        raise InvalidInput(f"{field_name}: the schema makes a grammar larger than {MAX_GRAMMAR_BYTES // 1024} KiB "
+                           "(long enum or const values, or many properties); make it smaller.", field=field_name)
+    return gbnf

@@ -21,9 +21,10 @@ import orjson
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from modelport.api.responses import ClosingStreamingResponse
-from modelport.errors import InvalidInput, ModelportError
+from modelport.errors import InvalidInput, ModelportError, TooManyRequests
 from modelport.inference import admission, answers, calls, filtering, tools
 from modelport.inference.manager import DeploymentManager, Route
 from modelport.inference.protocol import (
@@ -131,7 +132,7 @@ async def chat(request: Request, manager: DeploymentManager, route: Route, body:
                extra_mode: str = "error", error_shape: ErrorShape, azure: bool = False) -> Response:
     req: ChatCompletionRequest = parse(ChatCompletionRequest, body, extra_mode, azure=azure)
     check_task(route, "chat-completion")
-    found = chat_plan(req)
+    found = await run_in_threadpool(chat_plan, req)  # a schema's grammar is built off the event loop
     messages = worker_messages(req.messages)
     gen = GenerateBody(
         messages=messages,
@@ -216,6 +217,57 @@ class ChoiceOut:
             self.calls[piece.index]["function"]["arguments"] += piece.text
 
 
+class Bill:
+    """The one usage event of one generation request: committed before the answer's last byte
+    (`commit`), or, for a request that ended early (client gone, worker lost), queued with what
+    the worker produced until then (`cut`). Whichever comes first wins; the other does nothing."""
+
+    def __init__(self, manager: DeploymentManager, route: Route, api: str, size: calls.PromptSize) -> None:
+        self.manager, self.route, self.api, self.size = manager, route, api, size
+        self.done = False
+
+    async def prompt_tokens(self) -> int:
+        """The prompt's tokens as counted before screening; counted now if it was not (0 if it cannot be)."""
+        try:
+            return await self.size.count()
+        except ModelportError:
+            return 0
+
+    async def final_usage(self, usage: StreamUsage | None, deltas: int) -> StreamUsage:
+        """The worker's usage; without it (every choice cut by the filter) the prompt as counted
+        before screening and the tokens generated until the cut: what the answer reports and bills."""
+        return usage if usage is not None else StreamUsage(await self.prompt_tokens(), deltas)
+
+    async def commit(self, input_tokens: int, output_tokens: int, status: str) -> None:
+        if self.done:
+            return
+        self.done = True
+        await self.manager.record_usage_durable(self.route, self.api, input_tokens, output_tokens, status)
+
+    def cut(self, deltas: int, usage: StreamUsage | None, status: str, exc: BaseException | None = None) -> None:
+        if self.done:
+            return
+        self.done = True
+        if isinstance(exc, TooManyRequests) and not deltas:
+            return  # refused by the queue: it never reached a worker
+        if usage is not None:  # the worker finished; the answer did not reach the client
+            self.manager.record_usage(self.route, self.api, usage.prompt_tokens, usage.completion_tokens, status)
+            return
+        if not deltas:
+            self.manager.record_usage(self.route, self.api, 0, 0, status)
+            return
+        # The worker read the prompt and generated `deltas` tokens: billed with the prompt's count
+        # (made before screening, or asked for now, off the request's own task).
+        if self.size.prompt_tokens is not None:
+            self.manager.record_usage(self.route, self.api, self.size.prompt_tokens, deltas, status)
+            return
+
+        async def count_then_record() -> None:
+            self.manager.record_usage(self.route, self.api, await self.prompt_tokens(), deltas, status)
+
+        self.manager.spawn(count_then_record())
+
+
 @dataclass
 class Call:
     """One generating request: screening, the worker's stream through the answer pipeline,
@@ -238,13 +290,14 @@ class Call:
         flt = await filtering.screen_prompt(self.request.app.state.services.safety, self.route, self.prompt_text,
                                             self.size)
         pipeline = answers.Answers(flt, self.gen.n, calls=self.reads_calls, logprobs=self.logprobs, buffered=buffered)
+        self.bill = Bill(self.manager, self.route, self.api, self.size)
         return pipeline, calls.generate(self.manager, self.route, self.gen)
 
     async def collect(self) -> tuple[list[ChoiceOut], StreamUsage, filtering.RequestFilter | None] | Response:
         """The whole answer (never streamed: always screened `buffered`), or a 499 when the client left."""
         pipeline, events = await self.start(buffered=True)
         out = [ChoiceOut() for _ in range(self.gen.n)]
-        usage = StreamUsage(0, 0)
+        usage: StreamUsage | None = None
 
         async def run() -> None:
             nonlocal usage
@@ -259,17 +312,16 @@ class Call:
         try:
             await unless_gone(self.request, run())
         except ClientGone:
-            self.manager.record_usage(self.route, self.api, 0, 0, "cancelled")
+            self.bill.cut(pipeline.deltas, usage, "cancelled")
             return Response(status_code=CLIENT_CLOSED_REQUEST)
-        except ModelportError:
-            self.manager.record_usage(self.route, self.api, 0, 0, "error")
+        except ModelportError as exc:
+            self.bill.cut(pipeline.deltas, usage, "error", exc)
             raise
         finally:
             await events.aclose()
             if pipeline.flt is not None:
                 await pipeline.flt.close()
-        self.manager.record_usage(self.route, self.api, usage.prompt_tokens, usage.completion_tokens, "success")
-        return out, usage, pipeline.flt
+        return out, await self.bill.final_usage(usage, pipeline.deltas), pipeline.flt
 
     async def respond(self, *, stream: bool, include_usage: bool) -> Response:
         chat_api = self.api == "chat.completions"
@@ -303,13 +355,17 @@ class Call:
                           "total_tokens": usage.prompt_tokens + usage.completion_tokens}}
             if flt is not None:
                 body["prompt_filter_results"] = flt.prompt_filter_results()
+            # Committed before the answer leaves: an answer that was sent is billed (group commit).
+            filtered = any(c["finish_reason"] == "content_filter" for c in out_choices)
+            await self.bill.commit(usage.prompt_tokens, usage.completion_tokens, "filtered" if filtered else "success")
             return Response(orjson.dumps(body), media_type="application/json")
         return await self._stream(rid, created, include_usage)
 
     async def _stream(self, rid: str, created: int, include_usage: bool) -> Response:
         chat_api = self.api == "chat.completions"
-        route, manager, api, n = self.route, self.manager, self.api, self.gen.n
+        route, n = self.route, self.gen.n
         pipeline, events = await self.start(buffered=None)
+        bill = self.bill
         flt = pipeline.flt
         run = pipeline.run(events)
         try:
@@ -319,13 +375,13 @@ class Call:
             await events.aclose()
             if flt is not None:
                 await flt.close()
-            manager.record_usage(route, api, 0, 0, "cancelled")
+            self.bill.cut(pipeline.deltas, None, "cancelled")
             return Response(status_code=CLIENT_CLOSED_REQUEST)
-        except BaseException:
+        except BaseException as exc:
             await events.aclose()
             if flt is not None:
                 await flt.close()
-            manager.record_usage(route, api, 0, 0, "error")
+            self.bill.cut(pipeline.deltas, None, "error", exc)
             raise
         obj = "chat.completion.chunk" if chat_api else "text_completion"
         offsets = [0] * n
@@ -366,8 +422,8 @@ class Call:
             return c
 
         async def stream() -> AsyncIterator[bytes]:
-            usage = StreamUsage(0, 0)
-            outcome = "cancelled"
+            worker_usage: StreamUsage | None = None
+            filtered = False
             try:
                 if chat_api:
                     for i in range(n):
@@ -378,28 +434,29 @@ class Call:
                     if isinstance(ev, answers.Part):
                         yield chunk([piece_choice(ev.index, ev.piece)])
                     elif isinstance(ev, answers.Finished):
+                        filtered = filtered or ev.reason == "content_filter"
                         yield chunk([finish_choice(ev.index, ev.reason)])
                     else:
-                        usage = ev
+                        worker_usage = ev
                     ev = await anext(run, None)
+                usage = await bill.final_usage(worker_usage, pipeline.deltas)
                 if include_usage:
                     yield chunk([], {"prompt_tokens": usage.prompt_tokens,
                                      "completion_tokens": usage.completion_tokens,
                                      "total_tokens": usage.prompt_tokens + usage.completion_tokens})
-                outcome = "success"
+                # committed before the last byte: a stream whose [DONE] was sent is billed
+                await bill.commit(usage.prompt_tokens, usage.completion_tokens, "filtered" if filtered else "success")
                 yield b"data: [DONE]\n\n"
             except ModelportError as exc:
-                outcome = "error"
+                bill.cut(pipeline.deltas, worker_usage, "error", exc)
                 yield _sse(orjson.loads(self.error_shape(exc).body))
             finally:
                 await run.aclose()
                 await events.aclose()
                 if flt is not None:
                     await flt.close()
-                # Without the usage event (client gone, filter cut, worker lost) the worker's deltas, one
-                # per decoded token, are a lower bound of the completion tokens; the prompt count is unknown.
-                manager.record_usage(route, api, usage.prompt_tokens, usage.completion_tokens or pipeline.deltas,
-                                     outcome)
+                # the client left mid-stream (nothing if billed above): its prompt and what was generated
+                bill.cut(pipeline.deltas, worker_usage, "cancelled")
 
         # Closing, not Starlette's: a stream dropped while it waits to send (a client that stopped
         # reading, cut by the server's send timeout) must give its pool slot back at once.
@@ -419,9 +476,10 @@ async def embeddings(manager: DeploymentManager, route: Route, body: dict, *, re
                                              calls.PromptSize(manager, route, inputs=texts))
     vectors, prompt_tokens = await calls.embed(manager, route, texts)
     if req.dimensions is not None and vectors and req.dimensions != len(vectors[0]):
+        manager.record_usage(route, "embeddings", prompt_tokens, 0, "error")
         raise InvalidInput(f"This model returns {len(vectors[0])} dimensions; omit 'dimensions' or set it to that.",
                            field="dimensions")
-    manager.record_usage(route, "embeddings", prompt_tokens, 0, "success")
+    await manager.record_usage_durable(route, "embeddings", prompt_tokens, 0, "success")  # before the answer
     out: dict[str, Any] = {
         "object": "list", "model": route.name,
         "data": [{"object": "embedding", "index": i, "embedding": calls.encode_embedding(v, req.encoding_format)}

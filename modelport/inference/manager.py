@@ -15,23 +15,25 @@ import ipaddress
 import logging
 import operator
 import os
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from modelport.catalog.service import CatalogService
 from modelport.config import Settings
-from modelport.db.base import utcnow
 from modelport.db.engine import Database
-from modelport.db.tables import CatalogModel, Deployment, UsageRecord
+from modelport.db.tables import CatalogModel, Deployment
 from modelport.deployments.service import DeploymentService
 from modelport.errors import Forbidden, IntegrityError, ModelportError, ServiceUnavailable
 from modelport.inference.pools import Pool, PoolManager
+from modelport.marketplace.offers import offer_for_model, usable_subscription
+from modelport.metering.recorder import MeterRecorder, usage_row
 from modelport.metrics import Metrics
 from modelport.quotas import rates
 from modelport.quotas.rates import RateLimits
@@ -64,8 +66,25 @@ def worker_concurrency(settings: Settings, runtime: str, task: str) -> int:
     return RUNTIME_CONCURRENCY.get(runtime, 1)
 
 
+# Usage statuses as the token metrics label them (an answer the filter cut was still answered).
+METRIC_STATUS = {"filtered": "success"}
 # How often fine-tuned deployments check that their workspace key still unwraps their weights.
 KEY_CHECK_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Billing:
+    """What a deployment's requests are billed under: its model's offer and the workspace's
+    subscription to it, and the prices in force (per 1,000 tokens). All None: not billed."""
+
+    offer_id: str | None = None
+    subscription_id: str | None = None
+    currency: str | None = None
+    input_price: Decimal | None = None
+    output_price: Decimal | None = None
+
+
+FREE = Billing()
 
 
 @dataclass(frozen=True)
@@ -92,6 +111,7 @@ class Route:
     content_filter: ContentFilterConfig  # parsed once here, never on the request path
     created_at: int
     rate_limits: RateLimits  # what admission enforces (quotas/rates.py)
+    billing: Billing = FREE
 
     def allows_client(self, host: str | None) -> bool:
         if self.public_access:
@@ -103,6 +123,17 @@ class Route:
         except ValueError:
             return False
         return any(addr in net for net in self.allowed)
+
+
+def billing_of(s: Session, dep: Deployment, model: CatalogModel) -> Billing:
+    """What the deployment's requests are billed under: its model's offer (for the deployment
+    types it covers) and the workspace's usable subscription, at the offer's current prices."""
+    offer = offer_for_model(s, model.id)
+    if offer is None or dep.type not in (offer.deployment_types or []):
+        return FREE
+    sub = usable_subscription(s, dep.workspace_id, offer.id)
+    return Billing(offer_id=offer.id, subscription_id=sub.id if sub else None, currency=offer.currency,
+                   input_price=offer.input_price, output_price=offer.output_price)
 
 
 def runtime_for(model: CatalogModel, settings: Settings) -> str:
@@ -137,8 +168,7 @@ class DeploymentManager:
         self.by_name: dict[tuple[str, str], Route] = {}
         self.by_key: dict[str, Route] = {}
         self._tasks: set[asyncio.Task] = set()
-        self._usage: list[dict] = []
-        self._usage_lock = threading.Lock()
+        self.meter = MeterRecorder(db)
         # Set by bootstrap: serves `finetuned` models (base GGUF + decrypted adapter memfd).
         self.finetuned: FinetunedWeights | None = None
         self._next_key_check = 0.0
@@ -153,7 +183,7 @@ class DeploymentManager:
             rows = s.execute(
                 select(Deployment, CatalogModel).join(CatalogModel, CatalogModel.id == Deployment.model_id)
             )
-            routes = [self._route(d, m) for d, m in rows]
+            routes = [self._route(d, m, billing_of(s, d, m)) for d, m in rows]
         self.by_name = {(r.workspace_id, r.name): r for r in routes}
         self.by_key = {k: r for r in routes for k in (r.primary_lookup, r.secondary_lookup)}
 
@@ -164,20 +194,27 @@ class DeploymentManager:
                 .join(CatalogModel, CatalogModel.id == Deployment.model_id)
                 .where(Deployment.id == dep_id)
             ).first()
+            billing = billing_of(s, *row) if row is not None else FREE
         for table in (self.by_name, self.by_key):
             for k in [k for k, r in table.items() if r.id == dep_id]:
                 del table[k]
         if row is None:
             return None
-        route = self._route(*row)
+        route = self._route(*row, billing)
         self.by_name[(route.workspace_id, route.name)] = route
         self.by_key[route.primary_lookup] = route
         self.by_key[route.secondary_lookup] = route
         return route
 
-    def _route(self, d: Deployment, m: CatalogModel) -> Route:
+    def refresh_model(self, model_id: str) -> None:
+        """Every deployment of a model again (its offer's prices or state changed)."""
+        for dep_id in {r.id for r in self.by_name.values() if r.model_id == model_id}:
+            self.refresh(dep_id)
+
+    def _route(self, d: Deployment, m: CatalogModel, billing: Billing = FREE) -> Route:
         net = d.network or {}
         return Route(
+            billing=billing,
             id=d.id,
             workspace_id=d.workspace_id,
             name=d.name,
@@ -415,15 +452,14 @@ class DeploymentManager:
 
     # -- metering (counts only) -----------------------------------------------------------
 
-    def record_usage(self, route: Route, api: str, prompt_tokens: int, completion_tokens: int, outcome: str) -> None:
-        # A plain dict, not an ORM object: this runs once per request (building a mapped
-        # instance, and flushing them one by one, cost several % of the gateway's CPU, profiled).
-        row = {"at": utcnow(), "workspace_id": route.workspace_id, "deployment_id": route.id,
-               "model_id": route.model_id, "api": api, "prompt_tokens": prompt_tokens,
-               "completion_tokens": completion_tokens, "outcome": outcome}
-        with self._usage_lock:
-            self._usage.append(row)
-        self.metrics.tokens(route.id, outcome, prompt_tokens, completion_tokens)
+    @staticmethod
+    def usage_row(route: Route, api: str, input_tokens: int, output_tokens: int, status: str) -> dict:
+        """The usage event of one request of `route` (counts and ids only, never content)."""
+        b = route.billing
+        return usage_row(workspace_id=route.workspace_id, deployment_id=route.id, model_id=route.model_id, api=api,
+                         input_tokens=input_tokens, output_tokens=output_tokens, status=status, offer_id=b.offer_id,
+                         subscription_id=b.subscription_id, currency=b.currency, input_price=b.input_price,
+                         output_price=b.output_price)
 
     def queue_depths(self) -> list[tuple[str, int]]:
         """(deployment id, requests waiting for a worker) of every deployment whose pool is up."""
@@ -434,23 +470,30 @@ class DeploymentManager:
                 out.append((route.id, pool.scheduler.waiting_for(route.id)))
         return out
 
-    def flush_usage(self) -> int:
-        with self._usage_lock:
-            batch, self._usage = self._usage, []
-        if batch:
-            with self.db.session() as s:  # one Core executemany: no ORM work per row
-                s.connection().execute(insert(UsageRecord.__table__), batch)
-        return len(batch)
+    def record_usage(self, route: Route, api: str, input_tokens: int, output_tokens: int, status: str) -> None:
+        """Queue a usage event without waiting for its commit."""
+        self.meter.record(self.usage_row(route, api, input_tokens, output_tokens, status))
+        self.metrics.tokens(route.id, METRIC_STATUS.get(status, status), input_tokens, output_tokens)
+
+    async def record_usage_durable(self, route: Route, api: str, input_tokens: int, output_tokens: int,
+                                   status: str) -> None:
+        """Queue a usage event and return once it is committed (before an answer's last byte)."""
+        self.metrics.tokens(route.id, METRIC_STATUS.get(status, status), input_tokens, output_tokens)
+        await self.meter.record_durable(self.usage_row(route, api, input_tokens, output_tokens, status))
+
+    def flush_usage(self) -> None:
+        """Return once every usage event queued so far is committed."""
+        self.meter.flush()
 
     async def run_background(self) -> None:
-        """Flush usage and stop idle serverless pools, every second or so; resize serverless
-        pools to their load (PoolManager.autoscale) every `pool_scale_interval_seconds`."""
+        """Stop idle serverless pools, every second or so (usage is written by the meter's own
+        thread); resize serverless pools to their load (PoolManager.autoscale) every
+        `pool_scale_interval_seconds`."""
         scaler = asyncio.get_running_loop().create_task(self.pools.run_autoscaler())
         try:
             while True:
                 await asyncio.sleep(1.0)
                 try:
-                    await asyncio.to_thread(self.flush_usage)
                     await self.pools.reap_idle(self.settings.serverless_idle_seconds)
                     if self.finetuned is not None and time.monotonic() >= self._next_key_check:
                         self._next_key_check = time.monotonic() + KEY_CHECK_SECONDS
@@ -526,7 +569,7 @@ class DeploymentManager:
                 await self._drain
         await self.pools.close_all()
         await self.pools.supervisor.stop_all()
-        self.flush_usage()
+        await asyncio.to_thread(self.meter.stop)
 
 
 def _common_root(paths: list[Path]) -> Path:

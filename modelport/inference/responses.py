@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 from fastapi import Request
 from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
 
 from modelport.api.responses import ClosingStreamingResponse
 from modelport.errors import InvalidInput, ModelportError, NotFound
@@ -153,7 +154,7 @@ async def create(request: Request, manager: DeploymentManager, route: Route, bod
     req: ResponsesRequest = parse(ResponsesRequest, body)
     check_task(route, "chat-completion")
     chat = chat_request(req)
-    found = chat_plan(chat)
+    found = await run_in_threadpool(chat_plan, chat)  # a schema's grammar is built off the event loop
     messages = worker_messages(chat.messages)
     gen = GenerateBody(messages=messages, max_tokens=chat.max_tokens,
                        temperature=1.0 if chat.temperature is None else chat.temperature,
@@ -187,6 +188,9 @@ async def create(request: Request, manager: DeploymentManager, route: Route, bod
         if flt is not None:
             out["prompt_filter_results"] = flt.prompt_filter_results()
             out["content_filter_results"] = flt.results(0)
+        # committed before the answer leaves (group commit): an answer that was sent is billed
+        await call.bill.commit(usage.prompt_tokens, usage.completion_tokens,
+                               "filtered" if choice.finish_reason == "content_filter" else "success")
         return Response(orjson.dumps(out), media_type="application/json")
     return await _stream(call, shell)
 
@@ -220,7 +224,6 @@ def _items(choice: ChoiceOut) -> list[dict[str, Any]]:
 
 
 async def _stream(call: Call, shell: dict[str, Any]) -> Response:
-    route, manager = call.route, call.manager
     pipeline, events = await call.start(buffered=None)
     flt = pipeline.flt
     run = pipeline.run(events)
@@ -235,11 +238,11 @@ async def _stream(call: Call, shell: dict[str, Any]) -> Response:
         first = await unless_gone(call.request, anext(run, None))
     except ClientGone:
         await close()
-        manager.record_usage(route, "responses", 0, 0, "cancelled")
+        call.bill.cut(pipeline.deltas, None, "cancelled")
         return Response(status_code=CLIENT_CLOSED_REQUEST)
-    except BaseException:
+    except BaseException as exc:
         await close()
-        manager.record_usage(route, "responses", 0, 0, "error")
+        call.bill.cut(pipeline.deltas, None, "error", exc)
         raise
     seq = 0
 
@@ -250,8 +253,7 @@ async def _stream(call: Call, shell: dict[str, Any]) -> Response:
                                                                           **fields}) + b"\n\n"
 
     async def stream() -> AsyncIterator[bytes]:
-        usage = StreamUsage(0, 0)
-        outcome = "cancelled"
+        usage: StreamUsage | None = None
         output: list[dict[str, Any]] = []
         current: dict[str, Any] | None = None  # the open item: a message or a function call
 
@@ -318,20 +320,22 @@ async def _stream(call: Call, shell: dict[str, Any]) -> Response:
             for b in close_item():
                 yield b
             status = _status(finish)
+            usage = await call.bill.final_usage(usage, pipeline.deltas)
             final = {**shell, "output": output, "usage": _usage(usage), **status}
             if flt is not None:
                 final["content_filter_results"] = flt.results(0)
             kind = "response.completed" if status["status"] == "completed" else "response.incomplete"
-            outcome = "success"
+            # committed before the last event leaves: a stream whose end was sent is billed
+            await call.bill.commit(usage.prompt_tokens, usage.completion_tokens,
+                                   "filtered" if finish == "content_filter" else "success")
             yield event(kind, response=final)
         except ModelportError as exc:
-            outcome = "error"
+            call.bill.cut(pipeline.deltas, usage, "error", exc)
             err = orjson.loads(call.error_shape(exc).body)["error"]
             yield event("error", code=err.get("code"), message=err.get("message"), param=err.get("param"))
         finally:
             await close()
-            manager.record_usage(route, "responses", usage.prompt_tokens,
-                                 usage.completion_tokens or pipeline.deltas, outcome)
+            call.bill.cut(pipeline.deltas, usage, "cancelled")  # nothing if billed above
 
     return ClosingStreamingResponse(stream(), media_type="text/event-stream",
                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

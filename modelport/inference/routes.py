@@ -45,6 +45,8 @@ async def _openai_call(request: Request, kind: str) -> Response:
         route = _found(request, calls.resolve(manager, caller, model if isinstance(model, str) else None))
         calls.check_client(route, request)
         admission.allowed(request, route)
+        calls.admit_budget(svc.budgets, route)
+        # next: requests and tokens per minute (429), once the body gives the estimate (admission.py)
         calls.check_ready(route)
         if kind == "chat":
             response = await handlers.chat(request, manager, route, body, error_shape=openai_error)
@@ -131,6 +133,8 @@ async def _azure_call(request: Request, name: str, kind: str) -> Response:
             return JSONResponse({"model_name": route.model_name,
                                  "model_type": "chat-completion" if route.task == "chat-completion" else "embeddings",
                                  "model_provider_name": "modelport"})
+        calls.admit_budget(svc.budgets, route)
+        # next: requests and tokens per minute (429), once the body gives the estimate (admission.py)
         body = await calls.read_json(request, svc.settings.max_request_bytes)
         calls.check_ready(route)
         # pass-through: parameters the schema does not know are handed on only when the runtime

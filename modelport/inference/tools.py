@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelport.errors import InternalError, InvalidInput
-from modelport.inference.grammar import Grammar, compact, json_schema_gbnf, literal
+from modelport.inference.grammar import Grammar, check_size, compact, json_schema_gbnf, literal
 
 CALL_PREFIX = '{"tool_calls":['
 _NAME_OPEN = '{"name":"'
@@ -100,7 +100,7 @@ def grammar_for(tools: list[Tool], choice: str | None, *, parallel: bool, text_s
             alts.append(g.rule(r'[^{\x00] [^\x00]*', "text"))
     if not alts:
         return None
-    return g.text(" | ".join(alts))
+    return check_size(g.text(" | ".join(alts)), field_name)
 
 
 def parse_tools(raw: list[dict[str, Any]] | None, field_name: str = "tools") -> list[Tool]:

@@ -86,6 +86,17 @@ def nesting_depth(text: str) -> int:
 
 def check_document(policy_id: str, text: str) -> CheckedPolicy:
     """The policy `text` as it will be saved under `policy_id`, or InvalidInput saying what to fix."""
+    try:
+        return _check_document(policy_id, text)
+    except RecursionError:
+        # Chains of ||, && or + without brackets pass the bracket count but nest as deeply in
+        # Cedar's JSON form; reading that form back recursed past Python's limit (was a 500).
+        raise InvalidInput("The policy's expressions nest too deeply (a long chain of ||, && or +); use a set "
+                           "(`principal.name in [\"a\", \"b\"]` style) or split it into several policies.",
+                           field="cedar") from None
+
+
+def _check_document(policy_id: str, text: str) -> CheckedPolicy:
     check_id(policy_id)
     if len(text.encode("utf-8")) > MAX_TEXT_BYTES:
         raise InvalidInput(f"A policy is at most {MAX_TEXT_BYTES} bytes of Cedar; split it.", field="cedar")

@@ -57,17 +57,18 @@ class ModelFacts:
     owner: str
 
     @classmethod
-    def of(cls, m: CatalogModel, owner: str) -> ModelFacts:
-        """`owner`: "platform" for a catalog-wide model, else the owning workspace's name."""
+    def of(cls, m: CatalogModel, owner: str, offer: str = "") -> ModelFacts:
+        """`owner`: "platform" for a catalog-wide model, else the owning workspace's name;
+        `offer`: the id of the offer it is sold under, where the caller knows it ("" otherwise)."""
         return cls(id=m.id, name=m.name, version=m.version, publisher=m.publisher, license=m.license_spdx,
                    format=m.format, task=m.task, source=m.source, curated=bool(m.curated),
                    scan_status=m.scan_status, sha256=model_sha256([(f.path, f.sha256) for f in m.files]),
-                   offer=str((m.offer or {}).get("id") or ""), owner=owner)
+                   offer=offer, owner=owner)
 
     @classmethod
-    def seen_by(cls, m: CatalogModel, actor: Principal) -> ModelFacts:
+    def seen_by(cls, m: CatalogModel, actor: Principal, offer: str = "") -> ModelFacts:
         """A model visible to `actor`: catalog-wide, or private to the actor's workspace."""
-        return cls.of(m, actor.workspace_name if m.owner_workspace_id else "platform")
+        return cls.of(m, actor.workspace_name if m.owner_workspace_id else "platform", offer)
 
     def entity(self) -> dict:
         attrs = {k: v for k, v in self.__dict__.items() if k != "id"}

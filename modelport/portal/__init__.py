@@ -20,7 +20,8 @@ from modelport.api.deps import Services
 from modelport.portal.sessions import SessionStore
 from modelport.portal.web import HERE, SECURITY_HEADERS, Portal, render
 
-ROUTE_MODULES = ("auth", "catalog", "deployments", "playground", "datasets", "finetuning", "workspace", "admin")
+ROUTE_MODULES = ("auth", "catalog", "deployments", "playground", "datasets", "finetuning", "policies", "workspace",
+                 "admin")
 
 
 class StaticAssets(StaticFiles):

@@ -4,8 +4,8 @@ Adding a page (for instance the marketplace or the policy pages, which arrive wi
 capabilities): write its routes in `modelport/portal/routes/<name>.py` with `router =
 APIRouter(route_class=PortalRoute)`, add the module to `ROUTE_MODULES` in
 `modelport/portal/__init__.py`, and register its entry here with `register()`. An entry whose
-`available` returns False (the service it needs is not installed, `Services.extra` has no such
-key) is not shown, so a page can land before or after the service it fronts.
+`available` returns False (the service it needs is not installed: not on `Services`, or
+`Services.extra` has no such key) is not shown, so a page can land before or after the service it fronts.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ class Entry:
     href: str
     action: str  # the role-table action a user needs to see the entry
     available: Callable[[object], bool] = lambda services: True
+    or_action: str | None = None  # another action that also shows the entry
 
 
 ENTRIES: list[Entry] = [
@@ -32,7 +33,10 @@ ENTRIES: list[Entry] = [
     Entry("Fine-tuning", "/finetuning", "finetuning.read"),
     # Pages for services built elsewhere: shown once the service registers itself in Services.extra.
     Entry("Marketplace", "/marketplace", "models.read", lambda services: "marketplace" in services.extra),
-    Entry("Policies", "/policies", "models.read", lambda services: "policies" in services.extra),
+    # Governance: members read the policies in force; a platform admin outside any membership
+    # still reads (and writes) the platform's.
+    Entry("Policies", "/policies", "policies.read", lambda services: getattr(services, "policies", None) is not None,
+          or_action="platform.policies"),
     Entry("Workspace", "/workspace", "members.read"),
     Entry("Admin", "/admin", "platform.workspaces"),
 ]
@@ -46,4 +50,5 @@ def register(entry: Entry, before: str = "Workspace") -> None:
 def entries(me: Principal | None, services: object) -> list[Entry]:
     if me is None:
         return []
-    return [e for e in ENTRIES if me.can(e.action) and e.available(services)]
+    return [e for e in ENTRIES
+            if (me.can(e.action) or (e.or_action is not None and me.can(e.or_action))) and e.available(services)]

@@ -37,6 +37,22 @@ FILTER = {"enabled": True, **{c: dict(_POLICY) for c in ("hate", "sexual", "viol
 
 #: (url to call, a valid body with every field set) for each write route with a JSON body.
 VALID: dict[tuple[str, str], tuple[str, dict]] = {
+    ("POST", "/api/v1/publishers"): ("/api/v1/publishers", {"name": "ok-pub", "display_name": "Ok"}),
+    ("POST", "/api/v1/publishers/{ref}/users"): ("/api/v1/publishers/HuggingFaceTB/users", {"user": "admin"}),
+    ("POST", "/api/v1/publishers/{ref}/apikeys"): ("/api/v1/publishers/HuggingFaceTB/apikeys",
+                                                   {"user": "admin", "name": "k"}),
+    ("POST", "/api/v1/marketplace/offers"): ("/api/v1/marketplace/offers", {
+        "model": "SmolLM2-135M-Instruct", "model_version": "q4_1", "currency": "USD", "input_price": "0.1",
+        "output_price": "0.2", "terms": {"version": "1", "text": "t"}, "contact_sharing_required": True,
+        "deployment_types": ["serverless"]}),
+    ("PATCH", "/api/v1/marketplace/offers/{offer}"): ("/api/v1/marketplace/offers/offer_none",
+                                                      {"input_price": "0.1", "output_price": "0.2"}),
+    ("POST", "/api/v1/marketplace/offers/{offer}/terms"): ("/api/v1/marketplace/offers/offer_none/terms",
+                                                           {"version": "2", "text": "t"}),
+    ("POST", "/api/v1/marketplace/subscriptions"): ("/api/v1/marketplace/subscriptions", {
+        "offer": "offer_none", "contact": {"name": "n", "email": "n@example.org", "organization": "o"},
+        "accept_terms_sha256": "0" * 64, "consent_to_share_contact": True}),
+    ("PUT", "/api/v1/budgets/{currency}"): ("/api/v1/budgets/USD", {"amount": "10"}),
     ("POST", "/api/v1/workspaces"): ("/api/v1/workspaces", {"name": "ok-ws", "description": "d", "owner": "admin"}),
     ("POST", "/api/v1/workspaces/{ref}/members"): ("/api/v1/workspaces/default/members",
                                                    {"user": "admin", "role": "reader"}),
@@ -303,6 +319,25 @@ SERVICE_CASES: list[tuple[str, str, dict, int, str]] = [
     ("PUT", "/api/v1/safety/blocklists/-bad!", {"terms": [CANARY]}, 400, "name"),
     ("PUT", "/api/v1/deployments/none/content-filter", {"blocklists": ["no-such-list"]}, 400, "blocklists"),
     ("POST", "/api/v1/finetuning/jobs", {"model": CANARY, "dataset": "d"}, 404, "model"),
+    ("POST", "/api/v1/publishers/HuggingFaceTB/users", {"user": CANARY}, 404, "user"),
+    ("POST", "/api/v1/publishers/HuggingFaceTB/apikeys", {"user": CANARY}, 409, "user"),
+    ("POST", "/api/v1/marketplace/offers", {"model": CANARY, "currency": "USD", "input_price": "1",
+                                            "output_price": "1", "terms": {"version": "1", "text": CANARY}},
+     404, "model"),
+    ("POST", "/api/v1/marketplace/offers", {"model": "SmolLM2-135M-Instruct", "currency": "usd", "input_price": "1",
+                                            "output_price": "1", "terms": {"version": "1", "text": CANARY}},
+     422, "currency"),
+    ("POST", "/api/v1/marketplace/offers", {"model": "SmolLM2-135M-Instruct", "currency": "USD",
+                                            "input_price": "-1", "output_price": "1",
+                                            "terms": {"version": "1", "text": CANARY}}, 422, "input_price"),
+    ("POST", "/api/v1/marketplace/subscriptions", {"offer": CANARY[:40], "contact": {"name": "n", "email": "n@e.org"},
+                                                   "accept_terms_sha256": "0" * 64}, 404, "offer"),
+    ("POST", "/api/v1/marketplace/subscriptions", {"offer": "o", "contact": {"name": "n", "email": CANARY},
+                                                   "accept_terms_sha256": "0" * 64}, 422, "contact.email"),
+    ("PUT", "/api/v1/budgets/USD", {"amount": f"1{CANARY}"}, 422, "amount"),
+    ("PATCH", "/api/v1/marketplace/offers/offer_none", {}, 400, "input_price"),
+    ("PATCH", "/api/v1/marketplace/offers/offer_none", {"output_price": "1"}, 404, None),
+    ("PUT", "/api/v1/budgets/usd", {"amount": "1"}, 422, "path.currency"),
     ("POST", "/api/v1/finetuning/jobs", {"model": "all-MiniLM-L6-v2", "dataset": "d"}, 400, "model"),
     ("POST", "/api/v1/finetuning/jobs", {"model": "SmolLM2-135M-Instruct", "dataset": CANARY}, 404, "dataset"),
     ("POST", "/api/v1/finetuning/jobs", {"model": "SmolLM2-135M-Instruct", "dataset": "d", "suffix": f"-{CANARY}"},
@@ -355,6 +390,12 @@ def test_routes_without_a_json_body(server: Server, spec: dict, tmp_path) -> Non
             ("DELETE", "/api/v1/datasets/{ref}"): [(admin.delete("/api/v1/datasets/no-such"), 404, None)],
             ("DELETE", "/api/v1/safety/blocklists/{name}"): [
                 (admin.delete("/api/v1/safety/blocklists/no-such"), 404, "name")],
+            ("POST", "/api/v1/marketplace/offers/{offer}/retire"): [
+                (admin.post("/api/v1/marketplace/offers/offer_none/retire"), 404, None)],
+            ("POST", "/api/v1/marketplace/offers/{offer}/terms/{version}/retire"): [
+                (admin.post("/api/v1/marketplace/offers/offer_none/terms/1/retire"), 404, None)],
+            ("DELETE", "/api/v1/marketplace/subscriptions/{ref}"): [
+                (admin.delete("/api/v1/marketplace/subscriptions/no-such"), 404, None)],
             ("POST", "/api/v1/finetuning/jobs/{job_id}/cancel"): [
                 (admin.post("/api/v1/finetuning/jobs/ftjob_0000/cancel"), 404, None)],
             ("DELETE", "/api/v1/policies/{policy_id}"): [

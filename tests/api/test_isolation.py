@@ -45,6 +45,8 @@ class Victim:
     dataset_id: str
     job_id: str
     gguf: Path
+    offer_id: str = ""
+    subscription_id: str = ""
     blocklists: tuple[str, str] = ("victim-words", "victim-phrases")
     # One policy per probing route, so that the intruder's PUT (which saves its own policy under
     # that id) cannot change what its GET or DELETE finds, whatever order they run in.
@@ -181,6 +183,45 @@ ROWS: dict[tuple[str, str], Row] = {
     ("DELETE", "/api/v1/finetuning/models/{name}"): Row(
         lambda ref: ("DELETE", f"/api/v1/finetuning/models/{ref}", {"params": {"confirm": True}}),
         lambda v: [v.model], _missing("model-")),
+    # Marketplace: the victim's subscription, by its id and by its offer's id, answers as a missing
+    # one; a budget names a currency, so the intruder's own (absent) budget answers as for any code.
+    ("GET", "/api/v1/marketplace/subscriptions/{ref}"): Row(
+        lambda ref: ("GET", f"/api/v1/marketplace/subscriptions/{ref}", {}),
+        lambda v: [v.subscription_id, v.offer_id], _missing("sub_")),
+    ("DELETE", "/api/v1/marketplace/subscriptions/{ref}"): Row(
+        lambda ref: ("DELETE", f"/api/v1/marketplace/subscriptions/{ref}", {}),
+        lambda v: [v.subscription_id, v.offer_id], _missing("sub_")),
+    ("GET", "/api/v1/budgets/{currency}"): Row(
+        lambda ref: ("GET", f"/api/v1/budgets/{ref}", {}), lambda v: ["USD"], "XYZ"),
+    ("PUT", "/api/v1/budgets/{currency}"): Row(
+        lambda ref: ("PUT", f"/api/v1/budgets/{ref}", {"json": {"amount": "1"}}), lambda v: ["USD"], "XYZ",
+        expect=200),
+    # Offers are a catalog for every workspace (the active ones); their writes and the publishers'
+    # routes are for platform admins and publisher keys only (403 to a workspace owner).
+    ("GET", "/api/v1/marketplace/offers/{offer}"): Row(
+        lambda ref: ("GET", f"/api/v1/marketplace/offers/{ref}", {}), lambda v: [], _missing("offer_")),
+    ("GET", "/api/v1/marketplace/offers/{offer}/terms/{version}"): Row(
+        lambda ref: ("GET", f"/api/v1/marketplace/offers/{ref}/terms/1", {}), lambda v: [], _missing("offer_")),
+    ("PATCH", "/api/v1/marketplace/offers/{offer}"): Row(
+        lambda ref: ("PATCH", f"/api/v1/marketplace/offers/{ref}", {"json": {"input_price": "9"}}),
+        lambda v: [v.offer_id], _missing("offer_"), expect=403),
+    ("POST", "/api/v1/marketplace/offers/{offer}/retire"): Row(
+        lambda ref: ("POST", f"/api/v1/marketplace/offers/{ref}/retire", {}), lambda v: [v.offer_id],
+        _missing("offer_"), expect=403),
+    ("POST", "/api/v1/marketplace/offers/{offer}/terms"): Row(
+        lambda ref: ("POST", f"/api/v1/marketplace/offers/{ref}/terms", {"json": {"version": "9", "text": "t"}}),
+        lambda v: [v.offer_id], _missing("offer_"), expect=403),
+    ("POST", "/api/v1/marketplace/offers/{offer}/terms/{version}/retire"): Row(
+        lambda ref: ("POST", f"/api/v1/marketplace/offers/{ref}/terms/1/retire", {}), lambda v: [v.offer_id],
+        _missing("offer_"), expect=403),
+    ("GET", "/api/v1/publishers/{ref}"): Row(
+        lambda ref: ("GET", f"/api/v1/publishers/{ref}", {}), lambda v: ["iso"], _missing("pub_"), expect=403),
+    ("POST", "/api/v1/publishers/{ref}/users"): Row(
+        lambda ref: ("POST", f"/api/v1/publishers/{ref}/users", {"json": {"user": "admin"}}), lambda v: ["iso"],
+        _missing("pub_"), expect=403),
+    ("POST", "/api/v1/publishers/{ref}/apikeys"): Row(
+        lambda ref: ("POST", f"/api/v1/publishers/{ref}/apikeys", {"json": {"user": "admin"}}), lambda v: ["iso"],
+        _missing("pub_"), expect=403),
 }
 
 DATASET = b'{"prompt": "2+2?", "completion": "4"}\n'
@@ -224,6 +265,18 @@ def world(server: Server, tmp_path_factory: pytest.TempPathFactory) -> World:
             ok(owner.put(f"/api/v1/safety/blocklists/{name}", json={"terms": ["victim-term"]}))
         for name in victim.policies:
             ok(owner.put(f"/api/v1/policies/{name}", json={"cedar": VICTIM_POLICY}), 201)
+    with server.client() as admin:  # the victim subscribes to an offer and sets a budget
+        ok(admin.post("/api/v1/publishers", json={"name": "iso"}))
+        sold = import_tiny_gguf(admin, tmp, scope="catalog", publisher="iso")["name"]
+        offer = ok(admin.post("/api/v1/marketplace/offers", json={
+            "model": sold, "currency": "USD", "input_price": "1", "output_price": "1",
+            "terms": {"version": "1", "text": "t"}})).json()
+    with server.client(t.keys["owner"]) as owner:
+        sub = ok(owner.post("/api/v1/marketplace/subscriptions", json={
+            "offer": offer["id"], "contact": {"name": "V", "email": "v@example.org"},
+            "accept_terms_sha256": offer["terms"]["sha256"], "consent_to_share_contact": True})).json()
+        ok(owner.put("/api/v1/budgets/USD", json={"amount": "10"}))
+    victim.offer_id, victim.subscription_id = offer["id"], sub["id"]
     return World(server=server, victim=victim, intruder=make_tenant(server, "intruder", roles=("owner",)))
 
 

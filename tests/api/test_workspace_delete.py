@@ -45,6 +45,7 @@ from modelport.errors import ModelportError
 from tests.support.artifacts import SMALL_TEMPLATE
 from tests.support.inference import alive, wait_state, workers
 from tests.support.kms import kek_materials
+from tests.support.marketplace import publisher_record
 from tests.support.processes import trainers_of
 from tests.support.runtimes import SLOW_LOAD
 from tests.support.server import Server, start_server
@@ -277,10 +278,10 @@ def test_nothing_of_the_workspace_is_left_on_disk(world: World) -> None:
 @pytest.mark.chat_model
 def test_usage_and_audit_records_remain_for_chargeback(world: World) -> None:
     with sqlite3.connect(world.server.home / "modelport.db") as db:
-        usage = db.execute("SELECT count(*), sum(completion_tokens) FROM usage_records WHERE workspace_id = ?",
+        usage = db.execute("SELECT count(*), sum(output_tokens) FROM usage_events WHERE workspace_id = ?",
                            (world.victim.id,)).fetchone()
         tables = [name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-        mentions = {t: n for t in tables if t not in ("usage_records", "audit_events")
+        mentions = {t: n for t in tables if t not in ("usage_events", "usage_meters", "audit_events")
                     if (n := sum(world.victim.id in repr(row) for row in db.execute(f"SELECT * FROM {t}")))}
     assert "workspaces" in tables and mentions == {}, mentions  # no row of any other table names it
     assert usage[0] >= 5 and usage[1] > 0, usage
@@ -410,7 +411,7 @@ def test_uploads_in_flight_are_stopped_and_leave_nothing(server: Server) -> None
     assert all(n < chunks for n in stopped_at.values()), stopped_at
     assert results["dataset"] not in (200, 201) and results["model"] not in (200, 201), results
     assert scan([server.home, Settings(home=server.home).run_dir], {"upload canary": canary.encode()}) == []
-    assert not (server.home / "blobs" / "uploads" / upload["id"]).exists()
+    assert not (server.model_files / "uploads" / upload["id"]).exists()
 
 
 def test_a_shared_serverless_pool_keeps_serving_the_other_workspaces(server: Server, tmp_path: Path) -> None:
@@ -418,6 +419,7 @@ def test_a_shared_serverless_pool_keeps_serving_the_other_workspaces(server: Ser
     stops nothing the other uses."""
     gguf = private_gguf(tmp_path / "shared.gguf", "shared", np.ones(32, dtype=np.float32))
     with server.client() as admin:
+        publisher_record(admin, "tests")
         up = begin_upload(admin, gguf, SHARED, scope="catalog", publisher="tests")
         ok(put_file(admin, up["id"], gguf))
         ok(admin.post(f"/api/v1/model-uploads/{up['id']}/commit"), 201)

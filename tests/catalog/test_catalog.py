@@ -24,6 +24,7 @@ from tests.support.artifacts import (
     valid_safetensors,
 )
 from tests.support.cli import assert_clean_error, cli_json
+from tests.support.marketplace import publisher_record
 from tests.support.server import Server, lean_server
 from tests.support.tenants import Tenant, import_tiny_gguf, make_tenant, ok, unique
 
@@ -178,6 +179,8 @@ def test_malicious_pickle_is_registered_as_failed_and_blocked(server: Server, tm
     (d / "config.json").write_text(json.dumps({"architectures": ["BertModel"], "hidden_size": 4}))
     (d / "pytorch_model.bin").write_bytes(gadget_pickle(gadgets(marker)["os.system"]))
     name = unique("evil")
+    with server.client() as admin:
+        publisher_record(admin, "mallory")
     r = server.cli("models", "import", str(d), "--name", name, "--catalog", "--publisher", "mallory",
                    "--downloadable", "--license", "MIT", check=True)
     assert "scan failed" in r.stdout
@@ -319,6 +322,7 @@ def test_deprecate_and_delete(server: Server, team: Tenant, tmp_path: Path) -> N
     # A catalog-wide import is deleted by the admin, files and all.
     with server.client() as admin:
         assert admin.get(f"/api/v1/models/{m['name']}").status_code == 404
+        publisher_record(admin, "tests")
         cat = import_tiny_gguf(admin, tmp_path, scope="catalog", publisher="tests")
         ok(admin.delete(f"/api/v1/models/{cat['name']}"), 204)
         assert admin.get(f"/api/v1/models/{cat['name']}").status_code == 404

@@ -52,6 +52,7 @@ class World:
     blocklist: str
     job_id: str
     outsider: str  # a user who is not a member
+    policy: str  # a workspace policy (forbids nothing)
     gguf: bytes
     reader: str = ""  # the reader of the current run
     reader_keys: list[str] | None = None
@@ -136,9 +137,41 @@ TRIES: dict[tuple[str, str], Callable[[World], list[Request]]] = {
         ("POST", f"/api/v1/finetuning/jobs/{w.job_id}/cancel", {})],
     ("DELETE", "/api/v1/finetuning/models/{name}"): lambda w: [
         ("DELETE", f"/api/v1/finetuning/models/{w.model}", {"params": {"confirm": True}})],
+    ("PUT", "/api/v1/policies/{policy_id}"): lambda w: [
+        ("PUT", f"/api/v1/policies/{unique('p')}", {"json": {
+            "cedar": 'forbid(principal, action == Action::"deploy", resource);', "scope": "workspace"}})],
+    ("DELETE", "/api/v1/policies/{policy_id}"): lambda w: [
+        ("DELETE", f"/api/v1/policies/{w.policy}", {"params": {"scope": "workspace"}})],
+    ("POST", "/api/v1/policies/compliance/enforce"): lambda w: [("POST", "/api/v1/policies/compliance/enforce", {})],
+    # marketplace and charges: publishers and offers are the platform's, subscriptions and budgets the owners'
+    ("POST", "/api/v1/publishers"): lambda w: [("POST", "/api/v1/publishers", {"json": {
+        "name": unique("pub"), "display_name": "P"}})],
+    ("POST", "/api/v1/publishers/{ref}/users"): lambda w: [
+        ("POST", "/api/v1/publishers/HuggingFaceTB/users", {"json": {"user": w.reader}})],
+    ("POST", "/api/v1/publishers/{ref}/apikeys"): lambda w: [
+        ("POST", "/api/v1/publishers/HuggingFaceTB/apikeys", {"json": {"user": w.reader, "name": "k"}})],
+    ("POST", "/api/v1/marketplace/offers"): lambda w: [("POST", "/api/v1/marketplace/offers", {"json": {
+        "model": "SmolLM2-135M-Instruct", "currency": "USD", "input_price": "0.1", "output_price": "0.2",
+        "terms": {"version": "1", "text": "t"}, "contact_sharing_required": False,
+        "deployment_types": ["serverless"]}})],
+    ("PATCH", "/api/v1/marketplace/offers/{offer}"): lambda w: [
+        ("PATCH", "/api/v1/marketplace/offers/offer_none", {"json": {"input_price": "0.1", "output_price": "0.2"}})],
+    ("POST", "/api/v1/marketplace/offers/{offer}/retire"): lambda w: [
+        ("POST", "/api/v1/marketplace/offers/offer_none/retire", {})],
+    ("POST", "/api/v1/marketplace/offers/{offer}/terms"): lambda w: [
+        ("POST", "/api/v1/marketplace/offers/offer_none/terms", {"json": {"version": "2", "text": "t"}})],
+    ("POST", "/api/v1/marketplace/offers/{offer}/terms/{version}/retire"): lambda w: [
+        ("POST", "/api/v1/marketplace/offers/offer_none/terms/1/retire", {})],
+    ("POST", "/api/v1/marketplace/subscriptions"): lambda w: [("POST", "/api/v1/marketplace/subscriptions", {"json": {
+        "offer": "offer_none", "contact": {"name": "n", "email": "n@example.org"},
+        "accept_terms_sha256": "0" * 64, "consent_to_share_contact": True}})],
+    ("DELETE", "/api/v1/marketplace/subscriptions/{ref}"): lambda w: [
+        ("DELETE", "/api/v1/marketplace/subscriptions/sub_none", {})],
+    ("PUT", "/api/v1/budgets/{currency}"): lambda w: [("PUT", "/api/v1/budgets/USD", {"json": {"amount": "10"}})],
 }
-#: Writes a reader may make, besides its own keys (which the steps below make and revoke).
-READER_MAY = {("POST", "/api/v1/safety/analyze")}
+#: Writes a reader may make, besides its own keys (which the steps below make and revoke): screening a
+#: text and testing a request against the policies change nothing.
+READER_MAY = {("POST", "/api/v1/safety/analyze"), ("POST", "/api/v1/policies/test")}
 FLAT = sorted((route, n) for route, build in TRIES.items() for n in range(2))
 
 
@@ -160,11 +193,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         with server.client(team.keys["owner"]) as o:
             blocklist = unique("bl")
             ok(o.put(f"/api/v1/safety/blocklists/{blocklist}", json={"terms": ["kept"]}))
+            policy = unique("p")
+            ok(o.put(f"/api/v1/policies/{policy}", json={
+                "cedar": 'forbid(principal, action == Action::"import_model", resource) when { false };',
+                "scope": "workspace"}))
         outsider = unique("out")
         with server.client() as admin:
             ok(admin.post("/api/v1/users", json={"name": outsider}), 201)
         yield World(server=server, team=team, model=model, upload_id=up["id"], deployment=dep["name"],
-                    dataset=ds["name"], blocklist=blocklist, job_id=job["id"], outsider=outsider,
+                    dataset=ds["name"], blocklist=blocklist, job_id=job["id"], outsider=outsider, policy=policy,
                     gguf=gguf.read_bytes())
 
 

@@ -206,6 +206,82 @@ def b_model_scan_catalog(w: World, role: str) -> Req:
     return Req("POST", f"/api/v1/models/{_catalog_model(w)}/scan")
 
 
+# -- marketplace: publishers and offers (platform admin), subscriptions, budgets --------------
+
+def _offer(w: World, versions: int = 1) -> dict:
+    """A fresh offer of a fresh catalog-wide model of publisher `tests`, made by the admin."""
+    model = _catalog_model(w)
+    with w.client("admin") as c:
+        offer = ok(c.post("/api/v1/marketplace/offers", json={
+            "model": model, "currency": "USD", "input_price": "1", "output_price": "2",
+            "terms": {"version": "1", "text": "terms"}})).json()
+        for v in range(2, versions + 1):
+            offer = ok(c.post(f"/api/v1/marketplace/offers/{offer['id']}/terms",
+                              json={"version": str(v), "text": f"terms {v}"})).json()
+    return offer
+
+
+def _publisher_user(w: World) -> str:
+    user = _fresh_user(w)
+    with w.client("admin") as c:
+        ok(c.post("/api/v1/publishers/tests/users", json={"user": user}))
+    return user
+
+
+def b_publisher_create(w: World, role: str) -> Req:
+    return Req("POST", "/api/v1/publishers", {"json": {"name": unique("pub")}})
+
+
+def b_publisher_user_add(w: World, role: str) -> Req:
+    return Req("POST", "/api/v1/publishers/tests/users", {"json": {"user": _fresh_user(w)}})
+
+
+def b_publisher_key(w: World, role: str) -> Req:
+    return Req("POST", "/api/v1/publishers/tests/apikeys", {"json": {"user": _publisher_user(w)}})
+
+
+def b_offer_create(w: World, role: str) -> Req:
+    return Req("POST", "/api/v1/marketplace/offers", {"json": {
+        "model": _catalog_model(w), "currency": "USD", "input_price": "1", "output_price": "2",
+        "terms": {"version": "1", "text": "terms"}}})
+
+
+def b_offer_prices(w: World, role: str) -> Req:
+    return Req("PATCH", f"/api/v1/marketplace/offers/{_offer(w)['id']}", {"json": {"input_price": "3"}})
+
+
+def b_offer_retire(w: World, role: str) -> Req:
+    return Req("POST", f"/api/v1/marketplace/offers/{_offer(w)['id']}/retire")
+
+
+def b_offer_terms(w: World, role: str) -> Req:
+    return Req("POST", f"/api/v1/marketplace/offers/{_offer(w)['id']}/terms", {"json": {"version": "2", "text": "t2"}})
+
+
+def b_offer_terms_retire(w: World, role: str) -> Req:
+    return Req("POST", f"/api/v1/marketplace/offers/{_offer(w, versions=2)['id']}/terms/1/retire")
+
+
+def b_subscribe(w: World, role: str) -> Req:
+    offer = _offer(w)
+    return Req("POST", "/api/v1/marketplace/subscriptions", {"json": {
+        "offer": offer["id"], "contact": {"name": "N", "email": "n@example.org"},
+        "accept_terms_sha256": offer["terms"]["sha256"], "consent_to_share_contact": True}})
+
+
+def b_unsubscribe(w: World, role: str) -> Req:
+    offer = _offer(w)
+    with w.client("owner") as c:
+        ok(c.post("/api/v1/marketplace/subscriptions", json={
+            "offer": offer["id"], "contact": {"name": "N", "email": "n@example.org"},
+            "accept_terms_sha256": offer["terms"]["sha256"], "consent_to_share_contact": True}))
+    return Req("DELETE", f"/api/v1/marketplace/subscriptions/{offer['id']}")
+
+
+def b_budget_put(w: World, role: str) -> Req:
+    return Req("PUT", "/api/v1/budgets/USD", {"json": {"amount": "100"}})
+
+
 def b_upload_create(w: World, role: str) -> Req:
     return Req("POST", "/api/v1/model-uploads",
                {"json": {"name": unique("up"), "format": "gguf", "files": [{"path": "m.gguf", "size": 10}]}})
@@ -483,6 +559,21 @@ CASES: list[Case] = [
     # owner gets past the role check to the lookup (404), the other roles are refused before it.
     Case(("DELETE", "/api/v1/finetuning/models/{name}"), "missing",
          {"owner": 404, "contributor": 403, "reader": 403, "outsider": 404, "admin": None}, b_finetune_model_delete),
+    Case(("POST", "/api/v1/publishers"), "create", _only_admin(201), b_publisher_create, platform=True),
+    Case(("POST", "/api/v1/publishers/{ref}/users"), "add", _only_admin(201), b_publisher_user_add, platform=True),
+    Case(("POST", "/api/v1/publishers/{ref}/apikeys"), "key", _only_admin(201), b_publisher_key, platform=True),
+    Case(("POST", "/api/v1/marketplace/offers"), "create", _only_admin(201), b_offer_create, platform=True),
+    Case(("POST", "/api/v1/marketplace/offers/{offer}/retire"), "retire", _only_admin(200), b_offer_retire,
+         platform=True),
+    Case(("PATCH", "/api/v1/marketplace/offers/{offer}"), "prices", _only_admin(200), b_offer_prices, platform=True),
+    Case(("POST", "/api/v1/marketplace/offers/{offer}/terms"), "v2", _only_admin(201), b_offer_terms, platform=True),
+    Case(("POST", "/api/v1/marketplace/offers/{offer}/terms/{version}/retire"), "v1", _only_admin(200),
+         b_offer_terms_retire, platform=True),
+    # The outsider and the admin would subscribe their own workspaces, which says nothing here.
+    Case(("POST", "/api/v1/marketplace/subscriptions"), "subscribe", {**_contributor_up(201), "outsider": None},
+         b_subscribe),
+    Case(("DELETE", "/api/v1/marketplace/subscriptions/{ref}"), "cancel", _contributor_up(200), b_unsubscribe),
+    Case(("PUT", "/api/v1/budgets/{currency}"), "set", {**_owner_only(200), "outsider": None}, b_budget_put),
 ]
 
 PARAMS = [pytest.param(c, role, id=f"{c.route[0]} {c.route[1]} [{c.variant}] as {role}")
@@ -498,6 +589,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 def world(server: Server, tmp_path_factory: pytest.TempPathFactory) -> World:
     w = World(server=server, team=make_tenant(server, "team"), outsider=make_tenant(server, "elsewhere",
               roles=("owner",)), tmp=tmp_path_factory.mktemp("models"))
+    with w.client("admin") as c:  # catalog-wide models name a publisher record
+        ok(c.post("/api/v1/publishers", json={"name": "tests"}))
     with w.client("contributor") as c:
         import_tiny_gguf(c, w.tmp, ECHO_MODEL)  # what the deployment rows deploy
     w.dataset = _team_dataset(w)

@@ -232,3 +232,38 @@ def test_every_text_the_caller_wrote_into_tools_and_calls_is_screened():
     assert all(w in text for w in words) and "the result" in text
     # as texts, not JSON: the classifier reads JSON syntax as a prompt injection
     assert "{" not in text and '"type"' not in text
+
+
+# Review findings H1 and M2 (2026-12-02): a schema whose grammar makes llama.cpp's work grow
+# exponentially, and one whose grammar is too large for the worker request (was a 500).
+AMBIGUOUS = {"$defs": {"L": {"anyOf": [{"type": "array", "items": {"$ref": "#/$defs/L"}},
+                                       {"type": "array", "maxItems": 1000, "items": {"$ref": "#/$defs/L"}}]}},
+             "type": "object", "properties": {"a": {"$ref": "#/$defs/L"}}, "required": ["a"]}
+
+
+@pytest.mark.parametrize("schema", [
+    AMBIGUOUS,
+    {"anyOf": [{"type": "object", "properties": {"a": {"type": "string"}}},
+               {"type": "object", "properties": {"b": {"type": "string"}}}]},
+    {"anyOf": [{"type": "array", "items": {"type": "string"}}, {"anyOf": [{"type": "null"}, {"type": "array"}]}]},
+])
+def test_anyof_alternatives_that_can_both_nest_are_refused(schema: dict) -> None:
+    with pytest.raises(InvalidInput, match=r"can both be an (array|object)"):
+        json_schema_gbnf(schema, strict=False)
+
+
+def test_nullable_and_primitive_unions_stay_accepted() -> None:
+    schema = {"type": "object", "additionalProperties": False, "required": ["a", "b", "c"], "properties": {
+        "a": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+        "b": {"anyOf": [{"anyOf": [{"type": "array", "items": {"type": "string"}}, {"type": "null"}]},
+                        {"type": "null"}]},
+        "c": {"anyOf": [{"enum": ["x", "y"]}, {"type": "string"}, {"type": "integer"}]}}}
+    assert "root" in json_schema_gbnf(schema, strict=True)
+
+
+def test_a_schema_whose_grammar_is_too_large_is_400_naming_the_field() -> None:
+    schema = {"type": "object", "properties": {"e": {"enum": ['"' * 1000 + str(i) for i in range(1500)]}},
+              "required": ["e"]}
+    with pytest.raises(InvalidInput, match="larger than 256 KiB") as refused:
+        json_schema_gbnf(schema, strict=False, field_name="response_format.json_schema.schema")
+    assert refused.value.field == "response_format.json_schema.schema"

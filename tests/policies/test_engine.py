@@ -311,3 +311,12 @@ def test_any_sequence_of_saves_and_deletes_decides_as_the_stored_set(db: Databas
                     assert got.audited_by == tuple(r for r in hits if r == "audit-big")
 
     run()
+
+
+@pytest.mark.parametrize("body", ["1+" * 2200 + "1 == 0", "||".join(["false"] * 2200)])
+def test_an_unbracketed_chain_too_deep_to_read_is_400_not_500(body: str) -> None:
+    """Review finding M3: chains of + or || pass the bracket count but nest as deeply in Cedar's
+    JSON form, whose reading recursed past Python's limit (a 500)."""
+    from modelport.policies.compiler import check_document
+    with pytest.raises(InvalidInput, match="nest too deeply"):
+        check_document("deep", f"forbid(principal, action, resource) when {{ {body} }};")

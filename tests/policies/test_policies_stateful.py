@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, multiple, rule
 
+from tests.support.marketplace import publisher_record
 from tests.support.server import ECHO_MODEL, Server, lean_server
 from tests.support.tenants import Tenant, import_tiny_gguf, make_tenant, ok, unique
 
@@ -35,6 +36,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 def echo_model(server: Server, tmp_path_factory: pytest.TempPathFactory) -> str:
     """Catalog-wide, so that every example's deployments share one serverless pool."""
     with server.client() as admin:
+        publisher_record(admin, "tests")
         return import_tiny_gguf(admin, tmp_path_factory.mktemp("m"), ECHO_MODEL, scope="catalog",
                                 publisher="tests")["name"]
 

@@ -1,4 +1,4 @@
-"""One Chromium for the whole session (launching costs about a second), one server per module.
+"""One Chromium for the portal package (launching costs about a second), one server per module.
 
 The server serves the bundled chat model on the echo runtime (a real worker process that
 answers with the words of the prompt), so the flows run in seconds; tests marked `chat_model`
@@ -15,8 +15,11 @@ from tests.support.browser import LAUNCH_ARGS, SMOLLM2, Console, WebSession, chr
 from tests.support.server import ECHO_MODEL, Server, start_lean
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[object]:
+    """Package scope, not session: Playwright's sync API runs an event loop in the main thread
+    while it is open, and every later test that calls asyncio.run() would find it running (44
+    tests of other packages failed so in one full run)."""
     path = chromium_path()
     if path is None:
         pytest.fail("Debian's chromium is not installed: apt-get install -y --no-install-recommends chromium "

@@ -27,7 +27,7 @@ from tests.support.server import ECHO_MODEL, Server, free_port, start_lean
 from tests.support.tenants import Tenant, import_tiny_gguf, make_tenant, ok, unique
 
 PAGES = ["/catalog", f"/catalog/{SMOLLM2}", "/deployments", "/deploy", "/playground", "/datasets", "/finetuning",
-         "/workspace", "/admin"]
+         "/policies", "/policies/compliance", "/workspace", "/admin"]
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from modelport.db.tables import CatalogModel
 router = APIRouter(prefix="/api/v1")
 
 
-def model_out(m: CatalogModel, detail: bool = False) -> dict:
+def model_out(m: CatalogModel, detail: bool = False, offer: dict | None = None) -> dict:
     out = {
         "id": m.id, "name": m.name, "version": m.version, "publisher": m.publisher,
         "license": {"spdx": m.license_spdx, "url": m.license_url}, "task": m.task, "format": m.format,
@@ -34,7 +34,7 @@ def model_out(m: CatalogModel, detail: bool = False) -> dict:
                  "findings": (m.scan_report or {}).get("findings", [])},
         "curated": m.curated, "downloadable": m.downloadable, "finetunable": m.finetunable,
         "deployment_types": m.deployment_types, "owner": "platform" if not m.owner_workspace_id else "workspace",
-        "source": m.source, "deprecated": m.deprecated, "metadata": m.model_metadata or {}, "offer": m.offer,
+        "source": m.source, "deprecated": m.deprecated, "metadata": m.model_metadata or {}, "offer": offer,
         "created_at": m.created_at,
     }
     if detail:
@@ -62,12 +62,14 @@ def list_models(
                                                  curated=curated, owner=owner,
                                                  include_deprecated=include_deprecated, q=q),
                                  limit=limit, cursor=cursor)
-    return {"data": [model_out(m) for m in rows], "next_cursor": nxt}
+    offers = svc.offers.summaries([m.id for m in rows])
+    return {"data": [model_out(m, offer=offers.get(m.id)) for m in rows], "next_cursor": nxt}
 
 
 @router.get("/models/{name}", response_model=ModelDetailOut, name="model.read")
 def get_model(name: str, caller: Caller, svc: Svc, version: str | None = None) -> dict:
-    return model_out(svc.catalog.get(caller, name, version), detail=True)
+    m = svc.catalog.get(caller, name, version)
+    return model_out(m, detail=True, offer=svc.offers.summaries([m.id]).get(m.id))
 
 
 @router.patch("/models/{name}", response_model=ModelOut, name="model.update")

@@ -1,0 +1,86 @@
+"""Usage events into hourly meters, `input_tokens` and `output_tokens` (Azure's meter names).
+
+Each pass takes the events not yet aggregated (locked, skipped by a concurrent pass on another
+replica), adds them into their hour's meter rows with an upsert, and marks them aggregated, in
+one transaction: an event counts in the meters exactly once. Meter rows are kept per unit price,
+so charges stay exact when a price changes within an hour.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from modelport.db.engine import Database
+from modelport.db.tables import UsageEvent, UsageMeter
+
+METERS = ("input_tokens", "output_tokens")
+#: Events one pass takes at most; a backlog takes several passes.
+PASS_LIMIT = 20_000
+ZERO = Decimal(0)
+
+_lock = threading.Lock()  # one pass at a time in this process (SQLite has no row locks)
+
+MeterKey = tuple[datetime, str, str, str, str, str, str, str, Decimal]
+
+
+def hour_of(at: datetime) -> datetime:
+    return at.replace(minute=0, second=0, microsecond=0)
+
+
+def aggregate(db: Database) -> int:
+    """Add every event not yet aggregated into the meters; returns how many were added."""
+    total = 0
+    with _lock:
+        while True:
+            n = _one_pass(db)
+            total += n
+            if n < PASS_LIMIT:
+                return total
+
+
+def _one_pass(db: Database) -> int:
+    with db.session() as s:
+        stmt = (select(UsageEvent).where(UsageEvent.aggregated.is_(False)).order_by(UsageEvent.id)
+                .limit(PASS_LIMIT))
+        if s.bind is not None and s.bind.dialect.name == "postgresql":
+            stmt = stmt.with_for_update(skip_locked=True)
+        events = list(s.scalars(stmt))
+        if not events:
+            return 0
+        sums: dict[MeterKey, list[int]] = defaultdict(lambda: [0, 0])
+        for e in events:
+            for meter, quantity, price in (("input_tokens", e.input_tokens, e.input_price),
+                                           ("output_tokens", e.output_tokens, e.output_price)):
+                key = (hour_of(e.at), e.workspace_id, e.deployment_id, e.model_id, e.offer_id or "",
+                       e.subscription_id or "", meter, e.currency or "", price if price is not None else ZERO)
+                acc = sums[key]
+                acc[0] += quantity
+                acc[1] += 1
+        dialect = s.bind.dialect.name if s.bind is not None else "sqlite"
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        table = UsageMeter.__table__
+        for (hour, ws, dep, model, offer, sub, meter, currency, price), (quantity, requests) in sums.items():
+            stmt = insert(table).values(hour=hour, workspace_id=ws, deployment_id=dep, model_id=model, offer_id=offer,
+                                        subscription_id=sub, meter=meter, currency=currency, unit_price=price,
+                                        quantity=quantity, requests=requests)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["hour", "workspace_id", "deployment_id", "model_id", "offer_id", "subscription_id",
+                                "meter", "currency", "unit_price"],
+                set_={"quantity": table.c.quantity + stmt.excluded.quantity,
+                      "requests": table.c.requests + stmt.excluded.requests})
+            s.execute(stmt)
+        ids = [e.id for e in events]
+        for i in range(0, len(ids), 500):
+            s.execute(update(UsageEvent).where(UsageEvent.id.in_(ids[i:i + 500])).values(aggregated=True))
+        return len(events)
+
+
+def charge(quantity: int, unit_price: Decimal) -> Decimal:
+    """The charge for `quantity` tokens at `unit_price` per 1,000 tokens, exact."""
+    return (Decimal(quantity) * unit_price).scaleb(-3)
