@@ -108,8 +108,9 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-instances", type=int, default=1)
-    ap.add_argument("--slots", type=int, default=None, help="MODELPORT_WORKER_SLOTS for the runtime (a batching "
-                    "engine's sequences); default: the runtime's own")
+    ap.add_argument("--slots", type=int, default=None, help="requests one worker takes at once: "
+                    "MODELPORT_LLAMACPP_PARALLEL for llama.cpp (its engine's sequences), MODELPORT_WORKER_SLOTS "
+                    "otherwise; default: the runtime's own")
     ap.add_argument("--share", type=float, default=0.75, help="MODELPORT_POOL_WORKSPACE_SHARE")
     ap.add_argument("--full", action="store_true", help="wait for A's whole burst")
     args = ap.parse_args()
@@ -120,7 +121,9 @@ def main() -> None:
            "MODELPORT_POOL_MAX_INSTANCES": str(args.max_instances),
            "MODELPORT_QUEUE_PER_DEPLOYMENT": str(args.burst + 8),
            "MODELPORT_POOL_WORKSPACE_SHARE": str(args.share)}
-    if args.slots:
+    if args.slots and runtime == "llamacpp":
+        env["MODELPORT_LLAMACPP_PARALLEL"] = str(args.slots)
+    elif args.slots:
         env["MODELPORT_WORKER_SLOTS"] = json.dumps({runtime: args.slots})
     home = Path(tempfile.mkdtemp(prefix="mp-bench-fair-")) / "home"
     server = start_lean(home, overrides, **env)

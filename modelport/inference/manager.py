@@ -46,10 +46,26 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("modelport.deployments")
 
-# How many requests one worker of each runtime takes at once (MODELPORT_WORKER_SLOTS overrides).
-# llama.cpp's high-level API decodes one sequence at a time; more in flight would only queue
-# inside the worker, where the fair scheduler could not see them.
-RUNTIME_CONCURRENCY = {"llamacpp": 1, "transformers": 1, "echo": 64}
+# How many requests one worker of each runtime takes at once: as many as it works on together.
+# llama.cpp batches `settings.llamacpp_parallel` sequences (that one setting sizes both the engine
+# and the pool's slots); a transformers embeddings worker batches concurrent requests; a
+# transformers chat model decodes one at a time. MODELPORT_WORKER_SLOTS overrides the others.
+# More in flight would only queue inside the worker, where the fair scheduler could not see them.
+RUNTIME_CONCURRENCY = {"transformers": 1, "echo": 64}
+EMBEDDINGS_CONCURRENCY = 32
+
+
+def worker_concurrency(settings: Settings, runtime: str, task: str) -> int:
+    """Requests one worker of `runtime` serving a model of `task` takes at once."""
+    if runtime == "llamacpp":
+        return settings.llamacpp_parallel  # the engine's own parallel: one knob, not two
+    if runtime in settings.worker_slots:
+        return settings.worker_slots[runtime]
+    if runtime == "transformers" and task == "embeddings":
+        return EMBEDDINGS_CONCURRENCY
+    return RUNTIME_CONCURRENCY.get(runtime, 1)
+
+
 # Usage statuses as the token metrics label them (an answer the filter cut was still answered).
 METRIC_STATUS = {"filtered": "success"}
 # How often fine-tuned deployments check that their workspace key still unwraps their weights.
@@ -260,6 +276,7 @@ class DeploymentManager:
             )
         threads = self.settings.worker_threads
         drain = self.settings.drain_seconds
+        parallel = self.settings.llamacpp_parallel
 
         # Imported weights live under MODELPORT_HOME, which workers cannot read: they get an open
         # read-only descriptor instead of a path (GGUF), as encrypted weights will (memfd).
@@ -277,7 +294,7 @@ class DeploymentManager:
                 lora_fd=lora_fd,
                 threads=threads,
                 drain_seconds=drain,
-                options={"task": model.task},
+                options={"task": model.task, **({"parallel": parallel} if runtime == "llamacpp" else {})},
             )
 
         return self.pools.get_or_create(
@@ -287,7 +304,7 @@ class DeploymentManager:
             regions=self.settings.regions_of(dep.geography),
             spec_factory=spec,
             instances=dep.instances if dep.type == "dedicated" else 1,
-            concurrency=self.settings.worker_slots.get(runtime, RUNTIME_CONCURRENCY.get(runtime, 1)),
+            concurrency=worker_concurrency(self.settings, runtime, model.task),
             # A catalog model's serverless pool serves every workspace: each gets its share.
             shared=dep.type == "serverless" and not model.owner_workspace_id,
         )

@@ -2,10 +2,17 @@
 
 A runtime wraps one inference library (llama.cpp, transformers, ...) for one loaded model. It
 lives inside a worker process (`modelport.workers`), never in the gateway, and is driven by one
-thread at a time: the worker serialises calls, so a runtime needs no locking of its own.
+thread at a time: the worker serialises calls, so a runtime needs no locking of its own. A
+runtime whose `max_concurrent_generations` is above 1 (llamacpp: continuous batching) takes that
+many `generate` calls from as many threads at once, and does its own locking.
+
+Generate request fields beyond the OpenAI sampling parameters (`grammar`, `logprobs`,
+`tools`) are described on `GenerateRequest`; `Delta.logprobs` holds TokenLogprob entries.
 
     Runtime.load(spec)            load the model named by `spec` (local files only)
     runtime.generate(req, cancel) iterator of Delta; the last one carries finish_reason + usage
+    runtime.max_concurrent_generations  how many `generate` calls may run at once (default 1)
+    runtime.counters()            engine counters for the worker's health (batching, KV cache)
     runtime.embed(texts)          EmbedResult (one unit-length vector per text, token count)
     runtime.count_tokens(...)     prompt size before any inference (the gateway answers 400)
     runtime.context_length        the most tokens (prompt + completion) one sequence may hold
@@ -66,6 +73,7 @@ class ModelSpec:
         return self.threads or default_threads()
 
 
+
 @dataclass(frozen=True, slots=True)
 class GenerateRequest:
     """One completion. Exactly one of `messages` (chat, rendered with the model's own chat
@@ -91,6 +99,12 @@ class GenerateRequest:
     def __post_init__(self) -> None:
         if (self.messages is None) == (self.prompt is None):
             raise InvalidInput("give either messages or a prompt", field="messages")
+        if self.grammar is not None:
+            if self.response_format == "json_object":
+                raise InvalidInput("give either a grammar or response_format json_object, not both",
+                                   field="grammar")
+            if not self.grammar.strip():
+                raise InvalidInput("grammar must be GBNF text with a `root` rule, not empty", field="grammar")
         if self.logprobs is not None and not 0 <= self.logprobs <= MAX_TOP_LOGPROBS:
             raise InvalidInput(f"logprobs takes 0 to {MAX_TOP_LOGPROBS} alternatives", field="top_logprobs")
 
@@ -131,6 +145,7 @@ class Delta:
 class EmbedResult:
     vectors: list[list[float]]
     prompt_tokens: int
+    token_counts: list[int] | None = None  # per input, when the runtime knows them
 
 
 class Runtime(ABC):
@@ -153,6 +168,15 @@ class Runtime(ABC):
     @abstractmethod
     def context_length(self) -> int:
         """Most tokens one sequence may hold (prompt and completion together)."""
+
+    @property
+    def max_concurrent_generations(self) -> int:
+        """How many `generate` calls may run at once; above 1 the runtime batches them."""
+        return 1
+
+    def counters(self) -> dict[str, int]:
+        """Engine counters for the worker's health (batching, KV cache); none by default."""
+        return {}
 
     @property
     def supported_tasks(self) -> frozenset[str]:

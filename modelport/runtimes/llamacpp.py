@@ -1,22 +1,38 @@
-"""`llamacpp`: GGUF chat models through llama-cpp-python.
+"""`llamacpp`: GGUF chat models through llama-cpp-python, with continuous batching.
 
-The decode loop is ours, built on `Llama.eval`/`Llama.generate`, rather than
-`create_completion`, for three reasons:
-- tenant isolation: `Llama.generate` reuses the KV cache of any matching token prefix from
-  the previous call, so one tenant's prompt state would shorten (and time-leak into) the next
-  tenant's request. We `reset()` before every request and prefill ourselves;
-- cancellation: the prompt is prefilled in chunks and the cancel event is checked between
-  chunks and after every token, so a client that goes away stops decoding within a token;
-- exact accounting: usage counts the tokens we fed and sampled, and finish_reason is ours.
+Concurrent requests decode together: `llamacpp_engine.BatchEngine` runs one batch loop over
+llama.cpp's low-level API (one sequence id per request, one `llama_decode` per step, sequences
+joining and leaving between steps, prompts prefilled in chunks), and `generate` hands a request to
+it and reads its tokens back. The loop is ours, rather than llama-cpp-python's `Llama.generate`
+or llama.cpp's `llama-server`, for these reasons:
+- tenant isolation: no KV cache or prompt cache is reused between requests (`Llama.generate`
+  reuses any matching prefix of the previous call; `llama-server` keeps a prompt cache per slot
+  and across slots); each sequence's KV cells are removed when it leaves, and counters show it;
+- cancellation: the cancel event is checked before every step, so a client that goes away stops
+  its sequence within one step, and the others continue;
+- exact accounting: usage counts the tokens we fed and sampled, and finish_reason is ours;
+- the worker's sandbox is unchanged (one process, weights and adapter from inherited file
+  descriptors), where `llama-server` would add a second program to build, supervise and feed.
+Measured: benchmarks/bench_generation.py (BENCHMARKS.md).
 
-Options: `prefill_chunk` (tokens per prefill step, default 128; smaller reacts to a cancel
-sooner at some prefill speed), `n_batch` (default 512). Nothing is cached on disk.
+Options (deployment `options`): `parallel` (sequences decoded together, default 4),
+`prefill_chunk` (prompt tokens per step while other sequences decode, default 128), `n_batch`
+(most tokens one step decodes, default 512), `flash_attn` (default off), `kv_unified` (default
+off), `kv_cells` (with `kv_unified` only). By default every sequence has a KV stream of its own,
+`context_length` cells, allocated at load: the worker's KV memory is `parallel` times that of a
+one-sequence context, and a sequence's logits do not depend on what else is in the batch, so
+batched outputs equal outputs alone, sampled ones included (tests/runtimes/
+test_llamacpp_batching.py). With `kv_unified` the sequences share `kv_cells` cells (default
+twice the context length): less memory, but a sequence's cells sit among the others', its
+logits differ from a run alone in the last bits, and a greedy tie can break the other way; a
+full cache preempts the youngest sequence (llamacpp_engine.py). Nothing is cached on disk.
 """
 
 from __future__ import annotations
 
-import codecs
+import contextlib
 import ctypes
+import os
 import secrets
 import threading
 from collections.abc import Iterator, Sequence
@@ -31,14 +47,15 @@ from modelport.runtimes.base import (
     ModelSpec,
     Runtime,
     StopMatcher,
-    TokenLogprob,
-    Usage,
     check_prompt_fits,
 )
+from modelport.runtimes.llamacpp_engine import BatchEngine, sequence_sink, silence_llama_log
+from modelport.runtimes.llamacpp_engine import Sequence as EngineSequence
 from modelport.runtimes.prompting import chat_prompt_ids
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_N_CTX = 4096
+DEFAULT_PARALLEL = 4
 
 
 def check_gguf(path: str) -> None:
@@ -69,15 +86,16 @@ class LlamaCppRuntime(Runtime):
     def __init__(self, llm: Any, spec: ModelSpec) -> None:
         super().__init__()
         import llama_cpp
-        from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
+        from llama_cpp.llama_grammar import JSON_GBNF
 
+        self._L = llama_cpp
         self._llm = llm
         self._is_eog = llama_cpp.llama_vocab_is_eog
         self._vocab = llm._model.vocab
-        self._json_grammar = LlamaGrammar.from_string(JSON_GBNF, verbose=False)
-        self._prefill_chunk = max(1, int(spec.options.get("prefill_chunk", 128)))
+        self._json_gbnf = JSON_GBNF.encode()
+        options = spec.options
         model = llm._model
-        self._context_length = min(llm.n_ctx(), model.n_ctx_train())
+        self._context_length = min(spec.n_ctx or DEFAULT_N_CTX, model.n_ctx_train())
         self._add_bos = bool(model.add_bos_token())
         self._bos = llm.token_bos()
         self._bos_text = model.token_get_text(self._bos) if self._bos >= 0 else ""
@@ -87,6 +105,20 @@ class LlamaCppRuntime(Runtime):
         self._controls = control_texts(llm)
         self._token_to_piece = llama_cpp.llama_token_to_piece
         self._pieces: dict[int, bytes] = {}
+        parallel = _int_option(options, "parallel", DEFAULT_PARALLEL, 1, 256)
+        unified = bool(options.get("kv_unified", False))
+        kv_cells = (_int_option(options, "kv_cells", 2 * self._context_length, self._context_length, 1 << 20)
+                    if unified else parallel * self._context_length)
+        n_batch = _int_option(options, "n_batch", 512, 16, 8192)
+        if parallel > n_batch:
+            raise InvalidInput(f"option parallel ({parallel}) must not exceed n_batch ({n_batch}): one step decodes "
+                               "a token of every sequence", field="options.parallel")
+        silence_llama_log()  # from here on a request's grammar could reach llama.cpp's log
+        self._engine = BatchEngine(
+            model.model, self._vocab, lora_adapter=llm._lora_adapter, parallel=parallel, kv_cells=kv_cells,
+            n_batch=n_batch, prefill_chunk=_int_option(options, "prefill_chunk", 128, 1, 8192),
+            threads=spec.thread_count, flash_attn=bool(options.get("flash_attn", False)), unified=unified,
+            piece=self._piece)
 
     @classmethod
     def load(cls, spec: ModelSpec) -> LlamaCppRuntime:
@@ -97,12 +129,11 @@ class LlamaCppRuntime(Runtime):
 
         threads = spec.thread_count
         try:
+            # The weights, vocabulary and adapter; its own small context is never used to decode
+            # (the batching engine makes its own).
             llm = Llama(
-                spec.model_path,
-                n_ctx=spec.n_ctx or DEFAULT_N_CTX,
-                n_batch=int(spec.options.get("n_batch", 512)),
-                n_threads=threads,
-                n_threads_batch=threads,
+                spec.model_path, n_ctx=256, n_batch=32, n_ubatch=32,
+                n_threads=threads, n_threads_batch=threads,
                 lora_path=spec.lora_path,
                 verbose=False,
             )
@@ -111,11 +142,39 @@ class LlamaCppRuntime(Runtime):
             # architecture, a tensor type or a truncated file.
             raise Unprocessable("model file is a GGUF that llama.cpp cannot load (unsupported "
                                 "architecture, tensor type, or a truncated file)", field="model") from exc
-        return cls(llm, spec)
+        try:
+            return cls(llm, spec)
+        except BaseException:
+            llm.close()
+            raise
 
     @property
     def context_length(self) -> int:
         return self._context_length
+
+    @property
+    def max_concurrent_generations(self) -> int:
+        return self._engine.parallel
+
+    @property
+    def tokens_generated_total(self) -> int:  # type: ignore[override]
+        return self._engine.tokens_generated_total
+
+    @tokens_generated_total.setter
+    def tokens_generated_total(self, value: int) -> None:
+        pass  # counted by the engine
+
+    def counters(self) -> dict[str, int]:
+        engine = self._engine
+        return {
+            "parallel": engine.parallel, "kv_cells": engine.kv_cells,
+            "sequences_active": engine.active_sequences(), "kv_cells_used": engine.kv_cells_used(),
+            "sequences_started": engine.sequences_started, "batch_steps": engine.steps,
+            "max_batch_sequences": engine.max_batch_sequences, "preemptions": engine.preemptions,
+            "prompt_tokens_decoded": engine.prompt_tokens_decoded,
+            "cached_prompt_tokens": engine.cached_prompt_tokens,
+            "kv_leftover_on_join": engine.kv_leftover_on_join,
+        }
 
     # -- prompt ----------------------------------------------------------------------------
 
@@ -150,100 +209,54 @@ class LlamaCppRuntime(Runtime):
     # -- generation ------------------------------------------------------------------------
 
     def generate(self, request: GenerateRequest, cancel: threading.Event) -> Iterator[Delta]:
-        llm = self._llm
+        """Hand the request to the batching engine and yield its Deltas as they are sampled.
+        Leaving the iteration early (or setting `cancel`) takes the sequence out of the batch."""
         tokens = self._prompt_tokens(request.messages, request.prompt, request.tools)
-        grammar = self._grammar_for(request)
         room = check_prompt_fits(len(tokens), self._context_length)
         max_tokens = min(request.max_tokens, room) if request.max_tokens else room
-        seed = request.seed if request.seed is not None else secrets.randbits(32)
-
-        # Forget the previous request entirely (KV cache cells and token history), then
-        # prefill all but the last prompt token in chunks, checking for a cancel in between.
-        llm.reset()
-        body = tokens[:-1]
-        for start in range(0, len(body), self._prefill_chunk):
-            if cancel.is_set():
-                return
-            llm.eval(body[start:start + self._prefill_chunk])
-        if cancel.is_set():
-            return
-
-        llm.set_seed(seed & 0xFFFFFFFF)
-        # Sampler matching the OpenAI parameters: no top-k/min-p/repeat penalty of
-        # llama.cpp's defaults, temperature 0 means greedy.
-        stream = llm.generate(
-            tokens[-1:], reset=False, temp=max(0.0, request.temperature), top_p=request.top_p,
-            top_k=0, min_p=0.0, typical_p=1.0, repeat_penalty=1.0,
-            grammar=grammar,
-        )
-        logprobs = request.logprobs
-        decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        scored: list[TokenLogprob] = []  # tokens whose text the stop matcher still holds
-        stopper = StopMatcher(request.stop)
-        to_piece = self._piece
-        produced = 0
-        finish = "length"
-        hit = False
+        sampler = self._sampler(request)
+        mine = threading.Event()  # this reader's own cancel: set when the iteration is left early
+        watch = _Either(cancel, mine)
+        sink, read = sequence_sink()
+        sequence = EngineSequence(prompt=tokens, max_tokens=max_tokens, sampler=sampler,
+                                  stopper=StopMatcher(request.stop), cancel=watch, sink=sink,
+                                  logprobs=request.logprobs,
+                                  greedy=request.temperature <= 0 and request.grammar is None
+                                  and request.response_format != "json_object")
         try:
-            for token in stream:
-                if cancel.is_set():
-                    return
-                if self._is_eog(self._vocab, token):
-                    finish = "stop"
-                    break
-                produced += 1
-                self.tokens_generated_total += 1
-                out, hit = stopper.feed(decoder.decode(to_piece(token)))
-                if logprobs is not None:
-                    scored.append(self._logprob(token, logprobs))
-                    if out:  # tokens of a stop sequence (never sent) are dropped with it
-                        yield Delta(out, logprobs=tuple(scored))
-                        scored = []
-                elif out:
-                    yield Delta(out)
-                if hit:
-                    finish = "stop"
-                    break
-                if produced >= max_tokens:
-                    break
+            self._engine.submit(sequence)
+        except BaseException:
+            self._L.llama_sampler_free(sampler)
+            raise
+        try:
+            yield from read(watch, lambda: self._engine.alive)
         finally:
-            stream.close()
-        tail = "" if hit else stopper.flush() + decoder.decode(b"", final=True)
-        yield Delta(tail, finish_reason=finish, usage=Usage(len(tokens), produced),  # type: ignore[arg-type]
-                    logprobs=tuple(scored) if logprobs is not None and not hit else None)
+            mine.set()
 
-    # -- grammar and logprobs (structured outputs, tool calls) --------------------------------
-
-    def _grammar_for(self, request: GenerateRequest) -> Any:
-        if request.grammar is None:
-            return self._json_grammar if request.response_format == "json_object" else None
-        # llama.cpp answers a grammar it cannot parse with a null sampler, which the sampler chain
-        # would dereference: try it alone first (the gateway builds grammars; failing here is a bug).
-        import llama_cpp
-        from llama_cpp.llama_grammar import LlamaGrammar
-
-        probe = llama_cpp.llama_sampler_init_grammar(self._vocab, request.grammar.encode("utf-8"), b"root")
-        if not probe:
-            raise InvalidInput("the grammar does not parse", field="grammar")
-        llama_cpp.llama_sampler_free(probe)
-        return LlamaGrammar.from_string(request.grammar, verbose=False)
-
-    def _logprob(self, token: int, top: int) -> TokenLogprob:
-        """The sampled token's log probability and the `top` most likely ones, from the logits the
-        model produced for this step (still in the context: the next step is decoded after this)."""
-        import llama_cpp
-        import numpy as np
-
-        n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
-        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._llm._ctx.ctx, -1), shape=(n_vocab,))
-        shifted = logits - logits.max()
-        logz = float(np.log(np.exp(shifted).sum()))
-        best: tuple[tuple[bytes, float], ...] = ()
-        if top:
-            ids = np.argpartition(-shifted, top)[:top]
-            ids = ids[np.argsort(-shifted[ids])]
-            best = tuple((self._piece(int(i)), float(shifted[i]) - logz) for i in ids)
-        return TokenLogprob(self._piece(token), float(shifted[token]) - logz, best)
+    def _sampler(self, request: GenerateRequest) -> Any:
+        """The sequence's own sampler chain: grammar, then the OpenAI parameters (temperature 0
+        is greedy; no top-k, min-p or repeat penalty), then its own seeded `dist`."""
+        L = self._L
+        grammar = request.grammar.encode() if request.grammar is not None else (
+            self._json_gbnf if request.response_format == "json_object" else None)
+        compiled = None
+        if grammar is not None:
+            with _stderr_silenced():  # llama.cpp prints a grammar that fails to parse, whole, to fd 2
+                compiled = L.llama_sampler_init_grammar(self._vocab, grammar, b"root")
+            if not compiled:
+                raise InvalidInput("the grammar could not be parsed as GBNF with a `root` rule; check its syntax",
+                                   field="grammar")
+        chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+        if compiled is not None:
+            L.llama_sampler_chain_add(chain, compiled)
+        if request.temperature <= 0:
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
+        else:
+            seed = request.seed if request.seed is not None else secrets.randbits(32)
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_top_p(request.top_p, 1))
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_temp(request.temperature))
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        return chain
 
     def _piece(self, token: int) -> bytes:
         """Bytes of one token, memoised (the vocabulary is fixed for the life of the model).
@@ -264,4 +277,43 @@ class LlamaCppRuntime(Runtime):
         return piece
 
     def close(self) -> None:
+        self._engine.close()
         self._llm.close()
+
+
+_STDERR_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 points at /dev/null for the duration (all threads of the process: kept
+    to the microseconds a grammar takes to compile; the lock keeps two compiles from racing)."""
+    with _STDERR_LOCK:
+        saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(devnull)
+
+
+class _Either:
+    """`is_set()` of two events: the worker's cancel or the reader's own."""
+
+    __slots__ = ("_a", "_b")
+
+    def __init__(self, a: threading.Event, b: threading.Event) -> None:
+        self._a, self._b = a, b
+
+    def is_set(self) -> bool:
+        return self._a.is_set() or self._b.is_set()
+
+
+def _int_option(options: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
+    value = options.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidInput(f"option {name} must be an integer from {low} to {high}", field=f"options.{name}")
+    return value

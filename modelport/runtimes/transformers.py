@@ -8,7 +8,8 @@ Two kinds of model, told apart by `config.json` (or the `task` option):
   tokenizer_config.json rendered in our sandbox, the cancel event checked at every step.
 
 Everything loads with `local_files_only=True`; the worker also sets HF_HUB_OFFLINE=1. Nothing
-is cached to disk. Options: `task` ("embeddings" | "chat-completion"), `batch_size` (16).
+is cached to disk. Options: `task` ("embeddings" | "chat-completion"), `batch_size` (32; texts
+are sorted by length first, so a batch pads little).
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ class TransformersRuntime(Runtime):
         super().__init__()
         self._task = task
         self._dir = Path(spec.model_path)
-        self._batch_size = int(spec.options.get("batch_size", 16))
+        self._batch_size = int(spec.options.get("batch_size", 32))
 
     @classmethod
     def load(cls, spec: ModelSpec) -> TransformersRuntime:
@@ -194,11 +195,13 @@ class TransformersRuntime(Runtime):
         if longest > self._context_length:
             raise InvalidInput(f"an input has {longest} tokens; this model takes at most "
                                f"{self._context_length} per input", field="input")
-        vectors: list[list[float]] = []
+        # Similar lengths together (little padding); vectors go back in the callers' order.
+        order = sorted(range(len(texts)), key=counts.__getitem__)
+        vectors: list[list[float]] = [[] for _ in texts]
         with torch.inference_mode():
             for start in range(0, len(texts), self._batch_size):
-                batch = self._tokenizer(list(texts[start:start + self._batch_size]), padding=True,
-                                        return_tensors="pt")
+                chunk = order[start:start + self._batch_size]
+                batch = self._tokenizer([texts[i] for i in chunk], padding=True, return_tensors="pt")
                 hidden = self._model(**batch).last_hidden_state
                 if self._pooling == "cls":
                     pooled = hidden[:, 0]
@@ -207,8 +210,9 @@ class TransformersRuntime(Runtime):
                     pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
                 if self._normalize:
                     pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-                vectors.extend(pooled.tolist())
-        return EmbedResult(vectors, sum(counts))
+                for i, vector in zip(chunk, pooled.tolist(), strict=True):
+                    vectors[i] = vector
+        return EmbedResult(vectors, sum(counts), counts)
 
     # -- generation ------------------------------------------------------------------------
 

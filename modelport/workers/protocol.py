@@ -67,7 +67,8 @@ class _Body(BaseModel):
 
 class GenerateBody(_Body):
     """One chat or text completion. `n` choices are generated one after the other; choice i
-    uses seed + i, so a request with a seed is reproducible and its choices still differ."""
+    uses seed + i, so a request with a seed is reproducible and its choices still differ.
+    `grammar` (GBNF text) and `logprobs` (top-k count) mean what runtimes/base.py says."""
 
     messages: list[dict[str, Any]] | None = None
     prompt: str | None = None
@@ -78,7 +79,8 @@ class GenerateBody(_Body):
     seed: int | None = None
     n: int = Field(default=1, ge=1, le=16)
     response_format: Literal["text", "json_object"] = "text"
-    grammar: str | None = Field(default=None, max_length=1 << 20, description="GBNF the answer must match.")
+    grammar: str | None = Field(default=None, min_length=1, max_length=1 << 20,
+                                description="GBNF the answer must match.")
     logprobs: int | None = Field(default=None, ge=0, le=20, description="Top alternatives per token.")
     tools: list[dict[str, Any]] | None = None
 
@@ -86,6 +88,8 @@ class GenerateBody(_Body):
     def _one_input(self) -> GenerateBody:
         if (self.messages is None) == (self.prompt is None):
             raise ValueError("give exactly one of messages and prompt")
+        if self.grammar is not None and self.response_format == "json_object":
+            raise ValueError("give either a grammar or response_format json_object, not both")
         return self
 
 
@@ -126,6 +130,9 @@ class Health(BaseModel):
     requests_total: int
     netns_inode: int = Field(description="Inode of the worker's network namespace (the supervisor "
                                          "compares it with its own).")
+    counters: dict[str, int] = Field(default_factory=dict, description=(
+        "Engine counters: batching (sequences_active, max_batch_sequences, batch_steps, kv_cells_used, "
+        "preemptions), isolation (cached_prompt_tokens and kv_leftover_on_join stay 0), embeddings batching."))
 
 
 # -- events (hand-built dicts: this is the per-token path) ---------------------------------

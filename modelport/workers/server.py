@@ -1,12 +1,17 @@
 """The worker's HTTP server: one loaded runtime behind the routes of `protocol.py`.
 
-One model context decodes one sequence at a time, so generation and embedding take
-`model_lock`; requests beyond `max_queue` waiting for it get 429. The runtime runs in a
-dedicated thread and hands events to the event loop one by one; the event loop writes them to
-the client and, when the client is gone (a failed write, or aiohttp cancelling the handler on
-disconnect), sets the request's cancel event, which the runtime checks before every token.
-The lock is released only when the runtime thread has really stopped, so a cancelled request
-can never overlap the next one on the same model context.
+A runtime that decodes one sequence at a time takes `model_lock` for generation and
+embedding; a runtime that batches (`max_concurrent_generations` above 1, llamacpp) lets that many
+generations in at once (`generation_slots`), each read on a thread of its own while the runtime's
+engine decodes them together. Requests beyond `max_queue` waiting get 429. The runtime hands
+events to the event loop one by one; the event loop writes them to the client and, when the
+client is gone (a failed write, or aiohttp cancelling the handler on disconnect), sets the
+request's cancel event, which the runtime checks before every token. A slot (or the lock) is
+released only when the runtime thread has really stopped, so a cancelled request can never
+overlap the next one on the same sequence.
+
+Embeddings are batched across requests (`EmbedBatcher`): while the model embeds one batch,
+requests that arrive wait together and go as the next batch, in one call of the runtime.
 
 SIGTERM: stop taking requests (503), give in-flight ones `drain_seconds`, then cancel what is
 left and end each of those streams with an explicit error event.
@@ -91,6 +96,13 @@ class WorkerServer:
         self.spec = spec
         self.model_lock = asyncio.Lock()
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="model")
+        parallel = runtime.max_concurrent_generations
+        # a batching runtime: `parallel` generations at once, each read on its own thread
+        self.generation_slots: asyncio.Lock | asyncio.Semaphore = (
+            asyncio.Semaphore(parallel) if parallel > 1 else self.model_lock)
+        self._generate_threads = (ThreadPoolExecutor(parallel, thread_name_prefix="generate") if parallel > 1
+                                  else self._model_thread)
+        self.embedder = EmbedBatcher(self)
         self._tokenize_thread = ThreadPoolExecutor(1, thread_name_prefix="tokenize")
         self.active_generations = 0
         self.queued = 0
@@ -118,6 +130,7 @@ class WorkerServer:
             active_generations=self.active_generations, queued=self.queued,
             tokens_generated_total=self.runtime.tokens_generated_total,
             requests_total=self.requests_total, netns_inode=self._netns_inode,
+            counters={**self.runtime.counters(), **self.embedder.counters()},
         )
         return web.Response(body=info.model_dump_json(), content_type="application/json")
 
@@ -145,26 +158,31 @@ class WorkerServer:
 
     # -- admission --------------------------------------------------------------------------
 
-    async def _admit(self) -> None:
-        """Wait for the model; raise when draining or when too many are already waiting."""
+    def _check_admission(self) -> None:
         if self.draining:
             raise errors.ServiceUnavailable("the model worker is shutting down; retry the request")
         if self.queued >= self.spec.max_queue:
             raise errors.TooManyRequests("the model is busy: too many requests are waiting; retry shortly")
+
+    async def _admit(self, lock: asyncio.Lock | asyncio.Semaphore) -> None:
+        """Wait for the model (or a generation slot); raise when draining or when too many are
+        already waiting."""
+        self._check_admission()
         self.requests_total += 1
         self.queued += 1
         try:
-            await self.model_lock.acquire()
+            await lock.acquire()
         finally:
             self.queued -= 1
         if self.shutting_down:
-            self.model_lock.release()
+            lock.release()
             raise errors.ServiceUnavailable("the model worker is shutting down; retry the request")
 
-    def _run_locked(self, fn: Callable[[], Any]) -> asyncio.Future[Any]:
-        """Run fn on the model thread; the lock is released when the thread is done with it."""
-        future = asyncio.get_running_loop().run_in_executor(self._model_thread, fn)
-        future.add_done_callback(lambda _: self.model_lock.release())
+    def _run_locked(self, fn: Callable[[], Any], lock: asyncio.Lock | asyncio.Semaphore,
+                    executor: ThreadPoolExecutor) -> asyncio.Future[Any]:
+        """Run fn on a model thread; the lock is released when the thread is done with it."""
+        future = asyncio.get_running_loop().run_in_executor(executor, fn)
+        future.add_done_callback(lambda _: lock.release())
         return future
 
     # -- embeddings -------------------------------------------------------------------------
@@ -172,12 +190,17 @@ class WorkerServer:
     async def embed(self, request: web.Request) -> web.Response:
         try:
             body: EmbedBody = await _parse(request, EmbedBody)
-            await self._admit()
-            # shield: a client that goes away must not release the lock while the thread runs
-            result = await asyncio.shield(self._run_locked(lambda: self.runtime.embed(body.input)))
+            self._check_admission()
+            self.requests_total += 1
+            self.queued += 1
+            try:
+                # shield: a client that goes away must not cut a batch other requests share
+                vectors, prompt_tokens = await asyncio.shield(self.embedder.embed(body.input))
+            finally:
+                self.queued -= 1
         except errors.ModelportError as exc:
             return _error(exc)
-        return _json({"data": result.vectors, "prompt_tokens": result.prompt_tokens})
+        return _json({"data": vectors, "prompt_tokens": prompt_tokens})
 
     # -- generation -------------------------------------------------------------------------
 
@@ -206,7 +229,7 @@ class WorkerServer:
     async def generate(self, request: web.Request) -> web.StreamResponse:
         try:
             body: GenerateBody = await _parse(request, GenerateBody)
-            await self._admit()
+            await self._admit(self.generation_slots)
         except errors.ModelportError as exc:
             return _error(exc)
         loop = asyncio.get_running_loop()
@@ -218,7 +241,8 @@ class WorkerServer:
 
         self.active_generations += 1
         self._cancels.add(cancel)
-        producer = self._run_locked(lambda: self._produce(body, cancel, push))
+        producer = self._run_locked(lambda: self._produce(body, cancel, push), self.generation_slots,
+                                    self._generate_threads)
 
         def finished(_: Any) -> None:
             self.active_generations -= 1
@@ -303,7 +327,103 @@ class WorkerServer:
             await asyncio.sleep(0.02)
 
     def close(self) -> None:
+        self._generate_threads.shutdown(wait=True, cancel_futures=True)
         self._model_thread.shutdown(wait=True, cancel_futures=True)
         self._tokenize_thread.shutdown(wait=True, cancel_futures=True)
         with contextlib.suppress(Exception):
             self.runtime.close()
+
+
+class EmbedBatcher:
+    """Concurrent embeddings requests share one call of the runtime.
+
+    The first request runs at once; requests that arrive while a batch runs wait together and
+    form the next batch (up to `max_texts` texts, whole requests only). A batch that the runtime
+    refuses as a whole (one input too long, say) is run again request by request, so that each
+    request gets its own answer and no request fails for another's input.
+    """
+
+    def __init__(self, server: WorkerServer, max_texts: int = 256) -> None:
+        self._server = server
+        self._max_texts = max_texts
+        self._pending: list[tuple[list[str], asyncio.Future[tuple[list[list[float]], int]]]] = []
+        self._running = False
+        self._task: asyncio.Task[None] | None = None
+        self.batches = 0
+        self.requests = 0
+
+    def counters(self) -> dict[str, int]:
+        return {"embed_batches": self.batches, "embed_requests": self.requests} if self.requests else {}
+
+    async def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+        future: asyncio.Future[tuple[list[list[float]], int]] = asyncio.get_running_loop().create_future()
+        self._pending.append((texts, future))
+        if not self._running:
+            self._running = True
+            self._task = asyncio.get_running_loop().create_task(self._drain())  # held: the loop keeps weak refs
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                batch, count = [], 0
+                while self._pending and (not batch or count + len(self._pending[0][0]) <= self._max_texts):
+                    texts, future = self._pending.pop(0)
+                    batch.append((texts, future))
+                    count += len(texts)
+                await self._run(batch)
+        finally:
+            self._running = False
+
+    async def _run(self, batch: list[tuple[list[str], asyncio.Future[tuple[list[list[float]], int]]]]) -> None:
+        server = self._server
+        runtime = server.runtime
+        loop = asyncio.get_running_loop()
+
+        def call(fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+            return loop.run_in_executor(server._model_thread, fn, *args)
+
+        async def answer(pairs: list[tuple[list[str], asyncio.Future[Any]]], attempt: Callable[[], Any]) -> bool:
+            try:
+                await attempt()
+            except errors.ModelportError as exc:
+                if len(pairs) > 1 and isinstance(exc, errors.InvalidInput):
+                    return False  # one request's input: answer them one by one
+                for _, future in pairs:
+                    future.set_exception(exc)
+            except Exception as exc:  # a runtime bug: say what kind, never the message (may hold data)
+                error = errors.InternalError(f"the model runtime failed ({type(exc).__name__})")
+                for _, future in pairs:
+                    future.set_exception(error)
+            return True
+
+        async def together() -> None:
+            texts = [t for request, _ in batch for t in request]
+            result = await call(runtime.embed, texts)
+            counts = result.token_counts
+            if counts is None:
+                counts = await call(runtime.count_input_tokens, texts) if len(batch) > 1 else [result.prompt_tokens]
+            self.batches += 1
+            at = 0
+            for request, future in batch:
+                n = len(request)
+                tokens = result.prompt_tokens if len(batch) == 1 else sum(counts[at:at + n])
+                future.set_result((result.vectors[at:at + n], tokens))
+                at += n
+                self.requests += 1
+
+        def alone(request: list[str], future: asyncio.Future[Any]) -> Callable[[], Any]:
+            async def run() -> None:
+                result = await call(runtime.embed, request)
+                self.batches += 1
+                self.requests += 1
+                future.set_result((result.vectors, result.prompt_tokens))
+            return run
+
+        await server.model_lock.acquire()
+        try:
+            if not await answer(batch, together):
+                for request, future in batch:
+                    await answer([(request, future)], alone(request, future))
+        finally:
+            server.model_lock.release()

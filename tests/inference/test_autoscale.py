@@ -195,8 +195,8 @@ def test_growth_stops_at_the_region_slots_other_pools_hold(loop: LoopThread, sup
 
 
 def test_slow_first_tokens_grow_a_pool_whose_queue_stays_short(loop: LoopThread, supervisor: WorkerSupervisor):
-    """Workers that take 4 requests each but decode one at a time (as today's llama.cpp worker
-    would with more slots): nothing waits in the pool's queue, yet first tokens take seconds.
+    """Workers that take 4 requests each but decode one at a time (as a llama.cpp worker
+    before continuous batching would with more slots): nothing waits in the pool's queue, yet first tokens take seconds.
     The first-token trigger adds an instance; the queue trigger (set out of reach) does not."""
     policy = ScalePolicy(max_instances=2, up_queue=1000, up_first_token_seconds=0.5, interval_seconds=0.05)
     manager = PoolManager(supervisor, RegionSlots({"local": 4}), queue_limit=32, policy=policy)

@@ -3,7 +3,7 @@ sizes in the deployment and admin views (with their abuse cases), and an elastic
 pool growing and shrinking under a scripted HTTP load.
 
 The chat model runs on the paced echo runtime (40 ms a token), one request at a time per worker
-(as today's llama.cpp worker): these are properties of admission and pools, not of the model.
+(as a llama.cpp worker before continuous batching): these are properties of admission and pools, not of the model.
 How the share keeps slots free on workers that take several requests at once is shown on the
 scheduler itself (test_scheduler.py).
 """

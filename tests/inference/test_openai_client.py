@@ -7,6 +7,7 @@ the model list per key, seeds, and the errors the client turns into its own exce
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import openai
@@ -181,3 +182,21 @@ def test_same_seed_same_output_at_temperature_1(chat_client: openai.OpenAI):
     assert run(1234) == first
     # at temperature 1 two other seeds giving this very text too would mean the seed is ignored
     assert len({first, run(1), run(2)}) >= 2, "different seeds should usually give different outputs"
+
+
+def test_concurrent_streams_through_the_gateway_are_batched_and_equal_each_alone(models: ModelServer):
+    """Four callers at once through the gateway: one llama.cpp worker decodes them together (its
+    counters say so) and each gets exactly what it gets alone."""
+    prompts = [f"Count from {n}: {n}, {n + 1}," for n in (3, 20, 100, 700)]
+
+    def complete(c: openai.OpenAI, prompt: str) -> str:
+        return c.completions.create(model="chat", prompt=prompt, max_tokens=24, temperature=0).choices[0].text
+
+    with client(models, models.chat_key) as c:
+        alone = [complete(c, p) for p in prompts]
+        with ThreadPoolExecutor(len(prompts)) as pool:
+            together = list(pool.map(lambda p: complete(c, p), prompts))
+    assert together == alone
+    (worker,) = [w for w in workers(models.server).values() if w.health.runtime == "llamacpp"]
+    assert worker.health.counters["max_batch_sequences"] >= 2
+    assert worker.health.counters["cached_prompt_tokens"] == 0

@@ -122,3 +122,14 @@ def test_logprobs_cover_every_token_with_its_top_alternatives(runtime: LlamaCppR
     # 0 alternatives: each token's own logprob only
     _, _, deltas = run(runtime, messages=ASK, max_tokens=3, temperature=0, logprobs=0)
     assert all(t.top == () for d in deltas for t in d.logprobs or ())
+
+
+def test_a_stop_sequence_takes_its_tokens_logprobs_with_it(runtime: LlamaCppRuntime):
+    """The stop sequence is never sent, and neither are its tokens' logprobs: what is reported
+    spells exactly the text."""
+    text, finish, deltas = run(runtime, prompt="1, 2, 3, 4,", max_tokens=12, temperature=0, logprobs=1, stop=[" 6"])
+    assert finish == "stop" and text == " 5,"
+    scored = [t for d in deltas for t in d.logprobs or ()]
+    assert b"".join(t.token for t in scored).decode() == text
+    # SmolLM2 writes " 6" as " " then "6": the stop's two tokens are sampled and counted, not reported
+    assert deltas[-1].usage.completion_tokens == len(scored) + 2

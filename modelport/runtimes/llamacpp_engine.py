@@ -1,0 +1,474 @@
+"""Continuous batching for the llamacpp runtime: many sequences decoded together in one context.
+
+One engine thread owns one llama.cpp context with `n_seq_max = parallel` sequence ids, each with
+a KV stream of its own (or, with `unified`, one KV cache of `kv_cells` cells that all share).
+Each step it builds one `llama_batch` from
+- one token for every sequence that is decoding (its last sampled token), and
+- the next chunk of prompt tokens of sequences that are still prefilling, at most
+  `prefill_chunk` tokens a step while others decode (the whole batch when nobody decodes), so a
+  long prompt that arrives never stalls the running streams for more than one chunk,
+calls `llama_decode` once, then samples one token for every sequence whose last fed token
+produced logits. Sequences join between steps (when a sequence id is free and the KV cache has
+room for their prompt) and leave between steps (finished, stopped, cancelled).
+
+Per sequence, all of its own: sampling parameters, seed (its own `dist` sampler), grammar
+(`json_object` or the caller's GBNF, one grammar sampler per sequence), stop strings, top-k
+logprobs, max_tokens, cancel event. With a KV stream per sequence a sequence's logits do not
+depend on its batch neighbours, and outputs batched equal outputs alone, sampled ones included
+(tests/runtimes/test_llamacpp_batching.py). In a unified cache they differ in the last bits
+(llama.cpp promises no bit-identical logits across batch shapes), and a greedy tie can break
+the other way.
+
+Isolation (no KV or prompt-cache reuse, across workspaces or at all): a sequence's KV cells are
+removed when it leaves, and a joining sequence must find its sequence id empty; the engine
+checks that (fail closed: a sequence id that still holds cells is cleared and counted in
+`kv_leftover_on_join`, which must stay 0) and counts `cached_prompt_tokens` (prompt tokens not
+decoded because they were already in the cache), which is 0 by construction and exposed so that
+tests and operators can see it. Every request decodes its whole prompt (`prompt_tokens_decoded`).
+The context has one LoRA adapter at most, set once at load; a worker serves one model of one
+workspace when that model is private, so a batch never holds two workspaces' adapters.
+
+In a unified cache, cells are taken as tokens arrive. When a step needs more cells than are
+free, the most recently joined sequence is preempted: its cells are freed
+and it goes back to the front of the queue holding its prompt and the tokens generated so far,
+which are decoded again when room returns (its sampler state, stop matcher and emitted text are
+kept, so the stream continues where it was). The oldest sequence always fits alone
+(`kv_cells >= context_length`).
+
+Privacy (P1): nothing here logs or raises with prompt, grammar or output text; llama.cpp's own
+log (which prints a grammar that fails to parse) is silenced once the model is loaded.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import math
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from modelport.errors import InternalError, InvalidInput, ModelportError
+from modelport.runtimes.base import Delta, StopMatcher, TokenLogprob, Usage
+
+#: what a sequence's sink receives: a Delta, an error, or None (the sequence ended without a
+#: final Delta: cancelled)
+Event = Delta | ModelportError | None
+
+_quiet_log: Any = None
+
+
+def silence_llama_log() -> None:
+    """Drop every llama.cpp log line from now on (a grammar that fails to parse is printed whole
+    by llama.cpp, and a grammar is request content)."""
+    global _quiet_log
+    import llama_cpp
+
+    if _quiet_log is None:
+        _quiet_log = llama_cpp.llama_log_callback(lambda level, text, data: None)
+    llama_cpp.llama_log_set(_quiet_log, ctypes.c_void_p(0))
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One generation inside the engine."""
+
+    prompt: list[int]
+    max_tokens: int
+    sampler: Any  # llama_sampler chain, owned by the sequence
+    stopper: StopMatcher
+    cancel: Any  # anything with is_set(): the request's cancel event
+    sink: Callable[[Event], None]
+    logprobs: int | None = None
+    greedy: bool = False  # temperature 0 without grammar: the sampler chain is a plain greedy one
+    slot: int = -1
+    feed: list[int] = field(default_factory=list)  # tokens to decode before the next sample
+    n_past: int = 0  # tokens of this sequence in the KV cache
+    generated: list[int] = field(default_factory=list)
+    decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
+    pending_logprobs: list[TokenLogprob] = field(default_factory=list)
+    joined_at: int = 0
+    done: bool = False
+
+
+class BatchEngine:
+    """The batch loop; see the module docstring. `submit` is called from any thread."""
+
+    def __init__(self, model: Any, vocab: Any, *, lora_adapter: Any, parallel: int, kv_cells: int,
+                 n_batch: int, prefill_chunk: int, threads: int, flash_attn: bool, unified: bool = True,
+                 piece: Callable[[int], bytes]) -> None:
+        import llama_cpp as L
+        import numpy as np
+
+        self._L = L
+        self._np = np
+        self._vocab = vocab
+        self._n_vocab = L.llama_vocab_n_tokens(vocab)
+        self._piece = piece
+        self.parallel = parallel
+        self.kv_cells = kv_cells
+        self._n_batch = n_batch
+        self._prefill_chunk = max(1, min(prefill_chunk, n_batch))
+        params = L.llama_context_default_params()
+        params.n_ctx = kv_cells
+        params.n_batch = params.n_ubatch = n_batch
+        params.n_seq_max = parallel
+        params.kv_unified = unified
+        self._unified = unified
+        params.n_threads = params.n_threads_batch = threads
+        params.flash_attn_type = (L.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn
+                                  else L.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        params.no_perf = False
+        ctx = L.llama_init_from_model(model, params)
+        if not ctx:
+            raise InternalError("llama.cpp could not create a batching context (too little memory for "
+                                f"{kv_cells} KV cells?)")
+        self._ctx = ctx
+        if lora_adapter is not None:
+            adapters = (L.llama_adapter_lora_p_ctypes * 1)(lora_adapter)
+            scales = (ctypes.c_float * 1)(1.0)
+            if L.llama_set_adapters_lora(ctx, adapters, 1, scales):
+                L.llama_free(ctx)
+                raise InternalError("llama.cpp could not apply the LoRA adapter to the batching context")
+        self._mem = L.llama_get_memory(ctx)
+        # candidates for sampler chains, laid out as llama_token_data (id, logit, p), reused
+        self._cand = np.zeros(self._n_vocab, dtype=np.dtype([("id", np.int32), ("logit", np.float32),
+                                                              ("p", np.float32)]))
+        self._cand_ids = np.arange(self._n_vocab, dtype=np.int32)
+        self._cand_data = ctypes.cast(self._cand.ctypes.data, L.llama_token_data_p)
+        self._cand_array = L.llama_token_data_array()
+        self._batch = L.llama_batch_init(n_batch, 0, 1)
+        self._free_slots = list(range(parallel - 1, -1, -1))
+        self._waiting: deque[Sequence] = deque()
+        self._active: list[Sequence] = []
+        self._wake = threading.Condition()
+        self._closed = False
+        self._joins = 0
+        # counters, read by the worker's health endpoint
+        self.tokens_generated_total = 0
+        self.prompt_tokens_decoded = 0
+        self.cached_prompt_tokens = 0
+        self.kv_leftover_on_join = 0
+        self.sequences_started = 0
+        self.preemptions = 0
+        self.steps = 0
+        self.max_batch_sequences = 0
+        self._thread = threading.Thread(target=self._run, name="llamacpp-batch", daemon=True)
+        self._thread.start()
+
+    # -- interface ---------------------------------------------------------------------------
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def active_sequences(self) -> int:
+        with self._wake:
+            return len(self._active) + len(self._waiting)
+
+    def kv_cells_used(self) -> int:
+        with self._wake:
+            return sum(s.n_past for s in self._active)
+
+    def submit(self, seq: Sequence) -> None:
+        seq.feed = list(seq.prompt)
+        with self._wake:
+            if self._closed:
+                raise InternalError("the batching engine is stopped")
+            self._waiting.append(seq)
+            self._wake.notify()
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._thread.join()
+        L = self._L
+        for seq in self._waiting:
+            self._free_sampler(seq)
+        L.llama_batch_free(self._batch)
+        L.llama_free(self._ctx)
+
+    def sequence_state_bytes(self, slot: int) -> int:
+        """Bytes of one sequence's state (its KV cells); for the benchmark's memory figure."""
+        return int(self._L.llama_state_seq_get_size(self._ctx, slot))
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._closed and not self._waiting and not self._active:
+                    self._wake.wait()
+                if self._closed:
+                    for seq in list(self._active):
+                        self._leave(seq, None)
+                    for seq in self._waiting:
+                        seq.sink(None)
+                    return
+                self._admit()
+            try:
+                self._step()
+            except ModelportError as exc:
+                self._fail_all(exc)
+            except Exception as exc:  # a bug of ours or of llama.cpp: say what kind, never the data
+                self._fail_all(InternalError(f"the batching engine failed ({type(exc).__name__})"))
+
+    def _admit(self) -> None:
+        """Move waiting sequences into free sequence ids while their prompt fits (lock held)."""
+        used = sum(s.n_past for s in self._active)
+        while self._waiting and self._free_slots:
+            seq = self._waiting[0]
+            if seq.cancel.is_set():
+                self._waiting.popleft()
+                self._free_sampler(seq)
+                seq.sink(None)
+                continue
+            if self._unified and self._active and used + len(seq.feed) + len(self._active) > self.kv_cells:
+                break  # wait for room; alone, a sequence always fits (kv_cells >= context)
+            self._waiting.popleft()
+            seq.slot = self._free_slots.pop()
+            if self._L.llama_memory_seq_pos_max(self._mem, seq.slot) != -1:  # never expected
+                self.kv_leftover_on_join += 1
+                self._L.llama_memory_seq_rm(self._mem, seq.slot, -1, -1)
+            self._joins += 1
+            seq.joined_at = self._joins
+            if not seq.generated:
+                self.sequences_started += 1
+            self._active.append(seq)
+            used += len(seq.feed)
+
+    def _step(self) -> None:
+        L = self._L
+        for seq in [s for s in self._active if s.cancel.is_set()]:
+            self._leave(seq, None)
+        if not self._active:
+            return
+        decoding = [s for s in self._active if len(s.feed) == 1]
+        prefilling = sorted((s for s in self._active if len(s.feed) > 1), key=lambda s: s.joined_at)
+        # a KV stream per sequence holds its whole context (max_tokens never passes it); a shared
+        # cache may be full
+        free = self.kv_cells - sum(s.n_past for s in self._active) if self._unified else self._n_batch
+        while len(decoding) > free and len(self._active) > 1:  # the KV cache is full: preempt
+            self._preempt(max(self._active, key=lambda s: s.joined_at))
+            decoding = [s for s in self._active if len(s.feed) == 1]
+            prefilling = [s for s in prefilling if s in self._active]
+            free = self.kv_cells - sum(s.n_past for s in self._active)
+        budget = min(self._n_batch - len(decoding), free - len(decoding))
+        if decoding:
+            budget = min(budget, self._prefill_chunk)
+        batch = self._batch
+        n = 0
+        outputs: list[tuple[Sequence, int]] = []
+        fed: list[tuple[Sequence, int]] = []
+        for seq in decoding:
+            self._add(n, seq.feed[0], seq.n_past, seq.slot, True)
+            outputs.append((seq, n))
+            fed.append((seq, 1))
+            n += 1
+        for seq in prefilling:
+            if budget <= 0:
+                break
+            take = min(budget, len(seq.feed))
+            for i in range(take):
+                last = i == len(seq.feed) - 1
+                self._add(n, seq.feed[i], seq.n_past + i, seq.slot, last)
+                if last:
+                    outputs.append((seq, n))
+                n += 1
+            fed.append((seq, take))
+            budget -= take
+        if n == 0:
+            return
+        batch.n_tokens = n
+        ret = L.llama_decode(self._ctx, batch)
+        if ret == 1 and len(self._active) > 1:  # no KV slot found (fragmented): preempt and retry
+            for seq, _ in fed:
+                L.llama_memory_seq_rm(self._mem, seq.slot, seq.n_past, -1)
+            self._preempt(max(self._active, key=lambda s: s.joined_at))
+            return
+        if ret != 0:
+            raise InternalError(f"llama.cpp could not decode a batch (code {ret})")
+        self.steps += 1
+        self.max_batch_sequences = max(self.max_batch_sequences, len(fed))
+        for seq, take in fed:
+            if not seq.generated:  # prompt tokens (again, after a preemption, counted again)
+                self.prompt_tokens_decoded += take
+            seq.n_past += take
+            del seq.feed[:take]
+        for seq, index in outputs:
+            self._sample(seq, index)
+
+    def _add(self, j: int, token: int, pos: int, slot: int, logits: bool) -> None:
+        batch = self._batch
+        batch.token[j] = token
+        batch.pos[j] = pos
+        batch.n_seq_id[j] = 1
+        batch.seq_id[j][0] = slot
+        batch.logits[j] = logits
+
+    def _sample(self, seq: Sequence, index: int) -> None:
+        L = self._L
+        if seq.cancel.is_set():
+            self._leave(seq, None)
+            return
+        entry_top = None
+        if seq.logprobs is not None:
+            entry_top = self._logprobs(index, seq.logprobs)
+        if seq.greedy:  # argmax of the logits: what the greedy sampler returns, without its copy of the vocabulary
+            token = int(self._np.argmax(self._np.ctypeslib.as_array(L.llama_get_logits_ith(self._ctx, index),
+                                                                    shape=(self._n_vocab,))))
+        else:
+            token = self._sample_checked(seq, index)
+            if token < 0:  # the grammar allows no token here: end, never let llama.cpp abort
+                self._leave(seq, InvalidInput(
+                    "the grammar allows no token of this model at some point of the output; check the grammar",
+                    field="grammar"))
+                return
+        if L.llama_vocab_is_eog(self._vocab, token):
+            self._finish(seq, "stop")
+            return
+        seq.generated.append(token)
+        self.tokens_generated_total += 1
+        piece = self._piece(token)
+        if entry_top is not None:
+            logprob, top = entry_top(token)
+            seq.pending_logprobs.append(TokenLogprob(piece, logprob, top))
+        out, hit = seq.stopper.feed(seq.decoder.decode(piece))
+        if hit:
+            self._finish(seq, "stop", out, hit=True)
+            return
+        if len(seq.generated) >= seq.max_tokens:
+            self._finish(seq, "length", out)
+            return
+        if out:
+            seq.sink(Delta(out, logprobs=self._take_logprobs(seq)))
+        seq.feed = [token]
+
+    def _sample_checked(self, seq: Sequence, index: int) -> int:
+        """`llama_sampler_sample`, step by step (the same candidates, apply, pick, accept), with
+        one check between pick and accept: the token must be one the chain left possible. A
+        grammar that allows nothing leaves every logit at -inf; accepting a token then makes
+        llama.cpp abort the whole process (GGML_ABORT in llama_grammar_accept_impl), which would
+        end every tenant's stream in this worker. Returns -1 instead."""
+        np = self._np
+        cand = self._cand
+        cand["id"] = self._cand_ids
+        cand["logit"] = np.ctypeslib.as_array(self._L.llama_get_logits_ith(self._ctx, index), shape=(self._n_vocab,))
+        cand["p"] = 0.0
+        array = self._cand_array
+        array.data = self._cand_data
+        array.size = self._n_vocab
+        array.selected = -1
+        array.sorted = False
+        self._L.llama_sampler_apply(seq.sampler, ctypes.byref(array))
+        chosen = int(array.selected)
+        if not 0 <= chosen < array.size:
+            return -1
+        entry = array.data[chosen]
+        if not math.isfinite(entry.logit):
+            return -1
+        token = int(entry.id)
+        self._L.llama_sampler_accept(seq.sampler, token)
+        return token
+
+    def _logprobs(self, index: int, k: int) -> Callable[[int], tuple[float, tuple[tuple[bytes, float], ...]]]:
+        """The model's log-probabilities at this output (before temperature, top-p and grammar):
+        a function of the sampled token giving its logprob and the `k` most likely tokens as
+        (bytes, logprob), the TokenLogprob shape."""
+        import numpy as np
+
+        row = np.ctypeslib.as_array(self._L.llama_get_logits_ith(self._ctx, index), shape=(self._n_vocab,))
+        logits = row.astype(np.float64)
+        peak = float(logits.max())
+        lse = peak + math.log(float(np.exp(logits - peak).sum()))
+        top: tuple[tuple[bytes, float], ...] = ()
+        if k:
+            best = np.argpartition(-logits, k - 1)[:k]
+            best = best[np.argsort(-logits[best], kind="stable")]
+            top = tuple((self._piece(int(t)), float(logits[t]) - lse) for t in best)
+
+        def of(token: int) -> tuple[float, tuple[tuple[bytes, float], ...]]:
+            return float(logits[token]) - lse, top
+
+        return of
+
+    @staticmethod
+    def _take_logprobs(seq: Sequence) -> tuple[TokenLogprob, ...] | None:
+        if seq.logprobs is None:
+            return None
+        taken, seq.pending_logprobs = tuple(seq.pending_logprobs), []
+        return taken
+
+    def _finish(self, seq: Sequence, reason: str, out: str = "", *, hit: bool = False) -> None:
+        """The last Delta: text still held back (unless a stop sequence ended it), reason, usage."""
+        tail = out if hit else out + seq.stopper.flush() + seq.decoder.decode(b"", final=True)
+        scored = self._take_logprobs(seq)
+        if hit and not tail:
+            scored = None  # only the stop sequence's tokens: never sent, so neither are their logprobs
+        self._leave(seq, Delta(tail, finish_reason=reason,  # type: ignore[arg-type]
+                               usage=Usage(len(seq.prompt), len(seq.generated)), logprobs=scored))
+
+    def _leave(self, seq: Sequence, last: Event) -> None:
+        """Free the sequence's KV cells and id, then tell its reader (last event)."""
+        L = self._L
+        if seq in self._active:
+            self._active.remove(seq)
+        if seq.slot >= 0:
+            L.llama_memory_seq_rm(self._mem, seq.slot, -1, -1)
+            with self._wake:
+                self._free_slots.append(seq.slot)
+            seq.slot = -1
+        self._free_sampler(seq)
+        seq.done = True
+        seq.sink(last)
+
+    def _preempt(self, seq: Sequence) -> None:
+        """Free a sequence's cells; it waits at the front of the queue to decode them again."""
+        L = self._L
+        self._active.remove(seq)
+        L.llama_memory_seq_rm(self._mem, seq.slot, -1, -1)
+        with self._wake:
+            self._free_slots.append(seq.slot)
+            seq.slot = -1
+            seq.feed = [*seq.prompt, *seq.generated]  # the last generated token is not decoded yet
+            seq.n_past = 0
+            self._waiting.appendleft(seq)
+        self.preemptions += 1
+
+    def _fail_all(self, exc: ModelportError) -> None:
+        for seq in list(self._active):
+            self._leave(seq, exc)
+        self._L.llama_memory_clear(self._mem, True)
+
+    def _free_sampler(self, seq: Sequence) -> None:
+        if seq.sampler is not None:
+            self._L.llama_sampler_free(seq.sampler)
+            seq.sampler = None
+
+
+def sequence_sink() -> tuple[Callable[[Event], None], Callable[[threading.Event, Callable[[], bool]], Any]]:
+    """A sink for one sequence and a reader that yields its events until the end."""
+    events: queue.SimpleQueue[Event] = queue.SimpleQueue()
+
+    def read(cancel: threading.Event, alive: Callable[[], bool]) -> Any:
+        while True:
+            try:
+                event = events.get(timeout=0.25)
+            except queue.Empty:
+                if not alive():
+                    raise InternalError("the batching engine stopped") from None
+                continue
+            if event is None:
+                return
+            if isinstance(event, ModelportError):
+                raise event
+            yield event
+            if event.finish_reason is not None:
+                return
+
+    return events.put, read
+
