@@ -417,7 +417,7 @@ class Sandbox:
         os.close(report_w)
         try:
             await asyncio.get_running_loop().run_in_executor(None, _write_all, plan_w, json.dumps(plan).encode())
-            report = await asyncio.wait_for(_read_line(report_r), REPORT_TIMEOUT)
+            report = await asyncio.wait_for(read_json_line(report_r), REPORT_TIMEOUT)
         except BaseException:
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
@@ -470,7 +470,8 @@ def _write_all(fd: int, data: bytes) -> None:
         os.close(fd)
 
 
-async def _read_line(fd: int) -> dict[str, Any] | None:
+async def read_json_line(fd: int) -> dict[str, Any] | None:
+    """One JSON line from a child's pipe (its report or status), or None when it closed without one."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),

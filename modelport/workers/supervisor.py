@@ -44,13 +44,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from modelport import errors
 from modelport.runtimes.base import default_threads
 from modelport.workers.client import WorkerClient
 from modelport.workers.protocol import Health, WorkerSpec, error_from_wire
-from modelport.workers.sandbox import Isolation, Sandbox, SandboxLauncher, SandboxProcess, SandboxUnavailable
+from modelport.workers.sandbox import (
+    Isolation,
+    Sandbox,
+    SandboxLauncher,
+    SandboxProcess,
+    SandboxUnavailable,
+    read_json_line,
+)
 
 log = logging.getLogger("modelport.workers")
 
@@ -297,7 +302,7 @@ class WorkerSupervisor:
         try:
             # A thread owns spec_w from here and closes it, even if we are cancelled meanwhile.
             await asyncio.shield(loop.run_in_executor(None, self._write_all, spec_w, payload))
-            status = await asyncio.wait_for(self._read_status(status_r, process), self.start_timeout)
+            status = await asyncio.wait_for(read_json_line(status_r), self.start_timeout)
         except TimeoutError:
             await self._kill(process)
             raise errors.ServiceUnavailable(
@@ -348,24 +353,6 @@ class WorkerSupervisor:
             pass  # the worker died before reading it; the status read reports why
         finally:
             os.close(fd)
-
-    @staticmethod
-    async def _read_status(fd: int, process: SandboxProcess) -> dict[str, Any] | None:
-        """The worker's one status line, or None when it exited without writing one."""
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader()
-        transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
-                                                    os.fdopen(os.dup(fd), "rb", 0))
-        try:
-            line = await reader.readline()
-        finally:
-            transport.close()
-        if not line:
-            return None
-        try:
-            return orjson.loads(line)
-        except orjson.JSONDecodeError:
-            return None
 
     @staticmethod
     async def _read_stderr(handle: WorkerHandle, process: SandboxProcess,

@@ -11,8 +11,9 @@ import anyio.from_thread
 from fastapi import APIRouter, Query, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from modelport.api.deps import Caller, Svc
+from modelport.api.deps import Caller, Services, Svc
 from modelport.db.tables import Dataset
+from modelport.identity.principal import Principal
 
 router = APIRouter(prefix="/api/v1")
 
@@ -39,8 +40,15 @@ async def upload_dataset(request: Request, caller: Caller, svc: Svc,
                          name: Annotated[str, Query(min_length=1, max_length=63)],
                          format: Annotated[Literal["chat", "prompt_completion"] | None, Query()] = None) -> DatasetOut:
     """Stream a JSONL file as the body. It is validated and encrypted as it arrives."""
+    return _out(await receive_dataset(request, svc, caller, name, format))
+
+
+async def receive_dataset(request: Request, svc: Services, actor: Principal, name: str, fmt: str | None) -> Dataset:
+    """The request body, streamed into the datastore as a dataset (checked before the first byte
+    is read, validated and encrypted as it arrives, never written in plaintext): the REST route's
+    and the portal's upload."""
     length = request.headers.get("content-length")
-    await anyio.to_thread.run_sync(svc.datasets.check_upload, caller, name, format,
+    await anyio.to_thread.run_sync(svc.datasets.check_upload, actor, name, fmt,
                                    int(length) if length and length.isdigit() else None)
     stream = request.stream()
 
@@ -55,8 +63,7 @@ async def upload_dataset(request: Request, caller: Caller, svc: Svc,
             if chunk:
                 yield chunk
 
-    row = await anyio.to_thread.run_sync(svc.datasets.upload, caller, name, format, chunks())
-    return _out(row)
+    return await anyio.to_thread.run_sync(svc.datasets.upload, actor, name, fmt, chunks())
 
 
 @router.get("/datasets", response_model=list[DatasetOut], name="dataset.list")
