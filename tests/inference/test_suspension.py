@@ -10,35 +10,25 @@ SQLite and PostgreSQL), real echo workers.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from modelport.api.deps import Services
-from modelport.bootstrap import build_services, prepare
-from modelport.config import build_settings
 from modelport.deployments import suspension
 from modelport.deployments.schemas import DeploymentCreate
 from modelport.errors import ServiceUnavailable
 from modelport.identity.principal import Principal
 from modelport.inference.calls import check_ready
 from tests.support.inference import CHAT_MODEL
+from tests.support.installation import installation_at
 
 
 @pytest.fixture
 def installation(tmp_path: Path, db_url: str) -> Iterator[tuple[Services, Principal]]:
-    settings = build_settings({"MODELPORT_HOME": str(tmp_path / "home"), "MODELPORT_DATABASE_URL": db_url,
-                               "MODELPORT_RUNTIME_OVERRIDES": json.dumps({CHAT_MODEL: "echo"})},
-                              create_default_deployment=False)
-    svc = build_services(settings)
-    admin_key = prepare(svc).admin_key
-    assert admin_key is not None
-    try:
-        yield svc, svc.identity.authenticate(admin_key)
-    finally:
-        svc.db.dispose()
+    with installation_at(tmp_path / "home", db_url) as installed:
+        yield installed
 
 
 def state(svc: Services, name: str) -> tuple[str, str | None, dict]:

@@ -5,15 +5,12 @@ adds its own reason and clears only that one."""
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from modelport.api.deps import Services
-from modelport.bootstrap import build_services, prepare
-from modelport.config import build_settings
 from modelport.db.tables import Deployment
 from modelport.deployments.schemas import DeploymentCreate, NetworkSettings
 from modelport.errors import PolicyDenied, ServiceUnavailable
@@ -22,6 +19,7 @@ from modelport.inference.calls import check_ready
 from modelport.policies import enforcement
 from modelport.policies.schemas import PolicyPut
 from tests.support.inference import CHAT_MODEL
+from tests.support.installation import installation_at
 
 NO_PUBLIC = ('forbid(principal, action in [Action::"deploy", Action::"update_deployment"], resource) '
              'when { resource.public_network_access };')
@@ -29,16 +27,8 @@ NO_PUBLIC = ('forbid(principal, action in [Action::"deploy", Action::"update_dep
 
 @pytest.fixture
 def installation(tmp_path: Path, db_url: str) -> Iterator[tuple[Services, Principal]]:
-    settings = build_settings({"MODELPORT_HOME": str(tmp_path / "home"), "MODELPORT_DATABASE_URL": db_url,
-                               "MODELPORT_RUNTIME_OVERRIDES": json.dumps({CHAT_MODEL: "echo"})},
-                              create_default_deployment=False)
-    svc = build_services(settings)
-    admin_key = prepare(svc).admin_key
-    assert admin_key is not None
-    try:
-        yield svc, svc.identity.authenticate(admin_key)
-    finally:
-        svc.db.dispose()
+    with installation_at(tmp_path / "home", db_url) as installed:
+        yield installed
 
 
 def reasons(svc: Services, dep_id: str) -> tuple[str, dict]:
