@@ -159,6 +159,25 @@ class OfferService:
         else:
             actor.require("platform.offers")
 
+    @staticmethod
+    def _check_role(actor: Principal | PublisherPrincipal) -> None:
+        """A platform principal needs platform.offers, refused before any lookup (the answer tells
+        nothing of an id); a publisher's rights are checked on the offer (`_managed`)."""
+        if isinstance(actor, Principal):
+            actor.require("platform.offers")
+
+    def _managed(self, s: Session, actor: Principal | PublisherPrincipal, ref: str, *,
+                 changing: str | None = None) -> Offer:
+        """The offer `ref` that `actor` manages (404 otherwise, another publisher's included); with
+        `changing`, it must still be active (409 naming what no longer changes)."""
+        offer = s.get(Offer, ref)
+        if offer is None:
+            raise NotFound(NO_OFFER)
+        self._may_manage(actor, offer.publisher_id)
+        if changing is not None and offer.state != "active":
+            raise Conflict(f"This offer is retired; its {changing} no longer change.")
+        return offer
+
     def create(self, actor: Principal | PublisherPrincipal, req: OfferCreate) -> OfferView:
         if isinstance(actor, Principal):
             actor.require("platform.offers")
@@ -260,13 +279,9 @@ class OfferService:
 
     def retire(self, actor: Principal | PublisherPrincipal, ref: str) -> OfferView:
         """No new subscriptions; existing ones keep working under the terms they accepted."""
-        if isinstance(actor, Principal):  # refused before the lookup: the answer tells nothing of the id
-            actor.require("platform.offers")
+        self._check_role(actor)
         with self.db.session() as s:
-            offer = s.get(Offer, ref)
-            if offer is None:
-                raise NotFound(NO_OFFER)
-            self._may_manage(actor, offer.publisher_id)
+            offer = self._managed(s, actor, ref)
             if offer.state != "retired":
                 offer.state, offer.retired_at = "retired", utcnow()
                 self._audit(s, actor, "offer.retire", offer.id)
@@ -277,15 +292,9 @@ class OfferService:
         event carries the prices in force when its request started)."""
         if prices.input_price is None and prices.output_price is None:
             raise InvalidInput("Give input_price, output_price or both.", field="input_price")
-        if isinstance(actor, Principal):  # refused before the lookup: the answer tells nothing of the id
-            actor.require("platform.offers")
+        self._check_role(actor)
         with self.db.session() as s:
-            offer = s.get(Offer, ref)
-            if offer is None:
-                raise NotFound(NO_OFFER)
-            self._may_manage(actor, offer.publisher_id)
-            if offer.state != "active":
-                raise Conflict("This offer is retired; its prices no longer change.")
+            offer = self._managed(s, actor, ref, changing="prices")
             old = {"input_price": str(offer.input_price), "output_price": str(offer.output_price)}
             if prices.input_price is not None:
                 offer.input_price = _price(prices.input_price, "input_price")
@@ -297,15 +306,9 @@ class OfferService:
 
     def add_terms(self, actor: Principal | PublisherPrincipal, ref: str, terms: TermsIn) -> OfferView:
         """A new terms version: new subscriptions accept it; existing ones keep theirs until retired."""
-        if isinstance(actor, Principal):  # refused before the lookup: the answer tells nothing of the id
-            actor.require("platform.offers")
+        self._check_role(actor)
         with self.db.session() as s:
-            offer = s.get(Offer, ref)
-            if offer is None:
-                raise NotFound(NO_OFFER)
-            self._may_manage(actor, offer.publisher_id)
-            if offer.state != "active":
-                raise Conflict("This offer is retired; its terms no longer change.")
+            offer = self._managed(s, actor, ref, changing="terms")
             s.add(OfferTerms(offer_id=offer.id, version=terms.version, text=terms.text, sha256=sha256_text(terms.text)))
             try:
                 s.flush()
@@ -319,13 +322,9 @@ class OfferService:
                      version: str) -> tuple[OfferView, list[str]]:
         """Retire an old terms version. Returns the deployments whose subscriptions accepted it:
         they stop serving until their workspace accepts the current terms."""
-        if isinstance(actor, Principal):  # refused before the lookup: the answer tells nothing of the id
-            actor.require("platform.offers")
+        self._check_role(actor)
         with self.db.session() as s:
-            offer = s.get(Offer, ref)
-            if offer is None:
-                raise NotFound(NO_OFFER)
-            self._may_manage(actor, offer.publisher_id)
+            offer = self._managed(s, actor, ref)
             terms = s.scalar(select(OfferTerms).where(OfferTerms.offer_id == offer.id, OfferTerms.version == version))
             if terms is None:
                 raise NotFound("This offer has no terms of that version.")
