@@ -31,7 +31,7 @@ import json
 import logging
 import re
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -174,21 +174,37 @@ class CascadeBackend:
 
     async def analyze_for(self, texts: list[str], need: frozenset[str] | None) -> list[Analysis]:
         heads = frozenset(HEADS) if need is None else need
-        first: list[np.ndarray | None] = [None] * len(texts)
-        if heads <= frozenset(HEADS):
-            try:
-                first = await run_blocking(self.first.clears, texts, [h for h in HEADS if h in heads])
-            except Exception:  # fail closed: the first stage is an optimisation, the second screens everything
-                log.warning("the first-stage safety screen failed; texts go to %s", self.second.name, exc_info=True)
-                first = [None] * len(texts)
-        rest = [i for i, z in enumerate(first) if z is None]
-        self.cleared += len(texts) - len(rest)
-        self.passed += len(rest)
-        found = await self.second.analyze([texts[i] for i in rest]) if rest else []
-        if len(found) != len(rest):  # the Screener refuses an incomplete answer (fail closed)
+        checked = [h for h in HEADS if h in heads] if heads <= frozenset(HEADS) else None
+        classify = getattr(self.second, "classify", None)
+        if classify is not None:  # a synchronous second stage (MiniLM): both stages in one worker thread
+            first, found = await run_blocking(self._both, texts, checked, classify)
+        else:
+            first = await run_blocking(self._first, texts, checked)
+            rest = [texts[i] for i, z in enumerate(first) if z is None]
+            found = await self.second.analyze(rest) if rest else []
+        passed = sum(z is None for z in first)
+        self.cleared += len(texts) - passed
+        self.passed += passed
+        if len(found) != passed:  # the Screener refuses an incomplete answer (fail closed)
             return found
         it = iter(found)
         return [cleared_analysis(z, heads) if z is not None else next(it) for z in first]
+
+    def _first(self, texts: list[str], checked: list[str] | None) -> list[np.ndarray | None]:
+        """The first stage's clearances; none when it may not answer (`checked` None) or fails."""
+        if checked is None:
+            return [None] * len(texts)
+        try:
+            return self.first.clears(texts, checked)
+        except Exception:  # fail closed: the first stage is an optimisation, the second screens everything
+            log.warning("the first-stage safety screen failed; texts go to %s", self.second.name, exc_info=True)
+            return [None] * len(texts)
+
+    def _both(self, texts: list[str], checked: list[str] | None,
+              classify: Callable[[list[str]], list[Analysis]]) -> tuple[list[np.ndarray | None], list[Analysis]]:
+        first = self._first(texts, checked)
+        rest = [texts[i] for i, z in enumerate(first) if z is None]
+        return first, (classify(rest) if rest else [])
 
 
 def with_cascade(backend: SafetyBackend, model_dir: Path | None = None) -> SafetyBackend:
