@@ -4,15 +4,16 @@ Most texts a gateway screens are plainly harmless ("Please summarise the sales r
 answer to it), and the fine-tuned MiniLM spends about 5-6 ms of CPU on each. `CascadeBackend`
 puts a linear model over hashed word and character n-grams (`NgramScreen`, about a tenth of a
 millisecond per short text) in front of it: a text whose first-stage scores are under the
-"confidently safe" cut of every output (the four categories at any severity, jailbreak and
-profanity) is answered as safe in every category without MiniLM; every other text, and every
-text when the first stage fails (fail closed), goes to MiniLM exactly as without the cascade.
+"confidently safe" cut of every output the deployment's filter needs (the four categories
+always; jailbreak for prompts where it is detected; profanity where it is detected) is answered
+as safe in every category without MiniLM; every other text, and every text when the first stage
+fails (fail closed), goes to MiniLM exactly as without the cascade.
 
 The cuts are calibrated on the project's own data (`python -m tools.safety.train_cascade`), on
 the slice of the training data the first stage never trained on: per output, the cut lets at
-most `miss_rate` of the texts that are harmful in that output (by label, or by MiniLM's own
-verdict at `low` or above) through unexamined. The file `model/ngram_screen.json` records the
-cuts, the rule and what the calibration measured.
+most `miss_rate` (1%) of the texts labelled in that output at `medium` or above that MiniLM
+alone also flags through unexamined. The file `model/ngram_screen.json` records the cuts, the
+rule and what the calibration measured; model/README.md what it gives on the evaluation sets.
 
 Features of a text (its screening form): lower case, digits as 0; word unigrams and bigrams,
 punctuation runs, and character 3-5-grams of each word with its boundaries; each hashed
@@ -174,7 +175,9 @@ class CascadeBackend:
 
     async def analyze_for(self, texts: list[str], need: frozenset[str] | None) -> list[Analysis]:
         heads = frozenset(HEADS) if need is None else need
-        checked = [h for h in HEADS if h in heads] if heads <= frozenset(HEADS) else None
+        # the first stage answers only within what it was calibrated for, and never without the categories
+        clearable = heads <= frozenset(HEADS) and frozenset(CATEGORIES) <= heads
+        checked = [h for h in HEADS if h in heads] if clearable else None
         classify = getattr(self.second, "classify", None)
         if classify is not None:  # a synchronous second stage (MiniLM): both stages in one worker thread
             first, found = await run_blocking(self._both, texts, checked, classify)

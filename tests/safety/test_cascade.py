@@ -195,3 +195,13 @@ def test_the_first_stage_checks_only_the_heads_asked_for(screen: NgramScreen) ->
                          cuts=np.where(np.array([h == "jailbreak" for h in HEADS]), -1e9, screen.cuts), meta={})
     assert raised.clears([PLAIN], cats)[0] is not None  # jailbreak not asked for: its cut does not matter
     assert raised.clears([PLAIN], [*cats, "jailbreak"])[0] is None
+
+
+def test_a_need_without_the_categories_or_beyond_the_heads_is_never_answered_by_the_first_stage(
+        minilm: MiniLMBackend, screen: NgramScreen) -> None:
+    counting = Counting(minilm)
+    cascade = CascadeBackend(screen, counting)
+    for need in (frozenset(), frozenset({"jailbreak"}), frozenset({*CATEGORIES, "hate@low"})):
+        found = run(cascade.analyze_for([PLAIN], need))
+        assert found[0].covers is None
+    assert counting.texts == 3 and cascade.cleared == 0
