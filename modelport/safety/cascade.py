@@ -199,8 +199,10 @@ class CascadeBackend:
             return [None] * len(texts)
         try:
             return self.first.clears(texts, checked)
-        except Exception:  # fail closed: the first stage is an optimisation, the second screens everything
-            log.warning("the first-stage safety screen failed; texts go to %s", self.second.name, exc_info=True)
+        except Exception as exc:  # fail closed: the first stage is an optimisation, the second screens everything
+            # the error's type only: its message could quote the text (P1)
+            log.warning("the first-stage safety screen failed (%s); texts go to %s", type(exc).__name__,
+                        self.second.name)
             return [None] * len(texts)
 
     def _both(self, texts: list[str], checked: list[str] | None,

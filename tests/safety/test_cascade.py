@@ -6,6 +6,7 @@ more than the first stage checked."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 from asyncio import run
@@ -95,17 +96,23 @@ def test_hostile_input_gives_an_answer_in_one_shape(minilm: MiniLMBackend, scree
     assert len(found) == 1 and set(found[0].severities) == set(CATEGORIES)
 
 
-def test_a_failing_first_stage_fails_closed_to_minilm(minilm: MiniLMBackend, screen: NgramScreen) -> None:
-    """A first stage whose weights do not fit its features raises on every text: the cascade
-    then sends every text to MiniLM, and the verdicts are MiniLM's own."""
-    broken = NgramScreen(weights=screen.weights[:7], bias=screen.bias, cuts=screen.cuts, meta=screen.meta)
+def test_a_failing_first_stage_fails_closed_to_minilm(minilm: MiniLMBackend, screen: NgramScreen,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """A first stage whose weights do not fit its heads raises on every text: the cascade
+    then sends every text to MiniLM, and the verdicts are MiniLM's own; the log names the error's
+    type, never the text."""
+    broken = NgramScreen(weights=screen.weights[:, :2], bias=screen.bias, cuts=screen.cuts, meta=screen.meta)
+    with pytest.raises(ValueError):
+        broken.logits(PLAIN)
     counting = Counting(minilm)
     cascade = CascadeBackend(broken, counting)
     screener = Screener(cascade, ContentFilterConfig())
     alone = Screener(minilm, ContentFilterConfig())
-    for text in (PLAIN, THREAT):
-        assert run(screener.screen_prompt(text)) == run(alone.screen_prompt(text))
+    with caplog.at_level(logging.WARNING, logger="modelport.safety.cascade"):
+        for text in (PLAIN, THREAT):
+            assert run(screener.screen_prompt(text)) == run(alone.screen_prompt(text))
     assert counting.texts == 2 and cascade.cleared == 0
+    assert "ValueError" in caplog.text and "sales report" not in caplog.text and "police" not in caplog.text
 
 
 def test_a_first_stage_that_does_not_fit_its_json_or_is_not_safetensors_is_refused(
