@@ -7,13 +7,20 @@ surface's own shape, and every answer to an admitted request with its x-ratelimi
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from modelport.errors import InvalidInput, ModelportError
 from modelport.inference import admission, calls, handlers, responses
+from modelport.inference.gateway import Gateway
 from modelport.inference.routing import Route
 from modelport.inference.wire_errors import azure_error, openai_error
+from modelport.offload import run_blocking
+
+if TYPE_CHECKING:
+    from modelport.api.deps import Services
 
 router = APIRouter()
 
@@ -28,6 +35,14 @@ def _ctx(request: Request):  # type: ignore[no-untyped-def]
     return svc, svc.gateway
 
 
+async def _authenticate(svc: Services, gateway: Gateway, secret: str) -> calls.Caller:
+    """calls.authenticate; an API key that is not in identity's cache is looked up on a worker
+    thread, so that a slow database (or a flood of unknown keys) never stalls the event loop."""
+    if svc.identity.needs_lookup(secret):
+        return await run_blocking(calls.authenticate, gateway, svc.identity, secret)
+    return calls.authenticate(gateway, svc.identity, secret)
+
+
 def _found(request: Request, route: Route) -> Route:
     """The deployment of this request, for the metrics of its answer (its id only)."""
     request.scope[DEPLOYMENT] = route.id
@@ -37,7 +52,7 @@ def _found(request: Request, route: Route) -> Route:
 async def _openai_call(request: Request, kind: str) -> Response:
     svc, gateway = _ctx(request)
     try:
-        caller = calls.authenticate(gateway, svc.identity, calls.key_from(request))
+        caller = await _authenticate(svc, gateway, calls.key_from(request))
         if caller.deployment is not None:
             calls.check_client(_found(request, caller.deployment), request)  # before the body is read
         body = await calls.read_json(request, svc.settings.max_request_bytes)
@@ -98,7 +113,7 @@ async def openai_responses_delete(response_id: str, request: Request) -> Respons
 async def _never_stored(request: Request, response_id: str) -> Response:
     svc, gateway = _ctx(request)
     try:
-        calls.authenticate(gateway, svc.identity, calls.key_from(request))
+        await _authenticate(svc, gateway, calls.key_from(request))
         raise responses.not_found(response_id)
     except ModelportError as exc:
         return openai_error(exc)
@@ -109,7 +124,7 @@ async def openai_models(request: Request) -> Response:
     """Exactly the deployments this key may call."""
     svc, gateway = _ctx(request)
     try:
-        caller = calls.authenticate(gateway, svc.identity, calls.key_from(request))
+        caller = await _authenticate(svc, gateway, calls.key_from(request))
         routes = [caller.deployment] if caller.deployment else gateway.routes_of(caller.workspace_id)
         return JSONResponse({"object": "list", "data": [
             {"id": r.name, "object": "model", "created": r.created_at, "owned_by": "modelport",
@@ -121,7 +136,7 @@ async def openai_models(request: Request) -> Response:
 async def _azure_call(request: Request, name: str, kind: str) -> Response:
     svc, gateway = _ctx(request)
     try:
-        caller = calls.authenticate(gateway, svc.identity, calls.key_from(request, azure=True))
+        caller = await _authenticate(svc, gateway, calls.key_from(request, azure=True))
         route = _found(request, calls.resolve(gateway, caller, name))
         calls.check_client(route, request)  # the URL names the deployment: before the body
         admission.allowed(request, route)
