@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
 
 from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
@@ -45,6 +46,9 @@ from modelport.marketplace.publishers import ensure_publisher, publisher_by_ref
 from modelport.offload import run_blocking
 from modelport.policies.engine import PolicyEngine
 from modelport.policies.facts import ModelFacts
+
+if TYPE_CHECKING:
+    from hashlib import _Hash
 
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
@@ -450,8 +454,8 @@ class CatalogService:
                     size += len(chunk)
                     if size > expected:
                         raise PayloadTooLarge(f"'{rel}' is larger than the {expected} bytes declared.")
-                    digest.update(chunk)
-                    await run_blocking(fh.write, chunk)
+                    # Hashing and writing a chunk (up to a megabyte) block: on a worker thread.
+                    await run_blocking(_absorb, digest, fh, chunk)
             if size != expected:
                 raise InvalidInput(f"'{rel}' has {size} bytes but {expected} were declared; upload it again.",
                                    field="size")
@@ -551,3 +555,9 @@ def _decode_cursor(cursor: str) -> tuple[str, str]:
         return name, mid
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidInput("cursor is not valid; use next_cursor from the previous page.", field="cursor") from exc
+
+
+def _absorb(digest: _Hash, fh: BinaryIO, chunk: bytes) -> None:
+    """One received chunk into the running sha256 and the file (hashlib releases the GIL)."""
+    digest.update(chunk)
+    fh.write(chunk)

@@ -124,6 +124,16 @@ class IdentityService:
         self.last_used.touch(principal.key_id)
         return principal
 
+    def needs_lookup(self, secret: str | None, workspace: str | None = None) -> bool:
+        """Whether `authenticate(secret, workspace)` would query the database: an API key that
+        is not in the cache. Callers on an event loop run such a call on a worker thread."""
+        parsed = keysecrets.parse(secret) if secret else None
+        if parsed is None or parsed.kind != "mpk":
+            return False  # refused (or not an API key) without a query
+        with self._cache_lock:
+            hit = self._cache.get(keysecrets.digest(secret or "") + "|" + (workspace or ""))
+        return not (hit and hit[0] > time.monotonic() and (hit[2] is None or hit[2] > utcnow()))
+
     def _authenticate_db(
         self, parsed: keysecrets.ParsedSecret, workspace: str | None
     ) -> tuple[Principal, datetime | None]:
