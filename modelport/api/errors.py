@@ -15,6 +15,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Match, Mount, Route
+from starlette.types import Scope
 
 from modelport.errors import ModelportError, TooManyRequests
 
@@ -65,8 +67,23 @@ def install(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         message = "No such route." if exc.status_code == 404 else str(exc.detail)
-        return JSONResponse(error_body(code, message, request), status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(request.app.router.routes, request.scope))
+        return JSONResponse(error_body(code, message, request), status_code=exc.status_code, headers=headers or None)
+
+
+def allowed_methods(routes: list[BaseRoute], scope: Scope) -> list[str]:
+    """Every method some route takes at this path. Starlette's 405 names only the methods of the
+    first route whose path matched, so a path with GET and DELETE routes answered `Allow: GET, HEAD`."""
+    methods: set[str] = set()
+    for route in routes:
+        if isinstance(route, Route):
+            if route.matches(scope)[0] != Match.NONE:
+                methods |= route.methods or set()
+        elif (inner := getattr(route, "routes", None)) is not None and not isinstance(route, Mount):
+            methods |= set(allowed_methods(inner, scope))
+    return sorted(methods)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from modelport.identity.schemas import NAME_PATTERN, NAME_RULE
 from modelport.quotas.rates import RateLimitsIn
 
 
@@ -41,7 +42,7 @@ class Isolation(BaseModel):
 
 class DeploymentCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=63)
+    name: str = Field(min_length=1, max_length=63, pattern=NAME_PATTERN, description=NAME_RULE)
     model: str = Field(min_length=1, max_length=100, description="Catalog model name.")
     model_version: str | None = Field(default=None, max_length=64)
     type: Literal["dedicated", "serverless"] = "serverless"

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from modelport.api.deps import Caller, Services, Svc
 from modelport.db.tables import Dataset
 from modelport.identity.principal import Principal
+from modelport.identity.schemas import NAME_PATTERN, NAME_RULE
 
 router = APIRouter(prefix="/api/v1")
 
@@ -37,7 +38,8 @@ def _out(d: Dataset) -> DatasetOut:
              openapi_extra={"requestBody": {"content": {"application/jsonl": {}, "application/octet-stream": {}},
                                             "required": True}})
 async def upload_dataset(request: Request, caller: Caller, svc: Svc,
-                         name: Annotated[str, Query(min_length=1, max_length=63)],
+                         name: Annotated[str, Query(min_length=1, max_length=63, pattern=NAME_PATTERN,
+                                                     description=NAME_RULE)],
                          format: Annotated[Literal["chat", "prompt_completion"] | None, Query()] = None) -> DatasetOut:
     """Stream a JSONL file as the body. It is validated and encrypted as it arrives."""
     return _out(await receive_dataset(request, svc, caller, name, format))
