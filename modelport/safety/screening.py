@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from modelport.errors import InvalidInput, ServiceUnavailable
+from modelport.offload import run_blocking
 from modelport.safety.backends.base import CATEGORIES, SEVERITIES, Analysis, SafetyBackend, severity_rank
 from modelport.safety.blocklists import DEFAULT_BUDGET_S, BlocklistSet, BlocklistTimeout
 from modelport.safety.config import ContentFilterConfig
@@ -139,7 +140,7 @@ class Screener:
         if not self.config.blocklists:
             return [[] for _ in texts]
         try:
-            return await asyncio.to_thread(self._match_all, texts)
+            return await run_blocking(self._match_all, texts)
         except BlocklistTimeout as exc:
             raise SafetyUnavailable(
                 "The deployment's custom blocklists did not finish within their time budget on this text, so the "

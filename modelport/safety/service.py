@@ -25,6 +25,7 @@ from modelport.db.tables import Blocklist, ContentFilterCount, Deployment
 from modelport.errors import InvalidInput, NotFound
 from modelport.identity.principal import Principal
 from modelport.metrics import Metrics
+from modelport.offload import run_blocking
 from modelport.safety import blocklists
 from modelport.safety.admission import WorkspaceGate
 from modelport.safety.backends import create_backend
@@ -82,7 +83,7 @@ class SafetyService:
             async with self._backend_lock:
                 if name not in self._backends:
                     try:
-                        loaded = await asyncio.to_thread(create_backend, name)
+                        loaded = await run_blocking(create_backend, name)
                         self._backends[name] = CachedBackend(loaded, AnalysisCache(self.screening_cache_entries))
                     except Exception as exc:  # fail closed: no screening, no request
                         raise SafetyUnavailable(f"The content-filter backend '{name}' could not be loaded; "
@@ -105,7 +106,7 @@ class SafetyService:
         lists = None
         if config.blocklists:
             # Cached per workspace; the database is read (in a thread) only after a change.
-            lists = self._blocklists.get(workspace_id) or await asyncio.to_thread(self.blocklist_set, workspace_id)
+            lists = self._blocklists.get(workspace_id) or await run_blocking(self.blocklist_set, workspace_id)
         if config.judge_deployment is not None:
             backend: SafetyBackend = self.judge(workspace_id, config.judge_deployment, geography)
         else:
@@ -121,7 +122,7 @@ class SafetyService:
         if not text.strip():
             raise InvalidInput("text is empty.", field="text")
         cfg = config or ContentFilterConfig()
-        lists = await asyncio.to_thread(self.blocklist_set, actor.workspace_id) if cfg.blocklists else None
+        lists = await run_blocking(self.blocklist_set, actor.workspace_id) if cfg.blocklists else None
         if cfg.judge_deployment is not None:
             backend: SafetyBackend = self.judge(actor.workspace_id, cfg.judge_deployment, None)
         else:

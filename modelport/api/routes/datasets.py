@@ -15,6 +15,7 @@ from modelport.api.deps import Caller, Services, Svc
 from modelport.db.tables import Dataset
 from modelport.identity.principal import Principal
 from modelport.identity.schemas import NAME_PATTERN, NAME_RULE
+from modelport.offload import run_blocking
 
 router = APIRouter(prefix="/api/v1")
 
@@ -50,7 +51,7 @@ async def receive_dataset(request: Request, svc: Services, actor: Principal, nam
     is read, validated and encrypted as it arrives, never written in plaintext): the REST route's
     and the portal's upload."""
     length = request.headers.get("content-length")
-    await anyio.to_thread.run_sync(svc.datasets.check_upload, actor, name, fmt,
+    await run_blocking(svc.datasets.check_upload, actor, name, fmt,
                                    int(length) if length and length.isdigit() else None)
     stream = request.stream()
 
@@ -65,7 +66,7 @@ async def receive_dataset(request: Request, svc: Services, actor: Principal, nam
             if chunk:
                 yield chunk
 
-    return await anyio.to_thread.run_sync(svc.datasets.upload, actor, name, fmt, chunks())
+    return await run_blocking(svc.datasets.upload, actor, name, fmt, chunks())
 
 
 @router.get("/datasets", response_model=list[DatasetOut], name="dataset.list")
