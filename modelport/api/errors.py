@@ -14,8 +14,9 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import BaseRoute, Match, Mount, Route
+from starlette.routing import BaseRoute, Match
 from starlette.types import Scope
 
 from modelport.errors import ModelportError, TooManyRequests
@@ -76,18 +77,8 @@ def install(app: FastAPI) -> None:
 def allowed_methods(routes: list[BaseRoute], scope: Scope) -> list[str]:
     """Every method some route takes at this path. Starlette's 405 names only the methods of the
     first route whose path matched, so a path with GET and DELETE routes answered `Allow: GET, HEAD`."""
-    methods: set[str] = set()
-    for route in routes:
-        if isinstance(route, Route):
-            if route.matches(scope)[0] != Match.NONE:
-                methods |= route.methods or set()
-        elif (inner := getattr(route, "routes", None)) is not None and not isinstance(route, Mount):
-            methods |= set(allowed_methods(inner, scope))
-    return sorted(methods)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.error("unhandled error", exc_info=exc,
-                  extra={"request_id": getattr(request.state, "request_id", None)})
-        return JSONResponse(error_body("internal_error", "Internal error; the request id identifies it in "
-                                       "the server log.", request), status_code=500)
+    contexts = list(iter_route_contexts(routes))
+    # The resource is the path template of the first route that matches, as in the document: a
+    # literal path (/policies/compliance) is not also the template beside it (/policies/{policy_id}).
+    template = next((r.path_format for r in contexts if r.matches(scope)[0] != Match.NONE), None)
+    return sorted({m for r in contexts if r.path_format == template for m in (r.methods or ())})

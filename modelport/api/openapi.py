@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.openapi.utils import get_openapi
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, iter_route_contexts
 from pydantic import BaseModel, Field
 from starlette.routing import BaseRoute
 
@@ -247,20 +247,18 @@ def install(app: FastAPI) -> None:
         if app.openapi_schema is None:
             doc = get_openapi(title=app.title, version=app.version, openapi_version=app.openapi_version,
                               description=app.description, routes=app.routes)
-            app.openapi_schema = complete(doc, list(api_routes(app.routes)))
+            app.openapi_schema = installation(complete(doc, list(api_routes(app.routes))), app.state.services)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
 
 
 def api_routes(routes: list[BaseRoute]) -> Iterator[APIRoute]:
-    """Every documented route, also those of included routers that FastAPI keeps nested."""
-    for r in routes:
-        if isinstance(r, APIRoute):
-            if r.include_in_schema:
-                yield r
-        elif (inner := getattr(r, "routes", None)) is not None:
-            yield from api_routes(inner)
+    """Every documented route, with the path, name and dependencies it has where it is mounted
+    (FastAPI keeps an included router's routes nested; its own route contexts resolve them)."""
+    for context in iter_route_contexts(routes):
+        if isinstance(context.original_route, APIRoute) and context.include_in_schema:
+            yield cast(APIRoute, context)
 
 
 def _calls(dependant: Dependant) -> Iterator[Callable[..., Any]]:
@@ -299,6 +297,8 @@ def statuses(route: APIRoute) -> tuple[set[int], str]:
     if surface == "control":
         for call in _calls(route.dependant):
             found |= set(_AUTH.get(call, ()))
+        if route.body_field is not None:
+            found.add(400)  # a JSON body that does not parse (FastAPI's answer)
         if route.body_field is not None or "requestBody" in (route.openapi_extra or {}):
             found.add(413)
         if route.body_field is not None or any(_can_fail(f) for f in _params(route.dependant)):
@@ -375,3 +375,25 @@ def _inference_body(doc: dict[str, Any], route: APIRoute, model: type[BaseModel]
         op = doc["paths"][route.path_format][method.lower()]
         op["requestBody"] = {"required": True,
                              "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}}
+
+
+def installation(doc: dict[str, Any], svc: deps.Services) -> dict[str, Any]:
+    """The values this installation takes where the code takes any its configuration names: the
+    geographies it serves and the content-filter backends registered in it."""
+    from modelport.safety.backends import available_backends
+
+    schemas = doc["components"]["schemas"]
+    _enum(schemas.get("DeploymentCreate"), "geography", sorted(svc.settings.geographies))
+    _enum(schemas.get("ContentFilterConfig"), "backend", sorted(available_backends()))
+    return doc
+
+
+def _enum(schema: dict[str, Any] | None, prop: str, values: list[str]) -> None:
+    if schema is None or prop not in schema.get("properties", {}):
+        return
+    field = schema["properties"][prop]
+    for branch in field.get("anyOf", [field]):
+        if branch.get("type") == "string":
+            branch["enum"] = values
+            for bound in ("pattern", "minLength", "maxLength"):
+                branch.pop(bound, None)

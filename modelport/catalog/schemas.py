@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from modelport.schema_types import JsonInt
+
 Task = Literal["chat-completion", "embeddings"]
 Format = Literal["gguf", "safetensors"]
 DeploymentType = Literal["dedicated", "serverless"]
@@ -19,7 +21,7 @@ SPDX_PATTERN = r"^[A-Za-z0-9.+-]{1,64}$"
 class UploadFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
     path: str = Field(min_length=1, max_length=300, description="Relative file name inside the model.")
-    size: int = Field(ge=0, description="Exact size in bytes.")
+    size: JsonInt = Field(ge=0, description="Exact size in bytes.")
 
 
 class UploadCreate(BaseModel):
@@ -37,8 +39,8 @@ class UploadCreate(BaseModel):
     license: str = Field(default="NOASSERTION", max_length=64, pattern=SPDX_PATTERN, description="SPDX licence id.")
     license_url: str | None = Field(default=None, max_length=500)
     card: str = Field(default="", max_length=200_000, description="Model card, markdown.")
-    downloadable: bool = False
-    finetunable: bool = False
+    downloadable: bool = Field(default=False, strict=True)
+    finetunable: bool = Field(default=False, strict=True)
     deployment_types: list[DeploymentType] = Field(default_factory=lambda: ["dedicated", "serverless"])
     files: list[UploadFile] = Field(min_length=1, max_length=500)
 
@@ -54,10 +56,10 @@ class UploadOut(BaseModel):
 
 class ModelUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    curated: bool | None = None
-    downloadable: bool | None = None
-    finetunable: bool | None = None
-    deprecated: bool | None = None
+    curated: bool | None = Field(default=None, strict=True)
+    downloadable: bool | None = Field(default=None, strict=True)
+    finetunable: bool | None = Field(default=None, strict=True)
+    deprecated: bool | None = Field(default=None, strict=True)
     card: str | None = Field(default=None, max_length=200_000)
     deployment_types: list[DeploymentType] | None = None
 

@@ -33,12 +33,12 @@ class UserCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=63, pattern=NAME_PATTERN, description=NAME_RULE)
     email: str | None = Field(default=None, max_length=254)
-    platform_admin: bool = False
+    platform_admin: bool = Field(default=False, strict=True)
 
 
 class UserUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    disabled: bool
+    disabled: bool = Field(strict=True)
 
 
 class UserOut(BaseModel):

@@ -73,8 +73,8 @@ def test_authenticated_operations_declare_the_key_and_its_refusals(doc: dict[str
             continue
         assert op["security"][0] == {"bearer": []}, (method, path)
         assert "401" in op["responses"], (method, path)
-    assert doc["components"]["securitySchemes"]["bearer"] == {
-        "type": "http", "scheme": "bearer", "description": doc["components"]["securitySchemes"]["bearer"]["description"]}
+    bearer = doc["components"]["securitySchemes"]["bearer"]
+    assert (bearer["type"], bearer["scheme"]) == ("http", "bearer")
 
 
 def test_statuses_follow_from_the_route(doc: dict[str, Any]) -> None:
@@ -140,14 +140,14 @@ def test_a_name_the_schema_refuses_is_refused_by_the_service_too(tmp_path: Path)
 
 def test_a_wrong_method_answers_405_naming_every_method_of_the_path(app: FastAPI) -> None:
     """Starlette named only the methods of the first route matching the path (GET on a path that
-    also takes DELETE), so a client told `Allow: GET, HEAD` would never find the DELETE."""
+    also takes DELETE), so a client told `Allow: GET` would never find the DELETE."""
     from fastapi.testclient import TestClient
 
     client = TestClient(app)  # not entered: routing only, no lifespan
     for method in ("OPTIONS", "PUT"):
         r = client.request(method, "/api/v1/datasets/ds_x")
         assert r.status_code == 405
-        assert r.headers["allow"] == "DELETE, GET, HEAD"
+        assert r.headers["allow"] == "DELETE, GET"
         assert r.json()["error"]["code"] == "method_not_allowed"
     r = client.get("/v1/chat/completions")  # an inference path, outside the data plane's fast path
     assert r.status_code == 405 and r.headers["allow"] == "POST"

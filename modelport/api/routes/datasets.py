@@ -16,6 +16,7 @@ from modelport.db.tables import Dataset
 from modelport.identity.principal import Principal
 from modelport.identity.schemas import NAME_PATTERN, NAME_RULE
 from modelport.offload import run_blocking
+from modelport.schema_types import JsonInt
 
 router = APIRouter(prefix="/api/v1")
 
@@ -86,9 +87,9 @@ def delete_dataset(ref: str, caller: Caller, svc: Svc) -> None:
 
 class MinVersion(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    version: int = Field(ge=1)
-    force: bool = Field(default=False, description="Retire versions still used by stored objects (they become "
-                                                    "unreadable).")
+    version: JsonInt = Field(ge=1)
+    force: bool = Field(default=False, strict=True,
+                        description="Retire versions still used by stored objects (they become unreadable).")
 
 
 class CmkRegister(BaseModel):

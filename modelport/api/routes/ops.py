@@ -72,7 +72,11 @@ class AuditOut(BaseModel):
 
 @router.get("/api/v1/audit", response_model=list[AuditOut], name="audit.list")
 def list_audit(caller: Caller, svc: Svc, all_workspaces: bool = False, workspace: str | None = None,
-               action: str | None = None, since: datetime | None = None,
+               action: str | None = None,
+               since: Annotated[datetime | None, Query(description="A date-time, or seconds since the epoch.",
+                                                       json_schema_extra={"anyOf": [
+                                                           {"type": "string", "format": "date-time"},
+                                                           {"type": "number"}, {"type": "null"}]})] = None,
                limit: Annotated[int, Query(ge=1, le=1000)] = 100, before_id: int | None = None) -> list[AuditOut]:
     ws_id = svc.identity.get_workspace(caller, workspace).id if workspace else None
     with svc.db.session() as s:
