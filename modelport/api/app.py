@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
 from modelport import __version__, portal
-from modelport.api import errors
+from modelport.api import errors, openapi
 from modelport.api.deps import Services
 from modelport.api.middleware import RequestContext
 from modelport.api.request_limits import RequestBodyLimit
@@ -89,6 +89,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
                        description="Self-hosted model catalog and Models-as-a-Service. Control plane under /api/v1.")
     app.state.services = svc
     errors.install(app)
+    openapi.install(app)  # every status each route can answer, in its error shape (api/openapi.py)
     app.include_router(ops.router)
     app.include_router(identity.router)
     app.include_router(models.router)

@@ -27,7 +27,13 @@ from modelport.audit import service as audit
 from modelport.catalog import bundled as bundled_models
 from modelport.catalog.downloads import DownloadFile
 from modelport.catalog.scanning import ScanReport, read_gguf_metadata, read_safetensors_metadata, scan_model
-from modelport.catalog.schemas import ModelUpdate, UploadCreate
+from modelport.catalog.schemas import (
+    MODEL_NAME_PATTERN,
+    SPDX_PATTERN,
+    VERSION_PATTERN,
+    ModelUpdate,
+    UploadCreate,
+)
 from modelport.catalog.storage import LocalModelStore, safe_relpath
 from modelport.db.base import new_id, utcnow
 from modelport.db.engine import Database
@@ -50,9 +56,9 @@ from modelport.policies.facts import ModelFacts
 if TYPE_CHECKING:
     from hashlib import _Hash
 
-MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
-SPDX_RE = re.compile(r"^[A-Za-z0-9.+-]{1,64}$")
+MODEL_NAME_RE = re.compile(MODEL_NAME_PATTERN)
+VERSION_RE = re.compile(VERSION_PATTERN)
+SPDX_RE = re.compile(SPDX_PATTERN)
 GLOBAL_SCOPE = ""
 
 
@@ -337,12 +343,12 @@ class CatalogService:
             actor.require("platform.models")
         else:
             actor.require("models.import")
-        if not MODEL_NAME_RE.match(req.name):
+        if not MODEL_NAME_RE.fullmatch(req.name):
             raise InvalidInput("name must be 1-100 letters, digits, '.', '_' or '-', starting with a letter "
                                "or digit.", field="name")
-        if not VERSION_RE.match(req.version):
+        if not VERSION_RE.fullmatch(req.version):
             raise InvalidInput("version must be 1-64 letters, digits, '.', '_', '+' or '-'.", field="version")
-        if not SPDX_RE.match(req.license):
+        if not SPDX_RE.fullmatch(req.license):
             raise InvalidInput("license must be an SPDX identifier such as Apache-2.0 or MIT.", field="license")
         if req.scope == "catalog" and not req.publisher:
             raise InvalidInput("publisher is required for catalog-wide models.", field="publisher")

@@ -38,8 +38,9 @@ from modelport.identity import secrets as keysecrets
 from modelport.identity.activity import WorkspaceActivity
 from modelport.identity.principal import Principal
 from modelport.identity.roles import Role
+from modelport.identity.schemas import NAME_PATTERN
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+NAME_RE = re.compile(NAME_PATTERN)
 
 # One answer for every user an owner cannot add, so that the answers do not tell them apart.
 NO_ADDABLE_USER = "No user you can add has that name or id; ask a platform admin for the user's name."
@@ -51,7 +52,7 @@ ADMIN_MEMBERSHIP = "A platform admin's membership is changed only by a platform 
 
 
 def check_name(value: str, field: str) -> str:
-    if not NAME_RE.match(value):
+    if not NAME_RE.fullmatch(value):  # fullmatch: a trailing newline is not a name's
         raise InvalidInput(
             f"{field} must be 1-63 characters of lowercase letters, digits, '.', '_' or '-', "
             "starting with a letter or digit.",
