@@ -93,6 +93,8 @@ class Reads:
                 paths = None
                 break
             paths |= found
+        if also is not None and paths is not None and also.paths is not None and len(paths) == len(also.paths):
+            return also  # the added policies read nothing new (saves rebuilding it per workspace)
         if paths is None:  # one policy reads in a way not followed: give every attribute
             return cls(None, _USER_ATTRS, _MODEL_ATTRS, _DEPLOYMENT_ATTRS if deployment_action else ())
         filter_paths = [p for p in paths if p[:2] == ("resource", "content_filter")]
@@ -138,9 +140,11 @@ class CompiledSet:
         else:
             ps, ids, texts, audit_ids = base.policy_set.with_added_str(fragment), base.ids, base.texts, base.audit_ids
             reads = Reads.of((p.cedar for p in chosen), deployment_action, also=base.reads)
+        guards = base.guards if base is not None else ()
+        guards += tuple((len(ids) + j, g) for j, p in enumerate(chosen)
+                        if (g := compiler.guard_of(p.cedar)) is not None)
         ids += tuple(p.id for p in chosen)
         texts += tuple(p.cedar for p in chosen)
-        guards = tuple((i, g) for i, t in enumerate(texts) if (g := compiler.guard_of(t)) is not None)
         return cls(ps, ids, texts, audit_ids | frozenset(p.id for p in chosen if p.audit), reads, guards)
 
     def narrowed(self, user: UserFacts, resource: Resource) -> CompiledSet:
