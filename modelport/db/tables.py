@@ -484,6 +484,22 @@ class Policy(Base):
     updated_by: Mapped[str | None] = mapped_column(String(40), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class PolicyVersion(Base):
+    """Version counters of the policies, kept by database triggers on `policies` (migration 0015)
+    in the transaction of every insert, update and delete, whoever makes it (a save, a delete, a
+    workspace's cascade): the row `scope_key = "*"` counts every change; each scope's row (its
+    workspace id, "" for the platform) holds the count at its latest change. A server compares
+    the "*" row with its snapshot's on each governed request, and reloads only the scopes whose
+    row moved past it (modelport/policies/engine.py)."""
+
+    __tablename__ = "policy_versions"
+
+    scope_key: Mapped[str] = mapped_column(String(40), primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
 class PortalSession(Base):
     """A signed-in browser of the web portal (modelport/portal/sessions.py). The row is keyed by
     the SHA-256 of the cookie's secret, so the database never holds a usable session id. A session

@@ -136,11 +136,101 @@ def _check_document(policy_id: str, text: str) -> CheckedPolicy:
 
 
 @lru_cache(maxsize=4096)
+def _est(text: str) -> dict:
+    """A saved (already checked) policy in Cedar's JSON form (cached by text: cedarpy's conversion
+    takes about a millisecond a policy)."""
+    return next(iter(json.loads(cedarpy.policies_to_json_str(text))["staticPolicies"].values()))
+
+
 def actions_of(text: str) -> frozenset[str]:
-    """The actions a saved (already checked) policy can match, without validating it again
-    (cached by text: cedarpy's conversion to JSON takes about a millisecond a policy)."""
-    est = json.loads(cedarpy.policies_to_json_str(text))
-    return _actions(next(iter(est["staticPolicies"].values()))["action"])
+    """The actions a saved (already checked) policy can match, without validating it again."""
+    return _actions(_est(text)["action"])
+
+
+#: A path of attributes from `principal` or `resource`, e.g. ("resource", "model", "publisher").
+Path = tuple[str, ...]
+
+
+@lru_cache(maxsize=4096)
+def reads_of(text: str) -> frozenset[Path] | None:
+    """Every attribute path a saved policy can read, or None when it reads attributes in a way
+    this does not follow (an attribute of an entity literal or of a conditional's result): then
+    a decision must give it every attribute. A path to a record (`resource.content_filter`)
+    stands for the whole record."""
+    found: set[Path] = set()
+    for cond in _est(text).get("conditions") or ():
+        if not _collect(cond["body"], found):
+            return None
+    return frozenset(found)
+
+
+#: A test a policy's condition starts with: (path, "==" or "contains", a string, number or boolean).
+Guard = tuple[Path, str, object]
+
+
+@lru_cache(maxsize=4096)
+def guard_of(text: str) -> Guard | None:
+    """The test that a saved policy's first `when` condition evaluates first, when it is an
+    attribute compared with a literal (`resource.model.publisher == "x"`) or a set attribute that
+    must contain one (`resource.allowed_ranges.contains("x")`): where it is false, Cedar stops
+    there (`&&` does not go on) and the policy cannot match or fail, so it need not be evaluated."""
+    conditions = _est(text).get("conditions") or ()
+    if not conditions or conditions[0].get("kind") != "when":
+        return None
+    first = conditions[0]["body"]
+    while isinstance(first, dict) and len(first) == 1 and isinstance(first.get("&&"), dict):
+        first = first["&&"].get("left")
+    if not isinstance(first, dict) or len(first) != 1:
+        return None
+    ((op, arg),) = first.items()
+    if op not in ("==", "contains") or not isinstance(arg, dict):
+        return None
+    left, right = arg.get("left"), arg.get("right")
+    if op == "==" and _chain(left) is None:
+        left, right = right, left
+    path = _chain(left)
+    value = right.get("Value") if isinstance(right, dict) and len(right) == 1 else None
+    if path is None or len(path) < 2 or path[0] not in ("principal", "resource"):
+        return None
+    if not isinstance(value, str | bool | int):
+        return None
+    return path, op, value
+
+
+def _chain(expr: object) -> Path | None:
+    """`principal.a.b` as ("principal", "a", "b"); None for anything but a variable's attributes."""
+    if isinstance(expr, dict) and len(expr) == 1:
+        ((op, arg),) = expr.items()
+        if op == "Var" and isinstance(arg, str):
+            return (arg,)
+        if op == "." and isinstance(arg, dict) and isinstance(arg.get("attr"), str):
+            left = _chain(arg.get("left"))
+            return None if left is None else (*left, arg["attr"])
+    return None
+
+
+def _collect(expr: object, found: set[Path]) -> bool:
+    """Add the attribute paths `expr` reads to `found`; False when one cannot be followed."""
+    if isinstance(expr, list):
+        return all(_collect(e, found) for e in expr)
+    if not isinstance(expr, dict):
+        return True
+    ok = True
+    for op, arg in expr.items():
+        if op == "Value":  # a literal: reads nothing
+            continue
+        if op == "Record" and isinstance(arg, dict):  # keys are names, not expressions
+            ok = _collect(list(arg.values()), found) and ok
+        elif op in (".", "has") and isinstance(arg, dict) and isinstance(arg.get("attr"), str):
+            left = _chain(arg.get("left"))
+            if left is None or left[0] not in ("principal", "resource"):
+                if left is None:
+                    return False
+                continue  # action and context carry no attributes here
+            found.add((*left, arg["attr"]))
+        else:
+            ok = _collect(arg, found) and ok
+    return ok
 
 
 def _actions(scope: dict) -> frozenset[str]:

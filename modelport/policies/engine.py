@@ -1,42 +1,65 @@
 """The decision: does any saved policy forbid this action on this resource for this caller?
 
-The policies in force live in one immutable `Snapshot`, compiled from the database whenever a
-policy is saved or deleted and then swapped in by a single assignment. A decision reads the
-current snapshot once, so it sees the whole old set or the whole new set, never a mix; and the
-save answers only after the swap, so the very next request is decided by the new set.
+The policies in force live in one immutable `Snapshot`, compiled from the database and then
+swapped in by a single assignment. A decision reads the current snapshot once, so it sees the
+whole old set or the whole new set, never a mix.
+
+In force at the next request, on every server: the database advances a version counter in the
+transaction of every change to the policies table (triggers, migration 0015; see
+`PolicyVersion`), so no change can be made without moving it and no clock is involved. Each
+governed request reads that one row first (a primary-key read) and, when it moved, the server
+reloads before deciding. When it cannot be read the request is refused (503): the control fails
+closed. The reload reads only the scopes whose own counter moved past the snapshot, and
+recompiles only those (every workspace's sets when a platform policy changed, since they hold the
+platform's policies: each is a copy of the platform's parsed set with only the workspace's own
+policies parsed).
 
 A snapshot holds, for each workspace that has policies of its own and for "no workspace", one
 pre-parsed Cedar policy set per action: the implicit permit, the platform policies and the
 workspace's policies whose action scope can match that action. A workspace's own policies can
 only add forbids, so they never loosen a platform policy. A policy annotated `@audit` is in the
 same set: when it matches, the decision names it as audited and still allows.
+
+Each set knows which attributes its policies can read (`compiler.reads_of`). A decision passes
+Cedar only those, and remembers its outcome under exactly those values (and the caller's,
+model's and deployment's ids): a later request that differs only in what no policy reads (a new
+deployment's name, usually) is decided from memory. Cedar is deterministic, the memory belongs to
+the compiled set and goes with it, so a remembered decision is the one Cedar would make again.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import re
 import threading
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import cedarpy
-from sqlalchemy import func, select
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
 from modelport.audit import service as audit
 from modelport.db.engine import Database
-from modelport.db.tables import Policy
-from modelport.errors import PolicyDenied
+from modelport.db.tables import Policy, PolicyVersion
+from modelport.errors import PolicyDenied, ServiceUnavailable
 from modelport.identity.principal import Principal
 from modelport.policies import compiler
-from modelport.policies.facts import DeploymentFacts, ModelFacts, Resource, UserFacts, entities
+from modelport.policies.facts import DeploymentFacts, FilterFacts, ModelFacts, Resource, UserFacts
 
 log = logging.getLogger("modelport.policies")
 
 BASE_PERMIT_ID = "modelport-base-permit"
 BASE_PERMIT = f'@id("{BASE_PERMIT_ID}")\npermit(principal, action, resource);\n'
-_ERROR_POSITION = re.compile(r"^error while evaluating policy `policy(\d+)`")
+_VERSION = select(PolicyVersion.version).where(PolicyVersion.scope_key == "*")
+#: Decisions remembered per compiled set; past this the memory starts again.
+MEMORY_ENTRIES = 4096
+
+_USER_ATTRS = ("name", "role", "workspace", "platform_admin")
+_MODEL_ATTRS = ("name", "version", "publisher", "license", "format", "task", "source", "curated", "scan_status",
+                "sha256", "offer", "owner")
+_DEPLOYMENT_ATTRS = ("name", "workspace", "model", "type", "geography", "instances", "public_network_access",
+                     "allowed_ranges", "content_filter")
 
 
 @dataclass(frozen=True)
@@ -49,10 +72,112 @@ class StoredPolicy:
 
 
 @dataclass(frozen=True)
+class Reads:
+    """The attributes a compiled set's policies can read, per entity (`paths` None: every one)."""
+
+    paths: frozenset[compiler.Path] | None
+    user: tuple[str, ...]
+    model: tuple[str, ...]
+    deployment: tuple[str, ...]
+    filter_fields: tuple[str, ...] | None = None  # of the deployment's content_filter record; None: all
+
+    @classmethod
+    def of(cls, texts: Iterable[str], deployment_action: bool, also: Reads | None = None) -> Reads:
+        """What the policies `texts` (and those `also` covers) can read."""
+        paths: set[compiler.Path] | None = set(also.paths) if also is not None and also.paths is not None else set()
+        if also is not None and also.paths is None:
+            paths = None
+        for text in texts:
+            found = compiler.reads_of(text)
+            if found is None or paths is None:
+                paths = None
+                break
+            paths |= found
+        if also is not None and paths is not None and also.paths is not None and len(paths) == len(also.paths):
+            return also  # the added policies read nothing new (saves rebuilding it per workspace)
+        if paths is None:  # one policy reads in a way not followed: give every attribute
+            return cls(None, _USER_ATTRS, _MODEL_ATTRS, _DEPLOYMENT_ATTRS if deployment_action else ())
+        filter_paths = [p for p in paths if p[:2] == ("resource", "content_filter")]
+        # The record whole where a policy uses it whole (compares it), else only the fields read.
+        fields = None if any(len(p) == 2 for p in filter_paths) else tuple(sorted({p[2] for p in filter_paths}))
+        user = {p[1] for p in paths if p[0] == "principal" and len(p) > 1}
+        resource = {p[1] for p in paths if p[0] == "resource" and len(p) > 1}
+        if deployment_action:
+            model = {p[2] for p in paths if p[:2] == ("resource", "model") and len(p) > 2}
+            deployment = resource | ({"model"} if model else set())
+        else:
+            model, deployment = resource, set()
+        return cls(frozenset(paths), tuple(a for a in _USER_ATTRS if a in user),
+                   tuple(a for a in _MODEL_ATTRS if a in model), tuple(a for a in _DEPLOYMENT_ATTRS if a in deployment),
+                   fields)
+
+
+@dataclass(frozen=True)
 class CompiledSet:
     policy_set: cedarpy.PolicySet
-    ids: tuple[str, ...]  # position i+1 in the set (position 0 is the base permit)
+    ids: tuple[str, ...]  # the saved policies in the set (beside the base permit)
+    texts: tuple[str, ...]  # their Cedar, in the same order
     audit_ids: frozenset[str]
+    reads: Reads
+    guards: tuple[tuple[int, compiler.Guard], ...] = ()  # (position in ids, the test its condition starts with)
+    # Outcomes (allowed, denied_by, audited_by) by the facts the policies can read; parsed
+    # caller-and-model entities by theirs; single-policy sets for finding one that failed.
+    # Filled by decisions, never copied to another set.
+    memory: dict = field(default_factory=dict, compare=False, repr=False)
+    bases: dict = field(default_factory=dict, compare=False, repr=False)
+    singles: dict = field(default_factory=dict, compare=False, repr=False)
+    subsets: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def of(cls, chosen: list[StoredPolicy], action: str, base: CompiledSet | None = None) -> CompiledSet:
+        """The base permit and `chosen`; or `base` (the platform's set for the action) and
+        `chosen` added to it, parsing only `chosen` (a copy of the base's parsed policies)."""
+        fragment = "\n".join(p.cedar for p in chosen)
+        deployment_action = action in compiler.DEPLOYMENT_ACTIONS
+        if base is None:
+            ps, ids, texts, audit_ids = (cedarpy.PolicySet.from_str(BASE_PERMIT + fragment), (), (), frozenset())
+            reads = Reads.of((p.cedar for p in chosen), deployment_action)
+        else:
+            ps, ids, texts, audit_ids = base.policy_set.with_added_str(fragment), base.ids, base.texts, base.audit_ids
+            reads = Reads.of((p.cedar for p in chosen), deployment_action, also=base.reads)
+        guards = base.guards if base is not None else ()
+        guards += tuple((len(ids) + j, g) for j, p in enumerate(chosen)
+                        if (g := compiler.guard_of(p.cedar)) is not None)
+        ids += tuple(p.id for p in chosen)
+        texts += tuple(p.cedar for p in chosen)
+        return cls(ps, ids, texts, audit_ids | frozenset(p.id for p in chosen if p.audit), reads, guards)
+
+    def narrowed(self, user: UserFacts, resource: Resource) -> CompiledSet:
+        """This set without the policies whose first test is false on these facts (they can
+        neither match nor fail); parsed once per such subset and kept."""
+        if not self.guards:
+            return self
+        out = frozenset(i for i, (path, op, literal) in self.guards
+                        if not _holds(_value(path, user, resource), op, literal))
+        if not out:
+            return self
+        sub = self.subsets.get(out)
+        if sub is None:
+            keep = [i for i in range(len(self.ids)) if i not in out]
+            ids, texts = tuple(self.ids[i] for i in keep), tuple(self.texts[i] for i in keep)
+            sub = CompiledSet(cedarpy.PolicySet.from_str(BASE_PERMIT + "\n".join(texts)), ids, texts,
+                              self.audit_ids & frozenset(ids), self.reads)
+            if len(self.subsets) >= MEMORY_ENTRIES:
+                self.subsets.clear()
+            self.subsets[out] = sub
+        return sub
+
+    def failed(self, request: dict, entities: cedarpy.Entities) -> set[str]:
+        """The policies that fail to evaluate on this request, each tried alone (only when the
+        whole set reported an error: Cedar's message names a policy by its position in a parse)."""
+        out = set()
+        for policy_id, text in zip(self.ids, self.texts, strict=True):
+            single = self.singles.get(policy_id)
+            if single is None:
+                single = self.singles[policy_id] = cedarpy.PolicySet.from_str(BASE_PERMIT + text)
+            if cedarpy.is_authorized(request, single, entities, compiler.schema()).diagnostics.errors:
+                out.add(policy_id)
+        return out
 
 
 @dataclass(frozen=True)
@@ -67,36 +192,48 @@ class Decision:
 class Snapshot:
     """Every policy in force, compiled. Never changed after it is built."""
 
-    version: int
-    policies: tuple[StoredPolicy, ...]
-    fingerprint: tuple = ()  # (count, latest update) of the rows it was built from
+    version: int  # the database's policy version it was built at (or after)
+    platform: tuple[StoredPolicy, ...] = ()
+    workspaces: dict[str, tuple[StoredPolicy, ...]] = field(default_factory=dict)
     sets: dict[tuple[str | None, str], CompiledSet] = field(default_factory=dict)
 
+    @property
+    def policies(self) -> tuple[StoredPolicy, ...]:
+        return self.platform + tuple(p for ws in sorted(self.workspaces) for p in self.workspaces[ws])
+
     @classmethod
-    def build(cls, version: int, policies: Iterable[StoredPolicy], fingerprint: tuple = ()) -> Snapshot:
-        policies = tuple(policies)
-        snap = cls(version=version, policies=policies, fingerprint=fingerprint)
-        platform = [p for p in policies if p.workspace_id is None]
-        bases: dict[str, tuple[cedarpy.PolicySet, list[StoredPolicy]]] = {}
-        for action in compiler.ACTIONS:
-            chosen = [p for p in platform if action in p.actions]
-            bases[action] = (cedarpy.PolicySet.from_str(BASE_PERMIT + "\n".join(p.cedar for p in chosen)), chosen)
-            if chosen:
-                snap.sets[(None, action)] = CompiledSet(bases[action][0], tuple(p.id for p in chosen),
-                                                        frozenset(p.id for p in chosen if p.audit))
-        for ws in sorted({p.workspace_id for p in policies if p.workspace_id is not None}):
-            own = [p for p in policies if p.workspace_id == ws]
+    def build(cls, version: int, policies: Iterable[StoredPolicy]) -> Snapshot:
+        """From every stored policy."""
+        platform: list[StoredPolicy] = []
+        workspaces: dict[str, list[StoredPolicy]] = {}
+        for p in policies:
+            (platform if p.workspace_id is None else workspaces.setdefault(p.workspace_id, [])).append(p)
+        return cls(version).updated(version, platform, {ws: tuple(ps) for ws, ps in workspaces.items()})
+
+    def updated(self, version: int, platform: Iterable[StoredPolicy] | None,
+                workspaces: dict[str, tuple[StoredPolicy, ...]]) -> Snapshot:
+        """A new snapshot: this one with the platform's policies (None: unchanged) and the given
+        workspaces' policies (an empty tuple: the workspace has none now) replaced. Only what
+        changed is compiled again; the rest (and what it remembers) is shared."""
+        snap = Snapshot(version=version, platform=self.platform if platform is None else tuple(platform),
+                        workspaces={**self.workspaces, **{ws: ps for ws, ps in workspaces.items() if ps}})
+        for ws, ps in workspaces.items():
+            if not ps:
+                snap.workspaces.pop(ws, None)
+        if platform is None:
+            snap.sets = {k: v for k, v in self.sets.items() if k[0] is None or k[0] not in workspaces}
+            todo = sorted(ws for ws, ps in workspaces.items() if ps)
+        else:
             for action in compiler.ACTIONS:
-                mine = [p for p in own if action in p.actions]
-                if not mine:  # decided by the platform's set alone
-                    continue
-                # Parsed whole (about 20 µs a policy), so that Cedar's positional ids (policy0, policy1,
-                # ...) follow this order: adding to the platform's parsed set renumbers only the
-                # fragment's ids that collide, which would misname policies in error messages.
-                both = bases[action][1] + mine
-                snap.sets[(ws, action)] = CompiledSet(
-                    cedarpy.PolicySet.from_str(BASE_PERMIT + "\n".join(p.cedar for p in both)),
-                    tuple(p.id for p in both), frozenset(p.id for p in both if p.audit))
+                chosen = [p for p in snap.platform if action in p.actions]
+                if chosen:
+                    snap.sets[(None, action)] = CompiledSet.of(chosen, action)
+            todo = sorted(snap.workspaces)
+        for ws in todo:
+            for action in compiler.ACTIONS:
+                mine = [p for p in snap.workspaces[ws] if action in p.actions]
+                if mine:  # else decided by the platform's set alone
+                    snap.sets[(ws, action)] = CompiledSet.of(mine, action, base=snap.sets.get((None, action)))
         return snap
 
     def compiled(self, workspace_id: str | None, action: str) -> CompiledSet | None:
@@ -106,78 +243,85 @@ class Snapshot:
         return hit
 
 
+def _stored(r: Policy) -> StoredPolicy:
+    return StoredPolicy(id=r.policy_id, workspace_id=r.workspace_id, cedar=r.cedar, audit=r.audit,
+                        actions=compiler.actions_of(r.cedar))
+
+
 class PolicyEngine:
-    """Holds the snapshot in force; decides, enforces and audits.
+    """Holds the snapshot in force; decides, enforces and audits."""
 
-    A save or delete on this server reloads at once. Saves made by another server on the same
-    database are noticed within `refresh_seconds`: at most that often, a decision first compares
-    the policy table's row count and latest update with its snapshot's."""
-
-    def __init__(self, db: Database, refresh_seconds: float = 1.0) -> None:
+    def __init__(self, db: Database) -> None:
         self.db = db
-        self.refresh_seconds = refresh_seconds
         self._snapshot: Snapshot | None = None
         self._reload_lock = threading.Lock()
-        self._next_check = 0.0
 
     # -- the set in force -------------------------------------------------------------------
 
     @property
     def snapshot(self) -> Snapshot:
+        """The set in force now: the database's policy version is read, and when it moved past
+        this server's snapshot, the changed scopes are reloaded first."""
+        version = self._read_version()
         snap = self._snapshot
-        if snap is None:  # first decision before `reload` (a service used without the server)
-            return self.reload()
-        now = time.monotonic()
-        if now >= self._next_check:
-            self._next_check = now + self.refresh_seconds
-            with self.db.session() as s:
-                current = tuple(s.execute(select(func.count(Policy.id), func.max(Policy.updated_at))).one())
-            if current != snap.fingerprint:
-                snap = self.reload()
+        if snap is None or snap.version != version:
+            snap = self.reload()
         return snap
 
+    def _read_version(self) -> int:
+        try:
+            with self.db.engine.connect() as conn:
+                return int(conn.execute(_VERSION).scalar_one())
+        except SQLAlchemyError as exc:
+            log.warning("the policy version could not be read", extra={"event": "policy.version_unreadable"})
+            raise ServiceUnavailable("The governance policies in force could not be checked (the metadata store did "
+                                     "not answer); nothing was done. Retry shortly.") from exc
+
     def reload(self) -> Snapshot:
-        """Compile the stored policies into a new snapshot and swap it in. Serialized, and each
-        reload reads the database when it runs, so a later reload never installs an older set."""
-        with self._reload_lock, self.db.session() as s:
-            rows = s.scalars(select(Policy).order_by(Policy.scope_key, Policy.policy_id)).all()
-            stored = [StoredPolicy(id=r.policy_id, workspace_id=r.workspace_id, cedar=r.cedar, audit=r.audit,
-                                   actions=compiler.actions_of(r.cedar))
-                      for r in rows]
-            version = (self._snapshot.version + 1) if self._snapshot else 1
-            fingerprint = tuple(s.execute(select(func.count(Policy.id), func.max(Policy.updated_at))).one())
-            snap = Snapshot.build(version, stored, fingerprint)
-            self._snapshot = snap  # one assignment: a decision sees the old set or this one
-            return snap
+        """Bring the snapshot up to the database: the scopes whose version moved past it, or
+        everything the first time (or if the counter went back, as after a restore). Serialized,
+        and each reload reads the database when it runs, so a later reload never installs an
+        older set."""
+        try:
+            with self._reload_lock, self.db.session() as s:
+                # The version first: policies read after it are at least as new, and anything newer
+                # moved the version past it, so the next request loads it again.
+                version = int(s.execute(_VERSION).scalar_one())
+                old = self._snapshot
+                if old is not None and old.version == version:
+                    return old
+                if old is None or old.version > version:
+                    rows = s.scalars(select(Policy).order_by(Policy.scope_key, Policy.policy_id)).all()
+                    snap = Snapshot.build(version, map(_stored, rows))
+                else:
+                    changed = set(s.scalars(select(PolicyVersion.scope_key).where(
+                        PolicyVersion.version > old.version, PolicyVersion.scope_key != "*")))
+                    rows = s.scalars(select(Policy).where(Policy.scope_key.in_(changed))
+                                     .order_by(Policy.scope_key, Policy.policy_id)).all() if changed else []
+                    by_scope: dict[str, list[StoredPolicy]] = {k: [] for k in changed}
+                    for r in rows:
+                        by_scope[r.scope_key].append(_stored(r))
+                    platform = by_scope.pop("", None)
+                    snap = old.updated(version, platform, {k: tuple(v) for k, v in by_scope.items()})
+                self._snapshot = snap  # one assignment: a decision sees the old set or this one
+                return snap
+        except SQLAlchemyError as exc:
+            log.warning("the policies could not be loaded", extra={"event": "policy.reload_failed"})
+            raise ServiceUnavailable("The governance policies in force could not be loaded (the metadata store did "
+                                     "not answer); nothing was done. Retry shortly.") from exc
 
     # -- deciding ---------------------------------------------------------------------------
 
-    def decide(self, user: UserFacts, workspace_id: str | None, action: str, resource: Resource) -> Decision:
-        """The decision alone: no audit, no exception (for `policies test` and compliance)."""
-        snap = self.snapshot
+    def decide(self, user: UserFacts, workspace_id: str | None, action: str, resource: Resource,
+               snapshot: Snapshot | None = None) -> Decision:
+        """The decision alone: no audit, no exception (for `policies test` and compliance, which
+        pass one `snapshot` for all their decisions)."""
+        snap = snapshot or self.snapshot
         compiled = snap.compiled(workspace_id, action)
         if compiled is None:
             return Decision(allowed=True, version=snap.version)
-        request = {"principal": {"type": "User", "id": user.id}, "action": {"type": "Action", "id": action},
-                   "resource": {"type": "Deployment" if isinstance(resource, DeploymentFacts) else "Model",
-                                "id": resource.id}}  # no context: every fact is an entity attribute
-        result = cedarpy.is_authorized(request, compiled.policy_set, entities(user, resource), compiler.schema())
-        # Every saved policy carries its @id; the base permit is the only other one that can match.
-        matched = {i for i in result.diagnostics.id_annotations_by_reason.values() if i != BASE_PERMIT_ID}
-        # A policy that failed to evaluate did not forbid anything; a governance control fails closed,
-        # so an error in a deny policy denies (and in an audit policy, audits).
-        for err in result.diagnostics.errors:
-            m = _ERROR_POSITION.match(str(err))
-            if m is None or not 0 < int(m.group(1)) <= len(compiled.ids):
-                # An error that names no policy of the set: nothing can be trusted, deny by them all.
-                matched.update(compiled.ids)
-            else:
-                matched.add(compiled.ids[int(m.group(1)) - 1])
-        if result.diagnostics.errors:
-            log.warning("a policy failed to evaluate", extra={"event": "policy.error", "action": action})
-        denied = tuple(sorted(matched - compiled.audit_ids))
-        audited = tuple(sorted(matched & compiled.audit_ids))
-        return Decision(allowed=not denied, denied_by=denied, audited_by=audited, version=snap.version)
+        allowed, denied, audited = decide_in(compiled, user, action, resource)
+        return Decision(allowed=allowed, denied_by=denied, audited_by=audited, version=snap.version)
 
     def enforce(self, actor: Principal, action: str, resource: Resource) -> Decision:
         """Decide for `actor` in its workspace; audit a deny or an audited match (policy ids and
@@ -206,3 +350,110 @@ class PolicyEngine:
                          resource_id=None if resource.id == "new" else resource.id,
                          outcome="denied" if decision.denied_by else "audited",
                          status_code=403 if decision.denied_by else None, detail=detail)
+
+
+# -- one decision on one compiled set -------------------------------------------------------------
+
+def decide_in(compiled: CompiledSet, user: UserFacts, action: str,
+              resource: Resource) -> tuple[bool, tuple[str, ...], tuple[str, ...]]:
+    """(allowed, denied_by, audited_by) of `compiled` on these facts: remembered, or Cedar's."""
+    reads = compiled.reads
+    model = resource.model if isinstance(resource, DeploymentFacts) else resource
+    user_key = (user.id, *[getattr(user, a) for a in reads.user])
+    model_key = (model.id, *[getattr(model, a) for a in reads.model])
+    key: tuple = (action, user_key, model_key)
+    if isinstance(resource, DeploymentFacts):
+        key += (resource.id, *[getattr(resource, a) for a in reads.deployment if a != "model"])
+    hit = compiled.memory.get(key)
+    if hit is not None:
+        return hit
+    outcome = cedar_decision(compiled, user, action, resource, user_key, model_key)
+    if len(compiled.memory) >= MEMORY_ENTRIES:
+        compiled.memory.clear()
+    compiled.memory[key] = outcome
+    return outcome
+
+
+def cedar_decision(compiled: CompiledSet, user: UserFacts, action: str, resource: Resource,
+                   user_key: tuple, model_key: tuple) -> tuple[bool, tuple[str, ...], tuple[str, ...]]:
+    """Ask Cedar, with the entities and attributes the set's policies can read."""
+    reads = compiled.reads
+    model = resource.model if isinstance(resource, DeploymentFacts) else resource
+    base_key = (user_key, model_key)
+    base = compiled.bases.get(base_key)
+    if base is None:
+        base = cedarpy.Entities.from_json_str(json.dumps([
+            {"uid": {"type": "User", "id": user.id}, "parents": [],
+             "attrs": {a: getattr(user, a) for a in reads.user}},
+            {"uid": {"type": "Model", "id": model.id}, "parents": [],
+             "attrs": {a: getattr(model, a) for a in reads.model}}]))
+        if len(compiled.bases) >= MEMORY_ENTRIES:
+            compiled.bases.clear()
+        compiled.bases[base_key] = base
+    if isinstance(resource, DeploymentFacts):
+        attrs = {a: _deployment_attr(resource, a, reads.filter_fields) for a in reads.deployment}
+        entities = base.with_added_json_str(json.dumps(
+            [{"uid": {"type": "Deployment", "id": resource.id}, "parents": [], "attrs": attrs}]))
+        resource_uid = {"type": "Deployment", "id": resource.id}
+    else:
+        entities = base
+        resource_uid = {"type": "Model", "id": resource.id}
+    request = {"principal": {"type": "User", "id": user.id}, "action": {"type": "Action", "id": action},
+               "resource": resource_uid}  # no context: every fact is an entity attribute
+    compiled = compiled.narrowed(user, resource)
+    result = cedarpy.is_authorized(request, compiled.policy_set, entities, compiler.schema())
+    # Every saved policy carries its @id; the base permit is the only other one that can match.
+    matched = {i for i in result.diagnostics.id_annotations_by_reason.values() if i != BASE_PERMIT_ID}
+    # A policy that failed to evaluate did not forbid anything; a governance control fails closed,
+    # so an error in a deny policy denies (and in an audit policy, audits). If the error is in no
+    # policy tried alone (the request itself), nothing can be trusted: deny by them all.
+    if result.diagnostics.errors:
+        log.warning("a policy failed to evaluate", extra={"event": "policy.error", "action": action})
+        matched |= compiled.failed(request, entities) or set(compiled.ids)
+    if not matched and not result.allowed:
+        matched.update(compiled.ids)  # a deny that names nothing (no decision): deny by them all
+    denied = tuple(sorted(matched - compiled.audit_ids))
+    audited = tuple(sorted(matched & compiled.audit_ids))
+    return not denied, denied, audited
+
+
+def _deployment_attr(d: DeploymentFacts, name: str, filter_fields: tuple[str, ...] | None) -> object:
+    if name == "model":
+        return {"__entity": {"type": "Model", "id": d.model.id}}
+    if name == "allowed_ranges":
+        return list(d.allowed_ranges)
+    if name == "content_filter":
+        record = d.content_filter.record()
+        return record if filter_fields is None else {k: record[k] for k in filter_fields}
+    return getattr(d, name)
+
+
+_MISSING = object()
+
+
+def _value(path: compiler.Path, user: UserFacts, resource: Resource) -> object:
+    """The fact at `path` (("resource", "model", "publisher")), or _MISSING where these facts have none."""
+    obj: object = user if path[0] == "principal" else resource
+    for name in path[1:]:
+        if isinstance(obj, FilterFacts):
+            obj = obj.record().get(name, _MISSING)
+        elif name in _FACT_ATTRS.get(type(obj), ()):
+            obj = getattr(obj, name)
+        else:
+            return _MISSING
+    return obj
+
+
+def _holds(value: object, op: str, literal: object) -> bool:
+    """Whether a guard can be true: False only where Cedar's test is certainly false."""
+    if value is _MISSING:
+        return True
+    if op == "==":
+        return type(value) is type(literal) and value == literal
+    if isinstance(value, tuple):
+        return any(type(v) is type(literal) and v == literal for v in value)
+    return True
+
+
+_FACT_ATTRS = {UserFacts: frozenset(_USER_ATTRS), ModelFacts: frozenset(_MODEL_ATTRS),
+               DeploymentFacts: frozenset(_DEPLOYMENT_ATTRS)}

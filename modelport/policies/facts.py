@@ -1,18 +1,14 @@
 """What a policy sees: the caller, a model, a deployment, as the Cedar entities of the schema.
 
 The facts are frozen values built from rows (never from request text that was not validated),
-so that they can key a cache of parsed entities: parsing a model and a user costs far more than
-a decision, and they repeat from one request to the next.
+so that they can key the engine's memory of decisions and parsed entities (engine.py): parsing
+entities costs about as much as a decision, and they repeat from one request to the next.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
-from functools import lru_cache
-
-import cedarpy
 
 from modelport.db.tables import CatalogModel, Deployment
 from modelport.identity.principal import Principal
@@ -91,10 +87,15 @@ class FilterFacts:
     sexual: str
     violence: str
     self_harm: str
+    backend: str = "minilm"  # the safety backend that screens (ContentFilterConfig.backend)
+    judge_deployment: str = ""  # backend llm-judge: the chat deployment that judges; "" otherwise
+    jailbreak: str = "annotate"  # block | annotate | off
+    profanity: str = "off"  # block | annotate | off
 
     @classmethod
     def of(cls, config: dict) -> FilterFacts:
-        """From a stored content-filter configuration (ContentFilterConfig's JSON)."""
+        """From a stored content-filter configuration (ContentFilterConfig's JSON); a key it lacks
+        (a row stored before the key existed) has ContentFilterConfig's default."""
         def level(cat: str) -> str:
             c = config.get(cat) or {}
             if c.get("mode", "block") != "block":
@@ -102,13 +103,27 @@ class FilterFacts:
             p, q = c.get("prompt_threshold", "medium"), c.get("completion_threshold", "medium")
             return max(p, q, key=THRESHOLD_RANK.__getitem__)
 
+        def detector(name: str) -> str:
+            d = config.get(name) or _DETECTOR_DEFAULTS[name]
+            return d.get("mode", "block") if d.get("enabled", True) else "off"
+
         return cls(enabled=bool(config.get("enabled", True)), hate=level("hate"), sexual=level("sexual"),
-                   violence=level("violence"), self_harm=level("self_harm"))
+                   violence=level("violence"), self_harm=level("self_harm"),
+                   backend=str(config.get("backend") or "minilm"),
+                   judge_deployment=str(config.get("judge_deployment") or ""),
+                   jailbreak=detector("jailbreak"), profanity=detector("profanity"))
 
     def record(self) -> dict:
         levels = (self.hate, self.sexual, self.violence, self.self_harm)
         return {"enabled": self.enabled, "hate": self.hate, "sexual": self.sexual, "violence": self.violence,
-                "self_harm": self.self_harm, "loosest": max(levels, key=THRESHOLD_RANK.__getitem__)}
+                "self_harm": self.self_harm, "loosest": max(levels, key=THRESHOLD_RANK.__getitem__),
+                "backend": self.backend, "judge_deployment": self.judge_deployment, "jailbreak": self.jailbreak,
+                "profanity": self.profanity}
+
+
+#: ContentFilterConfig's detector defaults, for a stored configuration without the key.
+_DETECTOR_DEFAULTS = {"jailbreak": {"enabled": True, "mode": "annotate"},
+                      "profanity": {"enabled": False, "mode": "annotate"}}
 
 
 @dataclass(frozen=True)
@@ -147,18 +162,6 @@ class DeploymentFacts:
 
 
 Resource = ModelFacts | DeploymentFacts
-
-
-@lru_cache(maxsize=2048)
-def _base_entities(user: UserFacts, model: ModelFacts) -> cedarpy.Entities:
-    return cedarpy.Entities.from_json_str(json.dumps([user.entity(), model.entity()]))
-
-
-def entities(user: UserFacts, resource: Resource) -> cedarpy.Entities:
-    """The parsed entities of one request: the user and model from a cache, a deployment added."""
-    if isinstance(resource, ModelFacts):
-        return _base_entities(user, resource)
-    return _base_entities(user, resource.model).with_added_json_str(json.dumps([resource.entity()]))
 
 
 def as_json(user: UserFacts, resource: Resource) -> dict:

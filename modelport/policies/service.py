@@ -12,7 +12,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 from sqlalchemy.orm import Session
 
@@ -21,7 +21,7 @@ from modelport.catalog.service import CatalogService
 from modelport.config import Settings
 from modelport.db.base import utcnow
 from modelport.db.engine import Database
-from modelport.db.tables import CatalogModel, Deployment, Membership, Policy, User, Workspace
+from modelport.db.tables import CatalogModel, Deployment, Membership, Policy, PolicyVersion, User, Workspace
 from modelport.errors import Conflict, Forbidden, InvalidInput, NotFound
 from modelport.identity.principal import Principal
 from modelport.policies import compiler
@@ -48,13 +48,22 @@ class Violation:
     decision: Decision
 
 
+def _serialize_writers(s: Session) -> None:
+    """Make this transaction the only one changing policies until it ends, on every server: the
+    checks before a write (the cap per scope, an id taken in the other scope) then still hold when
+    it commits. (An update of the version row: a row lock on PostgreSQL, the write lock on SQLite;
+    the value is left to the triggers.)"""
+    s.execute(update(PolicyVersion).where(PolicyVersion.scope_key == "*").values(version=PolicyVersion.version)
+              .execution_options(synchronize_session=False))
+
+
 class PolicyService:
     def __init__(self, db: Database, engine: PolicyEngine, catalog: CatalogService, settings: Settings) -> None:
         self.db = db
         self.engine = engine
         self.catalog = catalog
         self.settings = settings
-        self._write_lock = threading.Lock()  # id checks across scopes, then the write: atomic
+        self._write_lock = threading.Lock()  # one writer of this server at a time (and _serialize_writers)
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -92,6 +101,7 @@ class PolicyService:
         checked = compiler.check_document(policy_id, body.cedar)
         with self._write_lock:
             with self.db.session() as s:
+                _serialize_writers(s)
                 self._check_id_free(s, scope_key, policy_id)
                 row = s.scalar(select(Policy).where(Policy.scope_key == scope_key, Policy.policy_id == policy_id))
                 created = row is None
@@ -131,6 +141,7 @@ class PolicyService:
         scope_key = self._require_scope(actor, scope)
         with self._write_lock:
             with self.db.session() as s:
+                _serialize_writers(s)
                 row = s.scalar(select(Policy).where(Policy.scope_key == scope_key, Policy.policy_id == policy_id))
                 if row is None:
                     raise NotFound(f"No {scope} policy '{policy_id}' here ('modelport policies list' shows them).")
@@ -219,7 +230,8 @@ class PolicyService:
             actor.require("platform.policies")
         else:
             actor.require("policies.read")
-        version = self.engine.snapshot.version
+        snap = self.engine.snapshot  # one set for the whole listing
+        version = snap.version
         out: list[Violation] = []
         with self.db.session() as s:
             ws_names = dict(s.execute(select(Workspace.id, Workspace.name)).all())
@@ -248,13 +260,14 @@ class PolicyService:
                 if dep.state == "deleting":
                     continue
                 facts = DeploymentFacts.of(dep, model_facts(m), ws_names.get(dep.workspace_id, ""))
-                d = self.engine.decide(who(dep.created_by, dep.workspace_id), dep.workspace_id, "deploy", facts)
+                d = self.engine.decide(who(dep.created_by, dep.workspace_id), dep.workspace_id, "deploy", facts,
+                                       snapshot=snap)
                 if d.denied_by or d.audited_by:
                     out.append(Violation("deployment", dep.id, dep.name, dep.workspace_id,
                                          ws_names.get(dep.workspace_id), "deploy", dep.state, d))
             for m in s.scalars(model_q.order_by(CatalogModel.name, CatalogModel.version)):
                 ws_id = m.owner_workspace_id
-                d = self.engine.decide(who(m.created_by, ws_id), ws_id, "import_model", model_facts(m))
+                d = self.engine.decide(who(m.created_by, ws_id), ws_id, "import_model", model_facts(m), snapshot=snap)
                 if d.denied_by or d.audited_by:
                     out.append(Violation("model", m.id, f"{m.name}@{m.version}", ws_id, ws_names.get(ws_id or ""),
                                          "import_model", None, d))

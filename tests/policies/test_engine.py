@@ -8,12 +8,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy import select
 
 from modelport.db import migrate
 from modelport.db.engine import Database
-from modelport.db.tables import AuditEvent, Policy
-from modelport.errors import InvalidInput, PolicyDenied
+from modelport.db.tables import AuditEvent, Policy, Workspace
+from modelport.errors import InvalidInput, PolicyDenied, ServiceUnavailable
 from modelport.identity.principal import Principal
 from modelport.identity.roles import Role
 from modelport.policies import compiler
@@ -41,7 +42,6 @@ def deployment(**kw: object) -> DeploymentFacts:
 def db(tmp_path: Path) -> Iterator[Database]:
     d = Database(f"sqlite:///{tmp_path / 'meta.db'}")
     migrate.upgrade(d.engine)
-    from modelport.db.tables import Workspace
     with d.session() as s:
         s.add(Workspace(id="ws_1", name="team"))
         s.add(Workspace(id="ws_2", name="other"))
@@ -100,7 +100,7 @@ def test_brackets_inside_strings_and_comments_do_not_count() -> None:
 
 def test_every_starter_policy_compiles() -> None:
     files = sorted((ROOT / "policies").glob("*.cedar"))
-    assert len(files) == 7
+    assert len(files) == 8
     for f in files:
         assert compiler.check_document(f.stem, f.read_text()).id == f.stem
 
@@ -155,6 +155,26 @@ def test_a_policy_that_fails_to_evaluate_denies(db: Database) -> None:
                                  'when { resource.instances * 9223372036854775807 > 100 && false };')
     d = engine.decide(USER, "ws_1", "deploy", deployment(instances=2))
     assert not d.allowed and d.denied_by == ("overflow",)
+
+
+def test_a_policy_that_fails_is_named_in_either_scope(db: Database) -> None:
+    """A workspace's sets are the platform's parsed set with the workspace's policies added; an
+    evaluation error is pinned on the policy that failed, whichever scope it is in."""
+    engine = PolicyEngine(db)
+    overflow = ('forbid(principal, action == Action::"deploy", resource) '
+                'when { resource.instances * 9223372036854775807 > 100 && false };')
+    save(db, engine, "fine", 'forbid(principal, action == Action::"deploy", resource) '
+                             'when { resource.geography == "x" };')
+    save(db, engine, "ws-overflow", overflow, workspace_id="ws_1")
+    save(db, engine, "ws-fine", 'forbid(principal, action == Action::"deploy", resource) when { false };',
+         workspace_id="ws_1")
+    assert engine.decide(USER, "ws_1", "deploy", deployment(instances=2)).denied_by == ("ws-overflow",)
+    assert engine.decide(USER, "ws_2", "deploy", deployment(instances=2)).allowed
+    save(db, engine, "p-overflow", '@audit ' + overflow)
+    for ws in ("ws_1", "ws_2"):
+        d = engine.decide(USER, ws, "deploy", deployment(instances=2))
+        assert d.audited_by == ("p-overflow",)
+        assert d.denied_by == (("ws-overflow",) if ws == "ws_1" else ())
 
 
 def test_enforce_raises_403_naming_ids_and_audits_ids_only(db: Database) -> None:
@@ -214,9 +234,9 @@ def test_edits_racing_decisions_never_show_a_half_updated_set(db: Database) -> N
     assert set(seen) == {(False, ("flip",))}
 
 
-def test_a_save_by_another_server_is_noticed_within_the_refresh_interval(db: Database) -> None:
-    """Two engines on one database stand for two servers: the second reloads on its own."""
-    mine, theirs = PolicyEngine(db, refresh_seconds=0.0), PolicyEngine(db, refresh_seconds=3600)
+def test_a_change_by_another_server_is_in_force_at_the_next_decision(db: Database) -> None:
+    """Two engines on one database stand for two servers: the second sees each change at once."""
+    mine, theirs = PolicyEngine(db), PolicyEngine(db)
     assert mine.decide(USER, "ws_1", "deploy", deployment(geography="us")).allowed
     save(db, theirs, "eu-only", 'forbid(principal, action == Action::"deploy", resource) '
                                 'unless { resource.geography == "eu" };')
@@ -224,6 +244,72 @@ def test_a_save_by_another_server_is_noticed_within_the_refresh_interval(db: Dat
     with db.session() as s:
         s.delete(s.scalar(select(Policy)))
     assert mine.decide(USER, "ws_1", "deploy", deployment(geography="us")).allowed
+
+
+def test_a_change_with_an_older_clock_and_the_same_count_is_not_missed(db: Database) -> None:
+    """Review L2: servers compared (count, max(updated_at)); a policy replaced by one stamped
+    earlier (a server whose clock is behind), with the count unchanged, went unnoticed and the
+    old, looser set stayed in force. The version counter moves with every change, whatever the
+    clocks say, also for changes made by hand in SQL."""
+    from datetime import UTC, datetime
+
+    mine, theirs = PolicyEngine(db), PolicyEngine(db)
+    save(db, theirs, "a", 'forbid(principal, action == Action::"deploy", resource) when { false };')
+    save(db, theirs, "b", 'forbid(principal, action == Action::"deploy", resource) when { false };')
+    assert mine.decide(USER, "ws_1", "deploy", deployment(geography="us")).allowed
+    strict = compiler.check_document("c", 'forbid(principal, action == Action::"deploy", resource) '
+                                          'when { resource.geography == "us" };')
+    past = datetime(2001, 1, 1, tzinfo=UTC)
+    with db.session() as s:  # one transaction: "a" goes, "c" comes, stamped in the past
+        s.delete(s.scalar(select(Policy).where(Policy.policy_id == "a")))
+        s.flush()
+        s.add(Policy(policy_id="c", scope_key="", workspace_id=None, cedar=strict.text, audit=False,
+                     created_at=past, updated_at=past))
+    assert mine.decide(USER, "ws_1", "deploy", deployment(geography="us")).denied_by == ("c",)
+    with db.engine.begin() as conn:  # by hand, keeping the stamp
+        conn.execute(sa.text("UPDATE policies SET cedar = :t WHERE policy_id = 'c'"),
+                     {"t": strict.text.replace("when", "unless")})
+    assert mine.decide(USER, "ws_1", "deploy", deployment(geography="us")).allowed
+
+
+def test_an_unreadable_policy_version_refuses_the_request(db: Database) -> None:
+    """Fail closed: when the policies in force cannot be checked, a governed request is refused
+    (503), not decided by a set that may be stale; it works again once the store answers."""
+    engine = PolicyEngine(db)
+    assert engine.enforce(ACTOR, "deploy", deployment()).allowed
+    with db.engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE policy_versions RENAME TO policy_versions_away"))
+    with pytest.raises(ServiceUnavailable) as exc:
+        engine.enforce(ACTOR, "deploy", deployment())
+    assert exc.value.status_code == 503 and "nothing was done" in exc.value.message
+    with db.engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE policy_versions_away RENAME TO policy_versions"))
+    assert engine.enforce(ACTOR, "deploy", deployment()).allowed
+
+
+def test_a_reload_compiles_only_the_scopes_that_changed(db: Database) -> None:
+    """Review L1: a workspace's save recompiles that workspace's sets only; the platform's and
+    other workspaces' compiled sets (and what they remember) are carried over as they are. A
+    platform save recompiles every set (each workspace's sets hold the platform's policies)."""
+    engine = PolicyEngine(db)
+    rule = 'forbid(principal, action == Action::"deploy", resource) when {{ resource.instances > {} }};'
+    save(db, engine, "p", rule.format(9))
+    save(db, engine, "w1", rule.format(5), workspace_id="ws_1")
+    save(db, engine, "w2", rule.format(6), workspace_id="ws_2")
+    before = dict(engine.snapshot.sets)
+    save(db, engine, "w1", rule.format(4), workspace_id="ws_1")
+    after = engine.snapshot.sets
+    assert after[(None, "deploy")] is before[(None, "deploy")]
+    assert after[("ws_2", "deploy")] is before[("ws_2", "deploy")]
+    assert after[("ws_1", "deploy")] is not before[("ws_1", "deploy")]
+    assert engine.decide(USER, "ws_1", "deploy", deployment(instances=5)).denied_by == ("w1",)
+    save(db, engine, "p", rule.format(3))
+    assert all(after[k] is not v for k, v in engine.snapshot.sets.items())
+    assert engine.decide(USER, "ws_2", "deploy", deployment(instances=5)).denied_by == ("p",)
+    with db.session() as s:  # a workspace deleted: its policies go by cascade, and from the set in force
+        s.delete(s.get_one(Workspace, "ws_2"))
+    assert ("ws_2", "deploy") not in engine.snapshot.sets
+    assert [p.id for p in engine.snapshot.policies] == ["p", "w1"]
 
 
 def test_the_inference_path_does_not_consult_policies() -> None:
@@ -242,6 +328,40 @@ def test_subscribe_is_decided_on_the_offered_model(db: Database) -> None:
         engine.enforce(ACTOR, "subscribe", offered)
     assert exc.value.details == {"policies": ["no-offers"], "action": "subscribe"}
     assert engine.enforce(ACTOR, "subscribe", MODEL).allowed
+
+
+def test_the_filter_backend_judge_and_jailbreak_setting_are_seen(db: Database) -> None:
+    """Review M1: the starter policy on filter backends, judges and jailbreak detection denies,
+    allows and audits, decided on facts built from stored configurations as the services build them."""
+    from modelport.safety.config import ContentFilterConfig
+
+    engine = PolicyEngine(db)
+    text = (ROOT / "policies" / "approved-filter-backends.cedar").read_text()
+    save(db, engine, "approved-filter-backends", text)
+
+    def filt(**kw: object) -> FilterFacts:
+        return FilterFacts.of(ContentFilterConfig.model_validate(kw).model_dump(mode="json"))
+
+    default = filt()
+    assert (default.backend, default.judge_deployment, default.jailbreak, default.profanity) == \
+        ("minilm", "", "annotate", "off")
+    allowed = [default, filt(backend="llm-judge", judge_deployment="safety-judge"),
+               filt(jailbreak={"enabled": True, "mode": "block"}),
+               filt(enabled=False, jailbreak={"enabled": False})]  # filter off: another policy's business
+    denied = [filt(backend="llm-judge", judge_deployment="my-own-judge"), filt(backend="homegrown"),
+              filt(jailbreak={"enabled": False})]
+    for action in ("deploy", "update_deployment", "change_content_filter"):
+        for f in allowed:
+            assert engine.decide(USER, "ws_1", action, deployment(content_filter=f)).allowed, (action, f)
+        for f in denied:
+            d = engine.decide(USER, "ws_1", action, deployment(content_filter=f))
+            assert d.denied_by == ("approved-filter-backends",), (action, f)
+    # A row stored before these keys existed is read with the configuration's defaults.
+    assert FilterFacts.of({"enabled": True}) == default
+    save(db, engine, "approved-filter-backends", text.replace('@id("approved-filter-backends")',
+                                                              '@id("approved-filter-backends")\n@audit'))
+    d = engine.decide(USER, "ws_1", "deploy", deployment(content_filter=denied[0]))
+    assert d.allowed and d.audited_by == ("approved-filter-backends",)
 
 
 # -- saves and deletes in any order: the set in force is always the stored one ------------------
@@ -274,7 +394,7 @@ def test_any_sequence_of_saves_and_deletes_decides_as_the_stored_set(db: Databas
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    engine = PolicyEngine(db, refresh_seconds=3600)
+    engine = PolicyEngine(db)
     ops = st.lists(st.tuples(st.sampled_from(sorted(RULES)), st.sampled_from([None, "ws_1", "ws_2"]),
                              st.booleans()), max_size=12)
 
@@ -320,3 +440,126 @@ def test_an_unbracketed_chain_too_deep_to_read_is_400_not_500(body: str) -> None
     from modelport.policies.compiler import check_document
     with pytest.raises(InvalidInput, match="nest too deeply"):
         check_document("deep", f"forbid(principal, action, resource) when {{ {body} }};")
+
+
+# -- what a decision passes Cedar, and what it remembers ------------------------------------------
+
+def test_the_attributes_a_policy_reads() -> None:
+    def reads(cond: str) -> frozenset | None:
+        text = compiler.check_document("r", 'forbid(principal, action == Action::"deploy", resource) '
+                                            f'when {{ {cond} }};')
+        return compiler.reads_of(text.text)
+
+    assert reads('resource.model.publisher == "x" && principal.role != "owner"') == {
+        ("resource", "model", "publisher"), ("principal", "role")}
+    assert reads('resource.content_filter.loosest == "off" || resource.allowed_ranges.contains("a")') == {
+        ("resource", "content_filter", "loosest"), ("resource", "allowed_ranges")}
+    assert reads('resource has name && resource.model == Model::"m"') == {("resource", "name"), ("resource", "model")}
+    # An attribute of a conditional's result is not followed: such a set gets every attribute.
+    assert reads('(if principal.platform_admin then resource else resource).geography == "us"') is None
+    assert reads("true") == frozenset()
+
+
+#: Deploy rules reading names, roles, the filter, the model, and one read in a way not followed.
+READERS = {
+    "no-prod-names": 'forbid(principal, action == Action::"deploy", resource) when { resource.name like "prod-*" };',
+    "owners-dedicated": 'forbid(principal, action == Action::"deploy", resource) '
+                        'when { resource.type == "dedicated" && principal.role != "owner" };',
+    "filter-on": 'forbid(principal, action == Action::"deploy", resource) when { !resource.content_filter.enabled };',
+    "acme": 'forbid(principal, action == Action::"deploy", resource) when { resource.model.publisher == "Acme" };',
+    "us-dedicated": 'forbid(principal, action == Action::"deploy", resource) '
+                    'when { resource.geography == "us" && resource.type == "dedicated" };',
+    "wide-range": 'forbid(principal, action == Action::"deploy", resource) '
+                  'when { resource.allowed_ranges.contains("10.0.0.0/8") && principal.role != "owner" };',
+    "not-three": 'forbid(principal, action == Action::"deploy", resource) when { 3 == resource.instances };',
+    "odd": '@audit forbid(principal, action == Action::"deploy", resource) '
+           'when { (if principal.platform_admin then resource else resource).instances > 2 };',
+}
+
+
+def _full_cedar(engine: PolicyEngine, ws: str | None, user: UserFacts, d: DeploymentFacts) -> tuple:
+    """The decision with every attribute of every entity, parsed afresh: no projection, no memory."""
+    import json
+
+    import cedarpy
+
+    compiled = engine.snapshot.compiled(ws, "deploy")
+    if compiled is None:
+        return True, (), ()
+    ents = json.dumps([user.entity(), d.model.entity(), d.entity()])
+    request = {"principal": {"type": "User", "id": user.id}, "action": {"type": "Action", "id": "deploy"},
+               "resource": {"type": "Deployment", "id": d.id}}
+    r = cedarpy.is_authorized(request, compiled.policy_set, ents, compiler.schema())
+    assert not r.diagnostics.errors
+    matched = {i for i in r.diagnostics.id_annotations_by_reason.values() if i != "modelport-base-permit"}
+    denied = tuple(sorted(matched - compiled.audit_ids))
+    return not denied, denied, tuple(sorted(matched & compiled.audit_ids))
+
+
+def test_projected_and_remembered_decisions_equal_cedar_on_every_attribute(db: Database) -> None:
+    """The engine passes Cedar only the attributes its policies read and remembers decisions by
+    them; over random requests (the memory kept from one to the next) every decision equals
+    Cedar's on full, freshly parsed entities. A projection that dropped an attribute a policy
+    reads, or a memory keyed on too little, would answer another request's decision here."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    engine = PolicyEngine(db)
+    for rule, text in READERS.items():  # ws_1's sets get every attribute ("odd"); the platform's only some
+        save(db, engine, rule, text, workspace_id="ws_1" if rule == "odd" else None)
+    off = FilterFacts(enabled=False, hate="medium", sexual="medium", violence="medium", self_harm="medium")
+    users = [USER, UserFacts(id="usr_2", name="bob", role="owner", workspace="team", platform_admin=False),
+             UserFacts(id="usr_3", name="root", role="none", workspace="team", platform_admin=True)]
+    models = [MODEL, ModelFacts(**{**MODEL.__dict__, "id": "mdl_2", "publisher": "Acme"})]
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.sampled_from(users), st.sampled_from(models), st.sampled_from(["prod-1", "dev-1", "prod"]),
+           st.sampled_from(["serverless", "dedicated"]), st.integers(1, 4), st.sampled_from([ON, off]),
+           st.sampled_from(["ws_1", "ws_2"]), st.sampled_from(["eu", "us"]),
+           st.sampled_from([("10.0.0.0/8",), (), ("192.0.2.0/24", "10.0.0.0/8")]))
+    def run(user: UserFacts, model: ModelFacts, name: str, kind: str, instances: int, filt: FilterFacts,
+            ws: str, geography: str, ranges: tuple[str, ...]) -> None:
+        d = deployment(name=name, model=model, type=kind, instances=instances, content_filter=filt,
+                       geography=geography, allowed_ranges=ranges)
+        got = engine.decide(user, ws, "deploy", d)
+        assert (got.allowed, got.denied_by, got.audited_by) == _full_cedar(engine, ws, user, d)
+
+    run()
+    platform = engine.snapshot.compiled("ws_2", "deploy")
+    assert platform is not None and platform.reads.deployment == (
+        "name", "model", "type", "geography", "instances", "allowed_ranges", "content_filter")
+    assert platform.reads.filter_fields == ("enabled",)
+    assert {platform.ids[i] for i, _ in platform.guards} == {"acme", "us-dedicated", "wide-range",
+                                                              "not-three", "owners-dedicated"}
+    assert platform.subsets  # and requests were decided on sets without the policies that could not apply
+    assert platform.reads.user == ("role",) and platform.reads.model == ("publisher",)
+    assert engine.snapshot.compiled("ws_1", "deploy").reads.deployment[0] == "name"  # type: ignore[union-attr]
+    assert 0 < len(platform.memory) < 300  # decisions were remembered and reused
+
+
+def test_the_first_test_of_a_condition() -> None:
+    def guard(cond: str, unless: bool = False) -> object:
+        text = compiler.check_document("g", 'forbid(principal, action == Action::"deploy", resource) '
+                                            f'{"unless" if unless else "when"} {{ {cond} }};')
+        return compiler.guard_of(text.text)
+
+    assert guard('resource.model.publisher == "x"') == (("resource", "model", "publisher"), "==", "x")
+    assert guard('2 == resource.instances && principal.role == "a"') == (("resource", "instances"), "==", 2)
+    assert guard('resource.allowed_ranges.contains("a") && true && false') == (
+        ("resource", "allowed_ranges"), "contains", "a")
+    # Not the first test Cedar evaluates, not a literal, or an unless: no guard.
+    assert guard('principal.platform_admin && resource.geography == "x"') is None
+    assert guard('resource.geography == principal.workspace') is None
+    assert guard('resource.geography == "x"', unless=True) is None
+    assert guard('resource.geography == "x" || resource.type == "y"') is None
+
+
+def test_a_guarded_policy_that_fails_still_denies(db: Database) -> None:
+    """Where its first test holds, a guarded policy is evaluated, and its failure denies."""
+    engine = PolicyEngine(db)
+    save(db, engine, "three-overflows", 'forbid(principal, action == Action::"deploy", resource) when { '
+                                        'resource.instances == 3 && resource.instances * 9223372036854775807 > 1 };')
+    compiled = engine.snapshot.compiled("ws_1", "deploy")
+    assert compiled is not None and len(compiled.guards) == 1
+    assert engine.decide(USER, "ws_1", "deploy", deployment(instances=2)).allowed
+    assert engine.decide(USER, "ws_1", "deploy", deployment(instances=3)).denied_by == ("three-overflows",)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cli import assert_clean_error, cli_json, table
+from tests.support.policies import fill_workspace
 from tests.support.server import ECHO_MODEL, Server, lean_server
 from tests.support.tenants import Tenant, import_tiny_gguf, make_tenant, ok, unique
 
@@ -121,3 +122,17 @@ def test_compliance_and_enforce(server: Server, team: Tenant) -> None:
 def test_schema_is_printed(server: Server, team: Tenant) -> None:
     out = server.cli("policies", "schema", key=team.keys["reader"], check=True).stdout
     assert "entity Deployment" in out and "action deploy" in out
+
+
+def test_the_201st_policy_is_refused_in_one_line(server: Server, tmp_path: Path) -> None:
+    capped = make_tenant(server, unique("cap"), roles=("owner",))
+    owner = capped.keys["owner"]
+    with server.client(owner) as c:
+        ids = fill_workspace(c)
+    f = tmp_path / "more.cedar"
+    f.write_text('forbid(principal, action == Action::"deploy", resource);')
+    assert_clean_error(server.cli("policies", "put", "one-too-many", "--file", str(f), key=owner), 409,
+                       "200 policies")
+    assert sorted(p["id"] for p in cli_json(server, "policies", "list", key=owner)) == ids  # type: ignore[index]
+    r = server.cli("policies", "put", ids[0], "--file", str(f), key=owner, check=True)  # replacing is allowed
+    assert f"Saved workspace policy {ids[0]} (deny)" in r.stdout

@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.policies import fill_workspace
 from tests.support.server import ECHO_MODEL, Server, lean_server
 from tests.support.tenants import Tenant, import_tiny_gguf, make_tenant, ok, unique
 from tests.support.waiting import wait_until
@@ -141,6 +142,34 @@ def test_serverless_content_filter(server: Server, team: Tenant) -> None:
                 == "low"
         with platform_policy(server, "serverless-content-filter", starter("serverless-content-filter", audit=True)):
             ok(c.put(f"/api/v1/deployments/{dep}/content-filter", json={"enabled": False}))
+
+
+def test_approved_filter_backends(server: Server, team: Tenant) -> None:
+    """Review M1: a policy sees the filter's backend, its judge deployment and the jailbreak
+    setting. Test servers create deployments with the filter off, so the deploys pass."""
+    with server.client(team.keys["owner"]) as c:
+        ok(c.post("/api/v1/deployments", json={"name": "safety-judge", "model": SMOL}), 201)
+        rogue = ok(deploy(c, SMOL), 201).json()["name"]
+        dep = ok(deploy(c), 201).json()["name"]
+        url = f"/api/v1/deployments/{dep}/content-filter"
+        judged = {"enabled": True, "backend": "llm-judge", "judge_deployment": rogue}
+        with platform_policy(server, "approved-filter-backends", starter("approved-filter-backends")):
+            assert_denied(c.put(url, json=judged), "approved-filter-backends")
+            assert_denied(c.put(url, json={"enabled": True, "jailbreak": {"enabled": False}}),
+                          "approved-filter-backends")
+            assert ok(c.get(url)).json()["enabled"] is False  # nothing half-applied
+            ok(c.put(url, json={**judged, "judge_deployment": "safety-judge"}))
+            assert ok(c.get(url)).json()["judge_deployment"] == "safety-judge"
+            r = ok(c.post("/api/v1/policies/test", json={
+                "action": "change_content_filter", "deployment": dep,
+                "content_filter": {"enabled": True, "jailbreak": {"enabled": False}}})).json()
+            assert r["decision"] == "deny" and r["denied_by"] == ["approved-filter-backends"]
+            assert r["facts"]["resource"]["content_filter"]["jailbreak"] == "off"
+        with platform_policy(server, "approved-filter-backends", starter("approved-filter-backends", audit=True)):
+            before = len(policy_events(server, "policy.audit"))
+            ok(c.put(url, json=judged))
+            assert ok(c.get(url)).json()["judge_deployment"] == rogue
+            assert len(policy_events(server, "policy.audit")) == before + 1
 
 
 def test_no_public_network(server: Server, team: Tenant) -> None:
@@ -290,6 +319,29 @@ def test_hostile_requests(server: Server, team: Tenant) -> None:
         r = reader.post("/api/v1/policies/test", json={"action": "deploy", "model": ECHO_MODEL,
                                                        "as_user": team.users["owner"]})
         assert r.status_code == 403
+
+
+def test_a_scope_holds_at_most_200_policies(server: Server) -> None:
+    """The 201st policy of a workspace is refused (409, saying what to do), nothing of it is saved
+    or in force; replacing one of the 200 still works, and deleting one makes room again."""
+    capped = make_tenant(server, unique("cap"), roles=("owner",))
+    with server.client(capped.keys["owner"]) as owner:
+        ids = fill_workspace(owner)
+        deny_all = 'forbid(principal, action == Action::"deploy", resource);'
+        r = owner.put("/api/v1/policies/one-too-many", json={"cedar": deny_all})
+        assert r.status_code == 409, r.text
+        err = r.json()["error"]
+        assert "200 policies" in err["message"] and "delete" in err["message"]
+        assert err["details"] == {"limit": "max_policies_per_scope", "current": 200, "max": 200}
+        listed = [p["id"] for p in ok(owner.get("/api/v1/policies")).json() if p["scope"] == "workspace"]
+        assert sorted(listed) == ids
+        import_tiny_gguf(owner, server.home.parent / "cap", ECHO_MODEL)
+        ok(deploy(owner, network=PRIVATE_NET), 201)  # the refused policy is not in force
+        ok(owner.put(f"/api/v1/policies/{ids[0]}", json={"cedar": deny_all}), 200)  # a replacement is no new one
+        assert_denied(deploy(owner), ids[0])
+        ok(owner.delete(f"/api/v1/policies/{ids[1]}"), 204)
+        ok(owner.put("/api/v1/policies/one-too-many", json={"cedar": deny_all}), 201)
+        assert owner.put("/api/v1/policies/two-too-many", json={"cedar": deny_all}).status_code == 409
 
 
 # -- in force at the next request; no half-updated set ------------------------------------------------
