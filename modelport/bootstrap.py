@@ -32,6 +32,7 @@ from modelport.metrics import Metrics
 from modelport.policies.engine import PolicyEngine
 from modelport.policies.service import PolicyService
 from modelport.quotas.limiter import RateLimiter, storage_uri
+from modelport.quotas.settle import settle as settle_tokens
 from modelport.safety.service import SafetyService
 from modelport.workers.sandbox import SandboxLauncher
 from modelport.workers.supervisor import WorkerSupervisor
@@ -75,6 +76,7 @@ def build_services(settings: Settings) -> Services:
     usage = UsageService(db, manager.meter)
     budgets = BudgetService(db, usage)
     manager.meter.on_commit = budgets.on_commit  # every committed charge counts against its budget
+    manager.meter.on_record = settle_tokens  # tokens used beyond the admission estimate count per minute
     return Services(
         settings=settings,
         db=db,
