@@ -71,6 +71,7 @@ def build_services(settings: Settings) -> Services:
     safety = SafetyService(db, metrics=metrics, screening_concurrency=settings.screening_concurrency,
                            screening_queue=settings.screening_queue,
                            screening_cache_entries=settings.screening_cache_entries,
+                           screening_cascade=settings.screening_cascade,
                            blocklist_budget_s=settings.blocklist_budget_ms / 1000)
     safety.set_judge_factory(judge_factory(manager))  # the llm-judge backend calls chat deployments
     usage = UsageService(db, manager.meter)

@@ -21,7 +21,6 @@ import orjson
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
-from starlette.concurrency import run_in_threadpool
 
 from modelport.api.responses import ClosingStreamingResponse
 from modelport.errors import InvalidInput, ModelportError, TooManyRequests
@@ -34,6 +33,7 @@ from modelport.inference.protocol import (
     Message,
     split_extra,
 )
+from modelport.offload import run_blocking
 from modelport.quotas import estimate
 from modelport.runtimes.base import flatten_content
 from modelport.workers.client import GenerateEvent, StreamUsage
@@ -132,7 +132,7 @@ async def chat(request: Request, manager: DeploymentManager, route: Route, body:
                extra_mode: str = "error", error_shape: ErrorShape, azure: bool = False) -> Response:
     req: ChatCompletionRequest = parse(ChatCompletionRequest, body, extra_mode, azure=azure)
     check_task(route, "chat-completion")
-    found = await run_in_threadpool(chat_plan, req)  # a schema's grammar is built off the event loop
+    found = await run_blocking(chat_plan, req)  # a schema's grammar is built off the event loop
     messages = worker_messages(req.messages)
     gen = GenerateBody(
         messages=messages,

@@ -18,7 +18,6 @@ from typing import Any
 import orjson
 from fastapi import Request
 from fastapi.responses import Response
-from starlette.concurrency import run_in_threadpool
 
 from modelport.api.responses import ClosingStreamingResponse
 from modelport.errors import InvalidInput, ModelportError, NotFound
@@ -37,6 +36,7 @@ from modelport.inference.handlers import (
 )
 from modelport.inference.manager import DeploymentManager, Route
 from modelport.inference.protocol import ChatCompletionRequest, ResponsesRequest
+from modelport.offload import run_blocking
 from modelport.quotas import estimate
 from modelport.workers.client import StreamUsage
 from modelport.workers.protocol import GenerateBody
@@ -154,7 +154,7 @@ async def create(request: Request, manager: DeploymentManager, route: Route, bod
     req: ResponsesRequest = parse(ResponsesRequest, body)
     check_task(route, "chat-completion")
     chat = chat_request(req)
-    found = await run_in_threadpool(chat_plan, chat)  # a schema's grammar is built off the event loop
+    found = await run_blocking(chat_plan, chat)  # a schema's grammar is built off the event loop
     messages = worker_messages(chat.messages)
     gen = GenerateBody(messages=messages, max_tokens=chat.max_tokens,
                        temperature=1.0 if chat.temperature is None else chat.temperature,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import anyio
 from fastapi import APIRouter, Query, Request, status
 
 from modelport.api.deps import Caller, Services, Svc
@@ -21,6 +20,7 @@ from modelport.catalog.schemas import (
 )
 from modelport.catalog.service import Filters
 from modelport.db.tables import CatalogModel
+from modelport.offload import ThreadBudget
 
 router = APIRouter(prefix="/api/v1")
 
@@ -86,10 +86,10 @@ async def _scan_slot(svc: Services, fn: Any, *args: Any) -> Any:
     """Run a call that scans a model in a thread, at most `scan_concurrency` at once: a scan (hashing,
     the template check's child process) can take long, and must not hold the threads that
     serve every other control-plane request while it does (callers wait without a thread)."""
-    limiter = svc.extra.get("scan_limiter")
-    if limiter is None:
-        limiter = svc.extra["scan_limiter"] = anyio.CapacityLimiter(svc.settings.scan_concurrency)
-    return await anyio.to_thread.run_sync(fn, *args, limiter=limiter)
+    budget = svc.extra.get("scan_budget")
+    if not isinstance(budget, ThreadBudget):
+        budget = svc.extra["scan_budget"] = ThreadBudget(svc.settings.scan_concurrency)
+    return await budget.run(fn, *args)
 
 
 @router.post("/models/{name}/scan", response_model=ModelDetailOut, name="model.scan")
