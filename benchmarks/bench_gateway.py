@@ -158,7 +158,7 @@ def proxy_main(sock: str, port: int) -> None:
 
 class Setup:
     def __init__(self, home: Path, log_level: str = "INFO", env_extra: dict[str, str] | None = None, *,
-                 unmetered: bool = False, proxy: bool = True) -> None:
+                 without: str = "", proxy: bool = True) -> None:
         self.home = home
         self.port = free_port()
         self.proxy_port = free_port()
@@ -170,8 +170,8 @@ class Setup:
                     # (the default, 2 screening + 16 waiting, answers 429 beyond: a limit, not a cost)
                     "MODELPORT_SCREENING_QUEUE": "64", **(env_extra or {})})
         self.log = open(home.parent / f"{home.name}.out", "wb")  # closed in stop()
-        command = [sys.executable, __file__, "--serve-unmetered"] if unmetered else [sys.executable, "-m",
-                                                                                     "modelport", "serve"]
+        command = ([sys.executable, __file__, "--serve-without", without] if without
+                   else [sys.executable, "-m", "modelport", "serve"])
         self.server = subprocess.Popen(command, env=env, stdout=self.log, stderr=self.log, stdin=subprocess.DEVNULL,
                                        cwd=str(ROOT))
         os.sched_setaffinity(self.server.pid, {GATEWAY_CPU})  # its workers inherit it; moved below
@@ -442,10 +442,10 @@ def report_quota(quota: dict[str, dict[str, float]], n: int) -> bool:
 # ------------------------------------------------------------------------------ metering and quotas on vs off
 
 
-def serve_unmetered() -> None:
-    """`modelport serve` with metering and the quota check replaced by nothing (a child process):
-    usage events are dropped instead of committed, and every request is admitted without a count.
-    The benchmark's reference only; the product has no such switch (billing never turns off)."""
+def serve_without(steps: set[str]) -> None:
+    """`modelport serve` with metering ("meter") and/or the quota check ("quota") replaced by
+    nothing (a child process): usage events are dropped instead of committed, every request is
+    admitted without a count. The benchmark's reference only; the product has no such switch."""
     from modelport.cli.main import serve
     from modelport.metering.recorder import MeterRecorder
     from modelport.quotas.limiter import Decision, RateLimiter
@@ -459,10 +459,12 @@ def serve_unmetered() -> None:
     async def peek_all(self: RateLimiter, deployment_id: str, limits: RateLimits) -> Decision:
         return Decision(limits, limits.requests_per_minute, limits.tokens_per_minute)
 
-    MeterRecorder.record_durable = no_durable  # type: ignore[method-assign]
-    MeterRecorder.record = lambda self, row: None  # type: ignore[method-assign]
-    RateLimiter.admit = admit_all  # type: ignore[method-assign]
-    RateLimiter.peek = peek_all  # type: ignore[method-assign]
+    if "meter" in steps:
+        MeterRecorder.record_durable = no_durable  # type: ignore[method-assign]
+        MeterRecorder.record = lambda self, row: None  # type: ignore[method-assign]
+    if "quota" in steps:
+        RateLimiter.admit = admit_all  # type: ignore[method-assign]
+        RateLimiter.peek = peek_all  # type: ignore[method-assign]
     serve()
 
 
@@ -601,7 +603,9 @@ def report(results: dict[str, dict[str, float]], n: int, clients: int) -> bool:
 def metering_run(tmp: Path, args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """Servers without metering and the quota check, with them on memory, and on Redis (--redis),
     up together so that their requests interleave."""
-    configs: dict[str, dict] = {"off": {"unmetered": True}, "memory": {}}
+    configs: dict[str, dict] = {"off": {"without": "meter,quota"}, "memory": {}}
+    if args.split:  # which of the two costs what
+        configs.update({"meter-only": {"without": "quota"}, "quota-only": {"without": "meter"}})
     if args.redis:
         configs["redis"] = {"env_extra": {"MODELPORT_REDIS_URL": args.redis}}
     setups: dict[str, Setup] = {}
@@ -616,8 +620,8 @@ def metering_run(tmp: Path, args: argparse.Namespace) -> dict[str, dict[str, flo
 
 
 def main() -> int:
-    if len(sys.argv) == 2 and sys.argv[1] == "--serve-unmetered":
-        serve_unmetered()
+    if len(sys.argv) == 3 and sys.argv[1] == "--serve-without":
+        serve_without(set(sys.argv[2].split(",")))
         return 0
     if len(sys.argv) == 4 and sys.argv[1] == "--proxy-child":
         proxy_main(sys.argv[2], int(sys.argv[3]))
@@ -633,6 +637,10 @@ def main() -> int:
                         help="the server with MODELPORT_SCREENING_CASCADE=false: MiniLM screens every new text")
     parser.add_argument("--log-level", default="INFO",
                         help="the server's (INFO, the default, writes one access-log line per request)")
+    parser.add_argument("--split", action="store_true",
+                        help="also servers with metering alone and with the quota check alone")
+    parser.add_argument("--metering-only", action="store_true",
+                        help="only metering and the quota check on vs off (and the quota check in this process)")
     parser.add_argument("--redis", metavar="URL", default=None,
                         help="also measure the quota check on this Redis, and the gateway on a server whose "
                         "rate limits live there (e.g. redis://127.0.0.1:6379/15)")
@@ -643,21 +651,24 @@ def main() -> int:
         print("needs two CPUs (gateway and worker are pinned to one each)", file=sys.stderr)
         return 2
     print(f"load average at the start: {load()}")
+    results = None
     with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
-        home = Path(tmp) / "home"
-        print("starting modelport serve with an echo deployment...", file=sys.stderr)
-        setup = Setup(home, args.log_level, {"MODELPORT_SCREENING_CASCADE": "false"} if args.no_cascade else None)
-        try:
-            results = uvloop.run(measure(setup, args.requests, args.rounds, args.seconds, args.clients,
-                                         not args.no_filtered))
-        finally:
-            setup.stop()
+        if not args.metering_only:
+            home = Path(tmp) / "home"
+            print("starting modelport serve with an echo deployment...", file=sys.stderr)
+            setup = Setup(home, args.log_level,
+                          {"MODELPORT_SCREENING_CASCADE": "false"} if args.no_cascade else None)
+            try:
+                results = uvloop.run(measure(setup, args.requests, args.rounds, args.seconds, args.clients,
+                                             not args.no_filtered))
+            finally:
+                setup.stop()
         metering = metering_run(Path(tmp), args)
     n_quota = max(2000, args.requests)
     quota = {"none": uvloop.run(quota_check("none", n_quota)), "memory": uvloop.run(quota_check(None, n_quota))}
     if args.redis:
         quota["redis"] = uvloop.run(quota_check(args.redis, n_quota))
-    ok = report(results, args.requests, args.clients)
+    ok = report(results, args.requests, args.clients) if results is not None else True
     ok = report_quota(quota, n_quota) and ok
     ok = report_metering(metering, args.requests, args.clients) and ok
     print(f"load average at the end: {load()}")

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 from sqlalchemy import func, insert, select, text
 
 from modelport.db import migrate
@@ -260,6 +260,6 @@ def test_every_event_written_exactly_once_over_random_sequences(tmp_path: Path) 
     migrate.upgrade(template.engine)
     template.dispose()
     RecorderMachine.template = tmp_path / "template.db"
-    run = settings(max_examples=25, stateful_step_count=15, deadline=None,
-                   suppress_health_check=[HealthCheck.function_scoped_fixture])(RecorderMachine.TestCase)
-    run().runTest()
+    run_state_machine_as_test(RecorderMachine, settings=settings(
+        max_examples=25, stateful_step_count=15, deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture]))

@@ -104,9 +104,13 @@ class Machine(RuleBasedStateMachine):
     def teardown(self) -> None:
         self.run(self.limiter.close())
         pending = asyncio.all_tasks(self.loop)  # the memory storage's expiry task
-        for task in pending:
-            task.cancel()
-        self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+
+        async def cancelled() -> None:
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+        self.loop.run_until_complete(cancelled())
         self.loop.close()
 
 
