@@ -4,7 +4,7 @@ worker called directly, and against a minimal aiohttp pass-through proxy to that
     .venv/bin/python benchmarks/bench_gateway.py            (2,000 sequential requests, 3 x 3 s rounds)
     .venv/bin/python benchmarks/bench_gateway.py --quick    (300 requests, 3 x 1 s rounds)
     .venv/bin/python benchmarks/bench_gateway.py --quick --redis redis://127.0.0.1:6379/15
-                                  (also: a second server whose rate limits live in Redis)
+                                  (also: a server whose rate limits live in Redis)
 
 Set-up: a real `modelport serve` (its own temporary home) with a serverless deployment of the
 bundled chat model on the instant `echo` runtime, so that only the plumbing is measured. The
@@ -45,14 +45,22 @@ the aiohttp proxy. A Python load generator costs more per request than wrk, so c
 gateway with the proxy measured here, in the same run. Targets: the gateway adds < 1 ms at p50
 over direct, and serves at least half the proxy's requests/s.
 
-The quota check (requests and tokens per minute, quotas/limiter.py), side by side with the run
-without it: the same sequence of admissions in this process, through the gateway's own
-`check_rate_limits` work (the limiter and the x-ratelimit headers), against a loop that does
-nothing else; on in-process memory (the default) and on Redis. Targets: <= 50 µs of CPU per
-request in memory, <= 0.5 ms p50 with Redis. With --redis, the gateway path is measured again on
-a second server whose limits live in Redis (the benchmarked deployments' caps are raised so that
-no request is refused: every request pays the full check). The load average is printed: on a
-shared machine, latencies are only comparable within one run.
+Metering and the quota check, side by side with a server without them (same run): servers up
+together, the gateway path's requests interleaved between them:
+- off:     `modelport serve` with usage events dropped and every request admitted uncounted (a
+           child of this script replaces the two steps; the product has no such switch);
+- memory:  the product as shipped: usage committed before the last byte (metering/recorder.py),
+           requests and tokens per minute on the in-process storage;
+- redis:   the same with the rate limits in Redis (with --redis URL).
+Printed for each: p50/p99 of one client's sequential requests, the gateway's CPU per request
+during those (1 client: each request its own commit) and at 32 concurrent clients (group
+commits), and what each adds over `off`. Targets: <= 50 µs of CPU per request with the memory
+storage, <= 0.5 ms p50 with Redis. The limits' caps are raised to the maximum so that no
+request is refused: every request pays the full check. The quota check alone is also measured
+in this process: the same sequence of admissions through the gateway's `check_rate_limits` work
+(the limiter and the x-ratelimit headers), against a loop that does nothing in its place, on
+memory and on Redis. The load average is printed: on a shared machine, latencies are only
+comparable within one run.
 """
 
 from __future__ import annotations
@@ -149,7 +157,8 @@ def proxy_main(sock: str, port: int) -> None:
 
 
 class Setup:
-    def __init__(self, home: Path, log_level: str = "INFO", env_extra: dict[str, str] | None = None) -> None:
+    def __init__(self, home: Path, log_level: str = "INFO", env_extra: dict[str, str] | None = None, *,
+                 without: str = "", proxy: bool = True) -> None:
         self.home = home
         self.port = free_port()
         self.proxy_port = free_port()
@@ -160,9 +169,11 @@ class Setup:
                     # 32 concurrent clients of one workspace: room for all of them in the screening queue
                     # (the default, 2 screening + 16 waiting, answers 429 beyond: a limit, not a cost)
                     "MODELPORT_SCREENING_QUEUE": "64", **(env_extra or {})})
-        self.log = open(home.parent / "server.out", "wb")  # closed in stop()
-        self.server = subprocess.Popen([sys.executable, "-m", "modelport", "serve"], env=env, stdout=self.log,
-                                       stderr=self.log, stdin=subprocess.DEVNULL, cwd=str(ROOT))
+        self.log = open(home.parent / f"{home.name}.out", "wb")  # closed in stop()
+        command = ([sys.executable, __file__, "--serve-without", without] if without
+                   else [sys.executable, "-m", "modelport", "serve"])
+        self.server = subprocess.Popen(command, env=env, stdout=self.log, stderr=self.log, stdin=subprocess.DEVNULL,
+                                       cwd=str(ROOT))
         os.sched_setaffinity(self.server.pid, {GATEWAY_CPU})  # its workers inherit it; moved below
         self.url = f"http://127.0.0.1:{self.port}"
         wait_http(f"{self.url}/readyz", self.server)
@@ -185,10 +196,12 @@ class Setup:
         self.socket = str(self.worker_dir / "worker.sock")
         self.worker_pid = asyncio.run(self._worker_pid())
         os.sched_setaffinity(self.worker_pid, {WORKER_CPU})
-        self.proxy = subprocess.Popen([sys.executable, __file__, "--proxy-child", self.socket, str(self.proxy_port)],
-                                      stdin=subprocess.DEVNULL)
-        os.sched_setaffinity(self.proxy.pid, {GATEWAY_CPU})
-        wait_http(f"http://127.0.0.1:{self.proxy_port}/", self.proxy)
+        self.proxy: subprocess.Popen | None = None
+        if proxy:
+            self.proxy = subprocess.Popen([sys.executable, __file__, "--proxy-child", self.socket,
+                                           str(self.proxy_port)], stdin=subprocess.DEVNULL)
+            os.sched_setaffinity(self.proxy.pid, {GATEWAY_CPU})
+            wait_http(f"http://127.0.0.1:{self.proxy_port}/", self.proxy)
 
     async def _worker_pid(self) -> int:
         async with WorkerClient(self.socket) as c:
@@ -196,6 +209,8 @@ class Setup:
 
     def stop(self) -> None:
         for proc in (self.proxy, self.server):
+            if proc is None:
+                continue
             proc.send_signal(signal.SIGINT)
             try:
                 proc.wait(60)
@@ -350,6 +365,7 @@ async def measure(setup: Setup, n: int, rounds: int, seconds: float, clients: in
                 lat[name] += await latencies(call, max(1, chunk // 10) if few else chunk)
         rps: dict[str, list[float]] = {k: [] for k in paths}
         cpu: dict[str, list[float]] = {k: [] for k in paths}  # CPU µs per request of the hop
+        assert setup.proxy is not None
         hop = {"direct": None, "workerclient": None, "proxy": setup.proxy.pid, "gateway": setup.server.pid,
                "filtered": setup.server.pid, "chat-off": setup.server.pid, "chat-on": setup.server.pid,
                "chat-unique": setup.server.pid}
@@ -423,6 +439,116 @@ def report_quota(quota: dict[str, dict[str, float]], n: int) -> bool:
     return ok
 
 
+# ------------------------------------------------------------------------------ metering and quotas on vs off
+
+
+def serve_without(steps: set[str]) -> None:
+    """`modelport serve` with metering ("meter") and/or the quota check ("quota") replaced by
+    nothing (a child process): usage events are dropped instead of committed, every request is
+    admitted without a count. The benchmark's reference only; the product has no such switch."""
+    from modelport.cli.main import serve
+    from modelport.metering.recorder import MeterRecorder
+    from modelport.quotas.limiter import Decision, RateLimiter
+
+    async def no_durable(self: MeterRecorder, row: dict) -> None:
+        return None
+
+    async def admit_all(self: RateLimiter, deployment_id: str, limits: RateLimits, tokens: int) -> Decision:
+        return Decision(limits, limits.requests_per_minute, limits.tokens_per_minute)
+
+    async def peek_all(self: RateLimiter, deployment_id: str, limits: RateLimits) -> Decision:
+        return Decision(limits, limits.requests_per_minute, limits.tokens_per_minute)
+
+    if "meter" in steps:
+        MeterRecorder.record_durable = no_durable  # type: ignore[method-assign]
+        MeterRecorder.record = lambda self, row: None  # type: ignore[method-assign]
+    if "quota" in steps:
+        RateLimiter.admit = admit_all  # type: ignore[method-assign]
+        RateLimiter.peek = peek_all  # type: ignore[method-assign]
+    serve()
+
+
+def gateway_call(setup: Setup, session: aiohttp.ClientSession) -> Call:
+    """The `gateway` path of `Paths` on one server: a one-token chat, its answer checked."""
+    url = f"{setup.url}/v1/chat/completions"
+    body = json.dumps({"model": "bench", "messages": MESSAGES, "max_tokens": 1}).encode()
+    headers = {"Authorization": f"Bearer {setup.key}", "Content-Type": "application/json"}
+
+    async def call() -> None:
+        async with session.post(url, data=body, headers=headers) as r:
+            data = await r.read()
+        assert r.status == 200 and b'"completion_tokens":1' in data, data
+
+    return call
+
+
+async def measure_metering(setups: dict[str, Setup], n: int, rounds: int, seconds: float,
+                           clients: int) -> dict[str, dict[str, float]]:
+    """The gateway path on each server, interleaved: p50/p99 and gateway CPU per request of one
+    client sending `n` requests one after the other, then requests/s and CPU per request at
+    `clients` concurrent clients (medians of `rounds`)."""
+    connector = aiohttp.TCPConnector(limit=0)
+    out: dict[str, dict[str, float]] = {}
+    async with aiohttp.ClientSession(connector=connector) as session:
+        calls = {name: gateway_call(setup, session) for name, setup in setups.items()}
+        for call in calls.values():
+            await latencies(call, 200)  # warm up
+        lat: dict[str, list[float]] = {k: [] for k in setups}
+        cpu1: dict[str, float] = dict.fromkeys(setups, 0.0)
+        chunk = max(1, n // 10)
+        for _ in range(0, n, chunk):  # interleaved, so background load falls on every server alike
+            for name, call in calls.items():
+                pid = setups[name].server.pid
+                before = cpu_seconds(pid)
+                lat[name] += await latencies(call, chunk)
+                cpu1[name] += cpu_seconds(pid) - before
+        rps: dict[str, list[float]] = {k: [] for k in setups}
+        cpu: dict[str, list[float]] = {k: [] for k in setups}
+        for _ in range(rounds):
+            for name, call in calls.items():
+                pid = setups[name].server.pid
+                before = cpu_seconds(pid)
+                rate = await throughput(call, clients, seconds)
+                rps[name].append(rate)
+                cpu[name].append((cpu_seconds(pid) - before) / (rate * seconds) * 1e6)
+        for name in setups:
+            out[name] = {"p50": pct(lat[name], 0.50), "p99": pct(lat[name], 0.99),
+                         "cpu1_us": cpu1[name] / len(lat[name]) * 1e6, "rps": statistics.median(rps[name]),
+                         "cpu_us": statistics.median(cpu[name])}
+    return out
+
+
+def report_metering(results: dict[str, dict[str, float]], n: int, clients: int) -> bool:
+    """Metering and the quota check, on against off, per storage; the issue's targets."""
+    off = results["off"]
+    print(f"\nmetering + quota check on vs off (the gateway path, same run; {n:,} sequential requests per server, "
+          f"interleaved; load average {load()}):")
+    print(f"{'server':<10} {'p50 ms':>8} {'p99 ms':>8} {'added p50':>10} {'CPU/req @1':>11} {'added':>9} "
+          f"{f'CPU/req @{clients}':>12} {'added':>9} {f'req/s @{clients}':>12}")
+    for name, r in results.items():
+        same = name == "off"
+        added_p50 = "-" if same else f"{r['p50'] - off['p50']:+.3f}"
+        added1 = "-" if same else f"{r['cpu1_us'] - off['cpu1_us']:+.1f}"
+        added32 = "-" if same else f"{r['cpu_us'] - off['cpu_us']:+.1f}"
+        print(f"{name:<10} {r['p50']:>8.3f} {r['p99']:>8.3f} {added_p50:>10} {r['cpu1_us']:>8.1f} µs {added1:>9} "
+              f"{r['cpu_us']:>9.1f} µs {added32:>9} {r['rps']:>12,.0f}")
+    ok = True
+    mem = results["memory"]
+    for label, key in (("1 client", "cpu1_us"), (f"{clients} clients", "cpu_us")):
+        added = mem[key] - off[key]
+        met = added <= QUOTA_CPU_TARGET_US
+        ok = ok and met
+        print(f"target, memory storage adds <= {QUOTA_CPU_TARGET_US:.0f} µs CPU per request at {label}: "
+              f"{'met' if met else 'MISSED'} ({added:+.1f} µs, {mem[key] / off[key]:.3f}x)")
+    if "redis" in results:
+        added = results["redis"]["p50"] - off["p50"]
+        met = added <= QUOTA_REDIS_P50_TARGET_MS
+        ok = ok and met
+        print(f"target, Redis storage adds <= {QUOTA_REDIS_P50_TARGET_MS} ms p50: {'met' if met else 'MISSED'} "
+              f"({added:+.3f} ms; {results['redis']['cpu1_us'] - off['cpu1_us']:+.1f} µs CPU per request at 1 client)")
+    return ok
+
+
 def load() -> str:
     return ", ".join(f"{x:.2f}" for x in os.getloadavg()) + f" on {os.cpu_count()} CPUs"
 
@@ -474,7 +600,29 @@ def report(results: dict[str, dict[str, float]], n: int, clients: int) -> bool:
     return ok_latency and ok_rps
 
 
+def metering_run(tmp: Path, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Servers without metering and the quota check, with them on memory, and on Redis (--redis),
+    up together so that their requests interleave."""
+    configs: dict[str, dict] = {"off": {"without": "meter,quota"}, "memory": {}}
+    if args.split:  # which of the two costs what
+        configs.update({"meter-only": {"without": "quota"}, "quota-only": {"without": "meter"}})
+    if args.redis:
+        configs["redis"] = {"env_extra": {"MODELPORT_REDIS_URL": args.redis}}
+    setups: dict[str, Setup] = {}
+    try:
+        for name, kw in configs.items():
+            print(f"starting the server '{name}' (metering and the quota check: {name})...", file=sys.stderr)
+            setups[name] = Setup(tmp / f"home-{name}", args.log_level, proxy=False, **kw)
+        return uvloop.run(measure_metering(setups, args.requests, args.rounds, args.seconds, args.clients))
+    finally:
+        for setup in setups.values():
+            setup.stop()
+
+
 def main() -> int:
+    if len(sys.argv) == 3 and sys.argv[1] == "--serve-without":
+        serve_without(set(sys.argv[2].split(",")))
+        return 0
     if len(sys.argv) == 4 and sys.argv[1] == "--proxy-child":
         proxy_main(sys.argv[2], int(sys.argv[3]))
         return 0
@@ -489,9 +637,13 @@ def main() -> int:
                         help="the server with MODELPORT_SCREENING_CASCADE=false: MiniLM screens every new text")
     parser.add_argument("--log-level", default="INFO",
                         help="the server's (INFO, the default, writes one access-log line per request)")
+    parser.add_argument("--split", action="store_true",
+                        help="also servers with metering alone and with the quota check alone")
+    parser.add_argument("--metering-only", action="store_true",
+                        help="only metering and the quota check on vs off (and the quota check in this process)")
     parser.add_argument("--redis", metavar="URL", default=None,
-                        help="also measure the quota check on this Redis, and the gateway on a second server "
-                        "whose rate limits live there (e.g. redis://127.0.0.1:6379/15)")
+                        help="also measure the quota check on this Redis, and the gateway on a server whose "
+                        "rate limits live there (e.g. redis://127.0.0.1:6379/15)")
     args = parser.parse_args()
     if args.quick:
         args.requests, args.seconds = 300, 1.0
@@ -499,36 +651,26 @@ def main() -> int:
         print("needs two CPUs (gateway and worker are pinned to one each)", file=sys.stderr)
         return 2
     print(f"load average at the start: {load()}")
+    results = None
     with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
-        home = Path(tmp) / "home"
-        print("starting modelport serve with an echo deployment...", file=sys.stderr)
-        setup = Setup(home, args.log_level, {"MODELPORT_SCREENING_CASCADE": "false"} if args.no_cascade else None)
-        try:
-            results = uvloop.run(measure(setup, args.requests, args.rounds, args.seconds, args.clients,
-                                         not args.no_filtered))
-        finally:
-            setup.stop()
-        redis_gateway = None
-        if args.redis:
-            print("starting a second server, its rate limits in Redis...", file=sys.stderr)
-            setup = Setup(Path(tmp) / "home-redis", args.log_level, {"MODELPORT_REDIS_URL": args.redis})
+        if not args.metering_only:
+            home = Path(tmp) / "home"
+            print("starting modelport serve with an echo deployment...", file=sys.stderr)
+            setup = Setup(home, args.log_level,
+                          {"MODELPORT_SCREENING_CASCADE": "false"} if args.no_cascade else None)
             try:
-                redis_gateway = uvloop.run(measure(setup, args.requests, args.rounds, args.seconds, args.clients,
-                                                   False, only={"gateway"}))["gateway"]
+                results = uvloop.run(measure(setup, args.requests, args.rounds, args.seconds, args.clients,
+                                             not args.no_filtered))
             finally:
                 setup.stop()
+        metering = metering_run(Path(tmp), args)
     n_quota = max(2000, args.requests)
     quota = {"none": uvloop.run(quota_check("none", n_quota)), "memory": uvloop.run(quota_check(None, n_quota))}
     if args.redis:
         quota["redis"] = uvloop.run(quota_check(args.redis, n_quota))
-    ok = report(results, args.requests, args.clients)
+    ok = report(results, args.requests, args.clients) if results is not None else True
     ok = report_quota(quota, n_quota) and ok
-    if redis_gateway is not None:
-        g = results["gateway"]
-        print(f"gateway with its limits in Redis (second server, same run): p50 {redis_gateway['p50']:.3f} ms "
-              f"({redis_gateway['p50'] - g['p50']:+.3f} ms vs memory), {redis_gateway['rps']:,.0f} req/s "
-              f"@{args.clients}, {redis_gateway['cpu_us']:,.0f} µs gateway CPU per request "
-              f"({redis_gateway['cpu_us'] - g['cpu_us']:+,.0f} µs vs memory)")
+    ok = report_metering(metering, args.requests, args.clients) and ok
     print(f"load average at the end: {load()}")
     return 0 if ok else 1
 

@@ -6,18 +6,26 @@ without waiting (`record`, written by the same thread in the background), on SQL
 event (the whole process: event loop and writer thread), events per commit, the p50 and p99
 wait for the commit, and the ratio of CPU per event to the reference's.
 
+`--synchronous FULL` runs the store with SQLite's `synchronous=FULL` (an fsync of the WAL at
+every commit) instead of the store's NORMAL (db/engine.py; the WAL is synced at checkpoints):
+what durability against a power cut, beyond a killed process, would cost each commit.
+
     .venv/bin/python benchmarks/bench_metering.py [--events 20000] [--concurrency 32] [--rounds 3]
+                                                  [--synchronous NORMAL|FULL]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import tempfile
 import time
 from decimal import Decimal
 from pathlib import Path
+
+from sqlalchemy import event
 
 from modelport.db import migrate
 from modelport.db.engine import Database
@@ -44,9 +52,11 @@ async def _durable(rec: MeterRecorder, events: int, concurrency: int) -> list[fl
     return waits
 
 
-def run(events: int, concurrency: int, durable: bool) -> dict:
+def run(events: int, concurrency: int, durable: bool, synchronous: str = "NORMAL") -> dict:
     with tempfile.TemporaryDirectory() as d:
         db = Database(f"sqlite:///{Path(d) / 'bench.db'}")
+        if synchronous != "NORMAL":  # after the store's own settings (listeners run in order)
+            event.listen(db.engine, "connect", lambda conn, _: conn.execute(f"PRAGMA synchronous={synchronous}"))
         migrate.upgrade(db.engine)
         rec = MeterRecorder(db)
         rec.start()
@@ -76,9 +86,10 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=20000)
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--synchronous", choices=("NORMAL", "FULL"), default="NORMAL")
     a = ap.parse_args()
-    durable = [run(a.events, a.concurrency, True) for _ in range(a.rounds)]
-    queued = [run(a.events, a.concurrency, False) for _ in range(a.rounds)]
+    durable = [run(a.events, a.concurrency, True, a.synchronous) for _ in range(a.rounds)]
+    queued = [run(a.events, a.concurrency, False, a.synchronous) for _ in range(a.rounds)]
 
     def med(rows: list[dict], k: str) -> float:
         return statistics.median(r[k] for r in rows)
@@ -90,7 +101,8 @@ def main() -> None:
     print(f"reference, queued without waiting: {q_cpu:.1f} µs CPU per event, "
           f"{med(queued, 'events_per_commit'):.1f} events per commit")
     print(f"ratio (durable / queued CPU per event): {d_cpu / q_cpu:.2f}x; medians of {a.rounds} rounds of "
-          f"{a.events} events")
+          f"{a.events} events; SQLite synchronous={a.synchronous}; load average "
+          + ", ".join(f"{x:.2f}" for x in os.getloadavg()))
 
 
 if __name__ == "__main__":

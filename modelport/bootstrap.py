@@ -34,6 +34,7 @@ from modelport.metrics import Metrics
 from modelport.policies.engine import PolicyEngine
 from modelport.policies.service import PolicyService
 from modelport.quotas.limiter import RateLimiter, storage_uri
+from modelport.quotas.settle import settle as settle_tokens
 from modelport.safety.service import SafetyService
 from modelport.workers.sandbox import SandboxLauncher
 from modelport.workers.supervisor import WorkerSupervisor
@@ -79,6 +80,7 @@ def build_services(settings: Settings) -> Services:
     usage = UsageService(db, gateway.usage.meter)
     budgets = BudgetService(db, usage)
     gateway.usage.meter.on_commit = budgets.on_commit  # every committed charge counts against its budget
+    gateway.usage.meter.on_record = settle_tokens  # tokens used beyond the admission estimate count per minute
     finetuning = FinetuningService(db, catalog, datasets, datastore,
                                    max_active_jobs=settings.max_active_finetune_jobs_per_workspace)
     lifecycle = DeploymentLifecycle(deployments, gateway, safety, finetuning)

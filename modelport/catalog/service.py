@@ -37,7 +37,7 @@ from modelport.catalog.schemas import (
 from modelport.catalog.storage import LocalModelStore, safe_relpath
 from modelport.db.base import new_id, utcnow
 from modelport.db.engine import Database
-from modelport.db.tables import CatalogModel, ModelFile
+from modelport.db.tables import CatalogModel, ModelFile, Publisher
 from modelport.errors import (
     Conflict,
     Forbidden,
@@ -108,16 +108,20 @@ class CatalogService:
                 raise IntegrityError(f"file {rel} does not match the sha256 in its package's RECORD")
         metadata = self._read_metadata(bm.format, bm.files)
         with self.db.session() as s:
-            publisher_id = ensure_publisher(s, bm.publisher).id  # flushed before the model row refers to it
             row = s.scalar(select(CatalogModel).where(CatalogModel.scope_key == GLOBAL_SCOPE,
                                                       CatalogModel.name == bm.name,
                                                       CatalogModel.version == bm.version))
+            # The record the model already names stays (an admin may have renamed it); a new model
+            # names its package's publisher, made on first start.
+            known = s.get(Publisher, row.publisher_id) if row is not None and row.publisher_id else None
+            publisher = known or ensure_publisher(s, bm.publisher)  # flushed before the model row refers to it
+            publisher_id = publisher.id
             if row is None:
                 row = CatalogModel(id=new_id("mdl"), name=bm.name, version=bm.version, scope_key=GLOBAL_SCOPE,
                                    source="bundled", curated=bm.curated, downloadable=bm.downloadable,
                                    finetunable=bm.finetunable, deployment_types=list(bm.deployment_types))
                 s.add(row)
-            row.publisher = bm.publisher
+            row.publisher = publisher.name
             row.publisher_id = publisher_id
             row.license_spdx = bm.license_spdx
             row.license_url = bm.license_url

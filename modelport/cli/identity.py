@@ -195,8 +195,16 @@ def keys_create(ctx: typer.Context, name: str = "",
 
 @apikeys.command("list")
 @handle_errors
-def keys_list(ctx: typer.Context, json: JsonOpt = False) -> None:
-    """List the API keys of the current workspace (yours; owners: everyone's). Secrets are never shown."""
+def keys_list(ctx: typer.Context,
+              publisher: Annotated[str | None, typer.Option(help="Platform admins: that publisher's keys "
+                                                                 "instead.")] = None,
+              json: JsonOpt = False) -> None:
+    """List the API keys of the current workspace (yours; owners: everyone's), or (platform admins,
+    --publisher) a publisher's. Secrets are never shown."""
+    if publisher is not None:
+        from modelport.cli.marketplace import list_publisher_keys
+
+        return list_publisher_keys(ctx, publisher, json)
     rows = client(ctx).request("GET", "/api/v1/apikeys")
     if json:
         return print_json(rows)
@@ -207,8 +215,19 @@ def keys_list(ctx: typer.Context, json: JsonOpt = False) -> None:
 
 @apikeys.command("revoke")
 @handle_errors
-def keys_revoke(ctx: typer.Context, key_id: str, json: JsonOpt = False) -> None:
-    """Revoke an API key by its id (`key_...`); it stops working at once."""
+def keys_revoke(ctx: typer.Context, key_id: str,
+                publisher: Annotated[str | None, typer.Option(help="Platform admins: KEY_ID is a key of this "
+                                                                   "publisher (`pkey_...`).")] = None,
+                json: JsonOpt = False) -> None:
+    """Revoke an API key by its id (`key_...`, or a publisher's `pkey_...` with --publisher); it stops
+    working at once."""
+    if publisher is not None:
+        from modelport.cli.marketplace import revoke_publisher_key
+
+        return revoke_publisher_key(ctx, publisher, key_id, json)
+    if key_id.startswith("pkey_"):
+        raise typer.BadParameter("a publisher API key: name its publisher with --publisher P",
+                                 param_hint="--publisher")
     k = client(ctx).request("DELETE", f"/api/v1/apikeys/{key_id}")
     if json:
         return print_json(k)

@@ -73,6 +73,52 @@ def pub_add_user(ctx: typer.Context, name: str, user: str, json: JsonOpt = False
     console.print(f"{user} is now a user of {p['name']}.")
 
 
+@publishers.command("rename")
+@handle_errors
+def pub_rename(ctx: typer.Context, name: str, new_name: str,
+               display_name: Annotated[str | None, typer.Option(help="Also set the display name.")] = None,
+               json: JsonOpt = False) -> None:
+    """Rename publisher NAME to NEW_NAME (platform admin); its models show the new name, its keys keep working."""
+    body: dict[str, str] = {"name": new_name}
+    if display_name is not None:
+        body["display_name"] = display_name
+    p = client(ctx).request("PATCH", f"/api/v1/publishers/{name}", json=body)
+    if json:
+        return print_json(p)
+    console.print(f"Publisher {name} is now [bold]{p['name']}[/bold] ({p['id']}).")
+
+
+@publishers.command("delete")
+@handle_errors
+def pub_delete(ctx: typer.Context, name: str,
+               yes: Annotated[bool, typer.Option("--yes", help="Confirm: its users' memberships and API keys "
+                                                               "are deleted with it.")] = False) -> None:
+    """Delete publisher NAME with its memberships and API keys (platform admin). Refused while offers or
+    catalog models refer to it."""
+    if not yes:
+        raise typer.BadParameter("deleting a publisher deletes its API keys too; add --yes to confirm",
+                                 param_hint="--yes")
+    client(ctx).request("DELETE", f"/api/v1/publishers/{name}")
+    console.print(f"Deleted publisher {name}.")
+
+
+def list_publisher_keys(ctx: typer.Context, publisher_name: str, json: bool) -> None:
+    """`apikeys list --publisher P`: a publisher's keys, revoked ones too (never their secrets)."""
+    rows = client(ctx).request("GET", f"/api/v1/publishers/{publisher_name}/apikeys")
+    if json:
+        return print_json(rows)
+    table(rows, [("ID", "id"), ("NAME", "name"), ("USER", "user_id"), ("CREATED", "created_at"),
+                 ("CREATED BY", "created_by"), ("REVOKED", "revoked_at")])
+
+
+def revoke_publisher_key(ctx: typer.Context, publisher_name: str, key_id: str, json: bool) -> None:
+    """`apikeys revoke KEY_ID --publisher P`: the key stops working at once."""
+    k = client(ctx).request("DELETE", f"/api/v1/publishers/{publisher_name}/apikeys/{key_id}")
+    if json:
+        return print_json(k)
+    console.print(f"Revoked publisher API key {k['id']}.")
+
+
 def create_publisher_key(ctx: typer.Context, publisher_name: str, user: str, name: str, json: bool) -> None:
     """`apikeys create --publisher P --user U`: a publisher key, printed once on stdout."""
     k = client(ctx).request("POST", f"/api/v1/publishers/{publisher_name}/apikeys", json={"user": user, "name": name})

@@ -29,6 +29,7 @@ from fastapi.responses import Response
 
 from modelport.errors import ModelportError
 from modelport.inference.routing import Route
+from modelport.quotas import settle
 from modelport.quotas.limiter import Decision
 
 #: Where an admitted request keeps its x-ratelimit-* headers (the ASGI scope) until its answer.
@@ -49,13 +50,15 @@ async def admit(request: Request, route: Route, tokens: int) -> None:
 
 
 async def check_rate_limits(request: Request, route: Route, tokens: int) -> Decision:
-    """Charge one request and `tokens` tokens to the deployment's limits, or raise RateLimited (429)."""
+    """Charge one request and `tokens` tokens to the deployment's limits, or raise RateLimited (429).
+    Tokens the request uses beyond `tokens` are charged once its usage is recorded (quotas/settle.py)."""
     services = request.app.state.services
     try:
         decision = await services.rate_limiter.admit(route.id, route.rate_limits, tokens)
     except Exception as exc:
         services.metrics.throttled(route.id, exc)
         raise
+    settle.admitted(services.rate_limiter, route.id, route.rate_limits, tokens)
     request.scope[HEADERS] = decision.headers()
     return decision
 

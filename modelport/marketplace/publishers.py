@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from modelport.audit import service as audit
 from modelport.db.base import new_id, utcnow
 from modelport.db.engine import Database
-from modelport.db.tables import Publisher, PublisherApiKey, PublisherMember, User
+from modelport.db.tables import CatalogModel, Offer, Publisher, PublisherApiKey, PublisherMember, User
 from modelport.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthenticated
 from modelport.identity import secrets as keysecrets
 from modelport.identity.principal import Principal, PublisherPrincipal
@@ -28,6 +28,9 @@ from modelport.identity.principal import Principal, PublisherPrincipal
 PUBLISHER_KEY_KIND = "mpp"
 PUBLISHER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 NO_PUBLISHER = "No publisher has that name or id; 'modelport publishers list' shows them."
+NO_PUBLISHER_KEY = "This publisher has no API key with that id; 'modelport apikeys list --publisher P' shows them."
+#: How many of the records that still refer to a publisher a refused deletion names.
+NAMED_AT_MOST = 10
 
 
 def check_publisher_name(name: str) -> str:
@@ -176,14 +179,98 @@ class PublisherService:
                          detail={"publisher": pub.id, "user": user.id})
             return row, secret
 
-    def revoke_key(self, actor: Principal, key_id: str) -> PublisherApiKey:
+    def list_keys(self, actor: Principal, ref: str) -> Sequence[PublisherApiKey]:
+        """A publisher's API keys, revoked ones too (never their secrets)."""
         actor.require("platform.publishers")
         with self.db.session() as s:
+            pub = publisher_by_ref(s, ref)
+            if pub is None:
+                raise NotFound(NO_PUBLISHER)
+            return s.scalars(select(PublisherApiKey).where(PublisherApiKey.publisher_id == pub.id)
+                             .order_by(PublisherApiKey.created_at, PublisherApiKey.id)).all()
+
+    def revoke_key(self, actor: Principal, key_id: str, ref: str | None = None) -> PublisherApiKey:
+        """Revoke a publisher key (of publisher `ref`, when given): it stops working at once.
+        Revoking a revoked key changes nothing and answers the same."""
+        actor.require("platform.publishers")
+        with self.db.session() as s:
+            pub = publisher_by_ref(s, ref) if ref is not None else None
+            if ref is not None and pub is None:
+                raise NotFound(NO_PUBLISHER)
             row = s.get(PublisherApiKey, key_id)
-            if row is None:
-                raise NotFound("No publisher API key has that id.")
+            if row is None or (pub is not None and row.publisher_id != pub.id):
+                raise NotFound(NO_PUBLISHER_KEY)
             if row.revoked_at is None:
                 row.revoked_at = utcnow()
-            audit.record(s, actor, "publisher.apikey.revoke", resource_type="publisher_apikey", resource_id=row.id)
+                audit.record(s, actor, "publisher.apikey.revoke", resource_type="publisher_apikey",
+                             resource_id=row.id, detail={"publisher": row.publisher_id})
         self.invalidate_cache()
         return row
+
+    def update(self, actor: Principal, ref: str, name: str | None = None,
+               display_name: str | None = None) -> Publisher:
+        """Rename a publisher or change its display name (platform admins). The catalog models
+        that name it show the new name; its keys keep working, their principal names it anew."""
+        actor.require("platform.publishers")
+        if name is not None:
+            check_publisher_name(name)
+        with self.db.session() as s:
+            pub = publisher_by_ref(s, ref)
+            if pub is None:
+                raise NotFound(NO_PUBLISHER)
+            before = {"name": pub.name, "display_name": pub.display_name}
+            if name is not None and name != pub.name:
+                if s.scalar(select(Publisher.id).where(Publisher.name == name)) is not None:
+                    raise Conflict(f"A publisher named '{name}' already exists.", field="name")
+                pub.name = name
+                try:
+                    s.flush()
+                except SAIntegrityError as exc:  # a concurrent rename took the name
+                    raise Conflict(f"A publisher named '{name}' already exists.", field="name") from exc
+                for model in s.scalars(select(CatalogModel).where(CatalogModel.publisher_id == pub.id)):
+                    model.publisher = name
+            if display_name is not None:
+                pub.display_name = display_name
+            after = {"name": pub.name, "display_name": pub.display_name}
+            changed = {k: {"from": before[k], "to": after[k]} for k in after if before[k] != after[k]}
+            if changed:
+                audit.record(s, actor, "publisher.update", resource_type="publisher", resource_id=pub.id,
+                             detail=changed)
+        self.invalidate_cache()
+        return pub
+
+    def delete(self, actor: Principal, ref: str) -> Publisher:
+        """Delete a publisher with its users' memberships and its API keys (platform admins).
+        Refused (409, naming them) while offers or catalog models refer to it: their charges,
+        reports and subscriptions need it. Retired offers count: billing history refers to them."""
+        actor.require("platform.publishers")
+        with self.db.session() as s:
+            pub = publisher_by_ref(s, ref)
+            if pub is None:
+                raise NotFound(NO_PUBLISHER)
+            offers = list(s.scalars(select(Offer.id).where(Offer.publisher_id == pub.id).order_by(Offer.id)
+                                    .limit(NAMED_AT_MOST + 1)))
+            models = list(s.execute(select(CatalogModel.name, CatalogModel.version)
+                                    .where(CatalogModel.publisher_id == pub.id)
+                                    .order_by(CatalogModel.name, CatalogModel.version).limit(NAMED_AT_MOST + 1)))
+            if offers or models:
+                named = [f"offer {o}" for o in offers[:NAMED_AT_MOST]]
+                named += [f"model {n}:{v}" for n, v in models[:NAMED_AT_MOST]]
+                more = " and more" if len(offers) > NAMED_AT_MOST or len(models) > NAMED_AT_MOST else ""
+                raise Conflict(f"Publisher '{pub.name}' is still referred to by {', '.join(named)}{more}. A "
+                               "publisher whose offers were ever sold keeps its record (charges and reports refer "
+                               "to it): rename it ('modelport publishers rename') or revoke its keys instead; "
+                               "models without offers can be deleted first.",
+                               details={"offers": offers[:NAMED_AT_MOST],
+                                        "models": [f"{n}:{v}" for n, v in models[:NAMED_AT_MOST]]})
+            keys = list(s.scalars(select(PublisherApiKey).where(PublisherApiKey.publisher_id == pub.id)))
+            for key in keys:
+                s.delete(key)
+            for member in s.scalars(select(PublisherMember).where(PublisherMember.publisher_id == pub.id)):
+                s.delete(member)
+            s.flush()
+            s.delete(pub)
+            audit.record(s, actor, "publisher.delete", resource_type="publisher", resource_id=pub.id,
+                         detail={"name": pub.name, "api_keys_deleted": len(keys)})
+        self.invalidate_cache()
+        return pub

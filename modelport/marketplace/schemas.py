@@ -33,6 +33,15 @@ class PublisherOut(BaseModel):
     created_at: datetime
 
 
+class PublisherUpdate(BaseModel):
+    """A rename or a new display name; the fields left out keep their value."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(default=None, min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
+                             description="The new name (catalog models that name the publisher show it).")
+    display_name: str | None = Field(default=None, max_length=200)
+
+
 class PublisherUserAdd(BaseModel):
     model_config = ConfigDict(extra="forbid")
     user: str = Field(min_length=1, max_length=63, description="User name or id.")
@@ -42,6 +51,18 @@ class PublisherKeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     user: str = Field(min_length=1, max_length=63, description="A user of the publisher.")
     name: str = Field(default="", max_length=64)
+
+
+class PublisherKeyOut(BaseModel):
+    """A publisher API key without its secret."""
+
+    id: str
+    name: str
+    publisher_id: str
+    user_id: str
+    created_by: str | None
+    created_at: datetime
+    revoked_at: datetime | None
 
 
 class PublisherKeyCreated(BaseModel):

@@ -7,7 +7,10 @@ once a month each, and each refusal is audited (at most once a minute per worksp
 
 The request path reads only memory: the spending of each budgeted workspace is loaded from the
 meters when its budget is set or at start, then every committed usage event adds its charge
-(`MeterRecorder.on_commit`). Other replicas' spending arrives with the periodic reload.
+(`MeterRecorder.on_commit`, before the answer of the request leaves). Other replicas' spending
+arrives with the periodic reload (every `meter_aggregate_seconds`), so with several servers a
+budget can be exceeded by what the others commit within one reload period, plus the calls in
+flight everywhere when it ran out; after one reload every server refuses.
 """
 
 from __future__ import annotations

@@ -33,6 +33,8 @@ from modelport.quotas.rates import RateLimits
 PREFIX = "modelport"
 #: Added to a computed wait, so that a client retrying on time finds the room there.
 EPSILON = 0.01
+#: The limit an unconditional charge is made under (tokens used beyond an estimate: already spent).
+UNCONDITIONAL = 2**52
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,13 @@ class RateLimiter:
                                          "admitted; retry shortly.") from exc
             raise
         return Decision(limits, _remaining(rw, rstate), _remaining(tw, tstate))
+
+    async def charge(self, deployment_id: str, limits: RateLimits, tokens: int) -> None:
+        """Add `tokens` to the deployment's current tokens-per-minute window whatever it holds:
+        tokens a request used beyond its admission estimate (quotas/settle.py). The same atomic
+        step as an admission (window rotation included), under a limit nothing reaches."""
+        tw = token_window(limits.tokens_per_minute)
+        await self.storage.acquire_sliding_window_entry(f"tpm/{deployment_id}", UNCONDITIONAL, tw.seconds, tokens)
 
     async def peek(self, deployment_id: str, limits: RateLimits) -> Decision:
         """The deployment's limits and what is left of them, charging nothing."""

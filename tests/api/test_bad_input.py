@@ -38,6 +38,8 @@ FILTER = {"enabled": True, **{c: dict(_POLICY) for c in ("hate", "sexual", "viol
 #: (url to call, a valid body with every field set) for each write route with a JSON body.
 VALID: dict[tuple[str, str], tuple[str, dict]] = {
     ("POST", "/api/v1/publishers"): ("/api/v1/publishers", {"name": "ok-pub", "display_name": "Ok"}),
+    ("PATCH", "/api/v1/publishers/{ref}"): ("/api/v1/publishers/HuggingFaceTB",
+                                            {"name": "ok-pub-renamed", "display_name": "Ok"}),
     ("POST", "/api/v1/publishers/{ref}/users"): ("/api/v1/publishers/HuggingFaceTB/users", {"user": "admin"}),
     ("POST", "/api/v1/publishers/{ref}/apikeys"): ("/api/v1/publishers/HuggingFaceTB/apikeys",
                                                    {"user": "admin", "name": "k"}),
@@ -321,6 +323,10 @@ SERVICE_CASES: list[tuple[str, str, dict, int, str]] = [
     ("POST", "/api/v1/finetuning/jobs", {"model": CANARY, "dataset": "d"}, 404, "model"),
     ("POST", "/api/v1/publishers/HuggingFaceTB/users", {"user": CANARY}, 404, "user"),
     ("POST", "/api/v1/publishers/HuggingFaceTB/apikeys", {"user": CANARY}, 409, "user"),
+    ("PATCH", "/api/v1/publishers/HuggingFaceTB", {"name": f"{CANARY}!"}, 422, "name"),
+    ("PATCH", "/api/v1/publishers/HuggingFaceTB", {"name": "HuggingFaceTB", "display_name": CANARY * 20}, 422,
+     "display_name"),
+    ("PATCH", f"/api/v1/publishers/{CANARY}", {"display_name": "d"}, 404, None),
     ("POST", "/api/v1/marketplace/offers", {"model": CANARY, "currency": "USD", "input_price": "1",
                                             "output_price": "1", "terms": {"version": "1", "text": CANARY}},
      404, "model"),
@@ -372,6 +378,12 @@ def test_routes_without_a_json_body(server: Server, spec: dict, tmp_path) -> Non
             ("DELETE", "/api/v1/workspaces/{ref}"): [(admin.delete("/api/v1/workspaces/no-such-ws"), 404, None)],
             ("DELETE", "/api/v1/members/{user}"): [(admin.delete("/api/v1/members/no-such-user"), 404, "user")],
             ("DELETE", "/api/v1/apikeys/{key_id}"): [(admin.delete("/api/v1/apikeys/not-a-key"), 404, None)],
+            ("DELETE", "/api/v1/publishers/{ref}"): [
+                (admin.delete(f"/api/v1/publishers/{CANARY}"), 404, None),
+                (admin.delete("/api/v1/publishers/HuggingFaceTB"), 409, None)],  # its bundled model refers to it
+            ("DELETE", "/api/v1/publishers/{ref}/apikeys/{key_id}"): [
+                (admin.delete(f"/api/v1/publishers/HuggingFaceTB/apikeys/{CANARY}"), 404, None),
+                (admin.delete(f"/api/v1/publishers/{CANARY}/apikeys/pkey_x"), 404, None)],
             ("DELETE", "/api/v1/models/{name}"): [
                 (admin.delete("/api/v1/models/all-MiniLM-L6-v2", params={"version": "no-such"}), 404, None)],
             ("POST", "/api/v1/models/{name}/deprecate"): [(admin.post("/api/v1/models/no-such/deprecate"), 404, None)],

@@ -216,6 +216,17 @@ ROWS: dict[tuple[str, str], Row] = {
         _missing("offer_"), expect=403),
     ("GET", "/api/v1/publishers/{ref}"): Row(
         lambda ref: ("GET", f"/api/v1/publishers/{ref}", {}), lambda v: ["iso"], _missing("pub_"), expect=403),
+    ("PATCH", "/api/v1/publishers/{ref}"): Row(
+        lambda ref: ("PATCH", f"/api/v1/publishers/{ref}", {"json": {"display_name": "taken"}}), lambda v: ["iso"],
+        _missing("pub_"), expect=403),
+    ("DELETE", "/api/v1/publishers/{ref}"): Row(
+        lambda ref: ("DELETE", f"/api/v1/publishers/{ref}", {}), lambda v: ["iso"], _missing("pub_"), expect=403),
+    ("GET", "/api/v1/publishers/{ref}/apikeys"): Row(
+        lambda ref: ("GET", f"/api/v1/publishers/{ref}/apikeys", {}), lambda v: ["iso"], _missing("pub_"),
+        expect=403),
+    ("DELETE", "/api/v1/publishers/{ref}/apikeys/{key_id}"): Row(
+        lambda ref: ("DELETE", f"/api/v1/publishers/{ref}/apikeys/pkey_x", {}), lambda v: ["iso"], _missing("pub_"),
+        expect=403),
     ("POST", "/api/v1/publishers/{ref}/users"): Row(
         lambda ref: ("POST", f"/api/v1/publishers/{ref}/users", {"json": {"user": "admin"}}), lambda v: ["iso"],
         _missing("pub_"), expect=403),

@@ -146,6 +146,12 @@ TRIES: dict[tuple[str, str], Callable[[World], list[Request]]] = {
     # marketplace and charges: publishers and offers are the platform's, subscriptions and budgets the owners'
     ("POST", "/api/v1/publishers"): lambda w: [("POST", "/api/v1/publishers", {"json": {
         "name": unique("pub"), "display_name": "P"}})],
+    ("PATCH", "/api/v1/publishers/{ref}"): lambda w: [
+        ("PATCH", "/api/v1/publishers/HuggingFaceTB", {"json": {"display_name": "taken over"}})],
+    ("DELETE", "/api/v1/publishers/{ref}"): lambda w: [("DELETE", f"/api/v1/publishers/{unique('pub')}", {}),
+                                                       ("DELETE", "/api/v1/publishers/HuggingFaceTB", {})],
+    ("DELETE", "/api/v1/publishers/{ref}/apikeys/{key_id}"): lambda w: [
+        ("DELETE", "/api/v1/publishers/HuggingFaceTB/apikeys/pkey_none", {})],
     ("POST", "/api/v1/publishers/{ref}/users"): lambda w: [
         ("POST", "/api/v1/publishers/HuggingFaceTB/users", {"json": {"user": w.reader}})],
     ("POST", "/api/v1/publishers/{ref}/apikeys"): lambda w: [

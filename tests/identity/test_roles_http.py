@@ -240,6 +240,31 @@ def b_publisher_key(w: World, role: str) -> Req:
     return Req("POST", "/api/v1/publishers/tests/apikeys", {"json": {"user": _publisher_user(w)}})
 
 
+def _fresh_publisher(w: World, with_key: bool = False) -> tuple[str, str]:
+    """A new publisher (no model refers to it) and, `with_key`, the id of a key of one of its users."""
+    name = unique("pub")
+    with w.client("admin") as c:
+        ok(c.post("/api/v1/publishers", json={"name": name}))
+        if not with_key:
+            return name, ""
+        user = _fresh_user(w)
+        ok(c.post(f"/api/v1/publishers/{name}/users", json={"user": user}))
+        return name, ok(c.post(f"/api/v1/publishers/{name}/apikeys", json={"user": user})).json()["id"]
+
+
+def b_publisher_update(w: World, role: str) -> Req:
+    return Req("PATCH", f"/api/v1/publishers/{_fresh_publisher(w)[0]}", {"json": {"name": unique("renamed")}})
+
+
+def b_publisher_delete(w: World, role: str) -> Req:
+    return Req("DELETE", f"/api/v1/publishers/{_fresh_publisher(w)[0]}")
+
+
+def b_publisher_key_revoke(w: World, role: str) -> Req:
+    name, key_id = _fresh_publisher(w, with_key=True)
+    return Req("DELETE", f"/api/v1/publishers/{name}/apikeys/{key_id}")
+
+
 def b_offer_create(w: World, role: str) -> Req:
     return Req("POST", "/api/v1/marketplace/offers", {"json": {
         "model": _catalog_model(w), "currency": "USD", "input_price": "1", "output_price": "2",
@@ -562,6 +587,10 @@ CASES: list[Case] = [
     Case(("POST", "/api/v1/publishers"), "create", _only_admin(201), b_publisher_create, platform=True),
     Case(("POST", "/api/v1/publishers/{ref}/users"), "add", _only_admin(201), b_publisher_user_add, platform=True),
     Case(("POST", "/api/v1/publishers/{ref}/apikeys"), "key", _only_admin(201), b_publisher_key, platform=True),
+    Case(("PATCH", "/api/v1/publishers/{ref}"), "rename", _only_admin(200), b_publisher_update, platform=True),
+    Case(("DELETE", "/api/v1/publishers/{ref}"), "unused", _only_admin(204), b_publisher_delete, platform=True),
+    Case(("DELETE", "/api/v1/publishers/{ref}/apikeys/{key_id}"), "revoke", _only_admin(200), b_publisher_key_revoke,
+         platform=True),
     Case(("POST", "/api/v1/marketplace/offers"), "create", _only_admin(201), b_offer_create, platform=True),
     Case(("POST", "/api/v1/marketplace/offers/{offer}/retire"), "retire", _only_admin(200), b_offer_retire,
          platform=True),

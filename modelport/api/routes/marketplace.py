@@ -22,8 +22,10 @@ from modelport.marketplace.schemas import (
     PublisherCreate,
     PublisherKeyCreate,
     PublisherKeyCreated,
+    PublisherKeyOut,
     PublisherOut,
     PublisherSubscriptionOut,
+    PublisherUpdate,
     PublisherUserAdd,
     ReportOut,
     SubscriptionCreate,
@@ -83,6 +85,17 @@ def get_publisher(ref: str, caller: MarketCaller, svc: Svc) -> dict:
     return {"id": p.id, "name": p.name, "display_name": p.display_name, "users": users, "created_at": p.created_at}
 
 
+@router.patch("/publishers/{ref}", response_model=PublisherOut, name="publisher.update")
+def update_publisher(ref: str, body: PublisherUpdate, caller: Caller, svc: Svc) -> dict:
+    p = svc.publishers.update(caller, ref, body.name, body.display_name)
+    return get_publisher(p.id, caller, svc)
+
+
+@router.delete("/publishers/{ref}", status_code=status.HTTP_204_NO_CONTENT, name="publisher.delete")
+def delete_publisher(ref: str, caller: Caller, svc: Svc) -> None:
+    svc.publishers.delete(caller, ref)
+
+
 @router.post("/publishers/{ref}/users", response_model=PublisherOut, status_code=status.HTTP_201_CREATED,
              name="publisher.user.add")
 def add_publisher_user(ref: str, body: PublisherUserAdd, caller: Caller, svc: Svc) -> dict:
@@ -96,6 +109,16 @@ def create_publisher_key(ref: str, body: PublisherKeyCreate, caller: Caller, svc
     row, secret = svc.publishers.create_key(caller, ref, body.user, body.name)
     return {"id": row.id, "name": row.name, "publisher_id": row.publisher_id, "user_id": row.user_id,
             "created_at": row.created_at, "key": secret}
+
+
+@router.get("/publishers/{ref}/apikeys", response_model=list[PublisherKeyOut], name="publisher.apikey.list")
+def list_publisher_keys(ref: str, caller: Caller, svc: Svc) -> list[PublisherKeyOut]:
+    return [PublisherKeyOut.model_validate(k, from_attributes=True) for k in svc.publishers.list_keys(caller, ref)]
+
+
+@router.delete("/publishers/{ref}/apikeys/{key_id}", response_model=PublisherKeyOut, name="publisher.apikey.revoke")
+def revoke_publisher_key(ref: str, key_id: str, caller: Caller, svc: Svc) -> PublisherKeyOut:
+    return PublisherKeyOut.model_validate(svc.publishers.revoke_key(caller, key_id, ref), from_attributes=True)
 
 
 # -- offers --------------------------------------------------------------------------------------
