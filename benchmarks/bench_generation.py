@@ -16,7 +16,10 @@ every figure alike:
    side by side;
    targets at 8 streams: aggregate >= 2x a single stream, median first token <= 300 ms;
 3. memory per additional sequence: the llama.cpp state of one sequence holding prompt + tokens
-   (`llama_state_seq_get_size`, in this process), and the batching worker's peak RSS.
+   (`llama_state_seq_get_size`, in this process), and the batching worker's peak RSS;
+4. one request of `--choices` choices (sampled, seeded): on the batching worker (the choices
+   decode together from one decoding of the prompt) against the worker of one sequence (one
+   choice after the other), wall time and the prompt tokens each worker decoded for it.
 `uptime`'s load average is printed with the figures: on a shared machine they move with it.
 """
 
@@ -91,12 +94,37 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def concurrent(handle: WorkerHandle, streams: int, tokens: int) -> dict[str, float]:
+    before = (await handle.client.health()).counters
     started = time.perf_counter()
     results = await asyncio.gather(*(stream(handle, i, tokens) for i in range(streams)))
     wall = max(r[3] for r in results) - started
+    after = (await handle.client.health()).counters
     firsts = [r[1] * 1000 for r in results]
+    steps = max(1, after["batch_steps"] - before["batch_steps"])
+    step_us = after["step_us"] - before["step_us"]
+    decode_us = after["decode_us"] - before["decode_us"]
     return {"aggregate": sum(r[2] for r in results) / wall, "per_stream": statistics.median(r[0] for r in results),
-            "ttft_p50": statistics.median(firsts), "ttft_p95": percentile(firsts, 0.95)}
+            "ttft_p50": statistics.median(firsts), "ttft_p95": percentile(firsts, 0.95),
+            # where the engine's time went: per step, inside llama_decode and the loop's own Python
+            "steps": steps, "step_ms": step_us / steps / 1000, "python_ms": (step_us - decode_us) / steps / 1000,
+            "engine_busy": step_us / 1e6 / wall}
+
+
+async def choices(handle: WorkerHandle, n: int, tokens: int) -> dict[str, float]:
+    """One request of `n` sampled choices: wall seconds, completion tokens, prompt tokens decoded."""
+    before = (await handle.client.health()).counters
+    started = time.perf_counter()
+    usage = None
+    body = GenerateBody(prompt=prompt(0), max_tokens=tokens, temperature=0.8, seed=16, n=n)
+    async for event in handle.client.generate(body):
+        if isinstance(event, StreamUsage):
+            usage = event
+    wall = time.perf_counter() - started
+    after = (await handle.client.health()).counters
+    assert usage is not None
+    return {"seconds": wall, "tokens": usage.completion_tokens,
+            "decoded": after["prompt_tokens_decoded"] - before["prompt_tokens_decoded"],
+            "shared": after.get("shared_prompt_tokens", 0) - before.get("shared_prompt_tokens", 0)}
 
 
 def sequence_state_bytes(path: str, threads: int, tokens: int) -> int:
@@ -165,6 +193,10 @@ async def measure(args: argparse.Namespace) -> dict[str, object]:
                 for name, handle in (("batched", batched), ("serial", serial)):
                     out[name][n] = await concurrent(handle, n, args.tokens)  # type: ignore[index]
                     print(f"  ({name}, {n} streams: {out[name][n]})", file=sys.stderr, flush=True)  # type: ignore[index]
+            if args.choices > 1:
+                out["choices"] = {name: await choices(handle, args.choices, args.tokens)
+                                  for name, handle in (("batched", batched), ("serial", serial))}
+                print(f"  (choices: {out['choices']})", file=sys.stderr, flush=True)
             health = await batched.client.health()
             out["max_batch_sequences"] = health.counters.get("max_batch_sequences")
             out["cached_prompt_tokens"] = health.counters.get("cached_prompt_tokens")
@@ -187,6 +219,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=96)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--streams", default="1,2,4,8,16")
+    parser.add_argument("--choices", type=int, default=4, help="n of the one request with several choices (1: skip)")
     args = parser.parse_args()
 
     r = asyncio.run(measure(args))
@@ -208,6 +241,12 @@ def main() -> None:
         print(f"{n:7d} | {b['aggregate']:18.1f} {b['per_stream']:11.1f} {b['ttft_p50']:8.0f}ms {b['ttft_p95']:8.0f}ms"
               f" | {s['aggregate']:24.1f} {s['per_stream']:11.1f} {s['ttft_p50']:8.0f}ms {s['ttft_p95']:8.0f}ms"
               f" | {b['aggregate'] / s['aggregate']:5.2f}x")
+    print()
+    print("streams | batched engine: steps  ms/step  of it Python (not llama_decode)  engine busy")
+    for n in batched:  # type: ignore[union-attr]
+        b = batched[n]  # type: ignore[index]
+        print(f"{n:7d} | {b['steps']:21d} {b['step_ms']:8.1f} {b['python_ms']:8.2f} ms "
+              f"({b['python_ms'] / b['step_ms']:5.1%}) {b['engine_busy']:20.0%}")
     single = batched[min(batched)]["aggregate"]  # type: ignore[index]
     if 8 in batched:  # type: ignore[operator]
         eight = batched[8]  # type: ignore[index]
@@ -215,6 +254,12 @@ def main() -> None:
               f"median first token {eight['ttft_p50']:.0f} ms (target <= 300 ms)")
     print(f"largest batch seen: {r['max_batch_sequences']} sequences; "
           f"cached prompt tokens: {r['cached_prompt_tokens']}")
+    if "choices" in r:
+        cb, cs = r["choices"]["batched"], r["choices"]["serial"]  # type: ignore[index]
+        print(f"one request, n={args.choices} choices: together {cb['seconds']:.2f} s ({cb['tokens']} tokens, "
+              f"{cb['decoded']} prompt tokens decoded, {cb['shared']} copied) vs one after the other "
+              f"{cs['seconds']:.2f} s ({cs['tokens']} tokens, {cs['decoded']} decoded): "
+              f"{cs['seconds'] / cb['seconds']:.2f}x")
     per_seq = int(r["seq_state_bytes"])  # type: ignore[arg-type]
     per_token = per_seq / (int(r["prompt_tokens"]) + args.tokens)  # type: ignore[call-overload]
     print(f"memory per additional sequence ({r['prompt_tokens']} + {args.tokens} tokens): "

@@ -11,6 +11,8 @@ Generate request fields beyond the OpenAI sampling parameters (`grammar`, `logpr
 
     Runtime.load(spec)            load the model named by `spec` (local files only)
     runtime.generate(req, cancel) iterator of Delta; the last one carries finish_reason + usage
+    runtime.generate_choices(req, n, cancel)  (index, Delta) of n choices; one after the other
+                                  by default, decoded together by a batching runtime
     runtime.max_concurrent_generations  how many `generate` calls may run at once (default 1)
     runtime.counters()            engine counters for the worker's health (batching, KV cache)
     runtime.embed(texts)          EmbedResult (one unit-length vector per text, token count)
@@ -24,6 +26,7 @@ output text. Errors name what was wrong in our own words (sizes and limits are f
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from abc import ABC, abstractmethod
@@ -185,6 +188,19 @@ class Runtime(ABC):
 
     def generate(self, request: GenerateRequest, cancel: threading.Event) -> Iterator[Delta]:
         raise InvalidInput("this model does not generate text; it is an embeddings model", field="model")
+
+    def generate_choices(self, request: GenerateRequest, n: int,
+                         cancel: threading.Event) -> Iterator[tuple[int, Delta]]:
+        """`n` choices of one request as (choice index, Delta); choice i uses seed + i, so a
+        request with a seed is reproducible and its choices still differ. Here one after the
+        other; a batching runtime decodes them together and interleaves their Deltas."""
+        for index in range(n):
+            choice = request if index == 0 or request.seed is None else dataclasses.replace(
+                request, seed=request.seed + index)
+            for delta in self.generate(choice, cancel):
+                yield index, delta
+            if cancel.is_set():
+                return
 
     def embed(self, texts: Sequence[str]) -> EmbedResult:
         raise InvalidInput("this model does not produce embeddings; it is a text generation model",

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import os
 import secrets
 import threading
@@ -49,7 +50,7 @@ from modelport.runtimes.base import (
     StopMatcher,
     check_prompt_fits,
 )
-from modelport.runtimes.llamacpp_engine import BatchEngine, sequence_sink, silence_llama_log
+from modelport.runtimes.llamacpp_engine import BatchEngine, choices_sink, silence_llama_log
 from modelport.runtimes.llamacpp_engine import Sequence as EngineSequence
 from modelport.runtimes.prompting import chat_prompt_ids
 
@@ -171,9 +172,12 @@ class LlamaCppRuntime(Runtime):
             "sequences_active": engine.active_sequences(), "kv_cells_used": engine.kv_cells_used(),
             "sequences_started": engine.sequences_started, "batch_steps": engine.steps,
             "max_batch_sequences": engine.max_batch_sequences, "preemptions": engine.preemptions,
+            "sequence_moves": engine.sequence_moves,
             "prompt_tokens_decoded": engine.prompt_tokens_decoded,
             "cached_prompt_tokens": engine.cached_prompt_tokens,
+            "shared_prompt_tokens": engine.shared_prompt_tokens,
             "kv_leftover_on_join": engine.kv_leftover_on_join,
+            "decode_us": engine.decode_us, "step_us": engine.step_us,
         }
 
     # -- prompt ----------------------------------------------------------------------------
@@ -211,25 +215,43 @@ class LlamaCppRuntime(Runtime):
     def generate(self, request: GenerateRequest, cancel: threading.Event) -> Iterator[Delta]:
         """Hand the request to the batching engine and yield its Deltas as they are sampled.
         Leaving the iteration early (or setting `cancel`) takes the sequence out of the batch."""
+        for _, delta in self.generate_choices(request, 1, cancel):
+            yield delta
+
+    def generate_choices(self, request: GenerateRequest, n: int,
+                         cancel: threading.Event) -> Iterator[tuple[int, Delta]]:
+        """The `n` choices of one request decode together: choice i with seed + i, every choice
+        from one decoding of the prompt (the first choice's KV cells, copied to the others inside
+        the engine; never to or from another request). Yields (choice index, Delta) interleaved."""
         tokens = self._prompt_tokens(request.messages, request.prompt, request.tools)
         room = check_prompt_fits(len(tokens), self._context_length)
         max_tokens = min(request.max_tokens, room) if request.max_tokens else room
-        sampler = self._sampler(request)
+        greedy = request.temperature <= 0 and request.grammar is None and request.response_format != "json_object"
+        samplers: list[Any] = []
+        try:
+            for index in range(n):
+                choice = request if index == 0 or request.seed is None else dataclasses.replace(
+                    request, seed=request.seed + index)
+                samplers.append(self._sampler(choice))
+        except BaseException:
+            for sampler in samplers:
+                self._L.llama_sampler_free(sampler)
+            raise
         mine = threading.Event()  # this reader's own cancel: set when the iteration is left early
         watch = _Either(cancel, mine)
-        sink, read = sequence_sink()
-        sequence = EngineSequence(prompt=tokens, max_tokens=max_tokens, sampler=sampler,
-                                  stopper=StopMatcher(request.stop), cancel=watch, sink=sink,
-                                  logprobs=request.logprobs,
-                                  greedy=request.temperature <= 0 and request.grammar is None
-                                  and request.response_format != "json_object")
+        sinks, read = choices_sink(n)
+        sequences = [EngineSequence(prompt=tokens, max_tokens=max_tokens, sampler=sampler,
+                                    stopper=StopMatcher(request.stop), cancel=watch, sink=sink,
+                                    logprobs=request.logprobs, greedy=greedy)
+                     for sampler, sink in zip(samplers, sinks, strict=True)]
         try:
-            self._engine.submit(sequence)
+            self._engine.submit(sequences[0], sequences[1:])
         except BaseException:
-            self._L.llama_sampler_free(sampler)
+            for sampler in samplers:
+                self._L.llama_sampler_free(sampler)
             raise
         try:
-            yield from read(watch, lambda: self._engine.alive)
+            yield from read(lambda: self._engine.alive)
         finally:
             mine.set()
 

@@ -19,12 +19,24 @@ depend on its batch neighbours, and outputs batched equal outputs alone, sampled
 (llama.cpp promises no bit-identical logits across batch shapes), and a greedy tie can break
 the other way.
 
-Isolation (no KV or prompt-cache reuse, across workspaces or at all): a sequence's KV cells are
-removed when it leaves, and a joining sequence must find its sequence id empty; the engine
-checks that (fail closed: a sequence id that still holds cells is cleared and counted in
-`kv_leftover_on_join`, which must stay 0) and counts `cached_prompt_tokens` (prompt tokens not
-decoded because they were already in the cache), which is 0 by construction and exposed so that
-tests and operators can see it. Every request decodes its whole prompt (`prompt_tokens_decoded`).
+Choices of one request (`n` above 1) decode together, and share their prompt: `submit` takes the
+first choice with its siblings; the first decodes the prompt, and in the step where its prompt's
+last token gives logits, each sibling takes a free sequence id, gets a copy of the first one's KV
+cells (`llama_state_seq_get_data`/`set_data` with a KV stream per sequence; shared cells,
+`llama_memory_seq_cp`, in a unified cache) and samples its first token, with its own sampler, from the same
+logits. A sibling takes only a sequence id that no waiting sequence would get (so a request's
+choices never jump the queue); one that cannot fork waits at the back of the queue and decodes
+its own copy of the prompt, as any request does. Counted in `shared_prompt_tokens`.
+
+Isolation (no KV or prompt-cache reuse across requests, so none across workspaces): a
+sequence's KV cells are removed when it leaves, and a joining sequence must find its sequence id
+empty; the engine checks that (fail closed: a sequence id that still holds cells is cleared and
+counted in `kv_leftover_on_join`, which must stay 0) and counts `cached_prompt_tokens` (prompt
+tokens not decoded because another request had them in the cache), which is 0 by construction
+and exposed so that tests and operators can see it. KV cells are copied only from a request's
+first choice to its own siblings, which are handed to `submit` together; nothing else ever
+copies cells between sequence ids. Every request decodes its whole prompt once
+(`prompt_tokens_decoded`).
 The context has one LoRA adapter at most, set once at load; a worker serves one model of one
 workspace when that model is private, so a batch never holds two workspaces' adapters.
 
@@ -46,6 +58,7 @@ import ctypes
 import math
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -92,6 +105,8 @@ class Sequence:
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)
     joined_at: int = 0
     done: bool = False
+    #: the other choices of this sequence's request, until they fork from its prompt (see `_fork`)
+    siblings: list[Sequence] = field(default_factory=list)
 
 
 class BatchEngine:
@@ -151,11 +166,17 @@ class BatchEngine:
         self.tokens_generated_total = 0
         self.prompt_tokens_decoded = 0
         self.cached_prompt_tokens = 0
+        self.shared_prompt_tokens = 0
         self.kv_leftover_on_join = 0
         self.sequences_started = 0
         self.preemptions = 0
+        self.sequence_moves = 0
         self.steps = 0
         self.max_batch_sequences = 0
+        # where a step's time goes: inside llama_decode, and the whole step (batch, decode,
+        # sampling, handing tokens to readers); the difference is the loop's own Python
+        self.decode_us = 0
+        self.step_us = 0
         self._thread = threading.Thread(target=self._run, name="llamacpp-batch", daemon=True)
         self._thread.start()
 
@@ -173,8 +194,15 @@ class BatchEngine:
         with self._wake:
             return sum(s.n_past for s in self._active)
 
-    def submit(self, seq: Sequence) -> None:
+    def submit(self, seq: Sequence, siblings: list[Sequence] | tuple[Sequence, ...] = ()) -> None:
+        """Queue a sequence; `siblings` are the other choices of the same request (same prompt),
+        which fork from its KV cells once its prompt is decoded."""
         seq.feed = list(seq.prompt)
+        for sibling in siblings:
+            if sibling.prompt != seq.prompt:
+                raise InternalError("the choices of one request must have one prompt")
+            sibling.feed = list(sibling.prompt)  # decoded only when it cannot fork
+        seq.siblings = list(siblings)
         with self._wake:
             if self._closed:
                 raise InternalError("the batching engine is stopped")
@@ -188,7 +216,8 @@ class BatchEngine:
         self._thread.join()
         L = self._L
         for seq in self._waiting:
-            self._free_sampler(seq)
+            for one in (seq, *seq.siblings):
+                self._free_sampler(one)
         L.llama_batch_free(self._batch)
         L.llama_free(self._ctx)
 
@@ -207,15 +236,18 @@ class BatchEngine:
                     for seq in list(self._active):
                         self._leave(seq, None)
                     for seq in self._waiting:
+                        self._end_siblings(seq, None)
                         seq.sink(None)
                     return
                 self._admit()
+            started = time.perf_counter_ns()
             try:
                 self._step()
             except ModelportError as exc:
                 self._fail_all(exc)
             except Exception as exc:  # a bug of ours or of llama.cpp: say what kind, never the data
                 self._fail_all(InternalError(f"the batching engine failed ({type(exc).__name__})"))
+            self.step_us += (time.perf_counter_ns() - started) // 1000
 
     def _admit(self) -> None:
         """Move waiting sequences into free sequence ids while their prompt fits (lock held)."""
@@ -224,6 +256,7 @@ class BatchEngine:
             seq = self._waiting[0]
             if seq.cancel.is_set():
                 self._waiting.popleft()
+                self._end_siblings(seq, None)
                 self._free_sampler(seq)
                 seq.sink(None)
                 continue
@@ -247,6 +280,7 @@ class BatchEngine:
             self._leave(seq, None)
         if not self._active:
             return
+        self._compact()
         decoding = [s for s in self._active if len(s.feed) == 1]
         prefilling = sorted((s for s in self._active if len(s.feed) > 1), key=lambda s: s.joined_at)
         # a KV stream per sequence holds its whole context (max_tokens never passes it); a shared
@@ -260,19 +294,21 @@ class BatchEngine:
         budget = min(self._n_batch - len(decoding), free - len(decoding))
         if decoding:
             budget = min(budget, self._prefill_chunk)
+        takes = {seq: 1 for seq in decoding}
+        for seq in prefilling:  # the prefill budget goes to the oldest first
+            if budget <= 0:
+                break
+            takes[seq] = min(budget, len(seq.feed))
+            budget -= takes[seq]
+        # Tokens in increasing sequence id: with a KV stream per sequence, llama.cpp puts only
+        # consecutive, increasing sequence ids into one micro-batch (llama_batch_allocr::
+        # split_equal, "sequential"), and each micro-batch is a pass over the weights.
         batch = self._batch
         n = 0
         outputs: list[tuple[Sequence, int]] = []
         fed: list[tuple[Sequence, int]] = []
-        for seq in decoding:
-            self._add(n, seq.feed[0], seq.n_past, seq.slot, True)
-            outputs.append((seq, n))
-            fed.append((seq, 1))
-            n += 1
-        for seq in prefilling:
-            if budget <= 0:
-                break
-            take = min(budget, len(seq.feed))
+        for seq in sorted(takes, key=lambda s: s.slot):
+            take = takes[seq]
             for i in range(take):
                 last = i == len(seq.feed) - 1
                 self._add(n, seq.feed[i], seq.n_past + i, seq.slot, last)
@@ -280,11 +316,12 @@ class BatchEngine:
                     outputs.append((seq, n))
                 n += 1
             fed.append((seq, take))
-            budget -= take
         if n == 0:
             return
         batch.n_tokens = n
+        started = time.perf_counter_ns()
         ret = L.llama_decode(self._ctx, batch)
+        self.decode_us += (time.perf_counter_ns() - started) // 1000
         if ret == 1 and len(self._active) > 1:  # no KV slot found (fragmented): preempt and retry
             for seq, _ in fed:
                 L.llama_memory_seq_rm(self._mem, seq.slot, seq.n_past, -1)
@@ -300,7 +337,111 @@ class BatchEngine:
             seq.n_past += take
             del seq.feed[:take]
         for seq, index in outputs:
+            if seq.siblings:  # its prompt is in the cache now, and these are its logits
+                self._fork(seq, index)
             self._sample(seq, index)
+
+    def _release_slot(self, slot: int) -> None:
+        """A sequence id is free again (lock held); `pop()` hands out the lowest free id."""
+        self._free_slots.append(slot)
+        self._free_slots.sort(reverse=True)
+
+    def _compact(self) -> None:
+        """Keep the running sequences on the lowest sequence ids (KV stream per sequence only).
+
+        llama.cpp decodes a step in one pass over the weights only when the step's sequence ids
+        are consecutive: a hole left by a sequence that ended splits every later step in two.
+        So the sequence on the highest id moves into the lowest free one (a copy of its own KV
+        cells, `llama_state_seq_get_data`/`set_data`, then its old id is emptied), until the
+        running ids are 0..n-1. A move that llama.cpp refuses leaves the sequence where it is."""
+        if self._unified:
+            return
+        L = self._L
+        while True:
+            with self._wake:
+                if not self._free_slots:
+                    return
+                low = self._free_slots[-1]
+            high = max(self._active, key=lambda s: s.slot, default=None)
+            if high is None or high.slot < low:
+                return
+            with self._wake:
+                self._free_slots.remove(low)
+            if L.llama_memory_seq_pos_max(self._mem, low) != -1:  # never expected
+                self.kv_leftover_on_join += 1
+                L.llama_memory_seq_rm(self._mem, low, -1, -1)
+            if high.n_past:
+                size = L.llama_state_seq_get_size(self._ctx, high.slot)
+                state = (ctypes.c_uint8 * size)()
+                if (L.llama_state_seq_get_data(self._ctx, state, size, high.slot) != size
+                        or L.llama_state_seq_set_data(self._ctx, state, size, low) != size):
+                    L.llama_memory_seq_rm(self._mem, low, -1, -1)
+                    with self._wake:
+                        self._release_slot(low)
+                    return
+            L.llama_memory_seq_rm(self._mem, high.slot, -1, -1)
+            with self._wake:
+                self._release_slot(high.slot)
+            high.slot = low
+            self.sequence_moves += 1
+
+    def _fork(self, first: Sequence, index: int) -> None:
+        """The other choices of `first`'s request take free sequence ids, a copy of its prompt's
+        KV cells, and sample their first token from its logits at `index` (with their own
+        samplers). They take only ids that the sequences already waiting would not get at the
+        next admission, so no other request waits longer for them; one that finds none waits at
+        the back of the queue and decodes its own copy of the prompt."""
+        L = self._L
+        state: Any = None
+        while first.siblings:  # those not yet taken end with `first` if a step fails meanwhile
+            seq = first.siblings.pop(0)
+            if seq.cancel.is_set():
+                self._free_sampler(seq)
+                seq.done = True
+                seq.sink(None)
+                continue
+            with self._wake:
+                # a free id that no waiting sequence will take at the next admission
+                if len(self._free_slots) <= len(self._waiting):
+                    self._waiting.append(seq)
+                    continue
+                seq.slot = self._free_slots.pop()
+            if L.llama_memory_seq_pos_max(self._mem, seq.slot) != -1:  # never expected
+                self.kv_leftover_on_join += 1
+                L.llama_memory_seq_rm(self._mem, seq.slot, -1, -1)
+            if self._unified:  # one cache: the sibling shares the prompt's cells
+                L.llama_memory_seq_cp(self._mem, first.slot, seq.slot, -1, -1)
+            else:
+                # a KV stream per sequence: copy the prompt's cells only (llama_memory_seq_cp
+                # across streams copies a stream's whole buffer, `context_length` cells)
+                if state is None:
+                    size = L.llama_state_seq_get_size(self._ctx, first.slot)
+                    state = (ctypes.c_uint8 * size)()
+                    if L.llama_state_seq_get_data(self._ctx, state, size, first.slot) != size:
+                        state = ()  # not expected; every sibling decodes its own prompt then
+                if not state or L.llama_state_seq_set_data(self._ctx, state, len(state), seq.slot) != len(state):
+                    L.llama_memory_seq_rm(self._mem, seq.slot, -1, -1)
+                    with self._wake:
+                        self._release_slot(seq.slot)
+                        seq.slot = -1
+                        self._waiting.append(seq)
+                    continue
+            seq.n_past = first.n_past
+            seq.feed = []
+            self._joins += 1
+            seq.joined_at = self._joins
+            self.sequences_started += 1
+            self.shared_prompt_tokens += len(seq.prompt)
+            self._active.append(seq)
+            self._sample(seq, index)
+
+    def _end_siblings(self, seq: Sequence, last: Event) -> None:
+        """Choices that never forked from `seq` end as it ends (cancelled, failed, stopped)."""
+        siblings, seq.siblings = seq.siblings, []
+        for sibling in siblings:
+            self._free_sampler(sibling)
+            sibling.done = True
+            sibling.sink(last)
 
     def _add(self, j: int, token: int, pos: int, slot: int, logits: bool) -> None:
         batch = self._batch
@@ -420,8 +561,11 @@ class BatchEngine:
         if seq.slot >= 0:
             L.llama_memory_seq_rm(self._mem, seq.slot, -1, -1)
             with self._wake:
-                self._free_slots.append(seq.slot)
+                self._release_slot(seq.slot)
             seq.slot = -1
+        # siblings still waiting to fork end with it (a cancel or an error: a first choice that
+        # finished has forked them already)
+        self._end_siblings(seq, None if isinstance(last, Delta) else last)
         self._free_sampler(seq)
         seq.done = True
         seq.sink(last)
@@ -432,7 +576,7 @@ class BatchEngine:
         self._active.remove(seq)
         L.llama_memory_seq_rm(self._mem, seq.slot, -1, -1)
         with self._wake:
-            self._free_slots.append(seq.slot)
+            self._release_slot(seq.slot)
             seq.slot = -1
             seq.feed = [*seq.prompt, *seq.generated]  # the last generated token is not decoded yet
             seq.n_past = 0
@@ -450,25 +594,30 @@ class BatchEngine:
             seq.sampler = None
 
 
-def sequence_sink() -> tuple[Callable[[Event], None], Callable[[threading.Event, Callable[[], bool]], Any]]:
-    """A sink for one sequence and a reader that yields its events until the end."""
-    events: queue.SimpleQueue[Event] = queue.SimpleQueue()
+def choices_sink(n: int) -> tuple[list[Callable[[Event], None]], Callable[[Callable[[], bool]], Any]]:
+    """Sinks for the `n` choices of one request and a reader that yields (choice index, Delta)
+    as they come, interleaved, until every choice has ended."""
+    events: queue.SimpleQueue[tuple[int, Event]] = queue.SimpleQueue()
 
-    def read(cancel: threading.Event, alive: Callable[[], bool]) -> Any:
-        while True:
+    def sink(index: int) -> Callable[[Event], None]:
+        return lambda event: events.put((index, event))
+
+    def read(alive: Callable[[], bool]) -> Any:
+        running = n
+        while running:
             try:
-                event = events.get(timeout=0.25)
+                index, event = events.get(timeout=0.25)
             except queue.Empty:
                 if not alive():
                     raise InternalError("the batching engine stopped") from None
                 continue
             if event is None:
-                return
+                running -= 1
+                continue
             if isinstance(event, ModelportError):
                 raise event
-            yield event
+            yield index, event
             if event.finish_reason is not None:
-                return
+                running -= 1
 
-    return events.put, read
-
+    return [sink(i) for i in range(n)], read

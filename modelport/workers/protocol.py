@@ -66,8 +66,9 @@ class _Body(BaseModel):
 
 
 class GenerateBody(_Body):
-    """One chat or text completion. `n` choices are generated one after the other; choice i
-    uses seed + i, so a request with a seed is reproducible and its choices still differ.
+    """One chat or text completion. Choice i of `n` uses seed + i, so a request with a seed is
+    reproducible and its choices still differ; a batching runtime decodes the choices together
+    (their events interleave, each with its index), others one after the other.
     `grammar` (GBNF text) and `logprobs` (top-k count) mean what runtimes/base.py says."""
 
     messages: list[dict[str, Any]] | None = None
@@ -132,7 +133,9 @@ class Health(BaseModel):
                                          "compares it with its own).")
     counters: dict[str, int] = Field(default_factory=dict, description=(
         "Engine counters: batching (sequences_active, max_batch_sequences, batch_steps, kv_cells_used, "
-        "preemptions), isolation (cached_prompt_tokens and kv_leftover_on_join stay 0), embeddings batching."))
+        "preemptions), isolation (cached_prompt_tokens and kv_leftover_on_join stay 0; shared_prompt_tokens "
+        "counts prompt tokens copied between the choices of one request), time (decode_us inside llama_decode, "
+        "step_us in whole batch steps), embeddings batching."))
 
 
 # -- events (hand-built dicts: this is the per-token path) ---------------------------------

@@ -206,20 +206,17 @@ class WorkerServer:
 
     def _produce(self, body: GenerateBody, cancel: threading.Event,
                  push: Callable[[tuple[Any, ...]], None]) -> None:
-        """Model thread: run each choice, push ("delta", i, Delta) items, then ("end",)."""
+        """Model thread: run the choices (together where the runtime batches), push
+        ("delta", i, Delta) items, then ("end",)."""
         try:
-            for index in range(body.n):
-                request = GenerateRequest(
-                    messages=body.messages, prompt=body.prompt, max_tokens=body.max_tokens,
-                    temperature=body.temperature, top_p=body.top_p, stop=tuple(body.stop),
-                    seed=None if body.seed is None else body.seed + index,
-                    response_format=body.response_format, grammar=body.grammar, logprobs=body.logprobs,
-                    tools=body.tools,
-                )
-                for delta in self.runtime.generate(request, cancel):
-                    push(("delta", index, delta))
-                if cancel.is_set():
-                    break
+            request = GenerateRequest(
+                messages=body.messages, prompt=body.prompt, max_tokens=body.max_tokens,
+                temperature=body.temperature, top_p=body.top_p, stop=tuple(body.stop), seed=body.seed,
+                response_format=body.response_format, grammar=body.grammar, logprobs=body.logprobs,
+                tools=body.tools,
+            )
+            for index, delta in self.runtime.generate_choices(request, body.n, cancel):
+                push(("delta", index, delta))
             push(("end",))
         except errors.ModelportError as exc:
             push(("error", exc))

@@ -200,3 +200,29 @@ def test_concurrent_streams_through_the_gateway_are_batched_and_equal_each_alone
     (worker,) = [w for w in workers(models.server).values() if w.health.runtime == "llamacpp"]
     assert worker.health.counters["max_batch_sequences"] >= 2
     assert worker.health.counters["cached_prompt_tokens"] == 0
+
+
+def test_n_choices_streamed_equal_the_same_request_not_streamed_and_usage_counts_the_prompt_once(
+        chat_client: openai.OpenAI):
+    """n=3 through the gateway: the choices decode together in the worker (their chunks
+    interleave), each streamed choice equals the same choice of the non-streamed answer (seeded),
+    and usage counts the prompt once and every choice's tokens, streamed or not."""
+    c = chat_client
+    story = [{"role": "user", "content": "Write one sentence about a lighthouse."}]
+    kw = {"model": "chat", "messages": story, "max_tokens": 12, "temperature": 1.0, "seed": 77, "n": 3}
+    whole = c.chat.completions.create(**kw)
+    alone = c.chat.completions.create(**{**kw, "n": 1})
+    chunks = list(c.chat.completions.create(**kw, stream=True, stream_options={"include_usage": True}))
+    *content_chunks, last = chunks
+    texts = ["", "", ""]
+    order = []
+    for ch in content_chunks:
+        for choice in ch.choices:
+            texts[choice.index] += choice.delta.content or ""
+            order.append(choice.index)
+    assert texts == [choice.message.content for choice in sorted(whole.choices, key=lambda ch: ch.index)]
+    assert texts[0] == alone.choices[0].message.content and len(set(texts)) >= 2
+    assert order != sorted(order)  # interleaved: not one choice after the other
+    assert whole.usage.prompt_tokens == alone.usage.prompt_tokens == last.usage.prompt_tokens
+    assert last.usage.completion_tokens == whole.usage.completion_tokens >= 3
+    assert whole.usage.total_tokens == whole.usage.prompt_tokens + whole.usage.completion_tokens

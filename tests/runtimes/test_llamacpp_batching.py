@@ -117,6 +117,29 @@ def test_cancel_one_stream_mid_batch_and_the_others_continue(runtime: LlamaCppRu
     assert runtime.counters()["sequences_active"] == 0
 
 
+def test_a_sequence_moves_into_the_hole_a_finished_one_leaves_and_continues_exactly(
+        runtime: LlamaCppRuntime) -> None:
+    """Three streams on sequence ids 0, 1, 2; the one on 1 ends after two tokens. llama.cpp runs a
+    step in one pass only over consecutive ids, so the stream on 2 moves into 1 (a copy of its own
+    KV cells) and goes on: every stream is exactly what it is alone, and no id keeps a cell."""
+    long_a = GenerateRequest(prompt="1, 2, 3, 4,", max_tokens=40, temperature=0)
+    short = GenerateRequest(prompt="The capital of France is", max_tokens=2, temperature=0)
+    long_c = GenerateRequest(prompt="Once upon a time", max_tokens=40, temperature=0.8, seed=3)
+    alone = [run(runtime, r) for r in (long_a, short, long_c)]
+    before = runtime.counters()["sequence_moves"]
+    streams = [runtime.generate(r, threading.Event()) for r in (long_a, short, long_c)]
+    firsts = [next(s) for s in streams]  # each is in the engine (ids 0, 1, 2) before the next starts
+    results = []
+    for first, stream in zip(firsts, streams, strict=True):
+        deltas = [first, *stream]
+        results.append(("".join(d.text for d in deltas), deltas[-1].finish_reason, deltas[-1].usage))
+    assert results == alone
+    assert runtime.counters()["sequence_moves"] > before
+    engine = runtime._engine
+    assert all(llama_cpp.llama_memory_seq_pos_max(engine._mem, slot) == -1 for slot in range(engine.parallel))
+    assert sorted(engine._free_slots) == list(range(engine.parallel))
+
+
 def test_leaving_the_iteration_early_frees_the_sequence(runtime: LlamaCppRuntime) -> None:
     stream = runtime.generate(GenerateRequest(prompt="1, 2, 3, 4,", max_tokens=500, temperature=0),
                               threading.Event())

@@ -2,7 +2,8 @@
 found it: no KV cell held, no sequence id lost, no sequence still counted, every stream ended.
 
 A hypothesis state machine drives the real engine (bundled SmolLM2, one thread, short streams):
-rules start streams with random lengths and stop strings, cancel or abandon running ones, and
+rules start streams with random lengths and stop strings (and requests of several choices,
+which fork from one prompt or wait for a sequence id), cancel or abandon running ones, and
 let others run to their end; the invariant is checked after each rule, and the engine is
 checked empty at the end of every run.
 """
@@ -34,6 +35,15 @@ def runtime() -> Iterator[LlamaCppRuntime]:
     rt.close()
 
 
+def _deltas(choices: Iterator[tuple[int, Delta]]) -> Iterator[Delta]:
+    """The Deltas of every choice; closing this closes the choices' reader."""
+    try:
+        for _, delta in choices:
+            yield delta
+    finally:
+        choices.close()  # type: ignore[attr-defined]
+
+
 def test_no_sequence_of_calls_leaks_kv_cells_or_sequence_ids(runtime: LlamaCppRuntime) -> None:
     engine = runtime._engine
 
@@ -49,6 +59,17 @@ def test_no_sequence_of_calls_leaks_kv_cells_or_sequence_ids(runtime: LlamaCppRu
             stream = runtime.generate(GenerateRequest(prompt=f"{start}, {start + 1},", max_tokens=tokens,
                                                       temperature=0, stop=stop), cancel)
             next(stream, None)  # the generator runs up to its first delta: the request is in the engine
+            self.streams.append((stream, cancel))
+
+        @precondition(lambda self: len(self.streams) < PARALLEL + 2)
+        @rule(start=st.integers(0, 90), tokens=st.integers(1, 6), n=st.integers(2, PARALLEL + 1))
+        def join_with_choices(self, start: int, tokens: int, n: int) -> None:
+            """A request with `n` choices: some fork from its prompt, some wait for an id."""
+            cancel = threading.Event()
+            stream = _deltas(runtime.generate_choices(
+                GenerateRequest(prompt=f"{start}, {start + 1},", max_tokens=tokens, temperature=0.9, seed=start),
+                n, cancel))
+            next(stream, None)
             self.streams.append((stream, cancel))
 
         @precondition(lambda self: self.streams)

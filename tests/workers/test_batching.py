@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from modelport.errors import InvalidInput, ServiceUnavailable
-from modelport.workers.client import TextDelta
+from modelport.workers.client import ChoiceFinished, StreamUsage, TextDelta
 from modelport.workers.protocol import GenerateBody, WorkerSpec
 from modelport.workers.supervisor import WorkerHandle, WorkerState, WorkerSupervisor
 from tests.support.models import MINILM_DIR, SMOLLM2_GGUF
@@ -70,6 +70,30 @@ def test_concurrent_streams_equal_each_alone_and_share_batches(loop: LoopThread,
     assert alone[4][0][0] in (" yes", " no")
     entries = [e for chunk in alone[5][2] for e in chunk]
     assert len(entries) == 6 and all(len(e["top_logprobs"]) == 2 and e["logprob"] <= 0 for e in entries)
+
+
+def test_the_choices_of_one_request_decode_together_and_count_the_prompt_once(loop: LoopThread,
+                                                                               batching: WorkerHandle) -> None:
+    """n=3 with a seed: choice i is what the request alone with seed + i is; the choices' events
+    interleave (one batch, not one after the other); the prompt is decoded once and copied to the
+    other two choices; usage counts the prompt once and every choice's tokens."""
+    def body(seed: int, n: int = 1) -> GenerateBody:
+        return GenerateBody(messages=[{"role": "user", "content": "Tell me about the moon."}], max_tokens=20,
+                            temperature=1.0, seed=seed, n=n)
+
+    alone = [loop.run(collect(batching, body(900 + i))) for i in range(3)]
+    before = loop.run(batching.client.health()).counters
+    texts, events = loop.run(collect(batching, body(900, n=3)))
+    after = loop.run(batching.client.health()).counters
+    assert texts == {i: alone[i][0][0] for i in range(3)}
+    prompt = alone[0][1][-1].prompt_tokens
+    assert events[-1] == StreamUsage(prompt, sum(a[1][-1].completion_tokens for a in alone))
+    assert sorted(e.index for e in events if isinstance(e, ChoiceFinished)) == [0, 1, 2]
+    order = [e.index for e in events if isinstance(e, TextDelta)]
+    assert order.index(2) < len(order) - 1 - order[::-1].index(0)  # choice 2 began before choice 0 ended
+    assert after["prompt_tokens_decoded"] - before["prompt_tokens_decoded"] == prompt
+    assert after["shared_prompt_tokens"] - before["shared_prompt_tokens"] == 2 * prompt
+    assert after["cached_prompt_tokens"] == 0 and after["kv_leftover_on_join"] == 0
 
 
 def test_a_bad_grammar_is_a_400_before_the_stream(loop: LoopThread, batching: WorkerHandle) -> None:

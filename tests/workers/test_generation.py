@@ -37,7 +37,7 @@ def test_streamed_generation_with_usage_and_token_counting(loop: LoopThread, lla
     assert count.context_length == 1024
 
 
-def test_seed_is_reproducible_and_n_choices_are_sequential(loop: LoopThread, llama: WorkerHandle) -> None:
+def test_seed_is_reproducible_and_n_choices_differ_by_seed(loop: LoopThread, llama: WorkerHandle) -> None:
     body = GenerateBody(prompt="Once upon a time", max_tokens=12, temperature=1.0, seed=42, n=2)
     first, events = loop.run(collect(llama, body))
     second, _ = loop.run(collect(llama, body))
