@@ -6,6 +6,8 @@ import logging
 import os
 from dataclasses import dataclass
 
+import anyio
+
 from modelport.api.deps import Services
 from modelport.catalog.service import CatalogService
 from modelport.catalog.storage import LocalModelStore, move_legacy_dir
@@ -16,7 +18,7 @@ from modelport.db import migrate
 from modelport.db.engine import Database
 from modelport.deployments.schemas import DeploymentCreate
 from modelport.deployments.service import DeploymentService
-from modelport.encryption_keys.service import KeyService
+from modelport.encryption_keys.service import EncryptionKeyService
 from modelport.finetuning.service import FinetunedWeights, FinetuningService
 from modelport.identity.offboarding import Offboarding
 from modelport.identity.service import IdentityService
@@ -83,7 +85,7 @@ def build_services(settings: Settings) -> Services:
         deployments=deployments,
         manager=manager,
         datasets=datasets,
-        keys=KeyService(db, datastore),
+        encryption_keys=EncryptionKeyService(db, datastore),
         safety=safety,
         finetuning=FinetuningService(db, catalog, datasets, datastore,
                                      max_active_jobs=settings.max_active_finetune_jobs_per_workspace),
@@ -96,6 +98,7 @@ def build_services(settings: Settings) -> Services:
         policies=PolicyService(db, policies, catalog, settings),
         rate_limiter=RateLimiter(storage_uri(settings.redis_url)),
         metrics=metrics,
+        scan_limiter=anyio.CapacityLimiter(settings.scan_concurrency),
     )
 
 
@@ -108,8 +111,8 @@ class PrepareResult:
 
 def prepare(svc: Services) -> PrepareResult:
     """Idempotent: safe on every start, and cheap when nothing changed."""
-    if svc.extra.get("prepared"):
-        return svc.extra["prepared"]  # type: ignore[return-value]
+    if svc.prepared is not None:
+        return svc.prepared
     migrate.upgrade(svc.db.engine)
     svc.policies.engine.reload()
     admin_key = svc.identity.bootstrap()
@@ -125,7 +128,7 @@ def prepare(svc: Services) -> PrepareResult:
     if admin_key is not None and svc.settings.create_default_deployment:
         deployment_key = _default_deployment(svc, admin_key)
     result = PrepareResult(admin_key=admin_key, problems=problems, deployment_key=deployment_key)
-    svc.extra["prepared"] = result
+    svc.prepared = result
     return result
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Annotated
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated
 
+import anyio
 from fastapi import Depends, Header, Request
 
 from modelport.catalog.service import CatalogService
@@ -13,7 +14,7 @@ from modelport.config import Settings
 from modelport.datasets.service import DatasetService
 from modelport.db.engine import Database
 from modelport.deployments.service import DeploymentService
-from modelport.encryption_keys.service import KeyService
+from modelport.encryption_keys.service import EncryptionKeyService
 from modelport.errors import Forbidden, Unauthenticated
 from modelport.finetuning.service import FinetuningService
 from modelport.identity.offboarding import Offboarding
@@ -30,6 +31,9 @@ from modelport.policies.service import PolicyService
 from modelport.quotas.limiter import RateLimiter
 from modelport.safety.service import SafetyService
 
+if TYPE_CHECKING:
+    from modelport.bootstrap import PrepareResult
+
 
 @dataclass
 class Services:
@@ -40,7 +44,7 @@ class Services:
     deployments: DeploymentService
     manager: DeploymentManager
     datasets: DatasetService
-    keys: KeyService
+    encryption_keys: EncryptionKeyService
     safety: SafetyService
     finetuning: FinetuningService
     offboarding: Offboarding
@@ -52,7 +56,10 @@ class Services:
     policies: PolicyService
     rate_limiter: RateLimiter
     metrics: Metrics
-    extra: dict[str, object] = field(default_factory=dict)  # later subsystems register here
+    #: model scans (imports, rescans) running at once, at most `settings.scan_concurrency`
+    scan_limiter: anyio.CapacityLimiter
+    #: what `bootstrap.prepare` did on this installation's first call (later calls return it)
+    prepared: PrepareResult | None = None
 
 
 def services(request: Request) -> Services:

@@ -86,10 +86,7 @@ async def _scan_slot(svc: Services, fn: Any, *args: Any) -> Any:
     """Run a call that scans a model in a thread, at most `scan_concurrency` at once: a scan (hashing,
     the template check's child process) can take long, and must not hold the threads that
     serve every other control-plane request while it does (callers wait without a thread)."""
-    limiter = svc.extra.get("scan_limiter")
-    if limiter is None:
-        limiter = svc.extra["scan_limiter"] = anyio.CapacityLimiter(svc.settings.scan_concurrency)
-    return await anyio.to_thread.run_sync(fn, *args, limiter=limiter)
+    return await anyio.to_thread.run_sync(fn, *args, limiter=svc.scan_limiter)
 
 
 @router.post("/models/{name}/scan", response_model=ModelDetailOut, name="model.scan")
