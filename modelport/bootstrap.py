@@ -34,6 +34,7 @@ from modelport.metrics import Metrics
 from modelport.policies.engine import PolicyEngine
 from modelport.policies.service import PolicyService
 from modelport.quotas.limiter import RateLimiter, storage_uri
+from modelport.safety.backends.base import BackendSettings
 from modelport.safety.service import SafetyService
 from modelport.workers.sandbox import SandboxLauncher
 from modelport.workers.supervisor import WorkerSupervisor
@@ -72,7 +73,8 @@ def build_services(settings: Settings) -> Services:
     safety = SafetyService(db, metrics=metrics, screening_concurrency=settings.screening_concurrency,
                            screening_queue=settings.screening_queue,
                            screening_cache_entries=settings.screening_cache_entries,
-                           blocklist_budget_s=settings.blocklist_budget_ms / 1000)
+                           blocklist_budget_s=settings.blocklist_budget_ms / 1000,
+                           backend_settings=BackendSettings.from_settings(settings))
     safety.set_judge_factory(judge_factory(manager))  # the llm-judge backend calls chat deployments
     usage = UsageService(db, manager.meter)
     budgets = BudgetService(db, usage)

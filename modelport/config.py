@@ -42,6 +42,10 @@ def _default_home() -> Path:
     return Path.home() / ".modelport"
 
 
+def _default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "modelport"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=False)
 
@@ -151,6 +155,10 @@ class Settings(BaseSettings):
     screening_cache_entries: int = Field(default=8192, ge=0, le=1_000_000, description="Analyses of texts "
                                          "already screened kept per safety backend (by keyed hash, never the "
                                          "text); 0 turns the cache off.")
+    cache_dir: Path = Field(default_factory=_default_cache_dir, json_schema_extra=_readme("`~/.cache/modelport`"),
+                            description="Files derived from shipped models, kept between processes and servers: the "
+                            "safety classifier's int8 ONNX graph (`safety/`). Model weights only, never a screened "
+                            "text.")
     blocklist_budget_ms: int = Field(default=200, ge=1, le=60_000, description="Time all of a deployment's "
                                      "blocklists get per text; past it the request is refused (503).")
     trusted_proxies: Annotated[list[ipaddress.IPv4Network | ipaddress.IPv6Network], NoDecode] = Field(
@@ -257,6 +265,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _resolve(self) -> Settings:
         self.home = self.home.expanduser()
+        self.cache_dir = self.cache_dir.expanduser()
         if self.environment == "production" and self.database_url is None:
             # Production must say where its metadata lives; the SQLite default is for one machine.
             raise ValueError("MODELPORT_DATABASE_URL must be set when MODELPORT_ENVIRONMENT=production")

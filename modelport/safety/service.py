@@ -28,7 +28,7 @@ from modelport.metrics import Metrics
 from modelport.safety import blocklists
 from modelport.safety.admission import WorkspaceGate
 from modelport.safety.backends import create_backend
-from modelport.safety.backends.base import SafetyBackend
+from modelport.safety.backends.base import BackendSettings, SafetyBackend
 from modelport.safety.backends.llm_judge import Complete, LLMJudgeBackend
 from modelport.safety.blocklists import BlocklistSet
 from modelport.safety.cache import DEFAULT_ENTRIES, AnalysisCache, CachedBackend
@@ -47,12 +47,15 @@ class SafetyService:
     """`screening_concurrency`/`screening_queue`: screenings one workspace runs at once / may queue
     (beyond: 429); `blocklist_budget_s`: time all of a deployment's blocklists get per text;
     `screening_cache_entries`: analyses each loaded backend keeps of texts it has classified, by
-    keyed hash (safety/cache.py; 0: none)."""
+    keyed hash (safety/cache.py; 0: none); `backend_settings`: what every backend it loads is
+    given (BackendSettings.from_settings)."""
 
     def __init__(self, db: Database, *, metrics: Metrics, screening_concurrency: int = 2, screening_queue: int = 16,
                  blocklist_budget_s: float = blocklists.DEFAULT_BUDGET_S,
-                 screening_cache_entries: int = DEFAULT_ENTRIES) -> None:
+                 screening_cache_entries: int = DEFAULT_ENTRIES,
+                 backend_settings: BackendSettings | None = None) -> None:
         self.db = db
+        self.backend_settings = backend_settings or BackendSettings()
         self.metrics = metrics
         self.screening_cache_entries = screening_cache_entries
         self.gate = WorkspaceGate(screening_concurrency, screening_queue)
@@ -82,12 +85,15 @@ class SafetyService:
             async with self._backend_lock:
                 if name not in self._backends:
                     try:
-                        loaded = await asyncio.to_thread(create_backend, name)
+                        loaded = await asyncio.to_thread(self._create_backend, name)
                         self._backends[name] = CachedBackend(loaded, AnalysisCache(self.screening_cache_entries))
                     except Exception as exc:  # fail closed: no screening, no request
                         raise SafetyUnavailable(f"The content-filter backend '{name}' could not be loaded; "
                                                 "requests to filtered deployments are refused.") from exc
         return self._backends[name]
+
+    def _create_backend(self, name: str) -> SafetyBackend:
+        return create_backend(name, settings=self.backend_settings)
 
     def judge(self, workspace_id: str, deployment: str, geography: str | None) -> LLMJudgeBackend:
         """The llm-judge backend asking `deployment` of `workspace_id` (one per judge and geography)."""

@@ -24,7 +24,7 @@ import torch
 
 from modelport.catalog.scanning import scan_model
 from modelport.errors import Unprocessable
-from modelport.safety.backends.base import CATEGORIES, SEVERITIES, Analysis, severity_rank
+from modelport.safety.backends.base import CATEGORIES, SEVERITIES, Analysis, BackendSettings, severity_rank
 
 _TARGETS = (*CATEGORIES, "jailbreak", "profanity")
 DEFAULT_CUTOFFS = {"low": 0.35, "medium": 0.5, "high": 0.8}
@@ -48,7 +48,8 @@ class HFLocalBackend:
 
     def __init__(self, path: str | Path, *, label_map: Mapping[str, str] | None = None,
                  severity_cutoffs: Mapping[str, float] | None = None, max_tokens: int = 256,
-                 batch_size: int = 32) -> None:
+                 batch_size: int = 32, settings: BackendSettings | None = None) -> None:
+        del settings  # the operator's model is loaded as it is: nothing derived is kept between processes
         self.path = Path(path)
         self.max_tokens = max_tokens
         self.batch_size = batch_size

@@ -22,7 +22,7 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable
 
-from modelport.safety.backends.base import CATEGORIES, SEVERITIES, Analysis, Severity
+from modelport.safety.backends.base import CATEGORIES, SEVERITIES, Analysis, BackendSettings, Severity
 
 Complete = Callable[[list[dict[str, str]]], Awaitable[str]]
 
@@ -111,7 +111,9 @@ class LLMJudgeBackend:
 
     name = "llm-judge"
 
-    def __init__(self, complete: Complete, *, unsafe_severity: Severity = "medium", concurrency: int = 4) -> None:
+    def __init__(self, complete: Complete, *, unsafe_severity: Severity = "medium", concurrency: int = 4,
+                 settings: BackendSettings | None = None) -> None:
+        del settings  # a judge is a chat deployment: nothing to keep between processes
         if unsafe_severity not in SEVERITIES[1:]:
             raise ValueError("unsafe_severity must be low, medium or high")
         self._complete = complete
