@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import anyio
 from fastapi import Depends, Header, Request
 
+from modelport.api.credentials import bearer
 from modelport.catalog.service import CatalogService
 from modelport.config import Settings
 from modelport.datasets.service import DatasetService
@@ -64,15 +65,6 @@ class Services:
 
 def services(request: Request) -> Services:
     return request.app.state.services
-
-
-def bearer(authorization: str | None) -> str | None:
-    if not authorization:
-        return None
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthenticated("Send the key as 'Authorization: Bearer <key>'.")
-    return token.strip()
 
 
 def principal(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import hmac
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +19,7 @@ import numpy as np
 import orjson
 from fastapi import Request
 
+from modelport.api import credentials
 from modelport.errors import (
     Conflict,
     Forbidden,
@@ -47,15 +48,16 @@ class Caller:
 
 
 def key_from(request: Request, *, azure: bool = False) -> str:
-    if azure:
-        api_key = request.headers.get("api-key")
-        if api_key:
-            return api_key.strip()
-    auth = request.headers.get("authorization")
-    if auth:
-        scheme, _, token = auth.partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            return token.strip()
+    """The key of an inference request (credentials.py); Azure's `api-key` first on the Azure API.
+    No key, or an Authorization header that is not a Bearer key, answers 401 naming both forms."""
+    if azure and (key := credentials.api_key(request.headers)) is not None:
+        return key
+    try:
+        token = credentials.bearer(request.headers.get("authorization"))
+    except Unauthenticated:
+        token = None
+    if token:
+        return token
     raise Unauthenticated(
         "Missing key: send 'Authorization: Bearer <key>'" + (" or 'api-key: <key>'." if azure else "."),
         details={"openai_code": "invalid_api_key"},
@@ -161,7 +163,7 @@ class Choice:
     finish_reason: str | None = None
 
 
-async def generate(manager: DeploymentManager, route: Route, body: GenerateBody) -> AsyncIterator[GenerateEvent]:
+async def generate(manager: DeploymentManager, route: Route, body: GenerateBody) -> AsyncGenerator[GenerateEvent, None]:
     """Stream the worker's events for one request through the deployment's pool."""
     pool = await manager.pool_for(route)
     async for event in pool.generate(route.workspace_id, route.id, body):

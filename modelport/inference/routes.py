@@ -7,13 +7,19 @@ surface's own shape, and every answer to an admitted request with its x-ratelimi
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from modelport.errors import InvalidInput, ModelportError
 from modelport.inference import admission, calls, handlers, responses
-from modelport.inference.manager import Route
-from modelport.inference.wire_errors import azure_error, openai_error
+from modelport.inference.manager import DeploymentManager, Route
+from modelport.inference.protocol import ModelCard, ModelInfo, ModelList
+from modelport.inference.wire_errors import AZURE, OPENAI
+
+if TYPE_CHECKING:
+    from modelport.api.deps import Services
 
 router = APIRouter()
 
@@ -23,8 +29,8 @@ EXTRA_MODES = ("error", "drop", "pass-through")
 DEPLOYMENT = "modelport.deployment"
 
 
-def _ctx(request: Request):  # type: ignore[no-untyped-def]
-    svc = request.app.state.services
+def _ctx(request: Request) -> tuple[Services, DeploymentManager]:
+    svc: Services = request.app.state.services
     return svc, svc.manager
 
 
@@ -49,15 +55,15 @@ async def _openai_call(request: Request, kind: str) -> Response:
         # next: requests and tokens per minute (429), once the body gives the estimate (admission.py)
         calls.check_ready(route)
         if kind == "chat":
-            response = await handlers.chat(request, manager, route, body, error_shape=openai_error)
+            response = await handlers.chat(request, manager, route, body, error_shape=OPENAI)
         elif kind == "completions":
-            response = await handlers.completions(request, manager, route, body, error_shape=openai_error)
+            response = await handlers.completions(request, manager, route, body, error_shape=OPENAI)
         elif kind == "responses":
-            response = await responses.create(request, manager, route, body, error_shape=openai_error)
+            response = await responses.create(request, manager, route, body, error_shape=OPENAI)
         else:
             response = await handlers.embeddings(manager, route, body, request=request)
     except ModelportError as exc:
-        response = openai_error(exc)
+        response = OPENAI.response(exc)
     return await admission.answer(request, response)
 
 
@@ -101,7 +107,7 @@ def _never_stored(request: Request, response_id: str) -> Response:
         calls.authenticate(manager, svc.identity, calls.key_from(request))
         raise responses.not_found(response_id)
     except ModelportError as exc:
-        return openai_error(exc)
+        return OPENAI.response(exc)
 
 
 @router.get("/v1/models", name="inference.openai.models", tags=["inference"])
@@ -111,11 +117,11 @@ async def openai_models(request: Request) -> Response:
     try:
         caller = calls.authenticate(manager, svc.identity, calls.key_from(request))
         routes = [caller.deployment] if caller.deployment else manager.routes_of(caller.workspace_id)
-        return JSONResponse({"object": "list", "data": [
-            {"id": r.name, "object": "model", "created": r.created_at, "owned_by": "modelport",
-             "task": r.task, "state": r.state} for r in routes if r is not None]})
+        return JSONResponse(ModelList(object="list", data=[
+            ModelCard(id=r.name, object="model", created=r.created_at, owned_by="modelport", task=r.task,
+                      state=r.state) for r in routes if r is not None]).wire())
     except ModelportError as exc:
-        return openai_error(exc)
+        return OPENAI.response(exc)
 
 
 async def _azure_call(request: Request, name: str, kind: str) -> Response:
@@ -130,9 +136,10 @@ async def _azure_call(request: Request, name: str, kind: str) -> Response:
             raise InvalidInput("extra-parameters must be error, drop or pass-through.", field="extra-parameters")
         if kind == "info":
             calls.check_ready(route)
-            return JSONResponse({"model_name": route.model_name,
-                                 "model_type": "chat-completion" if route.task == "chat-completion" else "embeddings",
-                                 "model_provider_name": "modelport"})
+            return JSONResponse(ModelInfo(
+                model_name=route.model_name,
+                model_type="chat-completion" if route.task == "chat-completion" else "embeddings",
+                model_provider_name="modelport").wire())
         calls.admit_budget(svc.budgets, route)
         # next: requests and tokens per minute (429), once the body gives the estimate (admission.py)
         body = await calls.read_json(request, svc.settings.max_request_bytes)
@@ -142,12 +149,12 @@ async def _azure_call(request: Request, name: str, kind: str) -> Response:
         extra_mode = "error" if mode == "error" else "drop"
         if kind == "chat":
             response = await handlers.chat(request, manager, route, body, extra_mode=extra_mode,
-                                           error_shape=azure_error, azure=True)
+                                           error_shape=AZURE, azure=True)
         else:
             response = await handlers.embeddings(manager, route, body, extra_mode=extra_mode, request=request,
                                                  azure=True)
     except ModelportError as exc:
-        response = azure_error(exc)
+        response = AZURE.response(exc)
     return await admission.answer(request, response)
 
 

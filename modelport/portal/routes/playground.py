@@ -24,7 +24,7 @@ from modelport.api.responses import ClosingStreamingResponse
 from modelport.api.routes.deployments import deployment_out
 from modelport.errors import InvalidInput, ModelportError
 from modelport.inference import calls, handlers
-from modelport.inference.wire_errors import openai_error
+from modelport.inference.wire_errors import OPENAI
 from modelport.portal.web import TEMPLATES, Me, PortalRoute, Svc, form, render
 from modelport.safety.screening import ContentFiltered
 
@@ -91,7 +91,7 @@ async def chat(request: Request, me: Me, svc: Svc) -> Response:
     turn = "a-" + secrets.token_hex(6)
     turn_html = TEMPLATES.get_template("_turn.html")
     try:
-        upstream = await handlers.chat(request, manager, route, body, error_shape=openai_error)
+        upstream = await handlers.chat(request, manager, route, body, error_shape=OPENAI)
     except ContentFiltered as exc:
         note = Markup(_filter_note(exc.details.get("content_filter_result", {}), "prompt"))  # noqa: S704 - rendered
         html = turn_html.render(message=message, turn=turn, note=note)
