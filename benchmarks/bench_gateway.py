@@ -485,6 +485,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--no-filtered", action="store_true", help="skip the content-filtered path")
+    parser.add_argument("--no-cascade", action="store_true",
+                        help="the server with MODELPORT_SCREENING_CASCADE=false: MiniLM screens every new text")
     parser.add_argument("--log-level", default="INFO",
                         help="the server's (INFO, the default, writes one access-log line per request)")
     parser.add_argument("--redis", metavar="URL", default=None,
@@ -500,7 +502,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
         home = Path(tmp) / "home"
         print("starting modelport serve with an echo deployment...", file=sys.stderr)
-        setup = Setup(home, args.log_level)
+        setup = Setup(home, args.log_level, {"MODELPORT_SCREENING_CASCADE": "false"} if args.no_cascade else None)
         try:
             results = uvloop.run(measure(setup, args.requests, args.rounds, args.seconds, args.clients,
                                          not args.no_filtered))

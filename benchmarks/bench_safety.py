@@ -4,7 +4,9 @@ Measures, with torch.set_num_threads(1) and the shipped MiniLM backend:
 - screening one 60-word prompt (backend call alone, and through Screener.screen_prompt);
 - screening a 400-token output streamed token by token through StreamScreener (buffered):
   per-segment latency and the total screening time of the whole output;
-- batched classification (per-text cost at batch 8 and 32).
+- batched classification (per-text cost at batch 8 and 32);
+- the cascade (safety/cascade.py, the served default): its first stage alone, and screening
+  through it a new prompt each time (6 and 60 words), and the 400-token stream.
 Prints p50/p99 in milliseconds. Target (issue 5): prompt screening under 10 ms p50 on one core.
 """
 
@@ -19,6 +21,7 @@ import torch
 from modelport.config import build_settings
 from modelport.safety.backends.base import BackendSettings
 from modelport.safety.backends.minilm import MiniLMBackend
+from modelport.safety.cascade import HEADS, CascadeBackend, NgramScreen
 from modelport.safety.config import ContentFilterConfig
 from modelport.safety.screening import Screener
 
@@ -139,6 +142,46 @@ def main() -> None:
             backend.classify(texts)
             ms.append((time.perf_counter() - t) * 1000 / batch)
         report(f"batch of {batch} prompts, per prompt", ms)
+
+    # the cascade (served default, MODELPORT_SCREENING_CASCADE): the first stage alone, and
+    # Screener.screen_prompt through it on a new text each time (nothing from a cache)
+    cascade = CascadeBackend(NgramScreen.load(), backend)
+    cascaded = Screener(cascade, ContentFilterConfig())
+    need = cascaded.needed("prompt")
+    heads = [h for h in HEADS if h in need]
+    plain = [f"Please summarise the sales report {i}" for i in range(args.rounds)]
+    ms = []
+    for text in plain:
+        t = time.perf_counter()
+        cascade.first.clears([text], heads)
+        ms.append((time.perf_counter() - t) * 1000)
+    report("cascade: first stage alone, 6-word prompt", ms)
+    ms = []
+    for _ in range(args.rounds):
+        t = time.perf_counter()
+        cascade.first.clears([PROMPT_60], heads)
+        ms.append((time.perf_counter() - t) * 1000)
+    report("cascade: first stage alone, 60-word prompt", ms)
+
+    async def through(texts: list[str]) -> list[float]:
+        out = []
+        for text in texts:
+            t = time.perf_counter()
+            await cascaded.screen_prompt(text)
+            out.append((time.perf_counter() - t) * 1000)
+        return out
+
+    before = cascade.cleared
+    report("cascade: screen_prompt, new 6-word prompt", asyncio.run(through(plain)))
+    print(f"  cleared by the first stage: {cascade.cleared - before}/{len(plain)}")
+    numbered = [f"{PROMPT_60} ({i})" for i in range(args.rounds)]
+    before = cascade.cleared
+    report("cascade: screen_prompt, new 60-word prompt", asyncio.run(through(numbered)))
+    print(f"  cleared by the first stage: {cascade.cleared - before}/{len(numbered)}")
+    cascade_stream = Screener(CascadeBackend(NgramScreen.load(), backend),
+                              ContentFilterConfig.model_validate(annotate))
+    totals = [asyncio.run(stream_once(cascade_stream, tokens))[0] for _ in range(max(5, args.rounds // 20))]
+    report("cascade: stream, whole 400-token output", totals)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,6 @@ import logging
 import os
 from dataclasses import dataclass
 
-import anyio
-
 from modelport.api.deps import Services
 from modelport.catalog.service import CatalogService
 from modelport.catalog.storage import LocalModelStore, move_legacy_dir
@@ -31,6 +29,7 @@ from modelport.marketplace.report import PublisherReports
 from modelport.metering.budgets import BudgetService
 from modelport.metering.usage import UsageService
 from modelport.metrics import Metrics
+from modelport.offload import ThreadBudget
 from modelport.policies.engine import PolicyEngine
 from modelport.policies.service import PolicyService
 from modelport.quotas.limiter import RateLimiter, storage_uri
@@ -73,6 +72,7 @@ def build_services(settings: Settings) -> Services:
     safety = SafetyService(db, metrics=metrics, screening_concurrency=settings.screening_concurrency,
                            screening_queue=settings.screening_queue,
                            screening_cache_entries=settings.screening_cache_entries,
+                           screening_cascade=settings.screening_cascade,
                            blocklist_budget_s=settings.blocklist_budget_ms / 1000,
                            backend_settings=BackendSettings.from_settings(settings))
     safety.set_judge_factory(judge_factory(manager))  # the llm-judge backend calls chat deployments
@@ -100,7 +100,7 @@ def build_services(settings: Settings) -> Services:
         policies=PolicyService(db, policies, catalog, settings),
         rate_limiter=RateLimiter(storage_uri(settings.redis_url)),
         metrics=metrics,
-        scan_limiter=anyio.CapacityLimiter(settings.scan_concurrency),
+        scan_budget=ThreadBudget(settings.scan_concurrency),
     )
 
 

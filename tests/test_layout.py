@@ -72,3 +72,17 @@ def test_no_file_points_at_files_outside_the_repository() -> None:
     bad = [f"{p.relative_to(ROOT)}: {needle}" for p in files
            for needle in OUTSIDE if needle in p.read_text(encoding="utf-8", errors="replace")]
     assert not bad, "\n".join(bad)
+
+
+def test_blocking_work_leaves_the_loop_through_one_helper() -> None:
+    """The package moves blocking work off the event loop only through modelport.offload (one pool, one
+    cancellation rule); a worker process's single-thread executors that own the model are the exception."""
+    package = TESTS.parent / "modelport"
+    other_apis = ("asyncio.to_thread", "run_in_threadpool", "to_thread.run_sync", "run_in_executor(None")
+    offenders = []
+    for path in package.rglob("*.py"):
+        if path.name == "offload.py":
+            continue
+        text = path.read_text(encoding="utf-8")
+        offenders += [f"{path.relative_to(package)}: {api}" for api in other_apis if api in text]
+    assert offenders == []

@@ -33,6 +33,7 @@ from modelport.config import Settings
 from modelport.finetuning.runner import JobRunner
 from modelport.inference import routes as inference_routes
 from modelport.inference.asgi import DataPlane
+from modelport.offload import run_blocking
 
 log = logging.getLogger("modelport.server")
 
@@ -58,7 +59,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         await svc.offboarding.resume()  # workspace deletions a stopped server left unfinished
         svc.manager.load_routes()
         svc.manager.meter.start()
-        await asyncio.to_thread(svc.budgets.load)
+        await run_blocking(svc.budgets.load)
         await svc.manager.start_existing()
         if svc.settings.content_filter_default == "on":
             # Load the default classifier now rather than on the first filtered request.
@@ -110,8 +111,8 @@ async def _flush_last_used(svc: Services) -> None:
     while True:
         await asyncio.sleep(svc.settings.api_key_last_used_flush_seconds)
         try:
-            await asyncio.to_thread(svc.identity.last_used.flush, svc.db)
-            await asyncio.to_thread(svc.safety.flush_counts)
+            await run_blocking(svc.identity.last_used.flush, svc.db)
+            await run_blocking(svc.safety.flush_counts)
         except Exception:
             log.exception("could not record API key use or content-filter counts")
 
@@ -121,8 +122,8 @@ async def _aggregate_meters(svc: Services) -> None:
     while True:
         await asyncio.sleep(svc.settings.meter_aggregate_seconds)
         try:
-            await asyncio.to_thread(svc.usage.refresh)
-            await asyncio.to_thread(svc.budgets.load)
+            await run_blocking(svc.usage.refresh)
+            await run_blocking(svc.budgets.load)
         except Exception:
             log.exception("could not aggregate usage into the meters")
 
@@ -133,8 +134,8 @@ async def _expire_uploads(svc: Services) -> None:
     while True:
         await asyncio.sleep(svc.settings.upload_sweep_seconds)
         try:
-            models = await asyncio.to_thread(svc.catalog.expire_uploads)
-            datasets = await asyncio.to_thread(svc.datasets.collect_stale_uploads, svc.settings.upload_ttl_seconds)
+            models = await run_blocking(svc.catalog.expire_uploads)
+            datasets = await run_blocking(svc.datasets.collect_stale_uploads, svc.settings.upload_ttl_seconds)
             if models or datasets:
                 log.info("expired stale uploads", extra={"event": "uploads.expired", "count": models + datasets})
         except Exception:

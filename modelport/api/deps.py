@@ -6,7 +6,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated
 
-import anyio
 from fastapi import Depends, Header, Request
 
 from modelport.api.credentials import bearer
@@ -28,6 +27,7 @@ from modelport.marketplace.report import PublisherReports
 from modelport.metering.budgets import BudgetService
 from modelport.metering.usage import UsageService
 from modelport.metrics import Metrics
+from modelport.offload import ThreadBudget
 from modelport.policies.service import PolicyService
 from modelport.quotas.limiter import RateLimiter
 from modelport.safety.service import SafetyService
@@ -57,8 +57,8 @@ class Services:
     policies: PolicyService
     rate_limiter: RateLimiter
     metrics: Metrics
-    #: model scans (imports, rescans) running at once, at most `settings.scan_concurrency`
-    scan_limiter: anyio.CapacityLimiter
+    #: the threads model scans (imports, rescans) may hold at once: `settings.scan_concurrency`
+    scan_budget: ThreadBudget
     #: what `bootstrap.prepare` did on this installation's first call (later calls return it)
     prepared: PrepareResult | None = None
 

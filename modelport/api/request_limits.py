@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import re
 
-import anyio
 from fastapi.responses import JSONResponse
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -30,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from modelport.api.credentials import bearer
 from modelport.api.errors import error_response
 from modelport.errors import ModelportError, PayloadTooLarge, Unauthenticated
+from modelport.offload import run_blocking
 
 #: Routes that stream their body and enforce their own limits.
 _STREAMING = (("PUT", re.compile(r"/api/v1/model-uploads/[^/]+/files/.+")),
@@ -106,9 +106,9 @@ class RequestBodyLimit:
             if token and token.startswith("mpd_"):
                 raise Unauthenticated("Deployment keys call inference routes only; use an API key on /api/v1.")
             if token and token.startswith("mpp_"):  # a publisher key (the route decides what it may reach)
-                await anyio.to_thread.run_sync(svc.publishers.authenticate, token)
+                await run_blocking(svc.publishers.authenticate, token)
             else:
-                await anyio.to_thread.run_sync(svc.identity.authenticate, token,
+                await run_blocking(svc.identity.authenticate, token,
                                                request.headers.get("x-modelport-workspace"))
         except Unauthenticated as exc:
             return error_response(exc, request, headers={"Connection": "close"})

@@ -27,6 +27,7 @@ from starlette.types import Receive, Scope, Send
 
 from modelport.catalog.downloads import VerifiedRead
 from modelport.errors import IntegrityError
+from modelport.offload import run_blocking
 
 log = logging.getLogger("modelport.api")
 
@@ -69,7 +70,7 @@ class VerifiedDownload(ClosingStreamingResponse):
     async def _chunks(read: VerifiedRead):  # type: ignore[no-untyped-def]
         yield read.first
         chunks = iter(read)
-        while (chunk := await anyio.to_thread.run_sync(next, chunks, None)) is not None:
+        while (chunk := await run_blocking(next, chunks, None)) is not None:
             yield chunk
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

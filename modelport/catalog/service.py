@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-import anyio
 from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 from sqlalchemy.orm import Session
@@ -43,6 +42,7 @@ from modelport.errors import (
 )
 from modelport.identity.principal import Principal
 from modelport.marketplace.publishers import ensure_publisher, publisher_by_ref
+from modelport.offload import run_blocking
 from modelport.policies.engine import PolicyEngine
 from modelport.policies.facts import ModelFacts
 
@@ -451,7 +451,7 @@ class CatalogService:
                     if size > expected:
                         raise PayloadTooLarge(f"'{rel}' is larger than the {expected} bytes declared.")
                     digest.update(chunk)
-                    await anyio.to_thread.run_sync(fh.write, chunk)
+                    await run_blocking(fh.write, chunk)
             if size != expected:
                 raise InvalidInput(f"'{rel}' has {size} bytes but {expected} were declared; upload it again.",
                                    field="size")

@@ -34,6 +34,7 @@ import orjson
 
 from modelport.errors import ServiceUnavailable
 from modelport.finetuning.cancel import JobCancelled
+from modelport.offload import run_blocking
 from modelport.workers.sandbox import Sandbox, SandboxLauncher, SandboxUnavailable
 
 log = logging.getLogger("modelport.finetuning")
@@ -110,7 +111,7 @@ async def run_trainer(
         raise
     os.close(in_r)
     os.close(out_w)
-    writer = asyncio.get_running_loop().run_in_executor(None, _write_input, in_w, spec, train, validation)
+    writer = asyncio.create_task(run_blocking(_write_input, in_w, spec, train, validation))
     reader = asyncio.StreamReader(limit=1 << 24)
     transport, _ = await asyncio.get_running_loop().connect_read_pipe(
         lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(out_r, "rb", 0))
@@ -181,7 +182,7 @@ class JobRunner:
         self.launcher = SandboxLauncher.from_settings(settings, "trainers")
 
     async def run(self) -> None:
-        await asyncio.to_thread(self.service.requeue_interrupted, MAX_ATTEMPTS)
+        await run_blocking(self.service.requeue_interrupted, MAX_ATTEMPTS)
         while True:
             try:
                 await self.poll()
@@ -191,7 +192,7 @@ class JobRunner:
 
     async def poll(self) -> None:
         while len(self.running) < self.concurrency:
-            job = await asyncio.to_thread(self.service.claim_next)
+            job = await run_blocking(self.service.claim_next)
             if job is None:
                 return
             task = asyncio.create_task(self._run(job), name=f"finetune-{job.id}")
@@ -211,23 +212,23 @@ class JobRunner:
         try:
             model_id = await self._train(job, cancel)
         except JobCancelled as exc:  # its dataset or workspace was deleted: the adapter is shredded
-            await asyncio.to_thread(self.service.finish, job.id, "cancelled", exc.message)
+            await run_blocking(self.service.finish, job.id, "cancelled", exc.message)
             log.info("fine-tuning job %s cancelled before it registered a model", job.id)
         except TrainerFailed as exc:
             status = "cancelled" if exc.code == "cancelled" else "failed"
-            await asyncio.to_thread(self.service.finish, job.id, status, None if status == "cancelled" else exc.message)
+            await run_blocking(self.service.finish, job.id, status, None if status == "cancelled" else exc.message)
             log.info("fine-tuning job %s %s (%s)", job.id, status, exc.code)
         except asyncio.CancelledError:
             raise  # server stopping: the job stays `running` and is requeued on the next start
         except SandboxUnavailable as exc:  # the machine, not a bug: the reason is the job's error
             log.warning("fine-tuning job %s failed: %s", job.id, exc.message)
-            await asyncio.to_thread(self.service.finish, job.id, "failed", exc.message)
+            await run_blocking(self.service.finish, job.id, "failed", exc.message)
         except Exception as exc:
             message = getattr(exc, "message", None) or f"internal error ({type(exc).__name__}); see the server log"
             log.exception("fine-tuning job %s failed", job.id)
-            await asyncio.to_thread(self.service.finish, job.id, "failed", message)
+            await run_blocking(self.service.finish, job.id, "failed", message)
         else:
-            await asyncio.to_thread(self.service.finish, job.id, "succeeded", None, model_id)
+            await run_blocking(self.service.finish, job.id, "succeeded", None, model_id)
             log.info("fine-tuning job %s succeeded: model %s", job.id, model_id)
         finally:
             watcher.cancel()
@@ -235,30 +236,30 @@ class JobRunner:
     async def _watch_cancel(self, job_id: str, cancel: asyncio.Event) -> None:
         while not cancel.is_set():
             await asyncio.sleep(self.settings.finetune_poll_seconds)
-            if await asyncio.to_thread(self.service.cancel_requested, job_id):
+            if await run_blocking(self.service.cancel_requested, job_id):
                 cancel.set()
 
     async def _train(self, job: Any, cancel: asyncio.Event) -> str:
         svc = self.service
-        base = await asyncio.to_thread(svc.base_model, job)
+        base = await run_blocking(svc.base_model, job)
         gguf = next(p for rel, p in svc.catalog.file_paths(base).items() if rel.endswith(".gguf"))
         # First the sandbox: a job that cannot have one fails before any data is decrypted.
         sandbox = await self.launcher.create(name=job.id)
         try:
-            await asyncio.to_thread(svc.set_isolation, job.id, sandbox.isolation.as_dict())
+            await run_blocking(svc.set_isolation, job.id, sandbox.isolation.as_dict())
             datastore = svc.datastore
             # Plaintext streams, decrypted chunk by chunk as the trainer reads them (P11).
-            train = await asyncio.to_thread(datastore.open, job.workspace_id, job.dataset_id)
+            train = await run_blocking(datastore.open, job.workspace_id, job.dataset_id)
             validation: Any = []
             if job.validation_dataset_id:
-                validation = await asyncio.to_thread(datastore.open, job.workspace_id, job.validation_dataset_id)
+                validation = await run_blocking(datastore.open, job.workspace_id, job.validation_dataset_id)
             model_fd = os.open(gguf, os.O_RDONLY | os.O_CLOEXEC)
             spec = {"job_id": job.id, "hyperparameters": job.hyperparameters, "name": f"{base.name} LoRA",
                     "arch": (base.model_metadata or {}).get("architecture", "llama")}
 
             async def progress(event: dict[str, Any]) -> None:
                 if event.get("event") == "progress":
-                    await asyncio.to_thread(svc.record_progress, job.id, event)
+                    await run_blocking(svc.record_progress, job.id, event)
 
             try:
                 result = await run_trainer(spec, train, validation, model_fd=model_fd, sandbox=sandbox,
@@ -267,4 +268,4 @@ class JobRunner:
                 os.close(model_fd)
         finally:
             await sandbox.close()
-        return await asyncio.to_thread(svc.register, job, result.adapter)
+        return await run_blocking(svc.register, job, result.adapter)

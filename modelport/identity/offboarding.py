@@ -49,6 +49,7 @@ from modelport.finetuning.cancel import cancel_workspace_jobs
 from modelport.identity.principal import Principal
 from modelport.identity.service import IdentityService
 from modelport.inference.manager import DeploymentManager
+from modelport.offload import run_blocking
 from modelport.safety.service import SafetyService
 
 log = logging.getLogger("modelport.offboarding")
@@ -76,7 +77,7 @@ class Offboarding:
 
     async def delete_workspace(self, actor: Principal, ref: str) -> dict[str, Any]:
         """Delete the workspace `actor` names (authorised as in the role table); what was removed."""
-        begun = await asyncio.to_thread(self._begin, actor, ref)
+        begun = await run_blocking(self._begin, actor, ref)
         # The deleting request itself counts among the workspace's requests when it is one of them.
         own = 1 if actor.workspace_id == begun.workspace_id else 0
         return await self._finish(begun, actor, own_requests=own, trainers_wait=TRAINERS_WAIT_SECONDS)
@@ -93,7 +94,7 @@ class Offboarding:
         finished = []
         for ws_id in pending:
             try:
-                begun = await asyncio.to_thread(self._begin_again, ws_id)
+                begun = await run_blocking(self._begin_again, ws_id)
                 await self._finish(begun, None, own_requests=0, trainers_wait=0.0)
                 finished.append(ws_id)
             except Exception:  # the server starts anyway; the workspace stays unusable
@@ -135,13 +136,13 @@ class Offboarding:
         ws_id = begun.workspace_id
         try:
             deployments = await self.manager.stop_workspace(ws_id)
-            if not await asyncio.to_thread(self.identity.activity.wait_idle, ws_id, REQUESTS_WAIT_SECONDS,
+            if not await run_blocking(self.identity.activity.wait_idle, ws_id, REQUESTS_WAIT_SECONDS,
                                            own_requests):
                 raise ServiceUnavailable("Requests of this workspace are still running on this server.")
             await self._wait_for_trainers(ws_id, trainers_wait)
-            report = await asyncio.to_thread(self._remove, ws_id, actor, len(deployments), begun.jobs_cancelled)
+            report = await run_blocking(self._remove, ws_id, actor, len(deployments), begun.jobs_cancelled)
         except ModelportError as exc:
-            await asyncio.to_thread(self._record_failure, ws_id, actor, exc)
+            await run_blocking(self._record_failure, ws_id, actor, exc)
             raise ServiceUnavailable(
                 "The workspace is being deleted, but the deletion did not finish: "
                 f"{exc.message.rstrip('.')}. Nothing of it can be used any more (its keys are refused); "
@@ -158,7 +159,7 @@ class Offboarding:
         trainer of this server; it cannot register anything (its cancellation is requested and
         its workspace key will be destroyed), so the deletion goes on without it."""
         deadline = time.monotonic() + timeout
-        while await asyncio.to_thread(self._running_jobs, ws_id):
+        while await run_blocking(self._running_jobs, ws_id):
             if time.monotonic() >= deadline:
                 log.warning("a fine-tuning job of the workspace being deleted did not stop in time",
                             extra={"workspace_id": ws_id})

@@ -27,12 +27,10 @@ import orjson
 from fastapi import Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
-from starlette.concurrency import run_in_threadpool
 
 from modelport.api.responses import ClosingStreamingResponse
 from modelport.errors import InvalidInput, ModelportError, TooManyRequests
 from modelport.inference import admission, answers, calls, filtering, tools
-from modelport.inference.manager import DeploymentManager, Route
 from modelport.inference.builders import (
     DONE,
     STREAM_HEADERS,
@@ -43,6 +41,7 @@ from modelport.inference.builders import (
     sse,
     text_completion,
 )
+from modelport.inference.manager import DeploymentManager, Route
 from modelport.inference.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -54,6 +53,7 @@ from modelport.inference.protocol import (
     split_extra,
 )
 from modelport.inference.wire_errors import ErrorShape
+from modelport.offload import run_blocking
 from modelport.quotas import estimate
 from modelport.runtimes.base import flatten_content
 from modelport.workers.client import GenerateEvent, StreamUsage
@@ -156,7 +156,7 @@ async def chat_call(request: Request, manager: DeploymentManager, route: Route, 
                     api: str, error_shape: ErrorShape) -> Call:
     """A chat request planned (tools, structured output), admitted and ready to run: for chat
     completions, and for the Responses API's request once made a chat request."""
-    found = await run_in_threadpool(chat_plan, req)  # a schema's grammar is built off the event loop
+    found = await run_blocking(chat_plan, req)  # a schema's grammar is built off the event loop
     messages = worker_messages(req.messages)
     gen = GenerateBody(
         messages=messages,
@@ -349,7 +349,7 @@ class Call:
         await self.bill.commit(usage.prompt_tokens, usage.completion_tokens, "filtered" if filtered else "success")
         return Response(orjson.dumps(body.wire()), media_type="application/json")
 
-    async def first_event(self, running: Running) -> answers.Event | None | Response:
+    async def first_event(self, running: Running) -> answers.Event | Response | None:
         """The pipeline's first event, read before the stream's status line (so that errors before
         any output keep their HTTP status), or a 499 when the client left first."""
         try:

@@ -35,6 +35,7 @@ from modelport.inference.pools import Pool, PoolManager
 from modelport.marketplace.offers import offer_for_model, usable_subscription
 from modelport.metering.recorder import MeterRecorder, usage_row
 from modelport.metrics import Metrics
+from modelport.offload import run_blocking
 from modelport.quotas import rates
 from modelport.quotas.rates import RateLimits
 from modelport.safety.config import ContentFilterConfig
@@ -317,12 +318,12 @@ class DeploymentManager:
         if dep is None or model is None or dep.state == "deleting":
             return
         try:
-            report = await asyncio.to_thread(self.catalog.scan_stored, self._weights(model))
+            report = await run_blocking(self.catalog.scan_stored, self._weights(model))
             if not report.passed:
                 raise IntegrityError(f"Model '{model.name}' no longer passes its artifact scan; see its report.")
             pool = self._pool(dep, model)
             await self.pools.scale(pool, dep.instances if dep.type == "dedicated" else max(1, len(pool.live())))
-            if await asyncio.to_thread(self._being_deleted, dep_id):
+            if await run_blocking(self._being_deleted, dep_id):
                 # Deleted (or its workspace) while its workers started: they must not outlive it.
                 if not [r for r in self.by_name.values() if r.pool_key == pool.key and r.id != dep_id]:
                     await self.pools.close(pool.key)
@@ -335,19 +336,19 @@ class DeploymentManager:
                 )
         except ModelportError as exc:
             log.warning("deployment failed", extra={"deployment_id": dep_id, "error_code": exc.code})
-            await asyncio.to_thread(self.service.set_state, dep_id, "failed", exc.message)
+            await run_blocking(self.service.set_state, dep_id, "failed", exc.message)
             if dep.type == "dedicated":
                 await self.pools.close(pool_key(dep, model))
         except Exception as exc:
             log.exception("deployment failed unexpectedly", extra={"deployment_id": dep_id})
-            await asyncio.to_thread(
+            await run_blocking(
                 self.service.set_state,
                 dep_id,
                 "failed",
                 f"Internal error while starting the workers ({type(exc).__name__}); see the server log.",
             )
         else:
-            await asyncio.to_thread(self.service.set_state, dep_id, "succeeded", None, isolation)
+            await run_blocking(self.service.set_state, dep_id, "succeeded", None, isolation)
         self.refresh(dep_id)
 
     def _being_deleted(self, dep_id: str) -> bool:
@@ -415,7 +416,7 @@ class DeploymentManager:
             shared = [r for r in self.by_name.values() if r.pool_key == route.pool_key and r.id != dep_id]
             if not shared:
                 await self.pools.close(route.pool_key)
-        await asyncio.to_thread(self.service.remove_row, dep_id)
+        await run_blocking(self.service.remove_row, dep_id)
         self.refresh(dep_id)
 
     async def stop_workspace(self, workspace_id: str) -> list[str]:
@@ -446,7 +447,7 @@ class DeploymentManager:
             ids = list(s.scalars(select(Deployment.id).where(Deployment.state.in_(("creating", "succeeded")))))
             stale = list(s.scalars(select(Deployment.id).where(Deployment.state == "deleting")))
         for dep_id in stale:
-            await asyncio.to_thread(self.service.remove_row, dep_id)
+            await run_blocking(self.service.remove_row, dep_id)
         for dep_id in ids:
             self.spawn(self.provision(dep_id))
 
@@ -508,7 +509,7 @@ class DeploymentManager:
     async def suspend(self, dep_id: str, reason: str, message: str) -> None:
         """Suspend a deployment for `reason` (beside any others): its requests answer 503 with
         the message from the next one, and its workers stop unless another deployment shares them."""
-        stop = await asyncio.to_thread(self.service.suspend, dep_id, reason, message)
+        stop = await run_blocking(self.service.suspend, dep_id, reason, message)
         route = self.refresh(dep_id)
         if stop and route is not None:
             if not [r for r in self.by_name.values() if r.pool_key == route.pool_key and r.id != dep_id
@@ -517,7 +518,7 @@ class DeploymentManager:
 
     async def resume(self, dep_id: str, reason: str) -> None:
         """Clear `reason`; once no reason is left, the deployment starts again (no redeploy)."""
-        if await asyncio.to_thread(self.service.resume, dep_id, reason):
+        if await run_blocking(self.service.resume, dep_id, reason):
             self.refresh(dep_id)
             self.spawn(self.provision(dep_id))
         else:
@@ -535,7 +536,7 @@ class DeploymentManager:
             ).tuples())
         for dep, model in rows:
             try:
-                await asyncio.to_thread(self.finetuned.check, model)
+                await run_blocking(self.finetuned.check, model)
             except ModelportError as exc:
                 if "key_disabled" not in (dep.suspensions or {}):
                     message = (
@@ -569,7 +570,7 @@ class DeploymentManager:
                 await self._drain
         await self.pools.close_all()
         await self.pools.supervisor.stop_all()
-        await asyncio.to_thread(self.meter.stop)
+        await run_blocking(self.meter.stop)
 
 
 def _common_root(paths: list[Path]) -> Path:

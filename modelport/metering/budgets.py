@@ -31,6 +31,7 @@ from modelport.errors import Forbidden, InvalidInput, NotFound
 from modelport.identity.principal import Principal
 from modelport.inference.manager import Route
 from modelport.metering.usage import UsageService
+from modelport.offload import run_blocking
 
 log = logging.getLogger("modelport.metering")
 
@@ -69,6 +70,7 @@ class BudgetService:
         self._state: dict[tuple[str, str], BudgetState] = {}
         self._refused_at: dict[tuple[str, str], float] = {}
         self._pending_refusals: list[tuple[str, str, str]] = []
+        self._writes: set[asyncio.Task[None]] = set()
 
     # -- the request path ---------------------------------------------------------------------
 
@@ -86,7 +88,9 @@ class BudgetService:
             self._refused_at[key] = now
             with self._lock:
                 self._pending_refusals.append((route.workspace_id, currency, route.id))
-            asyncio.get_running_loop().run_in_executor(None, self._write_refusals_quietly)
+            task = asyncio.get_running_loop().create_task(run_blocking(self._write_refusals_quietly))
+            self._writes.add(task)  # held until done: the loop keeps only weak references to tasks
+            task.add_done_callback(self._writes.discard)
         raise BudgetExhausted(
             f"This workspace's budget of {state.amount} {currency} for {state.month} is spent; calls billed in "
             f"{currency} are refused until next month or until an owner raises it (modelport budget set).",

@@ -31,6 +31,7 @@ from modelport.db.base import utcnow
 from modelport.db.engine import Database
 from modelport.db.tables import UsageEvent
 from modelport.errors import ServiceUnavailable
+from modelport.offload import run_blocking
 
 log = logging.getLogger("modelport.metering")
 
@@ -81,7 +82,7 @@ class MeterRecorder:
         fut = loop.create_future()
         self._append(row, (loop, fut))
         if self._thread is None:  # not started (a test app without lifespan): write now
-            await asyncio.to_thread(self.flush)
+            await run_blocking(self.flush)
         await fut
 
     def _append(self, row: dict[str, Any], waiter: Waiter | None) -> None:

@@ -9,10 +9,9 @@ policy ids only. The manager stops its workers unless another deployment shares 
 
 from __future__ import annotations
 
-import asyncio
-
 from modelport.identity.principal import Principal
 from modelport.inference.manager import DeploymentManager
+from modelport.offload import run_blocking
 from modelport.policies.service import SUSPENSION_REASON, PolicyService, Violation
 
 
@@ -24,11 +23,11 @@ def message(violation: Violation) -> str:
 
 async def enforce(service: PolicyService, manager: DeploymentManager, actor: Principal,
                   all_workspaces: bool) -> tuple[int, list[Violation], list[str], list[str]]:
-    version, found, to_suspend, to_resume = await asyncio.to_thread(service.suspensions, actor, all_workspaces)
+    version, found, to_suspend, to_resume = await run_blocking(service.suspensions, actor, all_workspaces)
     by_id = {v.id: v for v in found if v.kind == "deployment"}
     for dep_id in to_suspend:
         await manager.suspend(dep_id, SUSPENSION_REASON, message(by_id[dep_id]))
     for dep_id in to_resume:
         await manager.resume(dep_id, SUSPENSION_REASON)
-    await asyncio.to_thread(service.record_enforcement, actor, to_suspend, to_resume, all_workspaces)
+    await run_blocking(service.record_enforcement, actor, to_suspend, to_resume, all_workspaces)
     return version, found, to_suspend, to_resume

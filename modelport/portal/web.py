@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import parse_qsl, quote
 
-import anyio
 from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.routing import APIRoute
@@ -30,6 +29,7 @@ from modelport.api.deps import Services
 from modelport.audit import service as audit
 from modelport.errors import Forbidden, InvalidInput, ModelportError, PayloadTooLarge, Unauthenticated
 from modelport.identity.principal import Principal
+from modelport.offload import run_blocking
 from modelport.portal import nav
 from modelport.portal.markdown import render_markdown
 from modelport.portal.sessions import COOKIE, Current, SessionStore, csrf_matches
@@ -223,7 +223,7 @@ class PortalRoute(APIRoute):
                 response.headers.setdefault(k, v)
             response.headers.setdefault("Cache-Control", "no-store")
             if request.method not in SAFE_METHODS and response.status_code >= 400:
-                await anyio.to_thread.run_sync(self._audit_refusal, request, response.status_code)
+                await run_blocking(self._audit_refusal, request, response.status_code)
             return response
 
         return route

@@ -67,7 +67,13 @@ class AnalysisCache:
 
 class CachedBackend:
     """A backend whose analyses are cached (see the module docstring). Same interface; `inner`
-    is the wrapped backend, `name` its name."""
+    is the wrapped backend, `name` its name.
+
+    `analyze_for(texts, need)`: what the Screener calls, with what its configuration needs
+    (`Screener.needed`). A cached analysis is used only if it covers that: a full analysis
+    (`covers` None) always does; one a cascade's first stage answered (`covers`: the heads it
+    cleared) only for a need within them. So a text cleared for an answer (no jailbreak head)
+    is classified again when it comes as a prompt whose deployment detects jailbreaks."""
 
     def __init__(self, inner: SafetyBackend, cache: AnalysisCache | None = None) -> None:
         self.inner = inner
@@ -75,8 +81,11 @@ class CachedBackend:
         self.cache = cache if cache is not None else AnalysisCache()
 
     async def analyze(self, texts: list[str]) -> list[Analysis]:
+        return await self.analyze_for(texts, None)
+
+    async def analyze_for(self, texts: list[str], need: frozenset[str] | None) -> list[Analysis]:
         digests = [self.cache.digest(t) for t in texts]
-        out: list[Analysis | None] = [self.cache.get(d) for d in digests]
+        out: list[Analysis | None] = [_covering(self.cache.get(d), need) for d in digests]
         missing = [i for i, a in enumerate(out) if a is None]
         if missing:
             # a text twice in one batch is classified once
@@ -84,7 +93,9 @@ class CachedBackend:
             for i in missing:
                 first.setdefault(digests[i], i)
             order = list(first.values())
-            found = await self.inner.analyze([texts[i] for i in order])
+            batch = [texts[i] for i in order]
+            inner_for = getattr(self.inner, "analyze_for", None)
+            found = await (inner_for(batch, need) if inner_for is not None else self.inner.analyze(batch))
             if len(found) != len(order):  # the Screener refuses an incomplete answer (fail closed)
                 return found
             by_digest = dict(zip((digests[i] for i in order), found, strict=True))
@@ -93,3 +104,10 @@ class CachedBackend:
             for d, analysis in by_digest.items():
                 self.cache.put(d, analysis)
         return out  # type: ignore[return-value]
+
+
+def _covering(found: Analysis | None, need: frozenset[str] | None) -> Analysis | None:
+    """`found` if it answers `need` (None: everything), else None (classify again)."""
+    if found is None or found.covers is None:
+        return found
+    return found if need is not None and need <= found.covers else None

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from modelport.errors import InvalidInput, ServiceUnavailable
+from modelport.offload import run_blocking
 from modelport.safety.backends.base import CATEGORIES, SEVERITIES, Analysis, SafetyBackend, severity_rank
 from modelport.safety.blocklists import DEFAULT_BUDGET_S, BlocklistSet, BlocklistTimeout
 from modelport.safety.config import ContentFilterConfig
@@ -116,9 +117,29 @@ class Screener:
         self.blocklist_budget_s = blocklist_budget_s
         self.blocklists.check_caps(config.blocklists)
 
-    async def _analyze(self, texts: list[str]) -> list[Analysis]:
+    def needed(self, direction: Direction) -> frozenset[str]:
+        """What a verdict of this configuration in `direction` depends on: every category (its
+        severity is reported even when only annotated), `<category>@low` where a category's
+        threshold is `low`, jailbreak (prompts, where enabled) and profanity (where enabled). A
+        backend that answers some texts from a cheaper first stage (safety/cascade.py) is told
+        this, so that it vouches for no more than it checked."""
+        out = set(CATEGORIES)
+        for cat in CATEGORIES:
+            policy = self.config.category(cat)
+            threshold = policy.prompt_threshold if direction == "prompt" else policy.completion_threshold
+            if threshold == "low":
+                out.add(f"{cat}@low")
+        if direction == "prompt" and self.config.jailbreak.enabled:
+            out.add("jailbreak")
+        if self.config.profanity.enabled:
+            out.add("profanity")
+        return frozenset(out)
+
+    async def _analyze(self, texts: list[str], direction: Direction = "prompt") -> list[Analysis]:
+        need = self.needed(direction)
         try:
-            analyses = await self.backend.analyze(texts)
+            analyze_for = getattr(self.backend, "analyze_for", None)
+            analyses = await (analyze_for(texts, need) if analyze_for is not None else self.backend.analyze(texts))
         except SafetyUnavailable:  # already says what is unavailable (e.g. the llm-judge's deployment)
             raise
         except Exception as exc:  # any failure of the backend: fail closed
@@ -128,6 +149,9 @@ class Screener:
             ) from exc
         if len(analyses) != len(texts):
             raise SafetyUnavailable("Content screening returned an incomplete answer; the request was not processed.")
+        if any(a.covers is not None and not need <= a.covers for a in analyses):
+            raise SafetyUnavailable("Content screening answered less than this deployment's filter needs; the "
+                                    "request was not processed.")
         return analyses
 
     def _match_all(self, texts: list[str]) -> list[list[str]]:
@@ -139,7 +163,7 @@ class Screener:
         if not self.config.blocklists:
             return [[] for _ in texts]
         try:
-            return await asyncio.to_thread(self._match_all, texts)
+            return await run_blocking(self._match_all, texts)
         except BlocklistTimeout as exc:
             raise SafetyUnavailable(
                 "The deployment's custom blocklists did not finish within their time budget on this text, so the "
@@ -188,7 +212,7 @@ class Screener:
         if not self.config.enabled:
             return [Verdict(filtered=False, results=empty_results()) for _ in texts]
         forms = [screening_form(t) for t in texts]
-        analyses = await self._analyze(forms)
+        analyses = await self._analyze(forms, direction)
         hits = await self._blocklist_hits(forms)
         return [self.verdict(a, h, direction) for a, h in zip(analyses, hits, strict=True)]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import threading
 from collections import Counter
@@ -25,6 +26,7 @@ from modelport.db.tables import Blocklist, ContentFilterCount, Deployment
 from modelport.errors import InvalidInput, NotFound
 from modelport.identity.principal import Principal
 from modelport.metrics import Metrics
+from modelport.offload import run_blocking
 from modelport.safety import blocklists
 from modelport.safety.admission import WorkspaceGate
 from modelport.safety.backends import create_backend
@@ -32,8 +34,11 @@ from modelport.safety.backends.base import BackendSettings, SafetyBackend
 from modelport.safety.backends.llm_judge import Complete, LLMJudgeBackend
 from modelport.safety.blocklists import BlocklistSet
 from modelport.safety.cache import DEFAULT_ENTRIES, AnalysisCache, CachedBackend
+from modelport.safety.cascade import with_cascade
 from modelport.safety.config import BLOCKLIST_NAME, ContentFilterConfig
 from modelport.safety.screening import SafetyUnavailable, Screener, Verdict
+
+log = logging.getLogger(__name__)
 
 MAX_TERMS = 1000
 MAX_PATTERNS = 100
@@ -47,14 +52,16 @@ class SafetyService:
     """`screening_concurrency`/`screening_queue`: screenings one workspace runs at once / may queue
     (beyond: 429); `blocklist_budget_s`: time all of a deployment's blocklists get per text;
     `screening_cache_entries`: analyses each loaded backend keeps of texts it has classified, by
-    keyed hash (safety/cache.py; 0: none); `backend_settings`: what every backend it loads is
-    given (BackendSettings.from_settings)."""
+    keyed hash (safety/cache.py; 0: none); `screening_cascade`: the minilm backend behind the
+    cheap first stage of safety/cascade.py (if that cannot be loaded, MiniLM alone screens);
+    `backend_settings`: what every backend it loads is given (BackendSettings.from_settings)."""
 
     def __init__(self, db: Database, *, metrics: Metrics, screening_concurrency: int = 2, screening_queue: int = 16,
                  blocklist_budget_s: float = blocklists.DEFAULT_BUDGET_S,
-                 screening_cache_entries: int = DEFAULT_ENTRIES,
+                 screening_cache_entries: int = DEFAULT_ENTRIES, screening_cascade: bool = True,
                  backend_settings: BackendSettings | None = None) -> None:
         self.db = db
+        self.screening_cascade = screening_cascade
         self.backend_settings = backend_settings or BackendSettings()
         self.metrics = metrics
         self.screening_cache_entries = screening_cache_entries
@@ -85,15 +92,14 @@ class SafetyService:
             async with self._backend_lock:
                 if name not in self._backends:
                     try:
-                        loaded = await asyncio.to_thread(self._create_backend, name)
+                        loaded = await run_blocking(create_backend, name, settings=self.backend_settings)
+                        if self.screening_cascade:
+                            loaded = await run_blocking(_cascaded, loaded)
                         self._backends[name] = CachedBackend(loaded, AnalysisCache(self.screening_cache_entries))
                     except Exception as exc:  # fail closed: no screening, no request
                         raise SafetyUnavailable(f"The content-filter backend '{name}' could not be loaded; "
                                                 "requests to filtered deployments are refused.") from exc
         return self._backends[name]
-
-    def _create_backend(self, name: str) -> SafetyBackend:
-        return create_backend(name, settings=self.backend_settings)
 
     def judge(self, workspace_id: str, deployment: str, geography: str | None) -> LLMJudgeBackend:
         """The llm-judge backend asking `deployment` of `workspace_id` (one per judge and geography)."""
@@ -111,7 +117,7 @@ class SafetyService:
         lists = None
         if config.blocklists:
             # Cached per workspace; the database is read (in a thread) only after a change.
-            lists = self._blocklists.get(workspace_id) or await asyncio.to_thread(self.blocklist_set, workspace_id)
+            lists = self._blocklists.get(workspace_id) or await run_blocking(self.blocklist_set, workspace_id)
         if config.judge_deployment is not None:
             backend: SafetyBackend = self.judge(workspace_id, config.judge_deployment, geography)
         else:
@@ -127,7 +133,7 @@ class SafetyService:
         if not text.strip():
             raise InvalidInput("text is empty.", field="text")
         cfg = config or ContentFilterConfig()
-        lists = await asyncio.to_thread(self.blocklist_set, actor.workspace_id) if cfg.blocklists else None
+        lists = await run_blocking(self.blocklist_set, actor.workspace_id) if cfg.blocklists else None
         if cfg.judge_deployment is not None:
             backend: SafetyBackend = self.judge(actor.workspace_id, cfg.judge_deployment, None)
         else:
@@ -249,6 +255,17 @@ class SafetyService:
             s.delete(row)
             audit.record(s, actor, "blocklist.delete", resource_type="blocklist", resource_id=row.id)
         self._blocklists.pop(actor.workspace_id, None)
+
+
+def _cascaded(backend: SafetyBackend) -> SafetyBackend:
+    """`backend` behind the cascade's first stage; `backend` alone if that cannot be loaded (the
+    first stage only saves work, so without it every text is classified: fail closed)."""
+    try:
+        return with_cascade(backend)
+    except Exception:
+        log.warning("the first-stage safety screen could not be loaded; %s screens every text", backend.name,
+                    exc_info=True)
+        return backend
 
 
 def _sizes(name: str, terms: list[str], patterns: list[str]) -> blocklists.Blocklist:

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from modelport import errors
+from modelport.offload import run_blocking
 from modelport.workers.isolation import SANDBOX_DIR
 
 log = logging.getLogger("modelport.workers")
@@ -416,7 +417,7 @@ class Sandbox:
         os.close(plan_r)
         os.close(report_w)
         try:
-            await asyncio.get_running_loop().run_in_executor(None, _write_all, plan_w, json.dumps(plan).encode())
+            await run_blocking(_write_all, plan_w, json.dumps(plan).encode())
             report = await asyncio.wait_for(read_json_line(report_r), REPORT_TIMEOUT)
         except BaseException:
             with contextlib.suppress(ProcessLookupError):
@@ -454,9 +455,9 @@ class Sandbox:
         if self.closed:
             return
         self.closed = True
-        if self.uid is not None and not await asyncio.to_thread(self.launcher.uids.release, self.uid):
+        if self.uid is not None and not await run_blocking(self.launcher.uids.release, self.uid):
             log.warning("sandbox uid %d still runs processes; it stays reserved until they are gone", self.uid)
-        await asyncio.to_thread(shutil.rmtree, self.directory, True)
+        await run_blocking(shutil.rmtree, self.directory, True)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -556,7 +557,7 @@ class SandboxLauncher:
     async def _probe(self) -> Capabilities:
         """Build one sandbox and import the worker in it, the way every payload will."""
         mode: Mode = "root" if os.geteuid() == 0 else "userns"
-        await asyncio.to_thread(self.prepare)
+        await run_blocking(self.prepare)
         sandbox = await self._create(mode, Isolation(True, True, True), (), "probe-" + secrets.token_hex(4))
         try:
             process = await sandbox.spawn(["modelport.workers.main", "--help"])
@@ -574,7 +575,7 @@ class SandboxLauncher:
                      name: str | None = None) -> Sandbox:
         """A new sandbox, or SandboxUnavailable when this machine cannot build one and
         `allow_unisolated` is off."""
-        await asyncio.to_thread(self.prepare)
+        await run_blocking(self.prepare)
         caps = await self.capabilities()
         name = name or secrets.token_hex(6)
         if caps.mode is None:
@@ -593,7 +594,7 @@ class SandboxLauncher:
         uid = None
         if mode == "root":
             _readable_by_others(paths)
-            uid = await asyncio.to_thread(self.uids.acquire)
+            uid = await run_blocking(self.uids.acquire)
             if uid is None:
                 raise errors.TooManyRequests(f"all {self.uids.count} sandbox uids are in use; stop a worker "
                                              "or a fine-tuning job first")

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from modelport import errors
+from modelport.offload import run_blocking
 from modelport.runtimes.base import default_threads
 from modelport.workers.client import WorkerClient
 from modelport.workers.protocol import Health, WorkerSpec, error_from_wire
@@ -297,11 +298,10 @@ class WorkerSupervisor:
     async def _handshake(self, handle: WorkerHandle, process: SandboxProcess, spec_w: int,
                          status_r: int, stderr_task: asyncio.Task[None], stderr_tail: deque[str]) -> None:
         """Hand the spec over, wait for the worker's status line, check its health and isolation."""
-        loop = asyncio.get_running_loop()
         payload = handle.spec.model_dump_json().encode()
         try:
             # A thread owns spec_w from here and closes it, even if we are cancelled meanwhile.
-            await asyncio.shield(loop.run_in_executor(None, self._write_all, spec_w, payload))
+            await asyncio.shield(run_blocking(self._write_all, spec_w, payload))
             status = await asyncio.wait_for(read_json_line(status_r), self.start_timeout)
         except TimeoutError:
             await self._kill(process)

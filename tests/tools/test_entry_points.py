@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("tool", ["evaluate", "train"])
+@pytest.mark.parametrize("tool", ["evaluate", "train", "train_cascade"])
 def test_tool_runs_from_the_repository_root(tool: str) -> None:
     r = subprocess.run([sys.executable, "-m", f"tools.safety.{tool}", "--help"], cwd=ROOT, capture_output=True,
                        text=True, timeout=120)
@@ -24,5 +24,6 @@ def test_the_package_ships_no_training_data() -> None:
     """Runtime code only: the training and evaluation data live beside the tools, not in modelport/."""
     package = ROOT / "modelport" / "safety"
     assert not (package / "data").exists()
-    assert not [p.name for p in package.glob("*.py") if p.stem in ("train", "trainset", "evaluate", "model_answers")]
+    assert not [p.name for p in package.glob("*.py") if p.stem in ("train", "trainset", "evaluate", "model_answers",
+                                                                              "train_cascade")]
     assert (ROOT / "tools" / "safety" / "data" / "eval.jsonl").is_file()

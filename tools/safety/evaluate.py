@@ -304,6 +304,44 @@ def analyze_all(backend: SafetyBackend, items: list[dict]) -> list[Analysis]:
     return out
 
 
+#: what the default configuration needs of a prompt's analysis (`Screener.needed`): every
+#: category at medium, jailbreak (on, annotating); profanity is off by default
+DEFAULT_PROMPT_NEED = frozenset((*CATEGORIES, "jailbreak"))
+
+
+def cascaded(items: list[dict], alone: list[Analysis], model_dir: Path | None = None,
+             need: frozenset[str] = DEFAULT_PROMPT_NEED) -> tuple[list[Analysis], list[bool]]:
+    """What the cascade (safety/cascade.py) answers for each item, given MiniLM's own analyses
+    `alone`: the first stage's cleared answer where it is sure for `need`, else MiniLM's (as
+    `CascadeBackend` does); and whether each item was cleared."""
+    from modelport.safety.cascade import HEADS, NgramScreen, cleared_analysis
+    from modelport.safety.text import screening_form
+
+    screen = NgramScreen.load(model_dir)
+    first = screen.clears([screening_form(it["text"]) for it in items], [h for h in HEADS if h in need])
+    return ([cleared_analysis(z, need) if z is not None else a for z, a in zip(first, alone, strict=True)],
+            [z is not None for z in first])
+
+
+def cascade_report(items: list[dict], alone: list[Analysis], cascade: list[Analysis], cleared: list[bool]) -> str:
+    """Recall at medium of MiniLM alone and of the cascade per category (Wilson 95%), how many
+    items MiniLM alone flags that the cascade clears, and how many texts went to MiniLM."""
+    lines = [f"{'category':<10} {'recall, MiniLM alone':<26} {'recall, cascade':<26} flagged by MiniLM, cleared"]
+    for cat in CATEGORIES:
+        pos = [i for i, it in enumerate(items) if severity_rank(it["labels"].get(cat, "safe")) >= 2]
+        a = sum(severity_rank(alone[i].severities[cat]) >= 2 for i in pos)
+        c = sum(severity_rank(cascade[i].severities[cat]) >= 2 for i in pos)
+        lines.append(f"{cat:<10} {_fmt(a, len(pos)):<26} {_fmt(c, len(pos)):<26} {a - c}")
+    for name, keep in (("benign", is_benign), ("harmful or flagged", lambda it: not is_benign(it))):
+        idx = [i for i, it in enumerate(items) if keep(it)]
+        lines.append(f"{name} texts cleared by the first stage (not sent to MiniLM): "
+                     f"{_fmt(sum(cleared[i] for i in idx), len(idx))}")
+    jb_lost = sum(1 for it, a, c in zip(items, alone, cascade, strict=True) if it["jailbreak"] and a.jailbreak
+                  and not c.jailbreak)
+    lines.append(f"jailbreak items MiniLM flags that the cascade clears: {jb_lost}")
+    return "\n".join(lines)
+
+
 def model_id(model_dir: Path | None) -> str:
     """Which model a report is about: the first 12 hex digits of the sha256 of the delta's weights,
     then of its json (thresholds)."""
@@ -326,6 +364,9 @@ def main(argv: list[str] | None = None) -> None:
                              "it once per shipped model; it prints aggregate figures only")
     parser.add_argument("--answers-only", action="store_true",
                         help="only the held-out benign model answers, not the evaluation set")
+    parser.add_argument("--cascade", action="store_true",
+                        help="minilm only: also the cascade (safety/cascade.py, the served default): its figures, and "
+                             "recall beside MiniLM alone's; the independent set is then reported for the cascade")
     parser.add_argument("--runtime", choices=("auto", "onnx", "torch"), default=None,
                         help="minilm only: runtime (default: the backend's, onnx where installed)")
     parser.add_argument("--dtype", choices=("auto", "int8", "float32", "bfloat16"), default=None,
@@ -354,6 +395,18 @@ def main(argv: list[str] | None = None) -> None:
         found = {name: analyze_all(backend, items) for name, items in sets.items()}
         print(f"backend {backend.name}{f' ({dtype})' if dtype else ''}, model {model_id(args.model_dir)}: "
               f"{sum(map(len, sets.values()))} texts in {time.perf_counter() - t0:.1f}s\n")
+        if args.cascade:
+            alone, cleared = found, {}
+            found = {}
+            for name, items in sets.items():
+                found[name], cleared[name] = cascaded(items, alone[name])
+            print("CASCADE (first stage + MiniLM), the configuration reported below; beside MiniLM alone:")
+            both = sets["harmful.jsonl"] + sets["benign.jsonl"]
+            print(cascade_report(both, alone["harmful.jsonl"] + alone["benign.jsonl"],
+                                 found["harmful.jsonl"] + found["benign.jsonl"],
+                                 cleared["harmful.jsonl"] + cleared["benign.jsonl"]))
+            n_robust = len(sets["robustness.jsonl"])
+            print(f"robustness texts cleared by the first stage: {_fmt(sum(cleared['robustness.jsonl']), n_robust)}\n")
         print(independent_report(sets, found))
         return
     items = load_eval_set()
@@ -361,6 +414,12 @@ def main(argv: list[str] | None = None) -> None:
     analyses = analyze_all(backend, items)
     print(f"backend {backend.name}{f' ({dtype})' if dtype else ''}: {len(items)} texts in "
           f"{time.perf_counter() - t0:.1f}s\n")
+    if args.cascade:
+        alone = analyses
+        analyses, cleared = cascaded(items, alone)
+        print("cascade (first stage + MiniLM) beside MiniLM alone, at medium:")
+        print(cascade_report(items, alone, analyses, cleared))
+        print("\nCASCADE, the whole report:")
     print(report(items, analyses, show_misses=args.show_misses))
     lines = ["", "per labelled severity:", severity_table(items, analyses), "",
              "confusion across categories at medium (share of each row flagged in each column):",

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from modelport.api.deps import Caller, Services, Svc
 from modelport.db.tables import Dataset
 from modelport.identity.principal import Principal
+from modelport.offload import run_blocking
 
 router = APIRouter(prefix="/api/v1")
 
@@ -48,7 +49,7 @@ async def receive_dataset(request: Request, svc: Services, actor: Principal, nam
     is read, validated and encrypted as it arrives, never written in plaintext): the REST route's
     and the portal's upload."""
     length = request.headers.get("content-length")
-    await anyio.to_thread.run_sync(svc.datasets.check_upload, actor, name, fmt,
+    await run_blocking(svc.datasets.check_upload, actor, name, fmt,
                                    int(length) if length and length.isdigit() else None)
     stream = request.stream()
 
@@ -63,7 +64,7 @@ async def receive_dataset(request: Request, svc: Services, actor: Principal, nam
             if chunk:
                 yield chunk
 
-    return await anyio.to_thread.run_sync(svc.datasets.upload, actor, name, fmt, chunks())
+    return await run_blocking(svc.datasets.upload, actor, name, fmt, chunks())
 
 
 @router.get("/datasets", response_model=list[DatasetOut], name="dataset.list")

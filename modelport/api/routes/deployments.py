@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, status
-from starlette.concurrency import run_in_threadpool
 
 from modelport.api.deps import Caller, Svc
 from modelport.config import Settings
@@ -18,6 +17,7 @@ from modelport.deployments.schemas import (
     RegenerateKey,
     UsageOut,
 )
+from modelport.offload import run_blocking
 from modelport.quotas import rates
 from modelport.safety.config import ContentFilterConfig
 
@@ -41,7 +41,7 @@ def deployment_out(d: Deployment, m: CatalogModel, settings: Settings, pool: dic
 @router.post("/deployments", response_model=DeploymentCreated, status_code=status.HTTP_201_CREATED,
              name="deployment.create")
 async def create_deployment(body: DeploymentCreate, caller: Caller, svc: Svc) -> dict:
-    created = await run_in_threadpool(svc.deployments.create, caller, body)
+    created = await run_blocking(svc.deployments.create, caller, body)
     svc.manager.refresh(created.row.id)
     svc.manager.spawn(svc.manager.provision(created.row.id))
     return {**deployment_out(created.row, created.model, svc.settings),
@@ -61,31 +61,31 @@ def get_deployment(name: str, caller: Caller, svc: Svc) -> dict:
 
 @router.patch("/deployments/{name}", response_model=DeploymentOut, name="deployment.update")
 async def update_deployment(name: str, body: DeploymentUpdate, caller: Caller, svc: Svc) -> dict:
-    row = await run_in_threadpool(svc.deployments.update, caller, name, body)
+    row = await run_blocking(svc.deployments.update, caller, name, body)
     svc.manager.refresh(row.id)
     if body.instances is not None:
         svc.manager.spawn(svc.manager.rescale(row.id))
-    d, m = await run_in_threadpool(svc.deployments.get, caller, row.id)
+    d, m = await run_blocking(svc.deployments.get, caller, row.id)
     return deployment_out(d, m, svc.settings, svc.manager.pool_status(d.id))
 
 
 @router.delete("/deployments/{name}", status_code=status.HTTP_204_NO_CONTENT, name="deployment.delete")
 async def delete_deployment(name: str, caller: Caller, svc: Svc) -> None:
-    row = await run_in_threadpool(svc.deployments.mark_deleting, caller, name)
+    row = await run_blocking(svc.deployments.mark_deleting, caller, name)
     await svc.manager.delete(row.id)
 
 
 @router.post("/deployments/{name}/keys", response_model=DeploymentKeys, name="deployment.regenerate_key")
 async def regenerate_key(name: str, body: RegenerateKey, caller: Caller, svc: Svc) -> DeploymentKeys:
-    row, secret = await run_in_threadpool(svc.deployments.regenerate_key, caller, name, body.which)
+    row, secret = await run_blocking(svc.deployments.regenerate_key, caller, name, body.which)
     svc.manager.refresh(row.id)
     return DeploymentKeys(**{body.which: secret})
 
 
 @router.get("/deployments/{name}/usage", response_model=UsageOut, name="deployment.usage")
 async def deployment_usage(name: str, caller: Caller, svc: Svc) -> dict:
-    await run_in_threadpool(svc.manager.flush_usage)
-    return await run_in_threadpool(svc.deployments.usage, caller, name)
+    await run_blocking(svc.manager.flush_usage)
+    return await run_blocking(svc.deployments.usage, caller, name)
 
 
 @router.get("/deployments/{name}/content-filter", name="deployment.content_filter.read")
@@ -96,8 +96,8 @@ def get_content_filter(name: str, caller: Caller, svc: Svc) -> dict:
 
 @router.put("/deployments/{name}/content-filter", name="deployment.content_filter.update")
 async def put_content_filter(name: str, body: ContentFilterConfig, caller: Caller, svc: Svc) -> dict:
-    known = await run_in_threadpool(svc.safety.check_filter, caller, body)  # also the blocklists' caps
-    row = await run_in_threadpool(svc.deployments.set_content_filter, caller, name, body, known)
+    known = await run_blocking(svc.safety.check_filter, caller, body)  # also the blocklists' caps
+    row = await run_blocking(svc.deployments.set_content_filter, caller, name, body, known)
     svc.manager.refresh(row.id)
     return ContentFilterConfig.model_validate(row.content_filter).model_dump(mode="json")
 

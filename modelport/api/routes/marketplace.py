@@ -11,7 +11,6 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, status
 from fastapi.responses import Response
-from starlette.concurrency import run_in_threadpool
 
 from modelport.api.deps import Caller, MarketCaller, PublisherCaller, Svc
 from modelport.marketplace.offers import SUSPENDED_FOR_SUBSCRIPTION, OfferView, SubscriptionView
@@ -32,6 +31,7 @@ from modelport.marketplace.schemas import (
     TermsIn,
     TermsTextOut,
 )
+from modelport.offload import run_blocking
 
 router = APIRouter(prefix="/api/v1")
 
@@ -103,9 +103,9 @@ def create_publisher_key(ref: str, body: PublisherKeyCreate, caller: Caller, svc
 @router.post("/marketplace/offers", response_model=OfferOut, status_code=status.HTTP_201_CREATED,
              name="offer.create")
 async def create_offer(body: OfferCreate, caller: MarketCaller, svc: Svc) -> dict:
-    view = await run_in_threadpool(svc.offers.create, caller, body)
+    view = await run_blocking(svc.offers.create, caller, body)
     # deployments made before the model was sold stop until their workspace subscribes
-    for dep_id in await run_in_threadpool(svc.offers.unsubscribed_deployments, view.offer.id):
+    for dep_id in await run_blocking(svc.offers.unsubscribed_deployments, view.offer.id):
         await svc.manager.suspend(dep_id, "subscription", SUSPENDED_FOR_SUBSCRIPTION.format(offer=view.offer.id))
     svc.manager.refresh_model(view.model.id)
     return offer_out(view)
@@ -131,14 +131,14 @@ def get_terms(offer: str, version: str, caller: MarketCaller, svc: Svc) -> dict:
 async def set_offer_prices(offer: str, body: OfferPrices, caller: MarketCaller, svc: Svc) -> dict:
     """New prices for the requests that start from now (each request is charged at the prices in
     force when it started)."""
-    view = await run_in_threadpool(svc.offers.set_prices, caller, offer, body)
+    view = await run_blocking(svc.offers.set_prices, caller, offer, body)
     svc.manager.refresh_model(view.model.id)
     return offer_out(view)
 
 
 @router.post("/marketplace/offers/{offer}/retire", response_model=OfferOut, name="offer.retire")
 async def retire_offer(offer: str, caller: MarketCaller, svc: Svc) -> dict:
-    view = await run_in_threadpool(svc.offers.retire, caller, offer)
+    view = await run_blocking(svc.offers.retire, caller, offer)
     svc.manager.refresh_model(view.model.id)
     return offer_out(view)
 
@@ -152,7 +152,7 @@ def add_terms(offer: str, body: TermsIn, caller: MarketCaller, svc: Svc) -> dict
 @router.post("/marketplace/offers/{offer}/terms/{version}/retire", response_model=OfferOut,
              name="offer.terms.retire")
 async def retire_terms(offer: str, version: str, caller: MarketCaller, svc: Svc) -> dict:
-    view, deployments = await run_in_threadpool(svc.offers.retire_terms, caller, offer, version)
+    view, deployments = await run_blocking(svc.offers.retire_terms, caller, offer, version)
     for dep_id in deployments:
         await svc.manager.suspend(dep_id, "subscription", SUSPENDED_FOR_SUBSCRIPTION.format(offer=view.offer.id))
     return offer_out(view)
@@ -163,7 +163,7 @@ async def retire_terms(offer: str, version: str, caller: MarketCaller, svc: Svc)
 @router.post("/marketplace/subscriptions", response_model=SubscriptionOut, status_code=status.HTTP_201_CREATED,
              name="subscription.create")
 async def subscribe(body: SubscriptionCreate, caller: Caller, svc: Svc) -> dict:
-    view, deployments = await run_in_threadpool(svc.offers.subscribe, caller, body)
+    view, deployments = await run_blocking(svc.offers.subscribe, caller, body)
     for dep_id in deployments:
         await svc.manager.resume(dep_id, "subscription")
     return subscription_out(view)
@@ -181,7 +181,7 @@ def get_subscription(ref: str, caller: Caller, svc: Svc) -> dict:
 
 @router.delete("/marketplace/subscriptions/{ref}", response_model=SubscriptionOut, name="subscription.cancel")
 async def unsubscribe(ref: str, caller: Caller, svc: Svc) -> dict:
-    view, deployments = await run_in_threadpool(svc.offers.unsubscribe, caller, ref)
+    view, deployments = await run_blocking(svc.offers.unsubscribe, caller, ref)
     for dep_id in deployments:
         await svc.manager.suspend(dep_id, "subscription", SUSPENDED_FOR_SUBSCRIPTION.format(offer=view.offer.id))
     return subscription_out(view)
@@ -203,7 +203,7 @@ async def publisher_report(
     end: Annotated[datetime | None, Query(alias="to", description="End, exclusive.")] = None,
     offer: str | None = None, format: Literal["json", "csv"] = "json",
 ) -> ReportOut | Response:
-    report = await run_in_threadpool(svc.reports.report, caller, start, end, offer)
+    report = await run_blocking(svc.reports.report, caller, start, end, offer)
     if format == "csv":
         return Response(report_csv(report), media_type="text/csv",
                         headers={"Content-Disposition": 'attachment; filename="publisher-report.csv"'})

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import anyio
 from fastapi import APIRouter, Query, Request, status
 
 from modelport.api.deps import Caller, Services, Svc
@@ -86,7 +85,7 @@ async def _scan_slot(svc: Services, fn: Any, *args: Any) -> Any:
     """Run a call that scans a model in a thread, at most `scan_concurrency` at once: a scan (hashing,
     the template check's child process) can take long, and must not hold the threads that
     serve every other control-plane request while it does (callers wait without a thread)."""
-    return await anyio.to_thread.run_sync(fn, *args, limiter=svc.scan_limiter)
+    return await svc.scan_budget.run(fn, *args)
 
 
 @router.post("/models/{name}/scan", response_model=ModelDetailOut, name="model.scan")

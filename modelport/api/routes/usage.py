@@ -9,10 +9,10 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.concurrency import run_in_threadpool
 
 from modelport.api.deps import Caller, Svc
 from modelport.metering.usage import to_csv
+from modelport.offload import run_blocking
 
 router = APIRouter(prefix="/api/v1")
 
@@ -68,7 +68,7 @@ async def read_usage(
 ) -> UsageReport | Response:
     from modelport.metering.usage import parse_range
 
-    rows = await run_in_threadpool(svc.usage.usage, caller, start, end, group_by, all_workspaces)
+    rows = await run_blocking(svc.usage.usage, caller, start, end, group_by, all_workspaces)
     if format == "csv":
         return Response(to_csv(rows, group_by, all_workspaces), media_type="text/csv",
                         headers={"Content-Disposition": 'attachment; filename="usage.csv"'})
@@ -78,14 +78,14 @@ async def read_usage(
 
 @router.get("/budgets", response_model=list[BudgetOut], name="budget.list")
 async def list_budgets(caller: Caller, svc: Svc) -> list[dict]:
-    return await run_in_threadpool(svc.budgets.list, caller)
+    return await run_blocking(svc.budgets.list, caller)
 
 
 @router.get("/budgets/{currency}", response_model=BudgetOut, name="budget.read")
 async def get_budget(currency: Currency, caller: Caller, svc: Svc) -> dict:
-    return await run_in_threadpool(svc.budgets.show, caller, currency)
+    return await run_blocking(svc.budgets.show, caller, currency)
 
 
 @router.put("/budgets/{currency}", response_model=BudgetOut, name="budget.set")
 async def put_budget(currency: Currency, body: BudgetPut, caller: Caller, svc: Svc) -> dict:
-    return await run_in_threadpool(svc.budgets.put, caller, currency, body.amount)
+    return await run_blocking(svc.budgets.put, caller, currency, body.amount)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
-import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
@@ -13,6 +12,7 @@ from modelport.api.routes.models import model_out
 from modelport.catalog.downloads import VerifiedRead
 from modelport.catalog.service import Filters
 from modelport.errors import InvalidInput
+from modelport.offload import run_blocking
 from modelport.portal.web import Me, PortalRoute, Svc, render
 
 router = APIRouter(route_class=PortalRoute, include_in_schema=False)
@@ -47,5 +47,5 @@ def model_page(name: str, request: Request, me: Me, svc: Svc) -> HTMLResponse:
 @router.get("/catalog/{name}/download")
 async def download(name: str, me: Me, svc: Svc, file: str | None = None) -> VerifiedDownload:
     """The same verified download as the REST API (P13), for the signed-in user."""
-    found = await anyio.to_thread.run_sync(svc.catalog.download_file, me, name, None, file)
+    found = await run_blocking(svc.catalog.download_file, me, name, None, file)
     return VerifiedDownload(VerifiedRead(found))

@@ -3,12 +3,11 @@ request body, like the REST API; validation errors come back per line) and delet
 
 from __future__ import annotations
 
-import anyio
-import anyio.from_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
 from modelport.api.routes.datasets import receive_dataset
+from modelport.offload import run_blocking
 from modelport.portal.web import Me, PortalRoute, Svc, form, redirect, render
 
 router = APIRouter(route_class=PortalRoute, include_in_schema=False)
@@ -30,5 +29,5 @@ async def upload(request: Request, me: Me, svc: Svc, name: str = "", format: str
 @router.post("/datasets/{ref}/delete")
 async def delete(ref: str, request: Request, me: Me, svc: Svc) -> Response:
     await form(request)
-    await anyio.to_thread.run_sync(svc.datasets.delete, me, ref)
+    await run_blocking(svc.datasets.delete, me, ref)
     return redirect("/datasets")

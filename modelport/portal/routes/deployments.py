@@ -8,13 +8,13 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from pydantic import ValidationError
-from starlette.concurrency import run_in_threadpool
 
 from modelport.api.routes.deployments import deployment_out
 from modelport.api.routes.models import model_out
 from modelport.catalog.service import Filters
 from modelport.deployments.schemas import DeploymentCreate, NetworkSettings
 from modelport.errors import InvalidInput
+from modelport.offload import run_blocking
 from modelport.portal import charts
 from modelport.portal.web import Me, PortalRoute, Svc, form, redirect, render
 from modelport.safety.config import ContentFilterConfig
@@ -69,13 +69,13 @@ async def deploy(request: Request, me: Me, svc: Svc) -> HTMLResponse:
         raise invalid(exc) from None
     if data.get("content_filter") == "off":
         me.require("safety.manage")  # refused before anything is created: nothing half-done
-    created = await run_in_threadpool(svc.deployments.create, me, body)
+    created = await run_blocking(svc.deployments.create, me, body)
     svc.manager.refresh(created.row.id)
     svc.manager.spawn(svc.manager.provision(created.row.id))
     if data.get("content_filter") == "off":
         cfg = ContentFilterConfig(enabled=False)
-        known = await run_in_threadpool(svc.safety.check_filter, me, cfg)
-        row = await run_in_threadpool(svc.deployments.set_content_filter, me, body.name, cfg, known)
+        known = await run_blocking(svc.safety.check_filter, me, cfg)
+        row = await run_blocking(svc.deployments.set_content_filter, me, body.name, cfg, known)
         svc.manager.refresh(row.id)
     d = deployment_out(created.row, created.model, svc.settings, svc.manager.pool_status(created.row.id))
     base = str(request.base_url).rstrip("/")
@@ -84,11 +84,11 @@ async def deploy(request: Request, me: Me, svc: Svc) -> HTMLResponse:
 
 @router.get("/deployments/{name}")
 async def deployment_page(name: str, request: Request, me: Me, svc: Svc) -> HTMLResponse:
-    d, m = await run_in_threadpool(svc.deployments.get, me, name)
-    await run_in_threadpool(svc.manager.flush_usage)
-    usage = await run_in_threadpool(svc.deployments.usage, me, name)
-    hourly = await run_in_threadpool(svc.deployments.usage_by_hour, me, name)
-    counts = await run_in_threadpool(svc.safety.counts, d.id)
+    d, m = await run_blocking(svc.deployments.get, me, name)
+    await run_blocking(svc.manager.flush_usage)
+    usage = await run_blocking(svc.deployments.usage, me, name)
+    hourly = await run_blocking(svc.deployments.usage_by_hour, me, name)
+    counts = await run_blocking(svc.safety.counts, d.id)
     cf = ContentFilterConfig.model_validate(d.content_filter or {})
     bars = charts.bars([(h["hour"].strftime("%H:00"), h["requests"]) for h in hourly])
     out = deployment_out(d, m, svc.settings, svc.manager.pool_status(d.id))
@@ -102,7 +102,7 @@ async def regenerate(name: str, request: Request, me: Me, svc: Svc) -> HTMLRespo
     which = data.get("which")
     if which not in ("primary", "secondary"):
         raise InvalidInput("Choose the primary or the secondary key.", field="which")
-    row, secret = await run_in_threadpool(svc.deployments.regenerate_key, me, name, which)
+    row, secret = await run_blocking(svc.deployments.regenerate_key, me, name, which)
     svc.manager.refresh(row.id)
     return render(request, "_newkey.html", which=which, secret=secret, name=row.name)
 
@@ -110,7 +110,7 @@ async def regenerate(name: str, request: Request, me: Me, svc: Svc) -> HTMLRespo
 @router.post("/deployments/{name}/content-filter")
 async def content_filter(name: str, request: Request, me: Me, svc: Svc) -> Response:
     data = await form(request)
-    d, _ = await run_in_threadpool(svc.deployments.get, me, name)
+    d, _ = await run_blocking(svc.deployments.get, me, name)
     # What the form does not show (jailbreak, profanity, backend, judge) is kept as it is.
     cfg: dict[str, Any] = ContentFilterConfig.model_validate(d.content_filter or {}).model_dump(mode="json")
     cfg["enabled"] = data.get("enabled") == "on"
@@ -125,8 +125,8 @@ async def content_filter(name: str, request: Request, me: Me, svc: Svc) -> Respo
         config = ContentFilterConfig.model_validate(cfg)
     except ValidationError as exc:
         raise invalid(exc) from None
-    known = await run_in_threadpool(svc.safety.check_filter, me, config)
-    row = await run_in_threadpool(svc.deployments.set_content_filter, me, name, config, known)
+    known = await run_blocking(svc.safety.check_filter, me, config)
+    row = await run_blocking(svc.deployments.set_content_filter, me, name, config, known)
     svc.manager.refresh(row.id)
     return redirect(f"/deployments/{row.name}")
 
@@ -136,6 +136,6 @@ async def delete(name: str, request: Request, me: Me, svc: Svc) -> Response:
     data = await form(request)
     if data.get("confirm") != name:
         raise InvalidInput("Type the deployment's name to confirm its deletion.", field="confirm")
-    row = await run_in_threadpool(svc.deployments.mark_deleting, me, name)
+    row = await run_blocking(svc.deployments.mark_deleting, me, name)
     await svc.manager.delete(row.id)
     return redirect("/deployments")

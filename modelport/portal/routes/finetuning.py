@@ -6,12 +6,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from pydantic import ValidationError
-from starlette.concurrency import run_in_threadpool
 
 from modelport.api.deps import Services
 from modelport.catalog.service import Filters
 from modelport.finetuning.schemas import JobCreate, JobOut
 from modelport.identity.principal import Principal
+from modelport.offload import run_blocking
 from modelport.portal import charts
 from modelport.portal.routes.deployments import invalid
 from modelport.portal.web import Me, PortalRoute, Svc, form, redirect, render
@@ -22,13 +22,13 @@ RUNNING = ("queued", "running")
 
 @router.get("/finetuning")
 async def jobs(request: Request, me: Me, svc: Svc) -> HTMLResponse:
-    rows = await run_in_threadpool(svc.finetuning.list, me)
-    jobs = [await run_in_threadpool(svc.finetuning.out, j) for j in rows]
+    rows = await run_blocking(svc.finetuning.list, me)
+    jobs = [await run_blocking(svc.finetuning.out, j) for j in rows]
     models, datasets = [], []
     if me.can("finetuning.write"):
-        found, _ = await run_in_threadpool(lambda: svc.catalog.list(me, Filters(include_deprecated=False), limit=200))
+        found, _ = await run_blocking(lambda: svc.catalog.list(me, Filters(include_deprecated=False), limit=200))
         models = [m.name for m in found if m.finetunable and m.source != "finetuned" and m.format == "gguf"]
-        datasets = [d.name for d in await run_in_threadpool(svc.datasets.list, me)]
+        datasets = [d.name for d in await run_blocking(svc.datasets.list, me)]
     return render(request, "finetuning.html", jobs=jobs, models=models, datasets=datasets)
 
 
@@ -43,7 +43,7 @@ async def create(request: Request, me: Me, svc: Svc) -> Response:
                         suffix=data.get("suffix") or None)
     except ValidationError as exc:
         raise invalid(exc) from None
-    job = await run_in_threadpool(svc.finetuning.create, me, req)
+    job = await run_blocking(svc.finetuning.create, me, req)
     return redirect(f"/finetuning/{job.id}")
 
 
@@ -55,19 +55,19 @@ def _job_view(me: Principal, svc: Services, job_id: str) -> tuple[JobOut, charts
 
 @router.get("/finetuning/{job_id}")
 async def job_page(job_id: str, request: Request, me: Me, svc: Svc) -> HTMLResponse:
-    job, line = await run_in_threadpool(_job_view, me, svc, job_id)
+    job, line = await run_blocking(_job_view, me, svc, job_id)
     return render(request, "job.html", job=job, line=line, chart=charts, running=job.status in RUNNING)
 
 
 @router.get("/finetuning/{job_id}/progress")
 async def job_progress(job_id: str, request: Request, me: Me, svc: Svc) -> HTMLResponse:
     """The live part of the job's page (htmx replaces it while the job runs)."""
-    job, line = await run_in_threadpool(_job_view, me, svc, job_id)
+    job, line = await run_blocking(_job_view, me, svc, job_id)
     return render(request, "_job_progress.html", job=job, line=line, chart=charts, running=job.status in RUNNING)
 
 
 @router.post("/finetuning/{job_id}/cancel")
 async def cancel(job_id: str, request: Request, me: Me, svc: Svc) -> Response:
     await form(request)
-    await run_in_threadpool(svc.finetuning.cancel, me, job_id)
+    await run_blocking(svc.finetuning.cancel, me, job_id)
     return redirect(f"/finetuning/{job_id}")

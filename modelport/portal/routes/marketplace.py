@@ -18,7 +18,6 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from pydantic import ValidationError
-from starlette.concurrency import run_in_threadpool
 
 from modelport.api.deps import Services
 from modelport.api.routes.marketplace import offer_out, subscription_out
@@ -27,6 +26,7 @@ from modelport.identity.principal import Principal
 from modelport.marketplace.offers import SUSPENDED_FOR_SUBSCRIPTION
 from modelport.marketplace.schemas import SubscriptionCreate
 from modelport.metering.usage import parse_range
+from modelport.offload import run_blocking
 from modelport.portal import charts
 from modelport.portal.routes.deployments import invalid
 from modelport.portal.web import Me, PortalRoute, Svc, form, redirect, render
@@ -50,7 +50,7 @@ def _market(me: Principal, svc: Services) -> dict:
 
 @router.get("/marketplace")
 async def marketplace(request: Request, me: Me, svc: Svc) -> HTMLResponse:
-    view = await run_in_threadpool(_market, me, svc)
+    view = await run_blocking(_market, me, svc)
     return render(request, "marketplace.html", **view)
 
 
@@ -67,7 +67,7 @@ def _offer_page(request: Request, me: Principal, svc: Services, offer_id: str, s
 
 @router.get("/marketplace/offers/{offer_id}")
 async def offer(offer_id: str, request: Request, me: Me, svc: Svc) -> HTMLResponse:
-    return await run_in_threadpool(_offer_page, request, me, svc, offer_id)
+    return await run_blocking(_offer_page, request, me, svc, offer_id)
 
 
 @router.post("/marketplace/offers/{offer_id}/subscribe")
@@ -85,14 +85,14 @@ async def subscribe(offer_id: str, request: Request, me: Me, svc: Svc) -> Respon
             if err.get("loc", ())[:1] == ("accept_terms_sha256",):
                 raise InvalidInput("Tick 'I accept these terms' to subscribe.", field="accept_terms_sha256") from None
             raise invalid(exc) from None
-        view, deployments = await run_in_threadpool(svc.offers.subscribe, me, body)
+        view, deployments = await run_blocking(svc.offers.subscribe, me, body)
     except (InvalidInput, Conflict) as exc:
-        return await run_in_threadpool(_offer_page, request, me, svc, offer_id, exc.status_code, draft=draft,
+        return await run_blocking(_offer_page, request, me, svc, offer_id, exc.status_code, draft=draft,
                                        error=exc.message, error_details=exc.details)
     except Forbidden as exc:
         if exc.field != "consent_to_share_contact":
             raise
-        return await run_in_threadpool(_offer_page, request, me, svc, offer_id, exc.status_code, draft=draft,
+        return await run_blocking(_offer_page, request, me, svc, offer_id, exc.status_code, draft=draft,
                                        error=exc.message, error_details=exc.details)
     for dep_id in deployments:
         await svc.manager.resume(dep_id, "subscription")
@@ -102,7 +102,7 @@ async def subscribe(offer_id: str, request: Request, me: Me, svc: Svc) -> Respon
 @router.post("/marketplace/subscriptions/{ref}/cancel")
 async def unsubscribe(ref: str, request: Request, me: Me, svc: Svc) -> Response:
     await form(request)
-    view, deployments = await run_in_threadpool(svc.offers.unsubscribe, me, ref)
+    view, deployments = await run_blocking(svc.offers.unsubscribe, me, ref)
     for dep_id in deployments:
         await svc.manager.suspend(dep_id, "subscription", SUSPENDED_FOR_SUBSCRIPTION.format(offer=view.offer.id))
     return redirect(f"/marketplace?cancelled={view.sub.id}&suspended={len(deployments)}#sub-{view.sub.id}")
@@ -150,7 +150,7 @@ def _usage_page(request: Request, me: Principal, svc: Services, status_code: int
 
 @router.get("/usage")
 async def usage(request: Request, me: Me, svc: Svc) -> HTMLResponse:
-    return await run_in_threadpool(_usage_page, request, me, svc)
+    return await run_blocking(_usage_page, request, me, svc)
 
 
 @router.post("/usage/budgets")
@@ -165,8 +165,8 @@ async def set_budget(request: Request, me: Me, svc: Svc) -> Response:
         whole, _, frac = amount.partition(".")
         if not (whole.isdigit() and len(whole) <= 12 and (not frac or (frac.isdigit() and len(frac) <= 9))):
             raise InvalidInput("Amount must be a decimal such as 250.00 (per calendar month, UTC).", field="amount")
-        await run_in_threadpool(svc.budgets.put, me, draft["currency"], amount)
+        await run_blocking(svc.budgets.put, me, draft["currency"], amount)
     except InvalidInput as exc:
-        return await run_in_threadpool(_usage_page, request, me, svc, exc.status_code, draft=draft,
+        return await run_blocking(_usage_page, request, me, svc, exc.status_code, draft=draft,
                                        error=exc.message, error_details=exc.details)
     return redirect(f"/usage?budget={draft['currency']}#budgets")

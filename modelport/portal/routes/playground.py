@@ -18,13 +18,13 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from markupsafe import Markup, escape
-from starlette.concurrency import run_in_threadpool
 
 from modelport.api.responses import ClosingStreamingResponse
 from modelport.api.routes.deployments import deployment_out
 from modelport.errors import InvalidInput, ModelportError
 from modelport.inference import calls, handlers
 from modelport.inference.wire_errors import OPENAI
+from modelport.offload import run_blocking
 from modelport.portal.web import TEMPLATES, Me, PortalRoute, Svc, form, render
 from modelport.safety.screening import ContentFiltered
 
@@ -35,7 +35,7 @@ MAX_TURNS = 50
 @router.get("/playground")
 async def playground(request: Request, me: Me, svc: Svc, deployment: str | None = None) -> HTMLResponse:
     me.require("deployments.call")
-    rows = await run_in_threadpool(svc.deployments.list, me)
+    rows = await run_blocking(svc.deployments.list, me)
     chats = [deployment_out(d, m, svc.settings) for d, m in rows if m.task == "chat-completion"]
     return render(request, "playground.html", deployments=chats, selected=deployment)
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from pydantic import ValidationError
-from starlette.concurrency import run_in_threadpool
 
 from modelport.api.deps import Services
 from modelport.api.routes.policies import compliance_out, policy_out
 from modelport.catalog.service import Filters
 from modelport.errors import Conflict, InvalidInput
 from modelport.identity.principal import Principal
+from modelport.offload import run_blocking
 from modelport.policies import compiler, enforcement
 from modelport.policies.schemas import PolicyPut, PolicyTest
 from modelport.portal.routes.deployments import invalid
@@ -59,7 +59,7 @@ def _page(request: Request, me: Principal, svc: Services, status_code: int = 200
 
 @router.get("/policies")
 async def policies(request: Request, me: Me, svc: Svc) -> HTMLResponse:
-    return await run_in_threadpool(_page, request, me, svc)
+    return await run_blocking(_page, request, me, svc)
 
 
 @router.post("/policies")
@@ -73,9 +73,9 @@ async def save(request: Request, me: Me, svc: Svc) -> Response:
             body = PolicyPut(cedar=draft["cedar"], scope=draft["scope"])  # type: ignore[arg-type]
         except ValidationError as exc:
             raise invalid(exc) from None
-        await run_in_threadpool(svc.policies.put, me, policy_id, body)
+        await run_blocking(svc.policies.put, me, policy_id, body)
     except (InvalidInput, Conflict) as exc:  # shown beside the text, which stays as typed
-        return await run_in_threadpool(_page, request, me, svc, exc.status_code, draft=draft, error=exc.message,
+        return await run_blocking(_page, request, me, svc, exc.status_code, draft=draft, error=exc.message,
                                        error_details=exc.details)
     return redirect(f"/policies?saved={policy_id}#policy-{policy_id}")
 
@@ -87,7 +87,7 @@ async def delete(policy_id: str, request: Request, me: Me, svc: Svc) -> Response
     if scope not in ("workspace", "platform"):
         raise InvalidInput("scope must be workspace or platform.", field="scope")
     compiler.check_id(policy_id)
-    await run_in_threadpool(svc.policies.delete, me, policy_id, scope)
+    await run_blocking(svc.policies.delete, me, policy_id, scope)
     return redirect("/policies")
 
 
@@ -102,12 +102,12 @@ async def test(request: Request, me: Me, svc: Svc) -> HTMLResponse:
                          type=asked["type"] or None, geography=asked["geography"] or None)  # type: ignore[arg-type]
     except ValidationError as exc:
         raise invalid(exc) from None
-    decision, _ = await run_in_threadpool(svc.policies.test, me, req)
+    decision, _ = await run_blocking(svc.policies.test, me, req)
     result = {"decision": "allow" if decision.allowed else "deny", "denied_by": list(decision.denied_by),
               "audited_by": list(decision.audited_by)}
     if is_htmx(request):
         return render(request, "_policy_test.html", test=result, asked=asked)
-    return await run_in_threadpool(_page, request, me, svc, test=result, asked=asked)
+    return await run_blocking(_page, request, me, svc, test=result, asked=asked)
 
 
 def _all(request: Request, me: Principal) -> bool:
@@ -125,7 +125,7 @@ def _compliance_page(request: Request, me: Principal, svc: Services, all_workspa
 
 @router.get("/policies/compliance")
 async def compliance(request: Request, me: Me, svc: Svc) -> HTMLResponse:
-    return await run_in_threadpool(_compliance_page, request, me, svc, _all(request, me))
+    return await run_blocking(_compliance_page, request, me, svc, _all(request, me))
 
 
 @router.post("/policies/compliance/enforce")
@@ -134,5 +134,5 @@ async def enforce(request: Request, me: Me, svc: Svc) -> HTMLResponse:
     all_workspaces = data.get("all") == "1"
     _, found, suspended, resumed = await enforcement.enforce(svc.policies, svc.manager, me, all_workspaces)
     names = {v.id: v.name for v in found}
-    return await run_in_threadpool(_compliance_page, request, me, svc, all_workspaces, enforced=True,
+    return await run_blocking(_compliance_page, request, me, svc, all_workspaces, enforced=True,
                                    suspended=[names.get(i, i) for i in suspended], resumed=resumed)

@@ -7,13 +7,13 @@ from datetime import datetime
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
-from starlette.concurrency import run_in_threadpool
 
 from modelport.api.deps import Services
 from modelport.audit import service as audit
 from modelport.errors import InvalidInput
 from modelport.identity.principal import Principal
 from modelport.identity.roles import Role
+from modelport.offload import run_blocking
 from modelport.portal.web import Me, PortalRoute, Svc, form, redirect, render
 
 router = APIRouter(route_class=PortalRoute, include_in_schema=False)
@@ -54,14 +54,14 @@ async def workspace(request: Request, me: Me, svc: Svc, action: str | None = Non
     me.require("members.read")
     if action is not None and len(action) > 64:
         raise InvalidInput("The action filter is at most 64 characters.", field="action")
-    ctx = await run_in_threadpool(_view, me, svc, action, since)
+    ctx = await run_blocking(_view, me, svc, action, since)
     return render(request, "workspace.html", **ctx)
 
 
 @router.post("/workspace/members")
 async def add_member(request: Request, me: Me, svc: Svc) -> Response:
     data = await form(request)
-    await run_in_threadpool(svc.identity.add_member, me, (data.get("user") or "").strip(), _role(data.get("role")))
+    await run_blocking(svc.identity.add_member, me, (data.get("user") or "").strip(), _role(data.get("role")))
     return redirect("/workspace")
 
 
@@ -69,9 +69,9 @@ async def add_member(request: Request, me: Me, svc: Svc) -> Response:
 async def update_member(user: str, request: Request, me: Me, svc: Svc) -> Response:
     data = await form(request)
     if data.get("remove") == "yes":
-        await run_in_threadpool(svc.identity.remove_member, me, user)
+        await run_blocking(svc.identity.remove_member, me, user)
     else:
-        await run_in_threadpool(svc.identity.set_member_role, me, user, _role(data.get("role")))
+        await run_blocking(svc.identity.set_member_role, me, user, _role(data.get("role")))
     return redirect("/workspace")
 
 
@@ -81,7 +81,7 @@ async def create_key(request: Request, me: Me, svc: Svc) -> HTMLResponse:
     days = data.get("expires_in_days") or None
     if days is not None and not days.isdigit():
         raise InvalidInput("expires_in_days must be a whole number of days.", field="expires_in_days")
-    created = await run_in_threadpool(svc.identity.create_api_key, me, (data.get("name") or "").strip(),
+    created = await run_blocking(svc.identity.create_api_key, me, (data.get("name") or "").strip(),
                                       int(days) if days else None)
     return render(request, "apikey_created.html", key=created.row, secret=created.secret)
 
@@ -89,5 +89,5 @@ async def create_key(request: Request, me: Me, svc: Svc) -> HTMLResponse:
 @router.post("/workspace/apikeys/{key_id}/revoke")
 async def revoke_key(key_id: str, request: Request, me: Me, svc: Svc) -> Response:
     await form(request)
-    await run_in_threadpool(svc.identity.revoke_api_key, me, key_id)
+    await run_blocking(svc.identity.revoke_api_key, me, key_id)
     return redirect("/workspace")

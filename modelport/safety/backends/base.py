@@ -37,6 +37,11 @@ class Analysis:
     profanity: bool = False
     #: backend-specific scores (probabilities), for evaluation and debugging; never user content
     scores: Mapping[str, float] = field(default_factory=dict)
+    #: what this analysis vouches for, as `Screener.needed` names it: None (a full analysis, every
+    #: category at every severity, both detectors), or the heads a cascade's first stage cleared
+    #: at the default threshold (safety/cascade.py); the Screener refuses one that does not cover
+    #: what its configuration needs
+    covers: frozenset[str] | None = None
 
     def __post_init__(self) -> None:
         missing = [c for c in CATEGORIES if c not in self.severities]

@@ -15,7 +15,6 @@ sigmoid per label, others a softmax.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 
 from modelport.catalog.scanning import scan_model
 from modelport.errors import Unprocessable
+from modelport.offload import run_blocking
 from modelport.safety.backends.base import CATEGORIES, SEVERITIES, Analysis, BackendSettings, severity_rank
 
 _TARGETS = (*CATEGORIES, "jailbreak", "profanity")
@@ -131,4 +131,4 @@ class HFLocalBackend:
         return out
 
     async def analyze(self, texts: list[str]) -> list[Analysis]:
-        return await asyncio.to_thread(self.classify, texts)
+        return await run_blocking(self.classify, texts)

@@ -23,7 +23,6 @@ compare every path with float32 eager.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import hashlib
 import importlib.util
@@ -40,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from modelport.offload import run_blocking
 from modelport.safety.backends.base import CATEGORIES, SEVERITIES, Analysis, BackendSettings
 from modelport.safety.classifier import (
     MAX_TOKENS,
@@ -325,7 +325,7 @@ class MiniLMBackend:
 
     async def analyze(self, texts: list[str]) -> list[Analysis]:
         """The SafetyBackend method: `classify` in a worker thread, off the event loop."""
-        return await asyncio.to_thread(self.classify, texts)
+        return await run_blocking(self.classify, texts)
 
     def _encode(self, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
         """Token windows of `texts`, `max_length` tokens each, overlapping by _STRIDE."""
