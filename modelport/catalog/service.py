@@ -148,7 +148,7 @@ class CatalogService:
 
     # -- queries --------------------------------------------------------------------------
 
-    def _visible(self, actor: Principal):  # type: ignore[no-untyped-def]
+    def _visible(self, actor: Principal):
         return or_(CatalogModel.scope_key == GLOBAL_SCOPE, CatalogModel.scope_key == actor.workspace_id)
 
     def list(self, actor: Principal, filters: Filters, *, limit: int = 50,

@@ -162,7 +162,7 @@ async def chat_call(request: Request, manager: DeploymentManager, route: Route, 
         messages=messages,
         max_tokens=req.max_completion_tokens or req.max_tokens,
         temperature=1.0 if req.temperature is None else req.temperature,
-        top_p=1.0 if req.top_p is None else req.top_p, stop=req.stop or [], seed=req.seed, n=req.n,
+        top_p=1.0 if req.top_p is None else req.top_p, stop=req.stops, seed=req.seed, n=req.n,
         response_format=found.response_format,
         grammar=found.grammar, tools=found.tools,
         logprobs=(req.top_logprobs or 0) if req.logprobs else None)
@@ -196,7 +196,7 @@ async def completions(request: Request, manager: DeploymentManager, route: Route
         prompt = prompt[0]
     gen = GenerateBody(prompt=prompt, max_tokens=req.max_tokens or 16,
                        temperature=1.0 if req.temperature is None else req.temperature,
-                       top_p=1.0 if req.top_p is None else req.top_p, stop=req.stop or [], seed=req.seed, n=req.n,
+                       top_p=1.0 if req.top_p is None else req.top_p, stop=req.stops, seed=req.seed, n=req.n,
                        logprobs=req.logprobs)
     await admission.admit(request, route, estimate.prompt_tokens([prompt])
                           + estimate.completion_tokens(gen.max_tokens, gen.n))

@@ -243,7 +243,7 @@ class DeploymentManager:
 
     # -- provisioning ---------------------------------------------------------------------
 
-    def spawn(self, coro) -> asyncio.Task:  # type: ignore[no-untyped-def]
+    def spawn(self, coro) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

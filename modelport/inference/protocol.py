@@ -105,6 +105,11 @@ class _Sampling(BaseModel):
             raise ValueError("stop takes up to 4 non-empty sequences of at most 200 characters")
         return stops
 
+    @property
+    def stops(self) -> list[str]:
+        """`stop` as the list the validator made of it (empty without one)."""
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
 
 class ChatCompletionRequest(_Sampling):
     messages: list[Message] = Field(min_length=1, max_length=1000)

@@ -57,15 +57,15 @@ class Plan:
 def plan(tools: list[Tool], choice: str | None, *, parallel: bool, response_format: Any) -> Plan:
     """`response_format` is the request's (None, or one with `type` and `json_schema`)."""
     kind = response_format.type if response_format is not None else "text"
-    text_schema = None
+    text_schema: tuple[Any, bool] | None = None
     if kind == "json_schema":
         spec = response_format.json_schema
         text_schema = (spec.schema_, bool(spec.strict))
     elif kind == "json_object" and choice is not None:
         text_schema = ({"type": "object"}, False)
     if choice is None:
-        grammar = json_schema_gbnf(text_schema[0], strict=text_schema[1],
-                                   field_name="response_format.json_schema.schema") if kind == "json_schema" else None
+        grammar = json_schema_gbnf(text_schema[0], strict=text_schema[1], field_name="response_format.json_schema"
+                                   ".schema") if text_schema is not None and kind == "json_schema" else None
         worker_format: Literal["text", "json_object"] = "json_object" if kind == "json_object" else "text"
         return Plan(grammar=grammar, tools=None, calls=False, response_format=worker_format)
     grammar = grammar_for(tools, choice, parallel=parallel, text_schema=text_schema)

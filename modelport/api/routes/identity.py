@@ -32,7 +32,7 @@ def _key_out(k: ApiKey) -> dict:
             "created_by": k.created_by, "platform_admin": k.platform_admin}
 
 
-def _user_out(u) -> UserOut:  # type: ignore[no-untyped-def]
+def _user_out(u) -> UserOut:
     return UserOut(id=u.id, name=u.name, email=u.email, platform_admin=u.is_platform_admin,
                    disabled=u.disabled, created_at=u.created_at)
 

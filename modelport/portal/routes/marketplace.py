@@ -60,7 +60,7 @@ def _offer_page(request: Request, me: Principal, svc: Services, offer_id: str, s
     terms = svc.offers.terms_text(me, offer_id, offer["terms"]["version"])
     subs = [subscription_out(v) for v in svc.offers.subscriptions(me) if v.offer.id == offer["id"]]
     draft = {"name": "", "email": "", "organization": ""}
-    draft.update(ctx.pop("draft", {}))  # type: ignore[arg-type]
+    draft.update(ctx.pop("draft", {}))
     return render(request, "offer.html", status_code=status_code, offer=offer, terms_text=terms.text,
                   subscription=subs[0] if subs else None, draft=draft, **ctx)
 

@@ -52,7 +52,7 @@ def _view(me: Principal, svc: Services) -> dict:
 def _page(request: Request, me: Principal, svc: Services, status_code: int = 200, **ctx: object) -> HTMLResponse:
     view = _view(me, svc)
     draft = {"id": "", "cedar": "", "scope": (view["scopes"] or ["workspace"])[0]}
-    draft.update(ctx.pop("draft", {}))  # type: ignore[arg-type]
+    draft.update(ctx.pop("draft", {}))
     return render(request, "policies.html", status_code=status_code, draft=draft, starter=STARTER,
                   test=ctx.pop("test", None), asked=ctx.pop("asked", {}), **view, **ctx)
 

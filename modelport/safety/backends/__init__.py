@@ -9,6 +9,7 @@ registered exactly like a third-party package would (pyproject.toml, modelport/p
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -21,8 +22,11 @@ GROUP = "modelport.safety_backends"
 
 def available_backends() -> dict[str, Callable[[], Callable[..., SafetyBackend]]]:
     """Name -> a loader of the factory, for every registered backend."""
-    return {name: (lambda p=p: cast(Callable[..., SafetyBackend], p.load()))
-            for name, p in plugins.plugins(GROUP).items()}
+    return {name: functools.partial(_factory, p) for name, p in plugins.plugins(GROUP).items()}
+
+
+def _factory(plugin: plugins.Plugin) -> Callable[..., SafetyBackend]:
+    return cast(Callable[..., SafetyBackend], plugin.load())
 
 
 def create_backend(name: str, *, settings: BackendSettings | None = None, **options: Any) -> SafetyBackend:

@@ -25,7 +25,7 @@ SEVERITIES: tuple[Severity, ...] = ("safe", "low", "medium", "high")
 
 
 def severity_rank(severity: str) -> int:
-    return SEVERITIES.index(severity)  # type: ignore[arg-type]
+    return SEVERITIES.index(severity)
 
 
 @dataclass(frozen=True)

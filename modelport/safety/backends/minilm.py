@@ -34,13 +34,14 @@ import tempfile
 import threading
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from modelport.offload import run_blocking
-from modelport.safety.backends.base import CATEGORIES, SEVERITIES, Analysis, BackendSettings
+from modelport.safety.backends.base import CATEGORIES, SEVERITIES, Analysis, BackendSettings, Severity
 from modelport.safety.classifier import (
     MAX_TOKENS,
     META_FILE,
@@ -129,13 +130,13 @@ class OnnxEncoder:
     depend on the other texts (measured: 0.25 alone, 0.33 in a batch); a verdict must not depend
     on what else is screened at the same time, so the int8 graph sees one text per call."""
 
-    def __init__(self, session: object, per_text: bool) -> None:
+    def __init__(self, session: Any, per_text: bool) -> None:  # an onnxruntime.InferenceSession (untyped library)
         self._session = session
         self.per_text = per_text
 
     def _call(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        (logits,) = self._session.run(["logits"], {"input_ids": ids, "attention_mask": mask})  # type: ignore[attr-defined]
-        return logits  # type: ignore[no-any-return]
+        (logits,) = self._session.run(["logits"], {"input_ids": ids, "attention_mask": mask})
+        return logits
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         ids = input_ids.numpy().astype(np.int64, copy=False)
@@ -156,7 +157,9 @@ def export_onnx(model: LoadedModel) -> bytes:
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript-based exporter warns that it is legacy
         torch.onnx.export(
-            encoder, (ids, (ids != 0).long()), buf, input_names=["input_ids", "attention_mask"],
+            # torch.onnx.export writes to a file object as well as to a path; its annotation names paths only
+            encoder, (ids, (ids != 0).long()), buf,  # type: ignore[arg-type]
+            input_names=["input_ids", "attention_mask"],
             output_names=["logits"], opset_version=17, dynamo=False,
             dynamic_axes={"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"},
                           "logits": {0: "batch"}},
@@ -223,7 +226,8 @@ def _build_graph(model: LoadedModel, dtype: str) -> bytes:
 
     graph = export_onnx(model)
     hidden = model.head.out.in_features // 2
-    heads = model.head.layers[0].attention.self.num_attention_heads
+    # a BertLayer's submodules by attribute: torch types every attribute of a Module as Tensor | Module
+    heads = model.head.layers[0].attention.self.num_attention_heads  # type: ignore[union-attr]
     with tempfile.TemporaryDirectory(prefix="modelport-safety-") as tmp:
         src, fused, dst = Path(tmp) / "encoder.onnx", Path(tmp) / "encoder.fused.onnx", Path(tmp) / "encoder.int8.onnx"
         src.write_bytes(graph)
@@ -329,7 +333,7 @@ class MiniLMBackend:
 
     def _encode(self, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
         """Token windows of `texts`, `max_length` tokens each, overlapping by _STRIDE."""
-        return self._loaded().tokenizer(  # type: ignore[operator, no-any-return]
+        return self._loaded().tokenizer(
             texts, padding=True, truncation=True, max_length=max_length, stride=_STRIDE,
             return_overflowing_tokens=True, return_tensors="pt",
         )
@@ -373,7 +377,7 @@ class MiniLMBackend:
         results = []
         for row in self.scores(texts).tolist():
             score = dict(zip(OUTPUTS, row, strict=True))
-            severities = {}
+            severities: dict[str, Severity] = {}
             for cat in CATEGORIES:
                 level = 0
                 for k in (1, 2, 3):
