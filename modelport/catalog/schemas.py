@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 Task = Literal["chat-completion", "embeddings"]
 Format = Literal["gguf", "safetensors"]
 DeploymentType = Literal["dedicated", "serverless"]
+DEPLOYMENT_TYPES: tuple[DeploymentType, ...] = ("dedicated", "serverless")
 
 
 class UploadFile(BaseModel):
@@ -33,7 +34,7 @@ class UploadCreate(BaseModel):
     card: str = Field(default="", max_length=200_000, description="Model card, markdown.")
     downloadable: bool = False
     finetunable: bool = False
-    deployment_types: list[DeploymentType] = Field(default_factory=lambda: ["dedicated", "serverless"])
+    deployment_types: list[DeploymentType] = Field(default_factory=lambda: list(DEPLOYMENT_TYPES))
     files: list[UploadFile] = Field(min_length=1, max_length=500)
 
 

@@ -306,9 +306,10 @@ class CatalogService:
                         "(GET the model to list them).", field="file")
                 f = row.files[0]
             else:
-                f = next((x for x in row.files if x.path == file), None)
-                if f is None:
+                named = next((x for x in row.files if x.path == file), None)
+                if named is None:
                     raise NotFound(f"Model '{row.name}' has no file '{file}'.", field="file")
+                f = named
             self.policies.enforce(actor, "download_model", ModelFacts.seen_by(row, actor))
             audit.record(s, actor, "model.download", resource_type="model", resource_id=row.id,
                          detail={"file": f.path})

@@ -85,7 +85,7 @@ def serve(host: Annotated[str | None, typer.Option(help="Bind address (env MODEL
     if port:
         overrides["port"] = port
     try:
-        settings = build_settings(**overrides)
+        settings = build_settings(None, **overrides)
     except ValidationError as exc:  # the messages only: the input may hold master keys
         err_console.print("[red]Invalid configuration:[/red] " + "; ".join(e["msg"] for e in exc.errors()))
         raise typer.Exit(2) from None

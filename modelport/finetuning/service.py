@@ -23,7 +23,7 @@ from modelport.catalog.service import GLOBAL_SCOPE, CatalogService
 from modelport.datasets.service import DatasetService
 from modelport.datastore.store import Datastore
 from modelport.db.base import new_id, utcnow
-from modelport.db.engine import Database
+from modelport.db.engine import Database, rowcount
 from modelport.db.tables import CatalogModel, Dataset, Deployment, FinetuneJob, Workspace
 from modelport.errors import Conflict, InvalidInput, NotFound
 from modelport.finetuning.cancel import DATASET_DELETED, JobCancelled
@@ -171,7 +171,7 @@ class FinetuningService:
             claimed = s.execute(update(FinetuneJob).where(FinetuneJob.id == job_id, FinetuneJob.status == "queued")
                                 .values(status="running", started_at=utcnow(), attempts=FinetuneJob.attempts + 1,
                                         step=0, losses=[]))
-            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+            if rowcount(claimed) != 1:
                 return None
         with self.db.session() as s:
             return s.get(FinetuneJob, job_id)
@@ -260,7 +260,7 @@ class FinetuningService:
         claimed = s.execute(update(FinetuneJob).where(
             FinetuneJob.id == job.id, FinetuneJob.status == "running", FinetuneJob.cancel_requested.is_(False),
             FinetuneJob.result_model_id.is_(None)).values(result_model_id=model_id))
-        if claimed.rowcount != 1:  # type: ignore[attr-defined]
+        if rowcount(claimed) != 1:
             reason = s.scalar(select(FinetuneJob.error).where(FinetuneJob.id == job.id))
             raise JobCancelled(reason or "The job was cancelled; no model was registered.")
         needed = {job.dataset_id, *([job.validation_dataset_id] if job.validation_dataset_id else [])}

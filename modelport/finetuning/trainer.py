@@ -48,7 +48,7 @@ class DataError(Exception):
 
 
 def read_frames(stream: BinaryIO) -> bytes:
-    parts = []
+    parts: list[bytes] = []
     while True:
         header = stream.read(4)
         if len(header) != 4:

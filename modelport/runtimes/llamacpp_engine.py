@@ -360,7 +360,8 @@ class BatchEngine:
         cand["logit"] = np.ctypeslib.as_array(self._L.llama_get_logits_ith(self._ctx, index), shape=(self._n_vocab,))
         cand["p"] = 0.0
         array = self._cand_array
-        array.data = self._cand_data
+        # ctypes: the struct field takes the array as a pointer to its first element; the stub types it as the array
+        array.data = self._cand_data  # type: ignore[assignment]
         array.size = self._n_vocab
         array.selected = -1
         array.sorted = False
@@ -450,11 +451,11 @@ class BatchEngine:
             seq.sampler = None
 
 
-def sequence_sink() -> tuple[Callable[[Event], None], Callable[[threading.Event, Callable[[], bool]], Any]]:
+def sequence_sink() -> tuple[Callable[[Event], None], Callable[[Any, Callable[[], bool]], Any]]:
     """A sink for one sequence and a reader that yields its events until the end."""
     events: queue.SimpleQueue[Event] = queue.SimpleQueue()
 
-    def read(cancel: threading.Event, alive: Callable[[], bool]) -> Any:
+    def read(cancel: Any, alive: Callable[[], bool]) -> Any:  # cancel: anything with is_set()
         while True:
             try:
                 event = events.get(timeout=0.25)
