@@ -14,14 +14,16 @@ from modelport.datasets.service import DatasetService
 from modelport.datastore.settings import from_settings as datastore_from_settings
 from modelport.db import migrate
 from modelport.db.engine import Database
+from modelport.deployments.key_watch import PrivateWeightsWatch
+from modelport.deployments.lifecycle import DeploymentLifecycle
 from modelport.deployments.schemas import DeploymentCreate
 from modelport.deployments.service import DeploymentService
 from modelport.encryption_keys.service import EncryptionKeyService
 from modelport.finetuning.service import FinetunedWeights, FinetuningService
 from modelport.identity.offboarding import Offboarding
 from modelport.identity.service import IdentityService
+from modelport.inference.gateway import Gateway
 from modelport.inference.judge import judge_factory
-from modelport.inference.manager import DeploymentManager
 from modelport.inference.pools import PoolManager, RegionSlots, scale_policy
 from modelport.marketplace.offers import OfferService
 from modelport.marketplace.publishers import PublisherService
@@ -64,9 +66,10 @@ def build_services(settings: Settings) -> Services:
                         policy=scale_policy(settings), workspace_cap=settings.pool_requests_per_workspace,
                         share=settings.pool_workspace_share)
     metrics = Metrics()
-    manager = DeploymentManager(settings, db, catalog, deployments, pools, metrics)
-    metrics.watch_queues(manager.queue_depths)
-    manager.finetuned = FinetunedWeights(db, datastore)
+    gateway = Gateway(settings, db, catalog, deployments, pools, metrics)
+    metrics.watch_queues(gateway.provisioner.queue_depths)
+    finetuned = FinetunedWeights(db, datastore)
+    gateway.provisioner.finetuned = finetuned
     identity = IdentityService(db)
     datasets = DatasetService(db, datastore, settings.max_dataset_bytes, activity=identity.activity)
     safety = SafetyService(db, metrics=metrics, screening_concurrency=settings.screening_concurrency,
@@ -75,23 +78,27 @@ def build_services(settings: Settings) -> Services:
                            screening_cascade=settings.screening_cascade,
                            blocklist_budget_s=settings.blocklist_budget_ms / 1000,
                            backend_settings=BackendSettings.from_settings(settings))
-    safety.set_judge_factory(judge_factory(manager))  # the llm-judge backend calls chat deployments
-    usage = UsageService(db, manager.meter)
+    safety.set_judge_factory(judge_factory(gateway))  # the llm-judge backend calls chat deployments
+    usage = UsageService(db, gateway.usage.meter)
     budgets = BudgetService(db, usage)
-    manager.meter.on_commit = budgets.on_commit  # every committed charge counts against its budget
+    gateway.usage.meter.on_commit = budgets.on_commit  # every committed charge counts against its budget
+    finetuning = FinetuningService(db, catalog, datasets, datastore,
+                                   max_active_jobs=settings.max_active_finetune_jobs_per_workspace)
+    lifecycle = DeploymentLifecycle(deployments, gateway, safety, finetuning)
     return Services(
         settings=settings,
         db=db,
         identity=identity,
         catalog=catalog,
         deployments=deployments,
-        manager=manager,
+        gateway=gateway,
+        lifecycle=lifecycle,
+        key_watch=PrivateWeightsWatch(db, finetuned, lifecycle),
         datasets=datasets,
         encryption_keys=EncryptionKeyService(db, datastore),
         safety=safety,
-        finetuning=FinetuningService(db, catalog, datasets, datastore,
-                                     max_active_jobs=settings.max_active_finetune_jobs_per_workspace),
-        offboarding=Offboarding(settings, db, identity, manager, catalog, safety, datastore),
+        finetuning=finetuning,
+        offboarding=Offboarding(settings, db, identity, lifecycle, catalog, safety, datastore),
         publishers=PublisherService(db),
         offers=OfferService(db, policies),
         usage=usage,

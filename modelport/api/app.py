@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
 from modelport import __version__, portal
-from modelport.api import errors
+from modelport.api import errors, openapi
 from modelport.api.deps import Services
 from modelport.api.middleware import RequestContext
 from modelport.api.request_limits import RequestBodyLimit
@@ -32,7 +32,7 @@ from modelport.bootstrap import build_services, prepare
 from modelport.config import Settings
 from modelport.finetuning.runner import JobRunner
 from modelport.inference import routes as inference_routes
-from modelport.inference.asgi import DataPlane
+from modelport.inference.asgi import FastPath
 from modelport.offload import run_blocking
 
 log = logging.getLogger("modelport.server")
@@ -41,11 +41,11 @@ log = logging.getLogger("modelport.server")
 class ModelportApp(FastAPI):
     """FastAPI, with the inference routes taken ahead of its middleware stack (inference/asgi.py)."""
 
-    data_plane: DataPlane | None = None
+    fast_path: FastPath | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.data_plane is not None and (hit := self.data_plane.match(scope)) is not None:
-            await self.data_plane(scope, receive, send, hit)
+        if self.fast_path is not None and (hit := self.fast_path.match(scope)) is not None:
+            await self.fast_path(scope, receive, send, hit)
             return
         await super().__call__(scope, receive, send)
 
@@ -57,16 +57,16 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         prepare(svc)
         await svc.offboarding.resume()  # workspace deletions a stopped server left unfinished
-        svc.manager.load_routes()
-        svc.manager.meter.start()
+        svc.gateway.usage.meter.start()
         await run_blocking(svc.budgets.load)
-        await svc.manager.start_existing()
+        await svc.lifecycle.start_existing()
         if svc.settings.content_filter_default == "on":
             # Load the default classifier now rather than on the first filtered request.
-            svc.manager.spawn(_warm_safety(svc))
+            svc.gateway.spawn(_warm_safety(svc))
         flusher = asyncio.create_task(_flush_last_used(svc))
         sweeper = asyncio.create_task(_expire_uploads(svc))
-        background = asyncio.create_task(svc.manager.run_background())
+        background = asyncio.create_task(svc.gateway.run_background())
+        key_watch = asyncio.create_task(svc.key_watch.run())
         meters = asyncio.create_task(_aggregate_meters(svc))
         runner = JobRunner(svc.finetuning, svc.settings)
         jobs = asyncio.create_task(runner.run())
@@ -74,11 +74,11 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
             yield
         finally:
             await runner.shutdown()
-            for task in (flusher, sweeper, background, jobs, meters):
+            for task in (flusher, sweeper, background, key_watch, jobs, meters):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            await svc.manager.shutdown()
+            await svc.gateway.shutdown()
             await svc.rate_limiter.close()
             svc.identity.last_used.flush(svc.db)
             svc.safety.flush_counts()
@@ -89,6 +89,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
                        description="Self-hosted model catalog and Models-as-a-Service. Control plane under /api/v1.")
     app.state.services = svc
     errors.install(app)
+    openapi.install(app)  # every status each route can answer, in its error shape (api/openapi.py)
     app.include_router(ops.router)
     app.include_router(identity.router)
     app.include_router(models.router)
@@ -103,7 +104,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     portal.mount(app, svc)  # the web portal at / (modelport/portal)
     app.add_middleware(RequestBodyLimit)  # inside RequestContext: its refusals are logged with a request id
     app.add_middleware(RequestContext)
-    app.data_plane = DataPlane(app)
+    app.fast_path = FastPath(app)
     return app
 
 

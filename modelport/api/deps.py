@@ -13,6 +13,8 @@ from modelport.catalog.service import CatalogService
 from modelport.config import Settings
 from modelport.datasets.service import DatasetService
 from modelport.db.engine import Database
+from modelport.deployments.key_watch import PrivateWeightsWatch
+from modelport.deployments.lifecycle import DeploymentLifecycle
 from modelport.deployments.service import DeploymentService
 from modelport.encryption_keys.service import EncryptionKeyService
 from modelport.errors import Forbidden, Unauthenticated
@@ -20,7 +22,7 @@ from modelport.finetuning.service import FinetuningService
 from modelport.identity.offboarding import Offboarding
 from modelport.identity.principal import Principal, PublisherPrincipal
 from modelport.identity.service import IdentityService
-from modelport.inference.manager import DeploymentManager
+from modelport.inference.gateway import Gateway
 from modelport.marketplace.offers import OfferService
 from modelport.marketplace.publishers import PublisherService
 from modelport.marketplace.report import PublisherReports
@@ -42,8 +44,10 @@ class Services:
     db: Database
     identity: IdentityService
     catalog: CatalogService
-    deployments: DeploymentService
-    manager: DeploymentManager
+    deployments: DeploymentService  # the rows (control plane)
+    gateway: Gateway  # routing table, pools, usage (data plane)
+    lifecycle: DeploymentLifecycle  # every change to a deployment, in both planes
+    key_watch: PrivateWeightsWatch  # fine-tuned deployments follow their workspace key
     datasets: DatasetService
     encryption_keys: EncryptionKeyService
     safety: SafetyService

@@ -14,7 +14,10 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Match
+from starlette.types import Scope
 
 from modelport.errors import ModelportError, TooManyRequests
 
@@ -72,12 +75,17 @@ def install(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         message = "No such route." if exc.status_code == 404 else str(exc.detail)
-        return JSONResponse(error_body(code, message, request), status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(request.app.router.routes, request.scope))
+        return JSONResponse(error_body(code, message, request), status_code=exc.status_code, headers=headers or None)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.error("unhandled error", exc_info=exc,
-                  extra={"request_id": getattr(request.state, "request_id", None)})
-        return JSONResponse(error_body("internal_error", "Internal error; the request id identifies it in "
-                                       "the server log.", request), status_code=500)
+
+def allowed_methods(routes: list[BaseRoute], scope: Scope) -> list[str]:
+    """Every method some route takes at this path. Starlette's 405 names only the methods of the
+    first route whose path matched, so a path with GET and DELETE routes answered `Allow: GET, HEAD`."""
+    contexts = list(iter_route_contexts(routes))
+    # The resource is the path template of the first route that matches, as in the document: a
+    # literal path (/policies/compliance) is not also the template beside it (/policies/{policy_id}).
+    template = next((r.path_format for r in contexts if r.matches(scope)[0] != Match.NONE), None)
+    return sorted({m for r in contexts if r.path_format == template for m in (r.methods or ())})

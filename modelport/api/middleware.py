@@ -14,6 +14,7 @@ import time
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelport.audit import service as audit
+from modelport.offload import run_blocking
 
 log = logging.getLogger("modelport.access")
 
@@ -48,7 +49,8 @@ class RequestContext:
                                        "duration_ms": round((time.perf_counter() - started) * 1000, 2)})
             if (status >= 400 and scope["method"] not in ("GET", "HEAD", "OPTIONS")
                     and template.startswith("/api/v1")):
-                self._audit_refusal(scope, route, status, request_id)
+                # A database write: on a worker thread, never on the event loop.
+                await run_blocking(self._audit_refusal, scope, route, status, request_id)
 
     def _audit_refusal(self, scope: Scope, route: object, status: int, request_id: str) -> None:
         state = scope.get("state", {})

@@ -304,7 +304,7 @@ class DrainingServer(uvicorn.Server):
 
 
 def run(app: FastAPI, *, host: str, port: int, drain_seconds: float) -> None:
-    manager = app.state.services.manager
+    gateway = app.state.services.gateway
     settings = app.state.services.settings
     limits = ConnectionLimits(
         max_header_bytes=settings.max_header_bytes, header_timeout=settings.header_timeout_seconds,
@@ -317,5 +317,5 @@ def run(app: FastAPI, *, host: str, port: int, drain_seconds: float) -> None:
                             http=protocol_class(limits),
                             timeout_graceful_shutdown=int(drain_seconds + SHUTDOWN_MARGIN_SECONDS),
                             proxy_headers=bool(proxies), forwarded_allow_ips=proxies or None)
-    DrainingServer(config, on_signal=manager.begin_drain, drain_seconds=drain_seconds).run()
+    DrainingServer(config, on_signal=gateway.begin_drain, drain_seconds=drain_seconds).run()
 

@@ -7,33 +7,41 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from modelport.schema_types import JsonInt
+
 Task = Literal["chat-completion", "embeddings"]
 Format = Literal["gguf", "safetensors"]
 DeploymentType = Literal["dedicated", "serverless"]
 DEPLOYMENT_TYPES: tuple[DeploymentType, ...] = ("dedicated", "serverless")
+#: Applied by the schema and again by the catalog service (a model can also come from a package).
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$"
+SPDX_PATTERN = r"^[A-Za-z0-9.+-]{1,64}$"
 
 
 class UploadFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
     path: str = Field(min_length=1, max_length=300, description="Relative file name inside the model.")
-    size: int = Field(ge=0, description="Exact size in bytes.")
+    size: JsonInt = Field(ge=0, description="Exact size in bytes.")
 
 
 class UploadCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=100)
-    version: str = Field(default="1", min_length=1, max_length=64)
+    name: str = Field(min_length=1, max_length=100, pattern=MODEL_NAME_PATTERN,
+                      description="1-100 letters, digits, '.', '_' or '-', starting with a letter or digit.")
+    version: str = Field(default="1", min_length=1, max_length=64, pattern=VERSION_PATTERN,
+                         description="1-64 letters, digits, '.', '_', '+' or '-', starting with a letter or digit.")
     format: Format
     task: Task | None = Field(default=None, description="Read from the files when omitted.")
     scope: Literal["workspace", "catalog"] = Field(
         default="workspace", description="`catalog` (platform admin) or private to your workspace."
     )
     publisher: str | None = Field(default=None, max_length=100)
-    license: str = Field(default="NOASSERTION", max_length=64, description="SPDX licence id.")
+    license: str = Field(default="NOASSERTION", max_length=64, pattern=SPDX_PATTERN, description="SPDX licence id.")
     license_url: str | None = Field(default=None, max_length=500)
     card: str = Field(default="", max_length=200_000, description="Model card, markdown.")
-    downloadable: bool = False
-    finetunable: bool = False
+    downloadable: bool = Field(default=False, strict=True)
+    finetunable: bool = Field(default=False, strict=True)
     deployment_types: list[DeploymentType] = Field(default_factory=lambda: list(DEPLOYMENT_TYPES))
     files: list[UploadFile] = Field(min_length=1, max_length=500)
 
@@ -49,10 +57,10 @@ class UploadOut(BaseModel):
 
 class ModelUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    curated: bool | None = None
-    downloadable: bool | None = None
-    finetunable: bool | None = None
-    deprecated: bool | None = None
+    curated: bool | None = Field(default=None, strict=True)
+    downloadable: bool | None = Field(default=None, strict=True)
+    finetunable: bool | None = Field(default=None, strict=True)
+    deprecated: bool | None = Field(default=None, strict=True)
     card: str | None = Field(default=None, max_length=200_000)
     deployment_types: list[DeploymentType] | None = None
 

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
 
 from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
@@ -26,7 +27,13 @@ from modelport.audit import service as audit
 from modelport.catalog import bundled as bundled_models
 from modelport.catalog.downloads import DownloadFile
 from modelport.catalog.scanning import ScanReport, read_gguf_metadata, read_safetensors_metadata, scan_model
-from modelport.catalog.schemas import ModelUpdate, UploadCreate
+from modelport.catalog.schemas import (
+    MODEL_NAME_PATTERN,
+    SPDX_PATTERN,
+    VERSION_PATTERN,
+    ModelUpdate,
+    UploadCreate,
+)
 from modelport.catalog.storage import LocalModelStore, safe_relpath
 from modelport.db.base import new_id, utcnow
 from modelport.db.engine import Database
@@ -46,9 +53,12 @@ from modelport.offload import run_blocking
 from modelport.policies.engine import PolicyEngine
 from modelport.policies.facts import ModelFacts
 
-MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
-SPDX_RE = re.compile(r"^[A-Za-z0-9.+-]{1,64}$")
+if TYPE_CHECKING:
+    from hashlib import _Hash
+
+MODEL_NAME_RE = re.compile(MODEL_NAME_PATTERN)
+VERSION_RE = re.compile(VERSION_PATTERN)
+SPDX_RE = re.compile(SPDX_PATTERN)
 GLOBAL_SCOPE = ""
 
 
@@ -334,12 +344,12 @@ class CatalogService:
             actor.require("platform.models")
         else:
             actor.require("models.import")
-        if not MODEL_NAME_RE.match(req.name):
+        if not MODEL_NAME_RE.fullmatch(req.name):
             raise InvalidInput("name must be 1-100 letters, digits, '.', '_' or '-', starting with a letter "
                                "or digit.", field="name")
-        if not VERSION_RE.match(req.version):
+        if not VERSION_RE.fullmatch(req.version):
             raise InvalidInput("version must be 1-64 letters, digits, '.', '_', '+' or '-'.", field="version")
-        if not SPDX_RE.match(req.license):
+        if not SPDX_RE.fullmatch(req.license):
             raise InvalidInput("license must be an SPDX identifier such as Apache-2.0 or MIT.", field="license")
         if req.scope == "catalog" and not req.publisher:
             raise InvalidInput("publisher is required for catalog-wide models.", field="publisher")
@@ -451,8 +461,8 @@ class CatalogService:
                     size += len(chunk)
                     if size > expected:
                         raise PayloadTooLarge(f"'{rel}' is larger than the {expected} bytes declared.")
-                    digest.update(chunk)
-                    await run_blocking(fh.write, chunk)
+                    # Hashing and writing a chunk (up to a megabyte) block: on a worker thread.
+                    await run_blocking(_absorb, digest, fh, chunk)
             if size != expected:
                 raise InvalidInput(f"'{rel}' has {size} bytes but {expected} were declared; upload it again.",
                                    field="size")
@@ -552,3 +562,9 @@ def _decode_cursor(cursor: str) -> tuple[str, str]:
         return name, mid
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidInput("cursor is not valid; use next_cursor from the previous page.", field="cursor") from exc
+
+
+def _absorb(digest: _Hash, fh: BinaryIO, chunk: bytes) -> None:
+    """One received chunk into the running sha256 and the file (hashlib releases the GIL)."""
+    digest.update(chunk)
+    fh.write(chunk)

@@ -8,14 +8,23 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from modelport.identity.schemas import NAME_PATTERN, NAME_RULE
 from modelport.quotas.rates import RateLimitsIn
+
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+#: An IPv4 address or range as the validator below takes it (the document also names IPv6 addresses).
+IPV4_RANGE_PATTERN = rf"^{_OCTET}(\.{_OCTET}){{3}}(/(3[0-2]|[12]?[0-9]))?$"
 
 
 class NetworkSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    public_access: bool = Field(default=True, description="Any caller holding a key; off: only allowed ranges.")
+    public_access: bool = Field(default=True, strict=True,
+                                description="Any caller holding a key; off: only allowed ranges.")
     allowed_ranges: list[str] = Field(default_factory=list, max_length=100,
-                                      description="Client address ranges (CIDR) allowed when public access is off.")
+                                      description="Client address ranges (CIDR) allowed when public access is off.",
+                                      json_schema_extra={"items": {"anyOf": [
+                                          {"type": "string", "pattern": IPV4_RANGE_PATTERN},
+                                          {"type": "string", "format": "ipv6"}]}})
 
     @field_validator("allowed_ranges")
     @classmethod
@@ -41,7 +50,7 @@ class Isolation(BaseModel):
 
 class DeploymentCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=63)
+    name: str = Field(min_length=1, max_length=63, pattern=NAME_PATTERN, description=NAME_RULE)
     model: str = Field(min_length=1, max_length=100, description="Catalog model name.")
     model_version: str | None = Field(default=None, max_length=64)
     type: Literal["dedicated", "serverless"] = "serverless"

@@ -7,7 +7,8 @@ longer holds; the deployment serves again once no reason is left. While any reas
 state is `suspended`, its state reason joins the messages, and its requests answer 503 with them.
 
 These functions change the row in the caller's session (the caller holds the row for update);
-the data plane (inference/manager.py: `suspend`, `resume`) stops and starts the workers.
+the lifecycle service (deployments/lifecycle.py: `suspend`, `resume`) routes the change and
+stops and starts the workers.
 """
 
 from __future__ import annotations

@@ -44,11 +44,11 @@ from modelport.datastore.store import Datastore
 from modelport.db.base import Base, utcnow
 from modelport.db.engine import Database
 from modelport.db.tables import CatalogModel, Dataset, Deployment, FinetuneJob, Workspace
+from modelport.deployments.lifecycle import DeploymentLifecycle
 from modelport.errors import ModelportError, ServiceUnavailable
 from modelport.finetuning.cancel import cancel_workspace_jobs
 from modelport.identity.principal import Principal
 from modelport.identity.service import IdentityService
-from modelport.inference.manager import DeploymentManager
 from modelport.offload import run_blocking
 from modelport.safety.service import SafetyService
 
@@ -65,12 +65,12 @@ class Begun:
 
 
 class Offboarding:
-    def __init__(self, settings: Settings, db: Database, identity: IdentityService, manager: DeploymentManager,
+    def __init__(self, settings: Settings, db: Database, identity: IdentityService, lifecycle: DeploymentLifecycle,
                  catalog: CatalogService, safety: SafetyService, datastore: Datastore) -> None:
         self.settings = settings
         self.db = db
         self.identity = identity
-        self.manager = manager
+        self.lifecycle = lifecycle
         self.catalog = catalog
         self.safety = safety
         self.datastore = datastore
@@ -135,9 +135,9 @@ class Offboarding:
                       trainers_wait: float) -> dict[str, Any]:
         ws_id = begun.workspace_id
         try:
-            deployments = await self.manager.stop_workspace(ws_id)
+            deployments = await self.lifecycle.stop_workspace(ws_id)
             if not await run_blocking(self.identity.activity.wait_idle, ws_id, REQUESTS_WAIT_SECONDS,
-                                           own_requests):
+                                      own_requests):
                 raise ServiceUnavailable("Requests of this workspace are still running on this server.")
             await self._wait_for_trainers(ws_id, trainers_wait)
             report = await run_blocking(self._remove, ws_id, actor, len(deployments), begun.jobs_cancelled)
@@ -148,7 +148,7 @@ class Offboarding:
                 f"{exc.message.rstrip('.')}. Nothing of it can be used any more (its keys are refused); "
                 "repeat the deletion (a platform admin's key) or restart the server, and it finishes.",
                 details={"workspace_id": ws_id, "cause": exc.code}) from exc
-        self.manager.forget_routes(ws_id)  # a route a concurrent refresh put back meanwhile
+        self.lifecycle.forget_workspace(ws_id)  # a route a concurrent refresh put back meanwhile
         self.identity.invalidate_cache()
         self.identity.activity.forget(ws_id)
         log.info("workspace deleted", extra={"event": "workspace.delete", "workspace_id": ws_id})
@@ -181,7 +181,7 @@ class Offboarding:
                 self.catalog.store.remove_model(model_id)
         purge = self.datastore.purge_workspace(ws_id)  # the point of no return for its data
         # Counts that are still in memory are written before the rows they point at go.
-        self.manager.flush_usage()
+        self.lifecycle.flush_usage()
         self.safety.flush_counts()
         report = {"deployments": deployments, "jobs_cancelled": jobs_cancelled, "uploads_cancelled": uploads,
                   "models": len(models), "objects_shredded": purge.objects, "keys_destroyed": len(purge.keys_destroyed),

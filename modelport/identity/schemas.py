@@ -8,10 +8,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from modelport.identity.roles import Role
 
+#: Names of workspaces, users, deployments and datasets: in the document, so that a client knows the
+#: rule before it sends (identity.service.check_name applies the same pattern).
+NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+NAME_RULE = "1-63 lowercase letters, digits, '.', '_' or '-', starting with a letter or digit."
+
 
 class WorkspaceCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=63)
+    name: str = Field(min_length=1, max_length=63, pattern=NAME_PATTERN, description=NAME_RULE)
     description: str = Field(default="", max_length=500)
     owner: str | None = Field(default=None, max_length=63, description="User name or id; default: you.")
 
@@ -26,14 +31,14 @@ class WorkspaceOut(BaseModel):
 
 class UserCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=63)
+    name: str = Field(min_length=1, max_length=63, pattern=NAME_PATTERN, description=NAME_RULE)
     email: str | None = Field(default=None, max_length=254)
-    platform_admin: bool = False
+    platform_admin: bool = Field(default=False, strict=True)
 
 
 class UserUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    disabled: bool
+    disabled: bool = Field(strict=True)
 
 
 class UserOut(BaseModel):

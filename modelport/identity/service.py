@@ -38,8 +38,9 @@ from modelport.identity import secrets as keysecrets
 from modelport.identity.activity import WorkspaceActivity
 from modelport.identity.principal import Principal
 from modelport.identity.roles import Role
+from modelport.identity.schemas import NAME_PATTERN
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+NAME_RE = re.compile(NAME_PATTERN)
 
 # One answer for every user an owner cannot add, so that the answers do not tell them apart.
 NO_ADDABLE_USER = "No user you can add has that name or id; ask a platform admin for the user's name."
@@ -51,7 +52,7 @@ ADMIN_MEMBERSHIP = "A platform admin's membership is changed only by a platform 
 
 
 def check_name(value: str, field: str) -> str:
-    if not NAME_RE.match(value):
+    if not NAME_RE.fullmatch(value):  # fullmatch: a trailing newline is not a name's
         raise InvalidInput(
             f"{field} must be 1-63 characters of lowercase letters, digits, '.', '_' or '-', "
             "starting with a letter or digit.",
@@ -123,6 +124,16 @@ class IdentityService:
             self._cache[cache_key] = (now + self.AUTH_CACHE_SECONDS, principal, expires_at)
         self.last_used.touch(principal.key_id)
         return principal
+
+    def needs_lookup(self, secret: str | None, workspace: str | None = None) -> bool:
+        """Whether `authenticate(secret, workspace)` would query the database: an API key that
+        is not in the cache. Callers on an event loop run such a call on a worker thread."""
+        parsed = keysecrets.parse(secret) if secret else None
+        if parsed is None or parsed.kind != "mpk":
+            return False  # refused (or not an API key) without a query
+        with self._cache_lock:
+            hit = self._cache.get(keysecrets.digest(secret or "") + "|" + (workspace or ""))
+        return not (hit and hit[0] > time.monotonic() and (hit[2] is None or hit[2] > utcnow()))
 
     def _authenticate_db(
         self, parsed: keysecrets.ParsedSecret, workspace: str | None

@@ -28,7 +28,7 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from modelport.errors import ModelportError
-from modelport.inference.manager import Route
+from modelport.inference.routing import Route
 from modelport.quotas.limiter import Decision
 
 #: Where an admitted request keeps its x-ratelimit-* headers (the ASGI scope) until its answer.

@@ -1,4 +1,4 @@
-"""The data plane's way in, ahead of the web framework's stack.
+"""The fast path: the inference routes' way in, ahead of the web framework's stack.
 
 Inference requests are the traffic; control-plane requests are few. Through FastAPI, each
 inference request also paid for the framework's layers: error and telemetry middleware, the
@@ -49,7 +49,9 @@ _AZURE: dict[tuple[str, str], Endpoint] = {
 }
 
 
-class DataPlane:
+class FastPath:
+    """The inference routes' way in (the docstring above): `match` a scope, then call with the hit."""
+
     def __init__(self, app: FastAPI) -> None:
         self.app = app
         endpoints = set(_OPENAI.values()) | set(_AZURE.values())
@@ -59,7 +61,7 @@ class DataPlane:
             r.endpoint: r for r in routes.router.routes if isinstance(r, APIRoute) and r.endpoint in endpoints
         }
         if len(self._routes) != len(endpoints):
-            raise RuntimeError("the data plane's endpoints and the inference router's routes differ")
+            raise RuntimeError("the fast path's endpoints and the inference router's routes differ")
         self._logged = RequestContext(self._serve)
 
     def match(self, scope: Scope) -> tuple[Endpoint, str | None] | None:

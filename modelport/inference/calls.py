@@ -31,7 +31,8 @@ from modelport.errors import (
 )
 from modelport.identity import secrets as keysecrets
 from modelport.identity.service import IdentityService
-from modelport.inference.manager import DeploymentManager, Route
+from modelport.inference.gateway import Gateway
+from modelport.inference.routing import Route
 
 if TYPE_CHECKING:
     from modelport.metering.budgets import BudgetService as BudgetGate
@@ -64,10 +65,10 @@ def key_from(request: Request, *, azure: bool = False) -> str:
     )
 
 
-def authenticate(manager: DeploymentManager, identity: IdentityService, secret: str) -> Caller:
+def authenticate(gateway: Gateway, identity: IdentityService, secret: str) -> Caller:
     parsed = keysecrets.parse(secret)
     if parsed is not None and parsed.kind == "mpd":
-        route = manager.by_key.get(parsed.lookup)
+        route = gateway.by_key.get(parsed.lookup)
         if route is not None:
             digest = keysecrets.digest(secret)
             if hmac.compare_digest(
@@ -87,7 +88,7 @@ def authenticate(manager: DeploymentManager, identity: IdentityService, secret: 
     return Caller(workspace_id=principal.workspace_id)
 
 
-def resolve(manager: DeploymentManager, caller: Caller, name: str | None) -> Route:
+def resolve(gateway: Gateway, caller: Caller, name: str | None) -> Route:
     """The deployment this caller names; another workspace's answers 404 like a missing one."""
     if caller.deployment is not None:
         if name is not None and name != caller.deployment.name:
@@ -98,7 +99,7 @@ def resolve(manager: DeploymentManager, caller: Caller, name: str | None) -> Rou
         return caller.deployment
     if not name:
         raise InvalidInput("Name the deployment in the 'model' field.", field="model")
-    route = manager.by_name.get((caller.workspace_id, name))
+    route = gateway.by_name.get((caller.workspace_id, name))
     if route is None:
         raise NotFound(
             "The deployment named in the request does not exist or this key cannot call it.",
@@ -163,9 +164,9 @@ class Choice:
     finish_reason: str | None = None
 
 
-async def generate(manager: DeploymentManager, route: Route, body: GenerateBody) -> AsyncGenerator[GenerateEvent, None]:
+async def generate(gateway: Gateway, route: Route, body: GenerateBody) -> AsyncGenerator[GenerateEvent, None]:
     """Stream the worker's events for one request through the deployment's pool."""
-    pool = await manager.pool_for(route)
+    pool = await gateway.pool_for(route)
     async for event in pool.generate(route.workspace_id, route.id, body):
         yield event
 
@@ -201,7 +202,7 @@ class PromptSize:
     tokenizer and chat template, outside the generation queue (counting generates nothing).
     `prompt_tokens` keeps the count once made (metering bills a cut stream's prompt with it)."""
 
-    manager: DeploymentManager
+    gateway: Gateway
     route: Route
     messages: list[dict[str, Any]] | None = None
     prompt: str | None = None
@@ -218,7 +219,7 @@ class PromptSize:
 
     async def counter(self) -> WorkerClient:
         """A ready worker of the deployment (a stopped serverless pool starts)."""
-        pool = await self.manager.pool_for(self.route)
+        pool = await self.gateway.pool_for(self.route)
         ready = pool.ready()
         if not ready:
             raise ServiceUnavailable(f"No worker of geography '{self.route.geography}' is available for this "
@@ -243,8 +244,8 @@ class PromptSize:
                                f"{limit} tokens and leaves no room for an answer; shorten the {where}.", field=where)
 
 
-async def embed(manager: DeploymentManager, route: Route, texts: list[str]) -> tuple[list[list[float]], int]:
-    pool = await manager.pool_for(route)
+async def embed(gateway: Gateway, route: Route, texts: list[str]) -> tuple[list[list[float]], int]:
+    pool = await gateway.pool_for(route)
     async with pool.slot(route.workspace_id, route.id) as client:
         result = await client.embed(texts)
     return result.data, result.prompt_tokens

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from modelport.inference.calls import PromptSize
-from modelport.inference.manager import Route
+from modelport.inference.routing import Route
 from modelport.safety.screening import ContentFiltered, Screener, StreamScreener, StreamStep, empty_results
 from modelport.safety.service import SafetyService
 

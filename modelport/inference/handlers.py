@@ -41,7 +41,7 @@ from modelport.inference.builders import (
     sse,
     text_completion,
 )
-from modelport.inference.manager import DeploymentManager, Route
+from modelport.inference.gateway import Gateway
 from modelport.inference.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -52,6 +52,7 @@ from modelport.inference.protocol import (
     Message,
     split_extra,
 )
+from modelport.inference.routing import Route
 from modelport.inference.wire_errors import ErrorShape
 from modelport.offload import run_blocking
 from modelport.quotas import estimate
@@ -143,16 +144,16 @@ def chat_plan(req: ChatCompletionRequest) -> tools.Plan:
     return found
 
 
-async def chat(request: Request, manager: DeploymentManager, route: Route, body: dict, *,
+async def chat(request: Request, gateway: Gateway, route: Route, body: dict, *,
                extra_mode: str = "error", error_shape: ErrorShape, azure: bool = False) -> Response:
     req: ChatCompletionRequest = parse(ChatCompletionRequest, body, extra_mode, azure=azure)
     check_task(route, "chat-completion")
-    call = await chat_call(request, manager, route, req, "chat.completions", error_shape)
+    call = await chat_call(request, gateway, route, req, "chat.completions", error_shape)
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     return await call.respond(stream=req.stream, include_usage=include_usage)
 
 
-async def chat_call(request: Request, manager: DeploymentManager, route: Route, req: ChatCompletionRequest,
+async def chat_call(request: Request, gateway: Gateway, route: Route, req: ChatCompletionRequest,
                     api: str, error_shape: ErrorShape) -> Call:
     """A chat request planned (tools, structured output), admitted and ready to run: for chat
     completions, and for the Responses API's request once made a chat request."""
@@ -169,8 +170,8 @@ async def chat_call(request: Request, manager: DeploymentManager, route: Route, 
     prompt_text = filtering.prompt_text(messages, found.tools)
     await admission.admit(request, route, estimate.prompt_tokens([prompt_text], len(messages))
                           + estimate.completion_tokens(gen.max_tokens, gen.n))
-    return Call(request, manager, route, gen, api, error_shape, prompt_text,
-                calls.PromptSize(manager, route, messages=messages, tools=found.tools),
+    return Call(request, gateway, route, gen, api, error_shape, prompt_text,
+                calls.PromptSize(gateway, route, messages=messages, tools=found.tools),
                 reads_calls=found.calls, logprobs=req.logprobs)
 
 
@@ -185,7 +186,7 @@ def worker_messages(messages: list[Message]) -> list[dict[str, Any]]:
     return out
 
 
-async def completions(request: Request, manager: DeploymentManager, route: Route, body: dict, *,
+async def completions(request: Request, gateway: Gateway, route: Route, body: dict, *,
                       error_shape: ErrorShape) -> Response:
     req: CompletionRequest = parse(CompletionRequest, body)
     check_task(route, "chat-completion")
@@ -200,8 +201,8 @@ async def completions(request: Request, manager: DeploymentManager, route: Route
                        logprobs=req.logprobs)
     await admission.admit(request, route, estimate.prompt_tokens([prompt])
                           + estimate.completion_tokens(gen.max_tokens, gen.n))
-    call = Call(request, manager, route, gen, "completions", error_shape, prompt,
-                calls.PromptSize(manager, route, prompt=prompt), reads_calls=False,
+    call = Call(request, gateway, route, gen, "completions", error_shape, prompt,
+                calls.PromptSize(gateway, route, prompt=prompt), reads_calls=False,
                 logprobs=req.logprobs is not None)
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     return await call.respond(stream=req.stream, include_usage=include_usage)
@@ -220,8 +221,8 @@ class Bill:
     (`commit`), or, for a request that ended early (client gone, worker lost), queued with what
     the worker produced until then (`cut`). Whichever comes first wins; the other does nothing."""
 
-    def __init__(self, manager: DeploymentManager, route: Route, api: str, size: calls.PromptSize) -> None:
-        self.manager, self.route, self.api, self.size = manager, route, api, size
+    def __init__(self, gateway: Gateway, route: Route, api: str, size: calls.PromptSize) -> None:
+        self.gateway, self.route, self.api, self.size = gateway, route, api, size
         self.done = False
 
     async def prompt_tokens(self) -> int:
@@ -240,7 +241,7 @@ class Bill:
         if self.done:
             return
         self.done = True
-        await self.manager.record_usage_durable(self.route, self.api, input_tokens, output_tokens, status)
+        await self.gateway.record_usage_durable(self.route, self.api, input_tokens, output_tokens, status)
 
     def cut(self, deltas: int, usage: StreamUsage | None, status: str, exc: BaseException | None = None) -> None:
         if self.done:
@@ -249,20 +250,20 @@ class Bill:
         if isinstance(exc, TooManyRequests) and not deltas:
             return  # refused by the queue: it never reached a worker
         if usage is not None:  # the worker finished; the answer did not reach the client
-            self.manager.record_usage(self.route, self.api, usage.prompt_tokens, usage.completion_tokens, status)
+            self.gateway.record_usage(self.route, self.api, usage.prompt_tokens, usage.completion_tokens, status)
             return
         if not deltas:
-            self.manager.record_usage(self.route, self.api, 0, 0, status)
+            self.gateway.record_usage(self.route, self.api, 0, 0, status)
             return
         # The worker read the prompt and generated `deltas` tokens: billed with the prompt's count
         # (made before screening, or asked for now, off the request's own task).
         if self.size.prompt_tokens is not None:
-            self.manager.record_usage(self.route, self.api, self.size.prompt_tokens, deltas, status)
+            self.gateway.record_usage(self.route, self.api, self.size.prompt_tokens, deltas, status)
             return
-        self.manager.spawn(self._count_then_record(deltas, status))
+        self.gateway.spawn(self._count_then_record(deltas, status))
 
     async def _count_then_record(self, deltas: int, status: str) -> None:
-        self.manager.record_usage(self.route, self.api, await self.prompt_tokens(), deltas, status)
+        self.gateway.record_usage(self.route, self.api, await self.prompt_tokens(), deltas, status)
 
 
 @dataclass
@@ -289,7 +290,7 @@ class Call:
     response shape) or streamed (`stream`, through a chunk writer)."""
 
     request: Request
-    manager: DeploymentManager
+    gateway: Gateway
     route: Route
     gen: GenerateBody
     api: str  # chat.completions | completions | responses (the metering label)
@@ -301,7 +302,7 @@ class Call:
     bill: Bill = field(init=False)
 
     def __post_init__(self) -> None:
-        self.bill = Bill(self.manager, self.route, self.api, self.size)
+        self.bill = Bill(self.gateway, self.route, self.api, self.size)
 
     async def start(self, *, buffered: bool | None) -> Running:
         # The content filter (P4): a prompt too long for the context, or a blocked one, raises here
@@ -309,7 +310,7 @@ class Call:
         flt = await filtering.screen_prompt(self.request.app.state.services.safety, self.route, self.prompt_text,
                                             self.size)
         pipeline = answers.Answers(flt, self.gen.n, calls=self.reads_calls, logprobs=self.logprobs, buffered=buffered)
-        events = calls.generate(self.manager, self.route, self.gen)
+        events = calls.generate(self.gateway, self.route, self.gen)
         return Running(pipeline, events, pipeline.run(events))
 
     async def collect(self) -> tuple[list[ChoiceOut], StreamUsage, filtering.RequestFilter | None] | Response:
@@ -420,7 +421,7 @@ async def _gather(run: AsyncIterator[answers.Event], into: Collected) -> None:
             into.usage = ev
 
 
-async def embeddings(manager: DeploymentManager, route: Route, body: dict, *, request: Request,
+async def embeddings(gateway: Gateway, route: Route, body: dict, *, request: Request,
                      extra_mode: str = "error", azure: bool = False) -> Response:
     req: EmbeddingRequest = parse(EmbeddingRequest, body, extra_mode, azure=azure)
     check_task(route, "embeddings")
@@ -429,13 +430,13 @@ async def embeddings(manager: DeploymentManager, route: Route, body: dict, *, re
         raise InvalidInput("input takes 1 to 2048 non-empty texts.", field="input")
     await admission.admit(request, route, estimate.prompt_tokens(texts))
     screened = await filtering.screen_inputs(request.app.state.services.safety, route, texts,
-                                             calls.PromptSize(manager, route, inputs=texts))
-    vectors, prompt_tokens = await calls.embed(manager, route, texts)
+                                             calls.PromptSize(gateway, route, inputs=texts))
+    vectors, prompt_tokens = await calls.embed(gateway, route, texts)
     if req.dimensions is not None and vectors and req.dimensions != len(vectors[0]):
-        manager.record_usage(route, "embeddings", prompt_tokens, 0, "error")
+        gateway.record_usage(route, "embeddings", prompt_tokens, 0, "error")
         raise InvalidInput(f"This model returns {len(vectors[0])} dimensions; omit 'dimensions' or set it to that.",
                            field="dimensions")
-    await manager.record_usage_durable(route, "embeddings", prompt_tokens, 0, "success")  # before the answer
+    await gateway.record_usage_durable(route, "embeddings", prompt_tokens, 0, "success")  # before the answer
     out = EmbeddingList(object="list", model=route.name,
                         data=[Embedding(object="embedding", index=i,
                                         embedding=calls.encode_embedding(v, req.encoding_format))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from modelport.errors import ModelportError
 from modelport.inference import calls
-from modelport.inference.manager import DeploymentManager
+from modelport.inference.gateway import Gateway
 from modelport.safety.backends.llm_judge import Complete
 from modelport.safety.screening import SafetyUnavailable
 from modelport.safety.service import JudgeFactory
@@ -23,12 +23,12 @@ from modelport.workers.protocol import GenerateBody
 JUDGE_MAX_TOKENS = 24
 
 
-def judge_factory(manager: DeploymentManager) -> JudgeFactory:
+def judge_factory(gateway: Gateway) -> JudgeFactory:
     """The SafetyService's JudgeFactory for this gateway."""
 
     def make(workspace_id: str, name: str, geography: str | None) -> Complete:
         async def complete(messages: list[dict[str, str]]) -> str:
-            route = manager.by_name.get((workspace_id, name))
+            route = gateway.by_name.get((workspace_id, name))
             if route is None or route.task != "chat-completion":
                 raise SafetyUnavailable(f"The content filter's judge deployment '{name}' does not exist (any more); "
                                         "the owner must update the filter configuration.")
@@ -38,11 +38,11 @@ def judge_factory(manager: DeploymentManager) -> JudgeFactory:
             try:
                 calls.check_ready(route)
                 gen = GenerateBody(messages=messages, max_tokens=JUDGE_MAX_TOKENS, temperature=0.0)
-                choices, usage = await calls.collect(calls.generate(manager, route, gen), 1)
+                choices, usage = await calls.collect(calls.generate(gateway, route, gen), 1)
             except ModelportError as exc:
                 raise SafetyUnavailable(f"The content filter's judge deployment '{name}' did not answer "
                                         f"({exc.status_code}); the request was not processed.") from exc
-            manager.record_usage(route, "content_filter.judge", usage.prompt_tokens, usage.completion_tokens,
+            gateway.record_usage(route, "content_filter.judge", usage.prompt_tokens, usage.completion_tokens,
                                  "success")
             return "".join(choices[0].text)
 

@@ -23,6 +23,7 @@ from modelport.api.responses import ClosingStreamingResponse
 from modelport.errors import InvalidInput, ModelportError, NotFound
 from modelport.inference import answers, tools
 from modelport.inference.builders import STREAM_HEADERS, ChoiceOut
+from modelport.inference.gateway import Gateway
 from modelport.inference.handlers import (
     Call,
     Running,
@@ -30,7 +31,6 @@ from modelport.inference.handlers import (
     check_task,
     parse,
 )
-from modelport.inference.manager import DeploymentManager, Route
 from modelport.inference.protocol import (
     ChatCompletionRequest,
     FunctionCallItem,
@@ -42,6 +42,7 @@ from modelport.inference.protocol import (
     ToolCallOut,
     WireModel,
 )
+from modelport.inference.routing import Route
 from modelport.inference.wire_errors import ErrorShape
 from modelport.workers.client import StreamUsage
 
@@ -147,11 +148,11 @@ def chat_request(req: ResponsesRequest) -> ChatCompletionRequest:
 INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
 
 
-async def create(request: Request, manager: DeploymentManager, route: Route, body: dict, *,
+async def create(request: Request, gateway: Gateway, route: Route, body: dict, *,
                  error_shape: ErrorShape) -> Response:
     req: ResponsesRequest = parse(ResponsesRequest, body)
     check_task(route, "chat-completion")
-    call = await chat_call(request, manager, route, chat_request(req), "responses", error_shape)
+    call = await chat_call(request, gateway, route, chat_request(req), "responses", error_shape)
     shell = in_progress(req, route.name)
     if req.stream:
         return await _stream(call, shell)

@@ -14,9 +14,11 @@ from fastapi.responses import JSONResponse, Response
 
 from modelport.errors import InvalidInput, ModelportError
 from modelport.inference import admission, calls, handlers, responses
-from modelport.inference.manager import DeploymentManager, Route
+from modelport.inference.gateway import Gateway
 from modelport.inference.protocol import ModelCard, ModelInfo, ModelList
+from modelport.inference.routing import Route
 from modelport.inference.wire_errors import AZURE, OPENAI
+from modelport.offload import run_blocking
 
 if TYPE_CHECKING:
     from modelport.api.deps import Services
@@ -29,9 +31,17 @@ EXTRA_MODES = ("error", "drop", "pass-through")
 DEPLOYMENT = "modelport.deployment"
 
 
-def _ctx(request: Request) -> tuple[Services, DeploymentManager]:
+def _ctx(request: Request) -> tuple[Services, Gateway]:
     svc: Services = request.app.state.services
-    return svc, svc.manager
+    return svc, svc.gateway
+
+
+async def _authenticate(svc: Services, gateway: Gateway, secret: str) -> calls.Caller:
+    """calls.authenticate; an API key that is not in identity's cache is looked up on a worker
+    thread, so that a slow database (or a flood of unknown keys) never stalls the event loop."""
+    if svc.identity.needs_lookup(secret):
+        return await run_blocking(calls.authenticate, gateway, svc.identity, secret)
+    return calls.authenticate(gateway, svc.identity, secret)
 
 
 def _found(request: Request, route: Route) -> Route:
@@ -41,27 +51,27 @@ def _found(request: Request, route: Route) -> Route:
 
 
 async def _openai_call(request: Request, kind: str) -> Response:
-    svc, manager = _ctx(request)
+    svc, gateway = _ctx(request)
     try:
-        caller = calls.authenticate(manager, svc.identity, calls.key_from(request))
+        caller = await _authenticate(svc, gateway, calls.key_from(request))
         if caller.deployment is not None:
             calls.check_client(_found(request, caller.deployment), request)  # before the body is read
         body = await calls.read_json(request, svc.settings.max_request_bytes)
         model = body.get("model")
-        route = _found(request, calls.resolve(manager, caller, model if isinstance(model, str) else None))
+        route = _found(request, calls.resolve(gateway, caller, model if isinstance(model, str) else None))
         calls.check_client(route, request)
         admission.allowed(request, route)
         calls.admit_budget(svc.budgets, route)
         # next: requests and tokens per minute (429), once the body gives the estimate (admission.py)
         calls.check_ready(route)
         if kind == "chat":
-            response = await handlers.chat(request, manager, route, body, error_shape=OPENAI)
+            response = await handlers.chat(request, gateway, route, body, error_shape=OPENAI)
         elif kind == "completions":
-            response = await handlers.completions(request, manager, route, body, error_shape=OPENAI)
+            response = await handlers.completions(request, gateway, route, body, error_shape=OPENAI)
         elif kind == "responses":
-            response = await responses.create(request, manager, route, body, error_shape=OPENAI)
+            response = await responses.create(request, gateway, route, body, error_shape=OPENAI)
         else:
-            response = await handlers.embeddings(manager, route, body, request=request)
+            response = await handlers.embeddings(gateway, route, body, request=request)
     except ModelportError as exc:
         response = OPENAI.response(exc)
     return await admission.answer(request, response)
@@ -92,19 +102,19 @@ async def openai_responses(request: Request) -> Response:
 @router.get("/v1/responses/{response_id}", name="inference.openai.responses_get", tags=["inference"],
             responses={404: {"description": "Always: modelport never stores a response."}})
 async def openai_responses_get(response_id: str, request: Request) -> Response:
-    return _never_stored(request, response_id)
+    return await _never_stored(request, response_id)
 
 
 @router.delete("/v1/responses/{response_id}", name="inference.openai.responses_delete", tags=["inference"],
                responses={404: {"description": "Always: modelport never stores a response."}})
 async def openai_responses_delete(response_id: str, request: Request) -> Response:
-    return _never_stored(request, response_id)
+    return await _never_stored(request, response_id)
 
 
-def _never_stored(request: Request, response_id: str) -> Response:
-    svc, manager = _ctx(request)
+async def _never_stored(request: Request, response_id: str) -> Response:
+    svc, gateway = _ctx(request)
     try:
-        calls.authenticate(manager, svc.identity, calls.key_from(request))
+        await _authenticate(svc, gateway, calls.key_from(request))
         raise responses.not_found(response_id)
     except ModelportError as exc:
         return OPENAI.response(exc)
@@ -113,10 +123,10 @@ def _never_stored(request: Request, response_id: str) -> Response:
 @router.get("/v1/models", name="inference.openai.models", tags=["inference"])
 async def openai_models(request: Request) -> Response:
     """Exactly the deployments this key may call."""
-    svc, manager = _ctx(request)
+    svc, gateway = _ctx(request)
     try:
-        caller = calls.authenticate(manager, svc.identity, calls.key_from(request))
-        routes = [caller.deployment] if caller.deployment else manager.routes_of(caller.workspace_id)
+        caller = await _authenticate(svc, gateway, calls.key_from(request))
+        routes = [caller.deployment] if caller.deployment else gateway.routes_of(caller.workspace_id)
         return JSONResponse(ModelList(object="list", data=[
             ModelCard(id=r.name, object="model", created=r.created_at, owned_by="modelport", task=r.task,
                       state=r.state) for r in routes if r is not None]).wire())
@@ -125,10 +135,10 @@ async def openai_models(request: Request) -> Response:
 
 
 async def _azure_call(request: Request, name: str, kind: str) -> Response:
-    svc, manager = _ctx(request)
+    svc, gateway = _ctx(request)
     try:
-        caller = calls.authenticate(manager, svc.identity, calls.key_from(request, azure=True))
-        route = _found(request, calls.resolve(manager, caller, name))
+        caller = await _authenticate(svc, gateway, calls.key_from(request, azure=True))
+        route = _found(request, calls.resolve(gateway, caller, name))
         calls.check_client(route, request)  # the URL names the deployment: before the body
         admission.allowed(request, route)
         mode = request.headers.get("extra-parameters", "error").lower()
@@ -148,10 +158,10 @@ async def _azure_call(request: Request, name: str, kind: str) -> Response:
         # understands them; ours take none beyond the schema, so they are dropped (documented).
         extra_mode = "error" if mode == "error" else "drop"
         if kind == "chat":
-            response = await handlers.chat(request, manager, route, body, extra_mode=extra_mode,
+            response = await handlers.chat(request, gateway, route, body, extra_mode=extra_mode,
                                            error_shape=AZURE, azure=True)
         else:
-            response = await handlers.embeddings(manager, route, body, extra_mode=extra_mode, request=request,
+            response = await handlers.embeddings(gateway, route, body, extra_mode=extra_mode, request=request,
                                                  azure=True)
     except ModelportError as exc:
         response = AZURE.response(exc)

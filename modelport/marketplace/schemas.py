@@ -67,7 +67,7 @@ class OfferCreate(BaseModel):
     input_price: str = Field(pattern=PRICE, description="Price per 1,000 input tokens, a decimal string.")
     output_price: str = Field(pattern=PRICE, description="Price per 1,000 output tokens, a decimal string.")
     terms: TermsIn
-    contact_sharing_required: bool = True
+    contact_sharing_required: bool = Field(default=True, strict=True)
     deployment_types: list[DeploymentType] = Field(default_factory=lambda: ["serverless"], min_length=1)
 
 
@@ -75,7 +75,10 @@ class OfferPrices(BaseModel):
     """New prices, in force for requests that start after the change (each request is charged at
     the prices in force when it started)."""
 
-    model_config = ConfigDict(extra="forbid")
+    # At least one price, in the document too.
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"anyOf": [
+        {"required": ["input_price"], "properties": {"input_price": {"type": "string"}}},
+        {"required": ["output_price"], "properties": {"output_price": {"type": "string"}}}]})
     input_price: str | None = Field(default=None, pattern=PRICE)
     output_price: str | None = Field(default=None, pattern=PRICE)
 
@@ -125,8 +128,9 @@ class SubscriptionCreate(BaseModel):
     accept_terms_sha256: str = Field(pattern=r"^[0-9a-f]{64}$",
                                      description="The sha256 of the current terms, which you accept.")
     consent_to_share_contact: bool = Field(
-        default=False, description="Required where the offer requires contact sharing: the publisher receives "
-                                   "this contact with your usage volume and charges (never prompts or outputs).")
+        default=False, strict=True,
+        description="Required where the offer requires contact sharing: the publisher receives this contact with "
+                    "your usage volume and charges (never prompts or outputs).")
 
 
 class SubscriptionOut(BaseModel):

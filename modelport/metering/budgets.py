@@ -29,7 +29,7 @@ from modelport.db.engine import Database
 from modelport.db.tables import Budget
 from modelport.errors import Forbidden, InvalidInput, NotFound
 from modelport.identity.principal import Principal
-from modelport.inference.manager import Route
+from modelport.inference.routing import Route
 from modelport.metering.usage import UsageService
 from modelport.offload import run_blocking
 

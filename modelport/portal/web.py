@@ -117,7 +117,7 @@ class SignInRequired(Exception):
 
 async def current(request: Request) -> Current:
     store = portal(request).sessions
-    cur = store.current(request.cookies.get(COOKIE))
+    cur = await run_blocking(store.current, request.cookies.get(COOKIE))  # a database read and write
     if cur is None:
         raise SignInRequired()
     request.state.portal_session = cur

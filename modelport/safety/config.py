@@ -10,7 +10,7 @@ Thresholds mean "filter at this severity or above": `low` is the strictest.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -35,7 +35,7 @@ class CategoryPolicy(BaseModel):
 class DetectorPolicy(BaseModel):
     """A yes/no detector (jailbreak, profanity): on or off, and block or annotate."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     enabled: bool = True
     mode: Mode = "block"
@@ -51,16 +51,21 @@ class ContentFilterConfig(BaseModel):
     judge each text (its own traffic is not screened again).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # The rule of `_judge` below, in the document: judge_deployment with the llm-judge backend only.
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra={
+        "if": {"properties": {"backend": {"const": "llm-judge"}}, "required": ["backend"]},
+        "then": {"properties": {"judge_deployment": {"type": "string"}}, "required": ["judge_deployment"]},
+        "else": {"properties": {"judge_deployment": {"type": "null"}}}})
 
-    enabled: bool = True
+    enabled: bool = Field(default=True, strict=True)
     hate: CategoryPolicy = Field(default_factory=CategoryPolicy)
     sexual: CategoryPolicy = Field(default_factory=CategoryPolicy)
     violence: CategoryPolicy = Field(default_factory=CategoryPolicy)
     self_harm: CategoryPolicy = Field(default_factory=CategoryPolicy)
     jailbreak: DetectorPolicy = Field(default_factory=lambda: DetectorPolicy(enabled=True, mode="annotate"))
     profanity: DetectorPolicy = Field(default_factory=lambda: DetectorPolicy(enabled=False, mode="annotate"))
-    blocklists: tuple[str, ...] = ()
+    blocklists: tuple[Annotated[str, Field(pattern=BLOCKLIST_NAME)], ...] = Field(
+        default=(), max_length=16, json_schema_extra={"uniqueItems": True})
     streaming: StreamingMode = "buffered"
     backend: str = Field(default="minilm", pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")
     judge_deployment: str | None = Field(default=None, min_length=1, max_length=128,

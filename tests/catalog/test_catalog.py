@@ -128,7 +128,7 @@ BAD_IMPORTS = {
                        "not a valid gguf model"),
     "directory without weights": (_no_weights_dir, ["--format", "safetensors"], 422, "no .safetensors"),
     "invalid name": (lambda tmp: truncated_copy(real_gguf(), tmp / "x.gguf", 10), ["--version", "bad version"],
-                     400, "version must be"),
+                     422, "version"),
     "unknown format": (lambda tmp: truncated_copy(real_gguf(), tmp / "y.gguf", 10), ["--format", "onnx"], 422,
                        "format"),
 }

@@ -64,7 +64,7 @@ def installation(tmp_path: Path, db_url: str) -> Iterator[tuple[Services, Princi
 def failing_offboarding(svc: Services) -> tuple[Offboarding, FlakyFileSystem]:
     fs = FlakyFileSystem()
     store = from_settings(svc.settings, fs=fs)
-    return Offboarding(svc.settings, svc.db, svc.identity, svc.manager, svc.catalog, svc.safety, store), fs
+    return Offboarding(svc.settings, svc.db, svc.identity, svc.lifecycle, svc.catalog, svc.safety, store), fs
 
 
 def state_of(svc: Services, ws_id: str) -> str | None:

@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from modelport.config import Settings, build_settings
-from modelport.inference.manager import worker_concurrency
+from modelport.inference.provisioning import worker_concurrency
 from tests.support.inference import CHAT_MODEL, chat, create_deployment, workers
 from tests.support.server import start_lean
 

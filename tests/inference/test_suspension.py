@@ -32,7 +32,7 @@ def installation(tmp_path: Path, db_url: str) -> Iterator[tuple[Services, Princi
 
 
 def state(svc: Services, name: str) -> tuple[str, str | None, dict]:
-    route = next(r for r in svc.manager.by_name.values() if r.name == name)
+    route = next(r for r in svc.gateway.by_name.values() if r.name == name)
     with svc.db.session() as s:
         from modelport.db.tables import Deployment
         row = s.get(Deployment, route.id)
@@ -42,20 +42,20 @@ def state(svc: Services, name: str) -> tuple[str, str | None, dict]:
 
 def test_reasons_are_a_set_and_each_cause_clears_only_its_own(installation) -> None:
     svc, admin = installation
-    m = svc.manager
+    m, life = svc.gateway, svc.lifecycle
 
     async def scenario() -> None:
         a = svc.deployments.create(admin, DeploymentCreate(name="a", model=CHAT_MODEL, type="serverless")).row
         b = svc.deployments.create(admin, DeploymentCreate(name="b", model=CHAT_MODEL, type="serverless")).row
         d = svc.deployments.create(admin, DeploymentCreate(name="d", model=CHAT_MODEL, type="dedicated")).row
-        m.load_routes()
-        await asyncio.gather(m.provision(a.id), m.provision(b.id), m.provision(d.id))
+        await m.routes.load()
+        await asyncio.gather(*(m.provisioner.provision(x.id) for x in (a, b, d)))
         assert [state(svc, n)[0] for n in "abd"] == ["succeeded"] * 3
         shared = m.by_name[(a.workspace_id, "a")].pool_key
         assert shared == m.by_name[(b.workspace_id, "b")].pool_key
 
-        await m.suspend(a.id, "subscription", "The subscription to this offer was cancelled.")
-        await m.suspend(a.id, "policy", "Policy no-public-network forbids it.")
+        await life.suspend(a.id, "subscription", "The subscription to this offer was cancelled.")
+        await life.suspend(a.id, "policy", "Policy no-public-network forbids it.")
         st, reason, reasons = state(svc, "a")
         assert st == "suspended" and set(reasons) == {"subscription", "policy"}
         assert reason == "The subscription to this offer was cancelled. Policy no-public-network forbids it."
@@ -67,29 +67,29 @@ def test_reasons_are_a_set_and_each_cause_clears_only_its_own(installation) -> N
         assert state(svc, "b")[0] == "succeeded" and not m.pools.pools[shared].closed
         check_ready(m.by_name[(b.workspace_id, "b")])
 
-        await m.resume(a.id, "subscription")  # the policy still holds
+        await life.resume(a.id, "subscription")  # the policy still holds
         st, reason, reasons = state(svc, "a")
         assert (st, reason, reasons) == ("suspended", "Policy no-public-network forbids it.",
                                           {"policy": "Policy no-public-network forbids it."})
-        await m.resume(a.id, "subscription")  # clearing a reason that is not there changes nothing
+        await life.resume(a.id, "subscription")  # clearing a reason that is not there changes nothing
         assert state(svc, "a")[0] == "suspended"
-        await m.resume(a.id, "policy")
+        await life.resume(a.id, "policy")
         await m.wait_idle()
         assert state(svc, "a") == ("succeeded", None, {})
 
         # A dedicated deployment's own workers stop, and start again on resume
         dedicated = m.by_name[(d.workspace_id, "d")].pool_key
-        await m.suspend(d.id, "key_disabled", "The workspace key is disabled.")
+        await life.suspend(d.id, "key_disabled", "The workspace key is disabled.")
         assert m.pools.pools.get(dedicated) is None or m.pools.pools[dedicated].closed
         svc.deployments.set_state(d.id, "succeeded", None)  # a start that finished late does not end it
         assert state(svc, "d")[0] == "suspended"
-        await m.resume(d.id, "key_disabled")
+        await life.resume(d.id, "key_disabled")
         await m.wait_idle()
         assert state(svc, "d") == ("succeeded", None, {})
         assert m.pools.pools[dedicated].members
 
         with pytest.raises(ValueError, match="unknown suspension reason"):
-            await m.suspend(a.id, "whim", "no")
+            await life.suspend(a.id, "whim", "no")
         await m.shutdown()
 
     asyncio.run(scenario())

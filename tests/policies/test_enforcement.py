@@ -39,21 +39,21 @@ def reasons(svc: Services, dep_id: str) -> tuple[str, dict]:
 
 def test_enforce_adds_and_clears_only_the_policy_reason(installation) -> None:
     svc, admin = installation
-    m = svc.manager
+    m, life = svc.gateway, svc.lifecycle
 
     async def scenario() -> None:
         public = svc.deployments.create(admin, DeploymentCreate(name="pub", model=CHAT_MODEL)).row
         private = svc.deployments.create(admin, DeploymentCreate(
             name="priv", model=CHAT_MODEL, network=NetworkSettings(public_access=False,
                                                                   allowed_ranges=["10.0.0.0/8"]))).row
-        m.load_routes()
-        await asyncio.gather(m.provision(public.id), m.provision(private.id))
-        await m.suspend(public.id, "subscription", "The subscription to this offer was cancelled.")
+        await m.routes.load()
+        await asyncio.gather(m.provisioner.provision(public.id), m.provisioner.provision(private.id))
+        await life.suspend(public.id, "subscription", "The subscription to this offer was cancelled.")
 
         svc.policies.put(admin, "no-public", PolicyPut(cedar=NO_PUBLIC, scope="platform"))
         with pytest.raises(PolicyDenied):  # the next deploy is refused
             svc.deployments.create(admin, DeploymentCreate(name="pub2", model=CHAT_MODEL))
-        _, found, suspended, resumed = await enforcement.enforce(svc.policies, m, admin, True)
+        _, found, suspended, resumed = await enforcement.enforce(svc.policies, life, admin, True)
         assert suspended == [public.id] and resumed == [] and [v.id for v in found] == [public.id]
         state, held = reasons(svc, public.id)
         assert state == "suspended" and set(held) == {"subscription", "policy"} and "no-public" in held["policy"]
@@ -63,11 +63,11 @@ def test_enforce_adds_and_clears_only_the_policy_reason(installation) -> None:
         check_ready(m.by_name[(private.workspace_id, "priv")])  # complies: untouched
 
         svc.policies.delete(admin, "no-public", "platform")
-        _, _, suspended, resumed = await enforcement.enforce(svc.policies, m, admin, True)
+        _, _, suspended, resumed = await enforcement.enforce(svc.policies, life, admin, True)
         assert suspended == [] and resumed == [public.id]
         state, held = reasons(svc, public.id)
         assert state == "suspended" and set(held) == {"subscription"}  # the other cause still holds
-        await m.resume(public.id, "subscription")
+        await life.resume(public.id, "subscription")
         await m.wait_idle()
         assert reasons(svc, public.id) == ("succeeded", {})
         await m.shutdown()

@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -104,3 +105,56 @@ def _psycopg(url: str) -> str:
     if u.drivername == "postgresql":
         u = u.set(drivername="postgresql+psycopg")
     return u.render_as_string(hide_password=False)
+
+
+class TableLock:
+    """A slow database, made deterministic: another session holds an ACCESS EXCLUSIVE lock on
+    `table`, so that every query of it waits until the lock goes (on `release`, or after
+    `max_hold` seconds at the latest, so that a server whose event loop waits on it is never
+    left hanging). `released` is set once the lock is gone."""
+
+    def __init__(self, url: str, table: str, max_hold: float = 60.0) -> None:
+        self.url, self.table, self.max_hold = url, table, max_hold
+        self._release = threading.Event()
+        self.released = threading.Event()
+        self._held = threading.Event()
+        self._thread = threading.Thread(target=self._hold, daemon=True)
+
+    def _hold(self) -> None:
+        engine = sa.create_engine(_psycopg(self.url))
+        try:
+            with engine.connect() as c:
+                c.execute(sa.text(f'LOCK TABLE "{self.table}" IN ACCESS EXCLUSIVE MODE'))
+                self._held.set()
+                self._release.wait(self.max_hold)
+                c.rollback()
+        finally:
+            self.released.set()
+            self._held.set()
+            engine.dispose()
+
+    def __enter__(self) -> TableLock:
+        self._thread.start()
+        self._held.wait(30)
+        if self.released.is_set():
+            raise RuntimeError(f"could not lock {self.table}")
+        return self
+
+    def release(self) -> None:
+        self._release.set()
+        self._thread.join(30)
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def lock_waiters(url: str) -> int:
+    """Sessions of the database at `url` that wait for a lock now."""
+    engine = sa.create_engine(_psycopg(url), isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as c:
+            return int(c.scalar(sa.text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock'")) or 0)
+    finally:
+        engine.dispose()

@@ -14,7 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from modelport.api.deps import Caller, Services, Svc
 from modelport.db.tables import Dataset
 from modelport.identity.principal import Principal
+from modelport.identity.schemas import NAME_PATTERN, NAME_RULE
 from modelport.offload import run_blocking
+from modelport.schema_types import JsonInt
 
 router = APIRouter(prefix="/api/v1")
 
@@ -38,7 +40,8 @@ def _out(d: Dataset) -> DatasetOut:
              openapi_extra={"requestBody": {"content": {"application/jsonl": {}, "application/octet-stream": {}},
                                             "required": True}})
 async def upload_dataset(request: Request, caller: Caller, svc: Svc,
-                         name: Annotated[str, Query(min_length=1, max_length=63)],
+                         name: Annotated[str, Query(min_length=1, max_length=63, pattern=NAME_PATTERN,
+                                                     description=NAME_RULE)],
                          format: Annotated[Literal["chat", "prompt_completion"] | None, Query()] = None) -> DatasetOut:
     """Stream a JSONL file as the body. It is validated and encrypted as it arrives."""
     return _out(await receive_dataset(request, svc, caller, name, format))
@@ -84,9 +87,9 @@ def delete_dataset(ref: str, caller: Caller, svc: Svc) -> None:
 
 class MinVersion(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    version: int = Field(ge=1)
-    force: bool = Field(default=False, description="Retire versions still used by stored objects (they become "
-                                                    "unreadable).")
+    version: JsonInt = Field(ge=1)
+    force: bool = Field(default=False, strict=True,
+                        description="Retire versions still used by stored objects (they become unreadable).")
 
 
 class CmkRegister(BaseModel):

@@ -1,4 +1,5 @@
-"""Routes: deployments (control plane). Workers start in the background after a create."""
+"""Routes: deployments. Every change goes through the lifecycle service (deployments/lifecycle.py),
+which changes the row and then the gateway; workers start in the background after a create."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from fastapi import APIRouter, status
 from modelport.api.deps import Caller, Svc
 from modelport.config import Settings
 from modelport.db.tables import CatalogModel, Deployment
+from modelport.deployments.lifecycle import DeploymentView
 from modelport.deployments.schemas import (
     DeploymentCreate,
     DeploymentCreated,
@@ -17,7 +19,6 @@ from modelport.deployments.schemas import (
     RegenerateKey,
     UsageOut,
 )
-from modelport.offload import run_blocking
 from modelport.quotas import rates
 from modelport.safety.config import ContentFilterConfig
 
@@ -38,68 +39,57 @@ def deployment_out(d: Deployment, m: CatalogModel, settings: Settings, pool: dic
             "created_at": d.created_at, "updated_at": d.updated_at}
 
 
+def view_out(v: DeploymentView, settings: Settings) -> dict:
+    return deployment_out(v.row, v.model, settings, v.pool)
+
+
 @router.post("/deployments", response_model=DeploymentCreated, status_code=status.HTTP_201_CREATED,
              name="deployment.create")
 async def create_deployment(body: DeploymentCreate, caller: Caller, svc: Svc) -> dict:
-    created = await run_blocking(svc.deployments.create, caller, body)
-    svc.manager.refresh(created.row.id)
-    svc.manager.spawn(svc.manager.provision(created.row.id))
-    return {**deployment_out(created.row, created.model, svc.settings),
-            "keys": DeploymentKeys(primary=created.primary, secondary=created.secondary)}
+    created, view = await svc.lifecycle.create(caller, body)
+    keys = DeploymentKeys(primary=created.primary, secondary=created.secondary)
+    return {**view_out(view, svc.settings), "keys": keys}
 
 
 @router.get("/deployments", response_model=list[DeploymentOut], name="deployment.list")
-def list_deployments(caller: Caller, svc: Svc) -> list[dict]:
-    return [deployment_out(d, m, svc.settings, svc.manager.pool_status(d.id)) for d, m in svc.deployments.list(caller)]
+async def list_deployments(caller: Caller, svc: Svc) -> list[dict]:
+    return [view_out(v, svc.settings) for v in await svc.lifecycle.list(caller)]
 
 
 @router.get("/deployments/{name}", response_model=DeploymentOut, name="deployment.read")
-def get_deployment(name: str, caller: Caller, svc: Svc) -> dict:
-    d, m = svc.deployments.get(caller, name)
-    return deployment_out(d, m, svc.settings, svc.manager.pool_status(d.id))
+async def get_deployment(name: str, caller: Caller, svc: Svc) -> dict:
+    return view_out(await svc.lifecycle.get(caller, name), svc.settings)
 
 
 @router.patch("/deployments/{name}", response_model=DeploymentOut, name="deployment.update")
 async def update_deployment(name: str, body: DeploymentUpdate, caller: Caller, svc: Svc) -> dict:
-    row = await run_blocking(svc.deployments.update, caller, name, body)
-    svc.manager.refresh(row.id)
-    if body.instances is not None:
-        svc.manager.spawn(svc.manager.rescale(row.id))
-    d, m = await run_blocking(svc.deployments.get, caller, row.id)
-    return deployment_out(d, m, svc.settings, svc.manager.pool_status(d.id))
+    return view_out(await svc.lifecycle.update(caller, name, body), svc.settings)
 
 
 @router.delete("/deployments/{name}", status_code=status.HTTP_204_NO_CONTENT, name="deployment.delete")
 async def delete_deployment(name: str, caller: Caller, svc: Svc) -> None:
-    row = await run_blocking(svc.deployments.mark_deleting, caller, name)
-    await svc.manager.delete(row.id)
+    await svc.lifecycle.delete(caller, name)
 
 
 @router.post("/deployments/{name}/keys", response_model=DeploymentKeys, name="deployment.regenerate_key")
 async def regenerate_key(name: str, body: RegenerateKey, caller: Caller, svc: Svc) -> DeploymentKeys:
-    row, secret = await run_blocking(svc.deployments.regenerate_key, caller, name, body.which)
-    svc.manager.refresh(row.id)
+    _, secret = await svc.lifecycle.regenerate_key(caller, name, body.which)
     return DeploymentKeys(**{body.which: secret})
 
 
 @router.get("/deployments/{name}/usage", response_model=UsageOut, name="deployment.usage")
 async def deployment_usage(name: str, caller: Caller, svc: Svc) -> dict:
-    await run_blocking(svc.manager.flush_usage)
-    return await run_blocking(svc.deployments.usage, caller, name)
+    return await svc.lifecycle.usage(caller, name)
 
 
 @router.get("/deployments/{name}/content-filter", name="deployment.content_filter.read")
-def get_content_filter(name: str, caller: Caller, svc: Svc) -> dict:
-    d, _ = svc.deployments.get(caller, name)
-    return ContentFilterConfig.model_validate(d.content_filter or {}).model_dump(mode="json")
+async def get_content_filter(name: str, caller: Caller, svc: Svc) -> dict:
+    return (await svc.lifecycle.content_filter(caller, name)).model_dump(mode="json")
 
 
 @router.put("/deployments/{name}/content-filter", name="deployment.content_filter.update")
 async def put_content_filter(name: str, body: ContentFilterConfig, caller: Caller, svc: Svc) -> dict:
-    known = await run_blocking(svc.safety.check_filter, caller, body)  # also the blocklists' caps
-    row = await run_blocking(svc.deployments.set_content_filter, caller, name, body, known)
-    svc.manager.refresh(row.id)
-    return ContentFilterConfig.model_validate(row.content_filter).model_dump(mode="json")
+    return (await svc.lifecycle.set_content_filter(caller, name, body)).model_dump(mode="json")
 
 
 @router.get("/deployments/{name}/content-filter/counts", name="deployment.content_filter.counts")
@@ -111,4 +101,4 @@ def content_filter_counts(name: str, caller: Caller, svc: Svc) -> list[dict]:
 @router.get("/pools", response_model=list[PoolOut], name="pool.list")
 def list_pools(caller: Caller, svc: Svc) -> list[dict]:
     """Every running worker pool, its size and load (platform admins)."""
-    return svc.manager.pools_overview(caller)
+    return svc.gateway.provisioner.pools_overview(caller)

@@ -6,7 +6,6 @@ from fastapi import APIRouter, Query, status
 
 from modelport.api.deps import Caller, Svc
 from modelport.finetuning.schemas import JobCreate, JobOut
-from modelport.offload import run_blocking
 
 router = APIRouter(prefix="/api/v1/finetuning")
 
@@ -36,7 +35,4 @@ def cancel_job(job_id: str, caller: Caller, svc: Svc) -> JobOut:
 @router.delete("/models/{name}", status_code=status.HTTP_204_NO_CONTENT, name="finetune.model.delete")
 async def delete_model(name: str, caller: Caller, svc: Svc, confirm: bool = Query(default=False)) -> None:
     """Stop the model's deployments, destroy its keys and weights (crypto-shredding), remove it."""
-    model, deployments = await run_blocking(svc.finetuning.model_for_delete, caller, name, confirm)
-    for dep_id in deployments:
-        await svc.manager.delete(dep_id)
-    await run_blocking(svc.finetuning.shred_model, caller, model)
+    await svc.lifecycle.delete_finetuned_model(caller, name, confirm)

@@ -105,9 +105,10 @@ def create_publisher_key(ref: str, body: PublisherKeyCreate, caller: Caller, svc
 async def create_offer(body: OfferCreate, caller: MarketCaller, svc: Svc) -> dict:
     view = await run_blocking(svc.offers.create, caller, body)
     # deployments made before the model was sold stop until their workspace subscribes
-    for dep_id in await run_blocking(svc.offers.unsubscribed_deployments, view.offer.id):
-        await svc.manager.suspend(dep_id, "subscription", SUSPENDED_FOR_SUBSCRIPTION.format(offer=view.offer.id))
-    svc.manager.refresh_model(view.model.id)
+    unsubscribed = await run_blocking(svc.offers.unsubscribed_deployments, view.offer.id)
+    await svc.lifecycle.suspend_all(unsubscribed, "subscription",
+                                    SUSPENDED_FOR_SUBSCRIPTION.format(offer=view.offer.id))
+    await svc.lifecycle.prices_changed(view.model.id)
     return offer_out(view)
 
 
@@ -132,14 +133,14 @@ async def set_offer_prices(offer: str, body: OfferPrices, caller: MarketCaller, 
     """New prices for the requests that start from now (each request is charged at the prices in
     force when it started)."""
     view = await run_blocking(svc.offers.set_prices, caller, offer, body)
-    svc.manager.refresh_model(view.model.id)
+    await svc.lifecycle.prices_changed(view.model.id)
     return offer_out(view)
 
 
 @router.post("/marketplace/offers/{offer}/retire", response_model=OfferOut, name="offer.retire")
 async def retire_offer(offer: str, caller: MarketCaller, svc: Svc) -> dict:
     view = await run_blocking(svc.offers.retire, caller, offer)
-    svc.manager.refresh_model(view.model.id)
+    await svc.lifecycle.prices_changed(view.model.id)
     return offer_out(view)
 
 
@@ -153,8 +154,8 @@ def add_terms(offer: str, body: TermsIn, caller: MarketCaller, svc: Svc) -> dict
              name="offer.terms.retire")
 async def retire_terms(offer: str, version: str, caller: MarketCaller, svc: Svc) -> dict:
     view, deployments = await run_blocking(svc.offers.retire_terms, caller, offer, version)
-    for dep_id in deployments:
-        await svc.manager.suspend(dep_id, "subscription", SUSPENDED_FOR_SUBSCRIPTION.format(offer=view.offer.id))
+    await svc.lifecycle.suspend_all(deployments, "subscription",
+                                    SUSPENDED_FOR_SUBSCRIPTION.format(offer=view.offer.id))
     return offer_out(view)
 
 
@@ -164,8 +165,7 @@ async def retire_terms(offer: str, version: str, caller: MarketCaller, svc: Svc)
              name="subscription.create")
 async def subscribe(body: SubscriptionCreate, caller: Caller, svc: Svc) -> dict:
     view, deployments = await run_blocking(svc.offers.subscribe, caller, body)
-    for dep_id in deployments:
-        await svc.manager.resume(dep_id, "subscription")
+    await svc.lifecycle.resume_all(deployments, "subscription")
     return subscription_out(view)
 
 
@@ -182,8 +182,8 @@ def get_subscription(ref: str, caller: Caller, svc: Svc) -> dict:
 @router.delete("/marketplace/subscriptions/{ref}", response_model=SubscriptionOut, name="subscription.cancel")
 async def unsubscribe(ref: str, caller: Caller, svc: Svc) -> dict:
     view, deployments = await run_blocking(svc.offers.unsubscribe, caller, ref)
-    for dep_id in deployments:
-        await svc.manager.suspend(dep_id, "subscription", SUSPENDED_FOR_SUBSCRIPTION.format(offer=view.offer.id))
+    await svc.lifecycle.suspend_all(deployments, "subscription",
+                                    SUSPENDED_FOR_SUBSCRIPTION.format(offer=view.offer.id))
     return subscription_out(view)
 
 

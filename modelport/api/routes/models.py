@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, status
 
@@ -53,7 +53,7 @@ def list_models(
     caller: Caller, svc: Svc,
     task: str | None = None, publisher: str | None = None, license: str | None = None,
     format: str | None = None, curated: bool | None = None,
-    owner: Annotated[str | None, Query(description="platform | workspace")] = None,
+    owner: Annotated[Literal["platform", "workspace"] | None, Query(description="platform | workspace")] = None,
     include_deprecated: bool = True, q: Annotated[str | None, Query(max_length=100)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50, cursor: str | None = None,
 ) -> dict:

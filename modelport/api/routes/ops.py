@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from modelport import __version__
 from modelport.api.deps import Caller, Svc
@@ -23,7 +23,13 @@ def healthz() -> dict:
     return {"status": "ok", "version": __version__}
 
 
-@router.get("/readyz", name="health.ready")
+class ReadyOut(BaseModel):
+    status: Literal["ready", "not ready"]
+    checks: dict[str, str] = Field(description="Each check (`database`, `migrations`) and its result.")
+
+
+@router.get("/readyz", name="health.ready", response_model=ReadyOut,
+            responses={503: {"model": ReadyOut, "description": "Not ready: `checks` says which check failed."}})
 def readyz(svc: Svc) -> JSONResponse:
     checks: dict[str, str] = {}
     try:
@@ -66,7 +72,11 @@ class AuditOut(BaseModel):
 
 @router.get("/api/v1/audit", response_model=list[AuditOut], name="audit.list")
 def list_audit(caller: Caller, svc: Svc, all_workspaces: bool = False, workspace: str | None = None,
-               action: str | None = None, since: datetime | None = None,
+               action: str | None = None,
+               since: Annotated[datetime | None, Query(description="A date-time, or seconds since the epoch.",
+                                                       json_schema_extra={"anyOf": [
+                                                           {"type": "string", "format": "date-time"},
+                                                           {"type": "number"}, {"type": "null"}]})] = None,
                limit: Annotated[int, Query(ge=1, le=1000)] = 100, before_id: int | None = None) -> list[AuditOut]:
     ws_id = svc.identity.get_workspace(caller, workspace).id if workspace else None
     with svc.db.session() as s:

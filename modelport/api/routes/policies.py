@@ -58,7 +58,7 @@ def compliance(caller: Caller, svc: Svc, all_workspaces: AllWorkspaces = False) 
 async def enforce_compliance(caller: Caller, svc: Svc, all_workspaces: AllWorkspaces = False) -> dict:
     """Suspend the deployments the policies deny (503 with the reason) and resume those that a
     policy suspended and that comply again. Audited."""
-    version, found, suspended, resumed = await enforcement.enforce(svc.policies, svc.manager, caller, all_workspaces)
+    version, found, suspended, resumed = await enforcement.enforce(svc.policies, svc.lifecycle, caller, all_workspaces)
     return compliance_out(version, found, suspended, resumed)
 
 

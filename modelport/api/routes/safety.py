@@ -5,15 +5,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Path, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from modelport.api.deps import Caller, Svc
 from modelport.safety.blocklists import MAX_PATTERN_CHARS, MAX_TERM_CHARS
-from modelport.safety.config import ContentFilterConfig
+from modelport.safety.config import BLOCKLIST_NAME, ContentFilterConfig
 from modelport.safety.service import MAX_PATTERNS, MAX_TERMS
 
 router = APIRouter(prefix="/api/v1/safety")
+
+BlocklistName = Annotated[str, Path(pattern=BLOCKLIST_NAME, description="1-64 letters, digits, '_', '.', '-'.")]
 
 
 class AnalyzeRequest(BaseModel):
@@ -56,7 +58,7 @@ def list_blocklists(caller: Caller, svc: Svc) -> list[BlocklistOut]:
 
 
 @router.put("/blocklists/{name}", response_model=BlocklistOut, name="safety.blocklist.put")
-def put_blocklist(name: str, body: BlocklistPut, caller: Caller, svc: Svc) -> BlocklistOut:
+def put_blocklist(name: BlocklistName, body: BlocklistPut, caller: Caller, svc: Svc) -> BlocklistOut:
     b = svc.safety.put_blocklist(caller, name, body.terms, body.patterns)
     return BlocklistOut(name=b.name, terms=b.terms, patterns=b.patterns, updated_at=b.updated_at)
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from pydantic import ValidationError
 
-from modelport.api.routes.deployments import deployment_out
+from modelport.api.routes.deployments import view_out
 from modelport.api.routes.models import model_out
 from modelport.catalog.service import Filters
 from modelport.deployments.schemas import DeploymentCreate, NetworkSettings
@@ -31,8 +31,8 @@ def invalid(exc: ValidationError) -> InvalidInput:
 
 
 @router.get("/deployments")
-def deployments(request: Request, me: Me, svc: Svc) -> HTMLResponse:
-    rows = [deployment_out(d, m, svc.settings, svc.manager.pool_status(d.id)) for d, m in svc.deployments.list(me)]
+async def deployments(request: Request, me: Me, svc: Svc) -> HTMLResponse:
+    rows = [view_out(v, svc.settings) for v in await svc.lifecycle.list(me)]
     return render(request, "deployments.html", deployments=rows)
 
 
@@ -67,31 +67,23 @@ async def deploy(request: Request, me: Me, svc: Svc) -> HTMLResponse:
             network=NetworkSettings(public_access=data.get("public_access") == "on", allowed_ranges=ranges))
     except ValidationError as exc:
         raise invalid(exc) from None
-    if data.get("content_filter") == "off":
-        me.require("safety.manage")  # refused before anything is created: nothing half-done
-    created = await run_blocking(svc.deployments.create, me, body)
-    svc.manager.refresh(created.row.id)
-    svc.manager.spawn(svc.manager.provision(created.row.id))
-    if data.get("content_filter") == "off":
-        cfg = ContentFilterConfig(enabled=False)
-        known = await run_blocking(svc.safety.check_filter, me, cfg)
-        row = await run_blocking(svc.deployments.set_content_filter, me, body.name, cfg, known)
-        svc.manager.refresh(row.id)
-    d = deployment_out(created.row, created.model, svc.settings, svc.manager.pool_status(created.row.id))
+    # Filter off: refused before anything is created when the caller may not change filters.
+    off = ContentFilterConfig(enabled=False) if data.get("content_filter") == "off" else None
+    created, view = await svc.lifecycle.create(me, body, content_filter=off)
+    d = view_out(view, svc.settings)
     base = str(request.base_url).rstrip("/")
     return render(request, "deployed.html", d=d, primary=created.primary, secondary=created.secondary, base=base)
 
 
 @router.get("/deployments/{name}")
 async def deployment_page(name: str, request: Request, me: Me, svc: Svc) -> HTMLResponse:
-    d, m = await run_blocking(svc.deployments.get, me, name)
-    await run_blocking(svc.manager.flush_usage)
-    usage = await run_blocking(svc.deployments.usage, me, name)
-    hourly = await run_blocking(svc.deployments.usage_by_hour, me, name)
-    counts = await run_blocking(svc.safety.counts, d.id)
-    cf = ContentFilterConfig.model_validate(d.content_filter or {})
+    view = await svc.lifecycle.get(me, name)
+    usage = await svc.lifecycle.usage(me, name)
+    hourly = await svc.lifecycle.usage_by_hour(me, name)
+    counts = await run_blocking(svc.safety.counts, view.row.id)
+    cf = ContentFilterConfig.model_validate(view.row.content_filter or {})
     bars = charts.bars([(h["hour"].strftime("%H:00"), h["requests"]) for h in hourly])
-    out = deployment_out(d, m, svc.settings, svc.manager.pool_status(d.id))
+    out = view_out(view, svc.settings)
     return render(request, "deployment.html", d=out, usage=usage, bars=bars, counts=counts,
                   cf=cf, categories=CATEGORIES, chart=charts)
 
@@ -102,17 +94,15 @@ async def regenerate(name: str, request: Request, me: Me, svc: Svc) -> HTMLRespo
     which = data.get("which")
     if which not in ("primary", "secondary"):
         raise InvalidInput("Choose the primary or the secondary key.", field="which")
-    row, secret = await run_blocking(svc.deployments.regenerate_key, me, name, which)
-    svc.manager.refresh(row.id)
+    row, secret = await svc.lifecycle.regenerate_key(me, name, which)
     return render(request, "_newkey.html", which=which, secret=secret, name=row.name)
 
 
 @router.post("/deployments/{name}/content-filter")
 async def content_filter(name: str, request: Request, me: Me, svc: Svc) -> Response:
     data = await form(request)
-    d, _ = await run_blocking(svc.deployments.get, me, name)
     # What the form does not show (jailbreak, profanity, backend, judge) is kept as it is.
-    cfg: dict[str, Any] = ContentFilterConfig.model_validate(d.content_filter or {}).model_dump(mode="json")
+    cfg: dict[str, Any] = (await svc.lifecycle.content_filter(me, name)).model_dump(mode="json")
     cfg["enabled"] = data.get("enabled") == "on"
     for c in CATEGORIES:
         cfg[c] = {"prompt_threshold": data.get(f"{c}_prompt") or "medium",
@@ -125,10 +115,8 @@ async def content_filter(name: str, request: Request, me: Me, svc: Svc) -> Respo
         config = ContentFilterConfig.model_validate(cfg)
     except ValidationError as exc:
         raise invalid(exc) from None
-    known = await run_blocking(svc.safety.check_filter, me, config)
-    row = await run_blocking(svc.deployments.set_content_filter, me, name, config, known)
-    svc.manager.refresh(row.id)
-    return redirect(f"/deployments/{row.name}")
+    await svc.lifecycle.set_content_filter(me, name, config)
+    return redirect(f"/deployments/{name}")
 
 
 @router.post("/deployments/{name}/delete")
@@ -136,6 +124,5 @@ async def delete(name: str, request: Request, me: Me, svc: Svc) -> Response:
     data = await form(request)
     if data.get("confirm") != name:
         raise InvalidInput("Type the deployment's name to confirm its deletion.", field="confirm")
-    row = await run_blocking(svc.deployments.mark_deleting, me, name)
-    await svc.manager.delete(row.id)
+    await svc.lifecycle.delete(me, name)
     return redirect("/deployments")

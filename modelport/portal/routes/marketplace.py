@@ -94,8 +94,7 @@ async def subscribe(offer_id: str, request: Request, me: Me, svc: Svc) -> Respon
             raise
         return await run_blocking(_offer_page, request, me, svc, offer_id, exc.status_code, draft=draft,
                                        error=exc.message, error_details=exc.details)
-    for dep_id in deployments:
-        await svc.manager.resume(dep_id, "subscription")
+    await svc.lifecycle.resume_all(deployments, "subscription")
     return redirect(f"/marketplace?subscribed={view.sub.id}#sub-{view.sub.id}")
 
 
@@ -103,8 +102,8 @@ async def subscribe(offer_id: str, request: Request, me: Me, svc: Svc) -> Respon
 async def unsubscribe(ref: str, request: Request, me: Me, svc: Svc) -> Response:
     await form(request)
     view, deployments = await run_blocking(svc.offers.unsubscribe, me, ref)
-    for dep_id in deployments:
-        await svc.manager.suspend(dep_id, "subscription", SUSPENDED_FOR_SUBSCRIPTION.format(offer=view.offer.id))
+    await svc.lifecycle.suspend_all(deployments, "subscription",
+                                    SUSPENDED_FOR_SUBSCRIPTION.format(offer=view.offer.id))
     return redirect(f"/marketplace?cancelled={view.sub.id}&suspended={len(deployments)}#sub-{view.sub.id}")
 
 

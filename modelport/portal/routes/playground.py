@@ -84,14 +84,14 @@ async def chat(request: Request, me: Me, svc: Svc) -> Response:
             "temperature": _number(data.get("temperature"), "temperature", 0, 2, 0.7),
             "max_tokens": int(_number(data.get("max_tokens"), "max_tokens", 1, 4096, 256))}
 
-    manager = svc.manager
-    route = calls.resolve(manager, calls.Caller(workspace_id=me.workspace_id), name)
+    gateway = svc.gateway
+    route = calls.resolve(gateway, calls.Caller(workspace_id=me.workspace_id), name)
     calls.check_client(route, request)
     calls.check_ready(route)
     turn = "a-" + secrets.token_hex(6)
     turn_html = TEMPLATES.get_template("_turn.html")
     try:
-        upstream = await handlers.chat(request, manager, route, body, error_shape=OPENAI)
+        upstream = await handlers.chat(request, gateway, route, body, error_shape=OPENAI)
     except ContentFiltered as exc:
         note = Markup(_filter_note(exc.details.get("content_filter_result", {}), "prompt"))  # noqa: S704 - rendered
         html = turn_html.render(message=message, turn=turn, note=note)

@@ -132,7 +132,7 @@ async def compliance(request: Request, me: Me, svc: Svc) -> HTMLResponse:
 async def enforce(request: Request, me: Me, svc: Svc) -> HTMLResponse:
     data = await form(request)
     all_workspaces = data.get("all") == "1"
-    _, found, suspended, resumed = await enforcement.enforce(svc.policies, svc.manager, me, all_workspaces)
+    _, found, suspended, resumed = await enforcement.enforce(svc.policies, svc.lifecycle, me, all_workspaces)
     names = {v.id: v.name for v in found}
     return await run_blocking(_compliance_page, request, me, svc, all_workspaces, enforced=True,
                                    suspended=[names.get(i, i) for i in suspended], resumed=resumed)
