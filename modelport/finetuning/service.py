@@ -10,6 +10,7 @@ a memfd. Deleting the model stops its deployments and crypto-shreds the adapter 
 
 from __future__ import annotations
 
+import builtins
 import os
 import threading
 from collections.abc import Sequence
@@ -271,7 +272,7 @@ class FinetuningService:
 
     # -- fine-tuned models: deletion (P12) --------------------------------------------------
 
-    def model_for_delete(self, actor: Principal, name: str, confirm: bool) -> tuple[CatalogModel, list[str]]:
+    def model_for_delete(self, actor: Principal, name: str, confirm: bool) -> tuple[CatalogModel, builtins.list[str]]:
         actor.require("models.manage")
         with self.db.session() as s:
             try:

@@ -8,6 +8,7 @@ simply not found (404), like every other resource of another workspace.
 
 from __future__ import annotations
 
+import builtins
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -211,7 +212,7 @@ class PolicyService:
 
     # -- existing resources -----------------------------------------------------------------
 
-    def compliance(self, actor: Principal, all_workspaces: bool = False) -> tuple[int, list[Violation]]:
+    def compliance(self, actor: Principal, all_workspaces: bool = False) -> tuple[int, builtins.list[Violation]]:
         """Deployments (as `deploy` by their creator) and models (as `import_model` by theirs)
         that the policies in force would deny or audit now. Owners: their workspace; platform
         admins with `all_workspaces`: every workspace and the catalog-wide models."""
@@ -260,8 +261,8 @@ class PolicyService:
                                          "import_model", None, d))
         return version, out
 
-    def suspensions(self, actor: Principal, all_workspaces: bool) -> tuple[int, list[Violation], list[str],
-                                                                              list[str]]:
+    def suspensions(self, actor: Principal, all_workspaces: bool
+                    ) -> tuple[int, builtins.list[Violation], builtins.list[str], builtins.list[str]]:
         """For `--enforce`: (policy version, violations, deployments to suspend for policy now,
         deployments suspended for policy that comply again)."""
         if all_workspaces:
@@ -278,7 +279,7 @@ class PolicyService:
             held = {d.id for d in rows if SUSPENSION_REASON in (d.suspensions or {})}
         return version, found, sorted(denied - held), sorted(held - denied)
 
-    def record_enforcement(self, actor: Principal, suspended: list[str], resumed: list[str],
+    def record_enforcement(self, actor: Principal, suspended: builtins.list[str], resumed: builtins.list[str],
                            all_workspaces: bool) -> None:
         with self.db.session() as s:
             audit.record(s, actor, "policy.enforce", resource_type="deployment", outcome="success",
