@@ -26,6 +26,7 @@ from modelport.datastore.store import Datastore
 from modelport.db.base import new_id, utcnow
 from modelport.db.engine import Database, rowcount
 from modelport.db.tables import CatalogModel, Dataset, Deployment, FinetuneJob, Workspace
+from modelport.deployments.schemas import Isolation
 from modelport.errors import Conflict, InvalidInput, NotFound
 from modelport.finetuning.cancel import DATASET_DELETED, JobCancelled
 from modelport.finetuning.schemas import JobCreate, JobOut, LossPoint
@@ -142,7 +143,9 @@ class FinetuningService:
             progress=round(job.step / job.total_steps, 4) if job.total_steps else 0.0,
             eta_seconds=job.eta_seconds, trained_tokens=job.trained_tokens,
             losses=[LossPoint(**p) for p in job.losses or []], fine_tuned_model=result.name if result else None,
-            error=job.error, isolation=job.isolation, created_at=job.created_at, started_at=job.started_at,
+            error=job.error,
+            isolation=Isolation.model_validate(job.isolation) if job.isolation is not None else None,
+            created_at=job.created_at, started_at=job.started_at,
             finished_at=job.finished_at,
         )
 

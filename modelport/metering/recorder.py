@@ -23,9 +23,9 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import insert
+from sqlalchemy import Table, insert
 
 from modelport.db.base import utcnow
 from modelport.db.engine import Database
@@ -67,7 +67,7 @@ class MeterRecorder:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self.commits = 0  # transactions written; the benchmark reports events per commit
-        self._insert = insert(UsageEvent.__table__)
+        self._insert = insert(cast(Table, UsageEvent.__table__))  # a mapped class's table is a Table
 
     # -- the request path -----------------------------------------------------------------
 

@@ -12,6 +12,7 @@ import builtins
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
@@ -195,7 +196,8 @@ class PolicyService:
         if row is not None:
             base = DeploymentFacts.of(row, model, actor.workspace_name)
         else:
-            default = (ContentFilterConfig.default_for(dep_type) if self.settings.content_filter_default == "on"
+            kind: Literal["serverless", "dedicated"] = "dedicated" if dep_type == "dedicated" else "serverless"
+            default = (ContentFilterConfig.default_for(kind) if self.settings.content_filter_default == "on"
                        else ContentFilterConfig.disabled())
             base = DeploymentFacts(id="new", name="new", workspace=actor.workspace_name, model=model, type=dep_type,
                                    geography=next(iter(self.settings.geographies)), instances=1,
@@ -233,7 +235,7 @@ class PolicyService:
                 if u is None:  # a deleted user, or the platform itself (bundled models)
                     return UserFacts(id=user_id or "platform", name="", role="none", workspace=ws,
                                      platform_admin=False)
-                return UserFacts(id=u.id, name=u.name, role=roles.get((ws_id, u.id), "none"), workspace=ws,
+                return UserFacts(id=u.id, name=u.name, role=roles.get((ws_id or "", u.id), "none"), workspace=ws,
                                  platform_admin=bool(u.is_platform_admin))
 
             def model_facts(m: CatalogModel) -> ModelFacts:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
@@ -55,7 +56,7 @@ async def marketplace(request: Request, me: Me, svc: Svc) -> HTMLResponse:
 
 
 def _offer_page(request: Request, me: Principal, svc: Services, offer_id: str, status_code: int = 200,
-                **ctx: object) -> HTMLResponse:
+                **ctx: Any) -> HTMLResponse:
     offer = offer_out(svc.offers.get(me, offer_id))
     terms = svc.offers.terms_text(me, offer_id, offer["terms"]["version"])
     subs = [subscription_out(v) for v in svc.offers.subscriptions(me) if v.offer.id == offer["id"]]
@@ -121,7 +122,7 @@ def _when(value: str, name: str) -> datetime | None:
 
 
 def _usage_page(request: Request, me: Principal, svc: Services, status_code: int = 200,
-                **ctx: object) -> HTMLResponse:
+                **ctx: Any) -> HTMLResponse:
     q = request.query_params
     group_by = q.get("group_by") or "deployment"
     if group_by not in GROUPS:

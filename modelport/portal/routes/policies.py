@@ -10,6 +10,8 @@ and the text as typed, so that it can be fixed; role refusals and another worksp
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from pydantic import ValidationError
@@ -49,7 +51,7 @@ def _view(me: Principal, svc: Services) -> dict:
             "geographies": list(svc.settings.geographies)}
 
 
-def _page(request: Request, me: Principal, svc: Services, status_code: int = 200, **ctx: object) -> HTMLResponse:
+def _page(request: Request, me: Principal, svc: Services, status_code: int = 200, **ctx: Any) -> HTMLResponse:
     view = _view(me, svc)
     draft = {"id": "", "cedar": "", "scope": (view["scopes"] or ["workspace"])[0]}
     draft.update(ctx.pop("draft", {}))
@@ -115,7 +117,7 @@ def _all(request: Request, me: Principal) -> bool:
 
 
 def _compliance_page(request: Request, me: Principal, svc: Services, all_workspaces: bool,
-                     **ctx: object) -> HTMLResponse:
+                     **ctx: Any) -> HTMLResponse:
     version, found = svc.policies.compliance(me, all_workspaces)
     c = compliance_out(version, found)
     for item, v in zip(c["items"], found, strict=True):
