@@ -135,6 +135,7 @@ class FinetuningService:
                 Dataset.id.in_([job.dataset_id, job.validation_dataset_id or ""])))}
             result = s.get(CatalogModel, job.result_model_id) if job.result_model_id else None
         return JobOut(
+            # mypy is told to ignore the next line: the table holds JobOut's statuses only
             id=job.id, status=job.status, model=base.name if base else job.base_model_id,  # type: ignore[arg-type]
             dataset=names.get(job.dataset_id, job.dataset_id),
             validation_dataset=names.get(job.validation_dataset_id, job.validation_dataset_id)

@@ -168,6 +168,7 @@ class PolicyService:
                     raise NotFound("No model of that name and version is visible to this workspace.",
                                    field="model") from exc
             else:
+                # mypy is told to ignore the next line: dep_row is set on this branch
                 model = s.get_one(CatalogModel, dep_row.model_id)  # type: ignore[union-attr]
             mfacts = ModelFacts.of(model, "platform" if not model.owner_workspace_id else actor.workspace_name)
             if req.action in compiler.MODEL_ACTIONS:

@@ -410,7 +410,7 @@ class BatchEngine:
         scored = self._take_logprobs(seq)
         if hit and not tail:
             scored = None  # only the stop sequence's tokens: never sent, so neither are their logprobs
-        self._leave(seq, Delta(tail, finish_reason=reason,  # type: ignore[arg-type]
+        self._leave(seq, Delta(tail, finish_reason=reason,  # type: ignore[arg-type]  # reason is stop or length
                                usage=Usage(len(seq.prompt), len(seq.generated)), logprobs=scored))
 
     def _leave(self, seq: Sequence, last: Event) -> None:

@@ -78,6 +78,7 @@ async def subscribe(offer_id: str, request: Request, me: Me, svc: Svc) -> Respon
     draft = {k: (data.get(k) or "").strip() for k in ("name", "email", "organization")}
     try:
         try:
+            # mypy is told to ignore the next line: the model validates the form
             body = SubscriptionCreate(offer=offer_id, contact=draft,  # type: ignore[arg-type]
                                       accept_terms_sha256=data.get("accept_terms_sha256") or "",
                                       consent_to_share_contact=data.get("consent") == "1")
@@ -129,7 +130,7 @@ def _usage_page(request: Request, me: Principal, svc: Services, status_code: int
         raise InvalidInput(f"group_by must be one of {', '.join(GROUPS)}.", field="group_by")
     start, end = _when(q.get("from", ""), "from"), _when(q.get("to", ""), "to")
     all_workspaces = q.get("all") == "1" and me.can("platform.usage")  # chargeback, platform admins
-    rows = svc.usage.usage(me, start, end, group_by, all_workspaces)  # type: ignore[arg-type]
+    rows = svc.usage.usage(me, start, end, group_by, all_workspaces)  # type: ignore[arg-type]  # checked against GROUPS
     lo, hi = parse_range(start, end)
     totals: dict[str, Decimal] = {}
     for r in rows:

@@ -104,7 +104,7 @@ async def chat(request: Request, me: Me, svc: Svc) -> Response:
 async def _relay(upstream: Response, opening: str, turn: str, message: str) -> AsyncIterator[bytes]:
     """OpenAI stream chunks in, htmx partials out; the answer is kept in memory only, to hand it
     back to the page as the next request's history."""
-    inner = upstream.body_iterator  # type: ignore[attr-defined]
+    inner = upstream.body_iterator  # type: ignore[attr-defined]  # handlers.chat streams here
     answer: list[str] = []
     yield _partial("#conversation", "beforeend", opening)
     try:

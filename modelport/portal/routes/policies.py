@@ -72,6 +72,7 @@ async def save(request: Request, me: Me, svc: Svc) -> Response:
     me.require("platform.policies" if draft["scope"] == "platform" else "policies.write")  # before any parsing
     try:
         try:
+            # mypy is told to ignore the next line: the model validates the form
             body = PolicyPut(cedar=draft["cedar"], scope=draft["scope"])  # type: ignore[arg-type]
         except ValidationError as exc:
             raise invalid(exc) from None
@@ -100,7 +101,9 @@ async def test(request: Request, me: Me, svc: Svc) -> HTMLResponse:
     data = await form(request)
     asked = {k: (data.get(k) or "").strip() for k in ("action", "model", "type", "geography")}
     try:
+        # mypy is told to ignore the next line: form values, validated
         req = PolicyTest(action=asked["action"] or "deploy", model=asked["model"] or None,  # type: ignore[arg-type]
+                         # mypy is told to ignore the next line: form values, validated
                          type=asked["type"] or None, geography=asked["geography"] or None)  # type: ignore[arg-type]
     except ValidationError as exc:
         raise invalid(exc) from None
