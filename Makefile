@@ -1,5 +1,6 @@
 # modelport: `make run` sets everything up and starts the server; `make test` sets up and runs the suite
-# (what CI runs); `make test-fast` runs everything that loads no chat model and trains nothing.
+# (what CI runs); `make test-fast` runs everything that loads no chat model and trains nothing. All three
+# (and `make lint`) check the package's types with mypy first ([tool.mypy] in pyproject.toml).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -16,6 +17,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check modelport tests benchmarks tools
+	$(BIN)/mypy modelport
 	$(BIN)/python -m pytest
 
 # The inner loop: pytest markers leave out the tests that load SmolLM2 (`chat_model`), train or
@@ -24,6 +26,7 @@ test: $(STAMP)
 # temporary MODELPORT_CACHE_DIR.
 test-fast: $(STAMP)
 	$(BIN)/ruff check modelport tests benchmarks tools
+	$(BIN)/mypy modelport
 	$(BIN)/python -m pytest -m "not chat_model and not training and not classifier and not slow"
 
 install: $(STAMP)
@@ -61,6 +64,7 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 
 lint: $(STAMP)
 	$(BIN)/ruff check modelport tests benchmarks tools
+	$(BIN)/mypy modelport
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -18,6 +18,8 @@ import time
 
 import torch
 
+from modelport.config import build_settings
+from modelport.safety.backends.base import BackendSettings
 from modelport.safety.backends.minilm import MiniLMBackend
 from modelport.safety.cascade import HEADS, CascadeBackend, NgramScreen
 from modelport.safety.config import ContentFilterConfig
@@ -87,7 +89,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    backend = MiniLMBackend(runtime=args.runtime, dtype=args.dtype, threads=args.threads)
+    backend = MiniLMBackend(runtime=args.runtime, dtype=args.dtype, threads=args.threads,
+                            settings=BackendSettings.from_settings(build_settings()))
     backend.warm_up()
     screener = Screener(backend, ContentFilterConfig())
     # the stream is screened in annotate mode so that all 400 tokens are screened (same cost per

@@ -18,7 +18,7 @@ from modelport.deployments.key_watch import PrivateWeightsWatch
 from modelport.deployments.lifecycle import DeploymentLifecycle
 from modelport.deployments.schemas import DeploymentCreate
 from modelport.deployments.service import DeploymentService
-from modelport.encryption_keys.service import KeyService
+from modelport.encryption_keys.service import EncryptionKeyService
 from modelport.finetuning.service import FinetunedWeights, FinetuningService
 from modelport.identity.offboarding import Offboarding
 from modelport.identity.service import IdentityService
@@ -31,10 +31,12 @@ from modelport.marketplace.report import PublisherReports
 from modelport.metering.budgets import BudgetService
 from modelport.metering.usage import UsageService
 from modelport.metrics import Metrics
+from modelport.offload import ThreadBudget
 from modelport.policies.engine import PolicyEngine
 from modelport.policies.service import PolicyService
 from modelport.quotas.limiter import RateLimiter, storage_uri
 from modelport.quotas.settle import settle as settle_tokens
+from modelport.safety.backends.base import BackendSettings
 from modelport.safety.service import SafetyService
 from modelport.workers.sandbox import SandboxLauncher
 from modelport.workers.supervisor import WorkerSupervisor
@@ -75,7 +77,8 @@ def build_services(settings: Settings) -> Services:
                            screening_queue=settings.screening_queue,
                            screening_cache_entries=settings.screening_cache_entries,
                            screening_cascade=settings.screening_cascade,
-                           blocklist_budget_s=settings.blocklist_budget_ms / 1000)
+                           blocklist_budget_s=settings.blocklist_budget_ms / 1000,
+                           backend_settings=BackendSettings.from_settings(settings))
     safety.set_judge_factory(judge_factory(gateway))  # the llm-judge backend calls chat deployments
     usage = UsageService(db, gateway.usage.meter)
     budgets = BudgetService(db, usage)
@@ -94,7 +97,7 @@ def build_services(settings: Settings) -> Services:
         lifecycle=lifecycle,
         key_watch=PrivateWeightsWatch(db, finetuned, lifecycle),
         datasets=datasets,
-        keys=KeyService(db, datastore),
+        encryption_keys=EncryptionKeyService(db, datastore),
         safety=safety,
         finetuning=finetuning,
         offboarding=Offboarding(settings, db, identity, lifecycle, catalog, safety, datastore),
@@ -106,6 +109,7 @@ def build_services(settings: Settings) -> Services:
         policies=PolicyService(db, policies, catalog, settings),
         rate_limiter=RateLimiter(storage_uri(settings.redis_url)),
         metrics=metrics,
+        scan_budget=ThreadBudget(settings.scan_concurrency),
     )
 
 
@@ -118,8 +122,8 @@ class PrepareResult:
 
 def prepare(svc: Services) -> PrepareResult:
     """Idempotent: safe on every start, and cheap when nothing changed."""
-    if svc.extra.get("prepared"):
-        return svc.extra["prepared"]  # type: ignore[return-value]
+    if svc.prepared is not None:
+        return svc.prepared
     migrate.upgrade(svc.db.engine)
     svc.policies.engine.reload()
     admin_key = svc.identity.bootstrap()
@@ -135,7 +139,7 @@ def prepare(svc: Services) -> PrepareResult:
     if admin_key is not None and svc.settings.create_default_deployment:
         deployment_key = _default_deployment(svc, admin_key)
     result = PrepareResult(admin_key=admin_key, problems=problems, deployment_key=deployment_key)
-    svc.extra["prepared"] = result
+    svc.prepared = result
     return result
 
 

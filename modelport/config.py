@@ -42,6 +42,10 @@ def _default_home() -> Path:
     return Path.home() / ".modelport"
 
 
+def _default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "modelport"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=False)
 
@@ -155,6 +159,10 @@ class Settings(BaseSettings):
                                     "model and send only texts it is not sure are safe to the MiniLM classifier "
                                     "(the minilm backend; calibrated to lose about 1% of what MiniLM alone "
                                     "catches at medium); false: MiniLM screens every text.")
+    cache_dir: Path = Field(default_factory=_default_cache_dir, json_schema_extra=_readme("`~/.cache/modelport`"),
+                            description="Files derived from shipped models, kept between processes and servers: the "
+                            "safety classifier's int8 ONNX graph (`safety/`). Model weights only, never a screened "
+                            "text.")
     blocklist_budget_ms: int = Field(default=200, ge=1, le=60_000, description="Time all of a deployment's "
                                      "blocklists get per text; past it the request is refused (503).")
     trusted_proxies: Annotated[list[ipaddress.IPv4Network | ipaddress.IPv6Network], NoDecode] = Field(
@@ -261,6 +269,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _resolve(self) -> Settings:
         self.home = self.home.expanduser()
+        self.cache_dir = self.cache_dir.expanduser()
         if self.environment == "production" and self.database_url is None:
             # Production must say where its metadata lives; the SQLite default is for one machine.
             raise ValueError("MODELPORT_DATABASE_URL must be set when MODELPORT_ENVIRONMENT=production")

@@ -4,7 +4,7 @@ modelport's own runtimes, safety backends, key providers and bundled models are 
 its distribution (pyproject.toml), in these groups:
 
     modelport.runtimes          name -> a Runtime class
-    modelport.safety_backends   name -> a factory (**options) -> SafetyBackend
+    modelport.safety_backends   name -> a factory (*, settings: BackendSettings, **options) -> SafetyBackend
     modelport.key_providers     name -> a factory (Settings) -> KeyProvider | None
     modelport.models            name -> a function () -> BundledModel
 

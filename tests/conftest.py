@@ -109,15 +109,18 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 # -- the safety classifier -------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
-def minilm() -> MiniLMBackend:
+def minilm(session_cache_dir: Path) -> MiniLMBackend:
     """The real shipped MiniLM safety backend in this process, loaded once per session (its ONNX
-    graph is built into the session's MODELPORT_CACHE_DIR)."""
+    graph is built into the session's MODELPORT_CACHE_DIR, as a server's is)."""
     import torch  # here, not at the top: most test runs never load torch
 
+    from modelport.config import build_settings
+    from modelport.safety.backends.base import BackendSettings
     from modelport.safety.backends.minilm import MiniLMBackend
 
     torch.set_num_threads(2)
-    backend = MiniLMBackend()
+    settings = build_settings({"MODELPORT_CACHE_DIR": str(session_cache_dir)})
+    backend = MiniLMBackend(settings=BackendSettings.from_settings(settings))
     backend.warm_up()
     return backend
 

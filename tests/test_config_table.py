@@ -44,3 +44,17 @@ def test_bad_json_names_the_variable() -> None:
     import pytest
     with pytest.raises(ValueError, match="MODELPORT_GEOGRAPHIES must be JSON"):
         build_settings({"MODELPORT_GEOGRAPHIES": "{eu"})
+
+
+def test_the_cache_directory_is_a_setting_that_safety_backends_receive_typed() -> None:
+    """MODELPORT_CACHE_DIR is read like every other setting (no backend reads the environment):
+    from the mapping, `~` expanded, and handed to safety backends as BackendSettings."""
+    from pathlib import Path
+
+    from modelport.safety.backends.base import BackendSettings
+
+    assert build_settings({}).cache_dir == Path.home() / ".cache" / "modelport"
+    s = build_settings({"MODELPORT_CACHE_DIR": "~/elsewhere"})
+    assert s.cache_dir == Path.home() / "elsewhere"
+    assert BackendSettings.from_settings(s).cache_dir == Path.home() / "elsewhere" / "safety"
+    assert "`MODELPORT_CACHE_DIR`" not in dict.fromkeys(v for v, _, _ in config_table.OUTSIDE_SETTINGS)

@@ -6,7 +6,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from modelport.safety.backends.minilm import onnx_cache_dir
+from modelport.config import build_settings
+from modelport.safety.backends.base import BackendSettings
 from tests.support.server import server_env
 
 
@@ -14,8 +15,9 @@ def test_caches_go_to_the_sessions_temp_directory_never_to_the_users(session_cac
                                                                        clean_environ: Path) -> None:
     assert Path(os.environ["MODELPORT_CACHE_DIR"]) == session_cache_dir
     assert session_cache_dir.is_relative_to(tempfile.gettempdir())
-    assert onnx_cache_dir().is_relative_to(session_cache_dir)
-    assert not onnx_cache_dir().is_relative_to(Path.home() / ".cache")
+    cache = BackendSettings.from_settings(build_settings()).cache_dir  # what a server's safety backends get
+    assert cache is not None and cache.is_relative_to(session_cache_dir)
+    assert not cache.is_relative_to(Path.home() / ".cache")
     env = server_env(clean_environ, 1234)  # what a test server is started with
     assert env["MODELPORT_CACHE_DIR"] == str(session_cache_dir) and env["MODELPORT_HOME"] == str(clean_environ)
 

@@ -5,8 +5,8 @@
 
 Each row is one field of `modelport.config.Settings`: its variable, its default (a field's
 `json_schema_extra={"readme_default": ...}` where the value alone would not say it), and its
-description. A few variables are read outside Settings (the CLI's, the cache directory that
-worker processes read too); they are listed in OUTSIDE_SETTINGS with their reader.
+description. The CLI reads two variables outside Settings (it needs no server configuration);
+they are listed in OUTSIDE_SETTINGS with their reader.
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ BEGIN, END = "<!-- config-table: begin -->", "<!-- config-table: end -->"
 
 #: Variables read outside Settings: (variable, default, meaning).
 OUTSIDE_SETTINGS = [
-    ("MODELPORT_CACHE_DIR", "`~/.cache/modelport`", "where the safety classifier's int8 ONNX graph is cached "
-     "(`safety/`); read by the safety backend in whichever process loads it"),
     ("MODELPORT_URL", "`http://127.0.0.1:8000`", "the CLI: the server it talks to"),
     ("MODELPORT_API_KEY", "`$MODELPORT_HOME/admin.key`", "the CLI: the API key it sends"),
 ]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Annotated
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Header, Request
 
+from modelport.api.credentials import bearer
 from modelport.catalog.service import CatalogService
 from modelport.config import Settings
 from modelport.datasets.service import DatasetService
@@ -15,7 +16,7 @@ from modelport.db.engine import Database
 from modelport.deployments.key_watch import PrivateWeightsWatch
 from modelport.deployments.lifecycle import DeploymentLifecycle
 from modelport.deployments.service import DeploymentService
-from modelport.encryption_keys.service import KeyService
+from modelport.encryption_keys.service import EncryptionKeyService
 from modelport.errors import Forbidden, Unauthenticated
 from modelport.finetuning.service import FinetuningService
 from modelport.identity.offboarding import Offboarding
@@ -28,9 +29,13 @@ from modelport.marketplace.report import PublisherReports
 from modelport.metering.budgets import BudgetService
 from modelport.metering.usage import UsageService
 from modelport.metrics import Metrics
+from modelport.offload import ThreadBudget
 from modelport.policies.service import PolicyService
 from modelport.quotas.limiter import RateLimiter
 from modelport.safety.service import SafetyService
+
+if TYPE_CHECKING:
+    from modelport.bootstrap import PrepareResult
 
 
 @dataclass
@@ -44,7 +49,7 @@ class Services:
     lifecycle: DeploymentLifecycle  # every change to a deployment, in both planes
     key_watch: PrivateWeightsWatch  # fine-tuned deployments follow their workspace key
     datasets: DatasetService
-    keys: KeyService
+    encryption_keys: EncryptionKeyService
     safety: SafetyService
     finetuning: FinetuningService
     offboarding: Offboarding
@@ -56,20 +61,14 @@ class Services:
     policies: PolicyService
     rate_limiter: RateLimiter
     metrics: Metrics
-    extra: dict[str, object] = field(default_factory=dict)  # later subsystems register here
+    #: the threads model scans (imports, rescans) may hold at once: `settings.scan_concurrency`
+    scan_budget: ThreadBudget
+    #: what `bootstrap.prepare` did on this installation's first call (later calls return it)
+    prepared: PrepareResult | None = None
 
 
 def services(request: Request) -> Services:
     return request.app.state.services
-
-
-def bearer(authorization: str | None) -> str | None:
-    if not authorization:
-        return None
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthenticated("Send the key as 'Authorization: Bearer <key>'.")
-    return token.strip()
 
 
 def principal(

@@ -44,19 +44,26 @@ def describe_validation(exc: RequestValidationError) -> tuple[str, list[dict]]:
     return f"Invalid request: {first['field']}: {first['message']}.", fields
 
 
+def error_response(exc: ModelportError, request: Request, *, headers: dict[str, str] | None = None) -> JSONResponse:
+    """One of our errors in the control plane's shape, wherever it is answered (the exception
+    handler, the request-limit middleware): a 5xx says nothing but the request id, and is logged;
+    a 429 says when to retry."""
+    out = dict(headers or {})
+    if isinstance(exc, TooManyRequests):
+        out["Retry-After"] = str(exc.retry_after)
+    message = exc.message if exc.status_code < 500 or exc.status_code == 503 else (
+        "Internal error; the request id identifies it in the server log.")
+    if exc.status_code >= 500:
+        log.error("request failed", extra={"error_code": exc.code,
+                                            "request_id": getattr(request.state, "request_id", None)})
+    return JSONResponse(error_body(exc.code, message, request, field=exc.field, details=exc.details),
+                        status_code=exc.status_code, headers=out)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ModelportError)
     async def _ours(request: Request, exc: ModelportError) -> JSONResponse:
-        headers = {}
-        if isinstance(exc, TooManyRequests):
-            headers["Retry-After"] = str(exc.retry_after)
-        message = exc.message if exc.status_code < 500 or exc.status_code == 503 else (
-            "Internal error; the request id identifies it in the server log.")
-        if exc.status_code >= 500:
-            log.error("request failed", extra={"error_code": exc.code,
-                                                "request_id": getattr(request.state, "request_id", None)})
-        return JSONResponse(error_body(exc.code, message, request, field=exc.field, details=exc.details),
-                            status_code=exc.status_code, headers=headers)
+        return error_response(exc, request)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -250,7 +250,7 @@ def install(app: FastAPI) -> None:
             app.openapi_schema = installation(complete(doc, list(api_routes(app.routes))), app.state.services)
         return app.openapi_schema
 
-    app.openapi = openapi  # type: ignore[method-assign]
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented override
 
 
 def api_routes(routes: list[BaseRoute]) -> Iterator[APIRoute]:

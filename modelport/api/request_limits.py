@@ -26,9 +26,9 @@ from fastapi.responses import JSONResponse
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from modelport.api.deps import bearer
-from modelport.api.errors import error_body
-from modelport.errors import ModelportError, Unauthenticated
+from modelport.api.credentials import bearer
+from modelport.api.errors import error_response
+from modelport.errors import ModelportError, PayloadTooLarge, Unauthenticated
 from modelport.offload import run_blocking
 
 #: Routes that stream their body and enforce their own limits.
@@ -111,8 +111,7 @@ class RequestBodyLimit:
                 await run_blocking(svc.identity.authenticate, token,
                                                request.headers.get("x-modelport-workspace"))
         except Unauthenticated as exc:
-            return JSONResponse(error_body(exc.code, exc.message, request), status_code=401,
-                                headers={"Connection": "close"})
+            return error_response(exc, request, headers={"Connection": "close"})
         except ModelportError:
             return None
         return None
@@ -122,5 +121,4 @@ def _too_large(scope: Scope, limit: int) -> JSONResponse:
     """413 in the control plane's error shape; the connection closes (the rest is never read)."""
     message = (f"The request body is larger than the {limit} bytes this server accepts "
                "(MODELPORT_MAX_CONTROL_REQUEST_BYTES).")
-    return JSONResponse(error_body("payload_too_large", message, Request(scope)), status_code=413,
-                        headers={"Connection": "close"})
+    return error_response(PayloadTooLarge(message), Request(scope), headers={"Connection": "close"})

@@ -67,7 +67,7 @@ class VerifiedDownload(ClosingStreamingResponse):
         self._scope: Scope = {}
 
     @staticmethod
-    async def _chunks(read: VerifiedRead):  # type: ignore[no-untyped-def]
+    async def _chunks(read: VerifiedRead):
         yield read.first
         chunks = iter(read)
         while (chunk := await run_blocking(next, chunks, None)) is not None:

@@ -110,7 +110,8 @@ class _Protocol(HttpToolsProtocol):
 
     limits: ConnectionLimits  # set by protocol_class()
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # mypy is told to ignore the next line: forwards to the transport
         super().connection_made(_HeadersWithBody(transport, self.loop))  # type: ignore[arg-type]
         self._in_headers = True  # waiting for (the rest of) a request line and headers
         self._header_bytes = 0  # raw bytes received while waiting for them
@@ -176,7 +177,8 @@ class _Protocol(HttpToolsProtocol):
         super().on_headers_complete()
         cycle = self.cycle
         extensions = {"modelport.abort": lambda: self._abort(cycle)}
-        self.scope["extensions"] = extensions  # type: ignore[typeddict-unknown-key]
+        # ASGI extensions are free-form; uvicorn's HTTPScope types their values as dicts only
+        self.scope["extensions"] = extensions  # type: ignore[typeddict-item]
         self._last_body = self.loop.time()
         if self._body_timer is None:
             self._body_timer = self.loop.call_later(self.limits.body_timeout, self._body_check)
@@ -244,8 +246,8 @@ class _Protocol(HttpToolsProtocol):
     def _abort(self, cycle: object) -> None:
         """Drop the connection at once; the request's application sees a disconnect."""
         if cycle is not None:
-            cycle.disconnected = True  # type: ignore[attr-defined]
-            cycle.message_event.set()  # type: ignore[attr-defined]
+            cycle.disconnected = True  # type: ignore[attr-defined]  # uvicorn's cycle, private
+            cycle.message_event.set()  # type: ignore[attr-defined]  # uvicorn's cycle, private
         if not self.transport.is_closing():
             self.transport.abort()
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,7 +56,7 @@ def _mismatch(f: DownloadFile, what: str) -> IntegrityError:
                           "served. An operator must re-import the model.", details={"file": f.name})
 
 
-def _verified_chunks(f: DownloadFile, chunk_size: int) -> Iterator[bytes]:
+def _verified_chunks(f: DownloadFile, chunk_size: int) -> Generator[bytes, None, None]:
     with open(f.path, "rb") as fh:
         if os.fstat(fh.fileno()).st_size != f.size:
             raise _mismatch(f, "size")

@@ -12,6 +12,7 @@ from modelport.schema_types import JsonInt
 Task = Literal["chat-completion", "embeddings"]
 Format = Literal["gguf", "safetensors"]
 DeploymentType = Literal["dedicated", "serverless"]
+DEPLOYMENT_TYPES: tuple[DeploymentType, ...] = ("dedicated", "serverless")
 #: Applied by the schema and again by the catalog service (a model can also come from a package).
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$"
@@ -41,7 +42,7 @@ class UploadCreate(BaseModel):
     card: str = Field(default="", max_length=200_000, description="Model card, markdown.")
     downloadable: bool = Field(default=False, strict=True)
     finetunable: bool = Field(default=False, strict=True)
-    deployment_types: list[DeploymentType] = Field(default_factory=lambda: ["dedicated", "serverless"])
+    deployment_types: list[DeploymentType] = Field(default_factory=lambda: list(DEPLOYMENT_TYPES))
     files: list[UploadFile] = Field(min_length=1, max_length=500)
 
 

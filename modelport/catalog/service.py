@@ -99,6 +99,7 @@ class CatalogService:
         return problems
 
     def _register_bundled_one(self, bm: bundled_models.BundledModel) -> None:
+        # mypy is told to ignore the next line: a bundled model's format is one the scanner knows
         report = scan_model(bm.files, bm.format)  # type: ignore[arg-type]
         if report.structural_errors:
             raise Unprocessable("; ".join(f.message for f in report.structural_errors))
@@ -162,7 +163,7 @@ class CatalogService:
 
     # -- queries --------------------------------------------------------------------------
 
-    def _visible(self, actor: Principal):  # type: ignore[no-untyped-def]
+    def _visible(self, actor: Principal):
         return or_(CatalogModel.scope_key == GLOBAL_SCOPE, CatalogModel.scope_key == actor.workspace_id)
 
     def list(self, actor: Principal, filters: Filters, *, limit: int = 50,
@@ -292,6 +293,7 @@ class CatalogService:
         missing = [rel for rel, p in paths.items() if not p.is_file()]
         if missing:
             raise IntegrityError(f"Model '{row.name}' is missing files on disk: {', '.join(missing)}.")
+        # mypy is told to ignore the next line: a stored model's format was checked at import
         report = scan_model(paths, row.format)  # type: ignore[arg-type]
         for f in row.files:
             if report.files.get(f.path, {}).get("sha256") != f.sha256:
@@ -320,9 +322,10 @@ class CatalogService:
                         "(GET the model to list them).", field="file")
                 f = row.files[0]
             else:
-                f = next((x for x in row.files if x.path == file), None)
-                if f is None:
+                named = next((x for x in row.files if x.path == file), None)
+                if named is None:
                     raise NotFound(f"Model '{row.name}' has no file '{file}'.", field="file")
+                f = named
             self.policies.enforce(actor, "download_model", ModelFacts.seen_by(row, actor))
             audit.record(s, actor, "model.download", resource_type="model", resource_id=row.id,
                          detail={"file": f.path})

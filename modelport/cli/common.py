@@ -35,4 +35,4 @@ def handle_errors(fn: F) -> F:
             err_console.print(f"[red]Error{status}:[/red] {exc.message}", highlight=False, markup=True)
             raise typer.Exit(1) from None
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper  # type: ignore[return-value]  # functools.wraps keeps the signature

@@ -8,11 +8,11 @@ from typing import Annotated
 
 import httpx
 import typer
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TransferSpeedColumn
 
 from modelport.cli.client import Client, CliError
 from modelport.cli.common import JsonOpt, client, handle_errors
-from modelport.cli.output import console, err_console, human_size, kv, print_json, table
+from modelport.cli.output import Columns, console, err_console, human_size, kv, print_json, table
 
 datasets = typer.Typer(help="Training data, encrypted at rest (workspace key + platform key).", no_args_is_help=True)
 workspace_key = typer.Typer(help="The workspace key (inner encryption layer).", no_args_is_help=True)
@@ -20,7 +20,7 @@ cmk = typer.Typer(help="Customer-managed key for the workspace (owners).", no_ar
 platform_key = typer.Typer(help="The platform key (outer encryption layer; platform admin).", no_args_is_help=True)
 
 CHUNK = 1024 * 1024
-DS_ROWS = [("NAME", "name"), ("ID", "id"), ("FORMAT", "format"), ("SIZE", lambda d: human_size(d["size"])),
+DS_ROWS: Columns = [("NAME", "name"), ("ID", "id"), ("FORMAT", "format"), ("SIZE", lambda d: human_size(d["size"])),
            ("ROWS", "rows"), ("SHA256", "sha256"), ("CREATED", "created_at")]
 
 
@@ -38,7 +38,7 @@ def upload(ctx: typer.Context, file: Path, name: Annotated[str, typer.Option(hel
     progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                         console=err_console)
 
-    def body(task: int) -> Iterator[bytes]:
+    def body(task: TaskID) -> Iterator[bytes]:
         with open(file, "rb") as fh:
             while chunk := fh.read(CHUNK):
                 progress.advance(task, len(chunk))
@@ -93,7 +93,7 @@ def delete(ctx: typer.Context, name: str,
     console.print(f"Deleted dataset {name}; its data keys were destroyed.")
 
 
-KEY_ROWS = [("Provider", "provider"), ("Key", "key_ref"), ("Customer-managed", "cmk"), ("State", "state"),
+KEY_ROWS: Columns = [("Provider", "provider"), ("Key", "key_ref"), ("Customer-managed", "cmk"), ("State", "state"),
             ("Latest version", "latest_version"), ("Min decryption version", "min_decryption_version")]
 
 

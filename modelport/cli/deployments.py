@@ -9,7 +9,7 @@ import typer
 
 from modelport.cli.client import CliError
 from modelport.cli.common import JsonOpt, client, handle_errors
-from modelport.cli.output import console, err_console, kv, print_json, table
+from modelport.cli.output import Columns, console, err_console, kv, print_json, table
 
 deployments = typer.Typer(help="Deployments: named endpoints serving a catalog model.", no_args_is_help=True)
 
@@ -33,7 +33,7 @@ def pool_text(pool: dict | None) -> str:
             f"({pool['ready']} ready)")
 
 
-ROWS = [("NAME", "name"), ("MODEL", "model"), ("TYPE", "type"), ("INSTANCES", "instances"),
+ROWS: Columns = [("NAME", "name"), ("MODEL", "model"), ("TYPE", "type"), ("INSTANCES", "instances"),
         ("POOL", lambda d: (f"{d['pool']['instances']}/{d['pool']['max_instances']}" if d.get("pool") else "0")),
         ("GEOGRAPHY", "geography"), ("STATE", "state"), ("ISOLATION", lambda d: isolation_text(d.get("isolation"))),
         ("PUBLIC", lambda d: d["network"]["public_access"])]
@@ -192,7 +192,7 @@ def usage(ctx: typer.Context, name: str, json: JsonOpt = False) -> None:
            ("Completion tokens", "completion_tokens")])
 
 
-POOL_ROWS = [("POOL", "key"), ("KIND", "kind"), ("GEOGRAPHY", "geography"), ("DEPLOYMENTS", "deployments"),
+POOL_ROWS: Columns = [("POOL", "key"), ("KIND", "kind"), ("GEOGRAPHY", "geography"), ("DEPLOYMENTS", "deployments"),
              ("INSTANCES", lambda p: f"{p['instances']} of {p['min_instances']}-{p['max_instances']}"),
              ("READY", "ready"), ("RETIRING", "retiring"), ("SLOTS", "slots"), ("IN FLIGHT", "in_flight"),
              ("WAITING", "waiting"), ("WORKSPACES", "workspaces")]

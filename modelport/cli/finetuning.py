@@ -9,7 +9,7 @@ import typer
 
 from modelport.cli.common import JsonOpt, client, handle_errors
 from modelport.cli.deployments import isolation_text
-from modelport.cli.output import console, err_console, kv, print_json, table
+from modelport.cli.output import Columns, console, err_console, kv, print_json, table
 
 finetune = typer.Typer(help="Fine-tune catalog models (LoRA) on this workspace's datasets.", no_args_is_help=True)
 
@@ -28,10 +28,10 @@ def _eta(job: dict) -> str:
     return "-" if job.get("eta_seconds") is None else f"{job['eta_seconds']:.0f} s"
 
 
-JOB_ROWS = [("ID", "id"), ("STATUS", "status"), ("MODEL", "model"), ("DATASET", "dataset"),
+JOB_ROWS: Columns = [("ID", "id"), ("STATUS", "status"), ("MODEL", "model"), ("DATASET", "dataset"),
             ("STEP", lambda j: f"{j['step']}/{j['total_steps']}"), ("LOSS", _loss),
             ("RESULT", lambda j: j["fine_tuned_model"] or "-")]
-SHOW_ROWS = [("ID", "id"), ("Status", "status"), ("Base model", "model"), ("Dataset", "dataset"),
+SHOW_ROWS: Columns = [("ID", "id"), ("Status", "status"), ("Base model", "model"), ("Dataset", "dataset"),
              ("Validation dataset", lambda j: j["validation_dataset"] or "-"),
              ("Progress", lambda j: f"{j['step']}/{j['total_steps']} steps ({j['progress'] * 100:.0f}%)"),
              ("Loss", _loss), ("Time left", _eta), ("Fine-tuned model", lambda j: j["fine_tuned_model"] or "-"),

@@ -85,7 +85,7 @@ def serve(host: Annotated[str | None, typer.Option(help="Bind address (env MODEL
     if port:
         overrides["port"] = port
     try:
-        settings = build_settings(**overrides)
+        settings = build_settings(None, **overrides)
     except ValidationError as exc:  # the messages only: the input may hold master keys
         err_console.print("[red]Invalid configuration:[/red] " + "; ".join(e["msg"] for e in exc.errors()))
         raise typer.Exit(2) from None
@@ -109,7 +109,7 @@ def serve(host: Annotated[str | None, typer.Option(help="Bind address (env MODEL
                drain_seconds=settings.drain_seconds)
 
 
-def _announce(settings, result) -> None:  # type: ignore[no-untyped-def]
+def _announce(settings, result) -> None:
     if result.admin_key:
         err_console.print(f"Created the platform admin, the 'default' workspace and an admin key, saved to "
                           f"{settings.admin_key_file} (mode 0600).", soft_wrap=True)
@@ -140,7 +140,7 @@ def _announce(settings, result) -> None:  # type: ignore[no-untyped-def]
     )
 
 
-def _announce_signin_link(settings, services) -> None:  # type: ignore[no-untyped-def]
+def _announce_signin_link(settings, services) -> None:
     """The portal's one-time sign-in link for the local admin, on a terminal only (never logged,
     never written where output is collected)."""
     if not sys.stdout.isatty():

@@ -4,9 +4,10 @@ publisher's report."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -342,7 +343,8 @@ def usage(ctx: typer.Context, start: FromOpt = None, end: ToOpt = None,
     if json:
         return print_json(out)
     rows = out["rows"]
-    columns = [(group_by.upper(), "group"), ("REQUESTS", "requests"), ("INPUT TOKENS", "input_tokens"),
+    columns: list[tuple[str, str | Callable[[dict], Any]]] = [
+        (group_by.upper(), "group"), ("REQUESTS", "requests"), ("INPUT TOKENS", "input_tokens"),
                ("OUTPUT TOKENS", "output_tokens"), ("CHARGES", lambda r: f"{r['charges']} {r['currency'] or ''}")]
     if all_workspaces:
         columns.insert(0, ("WORKSPACE", "workspace"))

@@ -11,7 +11,7 @@ from typing import Annotated
 import httpx
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TransferSpeedColumn
 
 from modelport.cli.client import Client, CliError, error_from
 from modelport.cli.common import JsonOpt, client, handle_errors
@@ -78,7 +78,7 @@ def _print_findings(m: dict) -> None:
                           f"{escape(terminal_safe(f['message']))}", highlight=False)
 
 
-def _iter_file(path: Path, progress: Progress, task: int) -> Iterator[bytes]:
+def _iter_file(path: Path, progress: Progress, task: TaskID) -> Iterator[bytes]:
     with open(path, "rb") as fh:
         while chunk := fh.read(CHUNK):
             progress.advance(task, len(chunk))
@@ -178,7 +178,7 @@ def download_model(ctx: typer.Context, name: str,
 
 
 def _download_one(http: httpx.Client, name: str, version: str, f: dict, dest: Path, progress: Progress,
-                  task: int) -> None:
+                  task: TaskID) -> None:
     part = dest.with_name(dest.name + ".part")
     digest = hashlib.sha256()
     try:

@@ -39,9 +39,11 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
-def table(
-    rows: Sequence[dict], columns: Sequence[tuple[str, str | Callable[[dict], Any]]], title: str | None = None
-) -> None:
+#: (header, a row's key or a function of the row) per column
+Columns = Sequence[tuple[str, str | Callable[[dict], Any]]]
+
+
+def table(rows: Sequence[dict], columns: Columns, title: str | None = None) -> None:
     t = Table(title=title, show_lines=False, header_style="bold")
     for header, _ in columns:
         t.add_column(header)
@@ -50,7 +52,7 @@ def table(
     console.print(t)
 
 
-def kv(data: dict, keys: Sequence[tuple[str, str | Callable[[dict], Any]]], title: str | None = None) -> None:
+def kv(data: dict, keys: Columns, title: str | None = None) -> None:
     t = Table(title=title, show_header=False, box=None)
     t.add_column(style="bold")
     t.add_column()

@@ -64,7 +64,7 @@ class DatasetService:
 
     def upload(self, actor: Principal, name: str, fmt: str | None, chunks: Iterator[bytes]) -> Dataset:
         self.check_upload(actor, name, fmt, None)
-        validator = Validator(format=fmt)  # type: ignore[arg-type]
+        validator = Validator(format=fmt)  # type: ignore[arg-type]  # check_upload checked the format
         ds_id = new_id("ds")
         source = self.activity.guard(actor.workspace_id, limited(chunks, self.max_bytes))
         info = self.datastore.put(actor.workspace_id, ds_id, validating(source, validator))

@@ -110,12 +110,12 @@ class _Filler:
         if isinstance(source, bytes | bytearray | memoryview):
             self._iter = iter((source,))
         elif hasattr(source, "readinto"):
-            self._readinto = source.readinto  # type: ignore[union-attr]
+            self._readinto = source.readinto
         elif hasattr(source, "read"):
-            read = source.read  # type: ignore[union-attr]
+            read = source.read
             self._iter = iter(lambda: read(1 << 20), b"")
         else:
-            self._iter = iter(source)  # type: ignore[arg-type]
+            self._iter = iter(source)
 
     def fill(self, buf: bytearray) -> int:
         view = memoryview(buf)

@@ -112,7 +112,7 @@ class LocalBlobStore:
         except BaseException:
             fh.close()
             raise
-        return fh, size  # type: ignore[return-value]
+        return fh, size
 
     def delete(self, key: str) -> bool:
         path = self.path(key)

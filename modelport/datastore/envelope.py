@@ -245,7 +245,7 @@ def _read_exact(blob: BinaryIO, n: int) -> bytes:
 def _readinto_exact(blob: BinaryIO, view: memoryview) -> int:
     got = 0
     while got < len(view):
-        n = blob.readinto(view[got:])  # type: ignore[attr-defined]
+        n = blob.readinto(view[got:])  # type: ignore[attr-defined]  # every blob source is a raw or buffered file
         if not n:
             break
         got += n

@@ -13,6 +13,7 @@ the pools change on the event loop.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -70,7 +71,7 @@ class DeploymentLifecycle:
         await run_blocking(self.gateway.usage.flush)
         return await run_blocking(self.control.usage, actor, name)
 
-    async def usage_by_hour(self, actor: Principal, name: str, hours: int = 24) -> list[dict]:
+    async def usage_by_hour(self, actor: Principal, name: str, hours: int = 24) -> builtins.list[dict]:
         return await run_blocking(self.control.usage_by_hour, actor, name, hours)
 
     # -- changes a caller asks for ------------------------------------------------------------------------
@@ -161,7 +162,7 @@ class DeploymentLifecycle:
         from their next request."""
         await self.gateway.routes.refresh_model(model_id)
 
-    async def stop_workspace(self, workspace_id: str) -> list[str]:
+    async def stop_workspace(self, workspace_id: str) -> builtins.list[str]:
         """A workspace is being deleted (its rows are already `deleting`): its routes leave the
         routing table at once (its deployment keys get 401 from here), then every pool that
         served only its deployments stops; a shared serverless pool keeps serving the other
@@ -173,7 +174,7 @@ class DeploymentLifecycle:
         await self.gateway.provisioner.close_unused({key for _, key in rows} | routes.pool_keys(gone))
         return sorted({dep_id for dep_id, _ in rows} | {r.id for r in gone})
 
-    def _workspace_pools(self, workspace_id: str) -> list[tuple[str, str]]:
+    def _workspace_pools(self, workspace_id: str) -> builtins.list[tuple[str, str]]:
         with self.control.db.session() as s:
             return [(d.id, pool_key(d, m)) for d, m in s.execute(
                 select(Deployment, CatalogModel).join(CatalogModel, CatalogModel.id == Deployment.model_id)
@@ -197,7 +198,7 @@ class DeploymentLifecycle:
         for dep_id in start:
             self.gateway.spawn(self.gateway.provisioner.provision(dep_id))
 
-    def _left_by_last_run(self) -> tuple[list[str], list[str]]:
+    def _left_by_last_run(self) -> tuple[builtins.list[str], builtins.list[str]]:
         with self.control.db.session() as s:
             start = list(s.scalars(select(Deployment.id).where(Deployment.state.in_(("creating", "succeeded")))))
             stale = list(s.scalars(select(Deployment.id).where(Deployment.state == "deleting")))

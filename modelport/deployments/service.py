@@ -7,6 +7,7 @@ service hands it the deployment id after each change.
 
 from __future__ import annotations
 
+import builtins
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -370,7 +371,7 @@ class DeploymentService:
             ).one()
             return {"deployment": row.name, "requests": n, "prompt_tokens": p, "completion_tokens": c}
 
-    def usage_by_hour(self, actor: Principal, name: str, hours: int = 24) -> list[dict]:
+    def usage_by_hour(self, actor: Principal, name: str, hours: int = 24) -> builtins.list[dict]:
         """Requests and tokens per hour over the last `hours` (oldest first, empty hours included):
         what the portal's usage chart draws."""
         actor.require("deployments.read")

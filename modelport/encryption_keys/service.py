@@ -34,7 +34,10 @@ def _plain(obj: Any) -> dict:
     return out
 
 
-class KeyService:
+class EncryptionKeyService:
+    """The datastore's key-encryption keys (workspace key, customer-managed key, platform key);
+    not API keys or deployment keys, which authenticate callers (identity/, deployments/)."""
+
     def __init__(self, db: Database, datastore: Datastore) -> None:
         self.db = db
         self.datastore = datastore

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import struct
@@ -197,7 +198,10 @@ class JobRunner:
                 return
             task = asyncio.create_task(self._run(job), name=f"finetune-{job.id}")
             self.running[job.id] = task
-            task.add_done_callback(lambda _t, jid=job.id: self.running.pop(jid, None))
+            task.add_done_callback(functools.partial(self._finished, job.id))
+
+    def _finished(self, job_id: str, _task: asyncio.Task) -> None:
+        self.running.pop(job_id, None)
 
     async def shutdown(self) -> None:
         """Stop trainers; their jobs stay `running` and are requeued by the next start."""

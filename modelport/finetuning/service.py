@@ -10,6 +10,7 @@ a memfd. Deleting the model stops its deployments and crypto-shreds the adapter 
 
 from __future__ import annotations
 
+import builtins
 import os
 import threading
 from collections.abc import Sequence
@@ -23,8 +24,9 @@ from modelport.catalog.service import GLOBAL_SCOPE, CatalogService
 from modelport.datasets.service import DatasetService
 from modelport.datastore.store import Datastore
 from modelport.db.base import new_id, utcnow
-from modelport.db.engine import Database
+from modelport.db.engine import Database, rowcount
 from modelport.db.tables import CatalogModel, Dataset, Deployment, FinetuneJob, Workspace
+from modelport.deployments.schemas import Isolation
 from modelport.errors import Conflict, InvalidInput, NotFound
 from modelport.finetuning.cancel import DATASET_DELETED, JobCancelled
 from modelport.finetuning.schemas import JobCreate, JobOut, LossPoint
@@ -133,6 +135,7 @@ class FinetuningService:
                 Dataset.id.in_([job.dataset_id, job.validation_dataset_id or ""])))}
             result = s.get(CatalogModel, job.result_model_id) if job.result_model_id else None
         return JobOut(
+            # mypy is told to ignore the next line: the table holds JobOut's statuses only
             id=job.id, status=job.status, model=base.name if base else job.base_model_id,  # type: ignore[arg-type]
             dataset=names.get(job.dataset_id, job.dataset_id),
             validation_dataset=names.get(job.validation_dataset_id, job.validation_dataset_id)
@@ -141,7 +144,9 @@ class FinetuningService:
             progress=round(job.step / job.total_steps, 4) if job.total_steps else 0.0,
             eta_seconds=job.eta_seconds, trained_tokens=job.trained_tokens,
             losses=[LossPoint(**p) for p in job.losses or []], fine_tuned_model=result.name if result else None,
-            error=job.error, isolation=job.isolation, created_at=job.created_at, started_at=job.started_at,
+            error=job.error,
+            isolation=Isolation.model_validate(job.isolation) if job.isolation is not None else None,
+            created_at=job.created_at, started_at=job.started_at,
             finished_at=job.finished_at,
         )
 
@@ -171,7 +176,7 @@ class FinetuningService:
             claimed = s.execute(update(FinetuneJob).where(FinetuneJob.id == job_id, FinetuneJob.status == "queued")
                                 .values(status="running", started_at=utcnow(), attempts=FinetuneJob.attempts + 1,
                                         step=0, losses=[]))
-            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+            if rowcount(claimed) != 1:
                 return None
         with self.db.session() as s:
             return s.get(FinetuneJob, job_id)
@@ -260,7 +265,7 @@ class FinetuningService:
         claimed = s.execute(update(FinetuneJob).where(
             FinetuneJob.id == job.id, FinetuneJob.status == "running", FinetuneJob.cancel_requested.is_(False),
             FinetuneJob.result_model_id.is_(None)).values(result_model_id=model_id))
-        if claimed.rowcount != 1:  # type: ignore[attr-defined]
+        if rowcount(claimed) != 1:
             reason = s.scalar(select(FinetuneJob.error).where(FinetuneJob.id == job.id))
             raise JobCancelled(reason or "The job was cancelled; no model was registered.")
         needed = {job.dataset_id, *([job.validation_dataset_id] if job.validation_dataset_id else [])}
@@ -271,7 +276,7 @@ class FinetuningService:
 
     # -- fine-tuned models: deletion (P12) --------------------------------------------------
 
-    def model_for_delete(self, actor: Principal, name: str, confirm: bool) -> tuple[CatalogModel, list[str]]:
+    def model_for_delete(self, actor: Principal, name: str, confirm: bool) -> tuple[CatalogModel, builtins.list[str]]:
         actor.require("models.manage")
         with self.db.session() as s:
             try:

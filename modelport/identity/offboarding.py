@@ -33,7 +33,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Column, Table, delete, func, select, update
 
@@ -191,7 +191,7 @@ class Offboarding:
                                           .where(Dataset.workspace_id == ws_id)) or 0
             for table, column in _owned_tables():
                 s.execute(delete(table).where(column == ws_id))
-            s.execute(delete(Workspace.__table__).where(Workspace.id == ws_id))
+            s.execute(delete(cast(Table, Workspace.__table__)).where(Workspace.id == ws_id))
             audit.record(s, actor, "workspace.delete", resource_type="workspace", resource_id=ws_id,
                          workspace_id=ws_id, detail=report)
         self._scrub_sqlite()

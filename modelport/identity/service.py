@@ -341,6 +341,7 @@ class IdentityService:
     def add_member(self, actor: Principal, user_ref: str, role: Role, workspace: str | None = None) -> Membership:
         """Owners add members to their workspace; a platform admin to any (`workspace`, audited)."""
         with self.db.session() as s:
+            ws: Workspace | None
             if workspace is not None:
                 actor.require("platform.users")
                 ws = self._workspace_by_ref(s, workspace)

@@ -16,7 +16,7 @@ leave either.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,7 +85,7 @@ class Answers:
         lps = logprobs if self.logprobs else None
         return [Part(index, p) for p in self.choices[index].reader.feed(text, lps)]
 
-    async def run(self, events: AsyncIterator[GenerateEvent]) -> AsyncIterator[Event]:
+    async def run(self, events: AsyncIterator[GenerateEvent]) -> AsyncGenerator[Event, None]:
         flt = self.flt
         async for ev in events:
             if isinstance(ev, TextDelta):

@@ -21,13 +21,14 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
+from fastapi.routing import APIRoute
 from starlette.routing import BaseRoute
 from starlette.types import Receive, Scope, Send
 
 from modelport.api.middleware import RequestContext
 from modelport.errors import InternalError
 from modelport.inference import routes
-from modelport.inference.wire_errors import azure_error, openai_error
+from modelport.inference.wire_errors import AZURE, OPENAI
 
 log = logging.getLogger("modelport.inference")
 
@@ -56,8 +57,8 @@ class FastPath:
         endpoints = set(_OPENAI.values()) | set(_AZURE.values())
         # The declared routes, for the access log's route template. Taken from the inference
         # router itself: FastAPI (0.16x) keeps an included router's routes nested, not in app.routes.
-        self._routes: dict[Endpoint, BaseRoute] = {
-            r.endpoint: r for r in routes.router.routes if getattr(r, "endpoint", None) in endpoints  # type: ignore[attr-defined]
+        self._routes: dict[Callable[..., Any], BaseRoute] = {
+            r.endpoint: r for r in routes.router.routes if isinstance(r, APIRoute) and r.endpoint in endpoints
         }
         if len(self._routes) != len(endpoints):
             raise RuntimeError("the fast path's endpoints and the inference router's routes differ")
@@ -95,8 +96,8 @@ class FastPath:
             # A bug of ours (every ModelportError became a response already). The log keeps the
             # exception type only (logs.JsonFormatter): its message might quote the request.
             log.exception("inference request failed")
-            error: Any = azure_error if name is not None else openai_error
-            response = error(InternalError("The server had an error while processing your request."))
+            shape = AZURE if name is not None else OPENAI
+            response = shape.response(InternalError("The server had an error while processing your request."))
         try:
             await response(scope, receive, send)
         finally:  # a stream is observed at its end, however it ended

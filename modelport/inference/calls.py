@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import hmac
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +19,7 @@ import numpy as np
 import orjson
 from fastapi import Request
 
+from modelport.api import credentials
 from modelport.errors import (
     Conflict,
     Forbidden,
@@ -30,7 +31,8 @@ from modelport.errors import (
 )
 from modelport.identity import secrets as keysecrets
 from modelport.identity.service import IdentityService
-from modelport.inference.manager import DeploymentManager, Route
+from modelport.inference.gateway import Gateway
+from modelport.inference.routing import Route
 
 if TYPE_CHECKING:
     from modelport.metering.budgets import BudgetService as BudgetGate
@@ -47,25 +49,26 @@ class Caller:
 
 
 def key_from(request: Request, *, azure: bool = False) -> str:
-    if azure:
-        api_key = request.headers.get("api-key")
-        if api_key:
-            return api_key.strip()
-    auth = request.headers.get("authorization")
-    if auth:
-        scheme, _, token = auth.partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            return token.strip()
+    """The key of an inference request (credentials.py); Azure's `api-key` first on the Azure API.
+    No key, or an Authorization header that is not a Bearer key, answers 401 naming both forms."""
+    if azure and (key := credentials.api_key(request.headers)) is not None:
+        return key
+    try:
+        token = credentials.bearer(request.headers.get("authorization"))
+    except Unauthenticated:
+        token = None
+    if token:
+        return token
     raise Unauthenticated(
         "Missing key: send 'Authorization: Bearer <key>'" + (" or 'api-key: <key>'." if azure else "."),
         details={"openai_code": "invalid_api_key"},
     )
 
 
-def authenticate(manager: DeploymentManager, identity: IdentityService, secret: str) -> Caller:
+def authenticate(gateway: Gateway, identity: IdentityService, secret: str) -> Caller:
     parsed = keysecrets.parse(secret)
     if parsed is not None and parsed.kind == "mpd":
-        route = manager.by_key.get(parsed.lookup)
+        route = gateway.by_key.get(parsed.lookup)
         if route is not None:
             digest = keysecrets.digest(secret)
             if hmac.compare_digest(
@@ -85,7 +88,7 @@ def authenticate(manager: DeploymentManager, identity: IdentityService, secret: 
     return Caller(workspace_id=principal.workspace_id)
 
 
-def resolve(manager: DeploymentManager, caller: Caller, name: str | None) -> Route:
+def resolve(gateway: Gateway, caller: Caller, name: str | None) -> Route:
     """The deployment this caller names; another workspace's answers 404 like a missing one."""
     if caller.deployment is not None:
         if name is not None and name != caller.deployment.name:
@@ -96,7 +99,7 @@ def resolve(manager: DeploymentManager, caller: Caller, name: str | None) -> Rou
         return caller.deployment
     if not name:
         raise InvalidInput("Name the deployment in the 'model' field.", field="model")
-    route = manager.by_name.get((caller.workspace_id, name))
+    route = gateway.by_name.get((caller.workspace_id, name))
     if route is None:
         raise NotFound(
             "The deployment named in the request does not exist or this key cannot call it.",
@@ -161,9 +164,9 @@ class Choice:
     finish_reason: str | None = None
 
 
-async def generate(manager: DeploymentManager, route: Route, body: GenerateBody) -> AsyncIterator[GenerateEvent]:
+async def generate(gateway: Gateway, route: Route, body: GenerateBody) -> AsyncGenerator[GenerateEvent, None]:
     """Stream the worker's events for one request through the deployment's pool."""
-    pool = await manager.pool_for(route)
+    pool = await gateway.pool_for(route)
     async for event in pool.generate(route.workspace_id, route.id, body):
         yield event
 
@@ -199,7 +202,7 @@ class PromptSize:
     tokenizer and chat template, outside the generation queue (counting generates nothing).
     `prompt_tokens` keeps the count once made (metering bills a cut stream's prompt with it)."""
 
-    manager: DeploymentManager
+    gateway: Gateway
     route: Route
     messages: list[dict[str, Any]] | None = None
     prompt: str | None = None
@@ -216,7 +219,7 @@ class PromptSize:
 
     async def counter(self) -> WorkerClient:
         """A ready worker of the deployment (a stopped serverless pool starts)."""
-        pool = await self.manager.pool_for(self.route)
+        pool = await self.gateway.pool_for(self.route)
         ready = pool.ready()
         if not ready:
             raise ServiceUnavailable(f"No worker of geography '{self.route.geography}' is available for this "
@@ -241,8 +244,8 @@ class PromptSize:
                                f"{limit} tokens and leaves no room for an answer; shorten the {where}.", field=where)
 
 
-async def embed(manager: DeploymentManager, route: Route, texts: list[str]) -> tuple[list[list[float]], int]:
-    pool = await manager.pool_for(route)
+async def embed(gateway: Gateway, route: Route, texts: list[str]) -> tuple[list[list[float]], int]:
+    pool = await gateway.pool_for(route)
     async with pool.slot(route.workspace_id, route.id) as client:
         result = await client.embed(texts)
     return result.data, result.prompt_tokens

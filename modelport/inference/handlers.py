@@ -1,5 +1,11 @@
 """Chat, completions and embeddings, shared by the OpenAI and Azure surfaces.
 
+Top to bottom: `chat`, `completions` and `embeddings` parse, plan and admit a request; a `Call`
+runs a generating one (screening, the worker's events through the answer pipeline of
+answers.py, metering) and answers it whole (`Call.answer`, through builders.py's
+`chat_completion` / `text_completion`) or streamed (`Call.stream`, through builders.py's chunk
+writers). The shapes are the typed answers of protocol.py.
+
 A streamed answer is started only after the worker produced its first event, so that the
 errors that happen before any output (prompt too long, queue full, worker gone) still get a
 proper HTTP status. A client that disconnects mid-stream cancels the generator, which closes
@@ -13,33 +19,47 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import orjson
 from fastapi import Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
 from modelport.api.responses import ClosingStreamingResponse
 from modelport.errors import InvalidInput, ModelportError, TooManyRequests
 from modelport.inference import admission, answers, calls, filtering, tools
-from modelport.inference.manager import DeploymentManager, Route
+from modelport.inference.builders import (
+    DONE,
+    STREAM_HEADERS,
+    ChatChunks,
+    ChoiceOut,
+    CompletionChunks,
+    chat_completion,
+    sse,
+    text_completion,
+)
+from modelport.inference.gateway import Gateway
 from modelport.inference.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
+    Embedding,
+    EmbeddingList,
     EmbeddingRequest,
+    EmbeddingUsage,
     Message,
     split_extra,
 )
+from modelport.inference.routing import Route
+from modelport.inference.wire_errors import ErrorShape
 from modelport.offload import run_blocking
 from modelport.quotas import estimate
 from modelport.runtimes.base import flatten_content
 from modelport.workers.client import GenerateEvent, StreamUsage
 from modelport.workers.protocol import GenerateBody
 
-ErrorShape = Callable[[ModelportError], JSONResponse]
 T = TypeVar("T")
 CLIENT_CLOSED_REQUEST = 499  # nobody reads it; the access log shows why the request ended
 
@@ -113,10 +133,6 @@ def check_task(route: Route, task: str) -> None:
         raise InvalidInput(f"Deployment '{route.name}' serves {route.task}, not {task}.", field="model")
 
 
-def _sse(obj: dict) -> bytes:
-    return b"data: " + orjson.dumps(obj) + b"\n\n"
-
-
 def chat_plan(req: ChatCompletionRequest) -> tools.Plan:
     """Tools, tool_choice and response_format -> what the worker must do (400s name the field)."""
     offered = tools.parse_tools(req.tools)
@@ -128,29 +144,35 @@ def chat_plan(req: ChatCompletionRequest) -> tools.Plan:
     return found
 
 
-async def chat(request: Request, manager: DeploymentManager, route: Route, body: dict, *,
+async def chat(request: Request, gateway: Gateway, route: Route, body: dict, *,
                extra_mode: str = "error", error_shape: ErrorShape, azure: bool = False) -> Response:
     req: ChatCompletionRequest = parse(ChatCompletionRequest, body, extra_mode, azure=azure)
     check_task(route, "chat-completion")
+    call = await chat_call(request, gateway, route, req, "chat.completions", error_shape)
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    return await call.respond(stream=req.stream, include_usage=include_usage)
+
+
+async def chat_call(request: Request, gateway: Gateway, route: Route, req: ChatCompletionRequest,
+                    api: str, error_shape: ErrorShape) -> Call:
+    """A chat request planned (tools, structured output), admitted and ready to run: for chat
+    completions, and for the Responses API's request once made a chat request."""
     found = await run_blocking(chat_plan, req)  # a schema's grammar is built off the event loop
     messages = worker_messages(req.messages)
     gen = GenerateBody(
         messages=messages,
         max_tokens=req.max_completion_tokens or req.max_tokens,
         temperature=1.0 if req.temperature is None else req.temperature,
-        top_p=1.0 if req.top_p is None else req.top_p, stop=req.stop or [], seed=req.seed, n=req.n,
-        response_format=found.response_format,  # type: ignore[arg-type]
+        top_p=1.0 if req.top_p is None else req.top_p, stop=req.stops, seed=req.seed, n=req.n,
+        response_format=found.response_format,
         grammar=found.grammar, tools=found.tools,
         logprobs=(req.top_logprobs or 0) if req.logprobs else None)
-    await admission.admit(request, route, estimate.prompt_tokens([filtering.prompt_text(messages, found.tools)],
-                                                                 len(messages))
+    prompt_text = filtering.prompt_text(messages, found.tools)
+    await admission.admit(request, route, estimate.prompt_tokens([prompt_text], len(messages))
                           + estimate.completion_tokens(gen.max_tokens, gen.n))
-    call = Call(request, manager, route, gen, "chat.completions", error_shape,
-                filtering.prompt_text(messages, found.tools),
-                calls.PromptSize(manager, route, messages=messages, tools=found.tools),
+    return Call(request, gateway, route, gen, api, error_shape, prompt_text,
+                calls.PromptSize(gateway, route, messages=messages, tools=found.tools),
                 reads_calls=found.calls, logprobs=req.logprobs)
-    include_usage = bool(req.stream_options and req.stream_options.include_usage)
-    return await call.respond(stream=req.stream, include_usage=include_usage)
 
 
 def worker_messages(messages: list[Message]) -> list[dict[str, Any]]:
@@ -164,7 +186,7 @@ def worker_messages(messages: list[Message]) -> list[dict[str, Any]]:
     return out
 
 
-async def completions(request: Request, manager: DeploymentManager, route: Route, body: dict, *,
+async def completions(request: Request, gateway: Gateway, route: Route, body: dict, *,
                       error_shape: ErrorShape) -> Response:
     req: CompletionRequest = parse(CompletionRequest, body)
     check_task(route, "chat-completion")
@@ -175,46 +197,23 @@ async def completions(request: Request, manager: DeploymentManager, route: Route
         prompt = prompt[0]
     gen = GenerateBody(prompt=prompt, max_tokens=req.max_tokens or 16,
                        temperature=1.0 if req.temperature is None else req.temperature,
-                       top_p=1.0 if req.top_p is None else req.top_p, stop=req.stop or [], seed=req.seed, n=req.n,
+                       top_p=1.0 if req.top_p is None else req.top_p, stop=req.stops, seed=req.seed, n=req.n,
                        logprobs=req.logprobs)
     await admission.admit(request, route, estimate.prompt_tokens([prompt])
                           + estimate.completion_tokens(gen.max_tokens, gen.n))
-    call = Call(request, manager, route, gen, "completions", error_shape, prompt,
-                calls.PromptSize(manager, route, prompt=prompt), reads_calls=False,
+    call = Call(request, gateway, route, gen, "completions", error_shape, prompt,
+                calls.PromptSize(gateway, route, prompt=prompt), reads_calls=False,
                 logprobs=req.logprobs is not None)
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     return await call.respond(stream=req.stream, include_usage=include_usage)
 
 
-def legacy_logprobs(tokens: list[dict[str, Any]], offset: int) -> dict[str, Any]:
-    """The completions API's logprobs shape, from the per-token objects."""
-    out: dict[str, Any] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
-    for t in tokens:
-        out["tokens"].append(t["token"])
-        out["token_logprobs"].append(t["logprob"])
-        out["top_logprobs"].append({a["token"]: a["logprob"] for a in t["top_logprobs"]})
-        out["text_offset"].append(offset)
-        offset += len(t["token"])
-    return out
-
-
 @dataclass
-class ChoiceOut:
-    """One choice of a non-streamed answer, assembled from the pipeline's events."""
+class Collected:
+    """What a non-streamed answer gathered so far (kept when it ends early, for the bill)."""
 
-    text: list[str] = field(default_factory=list)
-    logprobs: list[dict[str, Any]] = field(default_factory=list)
-    calls: list[dict[str, Any]] = field(default_factory=list)
-    finish_reason: str | None = None
-
-    def take(self, piece: tools.Piece) -> None:
-        if isinstance(piece, tools.Content):
-            self.text.append(piece.text)
-            self.logprobs += piece.logprobs or []
-        elif isinstance(piece, tools.CallStart):
-            self.calls.append({"id": piece.id, "type": "function", "function": {"name": piece.name, "arguments": ""}})
-        else:
-            self.calls[piece.index]["function"]["arguments"] += piece.text
+    choices: list[ChoiceOut]
+    usage: StreamUsage | None = None
 
 
 class Bill:
@@ -222,8 +221,8 @@ class Bill:
     (`commit`), or, for a request that ended early (client gone, worker lost), queued with what
     the worker produced until then (`cut`). Whichever comes first wins; the other does nothing."""
 
-    def __init__(self, manager: DeploymentManager, route: Route, api: str, size: calls.PromptSize) -> None:
-        self.manager, self.route, self.api, self.size = manager, route, api, size
+    def __init__(self, gateway: Gateway, route: Route, api: str, size: calls.PromptSize) -> None:
+        self.gateway, self.route, self.api, self.size = gateway, route, api, size
         self.done = False
 
     async def prompt_tokens(self) -> int:
@@ -242,7 +241,7 @@ class Bill:
         if self.done:
             return
         self.done = True
-        await self.manager.record_usage_durable(self.route, self.api, input_tokens, output_tokens, status)
+        await self.gateway.record_usage_durable(self.route, self.api, input_tokens, output_tokens, status)
 
     def cut(self, deltas: int, usage: StreamUsage | None, status: str, exc: BaseException | None = None) -> None:
         if self.done:
@@ -251,30 +250,47 @@ class Bill:
         if isinstance(exc, TooManyRequests) and not deltas:
             return  # refused by the queue: it never reached a worker
         if usage is not None:  # the worker finished; the answer did not reach the client
-            self.manager.record_usage(self.route, self.api, usage.prompt_tokens, usage.completion_tokens, status)
+            self.gateway.record_usage(self.route, self.api, usage.prompt_tokens, usage.completion_tokens, status)
             return
         if not deltas:
-            self.manager.record_usage(self.route, self.api, 0, 0, status)
+            self.gateway.record_usage(self.route, self.api, 0, 0, status)
             return
         # The worker read the prompt and generated `deltas` tokens: billed with the prompt's count
         # (made before screening, or asked for now, off the request's own task).
         if self.size.prompt_tokens is not None:
-            self.manager.record_usage(self.route, self.api, self.size.prompt_tokens, deltas, status)
+            self.gateway.record_usage(self.route, self.api, self.size.prompt_tokens, deltas, status)
             return
+        self.gateway.spawn(self._count_then_record(deltas, status))
 
-        async def count_then_record() -> None:
-            self.manager.record_usage(self.route, self.api, await self.prompt_tokens(), deltas, status)
+    async def _count_then_record(self, deltas: int, status: str) -> None:
+        self.gateway.record_usage(self.route, self.api, await self.prompt_tokens(), deltas, status)
 
-        self.manager.spawn(count_then_record())
+
+@dataclass
+class Running:
+    """A started generation: the worker's events (`events`) read through the answer pipeline (`run`)."""
+
+    pipeline: answers.Answers
+    events: AsyncGenerator[GenerateEvent, None]
+    run: AsyncGenerator[answers.Event, None]
+
+    async def close(self, *, pipeline: bool = True) -> None:
+        """Stop reading (the worker stops generating) and close the content filter's streams."""
+        if pipeline:
+            await self.run.aclose()
+        await self.events.aclose()
+        if self.pipeline.flt is not None:
+            await self.pipeline.flt.close()
 
 
 @dataclass
 class Call:
     """One generating request: screening, the worker's stream through the answer pipeline,
-    metering, and disconnects; `respond` shapes it for chat or completions."""
+    metering, and disconnects. `respond` answers it whole (`answer`, through a builder of the
+    response shape) or streamed (`stream`, through a chunk writer)."""
 
     request: Request
-    manager: DeploymentManager
+    gateway: Gateway
     route: Route
     gen: GenerateBody
     api: str  # chat.completions | completions | responses (the metering label)
@@ -283,188 +299,129 @@ class Call:
     size: calls.PromptSize
     reads_calls: bool
     logprobs: bool
+    bill: Bill = field(init=False)
 
-    async def start(self, *, buffered: bool | None) -> tuple[answers.Answers, AsyncIterator[GenerateEvent]]:
+    def __post_init__(self) -> None:
+        self.bill = Bill(self.gateway, self.route, self.api, self.size)
+
+    async def start(self, *, buffered: bool | None) -> Running:
         # The content filter (P4): a prompt too long for the context, or a blocked one, raises here
         # and is never generated from.
         flt = await filtering.screen_prompt(self.request.app.state.services.safety, self.route, self.prompt_text,
                                             self.size)
         pipeline = answers.Answers(flt, self.gen.n, calls=self.reads_calls, logprobs=self.logprobs, buffered=buffered)
-        self.bill = Bill(self.manager, self.route, self.api, self.size)
-        return pipeline, calls.generate(self.manager, self.route, self.gen)
+        events = calls.generate(self.gateway, self.route, self.gen)
+        return Running(pipeline, events, pipeline.run(events))
 
     async def collect(self) -> tuple[list[ChoiceOut], StreamUsage, filtering.RequestFilter | None] | Response:
         """The whole answer (never streamed: always screened `buffered`), or a 499 when the client left."""
-        pipeline, events = await self.start(buffered=True)
-        out = [ChoiceOut() for _ in range(self.gen.n)]
-        usage: StreamUsage | None = None
-
-        async def run() -> None:
-            nonlocal usage
-            async for ev in pipeline.run(events):
-                if isinstance(ev, answers.Part):
-                    out[ev.index].take(ev.piece)
-                elif isinstance(ev, answers.Finished):
-                    out[ev.index].finish_reason = ev.reason
-                else:
-                    usage = ev
-
+        running = await self.start(buffered=True)
+        pipeline = running.pipeline
+        got = Collected([ChoiceOut() for _ in range(self.gen.n)])
         try:
-            await unless_gone(self.request, run())
+            await unless_gone(self.request, _gather(running.run, got))
         except ClientGone:
-            self.bill.cut(pipeline.deltas, usage, "cancelled")
+            self.bill.cut(pipeline.deltas, got.usage, "cancelled")
             return Response(status_code=CLIENT_CLOSED_REQUEST)
         except ModelportError as exc:
-            self.bill.cut(pipeline.deltas, usage, "error", exc)
+            self.bill.cut(pipeline.deltas, got.usage, "error", exc)
             raise
         finally:
-            await events.aclose()
-            if pipeline.flt is not None:
-                await pipeline.flt.close()
-        return out, await self.bill.final_usage(usage, pipeline.deltas), pipeline.flt
+            await running.close(pipeline=False)
+        return got.choices, await self.bill.final_usage(got.usage, pipeline.deltas), pipeline.flt
 
     async def respond(self, *, stream: bool, include_usage: bool) -> Response:
-        chat_api = self.api == "chat.completions"
-        rid = ("chatcmpl-" if chat_api else "cmpl-") + secrets.token_hex(12)
+        rid = ("chatcmpl-" if self.api == "chat.completions" else "cmpl-") + secrets.token_hex(12)
         created = int(time.time())
-        if not stream:
-            got = await self.collect()
-            if isinstance(got, Response):
-                return got
-            choices, usage, flt = got
-            out_choices = []
-            for i, c in enumerate(choices):
-                text = "".join(c.text)
-                if chat_api:
-                    message: dict[str, Any] = {"role": "assistant", "content": text if text or not c.calls else None}
-                    if c.calls:
-                        message["tool_calls"] = c.calls
-                    choice: dict[str, Any] = {
-                        "index": i, "message": message, "finish_reason": c.finish_reason,
-                        "logprobs": {"content": c.logprobs, "refusal": None} if self.logprobs else None}
-                else:
-                    choice = {"index": i, "text": text, "finish_reason": c.finish_reason,
-                              "logprobs": legacy_logprobs(c.logprobs, 0) if self.logprobs else None}
-                if flt is not None:
-                    choice["content_filter_results"] = flt.results(i)
-                out_choices.append(choice)
-            body: dict[str, Any] = {
-                "id": rid, "object": "chat.completion" if chat_api else "text_completion", "created": created,
-                "model": self.route.name, "choices": out_choices,
-                "usage": {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-                          "total_tokens": usage.prompt_tokens + usage.completion_tokens}}
-            if flt is not None:
-                body["prompt_filter_results"] = flt.prompt_filter_results()
-            # Committed before the answer leaves: an answer that was sent is billed (group commit).
-            filtered = any(c["finish_reason"] == "content_filter" for c in out_choices)
-            await self.bill.commit(usage.prompt_tokens, usage.completion_tokens, "filtered" if filtered else "success")
-            return Response(orjson.dumps(body), media_type="application/json")
-        return await self._stream(rid, created, include_usage)
+        if stream:
+            return await self.stream(rid, created, include_usage)
+        return await self.answer(rid, created)
 
-    async def _stream(self, rid: str, created: int, include_usage: bool) -> Response:
-        chat_api = self.api == "chat.completions"
-        route, n = self.route, self.gen.n
-        pipeline, events = await self.start(buffered=None)
-        bill = self.bill
-        flt = pipeline.flt
-        run = pipeline.run(events)
+    async def answer(self, rid: str, created: int) -> Response:
+        """The whole answer as one JSON object, billed before it leaves."""
+        got = await self.collect()
+        if isinstance(got, Response):
+            return got
+        choices, usage, flt = got
+        build = chat_completion if self.api == "chat.completions" else text_completion
+        body = build(rid, created, self.route.name, choices, usage, flt, logprobs=self.logprobs)
+        # Committed before the answer leaves: an answer that was sent is billed (group commit).
+        filtered = any(c.finish_reason == "content_filter" for c in choices)
+        await self.bill.commit(usage.prompt_tokens, usage.completion_tokens, "filtered" if filtered else "success")
+        return Response(orjson.dumps(body.wire()), media_type="application/json")
+
+    async def first_event(self, running: Running) -> answers.Event | Response | None:
+        """The pipeline's first event, read before the stream's status line (so that errors before
+        any output keep their HTTP status), or a 499 when the client left first."""
         try:
-            first = await unless_gone(self.request, anext(run, None))
+            return await unless_gone(self.request, anext(running.run, None))
         except ClientGone:
-            await run.aclose()
-            await events.aclose()
-            if flt is not None:
-                await flt.close()
-            self.bill.cut(pipeline.deltas, None, "cancelled")
+            await running.close()
+            self.bill.cut(running.pipeline.deltas, None, "cancelled")
             return Response(status_code=CLIENT_CLOSED_REQUEST)
         except BaseException as exc:
-            await events.aclose()
-            if flt is not None:
-                await flt.close()
-            self.bill.cut(pipeline.deltas, None, "error", exc)
+            await running.close(pipeline=False)
+            self.bill.cut(running.pipeline.deltas, None, "error", exc)
             raise
-        obj = "chat.completion.chunk" if chat_api else "text_completion"
-        offsets = [0] * n
 
-        def chunk(choices: list[dict], usage: dict | None = None, first_chunk: bool = False) -> bytes:
-            out: dict[str, Any] = {"id": rid, "object": obj, "created": created, "model": route.name,
-                                   "choices": choices}
-            if include_usage:
-                out["usage"] = usage
-            if first_chunk and flt is not None:
-                out["prompt_filter_results"] = flt.prompt_filter_results()
-            return _sse(out)
-
-        def piece_choice(index: int, piece: tools.Piece) -> dict:
-            if not chat_api:
-                assert isinstance(piece, tools.Content)
-                lps = legacy_logprobs(piece.logprobs or [], offsets[index]) if self.logprobs else None
-                offsets[index] += len(piece.text)
-                return {"index": index, "text": piece.text, "logprobs": lps, "finish_reason": None}
-            delta: dict[str, Any] = {}
-            lps = None
-            if isinstance(piece, tools.Content):
-                delta["content"] = piece.text
-                if self.logprobs:
-                    lps = {"content": piece.logprobs or [], "refusal": None}
-            elif isinstance(piece, tools.CallStart):
-                delta["tool_calls"] = [{"index": piece.index, "id": piece.id, "type": "function",
-                                        "function": {"name": piece.name, "arguments": ""}}]
-            else:
-                delta["tool_calls"] = [{"index": piece.index, "function": {"arguments": piece.text}}]
-            return {"index": index, "delta": delta, "logprobs": lps, "finish_reason": None}
-
-        def finish_choice(index: int, reason: str) -> dict:
-            c: dict[str, Any] = ({"index": index, "delta": {}, "logprobs": None, "finish_reason": reason} if chat_api
-                                 else {"index": index, "text": "", "logprobs": None, "finish_reason": reason})
-            if flt is not None:
-                c["content_filter_results"] = flt.results(index)
-            return c
-
-        async def stream() -> AsyncIterator[bytes]:
-            worker_usage: StreamUsage | None = None
-            filtered = False
-            try:
-                if chat_api:
-                    for i in range(n):
-                        yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                                      "finish_reason": None}], first_chunk=i == 0)
-                ev = first
-                while ev is not None:
-                    if isinstance(ev, answers.Part):
-                        yield chunk([piece_choice(ev.index, ev.piece)])
-                    elif isinstance(ev, answers.Finished):
-                        filtered = filtered or ev.reason == "content_filter"
-                        yield chunk([finish_choice(ev.index, ev.reason)])
-                    else:
-                        worker_usage = ev
-                    ev = await anext(run, None)
-                usage = await bill.final_usage(worker_usage, pipeline.deltas)
-                if include_usage:
-                    yield chunk([], {"prompt_tokens": usage.prompt_tokens,
-                                     "completion_tokens": usage.completion_tokens,
-                                     "total_tokens": usage.prompt_tokens + usage.completion_tokens})
-                # committed before the last byte: a stream whose [DONE] was sent is billed
-                await bill.commit(usage.prompt_tokens, usage.completion_tokens, "filtered" if filtered else "success")
-                yield b"data: [DONE]\n\n"
-            except ModelportError as exc:
-                bill.cut(pipeline.deltas, worker_usage, "error", exc)
-                yield _sse(orjson.loads(self.error_shape(exc).body))
-            finally:
-                await run.aclose()
-                await events.aclose()
-                if flt is not None:
-                    await flt.close()
-                # the client left mid-stream (nothing if billed above): its prompt and what was generated
-                bill.cut(pipeline.deltas, worker_usage, "cancelled")
-
+    async def stream(self, rid: str, created: int, include_usage: bool) -> Response:
+        """Server-sent chunks, started once the first event is there."""
+        running = await self.start(buffered=None)
+        first = await self.first_event(running)
+        if isinstance(first, Response):
+            return first
+        writer_class = ChatChunks if self.api == "chat.completions" else CompletionChunks
+        writer = writer_class(rid, created, self.route.name, running.pipeline.flt, include_usage=include_usage,
+                              logprobs=self.logprobs)
         # Closing, not Starlette's: a stream dropped while it waits to send (a client that stopped
         # reading, cut by the server's send timeout) must give its pool slot back at once.
-        return ClosingStreamingResponse(stream(), media_type="text/event-stream",
-                                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return ClosingStreamingResponse(self._sse(running, first, writer), media_type="text/event-stream",
+                                        headers=STREAM_HEADERS)
+
+    async def _sse(self, running: Running, first: answers.Event | None,
+                   writer: ChatChunks | CompletionChunks) -> AsyncIterator[bytes]:
+        pipeline = running.pipeline
+        worker_usage: StreamUsage | None = None
+        filtered = False
+        try:
+            for opening in writer.opening(self.gen.n):
+                yield opening
+            ev = first
+            while ev is not None:
+                if isinstance(ev, answers.Part):
+                    yield writer.piece(ev.index, ev.piece)
+                elif isinstance(ev, answers.Finished):
+                    filtered = filtered or ev.reason == "content_filter"
+                    yield writer.finish(ev.index, ev.reason)
+                else:
+                    worker_usage = ev
+                ev = await anext(running.run, None)
+            usage = await self.bill.final_usage(worker_usage, pipeline.deltas)
+            if writer.include_usage:
+                yield writer.usage(usage)
+            # committed before the last byte: a stream whose [DONE] was sent is billed
+            await self.bill.commit(usage.prompt_tokens, usage.completion_tokens, "filtered" if filtered else "success")
+            yield DONE
+        except ModelportError as exc:
+            self.bill.cut(pipeline.deltas, worker_usage, "error", exc)
+            yield sse(self.error_shape.body(exc))
+        finally:
+            await running.close()
+            # the client left mid-stream (nothing if billed above): its prompt and what was generated
+            self.bill.cut(pipeline.deltas, worker_usage, "cancelled")
 
 
-async def embeddings(manager: DeploymentManager, route: Route, body: dict, *, request: Request,
+async def _gather(run: AsyncIterator[answers.Event], into: Collected) -> None:
+    async for ev in run:
+        if isinstance(ev, answers.Part):
+            into.choices[ev.index].take(ev.piece)
+        elif isinstance(ev, answers.Finished):
+            into.choices[ev.index].finish_reason = ev.reason
+        else:
+            into.usage = ev
+
+
+async def embeddings(gateway: Gateway, route: Route, body: dict, *, request: Request,
                      extra_mode: str = "error", azure: bool = False) -> Response:
     req: EmbeddingRequest = parse(EmbeddingRequest, body, extra_mode, azure=azure)
     check_task(route, "embeddings")
@@ -473,18 +430,18 @@ async def embeddings(manager: DeploymentManager, route: Route, body: dict, *, re
         raise InvalidInput("input takes 1 to 2048 non-empty texts.", field="input")
     await admission.admit(request, route, estimate.prompt_tokens(texts))
     screened = await filtering.screen_inputs(request.app.state.services.safety, route, texts,
-                                             calls.PromptSize(manager, route, inputs=texts))
-    vectors, prompt_tokens = await calls.embed(manager, route, texts)
+                                             calls.PromptSize(gateway, route, inputs=texts))
+    vectors, prompt_tokens = await calls.embed(gateway, route, texts)
     if req.dimensions is not None and vectors and req.dimensions != len(vectors[0]):
-        manager.record_usage(route, "embeddings", prompt_tokens, 0, "error")
+        gateway.record_usage(route, "embeddings", prompt_tokens, 0, "error")
         raise InvalidInput(f"This model returns {len(vectors[0])} dimensions; omit 'dimensions' or set it to that.",
                            field="dimensions")
-    await manager.record_usage_durable(route, "embeddings", prompt_tokens, 0, "success")  # before the answer
-    out: dict[str, Any] = {
-        "object": "list", "model": route.name,
-        "data": [{"object": "embedding", "index": i, "embedding": calls.encode_embedding(v, req.encoding_format)}
-                 for i, v in enumerate(vectors)],
-        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}}
+    await gateway.record_usage_durable(route, "embeddings", prompt_tokens, 0, "success")  # before the answer
+    out = EmbeddingList(object="list", model=route.name,
+                        data=[Embedding(object="embedding", index=i,
+                                        embedding=calls.encode_embedding(v, req.encoding_format))
+                              for i, v in enumerate(vectors)],
+                        usage=EmbeddingUsage(prompt_tokens=prompt_tokens, total_tokens=prompt_tokens))
     if screened is not None:
-        out["prompt_filter_results"] = screened
-    return Response(orjson.dumps(out), media_type="application/json")
+        out.prompt_filter_results = screened
+    return Response(orjson.dumps(out.wire()), media_type="application/json")

@@ -349,7 +349,7 @@ class PoolManager:
     def _slot_free(self, pool: Pool) -> bool:
         return any(self.slots.used.get(r, 0) < self.slots.capacity.get(r, 0) for r in pool.regions)
 
-    def _step(self, pool: Pool, coro) -> asyncio.Task:  # type: ignore[no-untyped-def]
+    def _step(self, pool: Pool, coro) -> asyncio.Task:
         pool.resizing = True
 
         async def run() -> None:

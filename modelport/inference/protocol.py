@@ -1,7 +1,10 @@
-"""Request models of the inference APIs (OpenAI-compatible and Azure AI Model Inference).
+"""Wire models of the inference APIs (OpenAI-compatible and Azure AI Model Inference): the
+requests, then the answers.
 
-Fields follow the order of the official API references. Parameters the runtimes cannot honour
-are rejected with a 400 that names them, instead of being silently ignored.
+Request fields follow the order of the official API references. Parameters the runtimes cannot
+honour are rejected with a 400 that names them, instead of being silently ignored.
+
+Answers are `WireModel`s, fields in the order they are sent; `wire()` is the JSON object.
 """
 
 from __future__ import annotations
@@ -102,6 +105,11 @@ class _Sampling(BaseModel):
             raise ValueError("stop takes up to 4 non-empty sequences of at most 200 characters")
         return stops
 
+    @property
+    def stops(self) -> list[str]:
+        """`stop` as the list the validator made of it (empty without one)."""
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
 
 class ChatCompletionRequest(_Sampling):
     messages: list[Message] = Field(min_length=1, max_length=1000)
@@ -169,3 +177,270 @@ class ResponsesRequest(BaseModel):
     metadata: dict[str, str] | None = None
     user: str | None = Field(default=None, max_length=256)
     safety_identifier: str | None = Field(default=None, max_length=256)
+
+
+# -- Answers --------------------------------------------------------------------------------------
+
+
+class WireModel(BaseModel):
+    """An answer's shape. A field without a default is always sent (None as null); a field with a
+    default is sent only when it was set (an absent key, not a null): `wire()`."""
+
+    def wire(self) -> dict[str, Any]:
+        return self.model_dump(exclude_unset=True)
+
+
+class Usage(WireModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+    @classmethod
+    def of(cls, prompt_tokens: int, completion_tokens: int) -> Usage:
+        return cls(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                   total_tokens=prompt_tokens + completion_tokens)
+
+
+class ChatLogprobs(WireModel):
+    content: list[dict[str, Any]]  # per token: token, logprob, bytes, top_logprobs
+    refusal: str | None
+
+
+class CompletionLogprobs(WireModel):
+    """The legacy completions API's logprobs: one entry per token in each list."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float | None]]
+    text_offset: list[int]
+
+    @classmethod
+    def of(cls, tokens: list[dict[str, Any]], offset: int) -> CompletionLogprobs:
+        """From the per-token objects; `offset`: where the first token starts in the choice's text."""
+        offsets = []
+        for t in tokens:
+            offsets.append(offset)
+            offset += len(t["token"])
+        return cls(tokens=[t["token"] for t in tokens], token_logprobs=[t["logprob"] for t in tokens],
+                   top_logprobs=[{a["token"]: a["logprob"] for a in t["top_logprobs"]} for t in tokens],
+                   text_offset=offsets)
+
+
+class FunctionCallOut(WireModel):
+    name: str
+    arguments: str
+
+
+class ToolCallOut(WireModel):
+    id: str
+    type: Literal["function"]
+    function: FunctionCallOut
+
+
+class AssistantMessage(WireModel):
+    role: Literal["assistant"]
+    content: str | None
+    tool_calls: list[ToolCallOut] | None = None
+
+
+class ChatChoice(WireModel):
+    index: int
+    message: AssistantMessage
+    finish_reason: str | None
+    logprobs: ChatLogprobs | None
+    content_filter_results: dict[str, Any] | None = None
+
+
+class ChatCompletion(WireModel):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    prompt_filter_results: list[dict[str, Any]] | None = None
+
+
+class CompletionChoice(WireModel):
+    index: int
+    text: str
+    finish_reason: str | None
+    logprobs: CompletionLogprobs | None
+    content_filter_results: dict[str, Any] | None = None
+
+
+class TextCompletion(WireModel):
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+    prompt_filter_results: list[dict[str, Any]] | None = None
+
+
+class FunctionDelta(WireModel):
+    name: str | None = None  # on a call's first delta
+    arguments: str
+
+
+class ToolCallDelta(WireModel):
+    index: int
+    id: str | None = None  # on a call's first delta, with its type
+    type: Literal["function"] | None = None
+    function: FunctionDelta
+
+
+class ChatDelta(WireModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
+
+
+class ChatChunkChoice(WireModel):
+    index: int
+    delta: ChatDelta
+    logprobs: ChatLogprobs | None
+    finish_reason: str | None
+    content_filter_results: dict[str, Any] | None = None
+
+
+class ChatCompletionChunk(WireModel):
+    id: str
+    object: Literal["chat.completion.chunk"]
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None  # with stream_options.include_usage: null until the last chunk
+    prompt_filter_results: list[dict[str, Any]] | None = None  # the first chunk's, with a content filter
+
+
+class CompletionChunkChoice(WireModel):
+    index: int
+    text: str
+    logprobs: CompletionLogprobs | None
+    finish_reason: str | None
+    content_filter_results: dict[str, Any] | None = None
+
+
+class CompletionChunk(WireModel):
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[CompletionChunkChoice]
+    usage: Usage | None = None
+    prompt_filter_results: list[dict[str, Any]] | None = None
+
+
+class Embedding(WireModel):
+    object: Literal["embedding"]
+    index: int
+    embedding: list[float] | str  # floats, or base64 of little-endian float32
+
+
+class EmbeddingUsage(WireModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(WireModel):
+    object: Literal["list"]
+    model: str
+    data: list[Embedding]
+    usage: EmbeddingUsage
+    prompt_filter_results: list[dict[str, Any]] | None = None
+
+
+class ModelCard(WireModel):
+    """One deployment in `GET /v1/models` (`id` is the deployment's name)."""
+
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+    task: str
+    state: str
+
+
+class ModelList(WireModel):
+    object: Literal["list"]
+    data: list[ModelCard]
+
+
+class ModelInfo(WireModel):
+    """Azure's `GET /deployments/{name}/info`."""
+
+    model_config = ConfigDict(protected_namespaces=())
+    model_name: str
+    model_type: str
+    model_provider_name: str
+
+
+# -- Answers of the Responses API -------------------------------------------------------------------
+
+
+class ResponseUsage(WireModel):
+    input_tokens: int
+    input_tokens_details: dict[str, int]
+    output_tokens: int
+    output_tokens_details: dict[str, int]
+    total_tokens: int
+
+    @classmethod
+    def of(cls, input_tokens: int, output_tokens: int) -> ResponseUsage:
+        return cls(input_tokens=input_tokens, input_tokens_details={"cached_tokens": 0}, output_tokens=output_tokens,
+                   output_tokens_details={"reasoning_tokens": 0}, total_tokens=input_tokens + output_tokens)
+
+
+class OutputText(WireModel):
+    type: Literal["output_text"]
+    text: str
+    annotations: list[Any]
+    logprobs: list[Any]
+
+
+class OutputMessage(WireModel):
+    type: Literal["message"]
+    id: str
+    status: str  # in_progress | completed | incomplete
+    role: Literal["assistant"]
+    content: list[OutputText]
+
+
+class FunctionCallItem(WireModel):
+    type: Literal["function_call"]
+    id: str
+    call_id: str
+    name: str
+    arguments: str
+    status: str
+
+
+class ResponseObject(WireModel):
+    """`POST /v1/responses`'s answer (and the `response` of its stream's events); never stored."""
+
+    id: str
+    object: Literal["response"]
+    created_at: int
+    status: str  # in_progress | completed | incomplete
+    error: dict[str, Any] | None
+    incomplete_details: dict[str, str] | None
+    instructions: str | None
+    max_output_tokens: int | None
+    model: str
+    output: list[OutputMessage | FunctionCallItem]
+    parallel_tool_calls: bool
+    previous_response_id: str | None
+    store: bool
+    temperature: float | None
+    top_p: float | None
+    text: dict[str, Any]
+    tool_choice: str | dict[str, Any]
+    tools: list[dict[str, Any]]
+    truncation: str
+    metadata: dict[str, str]
+    usage: ResponseUsage | None
+    completed_at: int | None = None  # once completed
+    prompt_filter_results: list[dict[str, Any]] | None = None
+    content_filter_results: dict[str, Any] | None = None

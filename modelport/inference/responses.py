@@ -21,25 +21,30 @@ from fastapi.responses import Response
 
 from modelport.api.responses import ClosingStreamingResponse
 from modelport.errors import InvalidInput, ModelportError, NotFound
-from modelport.inference import admission, answers, calls, filtering, tools
+from modelport.inference import answers, tools
+from modelport.inference.builders import STREAM_HEADERS, ChoiceOut
+from modelport.inference.gateway import Gateway
 from modelport.inference.handlers import (
-    CLIENT_CLOSED_REQUEST,
     Call,
-    ChoiceOut,
-    ClientGone,
-    ErrorShape,
-    chat_plan,
+    Running,
+    chat_call,
     check_task,
     parse,
-    unless_gone,
-    worker_messages,
 )
-from modelport.inference.manager import DeploymentManager, Route
-from modelport.inference.protocol import ChatCompletionRequest, ResponsesRequest
-from modelport.offload import run_blocking
-from modelport.quotas import estimate
+from modelport.inference.protocol import (
+    ChatCompletionRequest,
+    FunctionCallItem,
+    OutputMessage,
+    OutputText,
+    ResponseObject,
+    ResponsesRequest,
+    ResponseUsage,
+    ToolCallOut,
+    WireModel,
+)
+from modelport.inference.routing import Route
+from modelport.inference.wire_errors import ErrorShape
 from modelport.workers.client import StreamUsage
-from modelport.workers.protocol import GenerateBody
 
 NOT_STORED = ("modelport never stores responses (prompts and outputs stay in memory only), so there is no "
               "response to {what}. Send the whole conversation in 'input' instead.")
@@ -140,81 +145,76 @@ def chat_request(req: ResponsesRequest) -> ChatCompletionRequest:
     return chat
 
 
-def _usage(u: StreamUsage) -> dict[str, Any]:
-    return {"input_tokens": u.prompt_tokens, "input_tokens_details": {"cached_tokens": 0},
-            "output_tokens": u.completion_tokens, "output_tokens_details": {"reasoning_tokens": 0},
-            "total_tokens": u.prompt_tokens + u.completion_tokens}
-
-
 INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
 
 
-async def create(request: Request, manager: DeploymentManager, route: Route, body: dict, *,
+async def create(request: Request, gateway: Gateway, route: Route, body: dict, *,
                  error_shape: ErrorShape) -> Response:
     req: ResponsesRequest = parse(ResponsesRequest, body)
     check_task(route, "chat-completion")
-    chat = chat_request(req)
-    found = await run_blocking(chat_plan, chat)  # a schema's grammar is built off the event loop
-    messages = worker_messages(chat.messages)
-    gen = GenerateBody(messages=messages, max_tokens=chat.max_tokens,
-                       temperature=1.0 if chat.temperature is None else chat.temperature,
-                       top_p=1.0 if chat.top_p is None else chat.top_p,
-                       response_format=found.response_format,  # type: ignore[arg-type]
-                       grammar=found.grammar, tools=found.tools)
-    await admission.admit(request, route, estimate.prompt_tokens([filtering.prompt_text(messages, found.tools)],
-                                                                 len(messages))
-                          + estimate.completion_tokens(gen.max_tokens, gen.n))
-    call = Call(request, manager, route, gen, "responses", error_shape,
-                filtering.prompt_text(messages, found.tools),
-                calls.PromptSize(manager, route, messages=messages, tools=found.tools),
-                reads_calls=found.calls, logprobs=False)
-    shell = {
-        "id": "resp_" + secrets.token_hex(16), "object": "response", "created_at": int(time.time()),
-        "status": "in_progress", "error": None, "incomplete_details": None, "instructions": req.instructions,
-        "max_output_tokens": req.max_output_tokens, "model": route.name, "output": [],
-        "parallel_tool_calls": req.parallel_tool_calls, "previous_response_id": None, "store": False,
-        "temperature": req.temperature, "top_p": req.top_p,
-        "text": req.text or {"format": {"type": "text"}},
-        "tool_choice": req.tool_choice if req.tool_choice is not None else ("auto" if req.tools else "none"),
-        "tools": [{**t, "strict": t.get("strict", True) is not False} for t in req.tools or []],
-        "truncation": "disabled", "metadata": req.metadata or {}, "usage": None,
-    }
-    if not req.stream:
-        got = await call.collect()
-        if isinstance(got, Response):
-            return got
-        (choice,), usage, flt = got
-        out = {**shell, "output": _items(choice), "usage": _usage(usage), **_status(choice.finish_reason)}
-        if flt is not None:
-            out["prompt_filter_results"] = flt.prompt_filter_results()
-            out["content_filter_results"] = flt.results(0)
-        # committed before the answer leaves (group commit): an answer that was sent is billed
-        await call.bill.commit(usage.prompt_tokens, usage.completion_tokens,
-                               "filtered" if choice.finish_reason == "content_filter" else "success")
-        return Response(orjson.dumps(out), media_type="application/json")
-    return await _stream(call, shell)
+    call = await chat_call(request, gateway, route, chat_request(req), "responses", error_shape)
+    shell = in_progress(req, route.name)
+    if req.stream:
+        return await _stream(call, shell)
+    return await _answer(call, shell)
 
 
-def _status(finish: str | None) -> dict[str, Any]:
+def in_progress(req: ResponsesRequest, model: str) -> ResponseObject:
+    """The response as it stands before any output (the stream's first events carry it)."""
+    return ResponseObject(
+        id="resp_" + secrets.token_hex(16), object="response", created_at=int(time.time()), status="in_progress",
+        error=None, incomplete_details=None, instructions=req.instructions, max_output_tokens=req.max_output_tokens,
+        model=model, output=[], parallel_tool_calls=req.parallel_tool_calls, previous_response_id=None, store=False,
+        temperature=req.temperature, top_p=req.top_p, text=req.text or {"format": {"type": "text"}},
+        tool_choice=req.tool_choice if req.tool_choice is not None else ("auto" if req.tools else "none"),
+        tools=[{**t, "strict": t.get("strict", True) is not False} for t in req.tools or []],
+        truncation="disabled", metadata=req.metadata or {}, usage=None)
+
+
+def finished(shell: ResponseObject, output: list[OutputMessage | FunctionCallItem], usage: StreamUsage,
+             finish: str | None) -> ResponseObject:
+    """The response once its output is complete: `finish` is the choice's finish reason."""
+    done = shell.model_copy()
+    done.output = output
+    done.usage = ResponseUsage.of(usage.prompt_tokens, usage.completion_tokens)
     reason = INCOMPLETE.get(finish or "")
     if reason is None:
-        return {"status": "completed", "completed_at": int(time.time())}
-    return {"status": "incomplete", "incomplete_details": {"reason": reason}}
+        done.status = "completed"
+        done.completed_at = int(time.time())
+    else:
+        done.status = "incomplete"
+        done.incomplete_details = {"reason": reason}
+    return done
 
 
-def _message(item_id: str, text: str, status: str) -> dict[str, Any]:
-    return {"type": "message", "id": item_id, "status": status, "role": "assistant",
-            "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}] if text or
-            status == "completed" else []}
+async def _answer(call: Call, shell: ResponseObject) -> Response:
+    got = await call.collect()
+    if isinstance(got, Response):
+        return got
+    (choice,), usage, flt = got
+    out = finished(shell, _items(choice), usage, choice.finish_reason)
+    if flt is not None:
+        out.prompt_filter_results = flt.prompt_filter_results()
+        out.content_filter_results = flt.results(0)
+    # committed before the answer leaves (group commit): an answer that was sent is billed
+    await call.bill.commit(usage.prompt_tokens, usage.completion_tokens,
+                           "filtered" if choice.finish_reason == "content_filter" else "success")
+    return Response(orjson.dumps(out.wire()), media_type="application/json")
 
 
-def _function_call(item_id: str, call: dict[str, Any], status: str) -> dict[str, Any]:
-    return {"type": "function_call", "id": item_id, "call_id": call["id"], "name": call["function"]["name"],
-            "arguments": call["function"]["arguments"], "status": status}
+def _message(item_id: str, text: str, status: str) -> OutputMessage:
+    content = [OutputText(type="output_text", text=text, annotations=[], logprobs=[])] if text or \
+        status == "completed" else []
+    return OutputMessage(type="message", id=item_id, status=status, role="assistant", content=content)
 
 
-def _items(choice: ChoiceOut) -> list[dict[str, Any]]:
-    items = []
+def _function_call(item_id: str, call: ToolCallOut, status: str) -> FunctionCallItem:
+    return FunctionCallItem(type="function_call", id=item_id, call_id=call.id, name=call.function.name,
+                            arguments=call.function.arguments, status=status)
+
+
+def _items(choice: ChoiceOut) -> list[OutputMessage | FunctionCallItem]:
+    items: list[OutputMessage | FunctionCallItem] = []
     text = "".join(choice.text)
     status = "completed" if choice.finish_reason in ("stop", "tool_calls") else "incomplete"
     if text or not choice.calls:
@@ -223,119 +223,117 @@ def _items(choice: ChoiceOut) -> list[dict[str, Any]]:
     return items
 
 
-async def _stream(call: Call, shell: dict[str, Any]) -> Response:
-    pipeline, events = await call.start(buffered=None)
-    flt = pipeline.flt
-    run = pipeline.run(events)
+async def _stream(call: Call, shell: ResponseObject) -> Response:
+    running = await call.start(buffered=None)
+    first = await call.first_event(running)
+    if isinstance(first, Response):
+        return first
+    return ClosingStreamingResponse(ResponseEvents(call, shell).stream(running, first),
+                                    media_type="text/event-stream", headers=STREAM_HEADERS)
 
-    async def close() -> None:
-        await run.aclose()
-        await events.aclose()
-        if flt is not None:
-            await flt.close()
 
-    try:
-        first = await unless_gone(call.request, anext(run, None))
-    except ClientGone:
-        await close()
-        call.bill.cut(pipeline.deltas, None, "cancelled")
-        return Response(status_code=CLIENT_CLOSED_REQUEST)
-    except BaseException as exc:
-        await close()
-        call.bill.cut(pipeline.deltas, None, "error", exc)
-        raise
-    seq = 0
+class ResponseEvents:
+    """The server-sent events of one streamed response: created and in-progress, then per output
+    item (a message, or a function call) added, its deltas, done; then completed or incomplete."""
 
-    def event(kind: str, **fields: Any) -> bytes:
-        nonlocal seq
-        seq += 1
-        return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps({"type": kind, "sequence_number": seq - 1,
-                                                                          **fields}) + b"\n\n"
+    def __init__(self, call: Call, shell: ResponseObject) -> None:
+        self.call, self.shell = call, shell
+        self.seq = 0
+        self.output: list[OutputMessage | FunctionCallItem] = []
+        self.current: OutputMessage | FunctionCallItem | None = None  # the open item
 
-    async def stream() -> AsyncIterator[bytes]:
+    def event(self, kind: str, **fields: Any) -> bytes:
+        data = {"type": kind, "sequence_number": self.seq,
+                **{k: v.wire() if isinstance(v, WireModel) else v for k, v in fields.items()}}
+        self.seq += 1
+        return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+    @property
+    def index(self) -> int:
+        return len(self.output) - 1
+
+    def open(self, item: OutputMessage | FunctionCallItem) -> list[bytes]:
+        out = self.close_item()
+        self.current = item
+        self.output.append(item)
+        out.append(self.event("response.output_item.added", output_index=self.index, item=item))
+        if isinstance(item, OutputMessage):
+            part = OutputText(type="output_text", text="", annotations=[], logprobs=[])
+            item.content.append(part)
+            out.append(self.event("response.content_part.added", item_id=item.id, output_index=self.index,
+                                  content_index=0, part=part))
+        return out
+
+    def close_item(self) -> list[bytes]:
+        item = self.current
+        if item is None:
+            return []
+        done = []
+        if isinstance(item, OutputMessage):
+            part = item.content[0]
+            done += [self.event("response.output_text.done", item_id=item.id, output_index=self.index,
+                                content_index=0, text=part.text, logprobs=[]),
+                     self.event("response.content_part.done", item_id=item.id, output_index=self.index,
+                                content_index=0, part=part)]
+        else:
+            done.append(self.event("response.function_call_arguments.done", item_id=item.id,
+                                   output_index=self.index, arguments=item.arguments))
+        item.status = "completed"
+        done.append(self.event("response.output_item.done", output_index=self.index, item=item))
+        self.current = None
+        return done
+
+    def piece(self, piece: tools.Piece) -> list[bytes]:
+        out: list[bytes] = []
+        if isinstance(piece, tools.Content):
+            if not isinstance(self.current, OutputMessage):
+                out += self.open(_message("msg_" + secrets.token_hex(16), "", "in_progress"))
+            assert isinstance(self.current, OutputMessage)
+            self.current.content[0].text += piece.text
+            out.append(self.event("response.output_text.delta", item_id=self.current.id, output_index=self.index,
+                                  content_index=0, delta=piece.text, logprobs=[]))
+        elif isinstance(piece, tools.CallStart):
+            out += self.open(FunctionCallItem(type="function_call", id="fc_" + secrets.token_hex(16),
+                                              call_id=piece.id, name=piece.name, arguments="", status="in_progress"))
+        else:
+            assert isinstance(self.current, FunctionCallItem)
+            self.current.arguments += piece.text
+            out.append(self.event("response.function_call_arguments.delta", item_id=self.current.id,
+                                  output_index=self.index, delta=piece.text))
+        return out
+
+    async def stream(self, running: Running, first: answers.Event | None) -> AsyncIterator[bytes]:
+        call, pipeline, flt = self.call, running.pipeline, running.pipeline.flt
         usage: StreamUsage | None = None
-        output: list[dict[str, Any]] = []
-        current: dict[str, Any] | None = None  # the open item: a message or a function call
-
-        def close_item() -> list[bytes]:
-            nonlocal current
-            if current is None:
-                return []
-            index = len(output) - 1
-            done = []
-            if current["type"] == "message":
-                part = current["content"][0]
-                done += [event("response.output_text.done", item_id=current["id"], output_index=index,
-                               content_index=0, text=part["text"], logprobs=[]),
-                         event("response.content_part.done", item_id=current["id"], output_index=index,
-                               content_index=0, part=part)]
-            else:
-                done.append(event("response.function_call_arguments.done", item_id=current["id"],
-                                  output_index=index, arguments=current["arguments"]))
-            current["status"] = "completed"
-            done.append(event("response.output_item.done", output_index=index, item=current))
-            current = None
-            return done
-
         try:
-            yield event("response.created", response=shell)
-            yield event("response.in_progress", response=shell)
+            yield self.event("response.created", response=self.shell)
+            yield self.event("response.in_progress", response=self.shell)
             ev = first
             finish = "stop"
             while ev is not None:
                 if isinstance(ev, answers.Part):
-                    piece = ev.piece
-                    if isinstance(piece, tools.Content):
-                        if current is None or current["type"] != "message":
-                            for b in close_item():
-                                yield b
-                            current = _message("msg_" + secrets.token_hex(16), "", "in_progress")
-                            current["content"] = []
-                            output.append(current)
-                            yield event("response.output_item.added", output_index=len(output) - 1, item=current)
-                            part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
-                            current["content"].append(part)
-                            yield event("response.content_part.added", item_id=current["id"],
-                                        output_index=len(output) - 1, content_index=0, part=part)
-                        current["content"][0]["text"] += piece.text
-                        yield event("response.output_text.delta", item_id=current["id"], output_index=len(output) - 1,
-                                    content_index=0, delta=piece.text, logprobs=[])
-                    elif isinstance(piece, tools.CallStart):
-                        for b in close_item():
-                            yield b
-                        current = _function_call("fc_" + secrets.token_hex(16), {
-                            "id": piece.id, "function": {"name": piece.name, "arguments": ""}}, "in_progress")
-                        output.append(current)
-                        yield event("response.output_item.added", output_index=len(output) - 1, item=current)
-                    else:
-                        assert current is not None
-                        current["arguments"] += piece.text
-                        yield event("response.function_call_arguments.delta", item_id=current["id"],
-                                    output_index=len(output) - 1, delta=piece.text)
+                    for b in self.piece(ev.piece):
+                        yield b
                 elif isinstance(ev, answers.Finished):
                     finish = ev.reason
                 else:
                     usage = ev
-                ev = await anext(run, None)
-            for b in close_item():
+                ev = await anext(running.run, None)
+            for b in self.close_item():
                 yield b
-            status = _status(finish)
             usage = await call.bill.final_usage(usage, pipeline.deltas)
-            final = {**shell, "output": output, "usage": _usage(usage), **status}
+            final = finished(self.shell, self.output, usage, finish)
             if flt is not None:
-                final["content_filter_results"] = flt.results(0)
-            kind = "response.completed" if status["status"] == "completed" else "response.incomplete"
+                final.content_filter_results = flt.results(0)
+            kind = "response.completed" if final.status == "completed" else "response.incomplete"
             # committed before the last event leaves: a stream whose end was sent is billed
             await call.bill.commit(usage.prompt_tokens, usage.completion_tokens,
                                    "filtered" if finish == "content_filter" else "success")
-            yield event(kind, response=final)
+            yield self.event(kind, response=final)
         except ModelportError as exc:
             call.bill.cut(pipeline.deltas, usage, "error", exc)
-            err = orjson.loads(call.error_shape(exc).body)["error"]
-            yield event("error", code=err.get("code"), message=err.get("message"), param=err.get("param"))
+            err = call.error_shape.body(exc)["error"]
+            yield self.event("error", code=err.get("code"), message=err.get("message"), param=err.get("param"))
         finally:
-            await close()
+            await running.close()
             call.bill.cut(pipeline.deltas, usage, "cancelled")  # nothing if billed above
-
-    return ClosingStreamingResponse(stream(), media_type="text/event-stream",
-                                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -15,8 +15,9 @@ from fastapi.responses import JSONResponse, Response
 from modelport.errors import InvalidInput, ModelportError
 from modelport.inference import admission, calls, handlers, responses
 from modelport.inference.gateway import Gateway
+from modelport.inference.protocol import ModelCard, ModelInfo, ModelList
 from modelport.inference.routing import Route
-from modelport.inference.wire_errors import azure_error, openai_error
+from modelport.inference.wire_errors import AZURE, OPENAI
 from modelport.offload import run_blocking
 
 if TYPE_CHECKING:
@@ -30,8 +31,8 @@ EXTRA_MODES = ("error", "drop", "pass-through")
 DEPLOYMENT = "modelport.deployment"
 
 
-def _ctx(request: Request):  # type: ignore[no-untyped-def]
-    svc = request.app.state.services
+def _ctx(request: Request) -> tuple[Services, Gateway]:
+    svc: Services = request.app.state.services
     return svc, svc.gateway
 
 
@@ -64,15 +65,15 @@ async def _openai_call(request: Request, kind: str) -> Response:
         # next: requests and tokens per minute (429), once the body gives the estimate (admission.py)
         calls.check_ready(route)
         if kind == "chat":
-            response = await handlers.chat(request, gateway, route, body, error_shape=openai_error)
+            response = await handlers.chat(request, gateway, route, body, error_shape=OPENAI)
         elif kind == "completions":
-            response = await handlers.completions(request, gateway, route, body, error_shape=openai_error)
+            response = await handlers.completions(request, gateway, route, body, error_shape=OPENAI)
         elif kind == "responses":
-            response = await responses.create(request, gateway, route, body, error_shape=openai_error)
+            response = await responses.create(request, gateway, route, body, error_shape=OPENAI)
         else:
             response = await handlers.embeddings(gateway, route, body, request=request)
     except ModelportError as exc:
-        response = openai_error(exc)
+        response = OPENAI.response(exc)
     return await admission.answer(request, response)
 
 
@@ -116,7 +117,7 @@ async def _never_stored(request: Request, response_id: str) -> Response:
         await _authenticate(svc, gateway, calls.key_from(request))
         raise responses.not_found(response_id)
     except ModelportError as exc:
-        return openai_error(exc)
+        return OPENAI.response(exc)
 
 
 @router.get("/v1/models", name="inference.openai.models", tags=["inference"])
@@ -126,11 +127,11 @@ async def openai_models(request: Request) -> Response:
     try:
         caller = await _authenticate(svc, gateway, calls.key_from(request))
         routes = [caller.deployment] if caller.deployment else gateway.routes_of(caller.workspace_id)
-        return JSONResponse({"object": "list", "data": [
-            {"id": r.name, "object": "model", "created": r.created_at, "owned_by": "modelport",
-             "task": r.task, "state": r.state} for r in routes if r is not None]})
+        return JSONResponse(ModelList(object="list", data=[
+            ModelCard(id=r.name, object="model", created=r.created_at, owned_by="modelport", task=r.task,
+                      state=r.state) for r in routes if r is not None]).wire())
     except ModelportError as exc:
-        return openai_error(exc)
+        return OPENAI.response(exc)
 
 
 async def _azure_call(request: Request, name: str, kind: str) -> Response:
@@ -145,9 +146,10 @@ async def _azure_call(request: Request, name: str, kind: str) -> Response:
             raise InvalidInput("extra-parameters must be error, drop or pass-through.", field="extra-parameters")
         if kind == "info":
             calls.check_ready(route)
-            return JSONResponse({"model_name": route.model_name,
-                                 "model_type": "chat-completion" if route.task == "chat-completion" else "embeddings",
-                                 "model_provider_name": "modelport"})
+            return JSONResponse(ModelInfo(
+                model_name=route.model_name,
+                model_type="chat-completion" if route.task == "chat-completion" else "embeddings",
+                model_provider_name="modelport").wire())
         calls.admit_budget(svc.budgets, route)
         # next: requests and tokens per minute (429), once the body gives the estimate (admission.py)
         body = await calls.read_json(request, svc.settings.max_request_bytes)
@@ -157,12 +159,12 @@ async def _azure_call(request: Request, name: str, kind: str) -> Response:
         extra_mode = "error" if mode == "error" else "drop"
         if kind == "chat":
             response = await handlers.chat(request, gateway, route, body, extra_mode=extra_mode,
-                                           error_shape=azure_error, azure=True)
+                                           error_shape=AZURE, azure=True)
         else:
             response = await handlers.embeddings(gateway, route, body, extra_mode=extra_mode, request=request,
                                                  azure=True)
     except ModelportError as exc:
-        response = azure_error(exc)
+        response = AZURE.response(exc)
     return await admission.answer(request, response)
 
 

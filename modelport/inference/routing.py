@@ -9,9 +9,10 @@ refreshed after every change the control plane makes; the query runs on a worker
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -192,8 +193,9 @@ class RoutingTable:
         """Drop every route of a workspace (its deployment keys get 401 from here)."""
         self._drop(lambda r: r.workspace_id == workspace_id)
 
-    def _drop(self, which) -> None:  # type: ignore[no-untyped-def]
-        for table in (self.by_name, self.by_key):
+    def _drop(self, which: Callable[[Route], bool]) -> None:
+        tables: tuple[dict[Any, Route], ...] = (self.by_name, self.by_key)
+        for table in tables:
             for k in [k for k, r in table.items() if which(r)]:
                 del table[k]
 

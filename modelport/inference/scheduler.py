@@ -79,7 +79,7 @@ class _WorkspaceQueue:
         self.count -= 1
         return True
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self):
         for queue in self.by_deployment.values():
             yield from queue
 

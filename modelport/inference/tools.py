@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from modelport.errors import InternalError, InvalidInput
 from modelport.inference.grammar import Grammar, check_size, compact, json_schema_gbnf, literal
@@ -51,22 +51,22 @@ class Plan:
     grammar: str | None
     tools: list[dict[str, Any]] | None  # shown to the model
     calls: bool  # the answer may be a tool call
-    response_format: str  # what the worker's own `response_format` says: text | json_object
+    response_format: Literal["text", "json_object"]  # what the worker's own `response_format` says
 
 
 def plan(tools: list[Tool], choice: str | None, *, parallel: bool, response_format: Any) -> Plan:
     """`response_format` is the request's (None, or one with `type` and `json_schema`)."""
     kind = response_format.type if response_format is not None else "text"
-    text_schema = None
+    text_schema: tuple[Any, bool] | None = None
     if kind == "json_schema":
         spec = response_format.json_schema
         text_schema = (spec.schema_, bool(spec.strict))
     elif kind == "json_object" and choice is not None:
         text_schema = ({"type": "object"}, False)
     if choice is None:
-        grammar = json_schema_gbnf(text_schema[0], strict=text_schema[1],
-                                   field_name="response_format.json_schema.schema") if kind == "json_schema" else None
-        worker_format = "json_object" if kind == "json_object" else "text"
+        grammar = json_schema_gbnf(text_schema[0], strict=text_schema[1], field_name="response_format.json_schema"
+                                   ".schema") if text_schema is not None and kind == "json_schema" else None
+        worker_format: Literal["text", "json_object"] = "json_object" if kind == "json_object" else "text"
         return Plan(grammar=grammar, tools=None, calls=False, response_format=worker_format)
     grammar = grammar_for(tools, choice, parallel=parallel, text_schema=text_schema)
     return Plan(grammar=grammar, tools=[t.wire() for t in tools], calls=True, response_format="text")

@@ -19,6 +19,7 @@ The services change rows; the routes hand the returned deployment ids to the dat
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -77,6 +78,7 @@ def offer_id_of(s: Session, model_id: str) -> str:
 
 def current_terms(s: Session, offer_id: str) -> OfferTerms:
     return s.scalars(select(OfferTerms).where(OfferTerms.offer_id == offer_id, OfferTerms.retired_at.is_(None))
+                     # mypy is told to ignore the next line: an offer always has current terms
                      .order_by(OfferTerms.created_at.desc(), OfferTerms.id.desc())).first()  # type: ignore[return-value]
 
 
@@ -319,7 +321,7 @@ class OfferService:
             return self._view(s, offer)
 
     def retire_terms(self, actor: Principal | PublisherPrincipal, ref: str,
-                     version: str) -> tuple[OfferView, list[str]]:
+                     version: str) -> tuple[OfferView, builtins.list[str]]:
         """Retire an old terms version. Returns the deployments whose subscriptions accepted it:
         they stop serving until their workspace accepts the current terms."""
         self._check_role(actor)
@@ -343,7 +345,7 @@ class OfferService:
 
     # -- subscriptions (workspaces) ---------------------------------------------------------
 
-    def subscribe(self, actor: Principal, req: SubscriptionCreate) -> tuple[SubscriptionView, list[str]]:
+    def subscribe(self, actor: Principal, req: SubscriptionCreate) -> tuple[SubscriptionView, builtins.list[str]]:
         """Subscribe (or subscribe again). Returns the workspace's deployments of the offer, which
         resume if they were suspended for their subscription."""
         actor.require("marketplace.subscribe")
@@ -390,7 +392,7 @@ class OfferService:
                          detail={"offer": offer.id, "at": now.isoformat()})
             return self._sub_view(s, sub), _deployments_of(s, actor.workspace_id, offer)
 
-    def unsubscribe(self, actor: Principal, ref: str) -> tuple[SubscriptionView, list[str]]:
+    def unsubscribe(self, actor: Principal, ref: str) -> tuple[SubscriptionView, builtins.list[str]]:
         """Cancel; returns the workspace's deployments of the offer, which are suspended."""
         actor.require("marketplace.subscribe")
         with self.db.session() as s:
@@ -409,7 +411,7 @@ class OfferService:
             raise NotFound("This workspace has no subscription of that id or to that offer.")
         return sub
 
-    def subscriptions(self, actor: Principal) -> list[SubscriptionView]:
+    def subscriptions(self, actor: Principal) -> builtins.list[SubscriptionView]:
         actor.require("marketplace.read")
         with self.db.session() as s:
             subs = s.scalars(select(Subscription).where(Subscription.workspace_id == actor.workspace_id)

@@ -8,6 +8,7 @@ workspace or to a publisher, never both).
 
 from __future__ import annotations
 
+import builtins
 import re
 import threading
 import time
@@ -117,7 +118,7 @@ class PublisherService:
         with self.db.session() as s:
             return s.scalars(select(Publisher).order_by(Publisher.name)).all()
 
-    def get(self, actor: Principal | PublisherPrincipal, ref: str) -> tuple[Publisher, list[str]]:
+    def get(self, actor: Principal | PublisherPrincipal, ref: str) -> tuple[Publisher, builtins.list[str]]:
         """A publisher and its users' names: platform admins any, a publisher key only its own."""
         with self.db.session() as s:
             row = publisher_by_ref(s, ref)

@@ -78,7 +78,7 @@ class PublisherReports:
                          currency=currency, requests=v["requests"], input_tokens=v["input_tokens"],
                          output_tokens=v["output_tokens"], charges=v["charges"])
                for (day, sub_id, offer_id, currency), v in sorted(rows.items())]
-        return ReportOut(publisher=actor.publisher_name, start=start, end=end, rows=out)
+        return ReportOut.model_validate({"publisher": actor.publisher_name, "from": start, "to": end, "rows": out})
 
 
 def report_csv(report: ReportOut) -> str:

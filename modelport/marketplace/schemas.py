@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 DeploymentType = Literal["dedicated", "serverless"]
+SERVERLESS_ONLY: tuple[DeploymentType, ...] = ("serverless",)
 CURRENCY = r"^[A-Z]{3}$"
 PRICE = r"^[0-9]{1,9}(\.[0-9]{1,9})?$"
 TERMS_VERSION = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$"
@@ -89,7 +90,7 @@ class OfferCreate(BaseModel):
     output_price: str = Field(pattern=PRICE, description="Price per 1,000 output tokens, a decimal string.")
     terms: TermsIn
     contact_sharing_required: bool = Field(default=True, strict=True)
-    deployment_types: list[DeploymentType] = Field(default_factory=lambda: ["serverless"], min_length=1)
+    deployment_types: list[DeploymentType] = Field(default_factory=lambda: list(SERVERLESS_ONLY), min_length=1)
 
 
 class OfferPrices(BaseModel):

@@ -12,8 +12,9 @@ import threading
 from collections import defaultdict
 from datetime import datetime
 from decimal import Decimal
+from typing import cast
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from modelport.db.engine import Database
@@ -64,17 +65,17 @@ def _one_pass(db: Database) -> int:
                 acc[1] += 1
         dialect = s.bind.dialect.name if s.bind is not None else "sqlite"
         insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        table = UsageMeter.__table__
+        table = cast(Table, UsageMeter.__table__)
         for (hour, ws, dep, model, offer, sub, meter, currency, price), (quantity, requests) in sums.items():
-            stmt = insert(table).values(hour=hour, workspace_id=ws, deployment_id=dep, model_id=model, offer_id=offer,
+            row = insert(table).values(hour=hour, workspace_id=ws, deployment_id=dep, model_id=model, offer_id=offer,
                                         subscription_id=sub, meter=meter, currency=currency, unit_price=price,
                                         quantity=quantity, requests=requests)
-            stmt = stmt.on_conflict_do_update(
+            upsert = row.on_conflict_do_update(
                 index_elements=["hour", "workspace_id", "deployment_id", "model_id", "offer_id", "subscription_id",
                                 "meter", "currency", "unit_price"],
-                set_={"quantity": table.c.quantity + stmt.excluded.quantity,
-                      "requests": table.c.requests + stmt.excluded.requests})
-            s.execute(stmt)
+                set_={"quantity": table.c.quantity + row.excluded.quantity,
+                      "requests": table.c.requests + row.excluded.requests})
+            s.execute(upsert)
         ids = [e.id for e in events]
         for i in range(0, len(ids), 500):
             s.execute(update(UsageEvent).where(UsageEvent.id.in_(ids[i:i + 500])).values(aggregated=True))

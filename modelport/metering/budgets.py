@@ -32,7 +32,7 @@ from modelport.db.engine import Database
 from modelport.db.tables import Budget
 from modelport.errors import Forbidden, InvalidInput, NotFound
 from modelport.identity.principal import Principal
-from modelport.inference.manager import Route
+from modelport.inference.routing import Route
 from modelport.metering.usage import UsageService
 from modelport.offload import run_blocking
 
@@ -180,7 +180,8 @@ class BudgetService:
             value = Decimal(amount)
         except (ArithmeticError, ValueError) as exc:
             raise InvalidInput("amount must be a decimal number such as 250.00.", field="amount") from exc
-        if not value.is_finite() or value < 0 or value >= MAX_AMOUNT or value.as_tuple().exponent < -9:
+        exponent = value.as_tuple().exponent  # an int for a finite value ('n', 'N', 'F' otherwise)
+        if not value.is_finite() or value < 0 or value >= MAX_AMOUNT or (isinstance(exponent, int) and exponent < -9):
             raise InvalidInput("amount must be a number from 0 to 999,999,999,999 with at most 9 decimals.",
                                field="amount")
         with self.db.session() as s:

@@ -342,7 +342,7 @@ class PolicyEngine:
         is_model = isinstance(resource, ModelFacts)
         detail: dict = {"action": action, "denied_by": list(decision.denied_by),
                         "audited_by": list(decision.audited_by)}
-        if not is_model:
+        if not isinstance(resource, ModelFacts):
             detail["model"] = resource.model.id
         with self.db.session() as s:
             audit.record(s, actor, "policy.deny" if decision.denied_by else "policy.audit",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -13,7 +13,7 @@ from modelport.safety.config import ContentFilterConfig
 
 Action = Literal["deploy", "update_deployment", "change_content_filter", "import_model", "download_model",
                  "create_finetune", "subscribe"]
-assert set(Action.__args__) == set(ACTIONS)  # type: ignore[attr-defined]
+assert set(get_args(Action)) == set(ACTIONS)
 
 
 class PolicyPut(BaseModel):

@@ -8,9 +8,11 @@ simply not found (404), like every other resource of another workspace.
 
 from __future__ import annotations
 
+import builtins
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
@@ -177,6 +179,7 @@ class PolicyService:
                     raise NotFound("No model of that name and version is visible to this workspace.",
                                    field="model") from exc
             else:
+                # mypy is told to ignore the next line: dep_row is set on this branch
                 model = s.get_one(CatalogModel, dep_row.model_id)  # type: ignore[union-attr]
             mfacts = ModelFacts.of(model, "platform" if not model.owner_workspace_id else actor.workspace_name)
             if req.action in compiler.MODEL_ACTIONS:
@@ -205,7 +208,8 @@ class PolicyService:
         if row is not None:
             base = DeploymentFacts.of(row, model, actor.workspace_name)
         else:
-            default = (ContentFilterConfig.default_for(dep_type) if self.settings.content_filter_default == "on"
+            kind: Literal["serverless", "dedicated"] = "dedicated" if dep_type == "dedicated" else "serverless"
+            default = (ContentFilterConfig.default_for(kind) if self.settings.content_filter_default == "on"
                        else ContentFilterConfig.disabled())
             base = DeploymentFacts(id="new", name="new", workspace=actor.workspace_name, model=model, type=dep_type,
                                    geography=next(iter(self.settings.geographies)), instances=1,
@@ -222,7 +226,7 @@ class PolicyService:
 
     # -- existing resources -----------------------------------------------------------------
 
-    def compliance(self, actor: Principal, all_workspaces: bool = False) -> tuple[int, list[Violation]]:
+    def compliance(self, actor: Principal, all_workspaces: bool = False) -> tuple[int, builtins.list[Violation]]:
         """Deployments (as `deploy` by their creator) and models (as `import_model` by theirs)
         that the policies in force would deny or audit now. Owners: their workspace; platform
         admins with `all_workspaces`: every workspace and the catalog-wide models."""
@@ -244,7 +248,7 @@ class PolicyService:
                 if u is None:  # a deleted user, or the platform itself (bundled models)
                     return UserFacts(id=user_id or "platform", name="", role="none", workspace=ws,
                                      platform_admin=False)
-                return UserFacts(id=u.id, name=u.name, role=roles.get((ws_id, u.id), "none"), workspace=ws,
+                return UserFacts(id=u.id, name=u.name, role=roles.get((ws_id or "", u.id), "none"), workspace=ws,
                                  platform_admin=bool(u.is_platform_admin))
 
             def model_facts(m: CatalogModel) -> ModelFacts:
@@ -273,8 +277,8 @@ class PolicyService:
                                          "import_model", None, d))
         return version, out
 
-    def suspensions(self, actor: Principal, all_workspaces: bool) -> tuple[int, list[Violation], list[str],
-                                                                              list[str]]:
+    def suspensions(self, actor: Principal, all_workspaces: bool
+                    ) -> tuple[int, builtins.list[Violation], builtins.list[str], builtins.list[str]]:
         """For `--enforce`: (policy version, violations, deployments to suspend for policy now,
         deployments suspended for policy that comply again)."""
         if all_workspaces:
@@ -291,7 +295,7 @@ class PolicyService:
             held = {d.id for d in rows if SUSPENSION_REASON in (d.suspensions or {})}
         return version, found, sorted(denied - held), sorted(held - denied)
 
-    def record_enforcement(self, actor: Principal, suspended: list[str], resumed: list[str],
+    def record_enforcement(self, actor: Principal, suspended: builtins.list[str], resumed: builtins.list[str],
                            all_workspaces: bool) -> None:
         with self.db.session() as s:
             audit.record(s, actor, "policy.enforce", resource_type="deployment", outcome="success",

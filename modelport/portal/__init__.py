@@ -9,12 +9,13 @@ and its static files at `/static`. Pages live in `modelport/portal/routes/`, tem
 from __future__ import annotations
 
 import importlib
+import inspect
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from modelport.api.deps import Services
 from modelport.portal.sessions import SessionStore
@@ -28,7 +29,7 @@ class StaticAssets(StaticFiles):
     """Static files with the portal's security headers, cached for an hour."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async def with_headers(message: dict) -> None:
+        async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = message.setdefault("headers", [])
                 for k, v in SECURITY_HEADERS.items():
@@ -47,14 +48,16 @@ def _html_not_found(app: FastAPI) -> None:
     APIs keep their own 404 shape (the handler installed by modelport.api.errors)."""
     json_handler = app.exception_handlers[StarletteHTTPException]
 
-    async def handler(request: Request, exc: StarletteHTTPException) -> Response:
+    async def handler(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)  # registered for these only
         if (exc.status_code == 404 and "text/html" in request.headers.get("accept", "")
                 and not request.url.path.startswith(API_PREFIXES)):
             response = render(request, "error.html", status_code=404, status=404, field=None, details={},
                               message="There is no such page. The navigation above lists what there is.")
             response.headers.update(SECURITY_HEADERS)
             return response
-        return await json_handler(request, exc)
+        answer = json_handler(request, exc)
+        return await answer if inspect.isawaitable(answer) else answer
 
     app.add_exception_handler(StarletteHTTPException, handler)
 

@@ -16,7 +16,7 @@ def _safe_link(url: str) -> bool:
     return url.lower().startswith(("http://", "https://", "mailto:", "#", "/"))
 
 
-_MD.validateLink = _safe_link  # type: ignore[method-assign]
+_MD.validateLink = _safe_link  # type: ignore[method-assign]  # markdown-it's documented hook
 
 
 def render_markdown(text: str | None) -> Markup:

@@ -3,14 +3,13 @@
 Adding a page (for instance the marketplace or the policy pages, which arrive with their own
 capabilities): write its routes in `modelport/portal/routes/<name>.py` with `router =
 APIRouter(route_class=PortalRoute)`, add the module to `ROUTE_MODULES` in
-`modelport/portal/__init__.py`, and register its entry here with `register()`. An entry whose
-`available` returns False (the service it needs is not installed: not on `Services`, or
-`Services.extra` has no such key) is not shown, so a page can land before or after the service it fronts.
+`modelport/portal/__init__.py`, and register its entry here with `register()`. The service a
+page fronts is a named field of `api.deps.Services`, present on every installation, so an entry
+depends only on the user's role.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from modelport.identity.principal import Principal
@@ -21,7 +20,6 @@ class Entry:
     label: str
     href: str
     action: str  # the role-table action a user needs to see the entry
-    available: Callable[[object], bool] = lambda services: True
     or_action: str | None = None  # another action that also shows the entry
 
 
@@ -31,14 +29,11 @@ ENTRIES: list[Entry] = [
     Entry("Playground", "/playground", "deployments.call"),
     Entry("Datasets", "/datasets", "datasets.read"),
     Entry("Fine-tuning", "/finetuning", "finetuning.read"),
-    # Marketplace and metering: shown where those services are installed.
-    Entry("Marketplace", "/marketplace", "marketplace.read",
-          lambda services: getattr(services, "offers", None) is not None),
-    Entry("Usage", "/usage", "usage.read", lambda services: getattr(services, "usage", None) is not None),
+    Entry("Marketplace", "/marketplace", "marketplace.read"),
+    Entry("Usage", "/usage", "usage.read"),
     # Governance: members read the policies in force; a platform admin outside any membership
     # still reads (and writes) the platform's.
-    Entry("Policies", "/policies", "policies.read", lambda services: getattr(services, "policies", None) is not None,
-          or_action="platform.policies"),
+    Entry("Policies", "/policies", "policies.read", or_action="platform.policies"),
     Entry("Workspace", "/workspace", "members.read"),
     Entry("Admin", "/admin", "platform.workspaces"),
 ]
@@ -49,8 +44,8 @@ def register(entry: Entry, before: str = "Workspace") -> None:
     ENTRIES.insert(labels.index(before) if before in labels else len(ENTRIES), entry)
 
 
-def entries(me: Principal | None, services: object) -> list[Entry]:
+def entries(me: Principal | None) -> list[Entry]:
+    """The entries this user may use (none before sign-in)."""
     if me is None:
         return []
-    return [e for e in ENTRIES
-            if (me.can(e.action) or (e.or_action is not None and me.can(e.or_action))) and e.available(services)]
+    return [e for e in ENTRIES if me.can(e.action) or (e.or_action is not None and me.can(e.or_action))]

@@ -28,7 +28,7 @@ from sqlalchemy import delete, update
 
 from modelport.config import Settings
 from modelport.db.base import utcnow
-from modelport.db.engine import Database
+from modelport.db.engine import Database, rowcount
 from modelport.db.tables import PortalSession, PortalSigninLink
 from modelport.errors import Unauthenticated
 from modelport.identity.principal import Principal
@@ -101,7 +101,7 @@ class SessionStore:
             link = s.get(PortalSigninLink, _digest(token))
             if link is None:
                 raise refused
-            gone = s.execute(delete(PortalSigninLink).where(PortalSigninLink.id == link.id)).rowcount
+            gone = rowcount(s.execute(delete(PortalSigninLink).where(PortalSigninLink.id == link.id)))
             if gone != 1 or link.expires_at <= utcnow():
                 raise refused
             key_id = link.key_id
@@ -157,8 +157,8 @@ class SessionStore:
     def sweep(self) -> int:
         now = utcnow()
         with self.db.session() as s:
-            n = s.execute(delete(PortalSession).where(
-                (PortalSession.expires_at <= now) | (PortalSession.last_seen_at <= now - self.idle))).rowcount
-            n += s.execute(delete(PortalSigninLink).where(PortalSigninLink.expires_at <= now)).rowcount
+            n = rowcount(s.execute(delete(PortalSession).where(
+                (PortalSession.expires_at <= now) | (PortalSession.last_seen_at <= now - self.idle))))
+            n += rowcount(s.execute(delete(PortalSigninLink).where(PortalSigninLink.expires_at <= now)))
         return n
 

@@ -109,6 +109,7 @@ class EchoRuntime(Runtime):
                 finish = "stop"
                 break
         tail = "" if hit else stopper.flush()
+        # mypy is told to ignore the next line: finish is stop or length
         yield Delta(tail, finish_reason=finish, usage=Usage(prompt_tokens, produced),  # type: ignore[arg-type]
                     logprobs=tuple(scored) if request.logprobs is not None and not hit else None)
 

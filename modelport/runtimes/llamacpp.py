@@ -158,7 +158,7 @@ class LlamaCppRuntime(Runtime):
         return self._engine.parallel
 
     @property
-    def tokens_generated_total(self) -> int:  # type: ignore[override]
+    def tokens_generated_total(self) -> int:
         return self._engine.tokens_generated_total
 
     @tokens_generated_total.setter

@@ -501,7 +501,8 @@ class BatchEngine:
         cand["logit"] = np.ctypeslib.as_array(self._L.llama_get_logits_ith(self._ctx, index), shape=(self._n_vocab,))
         cand["p"] = 0.0
         array = self._cand_array
-        array.data = self._cand_data
+        # ctypes: the struct field takes the array as a pointer to its first element; the stub types it as the array
+        array.data = self._cand_data  # type: ignore[assignment]
         array.size = self._n_vocab
         array.selected = -1
         array.sorted = False
@@ -550,7 +551,7 @@ class BatchEngine:
         scored = self._take_logprobs(seq)
         if hit and not tail:
             scored = None  # only the stop sequence's tokens: never sent, so neither are their logprobs
-        self._leave(seq, Delta(tail, finish_reason=reason,  # type: ignore[arg-type]
+        self._leave(seq, Delta(tail, finish_reason=reason,  # type: ignore[arg-type]  # reason is stop or length
                                usage=Usage(len(seq.prompt), len(seq.generated)), logprobs=scored))
 
     def _leave(self, seq: Sequence, last: Event) -> None:

@@ -39,7 +39,8 @@ Tokenize = Callable[[str, bool], list[int]]
 def _mask(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """The messages with each caller-written string replaced by a unique marker, and marker -> text."""
     nonce = secrets.token_hex(8)
-    masked, values = [], {}
+    masked: list[dict[str, Any]] = []
+    values: dict[str, str] = {}
     for i, message in enumerate(messages):
         item = dict(message)
         for key, value in message.items():

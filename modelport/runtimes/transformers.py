@@ -351,4 +351,5 @@ class TransformersRuntime(Runtime):
         if len(produced) < max_new and finish == "length" and not cancel.is_set():
             finish = "stop"
         tail = "" if hit else stopper.flush()
+        # mypy is told to ignore the next line: stop or length
         yield Delta(tail, finish_reason=finish, usage=Usage(len(ids), len(produced)))  # type: ignore[arg-type]

@@ -127,7 +127,7 @@ class NgramScreen:
     def logits(self, text: str) -> np.ndarray:
         """Per head, the highest logit over the text's windows."""
         windows = window_features(tokens(text), self.buckets)
-        return np.max([self.weights[w].sum(0) + self.bias for w in windows], axis=0)  # type: ignore[no-any-return]
+        return np.max([self.weights[w].sum(0) + self.bias for w in windows], axis=0)
 
     def clears(self, texts: list[str], heads: Sequence[str] = HEADS) -> list[np.ndarray | None]:
         """Per text, its logits when it is confidently safe in every head of `heads`, else None."""

@@ -25,6 +25,7 @@ import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -76,7 +77,7 @@ class SafetyHead(nn.Module):
 
 @dataclass
 class LoadedModel:
-    tokenizer: object
+    tokenizer: Any  # a transformers tokenizer (callable: texts -> token ids and masks)
     bottom: nn.Module  # embeddings + frozen layers; returns hidden states
     head: SafetyHead
     thresholds: dict[str, float]
@@ -85,9 +86,9 @@ class LoadedModel:
 class Bottom(nn.Module):
     """Embeddings and the frozen lower layers of the base encoder."""
 
-    def __init__(self, bert: nn.Module, n_frozen: int) -> None:
+    def __init__(self, bert: Any, n_frozen: int) -> None:  # a transformers BertModel (submodules by attribute)
         super().__init__()
-        self.embeddings = bert.embeddings
+        self.embeddings: Any = bert.embeddings
         self.layers = nn.ModuleList(bert.encoder.layer[:n_frozen])
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -123,7 +123,7 @@ class Screener:
         threshold is `low`, jailbreak (prompts, where enabled) and profanity (where enabled). A
         backend that answers some texts from a cheaper first stage (safety/cascade.py) is told
         this, so that it vouches for no more than it checked."""
-        out = set(CATEGORIES)
+        out: set[str] = set(CATEGORIES)
         for cat in CATEGORIES:
             policy = self.config.category(cat)
             threshold = policy.prompt_threshold if direction == "prompt" else policy.completion_threshold
@@ -315,7 +315,7 @@ class StreamScreener:
         self._pending += delta
         if not self.buffered:
             return await self._feed_async(delta, final)
-        released = []
+        released: list[str] = []
         while self._pending:
             cut = split_segment(self._pending, final)
             if cut == 0:

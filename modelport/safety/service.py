@@ -30,7 +30,7 @@ from modelport.offload import run_blocking
 from modelport.safety import blocklists
 from modelport.safety.admission import WorkspaceGate
 from modelport.safety.backends import create_backend
-from modelport.safety.backends.base import SafetyBackend
+from modelport.safety.backends.base import BackendSettings, SafetyBackend
 from modelport.safety.backends.llm_judge import Complete, LLMJudgeBackend
 from modelport.safety.blocklists import BlocklistSet
 from modelport.safety.cache import DEFAULT_ENTRIES, AnalysisCache, CachedBackend
@@ -53,13 +53,16 @@ class SafetyService:
     (beyond: 429); `blocklist_budget_s`: time all of a deployment's blocklists get per text;
     `screening_cache_entries`: analyses each loaded backend keeps of texts it has classified, by
     keyed hash (safety/cache.py; 0: none); `screening_cascade`: the minilm backend behind the
-    cheap first stage of safety/cascade.py (if that cannot be loaded, MiniLM alone screens)."""
+    cheap first stage of safety/cascade.py (if that cannot be loaded, MiniLM alone screens);
+    `backend_settings`: what every backend it loads is given (BackendSettings.from_settings)."""
 
     def __init__(self, db: Database, *, metrics: Metrics, screening_concurrency: int = 2, screening_queue: int = 16,
                  blocklist_budget_s: float = blocklists.DEFAULT_BUDGET_S,
-                 screening_cache_entries: int = DEFAULT_ENTRIES, screening_cascade: bool = True) -> None:
+                 screening_cache_entries: int = DEFAULT_ENTRIES, screening_cascade: bool = True,
+                 backend_settings: BackendSettings | None = None) -> None:
         self.db = db
         self.screening_cascade = screening_cascade
+        self.backend_settings = backend_settings or BackendSettings()
         self.metrics = metrics
         self.screening_cache_entries = screening_cache_entries
         self.gate = WorkspaceGate(screening_concurrency, screening_queue)
@@ -89,7 +92,7 @@ class SafetyService:
             async with self._backend_lock:
                 if name not in self._backends:
                     try:
-                        loaded = await run_blocking(create_backend, name)
+                        loaded = await run_blocking(create_backend, name, settings=self.backend_settings)
                         if self.screening_cascade:
                             loaded = await run_blocking(_cascaded, loaded)
                         self._backends[name] = CachedBackend(loaded, AnalysisCache(self.screening_cache_entries))

@@ -100,7 +100,7 @@ class _Connection(asyncio.Protocol):
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport  # type: ignore[assignment]  # a Unix stream gives a Transport
 
     def data_received(self, data: bytes) -> None:
         self.received = True
@@ -123,7 +123,7 @@ class _Connection(asyncio.Protocol):
 
     # -- httptools callbacks
     def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()  # type: ignore[union-attr]
+        self.status = self.parser.get_status_code()  # type: ignore[union-attr]  # set while a request is in flight
         self.headers_done = True
 
     def on_body(self, body: bytes) -> None:
@@ -131,6 +131,7 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         # Read now: once the message is complete the parser is reset for the next one.
+        # mypy is told to ignore the next line: set while a request is in flight
         self.keep_alive = self.parser.should_keep_alive()  # type: ignore[union-attr]
         self.complete = True
         if self.when_complete is not None:
@@ -143,7 +144,7 @@ class _Connection(asyncio.Protocol):
         self.status = 0
         self.buffer.clear()
         self.headers_done = self.complete = self.received = self.keep_alive = False
-        self.transport.write(request)  # type: ignore[union-attr]
+        self.transport.write(request)  # type: ignore[union-attr]  # set by connection_made
 
     def usable(self) -> bool:
         return not self.lost and self.transport is not None and not self.transport.is_closing()

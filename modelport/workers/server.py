@@ -363,7 +363,8 @@ class EmbedBatcher:
     async def _drain(self) -> None:
         try:
             while self._pending:
-                batch, count = [], 0
+                batch: list[tuple[list[str], asyncio.Future[tuple[list[list[float]], int]]]] = []
+                count = 0
                 while self._pending and (not batch or count + len(self._pending[0][0]) <= self._max_texts):
                     texts, future = self._pending.pop(0)
                     batch.append((texts, future))

@@ -43,7 +43,8 @@ class Doomed:
 
 def doomed_workspace(svc: Services, admin: Principal, name: str) -> Doomed:
     ws = svc.identity.create_workspace(admin, name)  # the admin becomes its owner
-    inside = svc.identity.authenticate(svc.extra["admin_key"], name)  # type: ignore[arg-type]
+    assert svc.prepared is not None and svc.prepared.admin_key is not None
+    inside = svc.identity.authenticate(svc.prepared.admin_key, name)
     key = svc.identity.create_api_key(inside, name="k").secret
     row = svc.datasets.upload(inside, "d", None, iter([b'{"prompt": "p", "completion": "c"}\n']))
     return Doomed(ws.id, key, row.id)
@@ -54,7 +55,6 @@ def installation(tmp_path: Path, db_url: str) -> Iterator[tuple[Services, Princi
     svc = build_services(settings_for(tmp_path / "home", db_url))
     admin_key = prepare(svc).admin_key
     assert admin_key is not None
-    svc.extra["admin_key"] = admin_key
     try:
         yield svc, svc.identity.authenticate(admin_key)
     finally:

@@ -17,7 +17,7 @@ import pytest
 from modelport.datastore.store import Datastore
 from modelport.db import migrate
 from modelport.db.engine import Database
-from modelport.encryption_keys.service import KeyService
+from modelport.encryption_keys.service import EncryptionKeyService
 from modelport.errors import Forbidden
 from modelport.identity.principal import Principal
 from modelport.identity.roles import Role
@@ -161,7 +161,7 @@ def test_a_provider_that_cannot_prove_ownership_holds_no_cmk(tmp_path) -> None: 
                       role=Role.OWNER)
     try:
         with pytest.raises(Forbidden, match="cannot hold customer-managed keys"):
-            KeyService(db, store).register_cmk(owner, "other", ref)
+            EncryptionKeyService(db, store).register_cmk(owner, "other", ref)
         assert store.ensure_workspace_key("ws_0000000000000001").cmk is False
     finally:
         db.dispose()

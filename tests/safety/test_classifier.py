@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from modelport.safety.backends import create_backend
+from modelport.safety.backends import BackendSettings, create_backend
 from modelport.safety.backends import minilm as minilm_module
 from modelport.safety.backends.minilm import MiniLMBackend, bf16_supported, build_encoder, build_onnx
 from modelport.safety.classifier import (
@@ -51,6 +51,23 @@ def test_long_text_is_windowed_so_a_late_harmful_sentence_is_found(minilm: MiniL
 def test_registry_builds_the_default_backend_and_the_shipped_delta_is_small() -> None:
     assert isinstance(create_backend("minilm"), MiniLMBackend)
     assert (MODEL_DIR / WEIGHTS_FILE).stat().st_size < 16_000_000
+
+
+def test_the_registry_hands_the_installations_settings_to_the_backend(
+        tmp_path: Path, minilm: MiniLMBackend, session_cache_dir: Path) -> None:
+    """The graph's cache directory comes from the typed settings given to the backend, never from
+    the environment: none given, nothing is cached; the session's shared backend (built as a
+    server builds it) keeps its graph in the session's cache directory."""
+    built = create_backend("minilm", settings=BackendSettings(cache_dir=tmp_path))
+    assert isinstance(built, MiniLMBackend)
+    where = built.onnx_cache_file("int8")
+    assert where is not None and where.parent == tmp_path
+    bare = create_backend("minilm")
+    assert isinstance(bare, MiniLMBackend) and bare.onnx_cache_file("int8") is None
+    if minilm.runtime == "onnx":
+        assert minilm.dtype is not None
+        graph = minilm.onnx_cache_file(minilm.dtype)
+        assert graph is not None and graph.is_file() and graph.is_relative_to(session_cache_dir)
 
 
 def test_a_threat_inside_benign_context_is_found_in_one_window(minilm: MiniLMBackend) -> None:
@@ -185,8 +202,8 @@ def test_onnx_runtime_matches_torch_float32(dtype: str) -> None:
 
 
 @pytest.mark.classifier  # loads or exports the classifier again, beside the session's shared instance
-def test_the_default_runtime_is_onnx_int8_and_torch_stays_available() -> None:
-    served = MiniLMBackend()
+def test_the_default_runtime_is_onnx_int8_and_torch_stays_available(session_cache_dir: Path) -> None:
+    served = MiniLMBackend(settings=BackendSettings(cache_dir=session_cache_dir / "safety"))
     fallback = MiniLMBackend(runtime="torch", dtype="float32")
     texts = ["What is a good recipe for banana bread?",
              "I'm going to stab my neighbour tonight and make sure he dies."]

@@ -376,11 +376,13 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from modelport.safety.backends import create_backend
+    from modelport.config import build_settings
+    from modelport.safety.backends import BackendSettings, create_backend
 
     torch.set_num_threads(args.threads)
     options = {k: v for k, v in (("runtime", args.runtime), ("dtype", args.dtype), ("model_dir", args.model_dir)) if v}
-    backend: SafetyBackend = create_backend(args.backend, **options)
+    backend: SafetyBackend = create_backend(args.backend, settings=BackendSettings.from_settings(build_settings()),
+                                            **options)
     if args.answers_only:
         print(answers_report(asyncio.run(screen_answers(backend, load_answers()))))
         return

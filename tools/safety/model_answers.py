@@ -193,11 +193,13 @@ HELDOUT_PROMPTS = [
 
 def review(path: Path) -> None:
     """Print each answer flagged at `low` or above in any category, or as profane, with line number."""
+    from modelport.config import build_settings
+    from modelport.safety.backends.base import BackendSettings
     from modelport.safety.backends.minilm import MiniLMBackend
     from tools.safety.trainset import _is_profane
 
     answers = path.read_text(encoding="utf-8").splitlines()
-    backend = MiniLMBackend()
+    backend = MiniLMBackend(settings=BackendSettings.from_settings(build_settings()))
     flagged = 0
     for start in range(0, len(answers), 16):
         for n, (text, a) in enumerate(zip(answers[start : start + 16], backend.classify(answers[start : start + 16]),

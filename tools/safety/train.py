@@ -170,9 +170,11 @@ def collate(states: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
 def production_scores(texts: list[str], model_dir: Path, batch: int = 32) -> np.ndarray:
     """Scores of the shipped model in `model_dir` through the production backend (same dtype,
     tracing and windowing as a served request), in `OUTPUTS` order."""
+    from modelport.config import build_settings
+    from modelport.safety.backends.base import BackendSettings
     from modelport.safety.backends.minilm import MiniLMBackend
 
-    backend = MiniLMBackend(model_dir=model_dir)
+    backend = MiniLMBackend(model_dir=model_dir, settings=BackendSettings.from_settings(build_settings()))
     return np.concatenate([backend.scores(texts[i : i + batch]).numpy() for i in range(0, len(texts), batch)])
 
 

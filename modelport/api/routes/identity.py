@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from fastapi import APIRouter, status
 
 from modelport.api.deps import Caller, Svc
 from modelport.db.tables import ApiKey
+from modelport.identity.roles import Role
 from modelport.identity.schemas import (
     ApiKeyCreate,
     ApiKeyCreated,
@@ -25,6 +28,12 @@ from modelport.identity.schemas import (
 router = APIRouter(prefix="/api/v1")
 
 
+def _role(value: str) -> Role:
+    """A role as the membership table stores it: only Role's values are ever written there (and the
+    answer's model checks it again)."""
+    return cast(Role, value)
+
+
 def _key_out(k: ApiKey) -> dict:
     return {"id": k.id, "name": k.name, "user_id": k.user_id, "workspace_id": k.workspace_id,
             "prefix": "mpk_" + k.id.removeprefix("key_"), "created_at": k.created_at,
@@ -32,7 +41,7 @@ def _key_out(k: ApiKey) -> dict:
             "created_by": k.created_by, "platform_admin": k.platform_admin}
 
 
-def _user_out(u) -> UserOut:  # type: ignore[no-untyped-def]
+def _user_out(u) -> UserOut:
     return UserOut(id=u.id, name=u.name, email=u.email, platform_admin=u.is_platform_admin,
                    disabled=u.disabled, created_at=u.created_at)
 
@@ -53,7 +62,8 @@ def create_workspace(body: WorkspaceCreate, caller: Caller, svc: Svc) -> Workspa
 
 @router.get("/workspaces", response_model=list[WorkspaceOut], name="workspace.list")
 def list_workspaces(caller: Caller, svc: Svc) -> list[WorkspaceOut]:
-    return [WorkspaceOut(id=w.id, name=w.name, description=w.description, role=role, created_at=w.created_at)
+    return [WorkspaceOut(id=w.id, name=w.name, description=w.description,
+                         role=_role(role) if role is not None else None, created_at=w.created_at)
             for w, role in svc.identity.list_workspaces(caller)]
 
 
@@ -75,25 +85,25 @@ async def delete_workspace(ref: str, caller: Caller, svc: Svc) -> None:
 def add_member_any(ref: str, body: MemberAdd, caller: Caller, svc: Svc) -> MemberOut:
     """Platform admins add a member to any workspace (adding themselves is audited)."""
     m = svc.identity.add_member(caller, body.user, body.role, workspace=ref)
-    return MemberOut(user_id=m.user_id, user=m.user.name, role=m.role, created_at=m.created_at)
+    return MemberOut(user_id=m.user_id, user=m.user.name, role=_role(m.role), created_at=m.created_at)
 
 
 @router.get("/members", response_model=list[MemberOut], name="member.list")
 def list_members(caller: Caller, svc: Svc) -> list[MemberOut]:
-    return [MemberOut(user_id=m.user_id, user=m.user.name, role=m.role, created_at=m.created_at)
+    return [MemberOut(user_id=m.user_id, user=m.user.name, role=_role(m.role), created_at=m.created_at)
             for m in svc.identity.list_members(caller)]
 
 
 @router.post("/members", response_model=MemberOut, status_code=status.HTTP_201_CREATED, name="member.add")
 def add_member(body: MemberAdd, caller: Caller, svc: Svc) -> MemberOut:
     m = svc.identity.add_member(caller, body.user, body.role)
-    return MemberOut(user_id=m.user_id, user=m.user.name, role=m.role, created_at=m.created_at)
+    return MemberOut(user_id=m.user_id, user=m.user.name, role=_role(m.role), created_at=m.created_at)
 
 
 @router.patch("/members/{user}", response_model=MemberOut, name="member.update")
 def update_member(user: str, body: MemberUpdate, caller: Caller, svc: Svc) -> MemberOut:
     m = svc.identity.set_member_role(caller, user, body.role)
-    return MemberOut(user_id=m.user_id, user=m.user.name, role=m.role, created_at=m.created_at)
+    return MemberOut(user_id=m.user_id, user=m.user.name, role=_role(m.role), created_at=m.created_at)
 
 
 @router.delete("/members/{user}", status_code=status.HTTP_204_NO_CONTENT, name="member.remove")

@@ -41,7 +41,7 @@ router = APIRouter(prefix="/api/v1")
 def offer_out(v: OfferView) -> dict:
     current = next((t for t in reversed(v.terms) if t.retired_at is None), v.terms[-1])
 
-    def terms(t) -> dict:  # type: ignore[no-untyped-def]
+    def terms(t) -> dict:
         return {"version": t.version, "sha256": t.sha256, "created_at": t.created_at, "retired_at": t.retired_at,
                 "current": t.id == current.id}
 

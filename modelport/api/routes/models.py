@@ -20,7 +20,6 @@ from modelport.catalog.schemas import (
 )
 from modelport.catalog.service import Filters
 from modelport.db.tables import CatalogModel
-from modelport.offload import ThreadBudget
 
 router = APIRouter(prefix="/api/v1")
 
@@ -86,10 +85,7 @@ async def _scan_slot(svc: Services, fn: Any, *args: Any) -> Any:
     """Run a call that scans a model in a thread, at most `scan_concurrency` at once: a scan (hashing,
     the template check's child process) can take long, and must not hold the threads that
     serve every other control-plane request while it does (callers wait without a thread)."""
-    budget = svc.extra.get("scan_budget")
-    if not isinstance(budget, ThreadBudget):
-        budget = svc.extra["scan_budget"] = ThreadBudget(svc.settings.scan_concurrency)
-    return await budget.run(fn, *args)
+    return await svc.scan_budget.run(fn, *args)
 
 
 @router.post("/models/{name}/scan", response_model=ModelDetailOut, name="model.scan")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Response, status
@@ -27,8 +28,8 @@ def policy_out(row: Policy, workspace: str | None) -> dict:
             "created_at": row.created_at, "updated_at": row.updated_at, "updated_by": row.updated_by}
 
 
-def compliance_out(version: int, found: list[Violation], suspended: list[str] = (),  # type: ignore[assignment]
-                   resumed: list[str] = ()) -> dict:  # type: ignore[assignment]
+def compliance_out(version: int, found: list[Violation], suspended: Sequence[str] = (),
+                   resumed: Sequence[str] = ()) -> dict:
     return {"policy_version": version, "suspended": list(suspended), "resumed": list(resumed),
             "items": [{"kind": v.kind, "id": v.id, "name": v.name, "workspace": v.workspace, "action": v.action,
                        "state": v.state, "denied_by": list(v.decision.denied_by),

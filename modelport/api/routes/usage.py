@@ -73,7 +73,8 @@ async def read_usage(
         return Response(to_csv(rows, group_by, all_workspaces), media_type="text/csv",
                         headers={"Content-Disposition": 'attachment; filename="usage.csv"'})
     lo, hi = parse_range(start, end)
-    return UsageReport(start=lo, end=hi, group_by=group_by, rows=[UsageRowOut(**r.as_dict()) for r in rows])
+    return UsageReport.model_validate({"from": lo, "to": hi, "group_by": group_by,
+                                       "rows": [UsageRowOut(**r.as_dict()) for r in rows]})
 
 
 @router.get("/budgets", response_model=list[BudgetOut], name="budget.list")

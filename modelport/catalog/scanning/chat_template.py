@@ -111,7 +111,7 @@ class _StrictUnsafeUndefined(jinja2.Undefined):
         self._check()
         return super().__bool__()
 
-    def __iter__(self):  # type: ignore[override]
+    def __iter__(self):
         self._check()
         return super().__iter__()
 

@@ -71,7 +71,7 @@ def _tokenizer_config_templates(path: Path, name: str) -> tuple[dict[str, str], 
     if isinstance(raw, str):
         return {"chat_template": raw}, []
     if isinstance(raw, list):
-        out = {}
+        out: dict[str, Any] = {}
         for item in raw:
             if isinstance(item, dict) and isinstance(item.get("template"), str):
                 out[f"chat_template.{item.get('name', len(out))}"] = item["template"]

@@ -16,7 +16,7 @@ router = APIRouter(route_class=PortalRoute, include_in_schema=False)
 def _view(me: Principal, svc: Services) -> dict:
     me.require("platform.workspaces")
     return {"workspaces": svc.identity.list_workspaces(me), "users": svc.identity.list_users(me),
-            "platform_key": svc.keys.platform_key(me)}
+            "platform_key": svc.encryption_keys.platform_key(me)}
 
 
 @router.get("/admin")

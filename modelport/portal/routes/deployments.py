@@ -61,7 +61,7 @@ async def deploy(request: Request, me: Me, svc: Svc) -> HTMLResponse:
     try:
         body = DeploymentCreate(
             name=(data.get("name") or "").strip(), model=data.get("model") or "",
-            type=data.get("type") or "serverless",  # type: ignore[arg-type]
+            type=data.get("type") or "serverless",
             instances=_int(data.get("instances"), "instances", 1),
             geography=data.get("geography") or None,
             network=NetworkSettings(public_access=data.get("public_access") == "on", allowed_ranges=ranges))

@@ -38,8 +38,8 @@ async def create(request: Request, me: Me, svc: Svc) -> Response:
     try:
         req = JobCreate(model=data.get("model") or "", dataset=data.get("dataset") or "",
                         validation_dataset=data.get("validation_dataset") or None,
-                        epochs=data.get("epochs") or 1, batch_size=data.get("batch_size") or 4,  # type: ignore[arg-type]
-                        learning_rate_multiplier=data.get("learning_rate_multiplier") or 1.0,  # type: ignore[arg-type]
+                        epochs=data.get("epochs") or 1, batch_size=data.get("batch_size") or 4,
+                        learning_rate_multiplier=data.get("learning_rate_multiplier") or 1.0,
                         suffix=data.get("suffix") or None)
     except ValidationError as exc:
         raise invalid(exc) from None

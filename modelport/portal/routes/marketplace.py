@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
@@ -55,12 +56,12 @@ async def marketplace(request: Request, me: Me, svc: Svc) -> HTMLResponse:
 
 
 def _offer_page(request: Request, me: Principal, svc: Services, offer_id: str, status_code: int = 200,
-                **ctx: object) -> HTMLResponse:
+                **ctx: Any) -> HTMLResponse:
     offer = offer_out(svc.offers.get(me, offer_id))
     terms = svc.offers.terms_text(me, offer_id, offer["terms"]["version"])
     subs = [subscription_out(v) for v in svc.offers.subscriptions(me) if v.offer.id == offer["id"]]
     draft = {"name": "", "email": "", "organization": ""}
-    draft.update(ctx.pop("draft", {}))  # type: ignore[arg-type]
+    draft.update(ctx.pop("draft", {}))
     return render(request, "offer.html", status_code=status_code, offer=offer, terms_text=terms.text,
                   subscription=subs[0] if subs else None, draft=draft, **ctx)
 
@@ -77,6 +78,7 @@ async def subscribe(offer_id: str, request: Request, me: Me, svc: Svc) -> Respon
     draft = {k: (data.get(k) or "").strip() for k in ("name", "email", "organization")}
     try:
         try:
+            # mypy is told to ignore the next line: the model validates the form
             body = SubscriptionCreate(offer=offer_id, contact=draft,  # type: ignore[arg-type]
                                       accept_terms_sha256=data.get("accept_terms_sha256") or "",
                                       consent_to_share_contact=data.get("consent") == "1")
@@ -121,14 +123,14 @@ def _when(value: str, name: str) -> datetime | None:
 
 
 def _usage_page(request: Request, me: Principal, svc: Services, status_code: int = 200,
-                **ctx: object) -> HTMLResponse:
+                **ctx: Any) -> HTMLResponse:
     q = request.query_params
     group_by = q.get("group_by") or "deployment"
     if group_by not in GROUPS:
         raise InvalidInput(f"group_by must be one of {', '.join(GROUPS)}.", field="group_by")
     start, end = _when(q.get("from", ""), "from"), _when(q.get("to", ""), "to")
     all_workspaces = q.get("all") == "1" and me.can("platform.usage")  # chargeback, platform admins
-    rows = svc.usage.usage(me, start, end, group_by, all_workspaces)  # type: ignore[arg-type]
+    rows = svc.usage.usage(me, start, end, group_by, all_workspaces)  # type: ignore[arg-type]  # checked against GROUPS
     lo, hi = parse_range(start, end)
     totals: dict[str, Decimal] = {}
     for r in rows:

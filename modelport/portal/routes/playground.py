@@ -23,7 +23,7 @@ from modelport.api.responses import ClosingStreamingResponse
 from modelport.api.routes.deployments import deployment_out
 from modelport.errors import InvalidInput, ModelportError
 from modelport.inference import calls, handlers
-from modelport.inference.wire_errors import openai_error
+from modelport.inference.wire_errors import OPENAI
 from modelport.offload import run_blocking
 from modelport.portal.web import TEMPLATES, Me, PortalRoute, Svc, form, render
 from modelport.safety.screening import ContentFiltered
@@ -91,7 +91,7 @@ async def chat(request: Request, me: Me, svc: Svc) -> Response:
     turn = "a-" + secrets.token_hex(6)
     turn_html = TEMPLATES.get_template("_turn.html")
     try:
-        upstream = await handlers.chat(request, gateway, route, body, error_shape=openai_error)
+        upstream = await handlers.chat(request, gateway, route, body, error_shape=OPENAI)
     except ContentFiltered as exc:
         note = Markup(_filter_note(exc.details.get("content_filter_result", {}), "prompt"))  # noqa: S704 - rendered
         html = turn_html.render(message=message, turn=turn, note=note)
@@ -104,7 +104,7 @@ async def chat(request: Request, me: Me, svc: Svc) -> Response:
 async def _relay(upstream: Response, opening: str, turn: str, message: str) -> AsyncIterator[bytes]:
     """OpenAI stream chunks in, htmx partials out; the answer is kept in memory only, to hand it
     back to the page as the next request's history."""
-    inner = upstream.body_iterator  # type: ignore[attr-defined]
+    inner = upstream.body_iterator  # type: ignore[attr-defined]  # handlers.chat streams here
     answer: list[str] = []
     yield _partial("#conversation", "beforeend", opening)
     try:

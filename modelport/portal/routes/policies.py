@@ -10,6 +10,8 @@ and the text as typed, so that it can be fixed; role refusals and another worksp
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from pydantic import ValidationError
@@ -49,10 +51,10 @@ def _view(me: Principal, svc: Services) -> dict:
             "geographies": list(svc.settings.geographies)}
 
 
-def _page(request: Request, me: Principal, svc: Services, status_code: int = 200, **ctx: object) -> HTMLResponse:
+def _page(request: Request, me: Principal, svc: Services, status_code: int = 200, **ctx: Any) -> HTMLResponse:
     view = _view(me, svc)
     draft = {"id": "", "cedar": "", "scope": (view["scopes"] or ["workspace"])[0]}
-    draft.update(ctx.pop("draft", {}))  # type: ignore[arg-type]
+    draft.update(ctx.pop("draft", {}))
     return render(request, "policies.html", status_code=status_code, draft=draft, starter=STARTER,
                   test=ctx.pop("test", None), asked=ctx.pop("asked", {}), **view, **ctx)
 
@@ -70,6 +72,7 @@ async def save(request: Request, me: Me, svc: Svc) -> Response:
     me.require("platform.policies" if draft["scope"] == "platform" else "policies.write")  # before any parsing
     try:
         try:
+            # mypy is told to ignore the next line: the model validates the form
             body = PolicyPut(cedar=draft["cedar"], scope=draft["scope"])  # type: ignore[arg-type]
         except ValidationError as exc:
             raise invalid(exc) from None
@@ -98,7 +101,9 @@ async def test(request: Request, me: Me, svc: Svc) -> HTMLResponse:
     data = await form(request)
     asked = {k: (data.get(k) or "").strip() for k in ("action", "model", "type", "geography")}
     try:
+        # mypy is told to ignore the next line: form values, validated
         req = PolicyTest(action=asked["action"] or "deploy", model=asked["model"] or None,  # type: ignore[arg-type]
+                         # mypy is told to ignore the next line: form values, validated
                          type=asked["type"] or None, geography=asked["geography"] or None)  # type: ignore[arg-type]
     except ValidationError as exc:
         raise invalid(exc) from None
@@ -115,7 +120,7 @@ def _all(request: Request, me: Principal) -> bool:
 
 
 def _compliance_page(request: Request, me: Principal, svc: Services, all_workspaces: bool,
-                     **ctx: object) -> HTMLResponse:
+                     **ctx: Any) -> HTMLResponse:
     version, found = svc.policies.compliance(me, all_workspaces)
     c = compliance_out(version, found)
     for item, v in zip(c["items"], found, strict=True):

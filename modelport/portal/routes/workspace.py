@@ -30,7 +30,7 @@ def _view(me: Principal, svc: Services, action: str | None, since: str | None) -
     ctx: dict = {"members": svc.identity.list_members(me), "keys": svc.identity.list_api_keys(me),
                  "wskey": None, "events": None, "action": action or "", "since": since or ""}
     if me.can("keys.manage"):
-        ctx["wskey"] = svc.keys.workspace_key(me)
+        ctx["wskey"] = svc.encryption_keys.workspace_key(me)
     if me.can("audit.read"):
         when = None
         if since:

@@ -11,7 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from modelport.config import Settings
 
 Category = Literal["hate", "sexual", "violence", "self_harm"]
 Severity = Literal["safe", "low", "medium", "high"]
@@ -21,7 +25,7 @@ SEVERITIES: tuple[Severity, ...] = ("safe", "low", "medium", "high")
 
 
 def severity_rank(severity: str) -> int:
-    return SEVERITIES.index(severity)  # type: ignore[arg-type]
+    return SEVERITIES.index(severity)
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,21 @@ class Analysis:
     @classmethod
     def safe(cls) -> Analysis:
         return cls(severities=dict.fromkeys(CATEGORIES, "safe"))
+
+
+@dataclass(frozen=True)
+class BackendSettings:
+    """What the installation gives every safety backend it builds (`create_backend(name,
+    settings=...)`), taken from the typed Settings, never from the environment.
+
+    `cache_dir`: a directory where a backend may keep files derived from its model between
+    processes (weights, compiled graphs; never a screened text); None: it keeps nothing."""
+
+    cache_dir: Path | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BackendSettings:
+        return cls(cache_dir=settings.cache_dir / "safety")
 
 
 @runtime_checkable

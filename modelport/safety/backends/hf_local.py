@@ -18,13 +18,20 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from modelport.catalog.scanning import scan_model
 from modelport.errors import Unprocessable
 from modelport.offload import run_blocking
-from modelport.safety.backends.base import CATEGORIES, SEVERITIES, Analysis, severity_rank
+from modelport.safety.backends.base import (
+    CATEGORIES,
+    SEVERITIES,
+    Analysis,
+    BackendSettings,
+    severity_rank,
+)
 
 _TARGETS = (*CATEGORIES, "jailbreak", "profanity")
 DEFAULT_CUTOFFS = {"low": 0.35, "medium": 0.5, "high": 0.8}
@@ -48,7 +55,8 @@ class HFLocalBackend:
 
     def __init__(self, path: str | Path, *, label_map: Mapping[str, str] | None = None,
                  severity_cutoffs: Mapping[str, float] | None = None, max_tokens: int = 256,
-                 batch_size: int = 32) -> None:
+                 batch_size: int = 32, settings: BackendSettings | None = None) -> None:
+        del settings  # the operator's model is loaded as it is: nothing derived is kept between processes
         self.path = Path(path)
         self.max_tokens = max_tokens
         self.batch_size = batch_size
@@ -89,7 +97,7 @@ class HFLocalBackend:
         multi = model.config.problem_type == "multi_label_classification"
         self._loaded = (tokenizer, model, mapping, multi)
 
-    def _ensure(self) -> tuple[object, object, dict[int, tuple[str, str | None]], bool]:
+    def _ensure(self) -> tuple[Any, Any, dict[int, tuple[str, str | None]], bool]:  # transformers' tokenizer, model
         with self._lock:
             if self._loaded is None:
                 self.load()
@@ -109,12 +117,12 @@ class HFLocalBackend:
         out: list[Analysis] = []
         for start in range(0, len(texts), self.batch_size):
             batch = texts[start : start + self.batch_size]
-            enc = tokenizer(batch, padding=True, truncation=True, max_length=self.max_tokens,  # type: ignore[operator]
+            enc = tokenizer(batch, padding=True, truncation=True, max_length=self.max_tokens,
                             return_tensors="pt")
-            logits = model(**enc).logits  # type: ignore[operator]
+            logits = model(**enc).logits
             probs = torch.sigmoid(logits) if multi else torch.softmax(logits, dim=-1)
             for row in probs.tolist():
-                sev = dict.fromkeys(CATEGORIES, "safe")
+                sev: dict[str, str] = dict.fromkeys(CATEGORIES, "safe")
                 flags = {"jailbreak": False, "profanity": False}
                 scores = {}
                 for idx, (cat, fixed) in mapping.items():
@@ -126,7 +134,9 @@ class HFLocalBackend:
                     level = (fixed if p >= self.cutoffs["medium"] else "safe") if fixed else self._severity(p)
                     if severity_rank(level) > severity_rank(sev[cat]):
                         sev[cat] = level
-                out.append(Analysis(severities=sev, scores=scores, **flags))
+                # the label map's severities were checked at load; Analysis checks every one again
+                out.append(Analysis(severities=sev, scores=scores, jailbreak=flags["jailbreak"],  # type: ignore[arg-type]
+                                    profanity=flags["profanity"]))
         return out
 
     async def analyze(self, texts: list[str]) -> list[Analysis]:

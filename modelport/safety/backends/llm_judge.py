@@ -22,7 +22,7 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable
 
-from modelport.safety.backends.base import CATEGORIES, SEVERITIES, Analysis, Severity
+from modelport.safety.backends.base import CATEGORIES, SEVERITIES, Analysis, BackendSettings, Severity
 
 Complete = Callable[[list[dict[str, str]]], Awaitable[str]]
 
@@ -72,7 +72,8 @@ def windows(text: str) -> list[str]:
 
 def combine(analyses: list[Analysis]) -> Analysis:
     """The worst of several windows' analyses: highest severity per category, any flag."""
-    severities = {c: max((a.severities[c] for a in analyses), key=SEVERITIES.index) for c in CATEGORIES}
+    severities: dict[str, Severity] = {c: max((a.severities[c] for a in analyses), key=SEVERITIES.index)
+                                       for c in CATEGORIES}
     return Analysis(severities=severities, jailbreak=any(a.jailbreak for a in analyses),
                     profanity=any(a.profanity for a in analyses))
 
@@ -100,10 +101,10 @@ def parse_answer(answer: str, unsafe_severity: Severity = "medium") -> Analysis:
         if target in flags:
             flags[target] = True
             continue
-        level: Severity = sev.lower() if sev else unsafe_severity  # type: ignore[assignment]
+        level: Severity = sev.lower() if sev else unsafe_severity
         if SEVERITIES.index(level) > SEVERITIES.index(severities[target]):
             severities[target] = level
-    return Analysis(severities=severities, **flags)
+    return Analysis(severities=severities, jailbreak=flags["jailbreak"], profanity=flags["profanity"])
 
 
 class LLMJudgeBackend:
@@ -111,7 +112,9 @@ class LLMJudgeBackend:
 
     name = "llm-judge"
 
-    def __init__(self, complete: Complete, *, unsafe_severity: Severity = "medium", concurrency: int = 4) -> None:
+    def __init__(self, complete: Complete, *, unsafe_severity: Severity = "medium", concurrency: int = 4,
+                 settings: BackendSettings | None = None) -> None:
+        del settings  # a judge is a chat deployment: nothing to keep between processes
         if unsafe_severity not in SEVERITIES[1:]:
             raise ValueError("unsafe_severity must be low, medium or high")
         self._complete = complete

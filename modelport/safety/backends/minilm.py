@@ -10,9 +10,10 @@ Runtimes (`runtime=`):
   delta applied to the bundled base) is exported to ONNX in memory and its matrix products are
   quantized to int8 with dynamic activation scales (`dtype="int8"`, the default) or kept in
   float32 (`dtype="float32"`); ONNX Runtime runs it on `threads` threads. The graph is kept in
-  `onnx_cache_dir()` under a key of the shipped delta and library versions, so only the first
-  load pays for export and quantization (about 7 s). Only model weights are written there,
-  never a screened text.
+  the installation's `BackendSettings.cache_dir` (Settings.cache_dir / "safety") under a key of
+  the shipped delta and library versions, so only the first load pays for export and
+  quantization (about 7 s); without a cache directory every load does. Only model weights are
+  written there, never a screened text.
 - "torch": float32 eager, or bfloat16 traced + frozen with torch.jit where the CPU computes
   bfloat16 natively (AVX512-BF16 / AMX; `dtype="auto"|"float32"|"bfloat16"`).
 The thresholds are calibrated on the default path (tools/safety/train.py scores its calibration slice
@@ -33,13 +34,14 @@ import tempfile
 import threading
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from modelport.offload import run_blocking
-from modelport.safety.backends.base import CATEGORIES, SEVERITIES, Analysis
+from modelport.safety.backends.base import CATEGORIES, SEVERITIES, Analysis, BackendSettings, Severity
 from modelport.safety.classifier import (
     MAX_TOKENS,
     META_FILE,
@@ -128,13 +130,13 @@ class OnnxEncoder:
     depend on the other texts (measured: 0.25 alone, 0.33 in a batch); a verdict must not depend
     on what else is screened at the same time, so the int8 graph sees one text per call."""
 
-    def __init__(self, session: object, per_text: bool) -> None:
+    def __init__(self, session: Any, per_text: bool) -> None:  # an onnxruntime.InferenceSession (untyped library)
         self._session = session
         self.per_text = per_text
 
     def _call(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        (logits,) = self._session.run(["logits"], {"input_ids": ids, "attention_mask": mask})  # type: ignore[attr-defined]
-        return logits  # type: ignore[no-any-return]
+        (logits,) = self._session.run(["logits"], {"input_ids": ids, "attention_mask": mask})
+        return logits
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         ids = input_ids.numpy().astype(np.int64, copy=False)
@@ -155,20 +157,14 @@ def export_onnx(model: LoadedModel) -> bytes:
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript-based exporter warns that it is legacy
         torch.onnx.export(
-            encoder, (ids, (ids != 0).long()), buf, input_names=["input_ids", "attention_mask"],
+            # torch.onnx.export writes to a file object as well as to a path; its annotation names paths only
+            encoder, (ids, (ids != 0).long()), buf,  # type: ignore[arg-type]
+            input_names=["input_ids", "attention_mask"],
             output_names=["logits"], opset_version=17, dynamo=False,
             dynamic_axes={"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"},
                           "logits": {0: "batch"}},
         )
     return buf.getvalue()
-
-
-def onnx_cache_dir() -> Path:
-    """Where exported graphs are kept between processes: $MODELPORT_CACHE_DIR/safety, default
-    ~/.cache/modelport/safety. They hold model weights only (the shipped delta applied to the
-    bundled base), never a screened text."""
-    root = os.environ.get("MODELPORT_CACHE_DIR") or str(Path.home() / ".cache" / "modelport")
-    return Path(root) / "safety"
 
 
 def onnx_cache_key(model_dir: Path, dtype: str) -> str:
@@ -230,7 +226,8 @@ def _build_graph(model: LoadedModel, dtype: str) -> bytes:
 
     graph = export_onnx(model)
     hidden = model.head.out.in_features // 2
-    heads = model.head.layers[0].attention.self.num_attention_heads
+    # a BertLayer's submodules by attribute: torch types every attribute of a Module as Tensor | Module
+    heads = model.head.layers[0].attention.self.num_attention_heads  # type: ignore[union-attr]
     with tempfile.TemporaryDirectory(prefix="modelport-safety-") as tmp:
         src, fused, dst = Path(tmp) / "encoder.onnx", Path(tmp) / "encoder.fused.onnx", Path(tmp) / "encoder.int8.onnx"
         src.write_bytes(graph)
@@ -279,13 +276,14 @@ class MiniLMBackend:
     (trace when bfloat16), True or False. `threads`: onnx intra-op threads (default 1: a screened
     text is tens of tokens, too little work to split, and splitting it on a gateway pinned to one
     core cost a thread switch per graph node; concurrent requests run in parallel instead, each
-    in its own worker thread)."""
+    in its own worker thread). `settings.cache_dir`: where the exported ONNX graph is kept
+    between processes (None: built at every load)."""
 
     name = "minilm"
 
     def __init__(self, model_dir: Path | None = None, base_dir: Path | None = None, *,
                  runtime: str = "auto", dtype: str = "auto", trace: bool | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, settings: BackendSettings | None = None) -> None:
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {RUNTIMES}, not {runtime!r}")
         self.runtime = ("onnx" if onnx_available() else "torch") if runtime == "auto" else runtime
@@ -297,6 +295,7 @@ class MiniLMBackend:
         self.requested_dtype = dtype
         self._trace = trace
         self._threads = threads
+        self._cache_dir = settings.cache_dir if settings is not None else None
         self.dtype: str | None = None  # what the loaded encoder computes in
         self._model: LoadedModel | None = None
         self._encoder: nn.Module | OnnxEncoder | None = None
@@ -309,12 +308,18 @@ class MiniLMBackend:
                     model = load_shipped(self._model_dir, self._base_dir)
                     if self.runtime == "onnx":
                         dtype = "int8" if self.requested_dtype == "auto" else self.requested_dtype
-                        cache = onnx_cache_dir() / f"minilm-{onnx_cache_key(self._model_dir or MODEL_DIR, dtype)}.onnx"
+                        cache = self.onnx_cache_file(dtype)
                         self._encoder, self.dtype = build_onnx(model, dtype, self._threads, cache)
                     else:
                         self._encoder, self.dtype = build_encoder(model, self.requested_dtype, self._trace)
                     self._model = model
         return self._model
+
+    def onnx_cache_file(self, dtype: str) -> Path | None:
+        """Where this backend keeps its exported graph of `dtype` (None: no cache directory)."""
+        if self._cache_dir is None:
+            return None
+        return self._cache_dir / f"minilm-{onnx_cache_key(self._model_dir or MODEL_DIR, dtype)}.onnx"
 
     def warm_up(self) -> None:
         """Load the model and run a few texts, so the first request does not pay for it (a traced
@@ -328,7 +333,7 @@ class MiniLMBackend:
 
     def _encode(self, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
         """Token windows of `texts`, `max_length` tokens each, overlapping by _STRIDE."""
-        return self._loaded().tokenizer(  # type: ignore[operator, no-any-return]
+        return self._loaded().tokenizer(
             texts, padding=True, truncation=True, max_length=max_length, stride=_STRIDE,
             return_overflowing_tokens=True, return_tensors="pt",
         )
@@ -372,7 +377,7 @@ class MiniLMBackend:
         results = []
         for row in self.scores(texts).tolist():
             score = dict(zip(OUTPUTS, row, strict=True))
-            severities = {}
+            severities: dict[str, Severity] = {}
             for cat in CATEGORIES:
                 level = 0
                 for k in (1, 2, 3):
