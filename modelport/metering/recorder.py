@@ -42,7 +42,9 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
+
+from sqlalchemy import Table
 
 from modelport.db.base import utcnow
 from modelport.db.engine import Database
@@ -90,7 +92,7 @@ class _Insert:
 
     def __init__(self, db: Database) -> None:
         dialect = db.engine.dialect
-        table = UsageEvent.__table__
+        table = cast(Table, UsageEvent.__table__)  # a mapped class's table is a Table
         columns = [c for c in table.columns if c.name != "id"]
         self.names = [c.name for c in columns]
         # sqlite3 takes `?`; psycopg takes `%s` (its paramstyle, "pyformat", includes the positional form)

@@ -134,13 +134,16 @@ class CompiledSet:
         `chosen` added to it, parsing only `chosen` (a copy of the base's parsed policies)."""
         fragment = "\n".join(p.cedar for p in chosen)
         deployment_action = action in compiler.DEPLOYMENT_ACTIONS
+        ids: tuple[str, ...]
+        texts: tuple[str, ...]
+        audit_ids: frozenset[str]
         if base is None:
             ps, ids, texts, audit_ids = (cedarpy.PolicySet.from_str(BASE_PERMIT + fragment), (), (), frozenset())
             reads = Reads.of((p.cedar for p in chosen), deployment_action)
         else:
             ps, ids, texts, audit_ids = base.policy_set.with_added_str(fragment), base.ids, base.texts, base.audit_ids
             reads = Reads.of((p.cedar for p in chosen), deployment_action, also=base.reads)
-        guards = base.guards if base is not None else ()
+        guards: tuple[tuple[int, compiler.Guard], ...] = base.guards if base is not None else ()
         guards += tuple((len(ids) + j, g) for j, p in enumerate(chosen)
                         if (g := compiler.guard_of(p.cedar)) is not None)
         ids += tuple(p.id for p in chosen)

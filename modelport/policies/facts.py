@@ -105,7 +105,7 @@ class FilterFacts:
 
         def detector(name: str) -> str:
             d = config.get(name) or _DETECTOR_DEFAULTS[name]
-            return d.get("mode", "block") if d.get("enabled", True) else "off"
+            return str(d.get("mode", "block")) if d.get("enabled", True) else "off"
 
         return cls(enabled=bool(config.get("enabled", True)), hate=level("hate"), sexual=level("sexual"),
                    violence=level("violence"), self_harm=level("self_harm"),
