@@ -8,9 +8,10 @@ from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
 import typer
+from rich.markup import escape
 
 from modelport.cli.client import DEFAULT_URL, Client, CliError, resolve_key
-from modelport.cli.output import err_console
+from modelport.cli.output import err_console, terminal_safe
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -32,7 +33,10 @@ def handle_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except CliError as exc:
             status = f" (HTTP {exc.status})" if exc.status else ""
-            err_console.print(f"[red]Error{status}:[/red] {exc.message}", highlight=False, markup=True)
+            # The message is the server's text: shown as it is (a pattern's `[a-z]` is not markup), nothing
+            # in it drives the terminal.
+            err_console.print(f"[red]Error{status}:[/red] {escape(terminal_safe(exc.message))}", highlight=False,
+                              markup=True)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]  # functools.wraps keeps the signature
