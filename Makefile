@@ -21,12 +21,10 @@ test: $(STAMP)
 # The inner loop: pytest markers leave out the tests that load SmolLM2 (`chat_model`), train or
 # build training data (`training`), build the safety classifier anew (`classifier`), or cost more
 # than 30 s of CPU alone (`slow`); the classifier's graph is still built once per session, in a
-# temporary MODELPORT_CACHE_DIR. Two pytest-xdist workers, each test module whole on one of them
-# (--dist loadfile: a module's server starts once); every test owns its ports, home, databases and
-# cache directory, so the workers share nothing. `make test` stays one process, as CI runs it.
+# temporary MODELPORT_CACHE_DIR.
 test-fast: $(STAMP)
 	$(BIN)/ruff check modelport tests benchmarks tools
-	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not chat_model and not training and not classifier and not slow"
+	$(BIN)/python -m pytest -m "not chat_model and not training and not classifier and not slow"
 
 install: $(STAMP)
 

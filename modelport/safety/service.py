@@ -85,8 +85,6 @@ class SafetyService:
                     try:
                         loaded = await run_blocking(create_backend, name)
                         self._backends[name] = CachedBackend(loaded, AnalysisCache(self.screening_cache_entries))
-                    except InvalidInput:  # no such backend: the caller's error, not an outage
-                        raise
                     except Exception as exc:  # fail closed: no screening, no request
                         raise SafetyUnavailable(f"The content-filter backend '{name}' could not be loaded; "
                                                 "requests to filtered deployments are refused.") from exc
