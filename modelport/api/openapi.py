@@ -247,7 +247,7 @@ def install(app: FastAPI) -> None:
         if app.openapi_schema is None:
             doc = get_openapi(title=app.title, version=app.version, openapi_version=app.openapi_version,
                               description=app.description, routes=app.routes)
-            app.openapi_schema = installation(complete(doc, list(api_routes(app.routes))), app.state.services)
+            app.openapi_schema = complete(doc, list(api_routes(app.routes)))
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented override
@@ -376,24 +376,3 @@ def _inference_body(doc: dict[str, Any], route: APIRoute, model: type[BaseModel]
         op["requestBody"] = {"required": True,
                              "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}}
 
-
-def installation(doc: dict[str, Any], svc: deps.Services) -> dict[str, Any]:
-    """The values this installation takes where the code takes any its configuration names: the
-    geographies it serves and the content-filter backends registered in it."""
-    from modelport.safety.backends import available_backends
-
-    schemas = doc["components"]["schemas"]
-    _enum(schemas.get("DeploymentCreate"), "geography", sorted(svc.settings.geographies))
-    _enum(schemas.get("ContentFilterConfig"), "backend", sorted(available_backends()))
-    return doc
-
-
-def _enum(schema: dict[str, Any] | None, prop: str, values: list[str]) -> None:
-    if schema is None or prop not in schema.get("properties", {}):
-        return
-    field = schema["properties"][prop]
-    for branch in field.get("anyOf", [field]):
-        if branch.get("type") == "string":
-            branch["enum"] = values
-            for bound in ("pattern", "minLength", "maxLength"):
-                branch.pop(bound, None)

@@ -96,8 +96,6 @@ class SafetyService:
                         if self.screening_cascade:
                             loaded = await run_blocking(_cascaded, loaded)
                         self._backends[name] = CachedBackend(loaded, AnalysisCache(self.screening_cache_entries))
-                    except InvalidInput:  # no such backend: the caller's error, not an outage
-                        raise
                     except Exception as exc:  # fail closed: no screening, no request
                         raise SafetyUnavailable(f"The content-filter backend '{name}' could not be loaded; "
                                                 "requests to filtered deployments are refused.") from exc
