@@ -121,11 +121,7 @@ class SafetyService:
         if config.judge_deployment is not None:
             backend: SafetyBackend = self.judge(workspace_id, config.judge_deployment, geography)
         else:
-            try:
-                backend = await self.backend(config.backend)
-            except InvalidInput as exc:  # the deployment names a backend this installation no longer has
-                raise SafetyUnavailable(f"The content-filter backend '{config.backend}' is not available; requests "
-                                        "to this deployment are refused until its owner chooses another.") from exc
+            backend = await self.backend(config.backend)
         try:
             return Screener(backend, config, lists, blocklist_budget_s=self.blocklist_budget_s)
         except InvalidInput as exc:  # a named blocklist was deleted or grew since: refuse, never screen less
