@@ -168,7 +168,9 @@ async def measure(args: argparse.Namespace) -> dict[str, object]:
         try:
             def spec(parallel: int) -> WorkerSpec:
                 return WorkerSpec(runtime="llamacpp", model_id=f"bench-{parallel}", model_path=path,
-                                  threads=args.threads, n_ctx=2048, options={"parallel": parallel},
+                                  threads=args.threads, n_ctx=2048,
+                                  options={"parallel": parallel, "kv_unified": args.kv_unified,
+                                           "flash_attn": not args.no_flash_attn},
                                   max_queue=256)
 
             batched = await sup.start(spec(max(levels)), region="local")
@@ -219,6 +221,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=96)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--streams", default="1,2,4,8,16")
+    parser.add_argument("--no-flash-attn", action="store_true",
+                        help="the worker without flash attention (its default is on; before 2026-12-02 it was off)")
+    parser.add_argument("--kv-unified", action="store_true", help="one KV cache shared by the sequences")
     parser.add_argument("--choices", type=int, default=4, help="n of the one request with several choices (1: skip)")
     args = parser.parse_args()
 
