@@ -148,7 +148,10 @@ def main() -> None:
     print("B under the burst, each sample (ms):  " + ", ".join(f"{u * 1000:.0f}" for u in r["under"]))
     print(f"A's requests waiting ahead of B:     {statistics.median(r['ahead']):8.0f}  "
           f"(A's median stream {r['a_stream_s']:.2f} s, {r['a_done']} of A's finished)")
-    print(f"FIFO estimate for B (reference 2):   {fifo * 1000:8.0f} ms  -> fair queue is {fifo / p50:.0f}x sooner")
+    if r["a_done"]:
+        print(f"FIFO estimate for B (reference 2):   {fifo * 1000:8.0f} ms  -> fair queue is {fifo / p50:.0f}x sooner")
+    else:  # the estimate needs A's stream time, and no stream of A's ended before B's samples were in
+        print("FIFO estimate for B (reference 2):        n/a  (none of A's streams ended yet: run with --full)")
     if args.full and r["a_first"]:
         a_first = r["a_first"]
         print(f"A's own first token p50 / p95:       {statistics.median(a_first) * 1000:8.0f} / "
