@@ -3,7 +3,7 @@
 uvicorn alone stops accepting connections on a signal and waits for open ones, but the
 application hears of it only at lifespan shutdown, after the last connection closed or after
 uvicorn's grace period, when it cancels what is left: a long stream is then cut without a word.
-So the first signal also starts the deployments' drain at once (DeploymentManager.begin_drain):
+So the first signal also starts the deployments' drain at once (Gateway.begin_drain):
 workers give in-flight requests `drain_seconds`, then end them with an explicit error event,
 and uvicorn's own grace period is longer than that, so it never has to cut anything.
 

@@ -1,8 +1,9 @@
 """Deployments: create, list, show, update, delete, rotate keys; the rows behind the endpoints.
 
 The service owns the database side and the rules (names, model checks, geography, keys).
-Starting and stopping worker processes is the `DeploymentManager`'s job (data plane); the
-service hands it the deployment id after each change.
+Starting and stopping worker processes is the data plane's job (`inference.gateway.Gateway`); a
+change that touches both planes goes through `deployments.lifecycle.DeploymentLifecycle`, which
+writes the row here first and then updates the routing table and the workers.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ retires a terms version, subscriptions that accepted it stop serving until they 
 current one. Everything here is audited. Models without an offer need nothing (sold directly).
 
 The services change rows; the routes hand the returned deployment ids to the data plane
-(`DeploymentManager.suspend` / `resume`), which stops and starts workers.
+(`DeploymentLifecycle.suspend` / `resume`), which stops and starts workers.
 """
 
 from __future__ import annotations

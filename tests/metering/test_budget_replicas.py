@@ -26,7 +26,7 @@ from modelport.db import migrate
 from modelport.db.base import new_id
 from modelport.db.engine import Database
 from modelport.db.tables import Budget, Workspace
-from modelport.inference.manager import Billing, Route
+from modelport.inference.routing import Billing, Route
 from modelport.metering.budgets import BudgetExhausted, BudgetService, month_of, month_start
 from modelport.metering.recorder import MeterRecorder, usage_row
 from modelport.metering.usage import UsageService

@@ -1,7 +1,7 @@
 """Routes: publishers, offers, subscriptions, and what publishers see. Thin: parse, call, shape.
 
 Subscribing and unsubscribing change rows in the service; the workspace's deployments of the
-offer are then resumed or suspended by the data plane (`DeploymentManager`).
+offer are then resumed or suspended through the deployment lifecycle (`DeploymentLifecycle`).
 """
 
 from __future__ import annotations
