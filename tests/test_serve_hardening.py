@@ -58,7 +58,7 @@ def test_the_server_is_not_dumpable() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["0", "(0,", "0)"]
     main = (ROOT / "modelport" / "cli" / "main.py").read_text()
-    assert main.index("harden_process()") < main.index("build_settings(**overrides)")
+    assert main.index("harden_process()") < main.index("build_settings(None, **overrides)")
 
 
 def test_everything_the_server_writes_is_private(server: Server, tmp_path: Path) -> None:
