@@ -151,7 +151,7 @@ def train(spec: dict[str, Any], train_raw: bytes, val_raw: bytes, out: Emitter) 
     tok = AutoTokenizer.from_pretrained(model_dir, gguf_file=model_file)
     model = AutoModelForCausalLM.from_pretrained(model_dir, gguf_file=model_file, dtype=torch.float32)
     device = "cuda" if spec.get("device", "auto") in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
-    # transformers types .to() through a decorator that hides its signature (its stub expects a model first)
+    # transformers types .to() through a decorator that hides its signature (its annotation expects a model first)
     model.to(device)  # type: ignore[arg-type]
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     max_len = int(hp["max_seq_len"])

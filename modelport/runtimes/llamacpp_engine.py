@@ -509,7 +509,7 @@ class BatchEngine:
         cand["logit"] = np.ctypeslib.as_array(self._L.llama_get_logits_ith(self._ctx, index), shape=(self._n_vocab,))
         cand["p"] = 0.0
         array = self._cand_array
-        # ctypes: the struct field takes the array as a pointer to its first element; the stub types it as the array
+        # ctypes: the struct field takes the array as a pointer to its first element; llama_cpp annotates the array
         array.data = self._cand_data  # type: ignore[assignment]
         array.size = self._n_vocab
         array.selected = -1
