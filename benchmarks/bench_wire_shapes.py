@@ -1,9 +1,10 @@
 """What the typed answers cost the gateway: `python benchmarks/bench_wire_shapes.py`.
 
-The inference answers are pydantic models (inference/protocol.py) built by builders.py and
-dumped with `wire()` before orjson writes them. Before, the same bytes were written from dict
-literals. This measures, per answer piece, in this process (one core), the builders against the
-dict literals they replaced, and checks that both give the same bytes:
+The inference answers are TypedDicts (inference/protocol.py) built by builders.py and written by
+orjson. Until 2026-12-02 they were pydantic models dumped with `model_dump` (a whole chat answer
+cost 24.7 µs against 2.3 µs for a dict literal on a quiet machine; now they cost what the dicts
+do). This measures, per answer piece, in this process (one core), the builders against bare dict
+literals of the same answers, and checks that both give the same bytes:
 
 - one streamed chat chunk (a content delta), without and with the content filter's results;
 - one streamed text-completion chunk with logprobs;
@@ -101,7 +102,7 @@ def main() -> None:
                                                                     logprobs=True).piece(0, piece),
          lambda: dict_completion_chunk(" word", lps)),
         ("whole chat answer, 32 tokens", lambda: orjson.dumps(chat_completion(
-            "chatcmpl-x", 1, "m", [whole], StreamUsage(10, 32), None, logprobs=False).wire()),
+            "chatcmpl-x", 1, "m", [whole], StreamUsage(10, 32), None, logprobs=False)),
          lambda: dict_whole(text)),
     ]
     assert completion.piece(0, piece) == dict_completion_chunk(" word", lps)

@@ -1,11 +1,12 @@
 """The answers of chat and text completions, built from the answer pipeline's events: whole
 (`chat_completion`, `text_completion`, from the choices `ChoiceOut` gathered) or streamed as
 server-sent events (`ChatChunks`, `CompletionChunks`, one chunk per event). The shapes are the
-typed answers of protocol.py; what they carry is decided in handlers.py and answers.py.
+typed answers of protocol.py (TypedDicts); what they carry is decided in handlers.py and answers.py.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,13 +24,14 @@ from modelport.inference.protocol import (
     CompletionChoice,
     CompletionChunk,
     CompletionChunkChoice,
-    CompletionLogprobs,
     FunctionCallOut,
     FunctionDelta,
     TextCompletion,
     ToolCallDelta,
     ToolCallOut,
     Usage,
+    completion_logprobs,
+    usage_of,
 )
 from modelport.workers.client import StreamUsage
 
@@ -37,7 +39,7 @@ STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 DONE = b"data: [DONE]\n\n"
 
 
-def sse(obj: dict[str, Any]) -> bytes:
+def sse(obj: Mapping[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
@@ -49,8 +51,8 @@ _MARK = "\x00piece\x00"
 class TextTemplate:
     """The bytes of a chunk that carries only a piece of text, rendered once per stream and choice
     from the typed chunk itself (with `_MARK` as the text), then filled per piece: the typed
-    model decides the shape, and a streamed token costs an orjson string instead of building and
-    dumping the models (measured about 40 µs a token, benchmarks/bench_wire_shapes.py)."""
+    shape decides, and a streamed token costs an orjson string instead of building and dumping the
+    chunk (benchmarks/bench_wire_shapes.py)."""
 
     def __init__(self, rendered: bytes) -> None:
         self.head, mark, self.tail = rendered.partition(orjson.dumps(_MARK))
@@ -78,28 +80,29 @@ class ChoiceOut:
             self.calls.append(ToolCallOut(id=piece.id, type="function",
                                           function=FunctionCallOut(name=piece.name, arguments="")))
         else:
-            self.calls[piece.index].function.arguments += piece.text
+            self.calls[piece.index]["function"]["arguments"] += piece.text
 
 
 # -- whole answers ---------------------------------------------------------------------------------
 
 def chat_completion(rid: str, created: int, model: str, choices: list[ChoiceOut], usage: StreamUsage,
                     flt: filtering.RequestFilter | None, *, logprobs: bool) -> ChatCompletion:
+    # dict displays checked against the TypedDicts by mypy: half the cost of calling the classes
     out = []
     for i, c in enumerate(choices):
         text = "".join(c.text)
-        message = AssistantMessage(role="assistant", content=text if text or not c.calls else None)
+        message: AssistantMessage = {"role": "assistant", "content": text if text or not c.calls else None}
         if c.calls:
-            message.tool_calls = c.calls
-        choice = ChatChoice(index=i, message=message, finish_reason=c.finish_reason,
-                            logprobs=ChatLogprobs(content=c.logprobs, refusal=None) if logprobs else None)
+            message["tool_calls"] = c.calls
+        choice: ChatChoice = {"index": i, "message": message, "finish_reason": c.finish_reason,
+                              "logprobs": {"content": c.logprobs, "refusal": None} if logprobs else None}
         if flt is not None:
-            choice.content_filter_results = flt.results(i)
+            choice["content_filter_results"] = flt.results(i)
         out.append(choice)
-    body = ChatCompletion(id=rid, object="chat.completion", created=created, model=model, choices=out,
-                          usage=Usage.of(usage.prompt_tokens, usage.completion_tokens))
+    body: ChatCompletion = {"id": rid, "object": "chat.completion", "created": created, "model": model,
+                            "choices": out, "usage": usage_of(usage.prompt_tokens, usage.completion_tokens)}
     if flt is not None:
-        body.prompt_filter_results = flt.prompt_filter_results()
+        body["prompt_filter_results"] = flt.prompt_filter_results()
     return body
 
 
@@ -107,15 +110,15 @@ def text_completion(rid: str, created: int, model: str, choices: list[ChoiceOut]
                     flt: filtering.RequestFilter | None, *, logprobs: bool) -> TextCompletion:
     out = []
     for i, c in enumerate(choices):
-        choice = CompletionChoice(index=i, text="".join(c.text), finish_reason=c.finish_reason,
-                                  logprobs=CompletionLogprobs.of(c.logprobs, 0) if logprobs else None)
+        choice: CompletionChoice = {"index": i, "text": "".join(c.text), "finish_reason": c.finish_reason,
+                                    "logprobs": completion_logprobs(c.logprobs, 0) if logprobs else None}
         if flt is not None:
-            choice.content_filter_results = flt.results(i)
+            choice["content_filter_results"] = flt.results(i)
         out.append(choice)
-    body = TextCompletion(id=rid, object="text_completion", created=created, model=model, choices=out,
-                          usage=Usage.of(usage.prompt_tokens, usage.completion_tokens))
+    body: TextCompletion = {"id": rid, "object": "text_completion", "created": created, "model": model,
+                            "choices": out, "usage": usage_of(usage.prompt_tokens, usage.completion_tokens)}
     if flt is not None:
-        body.prompt_filter_results = flt.prompt_filter_results()
+        body["prompt_filter_results"] = flt.prompt_filter_results()
     return body
 
 
@@ -135,10 +138,10 @@ class ChatChunks:
         chunk = ChatCompletionChunk(id=self.rid, object="chat.completion.chunk", created=self.created,
                                     model=self.model, choices=choices)
         if self.include_usage:
-            chunk.usage = usage
+            chunk["usage"] = usage
         if first and self.flt is not None:
-            chunk.prompt_filter_results = self.flt.prompt_filter_results()
-        return sse(chunk.wire())
+            chunk["prompt_filter_results"] = self.flt.prompt_filter_results()
+        return sse(chunk)
 
     def opening(self, n: int) -> list[bytes]:
         return [self._chunk([ChatChunkChoice(index=i, delta=ChatDelta(role="assistant", content=""), logprobs=None,
@@ -167,11 +170,11 @@ class ChatChunks:
     def finish(self, index: int, reason: str) -> bytes:
         choice = ChatChunkChoice(index=index, delta=ChatDelta(), logprobs=None, finish_reason=reason)
         if self.flt is not None:
-            choice.content_filter_results = self.flt.results(index)
+            choice["content_filter_results"] = self.flt.results(index)
         return self._chunk([choice])
 
     def usage(self, usage: StreamUsage) -> bytes:
-        return self._chunk([], usage=Usage.of(usage.prompt_tokens, usage.completion_tokens))
+        return self._chunk([], usage=usage_of(usage.prompt_tokens, usage.completion_tokens))
 
 
 class CompletionChunks:
@@ -189,8 +192,8 @@ class CompletionChunks:
         chunk = CompletionChunk(id=self.rid, object="text_completion", created=self.created, model=self.model,
                                 choices=choices)
         if self.include_usage:
-            chunk.usage = usage
-        return sse(chunk.wire())
+            chunk["usage"] = usage
+        return sse(chunk)
 
     def opening(self, n: int) -> list[bytes]:
         return []
@@ -204,7 +207,7 @@ class CompletionChunks:
                     index=index, text=_MARK, logprobs=None, finish_reason=None)]))
             return template.fill(piece.text)
         offset = self.offsets.get(index, 0)
-        logprobs = CompletionLogprobs.of(piece.logprobs or [], offset) if self.logprobs else None
+        logprobs = completion_logprobs(piece.logprobs or [], offset) if self.logprobs else None
         self.offsets[index] = offset + len(piece.text)
         return self._chunk([CompletionChunkChoice(index=index, text=piece.text, logprobs=logprobs,
                                                   finish_reason=None)])
@@ -212,8 +215,8 @@ class CompletionChunks:
     def finish(self, index: int, reason: str) -> bytes:
         choice = CompletionChunkChoice(index=index, text="", logprobs=None, finish_reason=reason)
         if self.flt is not None:
-            choice.content_filter_results = self.flt.results(index)
+            choice["content_filter_results"] = self.flt.results(index)
         return self._chunk([choice])
 
     def usage(self, usage: StreamUsage) -> bytes:
-        return self._chunk([], usage=Usage.of(usage.prompt_tokens, usage.completion_tokens))
+        return self._chunk([], usage=usage_of(usage.prompt_tokens, usage.completion_tokens))

@@ -348,7 +348,7 @@ class Call:
         # Committed before the answer leaves: an answer that was sent is billed (group commit).
         filtered = any(c.finish_reason == "content_filter" for c in choices)
         await self.bill.commit(usage.prompt_tokens, usage.completion_tokens, "filtered" if filtered else "success")
-        return Response(orjson.dumps(body.wire()), media_type="application/json")
+        return Response(orjson.dumps(body), media_type="application/json")
 
     async def first_event(self, running: Running) -> answers.Event | Response | None:
         """The pipeline's first event, read before the stream's status line (so that errors before
@@ -443,5 +443,5 @@ async def embeddings(gateway: Gateway, route: Route, body: dict, *, request: Req
                               for i, v in enumerate(vectors)],
                         usage=EmbeddingUsage(prompt_tokens=prompt_tokens, total_tokens=prompt_tokens))
     if screened is not None:
-        out.prompt_filter_results = screened
-    return Response(orjson.dumps(out.wire()), media_type="application/json")
+        out["prompt_filter_results"] = screened
+    return Response(orjson.dumps(out), media_type="application/json")

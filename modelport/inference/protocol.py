@@ -4,12 +4,12 @@ requests, then the answers.
 Request fields follow the order of the official API references. Parameters the runtimes cannot
 honour are rejected with a 400 that names them, instead of being silently ignored.
 
-Answers are `WireModel`s, fields in the order they are sent; `wire()` is the JSON object.
+Answers are TypedDicts, keys in the order they are sent (see the Answers section).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, NotRequired, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -180,33 +180,31 @@ class ResponsesRequest(BaseModel):
 
 
 # -- Answers --------------------------------------------------------------------------------------
+#
+# Answers are TypedDicts: plain dicts at run time (built and dumped by orjson as cheaply as the dict
+# literals they describe; pydantic models cost ~20 µs more per whole answer, measured with
+# benchmarks/bench_wire_shapes.py), checked by mypy where they are built. Keys in the order they are
+# sent. A `NotRequired` key is sent only when it was set (an absent key, not a null); every other
+# key is always sent (None as null). tests/inference/test_wire_shapes.py holds the exact bytes.
 
 
-class WireModel(BaseModel):
-    """An answer's shape. A field without a default is always sent (None as null); a field with a
-    default is sent only when it was set (an absent key, not a null): `wire()`."""
-
-    def wire(self) -> dict[str, Any]:
-        return self.model_dump(exclude_unset=True)
-
-
-class Usage(WireModel):
+class Usage(TypedDict):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
 
-    @classmethod
-    def of(cls, prompt_tokens: int, completion_tokens: int) -> Usage:
-        return cls(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                   total_tokens=prompt_tokens + completion_tokens)
+
+def usage_of(prompt_tokens: int, completion_tokens: int) -> Usage:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
 
 
-class ChatLogprobs(WireModel):
+class ChatLogprobs(TypedDict):
     content: list[dict[str, Any]]  # per token: token, logprob, bytes, top_logprobs
     refusal: str | None
 
 
-class CompletionLogprobs(WireModel):
+class CompletionLogprobs(TypedDict):
     """The legacy completions API's logprobs: one entry per token in each list."""
 
     tokens: list[str]
@@ -214,145 +212,145 @@ class CompletionLogprobs(WireModel):
     top_logprobs: list[dict[str, float | None]]
     text_offset: list[int]
 
-    @classmethod
-    def of(cls, tokens: list[dict[str, Any]], offset: int) -> CompletionLogprobs:
-        """From the per-token objects; `offset`: where the first token starts in the choice's text."""
-        offsets = []
-        for t in tokens:
-            offsets.append(offset)
-            offset += len(t["token"])
-        return cls(tokens=[t["token"] for t in tokens], token_logprobs=[t["logprob"] for t in tokens],
-                   top_logprobs=[{a["token"]: a["logprob"] for a in t["top_logprobs"]} for t in tokens],
-                   text_offset=offsets)
+
+def completion_logprobs(tokens: list[dict[str, Any]], offset: int) -> CompletionLogprobs:
+    """From the per-token objects; `offset`: where the first token starts in the choice's text."""
+    offsets = []
+    for t in tokens:
+        offsets.append(offset)
+        offset += len(t["token"])
+    return CompletionLogprobs(tokens=[t["token"] for t in tokens], token_logprobs=[t["logprob"] for t in tokens],
+                              top_logprobs=[{a["token"]: a["logprob"] for a in t["top_logprobs"]} for t in tokens],
+                              text_offset=offsets)
 
 
-class FunctionCallOut(WireModel):
+class FunctionCallOut(TypedDict):
     name: str
     arguments: str
 
 
-class ToolCallOut(WireModel):
+class ToolCallOut(TypedDict):
     id: str
     type: Literal["function"]
     function: FunctionCallOut
 
 
-class AssistantMessage(WireModel):
+class AssistantMessage(TypedDict):
     role: Literal["assistant"]
     content: str | None
-    tool_calls: list[ToolCallOut] | None = None
+    tool_calls: NotRequired[list[ToolCallOut]]
 
 
-class ChatChoice(WireModel):
+class ChatChoice(TypedDict):
     index: int
     message: AssistantMessage
     finish_reason: str | None
     logprobs: ChatLogprobs | None
-    content_filter_results: dict[str, Any] | None = None
+    content_filter_results: NotRequired[dict[str, Any]]
 
 
-class ChatCompletion(WireModel):
+class ChatCompletion(TypedDict):
     id: str
     object: Literal["chat.completion"]
     created: int
     model: str
     choices: list[ChatChoice]
     usage: Usage
-    prompt_filter_results: list[dict[str, Any]] | None = None
+    prompt_filter_results: NotRequired[list[dict[str, Any]]]
 
 
-class CompletionChoice(WireModel):
+class CompletionChoice(TypedDict):
     index: int
     text: str
     finish_reason: str | None
     logprobs: CompletionLogprobs | None
-    content_filter_results: dict[str, Any] | None = None
+    content_filter_results: NotRequired[dict[str, Any]]
 
 
-class TextCompletion(WireModel):
+class TextCompletion(TypedDict):
     id: str
     object: Literal["text_completion"]
     created: int
     model: str
     choices: list[CompletionChoice]
     usage: Usage
-    prompt_filter_results: list[dict[str, Any]] | None = None
+    prompt_filter_results: NotRequired[list[dict[str, Any]]]
 
 
-class FunctionDelta(WireModel):
-    name: str | None = None  # on a call's first delta
+class FunctionDelta(TypedDict):
+    name: NotRequired[str]  # on a call's first delta
     arguments: str
 
 
-class ToolCallDelta(WireModel):
+class ToolCallDelta(TypedDict):
     index: int
-    id: str | None = None  # on a call's first delta, with its type
-    type: Literal["function"] | None = None
+    id: NotRequired[str]  # on a call's first delta, with its type
+    type: NotRequired[Literal["function"]]
     function: FunctionDelta
 
 
-class ChatDelta(WireModel):
-    role: Literal["assistant"] | None = None
-    content: str | None = None
-    tool_calls: list[ToolCallDelta] | None = None
+class ChatDelta(TypedDict, total=False):
+    role: Literal["assistant"]
+    content: str
+    tool_calls: list[ToolCallDelta]
 
 
-class ChatChunkChoice(WireModel):
+class ChatChunkChoice(TypedDict):
     index: int
     delta: ChatDelta
     logprobs: ChatLogprobs | None
     finish_reason: str | None
-    content_filter_results: dict[str, Any] | None = None
+    content_filter_results: NotRequired[dict[str, Any]]
 
 
-class ChatCompletionChunk(WireModel):
+class ChatCompletionChunk(TypedDict):
     id: str
     object: Literal["chat.completion.chunk"]
     created: int
     model: str
     choices: list[ChatChunkChoice]
-    usage: Usage | None = None  # with stream_options.include_usage: null until the last chunk
-    prompt_filter_results: list[dict[str, Any]] | None = None  # the first chunk's, with a content filter
+    usage: NotRequired[Usage | None]  # with stream_options.include_usage: null until the last chunk
+    prompt_filter_results: NotRequired[list[dict[str, Any]]]  # the first chunk's, with a content filter
 
 
-class CompletionChunkChoice(WireModel):
+class CompletionChunkChoice(TypedDict):
     index: int
     text: str
     logprobs: CompletionLogprobs | None
     finish_reason: str | None
-    content_filter_results: dict[str, Any] | None = None
+    content_filter_results: NotRequired[dict[str, Any]]
 
 
-class CompletionChunk(WireModel):
+class CompletionChunk(TypedDict):
     id: str
     object: Literal["text_completion"]
     created: int
     model: str
     choices: list[CompletionChunkChoice]
-    usage: Usage | None = None
-    prompt_filter_results: list[dict[str, Any]] | None = None
+    usage: NotRequired[Usage | None]
+    prompt_filter_results: NotRequired[list[dict[str, Any]]]
 
 
-class Embedding(WireModel):
+class Embedding(TypedDict):
     object: Literal["embedding"]
     index: int
     embedding: list[float] | str  # floats, or base64 of little-endian float32
 
 
-class EmbeddingUsage(WireModel):
+class EmbeddingUsage(TypedDict):
     prompt_tokens: int
     total_tokens: int
 
 
-class EmbeddingList(WireModel):
+class EmbeddingList(TypedDict):
     object: Literal["list"]
     model: str
     data: list[Embedding]
     usage: EmbeddingUsage
-    prompt_filter_results: list[dict[str, Any]] | None = None
+    prompt_filter_results: NotRequired[list[dict[str, Any]]]
 
 
-class ModelCard(WireModel):
+class ModelCard(TypedDict):
     """One deployment in `GET /v1/models` (`id` is the deployment's name)."""
 
     id: str
@@ -363,15 +361,14 @@ class ModelCard(WireModel):
     state: str
 
 
-class ModelList(WireModel):
+class ModelList(TypedDict):
     object: Literal["list"]
     data: list[ModelCard]
 
 
-class ModelInfo(WireModel):
+class ModelInfo(TypedDict):
     """Azure's `GET /deployments/{name}/info`."""
 
-    model_config = ConfigDict(protected_namespaces=())
     model_name: str
     model_type: str
     model_provider_name: str
@@ -380,27 +377,28 @@ class ModelInfo(WireModel):
 # -- Answers of the Responses API -------------------------------------------------------------------
 
 
-class ResponseUsage(WireModel):
+class ResponseUsage(TypedDict):
     input_tokens: int
     input_tokens_details: dict[str, int]
     output_tokens: int
     output_tokens_details: dict[str, int]
     total_tokens: int
 
-    @classmethod
-    def of(cls, input_tokens: int, output_tokens: int) -> ResponseUsage:
-        return cls(input_tokens=input_tokens, input_tokens_details={"cached_tokens": 0}, output_tokens=output_tokens,
-                   output_tokens_details={"reasoning_tokens": 0}, total_tokens=input_tokens + output_tokens)
+
+def response_usage_of(input_tokens: int, output_tokens: int) -> ResponseUsage:
+    return ResponseUsage(input_tokens=input_tokens, input_tokens_details={"cached_tokens": 0},
+                         output_tokens=output_tokens, output_tokens_details={"reasoning_tokens": 0},
+                         total_tokens=input_tokens + output_tokens)
 
 
-class OutputText(WireModel):
+class OutputText(TypedDict):
     type: Literal["output_text"]
     text: str
     annotations: list[Any]
     logprobs: list[Any]
 
 
-class OutputMessage(WireModel):
+class OutputMessage(TypedDict):
     type: Literal["message"]
     id: str
     status: str  # in_progress | completed | incomplete
@@ -408,7 +406,7 @@ class OutputMessage(WireModel):
     content: list[OutputText]
 
 
-class FunctionCallItem(WireModel):
+class FunctionCallItem(TypedDict):
     type: Literal["function_call"]
     id: str
     call_id: str
@@ -417,7 +415,7 @@ class FunctionCallItem(WireModel):
     status: str
 
 
-class ResponseObject(WireModel):
+class ResponseObject(TypedDict):
     """`POST /v1/responses`'s answer (and the `response` of its stream's events); never stored."""
 
     id: str
@@ -441,6 +439,6 @@ class ResponseObject(WireModel):
     truncation: str
     metadata: dict[str, str]
     usage: ResponseUsage | None
-    completed_at: int | None = None  # once completed
-    prompt_filter_results: list[dict[str, Any]] | None = None
-    content_filter_results: dict[str, Any] | None = None
+    completed_at: NotRequired[int]  # once completed
+    prompt_filter_results: NotRequired[list[dict[str, Any]]]
+    content_filter_results: NotRequired[dict[str, Any]]

@@ -38,9 +38,8 @@ from modelport.inference.protocol import (
     OutputText,
     ResponseObject,
     ResponsesRequest,
-    ResponseUsage,
     ToolCallOut,
-    WireModel,
+    response_usage_of,
 )
 from modelport.inference.routing import Route
 from modelport.inference.wire_errors import ErrorShape
@@ -174,16 +173,16 @@ def in_progress(req: ResponsesRequest, model: str) -> ResponseObject:
 def finished(shell: ResponseObject, output: list[OutputMessage | FunctionCallItem], usage: StreamUsage,
              finish: str | None) -> ResponseObject:
     """The response once its output is complete: `finish` is the choice's finish reason."""
-    done = shell.model_copy()
-    done.output = output
-    done.usage = ResponseUsage.of(usage.prompt_tokens, usage.completion_tokens)
+    done = shell.copy()
+    done["output"] = output
+    done["usage"] = response_usage_of(usage.prompt_tokens, usage.completion_tokens)
     reason = INCOMPLETE.get(finish or "")
     if reason is None:
-        done.status = "completed"
-        done.completed_at = int(time.time())
+        done["status"] = "completed"
+        done["completed_at"] = int(time.time())
     else:
-        done.status = "incomplete"
-        done.incomplete_details = {"reason": reason}
+        done["status"] = "incomplete"
+        done["incomplete_details"] = {"reason": reason}
     return done
 
 
@@ -194,12 +193,12 @@ async def _answer(call: Call, shell: ResponseObject) -> Response:
     (choice,), usage, flt = got
     out = finished(shell, _items(choice), usage, choice.finish_reason)
     if flt is not None:
-        out.prompt_filter_results = flt.prompt_filter_results()
-        out.content_filter_results = flt.results(0)
+        out["prompt_filter_results"] = flt.prompt_filter_results()
+        out["content_filter_results"] = flt.results(0)
     # committed before the answer leaves (group commit): an answer that was sent is billed
     await call.bill.commit(usage.prompt_tokens, usage.completion_tokens,
                            "filtered" if choice.finish_reason == "content_filter" else "success")
-    return Response(orjson.dumps(out.wire()), media_type="application/json")
+    return Response(orjson.dumps(out), media_type="application/json")
 
 
 def _message(item_id: str, text: str, status: str) -> OutputMessage:
@@ -209,8 +208,8 @@ def _message(item_id: str, text: str, status: str) -> OutputMessage:
 
 
 def _function_call(item_id: str, call: ToolCallOut, status: str) -> FunctionCallItem:
-    return FunctionCallItem(type="function_call", id=item_id, call_id=call.id, name=call.function.name,
-                            arguments=call.function.arguments, status=status)
+    return FunctionCallItem(type="function_call", id=item_id, call_id=call["id"], name=call["function"]["name"],
+                            arguments=call["function"]["arguments"], status=status)
 
 
 def _items(choice: ChoiceOut) -> list[OutputMessage | FunctionCallItem]:
@@ -243,8 +242,7 @@ class ResponseEvents:
         self.current: OutputMessage | FunctionCallItem | None = None  # the open item
 
     def event(self, kind: str, **fields: Any) -> bytes:
-        data = {"type": kind, "sequence_number": self.seq,
-                **{k: v.wire() if isinstance(v, WireModel) else v for k, v in fields.items()}}
+        data = {"type": kind, "sequence_number": self.seq, **fields}
         self.seq += 1
         return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
@@ -257,10 +255,10 @@ class ResponseEvents:
         self.current = item
         self.output.append(item)
         out.append(self.event("response.output_item.added", output_index=self.index, item=item))
-        if isinstance(item, OutputMessage):
+        if item["type"] == "message":
             part = OutputText(type="output_text", text="", annotations=[], logprobs=[])
-            item.content.append(part)
-            out.append(self.event("response.content_part.added", item_id=item.id, output_index=self.index,
+            item["content"].append(part)
+            out.append(self.event("response.content_part.added", item_id=item["id"], output_index=self.index,
                                   content_index=0, part=part))
         return out
 
@@ -269,16 +267,16 @@ class ResponseEvents:
         if item is None:
             return []
         done = []
-        if isinstance(item, OutputMessage):
-            part = item.content[0]
-            done += [self.event("response.output_text.done", item_id=item.id, output_index=self.index,
-                                content_index=0, text=part.text, logprobs=[]),
-                     self.event("response.content_part.done", item_id=item.id, output_index=self.index,
+        if item["type"] == "message":
+            part = item["content"][0]
+            done += [self.event("response.output_text.done", item_id=item["id"], output_index=self.index,
+                                content_index=0, text=part["text"], logprobs=[]),
+                     self.event("response.content_part.done", item_id=item["id"], output_index=self.index,
                                 content_index=0, part=part)]
         else:
-            done.append(self.event("response.function_call_arguments.done", item_id=item.id,
-                                   output_index=self.index, arguments=item.arguments))
-        item.status = "completed"
+            done.append(self.event("response.function_call_arguments.done", item_id=item["id"],
+                                   output_index=self.index, arguments=item["arguments"]))
+        item["status"] = "completed"
         done.append(self.event("response.output_item.done", output_index=self.index, item=item))
         self.current = None
         return done
@@ -286,19 +284,21 @@ class ResponseEvents:
     def piece(self, piece: tools.Piece) -> list[bytes]:
         out: list[bytes] = []
         if isinstance(piece, tools.Content):
-            if not isinstance(self.current, OutputMessage):
+            if self.current is None or self.current["type"] != "message":
                 out += self.open(_message("msg_" + secrets.token_hex(16), "", "in_progress"))
-            assert isinstance(self.current, OutputMessage)
-            self.current.content[0].text += piece.text
-            out.append(self.event("response.output_text.delta", item_id=self.current.id, output_index=self.index,
+            message = self.current
+            assert message is not None and message["type"] == "message"
+            message["content"][0]["text"] += piece.text
+            out.append(self.event("response.output_text.delta", item_id=message["id"], output_index=self.index,
                                   content_index=0, delta=piece.text, logprobs=[]))
         elif isinstance(piece, tools.CallStart):
             out += self.open(FunctionCallItem(type="function_call", id="fc_" + secrets.token_hex(16),
                                               call_id=piece.id, name=piece.name, arguments="", status="in_progress"))
         else:
-            assert isinstance(self.current, FunctionCallItem)
-            self.current.arguments += piece.text
-            out.append(self.event("response.function_call_arguments.delta", item_id=self.current.id,
+            call = self.current
+            assert call is not None and call["type"] == "function_call"
+            call["arguments"] += piece.text
+            out.append(self.event("response.function_call_arguments.delta", item_id=call["id"],
                                   output_index=self.index, delta=piece.text))
         return out
 
@@ -324,8 +324,8 @@ class ResponseEvents:
             usage = await call.bill.final_usage(usage, pipeline.deltas)
             final = finished(self.shell, self.output, usage, finish)
             if flt is not None:
-                final.content_filter_results = flt.results(0)
-            kind = "response.completed" if final.status == "completed" else "response.incomplete"
+                final["content_filter_results"] = flt.results(0)
+            kind = "response.completed" if final["status"] == "completed" else "response.incomplete"
             # committed before the last event leaves: a stream whose end was sent is billed
             await call.bill.commit(usage.prompt_tokens, usage.completion_tokens,
                                    "filtered" if finish == "content_filter" else "success")

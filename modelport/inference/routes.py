@@ -129,7 +129,7 @@ async def openai_models(request: Request) -> Response:
         routes = [caller.deployment] if caller.deployment else gateway.routes_of(caller.workspace_id)
         return JSONResponse(ModelList(object="list", data=[
             ModelCard(id=r.name, object="model", created=r.created_at, owned_by="modelport", task=r.task,
-                      state=r.state) for r in routes if r is not None]).wire())
+                      state=r.state) for r in routes if r is not None]))
     except ModelportError as exc:
         return OPENAI.response(exc)
 
@@ -149,7 +149,7 @@ async def _azure_call(request: Request, name: str, kind: str) -> Response:
             return JSONResponse(ModelInfo(
                 model_name=route.model_name,
                 model_type="chat-completion" if route.task == "chat-completion" else "embeddings",
-                model_provider_name="modelport").wire())
+                model_provider_name="modelport"))
         calls.admit_budget(svc.budgets, route)
         # next: requests and tokens per minute (429), once the body gives the estimate (admission.py)
         body = await calls.read_json(request, svc.settings.max_request_bytes)

@@ -24,16 +24,16 @@ def typed_chat(index: int, text: str, include_usage: bool) -> bytes:
                                 choices=[ChatChunkChoice(index=index, delta=ChatDelta(content=text), logprobs=None,
                                                          finish_reason=None)])
     if include_usage:
-        chunk.usage = None
-    return sse(chunk.wire())
+        chunk["usage"] = None
+    return sse(chunk)
 
 
 def typed_completion(index: int, text: str, include_usage: bool) -> bytes:
     chunk = CompletionChunk(id="cmpl-1", object="text_completion", created=7, model="dep",
                             choices=[CompletionChunkChoice(index=index, text=text, logprobs=None, finish_reason=None)])
     if include_usage:
-        chunk.usage = None
-    return sse(chunk.wire())
+        chunk["usage"] = None
+    return sse(chunk)
 
 
 @given(texts=st.lists(st.text(max_size=30), min_size=1, max_size=5), include_usage=st.booleans(),
