@@ -25,6 +25,7 @@ from modelport.identity.service import IdentityService
 from modelport.inference.gateway import Gateway
 from modelport.inference.judge import judge_factory
 from modelport.inference.pools import PoolManager, RegionSlots, scale_policy
+from modelport.marketplace.changes import Marketplace
 from modelport.marketplace.offers import OfferService
 from modelport.marketplace.publishers import PublisherService
 from modelport.marketplace.report import PublisherReports
@@ -87,6 +88,7 @@ def build_services(settings: Settings) -> Services:
     finetuning = FinetuningService(db, catalog, datasets, datastore,
                                    max_active_jobs=settings.max_active_finetune_jobs_per_workspace)
     lifecycle = DeploymentLifecycle(deployments, gateway, safety, finetuning)
+    offers = OfferService(db, policies)
     return Services(
         settings=settings,
         db=db,
@@ -102,7 +104,8 @@ def build_services(settings: Settings) -> Services:
         finetuning=finetuning,
         offboarding=Offboarding(settings, db, identity, lifecycle, catalog, safety, datastore),
         publishers=PublisherService(db),
-        offers=OfferService(db, policies),
+        offers=offers,
+        marketplace=Marketplace(offers, lifecycle),
         usage=usage,
         budgets=budgets,
         reports=PublisherReports(db, usage),

@@ -23,6 +23,7 @@ from modelport.identity.offboarding import Offboarding
 from modelport.identity.principal import Principal, PublisherPrincipal
 from modelport.identity.service import IdentityService
 from modelport.inference.gateway import Gateway
+from modelport.marketplace.changes import Marketplace
 from modelport.marketplace.offers import OfferService
 from modelport.marketplace.publishers import PublisherService
 from modelport.marketplace.report import PublisherReports
@@ -55,6 +56,7 @@ class Services:
     offboarding: Offboarding
     publishers: PublisherService
     offers: OfferService
+    marketplace: Marketplace  # offer and subscription changes, carried to deployments
     usage: UsageService
     budgets: BudgetService
     reports: PublisherReports

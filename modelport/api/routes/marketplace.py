@@ -1,7 +1,7 @@
 """Routes: publishers, offers, subscriptions, and what publishers see. Thin: parse, call, shape.
 
-Subscribing and unsubscribing change rows in the service; the workspace's deployments of the
-offer are then resumed or suspended through the deployment lifecycle (`DeploymentLifecycle`).
+Changes that reach deployments (offers created, priced or retired, terms retired, subscriptions
+made or cancelled) go through `marketplace.changes.Marketplace`, which the portal uses too.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from fastapi import APIRouter, Query, status
 from fastapi.responses import Response
 
 from modelport.api.deps import Caller, MarketCaller, PublisherCaller, Svc
-from modelport.marketplace.offers import SUSPENDED_FOR_SUBSCRIPTION, OfferView, SubscriptionView
+from modelport.marketplace.offers import OfferView, SubscriptionView
 from modelport.marketplace.report import report_csv
 from modelport.marketplace.schemas import (
     OfferCreate,
@@ -126,13 +126,8 @@ def revoke_publisher_key(ref: str, key_id: str, caller: Caller, svc: Svc) -> Pub
 @router.post("/marketplace/offers", response_model=OfferOut, status_code=status.HTTP_201_CREATED,
              name="offer.create")
 async def create_offer(body: OfferCreate, caller: MarketCaller, svc: Svc) -> dict:
-    view = await run_blocking(svc.offers.create, caller, body)
     # deployments made before the model was sold stop until their workspace subscribes
-    unsubscribed = await run_blocking(svc.offers.unsubscribed_deployments, view.offer.id)
-    await svc.lifecycle.suspend_all(unsubscribed, "subscription",
-                                    SUSPENDED_FOR_SUBSCRIPTION.format(offer=view.offer.id))
-    await svc.lifecycle.prices_changed(view.model.id)
-    return offer_out(view)
+    return offer_out(await svc.marketplace.create_offer(caller, body))
 
 
 @router.get("/marketplace/offers", response_model=list[OfferOut], name="offer.list")
@@ -155,16 +150,12 @@ def get_terms(offer: str, version: str, caller: MarketCaller, svc: Svc) -> dict:
 async def set_offer_prices(offer: str, body: OfferPrices, caller: MarketCaller, svc: Svc) -> dict:
     """New prices for the requests that start from now (each request is charged at the prices in
     force when it started)."""
-    view = await run_blocking(svc.offers.set_prices, caller, offer, body)
-    await svc.lifecycle.prices_changed(view.model.id)
-    return offer_out(view)
+    return offer_out(await svc.marketplace.set_prices(caller, offer, body))
 
 
 @router.post("/marketplace/offers/{offer}/retire", response_model=OfferOut, name="offer.retire")
 async def retire_offer(offer: str, caller: MarketCaller, svc: Svc) -> dict:
-    view = await run_blocking(svc.offers.retire, caller, offer)
-    await svc.lifecycle.prices_changed(view.model.id)
-    return offer_out(view)
+    return offer_out(await svc.marketplace.retire_offer(caller, offer))
 
 
 @router.post("/marketplace/offers/{offer}/terms", response_model=OfferOut, status_code=status.HTTP_201_CREATED,
@@ -176,10 +167,7 @@ def add_terms(offer: str, body: TermsIn, caller: MarketCaller, svc: Svc) -> dict
 @router.post("/marketplace/offers/{offer}/terms/{version}/retire", response_model=OfferOut,
              name="offer.terms.retire")
 async def retire_terms(offer: str, version: str, caller: MarketCaller, svc: Svc) -> dict:
-    view, deployments = await run_blocking(svc.offers.retire_terms, caller, offer, version)
-    await svc.lifecycle.suspend_all(deployments, "subscription",
-                                    SUSPENDED_FOR_SUBSCRIPTION.format(offer=view.offer.id))
-    return offer_out(view)
+    return offer_out(await svc.marketplace.retire_terms(caller, offer, version))
 
 
 # -- subscriptions (workspaces) ------------------------------------------------------------------
@@ -187,9 +175,7 @@ async def retire_terms(offer: str, version: str, caller: MarketCaller, svc: Svc)
 @router.post("/marketplace/subscriptions", response_model=SubscriptionOut, status_code=status.HTTP_201_CREATED,
              name="subscription.create")
 async def subscribe(body: SubscriptionCreate, caller: Caller, svc: Svc) -> dict:
-    view, deployments = await run_blocking(svc.offers.subscribe, caller, body)
-    await svc.lifecycle.resume_all(deployments, "subscription")
-    return subscription_out(view)
+    return subscription_out(await svc.marketplace.subscribe(caller, body))
 
 
 @router.get("/marketplace/subscriptions", response_model=list[SubscriptionOut], name="subscription.list")
@@ -204,9 +190,7 @@ def get_subscription(ref: str, caller: Caller, svc: Svc) -> dict:
 
 @router.delete("/marketplace/subscriptions/{ref}", response_model=SubscriptionOut, name="subscription.cancel")
 async def unsubscribe(ref: str, caller: Caller, svc: Svc) -> dict:
-    view, deployments = await run_blocking(svc.offers.unsubscribe, caller, ref)
-    await svc.lifecycle.suspend_all(deployments, "subscription",
-                                    SUSPENDED_FOR_SUBSCRIPTION.format(offer=view.offer.id))
+    view, _ = await svc.marketplace.unsubscribe(caller, ref)
     return subscription_out(view)
 
 

@@ -24,7 +24,6 @@ from modelport.api.deps import Services
 from modelport.api.routes.marketplace import offer_out, subscription_out
 from modelport.errors import Conflict, Forbidden, InvalidInput
 from modelport.identity.principal import Principal
-from modelport.marketplace.offers import SUSPENDED_FOR_SUBSCRIPTION
 from modelport.marketplace.schemas import SubscriptionCreate
 from modelport.metering.usage import parse_range
 from modelport.offload import run_blocking
@@ -87,7 +86,7 @@ async def subscribe(offer_id: str, request: Request, me: Me, svc: Svc) -> Respon
             if err.get("loc", ())[:1] == ("accept_terms_sha256",):
                 raise InvalidInput("Tick 'I accept these terms' to subscribe.", field="accept_terms_sha256") from None
             raise invalid(exc) from None
-        view, deployments = await run_blocking(svc.offers.subscribe, me, body)
+        view = await svc.marketplace.subscribe(me, body)
     except (InvalidInput, Conflict) as exc:
         return await run_blocking(_offer_page, request, me, svc, offer_id, exc.status_code, draft=draft,
                                        error=exc.message, error_details=exc.details)
@@ -96,17 +95,14 @@ async def subscribe(offer_id: str, request: Request, me: Me, svc: Svc) -> Respon
             raise
         return await run_blocking(_offer_page, request, me, svc, offer_id, exc.status_code, draft=draft,
                                        error=exc.message, error_details=exc.details)
-    await svc.lifecycle.resume_all(deployments, "subscription")
     return redirect(f"/marketplace?subscribed={view.sub.id}#sub-{view.sub.id}")
 
 
 @router.post("/marketplace/subscriptions/{ref}/cancel")
 async def unsubscribe(ref: str, request: Request, me: Me, svc: Svc) -> Response:
     await form(request)
-    view, deployments = await run_blocking(svc.offers.unsubscribe, me, ref)
-    await svc.lifecycle.suspend_all(deployments, "subscription",
-                                    SUSPENDED_FOR_SUBSCRIPTION.format(offer=view.offer.id))
-    return redirect(f"/marketplace?cancelled={view.sub.id}&suspended={len(deployments)}#sub-{view.sub.id}")
+    view, suspended = await svc.marketplace.unsubscribe(me, ref)
+    return redirect(f"/marketplace?cancelled={view.sub.id}&suspended={suspended}#sub-{view.sub.id}")
 
 
 def _when(value: str, name: str) -> datetime | None:
