@@ -19,6 +19,7 @@ from modelport.api.request_limits import RequestBodyLimit
 from modelport.api.routes import (
     datasets,
     deployments,
+    encryption_keys,
     finetuning,
     identity,
     marketplace,
@@ -95,6 +96,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(deployments.router)
     app.include_router(datasets.router)
+    app.include_router(encryption_keys.router)
     app.include_router(safety.router)
     app.include_router(finetuning.router)
     app.include_router(marketplace.router)
