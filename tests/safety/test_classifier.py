@@ -70,6 +70,30 @@ def test_the_registry_hands_the_installations_settings_to_the_backend(
         assert graph is not None and graph.is_file() and graph.is_relative_to(session_cache_dir)
 
 
+def test_the_int8_graph_computes_exact_products_on_every_cpu(minilm: MiniLMBackend) -> None:
+    """A verdict must not depend on the CPU that computes it. ONNX Runtime multiplies uint8
+    activations by int8 weights with VPMADDUBSW on CPUs without VNNI (AVX2, AVX-512F), which
+    saturates a pair of products at 32,767; with VNNI the same products are exact, so full-range
+    int8 weights gave other scores on other hosts (a developer prompt scored 0.218 against the 0.20
+    jailbreak threshold on an AVX2 host and under it on others). Weights quantized to 7 bits
+    (|w| <= 64: 255 x 64 x 2 = 32,640) keep every pair in range, so every CPU computes the same
+    integers."""
+    import onnx
+    from onnx import numpy_helper
+
+    if minilm.runtime != "onnx" or minilm.dtype != "int8":
+        pytest.skip("the shipped backend runs the int8 ONNX graph where onnxruntime is installed")
+    graph_file = minilm.onnx_cache_file("int8")
+    assert graph_file is not None and graph_file.is_file()
+    graph = onnx.load(str(graph_file)).graph
+    weights = {i.name: i for i in graph.initializer}
+    products = [n for n in graph.node if n.op_type == "MatMulInteger"]
+    assert len(products) >= 36  # 6 layers x (q, k, v, out, 2 feed-forward) at least
+    for node in products:
+        w = numpy_helper.to_array(weights[node.input[1]])
+        assert w.dtype.name == "int8" and int(abs(w.astype("int16")).max()) <= 64, node.name
+
+
 def test_a_threat_inside_benign_context_is_found_in_one_window(minilm: MiniLMBackend) -> None:
     """Mean pooling alone diluted this (0.16); mean+max pooling must keep it, in one pass."""
     text = ("We went to the farmers market this morning. The strawberries were great this year. "

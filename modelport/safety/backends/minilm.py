@@ -8,12 +8,13 @@ highest score of its windows. All windows of a batch run as one or two padded ba
 Runtimes (`runtime=`):
 - "onnx" (the default where onnxruntime is installed): at load, the float32 encoder (shipped
   delta applied to the bundled base) is exported to ONNX in memory and its matrix products are
-  quantized to int8 with dynamic activation scales (`dtype="int8"`, the default) or kept in
-  float32 (`dtype="float32"`); ONNX Runtime runs it on `threads` threads. The graph is kept in
-  the installation's `BackendSettings.cache_dir` (Settings.cache_dir / "safety") under a key of
-  the shipped delta and library versions, so only the first load pays for export and
-  quantization (about 7 s); without a cache directory every load does. Only model weights are
-  written there, never a screened text.
+  quantized to int8 with dynamic activation scales (`dtype="int8"`, the default; 7-bit weights,
+  so that every CPU computes the same integers) or kept in float32 (`dtype="float32"`); ONNX
+  Runtime runs it on `threads` threads. The graph is kept in the installation's
+  `BackendSettings.cache_dir` (Settings.cache_dir / "safety") under a key of the shipped delta
+  and library versions, so only the first load pays for export and quantization (about 7 s);
+  without a cache directory every load does. Only model weights are written there, never a
+  screened text.
 - "torch": float32 eager, or bfloat16 traced + frozen with torch.jit where the CPU computes
   bfloat16 natively (AVX512-BF16 / AMX; `dtype="auto"|"float32"|"bfloat16"`).
 The thresholds are calibrated on the default path (tools/safety/train.py scores its calibration slice
@@ -57,7 +58,7 @@ LONG_WINDOW = 64
 DTYPES = ("auto", "float32", "bfloat16")
 RUNTIMES = ("auto", "onnx", "torch")
 ONNX_DTYPES = ("auto", "int8", "float32")
-GRAPH_VERSION = "fused-1"  # part of the onnx cache key: changes when _build_graph builds another graph
+GRAPH_VERSION = "fused-2"  # part of the onnx cache key: changes when _build_graph builds another graph
 
 
 def onnx_available() -> bool:
@@ -247,7 +248,10 @@ def _build_graph(model: LoadedModel, dtype: str) -> bytes:
 
                     proto = onnx.load_from_string(graph)
                     keep = [n.name for n in proto.graph.node if n.op_type in ("MatMul", "Gemm") and "/out/" in n.name]
-                    quantize_dynamic(fused, dst, weight_type=QuantType.QInt8, per_channel=True,
+                    # 7-bit weights (reduce_range): without VNNI, ONNX Runtime's uint8 x int8 products
+                    # saturate in pairs at 32,767 and full-range weights gave host-dependent scores;
+                    # with |w| <= 64 every CPU computes the same integers
+                    quantize_dynamic(fused, dst, weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
                                      nodes_to_exclude=keep,
                                      extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
                     graph = dst.read_bytes()
