@@ -304,6 +304,58 @@ def test_bad_cedar_is_refused_with_the_diagnostic(server: Server, team: Tenant, 
     assert server.proc.poll() is None  # hostile nesting did not take the server down
 
 
+@pytest.mark.parametrize("policy_id", ["compliance", "schema", "test"])
+def test_ids_that_name_a_route_are_refused(server: Server, team: Tenant, policy_id: str) -> None:
+    """GET /api/v1/policies/schema is the schema, .../compliance the listing: a policy saved as
+    'schema' could never be shown there. Refused with 400 naming the reserved ids."""
+    text = 'forbid(principal, action == Action::"deploy", resource) when { false };'
+    with server.client(team.keys["owner"]) as owner:
+        r = owner.put(f"/api/v1/policies/{policy_id}", json={"cedar": text})
+        assert r.status_code == 400, r.text
+        message = r.json()["error"]["message"]
+        assert "reserved" in message and all(i in message for i in ("compliance", "schema", "test"))
+        assert policy_id not in {p["id"] for p in ok(owner.get("/api/v1/policies")).json()}
+        assert "entity User" in ok(owner.get("/api/v1/policies/schema")).text
+
+
+def test_the_literal_route_segments_are_the_reserved_ids() -> None:
+    """Any new literal route under /api/v1/policies/ must be reserved too."""
+    from modelport.api.routes.policies import router
+    from modelport.policies.compiler import RESERVED_IDS
+
+    segments = {r.path.removeprefix("/api/v1/policies/").split("/")[0] for r in router.routes
+                if r.path.startswith("/api/v1/policies/")}  # type: ignore[attr-defined]
+    assert segments - {"{policy_id}"} == RESERVED_IDS
+
+
+@pytest.mark.parametrize(("condition", "denied"), [
+    ("resource.content_filter has foo", False),
+    ("!(resource.content_filter has foo)", True),
+    ("resource has foo || resource.model has bar", False),
+    # Cedar evaluates this one (the prefilter does not model ip()), with the filter's fields it reads.
+    ('!(resource.content_filter has foo) && ip("10.0.0.1").isLoopback() == false', True),
+    ('resource.content_filter has foo && ip("10.0.0.1").isLoopback() == false', False),
+])
+def test_a_policy_testing_an_attribute_the_schema_lacks_decides(server: Server, team: Tenant, condition: str,
+                                                                denied: bool) -> None:
+    """Was a KeyError (500) where a decision built the filter record of the fields a policy
+    reads. Saved (the schema allows `has` of any name), then decided, never a 500."""
+    text = f'forbid(principal, action == Action::"deploy", resource) when {{ {condition} }};'
+    with server.client(team.keys["owner"]) as owner:
+        ok(owner.put("/api/v1/policies/has-foo", json={"cedar": text}), 201)
+        try:
+            r = deploy(owner, network=PRIVATE_NET)
+            if denied:
+                assert_denied(r, "has-foo")
+            else:
+                ok(r, 201)
+            r = owner.post("/api/v1/policies/test", json={"action": "deploy", "model": ECHO_MODEL})
+            assert ok(r).json()["denied_by"] == (["has-foo"] if denied else [])
+            ok(owner.get("/api/v1/policies/compliance"))
+        finally:
+            ok(owner.delete("/api/v1/policies/has-foo"), 204)
+
+
 def test_hostile_requests(server: Server, team: Tenant) -> None:
     text = 'forbid(principal, action, resource) when { false };'
     assert httpx.put(f"{server.url}/api/v1/policies/x", json={"cedar": text}).status_code == 401
