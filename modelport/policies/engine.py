@@ -25,6 +25,12 @@ Cedar only those, and remembers its outcome under exactly those values (and the 
 model's and deployment's ids): a later request that differs only in what no policy reads (a new
 deployment's name, usually) is decided from memory. Cedar is deterministic, the memory belongs to
 the compiled set and goes with it, so a remembered decision is the one Cedar would make again.
+
+Before Cedar, each policy of the set is pre-evaluated exactly in Python (`prefilter.py`, one
+check per policy and action, compiled with the set): policies that certainly cannot match are
+dropped, those that certainly match are matched, and Cedar evaluates only the rest, on a subset
+parsed once and kept, with entities holding only what that subset reads. When nothing is left,
+Cedar is not called.
 """
 
 from __future__ import annotations
