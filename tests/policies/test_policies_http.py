@@ -234,6 +234,27 @@ def test_imports_and_finetunes_are_governed(server: Server, team: Tenant, tmp_pa
         assert_denied(r, "no-ft")
 
 
+def test_an_audited_request_on_every_governed_route_goes_through(server: Server, team: Tenant,
+                                                                 tmp_path: Path) -> None:
+    """The audit row of a match is written in a session of its own. Were a route to hold the
+    metadata store's write lock in its own transaction when it decides (SQLite), that write would
+    wait for the request's own lock until the busy timeout and fail: every governed route here
+    succeeds with one audit row each."""
+    audit_all = "@audit\nforbid(principal, action, resource);"
+    with server.client(team.keys["owner"]) as c, platform_policy(server, "audit-all", audit_all):
+        before = len(policy_events(server, "policy.audit"))
+        model = import_tiny_gguf(c, tmp_path, license="MIT", downloadable=True)["name"]  # import_model
+        dep = ok(deploy(c, model, network=PRIVATE_NET), 201).json()["name"]  # deploy
+        ok(c.patch(f"/api/v1/deployments/{dep}", json={"network": {**PRIVATE_NET, "allowed_ranges": ["10.0.0.0/8"]}}))
+        ok(c.put(f"/api/v1/deployments/{dep}/content-filter", json={"enabled": True}))  # change_content_filter
+        assert c.get(f"/api/v1/models/{model}/download").status_code == 200  # download_model
+        events = policy_events(server, "policy.audit")  # newest first
+        events = events[:len(events) - before]
+        assert sorted(e["detail"]["action"] for e in events) == [
+            "change_content_filter", "deploy", "download_model", "import_model", "update_deployment"]
+        assert all(e["detail"]["audited_by"] == ["audit-all"] for e in events)
+
+
 # -- scopes, roles, bad input ------------------------------------------------------------------------
 
 def test_workspace_policies_restrict_further_and_cannot_loosen(server: Server, team: Tenant, other: Tenant) -> None:
