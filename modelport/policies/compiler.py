@@ -21,6 +21,9 @@ from modelport.errors import InvalidInput
 
 POLICY_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 MAX_TEXT_BYTES = 16 * 1024
+#: The literal segments under /api/v1/policies/ (GET .../schema, GET .../compliance, POST .../test):
+#: a policy saved under one of these ids could not be shown or deleted there by its id.
+RESERVED_IDS = frozenset({"compliance", "schema", "test"})
 #: Cedar's parser recurses on brackets and overflows the native stack (killing the server) at a
 #: few hundred levels; nothing a person writes needs more than a handful.
 MAX_NESTING = 32
@@ -53,10 +56,15 @@ class CheckedPolicy:
     actions: frozenset[str]
 
 
-def check_id(policy_id: str) -> None:
+def check_id(policy_id: str, saving: bool = True) -> None:
+    """A valid id for a policy; `saving` False (deleting): a reserved id saved before it was
+    reserved can still be removed."""
     if not POLICY_ID_RE.match(policy_id):
         raise InvalidInput("A policy id is 1-64 lowercase letters, digits, '.', '_' or '-', starting with a letter "
                            "or digit.", field="id")
+    if saving and policy_id in RESERVED_IDS:
+        raise InvalidInput(f"'{policy_id}' is reserved: {', '.join(sorted(RESERVED_IDS))} name routes under "
+                           "/api/v1/policies/; choose another id.", field="id")
     if policy_id.startswith("modelport-"):
         raise InvalidInput("Ids starting with 'modelport-' are reserved (the implicit permit is one); choose "
                            "another.", field="id")
@@ -136,7 +144,7 @@ def _check_document(policy_id: str, text: str) -> CheckedPolicy:
 
 
 @lru_cache(maxsize=4096)
-def _est(text: str) -> dict:
+def est(text: str) -> dict:
     """A saved (already checked) policy in Cedar's JSON form (cached by text: cedarpy's conversion
     takes about a millisecond a policy)."""
     return next(iter(json.loads(cedarpy.policies_to_json_str(text))["staticPolicies"].values()))
@@ -144,7 +152,7 @@ def _est(text: str) -> dict:
 
 def actions_of(text: str) -> frozenset[str]:
     """The actions a saved (already checked) policy can match, without validating it again."""
-    return _actions(_est(text)["action"])
+    return _actions(est(text)["action"])
 
 
 #: A path of attributes from `principal` or `resource`, e.g. ("resource", "model", "publisher").
@@ -158,43 +166,10 @@ def reads_of(text: str) -> frozenset[Path] | None:
     a decision must give it every attribute. A path to a record (`resource.content_filter`)
     stands for the whole record."""
     found: set[Path] = set()
-    for cond in _est(text).get("conditions") or ():
+    for cond in est(text).get("conditions") or ():
         if not _collect(cond["body"], found):
             return None
     return frozenset(found)
-
-
-#: A test a policy's condition starts with: (path, "==" or "contains", a string, number or boolean).
-Guard = tuple[Path, str, object]
-
-
-@lru_cache(maxsize=4096)
-def guard_of(text: str) -> Guard | None:
-    """The test that a saved policy's first `when` condition evaluates first, when it is an
-    attribute compared with a literal (`resource.model.publisher == "x"`) or a set attribute that
-    must contain one (`resource.allowed_ranges.contains("x")`): where it is false, Cedar stops
-    there (`&&` does not go on) and the policy cannot match or fail, so it need not be evaluated."""
-    conditions = _est(text).get("conditions") or ()
-    if not conditions or conditions[0].get("kind") != "when":
-        return None
-    first = conditions[0]["body"]
-    while isinstance(first, dict) and len(first) == 1 and isinstance(first.get("&&"), dict):
-        first = first["&&"].get("left")
-    if not isinstance(first, dict) or len(first) != 1:
-        return None
-    ((op, arg),) = first.items()
-    if op not in ("==", "contains") or not isinstance(arg, dict):
-        return None
-    left, right = arg.get("left"), arg.get("right")
-    if op == "==" and _chain(left) is None:
-        left, right = right, left
-    path = _chain(left)
-    value = right.get("Value") if isinstance(right, dict) and len(right) == 1 else None
-    if path is None or len(path) < 2 or path[0] not in ("principal", "resource"):
-        return None
-    if not isinstance(value, str | bool | int):
-        return None
-    return path, op, value
 
 
 def _chain(expr: object) -> Path | None:

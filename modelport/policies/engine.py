@@ -25,6 +25,12 @@ Cedar only those, and remembers its outcome under exactly those values (and the 
 model's and deployment's ids): a later request that differs only in what no policy reads (a new
 deployment's name, usually) is decided from memory. Cedar is deterministic, the memory belongs to
 the compiled set and goes with it, so a remembered decision is the one Cedar would make again.
+
+Before Cedar, each policy of the set is pre-evaluated exactly in Python (`prefilter.py`, one
+check per policy and action, compiled with the set): policies that certainly cannot match are
+dropped, those that certainly match are matched, and Cedar evaluates only the rest, on a subset
+parsed once and kept, with entities holding only what that subset reads. When nothing is left,
+Cedar is not called.
 """
 
 from __future__ import annotations
@@ -37,15 +43,15 @@ from dataclasses import dataclass, field
 
 import cedarpy
 from sqlalchemy import select
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from modelport.audit import service as audit
 from modelport.db.engine import Database
 from modelport.db.tables import Policy, PolicyVersion
 from modelport.errors import PolicyDenied, ServiceUnavailable
 from modelport.identity.principal import Principal
-from modelport.policies import compiler
-from modelport.policies.facts import DeploymentFacts, FilterFacts, ModelFacts, Resource, UserFacts
+from modelport.policies import compiler, prefilter
+from modelport.policies.facts import DeploymentFacts, ModelFacts, Resource, UserFacts
 
 log = logging.getLogger("modelport.policies")
 
@@ -119,7 +125,7 @@ class CompiledSet:
     texts: tuple[str, ...]  # their Cedar, in the same order
     audit_ids: frozenset[str]
     reads: Reads
-    guards: tuple[tuple[int, compiler.Guard], ...] = ()  # (position in ids, the test its condition starts with)
+    checks: tuple[prefilter.Check, ...] = ()  # each policy's exact pre-evaluation, in the order of ids
     # Outcomes (allowed, denied_by, audited_by) by the facts the policies can read; parsed
     # caller-and-model entities by theirs; single-policy sets for finding one that failed.
     # Filled by decisions, never copied to another set.
@@ -143,31 +149,24 @@ class CompiledSet:
         else:
             ps, ids, texts, audit_ids = base.policy_set.with_added_str(fragment), base.ids, base.texts, base.audit_ids
             reads = Reads.of((p.cedar for p in chosen), deployment_action, also=base.reads)
-        guards: tuple[tuple[int, compiler.Guard], ...] = base.guards if base is not None else ()
-        guards += tuple((len(ids) + j, g) for j, p in enumerate(chosen)
-                        if (g := compiler.guard_of(p.cedar)) is not None)
+        checks = (base.checks if base is not None else ()) + tuple(prefilter.check_of(p.cedar, action) for p in chosen)
         ids += tuple(p.id for p in chosen)
         texts += tuple(p.cedar for p in chosen)
-        return cls(ps, ids, texts, audit_ids | frozenset(p.id for p in chosen if p.audit), reads, guards)
+        return cls(ps, ids, texts, audit_ids | frozenset(p.id for p in chosen if p.audit), reads, checks)
 
-    def narrowed(self, user: UserFacts, resource: Resource) -> CompiledSet:
-        """This set without the policies whose first test is false on these facts (they can
-        neither match nor fail); parsed once per such subset and kept."""
-        if not self.guards:
+    def only(self, keep: tuple[int, ...], deployment_action: bool) -> CompiledSet:
+        """This set with only the policies at positions `keep`, reading only what they read;
+        parsed once per such subset and kept."""
+        if len(keep) == len(self.ids):
             return self
-        out = frozenset(i for i, (path, op, literal) in self.guards
-                        if not _holds(_value(path, user, resource), op, literal))
-        if not out:
-            return self
-        sub = self.subsets.get(out)
+        sub = self.subsets.get(keep)
         if sub is None:
-            keep = [i for i in range(len(self.ids)) if i not in out]
             ids, texts = tuple(self.ids[i] for i in keep), tuple(self.texts[i] for i in keep)
             sub = CompiledSet(cedarpy.PolicySet.from_str(BASE_PERMIT + "\n".join(texts)), ids, texts,
-                              self.audit_ids & frozenset(ids), self.reads)
+                              self.audit_ids & frozenset(ids), Reads.of(texts, deployment_action))
             if len(self.subsets) >= MEMORY_ENTRIES:
                 self.subsets.clear()
-            self.subsets[out] = sub
+            self.subsets[keep] = sub
         return sub
 
     def failed(self, request: dict, entities: cedarpy.Entities) -> set[str]:
@@ -256,6 +255,8 @@ class PolicyEngine:
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        #: False: every policy of a set goes to Cedar, as before the prefilter (benchmarks compare the two).
+        self.prefilter = True
         self._snapshot: Snapshot | None = None
         self._reload_lock = threading.Lock()
 
@@ -272,8 +273,16 @@ class PolicyEngine:
         return snap
 
     def _read_version(self) -> int:
+        """The database's policy version: one primary-key read on the light engine (no pre-ping);
+        tried once more only where the pooled connection was found dead (and dropped)."""
         try:
-            with self.db.engine.connect() as conn:
+            try:
+                with self.db.light.connect() as conn:
+                    return int(conn.execute(_VERSION).scalar_one())
+            except DBAPIError as exc:
+                if not exc.connection_invalidated:
+                    raise
+            with self.db.light.connect() as conn:
                 return int(conn.execute(_VERSION).scalar_one())
         except SQLAlchemyError as exc:
             log.warning("the policy version could not be read", extra={"event": "policy.version_unreadable"})
@@ -323,7 +332,7 @@ class PolicyEngine:
         compiled = snap.compiled(workspace_id, action)
         if compiled is None:
             return Decision(allowed=True, version=snap.version)
-        allowed, denied, audited = decide_in(compiled, user, action, resource)
+        allowed, denied, audited = decide_in(compiled, user, action, resource, self.prefilter)
         return Decision(allowed=allowed, denied_by=denied, audited_by=audited, version=snap.version)
 
     def enforce(self, actor: Principal, action: str, resource: Resource) -> Decision:
@@ -357,32 +366,58 @@ class PolicyEngine:
 
 # -- one decision on one compiled set -------------------------------------------------------------
 
-def decide_in(compiled: CompiledSet, user: UserFacts, action: str,
-              resource: Resource) -> tuple[bool, tuple[str, ...], tuple[str, ...]]:
-    """(allowed, denied_by, audited_by) of `compiled` on these facts: remembered, or Cedar's."""
+def decide_in(compiled: CompiledSet, user: UserFacts, action: str, resource: Resource,
+              use_prefilter: bool = True) -> tuple[bool, tuple[str, ...], tuple[str, ...]]:
+    """(allowed, denied_by, audited_by) of `compiled` on these facts: remembered, or decided
+    (`use_prefilter` False: every policy of the set goes to Cedar, as before the prefilter)."""
     reads = compiled.reads
     model = resource.model if isinstance(resource, DeploymentFacts) else resource
-    user_key = (user.id, *[getattr(user, a) for a in reads.user])
-    model_key = (model.id, *[getattr(model, a) for a in reads.model])
-    key: tuple = (action, user_key, model_key)
+    key: tuple = (action, (user.id, *[getattr(user, a) for a in reads.user]),
+                  (model.id, *[getattr(model, a) for a in reads.model]))
     if isinstance(resource, DeploymentFacts):
         key += (resource.id, *[getattr(resource, a) for a in reads.deployment if a != "model"])
     hit = compiled.memory.get(key)
     if hit is not None:
         return hit
-    outcome = cedar_decision(compiled, user, action, resource, user_key, model_key)
+    if use_prefilter:
+        outcome = prefiltered_decision(compiled, user, action, resource)
+    else:
+        outcome = cedar_decision(compiled, user, action, resource)
     if len(compiled.memory) >= MEMORY_ENTRIES:
         compiled.memory.clear()
     compiled.memory[key] = outcome
     return outcome
 
 
-def cedar_decision(compiled: CompiledSet, user: UserFacts, action: str, resource: Resource,
-                   user_key: tuple, model_key: tuple) -> tuple[bool, tuple[str, ...], tuple[str, ...]]:
+def prefiltered_decision(compiled: CompiledSet, user: UserFacts, action: str,
+                         resource: Resource) -> tuple[bool, tuple[str, ...], tuple[str, ...]]:
+    """Each policy pre-evaluated in Python (prefilter.py): those that certainly cannot match are
+    dropped, those that certainly match are matched; Cedar evaluates only the rest (not called at
+    all when none is left), with entities holding only what the rest read."""
+    matched: set[str] = set()
+    rest: list[int] = []
+    ids = compiled.ids
+    for i, check in enumerate(compiled.checks):
+        certain = check(user, resource)
+        if certain is None:
+            rest.append(i)
+        elif certain:
+            matched.add(ids[i])
+    if rest:
+        sub = compiled.only(tuple(rest), action in compiler.DEPLOYMENT_ACTIONS)
+        _, denied, audited = cedar_decision(sub, user, action, resource)
+        matched.update(denied, audited)
+    denied = tuple(sorted(matched - compiled.audit_ids))
+    return not denied, denied, tuple(sorted(matched & compiled.audit_ids))
+
+
+def cedar_decision(compiled: CompiledSet, user: UserFacts, action: str,
+                   resource: Resource) -> tuple[bool, tuple[str, ...], tuple[str, ...]]:
     """Ask Cedar, with the entities and attributes the set's policies can read."""
     reads = compiled.reads
     model = resource.model if isinstance(resource, DeploymentFacts) else resource
-    base_key = (user_key, model_key)
+    base_key = ((user.id, *[getattr(user, a) for a in reads.user]),
+                (model.id, *[getattr(model, a) for a in reads.model]))
     base = compiled.bases.get(base_key)
     if base is None:
         base = cedarpy.Entities.from_json_str(json.dumps([
@@ -403,7 +438,6 @@ def cedar_decision(compiled: CompiledSet, user: UserFacts, action: str, resource
         resource_uid = {"type": "Model", "id": resource.id}
     request = {"principal": {"type": "User", "id": user.id}, "action": {"type": "Action", "id": action},
                "resource": resource_uid}  # no context: every fact is an entity attribute
-    compiled = compiled.narrowed(user, resource)
     result = cedarpy.is_authorized(request, compiled.policy_set, entities, compiler.schema())
     # Every saved policy carries its @id; the base permit is the only other one that can match.
     matched = {i for i in result.diagnostics.id_annotations_by_reason.values() if i != BASE_PERMIT_ID}
@@ -427,36 +461,6 @@ def _deployment_attr(d: DeploymentFacts, name: str, filter_fields: tuple[str, ..
         return list(d.allowed_ranges)
     if name == "content_filter":
         record = d.content_filter.record()
-        return record if filter_fields is None else {k: record[k] for k in filter_fields}
+        # A field the record does not have is left out (`content_filter has foo` is false), never a KeyError.
+        return record if filter_fields is None else {k: record[k] for k in filter_fields if k in record}
     return getattr(d, name)
-
-
-_MISSING = object()
-
-
-def _value(path: compiler.Path, user: UserFacts, resource: Resource) -> object:
-    """The fact at `path` (("resource", "model", "publisher")), or _MISSING where these facts have none."""
-    obj: object = user if path[0] == "principal" else resource
-    for name in path[1:]:
-        if isinstance(obj, FilterFacts):
-            obj = obj.record().get(name, _MISSING)
-        elif name in _FACT_ATTRS.get(type(obj), ()):
-            obj = getattr(obj, name)
-        else:
-            return _MISSING
-    return obj
-
-
-def _holds(value: object, op: str, literal: object) -> bool:
-    """Whether a guard can be true: False only where Cedar's test is certainly false."""
-    if value is _MISSING:
-        return True
-    if op == "==":
-        return type(value) is type(literal) and value == literal
-    if isinstance(value, tuple):
-        return any(type(v) is type(literal) and v == literal for v in value)
-    return True
-
-
-_FACT_ATTRS = {UserFacts: frozenset(_USER_ATTRS), ModelFacts: frozenset(_MODEL_ATTRS),
-               DeploymentFacts: frozenset(_DEPLOYMENT_ATTRS)}

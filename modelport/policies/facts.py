@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import cached_property
 
 from modelport.db.tables import CatalogModel, Deployment
 from modelport.identity.principal import Principal
@@ -114,11 +115,20 @@ class FilterFacts:
                    jailbreak=detector("jailbreak"), profanity=detector("profanity"))
 
     def record(self) -> dict:
-        levels = (self.hate, self.sexual, self.violence, self.self_harm)
+        """The ContentFilter record of the schema (a copy: the caller may change it)."""
+        return dict(self.fields)
+
+    @cached_property
+    def loosest(self) -> str:
+        """The loosest of the four category thresholds (the record's `loosest`)."""
+        return max((self.hate, self.sexual, self.violence, self.self_harm), key=THRESHOLD_RANK.__getitem__)
+
+    @cached_property
+    def fields(self) -> dict:
+        """The record, made once (a policy decision reads it field by field); never change it."""
         return {"enabled": self.enabled, "hate": self.hate, "sexual": self.sexual, "violence": self.violence,
-                "self_harm": self.self_harm, "loosest": max(levels, key=THRESHOLD_RANK.__getitem__),
-                "backend": self.backend, "judge_deployment": self.judge_deployment, "jailbreak": self.jailbreak,
-                "profanity": self.profanity}
+                "self_harm": self.self_harm, "loosest": self.loosest, "backend": self.backend,
+                "judge_deployment": self.judge_deployment, "jailbreak": self.jailbreak, "profanity": self.profanity}
 
 
 #: ContentFilterConfig's detector defaults, for a stored configuration without the key.

@@ -65,6 +65,9 @@ def test_refusals_are_one_clean_line(server: Server, team: Tenant, tmp_path: Pat
     assert_clean_error(server.cli("policies", "put", "allowed-geographies", "--file", str(ok_file), "--scope",
                                   "platform", key=team.keys["owner"]), 403, "platform admin")
     assert_clean_error(server.cli("policies", "show", "nope", key=team.keys["owner"]), 404, "not found")
+    # An id that names a route under /api/v1/policies/ (compliance, schema, test) is refused.
+    assert_clean_error(server.cli("policies", "put", "compliance", "--file", str(ok_file), key=team.keys["owner"]),
+                       400, "reserved")
 
 
 def test_test_answers_allow_or_deny_without_side_effects(server: Server, team: Tenant) -> None:

@@ -234,6 +234,27 @@ def test_imports_and_finetunes_are_governed(server: Server, team: Tenant, tmp_pa
         assert_denied(r, "no-ft")
 
 
+def test_an_audited_request_on_every_governed_route_goes_through(server: Server, team: Tenant,
+                                                                 tmp_path: Path) -> None:
+    """The audit row of a match is written in a session of its own. Were a route to hold the
+    metadata store's write lock in its own transaction when it decides (SQLite), that write would
+    wait for the request's own lock until the busy timeout and fail: every governed route here
+    succeeds with one audit row each."""
+    audit_all = "@audit\nforbid(principal, action, resource);"
+    with server.client(team.keys["owner"]) as c, platform_policy(server, "audit-all", audit_all):
+        before = len(policy_events(server, "policy.audit"))
+        model = import_tiny_gguf(c, tmp_path, license="MIT", downloadable=True)["name"]  # import_model
+        dep = ok(deploy(c, model, network=PRIVATE_NET), 201).json()["name"]  # deploy
+        ok(c.patch(f"/api/v1/deployments/{dep}", json={"network": {**PRIVATE_NET, "allowed_ranges": ["10.0.0.0/8"]}}))
+        ok(c.put(f"/api/v1/deployments/{dep}/content-filter", json={"enabled": True}))  # change_content_filter
+        assert c.get(f"/api/v1/models/{model}/download").status_code == 200  # download_model
+        events = policy_events(server, "policy.audit")  # newest first
+        events = events[:len(events) - before]
+        assert sorted(e["detail"]["action"] for e in events) == [
+            "change_content_filter", "deploy", "download_model", "import_model", "update_deployment"]
+        assert all(e["detail"]["audited_by"] == ["audit-all"] for e in events)
+
+
 # -- scopes, roles, bad input ------------------------------------------------------------------------
 
 def test_workspace_policies_restrict_further_and_cannot_loosen(server: Server, team: Tenant, other: Tenant) -> None:
@@ -302,6 +323,58 @@ def test_bad_cedar_is_refused_with_the_diagnostic(server: Server, team: Tenant, 
         assert says in r.json()["error"]["message"]
         assert "bad" not in {p["id"] for p in ok(owner.get("/api/v1/policies")).json()}
     assert server.proc.poll() is None  # hostile nesting did not take the server down
+
+
+@pytest.mark.parametrize("policy_id", ["compliance", "schema", "test"])
+def test_ids_that_name_a_route_are_refused(server: Server, team: Tenant, policy_id: str) -> None:
+    """GET /api/v1/policies/schema is the schema, .../compliance the listing: a policy saved as
+    'schema' could never be shown there. Refused with 400 naming the reserved ids."""
+    text = 'forbid(principal, action == Action::"deploy", resource) when { false };'
+    with server.client(team.keys["owner"]) as owner:
+        r = owner.put(f"/api/v1/policies/{policy_id}", json={"cedar": text})
+        assert r.status_code == 400, r.text
+        message = r.json()["error"]["message"]
+        assert "reserved" in message and all(i in message for i in ("compliance", "schema", "test"))
+        assert policy_id not in {p["id"] for p in ok(owner.get("/api/v1/policies")).json()}
+        assert "entity User" in ok(owner.get("/api/v1/policies/schema")).text
+
+
+def test_the_literal_route_segments_are_the_reserved_ids() -> None:
+    """Any new literal route under /api/v1/policies/ must be reserved too."""
+    from modelport.api.routes.policies import router
+    from modelport.policies.compiler import RESERVED_IDS
+
+    segments = {r.path.removeprefix("/api/v1/policies/").split("/")[0] for r in router.routes
+                if r.path.startswith("/api/v1/policies/")}  # type: ignore[attr-defined]
+    assert segments - {"{policy_id}"} == RESERVED_IDS
+
+
+@pytest.mark.parametrize(("condition", "denied"), [
+    ("resource.content_filter has foo", False),
+    ("!(resource.content_filter has foo)", True),
+    ("resource has foo || resource.model has bar", False),
+    # Cedar evaluates this one (the prefilter does not model ip()), with the filter's fields it reads.
+    ('!(resource.content_filter has foo) && ip("10.0.0.1").isLoopback() == false', True),
+    ('resource.content_filter has foo && ip("10.0.0.1").isLoopback() == false', False),
+])
+def test_a_policy_testing_an_attribute_the_schema_lacks_decides(server: Server, team: Tenant, condition: str,
+                                                                denied: bool) -> None:
+    """Was a KeyError (500) where a decision built the filter record of the fields a policy
+    reads. Saved (the schema allows `has` of any name), then decided, never a 500."""
+    text = f'forbid(principal, action == Action::"deploy", resource) when {{ {condition} }};'
+    with server.client(team.keys["owner"]) as owner:
+        ok(owner.put("/api/v1/policies/has-foo", json={"cedar": text}), 201)
+        try:
+            r = deploy(owner, network=PRIVATE_NET)
+            if denied:
+                assert_denied(r, "has-foo")
+            else:
+                ok(r, 201)
+            r = owner.post("/api/v1/policies/test", json={"action": "deploy", "model": ECHO_MODEL})
+            assert ok(r).json()["denied_by"] == (["has-foo"] if denied else [])
+            ok(owner.get("/api/v1/policies/compliance"))
+        finally:
+            ok(owner.delete("/api/v1/policies/has-foo"), 204)
 
 
 def test_hostile_requests(server: Server, team: Tenant) -> None:

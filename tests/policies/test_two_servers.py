@@ -156,3 +156,47 @@ def test_the_cap_holds_when_both_servers_save_at_once(servers) -> None:
                 if policy_id.startswith(f"race-{round_}"):
                     ok(on_b.delete(f"/api/v1/policies/{policy_id}"), 204)
         assert sorted(answers) == [201] * 5 + [409] * 5
+
+
+def test_the_version_read_survives_a_dead_pooled_connection_and_fails_closed(database: str) -> None:
+    """The version read has a small pool of its own without the pre-ping (its round trip doubled
+    the read). A pooled connection that the server ended is dropped and the read tried once more;
+    a read that still fails refuses the request (503), and works again once the store answers."""
+    from modelport.db import migrate
+    from modelport.db.engine import Database
+    from modelport.errors import ServiceUnavailable
+    from modelport.identity.principal import Principal
+    from modelport.identity.roles import Role
+    from modelport.policies.engine import PolicyEngine
+    from modelport.policies.facts import ModelFacts
+
+    db = Database(database)
+    migrate.upgrade(db.engine)
+    engine = PolicyEngine(db)
+    actor = Principal(user_id="usr_v", user_name="v", is_platform_admin=False, key_id="key_v", workspace_id="ws_v",
+                      workspace_name="", role=Role.CONTRIBUTOR)
+    model = ModelFacts(id="mdl_v", name="m", version="1", publisher="p", license="MIT", format="gguf",
+                       task="chat-completion", source="bundled", curated=True, scan_status="passed", sha256="0" * 64,
+                       offer="", owner="platform")
+    admin = sa.create_engine(database)
+    try:
+        assert db.light is not db.engine and not db.light.pool._pre_ping  # type: ignore[attr-defined]
+        assert engine.enforce(actor, "download_model", model).allowed
+        with db.light.connect() as conn:  # the pooled connection's backend
+            pid = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar()
+        with admin.begin() as conn:
+            assert conn.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar()
+        assert engine.enforce(actor, "download_model", model).allowed  # the dead one dropped, read again
+        with admin.begin() as conn:
+            conn.execute(sa.text("ALTER TABLE policy_versions RENAME TO policy_versions_away"))
+        try:
+            with pytest.raises(ServiceUnavailable) as refused:
+                engine.enforce(actor, "download_model", model)
+            assert refused.value.status_code == 503
+        finally:
+            with admin.begin() as conn:
+                conn.execute(sa.text("ALTER TABLE policy_versions_away RENAME TO policy_versions"))
+        assert engine.enforce(actor, "download_model", model).allowed
+    finally:
+        admin.dispose()
+        db.dispose()

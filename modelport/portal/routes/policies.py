@@ -89,7 +89,7 @@ async def delete(policy_id: str, request: Request, me: Me, svc: Svc) -> Response
     scope = data.get("scope") or "workspace"
     if scope not in ("workspace", "platform"):
         raise InvalidInput("scope must be workspace or platform.", field="scope")
-    compiler.check_id(policy_id)
+    compiler.check_id(policy_id, saving=False)
     await run_blocking(svc.policies.delete, me, policy_id, scope)
     return redirect("/policies")
 
