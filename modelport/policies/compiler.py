@@ -59,7 +59,7 @@ class CheckedPolicy:
 def check_id(policy_id: str, saving: bool = True) -> None:
     """A valid id for a policy; `saving` False (deleting): a reserved id saved before it was
     reserved can still be removed."""
-    if not POLICY_ID_RE.match(policy_id):
+    if not POLICY_ID_RE.fullmatch(policy_id):
         raise InvalidInput("A policy id is 1-64 lowercase letters, digits, '.', '_' or '-', starting with a letter "
                            "or digit.", field="id")
     if saving and policy_id in RESERVED_IDS:

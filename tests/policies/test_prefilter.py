@@ -261,3 +261,50 @@ def test_what_the_prefilter_is_certain_of() -> None:
 MODEL = ModelFacts(id="mdl_1", name="SmolLM2-135M-Instruct", version="1", publisher="HuggingFaceTB",
                    license="Apache-2.0", format="gguf", task="chat-completion", source="bundled", curated=True,
                    scan_status="passed", sha256=SHA, offer="", owner="platform")
+
+
+_LIKE_PARTS = st.lists(st.one_of(st.just("Wildcard"), st.builds(lambda c: {"Literal": c}, st.sampled_from("ab*\\é"))),
+                       max_size=7)
+
+
+@settings(max_examples=400, deadline=None)
+@given(parts=_LIKE_PARTS, text=st.text(alphabet="ab*\\é", max_size=9))
+def test_like_matches_as_a_glob(parts: list, text: str) -> None:
+    """`like` is matched without backtracking; on texts short enough for a regex, it agrees with
+    `.*` per wildcard and every literal escaped (what a glob means)."""
+    import re
+
+    regex = "".join(".*" if p == "Wildcard" else re.escape(p["Literal"]) for p in parts)
+    match = prefilter._pattern(parts)
+    assert match is not None
+    assert match(text) == (re.fullmatch(regex, text, re.DOTALL) is not None)
+
+
+def test_a_like_pattern_of_many_wildcards_cannot_hold_the_server() -> None:
+    """A workspace owner's valid policy `resource.name like "*a*a*a*a*a*a*a*a*a*a*b"` against a
+    deploy named 'a' x 63: a backtracking regex took time growing as 63^10 and held the GIL (every
+    thread of the server stopped). Decided in a child process, so that a regression is a timeout
+    of the child, not of this test run."""
+    import subprocess
+    import sys
+
+    code = f"""
+import dataclasses, sys
+sys.path.insert(0, {str(ROOT)!r})
+from tests.policies.test_prefilter import _checked, USERS
+from modelport.policies.engine import CompiledSet, decide_in
+from modelport.policies.facts import DeploymentFacts, FilterFacts, ModelFacts
+model = ModelFacts(id="mdl_1", name="m", version="1", publisher="p", license="MIT", format="gguf",
+                   task="chat-completion", source="bundled", curated=True, scan_status="passed",
+                   sha256="ab" * 32, offer="", owner="platform")
+dep = DeploymentFacts(id="new", name="a" * 63, workspace="team", model=model, type="serverless", geography="eu",
+                      instances=1, public_network_access=False, allowed_ranges=(),
+                      content_filter=FilterFacts(True, "medium", "medium", "medium", "medium"))
+text = 'forbid(principal, action == Action::"deploy", resource) when {{ resource.name like "' + "*a" * 10 + '*b" }};'
+policies = _checked([text])
+assert len(policies) == 1
+print(decide_in(CompiledSet.of(policies, "deploy"), USERS[0], "deploy", dep))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "(True, (), ())", done.stdout  # allowed: the name does not end in b
