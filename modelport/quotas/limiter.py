@@ -229,7 +229,10 @@ class RateLimiter:
                 keys=[*window_keys(rkey), *window_keys(tkey)],
                 args=[rw.amount, rw.seconds, tw.amount, tw.seconds, tokens])
         except Exception as exc:
-            if _is_storage_error(exc):
+            from redis.exceptions import ConnectionError as RedisConnectionError
+            from redis.exceptions import TimeoutError as RedisTimeoutError
+
+            if _is_storage_error(exc) or isinstance(exc, RedisConnectionError | RedisTimeoutError):
                 raise ServiceUnavailable("The rate-limit store (Redis) cannot be reached, so requests are not "
                                          "admitted; retry shortly.") from exc
             raise
