@@ -76,9 +76,14 @@ log = logging.getLogger("modelport.metering")
 MAX_BATCH = 2000
 #: How long a failed write waits before it is tried again.
 RETRY_SECONDS = 0.5
-#: The event loop's commits between two PASSIVE checkpoints by the writer thread (SQLite).
-CHECKPOINT_EVERY = 50
-#: ... and between two RESTART checkpoints (the next write starts the WAL file from its beginning).
+#: The event loop's commits between two PASSIVE checkpoints by the writer thread (SQLite). While
+#: the loop keeps committing, a PASSIVE one seldom catches up with the end of the WAL, so the file
+#: is not started over; it moves pages into the database without holding anyone up.
+CHECKPOINT_EVERY = 100
+#: ... and between two RESTART checkpoints: writers wait for it (the loop hands its groups to the
+#: writer thread meanwhile) and the next write starts the WAL file from its beginning, which
+#: bounds it (about 3 MB at 1 client; tests/metering/test_recorder.py). Each checkpoint costs two
+#: fsyncs: more often costs measurable CPU per event (benchmarks/bench_metering.py).
 RESTART_EVERY = 200
 #: How long a RESTART checkpoint waits for readers (it holds off writers meanwhile).
 RESTART_WAIT_MS = 100

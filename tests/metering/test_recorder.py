@@ -223,7 +223,7 @@ def test_on_sqlite_the_event_loop_commits_and_a_busy_database_goes_to_the_writer
 
 def test_the_wal_stays_bounded_while_the_loop_commits(tmp_path: Path) -> None:
     """The loop's connection never checkpoints; the writer thread does, so the WAL file does not
-    grow with the number of commits (without checkpoints it would pass 30 MB here)."""
+    grow with the number of commits (without checkpoints it would pass 40 MB here; about 3 MB with them)."""
     db = Database(f"sqlite:///{tmp_path / 'wal.db'}")
     migrate.upgrade(db.engine)
     rec = MeterRecorder(db)
@@ -244,8 +244,8 @@ def test_the_wal_stays_bounded_while_the_loop_commits(tmp_path: Path) -> None:
         rec.stop()
     assert _count(db, workspace_id="ws_wal") == 3000
     db.dispose()
-    # the WAL starts over after each complete checkpoint: bounded by what a few dozen commits write
-    assert max(sizes) < 4 * 1024 * 1024, sizes
+    # the WAL starts over after each RESTART checkpoint: bounded by what a few hundred commits write
+    assert max(sizes) < 8 * 1024 * 1024, sizes
 
 
 class RecorderMachine(RuleBasedStateMachine):
