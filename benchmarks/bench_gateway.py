@@ -49,9 +49,13 @@ Metering and the quota check, side by side with a server without them (same run)
 together, the gateway path's requests interleaved between them:
 - off:     `modelport serve` with usage events dropped and every request admitted uncounted (a
            child of this script replaces the two steps; the product has no such switch);
-- memory:  the product as shipped: usage committed before the last byte (metering/recorder.py),
-           requests and tokens per minute on the in-process storage;
-- redis:   the same with the rate limits in Redis (with --redis URL).
+- memory:  the product as shipped: usage committed before the last byte (metering/recorder.py;
+           on SQLite by the event loop itself unless the database is busy), requests and tokens
+           per minute on the in-process storage;
+- memory-thread: the same with every commit made by the writer thread (--thread-commits: the
+           path before the event loop committed itself);
+- redis:   the same as memory with the rate limits in Redis (with --redis URL; one round trip
+           per admission).
 Printed for each: p50/p99 of one client's sequential requests, the gateway's CPU per request
 during those (1 client: each request its own commit) and at 32 concurrent clients (group
 commits), and what each adds over `off`. Targets: <= 50 µs of CPU per request with the memory
@@ -59,8 +63,9 @@ storage, <= 0.5 ms p50 with Redis. The limits' caps are raised to the maximum so
 request is refused: every request pays the full check. The quota check alone is also measured
 in this process: the same sequence of admissions through the gateway's `check_rate_limits` work
 (the limiter and the x-ratelimit headers), against a loop that does nothing in its place, on
-memory and on Redis. The load average is printed: on a shared machine, latencies are only
-comparable within one run.
+memory and on Redis (one round trip, and `redis-4rt`: the `limits` library's own steps, four
+round trips, the path before). The load average is printed: on a shared machine, latencies are
+only comparable within one run.
 """
 
 from __future__ import annotations
@@ -385,11 +390,11 @@ async def measure(setup: Setup, n: int, rounds: int, seconds: float, clients: in
 # ------------------------------------------------------------------------------ the quota check
 
 
-async def quota_check(uri: str | None, n: int) -> dict[str, float]:
+async def quota_check(uri: str | None, n: int, one_round_trip: bool = True) -> dict[str, float]:
     """Per admission: CPU µs and wall-clock p50/p99 ms of the gateway's rate-limit step (the
     limiter's check-and-charge of requests and tokens, then the x-ratelimit headers), or of a
-    loop doing nothing in its place (`uri` None), over `n` sequential admissions."""
-    limiter = RateLimiter(storage_uri(uri)) if uri != "none" else None
+    loop doing nothing in its place (`uri` "none"), over `n` sequential admissions."""
+    limiter = RateLimiter(storage_uri(uri), one_round_trip=one_round_trip) if uri != "none" else None
     limits = RateLimits(MAX_REQUESTS_PER_MINUTE, MAX_TOKENS_PER_MINUTE)
     deployment = f"dep_bench{os.getpid()}{time.time_ns()}"
     tokens = estimate.prompt_tokens(["hi"], 1) + estimate.completion_tokens(1)
@@ -449,6 +454,9 @@ def serve_without(steps: set[str]) -> None:
     from modelport.cli.main import serve
     from modelport.metering.recorder import MeterRecorder
     from modelport.quotas.limiter import Decision, RateLimiter
+
+    if "loop-commits" in steps:  # every usage commit by the writer thread (--thread-commits)
+        MeterRecorder.commit_in_loop = False
 
     async def no_durable(self: MeterRecorder, row: dict) -> None:
         return None
@@ -523,14 +531,14 @@ def report_metering(results: dict[str, dict[str, float]], n: int, clients: int) 
     off = results["off"]
     print(f"\nmetering + quota check on vs off (the gateway path, same run; {n:,} sequential requests per server, "
           f"interleaved; load average {load()}):")
-    print(f"{'server':<10} {'p50 ms':>8} {'p99 ms':>8} {'added p50':>10} {'CPU/req @1':>11} {'added':>9} "
+    print(f"{'server':<14} {'p50 ms':>8} {'p99 ms':>8} {'added p50':>10} {'CPU/req @1':>11} {'added':>9} "
           f"{f'CPU/req @{clients}':>12} {'added':>9} {f'req/s @{clients}':>12}")
     for name, r in results.items():
         same = name == "off"
         added_p50 = "-" if same else f"{r['p50'] - off['p50']:+.3f}"
         added1 = "-" if same else f"{r['cpu1_us'] - off['cpu1_us']:+.1f}"
         added32 = "-" if same else f"{r['cpu_us'] - off['cpu_us']:+.1f}"
-        print(f"{name:<10} {r['p50']:>8.3f} {r['p99']:>8.3f} {added_p50:>10} {r['cpu1_us']:>8.1f} µs {added1:>9} "
+        print(f"{name:<14} {r['p50']:>8.3f} {r['p99']:>8.3f} {added_p50:>10} {r['cpu1_us']:>8.1f} µs {added1:>9} "
               f"{r['cpu_us']:>9.1f} µs {added32:>9} {r['rps']:>12,.0f}")
     ok = True
     mem = results["memory"]
@@ -604,6 +612,8 @@ def metering_run(tmp: Path, args: argparse.Namespace) -> dict[str, dict[str, flo
     """Servers without metering and the quota check, with them on memory, and on Redis (--redis),
     up together so that their requests interleave."""
     configs: dict[str, dict] = {"off": {"without": "meter,quota"}, "memory": {}}
+    if args.thread_commits:
+        configs["memory-thread"] = {"without": "loop-commits"}
     if args.split:  # which of the two costs what
         configs.update({"meter-only": {"without": "quota"}, "quota-only": {"without": "meter"}})
     if args.redis:
@@ -637,6 +647,9 @@ def main() -> int:
                         help="the server with MODELPORT_SCREENING_CASCADE=false: MiniLM screens every new text")
     parser.add_argument("--log-level", default="INFO",
                         help="the server's (INFO, the default, writes one access-log line per request)")
+    parser.add_argument("--thread-commits", action="store_true",
+                        help="also a server whose usage commits are all made by the writer thread (the path "
+                        "before the event loop committed on SQLite)")
     parser.add_argument("--split", action="store_true",
                         help="also servers with metering alone and with the quota check alone")
     parser.add_argument("--metering-only", action="store_true",
@@ -668,6 +681,7 @@ def main() -> int:
     quota = {"none": uvloop.run(quota_check("none", n_quota)), "memory": uvloop.run(quota_check(None, n_quota))}
     if args.redis:
         quota["redis"] = uvloop.run(quota_check(args.redis, n_quota))
+        quota["redis-4rt"] = uvloop.run(quota_check(args.redis, n_quota, one_round_trip=False))
     ok = report(results, args.requests, args.clients) if results is not None else True
     ok = report_quota(quota, n_quota) and ok
     ok = report_metering(metering, args.requests, args.clients) and ok

@@ -1,17 +1,24 @@
 """What exact metering costs per request: usage events committed before the answer's last byte
 (group commit, `MeterRecorder.record_durable`) against the reference of queuing the same events
-without waiting (`record`, written by the same thread in the background), on SQLite.
+without waiting (`record`, written by the writer thread in the background), on SQLite.
 
-`C` concurrent "requests" each build an event and await its commit, `N` times. Printed: CPU per
-event (the whole process: event loop and writer thread), events per commit, the p50 and p99
-wait for the commit, and the ratio of CPU per event to the reference's.
+`C` concurrent "requests" each build an event and await its commit, `N` times, two ways in the
+same run: committed by the event loop itself (the product on SQLite, the writer thread taking
+over when the database is busy) and committed by the writer thread (`commit_in_loop` off: the
+path before; every event crosses to the thread and its answer back). Printed: CPU per event (the
+whole process: event loop and writer thread), events per commit, the p50 and p99 wait for the
+commit, and the ratio of CPU per event to the reference's.
+
+`--aggregate N` also measures the hourly aggregation (metering/aggregation.py) of N events: CPU
+per event of `aggregate`, and of reading the same events as ORM objects (the read before) and
+as plain rows (the read now).
 
 `--synchronous FULL` runs the store with SQLite's `synchronous=FULL` (an fsync of the WAL at
 every commit) instead of the store's NORMAL (db/engine.py; the WAL is synced at checkpoints):
 what durability against a power cut, beyond a killed process, would cost each commit.
 
     .venv/bin/python benchmarks/bench_metering.py [--events 20000] [--concurrency 32] [--rounds 3]
-                                                  [--synchronous NORMAL|FULL]
+                                                  [--synchronous NORMAL|FULL] [--aggregate 20000]
 """
 
 from __future__ import annotations
@@ -25,10 +32,12 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
-from sqlalchemy import event
+from sqlalchemy import event, insert, select
 
 from modelport.db import migrate
 from modelport.db.engine import Database
+from modelport.db.tables import UsageEvent
+from modelport.metering.aggregation import aggregate
 from modelport.metering.recorder import MeterRecorder, usage_row
 
 
@@ -52,13 +61,14 @@ async def _durable(rec: MeterRecorder, events: int, concurrency: int) -> list[fl
     return waits
 
 
-def run(events: int, concurrency: int, durable: bool, synchronous: str = "NORMAL") -> dict:
+def run(events: int, concurrency: int, durable: bool, synchronous: str = "NORMAL", in_loop: bool = True) -> dict:
     with tempfile.TemporaryDirectory() as d:
         db = Database(f"sqlite:///{Path(d) / 'bench.db'}")
         if synchronous != "NORMAL":  # after the store's own settings (listeners run in order)
             event.listen(db.engine, "connect", lambda conn, _: conn.execute(f"PRAGMA synchronous={synchronous}"))
         migrate.upgrade(db.engine)
         rec = MeterRecorder(db)
+        rec.commit_in_loop = in_loop
         rec.start()
         cpu0, wall0 = time.process_time(), time.perf_counter()
         waits: list[float] = []
@@ -70,7 +80,7 @@ def run(events: int, concurrency: int, durable: bool, synchronous: str = "NORMAL
             rec.flush()
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
         rec.stop()
-        commits = rec.commits
+        commits = rec.commits + rec.loop_commits
         db.dispose()
     n = (events // concurrency) * concurrency if durable else events
     out = {"cpu_us_per_event": cpu / n * 1e6, "events_per_commit": n / max(commits, 1), "wall_s": wall}
@@ -81,28 +91,66 @@ def run(events: int, concurrency: int, durable: bool, synchronous: str = "NORMAL
     return out
 
 
+def aggregation(n: int) -> dict[str, float]:
+    """CPU µs per event: `aggregate` over `n` events, and reading them as ORM objects and as rows."""
+    with tempfile.TemporaryDirectory() as d:
+        db = Database(f"sqlite:///{Path(d) / 'agg.db'}")
+        migrate.upgrade(db.engine)
+        with db.engine.begin() as conn:
+            conn.execute(insert(UsageEvent.__table__), [_row() for _ in range(n)])
+        e = UsageEvent
+        out = {}
+        with db.session() as s:
+            t = time.process_time()
+            list(s.scalars(select(e).where(e.aggregated.is_(False))))
+            out["read_orm_us"] = (time.process_time() - t) / n * 1e6
+        with db.session() as s:
+            t = time.process_time()
+            s.execute(select(e.id, e.at, e.workspace_id, e.deployment_id, e.model_id, e.offer_id, e.subscription_id,
+                             e.currency, e.input_tokens, e.input_price, e.output_tokens, e.output_price)
+                      .where(e.aggregated.is_(False))).all()
+            out["read_rows_us"] = (time.process_time() - t) / n * 1e6
+        t = time.process_time()
+        assert aggregate(db) == n
+        out["aggregate_us"] = (time.process_time() - t) / n * 1e6
+        db.dispose()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=20000)
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--synchronous", choices=("NORMAL", "FULL"), default="NORMAL")
+    ap.add_argument("--aggregate", type=int, default=0, metavar="N", help="also the aggregation of N events")
     a = ap.parse_args()
-    durable = [run(a.events, a.concurrency, True, a.synchronous) for _ in range(a.rounds)]
-    queued = [run(a.events, a.concurrency, False, a.synchronous) for _ in range(a.rounds)]
+    loop: list[dict] = []
+    thread: list[dict] = []
+    queued: list[dict] = []
+    for _ in range(a.rounds):  # alternated, so that load from elsewhere falls on all alike
+        loop.append(run(a.events, a.concurrency, True, a.synchronous, in_loop=True))
+        thread.append(run(a.events, a.concurrency, True, a.synchronous, in_loop=False))
+        queued.append(run(a.events, a.concurrency, False, a.synchronous))
 
     def med(rows: list[dict], k: str) -> float:
         return statistics.median(r[k] for r in rows)
 
-    d_cpu, q_cpu = med(durable, "cpu_us_per_event"), med(queued, "cpu_us_per_event")
-    print(f"group commit before the last byte ({a.concurrency} concurrent): {d_cpu:.1f} µs CPU per event, "
-          f"{med(durable, 'events_per_commit'):.1f} events per commit, wait p50 {med(durable, 'p50_ms'):.2f} ms, "
-          f"p99 {med(durable, 'p99_ms'):.2f} ms")
+    q_cpu = med(queued, "cpu_us_per_event")
+    for label, rows in (("committed by the event loop", loop), ("committed by the writer thread", thread)):
+        cpu = med(rows, "cpu_us_per_event")
+        print(f"group commit before the last byte, {label} ({a.concurrency} concurrent): {cpu:.1f} µs CPU per "
+              f"event ({cpu / q_cpu:.2f}x queuing), {med(rows, 'events_per_commit'):.1f} events per commit, "
+              f"wait p50 {med(rows, 'p50_ms'):.3f} ms, p99 {med(rows, 'p99_ms'):.2f} ms")
     print(f"reference, queued without waiting: {q_cpu:.1f} µs CPU per event, "
           f"{med(queued, 'events_per_commit'):.1f} events per commit")
-    print(f"ratio (durable / queued CPU per event): {d_cpu / q_cpu:.2f}x; medians of {a.rounds} rounds of "
-          f"{a.events} events; SQLite synchronous={a.synchronous}; load average "
+    print(f"loop / thread CPU per event: {med(loop, 'cpu_us_per_event') / med(thread, 'cpu_us_per_event'):.2f}x; "
+          f"medians of {a.rounds} rounds of {a.events} events; SQLite synchronous={a.synchronous}; load average "
           + ", ".join(f"{x:.2f}" for x in os.getloadavg()))
+    if a.aggregate:
+        rounds = [aggregation(a.aggregate) for _ in range(a.rounds)]
+        print(f"aggregation of {a.aggregate} events: {med(rounds, 'aggregate_us'):.1f} µs CPU per event; reading "
+              f"them as ORM objects {med(rounds, 'read_orm_us'):.1f} µs, as rows {med(rounds, 'read_rows_us'):.1f} µs")
 
 
 if __name__ == "__main__":

@@ -228,8 +228,7 @@ class UsageEvent(Base):
     `aggregated` is set once the event was added into the hourly meters (`UsageMeter`)."""
 
     __tablename__ = "usage_events"
-    __table_args__ = (Index("ix_usage_events_dep_at", "deployment_id", "at"),
-                      Index("ix_usage_events_ws_at", "workspace_id", "at"))
+    __table_args__ = (Index("ix_usage_events_dep_at", "deployment_id", "at"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -3,7 +3,9 @@
 Each pass takes the events not yet aggregated (locked, skipped by a concurrent pass on another
 replica), adds them into their hour's meter rows with an upsert, and marks them aggregated, in
 one transaction: an event counts in the meters exactly once. Meter rows are kept per unit price,
-so charges stay exact when a price changes within an hour.
+so charges stay exact when a price changes within an hour. Events are read as plain rows of the
+columns a meter needs, not ORM objects (building an object per event costs about as much as the
+rest of the pass; benchmarks/bench_metering.py --aggregate).
 """
 
 from __future__ import annotations
@@ -47,20 +49,21 @@ def aggregate(db: Database) -> int:
 
 def _one_pass(db: Database) -> int:
     with db.session() as s:
-        stmt = (select(UsageEvent).where(UsageEvent.aggregated.is_(False)).order_by(UsageEvent.id)
-                .limit(PASS_LIMIT))
+        e = UsageEvent
+        stmt = (select(e.id, e.at, e.workspace_id, e.deployment_id, e.model_id, e.offer_id, e.subscription_id,
+                       e.currency, e.input_tokens, e.input_price, e.output_tokens, e.output_price)
+                .where(e.aggregated.is_(False)).order_by(e.id).limit(PASS_LIMIT))
         if s.bind is not None and s.bind.dialect.name == "postgresql":
             stmt = stmt.with_for_update(skip_locked=True)
-        events = list(s.scalars(stmt))
+        events = s.execute(stmt).all()
         if not events:
             return 0
         sums: dict[MeterKey, list[int]] = defaultdict(lambda: [0, 0])
-        for e in events:
-            for meter, quantity, price in (("input_tokens", e.input_tokens, e.input_price),
-                                           ("output_tokens", e.output_tokens, e.output_price)):
-                key = (hour_of(e.at), e.workspace_id, e.deployment_id, e.model_id, e.offer_id or "",
-                       e.subscription_id or "", meter, e.currency or "", price if price is not None else ZERO)
-                acc = sums[key]
+        for _, at, ws, dep, model, offer, sub, currency, n_in, p_in, n_out, p_out in events:
+            hour = at.replace(minute=0, second=0, microsecond=0)
+            for meter, quantity, price in (("input_tokens", n_in, p_in), ("output_tokens", n_out, p_out)):
+                acc = sums[(hour, ws, dep, model, offer or "", sub or "", meter, currency or "",
+                            price if price is not None else ZERO)]
                 acc[0] += quantity
                 acc[1] += 1
         dialect = s.bind.dialect.name if s.bind is not None else "sqlite"
@@ -76,7 +79,7 @@ def _one_pass(db: Database) -> int:
                 set_={"quantity": table.c.quantity + row.excluded.quantity,
                       "requests": table.c.requests + row.excluded.requests})
             s.execute(upsert)
-        ids = [e.id for e in events]
+        ids = [row[0] for row in events]
         for i in range(0, len(ids), 500):
             s.execute(update(UsageEvent).where(UsageEvent.id.in_(ids[i:i + 500])).values(aggregated=True))
         return len(events)

@@ -7,7 +7,9 @@ once a month each, and each refusal is audited (at most once a minute per worksp
 
 The request path reads only memory: the spending of each budgeted workspace is loaded from the
 meters when its budget is set or at start, then every committed usage event adds its charge
-(`MeterRecorder.on_commit`, before the answer of the request leaves). Other replicas' spending
+(`MeterRecorder.on_commit`, before the answer of the request leaves; in the thread that
+committed, often the event loop, so the audit records it leads to are written by a thread of
+their own). Other replicas' spending
 arrives with the periodic reload (every `meter_aggregate_seconds`), so with several servers a
 budget can be exceeded by what the others commit within one reload period, plus the calls in
 flight everywhere when it ran out; after one reload every server refuses.
@@ -73,6 +75,9 @@ class BudgetService:
         self._state: dict[tuple[str, str], BudgetState] = {}
         self._refused_at: dict[tuple[str, str], float] = {}
         self._pending_refusals: list[tuple[str, str, str]] = []
+        # thresholds crossed, not audited yet: (workspace, currency, month, threshold, spent, amount)
+        self._pending_alerts: list[tuple[str, str, str, int, Decimal, Decimal]] = []
+        self._audit_lock = threading.Lock()  # one audit writer at a time (a threshold is audited once)
         self._writes: set[asyncio.Task[None]] = set()
 
     # -- the request path ---------------------------------------------------------------------
@@ -100,7 +105,10 @@ class BudgetService:
             details={"openai_code": "budget_exhausted", "azure_code": "budget_exhausted"})
 
     def on_commit(self, rows: list[dict[str, Any]]) -> None:
-        """Add the charges of committed usage events (the metering writer's thread)."""
+        """Add the charges of committed usage events. Called by the metering writer in the thread
+        that committed them: on an event loop, the audit records of crossed thresholds and of
+        refusals are written by a thread started for them (the loop never waits for the database);
+        on any other thread, before returning."""
         crossed = []
         with self._lock:
             for r in rows:
@@ -119,9 +127,31 @@ class BudgetService:
                     if t not in state.alerted and state.spent * 100 >= state.amount * t:
                         state.alerted.add(t)
                         crossed.append((r["workspace_id"], currency, state.month, t, state.spent, state.amount))
-        for ws, currency, month, t, spent, amount in crossed:
-            self._alert(ws, currency, month, t, spent, amount)
-        self.write_refusals()
+            self._pending_alerts += crossed
+            if not self._pending_alerts and not self._pending_refusals:
+                return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # a thread: write now
+            self.write_audits()
+            return
+        # not a daemon: the records are written before the process exits normally
+        threading.Thread(target=self._write_audits_quietly, name="budget-audit").start()
+
+    def write_audits(self) -> None:
+        """Write the audit records of crossed thresholds and of refusals not written yet."""
+        with self._audit_lock:
+            with self._lock:
+                alerts, self._pending_alerts = self._pending_alerts, []
+            for ws, currency, month, t, spent, amount in alerts:
+                self._alert(ws, currency, month, t, spent, amount)
+            self.write_refusals()
+
+    def _write_audits_quietly(self) -> None:
+        try:
+            self.write_audits()
+        except Exception:
+            log.exception("could not write budget audit records")
 
     def _alert(self, workspace_id: str, currency: str, month: str, threshold: int, spent: Decimal,
                amount: Decimal) -> None:

@@ -14,6 +14,15 @@ Requests are checked first: a request refused for tokens has still spent a reque
 Under a steady overload each window admits exactly its limit (the previous window's weight and
 the current count add up to it); when a window starts after an idle one, its whole limit is
 available at once.
+
+In Redis an admission is one round trip: one Lua script (ADMIT_SCRIPT, loaded once and called
+by its digest, EVALSHA) does both dimensions' check-and-charge and returns both windows' state
+for the x-ratelimit headers, on the same keys and with the same arithmetic as the library's
+sliding-window script, so that the library's readers (`peek`, `charge`) see what it wrote
+(tests/quotas/test_redis_admission.py compares its decisions with the library's). The library's
+own steps took four round trips (two charges, then two reads of the windows). Its keys live on
+one Redis server (redis://, rediss://, redis+unix://; not Redis Cluster, where the four keys of an
+admission would be on different nodes).
 """
 
 from __future__ import annotations
@@ -35,6 +44,61 @@ PREFIX = "modelport"
 EPSILON = 0.01
 #: The limit an unconditional charge is made under (tokens used beyond an estimate: already spent).
 UNCONDITIONAL = 2**52
+
+#: One admission in Redis: KEYS are the requests' previous and current window, then the tokens';
+#: ARGV the requests' limit and period (seconds), the tokens' limit and period, and the tokens
+#: charged. Each window is rotated, checked and charged as the library's
+#: acquire_sliding_window.lua does (times in milliseconds). Returns the outcome (0 admitted,
+#: 1 refused for requests, 2 refused for tokens) and both windows' state after it, as the library's
+#: sliding_window.lua reads it: previous count, previous ttl, current count, current ttl, for
+#: requests then tokens.
+ADMIT_SCRIPT = """
+local function rotate(previous_key, current_key, expiry)
+    local current_ttl = tonumber(redis.call('pttl', current_key))
+    if current_ttl > 0 and current_ttl < expiry then
+        redis.call('rename', current_key, previous_key)
+        redis.call('set', current_key, 0, 'PX', current_ttl + expiry)
+    end
+end
+
+local function acquire(previous_key, current_key, limit, expiry, amount)
+    if amount > limit then
+        return false
+    end
+    rotate(previous_key, current_key, expiry)
+    local previous_count = tonumber(redis.call('get', previous_key)) or 0
+    local previous_ttl = tonumber(redis.call('pttl', previous_key)) or 0
+    local current_count = tonumber(redis.call('get', current_key)) or 0
+    if previous_ttl <= 0 then
+        previous_ttl = 0
+    end
+    if math.floor(previous_count * previous_ttl / expiry) + current_count + amount > limit then
+        return false
+    end
+    if redis.call('exists', current_key) == 1 then
+        redis.call('incrby', current_key, amount)
+    else
+        redis.call('set', current_key, amount, 'PX', expiry * 2)
+    end
+    return true
+end
+
+local function state(previous_key, current_key, expiry)
+    rotate(previous_key, current_key, expiry)
+    return {tonumber(redis.call('get', previous_key)) or 0, tonumber(redis.call('pttl', previous_key)),
+            tonumber(redis.call('get', current_key)) or 0, tonumber(redis.call('pttl', current_key))}
+end
+
+local outcome = 0
+if not acquire(KEYS[1], KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2]) * 1000, 1) then
+    outcome = 1
+elseif not acquire(KEYS[3], KEYS[4], tonumber(ARGV[3]), tonumber(ARGV[4]) * 1000, tonumber(ARGV[5])) then
+    outcome = 2
+end
+local r = state(KEYS[1], KEYS[2], tonumber(ARGV[2]) * 1000)
+local t = state(KEYS[3], KEYS[4], tonumber(ARGV[4]) * 1000)
+return {outcome, r[1], r[2], r[3], r[4], t[1], t[2], t[3], t[4]}
+"""
 
 
 @dataclass(frozen=True)
@@ -98,7 +162,9 @@ def wait_seconds(window: Window, state: tuple[int, float, int, float], cost: int
 class RateLimiter:
     """Check-and-charge for one deployment's requests and tokens (see the module docstring)."""
 
-    def __init__(self, uri: str = "async+memory://") -> None:
+    def __init__(self, uri: str = "async+memory://", *, one_round_trip: bool = True) -> None:
+        """`one_round_trip=False` admits in Redis with the library's own steps (four round trips):
+        the reference that tests and benchmarks compare ADMIT_SCRIPT with."""
         options: dict[str, Any] = {}
         self.remote = not uri.startswith("async+memory")
         self._pool: Any = None
@@ -114,6 +180,9 @@ class RateLimiter:
                        "connection_pool": self._pool}
         self.storage: Any = storage_from_string(uri, **options)
         self.uri = uri
+        self._admit_script: Any = None
+        if self.remote and one_round_trip:
+            self._admit_script = redis.asyncio.Redis(connection_pool=self._pool).register_script(ADMIT_SCRIPT)
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -129,6 +198,8 @@ class RateLimiter:
                 "the workspace owner to raise the deployment's tokens_per_minute.", field="max_tokens")
         rw, tw = request_window(limits.requests_per_minute), token_window(limits.tokens_per_minute)
         rkey, tkey = f"rpm/{deployment_id}", f"tpm/{deployment_id}"
+        if self._admit_script is not None:
+            return await self._admit_in_redis(limits, rw, tw, rkey, tkey, tokens)
         storage = self.storage
         try:
             if not await storage.acquire_sliding_window_entry(rkey, rw.amount, rw.seconds, 1):
@@ -149,6 +220,28 @@ class RateLimiter:
                                          "admitted; retry shortly.") from exc
             raise
         return Decision(limits, _remaining(rw, rstate), _remaining(tw, tstate))
+
+    async def _admit_in_redis(self, limits: RateLimits, rw: Window, tw: Window, rkey: str, tkey: str,
+                              tokens: int) -> Decision:
+        """`admit` in one round trip (ADMIT_SCRIPT)."""
+        try:
+            out = await self._admit_script(
+                keys=[*window_keys(rkey), *window_keys(tkey)],
+                args=[rw.amount, rw.seconds, tw.amount, tw.seconds, tokens])
+        except Exception as exc:
+            from redis.exceptions import ConnectionError as RedisConnectionError
+            from redis.exceptions import TimeoutError as RedisTimeoutError
+
+            if _is_storage_error(exc) or isinstance(exc, RedisConnectionError | RedisTimeoutError):
+                raise ServiceUnavailable("The rate-limit store (Redis) cannot be reached, so requests are not "
+                                         "admitted; retry shortly.") from exc
+            raise
+        outcome = int(out[0])
+        rstate, tstate = _state(out[1:5]), _state(out[5:9])
+        if outcome == 0:
+            return Decision(limits, _remaining(rw, rstate), _remaining(tw, tstate))
+        raise _refusal(limits, rw, tw, rstate, tstate, 1 if outcome == 1 else tokens,
+                       "requests" if outcome == 1 else "tokens")
 
     async def charge(self, deployment_id: str, limits: RateLimits, tokens: int) -> None:
         """Add `tokens` to the deployment's current tokens-per-minute window whatever it holds:
@@ -173,17 +266,36 @@ class RateLimiter:
                        dimension: str) -> RateLimited:
         rstate = await self.storage.get_sliding_window(rkey, rw.seconds)
         tstate = await self.storage.get_sliding_window(tkey, tw.seconds)
-        window, state = (rw, rstate) if dimension == "requests" else (tw, tstate)
-        wait = max(0.001, wait_seconds(window, state, cost))
-        if dimension == "requests":
-            what = f"{limits.requests_per_minute} requests per minute ({rw.amount} per {rw.seconds} seconds)"
-        else:
-            what = f"{limits.tokens_per_minute} tokens per minute (this request is charged {cost})"
-        return RateLimited(
-            f"This deployment's rate limit of {what} is reached. Retry after {math.ceil(wait)} seconds.",
-            retry_after_ms=math.ceil(wait * 1000),
-            headers=ratelimit_headers(limits, _remaining(rw, rstate), _remaining(tw, tstate)),
-            details={"openai_code": "rate_limit_exceeded", "azure_code": "429", "limit": dimension})
+        return _refusal(limits, rw, tw, rstate, tstate, cost, dimension)
+
+
+def window_keys(key: str) -> tuple[str, str]:
+    """The Redis keys of a sliding window, previous then current, as the `limits` library names
+    them for its redis storage with our key prefix (the braces keep both on one cluster slot)."""
+    current = f"{PREFIX}:{{{key}}}"
+    return f"{current}/-1", current
+
+
+def _state(values: list[Any]) -> tuple[int, float, int, float]:
+    """A window's state from ADMIT_SCRIPT (ttls in ms, negative when the key has none), as the
+    library's get_sliding_window returns it (ttls in seconds, at least 0)."""
+    previous, previous_ttl, current, current_ttl = (int(v) for v in values)
+    return previous, max(0, previous_ttl) / 1000, current, max(0, current_ttl) / 1000
+
+
+def _refusal(limits: RateLimits, rw: Window, tw: Window, rstate: tuple[int, float, int, float],
+             tstate: tuple[int, float, int, float], cost: int, dimension: str) -> RateLimited:
+    window, state = (rw, rstate) if dimension == "requests" else (tw, tstate)
+    wait = max(0.001, wait_seconds(window, state, cost))
+    if dimension == "requests":
+        what = f"{limits.requests_per_minute} requests per minute ({rw.amount} per {rw.seconds} seconds)"
+    else:
+        what = f"{limits.tokens_per_minute} tokens per minute (this request is charged {cost})"
+    return RateLimited(
+        f"This deployment's rate limit of {what} is reached. Retry after {math.ceil(wait)} seconds.",
+        retry_after_ms=math.ceil(wait * 1000),
+        headers=ratelimit_headers(limits, _remaining(rw, rstate), _remaining(tw, tstate)),
+        details={"openai_code": "rate_limit_exceeded", "azure_code": "429", "limit": dimension})
 
 
 def _remaining(window: Window, state: tuple[int, float, int, float]) -> int:
