@@ -170,7 +170,9 @@ async def measure(args: argparse.Namespace) -> dict[str, object]:
                 return WorkerSpec(runtime="llamacpp", model_id=f"bench-{parallel}", model_path=path,
                                   threads=args.threads, n_ctx=2048,
                                   options={"parallel": parallel, "kv_unified": args.kv_unified,
-                                           "flash_attn": not args.no_flash_attn},
+                                           "flash_attn": not args.no_flash_attn,
+                                           **({} if args.prefill_first_ms is None
+                                              else {"prefill_first_ms": args.prefill_first_ms})},
                                   max_queue=256)
 
             batched = await sup.start(spec(max(levels)), region="local")
@@ -224,6 +226,8 @@ def main() -> None:
     parser.add_argument("--no-flash-attn", action="store_true",
                         help="the worker without flash attention (its default is on; before 2026-12-02 it was off)")
     parser.add_argument("--kv-unified", action="store_true", help="one KV cache shared by the sequences")
+    parser.add_argument("--prefill-first-ms", type=int, default=None,
+                        help="the deployment option prefill_first_ms (default: the runtime's default)")
     parser.add_argument("--choices", type=int, default=4, help="n of the one request with several choices (1: skip)")
     args = parser.parse_args()
 

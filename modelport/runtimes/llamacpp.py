@@ -16,7 +16,9 @@ or llama.cpp's `llama-server`, for these reasons:
 Measured: benchmarks/bench_generation.py (BENCHMARKS.md).
 
 Options (deployment `options`): `parallel` (sequences decoded together, default 4),
-`prefill_chunk` (prompt tokens per step while other sequences decode, default 128), `n_batch`
+`prefill_chunk` (prompt tokens per step while other sequences decode, default 128),
+`prefill_first_ms` (how long prompts waiting for their first token may hold running streams back,
+default 250; 0: never, every step decodes the running streams too), `n_batch`
 (most tokens one step decodes, default 512), `flash_attn` (default on: llama.cpp's CPU flash attention
 made a step of 8 sequences 43 ms instead of 54 here, bench_generation.py), `kv_unified` (default
 off), `kv_cells` (with `kv_unified` only). By default every sequence has a KV stream of its own,
@@ -58,6 +60,7 @@ from modelport.runtimes.prompting import chat_prompt_ids
 GGUF_MAGIC = b"GGUF"
 DEFAULT_N_CTX = 4096
 DEFAULT_PARALLEL = 4
+DEFAULT_PREFILL_FIRST_MS = 250
 
 
 def check_gguf(path: str) -> None:
@@ -120,6 +123,7 @@ class LlamaCppRuntime(Runtime):
             model.model, self._vocab, lora_adapter=llm._lora_adapter, parallel=parallel, kv_cells=kv_cells,
             n_batch=n_batch, prefill_chunk=_int_option(options, "prefill_chunk", 128, 1, 8192),
             threads=spec.thread_count, flash_attn=bool(options.get("flash_attn", True)), unified=unified,
+            prefill_first_ms=_int_option(options, "prefill_first_ms", DEFAULT_PREFILL_FIRST_MS, 0, 60_000),
             piece=self._piece)
 
     @classmethod
@@ -173,7 +177,7 @@ class LlamaCppRuntime(Runtime):
             "sequences_active": engine.active_sequences(), "kv_cells_used": engine.kv_cells_used(),
             "sequences_started": engine.sequences_started, "batch_steps": engine.steps,
             "max_batch_sequences": engine.max_batch_sequences, "preemptions": engine.preemptions,
-            "sequence_moves": engine.sequence_moves,
+            "sequence_moves": engine.sequence_moves, "prefill_first_steps": engine.prefill_first_steps,
             "prompt_tokens_decoded": engine.prompt_tokens_decoded,
             "cached_prompt_tokens": engine.cached_prompt_tokens,
             "shared_prompt_tokens": engine.shared_prompt_tokens,

@@ -7,7 +7,9 @@ Each step it builds one `llama_batch` from
 - the next chunk of prompt tokens of sequences that are still prefilling, at most
   `prefill_chunk` tokens a step while others decode (the whole batch when nobody decodes), so a
   long prompt that arrives never stalls the running streams for more than one chunk, and at most
-  one prompt finishing a step (prompts that arrive together reach their first tokens in turn),
+  one prompt finishing a step (prompts that arrive together reach their first tokens in turn);
+  with `prefill_first_ms`, steps hold the running streams back while prompts wait for their
+  first tokens, for at most that long since the streams' last token,
 calls `llama_decode` once, then samples one token for every sequence whose last fed token
 produced logits. Sequences join between steps (when a sequence id is free and the KV cache has
 room for their prompt) and leave between steps (finished, stopped, cancelled).
@@ -115,7 +117,7 @@ class BatchEngine:
 
     def __init__(self, model: Any, vocab: Any, *, lora_adapter: Any, parallel: int, kv_cells: int,
                  n_batch: int, prefill_chunk: int, threads: int, flash_attn: bool, unified: bool = True,
-                 piece: Callable[[int], bytes]) -> None:
+                 prefill_first_ms: int = 0, piece: Callable[[int], bytes]) -> None:
         import llama_cpp as L
         import numpy as np
 
@@ -128,6 +130,8 @@ class BatchEngine:
         self.kv_cells = kv_cells
         self._n_batch = n_batch
         self._prefill_chunk = max(1, min(prefill_chunk, n_batch))
+        self._prefill_first_ns = max(0, prefill_first_ms) * 1_000_000
+        self._decoded_at = 0  # when the decoding sequences last got a token (monotonic ns)
         params = L.llama_context_default_params()
         params.n_ctx = kv_cells
         params.n_batch = params.n_ubatch = n_batch
@@ -174,6 +178,7 @@ class BatchEngine:
         self.sequence_moves = 0
         self.steps = 0
         self.max_batch_sequences = 0
+        self.prefill_first_steps = 0  # steps that held the running streams back for waiting prompts
         # where a step's time goes: inside llama_decode, and the whole step (batch, decode,
         # sampling, handing tokens to readers); the difference is the loop's own Python
         self.decode_us = 0
@@ -292,8 +297,17 @@ class BatchEngine:
             decoding = [s for s in self._active if len(s.feed) == 1]
             prefilling = [s for s in prefilling if s in self._active]
             free = self.kv_cells - sum(s.n_past for s in self._active)
+        held_back = bool(decoding and prefilling
+                         and time.monotonic_ns() - self._decoded_at < self._prefill_first_ns)
+        if held_back:
+            # A prompt waiting for its first token goes ahead of the running streams, for at most
+            # `prefill_first_ms` since they last got a token: on a CPU a step costs about its
+            # tokens, so decoding the streams in the same step delays each waiting prompt's first
+            # token by their share, prompt after prompt. Past the bound the streams decode again.
+            decoding = []
+            self.prefill_first_steps += 1
         budget = min(self._n_batch - len(decoding), free - len(decoding))
-        if decoding:
+        if decoding or held_back:  # held-back streams wait for one chunk at a time, as decoding ones do
             budget = min(budget, self._prefill_chunk)
         takes = {seq: 1 for seq in decoding}
         for seq in prefilling:  # the prefill budget goes to the oldest first, one prompt finished a step
@@ -339,6 +353,8 @@ class BatchEngine:
             raise InternalError(f"llama.cpp could not decode a batch (code {ret})")
         self.steps += 1
         self.max_batch_sequences = max(self.max_batch_sequences, len(fed))
+        if not held_back:
+            self._decoded_at = time.monotonic_ns()
         for seq, take in fed:
             if not seq.generated:  # prompt tokens (again, after a preemption, counted again)
                 self.prompt_tokens_decoded += take

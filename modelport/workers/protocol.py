@@ -133,7 +133,8 @@ class Health(BaseModel):
                                          "compares it with its own).")
     counters: dict[str, int] = Field(default_factory=dict, description=(
         "Engine counters: batching (sequences_active, max_batch_sequences, batch_steps, kv_cells_used, "
-        "preemptions), isolation (cached_prompt_tokens and kv_leftover_on_join stay 0; shared_prompt_tokens "
+        "preemptions, prefill_first_steps: steps that held running streams back for waiting prompts), "
+        "isolation (cached_prompt_tokens and kv_leftover_on_join stay 0; shared_prompt_tokens "
         "counts prompt tokens copied between the choices of one request), time (decode_us inside llama_decode, "
         "step_us in whole batch steps), embeddings batching."))
 

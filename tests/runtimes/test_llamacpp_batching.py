@@ -250,11 +250,11 @@ def test_bad_options_are_refused_with_what_to_fix() -> None:
 
 
 def test_a_long_prompt_is_prefilled_in_chunks_while_a_stream_keeps_decoding() -> None:
-    """With `prefill_chunk` 32, a prompt of about 600 tokens that joins a running stream takes
+    """With `prefill_chunk` 32 and `prefill_first_ms` 0, a prompt of about 600 tokens that joins a running stream takes
     about 19 steps to prefill, and every one of those steps also decodes a token of the running
     stream: the running stream gets at least 15 tokens before the long prompt's first token."""
     rt = LlamaCppRuntime.load(ModelSpec(str(SMOLLM2_GGUF), n_ctx=1024, threads=1,
-                                        options={"parallel": 2, "prefill_chunk": 32}))
+                                        options={"parallel": 2, "prefill_chunk": 32, "prefill_first_ms": 0}))
     try:
         cancel = threading.Event()
         running = rt.generate(GenerateRequest(prompt="1, 2, 3, 4,", max_tokens=900, temperature=0), cancel)
@@ -271,6 +271,35 @@ def test_a_long_prompt_is_prefilled_in_chunks_while_a_stream_keeps_decoding() ->
         assert deltas[-1].usage.completion_tokens == 1
         assert after[0] - joined[0] >= 17  # about 600 / 32 steps of prefill
         assert after[1] - joined[1] >= 16  # and the running stream decoded in (nearly) each of them
+        assert rt.counters()["prefill_first_steps"] == 0  # prefill_first_ms 0 never holds a stream back
+    finally:
+        rt.close()
+
+
+def test_with_prefill_first_a_waiting_prompt_goes_ahead_of_a_running_stream_until_the_bound() -> None:
+    """With `prefill_first_ms`, steps prefill a waiting prompt without decoding the running stream,
+    one `prefill_chunk` at a time, as long as the stream's last token is more recent than the bound
+    (60 s here, never reached): the ~19 chunks of a 600-token prompt pass without a token of the
+    running stream, and the stream goes on afterwards, exactly as alone."""
+    rt = LlamaCppRuntime.load(ModelSpec(str(SMOLLM2_GGUF), n_ctx=1024, threads=1,
+                                        options={"parallel": 2, "prefill_chunk": 32, "prefill_first_ms": 60_000}))
+    try:
+        counting = GenerateRequest(prompt="1, 2, 3, 4,", max_tokens=40, temperature=0)
+        alone = run(rt, counting)
+        running = rt.generate(counting, threading.Event())
+        first = [next(running)]
+        long_prompt = "The quick brown fox jumps over the lazy dog. " * 60
+        joined = rt.counters()["batch_steps"], rt.tokens_generated_total
+        deltas = list(rt.generate(GenerateRequest(prompt=long_prompt, max_tokens=1, temperature=0),
+                                  threading.Event()))
+        after = rt.counters()["batch_steps"], rt.tokens_generated_total
+        rest = first + list(running)
+        assert deltas[-1].usage.completion_tokens == 1
+        assert after[0] - joined[0] >= 17  # still one chunk a step
+        # the long prompt's token, and at most the one the stream may have had in the step it joined
+        assert after[1] - joined[1] <= 2
+        assert rt.counters()["prefill_first_steps"] >= 16
+        assert "".join(d.text for d in rest) == alone[0]  # held back, not changed
     finally:
         rt.close()
 
