@@ -20,9 +20,13 @@ itself, so:
 - SQLite (a file): the events of one turn of the loop are committed by the loop, on a connection
   of its own that never waits for a lock (busy_timeout 0) and never checkpoints
   (wal_autocheckpoint 0): a commit is an INSERT and a write into the WAL file, tens of
-  microseconds. If the database is busy (another writer holds the lock: the writer thread, a
-  control-plane write, another server) or refuses the write, nothing of it was written and the
-  events go to the writer thread, which waits for the lock and retries; the requests wait for it.
+  microseconds. The loop never opens that connection (taking it from the pool may wait): `start`
+  does, before any request, and the writer thread does again after the database refused a write
+  on it; meanwhile the loop's groups go to the thread. After a checkpoint the thread makes the next
+  write (SQLite syncs the WAL's header when it starts the file over: that fsync is the thread's).
+  If the database is busy (another writer holds the lock: the writer thread, a control-plane
+  write, another server) or refuses the write, nothing of it was written and the events go to
+  the writer thread, which waits for the lock and retries; the requests wait for it.
   The writer thread runs the checkpoints the loop's connection does not: PASSIVE every
   CHECKPOINT_EVERY commits of the loop and RESTART every RESTART_EVERY, so the WAL stays bounded;
 - PostgreSQL (a commit is a network round trip: it must not hold the loop), and SQLite while
@@ -46,7 +50,8 @@ committed it (the event loop's or the writer's): it must not block (budgets coun
 hand their audit writes to a thread).
 
 If the database refuses a write, the events stay queued and are tried again every
-RETRY_SECONDS; the requests waiting on them get ServiceUnavailable (their answers are not sent).
+RETRY_SECONDS; the requests waiting on them get ServiceUnavailable (their answers are not sent):
+all of them, however many events the writer already holds.
 """
 
 from __future__ import annotations
@@ -176,24 +181,36 @@ class _LoopWriter:
         self._conn: sqlite3.Connection | None = None
         self.closed = False
         self.commits = 0
+        # After a checkpoint the writer thread makes the next write (SQLite syncs the WAL's header
+        # when it starts the file over: that fsync must not fall on the loop); set by the loop
+        # when it asks for a checkpoint, cleared by the thread after its first write since.
+        self.thread_turn = False
 
-    def _open(self) -> sqlite3.Connection:
-        proxy = self.db.engine.raw_connection()  # with the store's settings (db/engine.py)
-        conn = cast(sqlite3.Connection, proxy.driver_connection)
-        proxy.detach()  # never back to the pool with the settings below
-        conn.execute("PRAGMA busy_timeout=0")
-        conn.execute("PRAGMA wal_autocheckpoint=0")
-        self._proxy, self._conn = proxy, conn
-        return conn
+    @property
+    def needs_connection(self) -> bool:
+        return self._conn is None and not self.closed
+
+    def open(self) -> None:
+        """Open the loop's connection: on the writer thread, never on the loop (taking it from the
+        pool may wait for a free one, and the store's settings wait for the lock)."""
+        with self.lock:
+            if self._conn is not None or self.closed:
+                return
+            proxy = self.db.engine.raw_connection()  # with the store's settings (db/engine.py)
+            conn = cast(sqlite3.Connection, proxy.driver_connection)
+            proxy.detach()  # never back to the pool with the settings below
+            conn.execute("PRAGMA busy_timeout=0")
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+            self._proxy, self._conn = proxy, conn
 
     def write(self, rows: list[Row]) -> bool:
         """Commit `rows` in one transaction; False if nothing was written (busy, refused, in use)."""
         if not self.lock.acquire(blocking=False):
             return False
         try:
-            if self.closed:  # the recorder stopped: the writer thread's way
+            conn = self._conn
+            if conn is None or self.thread_turn:  # stopped, not open yet, or after a checkpoint
                 return False
-            conn = self._conn or self._open()
             try:
                 conn.executemany(self.insert.sql, self.insert.params(rows))
                 conn.commit()
@@ -207,10 +224,6 @@ class _LoopWriter:
                 return False
             self.commits += 1
             return True
-        except Exception:  # could not open the connection: the writer thread goes on (or says why)
-            log.warning("the event loop could not open its metering connection", exc_info=True)
-            self._discard()
-            return False
         finally:
             self.lock.release()
 
@@ -254,6 +267,7 @@ class MeterRecorder:
         self._tasks: set[asyncio.Task] = set()
         self.commits = 0  # transactions written by the writer thread (the benchmarks report events per commit)
         self.loop_commits = 0  # ... and by the event loop
+        self.checkpoints = 0  # WAL checkpoints the writer thread ran for the loop's connection
 
     # -- the request path -----------------------------------------------------------------
 
@@ -295,6 +309,7 @@ class MeterRecorder:
                     fut.set_result(None)
             n = writer.commits
             if n % CHECKPOINT_EVERY == 0:
+                writer.thread_turn = True
                 self._queue.put(_Checkpoint("RESTART" if n % RESTART_EVERY == 0 else "PASSIVE"))
             return
         for row, fut in batch:  # nothing was written: the writer thread waits for the lock
@@ -313,11 +328,19 @@ class MeterRecorder:
     # -- the writer -------------------------------------------------------------------------
 
     def start(self) -> None:
+        """Start the writer thread (and, on SQLite, open the loop's connection: at startup, before
+        any request; if that fails, or the connection is later refused, the thread opens it)."""
         if self._thread is None:
+            if self.commit_in_loop and loop_commits_possible(self.db):
+                writer = _LoopWriter(self.db, self._statement())
+                try:
+                    writer.open()
+                except Exception:
+                    log.warning("could not open the event loop's metering connection; the writer thread "
+                                "commits until it can", exc_info=True)
+                self._loop_writer = writer
             self._thread = threading.Thread(target=self._run, name="metering-writer", daemon=True)
             self._thread.start()
-            if self.commit_in_loop and loop_commits_possible(self.db):
-                self._loop_writer = _LoopWriter(self.db, self._statement())
 
     def stop(self) -> None:
         """Write what is queued, then stop the writer."""
@@ -361,10 +384,10 @@ class MeterRecorder:
                 b.event.set()
 
     def _drain(self, backlog: list[tuple[Row, Waiter | None]], barriers: list[_Barrier], *, block: bool,
-               checkpoints: list[str] | None = None) -> bool:
-        """Move queued events into `backlog` (up to MAX_BATCH beyond what it holds, waiting for the
-        first one if `block`), barriers into `barriers`, checkpoint marks into `checkpoints`;
-        False once a stop mark was taken."""
+               checkpoints: list[str] | None = None, everything: bool = False) -> bool:
+        """Move queued events into `backlog` (until it holds MAX_BATCH, or all of them with
+        `everything`; waiting for the first one if `block`), barriers into `barriers`, checkpoint
+        marks into `checkpoints`; False once a stop mark was taken."""
         get, get_nowait = self._queue.get, self._queue.get_nowait
         try:
             item = get() if block else get_nowait()
@@ -378,7 +401,7 @@ class MeterRecorder:
                         checkpoints.append(item.mode)
                 else:
                     return False
-                if len(backlog) >= MAX_BATCH:
+                if len(backlog) >= MAX_BATCH and not everything:
                     return True
                 item = get_nowait()
         except queue.Empty:
@@ -389,12 +412,22 @@ class MeterRecorder:
         barriers: list[_Barrier] = []
         checkpoints: list[str] = []
         running = True
+        checkpointed = False  # a checkpoint ran and this thread has not written since
         while running or backlog:
+            loop_writer = self._loop_writer
+            if loop_writer is not None and loop_writer.needs_connection and not backlog and not self._failing:
+                # between groups (a group in hand is written first): at start, and after the loop's
+                # connection was refused and discarded
+                try:
+                    loop_writer.open()
+                except Exception:  # the loop keeps handing its groups to this thread
+                    log.warning("could not open the event loop's metering connection", exc_info=True)
             if running:
-                running = self._drain(backlog, barriers, block=not backlog, checkpoints=checkpoints)
+                # while the database refuses, take everything queued: every waiting request is told
+                running = self._drain(backlog, barriers, block=not backlog, checkpoints=checkpoints,
+                                      everything=self._failing)
             if checkpoints and not backlog:
-                self._checkpoint("RESTART" if "RESTART" in checkpoints else "PASSIVE")
-                checkpoints.clear()
+                checkpointed = self._checkpoint_asked(checkpoints)
             if not backlog:
                 for b in barriers:
                     b.event.set()
@@ -403,13 +436,22 @@ class MeterRecorder:
             batch = backlog[:MAX_BATCH]
             if self._write(batch):
                 del backlog[:len(batch)]
+                if checkpointed:  # this write started the WAL over (and synced it): the loop may write again
+                    checkpointed = False
+                    if loop_writer is not None:
+                        loop_writer.thread_turn = False
                 if not backlog:
                     for b in barriers:
                         b.event.set()
                     barriers.clear()
+                    if checkpoints:  # its requests are answered: checkpoint before waiting for more
+                        checkpointed = self._checkpoint_asked(checkpoints)
             else:
-                for i, (row, _) in enumerate(batch):  # their requests were answered with an error
-                    backlog[i] = (row, None)
+                # the batch's requests were answered with an error by _write; so are the others
+                # held here, and their events stay queued for the next try
+                _resolve_all(backlog[len(batch):], ServiceUnavailable(
+                    "Usage could not be recorded; the answer was not sent. Retry."))
+                backlog[:] = [(row, None) for row, _ in backlog]
                 time.sleep(RETRY_SECONDS)
         for b in barriers:
             b.event.set()
@@ -425,6 +467,12 @@ class MeterRecorder:
             self._statement()
         return self._conn
 
+    def _checkpoint_asked(self, checkpoints: list[str]) -> bool:
+        """Run the checkpoint the loop asked for (the strongest of those pending); True: ran."""
+        self._checkpoint("RESTART" if "RESTART" in checkpoints else "PASSIVE")
+        checkpoints.clear()
+        return True
+
     def _checkpoint(self, mode: str) -> None:
         """Checkpoint the WAL for the loop's connection, which never does (SQLite). A RESTART waits
         for readers at most RESTART_WAIT_MS (writers wait meanwhile); what it cannot do, the next one does."""
@@ -436,6 +484,7 @@ class MeterRecorder:
                 try:
                     cursor.execute(f"PRAGMA wal_checkpoint({mode})")
                     cursor.fetchall()
+                    self.checkpoints += 1
                 finally:
                     if mode == "RESTART":
                         cursor.execute("PRAGMA busy_timeout=10000")  # the store's setting (db/engine.py)

@@ -229,12 +229,13 @@ class RateLimiter:
                 keys=[*window_keys(rkey), *window_keys(tkey)],
                 args=[rw.amount, rw.seconds, tw.amount, tw.seconds, tokens])
         except Exception as exc:
-            from redis.exceptions import ConnectionError as RedisConnectionError
-            from redis.exceptions import TimeoutError as RedisTimeoutError
+            from redis.exceptions import RedisError
 
-            if _is_storage_error(exc) or isinstance(exc, RedisConnectionError | RedisTimeoutError):
-                raise ServiceUnavailable("The rate-limit store (Redis) cannot be reached, so requests are not "
-                                         "admitted; retry shortly.") from exc
+            # every error of Redis (unreachable, or a refusal: OOM, READONLY after a failover,
+            # MISCONF, BUSY, NOPERM) admits nothing and says so, as the library's own path does
+            if _is_storage_error(exc) or isinstance(exc, RedisError):
+                raise ServiceUnavailable("The rate-limit store (Redis) cannot be reached or refused the check, so "
+                                         "requests are not admitted; retry shortly.") from exc
             raise
         outcome = int(out[0])
         rstate, tstate = _state(out[1:5]), _state(out[5:9])

@@ -29,6 +29,7 @@ from modelport.db import migrate
 from modelport.db.engine import Database
 from modelport.db.tables import UsageEvent
 from modelport.errors import ServiceUnavailable
+from modelport.metering import recorder as recorder_module
 from modelport.metering.recorder import MeterRecorder, usage_row
 
 _ids = itertools.count()
@@ -137,6 +138,33 @@ def test_refused_write_fails_the_waiting_request_and_loses_nothing(db: Database)
     assert _count(db, deployment_id="dep_refused") == 2  # written once, not again at stop
 
 
+def test_every_waiting_request_hears_of_a_refusal_however_many_events_are_held(
+        db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer retries the first MAX_BATCH events it holds; a request whose event queued behind
+    more than that must still get its 503 while the database refuses (it waited until the database
+    came back), and every event is written once when it does."""
+    monkeypatch.setattr(recorder_module, "MAX_BATCH", 5)
+    rec = MeterRecorder(db)
+    rec.start()
+    try:
+        _refuse(db)
+        for i in range(10):  # cut streams' events: held by the writer, nobody waits on them
+            rec.record(_row(deployment_id=f"dep_held_{i}"))
+
+        async def late() -> None:
+            await asyncio.sleep(2 * recorder_module.RETRY_SECONDS)  # the writer holds them by now
+            with pytest.raises(ServiceUnavailable):
+                await asyncio.wait_for(rec.record_durable(_row(deployment_id="dep_late")), 30)
+
+        asyncio.run(late())
+        _accept(db)
+        rec.flush()
+        assert _count(db) == 11 and _count(db, deployment_id="dep_late") == 1
+    finally:
+        rec.stop()
+    assert _count(db) == 11
+
+
 def test_without_the_writer_thread_events_are_written_inline(db: Database) -> None:
     """An app without lifespan (no writer started): record_durable writes before returning, and a
     refused inline write raises and keeps the event for the next flush."""
@@ -219,6 +247,86 @@ def test_on_sqlite_the_event_loop_commits_and_a_busy_database_goes_to_the_writer
         ids = sorted(r[0] for r in conn.execute("SELECT deployment_id FROM usage_events"))
     assert ids == sorted([f"dep_free_{i}" for i in range(5)] + [f"dep_busy_{i}" for i in range(3)]
                          + ["dep_free_again"])
+
+
+def test_the_loop_never_takes_a_connection_from_the_pool(tmp_path: Path) -> None:
+    """After the database refused a write on the loop's connection, the next one is opened by the
+    writer thread: while the pool has no connection to give, the loop keeps running (a ticking
+    task advances) and its groups go to the thread, which commits them once one is free. Before,
+    the loop took the connection itself and stood still up to the pool's 30-s timeout (the timer
+    that frees the pool here could not even run)."""
+    db = Database(f"sqlite:///{tmp_path / 'pool.db'}")
+    migrate.upgrade(db.engine)
+    raw = sqlite3.connect(_sqlite_path(db), isolation_level=None)  # outside the pool
+    rec = MeterRecorder(db)
+    rec.start()
+    held: list = []
+    pool = db.engine.pool
+    try:
+        async def run() -> None:
+            await rec.record_durable(_row(deployment_id="dep_first"))
+            assert rec.loop_commits == 1
+            # all the pool can give but one, which the writer thread takes for itself below
+            while pool.checkedout() < pool.size() + pool._max_overflow - 1:  # type: ignore[attr-defined]
+                held.append(pool.connect())
+            raw.execute("ALTER TABLE usage_events RENAME TO usage_events_away")
+            with pytest.raises(ServiceUnavailable):  # refused on the loop's connection, then by the thread
+                await asyncio.wait_for(rec.record_durable(_row(deployment_id="dep_refused")), 60)
+            raw.execute("ALTER TABLE usage_events_away RENAME TO usage_events")
+            await asyncio.to_thread(rec.flush)  # written by the thread; the loop's connection is gone
+            ticks = 0
+
+            async def tick() -> None:
+                nonlocal ticks
+                while True:
+                    await asyncio.sleep(0.01)
+                    ticks += 1
+
+            ticker = asyncio.create_task(tick())
+            asyncio.get_running_loop().call_later(1.0, lambda: [c.close() for c in held])
+            await asyncio.wait_for(rec.record_durable(_row(deployment_id="dep_pool")), 60)
+            ticker.cancel()
+            assert ticks >= 10  # the loop ran while the pool was empty (frozen, it would be 0)
+
+        asyncio.run(run())
+    finally:
+        for c in held:
+            c.close()
+        raw.close()
+        rec.stop()
+    assert _count(db, deployment_id="dep_pool") == 1 and _count(db, deployment_id="dep_refused") == 1
+    db.dispose()
+
+
+def test_after_a_checkpoint_the_writer_thread_makes_the_next_write(tmp_path: Path) -> None:
+    """SQLite syncs the WAL when a write starts it over after a checkpoint: that write is the
+    thread's, never the loop's; then the loop commits again."""
+    db = Database(f"sqlite:///{tmp_path / 'ckpt.db'}")
+    migrate.upgrade(db.engine)
+    rec = MeterRecorder(db)
+    rec.start()
+    try:
+        async def run() -> None:
+            for _ in range(recorder_module.CHECKPOINT_EVERY):
+                await rec.record_durable(_row(workspace_id="ws_ckpt"))
+            assert (rec.loop_commits, rec.commits, rec.checkpoints) == (recorder_module.CHECKPOINT_EVERY, 0, 0)
+            await rec.record_durable(_row(workspace_id="ws_ckpt"))  # the checkpoint was asked for
+            assert (rec.loop_commits, rec.commits) == (recorder_module.CHECKPOINT_EVERY, 1)  # the thread's
+            sent = 1
+            while rec.loop_commits == recorder_module.CHECKPOINT_EVERY and sent < 10:
+                await rec.record_durable(_row(workspace_id="ws_ckpt"))
+                sent += 1
+            # the loop writes again, and only once the checkpoint ran and the thread wrote after it
+            assert rec.loop_commits == recorder_module.CHECKPOINT_EVERY + 1 and rec.checkpoints == 1
+            assert rec.commits == sent - 1
+            await rec.record_durable(_row(workspace_id="ws_ckpt"))
+            assert rec.loop_commits == recorder_module.CHECKPOINT_EVERY + 2
+            assert _count(db, workspace_id="ws_ckpt") == recorder_module.CHECKPOINT_EVERY + sent + 1
+
+        asyncio.run(run())
+    finally:
+        rec.stop()
+    db.dispose()
 
 
 def test_the_wal_stays_bounded_while_the_loop_commits(tmp_path: Path) -> None:

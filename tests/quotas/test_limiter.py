@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Coroutine, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -215,3 +216,42 @@ def test_an_unreachable_redis_refuses_requests_with_503() -> None:
         assert "Redis" in err.value.message and err.value.status_code == 503
 
     limiter.run(run())
+
+
+def test_a_redis_that_refuses_the_check_answers_503(tmp_path: Path) -> None:
+    """A Redis that answers with an error (here out of memory: maxmemory 1 byte, no eviction; also
+    READONLY after a failover, MISCONF, BUSY) admits nothing, and the caller hears 503, as on the
+    library's own path, not a 500."""
+    import shutil
+    import socket
+
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("redis-server is not installed (the test starts a private one that refuses writes)")
+    port = free_port()
+    proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--maxmemory", "1", "--maxmemory-policy", "noeviction", "--dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the private redis-server did not start"
+            time.sleep(0.1)
+        limiter = Limiter(storage_uri(f"redis://127.0.0.1:{port}/0"))
+
+        async def run() -> None:
+            with pytest.raises(ServiceUnavailable) as err:
+                await limiter.admit(dep(), RateLimits(60, 1000), 1)
+            assert "Redis" in err.value.message and err.value.status_code == 503
+
+        limiter.run(run())
+    finally:
+        proc.terminate()
+        proc.wait(10)
