@@ -200,8 +200,14 @@ def test_admin_key_is_printed_once_on_a_terminal(tmp_path_factory: pytest.TempPa
                 seen += os.read(primary, 4096)
     finally:
         proc.send_signal(signal.SIGINT)
-        proc.wait(30)
-        os.close(primary)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:  # fail here, and leave no server behind for later tests
+            proc.kill()
+            proc.wait(30)
+            raise
+        finally:
+            os.close(primary)
     key = (home / "admin.key").read_text().strip()
     assert b"shown once" in seen, seen
     assert seen.count(key.encode()) == 1
