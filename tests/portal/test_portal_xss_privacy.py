@@ -137,9 +137,14 @@ def test_p1_a_canary_typed_into_the_playground_is_found_nowhere(page, server: Se
     page.get_by_role("button", name="Send").click()
     page.wait_for_function("() => document.querySelector('#history input') !== null")
     assert canary in page.locator("p.answer").inner_text()
+    assert page.locator("#history input").count() == 4  # one turn: a role and a content field each side
     page.get_by_label("Message").fill(f"and again {canary}")  # with the first turn as history
     page.get_by_role("button", name="Send").click()
-    page.wait_for_function("() => document.querySelectorAll('#history input').length == 4")
+    # The second turn is over when its four fields are there too (waiting for 4, as this test did
+    # until 2026-12-03, was already true after the first turn: it passed only while the second turn
+    # was still running at the first poll, and timed out when the echo worker was faster).
+    page.wait_for_function("() => document.querySelectorAll('#history input').length == 8")
+    assert page.locator("p.answer").nth(1).inner_text().count(canary) >= 1
     page.goto(f"{server.url}/deployments/p1-chat")  # flushes the usage counts to the database
     assert int(page.locator(".usage-counts span").first.inner_text().split()[0]) >= 2
     from modelport.config import Settings
