@@ -53,26 +53,26 @@ class EncryptionKeyService:
         return _plain(self.datastore.ensure_workspace_key(actor.workspace_id))
 
     def rotate_workspace_key(self, actor: Principal) -> dict:
-        actor.require("keys.manage")
+        actor.require("encryption_keys.manage")
         self._still_bound(actor.workspace_id)
         version = self.datastore.rotate_workspace_key(actor.workspace_id)
         self._audit(actor, "workspace_key.rotate", {"version": version})
         return self.workspace_key(actor)
 
     def rewrap_workspace(self, actor: Principal) -> dict:
-        actor.require("keys.manage")
+        actor.require("encryption_keys.manage")
         report = self.datastore.rewrap_workspace(actor.workspace_id)
         self._audit(actor, "workspace_key.rewrap", {"rewrapped": report.rewrapped})
         return asdict(report)
 
     def set_workspace_min_version(self, actor: Principal, version: int, force: bool) -> dict:
-        actor.require("keys.manage")
+        actor.require("encryption_keys.manage")
         self.datastore.set_workspace_min_decryption_version(actor.workspace_id, version, force=force)
         self._audit(actor, "workspace_key.min_decryption_version", {"version": version, "force": force})
         return self.workspace_key(actor)
 
     def register_cmk(self, actor: Principal, provider: str | None, key_ref: str | None) -> dict:
-        actor.require("keys.manage")
+        actor.require("encryption_keys.manage")
         ws = actor.workspace_id
         if provider is None or (provider == "local" and key_ref is None):
             provider, key_ref = "local", self.datastore.create_local_cmk(ws)
@@ -132,13 +132,13 @@ class EncryptionKeyService:
                             "provider (tag modelport:workspace); it cannot be enabled, disabled or rotated from here")
 
     def unregister_cmk(self, actor: Principal) -> dict:
-        actor.require("keys.manage")
+        actor.require("encryption_keys.manage")
         info = self.datastore.unregister_cmk(actor.workspace_id)
         self._audit(actor, "cmk.unregister")
         return _plain(info)
 
     def set_workspace_key_enabled(self, actor: Principal, enabled: bool) -> dict:
-        actor.require("keys.manage")
+        actor.require("encryption_keys.manage")
         self._still_bound(actor.workspace_id)
         if enabled:
             self.datastore.enable_workspace_key(actor.workspace_id)
@@ -149,23 +149,23 @@ class EncryptionKeyService:
 
     # platform key ---------------------------------------------------------------------------
     def platform_key(self, actor: Principal) -> dict:
-        actor.require("platform.keys")
+        actor.require("platform.encryption_keys")
         return _plain(self.datastore.platform_key())
 
     def rotate_platform_key(self, actor: Principal) -> dict:
-        actor.require("platform.keys")
+        actor.require("platform.encryption_keys")
         version = self.datastore.rotate_platform_key()
         self._audit(actor, "platform_key.rotate", {"version": version})
         return self.platform_key(actor)
 
     def rewrap_platform(self, actor: Principal) -> dict:
-        actor.require("platform.keys")
+        actor.require("platform.encryption_keys")
         report = self.datastore.rewrap_platform()
         self._audit(actor, "platform_key.rewrap", {"rewrapped": report.rewrapped, "workspaces": report.workspaces})
         return asdict(report)
 
     def set_platform_min_version(self, actor: Principal, version: int, force: bool) -> dict:
-        actor.require("platform.keys")
+        actor.require("platform.encryption_keys")
         self.datastore.set_platform_min_decryption_version(version, force=force)
         self._audit(actor, "platform_key.min_decryption_version", {"version": version, "force": force})
         return self.platform_key(actor)

@@ -18,7 +18,7 @@
 | datasets.write          |        |      x      |   x   |                                      |
 | finetuning.read         |   x    |      x      |   x   |                                      |
 | finetuning.write        |        |      x      |   x   |                                      |
-| keys.manage (cmk, workspace key) |  |          |   x   |                                      |
+| encryption_keys.manage (cmk, workspace key) | | |  x  |                                      |
 | safety.manage           |        |             |   x   |                                      |
 | audit.read              |        |             |   x   |  x (all workspaces)                   |
 | marketplace.read (offers, subscriptions) | x | x   |   x   |                                      |
@@ -80,7 +80,7 @@ WORKSPACE_ACTIONS: dict[str, Role] = {
     "datasets.write": Role.CONTRIBUTOR,
     "finetuning.read": Role.READER,
     "finetuning.write": Role.CONTRIBUTOR,
-    "keys.manage": Role.OWNER,
+    "encryption_keys.manage": Role.OWNER,
     "safety.manage": Role.OWNER,
     "audit.read": Role.OWNER,
     "marketplace.read": Role.READER,
@@ -97,7 +97,7 @@ PLATFORM_ACTIONS = frozenset(
         "platform.workspaces",  # create, list all, delete any workspace
         "platform.users",  # create, list, disable users; add members anywhere
         "platform.models",  # import, curate, deprecate, delete catalog-wide models
-        "platform.keys",  # rotate and rewrap the platform key
+        "platform.encryption_keys",  # rotate and rewrap the platform key
         "platform.audit",  # read every workspace's audit log
         "platform.publishers",  # create publishers, add their users, make their keys
         "platform.offers",  # create and retire any publisher's offers

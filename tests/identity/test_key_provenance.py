@@ -102,7 +102,7 @@ def test_a_stolen_admin_key_has_no_platform_power(legacy: Legacy) -> None:
     stolen = svc.authenticate(legacy.secrets["stolen"])
     assert (stolen.user_name, stolen.workspace_name, stolen.role, stolen.is_platform_admin) == (
         "admin", "team", Role.READER, False)
-    for action in ("platform.users", "platform.audit", "platform.keys", "platform.workspaces"):
+    for action in ("platform.users", "platform.audit", "platform.encryption_keys", "platform.workspaces"):
         assert not stolen.can(action)
     with pytest.raises(Forbidden, match="platform admin"):
         svc.create_user(stolen, "mallory", platform_admin=True)

@@ -29,7 +29,7 @@ def _role(value: str | None) -> Role:
 def _view(me: Principal, svc: Services, action: str | None, since: str | None) -> dict:
     ctx: dict = {"members": svc.identity.list_members(me), "keys": svc.identity.list_api_keys(me),
                  "wskey": None, "events": None, "action": action or "", "since": since or ""}
-    if me.can("keys.manage"):
+    if me.can("encryption_keys.manage"):
         ctx["wskey"] = svc.encryption_keys.workspace_key(me)
     if me.can("audit.read"):
         when = None
