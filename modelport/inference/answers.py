@@ -69,17 +69,23 @@ class _Choice:
 
 
 class Answers:
-    """Runs the pipeline over one request's worker events; `deltas` counts the worker's deltas
-    (a lower bound of the completion tokens when a stream ends before the usage event)."""
+    """Runs the pipeline over one request's worker events; `reported` is the completion tokens
+    the worker reported in the deltas read so far (each delta's `generated` count, or one a
+    delta from a runtime that does not count): what a stream cut before the usage event is
+    billed when its worker cannot say more (it crashed)."""
 
     def __init__(self, flt: RequestFilter | None, n: int, *, calls: bool, logprobs: bool, buffered: bool | None):
         self.flt = flt
         self.logprobs = logprobs
         self.choices = [_Choice(AnswerReader(calls)) for _ in range(n)]
-        self.deltas = 0
+        self._reported = [0] * n
         if flt is not None:
             for i in range(n):
                 flt.stream(i, buffered=buffered)
+
+    @property
+    def reported(self) -> int:
+        return sum(self._reported)
 
     def _parts(self, index: int, text: str, logprobs: list[dict[str, Any]] | None) -> list[Event]:
         lps = logprobs if self.logprobs else None
@@ -89,7 +95,8 @@ class Answers:
         flt = self.flt
         async for ev in events:
             if isinstance(ev, TextDelta):
-                self.deltas += 1
+                seen = self._reported
+                seen[ev.index] = ev.generated if ev.generated is not None else seen[ev.index] + 1
                 c = self.choices[ev.index]
                 if c.done:
                     continue

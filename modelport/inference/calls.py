@@ -36,7 +36,7 @@ from modelport.inference.routing import Route
 
 if TYPE_CHECKING:
     from modelport.metering.budgets import BudgetService as BudgetGate
-from modelport.workers.client import ChoiceFinished, GenerateEvent, StreamUsage, TextDelta, WorkerClient
+from modelport.workers.client import ChoiceFinished, GenerateEvent, StreamUsage, TextDelta, Ticket, WorkerClient
 from modelport.workers.protocol import GenerateBody
 
 
@@ -164,10 +164,12 @@ class Choice:
     finish_reason: str | None = None
 
 
-async def generate(gateway: Gateway, route: Route, body: GenerateBody) -> AsyncGenerator[GenerateEvent, None]:
-    """Stream the worker's events for one request through the deployment's pool."""
+async def generate(gateway: Gateway, route: Route, body: GenerateBody,
+                   ticket: Ticket | None = None) -> AsyncGenerator[GenerateEvent, None]:
+    """Stream the worker's events for one request through the deployment's pool (`ticket`: to
+    ask its worker, after a cut, what it generated)."""
     pool = await gateway.pool_for(route)
-    async for event in pool.generate(route.workspace_id, route.id, body):
+    async for event in pool.generate(route.workspace_id, route.id, body, ticket):
         yield event
 
 

@@ -57,7 +57,7 @@ from modelport.inference.wire_errors import ErrorShape
 from modelport.offload import run_blocking
 from modelport.quotas import estimate
 from modelport.runtimes.base import flatten_content
-from modelport.workers.client import GenerateEvent, StreamUsage
+from modelport.workers.client import GenerateEvent, StreamUsage, Ticket
 from modelport.workers.protocol import GenerateBody
 
 T = TypeVar("T")
@@ -216,13 +216,24 @@ class Collected:
     usage: StreamUsage | None = None
 
 
+#: how long the gateway waits for a worker to stop a cut generation and say what it generated
+REPORT_TIMEOUT_SECONDS = 2.0
+
+
 class Bill:
     """The one usage event of one generation request: committed before the answer's last byte
     (`commit`), or, for a request that ended early (client gone, worker lost), queued with what
-    the worker produced until then (`cut`). Whichever comes first wins; the other does nothing."""
+    the worker generated until then (`cut`). Whichever comes first wins; the other does nothing.
+
+    A generation that ends without the worker's usage is billed what its worker generated: the
+    gateway stops it and asks (`Ticket.generated`, one round trip to the worker, at most
+    REPORT_TIMEOUT_SECONDS), which counts the tokens the gateway never read (generated after its
+    last read, held back for stop sequences or unfinished characters, in the socket buffers). A
+    worker that cannot answer (it crashed) leaves what it last reported in the deltas read."""
 
     def __init__(self, gateway: Gateway, route: Route, api: str, size: calls.PromptSize) -> None:
         self.gateway, self.route, self.api, self.size = gateway, route, api, size
+        self.ticket = Ticket()
         self.done = False
 
     async def prompt_tokens(self) -> int:
@@ -232,10 +243,19 @@ class Bill:
         except ModelportError:
             return 0
 
-    async def final_usage(self, usage: StreamUsage | None, deltas: int) -> StreamUsage:
+    async def generated(self, reported: int) -> int:
+        """The completion tokens the worker generated (it is stopped first), or `reported` (what
+        the deltas read said) when it cannot tell in time."""
+        counted = await self.ticket.generated(REPORT_TIMEOUT_SECONDS)
+        return reported if counted is None else max(counted, reported)
+
+    async def final_usage(self, usage: StreamUsage | None, reported: int) -> StreamUsage:
         """The worker's usage; without it (every choice cut by the filter) the prompt as counted
-        before screening and the tokens generated until the cut: what the answer reports and bills."""
-        return usage if usage is not None else StreamUsage(await self.prompt_tokens(), deltas)
+        before screening and the tokens the worker generated until it was stopped: what the
+        answer reports and bills."""
+        if usage is not None:
+            return usage
+        return StreamUsage(await self.prompt_tokens(), await self.generated(reported))
 
     async def commit(self, input_tokens: int, output_tokens: int, status: str) -> None:
         if self.done:
@@ -243,27 +263,33 @@ class Bill:
         self.done = True
         await self.gateway.record_usage_durable(self.route, self.api, input_tokens, output_tokens, status)
 
-    def cut(self, deltas: int, usage: StreamUsage | None, status: str, exc: BaseException | None = None) -> None:
+    def cut(self, reported: int, usage: StreamUsage | None, status: str, exc: BaseException | None = None) -> None:
+        """Bill a request that ended early; `reported` is the completion tokens its deltas read so
+        far showed. Never waits: what the worker has to say is asked off the request's task."""
         if self.done:
             return
         self.done = True
-        if isinstance(exc, TooManyRequests) and not deltas:
+        if isinstance(exc, TooManyRequests) and not reported:
             return  # refused by the queue: it never reached a worker
         if usage is not None:  # the worker finished; the answer did not reach the client
             self.gateway.record_usage(self.route, self.api, usage.prompt_tokens, usage.completion_tokens, status)
             return
-        if not deltas:
+        if self.ticket.client is None and not reported:  # it never reached a worker
             self.gateway.record_usage(self.route, self.api, 0, 0, status)
             return
-        # The worker read the prompt and generated `deltas` tokens: billed with the prompt's count
-        # (made before screening, or asked for now, off the request's own task).
-        if self.size.prompt_tokens is not None:
-            self.gateway.record_usage(self.route, self.api, self.size.prompt_tokens, deltas, status)
-            return
-        self.gateway.spawn(self._count_then_record(deltas, status))
+        self.gateway.spawn(self._settle(reported, status))
 
-    async def _count_then_record(self, deltas: int, status: str) -> None:
-        self.gateway.record_usage(self.route, self.api, await self.prompt_tokens(), deltas, status)
+    async def _settle(self, reported: int, status: str) -> None:
+        """Ask the worker what it generated, then record: the prompt (its count made before
+        screening, or asked for now) and those tokens; nothing generated, nothing billed. The
+        event is recorded even when shutdown cancels this task (with what is known by then)."""
+        completion, prompt = reported, self.size.prompt_tokens
+        try:
+            completion = await self.generated(reported)
+            if completion and prompt is None:
+                prompt = await self.prompt_tokens()
+        finally:
+            self.gateway.record_usage(self.route, self.api, (prompt or 0) if completion else 0, completion, status)
 
 
 @dataclass
@@ -310,7 +336,7 @@ class Call:
         flt = await filtering.screen_prompt(self.request.app.state.services.safety, self.route, self.prompt_text,
                                             self.size)
         pipeline = answers.Answers(flt, self.gen.n, calls=self.reads_calls, logprobs=self.logprobs, buffered=buffered)
-        events = calls.generate(self.gateway, self.route, self.gen)
+        events = calls.generate(self.gateway, self.route, self.gen, self.bill.ticket)
         return Running(pipeline, events, pipeline.run(events))
 
     async def collect(self) -> tuple[list[ChoiceOut], StreamUsage, filtering.RequestFilter | None] | Response:
@@ -321,14 +347,14 @@ class Call:
         try:
             await unless_gone(self.request, _gather(running.run, got))
         except ClientGone:
-            self.bill.cut(pipeline.deltas, got.usage, "cancelled")
+            self.bill.cut(pipeline.reported, got.usage, "cancelled")
             return Response(status_code=CLIENT_CLOSED_REQUEST)
         except ModelportError as exc:
-            self.bill.cut(pipeline.deltas, got.usage, "error", exc)
+            self.bill.cut(pipeline.reported, got.usage, "error", exc)
             raise
         finally:
             await running.close(pipeline=False)
-        return got.choices, await self.bill.final_usage(got.usage, pipeline.deltas), pipeline.flt
+        return got.choices, await self.bill.final_usage(got.usage, pipeline.reported), pipeline.flt
 
     async def respond(self, *, stream: bool, include_usage: bool) -> Response:
         rid = ("chatcmpl-" if self.api == "chat.completions" else "cmpl-") + secrets.token_hex(12)
@@ -357,11 +383,11 @@ class Call:
             return await unless_gone(self.request, anext(running.run, None))
         except ClientGone:
             await running.close()
-            self.bill.cut(running.pipeline.deltas, None, "cancelled")
+            self.bill.cut(running.pipeline.reported, None, "cancelled")
             return Response(status_code=CLIENT_CLOSED_REQUEST)
         except BaseException as exc:
             await running.close(pipeline=False)
-            self.bill.cut(running.pipeline.deltas, None, "error", exc)
+            self.bill.cut(running.pipeline.reported, None, "error", exc)
             raise
 
     async def stream(self, rid: str, created: int, include_usage: bool) -> Response:
@@ -396,19 +422,19 @@ class Call:
                 else:
                     worker_usage = ev
                 ev = await anext(running.run, None)
-            usage = await self.bill.final_usage(worker_usage, pipeline.deltas)
+            usage = await self.bill.final_usage(worker_usage, pipeline.reported)
             if writer.include_usage:
                 yield writer.usage(usage)
             # committed before the last byte: a stream whose [DONE] was sent is billed
             await self.bill.commit(usage.prompt_tokens, usage.completion_tokens, "filtered" if filtered else "success")
             yield DONE
         except ModelportError as exc:
-            self.bill.cut(pipeline.deltas, worker_usage, "error", exc)
+            self.bill.cut(pipeline.reported, worker_usage, "error", exc)
             yield sse(self.error_shape.body(exc))
         finally:
             await running.close()
             # the client left mid-stream (nothing if billed above): its prompt and what was generated
-            self.bill.cut(pipeline.deltas, worker_usage, "cancelled")
+            self.bill.cut(pipeline.reported, worker_usage, "cancelled")
 
 
 async def _gather(run: AsyncIterator[answers.Event], into: Collected) -> None:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from modelport.config import Settings
 from modelport.errors import ServiceUnavailable
 from modelport.inference.scheduler import FairScheduler
-from modelport.workers.client import GenerateEvent, WorkerClient
+from modelport.workers.client import GenerateEvent, Ticket, WorkerClient
 from modelport.workers.protocol import GenerateBody, WorkerSpec
 from modelport.workers.supervisor import WorkerHandle, WorkerSupervisor
 
@@ -182,12 +182,17 @@ class Pool:
             self.last_used = self.clock()
             self.scheduler.release(workspace_id)
 
-    async def generate(self, workspace_id: str, deployment_id: str, body: GenerateBody
-                       ) -> AsyncIterator[GenerateEvent]:
+    async def generate(self, workspace_id: str, deployment_id: str, body: GenerateBody,
+                       ticket: Ticket | None = None) -> AsyncIterator[GenerateEvent]:
         """One generation through `slot`: the worker's events, and the wait for the first one
-        (queue and prefill) recorded for the autoscaler."""
+        (queue and prefill) recorded for the autoscaler. With a `ticket`, the body goes with its
+        id, and the ticket learns which worker serves it."""
         asked = time.monotonic()
+        if ticket is not None:
+            body = body.model_copy(update={"id": ticket.id})
         async with self.slot(workspace_id, deployment_id) as client:
+            if ticket is not None:
+                ticket.client = client
             waiting_first = True
             async for event in client.generate(body):
                 if waiting_first:

@@ -321,7 +321,7 @@ class ResponseEvents:
                 ev = await anext(running.run, None)
             for b in self.close_item():
                 yield b
-            usage = await call.bill.final_usage(usage, pipeline.deltas)
+            usage = await call.bill.final_usage(usage, pipeline.reported)
             final = finished(self.shell, self.output, usage, finish)
             if flt is not None:
                 final["content_filter_results"] = flt.results(0)
@@ -331,9 +331,9 @@ class ResponseEvents:
                                    "filtered" if finish == "content_filter" else "success")
             yield self.event(kind, response=final)
         except ModelportError as exc:
-            call.bill.cut(pipeline.deltas, usage, "error", exc)
+            call.bill.cut(pipeline.reported, usage, "error", exc)
             err = call.error_shape.body(exc)["error"]
             yield self.event("error", code=err.get("code"), message=err.get("message"), param=err.get("param"))
         finally:
             await running.close()
-            call.bill.cut(pipeline.deltas, usage, "cancelled")  # nothing if billed above
+            call.bill.cut(pipeline.reported, usage, "cancelled")  # nothing if billed above

@@ -10,7 +10,8 @@ Generate request fields beyond the OpenAI sampling parameters (`grammar`, `logpr
 `tools`) are described on `GenerateRequest`; `Delta.logprobs` holds TokenLogprob entries.
 
     Runtime.load(spec)            load the model named by `spec` (local files only)
-    runtime.generate(req, cancel) iterator of Delta; the last one carries finish_reason + usage
+    runtime.generate(req, cancel) iterator of Delta; the last one carries finish_reason + usage,
+                                  or, when `cancel` stopped it, usage alone (what it generated)
     runtime.generate_choices(req, n, cancel)  (index, Delta) of n choices; one after the other
                                   by default, decoded together by a batching runtime
     runtime.max_concurrent_generations  how many `generate` calls may run at once (default 1)
@@ -135,13 +136,24 @@ class TokenLogprob:
 @dataclass(frozen=True, slots=True)
 class Delta:
     """A piece of generated text. The last Delta of a generation has `finish_reason` and
-    `usage` set (its text may be empty); a generation that was cancelled ends without one.
+    `usage` set (its text may be empty). A generation that `cancel` stopped ends with a Delta
+    that has `usage` and no `finish_reason`: the tokens it generated until it stopped, those it
+    held back (stop sequences, unfinished characters) included; metering bills a cut stream
+    with it. A runtime that ends a cancelled generation without one is billed what its Deltas
+    showed. `generated` (when the runtime counts) is the tokens generated for this choice so
+    far, this Delta's own included: a Delta's text may stand for several tokens.
     `logprobs` (when asked for) holds the tokens whose text this delta releases, in order."""
 
     text: str
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
     logprobs: tuple[TokenLogprob, ...] | None = None
+    generated: int | None = None
+
+    @property
+    def cancelled(self) -> bool:
+        """The last Delta of a generation that `cancel` stopped."""
+        return self.finish_reason is None and self.usage is not None
 
 
 @dataclass(frozen=True, slots=True)

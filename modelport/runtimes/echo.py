@@ -90,6 +90,7 @@ class EchoRuntime(Runtime):
         hit = False
         while produced < limit:
             if (self._delay and cancel.wait(self._delay)) or cancel.is_set():
+                yield Delta("", usage=Usage(prompt_tokens, produced))  # cancelled: what was generated
                 return
             word = words[produced % len(words)]
             produced += 1
@@ -101,10 +102,10 @@ class EchoRuntime(Runtime):
                 raw = piece.encode("utf-8")
                 scored.append(TokenLogprob(raw, 0.0, ((raw, 0.0),) if request.logprobs else ()))
                 if out:
-                    yield Delta(out, logprobs=tuple(scored))
+                    yield Delta(out, logprobs=tuple(scored), generated=produced)
                     scored = []
             elif out:
-                yield Delta(out)
+                yield Delta(out, generated=produced)
             if hit:
                 finish = "stop"
                 break

@@ -70,8 +70,9 @@ from typing import Any
 from modelport.errors import InternalError, InvalidInput, ModelportError
 from modelport.runtimes.base import Delta, StopMatcher, TokenLogprob, Usage
 
-#: what a sequence's sink receives: a Delta, an error, or None (the sequence ended without a
-#: final Delta: cancelled)
+#: what a sequence's sink receives: a Delta, an error, or None (a choice that never started:
+#: it ended with its request's first choice). A sequence that was cancelled (or stopped by
+#: `close`) ends with a Delta holding only its usage: the tokens it generated (`_stopped`).
 Event = Delta | ModelportError | None
 
 _quiet_log: Any = None
@@ -243,7 +244,7 @@ class BatchEngine:
                         self._leave(seq, None)
                     for seq in self._waiting:
                         self._end_siblings(seq, None)
-                        seq.sink(None)
+                        seq.sink(_stopped(seq))
                     return
                 self._admit()
             started = time.perf_counter_ns()
@@ -264,7 +265,7 @@ class BatchEngine:
                 self._waiting.popleft()
                 self._end_siblings(seq, None)
                 self._free_sampler(seq)
-                seq.sink(None)
+                seq.sink(_stopped(seq))  # a preempted sequence has generated tokens already
                 continue
             if self._unified and self._active and used + len(seq.feed) + len(self._active) > self.kv_cells:
                 break  # wait for room; alone, a sequence always fits (kv_cells >= context)
@@ -510,7 +511,7 @@ class BatchEngine:
             self._finish(seq, "length", out)
             return
         if out:
-            seq.sink(Delta(out, logprobs=self._take_logprobs(seq)))
+            seq.sink(Delta(out, logprobs=self._take_logprobs(seq), generated=len(seq.generated)))
         seq.feed = [token]
 
     def _sample_checked(self, seq: Sequence, index: int) -> int:
@@ -590,10 +591,10 @@ class BatchEngine:
             seq.slot = -1
         # siblings still waiting to fork end with it (a cancel or an error: a first choice that
         # finished has forked them already)
-        self._end_siblings(seq, None if isinstance(last, Delta) else last)
+        self._end_siblings(seq, last if isinstance(last, ModelportError) else None)
         self._free_sampler(seq)
         seq.done = True
-        seq.sink(last)
+        seq.sink(_stopped(seq) if last is None else last)
 
     def _preempt(self, seq: Sequence) -> None:
         """Free a sequence's cells; it waits at the front of the queue to decode them again."""
@@ -619,6 +620,12 @@ class BatchEngine:
             seq.sampler = None
 
 
+def _stopped(seq: Sequence) -> Delta:
+    """The last Delta of a sequence that was cancelled: the tokens it generated, held-back ones
+    included (what its request is billed)."""
+    return Delta("", usage=Usage(len(seq.prompt), len(seq.generated)))
+
+
 def choices_sink(n: int) -> tuple[list[Callable[[Event], None]], Callable[[Callable[[], bool]], Any]]:
     """Sinks for the `n` choices of one request and a reader that yields (choice index, Delta)
     as they come, interleaved, until every choice has ended."""
@@ -642,7 +649,7 @@ def choices_sink(n: int) -> tuple[list[Callable[[Event], None]], Callable[[Calla
             if isinstance(event, ModelportError):
                 raise event
             yield index, event
-            if event.finish_reason is not None:
+            if event.finish_reason is not None or event.cancelled:
                 running -= 1
 
     return [sink(i) for i in range(n)], read

@@ -321,6 +321,7 @@ class TransformersRuntime(Runtime):
                 if isinstance(item, BaseException):
                     raise item
                 if cancel.is_set():
+                    yield Delta("", usage=Usage(len(ids), len(produced)))  # cancelled: what was generated
                     return
                 if item in self._eos_ids:
                     finish = "stop"
@@ -335,7 +336,7 @@ class TransformersRuntime(Runtime):
                 out, hit = stopper.feed(text[len(emitted):])
                 emitted = text
                 if out:
-                    yield Delta(out)
+                    yield Delta(out, generated=len(produced))
                 if hit:
                     finish = "stop"
                     break
@@ -343,7 +344,7 @@ class TransformersRuntime(Runtime):
                 text = self._tokenizer.decode(produced, skip_special_tokens=True)
                 out, hit = stopper.feed(text[len(emitted):])
                 if out:
-                    yield Delta(out)
+                    yield Delta(out, generated=len(produced))
                 finish = "stop" if hit else finish
         finally:
             stopped.set()

@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import socket
 import struct
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,6 +38,7 @@ from modelport import errors
 from modelport.workers.protocol import (
     EmbedResponse,
     GenerateBody,
+    Generated,
     Health,
     TokenCount,
     error_from_wire,
@@ -53,6 +55,7 @@ class TextDelta:
     index: int
     text: str
     logprobs: list[dict[str, Any]] | None = None  # OpenAI's per-token objects, when asked for
+    generated: int | None = None  # tokens generated for this choice so far, when the runtime counts
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +74,26 @@ class StreamUsage:
 
 
 GenerateEvent = TextDelta | ChoiceFinished | StreamUsage
+
+
+@dataclass(eq=False, slots=True)
+class Ticket:
+    """One generation as its worker knows it: the `id` it was sent with, and the client of the
+    worker that was lent for it (set when the request leaves for that worker). After a cut, the
+    gateway asks that worker (`WorkerClient.cancel`) what the generation produced."""
+
+    id: str = field(default_factory=lambda: secrets.token_hex(12))
+    client: WorkerClient | None = None
+
+    async def generated(self, timeout: float) -> int | None:
+        """Stop the generation and return the tokens it produced; None when no worker was lent,
+        or the worker does not answer within `timeout` (gone, restarted, stuck)."""
+        if self.client is None:
+            return None
+        try:
+            return await self.client.cancel(self.id, timeout=timeout)
+        except errors.ModelportError:
+            return None
 
 
 _READ_HIGH = 1 << 20  # unread answer bytes beyond which the worker is not read from (backpressure)
@@ -352,6 +375,13 @@ class WorkerClient:
     async def embed(self, texts: Sequence[str]) -> EmbedResponse:
         return EmbedResponse.model_validate(await self._call("POST", "/embed", {"input": list(texts)}))
 
+    async def cancel(self, generation_id: str, *, timeout: float) -> int:
+        """Stop the generation sent with this id (if it still runs) and return the completion
+        tokens it produced. Raises ServiceUnavailable when the worker does not answer in time,
+        NotFound when it does not know the id (a restarted worker)."""
+        answer = await self._call("POST", "/cancel", {"id": generation_id}, timeout=timeout)
+        return Generated.model_validate(answer).completion_tokens
+
     async def generate(self, body: GenerateBody) -> AsyncIterator[GenerateEvent]:
         """Stream events; ends with StreamUsage. Raises the worker's error, or
         ServiceUnavailable when the worker cannot be reached or dies mid-stream."""
@@ -372,7 +402,7 @@ class WorkerClient:
                 event = orjson.loads(line)
                 kind = event["type"]
                 if kind == "delta":
-                    yield TextDelta(event["index"], event["text"], event.get("logprobs"))
+                    yield TextDelta(event["index"], event["text"], event.get("logprobs"), event.get("generated"))
                 elif kind == "finish":
                     yield ChoiceFinished(event["index"], event["finish_reason"], event["completion_tokens"])
                 elif kind == "usage":

@@ -3,14 +3,22 @@
     GET  /health     -> Health
     POST /tokenize   TokenizeBody -> TokenCount           (before inference: 400 if too long)
     POST /generate   GenerateBody -> NDJSON stream of events, one JSON object per line:
-                     {"type": "delta",  "index": i, "text": "...", "logprobs": [...]}
+                     {"type": "delta",  "index": i, "text": "...", "logprobs": [...],
+                      "generated": g}
                      (logprobs only when asked: OpenAI's per-token objects, token, logprob,
-                     bytes, top_logprobs, for the tokens whose text this delta carries)
+                     bytes, top_logprobs, for the tokens whose text this delta carries;
+                     generated, when the runtime counts: tokens generated for choice i so
+                     far, this delta's included, so a crash bills what was last reported)
                      {"type": "finish", "index": i, "finish_reason": "stop"|"length",
                       "completion_tokens": n}
                      {"type": "usage",  "prompt_tokens": p, "completion_tokens": c}  (last line)
                      {"type": "error",  "code": ..., "message": ...}                 (last line)
                      A stream that ends without a usage or error line was cut (worker died).
+    POST /cancel     CancelBody -> Generated: stop the generation whose GenerateBody had this
+                     `id` (if it still runs), wait until it has stopped, and answer the
+                     completion tokens it generated, held-back ones included (the gateway bills
+                     a cut stream with it). A generation that ended in the last CANCEL_MEMORY
+                     generations is answered from memory (counts only); an unknown id is 404.
     POST /embed      EmbedBody -> EmbedResponse
     Errors before a stream starts: HTTP status of the ModelportError with
     {"error": {"code": ..., "message": ..., "field": ...}}.
@@ -84,6 +92,8 @@ class GenerateBody(_Body):
                                 description="GBNF the answer must match.")
     logprobs: int | None = Field(default=None, ge=0, le=20, description="Top alternatives per token.")
     tools: list[dict[str, Any]] | None = None
+    id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$",
+                           description="The gateway's id for this generation, to name it in /cancel.")
 
     @model_validator(mode="after")
     def _one_input(self) -> GenerateBody:
@@ -92,6 +102,18 @@ class GenerateBody(_Body):
         if self.grammar is not None and self.response_format == "json_object":
             raise ValueError("give either a grammar or response_format json_object, not both")
         return self
+
+
+#: how many ended generations a worker remembers the counts of, for a late /cancel
+CANCEL_MEMORY = 4096
+
+
+class CancelBody(_Body):
+    id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class Generated(BaseModel):
+    completion_tokens: int = Field(description="Tokens the generation produced, over all its choices.")
 
 
 class TokenizeBody(_Body):

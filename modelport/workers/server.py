@@ -13,6 +13,12 @@ overlap the next one on the same sequence.
 Embeddings are batched across requests (`EmbedBatcher`): while the model embeds one batch,
 requests that arrive wait together and go as the next batch, in one call of the runtime.
 
+A generation the gateway names (`id`) can be stopped by `POST /cancel`, which answers once it
+has stopped with the tokens it generated: each generation's tokens are counted per choice on
+its model thread (`_Generation`), from the runtime's own counts, so the answer includes tokens
+never sent (held back for stop sequences, queued behind a slow reader). The counts of the last
+CANCEL_MEMORY generations stay known after they end, for a /cancel that comes late.
+
 SIGTERM: stop taking requests (503), give in-flight ones `drain_seconds`, then cancel what is
 left and end each of those streams with an explicit error event.
 
@@ -27,6 +33,7 @@ import contextlib
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -36,9 +43,11 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from modelport import errors
-from modelport.runtimes.base import GenerateRequest, Runtime
+from modelport.runtimes.base import Delta, GenerateRequest, Runtime
 from modelport.workers.isolation import host_pid
 from modelport.workers.protocol import (
+    CANCEL_MEMORY,
+    CancelBody,
     EmbedBody,
     GenerateBody,
     Health,
@@ -52,6 +61,32 @@ from modelport.workers.protocol import (
 
 _SHUTDOWN_MESSAGE = "the model worker was stopped before this request finished; retry the request"
 _NDJSON = {"Content-Type": "application/x-ndjson"}
+#: how long /cancel waits for a generation to stop (a runtime checks its cancel event every token)
+CANCEL_WAIT_SECONDS = 5.0
+
+
+class _Generation:
+    """One /generate request: its cancel event, its model thread (`producer`, once admitted),
+    and the tokens generated per choice, written by the model thread as the runtime reports them."""
+
+    __slots__ = ("cancel", "producer", "tokens")
+
+    def __init__(self, n: int) -> None:
+        self.cancel = threading.Event()
+        self.producer: asyncio.Future[Any] | None = None
+        self.tokens = [0] * n
+
+    def see(self, index: int, delta: Delta) -> None:
+        if delta.usage is not None:  # finished, or cancelled: the runtime's own count
+            self.tokens[index] = delta.usage.completion_tokens
+        elif delta.generated is not None:
+            self.tokens[index] = max(self.tokens[index], delta.generated)
+        elif delta.text:  # a runtime that does not count: at least one token a delta
+            self.tokens[index] += 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.tokens)
 
 
 class _EventStream(web.StreamResponse):
@@ -110,6 +145,8 @@ class WorkerServer:
         self.draining = False
         self.shutting_down = False
         self._cancels: set[threading.Event] = set()
+        self._generations: dict[str, _Generation] = {}  # by the gateway's id, while in flight
+        self._ended: OrderedDict[str, int] = OrderedDict()  # id -> completion tokens, the last CANCEL_MEMORY
         self._netns_inode = os.stat("/proc/self/ns/net").st_ino
 
     def app(self) -> web.Application:
@@ -117,6 +154,7 @@ class WorkerServer:
         app.router.add_get("/health", self.health)
         app.router.add_post("/tokenize", self.tokenize)
         app.router.add_post("/generate", self.generate)
+        app.router.add_post("/cancel", self.cancel)
         app.router.add_post("/embed", self.embed)
         return app
 
@@ -204,10 +242,11 @@ class WorkerServer:
 
     # -- generation -------------------------------------------------------------------------
 
-    def _produce(self, body: GenerateBody, cancel: threading.Event,
+    def _produce(self, body: GenerateBody, gen: _Generation,
                  push: Callable[[tuple[Any, ...]], None]) -> None:
-        """Model thread: run the choices (together where the runtime batches), push
-        ("delta", i, Delta) items, then ("end",)."""
+        """Model thread: run the choices (together where the runtime batches), count their
+        tokens, push ("delta", i, Delta) items, then ("end",)."""
+        cancel = gen.cancel
         try:
             request = GenerateRequest(
                 messages=body.messages, prompt=body.prompt, max_tokens=body.max_tokens,
@@ -216,34 +255,64 @@ class WorkerServer:
                 tools=body.tools,
             )
             for index, delta in self.runtime.generate_choices(request, body.n, cancel):
-                push(("delta", index, delta))
+                gen.see(index, delta)
+                if not delta.cancelled:  # a count only, for /cancel
+                    push(("delta", index, delta))
             push(("end",))
         except errors.ModelportError as exc:
             push(("error", exc))
         except Exception as exc:  # a runtime bug: say what kind, never the message (may hold data)
             push(("error", errors.InternalError(f"the model runtime failed ({type(exc).__name__})")))
 
+    def _forget(self, gid: str | None, gen: _Generation) -> None:
+        """A generation has ended: keep only its count, for a /cancel that comes late."""
+        if gid is None or self._generations.get(gid) is not gen:
+            return
+        del self._generations[gid]
+        self._ended[gid] = gen.total
+        while len(self._ended) > CANCEL_MEMORY:
+            self._ended.popitem(last=False)
+
     async def generate(self, request: web.Request) -> web.StreamResponse:
         try:
             body: GenerateBody = await _parse(request, GenerateBody)
-            await self._admit(self.generation_slots)
         except errors.ModelportError as exc:
             return _error(exc)
+        gid = body.id
+        gen = _Generation(body.n)
+        if gid is not None:
+            if gid in self._generations or gid in self._ended:
+                return _error(errors.InvalidInput("id: another generation has this id; use a fresh one",
+                                                  field="id"))
+            self._generations[gid] = gen
+        try:
+            await self._admit(self.generation_slots)
+            if gen.cancel.is_set():  # cancelled while it waited: it generated nothing
+                self.generation_slots.release()
+                raise errors.ServiceUnavailable("the generation was cancelled before it started")
+        except errors.ModelportError as exc:
+            self._forget(gid, gen)
+            return _error(exc)
+        except BaseException:
+            self._forget(gid, gen)
+            raise
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
-        cancel = threading.Event()
+        cancel = gen.cancel
 
         def push(item: tuple[Any, ...]) -> None:
             loop.call_soon_threadsafe(events.put_nowait, item)
 
         self.active_generations += 1
         self._cancels.add(cancel)
-        producer = self._run_locked(lambda: self._produce(body, cancel, push), self.generation_slots,
+        producer = self._run_locked(lambda: self._produce(body, gen, push), self.generation_slots,
                                     self._generate_threads)
+        gen.producer = producer
 
         def finished(_: Any) -> None:
             self.active_generations -= 1
             self._cancels.discard(cancel)
+            self._forget(gid, gen)
 
         producer.add_done_callback(finished)
         try:
@@ -258,6 +327,25 @@ class WorkerServer:
         finally:
             cancel.set()  # also on CancelledError: aiohttp cancels the handler on disconnect
 
+    async def cancel(self, request: web.Request) -> web.Response:
+        """Stop a generation by its id and answer what it generated, once it has stopped."""
+        try:
+            body: CancelBody = await _parse(request, CancelBody)
+            gen = self._generations.get(body.id)
+            if gen is None:
+                total = self._ended.get(body.id)
+                if total is None:
+                    raise errors.NotFound("no generation with this id is running or ended recently", field="id")
+                return _json({"completion_tokens": total})
+            gen.cancel.set()
+            if gen.producer is not None:  # admitted: wait for its model thread to stop
+                await asyncio.wait({gen.producer}, timeout=CANCEL_WAIT_SECONDS)
+                if not gen.producer.done():
+                    raise errors.ServiceUnavailable("the generation has not stopped yet; ask again")
+        except errors.ModelportError as exc:
+            return _error(exc)
+        return _json({"completion_tokens": gen.total})
+
     async def _stream(self, response: web.StreamResponse, item: tuple[Any, ...],
                       events: asyncio.Queue[tuple[Any, ...]], n: int) -> None:
         prompt_tokens = 0
@@ -270,11 +358,13 @@ class WorkerServer:
                 kind = item[0]
                 if kind == "delta":
                     index, delta = item[1], item[2]
-                    if delta.logprobs is not None:
-                        chunk.append(encode_event({"type": "delta", "index": index, "text": delta.text,
-                                                   "logprobs": logprobs_wire(delta.logprobs)}))
-                    elif delta.text:
-                        chunk.append(encode_event({"type": "delta", "index": index, "text": delta.text}))
+                    if delta.text or delta.logprobs is not None:
+                        event = {"type": "delta", "index": index, "text": delta.text}
+                        if delta.logprobs is not None:
+                            event["logprobs"] = logprobs_wire(delta.logprobs)
+                        if delta.generated is not None:
+                            event["generated"] = delta.generated
+                        chunk.append(encode_event(event))
                     if delta.finish_reason is not None:
                         usage = delta.usage
                         prompt_tokens = usage.prompt_tokens

@@ -17,7 +17,7 @@ import llama_cpp
 import pytest
 
 from modelport.errors import InvalidInput
-from modelport.runtimes.base import GenerateRequest, ModelSpec
+from modelport.runtimes.base import Delta, GenerateRequest, ModelSpec
 from modelport.runtimes.llamacpp import LlamaCppRuntime
 from tests.support.models import SMOLLM2_GGUF
 
@@ -99,21 +99,25 @@ def test_cancel_one_stream_mid_batch_and_the_others_continue(runtime: LlamaCppRu
     others = [GenerateRequest(prompt=f"{i}, {i + 1}, {i + 2},", max_tokens=60, temperature=0) for i in (10, 20, 30)]
     alone = [run(runtime, r) for r in others]
     cancel = threading.Event()
-    seen: list[str] = []
+    seen: list[Delta] = []
 
-    def cancelled() -> list[str]:
+    def cancelled() -> list[Delta]:
         for delta in runtime.generate(long, cancel):
-            seen.append(delta.text)
+            seen.append(delta)
             if len(seen) == 5:
                 cancel.set()
         return seen
 
+    before = runtime.tokens_generated_total
     with ThreadPoolExecutor(4) as pool:
         first = pool.submit(cancelled)
         rest = [pool.submit(run, runtime, r) for r in others]
         assert [f.result() for f in rest] == alone
-        texts = first.result()
-    assert 5 <= len(texts) < 200 and all(t for t in texts)  # ended without a final delta
+        *texts, last = first.result()
+    generated = runtime.tokens_generated_total - before - sum(r[2].completion_tokens for r in alone)
+    assert 5 <= len(texts) < 200 and all(d.text and d.finish_reason is None for d in texts)
+    # it ends with what it generated (metering bills a cut stream with it), held-back tokens included
+    assert last.cancelled and not last.text and last.usage.completion_tokens == generated >= texts[-1].generated
     assert runtime.counters()["sequences_active"] == 0
 
 

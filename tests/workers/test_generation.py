@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from modelport.errors import InvalidInput, ServiceUnavailable
+from modelport.errors import InvalidInput, NotFound, ServiceUnavailable
 from modelport.workers.client import ChoiceFinished, StreamUsage, TextDelta, WorkerClient
 from modelport.workers.protocol import GenerateBody, WorkerSpec
 from modelport.workers.supervisor import WorkerHandle, WorkerSupervisor
@@ -111,6 +111,38 @@ def test_client_disconnect_stops_decoding_in_the_worker_within_a_second(loop: Lo
     # and the model context is free for the next request
     texts, _ = loop.run(collect(llama, GenerateBody(prompt=COUNTING, max_tokens=4, temperature=0)))
     assert texts[0].startswith(" 5")
+
+
+def test_cancel_by_id_stops_a_generation_and_answers_what_it_generated(loop: LoopThread,
+                                                                      llama: WorkerHandle) -> None:
+    """POST /cancel while the stream is still open and unread: the worker stops both choices and
+    answers their tokens, counted against its own total (nothing else runs on this worker), and
+    remembers the count for a late ask; an unknown id is 404, a reused one 400."""
+
+    async def scenario() -> tuple[int, int, int, int, int]:
+        before = (await llama.client.health()).tokens_generated_total
+        stream = llama.client.generate(GenerateBody(prompt=COUNTING, max_tokens=900, temperature=0.5, seed=3, n=2,
+                                                    id="cut-1"))
+        reported = [0, 0]
+        seen = 0
+        async for event in stream:
+            if isinstance(event, TextDelta):
+                seen += 1
+                reported[event.index] = event.generated or 0
+                if seen == 6:
+                    break
+        counted = await llama.client.cancel("cut-1", timeout=10)  # the stream is still open
+        health = await llama.client.health()
+        await stream.aclose()
+        again = await llama.client.cancel("cut-1", timeout=10)
+        return counted, health.tokens_generated_total - before, health.active_generations, again, sum(reported)
+
+    counted, generated, active, again, reported = loop.run(scenario())
+    assert active == 0 and counted == generated == again and counted >= reported >= 6
+    with pytest.raises(NotFound):
+        loop.run(llama.client.cancel("never-sent", timeout=10))
+    with pytest.raises(InvalidInput):
+        loop.run(collect(llama, GenerateBody(prompt=COUNTING, max_tokens=2, id="cut-1")))
 
 
 def test_model_handed_over_as_a_memfd_and_spec_never_in_argv_or_env(
