@@ -467,6 +467,8 @@ def serve_without(steps: set[str]) -> None:
     async def peek_all(self: RateLimiter, deployment_id: str, limits: RateLimits) -> Decision:
         return Decision(limits, limits.requests_per_minute, limits.tokens_per_minute)
 
+    if os.environ.get(PROFILE_ENV):
+        profile_on_signals(os.environ[PROFILE_ENV])
     if "meter" in steps:
         MeterRecorder.record_durable = no_durable  # type: ignore[method-assign]
         MeterRecorder.record = lambda self, row: None  # type: ignore[method-assign]
@@ -474,6 +476,90 @@ def serve_without(steps: set[str]) -> None:
         RateLimiter.admit = admit_all  # type: ignore[method-assign]
         RateLimiter.peek = peek_all  # type: ignore[method-assign]
     serve()
+
+
+#: In a server started by `serve_without` (benchmarks/profile_metering.py): where SIGUSR1 starts a
+#: profile and SIGUSR2 writes it (`<path>.prof`, cProfile of the event loop's thread, in CPU time
+#: of that thread: time other threads of the pinned process take is not in it) with the CPU
+#: of each of the process's threads and the usage commits made meanwhile (`<path>.json`).
+PROFILE_ENV = "BENCH_PROFILE"
+
+
+def profile_on_signals(path: str) -> None:
+    """Profile the server between SIGUSR1 and SIGUSR2 (see PROFILE_ENV); counts only, no content."""
+    import cProfile
+    import threading
+
+    from modelport.metering.recorder import MeterRecorder
+
+    meters: list[MeterRecorder] = []
+    init = MeterRecorder.__init__
+
+    def remember(self: MeterRecorder, *args: object, **kwargs: object) -> None:
+        init(self, *args, **kwargs)  # type: ignore[arg-type]
+        meters.append(self)
+
+    MeterRecorder.__init__ = remember  # type: ignore[method-assign]
+    profiler = cProfile.Profile(time.thread_time)  # CPU time of the loop's thread, not wall time
+    start: dict[str, object] = {}
+
+    def thread_cpu() -> dict[str, float]:
+        """CPU seconds of each live thread, by name (the main thread runs the event loop)."""
+        out: dict[str, float] = {}
+        names = {t.native_id: t.name for t in threading.enumerate()}
+        for task in Path("/proc/self/task").iterdir():
+            try:  # nanoseconds on the CPU (stat's utime and stime are 10 ms ticks)
+                ns = int((task / "schedstat").read_text().split()[0])
+            except OSError:
+                continue
+            name = names.get(int(task.name), "other")
+            if name.startswith(("AnyIO worker thread", "asyncio_")):
+                name = "worker threads (run_blocking)"
+            out[name] = out.get(name, 0.0) + ns / 1e9
+        return out
+
+    def counters() -> dict[str, int]:
+        return {k: sum(getattr(m, k) for m in meters) for k in ("commits", "loop_commits", "checkpoints")}
+
+    import gc
+
+    gc_time = [0.0, 0.0, 0.0]  # CPU seconds of the cyclic garbage collector by generation
+    gc_runs = [0, 0, 0]
+    gc_started = [0.0]
+
+    def gc_watch(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            gc_started[0] = time.thread_time()
+        else:
+            gc_time[info["generation"]] += time.thread_time() - gc_started[0]
+            gc_runs[info["generation"]] += 1
+
+    def begin(*_: object) -> None:
+        start.update(cpu=thread_cpu(), counters=counters(), process=time.process_time())
+        gc_time[:], gc_runs[:] = [0.0, 0.0, 0.0], [0, 0, 0]
+        if os.environ.get(PROFILE_ENV + "_GC_ONLY"):
+            gc.callbacks.append(gc_watch)
+        else:
+            profiler.enable()
+
+    def end(*_: object) -> None:
+        profiler.disable()
+        if gc_watch in gc.callbacks:
+            gc.callbacks.remove(gc_watch)
+        profiler.dump_stats(path + ".prof")
+        cpu, before = thread_cpu(), start["cpu"]
+        assert isinstance(before, dict)
+        now, then = counters(), start["counters"]
+        assert isinstance(then, dict)
+        Path(path + ".json").write_text(json.dumps({
+            "process_cpu_s": time.process_time() - float(start["process"]),  # type: ignore[arg-type]
+            "thread_cpu_s": {k: v - before.get(k, 0.0) for k, v in cpu.items()},
+            "counters": {k: now[k] - then[k] for k in now},
+            "gc": {"runs": gc_runs, "cpu_s": gc_time, "objects": len(gc.get_objects()),
+                   "frozen": gc.get_freeze_count()}}))
+
+    signal.signal(signal.SIGUSR1, begin)
+    signal.signal(signal.SIGUSR2, end)
 
 
 def gateway_call(setup: Setup, session: aiohttp.ClientSession) -> Call:
