@@ -534,6 +534,17 @@ def profile_on_signals(path: str) -> None:
             gc_time[info["generation"]] += time.thread_time() - gc_started[0]
             gc_runs[info["generation"]] += 1
 
+    def tracked_types(top: int = 12) -> list[tuple[str, int]]:
+        """The most common types among the objects the collector walks (the frozen ones aside)."""
+        from collections import Counter
+
+        objects = gc.get_objects()
+        seen = Counter(f"{type(o).__module__}.{type(o).__qualname__}" for o in objects)
+        # where the functions among them come from: modules imported after the heap was frozen
+        where = Counter(f"functions of {str(o.__module__).split('.')[0]}" for o in objects
+                        if type(o).__name__ == "function")
+        return seen.most_common(top) + where.most_common(top)
+
     def begin(*_: object) -> None:
         start.update(cpu=thread_cpu(), counters=counters(), process=time.process_time())
         gc_time[:], gc_runs[:] = [0.0, 0.0, 0.0], [0, 0, 0]
@@ -556,7 +567,7 @@ def profile_on_signals(path: str) -> None:
             "thread_cpu_s": {k: v - before.get(k, 0.0) for k, v in cpu.items()},
             "counters": {k: now[k] - then[k] for k in now},
             "gc": {"runs": gc_runs, "cpu_s": gc_time, "objects": len(gc.get_objects()),
-                   "frozen": gc.get_freeze_count()}}))
+                   "frozen": gc.get_freeze_count(), "types": tracked_types()}}))
 
     signal.signal(signal.SIGUSR1, begin)
     signal.signal(signal.SIGUSR2, end)
