@@ -38,8 +38,9 @@ instruction sets (lscpu flags) and the machine's load average are printed with t
 Measured: p50/p99 latency of one client sending requests one after the other, and requests/s
 with 32 concurrent clients (medians of the rounds; paths alternate within each round so that
 load from elsewhere on the machine falls on all alike), and the CPU time the hop's process (the
-gateway, the proxy) spent per request during the concurrent rounds, from /proc: a figure that
-stays meaningful on a machine shared with other work, where latencies do not. The reference figures were
+gateway, the proxy) spent per request during the concurrent rounds, from /proc (each thread's
+schedstat, in nanoseconds: `CpuClock`): a figure that stays meaningful on a machine shared with
+other work, where latencies do not. The reference figures were
 measured with `wrk` against an instant fake upstream: +0.40 ms p50 and about 4,650 req/s for
 the aiohttp proxy. A Python load generator costs more per request than wrk, so compare the
 gateway with the proxy measured here, in the same run. Targets: the gateway adds < 1 ms at p50
@@ -326,10 +327,31 @@ async def throughput(call: Call, clients: int, seconds: float) -> float:
     return done / (time.perf_counter() - t)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, all its threads (from /proc, in clock ticks)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def cpu_threads(pid: int) -> dict[int, int]:
+    """Nanoseconds on the CPU of each live thread of a process (/proc/<pid>/task/*/schedstat)."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out[int(task.name)] = int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue  # the thread ended meanwhile
+    return out
+
+
+class CpuClock:
+    """CPU seconds a process spends from now on, counted in nanoseconds per thread (schedstat).
+    stat's utime and stime are sampled at the 10 ms clock tick: over 2,000 requests of 1-2 ms
+    that sampling alone moves a server's CPU per request by several per cent, and the difference
+    of two servers by ±100 µs. A thread that ends before `seconds` is read loses its CPU since
+    the start (the gateway's threads live long; run_blocking's idle ones end after 10 s)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.start = cpu_threads(pid)
+
+    def seconds(self) -> float:
+        now = cpu_threads(self.pid)
+        return sum(ns - self.start.get(tid, 0) for tid, ns in now.items()) / 1e9
 
 
 def cpu_int8_flags() -> list[str]:
@@ -377,11 +399,11 @@ async def measure(setup: Setup, n: int, rounds: int, seconds: float, clients: in
         for _ in range(rounds):
             for name, call in paths.items():
                 pid = hop[name]
-                before = cpu_seconds(pid) if pid else 0.0
+                clock = CpuClock(pid) if pid else None
                 rate = await throughput(call, clients, seconds)
                 rps[name].append(rate)
-                if pid:
-                    cpu[name].append((cpu_seconds(pid) - before) / (rate * seconds) * 1e6)
+                if clock is not None:
+                    cpu[name].append(clock.seconds() / (rate * seconds) * 1e6)
     return {name: {"p50": pct(lat[name], 0.50), "p99": pct(lat[name], 0.99), "rps": statistics.median(rps[name]),
                    "rps_rounds": rps[name], "cpu_us": statistics.median(cpu[name]) if cpu[name] else 0.0}
             for name in paths}
@@ -604,18 +626,18 @@ async def measure_metering(setups: dict[str, Setup], n: int, rounds: int, second
         for _ in range(0, n, chunk):  # interleaved, so background load falls on every server alike
             for name, call in calls.items():
                 pid = setups[name].server.pid
-                before = cpu_seconds(pid)
+                clock = CpuClock(pid)
                 lat[name] += await latencies(call, chunk)
-                cpu1[name] += cpu_seconds(pid) - before
+                cpu1[name] += clock.seconds()
         rps: dict[str, list[float]] = {k: [] for k in setups}
         cpu: dict[str, list[float]] = {k: [] for k in setups}
         for _ in range(rounds):
             for name, call in calls.items():
                 pid = setups[name].server.pid
-                before = cpu_seconds(pid)
+                clock = CpuClock(pid)
                 rate = await throughput(call, clients, seconds)
                 rps[name].append(rate)
-                cpu[name].append((cpu_seconds(pid) - before) / (rate * seconds) * 1e6)
+                cpu[name].append(clock.seconds() / (rate * seconds) * 1e6)
         for name in setups:
             out[name] = {"p50": pct(lat[name], 0.50), "p99": pct(lat[name], 0.99),
                          "cpu1_us": cpu1[name] / len(lat[name]) * 1e6, "rps": statistics.median(rps[name]),
