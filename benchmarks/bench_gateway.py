@@ -38,8 +38,9 @@ instruction sets (lscpu flags) and the machine's load average are printed with t
 Measured: p50/p99 latency of one client sending requests one after the other, and requests/s
 with 32 concurrent clients (medians of the rounds; paths alternate within each round so that
 load from elsewhere on the machine falls on all alike), and the CPU time the hop's process (the
-gateway, the proxy) spent per request during the concurrent rounds, from /proc: a figure that
-stays meaningful on a machine shared with other work, where latencies do not. The reference figures were
+gateway, the proxy) spent per request during the concurrent rounds, from /proc (each thread's
+schedstat, in nanoseconds: `CpuClock`): a figure that stays meaningful on a machine shared with
+other work, where latencies do not. The reference figures were
 measured with `wrk` against an instant fake upstream: +0.40 ms p50 and about 4,650 req/s for
 the aiohttp proxy. A Python load generator costs more per request than wrk, so compare the
 gateway with the proxy measured here, in the same run. Targets: the gateway adds < 1 ms at p50
@@ -326,10 +327,31 @@ async def throughput(call: Call, clients: int, seconds: float) -> float:
     return done / (time.perf_counter() - t)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, all its threads (from /proc, in clock ticks)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def cpu_threads(pid: int) -> dict[int, int]:
+    """Nanoseconds on the CPU of each live thread of a process (/proc/<pid>/task/*/schedstat)."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out[int(task.name)] = int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue  # the thread ended meanwhile
+    return out
+
+
+class CpuClock:
+    """CPU seconds a process spends from now on, counted in nanoseconds per thread (schedstat).
+    stat's utime and stime are sampled at the 10 ms clock tick: over 2,000 requests of 1-2 ms
+    that sampling alone moves a server's CPU per request by several per cent, and the difference
+    of two servers by ±100 µs. A thread that ends before `seconds` is read loses its CPU since
+    the start (the gateway's threads live long; run_blocking's idle ones end after 10 s)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.start = cpu_threads(pid)
+
+    def seconds(self) -> float:
+        now = cpu_threads(self.pid)
+        return sum(ns - self.start.get(tid, 0) for tid, ns in now.items()) / 1e9
 
 
 def cpu_int8_flags() -> list[str]:
@@ -377,11 +399,11 @@ async def measure(setup: Setup, n: int, rounds: int, seconds: float, clients: in
         for _ in range(rounds):
             for name, call in paths.items():
                 pid = hop[name]
-                before = cpu_seconds(pid) if pid else 0.0
+                clock = CpuClock(pid) if pid else None
                 rate = await throughput(call, clients, seconds)
                 rps[name].append(rate)
-                if pid:
-                    cpu[name].append((cpu_seconds(pid) - before) / (rate * seconds) * 1e6)
+                if clock is not None:
+                    cpu[name].append(clock.seconds() / (rate * seconds) * 1e6)
     return {name: {"p50": pct(lat[name], 0.50), "p99": pct(lat[name], 0.99), "rps": statistics.median(rps[name]),
                    "rps_rounds": rps[name], "cpu_us": statistics.median(cpu[name]) if cpu[name] else 0.0}
             for name in paths}
@@ -467,6 +489,8 @@ def serve_without(steps: set[str]) -> None:
     async def peek_all(self: RateLimiter, deployment_id: str, limits: RateLimits) -> Decision:
         return Decision(limits, limits.requests_per_minute, limits.tokens_per_minute)
 
+    if os.environ.get(PROFILE_ENV):
+        profile_on_signals(os.environ[PROFILE_ENV])
     if "meter" in steps:
         MeterRecorder.record_durable = no_durable  # type: ignore[method-assign]
         MeterRecorder.record = lambda self, row: None  # type: ignore[method-assign]
@@ -474,6 +498,101 @@ def serve_without(steps: set[str]) -> None:
         RateLimiter.admit = admit_all  # type: ignore[method-assign]
         RateLimiter.peek = peek_all  # type: ignore[method-assign]
     serve()
+
+
+#: In a server started by `serve_without` (benchmarks/profile_metering.py): where SIGUSR1 starts a
+#: profile and SIGUSR2 writes it (`<path>.prof`, cProfile of the event loop's thread, in CPU time
+#: of that thread: time other threads of the pinned process take is not in it) with the CPU
+#: of each of the process's threads and the usage commits made meanwhile (`<path>.json`).
+PROFILE_ENV = "BENCH_PROFILE"
+
+
+def profile_on_signals(path: str) -> None:
+    """Profile the server between SIGUSR1 and SIGUSR2 (see PROFILE_ENV); counts only, no content."""
+    import cProfile
+    import threading
+
+    from modelport.metering.recorder import MeterRecorder
+
+    meters: list[MeterRecorder] = []
+    init = MeterRecorder.__init__
+
+    def remember(self: MeterRecorder, *args: object, **kwargs: object) -> None:
+        init(self, *args, **kwargs)  # type: ignore[arg-type]
+        meters.append(self)
+
+    MeterRecorder.__init__ = remember  # type: ignore[method-assign]
+    profiler = cProfile.Profile(time.thread_time)  # CPU time of the loop's thread, not wall time
+    start: dict[str, object] = {}
+
+    def thread_cpu() -> dict[str, float]:
+        """CPU seconds of each live thread, by name (the main thread runs the event loop)."""
+        out: dict[str, float] = {}
+        names = {t.native_id: t.name for t in threading.enumerate()}
+        for task in Path("/proc/self/task").iterdir():
+            try:  # nanoseconds on the CPU (stat's utime and stime are 10 ms ticks)
+                ns = int((task / "schedstat").read_text().split()[0])
+            except OSError:
+                continue
+            name = names.get(int(task.name), "other")
+            if name.startswith(("AnyIO worker thread", "asyncio_")):
+                name = "worker threads (run_blocking)"
+            out[name] = out.get(name, 0.0) + ns / 1e9
+        return out
+
+    def counters() -> dict[str, int]:
+        return {k: sum(getattr(m, k) for m in meters) for k in ("commits", "loop_commits", "checkpoints")}
+
+    import gc
+
+    gc_time = [0.0, 0.0, 0.0]  # CPU seconds of the cyclic garbage collector by generation
+    gc_runs = [0, 0, 0]
+    gc_started = [0.0]
+
+    def gc_watch(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            gc_started[0] = time.thread_time()
+        else:
+            gc_time[info["generation"]] += time.thread_time() - gc_started[0]
+            gc_runs[info["generation"]] += 1
+
+    def tracked_types(top: int = 12) -> list[tuple[str, int]]:
+        """The most common types among the objects the collector walks (the frozen ones aside)."""
+        from collections import Counter
+
+        objects = gc.get_objects()
+        seen = Counter(f"{type(o).__module__}.{type(o).__qualname__}" for o in objects)
+        # where the functions among them come from: modules imported after the heap was frozen
+        where = Counter(f"functions of {str(o.__module__).split('.')[0]}" for o in objects
+                        if type(o).__name__ == "function")
+        return seen.most_common(top) + where.most_common(top)
+
+    def begin(*_: object) -> None:
+        start.update(cpu=thread_cpu(), counters=counters(), process=time.process_time())
+        gc_time[:], gc_runs[:] = [0.0, 0.0, 0.0], [0, 0, 0]
+        if os.environ.get(PROFILE_ENV + "_GC_ONLY"):
+            gc.callbacks.append(gc_watch)
+        else:
+            profiler.enable()
+
+    def end(*_: object) -> None:
+        profiler.disable()
+        if gc_watch in gc.callbacks:
+            gc.callbacks.remove(gc_watch)
+        profiler.dump_stats(path + ".prof")
+        cpu, before = thread_cpu(), start["cpu"]
+        assert isinstance(before, dict)
+        now, then = counters(), start["counters"]
+        assert isinstance(then, dict)
+        Path(path + ".json").write_text(json.dumps({
+            "process_cpu_s": time.process_time() - float(start["process"]),  # type: ignore[arg-type]
+            "thread_cpu_s": {k: v - before.get(k, 0.0) for k, v in cpu.items()},
+            "counters": {k: now[k] - then[k] for k in now},
+            "gc": {"runs": gc_runs, "cpu_s": gc_time, "objects": len(gc.get_objects()),
+                   "frozen": gc.get_freeze_count(), "types": tracked_types()}}))
+
+    signal.signal(signal.SIGUSR1, begin)
+    signal.signal(signal.SIGUSR2, end)
 
 
 def gateway_call(setup: Setup, session: aiohttp.ClientSession) -> Call:
@@ -507,18 +626,18 @@ async def measure_metering(setups: dict[str, Setup], n: int, rounds: int, second
         for _ in range(0, n, chunk):  # interleaved, so background load falls on every server alike
             for name, call in calls.items():
                 pid = setups[name].server.pid
-                before = cpu_seconds(pid)
+                clock = CpuClock(pid)
                 lat[name] += await latencies(call, chunk)
-                cpu1[name] += cpu_seconds(pid) - before
+                cpu1[name] += clock.seconds()
         rps: dict[str, list[float]] = {k: [] for k in setups}
         cpu: dict[str, list[float]] = {k: [] for k in setups}
         for _ in range(rounds):
             for name, call in calls.items():
                 pid = setups[name].server.pid
-                before = cpu_seconds(pid)
+                clock = CpuClock(pid)
                 rate = await throughput(call, clients, seconds)
                 rps[name].append(rate)
-                cpu[name].append((cpu_seconds(pid) - before) / (rate * seconds) * 1e6)
+                cpu[name].append(clock.seconds() / (rate * seconds) * 1e6)
         for name in setups:
             out[name] = {"p50": pct(lat[name], 0.50), "p99": pct(lat[name], 0.99),
                          "cpu1_us": cpu1[name] / len(lat[name]) * 1e6, "rps": statistics.median(rps[name]),
