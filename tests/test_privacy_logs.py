@@ -182,12 +182,16 @@ def test_admin_key_is_printed_once_on_a_terminal(tmp_path_factory: pytest.TempPa
     """The other side of the rule: on a terminal the key is shown, once, and is the one stored in
     admin.key. A pseudo-terminal stands in for the operator's terminal."""
     home = tmp_path_factory.mktemp("tty") / "home"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELPORT_")}
+    # The session's cache directory (the classifier's graph) is kept: never the user's ~/.cache.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELPORT_") or k == "MODELPORT_CACHE_DIR"}
     env.update({"MODELPORT_HOME": str(home), "MODELPORT_LOAD_BUNDLED_MODELS": "false",
-                "MODELPORT_CREATE_DEFAULT_DEPLOYMENT": "false", "COLUMNS": "300"})
+                "MODELPORT_CREATE_DEFAULT_DEPLOYMENT": "false", "COLUMNS": "300",
+                "PYTHONFAULTHANDLER": "1"})  # SIGABRT below prints every thread's stack to stderr
     primary, replica = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "modelport", "serve", "--port", str(free_port())], env=env,
-                            stdout=replica, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    stderr_path = home.parent / "stderr"
+    with open(stderr_path, "wb") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "modelport", "serve", "--port", str(free_port())], env=env,
+                                stdout=replica, stderr=stderr, stdin=subprocess.DEVNULL)
     os.close(replica)
     seen = b""
     deadline = time.monotonic() + 120
@@ -201,11 +205,16 @@ def test_admin_key_is_printed_once_on_a_terminal(tmp_path_factory: pytest.TempPa
     finally:
         proc.send_signal(signal.SIGINT)
         try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:  # fail here, and leave no server behind for later tests
-            proc.kill()
-            proc.wait(30)
-            raise
+            proc.wait(90)  # a hang fails here; a loaded machine is given time
+        except subprocess.TimeoutExpired:  # fail with the server's stacks, and leave no server behind
+            proc.send_signal(signal.SIGABRT)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(30)
+            stacks = stderr_path.read_text(errors="replace")[-20000:]
+            raise AssertionError(f"the server did not stop within 90 s of SIGINT; its stacks:\n{stacks}") from None
         finally:
             os.close(primary)
     key = (home / "admin.key").read_text().strip()
