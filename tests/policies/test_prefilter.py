@@ -206,7 +206,9 @@ def test_the_engine_with_the_prefilter_decides_as_cedar_on_everything(kind: str)
     exact where it is certain, and the engine's decision (and its remembered one) is Cedar's."""
     SEEN.clear()
 
-    @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    # derandomize: the same examples on every run, so that the coverage check below cannot fail by
+    # chance (a random run on 2026-12-03 left only 16 of ~750 checks to Cedar, under its 20).
+    @settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
     @given(st.lists(_policy(kind), min_size=1, max_size=6),
            st.lists(st.sampled_from(sorted(STARTERS)), max_size=4, unique=True),
            st.sampled_from(ACTIONS[kind]), st.sampled_from(USERS),
