@@ -33,6 +33,7 @@ import sys
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from types import FrameType
+from typing import Any
 
 import orjson
 import uvicorn
@@ -273,11 +274,37 @@ def protocol_class(limits: ConnectionLimits) -> type[_Protocol]:
     return type("LimitedProtocol", (_Protocol,), {"limits": limits})
 
 
+class EarlySignals:
+    """SIGINT and SIGTERM that arrive while the server starts (after `prepare`, before uvicorn
+    handles signals): kept, never raised, and handed to the server as soon as it handles them, so
+    that it drains and stops as for any other. Before, such a Ctrl-C raised KeyboardInterrupt in
+    whatever the start was doing, and twice in loaded full runs (2026-12-03) a server started
+    anyway and ignored it (the lost signal's path was not found)."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._keep)
+
+    def _keep(self, sig: int, frame: FrameType | None) -> None:
+        self.received.append(sig)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
 class DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, on_signal: Callable[[], None], drain_seconds: float) -> None:
+    def __init__(self, config: uvicorn.Config, on_signal: Callable[[], None], drain_seconds: float,
+                 early: EarlySignals | None = None) -> None:
         super().__init__(config)
         self._drain_seconds = drain_seconds
         self._on_signal = on_signal
+        self._early = early
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
@@ -300,13 +327,16 @@ class DrainingServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         with super().capture_signals():
+            for sig in self._early.received if self._early is not None else ():
+                self.handle_exit(sig, None)  # a signal that came during the start
             try:
                 yield
             finally:
                 self._captured_signals.clear()  # drained: exit normally, not by the signal
 
 
-def run(app: FastAPI, *, host: str, port: int, drain_seconds: float) -> None:
+def run(app: FastAPI, *, host: str, port: int, drain_seconds: float, early: EarlySignals | None = None) -> None:
+    """Serve until SIGINT or SIGTERM (`early`: those that came during the start, see EarlySignals)."""
     gateway = app.state.services.gateway
     settings = app.state.services.settings
     limits = ConnectionLimits(
@@ -321,7 +351,11 @@ def run(app: FastAPI, *, host: str, port: int, drain_seconds: float) -> None:
                             timeout_graceful_shutdown=int(drain_seconds + SHUTDOWN_MARGIN_SECONDS),
                             proxy_headers=bool(proxies), forwarded_allow_ips=proxies or None)
     freeze_startup_heap()
-    DrainingServer(config, on_signal=gateway.begin_drain, drain_seconds=drain_seconds).run()
+    try:
+        DrainingServer(config, on_signal=gateway.begin_drain, drain_seconds=drain_seconds, early=early).run()
+    finally:
+        if early is not None:
+            early.restore()
 
 
 def freeze_startup_heap() -> None:

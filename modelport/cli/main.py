@@ -102,11 +102,13 @@ def serve(host: Annotated[str | None, typer.Option(help="Bind address (env MODEL
         raise typer.Exit(2) from None
     err_console.print(f"modelport {__version__}: preparing {settings.home} (migrations, bundled models)...")
     result = prepare(services)
+    early = server.EarlySignals()  # from here on, a Ctrl-C stops the server once it is up
+    early.install()
     _announce(settings, result)
     _announce_signin_link(settings, services)
     # SIGTERM/SIGINT drain in-flight requests (settings.drain_seconds), then exit 0.
     server.run(create_app(settings, services), host=settings.host, port=settings.port,
-               drain_seconds=settings.drain_seconds)
+               drain_seconds=settings.drain_seconds, early=early)
 
 
 def _announce(settings, result) -> None:
