@@ -18,6 +18,14 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+# pytest-xdist's workers inherit COLUMNS and LINES set for the controller's terminal (80 when it
+# has none), and rich fixes a console's width from COLUMNS when the console is built (the CLI's
+# consoles are built at import, modelport/cli/output.py): drop them before anything imports the
+# CLI, so that a worker sees what a plain run sees (tests that need a width set it per call).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.pop("COLUMNS", None)
+    os.environ.pop("LINES", None)
+
 from modelport.kms.testing import start_kms_server
 from tests.support import pg
 from tests.support.kms import FlakyFileSystem
