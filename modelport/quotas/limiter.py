@@ -164,9 +164,12 @@ def wait_seconds(window: Window, state: tuple[int, float, int, float], cost: int
 class RateLimiter:
     """Check-and-charge for one deployment's requests and tokens (see the module docstring)."""
 
-    def __init__(self, uri: str = "async+memory://", *, one_round_trip: bool = True) -> None:
+    def __init__(self, uri: str = "async+memory://", *, one_round_trip: bool = True,
+                 library_memory: bool = False) -> None:
         """`one_round_trip=False` admits in Redis with the library's own steps (four round trips):
-        the reference that tests and benchmarks compare ADMIT_SCRIPT with."""
+        the reference that tests and benchmarks compare ADMIT_SCRIPT with; `library_memory=True`
+        admits in memory with the library's async memory storage, the reference that
+        benchmarks/bench_gateway.py compares quotas/memory.py with."""
         options: dict[str, Any] = {}
         self.remote = not uri.startswith("async+memory")
         self._pool: Any = None
@@ -182,8 +185,9 @@ class RateLimiter:
                        "connection_pool": self._pool}
         # in memory: our windows (quotas/memory.py, the library's arithmetic without its storage's
         # per-call costs); in Redis: the library's storage (charge, peek, the four-round-trip reference)
-        self.memory: MemoryWindows | None = None if self.remote else MemoryWindows()
-        self.storage: Any = storage_from_string(uri, **options) if self.remote else None
+        own_memory = not self.remote and not library_memory
+        self.memory: MemoryWindows | None = MemoryWindows() if own_memory else None
+        self.storage: Any = None if own_memory else storage_from_string(uri, **options)
         self.uri = uri
         self._admit_script: Any = None
         if self.remote and one_round_trip:
@@ -218,12 +222,16 @@ class RateLimiter:
                 raise await self._refused(limits, rw, tw, rkey, tkey, 1, "requests")
             if not await storage.acquire_sliding_window_entry(tkey, tw.amount, tw.seconds, tokens):
                 raise await self._refused(limits, rw, tw, rkey, tkey, tokens, "tokens")
-            rstate, tstate = await asyncio.gather(storage.get_sliding_window(rkey, rw.seconds),
-                                                  storage.get_sliding_window(tkey, tw.seconds))
+            if self.remote:
+                rstate, tstate = await asyncio.gather(storage.get_sliding_window(rkey, rw.seconds),
+                                                      storage.get_sliding_window(tkey, tw.seconds))
+            else:
+                rstate = await storage.get_sliding_window(rkey, rw.seconds)
+                tstate = await storage.get_sliding_window(tkey, tw.seconds)
         except RateLimited:
             raise
         except Exception as exc:
-            if _is_storage_error(exc):
+            if self.remote and _is_storage_error(exc):
                 raise ServiceUnavailable("The rate-limit store (Redis) cannot be reached, so requests are not "
                                          "admitted; retry shortly.") from exc
             raise
