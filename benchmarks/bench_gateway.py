@@ -55,6 +55,8 @@ together, the gateway path's requests interleaved between them:
            per minute on the in-process storage;
 - memory-thread: the same with every commit made by the writer thread (--thread-commits: the
            path before the event loop committed itself);
+- memory-library: the same as memory with the rate limits on the `limits` library's async
+           memory storage (--library-memory: the path before quotas/memory.py);
 - redis:   the same as memory with the rate limits in Redis (with --redis URL; one round trip
            per admission).
 Printed for each: p50/p99 of one client's sequential requests, the gateway's CPU per request
@@ -65,7 +67,8 @@ request is refused: every request pays the full check. The quota check alone is 
 in this process: the same sequence of admissions through the gateway's `check_rate_limits` work
 (the limiter and the x-ratelimit headers), against a loop that does nothing in its place, on
 memory and on Redis (one round trip, and `redis-4rt`: the `limits` library's own steps, four
-round trips, the path before). The load average is printed: on a shared machine, latencies are
+round trips, the path before), and with --library-memory `memory-lib`: the library's async memory
+storage. The load average is printed: on a shared machine, latencies are
 only comparable within one run.
 """
 
@@ -412,11 +415,13 @@ async def measure(setup: Setup, n: int, rounds: int, seconds: float, clients: in
 # ------------------------------------------------------------------------------ the quota check
 
 
-async def quota_check(uri: str | None, n: int, one_round_trip: bool = True) -> dict[str, float]:
+async def quota_check(uri: str | None, n: int, one_round_trip: bool = True,
+                      library_memory: bool = False) -> dict[str, float]:
     """Per admission: CPU µs and wall-clock p50/p99 ms of the gateway's rate-limit step (the
     limiter's check-and-charge of requests and tokens, then the x-ratelimit headers), or of a
     loop doing nothing in its place (`uri` "none"), over `n` sequential admissions."""
-    limiter = RateLimiter(storage_uri(uri), one_round_trip=one_round_trip) if uri != "none" else None
+    limiter = (RateLimiter(storage_uri(uri), one_round_trip=one_round_trip, library_memory=library_memory)
+               if uri != "none" else None)
     limits = RateLimits(MAX_REQUESTS_PER_MINUTE, MAX_TOKENS_PER_MINUTE)
     deployment = f"dep_bench{os.getpid()}{time.time_ns()}"
     tokens = estimate.prompt_tokens(["hi"], 1) + estimate.completion_tokens(1)
@@ -479,6 +484,13 @@ def serve_without(steps: set[str]) -> None:
 
     if "loop-commits" in steps:  # every usage commit by the writer thread (--thread-commits)
         MeterRecorder.commit_in_loop = False
+    if "own-memory" in steps:  # the limits library's async memory storage (--library-memory)
+        init = RateLimiter.__init__
+
+        def library_memory(self: RateLimiter, uri: str = "async+memory://", **kw: bool) -> None:
+            init(self, uri, library_memory=True, **kw)
+
+        RateLimiter.__init__ = library_memory  # type: ignore[method-assign]
 
     async def no_durable(self: MeterRecorder, row: dict) -> None:
         return None
@@ -733,6 +745,8 @@ def metering_run(tmp: Path, args: argparse.Namespace) -> dict[str, dict[str, flo
     configs: dict[str, dict] = {"off": {"without": "meter,quota"}, "memory": {}}
     if args.thread_commits:
         configs["memory-thread"] = {"without": "loop-commits"}
+    if args.library_memory:
+        configs["memory-library"] = {"without": "own-memory"}
     if args.split:  # which of the two costs what
         configs.update({"meter-only": {"without": "quota"}, "quota-only": {"without": "meter"}})
     if args.redis:
@@ -769,6 +783,9 @@ def main() -> int:
     parser.add_argument("--thread-commits", action="store_true",
                         help="also a server whose usage commits are all made by the writer thread (the path "
                         "before the event loop committed on SQLite)")
+    parser.add_argument("--library-memory", action="store_true",
+                        help="also a server whose in-memory rate limits use the limits library's async memory "
+                        "storage (the path before quotas/memory.py), and the same in the in-process quota check")
     parser.add_argument("--split", action="store_true",
                         help="also servers with metering alone and with the quota check alone")
     parser.add_argument("--metering-only", action="store_true",
@@ -798,6 +815,8 @@ def main() -> int:
         metering = metering_run(Path(tmp), args)
     n_quota = max(2000, args.requests)
     quota = {"none": uvloop.run(quota_check("none", n_quota)), "memory": uvloop.run(quota_check(None, n_quota))}
+    if args.library_memory:
+        quota["memory-lib"] = uvloop.run(quota_check(None, n_quota, library_memory=True))
     if args.redis:
         quota["redis"] = uvloop.run(quota_check(args.redis, n_quota))
         quota["redis-4rt"] = uvloop.run(quota_check(args.redis, n_quota, one_round_trip=False))

@@ -84,12 +84,15 @@ RETRY_SECONDS = 0.5
 #: The event loop's commits between two PASSIVE checkpoints by the writer thread (SQLite). While
 #: the loop keeps committing, a PASSIVE one seldom catches up with the end of the WAL, so the file
 #: is not started over; it moves pages into the database without holding anyone up.
-CHECKPOINT_EVERY = 100
+CHECKPOINT_EVERY = 500
 #: ... and between two RESTART checkpoints: writers wait for it (the loop hands its groups to the
 #: writer thread meanwhile) and the next write starts the WAL file from its beginning, which
-#: bounds it (about 3 MB at 1 client; tests/metering/test_recorder.py). Each checkpoint costs two
-#: fsyncs: more often costs measurable CPU per event (benchmarks/bench_metering.py).
-RESTART_EVERY = 200
+#: bounds it (about 13 MB at 1 client, a commit per event; tests/metering/test_recorder.py). Each
+#: checkpoint costs two fsyncs and copies the pages the commits since the last one touched (the
+#: same few pages, appended to, again and again): every 100/200 commits cost 64.3 µs CPU per event
+#: at one client, every 500/1000 55.0 µs (BENCHMARKS.md, 2026-12-03 meter-h), for a WAL of about
+#: 3 MB instead of 13.
+RESTART_EVERY = 1000
 #: How long a RESTART checkpoint waits for readers (it holds off writers meanwhile).
 RESTART_WAIT_MS = 100
 

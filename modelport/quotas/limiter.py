@@ -1,9 +1,10 @@
-"""Requests and tokens per minute, checked and charged at admission with the `limits` library's
-async storage: in this process's memory by default, in Redis when MODELPORT_REDIS_URL is set, so
-that several servers share one count.
+"""Requests and tokens per minute, checked and charged at admission: in this process's memory by
+default (quotas/memory.py), in Redis when MODELPORT_REDIS_URL is set, so that several servers
+share one count (the `limits` library's async Redis storage, and one script of ours beside it).
 
-Both dimensions are sliding-window counters (the library's `acquire_sliding_window_entry`: one
-atomic check-and-charge, a Lua script in Redis; a refused request charges nothing):
+Both dimensions are sliding-window counters with the arithmetic of the `limits` library's
+`acquire_sliding_window_entry` (one atomic check-and-charge: a Lua script in Redis, one call under
+a lock in memory; a refused request charges nothing):
 
 - requests per minute are evaluated over short windows, as Azure does: a limit of N admits N // 6
   requests per 10 seconds (below 6, N per 60 seconds), so a minute's limit cannot be spent in
@@ -30,12 +31,13 @@ from __future__ import annotations
 import asyncio
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from limits.errors import StorageError
 from limits.storage import storage_from_string
 
 from modelport.errors import InvalidInput, RateLimited, ServiceUnavailable
+from modelport.quotas.memory import MemoryWindows, State
 from modelport.quotas.rates import RateLimits
 
 #: Key prefix in the shared store; the rest of the key is the dimension and the deployment id.
@@ -162,9 +164,12 @@ def wait_seconds(window: Window, state: tuple[int, float, int, float], cost: int
 class RateLimiter:
     """Check-and-charge for one deployment's requests and tokens (see the module docstring)."""
 
-    def __init__(self, uri: str = "async+memory://", *, one_round_trip: bool = True) -> None:
+    def __init__(self, uri: str = "async+memory://", *, one_round_trip: bool = True,
+                 library_memory: bool = False) -> None:
         """`one_round_trip=False` admits in Redis with the library's own steps (four round trips):
-        the reference that tests and benchmarks compare ADMIT_SCRIPT with."""
+        the reference that tests and benchmarks compare ADMIT_SCRIPT with; `library_memory=True`
+        admits in memory with the library's async memory storage, the reference that
+        benchmarks/bench_gateway.py compares quotas/memory.py with."""
         options: dict[str, Any] = {}
         self.remote = not uri.startswith("async+memory")
         self._pool: Any = None
@@ -178,7 +183,11 @@ class RateLimiter:
                 "unix://" + url.removeprefix("redis+unix://") if url.startswith("redis+unix://") else url)
             options = {"implementation": "redispy", "key_prefix": PREFIX, "wrap_exceptions": True,
                        "connection_pool": self._pool}
-        self.storage: Any = storage_from_string(uri, **options)
+        # in memory: our windows (quotas/memory.py, the library's arithmetic without its storage's
+        # per-call costs); in Redis: the library's storage (charge, peek, the four-round-trip reference)
+        own_memory = not self.remote and not library_memory
+        self.memory: MemoryWindows | None = MemoryWindows() if own_memory else None
+        self.storage: Any = None if own_memory else storage_from_string(uri, **options)
         self.uri = uri
         self._admit_script: Any = None
         if self.remote and one_round_trip:
@@ -198,6 +207,13 @@ class RateLimiter:
                 "the workspace owner to raise the deployment's tokens_per_minute.", field="max_tokens")
         rw, tw = request_window(limits.requests_per_minute), token_window(limits.tokens_per_minute)
         rkey, tkey = f"rpm/{deployment_id}", f"tpm/{deployment_id}"
+        if self.memory is not None:
+            outcome, rstate, tstate = self.memory.admit((rkey, rw.amount, rw.seconds, 1),
+                                                        (tkey, tw.amount, tw.seconds, tokens))
+            if outcome == 0:
+                return Decision(limits, _remaining(rw, rstate), _remaining(tw, tstate))
+            raise _refusal(limits, rw, tw, rstate, tstate, 1 if outcome == 1 else tokens,
+                           "requests" if outcome == 1 else "tokens")
         if self._admit_script is not None:
             return await self._admit_in_redis(limits, rw, tw, rkey, tkey, tokens)
         storage = self.storage
@@ -249,19 +265,29 @@ class RateLimiter:
         tokens a request used beyond its admission estimate (quotas/settle.py). The same atomic
         step as an admission (window rotation included), under a limit nothing reaches."""
         tw = token_window(limits.tokens_per_minute)
+        if self.memory is not None:
+            self.memory.charge(f"tpm/{deployment_id}", tw.seconds, tokens)
+            return
         await self.storage.acquire_sliding_window_entry(f"tpm/{deployment_id}", UNCONDITIONAL, tw.seconds, tokens)
 
     async def peek(self, deployment_id: str, limits: RateLimits) -> Decision:
         """The deployment's limits and what is left of them, charging nothing."""
         rw, tw = request_window(limits.requests_per_minute), token_window(limits.tokens_per_minute)
         try:
-            rstate = await self.storage.get_sliding_window(f"rpm/{deployment_id}", rw.seconds)
-            tstate = await self.storage.get_sliding_window(f"tpm/{deployment_id}", tw.seconds)
+            rstate = await self.state(f"rpm/{deployment_id}", rw.seconds)
+            tstate = await self.state(f"tpm/{deployment_id}", tw.seconds)
         except Exception as exc:
             if self.remote and _is_storage_error(exc):
                 raise ServiceUnavailable("The rate-limit store (Redis) cannot be reached; retry shortly.") from exc
             raise
         return Decision(limits, _remaining(rw, rstate), _remaining(tw, tstate))
+
+    async def state(self, key: str, seconds: int) -> State:
+        """A window's state (previous count, its weight's seconds, current count, its ttl), as the
+        library's `get_sliding_window` returns it; `key` is "rpm/<deployment id>" or "tpm/..."."""
+        if self.memory is not None:
+            return self.memory.state(key, seconds)
+        return cast(State, await self.storage.get_sliding_window(key, seconds))
 
     async def _refused(self, limits: RateLimits, rw: Window, tw: Window, rkey: str, tkey: str, cost: int,
                        dimension: str) -> RateLimited:
@@ -277,7 +303,7 @@ def window_keys(key: str) -> tuple[str, str]:
     return f"{current}/-1", current
 
 
-def _state(values: list[Any]) -> tuple[int, float, int, float]:
+def _state(values: list[Any]) -> State:
     """A window's state from ADMIT_SCRIPT (ttls in ms, negative when the key has none), as the
     library's get_sliding_window returns it (ttls in seconds, at least 0)."""
     previous, previous_ttl, current, current_ttl = (int(v) for v in values)

@@ -331,7 +331,8 @@ def test_after_a_checkpoint_the_writer_thread_makes_the_next_write(tmp_path: Pat
 
 def test_the_wal_stays_bounded_while_the_loop_commits(tmp_path: Path) -> None:
     """The loop's connection never checkpoints; the writer thread does, so the WAL file does not
-    grow with the number of commits (without checkpoints it would pass 40 MB here; about 3 MB with them)."""
+    grow with the number of commits (without checkpoints it would pass 40 MB here; about 13 MB with
+    them, a RESTART every 1,000 commits)."""
     db = Database(f"sqlite:///{tmp_path / 'wal.db'}")
     migrate.upgrade(db.engine)
     rec = MeterRecorder(db)
@@ -352,8 +353,8 @@ def test_the_wal_stays_bounded_while_the_loop_commits(tmp_path: Path) -> None:
         rec.stop()
     assert _count(db, workspace_id="ws_wal") == 3000
     db.dispose()
-    # the WAL starts over after each RESTART checkpoint: bounded by what a few hundred commits write
-    assert max(sizes) < 8 * 1024 * 1024, sizes
+    # the WAL starts over after each RESTART checkpoint: bounded by what RESTART_EVERY commits write
+    assert max(sizes) < 20 * 1024 * 1024, sizes
 
 
 class RecorderMachine(RuleBasedStateMachine):

@@ -98,12 +98,12 @@ class Machine(RuleBasedStateMachine):
     def window_holds_max_of_estimate_and_usage(self) -> None:
         assert time.time() - self.started < 60  # the counts below span at most two windows
         expected = sum(r.estimate if r.used is None else max(r.estimate, r.used) for r in self.requests)
-        prev, _, current, _ = self.run(self.limiter.storage.get_sliding_window(f"tpm/{self.dep}", 60))
+        prev, _, current, _ = self.run(self.limiter.state(f"tpm/{self.dep}", 60))
         assert prev + current == expected
 
     def teardown(self) -> None:
         self.run(self.limiter.close())
-        pending = asyncio.all_tasks(self.loop)  # the memory storage's expiry task
+        pending = asyncio.all_tasks(self.loop)  # charges in flight, if any
 
         async def cancelled() -> None:
             for task in pending:
