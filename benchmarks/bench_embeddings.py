@@ -7,6 +7,11 @@ With the bundled all-MiniLM-L6-v2 in one supervised worker (transformers runtime
 single-text requests (sentences of 8-20 words) sent one after the other, then all at once;
 embeddings/s of each, medians over the rounds, alternating, and the ratio concurrent /
 sequential (target >= 3x at 32). The worker's counters say how many batches served them.
+
+Beside them, in the same rounds, the model alone in this process (`TransformersRuntime.embed`,
+no worker, no HTTP): the same texts one call each against one call for all of them. Its ratio
+is what batching can buy on this host at all (a single text pays the model's fixed cost per call,
+a batch shares it): the worker's ratio is bounded by it.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from modelport.runtimes.base import ModelSpec  # noqa: E402
+from modelport.runtimes.transformers import TransformersRuntime  # noqa: E402
 from modelport.workers.protocol import WorkerSpec  # noqa: E402
 from modelport.workers.supervisor import WorkerHandle, WorkerSupervisor  # noqa: E402
 
@@ -54,26 +61,59 @@ async def concurrent(handle: WorkerHandle, n: int) -> float:
     return n / (time.perf_counter() - started)
 
 
+def alone_sequential(runtime: TransformersRuntime, n: int) -> float:
+    started = time.perf_counter()
+    for i in range(n):
+        runtime.embed([text(i)])
+    return n / (time.perf_counter() - started)
+
+
+def alone_batched(runtime: TransformersRuntime, n: int) -> float:
+    started = time.perf_counter()
+    runtime.embed([text(i) for i in range(n)])
+    return n / (time.perf_counter() - started)
+
+
+def cpu_ticks() -> tuple[int, int]:
+    """(steal, total) jiffies of all CPUs from /proc/stat: on a virtual machine, time its CPUs were
+    runnable but the host ran something else (the load average does not show it)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return fields[7] if len(fields) > 7 else 0, sum(fields[:8])
+
+
+def steal_since(before: tuple[int, int]) -> float:
+    steal, total = cpu_ticks()
+    return (steal - before[0]) / max(1, total - before[1])
+
+
 async def measure(args: argparse.Namespace) -> dict[str, object]:
+    ticks = cpu_ticks()
     with tempfile.TemporaryDirectory(prefix="mpe-", dir="/tmp") as run_dir:
         sup = WorkerSupervisor(Path(run_dir))
         try:
             handle = await sup.start(WorkerSpec(runtime="transformers", model_id="bench-minilm",
                                                 model_path=minilm_dir(), threads=args.threads), region="local")
+            alone = TransformersRuntime.load(ModelSpec(minilm_dir(), threads=args.threads))
             await sequential(handle, 4)  # warm-up
             await concurrent(handle, 4)
-            seq, con = [], []
+            alone_sequential(alone, 4)
+            alone_batched(alone, 4)
+            seq, con, one, many = [], [], [], []
             before = (await handle.client.health()).counters
             for _ in range(args.rounds):
                 seq.append(await sequential(handle, args.requests))
                 con.append(await concurrent(handle, args.requests))
+                one.append(alone_sequential(alone, args.requests))
+                many.append(alone_batched(alone, args.requests))
             after = (await handle.client.health()).counters
+            alone.close()
         finally:
             await sup.stop_all()
     return {"sequential": statistics.median(seq), "concurrent": statistics.median(con),
+            "alone_sequential": statistics.median(one), "alone_batched": statistics.median(many),
             "batches": after["embed_batches"] - before["embed_batches"],
             "requests": after["embed_requests"] - before["embed_requests"],
-            "load": Path("/proc/loadavg").read_text().split()[:3]}
+            "load": Path("/proc/loadavg").read_text().split()[:3], "steal": steal_since(ticks)}
 
 
 def main() -> None:
@@ -85,11 +125,16 @@ def main() -> None:
     r = asyncio.run(measure(args))
     seq, con = float(r["sequential"]), float(r["concurrent"])  # type: ignore[arg-type]
     print(f"all-MiniLM-L6-v2, {args.threads} threads, {args.requests} single-text requests, median of "
-          f"{args.rounds} alternating rounds; load average after {' '.join(r['load'])}")  # type: ignore[arg-type]
+          f"{args.rounds} alternating rounds; load average after {' '.join(r['load'])}, "  # type: ignore[arg-type]
+          f"CPU steal during the run {float(r['steal']):.0%}")  # type: ignore[arg-type]
     print(f"one after the other : {seq:7.1f} embeddings/s")
     print(f"all at once         : {con:7.1f} embeddings/s   ({r['requests']} requests in {r['batches']} batches, "
           "both modes)")
     print(f"ratio               : {con / seq:7.2f}x   (target >= 3x)")
+    one, many = float(r["alone_sequential"]), float(r["alone_batched"])  # type: ignore[arg-type]
+    print(f"the model alone in this process (no worker, no HTTP), same rounds: one call per text {one:7.1f}, "
+          f"one call for all {many:7.1f} embeddings/s: {many / one:.2f}x (what batching buys on this host); "
+          f"worker / model alone: one after the other {seq / one:.0%}, all at once {con / many:.0%}")
 
 
 if __name__ == "__main__":

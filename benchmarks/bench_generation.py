@@ -15,6 +15,12 @@ every figure alike:
    a llama.cpp worker served before batching, one request after the other), level by level
    side by side;
    targets at 8 streams: aggregate >= 2x a single stream, median first token <= 300 ms;
+   beside them, at each level, the same work straight on llama.cpp's batch API in this process
+   (`raw_batched`: no worker, no HTTP, no sampler chains; prompts prefilled one per step as the
+   engine does, then one `llama_decode` per step for every sequence): what batching reaches on
+   this host at all, so that the worker's curve can be read against the host's own limit, and
+   the first token that the prefill alone allows (the k-th prompt's first token comes after k
+   prefills; prefilling them all in one step costs as much per prompt on a CPU);
 3. memory per additional sequence: the llama.cpp state of one sequence holding prompt + tokens
    (`llama_state_seq_get_size`, in this process), and the batching worker's peak RSS;
 4. one request of `--choices` choices (sampled, seeded): on the batching worker (the choices
@@ -53,6 +59,18 @@ def prompt(i: int) -> str:
     """About 20 tokens of counting, a different start per stream (no two streams alike)."""
     start = 10 + 5 * i % 85  # two-digit numbers only: every prompt the same length
     return ", ".join(str(n) for n in range(start, start + 5)) + ","
+
+
+def cpu_ticks() -> tuple[int, int]:
+    """(steal, total) jiffies of all CPUs from /proc/stat: on a virtual machine, time its CPUs were
+    runnable but the host ran something else (the load average does not show it)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return fields[7] if len(fields) > 7 else 0, sum(fields[:8])
+
+
+def steal_since(before: tuple[int, int]) -> float:
+    steal, total = cpu_ticks()
+    return (steal - before[0]) / max(1, total - before[1])
 
 
 def load() -> str:
@@ -127,6 +145,86 @@ async def choices(handle: WorkerHandle, n: int, tokens: int) -> dict[str, float]
             "shared": after.get("shared_prompt_tokens", 0) - before.get("shared_prompt_tokens", 0)}
 
 
+class RawBatch:
+    """The batch loop without the engine: llama.cpp's low-level API in this process, a KV stream
+    per sequence and flash attention as the worker's defaults, greedy argmax."""
+
+    def __init__(self, path: str, threads: int, flash_attn: bool) -> None:
+        import llama_cpp as L
+
+        self.L = L
+        self.model = L.llama_model_load_from_file(path.encode(), L.llama_model_default_params())
+        self.vocab = L.llama_model_get_vocab(self.model)
+        self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
+        self.threads = threads
+        self.flash_attn = flash_attn
+
+    def tokenize(self, text: str) -> list[int]:
+        L = self.L
+        data = text.encode()
+        buf = (L.llama_token * 512)()
+        n = L.llama_tokenize(self.vocab, data, len(data), buf, 512, False, True)
+        return list(buf[:n])
+
+    def run(self, streams: int, tokens: int, together: bool = False) -> dict[str, float]:
+        """`streams` prompts prefilled one per step (or all in one step), then `tokens` tokens
+        each, one step for all: aggregate tokens/s over the whole (prefill included), first tokens
+        p50, and the prefill time per prompt (median)."""
+        import numpy as np
+
+        L = self.L
+        params = L.llama_context_default_params()
+        params.n_ctx, params.n_seq_max = 2048 * streams, streams
+        params.n_batch = params.n_ubatch = max(512, 32 * streams)
+        params.n_threads = params.n_threads_batch = self.threads
+        params.flash_attn_type = (L.LLAMA_FLASH_ATTN_TYPE_ENABLED if self.flash_attn
+                                  else L.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        ctx = L.llama_init_from_model(self.model, params)
+        batch = L.llama_batch_init(max(512, 32 * streams), 0, 1)
+
+        def add(j: int, token: int, pos: int, seq: int, logits: bool) -> None:
+            batch.token[j], batch.pos[j], batch.n_seq_id[j] = token, pos, 1
+            batch.seq_id[j][0], batch.logits[j] = seq, logits
+
+        def argmax(index: int) -> int:
+            return int(np.argmax(np.ctypeslib.as_array(L.llama_get_logits_ith(ctx, index), shape=(self.n_vocab,))))
+
+        prompts = [self.tokenize(prompt(i)) for i in range(streams)]
+        started = time.perf_counter()
+        last, pos, firsts, prefills = [0] * streams, [len(ids) for ids in prompts], [], []
+        # one prompt per step, or (together) every prompt in one step, ids in order
+        for group in ([list(range(streams))] if together else [[seq] for seq in range(streams)]):
+            n, outputs = 0, []
+            for seq in group:
+                for i, token in enumerate(prompts[seq]):
+                    add(n, token, i, seq, i == len(prompts[seq]) - 1)
+                    n += 1
+                outputs.append((seq, n - 1))
+            batch.n_tokens = n
+            at = time.perf_counter()
+            assert L.llama_decode(ctx, batch) == 0
+            for seq, index in outputs:
+                last[seq] = argmax(index)
+            now = time.perf_counter()
+            prefills.append((now - at) / len(group))
+            firsts += [now - started] * len(group)
+        for _ in range(tokens - 1):
+            for seq in range(streams):
+                add(seq, last[seq], pos[seq], seq, True)
+                pos[seq] += 1
+            batch.n_tokens = streams
+            assert L.llama_decode(ctx, batch) == 0
+            last = [argmax(seq) for seq in range(streams)]
+        wall = time.perf_counter() - started
+        L.llama_batch_free(batch)
+        L.llama_free(ctx)
+        return {"aggregate": streams * tokens / wall, "ttft_p50": statistics.median(firsts) * 1000,
+                "prefill_ms": statistics.median(prefills) * 1000}
+
+    def close(self) -> None:
+        self.L.llama_model_free(self.model)
+
+
 def sequence_state_bytes(path: str, threads: int, tokens: int) -> int:
     """llama.cpp's state of one sequence holding `tokens` tokens (its KV cells), measured."""
     import llama_cpp as L
@@ -163,6 +261,7 @@ async def measure(args: argparse.Namespace) -> dict[str, object]:
     path = gguf_path()
     llm = Llama(path, n_ctx=2048, n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
     out: dict[str, object] = {"load_before": load()}
+    ticks = cpu_ticks()
     with tempfile.TemporaryDirectory(prefix="mpb-", dir="/tmp") as run_dir:
         sup = WorkerSupervisor(Path(run_dir))
         try:
@@ -192,11 +291,17 @@ async def measure(args: argparse.Namespace) -> dict[str, object]:
             # both curves level by level, side by side, so that the machine's load falls on both alike
             serial = await sup.start(spec(1), region="local")
             await stream(serial, 0, 8)
-            out["batched"], out["serial"] = {}, {}
+            raw_batch = RawBatch(path, args.threads, not args.no_flash_attn)
+            raw_batch.run(1, 8)  # warm-up
+            out["batched"], out["serial"], out["raw"] = {}, {}, {}
             for n in levels:
                 for name, handle in (("batched", batched), ("serial", serial)):
                     out[name][n] = await concurrent(handle, n, args.tokens)  # type: ignore[index]
                     print(f"  ({name}, {n} streams: {out[name][n]})", file=sys.stderr, flush=True)  # type: ignore[index]
+                out["raw"][n] = raw_batch.run(n, args.tokens)  # type: ignore[index]
+                out["raw"][n]["together"] = raw_batch.run(n, args.tokens, together=True)  # type: ignore[index]
+                print(f"  (raw batch API, {n} streams: {out['raw'][n]})", file=sys.stderr, flush=True)  # type: ignore[index]
+            raw_batch.close()
             if args.choices > 1:
                 out["choices"] = {name: await choices(handle, args.choices, args.tokens)
                                   for name, handle in (("batched", batched), ("serial", serial))}
@@ -214,6 +319,7 @@ async def measure(args: argparse.Namespace) -> dict[str, object]:
     out["prompt_tokens"] = prompt_tokens
     out["seq_state_bytes"] = sequence_state_bytes(path, args.threads, prompt_tokens + args.tokens)
     out["load_after"] = load()
+    out["steal"] = steal_since(ticks)
     return out
 
 
@@ -235,7 +341,7 @@ def main() -> None:
     raw_tps, worker_tps = float(r["raw_tps"]), float(r["worker_tps"])  # type: ignore[arg-type]
     print(f"model: SmolLM2-135M-Instruct Q4_1, {args.threads} threads, prompts of {r['prompt_tokens']} tokens, "
           f"{args.tokens} tokens greedy; {os.cpu_count()} CPUs, load average before {r['load_before']}, "
-          f"after {r['load_after']}")
+          f"after {r['load_after']}; CPU steal during the run {float(r['steal']):.0%}")  # type: ignore[arg-type]
     print(f"raw llama-cpp-python, 1 stream : {raw_tps:6.1f} tokens/s   first token {r['raw_ttft_ms']:6.1f} ms "
           f"(median of {args.rounds})")
     print(f"batching worker, 1 stream      : {worker_tps:6.1f} tokens/s   first token {r['worker_ttft_ms']:6.1f} ms"
@@ -251,6 +357,15 @@ def main() -> None:
               f" | {s['aggregate']:24.1f} {s['per_stream']:11.1f} {s['ttft_p50']:8.0f}ms {s['ttft_p95']:8.0f}ms"
               f" | {b['aggregate'] / s['aggregate']:5.2f}x")
     print()
+    raw = r["raw"]  # type: ignore[assignment]
+    print("streams | raw llama.cpp batch API (this process), prompts one per step: aggregate  first p50  "
+          "prefill per prompt | all prompts in one step: first p50  prefill per prompt | worker / raw aggregate")
+    for n in raw:  # type: ignore[union-attr]
+        w = raw[n]  # type: ignore[index]
+        t = w["together"]
+        print(f"{n:7d} | {w['aggregate']:58.1f} {w['ttft_p50']:8.0f}ms {w['prefill_ms']:15.1f}ms |"
+              f" {t['ttft_p50']:31.0f}ms {t['prefill_ms']:15.1f}ms | {batched[n]['aggregate'] / w['aggregate']:6.1%}")  # type: ignore[index]
+    print()
     print("streams | batched engine: steps  ms/step  of it Python (not llama_decode)  engine busy")
     for n in batched:  # type: ignore[union-attr]
         b = batched[n]  # type: ignore[index]
@@ -261,6 +376,11 @@ def main() -> None:
         eight = batched[8]  # type: ignore[index]
         print(f"8 streams: aggregate {eight['aggregate'] / single:.2f}x a single stream (target >= 2x), "
               f"median first token {eight['ttft_p50']:.0f} ms (target <= 300 ms)")
+        raw_one, raw_eight = raw[min(raw)], raw[8]  # type: ignore[index]
+        print(f"  this host's limit, raw batch API: 8 streams {raw_eight['aggregate'] / raw_one['aggregate']:.2f}x "
+              f"a single stream; median first token {raw_eight['ttft_p50']:.0f} ms with prompts prefilled one "
+              f"per step ({raw_eight['prefill_ms']:.0f} ms each), {raw_eight['together']['ttft_p50']:.0f} ms "
+              f"all in one step ({raw_eight['together']['prefill_ms']:.0f} ms per prompt)")
     print(f"largest batch seen: {r['max_batch_sequences']} sequences; "
           f"cached prompt tokens: {r['cached_prompt_tokens']}")
     if "choices" in r:

@@ -318,10 +318,13 @@ class BatchEngine:
             budget -= takes[seq]
             if takes[seq] == len(seq.feed):
                 # Its first token comes out at the end of this step. The next prompt waits for the
-                # next step instead of delaying this one: on a CPU prefill costs about as much per
-                # token as it saves, so prompts finished one per step reach their first tokens in
-                # turn (8 prompts of 19 tokens: median first token at the 4th-5th prompt's
-                # prefill, instead of every prompt's at the end of all 152 tokens).
+                # next step instead of delaying this one: on a CPU a prompt costs as much per token
+                # with others in its step as alone, so prompts finished one per step reach their
+                # first tokens in turn (8 prompts of 19 tokens: median first token at the 4th-5th
+                # prompt's prefill, instead of every prompt's at the end of all 152 tokens;
+                # measured on llama.cpp's own batch API, 2 threads: 104 ms per prompt alone, 105
+                # per prompt with all 8 in one step, median first token 478 vs 842 ms; the raw
+                # rows of benchmarks/bench_generation.py).
                 break
         # Tokens in increasing sequence id: with a KV stream per sequence, llama.cpp puts only
         # consecutive, increasing sequence ids into one micro-batch (llama_batch_allocr::
