@@ -22,12 +22,13 @@ test: $(STAMP)
 
 # The inner loop: pytest markers leave out the tests that load SmolLM2 (`chat_model`), train or
 # build training data (`training`), build the safety classifier anew (`classifier`), or cost more
-# than 30 s of CPU alone (`slow`); the classifier's graph is still built once per session, in a
-# temporary MODELPORT_CACHE_DIR.
+# than 30 s of CPU alone (`slow`); the classifier's graph is still built once per session (per
+# pytest-xdist worker), in a temporary MODELPORT_CACHE_DIR. One worker per CPU, a test module per
+# worker at a time (`--dist loadfile`: a module's server is started once).
 test-fast: $(STAMP)
 	$(BIN)/ruff check modelport tests benchmarks tools
 	$(BIN)/mypy modelport
-	$(BIN)/python -m pytest -m "not chat_model and not training and not classifier and not slow"
+	$(BIN)/python -m pytest -n auto --dist loadfile -m "not chat_model and not training and not classifier and not slow"
 
 install: $(STAMP)
 
