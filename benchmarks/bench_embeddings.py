@@ -28,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.host import cpu_ticks, steal_since  # noqa: E402
 from modelport.runtimes.base import ModelSpec  # noqa: E402
 from modelport.runtimes.transformers import TransformersRuntime  # noqa: E402
 from modelport.workers.protocol import WorkerSpec  # noqa: E402
@@ -72,18 +73,6 @@ def alone_batched(runtime: TransformersRuntime, n: int) -> float:
     started = time.perf_counter()
     runtime.embed([text(i) for i in range(n)])
     return n / (time.perf_counter() - started)
-
-
-def cpu_ticks() -> tuple[int, int]:
-    """(steal, total) jiffies of all CPUs from /proc/stat: on a virtual machine, time its CPUs were
-    runnable but the host ran something else (the load average does not show it)."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return fields[7] if len(fields) > 7 else 0, sum(fields[:8])
-
-
-def steal_since(before: tuple[int, int]) -> float:
-    steal, total = cpu_ticks()
-    return (steal - before[0]) / max(1, total - before[1])
 
 
 async def measure(args: argparse.Namespace) -> dict[str, object]:

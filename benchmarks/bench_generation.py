@@ -44,6 +44,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.host import cpu_ticks, steal_since  # noqa: E402
 from modelport.workers.client import StreamUsage, TextDelta  # noqa: E402
 from modelport.workers.protocol import GenerateBody, WorkerSpec  # noqa: E402
 from modelport.workers.supervisor import WorkerHandle, WorkerSupervisor  # noqa: E402
@@ -59,18 +60,6 @@ def prompt(i: int) -> str:
     """About 20 tokens of counting, a different start per stream (no two streams alike)."""
     start = 10 + 5 * i % 85  # two-digit numbers only: every prompt the same length
     return ", ".join(str(n) for n in range(start, start + 5)) + ","
-
-
-def cpu_ticks() -> tuple[int, int]:
-    """(steal, total) jiffies of all CPUs from /proc/stat: on a virtual machine, time its CPUs were
-    runnable but the host ran something else (the load average does not show it)."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return fields[7] if len(fields) > 7 else 0, sum(fields[:8])
-
-
-def steal_since(before: tuple[int, int]) -> float:
-    steal, total = cpu_ticks()
-    return (steal - before[0]) / max(1, total - before[1])
 
 
 def load() -> str:
