@@ -90,8 +90,8 @@ CHECKPOINT_EVERY = 500
 #: bounds it (about 13 MB at 1 client, a commit per event; tests/metering/test_recorder.py). Each
 #: checkpoint costs two fsyncs and copies the pages the commits since the last one touched (the
 #: same few pages, appended to, again and again): every 100/200 commits cost 64.3 µs CPU per event
-#: at one client, every 500/1000 55.0 µs (BENCHMARKS.md, 2026-12-03 meter-h), for a WAL of about
-#: 3 MB instead of 13.
+#: at one client (a WAL of about 3 MB), every 500/1000 55.0 µs (a WAL of about 13 MB; BENCHMARKS.md,
+#: 2026-12-03 meter-h).
 RESTART_EVERY = 1000
 #: How long a RESTART checkpoint waits for readers (it holds off writers meanwhile).
 RESTART_WAIT_MS = 100
