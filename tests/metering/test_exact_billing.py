@@ -42,6 +42,10 @@ API_VERSION = "2024-05-01-preview"
 WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar zork".split()
 #: The echo of WORDS longer than 16 tokens wraps around: "... zork alpha ...", which `wrap` blocks.
 WRAP = "zork alpha"
+#: The raw clients drop an idle connection after 1 s, before the server does (uvicorn's keep-alive,
+#: 5 s: httpx's default expiry is the same 5 s, and a POST sent on a connection the server closes at
+#: that moment fails with "Server disconnected without sending a response", as one full run did).
+RAW_LIMITS = httpx.Limits(keepalive_expiry=1.0)
 
 
 @dataclass
@@ -222,7 +226,8 @@ def test_billed_tokens_equal_what_clients_received(world: World) -> None:
         rng = random.Random(1000 + i)
         oai = {n: openai.OpenAI(base_url=f"{s.url}/v1", api_key=k, max_retries=0, timeout=120)
                for n, k in world.keys.items()}
-        raw = {n: httpx.Client(base_url=s.url, headers={"Authorization": f"Bearer {k}"}, timeout=120)
+        raw = {n: httpx.Client(base_url=s.url, headers={"Authorization": f"Bearer {k}"}, timeout=120,
+                               limits=RAW_LIMITS)
                for n, k in world.keys.items()}
         try:
             for _ in range(PER_THREAD):
@@ -265,7 +270,7 @@ def test_billed_tokens_equal_what_clients_received(world: World) -> None:
     def cut(i: int) -> None:
         rng = random.Random(5000 + i)
         with httpx.Client(base_url=s.url, headers={"Authorization": f"Bearer {world.keys['cutter']}"},
-                          timeout=120) as http:
+                          timeout=120, limits=RAW_LIMITS) as http:
             for _ in range(CUTS_PER_THREAD):
                 _cut(http, rng, seen["cutter"])
 
