@@ -58,7 +58,10 @@ together, the gateway path's requests interleaved between them:
 - memory-library: the same as memory with the rate limits on the `limits` library's async
            memory storage (--library-memory: the path before quotas/memory.py);
 - redis:   the same as memory with the rate limits in Redis (with --redis URL; one round trip
-           per admission).
+           per admission, the command written on redis-py's connections by the limiter itself);
+- redis-client: the same with that command sent through redis-py's client and its Python reply
+           parser (--redis-client: the path before; redis-py's Script object, its packing, pool and
+           retry layers; without hiredis).
 Printed for each: p50/p99 of one client's sequential requests, the gateway's CPU per request
 during those (1 client: each request its own commit) and at 32 concurrent clients (group
 commits), and what each adds over `off`. Targets: <= 50 µs of CPU per request with the memory
@@ -66,10 +69,12 @@ storage, <= 0.5 ms p50 with Redis. The limits' caps are raised to the maximum so
 request is refused: every request pays the full check. The quota check alone is also measured
 in this process: the same sequence of admissions through the gateway's `check_rate_limits` work
 (the limiter and the x-ratelimit headers), against a loop that does nothing in its place, on
-memory and on Redis (one round trip, and `redis-4rt`: the `limits` library's own steps, four
-round trips, the path before), and with --library-memory `memory-lib`: the library's async memory
-storage. The load average is printed: on a shared machine, latencies are
-only comparable within one run.
+memory and on Redis (one round trip; `redis-py`: the same with redis-py's Python reply parser
+instead of hiredis; `redis-client` and `redis-client-py`: through redis-py's client, the path
+before, with each parser; `redis-4rt`: the `limits` library's own steps, four round trips, the
+path before that), and with --library-memory `memory-lib`: the library's async memory storage.
+Which reply parser redis-py uses by default (hiredis when installed) is printed. The load average
+is printed: on a shared machine, latencies are only comparable within one run.
 """
 
 from __future__ import annotations
@@ -87,6 +92,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -415,12 +421,16 @@ async def measure(setup: Setup, n: int, rounds: int, seconds: float, clients: in
 # ------------------------------------------------------------------------------ the quota check
 
 
-async def quota_check(uri: str | None, n: int, one_round_trip: bool = True,
-                      library_memory: bool = False) -> dict[str, float]:
+async def quota_check(uri: str | None, n: int, one_round_trip: bool = True, library_memory: bool = False,
+                      redis_client: bool = False, python_parser: bool = False) -> dict[str, float]:
     """Per admission: CPU µs and wall-clock p50/p99 ms of the gateway's rate-limit step (the
     limiter's check-and-charge of requests and tokens, then the x-ratelimit headers), or of a
     loop doing nothing in its place (`uri` "none"), over `n` sequential admissions."""
-    limiter = (RateLimiter(storage_uri(uri), one_round_trip=one_round_trip, library_memory=library_memory)
+    parser: Any = None
+    if python_parser:
+        from redis._parsers import _AsyncRESP3Parser as parser  # redis-py's default without hiredis
+    limiter = (RateLimiter(storage_uri(uri), one_round_trip=one_round_trip, library_memory=library_memory,
+                           redis_client=redis_client, parser_class=parser)
                if uri != "none" else None)
     limits = RateLimits(MAX_REQUESTS_PER_MINUTE, MAX_TOKENS_PER_MINUTE)
     deployment = f"dep_bench{os.getpid()}{time.time_ns()}"
@@ -452,11 +462,17 @@ async def quota_check(uri: str | None, n: int, one_round_trip: bool = True,
 
 def report_quota(quota: dict[str, dict[str, float]], n: int) -> bool:
     base = quota["none"]
-    print(f"\nquota check, {n:,} sequential admissions in this process (load average {load()}):")
-    print(f"{'storage':<9} {'CPU/check':>10} {'added CPU':>10} {'p50 ms':>8} {'p99 ms':>8}")
+    print(f"\nquota check, {n:,} sequential admissions in this process (load average {load()}; "
+          f"redis-py's default reply parser here: {default_parser()}):")
+    print(f"{'storage':<15} {'CPU/check':>10} {'added CPU':>10} {'p50 ms':>8} {'p99 ms':>8}")
     for name, q in quota.items():
         added = "-" if name == "none" else f"+{q['cpu_us'] - base['cpu_us']:.1f} µs"
-        print(f"{name:<9} {q['cpu_us']:>7.1f} µs {added:>10} {q['p50']:>8.3f} {q['p99']:>8.3f}")
+        print(f"{name:<15} {q['cpu_us']:>7.1f} µs {added:>10} {q['p50']:>8.3f} {q['p99']:>8.3f}")
+    if "redis-client-py" in quota:
+        now, before = quota["redis"], quota["redis-client-py"]
+        print(f"Redis admission, this path against the path before (redis-py's client, Python parser): "
+              f"{now['cpu_us']:.1f} vs {before['cpu_us']:.1f} µs CPU ({now['cpu_us'] / before['cpu_us']:.2f}x), "
+              f"p50 {now['p50']:.3f} vs {before['p50']:.3f} ms")
     ok = quota["memory"]["cpu_us"] - base["cpu_us"] <= QUOTA_CPU_TARGET_US
     print(f"targets: memory adds <= {QUOTA_CPU_TARGET_US:.0f} µs CPU: {'met' if ok else 'MISSED'} "
           f"(+{quota['memory']['cpu_us'] - base['cpu_us']:.1f} µs)", end="")
@@ -484,6 +500,15 @@ def serve_without(steps: set[str]) -> None:
 
     if "loop-commits" in steps:  # every usage commit by the writer thread (--thread-commits)
         MeterRecorder.commit_in_loop = False
+    if "evalsha" in steps:  # the admission script through redis-py's client (--redis-client)
+        init_client = RateLimiter.__init__
+
+        def redis_client(self: RateLimiter, uri: str = "async+memory://", **kw: Any) -> None:
+            from redis._parsers import _AsyncRESP3Parser  # redis-py's default without hiredis
+
+            init_client(self, uri, redis_client=True, parser_class=_AsyncRESP3Parser, **kw)
+
+        RateLimiter.__init__ = redis_client  # type: ignore[method-assign]
     if "own-memory" in steps:  # the limits library's async memory storage (--library-memory)
         init = RateLimiter.__init__
 
@@ -661,7 +686,7 @@ def report_metering(results: dict[str, dict[str, float]], n: int, clients: int) 
     """Metering and the quota check, on against off, per storage; the issue's targets."""
     off = results["off"]
     print(f"\nmetering + quota check on vs off (the gateway path, same run; {n:,} sequential requests per server, "
-          f"interleaved; load average {load()}):")
+          f"interleaved; load average {load()}; Redis reply parser: {default_parser()}):")
     print(f"{'server':<14} {'p50 ms':>8} {'p99 ms':>8} {'added p50':>10} {'CPU/req @1':>11} {'added':>9} "
           f"{f'CPU/req @{clients}':>12} {'added':>9} {f'req/s @{clients}':>12}")
     for name, r in results.items():
@@ -686,6 +711,16 @@ def report_metering(results: dict[str, dict[str, float]], n: int, clients: int) 
         print(f"target, Redis storage adds <= {QUOTA_REDIS_P50_TARGET_MS} ms p50: {'met' if met else 'MISSED'} "
               f"({added:+.3f} ms; {results['redis']['cpu1_us'] - off['cpu1_us']:+.1f} µs CPU per request at 1 client)")
     return ok
+
+
+def default_parser() -> str:
+    """redis-py's default reply parser in this environment (the servers' too: same packages)."""
+    try:
+        from redis.asyncio.connection import DefaultParser
+    except ImportError:
+        return "no redis-py"
+    name = DefaultParser.__name__
+    return "hiredis" if "Hiredis" in name else f"Python ({name}; hiredis not installed)"
 
 
 def load() -> str:
@@ -751,6 +786,8 @@ def metering_run(tmp: Path, args: argparse.Namespace) -> dict[str, dict[str, flo
         configs.update({"meter-only": {"without": "quota"}, "quota-only": {"without": "meter"}})
     if args.redis:
         configs["redis"] = {"env_extra": {"MODELPORT_REDIS_URL": args.redis}}
+        if args.redis_client:
+            configs["redis-client"] = {"without": "evalsha", "env_extra": {"MODELPORT_REDIS_URL": args.redis}}
     setups: dict[str, Setup] = {}
     try:
         for name, kw in configs.items():
@@ -786,6 +823,9 @@ def main() -> int:
     parser.add_argument("--library-memory", action="store_true",
                         help="also a server whose in-memory rate limits use the limits library's async memory "
                         "storage (the path before quotas/memory.py), and the same in the in-process quota check")
+    parser.add_argument("--redis-client", action="store_true",
+                        help="with --redis, also a server whose Redis admissions go through redis-py's client with "
+                        "its Python reply parser (the path before the limiter wrote the command itself; no hiredis)")
     parser.add_argument("--split", action="store_true",
                         help="also servers with metering alone and with the quota check alone")
     parser.add_argument("--metering-only", action="store_true",
@@ -818,7 +858,15 @@ def main() -> int:
     if args.library_memory:
         quota["memory-lib"] = uvloop.run(quota_check(None, n_quota, library_memory=True))
     if args.redis:
-        quota["redis"] = uvloop.run(quota_check(args.redis, n_quota))
+        # interleaved, twice each: the variants' order must not decide their difference
+        variants = {"redis": {}, "redis-py": {"python_parser": True}, "redis-client": {"redis_client": True},
+                    "redis-client-py": {"redis_client": True, "python_parser": True}}
+        runs: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
+        for _ in range(2):
+            for name, kw in variants.items():
+                runs[name].append(uvloop.run(quota_check(args.redis, n_quota, **kw)))
+        for name, got in runs.items():
+            quota[name] = {k: statistics.median(r[k] for r in got) for k in got[0]}
         quota["redis-4rt"] = uvloop.run(quota_check(args.redis, n_quota, one_round_trip=False))
     ok = report(results, args.requests, args.clients) if results is not None else True
     ok = report_quota(quota, n_quota) and ok

@@ -24,11 +24,20 @@ sliding-window script, so that the library's readers (`peek`, `charge`) see what
 own steps took four round trips (two charges, then two reads of the windows). Its keys live on
 one Redis server (redis://, rediss://, redis+unix://; not Redis Cluster, where the four keys of an
 admission would be on different nodes).
+
+The admission's command goes out on redis-py's connections (which connect, authenticate, select
+the database, speak TLS or a Unix socket) but not through redis-py's client layers: `_Evalsha`
+packs the command itself (the keys and limits of a deployment once, the tokens per call), keeps
+its idle connections in a list of its own, writes and reads the answer with the connection's
+parser (hiredis, redis-py's C parser, when it is installed: a dependency here). Through the
+client, its command packing, pool, retry wrapper and observability hooks cost more CPU than the
+round trip itself (benchmarks/bench_gateway.py, `redis-client` in the quota check; BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import Any, cast
@@ -165,11 +174,14 @@ class RateLimiter:
     """Check-and-charge for one deployment's requests and tokens (see the module docstring)."""
 
     def __init__(self, uri: str = "async+memory://", *, one_round_trip: bool = True,
-                 library_memory: bool = False) -> None:
+                 library_memory: bool = False, redis_client: bool = False, parser_class: Any = None) -> None:
         """`one_round_trip=False` admits in Redis with the library's own steps (four round trips):
         the reference that tests and benchmarks compare ADMIT_SCRIPT with; `library_memory=True`
         admits in memory with the library's async memory storage, the reference that
-        benchmarks/bench_gateway.py compares quotas/memory.py with."""
+        benchmarks/bench_gateway.py compares quotas/memory.py with; `redis_client=True` calls
+        ADMIT_SCRIPT through redis-py's client (its Script object: the path before `_Evalsha`),
+        and `parser_class` sets redis-py's reply parser (the benchmarks' references; by default
+        redis-py's own choice, hiredis when installed)."""
         options: dict[str, Any] = {}
         self.remote = not uri.startswith("async+memory")
         self._pool: Any = None
@@ -180,7 +192,8 @@ class RateLimiter:
             # on a connection pool of ours, which `close` disconnects.
             url = uri.removeprefix("async+")
             self._pool = redis.asyncio.ConnectionPool.from_url(
-                "unix://" + url.removeprefix("redis+unix://") if url.startswith("redis+unix://") else url)
+                "unix://" + url.removeprefix("redis+unix://") if url.startswith("redis+unix://") else url,
+                **({"parser_class": parser_class} if parser_class is not None else {}))
             options = {"implementation": "redispy", "key_prefix": PREFIX, "wrap_exceptions": True,
                        "connection_pool": self._pool}
         # in memory: our windows (quotas/memory.py, the library's arithmetic without its storage's
@@ -191,9 +204,26 @@ class RateLimiter:
         self.uri = uri
         self._admit_script: Any = None
         if self.remote and one_round_trip:
-            self._admit_script = redis.asyncio.Redis(connection_pool=self._pool).register_script(ADMIT_SCRIPT)
+            if redis_client:
+                self._admit_script = redis.asyncio.Redis(connection_pool=self._pool).register_script(ADMIT_SCRIPT)
+            else:
+                self._admit_script = _Evalsha(self._pool, ADMIT_SCRIPT)
+
+    @property
+    def parser(self) -> str:
+        """The reply parser of the Redis connections ("hiredis" or redis-py's Python one); "" in memory."""
+        if self._pool is None:
+            return ""
+        name = getattr(self._pool.connection_kwargs.get("parser_class"), "__name__", "")
+        if not name:
+            from redis.asyncio.connection import DefaultParser
+
+            name = DefaultParser.__name__
+        return "hiredis" if "Hiredis" in name else f"python ({name})"
 
     async def close(self) -> None:
+        if isinstance(self._admit_script, _Evalsha):
+            self._admit_script.idle.clear()  # they belong to the pool, which disconnects them
         if self._pool is not None:
             await self._pool.disconnect()
 
@@ -294,6 +324,83 @@ class RateLimiter:
         rstate = await self.storage.get_sliding_window(rkey, rw.seconds)
         tstate = await self.storage.get_sliding_window(tkey, tw.seconds)
         return _refusal(limits, rw, tw, rstate, tstate, cost, dimension)
+
+
+class _Evalsha:
+    """One script called by its digest on connections of a redis-py pool, without the client's
+    layers (see the module docstring): `await evalsha(keys, args)` returns the script's answer
+    or raises what redis-py raises (a RedisError for an error reply or a lost connection).
+
+    A connection goes back to the idle list only after its whole answer was read, so an idle
+    one never holds a stale reply; one that failed is disconnected and returned to the pool.
+    An idle connection the server closed meanwhile (a restart, a timeout) fails on its first use:
+    the call is made once more on a fresh connection (if the server ran the script before the
+    connection broke, that charges twice: refusing too much, never admitting too much; redis-py's
+    client retries the same way). An unknown digest (a restarted or flushed Redis) is answered
+    by sending the script itself (EVAL), which also caches it there again."""
+
+    def __init__(self, pool: Any, script: str) -> None:
+        self.pool = pool
+        sha = hashlib.sha1(script.encode()).hexdigest().encode()  # noqa: S324 - Redis names scripts by SHA-1
+        self._by_digest = _bulk(b"EVALSHA") + _bulk(sha)
+        self._by_text = _bulk(b"EVAL") + _bulk(script.encode())
+        self.idle: list[Any] = []
+        self._packed: dict[tuple[Any, ...], bytes] = {}  # keys and all arguments but the last, packed
+
+    def _pack(self, head: bytes, keys: list[str], args: list[int]) -> bytes:
+        """The RESP array of EVALSHA/EVAL (`head`: command and digest or text), the number of
+        keys, the keys, the arguments; all but the last argument are packed once per distinct
+        value (a deployment's keys and limits) and kept."""
+        fixed = (*keys, *args[:-1])
+        rest = self._packed.get(fixed)
+        if rest is None:
+            if len(self._packed) >= 10_000:  # deployments come and go: bounded
+                self._packed.clear()
+            rest = self._packed[fixed] = (_bulk(b"%d" % len(keys)) + b"".join(_bulk(k.encode()) for k in keys)
+                                          + b"".join(_bulk(b"%d" % a) for a in args[:-1]))
+        return b"*%d\r\n" % (3 + len(keys) + len(args)) + head + rest + _bulk(b"%d" % args[-1])
+
+    async def __call__(self, keys: list[str], args: list[int]) -> Any:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import NoScriptError, ResponseError
+
+        head = self._by_digest
+        for _ in range(3):  # at most: a stale idle connection, an unknown digest, the call
+            reused = bool(self.idle)
+            conn = self.idle.pop() if reused else await self.pool.get_connection()
+            try:
+                await conn.send_packed_command(self._pack(head, keys, args), check_health=False)
+                answer = await conn.read_response()
+            except NoScriptError:  # an error reply, read whole: the connection is clean
+                self.idle.append(conn)
+                if head is self._by_text:
+                    raise
+                head = self._by_text
+                continue
+            except ResponseError:  # the same
+                self.idle.append(conn)
+                raise
+            except RedisConnectionError:
+                await self._discard(conn)
+                if not reused:
+                    raise
+                continue  # the server closed an idle connection: once more
+            except BaseException:  # cancelled or failed mid-answer: a reply may still be on its way
+                await self._discard(conn)
+                raise
+            self.idle.append(conn)
+            return answer
+        raise RedisConnectionError("Redis closed the connections of the rate limiter while admitting")
+
+    async def _discard(self, conn: Any) -> None:
+        try:
+            await conn.disconnect(nowait=True)
+        finally:
+            await self.pool.release(conn)
+
+
+def _bulk(value: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(value), value)
 
 
 def window_keys(key: str) -> tuple[str, str]:
