@@ -1,7 +1,7 @@
 """Generation speed: continuous batching against the one-at-a-time path and raw llama-cpp-python.
 
     .venv/bin/python benchmarks/bench_generation.py [--threads 2] [--tokens 96] [--rounds 3]
-                                                    [--streams 1,2,4,8,16]
+                                                    [--streams 1,2,4,8,16] [--model GGUF]
 
 Measures, with the bundled SmolLM2-135M Q4_1 GGUF, greedy decoding of counting prompts of
 about 20 tokens that never end on their own, all in one run so that the machine's load falls on
@@ -265,7 +265,7 @@ async def measure(args: argparse.Namespace) -> dict[str, object]:
     from llama_cpp import Llama
 
     levels = [int(x) for x in args.streams.split(",")]
-    path = gguf_path()
+    path = args.model or gguf_path()
     llm = Llama(path, n_ctx=2048, n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
     out: dict[str, object] = {"load_before": load()}
     ticks = cpu_ticks()
@@ -346,12 +346,14 @@ def main() -> None:
     parser.add_argument("--kv-unified", action="store_true", help="one KV cache shared by the sequences")
     parser.add_argument("--prefill-first-ms", type=int, default=None,
                         help="the deployment option prefill_first_ms (default: the runtime's default)")
+    parser.add_argument("--model", help="another GGUF file (default: the bundled SmolLM2-135M Q4_1)")
     parser.add_argument("--choices", type=int, default=4, help="n of the one request with several choices (1: skip)")
     args = parser.parse_args()
 
     r = asyncio.run(measure(args))
     raw_tps, worker_tps = float(r["raw_tps"]), float(r["worker_tps"])  # type: ignore[arg-type]
-    print(f"model: SmolLM2-135M-Instruct Q4_1, {args.threads} threads, prompts of {r['prompt_tokens']} tokens, "
+    print(f"model: {args.model or 'SmolLM2-135M-Instruct Q4_1'}, {args.threads} threads, "
+          f"prompts of {r['prompt_tokens']} tokens, "
           f"{args.tokens} tokens greedy; {os.cpu_count()} CPUs, load average before {r['load_before']}, "
           f"after {r['load_after']}; CPU steal during the run {float(r['steal']):.0%}")  # type: ignore[arg-type]
     print(f"llama.cpp in this process: {r['library']}\n  {r['system_info']}\n"

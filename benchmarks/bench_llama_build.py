@@ -1,12 +1,17 @@
-"""Two builds of llama-cpp-python against each other: prefill of one prompt and decode steps.
+"""Two builds of llama-cpp-python (or two GGUF files) against each other: prefill of one prompt
+and decode steps.
 
-    .venv/bin/python benchmarks/bench_llama_build.py --python OTHER_VENV/bin/python [--threads 2]
+    .venv/bin/python benchmarks/bench_llama_build.py [--python OTHER_VENV/bin/python]
+                                                     [--model OTHER.gguf] [--reference-model GGUF]
+                                                     [--threads 2]
                                                      [--rounds 4] [--reps 15]
 
-Each interpreter (this one, the reference, and `--python`) runs the measurement in a child
-process of its own, rounds alternating so that the machine's load falls on both alike; the child
-prints which llama.cpp it loaded (`llama_print_system_info()` and the path of the shared library)
-and, with the bundled SmolLM2-135M Q4_1 GGUF, a context of 16 KV streams and flash attention as
+The reference is this interpreter with the bundled SmolLM2-135M Q4_1 GGUF (or `--reference-model`);
+the other is `--python` (another venv: another wheel) and/or `--model` (the same weights quantized
+otherwise, say). Each
+runs the measurement in a child process of its own, rounds alternating so that the machine's load
+falls on both alike; the child prints which llama.cpp it loaded (`llama_print_system_info()` and
+the path of the shared library) and times, with a context of 16 KV streams and flash attention as
 the batching worker uses them:
 - prefill: one `llama_decode` of the benchmark's ~19-token counting prompt (what bounds the first
   token: at 8 streams the k-th prompt's first token comes after k prefills);
@@ -33,7 +38,7 @@ from benchmarks.host import cpu_ticks, steal_since  # noqa: E402
 STEPS = (1, 8, 16)
 
 
-def child(threads: int, reps: int) -> dict[str, object]:
+def child(threads: int, reps: int, path: str | None) -> dict[str, object]:
     import llama_cpp as L
     import numpy as np  # noqa: F401  (loaded as the worker loads it)
 
@@ -41,7 +46,7 @@ def child(threads: int, reps: int) -> dict[str, object]:
 
     quiet = L.llama_log_callback(lambda *_: None)  # held: llama.cpp keeps the pointer
     L.llama_log_set(quiet, None)
-    model = L.llama_model_load_from_file(gguf_path().encode(), L.llama_model_default_params())
+    model = L.llama_model_load_from_file((path or gguf_path()).encode(), L.llama_model_default_params())
     vocab = L.llama_model_get_vocab(model)
     params = L.llama_context_default_params()
     params.n_ctx, params.n_batch, params.n_ubatch, params.n_seq_max = 16 * 256, 512, 512, 16
@@ -96,33 +101,37 @@ def child(threads: int, reps: int) -> dict[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--python", help="the other build's interpreter (its venv holds the other wheel)")
+    parser.add_argument("--model", help="the other's GGUF file (default: the bundled SmolLM2 Q4_1)")
+    parser.add_argument("--reference-model", help="the reference's GGUF file (default: the bundled SmolLM2 Q4_1)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.threads, args.reps)))
+        print(json.dumps(child(args.threads, args.reps, args.model)))
         return
-    if not args.python:
-        parser.error("--python is required")
-    pythons = {"this": sys.executable, "other": args.python}
+    if not (args.python or args.model):
+        parser.error("--python or --model is required")
+    pythons = {"this": (sys.executable, args.reference_model), "other": (args.python or sys.executable, args.model)}
     load_before = Path("/proc/loadavg").read_text().split()[:3]
     ticks = cpu_ticks()
     runs: dict[str, list[dict[str, object]]] = {name: [] for name in pythons}
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     for _ in range(args.rounds):
-        for name, python in pythons.items():
+        for name, (python, model) in pythons.items():
             out = subprocess.run([python, __file__, "--child", "--threads", str(args.threads), "--reps",
-                                  str(args.reps)], check=True, capture_output=True, text=True, env=env)
+                                  str(args.reps), *(["--model", model] if model else [])],
+                                 check=True, capture_output=True, text=True, env=env)
             runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(f"  ({name}: {runs[name][-1]})", file=sys.stderr, flush=True)
     steal = steal_since(ticks)
     print(f"{args.threads} threads, {args.rounds} rounds of {args.reps}, prompt of {runs['this'][0]['prompt_tokens']}"
           f" tokens; load average before {load_before}, after {Path('/proc/loadavg').read_text().split()[:3]};"
           f" CPU steal {steal:.0%}")
-    for name, python in pythons.items():
-        print(f"{name:5}: {python}\n       {runs[name][0]['library']}\n       {runs[name][0]['system_info']}")
+    for name, (python, model) in pythons.items():
+        print(f"{name:5}: {python} {model or 'bundled SmolLM2 Q4_1'}\n"
+              f"       {runs[name][0]['library']}\n       {runs[name][0]['system_info']}")
     print(f"{'ms (median of rounds)':26} {'this':>8} {'other':>8} {'other/this':>10}")
     for key in ("prefill_ms", *(f"step{n}_ms" for n in STEPS)):
         a = statistics.median(float(r[key]) for r in runs["this"])  # type: ignore[arg-type]
