@@ -38,21 +38,20 @@ $(BIN)/python:
 
 # llama-cpp-python builds from source (about 8 minutes on 2 cores). It is built once per
 # version and CPU flags into a wheel kept in ~/.cache/modelport/wheels, which later installs
-# (and fresh clones on the same machine) reuse; the flags are part of the cache key, so a wheel
-# built for one CPU's features is never reused for other flags. Not -march=native: llama.cpp's
-# default compiles Intel AMX kernels where the compiler sees AMX, and those die with SIGILL on
-# machines (VMs) whose kernel does not grant the AMX tile state to the process. The flags come
-# from what the kernel reports in /proc/cpuinfo: AVX2/FMA/F16C/BMI2 always (every x86-64 CPU of
-# the last ten years; a CPU without AVX-512 gets exactly the flags and cached wheel of before),
-# plus AVX-512 (F/CD/VL/DQ/BW), AVX512-VBMI, AVX512-VNNI, AVX512-BF16 and AVX-VNNI each only where
-# the CPU has it; AMX never (its options stay off without GGML_NATIVE). Measured on an AVX-512 +
-# VNNI Xeon VM (BENCHMARKS.md, "llama.cpp build for the CPU"): the same as AVX2 for the bundled
-# Q4_1 SmolLM2 (no AVX-512 kernel for Q4_1), 0.69-0.74x the prefill time and 0.72-0.83x the
-# batched decode step for Q4_0 weights. A wheel built here is not for copying to older CPUs.
-# GGML_CPU_ALL_VARIANTS (one wheel, kernels chosen at run time) does not load with
-# llama-cpp-python 0.3.36 (its bindings never call ggml_backend_load_all), and its scoring
-# checks CPUID, not the OS's grant, so it would pick its AMX variant where CPUID shows AMX.
-# Override with LLAMA_CMAKE_ARGS=...
+# (and fresh clones on the same machine) reuse; the flags are part of the cache key. The flags
+# are portable on purpose: llama.cpp's default, -march=native, compiles Intel AMX kernels where
+# the compiler sees AMX, and those die with SIGILL on machines (VMs) whose kernel does not grant
+# the AMX tile state to the process; AVX2/FMA/F16C/BMI2 runs on every x86-64 CPU of the last ten
+# years. `make LLAMA_AVX512=1 ...` adds AVX-512 (F/CD/VL/DQ/BW), AVX512-VBMI, AVX512-VNNI,
+# AVX512-BF16 and AVX-VNNI, each only where /proc/cpuinfo shows it, AMX never (its options stay
+# off without GGML_NATIVE); such a wheel is for this CPU only. Not the default (BENCHMARKS.md,
+# "llama.cpp build for the CPU", AVX-512 + VNNI Xeon VM): no faster for the bundled Q4_1
+# SmolLM2, 1.2-1.45x faster for Q4_0 weights, but with a LoRA adapter one sequence alone decodes
+# differently from the AVX2 build and from the same sequence batched (greedy outputs part at the
+# second token; tests/runtimes/test_llamacpp_batching.py fails). GGML_CPU_ALL_VARIANTS (one
+# wheel, kernels chosen at run time) does not load with llama-cpp-python 0.3.36 (its bindings
+# never call ggml_backend_load_all), and its scoring reads CPUID, not the OS's grant, so it
+# would pick its AMX variant where CPUID shows AMX. Override with LLAMA_CMAKE_ARGS=...
 LLAMA_VERSION    := $(shell sed -n 's/^llama_cpp_python==//p' constraints.txt)
 CPU_FLAGS        := $(shell grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | cut -d: -f2)
 cpu_has           = $(if $(filter-out $(CPU_FLAGS),$(1)),,yes)
@@ -62,7 +61,7 @@ LLAMA_CPU_ARGS   := $(if $(call cpu_has,avx512f avx512cd avx512vl avx512dq avx51
                       $(if $(call cpu_has,avx512_bf16),-DGGML_AVX512_BF16=ON)) \
                     $(if $(call cpu_has,avx_vnni),-DGGML_AVX_VNNI=ON)
 LLAMA_CMAKE_ARGS ?= $(strip -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
-                      $(LLAMA_CPU_ARGS))
+                      $(if $(filter 1,$(LLAMA_AVX512)),$(LLAMA_CPU_ARGS)))
 LLAMA_WHEELS     := $(HOME)/.cache/modelport/wheels/llama-cpp-python-$(LLAMA_VERSION)-$(shell echo '$(LLAMA_CMAKE_ARGS)' | sha256sum | cut -c1-12)
 
 # torch==2.13.0 is the CPU build (see README).
