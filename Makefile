@@ -38,13 +38,30 @@ $(BIN)/python:
 
 # llama-cpp-python builds from source (about 8 minutes on 2 cores). It is built once per
 # version and CPU flags into a wheel kept in ~/.cache/modelport/wheels, which later installs
-# (and fresh clones on the same machine) reuse. The flags are portable on purpose: llama.cpp's
-# default, -march=native, compiles Intel AMX kernels where the compiler sees AMX, and those die
-# with SIGILL on machines (VMs) whose kernel does not grant the AMX tile state to the process;
-# a wheel built with native flags would also break on any older CPU it is copied to. AVX2/FMA/
-# F16C runs on every x86-64 CPU of the last ten years. Override with LLAMA_CMAKE_ARGS=...
+# (and fresh clones on the same machine) reuse; the flags are part of the cache key. The flags
+# are portable on purpose: llama.cpp's default, -march=native, compiles Intel AMX kernels where
+# the compiler sees AMX, and those die with SIGILL on machines (VMs) whose kernel does not grant
+# the AMX tile state to the process; AVX2/FMA/F16C/BMI2 runs on every x86-64 CPU of the last ten
+# years. `make LLAMA_AVX512=1 ...` adds AVX-512 (F/CD/VL/DQ/BW), AVX512-VBMI, AVX512-VNNI,
+# AVX512-BF16 and AVX-VNNI, each only where /proc/cpuinfo shows it, AMX never (its options stay
+# off without GGML_NATIVE); such a wheel is for this CPU only. Not the default (BENCHMARKS.md,
+# "llama.cpp build for the CPU", AVX-512 + VNNI Xeon VM): no faster for the bundled Q4_1
+# SmolLM2, 1.2-1.45x faster for Q4_0 weights, but with a LoRA adapter one sequence alone decodes
+# differently from the AVX2 build and from the same sequence batched (greedy outputs part at the
+# second token; tests/runtimes/test_llamacpp_batching.py fails). GGML_CPU_ALL_VARIANTS (one
+# wheel, kernels chosen at run time) does not load with llama-cpp-python 0.3.36 (its bindings
+# never call ggml_backend_load_all), and its scoring reads CPUID, not the OS's grant, so it
+# would pick its AMX variant where CPUID shows AMX. Override with LLAMA_CMAKE_ARGS=...
 LLAMA_VERSION    := $(shell sed -n 's/^llama_cpp_python==//p' constraints.txt)
-LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+CPU_FLAGS        := $(shell grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | cut -d: -f2)
+cpu_has           = $(if $(filter-out $(CPU_FLAGS),$(1)),,yes)
+LLAMA_CPU_ARGS   := $(if $(call cpu_has,avx512f avx512cd avx512vl avx512dq avx512bw),-DGGML_AVX512=ON \
+                      $(if $(call cpu_has,avx512vbmi),-DGGML_AVX512_VBMI=ON) \
+                      $(if $(call cpu_has,avx512_vnni),-DGGML_AVX512_VNNI=ON) \
+                      $(if $(call cpu_has,avx512_bf16),-DGGML_AVX512_BF16=ON)) \
+                    $(if $(call cpu_has,avx_vnni),-DGGML_AVX_VNNI=ON)
+LLAMA_CMAKE_ARGS ?= $(strip -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
+                      $(if $(filter 1,$(LLAMA_AVX512)),$(LLAMA_CPU_ARGS)))
 LLAMA_WHEELS     := $(HOME)/.cache/modelport/wheels/llama-cpp-python-$(LLAMA_VERSION)-$(shell echo '$(LLAMA_CMAKE_ARGS)' | sha256sum | cut -c1-12)
 
 # torch==2.13.0 is the CPU build (see README).

@@ -1,7 +1,7 @@
 """Generation speed: continuous batching against the one-at-a-time path and raw llama-cpp-python.
 
     .venv/bin/python benchmarks/bench_generation.py [--threads 2] [--tokens 96] [--rounds 3]
-                                                    [--streams 1,2,4,8,16]
+                                                    [--streams 1,2,4,8,16] [--model GGUF]
 
 Measures, with the bundled SmolLM2-135M Q4_1 GGUF, greedy decoding of counting prompts of
 about 20 tokens that never end on their own, all in one run so that the machine's load falls on
@@ -26,7 +26,9 @@ every figure alike:
 4. one request of `--choices` choices (sampled, seeded): on the batching worker (the choices
    decode together from one decoding of the prompt) against the worker of one sequence (one
    choice after the other), wall time and the prompt tokens each worker decoded for it.
-`uptime`'s load average is printed with the figures: on a shared machine they move with it.
+`uptime`'s load average is printed with the figures: on a shared machine they move with it, and
+which llama.cpp build this process and the batching worker loaded (the shared library's path and
+`llama_print_system_info()`: the worker runs this interpreter, so its venv's wheel).
 """
 
 from __future__ import annotations
@@ -236,6 +238,22 @@ def sequence_state_bytes(path: str, threads: int, tokens: int) -> int:
     return size
 
 
+def llama_library(pid: int) -> str:
+    """The llama.cpp CPU library that process `pid` (or the first of its descendants that holds one)
+    has loaded: the worker's sandbox runs the server's interpreter, so this says which build it uses."""
+    pending = [pid]
+    while pending:
+        current = pending.pop(0)
+        try:
+            for line in Path(f"/proc/{current}/maps").read_text().splitlines():
+                if "libggml-cpu" in line:
+                    return line.split()[-1]
+            pending += [int(c) for c in Path(f"/proc/{current}/task/{current}/children").read_text().split()]
+        except OSError:
+            continue
+    return "?"
+
+
 def peak_rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -247,7 +265,7 @@ async def measure(args: argparse.Namespace) -> dict[str, object]:
     from llama_cpp import Llama
 
     levels = [int(x) for x in args.streams.split(",")]
-    path = gguf_path()
+    path = args.model or gguf_path()
     llm = Llama(path, n_ctx=2048, n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
     out: dict[str, object] = {"load_before": load()}
     ticks = cpu_ticks()
@@ -299,6 +317,7 @@ async def measure(args: argparse.Namespace) -> dict[str, object]:
             out["max_batch_sequences"] = health.counters.get("max_batch_sequences")
             out["cached_prompt_tokens"] = health.counters.get("cached_prompt_tokens")
             out["batched_peak_rss_mib"] = peak_rss_mib(batched.pid)
+            out["worker_library"] = llama_library(batched.pid)
             out["serial_peak_rss_mib"] = peak_rss_mib(serial.pid)
             await sup.stop(batched)
             await sup.stop(serial)
@@ -307,6 +326,10 @@ async def measure(args: argparse.Namespace) -> dict[str, object]:
     prompt_tokens = len(Llama(path, vocab_only=True, verbose=False).tokenize(prompt(0).encode()))
     out["prompt_tokens"] = prompt_tokens
     out["seq_state_bytes"] = sequence_state_bytes(path, args.threads, prompt_tokens + args.tokens)
+    import llama_cpp
+
+    out["system_info"] = llama_cpp.llama_print_system_info().decode().strip()
+    out["library"] = llama_library(os.getpid())
     out["load_after"] = load()
     out["steal"] = steal_since(ticks)
     return out
@@ -323,14 +346,18 @@ def main() -> None:
     parser.add_argument("--kv-unified", action="store_true", help="one KV cache shared by the sequences")
     parser.add_argument("--prefill-first-ms", type=int, default=None,
                         help="the deployment option prefill_first_ms (default: the runtime's default)")
+    parser.add_argument("--model", help="another GGUF file (default: the bundled SmolLM2-135M Q4_1)")
     parser.add_argument("--choices", type=int, default=4, help="n of the one request with several choices (1: skip)")
     args = parser.parse_args()
 
     r = asyncio.run(measure(args))
     raw_tps, worker_tps = float(r["raw_tps"]), float(r["worker_tps"])  # type: ignore[arg-type]
-    print(f"model: SmolLM2-135M-Instruct Q4_1, {args.threads} threads, prompts of {r['prompt_tokens']} tokens, "
+    print(f"model: {args.model or 'SmolLM2-135M-Instruct Q4_1'}, {args.threads} threads, "
+          f"prompts of {r['prompt_tokens']} tokens, "
           f"{args.tokens} tokens greedy; {os.cpu_count()} CPUs, load average before {r['load_before']}, "
           f"after {r['load_after']}; CPU steal during the run {float(r['steal']):.0%}")  # type: ignore[arg-type]
+    print(f"llama.cpp in this process: {r['library']}\n  {r['system_info']}\n"
+          f"llama.cpp in the batching worker: {r['worker_library']}")
     print(f"raw llama-cpp-python, 1 stream : {raw_tps:6.1f} tokens/s   first token {r['raw_ttft_ms']:6.1f} ms "
           f"(median of {args.rounds})")
     print(f"batching worker, 1 stream      : {worker_tps:6.1f} tokens/s   first token {r['worker_ttft_ms']:6.1f} ms"
