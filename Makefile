@@ -24,11 +24,14 @@ test: $(STAMP)
 # build training data (`training`), build the safety classifier anew (`classifier`), or cost more
 # than 30 s of CPU alone (`slow`); the classifier's graph is still built once per session (per
 # pytest-xdist worker), in a temporary MODELPORT_CACHE_DIR. One worker per CPU, a test module per
-# worker at a time (`--dist loadfile`: a module's server is started once).
+# worker at a time (`--dist loadfile`: a module's server is started once). Compiled modules and
+# pytest's rewritten test modules are cached in __pycache__ even where the shell sets
+# PYTHONDONTWRITEBYTECODE: without the cache every test server, CLI process and xdist worker compiles
+# the package again (benchmarks/bench_test_loop.py: 0.25-0.6 s CPU more a server start, 6-8 s a collection).
 test-fast: $(STAMP)
 	$(BIN)/ruff check modelport tests benchmarks tools
 	$(BIN)/mypy modelport
-	$(BIN)/python -m pytest -n auto --dist loadfile -m "not chat_model and not training and not classifier and not slow"
+	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -n auto --dist loadfile -m "not chat_model and not training and not classifier and not slow"
 
 install: $(STAMP)
 

@@ -26,10 +26,6 @@ import contextlib
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-import boto3
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
-
 from modelport.errors import ModelportError
 from modelport.kms.base import (
     KeyAccessDenied,
@@ -46,6 +42,8 @@ from modelport.kms.base import (
 )
 
 if TYPE_CHECKING:
+    from botocore.exceptions import ClientError
+
     from modelport.config import Settings
 
 DELETION_WINDOW_DAYS = 7  # the minimum AWS KMS accepts
@@ -87,6 +85,11 @@ class AwsKmsProvider:
     ) -> None:
         self.name = name
         if client is None:
+            # boto3 is imported here, not at the top: every server loads this module to call
+            # from_settings (the key provider entry point), and most configure no AWS KMS.
+            import boto3
+            from botocore.config import Config
+
             session = boto3.session.Session(
                 aws_access_key_id=aws_access_key_id,
                 aws_secret_access_key=aws_secret_access_key,
@@ -190,6 +193,8 @@ class AwsKmsProvider:
 
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError  # as boto3 in __init__
+
         try:
             yield
         except ModelportError:

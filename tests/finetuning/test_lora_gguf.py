@@ -9,13 +9,15 @@ from __future__ import annotations
 import gguf
 import numpy as np
 import pytest
-from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
 
 from modelport.finetuning.lora_gguf import build_adapter_gguf, permute_rows
 
 
 def test_q_k_permutation_is_the_inverse_of_transformers_gguf_loader() -> None:
     """transformers un-permutes Q/K when it loads a llama GGUF; we must permute LoRA B back."""
+    # Imported here: it loads torch (~2.4 s CPU), which every process collecting this module paid.
+    from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
+
     rng = np.random.default_rng(0)
     w = rng.standard_normal((576, 16)).astype(np.float32)
     undo = LlamaTensorProcessor.__new__(LlamaTensorProcessor)._reverse_permute_weights
