@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from modelport.errors import InvalidInput, RateLimited, ServiceUnavailable
 from modelport.quotas.limiter import RateLimiter, Window, request_window, storage_uri, token_window
 from modelport.quotas.rates import RateLimits
-from tests.support.redis import require_redis
+from tests.support.redis import require_redis, wait_for_private_redis
 from tests.support.server import ROOT, free_port
 
 BIG = 10**9
@@ -223,7 +223,6 @@ def test_a_redis_that_refuses_the_check_answers_503(tmp_path: Path) -> None:
     READONLY after a failover, MISCONF, BUSY) admits nothing, and the caller hears 503, as on the
     library's own path, not a 500."""
     import shutil
-    import socket
 
     server = shutil.which("redis-server")
     if server is None:
@@ -233,17 +232,7 @@ def test_a_redis_that_refuses_the_check_answers_503(tmp_path: Path) -> None:
                              "--maxmemory", "1", "--maxmemory-policy", "noeviction", "--dir", str(tmp_path)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "the private redis-server did not start"
-            time.sleep(0.1)
+        wait_for_private_redis(port)
         limiter = Limiter(storage_uri(f"redis://127.0.0.1:{port}/0"))
 
         async def run() -> None:

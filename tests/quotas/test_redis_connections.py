@@ -9,9 +9,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +17,7 @@ import pytest
 
 from modelport.quotas.limiter import RateLimiter, request_window, storage_uri
 from modelport.quotas.rates import RateLimits
-from tests.support.redis import require_redis
+from tests.support.redis import require_redis, wait_for_private_redis
 from tests.support.server import free_port
 
 
@@ -43,17 +41,7 @@ class PrivateRedis:
         self.proc = subprocess.Popen([self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                                       "--appendonly", "no", "--dir", str(self.directory)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "the private redis-server did not start"
-            time.sleep(0.05)
+        wait_for_private_redis(self.port)
 
     def stop(self) -> None:
         if self.proc is not None:
