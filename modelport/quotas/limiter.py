@@ -334,10 +334,11 @@ class _Evalsha:
     A connection goes back to the idle list only after its whole answer was read, so an idle
     one never holds a stale reply; one that failed is disconnected and returned to the pool.
     An idle connection the server closed meanwhile (a restart, a timeout) fails on its first use:
-    the call is made once more on a fresh connection (if the server ran the script before the
-    connection broke, that charges twice: refusing too much, never admitting too much; redis-py's
-    client retries the same way). An unknown digest (a restarted or flushed Redis) is answered
-    by sending the script itself (EVAL), which also caches it there again."""
+    every idle connection is dropped then and the call is made once more on a fresh connection
+    (if the server ran the script before the connection broke, that charges twice: refusing too
+    much, never admitting too much; redis-py's client retries the same way). An unknown digest
+    (a restarted or flushed Redis) is answered by sending the script itself (EVAL), which also
+    caches it there again."""
 
     def __init__(self, pool: Any, script: str) -> None:
         self.pool = pool
@@ -384,7 +385,12 @@ class _Evalsha:
                 await self._discard(conn)
                 if not reused:
                     raise
-                continue  # the server closed an idle connection: once more
+                # the server closed an idle connection (a restart, a timeout): it closed the other
+                # idle ones too, so all go, and the call is made once more on a fresh connection
+                stale, self.idle = self.idle, []
+                for other in stale:
+                    await self._discard(other)
+                continue
             except BaseException:  # cancelled or failed mid-answer: a reply may still be on its way
                 await self._discard(conn)
                 raise

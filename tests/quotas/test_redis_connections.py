@@ -84,6 +84,30 @@ def test_a_restarted_redis_is_reconnected_and_counts_from_scratch(private_redis:
     asyncio.run(run())
 
 
+def test_a_restart_after_concurrent_admissions_refuses_nothing(private_redis: PrivateRedis) -> None:
+    """Concurrent admissions leave several idle connections, all closed by a restart: the next
+    admissions, alone and concurrent, are admitted (one stale connection must not lead to trying
+    the next stale one until the attempts run out) and each is charged once."""
+    limits = RateLimits(6000, 10**9)
+    per_window = request_window(6000).amount
+    d = dep()
+
+    async def run() -> None:
+        limiter = RateLimiter(storage_uri(f"redis://127.0.0.1:{private_redis.port}/0"))
+        try:
+            await asyncio.gather(*(limiter.admit(d, limits, 1) for _ in range(8)))
+            private_redis.stop()
+            private_redis.start()
+            first = await limiter.admit(d, limits, 1)
+            assert first.remaining_requests == per_window - 1
+            decisions = await asyncio.gather(*(limiter.admit(d, limits, 1) for _ in range(8)))
+            assert sorted(x.remaining_requests for x in decisions) == list(range(per_window - 9, per_window - 1))
+        finally:
+            await limiter.close()
+
+    asyncio.run(run())
+
+
 def test_a_stopped_redis_answers_503_and_a_started_one_admits_again(private_redis: PrivateRedis) -> None:
     """Fail closed while Redis is away, and no lasting harm once it is back."""
     from modelport.errors import ServiceUnavailable
