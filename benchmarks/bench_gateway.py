@@ -50,11 +50,12 @@ Metering and the quota check, side by side with a server without them (same run)
 together, the gateway path's requests interleaved between them:
 - off:     `modelport serve` with usage events dropped and every request admitted uncounted (a
            child of this script replaces the two steps; the product has no such switch);
-- memory:  the product as shipped: usage committed before the last byte (metering/recorder.py;
-           on SQLite by the event loop itself unless the database is busy), requests and tokens
-           per minute on the in-process storage;
-- memory-thread: the same with every commit made by the writer thread (--thread-commits: the
-           path before the event loop committed itself);
+- memory:  the product as shipped: usage made durable before the last byte (metering/recorder.py;
+           on SQLite appended to the usage journal, moved into the database in groups by the
+           writer thread), requests and tokens per minute on the in-process storage;
+- memory-awaited: the same with every event's commit awaited by its request, made by the writer
+           thread (--no-journal: PostgreSQL's path; on SQLite the path before the journal, but
+           for the event loop's own commits, which the journal replaced on 2026-12-04);
 - memory-library: the same as memory with the rate limits on the `limits` library's async
            memory storage (--library-memory: the path before quotas/memory.py);
 - redis:   the same as memory with the rate limits in Redis (with --redis URL; one round trip
@@ -498,8 +499,8 @@ def serve_without(steps: set[str]) -> None:
     from modelport.metering.recorder import MeterRecorder
     from modelport.quotas.limiter import Decision, RateLimiter
 
-    if "loop-commits" in steps:  # every usage commit by the writer thread (--thread-commits)
-        MeterRecorder.commit_in_loop = False
+    if "journal" in steps:  # every usage commit awaited, made by the writer thread (--no-journal)
+        MeterRecorder.journal = False
     if "evalsha" in steps:  # the admission script through redis-py's client (--redis-client)
         init_client = RateLimiter.__init__
 
@@ -578,7 +579,7 @@ def profile_on_signals(path: str) -> None:
         return out
 
     def counters() -> dict[str, int]:
-        return {k: sum(getattr(m, k) for m in meters) for k in ("commits", "loop_commits", "checkpoints")}
+        return {k: sum(getattr(m, k) for m in meters) for k in ("commits", "replayed")}
 
     import gc
 
@@ -778,8 +779,8 @@ def metering_run(tmp: Path, args: argparse.Namespace) -> dict[str, dict[str, flo
     """Servers without metering and the quota check, with them on memory, and on Redis (--redis),
     up together so that their requests interleave."""
     configs: dict[str, dict] = {"off": {"without": "meter,quota"}, "memory": {}}
-    if args.thread_commits:
-        configs["memory-thread"] = {"without": "loop-commits"}
+    if args.no_journal:
+        configs["memory-awaited"] = {"without": "journal"}
     if args.library_memory:
         configs["memory-library"] = {"without": "own-memory"}
     if args.split:  # which of the two costs what
@@ -817,9 +818,9 @@ def main() -> int:
                         help="the server with MODELPORT_SCREENING_CASCADE=false: MiniLM screens every new text")
     parser.add_argument("--log-level", default="INFO",
                         help="the server's (INFO, the default, writes one access-log line per request)")
-    parser.add_argument("--thread-commits", action="store_true",
-                        help="also a server whose usage commits are all made by the writer thread (the path "
-                        "before the event loop committed on SQLite)")
+    parser.add_argument("--no-journal", action="store_true",
+                        help="also a server whose requests await their usage commit, made by the writer thread "
+                        "(PostgreSQL's path; SQLite's before the usage journal)")
     parser.add_argument("--library-memory", action="store_true",
                         help="also a server whose in-memory rate limits use the limits library's async memory "
                         "storage (the path before quotas/memory.py), and the same in the in-process quota check")

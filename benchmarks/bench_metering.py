@@ -1,13 +1,14 @@
-"""What exact metering costs per request: usage events committed before the answer's last byte
-(group commit, `MeterRecorder.record_durable`) against the reference of queuing the same events
-without waiting (`record`, written by the writer thread in the background), on SQLite.
+"""What exact metering costs per request: usage events made durable before the answer's last byte
+(`MeterRecorder.record_durable`) against the reference of queuing the same events without waiting
+(`record` with the journal off, written by the writer thread in the background), on SQLite.
 
-`C` concurrent "requests" each build an event and await its commit, `N` times, two ways in the
-same run: committed by the event loop itself (the product on SQLite, the writer thread taking
-over when the database is busy) and committed by the writer thread (`commit_in_loop` off: the
-path before; every event crosses to the thread and its answer back). Printed: CPU per event (the
-whole process: event loop and writer thread), events per commit, the p50 and p99 wait for the
-commit, and the ratio of CPU per event to the reference's.
+`C` concurrent "requests" each build an event and await `record_durable`, `N` times, two ways in
+the same run: appended to the usage journal, moved into the database in groups by the writer
+thread (the product on SQLite, metering/journal.py), and committed by the writer thread with the
+request awaiting the commit (`journal` off: PostgreSQL's path; every event crosses to the thread
+and its answer back). Printed: CPU per event (the whole process: event loop and writer thread,
+the move into the database included: the run ends with a flush), events per commit, the p50 and
+p99 wait, and the ratio of CPU per event to the reference's.
 
 `--aggregate N` also measures the hourly aggregation (metering/aggregation.py) of N events: CPU
 per event of `aggregate`, and of reading the same events as ORM objects (the read before) and
@@ -61,26 +62,27 @@ async def _durable(rec: MeterRecorder, events: int, concurrency: int) -> list[fl
     return waits
 
 
-def run(events: int, concurrency: int, durable: bool, synchronous: str = "NORMAL", in_loop: bool = True) -> dict:
+def run(events: int, concurrency: int, durable: bool, synchronous: str = "NORMAL", journal: bool = False) -> dict:
     with tempfile.TemporaryDirectory() as d:
         db = Database(f"sqlite:///{Path(d) / 'bench.db'}")
         if synchronous != "NORMAL":  # after the store's own settings (listeners run in order)
             event.listen(db.engine, "connect", lambda conn, _: conn.execute(f"PRAGMA synchronous={synchronous}"))
         migrate.upgrade(db.engine)
         rec = MeterRecorder(db)
-        rec.commit_in_loop = in_loop
+        rec.journal = journal
         rec.start()
         cpu0, wall0 = time.process_time(), time.perf_counter()
         waits: list[float] = []
         if durable:
             waits = asyncio.run(_durable(rec, events, concurrency))
+            rec.flush()  # the journal's move into the database is part of the cost
         else:
             for _ in range(events):
                 rec.record(_row())
             rec.flush()
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
         rec.stop()
-        commits = rec.commits + rec.loop_commits
+        commits = rec.commits
         db.dispose()
     n = (events // concurrency) * concurrency if durable else events
     out = {"cpu_us_per_event": cpu / n * 1e6, "events_per_commit": n / max(commits, 1), "wall_s": wall}
@@ -125,26 +127,27 @@ def main() -> None:
     ap.add_argument("--synchronous", choices=("NORMAL", "FULL"), default="NORMAL")
     ap.add_argument("--aggregate", type=int, default=0, metavar="N", help="also the aggregation of N events")
     a = ap.parse_args()
-    loop: list[dict] = []
+    journaled: list[dict] = []
     thread: list[dict] = []
     queued: list[dict] = []
     for _ in range(a.rounds):  # alternated, so that load from elsewhere falls on all alike
-        loop.append(run(a.events, a.concurrency, True, a.synchronous, in_loop=True))
-        thread.append(run(a.events, a.concurrency, True, a.synchronous, in_loop=False))
+        journaled.append(run(a.events, a.concurrency, True, a.synchronous, journal=True))
+        thread.append(run(a.events, a.concurrency, True, a.synchronous, journal=False))
         queued.append(run(a.events, a.concurrency, False, a.synchronous))
 
     def med(rows: list[dict], k: str) -> float:
         return statistics.median(r[k] for r in rows)
 
     q_cpu = med(queued, "cpu_us_per_event")
-    for label, rows in (("committed by the event loop", loop), ("committed by the writer thread", thread)):
+    for label, rows in (("journaled, moved in groups", journaled), ("commit awaited, writer thread", thread)):
         cpu = med(rows, "cpu_us_per_event")
-        print(f"group commit before the last byte, {label} ({a.concurrency} concurrent): {cpu:.1f} µs CPU per "
+        print(f"durable before the last byte, {label} ({a.concurrency} concurrent): {cpu:.1f} µs CPU per "
               f"event ({cpu / q_cpu:.2f}x queuing), {med(rows, 'events_per_commit'):.1f} events per commit, "
               f"wait p50 {med(rows, 'p50_ms'):.3f} ms, p99 {med(rows, 'p99_ms'):.2f} ms")
     print(f"reference, queued without waiting: {q_cpu:.1f} µs CPU per event, "
           f"{med(queued, 'events_per_commit'):.1f} events per commit")
-    print(f"loop / thread CPU per event: {med(loop, 'cpu_us_per_event') / med(thread, 'cpu_us_per_event'):.2f}x; "
+    print(f"journal / awaited commit CPU per event: "
+          f"{med(journaled, 'cpu_us_per_event') / med(thread, 'cpu_us_per_event'):.2f}x; "
           f"medians of {a.rounds} rounds of {a.events} events; SQLite synchronous={a.synchronous}; load average "
           + ", ".join(f"{x:.2f}" for x in os.getloadavg()))
     if a.aggregate:

@@ -2,7 +2,7 @@
 `bench_gateway.py --metering-only` (off, memory, optionally memory-thread and redis), each profiled
 with cProfile (its event loop's thread) while the same load runs through them, interleaved.
 
-    .venv/bin/python benchmarks/profile_metering.py [--requests 2000] [--clients 32] [--thread-commits]
+    .venv/bin/python benchmarks/profile_metering.py [--requests 2000] [--clients 32] [--no-journal]
                                                     [--redis redis://127.0.0.1:6379/15] [--top 25]
 
 Two windows, one profile each: one client sending requests one after the other (each request its
@@ -115,7 +115,7 @@ def report(out: Path, done: dict[str, dict[str, int]], top: int, gc_only: bool) 
             gc_cost = ", ".join(f"gen{i} {r} runs {t / n * 1e6:.1f} µs/req" for i, (r, t) in
                                 enumerate(zip(g["runs"], g["cpu_s"], strict=True)))
             print(f"{name:<14} {n:>6} requests; CPU µs/request by thread: {threads}; "
-                  f"commits: loop {c['loop_commits']}, writer thread {c['commits']}, checkpoints {c['checkpoints']}; "
+                  f"usage commits: {c['commits']}; "
                   f"garbage collector: {gc_cost} ({g['objects']:,} objects tracked, {g['frozen']:,} frozen)")
         if gc_only:
             continue
@@ -143,7 +143,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--thread-commits", action="store_true")
+    parser.add_argument("--no-journal", action="store_true")
     parser.add_argument("--redis", metavar="URL", default=None)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--keep", metavar="DIR", default=None, help="keep the profiles here")
@@ -152,8 +152,8 @@ def main() -> int:
                         help="no cProfile: the CPU per thread and the garbage collector's runs and time only")
     args = parser.parse_args()
     configs: dict[str, dict] = {"off": {"without": "meter,quota"}, "memory": {"without": "profile"}}
-    if args.thread_commits:
-        configs["memory-thread"] = {"without": "loop-commits"}
+    if args.no_journal:
+        configs["memory-awaited"] = {"without": "journal"}
     if args.redis:
         configs["redis"] = {"without": "profile", "env_extra": {"MODELPORT_REDIS_URL": args.redis}}
     with tempfile.TemporaryDirectory(prefix="profile-metering-") as tmp:

@@ -247,6 +247,17 @@ class UsageEvent(Base):
     aggregated: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
 
 
+class UsageJournalMark(Base):
+    """How far a usage journal (metering/journal.py: events appended before an answer's last byte,
+    moved here in groups) is in `usage_events`: its byte position, written in the same
+    transaction as the events it covers. A journal replayed after a crash adds what follows it."""
+
+    __tablename__ = "usage_journal_marks"
+
+    journal: Mapped[str] = mapped_column(String(64), primary_key=True)  # the file's name
+    position: Mapped[int] = mapped_column(BigInteger)
+
+
 class UsageMeter(Base):
     """Hourly meters, `input_tokens` and `output_tokens`, per workspace, deployment, model, offer,
     subscription and unit price (Azure's input/output token meters). Ids are "" where none."""

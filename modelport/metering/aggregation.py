@@ -1,17 +1,22 @@
 """Usage events into hourly meters, `input_tokens` and `output_tokens` (Azure's meter names).
 
-Each pass takes the events not yet aggregated (locked, skipped by a concurrent pass on another
-replica), adds them into their hour's meter rows with an upsert, and marks them aggregated, in
-one transaction: an event counts in the meters exactly once. Meter rows are kept per unit price,
-so charges stay exact when a price changes within an hour. Events are read as plain rows of the
-columns a meter needs, not ORM objects (building an object per event costs about as much as the
-rest of the pass; benchmarks/bench_metering.py --aggregate).
+The metering writer adds the events it writes into the meters in the same transaction and
+stores them aggregated (metering/recorder.py, with `add_up`): a pass here reading them back and
+marking them cost more CPU than the whole request had (BENCHMARKS.md, 2026-12-04). The passes
+take what is left (events stored before that, or by other means): each takes the events not yet
+aggregated (locked, skipped by a concurrent pass on another replica), adds them into their
+hour's meter rows with an upsert, and marks them aggregated, in one transaction: an event
+counts in the meters exactly once. Meter rows are kept per unit price, so charges stay exact
+when a price changes within an hour. Events are read as plain rows of the columns a meter needs,
+not ORM objects (building an object per event costs about as much as the rest of the pass;
+benchmarks/bench_metering.py --aggregate).
 """
 
 from __future__ import annotations
 
 import threading
 from collections import defaultdict
+from collections.abc import Iterable
 from datetime import datetime
 from decimal import Decimal
 from typing import cast
@@ -36,6 +41,22 @@ def hour_of(at: datetime) -> datetime:
     return at.replace(minute=0, second=0, microsecond=0)
 
 
+def add_up(events: Iterable[tuple]) -> dict[MeterKey, list[int]]:
+    """The meters' [quantity, requests] per key of `events`: tuples of (at, workspace_id,
+    deployment_id, model_id, offer_id, subscription_id, currency, input_tokens, input_price,
+    output_tokens, output_price). Used by the passes here and by the metering writer, which adds
+    the events it writes into the meters in the same transaction (metering/recorder.py)."""
+    sums: dict[MeterKey, list[int]] = defaultdict(lambda: [0, 0])
+    for at, ws, dep, model, offer, sub, currency, n_in, p_in, n_out, p_out in events:
+        hour = at.replace(minute=0, second=0, microsecond=0)
+        for meter, quantity, price in (("input_tokens", n_in, p_in), ("output_tokens", n_out, p_out)):
+            acc = sums[(hour, ws, dep, model, offer or "", sub or "", meter, currency or "",
+                        price if price is not None else ZERO)]
+            acc[0] += quantity
+            acc[1] += 1
+    return sums
+
+
 def aggregate(db: Database) -> int:
     """Add every event not yet aggregated into the meters; returns how many were added."""
     total = 0
@@ -58,14 +79,7 @@ def _one_pass(db: Database) -> int:
         events = s.execute(stmt).all()
         if not events:
             return 0
-        sums: dict[MeterKey, list[int]] = defaultdict(lambda: [0, 0])
-        for _, at, ws, dep, model, offer, sub, currency, n_in, p_in, n_out, p_out in events:
-            hour = at.replace(minute=0, second=0, microsecond=0)
-            for meter, quantity, price in (("input_tokens", n_in, p_in), ("output_tokens", n_out, p_out)):
-                acc = sums[(hour, ws, dep, model, offer or "", sub or "", meter, currency or "",
-                            price if price is not None else ZERO)]
-                acc[0] += quantity
-                acc[1] += 1
+        sums = add_up(tuple(e[1:]) for e in events)
         dialect = s.bind.dialect.name if s.bind is not None else "sqlite"
         insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
         table = cast(Table, UsageMeter.__table__)

@@ -6,13 +6,14 @@ the month ends or an owner raises the budget. Crossing 80% and 100% is recorded 
 once a month each, and each refusal is audited (at most once a minute per workspace and currency).
 
 The request path reads only memory: the spending of each budgeted workspace is loaded from the
-meters when its budget is set or at start, then every committed usage event adds its charge
-(`MeterRecorder.on_commit`, before the answer of the request leaves; in the thread that
-committed, often the event loop, so the audit records it leads to are written by a thread of
-their own). Other replicas' spending
-arrives with the periodic reload (every `meter_aggregate_seconds`), so with several servers a
-budget can be exceeded by what the others commit within one reload period, plus the calls in
-flight everywhere when it ran out; after one reload every server refuses.
+meters when its budget is set or at start, then every durable usage event adds its charge
+(`MeterRecorder.on_commit`, before the answer of the request leaves; on the event loop when the
+event is journaled, in the writer thread after an awaited commit, so the audit records it leads
+to are written by a thread of their own). Other replicas' spending arrives with the periodic
+reload (every `meter_aggregate_seconds`), so with several servers a budget can be exceeded by
+what the others charge within one reload period (and the metering writer's LINGER_SECONDS, while
+their journaled events are not in the database yet), plus the calls in flight everywhere when it
+ran out; after one reload every server refuses.
 """
 
 from __future__ import annotations

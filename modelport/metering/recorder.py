@@ -1,57 +1,41 @@
-"""Usage events on the request path: one per inference request that reached a worker, written
-with group commit: in the event loop itself when the store is SQLite and not busy, by one writer
-thread otherwise.
+"""Usage events on the request path: one per inference request that reached a worker, made
+durable before the last byte of its answer leaves, written to the database in group commits by one
+writer thread.
 
-`record_durable` returns once the event is committed: the handlers await it before the last
-byte of an answer leaves (the end of a non-streamed body, a stream's `[DONE]` or its final
-error event), so an answer whose last byte was sent is always billed, whatever happens to the
-server afterwards. Requests that finish in the same turn of the event loop, or while a commit is
-running, are written together in one transaction (group commit): at load, one commit serves many
-requests. `record` queues an event without waiting (a stream the client cut: nobody reads its end).
+`record_durable` returns once the event is durable: the handlers await it before the last byte
+of an answer leaves (the end of a non-streamed body, a stream's `[DONE]` or its final error
+event), so an answer whose last byte was sent is always billed, whatever happens to the server
+afterwards. `record` queues an event without waiting (a stream the client cut: nobody reads its
+end). What one event costs the request path is kept small, because every request pays it
+(benchmarks/bench_gateway.py measures it against a server without metering):
 
-A request in flight when the server dies (kill -9) has no event, or the one queued before it
-died if its commit finished: it is billed at most what was generated.
-
-What one event costs the request path is kept small, because every request pays it
-(benchmarks/bench_gateway.py measures it against a server without metering). On two cores,
-handing an event from the event loop to a thread and the answer back costs more than the commit
-itself, so:
-
-- SQLite (a file): the events of one turn of the loop are committed by the loop, on a connection
-  of its own that never waits for a lock (busy_timeout 0) and never checkpoints
-  (wal_autocheckpoint 0): a commit is an INSERT and a write into the WAL file, tens of
-  microseconds. The loop never opens that connection (taking it from the pool may wait): `start`
-  does, before any request, and the writer thread does again after the database refused a write
-  on it; meanwhile the loop's groups go to the thread. After a checkpoint the thread makes the next
-  write (SQLite syncs the WAL's header when it starts the file over: that fsync is the thread's).
-  If the database is busy (another writer holds the lock: the writer thread, a control-plane
-  write, another server) or refuses the write, nothing of it was written and the events go to
-  the writer thread, which waits for the lock and retries; the requests wait for it.
-  The writer thread runs the checkpoints the loop's connection does not: PASSIVE every
-  CHECKPOINT_EVERY commits of the loop and RESTART every RESTART_EVERY, so the WAL stays bounded;
-- PostgreSQL (a commit is a network round trip: it must not hold the loop), and SQLite while
-  the writer thread has a refused backlog: the request path puts the event on a
+- SQLite in a file (the embedded default): the event is appended to this process's usage journal
+  (metering/journal.py: one `write` of a line of ids and counts; durable against kill -9, as a
+  SQLite commit with synchronous=NORMAL is) and the request goes on at once. The writer thread
+  moves journaled events into `usage_events` in groups, LINGER_SECONDS apart at most (a flush
+  does not wait), with the journal's position in `usage_journal_marks` in the same transaction;
+  the next server replays what a crash left. A database that refuses writes delays the move, not
+  the answers: the events are in the journal. Committing each event in SQLite instead (the event
+  loop committed each turn's group until 2026-12-04) cost 31-41 µs a commit plus its share of
+  checkpoints at one client, over the 50 µs budget for metering and the quota check together;
+- PostgreSQL (a commit is a network round trip, and the store is the durable place, not a local
+  file), an in-memory SQLite, and with `journal = False`: the request path puts the event on a
   `queue.SimpleQueue` (C code, no lock of ours) and awaits a future; the writer thread wakes,
   drains the queue, writes, and resolves the futures of a commit with one wake-up of their event
-  loop, not one per future;
-- both writers own one DB-API connection for their life and write each group with the driver's
-  own `executemany` of one prepared INSERT and a commit (no SQLAlchemy connection checkout,
-  reset or statement execution per group: those cost more than the write itself). Values are
-  converted by the columns' own SQLAlchemy bind processors, so rows are stored exactly as the
-  ORM stores them (UTC datetimes, Decimal prices as text);
-- on SQLite the connections have the store's settings (WAL, synchronous=NORMAL, db/engine.py): a
-  commit is a write into the WAL file, not an fsync. A committed event survives the process
-  being killed (kill -9: the WAL is in the operating system's cache; tests/metering/
-  test_kill9.py), not a power cut or a kernel crash since the last checkpoint. PostgreSQL keeps
-  its own durability settings.
+  loop, not one per future. If the database refuses a write, the events stay queued and are tried
+  again every RETRY_SECONDS; the requests waiting on them get ServiceUnavailable (their answers
+  are not sent): all of them, however many events the writer already holds;
+- the writer owns one DB-API connection for its life and writes each group with the driver's own
+  `executemany` of one prepared INSERT and a commit (no SQLAlchemy connection checkout, reset or
+  statement execution per group: those cost more than the write itself). Values are converted by
+  the columns' own SQLAlchemy bind processors, so rows are stored exactly as the ORM stores them
+  (UTC datetimes, Decimal prices as text).
 
-`on_commit` hears of every committed group before its requests are answered, in the thread that
-committed it (the event loop's or the writer's): it must not block (budgets count in memory and
-hand their audit writes to a thread).
-
-If the database refuses a write, the events stay queued and are tried again every
-RETRY_SECONDS; the requests waiting on them get ServiceUnavailable (their answers are not sent):
-all of them, however many events the writer already holds.
+`on_commit` hears of every event once it is durable, before its request is answered: journaled
+events in the request's thread as they are appended, others in the writer thread after their
+commit. It must not block (budgets count in memory and hand their audit writes to a thread).
+Events replayed from a crashed server's journal are not told (budgets reload their spending from
+the meters).
 """
 
 from __future__ import annotations
@@ -59,7 +43,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -71,8 +54,10 @@ from sqlalchemy import Table
 
 from modelport.db.base import utcnow
 from modelport.db.engine import Database
-from modelport.db.tables import UsageEvent
+from modelport.db.tables import UsageEvent, UsageMeter
 from modelport.errors import ServiceUnavailable
+from modelport.metering.aggregation import add_up
+from modelport.metering.journal import Journal, Position, journal_dir
 from modelport.offload import run_blocking
 
 log = logging.getLogger("modelport.metering")
@@ -81,23 +66,15 @@ log = logging.getLogger("modelport.metering")
 MAX_BATCH = 2000
 #: How long a failed write waits before it is tried again.
 RETRY_SECONDS = 0.5
-#: The event loop's commits between two PASSIVE checkpoints by the writer thread (SQLite). While
-#: the loop keeps committing, a PASSIVE one seldom catches up with the end of the WAL, so the file
-#: is not started over; it moves pages into the database without holding anyone up.
-CHECKPOINT_EVERY = 500
-#: ... and between two RESTART checkpoints: writers wait for it (the loop hands its groups to the
-#: writer thread meanwhile) and the next write starts the WAL file from its beginning, which
-#: bounds it (about 13 MB at 1 client, a commit per event; tests/metering/test_recorder.py). Each
-#: checkpoint costs two fsyncs and copies the pages the commits since the last one touched (the
-#: same few pages, appended to, again and again): every 100/200 commits cost 64.3 µs CPU per event
-#: at one client (a WAL of about 3 MB), every 500/1000 55.0 µs (a WAL of about 13 MB; BENCHMARKS.md,
-#: 2026-12-03 meter-h).
-RESTART_EVERY = 1000
-#: How long a RESTART checkpoint waits for readers (it holds off writers meanwhile).
-RESTART_WAIT_MS = 100
+#: How long the writer thread lets journaled events gather before it moves them (a flush or a
+#: stop does not wait): at one client about 70 events a transaction instead of one.
+LINGER_SECONDS = 0.05
 
 Waiter = tuple[asyncio.AbstractEventLoop, asyncio.Future]
 Row = dict[str, Any]
+#: A queued event: the row, the future of a request awaiting its commit (None: nobody waits or it
+#: is journaled) and its journal position (None: not journaled).
+Item = tuple[Row, Waiter | None, Position | None]
 
 
 def usage_row(*, workspace_id: str, deployment_id: str, model_id: str, api: str, input_tokens: int,
@@ -124,17 +101,9 @@ class _Stop:
     """A mark in the queue: the writer commits what came before it, then ends."""
 
 
-class _Checkpoint:
-    """A mark in the queue: the writer thread checkpoints the WAL (SQLite, after the loop's commits)."""
-
-    __slots__ = ("mode",)
-
-    def __init__(self, mode: str) -> None:
-        self.mode = mode  # PASSIVE | RESTART
-
-
 class _Insert:
-    """The usage-event INSERT in the driver's own dialect, with the columns' bind processors."""
+    """The usage-event INSERT in the driver's own dialect, with the columns' bind processors, and
+    the journal mark's upsert (SQLite and PostgreSQL share its syntax)."""
 
     def __init__(self, db: Database) -> None:
         dialect = db.engine.dialect
@@ -148,218 +117,166 @@ class _Insert:
                     f"VALUES ({', '.join(mark for _ in columns)})")
         self.processors = [(i, p) for i, c in enumerate(columns)
                            if (p := c.type.dialect_impl(dialect).bind_processor(dialect)) is not None]
+        self.aggregated = self.names.index("aggregated")
+        self.aggregated_true = next((p(True) for i, p in self.processors if i == self.aggregated), True)
+        # the events' sums into their hourly meters (metering/aggregation.py), in the same transaction
+        meters = cast(Table, UsageMeter.__table__)
+        meter_columns = [c for c in meters.columns if c.name != "id"]
+        key = [c.name for c in meter_columns if c.name not in ("quantity", "requests")]
+        self.meter_sql = (f"INSERT INTO {meters.name} ({', '.join(c.name for c in meter_columns)}) "  # noqa: S608
+                          f"VALUES ({', '.join(mark for _ in meter_columns)}) "
+                          f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET "
+                          f"quantity = {meters.name}.quantity + excluded.quantity, "
+                          f"requests = {meters.name}.requests + excluded.requests")
+        self.meter_processors = [(i, p) for i, c in enumerate(meter_columns)
+                                 if (p := c.type.dialect_impl(dialect).bind_processor(dialect)) is not None]
+        self.mark_sql = (f"INSERT INTO usage_journal_marks (journal, position) VALUES ({mark}, {mark}) "  # noqa: S608
+                         "ON CONFLICT (journal) DO UPDATE SET position = excluded.position")
+        self.mark_read = f"SELECT position FROM usage_journal_marks WHERE journal = {mark}"  # noqa: S608
+        self.mark_delete = f"DELETE FROM usage_journal_marks WHERE journal = {mark}"  # noqa: S608
 
     def params(self, rows: list[Row]) -> list[list[Any]]:
-        names, processors = self.names, self.processors
+        """The INSERT's parameters: each event stored aggregated (its meters are in `meter_params`)."""
+        names, processors, aggregated, done = self.names, self.processors, self.aggregated, self.aggregated_true
         out = []
         for r in rows:
             values = [r[n] for n in names]
             for i, p in processors:
                 values[i] = p(values[i])
+            values[aggregated] = done
+            out.append(values)
+        return out
+
+    def meter_params(self, rows: list[Row]) -> list[list[Any]]:
+        """The upserts of the events' hourly meters, in key order (two writers on PostgreSQL lock
+        meter rows in the same order: no deadlock)."""
+        sums = add_up((r["at"], r["workspace_id"], r["deployment_id"], r["model_id"], r["offer_id"],
+                       r["subscription_id"], r["currency"], r["input_tokens"], r["input_price"], r["output_tokens"],
+                       r["output_price"]) for r in rows)
+        out = []
+        for k in sorted(sums):
+            values = [*k, *sums[k]]
+            for i, p in self.meter_processors:
+                values[i] = p(values[i])
             out.append(values)
         return out
 
 
-def _is_busy(exc: sqlite3.Error) -> bool:
-    """SQLITE_BUSY or SQLITE_LOCKED, extended codes included: another connection holds the lock."""
-    return getattr(exc, "sqlite_errorcode", 0) & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
-
-
-def loop_commits_possible(db: Database) -> bool:
-    """The event loop may commit usage events itself: a SQLite database in a file (a commit is a
-    write into the WAL, not a network round trip; an in-memory database has one connection)."""
+def journal_possible(db: Database) -> bool:
+    """Usage events may be journaled: a SQLite database in a file (the journal lies beside it; an
+    in-memory database has nowhere to replay into)."""
     url = db.engine.url
     return url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
 
 
-class _LoopWriter:
-    """The event loop's own SQLite connection: commits a group at once or not at all (never waits
-    for a lock, never checkpoints). Used by one thread at a time (a lock taken without waiting)."""
-
-    def __init__(self, db: Database, insert: _Insert) -> None:
-        self.db = db
-        self.insert = insert
-        self.lock = threading.Lock()
-        self._proxy: Any = None  # the pool's wrapper, detached: closing it closes the connection
-        self._conn: sqlite3.Connection | None = None
-        self.closed = False
-        self.commits = 0
-        # After a checkpoint the writer thread makes the next write (SQLite syncs the WAL's header
-        # when it starts the file over: that fsync must not fall on the loop); set by the loop
-        # when it asks for a checkpoint, cleared by the thread after its first write since.
-        self.thread_turn = False
-
-    @property
-    def needs_connection(self) -> bool:
-        return self._conn is None and not self.closed
-
-    def open(self) -> None:
-        """Open the loop's connection: on the writer thread, never on the loop (taking it from the
-        pool may wait for a free one, and the store's settings wait for the lock)."""
-        with self.lock:
-            if self._conn is not None or self.closed:
-                return
-            proxy = self.db.engine.raw_connection()  # with the store's settings (db/engine.py)
-            conn = cast(sqlite3.Connection, proxy.driver_connection)
-            proxy.detach()  # never back to the pool with the settings below
-            conn.execute("PRAGMA busy_timeout=0")
-            conn.execute("PRAGMA wal_autocheckpoint=0")
-            self._proxy, self._conn = proxy, conn
-
-    def write(self, rows: list[Row]) -> bool:
-        """Commit `rows` in one transaction; False if nothing was written (busy, refused, in use)."""
-        if not self.lock.acquire(blocking=False):
-            return False
-        try:
-            conn = self._conn
-            if conn is None or self.thread_turn:  # stopped, not open yet, or after a checkpoint
-                return False
-            try:
-                conn.executemany(self.insert.sql, self.insert.params(rows))
-                conn.commit()
-            except sqlite3.Error as exc:
-                try:
-                    conn.rollback()
-                except sqlite3.Error:
-                    pass
-                if not _is_busy(exc):  # refused (the writer thread logs it): a fresh connection next time
-                    self._discard()
-                return False
-            self.commits += 1
-            return True
-        finally:
-            self.lock.release()
-
-    def close(self) -> None:
-        with self.lock:
-            self.closed = True
-            self._discard()
-
-    def _discard(self) -> None:
-        proxy, self._proxy, self._conn = self._proxy, None, None
-        if proxy is not None:
-            try:
-                proxy.close()
-            except Exception:
-                log.exception("could not close the metering connection of the event loop")
-
-
 class MeterRecorder:
-    """Writes usage events in group commits: from the event loop (SQLite, not busy) or one thread."""
+    """Makes usage events durable on the request path (the journal, or a commit awaited) and writes
+    them in group commits from one thread."""
 
-    #: Whether the event loop may commit (SQLite); False sends every event through the writer
-    #: thread (benchmarks/bench_metering.py and bench_gateway.py --thread-commits compare them).
-    commit_in_loop = True
+    #: Whether events are journaled where the store allows it (SQLite in a file); False sends every
+    #: event through the writer thread with a future to await (benchmarks/bench_gateway.py
+    #: --no-journal compares them).
+    journal = True
 
     def __init__(self, db: Database, on_commit: Callable[[list[Row]], None] | None = None,
                  on_record: Callable[[Row], None] | None = None) -> None:
         self.db = db
-        self.on_commit = on_commit  # told of every committed batch (budgets count spending from it)
+        self.on_commit = on_commit  # told of every durable event (budgets count spending from it)
         # told of every event as it is recorded, on the request path, in the request's context
         # (tokens per minute are settled from it: quotas/settle.py)
         self.on_record = on_record
-        self._queue: queue.SimpleQueue[tuple[Row, Waiter | None] | _Barrier | _Stop | _Checkpoint] = (
-            queue.SimpleQueue())
+        self._queue: queue.SimpleQueue[Item | _Barrier | _Stop] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._wake = threading.Event()  # ends the writer's linger (a flush, a stop)
         self._inline = threading.Lock()  # without the thread: one inline writer at a time
         self._insert: _Insert | None = None
         self._conn: Any = None  # the writer's DB-API connection (a pooled one, held for its life)
-        self._loop_writer: _LoopWriter | None = None  # while the writer thread runs, on SQLite
-        self._batches: dict[asyncio.AbstractEventLoop, list[tuple[Row, asyncio.Future]]] = {}
+        self._journal: Journal | None = None  # while the writer runs, on a SQLite file
+        self._replayed = False  # this writer looked for crashed servers' journals
         self._failing = False  # the writer thread holds events the database refused
-        self._tasks: set[asyncio.Task] = set()
-        self.commits = 0  # transactions written by the writer thread (the benchmarks report events per commit)
-        self.loop_commits = 0  # ... and by the event loop
-        self.checkpoints = 0  # WAL checkpoints the writer thread ran for the loop's connection
+        self.commits = 0  # transactions written (the benchmarks report events per commit)
+        self.replayed = 0  # events of crashed servers' journals moved by this recorder
 
     # -- the request path -----------------------------------------------------------------
 
     def record(self, row: Row) -> None:
-        """Queue an event; it is written with the next commit."""
+        """Queue an event; it is written with the next commit (journaled first where it can be)."""
         if self.on_record is not None:
             self.on_record(row)
-        self._queue.put((row, None))
+        journal = self._journal
+        if journal is not None:
+            try:
+                journal.append(row, lambda pos: self._queue.put((row, None, pos)))
+                self._committed([row])
+                return
+            except OSError:
+                log.exception("could not append to the usage journal; the event goes to the writer alone")
+        self._queue.put((row, None, None))
 
     async def record_durable(self, row: Row) -> None:
-        """Queue an event and return once it is committed (raises ServiceUnavailable if the
-        database refused it; the event stays queued and is written when the database is back)."""
+        """Make an event durable and return (journaled; or committed, awaited). Raises
+        ServiceUnavailable if it could not be: the answer must not be sent (a refused commit's
+        event stays queued and is written when the database is back)."""
         if self.on_record is not None:
             self.on_record(row)
+        journal = self._journal
+        if journal is not None:
+            try:
+                journal.append(row, lambda pos: self._queue.put((row, None, pos)))
+            except OSError:
+                log.exception("could not append to the usage journal")
+                raise ServiceUnavailable("Usage could not be recorded; the answer was not sent. Retry.") from None
+            self._committed([row])
+            return
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        if self._loop_writer is not None and not self._failing:
-            batch = self._batches.get(loop)
-            if batch is None:  # the first of this turn of the loop: commit the group at the end of it
-                batch = self._batches[loop] = []
-                loop.call_soon(self._commit_in_loop, loop)
-            batch.append((row, fut))
-        else:
-            self._queue.put((row, (loop, fut)))
-            if self._thread is None:  # not started (a test app without lifespan): write now
-                await run_blocking(self.flush)
-        await fut
-
-    def _commit_in_loop(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Commit the loop's group now, or hand it to the writer thread if the database is busy."""
-        batch = self._batches.pop(loop, [])
-        rows = [r for r, _ in batch]
-        writer = self._loop_writer
-        if writer is not None and writer.write(rows):
-            self.loop_commits += 1
-            self._committed(rows)
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_result(None)
-            n = writer.commits
-            if n % CHECKPOINT_EVERY == 0:
-                writer.thread_turn = True
-                self._queue.put(_Checkpoint("RESTART" if n % RESTART_EVERY == 0 else "PASSIVE"))
-            return
-        for row, fut in batch:  # nothing was written: the writer thread waits for the lock
-            self._queue.put((row, (loop, fut)))
-        if self._thread is None:  # stopped meanwhile (shutdown): write inline, off the loop
-            task = loop.create_task(self._flush_quietly())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _flush_quietly(self) -> None:
-        try:
+        self._queue.put((row, (loop, fut), None))
+        if self._thread is None:  # not started (a test app without lifespan): write now
             await run_blocking(self.flush)
-        except ServiceUnavailable:  # the waiting requests were told
-            log.warning("usage events could not be written at shutdown; they stay queued")
+        await fut
 
     # -- the writer -------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the writer thread (and, on SQLite, open the loop's connection: at startup, before
-        any request; if that fails, or the connection is later refused, the thread opens it)."""
+        """Start the writer thread (and, on a SQLite file, this process's journal; crashed
+        servers' journals are replayed by the thread)."""
         if self._thread is None:
-            if self.commit_in_loop and loop_commits_possible(self.db):
-                writer = _LoopWriter(self.db, self._statement())
-                try:
-                    writer.open()
-                except Exception:
-                    log.warning("could not open the event loop's metering connection; the writer thread "
-                                "commits until it can", exc_info=True)
-                self._loop_writer = writer
+            if self.journal and journal_possible(self.db):
+                journal = Journal(journal_dir(str(self.db.engine.url.database)))
+                journal.open()
+                self._journal = journal
+                self._replayed = False
             self._thread = threading.Thread(target=self._run, name="metering-writer", daemon=True)
             self._thread.start()
 
     def stop(self) -> None:
-        """Write what is queued, then stop the writer."""
-        writer, self._loop_writer = self._loop_writer, None
-        if writer is not None:  # groups the loops have not committed yet go to the thread
-            writer.close()
+        """Write what is queued, then stop the writer (the journal goes once all of it is written;
+        if the database refused the rest, it stays for the next server to replay)."""
+        journal, self._journal = self._journal, None  # new events go to the queue from here on
         thread = self._thread
         if thread is not None:
             self._queue.put(_Stop())
+            self._wake.set()
             thread.join(timeout=30)
             if thread.is_alive():  # the database refuses the rest: the writer keeps trying until exit
                 log.error("usage events could not be written before shutdown; the writer keeps trying")
+                if journal is not None:
+                    journal.close(delete=False)
                 return
             self._thread = None
-        self.flush()  # what was queued after the stop mark (and the flushes that waited behind it)
-        self._close()
+        try:
+            self.flush()  # what was queued after the stop mark (and the flushes that waited behind it)
+        finally:
+            if journal is not None:
+                moved = not self._failing  # everything queued is in the database
+                if moved:
+                    for name in list(journal.finished):  # rotated ones the last writes finished
+                        journal.delete(name)
+                        self._drop_mark(name)
+                journal.close(delete=moved)
+                if moved:
+                    self._drop_mark(journal.name)
+            self._close()
 
     def flush(self, timeout: float = 30.0) -> None:
         """Return once every event queued before the call is committed (raises ServiceUnavailable
@@ -368,11 +285,12 @@ class MeterRecorder:
         if thread is not None and thread.is_alive():
             barrier = _Barrier()
             self._queue.put(barrier)
+            self._wake.set()
             if not barrier.event.wait(timeout):
                 raise ServiceUnavailable("Usage could not be recorded yet (the database refused it); retry shortly.")
             return
         with self._inline:  # no writer: write inline
-            backlog: list[tuple[Row, Waiter | None]] = []
+            backlog: list[Item] = []
             barriers: list[_Barrier] = []
             while True:
                 self._drain(backlog, barriers, block=False)
@@ -380,17 +298,17 @@ class MeterRecorder:
                     break
                 batch, backlog[:] = backlog[:MAX_BATCH], backlog[MAX_BATCH:]
                 if not self._write(batch):
-                    for row, _ in batch + backlog:  # kept for a later flush (their waiters were told)
-                        self._queue.put((row, None))
+                    for row, _, pos in batch + backlog:  # kept for a later flush (their waiters were told)
+                        self._queue.put((row, None, pos))
                     raise ServiceUnavailable("Usage could not be recorded (the database refused it); retry shortly.")
             for b in barriers:
                 b.event.set()
 
-    def _drain(self, backlog: list[tuple[Row, Waiter | None]], barriers: list[_Barrier], *, block: bool,
-               checkpoints: list[str] | None = None, everything: bool = False) -> bool:
+    def _drain(self, backlog: list[Item], barriers: list[_Barrier], *, block: bool,
+               everything: bool = False) -> bool:
         """Move queued events into `backlog` (until it holds MAX_BATCH, or all of them with
-        `everything`; waiting for the first one if `block`), barriers into `barriers`, checkpoint
-        marks into `checkpoints`; False once a stop mark was taken."""
+        `everything`; waiting for the first one if `block`), barriers into `barriers`; False once
+        a stop mark was taken."""
         get, get_nowait = self._queue.get, self._queue.get_nowait
         try:
             item = get() if block else get_nowait()
@@ -399,9 +317,6 @@ class MeterRecorder:
                     backlog.append(item)
                 elif isinstance(item, _Barrier):
                     barriers.append(item)
-                elif isinstance(item, _Checkpoint):
-                    if checkpoints is not None:
-                        checkpoints.append(item.mode)
                 else:
                     return False
                 if len(backlog) >= MAX_BATCH and not everything:
@@ -411,26 +326,24 @@ class MeterRecorder:
             return True
 
     def _run(self) -> None:
-        backlog: list[tuple[Row, Waiter | None]] = []
+        backlog: list[Item] = []
         barriers: list[_Barrier] = []
-        checkpoints: list[str] = []
         running = True
-        checkpointed = False  # a checkpoint ran and this thread has not written since
         while running or backlog:
-            loop_writer = self._loop_writer
-            if loop_writer is not None and loop_writer.needs_connection and not backlog and not self._failing:
-                # between groups (a group in hand is written first): at start, and after the loop's
-                # connection was refused and discarded
-                try:
-                    loop_writer.open()
-                except Exception:  # the loop keeps handing its groups to this thread
-                    log.warning("could not open the event loop's metering connection", exc_info=True)
+            if self._journal is not None and not self._replayed and not backlog:
+                self._replay(backlog)
             if running:
                 # while the database refuses, take everything queued: every waiting request is told
-                running = self._drain(backlog, barriers, block=not backlog, checkpoints=checkpoints,
-                                      everything=self._failing)
-            if checkpoints and not backlog:
-                checkpointed = self._checkpoint_asked(checkpoints)
+                running = self._drain(backlog, barriers, block=not backlog, everything=self._failing)
+                if running and backlog and not barriers and not self._failing and backlog[-1][1] is None:
+                    # nobody waits on these: let the next ones join them (a flush or a stop wakes
+                    # us: it queues its mark, then sets the event; a mark queued before the clear
+                    # is taken by the drain after it)
+                    self._wake.clear()
+                    running = self._drain(backlog, barriers, block=False)
+                    if running and not barriers:
+                        self._wake.wait(LINGER_SECONDS)
+                        running = self._drain(backlog, barriers, block=False)
             if not backlog:
                 for b in barriers:
                     b.event.set()
@@ -439,25 +352,78 @@ class MeterRecorder:
             batch = backlog[:MAX_BATCH]
             if self._write(batch):
                 del backlog[:len(batch)]
-                if checkpointed:  # this write started the WAL over (and synced it): the loop may write again
-                    checkpointed = False
-                    if loop_writer is not None:
-                        loop_writer.thread_turn = False
                 if not backlog:
                     for b in barriers:
                         b.event.set()
                     barriers.clear()
-                    if checkpoints:  # its requests are answered: checkpoint before waiting for more
-                        checkpointed = self._checkpoint_asked(checkpoints)
             else:
                 # the batch's requests were answered with an error by _write; so are the others
                 # held here, and their events stay queued for the next try
                 _resolve_all(backlog[len(batch):], ServiceUnavailable(
                     "Usage could not be recorded; the answer was not sent. Retry."))
-                backlog[:] = [(row, None) for row, _ in backlog]
+                backlog[:] = [(row, None, pos) for row, _, pos in backlog]
                 time.sleep(RETRY_SECONDS)
         for b in barriers:
             b.event.set()
+
+    def _replay(self, backlog: list[Item]) -> None:
+        """Crashed servers' journals into `backlog`, from their marks on (once per start; tried
+        again at the next write while the database cannot be read)."""
+        journal = self._journal
+        assert journal is not None
+        try:
+            conn = self._connection()
+            assert self._insert is not None
+            cursor = conn.cursor()
+            try:
+                for name, fd in journal.orphans():
+                    cursor.execute(self._insert.mark_read, (name,))
+                    found = cursor.fetchone()
+                    events = journal.replay(name, fd, int(found[0]) if found else 0)
+                    if events:
+                        log.info("replaying %d usage event(s) of the journal %s (a server that did not stop cleanly)",
+                                 len(events), name)
+                        backlog.extend((row, None, pos) for row, pos in events)
+                        self.replayed += len(events)
+                    else:
+                        self._forget(name)
+                # marks of journals that are gone (deleted before their mark, a crash between)
+                cursor.execute("SELECT journal FROM usage_journal_marks")
+                present = {p.name for p in journal.dir.iterdir()}
+                for (name,) in cursor.fetchall():
+                    if name not in present:
+                        cursor.execute(self._insert.mark_delete, (name,))
+            finally:
+                cursor.close()
+            conn.commit()
+            self._replayed = True
+        except Exception:
+            log.exception("could not replay the usage journals of stopped servers; trying again later")
+            self._discard_connection()
+            time.sleep(RETRY_SECONDS)
+
+    def _forget(self, name: str) -> None:
+        """A finished journal all in the database: the file goes, then its mark."""
+        journal = self._journal
+        if journal is None or name not in journal.finished:
+            return
+        journal.delete(name)
+        self._drop_mark(name)
+
+    def _drop_mark(self, name: str) -> None:
+        """The mark of a journal that is gone (if this fails, the next replay drops it)."""
+        try:
+            conn = self._connection()
+            assert self._insert is not None
+            cursor = conn.cursor()
+            try:
+                cursor.execute(self._insert.mark_delete, (name,))
+            finally:
+                cursor.close()
+            conn.commit()
+        except Exception:
+            log.warning("could not drop the mark of a moved usage journal; the next start does", exc_info=True)
+            self._discard_connection()
 
     def _statement(self) -> _Insert:
         if self._insert is None:
@@ -470,32 +436,6 @@ class MeterRecorder:
             self._statement()
         return self._conn
 
-    def _checkpoint_asked(self, checkpoints: list[str]) -> bool:
-        """Run the checkpoint the loop asked for (the strongest of those pending); True: ran."""
-        self._checkpoint("RESTART" if "RESTART" in checkpoints else "PASSIVE")
-        checkpoints.clear()
-        return True
-
-    def _checkpoint(self, mode: str) -> None:
-        """Checkpoint the WAL for the loop's connection, which never does (SQLite). A RESTART waits
-        for readers at most RESTART_WAIT_MS (writers wait meanwhile); what it cannot do, the next one does."""
-        try:
-            cursor = self._connection().cursor()
-            try:
-                if mode == "RESTART":
-                    cursor.execute(f"PRAGMA busy_timeout={RESTART_WAIT_MS}")
-                try:
-                    cursor.execute(f"PRAGMA wal_checkpoint({mode})")
-                    cursor.fetchall()
-                    self.checkpoints += 1
-                finally:
-                    if mode == "RESTART":
-                        cursor.execute("PRAGMA busy_timeout=10000")  # the store's setting (db/engine.py)
-            finally:
-                cursor.close()
-        except Exception:
-            log.warning("could not checkpoint the usage store's WAL; the next checkpoint tries again", exc_info=True)
-
     def _close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
@@ -504,32 +444,49 @@ class MeterRecorder:
             except Exception:
                 log.exception("could not close the metering connection")
 
-    def _write(self, batch: list[tuple[Row, Waiter | None]]) -> bool:
-        rows = [r for r, _ in batch]
+    def _discard_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.invalidate()  # a fresh connection for the next try
+            except Exception:
+                log.exception("could not discard the metering connection")
+
+    def _write(self, batch: list[Item]) -> bool:
+        rows = [r for r, _, _ in batch]
+        marks: dict[str, int] = {}
+        for _, _, pos in batch:
+            if pos is not None and pos[1] > marks.get(pos[0], -1):
+                marks[pos[0]] = pos[1]
         try:
             conn = self._connection()
             assert self._insert is not None
             cursor = conn.cursor()
             try:
                 cursor.executemany(self._insert.sql, self._insert.params(rows))
+                cursor.executemany(self._insert.meter_sql, self._insert.meter_params(rows))
+                if marks:
+                    cursor.executemany(self._insert.mark_sql, list(marks.items()))
             finally:
                 cursor.close()
             conn.commit()
         except Exception:
             log.exception("could not write usage events; they stay queued")
-            conn, self._conn = self._conn, None
-            if conn is not None:
-                try:
-                    conn.invalidate()  # a fresh connection for the next try
-                except Exception:
-                    log.exception("could not discard the metering connection")
+            self._discard_connection()
             self._failing = True  # new events go to this thread until the database takes them
             _resolve_all(batch, ServiceUnavailable("Usage could not be recorded; the answer was not sent. Retry."))
             return False
         self._failing = False
         self.commits += 1
-        self._committed(rows)
+        told = [r for r, _, pos in batch if pos is None]  # journaled events were told when appended
+        if told:
+            self._committed(told)
         _resolve_all(batch, None)
+        journal = self._journal
+        if journal is not None:
+            for name, position in marks.items():
+                if journal.moved(name, position):
+                    self._forget(name)
         return True
 
     def _committed(self, rows: list[Row]) -> None:
@@ -540,10 +497,10 @@ class MeterRecorder:
                 log.exception("usage commit listener failed")
 
 
-def _resolve_all(batch: list[tuple[Row, Waiter | None]], exc: BaseException | None) -> None:
+def _resolve_all(batch: list[Item], exc: BaseException | None) -> None:
     """Settle the futures of a batch: one wake-up per event loop, whatever the batch's size."""
     by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future]] = {}
-    for _, w in batch:
+    for _, w, _ in batch:
         if w is not None:
             by_loop.setdefault(w[0], []).append(w[1])
     for loop, futures in by_loop.items():

@@ -5,7 +5,8 @@ its BudgetService), and the other servers' charges when it reloads the budgets f
 every MODELPORT_METER_AGGREGATE_SECONDS. So once a workspace's budget is spent through one
 server, that server refuses the next call at once; another server admits calls until its next
 reload: the overshoot is at most what the other servers commit within one reload period (plus
-the calls already admitted everywhere when the budget ran out). After one reload, every server
+the metering writer's LINGER_SECONDS, during which a server's journaled events are not in the
+database yet, and the calls already admitted everywhere when the budget ran out). After one reload, every server
 refuses.
 
 Two servers are modelled in this process by two sets of the real services (writer, usage,
@@ -106,7 +107,11 @@ def test_overshoot_is_bounded_by_one_reload_of_the_other_servers(db: Database) -
         # B has not reloaded yet: it admits, and what it commits counts at once on B only
         b.call(route)  # B admits: it knows of its own charges only
         assert b.admits(route)
-        b.budgets.load()  # the periodic reload (every MODELPORT_METER_AGGREGATE_SECONDS)
+        # the periodic reload (every MODELPORT_METER_AGGREGATE_SECONDS, 30 s by default): by then
+        # each server has moved its journaled events into the database (within LINGER_SECONDS)
+        a.recorder.flush()
+        b.recorder.flush()
+        b.budgets.load()
         a.budgets.load()
         assert not a.admits(route) and not b.admits(route)  # after one reload every server refuses
         spent = b.budgets.usage.spent(ws, "USD", _month_start())
