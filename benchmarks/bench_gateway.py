@@ -775,6 +775,13 @@ def report(results: dict[str, dict[str, float]], n: int, clients: int) -> bool:
     return ok_latency and ok_rps
 
 
+#: The metering servers' pools stay at one instance: a pool grows at 32 clients and shrinks when
+#: idle, and the gateway's CPU for starting and stopping worker instances (sandbox set-up in its
+#: threads) fell into one server's window and not another's, by chance (+-40 µs per request
+#: between runs at 1 client, 2026-12-04).
+METERING_ENV = {"MODELPORT_POOL_MAX_INSTANCES": "1"}
+
+
 def metering_run(tmp: Path, args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """Servers without metering and the quota check, with them on memory, and on Redis (--redis),
     up together so that their requests interleave."""
@@ -793,6 +800,7 @@ def metering_run(tmp: Path, args: argparse.Namespace) -> dict[str, dict[str, flo
     try:
         for name, kw in configs.items():
             print(f"starting the server '{name}' (metering and the quota check: {name})...", file=sys.stderr)
+            kw["env_extra"] = {**METERING_ENV, **kw.get("env_extra", {})}
             setups[name] = Setup(tmp / f"home-{name}", args.log_level, proxy=False, **kw)
         return uvloop.run(measure_metering(setups, args.requests, args.rounds, args.seconds, args.clients))
     finally:

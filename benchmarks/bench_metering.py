@@ -33,7 +33,7 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
-from sqlalchemy import event, insert, select
+from sqlalchemy import event, false, insert, select
 
 from modelport.db import migrate
 from modelport.db.engine import Database
@@ -104,13 +104,13 @@ def aggregation(n: int) -> dict[str, float]:
         out = {}
         with db.session() as s:
             t = time.process_time()
-            list(s.scalars(select(e).where(e.aggregated.is_(False))))
+            list(s.scalars(select(e).where(e.aggregated == false())))
             out["read_orm_us"] = (time.process_time() - t) / n * 1e6
         with db.session() as s:
             t = time.process_time()
             s.execute(select(e.id, e.at, e.workspace_id, e.deployment_id, e.model_id, e.offer_id, e.subscription_id,
                              e.currency, e.input_tokens, e.input_price, e.output_tokens, e.output_price)
-                      .where(e.aggregated.is_(False))).all()
+                      .where(e.aggregated == false())).all()
             out["read_rows_us"] = (time.process_time() - t) / n * 1e6
         t = time.process_time()
         assert aggregate(db) == n

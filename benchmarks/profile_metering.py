@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import aiohttp
 import uvloop
-from bench_gateway import PROFILE_ENV, Call, Setup, gateway_call, latencies, throughput
+from bench_gateway import METERING_ENV, PROFILE_ENV, Call, Setup, gateway_call, latencies, throughput
 
 Stats = dict[tuple[str, int, str], tuple[float, float, int]]  # function -> (tottime, cumtime, calls)
 
@@ -162,7 +162,7 @@ def main() -> int:
         setups: dict[str, Setup] = {}
         try:
             for name, kw in configs.items():
-                env = {**kw.pop("env_extra", {}), PROFILE_ENV: str(out / name)}
+                env = {**METERING_ENV, **kw.pop("env_extra", {}), PROFILE_ENV: str(out / name)}
                 if args.gc_only:
                     env[PROFILE_ENV + "_GC_ONLY"] = "1"
                 print(f"starting the server '{name}'...", file=sys.stderr)

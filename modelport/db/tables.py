@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -225,10 +226,16 @@ class UsageEvent(Base):
     """One inference request that reached a worker, for metering and billing. Counts, ids and
     the price in force when it ran; never anything of the content (P1, P3).
 
-    `aggregated` is set once the event was added into the hourly meters (`UsageMeter`)."""
+    `aggregated` is set once the event was added into the hourly meters (`UsageMeter`): by the
+    metering writer as it stores the event, or by an aggregation pass."""
 
     __tablename__ = "usage_events"
-    __table_args__ = (Index("ix_usage_events_dep_at", "deployment_id", "at"),)
+    __table_args__ = (
+        Index("ix_usage_events_dep_at", "deployment_id", "at"),
+        # what an aggregation pass has left (the metering writer stores events aggregated)
+        Index("ix_usage_events_unaggregated", "id", sqlite_where=text("aggregated = 0"),
+              postgresql_where=text("aggregated = false")),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -244,7 +251,7 @@ class UsageEvent(Base):
     currency: Mapped[str | None] = mapped_column(String(3), nullable=True)
     input_price: Mapped[Decimal | None] = mapped_column(DecimalText, nullable=True)  # per 1,000 tokens
     output_price: Mapped[Decimal | None] = mapped_column(DecimalText, nullable=True)
-    aggregated: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    aggregated: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class UsageJournalMark(Base):

@@ -21,7 +21,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import cast
 
-from sqlalchemy import Table, select, update
+from sqlalchemy import Table, false, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from modelport.db.engine import Database
@@ -73,7 +73,7 @@ def _one_pass(db: Database) -> int:
         e = UsageEvent
         stmt = (select(e.id, e.at, e.workspace_id, e.deployment_id, e.model_id, e.offer_id, e.subscription_id,
                        e.currency, e.input_tokens, e.input_price, e.output_tokens, e.output_price)
-                .where(e.aggregated.is_(False)).order_by(e.id).limit(PASS_LIMIT))
+                .where(e.aggregated == false()).order_by(e.id).limit(PASS_LIMIT))  # the partial index's term
         if s.bind is not None and s.bind.dialect.name == "postgresql":
             stmt = stmt.with_for_update(skip_locked=True)
         events = s.execute(stmt).all()
