@@ -31,6 +31,13 @@ end). What one event costs the request path is kept small, because every request
   the columns' own SQLAlchemy bind processors, so rows are stored exactly as the ORM stores them
   (UTC datetimes, Decimal prices as text).
 
+A request in flight when the server dies (kill -9) has no event, or the one made durable before
+it died: it is billed at most what was generated.
+
+Each group is added into the hourly meters (`usage_meters`, metering/aggregation.py's `add_up`)
+in the transaction that writes it, and its events are stored aggregated: an aggregation pass
+reading them back cost more CPU than the requests themselves (BENCHMARKS.md, 2026-12-04).
+
 `on_commit` hears of every event once it is durable, before its request is answered: journaled
 events in the request's thread as they are appended, others in the writer thread after their
 commit. It must not block (budgets count in memory and hand their audit writes to a thread).
