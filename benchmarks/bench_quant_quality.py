@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import hashlib
+import logging
 import os
 import pydoc_data.topics as topics
 import tempfile
@@ -56,11 +57,6 @@ def passages() -> list[tuple[str, str]]:
         out.append((f"pydoc_data.topics['{key}']", topics.topics[key]))
     out.append(("argparse.__doc__", argparse.__doc__ or ""))
     return out
-
-
-@llama_cpp.llama_log_callback
-def _quiet(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-    """llama.cpp's own log (a line per tensor while quantizing) is left out of the figures."""
 
 
 def sha256(path: Path) -> str:
@@ -101,6 +97,9 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=512, help="tokens per passage")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
+    # llama.cpp's own log (a line per tensor while quantizing) goes through llama-cpp-python's
+    # logger: errors only
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
     (src,) = smollm2_135m_instruct().files.values()
     kinds = [k.strip() for k in a.types.split(",") if k.strip()]
     with tempfile.TemporaryDirectory(prefix="quant-quality-") as tmp:
