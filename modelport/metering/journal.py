@@ -102,14 +102,19 @@ class Journal:
     def _start_file(self) -> None:
         name = f"{uuid.uuid4().hex}{SUFFIX}"
         fd = os.open(self.dir / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: nobody else holds it
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: nobody else holds it
+        except OSError:
+            os.close(fd)
+            raise
         if self._fd >= 0:
             self.finished[self.name] = (self._fd, self.size)
         self._fd, self.name, self.size = fd, name, 0
 
     def append(self, row: Row, then: Callable[[Position], None]) -> None:
         """Append `row` and call `then` with its position, both under the lock (so positions reach
-        the writer in the order they were written). Raises OSError if it could not be written."""
+        the writer in the order they were written). Raises OSError if it could not be written, and
+        only then: once the line is in, the event is durable and queued, whatever follows."""
         data = encode(row)
         with self.lock:
             if self._fd < 0:
@@ -120,7 +125,10 @@ class Journal:
             self.size += len(data)
             then((self.name, self.size))
             if self.size >= self.rotate_bytes:
-                self._start_file()
+                try:
+                    self._start_file()
+                except OSError:  # the next append tries again; this one is in
+                    log.warning("could not start a new usage journal; appending to the full one", exc_info=True)
 
     def moved(self, name: str, position: int) -> bool:
         """Whether `name` is finished and `position` is its end: it may be deleted."""
@@ -155,8 +163,11 @@ class Journal:
             if path.name == self.name or path.name in self.finished:
                 continue
             try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
             except FileNotFoundError:  # another server replayed and deleted it meanwhile
+                continue
+            except OSError:  # a link or something else that is not a journal this server wrote
+                log.warning("%s in the usage journal directory is not a journal; left alone", path.name)
                 continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

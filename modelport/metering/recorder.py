@@ -210,11 +210,10 @@ class MeterRecorder:
         """Queue an event; it is written with the next commit (journaled first where it can be)."""
         if self.on_record is not None:
             self.on_record(row)
-        journal = self._journal
+        journal = self._journal  # read once: stop() clears it from another thread
         if journal is not None:
             try:
-                journal.append(row, lambda pos: self._queue.put((row, None, pos)))
-                self._committed([row])
+                self._append(journal, row)
                 return
             except OSError:
                 log.exception("could not append to the usage journal; the event goes to the writer alone")
@@ -226,14 +225,13 @@ class MeterRecorder:
         event stays queued and is written when the database is back)."""
         if self.on_record is not None:
             self.on_record(row)
-        journal = self._journal
+        journal = self._journal  # read once: stop() clears it from another thread
         if journal is not None:
             try:
-                journal.append(row, lambda pos: self._queue.put((row, None, pos)))
+                self._append(journal, row)
             except OSError:
                 log.exception("could not append to the usage journal")
                 raise ServiceUnavailable("Usage could not be recorded; the answer was not sent. Retry.") from None
-            self._committed([row])
             return
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
@@ -241,6 +239,12 @@ class MeterRecorder:
         if self._thread is None:  # not started (a test app without lifespan): write now
             await run_blocking(self.flush)
         await fut
+
+    def _append(self, journal: Journal, row: Row) -> None:
+        """Journal `row` and queue it for the writer (OSError: it is in neither), then tell
+        `on_commit`: the event is durable."""
+        journal.append(row, lambda pos: self._queue.put((row, None, pos)))
+        self._committed([row])
 
     # -- the writer -------------------------------------------------------------------------
 

@@ -598,3 +598,63 @@ def test_every_event_written_exactly_once_over_random_sequences(tmp_path: Path, 
     run_state_machine_as_test(RecorderMachine, settings=settings(
         max_examples=25, stateful_step_count=15, deadline=None,
         suppress_health_check=[HealthCheck.function_scoped_fixture]))
+
+
+def test_a_journal_that_cannot_be_started_anew_loses_and_doubles_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full journal whose successor cannot be created (no file descriptors, a full directory):
+    the event that filled it is in and queued, so it is answered and billed once; the server
+    keeps appending to the full journal and starts a new one when it can."""
+    monkeypatch.setattr(journal_module, "ROTATE_BYTES", 300)
+    db = _store(tmp_path)
+    rec = MeterRecorder(db)
+    rec.start()
+    journal = rec._journal
+    assert journal is not None
+    start_file = journal._start_file
+
+    def refuse() -> None:
+        raise OSError(24, "Too many open files")
+
+    try:
+        journal._start_file = refuse  # type: ignore[method-assign]
+
+        async def run(prefix: str) -> None:
+            for i in range(10):
+                await rec.record_durable(_row(deployment_id=f"{prefix}_{i}"))
+
+        asyncio.run(run("dep_full"))  # none raises although each append passes the size
+        (full,) = _journals(db)
+        assert full.name == journal.name and full.stat().st_size > 300
+        rec.record(_row(deployment_id="dep_cut"))  # a cut stream's event: queued once, not twice
+        journal._start_file = start_file  # type: ignore[method-assign]
+        asyncio.run(run("dep_later"))
+        rec.flush()
+        assert journal.name != full.name and not full.exists()  # started anew once it could; the full one went
+    finally:
+        rec.stop()
+    with db.engine.connect() as conn:
+        ids = [r[0] for r in conn.execute(text("SELECT deployment_id FROM usage_events"))]
+    assert sorted(ids) == sorted([f"dep_full_{i}" for i in range(10)] + ["dep_cut"]
+                                 + [f"dep_later_{i}" for i in range(10)])
+    assert _journals(db) == [] and _marks(db) == {}
+    db.dispose()
+
+
+def test_a_link_in_the_journal_directory_is_not_replayed(tmp_path: Path) -> None:
+    """Something planted in the journal directory as a link is left alone, not read as a journal."""
+    db = _store(tmp_path)
+    directory = journal_dir(str(db.engine.url.database))
+    directory.mkdir(mode=0o700)
+    target = tmp_path / "elsewhere.usage"
+    target.write_bytes(journal_module.encode(_row(deployment_id="dep_planted")))
+    (directory / f"{'0' * 32}{journal_module.SUFFIX}").symlink_to(target)
+    rec = MeterRecorder(db)
+    rec.start()
+    try:
+        rec.flush()
+        assert rec.replayed == 0
+    finally:
+        rec.stop()
+    assert _count(db, deployment_id="dep_planted") == 0 and target.exists()
+    db.dispose()
