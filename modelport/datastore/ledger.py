@@ -29,7 +29,7 @@ from pathlib import Path
 
 from modelport.datastore.errors import CorruptObject, StorageUnavailable
 from modelport.kms.base import WrappedKey
-from modelport.kms.files import FileSystem, InterProcessLock, is_temp_name
+from modelport.kms.files import TEMP_MARKER, FileSystem, InterProcessLock, is_temp_name, sweep_temp_files
 
 FORMAT = 1
 _SUFFIX = ".ledger.json"
@@ -76,6 +76,18 @@ class Ledger:
         self._guard = threading.Lock()
         self._locks: dict[str, InterProcessLock] = {}
         self._cache: dict[str, tuple[bytes, WorkspaceLedger]] = {}
+        self._sweep()
+
+    def _sweep(self) -> None:
+        """Temp copies of ledgers that crashed writers left (each removed under its workspace's
+        lock, which every writer of that ledger holds while its temp file exists)."""
+        try:
+            names = [p.name for p in self.root.iterdir() if is_temp_name(p.name)]
+            for workspace_id in {n[1:].split(_SUFFIX + TEMP_MARKER, 1)[0] for n in names if _SUFFIX + TEMP_MARKER in n}:
+                with self.lock(workspace_id):
+                    sweep_temp_files(self.root, self._fs, f".{workspace_id}{_SUFFIX}{TEMP_MARKER}")
+        except OSError as exc:
+            raise StorageUnavailable("the key ledger directory cannot be cleaned of temp files") from exc
 
     def path(self, workspace_id: str) -> Path:
         return self.root / f"{workspace_id}{_SUFFIX}"
@@ -125,6 +137,8 @@ class Ledger:
         """
         try:
             removed = self._fs.remove(self.path(workspace_id))
+            # and any copy a crashed writer left: it holds the same wrapped keys
+            sweep_temp_files(self.root, self._fs, f".{workspace_id}{_SUFFIX}{TEMP_MARKER}")
         except OSError as exc:
             raise StorageUnavailable("the key ledger could not be removed; retry the deletion") from exc
         with self._guard:

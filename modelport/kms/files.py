@@ -90,6 +90,22 @@ def is_temp_name(name: str) -> bool:
     return name.startswith(".") and TEMP_MARKER in name
 
 
+def sweep_temp_files(directory: Path, fs: FileSystem, prefix: str = ".") -> int:
+    """Remove the temp files in `directory` (not below it) whose names start with `prefix`; the
+    count removed. Call it only while holding the lock that every writer of those files holds:
+    then a temp file is a crashed writer's leftover, never a write in progress. A leftover of a
+    key file still holds that key's sealed material after the key is destroyed."""
+    removed = 0
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return 0
+    for name in names:
+        if name.startswith(prefix) and is_temp_name(name) and fs.remove(directory / name):
+            removed += 1
+    return removed
+
+
 class InterProcessLock:
     """A re-entrant lock held by one thread of one process at a time.
 

@@ -46,7 +46,7 @@ from modelport.kms.base import (
     WrappedKey,
     validate_key_ref,
 )
-from modelport.kms.files import FileSystem, InterProcessLock, is_temp_name
+from modelport.kms.files import FileSystem, InterProcessLock, is_temp_name, sweep_temp_files
 
 FORMAT = 1
 MASTER_KEY_SIZE = 32
@@ -99,6 +99,16 @@ class LocalKeystore:
             self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:
             raise KeyProviderUnavailable("the local keystore directory cannot be created") from exc
+        self._sweep()
+
+    def _sweep(self) -> None:
+        """What a crashed writer left: a key file's temp copy, which would keep a destroyed key's
+        sealed material on disk. Every writer holds the lock while its temp file exists."""
+        try:
+            with self._mutation():
+                sweep_temp_files(self.root, self._fs)
+        except OSError as exc:
+            raise KeyProviderUnavailable("the local keystore directory cannot be cleaned of temp files") from exc
 
     # ------------------------------------------------------------------------------ key admin
     def create_key(self, key_ref: str | None = None, *, labels: Mapping[str, str] | None = None) -> str:
@@ -183,6 +193,7 @@ class LocalKeystore:
                 raise Conflict("disable the key before destroying it; destruction cannot be undone")
             tombstone = {"format": FORMAT, "key_ref": key_ref, "state": "destroyed", "destroyed_at": _now()}
             self._write(key_ref, tombstone)
+            self._sweep()  # a crashed writer's copy of this key must not outlive it
 
     # ------------------------------------------------------------------------------- wrapping
     def wrap(self, key_ref: str, plaintext: bytes, context: Mapping[str, str]) -> WrappedKey:
