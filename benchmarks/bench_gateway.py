@@ -76,6 +76,14 @@ before, with each parser; `redis-4rt`: the `limits` library's own steps, four ro
 path before that), and with --library-memory `memory-lib`: the library's async memory storage.
 Which reply parser redis-py uses by default (hiredis when installed) is printed. The load average
 is printed: on a shared machine, latencies are only comparable within one run.
+
+Two separate server processes differ by some tens of µs per request even when configured alike;
+two checks of that noise: --control adds `off-control`, a second server like `off` (what it
+"adds" over `off` is the noise floor of the run), and --same-process adds one more server whose
+metering and quota check are switched on and off by signals between chunks of requests (arms
+`memory`, `off`, `off-control`; each chunk's CPU clock runs until the metering writer has moved
+what the chunk journaled). Measuring starts once every server is idle (its start-up work, the
+content-filter classifier's loading among it, finished).
 """
 
 from __future__ import annotations
@@ -364,6 +372,20 @@ class CpuClock:
         return sum(ns - self.start.get(tid, 0) for tid, ns in now.items()) / 1e9
 
 
+async def wait_quiet(pids: list[int], timeout: float = 120.0, busy: float = 0.03) -> float:
+    """Wait until every process in `pids` spends less than `busy` of a CPU over one second: a
+    server's start-up work (the content-filter classifier is loaded and warmed in a thread after
+    /readyz answers: 0.5-0.8 s of CPU) must not fall into the first chunks measured, where it
+    added up to +-50 µs per request over 10,000 requests (2026-12-04). Returns the seconds waited."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout:
+        clocks = [CpuClock(pid) for pid in pids]
+        await asyncio.sleep(1.0)
+        if all(c.seconds() < busy for c in clocks):
+            break
+    return time.perf_counter() - started
+
+
 def cpu_int8_flags() -> list[str]:
     """The CPU's instruction sets that int8 (and bf16) matrix products use, from /proc/cpuinfo."""
     try:
@@ -529,12 +551,19 @@ def serve_without(steps: set[str]) -> None:
 
     if os.environ.get(PROFILE_ENV):
         profile_on_signals(os.environ[PROFILE_ENV])
-    if "meter" in steps:
-        MeterRecorder.record_durable = no_durable  # type: ignore[method-assign]
-        MeterRecorder.record = lambda self, row: None  # type: ignore[method-assign]
-    if "quota" in steps:
-        RateLimiter.admit = admit_all  # type: ignore[method-assign]
-        RateLimiter.peek = peek_all  # type: ignore[method-assign]
+    real = (MeterRecorder.record_durable, MeterRecorder.record, RateLimiter.admit, RateLimiter.peek)
+    dropped = (no_durable, lambda self, row: None, admit_all, peek_all)
+
+    def switch(meter: bool, quota: bool) -> None:
+        """Metering and the quota check as they are (True) or replaced by nothing (False)."""
+        MeterRecorder.record_durable, MeterRecorder.record = real[:2] if meter else dropped[:2]  # type: ignore[method-assign]
+        RateLimiter.admit, RateLimiter.peek = real[2:] if quota else dropped[2:]  # type: ignore[method-assign]
+
+    switch("meter" not in steps, "quota" not in steps)
+    if "toggle" in steps:  # --same-process: SIGUSR1 drops both, SIGUSR2 restores them (the class attributes
+        # are swapped between two bytecodes of the event loop's thread: nothing is added to a request)
+        signal.signal(signal.SIGUSR1, lambda *_: switch(False, False))
+        signal.signal(signal.SIGUSR2, lambda *_: switch(True, True))
     serve()
 
 
@@ -658,6 +687,7 @@ async def measure_metering(setups: dict[str, Setup], n: int, rounds: int, second
         calls = {name: gateway_call(setup, session) for name, setup in setups.items()}
         for call in calls.values():
             await latencies(call, 200)  # warm up
+        await wait_quiet([setup.server.pid for setup in setups.values()])
         lat: dict[str, list[float]] = {k: [] for k in setups}
         cpu1: dict[str, float] = dict.fromkeys(setups, 0.0)
         chunk = max(1, n // 10)
@@ -681,6 +711,85 @@ async def measure_metering(setups: dict[str, Setup], n: int, rounds: int, second
                          "cpu1_us": cpu1[name] / len(lat[name]) * 1e6, "rps": statistics.median(rps[name]),
                          "cpu_us": statistics.median(cpu[name])}
     return out
+
+
+#: Arms of the same-process comparison: the signal that sets each, and its name in the table.
+SAME_PROCESS_ARMS = (("memory", signal.SIGUSR2), ("off", signal.SIGUSR1), ("off-control", signal.SIGUSR1))
+#: After each chunk the CPU clock runs this long more: the metering writer moves what the chunk
+#: journaled within LINGER_SECONDS, and that CPU belongs to the chunk.
+SETTLE_SECONDS = 0.7
+
+
+async def measure_same_process(setup: Setup, n: int, rounds: int, seconds: float,
+                               clients: int) -> dict[str, dict[str, float]]:
+    """One server whose metering and quota check are switched on and off by signals between
+    chunks of requests (--same-process): the same figures as measure_metering, without the
+    differences two server processes show anyway (off-control: the same state as off, in other
+    chunks)."""
+    from modelport.metering.recorder import LINGER_SECONDS
+
+    settle = max(SETTLE_SECONDS, LINGER_SECONDS + 0.2)
+    pid = setup.server.pid
+    connector = aiohttp.TCPConnector(limit=0)
+    lat: dict[str, list[float]] = {name: [] for name, _ in SAME_PROCESS_ARMS}
+    cpu1 = dict.fromkeys(lat, 0.0)
+    rps: dict[str, list[float]] = {name: [] for name in lat}
+    cpu: dict[str, list[float]] = {name: [] for name in lat}
+
+    async def arm(sig: signal.Signals) -> CpuClock:
+        os.kill(pid, sig)
+        await asyncio.sleep(0.1)  # the handler runs between two bytecodes of the idle event loop
+        return CpuClock(pid)
+
+    async with aiohttp.ClientSession(connector=connector) as session:
+        call = gateway_call(setup, session)
+        await latencies(call, 200)
+        await wait_quiet([pid])
+        chunk = max(1, n // 10)
+        for _ in range(0, n, chunk):
+            for name, sig in SAME_PROCESS_ARMS:
+                clock = await arm(sig)
+                lat[name] += await latencies(call, chunk)
+                await asyncio.sleep(settle)
+                cpu1[name] += clock.seconds()
+        for _ in range(rounds):
+            for name, sig in SAME_PROCESS_ARMS:
+                clock = await arm(sig)
+                t = time.perf_counter()
+                rate = await throughput(call, clients, seconds)
+                done = rate * (time.perf_counter() - t)
+                await asyncio.sleep(settle)
+                rps[name].append(rate)
+                cpu[name].append(clock.seconds() / done * 1e6)
+    return {name: {"p50": pct(lat[name], 0.50), "p99": pct(lat[name], 0.99),
+                   "cpu1_us": cpu1[name] / len(lat[name]) * 1e6, "rps": statistics.median(rps[name]),
+                   "cpu_us": statistics.median(cpu[name]), "cpu_rounds": cpu[name]} for name in lat}
+
+
+def report_same_process(results: dict[str, dict[str, float]], n: int, clients: int) -> bool:
+    """The same-process comparison's table and the issue's targets on it."""
+    off = results["off"]
+    print(f"\nmetering + quota check switched on and off in one server (--same-process; {n:,} sequential "
+          f"requests per arm in chunks; load average {load()}):")
+    print(f"{'arm':<14} {'p50 ms':>8} {'p99 ms':>8} {'CPU/req @1':>11} {'added':>9} {f'CPU/req @{clients}':>12} "
+          f"{'added':>9} {f'req/s @{clients}':>12}  rounds (CPU/req)")
+    for name, r in results.items():
+        same = name == "off"
+        added1 = "-" if same else f"{r['cpu1_us'] - off['cpu1_us']:+.1f}"
+        added32 = "-" if same else f"{r['cpu_us'] - off['cpu_us']:+.1f}"
+        rounds = ", ".join(f"{x:.0f}" for x in r["cpu_rounds"])
+        print(f"{name:<14} {r['p50']:>8.3f} {r['p99']:>8.3f} {r['cpu1_us']:>8.1f} µs {added1:>9} "
+              f"{r['cpu_us']:>9.1f} µs {added32:>9} {r['rps']:>12,.0f}  [{rounds}]")
+    ok = True
+    mem = results["memory"]
+    for label, key in (("1 client", "cpu1_us"), (f"{clients} clients", "cpu_us")):
+        added = mem[key] - off[key]
+        met = added <= QUOTA_CPU_TARGET_US
+        ok = ok and met
+        control = results["off-control"][key] - off[key]
+        print(f"target (same process), memory storage adds <= {QUOTA_CPU_TARGET_US:.0f} µs CPU per request at "
+              f"{label}: {'met' if met else 'MISSED'} ({added:+.1f} µs; off-control {control:+.1f})")
+    return ok
 
 
 def report_metering(results: dict[str, dict[str, float]], n: int, clients: int) -> bool:
@@ -786,6 +895,8 @@ def metering_run(tmp: Path, args: argparse.Namespace) -> dict[str, dict[str, flo
     """Servers without metering and the quota check, with them on memory, and on Redis (--redis),
     up together so that their requests interleave."""
     configs: dict[str, dict] = {"off": {"without": "meter,quota"}, "memory": {}}
+    if args.control:  # a second server without them: what two identical servers differ by in this run
+        configs["off-control"] = {"without": "meter,quota"}
     if args.no_journal:
         configs["memory-awaited"] = {"without": "journal"}
     if args.library_memory:
@@ -806,6 +917,16 @@ def metering_run(tmp: Path, args: argparse.Namespace) -> dict[str, dict[str, flo
     finally:
         for setup in setups.values():
             setup.stop()
+
+
+def same_process_run(tmp: Path, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """One server with metering and the quota check switched by signals (--same-process)."""
+    print("starting the server 'toggled' (metering and the quota check switched by signals)...", file=sys.stderr)
+    setup = Setup(tmp / "home-toggled", args.log_level, METERING_ENV, without="toggle", proxy=False)
+    try:
+        return uvloop.run(measure_same_process(setup, args.requests, args.rounds, args.seconds, args.clients))
+    finally:
+        setup.stop()
 
 
 def main() -> int:
@@ -835,6 +956,12 @@ def main() -> int:
     parser.add_argument("--redis-client", action="store_true",
                         help="with --redis, also a server whose Redis admissions go through redis-py's client with "
                         "its Python reply parser (the path before the limiter wrote the command itself; no hiredis)")
+    parser.add_argument("--same-process", action="store_true",
+                        help="also one server whose metering and quota check are switched on and off by signals "
+                             "between chunks of requests (no difference between server processes in the figure)")
+    parser.add_argument("--control", action="store_true",
+                        help="also a second server without metering and the quota check (off-control): the "
+                             "difference two identical servers show in the same run, the figures' noise floor")
     parser.add_argument("--split", action="store_true",
                         help="also servers with metering alone and with the quota check alone")
     parser.add_argument("--metering-only", action="store_true",
@@ -862,6 +989,7 @@ def main() -> int:
             finally:
                 setup.stop()
         metering = metering_run(Path(tmp), args)
+        same = same_process_run(Path(tmp), args) if args.same_process else None
     n_quota = max(2000, args.requests)
     quota = {"none": uvloop.run(quota_check("none", n_quota)), "memory": uvloop.run(quota_check(None, n_quota))}
     if args.library_memory:
@@ -880,6 +1008,8 @@ def main() -> int:
     ok = report(results, args.requests, args.clients) if results is not None else True
     ok = report_quota(quota, n_quota) and ok
     ok = report_metering(metering, args.requests, args.clients) and ok
+    if same is not None:
+        ok = report_same_process(same, args.requests, args.clients) and ok
     print(f"load average at the end: {load()}")
     return 0 if ok else 1
 
