@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import aiohttp
 import uvloop
-from bench_gateway import METERING_ENV, PROFILE_ENV, Call, Setup, gateway_call, latencies, throughput
+from bench_gateway import METERING_ENV, PROFILE_ENV, Call, Setup, gateway_call, latencies, throughput, wait_quiet
 
 Stats = dict[tuple[str, int, str], tuple[float, float, int]]  # function -> (tottime, cumtime, calls)
 
@@ -66,6 +66,8 @@ async def drive(setups: dict[str, Setup], out: Path, n: int, clients: int, secon
         calls = {name: counting(name) for name in setups}
         for call in calls.values():
             await latencies(call, 200)  # warm up
+        # the servers' start-up work (the classifier's warm-up thread) must not fall into a window
+        await wait_quiet([setup.server.pid for setup in setups.values()])
         for window in ("seq", "conc"):
             for setup in setups.values():
                 setup.server.send_signal(signal.SIGUSR1)

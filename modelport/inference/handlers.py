@@ -157,7 +157,10 @@ async def chat_call(request: Request, gateway: Gateway, route: Route, req: ChatC
                     api: str, error_shape: ErrorShape) -> Call:
     """A chat request planned (tools, structured output), admitted and ready to run: for chat
     completions, and for the Responses API's request once made a chat request."""
-    found = await run_blocking(chat_plan, req)  # a schema's grammar is built off the event loop
+    if req.tools or (req.response_format is not None and req.response_format.type == "json_schema"):
+        found = await run_blocking(chat_plan, req)  # a grammar is built off the event loop
+    else:  # nothing to build: the hop to a thread alone cost more CPU than the whole plan
+        found = chat_plan(req)
     messages = worker_messages(req.messages)
     gen = GenerateBody(
         messages=messages,
