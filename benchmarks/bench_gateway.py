@@ -386,6 +386,16 @@ async def wait_quiet(pids: list[int], timeout: float = 120.0, busy: float = 0.03
     return time.perf_counter() - started
 
 
+async def warm_and_wait(setups: list[Setup], n: int = 200) -> None:
+    """Warm each server up with `n` gateway requests on a session of its own, then wait until all
+    are idle (wait_quiet). The session is closed first: a connection left idle for longer than
+    the server's keep-alive (5 s) is closed by it, and aiohttp does not retry a POST sent on it."""
+    async with aiohttp.ClientSession() as session:
+        for setup in setups:
+            await latencies(gateway_call(setup, session), n)
+    await wait_quiet([setup.server.pid for setup in setups])
+
+
 def cpu_int8_flags() -> list[str]:
     """The CPU's instruction sets that int8 (and bf16) matrix products use, from /proc/cpuinfo."""
     try:
@@ -681,13 +691,13 @@ async def measure_metering(setups: dict[str, Setup], n: int, rounds: int, second
     """The gateway path on each server, interleaved: p50/p99 and gateway CPU per request of one
     client sending `n` requests one after the other, then requests/s and CPU per request at
     `clients` concurrent clients (medians of `rounds`)."""
+    await warm_and_wait(list(setups.values()))
     connector = aiohttp.TCPConnector(limit=0)
     out: dict[str, dict[str, float]] = {}
     async with aiohttp.ClientSession(connector=connector) as session:
         calls = {name: gateway_call(setup, session) for name, setup in setups.items()}
         for call in calls.values():
-            await latencies(call, 200)  # warm up
-        await wait_quiet([setup.server.pid for setup in setups.values()])
+            await latencies(call, 20)  # this session's connections
         lat: dict[str, list[float]] = {k: [] for k in setups}
         cpu1: dict[str, float] = dict.fromkeys(setups, 0.0)
         chunk = max(1, n // 10)
@@ -741,10 +751,10 @@ async def measure_same_process(setup: Setup, n: int, rounds: int, seconds: float
         await asyncio.sleep(0.1)  # the handler runs between two bytecodes of the idle event loop
         return CpuClock(pid)
 
+    await warm_and_wait([setup])
     async with aiohttp.ClientSession(connector=connector) as session:
         call = gateway_call(setup, session)
-        await latencies(call, 200)
-        await wait_quiet([pid])
+        await latencies(call, 20)  # this session's connections
         chunk = max(1, n // 10)
         for _ in range(0, n, chunk):
             for name, sig in SAME_PROCESS_ARMS:

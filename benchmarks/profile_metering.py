@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import aiohttp
 import uvloop
-from bench_gateway import METERING_ENV, PROFILE_ENV, Call, Setup, gateway_call, latencies, throughput, wait_quiet
+from bench_gateway import METERING_ENV, PROFILE_ENV, Call, Setup, gateway_call, latencies, throughput, warm_and_wait
 
 Stats = dict[tuple[str, int, str], tuple[float, float, int]]  # function -> (tottime, cumtime, calls)
 
@@ -52,6 +52,8 @@ def wait_file(path: Path, timeout: float = 30) -> None:
 async def drive(setups: dict[str, Setup], out: Path, n: int, clients: int, seconds: float) -> dict[str, dict]:
     """Both windows on every server; returns {window: {server: requests}}."""
     done: dict[str, dict[str, int]] = {"seq": {}, "conc": {}}
+    # the servers' start-up work (the classifier's warm-up thread) must not fall into a window
+    await warm_and_wait(list(setups.values()))
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         counted = {name: gateway_call(setup, session) for name, setup in setups.items()}
 
@@ -65,9 +67,7 @@ async def drive(setups: dict[str, Setup], out: Path, n: int, clients: int, secon
         done[window] = {name: 0 for name in setups}
         calls = {name: counting(name) for name in setups}
         for call in calls.values():
-            await latencies(call, 200)  # warm up
-        # the servers' start-up work (the classifier's warm-up thread) must not fall into a window
-        await wait_quiet([setup.server.pid for setup in setups.values()])
+            await latencies(call, 20)  # this session's connections
         for window in ("seq", "conc"):
             for setup in setups.values():
                 setup.server.send_signal(signal.SIGUSR1)
