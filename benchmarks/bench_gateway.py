@@ -687,13 +687,13 @@ def gateway_call(setup: Setup, session: aiohttp.ClientSession) -> Call:
 
 
 async def measure_metering(setups: dict[str, Setup], n: int, rounds: int, seconds: float,
-                           clients: int) -> dict[str, dict[str, float]]:
+                           clients: int) -> dict[str, dict[str, Any]]:
     """The gateway path on each server, interleaved: p50/p99 and gateway CPU per request of one
     client sending `n` requests one after the other, then requests/s and CPU per request at
     `clients` concurrent clients (medians of `rounds`)."""
     await warm_and_wait(list(setups.values()))
     connector = aiohttp.TCPConnector(limit=0)
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, dict[str, Any]] = {}
     async with aiohttp.ClientSession(connector=connector) as session:
         calls = {name: gateway_call(setup, session) for name, setup in setups.items()}
         for call in calls.values():
@@ -719,7 +719,7 @@ async def measure_metering(setups: dict[str, Setup], n: int, rounds: int, second
         for name in setups:
             out[name] = {"p50": pct(lat[name], 0.50), "p99": pct(lat[name], 0.99),
                          "cpu1_us": cpu1[name] / len(lat[name]) * 1e6, "rps": statistics.median(rps[name]),
-                         "cpu_us": statistics.median(cpu[name])}
+                         "cpu_us": statistics.median(cpu[name]), "cpu_rounds": cpu[name]}
     return out
 
 
@@ -731,7 +731,7 @@ SETTLE_SECONDS = 0.7
 
 
 async def measure_same_process(setup: Setup, n: int, rounds: int, seconds: float,
-                               clients: int) -> dict[str, dict[str, float]]:
+                               clients: int) -> dict[str, dict[str, Any]]:
     """One server whose metering and quota check are switched on and off by signals between
     chunks of requests (--same-process): the same figures as measure_metering, without the
     differences two server processes show anyway (off-control: the same state as off, in other
@@ -776,19 +776,28 @@ async def measure_same_process(setup: Setup, n: int, rounds: int, seconds: float
                    "cpu_us": statistics.median(cpu[name]), "cpu_rounds": cpu[name]} for name in lat}
 
 
-def report_same_process(results: dict[str, dict[str, float]], n: int, clients: int) -> bool:
+def report_same_process(results: dict[str, dict[str, Any]], n: int, clients: int) -> bool:
     """The same-process comparison's table and the issue's targets on it."""
+    return report_metering(results, n, clients, tag=" (same process)", title=(
+        f"\nmetering + quota check switched on and off in one server (--same-process; {n:,} sequential requests "
+        f"per arm in chunks; load average {load()}):"))
+
+
+def report_metering(results: dict[str, dict[str, Any]], n: int, clients: int, *, tag: str = "",
+                    title: str | None = None) -> bool:
+    """Metering and the quota check, on against off, per storage (or per arm); the issue's targets."""
     off = results["off"]
-    print(f"\nmetering + quota check switched on and off in one server (--same-process; {n:,} sequential "
-          f"requests per arm in chunks; load average {load()}):")
-    print(f"{'arm':<14} {'p50 ms':>8} {'p99 ms':>8} {'CPU/req @1':>11} {'added':>9} {f'CPU/req @{clients}':>12} "
-          f"{'added':>9} {f'req/s @{clients}':>12}  rounds (CPU/req)")
+    print(title or f"\nmetering + quota check on vs off (the gateway path, same run; {n:,} sequential requests per "
+          f"server, interleaved; load average {load()}; Redis reply parser: {default_parser()}):")
+    print(f"{'server':<14} {'p50 ms':>8} {'p99 ms':>8} {'added p50':>10} {'CPU/req @1':>11} {'added':>9} "
+          f"{f'CPU/req @{clients}':>12} {'added':>9} {f'req/s @{clients}':>12}  rounds (CPU/req @{clients})")
     for name, r in results.items():
         same = name == "off"
+        added_p50 = "-" if same else f"{r['p50'] - off['p50']:+.3f}"
         added1 = "-" if same else f"{r['cpu1_us'] - off['cpu1_us']:+.1f}"
         added32 = "-" if same else f"{r['cpu_us'] - off['cpu_us']:+.1f}"
         rounds = ", ".join(f"{x:.0f}" for x in r["cpu_rounds"])
-        print(f"{name:<14} {r['p50']:>8.3f} {r['p99']:>8.3f} {r['cpu1_us']:>8.1f} µs {added1:>9} "
+        print(f"{name:<14} {r['p50']:>8.3f} {r['p99']:>8.3f} {added_p50:>10} {r['cpu1_us']:>8.1f} µs {added1:>9} "
               f"{r['cpu_us']:>9.1f} µs {added32:>9} {r['rps']:>12,.0f}  [{rounds}]")
     ok = True
     mem = results["memory"]
@@ -796,34 +805,9 @@ def report_same_process(results: dict[str, dict[str, float]], n: int, clients: i
         added = mem[key] - off[key]
         met = added <= QUOTA_CPU_TARGET_US
         ok = ok and met
-        control = results["off-control"][key] - off[key]
-        print(f"target (same process), memory storage adds <= {QUOTA_CPU_TARGET_US:.0f} µs CPU per request at "
-              f"{label}: {'met' if met else 'MISSED'} ({added:+.1f} µs; off-control {control:+.1f})")
-    return ok
-
-
-def report_metering(results: dict[str, dict[str, float]], n: int, clients: int) -> bool:
-    """Metering and the quota check, on against off, per storage; the issue's targets."""
-    off = results["off"]
-    print(f"\nmetering + quota check on vs off (the gateway path, same run; {n:,} sequential requests per server, "
-          f"interleaved; load average {load()}; Redis reply parser: {default_parser()}):")
-    print(f"{'server':<14} {'p50 ms':>8} {'p99 ms':>8} {'added p50':>10} {'CPU/req @1':>11} {'added':>9} "
-          f"{f'CPU/req @{clients}':>12} {'added':>9} {f'req/s @{clients}':>12}")
-    for name, r in results.items():
-        same = name == "off"
-        added_p50 = "-" if same else f"{r['p50'] - off['p50']:+.3f}"
-        added1 = "-" if same else f"{r['cpu1_us'] - off['cpu1_us']:+.1f}"
-        added32 = "-" if same else f"{r['cpu_us'] - off['cpu_us']:+.1f}"
-        print(f"{name:<14} {r['p50']:>8.3f} {r['p99']:>8.3f} {added_p50:>10} {r['cpu1_us']:>8.1f} µs {added1:>9} "
-              f"{r['cpu_us']:>9.1f} µs {added32:>9} {r['rps']:>12,.0f}")
-    ok = True
-    mem = results["memory"]
-    for label, key in (("1 client", "cpu1_us"), (f"{clients} clients", "cpu_us")):
-        added = mem[key] - off[key]
-        met = added <= QUOTA_CPU_TARGET_US
-        ok = ok and met
-        print(f"target, memory storage adds <= {QUOTA_CPU_TARGET_US:.0f} µs CPU per request at {label}: "
-              f"{'met' if met else 'MISSED'} ({added:+.1f} µs, {mem[key] / off[key]:.3f}x)")
+        control = f"; off-control {results['off-control'][key] - off[key]:+.1f}" if "off-control" in results else ""
+        print(f"target{tag}, memory storage adds <= {QUOTA_CPU_TARGET_US:.0f} µs CPU per request at {label}: "
+              f"{'met' if met else 'MISSED'} ({added:+.1f} µs, {mem[key] / off[key]:.3f}x{control})")
     if "redis" in results:
         added = results["redis"]["p50"] - off["p50"]
         met = added <= QUOTA_REDIS_P50_TARGET_MS
@@ -901,7 +885,7 @@ def report(results: dict[str, dict[str, float]], n: int, clients: int) -> bool:
 METERING_ENV = {"MODELPORT_POOL_MAX_INSTANCES": "1"}
 
 
-def metering_run(tmp: Path, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+def metering_run(tmp: Path, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """Servers without metering and the quota check, with them on memory, and on Redis (--redis),
     up together so that their requests interleave."""
     configs: dict[str, dict] = {"off": {"without": "meter,quota"}, "memory": {}}
@@ -929,7 +913,7 @@ def metering_run(tmp: Path, args: argparse.Namespace) -> dict[str, dict[str, flo
             setup.stop()
 
 
-def same_process_run(tmp: Path, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+def same_process_run(tmp: Path, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """One server with metering and the quota check switched by signals (--same-process)."""
     print("starting the server 'toggled' (metering and the quota check switched by signals)...", file=sys.stderr)
     setup = Setup(tmp / "home-toggled", args.log_level, METERING_ENV, without="toggle", proxy=False)
