@@ -120,7 +120,7 @@ def _messages(path: Path) -> list[str]:
     try:
         with path.open("rb") as f:
             catalog = gettext.GNUTranslations(f)._catalog  # type: ignore[attr-defined]  # the parsed catalog
-    except Exception:  # noqa: BLE001 (a catalog that does not parse is skipped, whatever the reason)
+    except Exception:  # a catalog that does not parse is skipped, whatever the reason
         return []
     out = []
     for key, value in catalog.items():

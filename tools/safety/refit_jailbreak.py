@@ -68,7 +68,7 @@ def pooled_features(model, texts: list[str], batch: int = 64) -> torch.Tensor:
                               return_tensors="pt")
         hidden = model.bottom(enc["input_ids"], enc["attention_mask"])
         seen: list[torch.Tensor] = []
-        hook = head.out.register_forward_pre_hook(lambda _module, inputs: seen.append(inputs[0]))
+        hook = head.out.register_forward_pre_hook(lambda _module, inputs, seen=seen: seen.append(inputs[0]))
         try:
             head(hidden, enc["attention_mask"])  # the served forward pass; the hook keeps what `out` reads
         finally:
@@ -83,6 +83,7 @@ def fit_row(x: torch.Tensor, y: torch.Tensor, w0: torch.Tensor, b0: torch.Tensor
     pos_weight = torch.tensor(float(np.clip((len(y) - pos) / max(pos, 1.0), 1.0, 8.0) ** 0.5))
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
     target = y * (1 - LABEL_SMOOTHING) + LABEL_SMOOTHING / 2
+    x = x.clone()  # out of inference mode: autograd needs a normal tensor
     w, b = w0.clone().requires_grad_(True), b0.clone().requires_grad_(True)
     optimizer = torch.optim.LBFGS([w, b], lr=1.0, max_iter=500, history_size=20, line_search_fn="strong_wolfe")
 
@@ -116,6 +117,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=MODEL_DIR, help="where the refitted model is written")
     parser.add_argument("--dev-texts", type=int, default=6000)
+    parser.add_argument("--features-cache", type=Path, default=None,
+                        help="a file to keep the pooled features in between runs on the same texts")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(SEED)
@@ -145,11 +148,20 @@ def main(argv: list[str] | None = None) -> None:
         fit_texts = [items[i]["text"] for i in train_idx] + [it["text"] for it in dev_fit]
         y = torch.tensor([float(items[i]["jailbreak"]) for i in train_idx] + [0.0] * len(dev_fit))
         t0 = time.perf_counter()
-        x = pooled_features(model, fit_texts)
+        key = hashlib.sha256("\0".join(fit_texts).encode()).hexdigest()
+        cache = args.features_cache
+        cached = torch.load(cache) if cache is not None and cache.is_file() else None
+        if cached is not None and cached.get("key") == key:
+            x = cached["x"]
+        else:
+            x = pooled_features(model, fit_texts).clone()
+            if cache is not None:
+                torch.save({"key": key, "x": x}, cache)
         print(f"pooled features of {len(fit_texts)} texts ({time.perf_counter() - t0:.0f}s)")
         w0, b0 = model.head.out.weight[JB].detach().clone(), model.head.out.bias[JB].detach().clone()
         w, b = fit_row(x, y, w0, b0)
-        print(f"row moved by {float((w - w0).norm()):.3f} (norm {float(w0.norm()):.3f}), bias {float(b0):.3f} -> {float(b):.3f}")
+        print(f"row moved by {float((w - w0).norm()):.3f} (norm {float(w0.norm()):.3f}), "
+              f"bias {float(b0):.3f} -> {float(b):.3f}")
 
         from safetensors.torch import load_file, save_file
 
