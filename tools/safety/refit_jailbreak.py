@@ -15,12 +15,13 @@ Steps:
 2. the pooled features of the shipped layers (float32) for the fitting side;
 3. the row refitted from its shipped values: weighted logistic loss (positives weighted as
    train.py does, label smoothing 0.05) plus an L2 pull towards the shipped row, full-batch L-BFGS;
-4. the new row written into the weights in `--out`; the jailbreak threshold calibrated through
+4. the new row written into a staged copy of the weights; the jailbreak threshold calibrated through
    the production path (int8 graph, token windows) on the held-out sides: the lowest grid
    threshold that flags at most JAILBREAK_FPR of the slice's texts without the flag and at most
    JAILBREAK_FPR of the held-out developer texts;
 5. before/after figures printed: held-out jailbreak recall and both false-positive rates, and
-   the largest change of any other output's score (must be 0).
+   the largest change of any other output's score (must be 0); only then are the staged files
+   copied into `--out` (the shipped model by default): a failed check leaves it as it was.
 Never reads an evaluation set.
 """
 
@@ -115,6 +116,9 @@ def figures(scores: np.ndarray, is_jb: np.ndarray, dev: np.ndarray, t: float) ->
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--from", dest="source", type=Path, default=MODEL_DIR,
+                        help="the model whose jailbreak row is refitted (default: the shipped one, which since "
+                             "2026-12-05 is itself a refit; round 3's files reproduce it: `git show c31726d:<file>`)")
     parser.add_argument("--out", type=Path, default=MODEL_DIR, help="where the refitted model is written")
     parser.add_argument("--dev-texts", type=int, default=6000)
     parser.add_argument("--features-cache", type=Path, default=None,
@@ -134,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"developer texts: {len(dev)} ({len(dev_fit)} to fit, {len(dev_cal)} held out), sha256 {dev_digest[:16]}, "
           f"kinds {kinds}")
 
-    shipped = MODEL_DIR
+    shipped = args.source
     with tempfile.TemporaryDirectory() as tmp:
         before_dir = Path(tmp) / "before"
         shutil.copytree(shipped, before_dir)
@@ -169,34 +173,37 @@ def main(argv: list[str] | None = None) -> None:
         weight, bias = state["out.weight"].clone(), state["out.bias"].clone()
         weight[JB], bias[JB] = w.to(weight.dtype), b.to(bias.dtype)
         state["out.weight"], state["out.bias"] = weight.contiguous(), bias.contiguous()
-        args.out.mkdir(parents=True, exist_ok=True)
-        if args.out.resolve() != shipped.resolve():
-            shutil.copytree(shipped, args.out, dirs_exist_ok=True)
-        save_file(state, str(args.out / WEIGHTS_FILE))
-        after = production_scores(cal_texts + [it["text"] for it in dev_cal], args.out)
+        # staged first: `--out` (the shipped model by default) changes only once every check passed
+        staged = Path(tmp) / "after"
+        shutil.copytree(before_dir, staged)
+        save_file(state, str(staged / WEIGHTS_FILE))
+        after = production_scores(cal_texts + [it["text"] for it in dev_cal], staged)
 
-    n = len(cal_texts)
-    others = [j for j in range(len(OUTPUTS)) if j != JB]
-    drift = float(np.abs(after[:, others] - before[:, others]).max())
-    meta = json.loads((args.out / META_FILE).read_text(encoding="utf-8"))
-    old_t = meta["thresholds"]["jailbreak"]
-    new_t = lowest_threshold([after[:n, JB][~is_jb], after[n:, JB]])
-    report = {
-        "before": figures(before[:n, JB], is_jb, before[n:, JB], old_t),
-        "after": figures(after[:n, JB], is_jb, after[n:, JB], new_t),
-        "other_outputs_max_change": drift,
-    }
-    print(json.dumps(report, indent=2))
-    if drift != 0.0:
-        raise SystemExit(f"another output's score changed by {drift}: the refit must touch the jailbreak row only")
-    meta["thresholds"]["jailbreak"] = new_t
-    meta["jailbreak_refit"] = {
-        "what": "the jailbreak row of the output layer refitted alone (tools/safety/refit_jailbreak.py)",
-        "fit_texts": len(fit_texts), "developer_texts": len(dev), "developer_texts_sha256": dev_digest,
-        "developer_kinds": kinds, "pull": PULL, "rule": f"<= {JAILBREAK_FPR} of the slice's texts without the "
-        "flag and of the held-out developer texts", "held_out": report["after"], "shipped_before": report["before"],
-    }
-    (args.out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        n = len(cal_texts)
+        others = [j for j in range(len(OUTPUTS)) if j != JB]
+        drift = float(np.abs(after[:, others] - before[:, others]).max())
+        meta = json.loads((staged / META_FILE).read_text(encoding="utf-8"))
+        old_t = meta["thresholds"]["jailbreak"]
+        new_t = lowest_threshold([after[:n, JB][~is_jb], after[n:, JB]])
+        report = {
+            "before": figures(before[:n, JB], is_jb, before[n:, JB], old_t),
+            "after": figures(after[:n, JB], is_jb, after[n:, JB], new_t),
+            "other_outputs_max_change": drift,
+        }
+        print(json.dumps(report, indent=2))
+        if drift != 0.0:
+            raise SystemExit(f"another output's score changed by {drift}: the refit must touch the jailbreak row "
+                             f"only; {args.out} is left as it was")
+        meta["thresholds"]["jailbreak"] = new_t
+        meta["jailbreak_refit"] = {
+            "what": "the jailbreak row of the output layer refitted alone (tools/safety/refit_jailbreak.py)",
+            "fit_texts": len(fit_texts), "developer_texts": len(dev), "developer_texts_sha256": dev_digest,
+            "developer_kinds": kinds, "pull": PULL, "rule": f"<= {JAILBREAK_FPR} of the slice's texts without the "
+            "flag and of the held-out developer texts", "held_out": report["after"], "shipped_before": report["before"],
+        }
+        (staged / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        args.out.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(staged, args.out, dirs_exist_ok=True)
     print(f"wrote {args.out / WEIGHTS_FILE} and the jailbreak threshold {new_t} into {args.out / META_FILE}")
 
 
