@@ -28,7 +28,7 @@ import os
 import threading
 import uuid
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -55,10 +55,17 @@ def _text(value: object) -> str:
     return "" if value is None else str(value)
 
 
+#: An event's time is written as whole microseconds since this instant (exact, and a quarter of
+#: the CPU of `isoformat`, 0.8 against 2.9 µs per event here: every request pays it). Journals of
+#: releases before 2026-12-05 hold ISO 8601 times; `decode` reads both.
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MICROSECOND = timedelta(microseconds=1)
+
+
 def encode(row: Row) -> bytes:
     """One event as a line (ids and counts only; none of them holds a tab or a newline)."""
     r = row
-    return (f"{r['at'].isoformat()}\t{r['workspace_id']}\t{r['deployment_id']}\t{r['model_id']}\t"
+    return (f"{(r['at'] - EPOCH) // MICROSECOND}\t{r['workspace_id']}\t{r['deployment_id']}\t{r['model_id']}\t"
             f"{_text(r['offer_id'])}\t{_text(r['subscription_id'])}\t{r['api']}\t{int(r['input_tokens'])}\t"
             f"{int(r['output_tokens'])}\t{r['status']}\t{_text(r['currency'])}\t{_text(r['input_price'])}\t"
             f"{_text(r['output_price'])}\n").encode()
@@ -70,9 +77,12 @@ def decode(line: str) -> Row:
     if len(parts) != 13:
         raise ValueError(f"{len(parts)} fields, expected 13")
     at, ws, dep, model, offer, sub, api, n_in, n_out, status, currency, p_in, p_out = parts
-    when = datetime.fromisoformat(at)
-    if when.tzinfo is None:
-        raise ValueError("a naive time")
+    if at.isdigit():
+        when = EPOCH + timedelta(microseconds=int(at))
+    else:  # a journal of an earlier release
+        when = datetime.fromisoformat(at)
+        if when.tzinfo is None:
+            raise ValueError("a naive time")
     return {"at": when, "workspace_id": ws, "deployment_id": dep, "model_id": model, "offer_id": offer or None,
             "subscription_id": sub or None, "api": api, "input_tokens": int(n_in), "output_tokens": int(n_out),
             "status": status, "currency": currency or None, "input_price": Decimal(p_in) if p_in else None,

@@ -37,6 +37,7 @@ round trip itself (benchmarks/bench_gateway.py, `redis-client` in the quota chec
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import math
 from dataclasses import dataclass
@@ -118,12 +119,14 @@ class Window:
     seconds: int
 
 
+@functools.lru_cache(maxsize=4096)
 def request_window(requests_per_minute: int) -> Window:
     if requests_per_minute >= 6:
         return Window(requests_per_minute // 6, 10)
     return Window(requests_per_minute, 60)
 
 
+@functools.lru_cache(maxsize=4096)
 def token_window(tokens_per_minute: int) -> Window:
     return Window(tokens_per_minute, 60)
 
@@ -238,8 +241,8 @@ class RateLimiter:
         rw, tw = request_window(limits.requests_per_minute), token_window(limits.tokens_per_minute)
         rkey, tkey = f"rpm/{deployment_id}", f"tpm/{deployment_id}"
         if self.memory is not None:
-            outcome, rstate, tstate = self.memory.admit((rkey, rw.amount, rw.seconds, 1),
-                                                        (tkey, tw.amount, tw.seconds, tokens))
+            outcome, rstate, tstate = self.memory.admit(rkey, rw.amount, rw.seconds, 1, tkey, tw.amount, tw.seconds,
+                                                        tokens)
             if outcome == 0:
                 return Decision(limits, _remaining(rw, rstate), _remaining(tw, tstate))
             raise _refusal(limits, rw, tw, rstate, tstate, 1 if outcome == 1 else tokens,

@@ -55,28 +55,25 @@ class MemoryWindows:
         previous_ttl = 0.0 if previous == 0 else (1 - (((now - period) / period) % 1)) * period
         return previous, previous_ttl, w[2], (1 - ((now / period) % 1)) * period + period
 
-    @staticmethod
-    def _fits(state: State, period: int, limit: int, amount: int) -> bool:
-        previous, previous_ttl, current, _ = state
-        return math.floor(previous * previous_ttl / period + current) + amount <= limit
-
-    def admit(self, first: tuple[str, int, int, int], second: tuple[str, int, int, int]
-              ) -> tuple[int, State, State]:
-        """Check and charge two windows, each (key, limit, period, amount), the first before the
-        second, at one instant: 0 and both charged, 1 (the first refused: nothing charged) or 2
-        (the second refused: only the first charged); with both windows' state after it."""
+    def admit(self, key1: str, limit1: int, period1: int, amount1: int,
+              key2: str, limit2: int, period2: int, amount2: int) -> tuple[int, State, State]:
+        """Check and charge two windows (key, limit, period, amount), the first before the second,
+        at one instant: 0 and both charged, 1 (the first refused: nothing charged) or 2 (the second
+        refused: only the first charged); with both windows' state after it. Each state is computed
+        once (a charge changes only its current count): every request pays for this call."""
         now = time.time()
-        (k1, limit1, period1, amount1), (k2, limit2, period2, amount2) = first, second
+        state = self._state
         with self._lock:
-            w1, w2 = self._window(k1, period1, now), self._window(k2, period2, now)
-            outcome = 1
-            if amount1 <= limit1 and self._fits(self._state(w1, period1, now), period1, limit1, amount1):
-                w1[2] += amount1
-                outcome = 2
-                if amount2 <= limit2 and self._fits(self._state(w2, period2, now), period2, limit2, amount2):
-                    w2[2] += amount2
-                    outcome = 0
-            return outcome, self._state(w1, period1, now), self._state(w2, period2, now)
+            w1, w2 = self._window(key1, period1, now), self._window(key2, period2, now)
+            s1, s2 = state(w1, period1, now), state(w2, period2, now)
+            if amount1 > limit1 or math.floor(s1[0] * s1[1] / period1 + s1[2]) + amount1 > limit1:
+                return 1, s1, s2
+            w1[2] += amount1
+            s1 = (s1[0], s1[1], w1[2], s1[3])
+            if amount2 > limit2 or math.floor(s2[0] * s2[1] / period2 + s2[2]) + amount2 > limit2:
+                return 2, s1, s2
+            w2[2] += amount2
+            return 0, s1, (s2[0], s2[1], w2[2], s2[3])
 
     def charge(self, key: str, period: int, amount: int) -> None:
         """Add `amount` to the key's current window whatever it holds."""

@@ -658,3 +658,28 @@ def test_a_link_in_the_journal_directory_is_not_replayed(tmp_path: Path) -> None
         rec.stop()
     assert _count(db, deployment_id="dep_planted") == 0 and target.exists()
     db.dispose()
+
+
+def test_a_journal_of_an_earlier_release_is_replayed_with_its_times(tmp_path: Path) -> None:
+    """Journals written before 2026-12-05 hold ISO 8601 times; a server of this release replays
+    a crashed one's lines with their exact times and prices (an upgrade after a kill -9)."""
+    db = _store(tmp_path)
+    directory = journal_dir(str(db.engine.url.database))
+    directory.mkdir(mode=0o700)
+    when = datetime(2026, 11, 30, 23, 59, 59, 999999, tzinfo=UTC)
+    old = _row(deployment_id="dep_old", at=when, currency="EUR", input_price=Decimal("0.25"),
+               output_price=Decimal("1.5"))
+    line = journal_module.encode(old).decode().split("\t", 1)[1]
+    (directory / f"{'a' * 32}{journal_module.SUFFIX}").write_text(f"{when.isoformat()}\t{line}")
+    assert journal_module.decode(journal_module.encode(old).decode()) == old  # this release's form, exact
+    rec = MeterRecorder(db)
+    rec.start()
+    try:
+        rec.flush()
+        assert rec.replayed == 1
+    finally:
+        rec.stop()
+    with db.engine.connect() as conn:
+        row = conn.execute(select(UsageEvent.__table__).where(UsageEvent.__table__.c.deployment_id == "dep_old")).one()
+    assert row.at.replace(tzinfo=UTC) == when and row.input_price == Decimal("0.25") and row.currency == "EUR"
+    db.dispose()

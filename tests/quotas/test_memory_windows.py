@@ -48,7 +48,7 @@ def test_windows_admit_like_the_library(clock: Clock) -> None:
         @rule(limit1=st.integers(1, 20), limit2=st.integers(1, 500), amount2=st.integers(1, 600))
         def admit(self, limit1: int, limit2: int, amount2: int) -> None:
             first, second = ("rpm/d", limit1, 10, 1), ("tpm/d", limit2, 60, amount2)
-            outcome, s1, s2 = self.ours.admit(first, second)
+            outcome, s1, s2 = self.ours.admit(*first, *second)
             expected = 1
             if self.library.acquire_sliding_window_entry("rpm/d", limit1, 10, 1):
                 expected = 0 if self.library.acquire_sliding_window_entry("tpm/d", limit2, 60, amount2) else 2
@@ -80,8 +80,8 @@ def test_windows_admit_like_the_library(clock: Clock) -> None:
 def test_a_refusal_by_the_second_window_keeps_the_first_charged(clock: Clock) -> None:
     """The request is counted, its tokens are not (the limiter's rule: requests are checked first)."""
     w = MemoryWindows()
-    assert w.admit(("rpm/d", 5, 10, 1), ("tpm/d", 100, 60, 80))[0] == 0
-    outcome, requests, tokens = w.admit(("rpm/d", 5, 10, 1), ("tpm/d", 100, 60, 80))
+    assert w.admit("rpm/d", 5, 10, 1, "tpm/d", 100, 60, 80)[0] == 0
+    outcome, requests, tokens = w.admit("rpm/d", 5, 10, 1, "tpm/d", 100, 60, 80)
     assert outcome == 2 and requests[2] == 2 and tokens[2] == 80
-    outcome, requests, tokens = w.admit(("rpm/d", 2, 10, 1), ("tpm/d", 100, 60, 1))
+    outcome, requests, tokens = w.admit("rpm/d", 2, 10, 1, "tpm/d", 100, 60, 1)
     assert outcome == 1 and requests[2] == 2 and tokens[2] == 80
