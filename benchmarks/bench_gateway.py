@@ -321,6 +321,12 @@ class Paths:
                 "chat-unique": self.chat_unique}
 
 
+#: A request to a server under test that takes longer than this fails the run with a timeout,
+#: instead of waiting on aiohttp's default of 5 minutes per request (a run of 2026-12-05 sat
+#: for 10 minutes without output and was killed; its cause was not found).
+REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=60)
+
+
 async def latencies(call: Call, n: int) -> list[float]:
     out = []
     for _ in range(n):
@@ -390,7 +396,7 @@ async def warm_and_wait(setups: list[Setup], n: int = 200) -> None:
     """Warm each server up with `n` gateway requests on a session of its own, then wait until all
     are idle (wait_quiet). The session is closed first: a connection left idle for longer than
     the server's keep-alive (5 s) is closed by it, and aiohttp does not retry a POST sent on it."""
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(timeout=REQUEST_TIMEOUT) as session:
         for setup in setups:
             await latencies(gateway_call(setup, session), n)
     await wait_quiet([setup.server.pid for setup in setups])
@@ -414,7 +420,7 @@ def pct(values: list[float], q: float) -> float:
 async def measure(setup: Setup, n: int, rounds: int, seconds: float, clients: int,
                   filtered: bool = True, only: set[str] | None = None) -> dict[str, dict[str, float]]:
     connector = aiohttp.TCPConnector(limit=0)
-    async with (aiohttp.ClientSession(connector=connector) as session,
+    async with (aiohttp.ClientSession(connector=connector, timeout=REQUEST_TIMEOUT) as session,
                 aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=setup.socket, limit=0)) as worker,
                 WorkerClient(setup.socket) as client):
         paths = Paths(setup, session, worker, client).all()
@@ -694,7 +700,7 @@ async def measure_metering(setups: dict[str, Setup], n: int, rounds: int, second
     await warm_and_wait(list(setups.values()))
     connector = aiohttp.TCPConnector(limit=0)
     out: dict[str, dict[str, Any]] = {}
-    async with aiohttp.ClientSession(connector=connector) as session:
+    async with aiohttp.ClientSession(connector=connector, timeout=REQUEST_TIMEOUT) as session:
         calls = {name: gateway_call(setup, session) for name, setup in setups.items()}
         for call in calls.values():
             await latencies(call, 20)  # this session's connections
@@ -752,7 +758,7 @@ async def measure_same_process(setup: Setup, n: int, rounds: int, seconds: float
         return CpuClock(pid)
 
     await warm_and_wait([setup])
-    async with aiohttp.ClientSession(connector=connector) as session:
+    async with aiohttp.ClientSession(connector=connector, timeout=REQUEST_TIMEOUT) as session:
         call = gateway_call(setup, session)
         await latencies(call, 20)  # this session's connections
         chunk = max(1, n // 10)

@@ -35,7 +35,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import aiohttp
 import uvloop
-from bench_gateway import METERING_ENV, PROFILE_ENV, Call, Setup, gateway_call, latencies, throughput, warm_and_wait
+from bench_gateway import (
+    METERING_ENV,
+    PROFILE_ENV,
+    REQUEST_TIMEOUT,
+    Call,
+    Setup,
+    gateway_call,
+    latencies,
+    throughput,
+    warm_and_wait,
+)
 
 Stats = dict[tuple[str, int, str], tuple[float, float, int]]  # function -> (tottime, cumtime, calls)
 
@@ -54,7 +64,7 @@ async def drive(setups: dict[str, Setup], out: Path, n: int, clients: int, secon
     done: dict[str, dict[str, int]] = {"seq": {}, "conc": {}}
     # the servers' start-up work (the classifier's warm-up thread) must not fall into a window
     await warm_and_wait(list(setups.values()))
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=REQUEST_TIMEOUT) as session:
         counted = {name: gateway_call(setup, session) for name, setup in setups.items()}
 
         def counting(name: str) -> Call:
