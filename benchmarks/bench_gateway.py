@@ -849,7 +849,7 @@ def report_metering(results: dict[str, dict[str, Any]], n: int, clients: int, *,
         met = added <= QUOTA_REDIS_P50_TARGET_MS
         ok = ok and met
         print(f"target, Redis storage adds <= {QUOTA_REDIS_P50_TARGET_MS} ms p50: {'met' if met else 'MISSED'} "
-              f"({added:+.3f} ms; {results['redis']['cpu1_us'] - off['cpu1_us']:+.1f} µs CPU per request at 1 client)")
+              f"({added:+.3f} ms; {paired_added(results['redis'], off, 'cpu1_us'):+.1f} µs CPU a request at 1 client)")
     return ok
 
 

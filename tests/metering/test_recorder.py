@@ -644,18 +644,10 @@ def test_a_journal_that_cannot_be_started_anew_loses_and_doubles_nothing(
 def test_a_link_in_the_journal_directory_is_not_replayed(tmp_path: Path) -> None:
     """Something planted in the journal directory as a link is left alone, not read as a journal."""
     db = _store(tmp_path)
-    directory = journal_dir(str(db.engine.url.database))
-    directory.mkdir(mode=0o700)
     target = tmp_path / "elsewhere.usage"
     target.write_bytes(journal_module.encode(_row(deployment_id="dep_planted")))
-    (directory / f"{'0' * 32}{journal_module.SUFFIX}").symlink_to(target)
-    rec = MeterRecorder(db)
-    rec.start()
-    try:
-        rec.flush()
-        assert rec.replayed == 0
-    finally:
-        rec.stop()
+    _journal_path(db, "0").symlink_to(target)
+    assert _start_and_stop(db) == 0
     assert _count(db, deployment_id="dep_planted") == 0 and target.exists()
     db.dispose()
 
@@ -664,22 +656,32 @@ def test_a_journal_of_an_earlier_release_is_replayed_with_its_times(tmp_path: Pa
     """Journals written before 2026-12-05 hold ISO 8601 times; a server of this release replays
     a crashed one's lines with their exact times and prices (an upgrade after a kill -9)."""
     db = _store(tmp_path)
-    directory = journal_dir(str(db.engine.url.database))
-    directory.mkdir(mode=0o700)
     when = datetime(2026, 11, 30, 23, 59, 59, 999999, tzinfo=UTC)
     old = _row(deployment_id="dep_old", at=when, currency="EUR", input_price=Decimal("0.25"),
                output_price=Decimal("1.5"))
     line = journal_module.encode(old).decode().split("\t", 1)[1]
-    (directory / f"{'a' * 32}{journal_module.SUFFIX}").write_text(f"{when.isoformat()}\t{line}")
+    _journal_path(db, "a").write_text(f"{when.isoformat()}\t{line}")
     assert journal_module.decode(journal_module.encode(old).decode()) == old  # this release's form, exact
-    rec = MeterRecorder(db)
-    rec.start()
-    try:
-        rec.flush()
-        assert rec.replayed == 1
-    finally:
-        rec.stop()
+    assert _start_and_stop(db) == 1
     with db.engine.connect() as conn:
         row = conn.execute(select(UsageEvent.__table__).where(UsageEvent.__table__.c.deployment_id == "dep_old")).one()
     assert row.at.replace(tzinfo=UTC) == when and row.input_price == Decimal("0.25") and row.currency == "EUR"
     db.dispose()
+
+
+def _journal_path(db: Database, fill: str) -> Path:
+    """A journal's path in the store's journal directory (made, 0700), as a crashed server left it."""
+    directory = journal_dir(str(db.engine.url.database))
+    directory.mkdir(mode=0o700, exist_ok=True)
+    return directory / f"{fill * 32}{journal_module.SUFFIX}"
+
+
+def _start_and_stop(db: Database) -> int:
+    """Start a recorder on `db` (it replays what it finds), flush, stop; the events it replayed."""
+    rec = MeterRecorder(db)
+    rec.start()
+    try:
+        rec.flush()
+    finally:
+        rec.stop()
+    return rec.replayed
