@@ -42,6 +42,7 @@ import shutil
 import signal
 import stat
 import sys
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -457,7 +458,7 @@ class Sandbox:
         self.closed = True
         if self.uid is not None and not await run_blocking(self.launcher.uids.release, self.uid):
             log.warning("sandbox uid %d still runs processes; it stays reserved until they are gone", self.uid)
-        await run_blocking(shutil.rmtree, self.directory, True)
+        await run_blocking(self.launcher._remove_directory, self.name)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -511,6 +512,12 @@ class SandboxLauncher:
         self.tmp_bytes = tmp_bytes
         self._caps = capabilities
         self._prepared = False
+        # prepare() runs in worker threads, and two pools may provision at once: the lock keeps
+        # its sweep of stale entries from removing a sandbox created meanwhile (CI, stop 29: a
+        # dedicated worker's directory vanished before its keeper opened it), and `_live` keeps
+        # a later sweep (after tidy()) away from the sandboxes this launcher still holds.
+        self._lock = threading.Lock()
+        self._live: set[str] = set()
 
     @classmethod
     def from_settings(cls, settings: Any, kind: str) -> SandboxLauncher:
@@ -522,27 +529,51 @@ class SandboxLauncher:
         return self.run_dir / self.kind
 
     def prepare(self) -> None:
-        """Check (or create) the run directory and this kind's directory; remove stale entries."""
-        if self._prepared:
-            return
-        secure_run_dir(self.run_dir)
-        secure_directory(self.directory)
-        for stale in os.listdir(self.directory):  # left by a server that died (its processes died too)
-            path = self.directory / stale
-            if os.path.islink(path) or not os.path.isdir(path):
-                os.unlink(path)
-            else:
-                shutil.rmtree(path, ignore_errors=True)
-        self._prepared = True
+        """Check (or create) the run directory and this kind's directory; remove stale entries
+        (left by a server that died: its processes died too), never one of this launcher's."""
+        with self._lock:
+            if self._prepared:
+                return
+            secure_run_dir(self.run_dir)
+            secure_directory(self.directory)
+            for stale in os.listdir(self.directory):
+                if stale in self._live:
+                    continue
+                path = self.directory / stale
+                if os.path.islink(path) or not os.path.isdir(path):
+                    os.unlink(path)
+                else:
+                    shutil.rmtree(path, ignore_errors=True)
+            self._prepared = True
 
     def tidy(self) -> None:
         """Remove this kind's directory when nothing is left in it, and the run directory too when
         it is one of /run/modelport's (a run directory given by the caller stays theirs)."""
         paths = [self.directory, self.run_dir] if self.run_dir.parent == RUN_ROOT else [self.directory]
-        for path in paths:
-            with contextlib.suppress(OSError):
-                os.rmdir(path)
-        self._prepared = False
+        with self._lock:
+            for path in paths:
+                with contextlib.suppress(OSError):
+                    os.rmdir(path)
+            self._prepared = False
+
+    def _make_directory(self, name: str, uid: int | None) -> Path:
+        """A new sandbox's directory, counted as live before it exists."""
+        directory = self.directory / name
+        with self._lock:
+            self._live.add(name)
+            try:
+                os.mkdir(directory, 0o700)
+                if uid is not None:
+                    os.chown(directory, uid, uid)
+            except BaseException:
+                self._live.discard(name)
+                raise
+        return directory
+
+    def _remove_directory(self, name: str) -> None:
+        with self._lock:
+            shutil.rmtree(self.directory / name, ignore_errors=True)
+            self._live.discard(name)
 
     async def capabilities(self) -> Capabilities:
         if self._caps is None:
@@ -598,11 +629,8 @@ class SandboxLauncher:
             if uid is None:
                 raise errors.TooManyRequests(f"all {self.uids.count} sandbox uids are in use; stop a worker "
                                              "or a fine-tuning job first")
-        directory = self.directory / name
         try:
-            os.mkdir(directory, 0o700)
-            if uid is not None:
-                os.chown(directory, uid, uid)
+            directory = await run_blocking(self._make_directory, name, uid)
         except BaseException:
             if uid is not None:
                 self.uids.release(uid)

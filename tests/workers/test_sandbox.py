@@ -154,3 +154,33 @@ def test_a_fine_tuning_job_whose_sandbox_cannot_be_built_fails_with_the_reason(l
     assert "MODELPORT_ALLOW_UNISOLATED_WORKERS" in row.error
     runner.launcher.tidy()
     svc.db.dispose()
+
+
+def test_a_sweep_for_stale_entries_never_removes_a_sandbox_the_launcher_holds(loop: LoopThread, tmp_path: Path) -> None:
+    """Entries under the kind's directory that a dead server left are removed on first use, and
+    again after tidy(); a sandbox this launcher created (even one made while a sweep ran: two pools
+    provisioning at once, CI of stop 29) is never among them."""
+    launcher = SandboxLauncher(tmp_path / "sweep", "workers")
+
+    async def scenario() -> list[Sandbox]:
+        held = await launcher.create()
+        launcher.tidy()  # its directory is not empty: it stays, and the next create sweeps again
+        (launcher.directory / "wrk_left_by_a_dead_server").mkdir(mode=0o700)
+        (launcher.directory / "stale.sock").touch()
+        boxes = [held, *await asyncio.gather(*(launcher.create() for _ in range(8)))]
+        launcher.tidy()
+        boxes += await asyncio.gather(*(launcher.create() for _ in range(8)))
+        return boxes
+
+    async def close_all(boxes: list[Sandbox]) -> None:
+        await asyncio.gather(*(b.close() for b in boxes))
+
+    boxes = loop.run(scenario())
+    try:
+        assert sorted(p.name for p in launcher.directory.iterdir()) == sorted(b.name for b in boxes)
+        assert all(b.directory.is_dir() for b in boxes)
+    finally:
+        loop.run(close_all(boxes))
+    assert not any(launcher.directory.iterdir())
+    launcher.tidy()
+    assert not launcher.directory.exists()
