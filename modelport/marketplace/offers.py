@@ -55,8 +55,11 @@ class SubscriptionRequired(Conflict):
     code = "subscription_required"
 
 
-def subscribe_command(offer_id: str) -> str:
-    return f"modelport marketplace subscribe {offer_id} --name NAME --email EMAIL --accept-terms"
+def subscribe_command(offer: Offer) -> str:
+    """The command that subscribes to `offer`, with --consent where the offer requires it (without
+    it the subscription is refused)."""
+    consent = " --consent" if offer.contact_sharing_required else ""
+    return f"modelport marketplace subscribe {offer.id} --name NAME --email EMAIL --accept-terms{consent}"
 
 
 def sha256_text(text: str) -> str:
@@ -106,8 +109,8 @@ def check_deployable(s: Session, workspace_id: str, model: CatalogModel, dep_typ
     if usable_subscription(s, workspace_id, offer.id) is None:
         raise SubscriptionRequired(
             f"Model '{model.name}' is sold under offer {offer.id}; this workspace needs an active subscription to "
-            f"it first: {subscribe_command(offer.id)}",
-            field="model", details={"offer": offer.id, "command": subscribe_command(offer.id)})
+            f"it first: {subscribe_command(offer)}",
+            field="model", details={"offer": offer.id, "command": subscribe_command(offer)})
 
 
 @dataclass(frozen=True)

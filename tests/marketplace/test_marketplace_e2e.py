@@ -99,6 +99,9 @@ def test_subscribe_deploy_call_charge_unsubscribe_resume(world: World) -> None:
     r = _deploy(w, "sold")
     assert r.status_code == 409 and r.json()["error"]["code"] == "subscription_required", r.text
     assert f"modelport marketplace subscribe {w.offer['id']}" in r.json()["error"]["message"]
+    # the command it names is one that works: this offer requires consent to share the contact
+    assert r.json()["error"]["details"]["command"] == (f"modelport marketplace subscribe {w.offer['id']} --name NAME "
+                                                       "--email EMAIL --accept-terms --consent")
     with w.server.client(w.tenant.keys["contributor"]) as c:
         current = ok(c.get(f"/api/v1/marketplace/offers/{w.offer['id']}")).json()["terms"]["sha256"]
         body = {"offer": w.offer["id"], "contact": {"name": "Ada", "email": "ada@example.org"},
