@@ -458,7 +458,7 @@ class Sandbox:
         self.closed = True
         if self.uid is not None and not await run_blocking(self.launcher.uids.release, self.uid):
             log.warning("sandbox uid %d still runs processes; it stays reserved until they are gone", self.uid)
-        await run_blocking(self.launcher._remove_directory, self.name)
+        await run_blocking(self.launcher.remove_directory, self.name)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -513,7 +513,7 @@ class SandboxLauncher:
         self._caps = capabilities
         self._prepared = False
         # prepare() runs in worker threads, and two pools may provision at once: the lock keeps
-        # its sweep of stale entries from removing a sandbox created meanwhile (CI, stop 29: a
+        # its sweep of stale entries from removing a sandbox created meanwhile (a82bf51's CI: a
         # dedicated worker's directory vanished before its keeper opened it), and `_live` keeps
         # a later sweep (after tidy()) away from the sandboxes this launcher still holds.
         self._lock = threading.Lock()
@@ -570,7 +570,8 @@ class SandboxLauncher:
                 raise
         return directory
 
-    def _remove_directory(self, name: str) -> None:
+    def remove_directory(self, name: str) -> None:
+        """Remove a sandbox's directory (its processes have ended) and stop counting it as live."""
         with self._lock:
             shutil.rmtree(self.directory / name, ignore_errors=True)
             self._live.discard(name)

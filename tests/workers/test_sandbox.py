@@ -159,7 +159,7 @@ def test_a_fine_tuning_job_whose_sandbox_cannot_be_built_fails_with_the_reason(l
 def test_a_sweep_for_stale_entries_never_removes_a_sandbox_the_launcher_holds(loop: LoopThread, tmp_path: Path) -> None:
     """Entries under the kind's directory that a dead server left are removed on first use, and
     again after tidy(); a sandbox this launcher created (even one made while a sweep ran: two pools
-    provisioning at once, CI of stop 29) is never among them."""
+    provisioning at once, a82bf51's CI) is never among them."""
     launcher = SandboxLauncher(tmp_path / "sweep", "workers")
 
     async def scenario() -> list[Sandbox]:
