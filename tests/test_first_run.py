@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.server import KEEP_ENV, ROOT, free_port
+from tests.support.server import KEEP_ENV, ROOT, free_port, loopback_get
 
 pytestmark = [pytest.mark.chat_model, pytest.mark.slow]  # the default layout serves `chat` (SmolLM2)
 
@@ -76,7 +76,7 @@ def test_first_start_serves_chat_with_the_default_home_inside_a_closed_directory
             if (data / "admin.key").exists():
                 admin = (data / "admin.key").read_text().strip()
                 try:
-                    r = httpx.get(f"{url}/api/v1/deployments/chat", headers={"Authorization": f"Bearer {admin}"},
+                    r = loopback_get(f"{url}/api/v1/deployments/chat", headers={"Authorization": f"Bearer {admin}"},
                                   timeout=5)
                 except httpx.HTTPError:
                     r = None

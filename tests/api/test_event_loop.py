@@ -19,7 +19,7 @@ import pytest
 
 from modelport.identity import secrets as keysecrets
 from tests.support import pg
-from tests.support.server import ECHO_MODEL, Server, lean_env, start_server
+from tests.support.server import ECHO_MODEL, Server, lean_env, loopback_get, start_server
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.postgres
@@ -47,7 +47,7 @@ def healthy_while_waiting(srv: Server, url: str, lock: pg.TableLock) -> None:
     """Once the server's query waits for the lock, /healthz answers before the lock goes."""
     wait_until(lambda: pg.lock_waiters(url) >= 1, 60, 0.05, "the server's query to wait for the lock")
     try:
-        r = httpx.get(f"{srv.url}/healthz", timeout=HEALTH_DEADLINE)
+        r = loopback_get(f"{srv.url}/healthz", timeout=HEALTH_DEADLINE)
     except httpx.TimeoutException:
         pytest.fail("/healthz did not answer while a database query waited: the event loop waited with it")
     assert r.status_code == 200

@@ -48,7 +48,7 @@ from tests.support.kms import kek_materials
 from tests.support.marketplace import publisher_record
 from tests.support.processes import trainers_of
 from tests.support.runtimes import SLOW_LOAD
-from tests.support.server import Server, start_server
+from tests.support.server import Server, loopback_client, start_server
 from tests.support.settings import settings_at
 from tests.support.tenants import Tenant, begin_upload, make_tenant, ok, put_file, unique
 from tests.support.waiting import wait_until
@@ -139,7 +139,7 @@ def _job(c: httpx.Client, job_id: str) -> dict:
 
 def _call(server: Server, key: str, name: str, azure: bool = False) -> int:
     body = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 4}
-    with httpx.Client(base_url=server.url, timeout=120) as c:
+    with loopback_client(base_url=server.url, timeout=120) as c:
         if azure:
             return c.post(f"/deployments/{name}/chat/completions", params={"api-version": "2024-05-01-preview"},
                           json=body, headers={"api-key": key}).status_code

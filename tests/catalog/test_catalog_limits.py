@@ -19,7 +19,7 @@ import pytest
 from tests.catalog.test_scan_limits import NESTED_LOOP
 from tests.support.artifacts import write_gguf
 from tests.support.cli import assert_clean_error, cli_json
-from tests.support.server import Server, lean_server, start_server
+from tests.support.server import Server, lean_server, loopback_client, start_server
 from tests.support.tenants import Tenant, begin_upload, make_tenant, ok, put_file, unique
 from tests.support.waiting import wait_until
 
@@ -37,7 +37,7 @@ def team(server: Server) -> Tenant:
 
 
 def client(server: Server, key: str, timeout: float) -> httpx.Client:
-    return httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=timeout)
+    return loopback_client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=timeout)
 
 
 def import_gguf(c: httpx.Client, gguf: Path, name: str, **fields: object) -> httpx.Response:

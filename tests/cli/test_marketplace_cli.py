@@ -8,11 +8,10 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.support.inference import CHAT_MODEL, wait_state
-from tests.support.server import Server, start_lean
+from tests.support.server import Server, loopback_client, start_lean
 from tests.support.tenants import make_tenant
 
 
@@ -66,7 +65,7 @@ def test_sell_subscribe_call_and_report_from_the_cli(server: Server, tmp_path: P
     created = json.loads(s.cli("deployments", "create", "sold", "--model", CHAT_MODEL, "--type", "serverless",
                                "--json", key=owner, check=True).stdout)
     wait_state(s, "sold", key=owner)
-    with httpx.Client(base_url=s.url, headers={"Authorization": f"Bearer {created['keys']['primary']}"}) as c:
+    with loopback_client(base_url=s.url, headers={"Authorization": f"Bearer {created['keys']['primary']}"}) as c:
         u = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "a b c"}],
                                                  "max_tokens": 6}).json()["usage"]
     assert (u["prompt_tokens"], u["completion_tokens"]) == (4, 6)

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 
 from modelport.kms.files import is_temp_name
-from tests.support.server import start_server
+from tests.support.server import loopback_client, start_server
 from tests.support.waiting import wait_until
 
 ENV = {"MODELPORT_CREATE_DEFAULT_DEPLOYMENT": "false", "MODELPORT_UPLOAD_TTL_SECONDS": "3",
@@ -48,7 +48,7 @@ def test_a_crashed_dataset_upload_leaves_nothing_after_the_ttl(tmp_path: Path):
 
     def upload() -> None:
         try:
-            with httpx.Client(base_url=s.url, headers={"Authorization": f"Bearer {s.admin_key}"}, timeout=60) as c:
+            with loopback_client(base_url=s.url, headers={"Authorization": f"Bearer {s.admin_key}"}, timeout=60) as c:
                 c.post("/api/v1/datasets", params={"name": "crash"}, content=endless(),
                        headers={"Content-Type": "application/jsonl"})
         except httpx.HTTPError:

@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
-from tests.support.server import Server, lean_server
+from tests.support.server import Server, lean_server, loopback_client
 from tests.support.tenants import ok
 
 LABELS = ("a", "b", "c", "d")
@@ -260,7 +260,7 @@ class Escalation(RuleBasedStateMachine):
 def test_no_sequence_of_calls_gains_platform_or_foreign_power(server: Server) -> None:
     Escalation.server = server
     DONE.clear()
-    with httpx.Client(base_url=server.url, timeout=60) as Escalation.http:
+    with loopback_client(base_url=server.url, timeout=60) as Escalation.http:
         run_state_machine_as_test(Escalation, settings=settings(
             max_examples=25, stateful_step_count=20, derandomize=True, database=None, deadline=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, precondition, rule, run_state_machine_as_test
 
-from tests.support.server import ECHO_MODEL, Server, lean_server
+from tests.support.server import ECHO_MODEL, Server, lean_server, loopback_client
 from tests.support.tenants import (
     Tenant,
     begin_upload,
@@ -294,7 +294,7 @@ def test_every_write_route_is_tried(world: World) -> None:
 
 def test_a_readers_key_never_writes(world: World) -> None:
     ReaderSequences.world = world
-    with httpx.Client(base_url=world.server.url, timeout=60) as ReaderSequences.http:
+    with loopback_client(base_url=world.server.url, timeout=60) as ReaderSequences.http:
         run_state_machine_as_test(ReaderSequences, settings=settings(
             max_examples=25, stateful_step_count=20, derandomize=True, database=None, deadline=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))

@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from tests.support.inference import CHAT_MODEL, create_deployment, wait_state
-from tests.support.server import Server, start_server
+from tests.support.server import Server, loopback_client, start_server
 from tests.support.tenants import Tenant, make_tenant
 
 CANARY = "cnry" + secrets.token_hex(8)
@@ -66,7 +66,7 @@ def call(w: World, path: str, body: dict | None = None, *, key: str | None = "",
     key = w.key if key == "" else key
     hdrs = {**({"Authorization": f"Bearer {key}"} if key else {}), **(headers or {})}
     transport = httpx.HTTPTransport(local_address=address) if address else None
-    with httpx.Client(base_url=w.server.url, timeout=180, transport=transport) as c:
+    with loopback_client(base_url=w.server.url, timeout=180, transport=transport) as c:
         return c.request(method, path, json=body, headers=hdrs)
 
 

@@ -20,7 +20,7 @@ import pytest
 
 from tests.support.inference import CHAT_MODEL, alive, chat_body, create_deployment, worker_health, workers
 from tests.support.runtimes import SLOW
-from tests.support.server import Server, start_lean
+from tests.support.server import Server, loopback_client, start_lean
 from tests.support.waiting import wait_until
 
 
@@ -75,12 +75,12 @@ def test_abandoned_non_streamed_requests_are_not_generated(server: Server):
     t = threading.Thread(target=long_call)
     t.start()
     wait_until(lambda: worker_health(worker.socket).active_generations == 1, 30, 0.02, "the long call to run")
-    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=0.3) as http:
+    with loopback_client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=0.3) as http:
         with pytest.raises(httpx.ReadTimeout):  # gives up while queued behind the long call
             http.post("/v1/chat/completions", json=chat_body("gone", max_tokens=200))
     t.join(60)
     assert done.is_set()
-    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=0.5) as http:
+    with loopback_client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=0.5) as http:
         with pytest.raises(httpx.ReadTimeout):  # gives up while its answer is being generated
             http.post("/v1/chat/completions", json=chat_body("gone", max_tokens=200))
     wait_until(lambda: worker_health(worker.socket).active_generations == 0, 30, 0.05, "the worker to be idle")
@@ -89,7 +89,7 @@ def test_abandoned_non_streamed_requests_are_not_generated(server: Server):
 
 
 def _read_sse(server: Server, key: str, max_tokens: int, started: threading.Event, out: list[str]) -> None:
-    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=120) as c:
+    with loopback_client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=120) as c:
         with c.stream("POST", "/v1/chat/completions",
                       json=chat_body("tick tock", max_tokens=max_tokens, stream=True)) as r:
             assert r.status_code == 200

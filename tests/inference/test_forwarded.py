@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from modelport.config import build_settings
 from tests.support.inference import CHAT_MODEL, create_deployment
-from tests.support.server import Server, start_lean
+from tests.support.server import Server, loopback_client, start_lean
 
 API_VERSION = "2024-05-01-preview"
 ALLOWED = "10.9.9.9"
@@ -46,7 +46,7 @@ def behind_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Ser
 def call(server: Server, key: str, api: str, forwarded: str | None, source: str = "127.0.0.1") -> httpx.Response:
     headers = {"X-Forwarded-For": forwarded} if forwarded else {}
     body = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 1}
-    with httpx.Client(base_url=server.url, timeout=60, transport=httpx.HTTPTransport(local_address=source)) as c:
+    with loopback_client(base_url=server.url, timeout=60, transport=httpx.HTTPTransport(local_address=source)) as c:
         if api == "openai":
             return c.post("/v1/chat/completions", json={"model": "private", **body},
                           headers={"Authorization": f"Bearer {key}", **headers})

@@ -23,7 +23,7 @@ from azure.core.pipeline.transport import RequestsTransport
 
 from tests.support.inference import CHAT_MODEL, chat, chat_body, create_deployment
 from tests.support.runtimes import SLOW
-from tests.support.server import Server, start_lean
+from tests.support.server import Server, loopback_client, start_lean
 from tests.support.waiting import wait_until
 
 LIMIT = 4096
@@ -52,7 +52,7 @@ def private(server: Server) -> dict:
 
 def from_address(server: Server, key: str, address: str, **kw) -> httpx.Client:
     headers = {**({"Authorization": f"Bearer {key}"} if key else {}), **kw.pop("headers", {})}
-    return httpx.Client(base_url=server.url, headers=headers, timeout=60,
+    return loopback_client(base_url=server.url, headers=headers, timeout=60,
                         transport=httpx.HTTPTransport(local_address=address), **kw)
 
 

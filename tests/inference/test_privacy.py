@@ -41,7 +41,7 @@ from tests.support.inference import (
     workers,
 )
 from tests.support.runtimes import SLOW
-from tests.support.server import Server, start_lean
+from tests.support.server import Server, loopback_client, start_lean
 from tests.support.tenants import ok
 from tests.support.waiting import wait_until
 
@@ -119,7 +119,7 @@ def test_no_prompt_or_output_is_ever_written(server: Server, started_at: float, 
     emb = create_deployment(server, "priv-embed", EMBED_MODEL)["keys"]["primary"]
     (worker,) = [w for w in workers(server).values() if w.health.runtime == "slow-echo"]
     oa = openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0)
-    http = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=60)
+    http = loopback_client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=60)
     try:
         # -- success, both APIs -----------------------------------------------------------
         text = c("chat")
@@ -202,7 +202,7 @@ def test_no_prompt_or_output_is_ever_written(server: Server, started_at: float, 
             cfg = ok(admin.get("/api/v1/deployments/guarded/content-filter")).json()
             ok(admin.put("/api/v1/deployments/guarded/content-filter",
                          json={**cfg, "enabled": True, "blocklists": ["p1"]}))
-        with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {guarded}"}, timeout=120) as g:
+        with loopback_client(base_url=server.url, headers={"Authorization": f"Bearer {guarded}"}, timeout=120) as g:
             blocked = g.post("/v1/chat/completions", json=chat_body(f"{c('blocked')} forbiddenword"))
             assert blocked.status_code == 400 and blocked.json()["error"]["code"] == "content_filter"
             assert not c.pattern().search(blocked.content)
@@ -217,7 +217,7 @@ def test_no_prompt_or_output_is_ever_written(server: Server, started_at: float, 
         with oa.chat.completions.create(model="priv", messages=[{"role": "user", "content": c("disconnect")}],
                                         max_tokens=300, stream=True) as s:
             next(iter(s))
-        with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=0.5) as quick:
+        with loopback_client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=0.5) as quick:
             with pytest.raises(httpx.ReadTimeout):
                 quick.post("/v1/chat/completions", json=chat_body(c("abandoned"), max_tokens=300))
         wait_until(lambda: worker_health(worker.socket).active_generations == 0, 30, 0.05, "the worker to be idle")
@@ -226,13 +226,13 @@ def test_no_prompt_or_output_is_ever_written(server: Server, started_at: float, 
         results: dict[str, object] = {}
 
         def long_stream() -> None:
-            with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as h:
+            with loopback_client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as h:
                 with h.stream("POST", "/v1/chat/completions",
                               json=chat_body(c("crash-stream"), max_tokens=300, stream=True)) as resp:
                     results["stream"] = [line for line in resp.iter_lines() if line]
 
         def long_call() -> None:
-            with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as h:
+            with loopback_client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as h:
                 results["call"] = h.post("/v1/chat/completions", json=chat_body(c("crash"), max_tokens=300))
 
         threads = [threading.Thread(target=long_stream), threading.Thread(target=long_call)]

@@ -26,7 +26,7 @@ from azure.core.pipeline.transport import RequestsTransport
 
 from tests.support.inference import CHAT_MODEL, EMBED_MODEL, chat_body, create_deployment
 from tests.support.redis import require_redis
-from tests.support.server import Server, start_lean
+from tests.support.server import Server, loopback_client, start_lean
 from tests.support.tenants import ok, unique
 
 HEADERS = ("x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-limit-tokens",
@@ -79,7 +79,7 @@ def test_every_answer_carries_the_headers_on_both_apis_streamed_too(server: Serv
             assert b"[DONE]" in b"".join(stream.iter_bytes())
         raw = c.completions.with_raw_response.create(model=name, prompt="abcd", max_tokens=5)
         assert raw.headers["x-ratelimit-remaining-tokens"] == str(50_000 - 36 - 6)
-    with httpx.Client(base_url=server.url, headers={"api-key": key}, timeout=60) as c:
+    with loopback_client(base_url=server.url, headers={"api-key": key}, timeout=60) as c:
         r = c.post(f"/deployments/{name}/chat/completions", params={"api-version": "2024-05-01-preview"},
                    json=chat_body("hi", max_tokens=3))
         assert r.status_code == 200 and all(h in r.headers for h in HEADERS)
@@ -110,7 +110,7 @@ def test_429_in_each_apis_shape_with_retry_after(server: Server) -> None:
     ms = int(r.headers["retry-after-ms"])
     assert 0 < ms <= 10_100 and int(r.headers["retry-after"]) == -(-ms // 1000)
     assert r.headers["x-ratelimit-remaining-requests"] == "0" and all(h in r.headers for h in HEADERS)
-    with httpx.Client(base_url=server.url, headers={"api-key": key}, timeout=60) as c:
+    with loopback_client(base_url=server.url, headers={"api-key": key}, timeout=60) as c:
         r = c.post(f"/deployments/{name}/chat/completions", json=chat_body("hi", max_tokens=2))
     assert r.status_code == 429 and r.json()["error"]["code"] == "429" and "retry-after-ms" in r.headers
     assert "6 requests per minute" in r.json()["error"]["message"]
@@ -139,7 +139,7 @@ def test_the_openai_client_retries_on_its_own_and_succeeds(server: Server) -> No
     name, key = limited(server, rpm=6)
     seen: list[int] = []
     hooks = {"response": [lambda r: seen.append(r.status_code)]}
-    with httpx.Client(event_hooks=hooks, timeout=60) as http, \
+    with loopback_client(event_hooks=hooks, timeout=60) as http, \
             openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, http_client=http) as c:  # default retries
         c.chat.completions.create(model=name, max_tokens=2, **chat_body())
         started = time.monotonic()
@@ -164,7 +164,7 @@ def test_the_azure_client_retries_on_its_own_and_succeeds(server: Server) -> Non
 
 def test_admission_order_401_then_network_403_then_body_400_then_429(server: Server) -> None:
     name, key = limited(server, rpm=6, network={"public_access": False, "allowed_ranges": ["127.0.0.1/32"]})
-    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as c:
+    with loopback_client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as c:
         assert c.post("/v1/chat/completions", json=chat_body(model=name, max_tokens=2)).status_code == 200
         spent = c.post("/v1/chat/completions", json=chat_body(model=name, max_tokens=2))
         assert spent.status_code == 429  # the deployment's requests for this window are spent
@@ -173,14 +173,14 @@ def test_admission_order_401_then_network_403_then_body_400_then_429(server: Ser
         assert bad.status_code == 400
         # ... and still tells what is left (charging nothing): every answer past the network check does.
         assert bad.headers["x-ratelimit-remaining-requests"] == "0" and all(h in bad.headers for h in HEADERS)
-    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=60,
+    with loopback_client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=60,
                       transport=httpx.HTTPTransport(local_address="127.0.0.2")) as outside:
         r = outside.post("/v1/chat/completions", json=chat_body(model=name, max_tokens=2))
         assert r.status_code == 403 and "x-ratelimit-limit-requests" not in r.headers
         r = outside.post(f"/deployments/{name}/chat/completions", json=chat_body(max_tokens=2),
                          headers={"api-key": key})
         assert r.status_code == 403
-    with httpx.Client(base_url=server.url, headers={"Authorization": "Bearer mpd_0000000000000000_" + "x" * 43},
+    with loopback_client(base_url=server.url, headers={"Authorization": "Bearer mpd_0000000000000000_" + "x" * 43},
                       timeout=60) as anonymous:
         assert anonymous.post("/v1/chat/completions", json=chat_body(model=name)).status_code == 401
 

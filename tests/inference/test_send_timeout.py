@@ -15,12 +15,11 @@ import socket
 import time
 from collections.abc import Iterator
 
-import httpx
 import pytest
 
 from tests.support.inference import CHAT_MODEL, create_deployment, worker_health, workers
 from tests.support.runtimes import FLOOD
-from tests.support.server import Server, start_lean
+from tests.support.server import Server, loopback_client, start_lean
 from tests.support.waiting import wait_until
 
 SEND_TIMEOUT = 2.0
@@ -60,7 +59,7 @@ def test_a_reader_that_stops_frees_the_slot_for_the_next_caller(server: Server):
     try:
         wait_until(lambda: worker_health(worker.socket).active_generations == 1, 30, 0.05, "the stream to start")
         # The next caller waits for the only slot; it is served once the stalled stream is dropped.
-        with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as c:
+        with loopback_client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as c:
             r = c.post("/v1/chat/completions", json={"model": "flood", "max_tokens": 2,
                                                       "messages": [{"role": "user", "content": "next please"}]})
         assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "next please"
@@ -80,7 +79,7 @@ def test_a_slow_but_steady_reader_keeps_its_stream(server: Server):
     """Pausing for less than the timeout now and then, for longer than the timeout in all: not cut."""
     key = create_deployment(server, "steady", CHAT_MODEL)["keys"]["primary"]
     lines = []
-    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as c:
+    with loopback_client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as c:
         with c.stream("POST", "/v1/chat/completions",
                       json={"model": "steady", "stream": True, "max_tokens": 300,
                             "messages": [{"role": "user", "content": WORD}]}) as r:

@@ -24,7 +24,7 @@ import orjson
 import pytest
 
 from tests.support.inference import CHAT_MODEL, EMBED_MODEL, create_deployment, wait_state
-from tests.support.server import Server, start_server
+from tests.support.server import Server, loopback_client, start_server
 from tests.support.tenants import ok
 
 WORDS = "hello wire world"
@@ -60,7 +60,7 @@ def w(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 def post(w: World, path: str, body: dict[str, Any], key: str | None, headers: dict[str, str] | None = None,
          ) -> httpx.Response:
     hdrs = {**({"Authorization": f"Bearer {key}"} if key else {}), **(headers or {})}
-    with httpx.Client(base_url=w.server.url, timeout=180) as c:
+    with loopback_client(base_url=w.server.url, timeout=180) as c:
         return c.post(path, json=body, headers=hdrs)
 
 
@@ -202,7 +202,7 @@ def test_embeddings_byte_for_byte(w: World) -> None:
 
 
 def test_models_and_info_byte_for_byte(w: World) -> None:
-    with httpx.Client(base_url=w.server.url, timeout=60) as c:
+    with loopback_client(base_url=w.server.url, timeout=60) as c:
         r = c.get("/v1/models", headers={"Authorization": f"Bearer {w.plain}"})
         info = c.get("/deployments/plain/info", params={"api-version": "2024-05-01-preview"},
                      headers={"api-key": w.plain})
@@ -295,7 +295,7 @@ MISSING_AZURE = {"error": {"code": "unauthenticated",
                                            "bearer"])
 def test_no_usable_key_is_a_401_in_each_surfaces_shape(w: World, authorization: str | None) -> None:
     headers = {} if authorization is None else {"Authorization": authorization}
-    with httpx.Client(base_url=w.server.url, timeout=60) as c:
+    with loopback_client(base_url=w.server.url, timeout=60) as c:
         openai = c.post("/v1/chat/completions", json={"model": "plain", "messages": MESSAGES}, headers=headers)
         azure = c.post("/deployments/plain/chat/completions", json={"messages": MESSAGES}, headers=headers)
         control = c.get("/api/v1/deployments", headers=headers)
@@ -330,7 +330,7 @@ def test_azures_api_key_wins_over_a_bad_authorization_header_on_azure_only(w: Wo
 
 
 def test_a_deployment_key_never_opens_the_control_plane(w: World) -> None:
-    with httpx.Client(base_url=w.server.url, timeout=60) as c:
+    with loopback_client(base_url=w.server.url, timeout=60) as c:
         for method, path, body in (("GET", "/api/v1/deployments", None),
                                    ("POST", "/api/v1/deployments", {"name": "x", "model": CHAT_MODEL})):
             r = c.request(method, path, json=body, headers={"Authorization": f"Bearer {w.plain}"})

@@ -19,7 +19,7 @@ import pytest
 
 from tests.support.inference import CHAT_MODEL, wait_state
 from tests.support.marketplace import Publisher, create_offer, make_publisher, subscribe
-from tests.support.server import ECHO_MODEL, Server, start_lean
+from tests.support.server import ECHO_MODEL, Server, loopback_client, start_lean
 from tests.support.tenants import Tenant, import_tiny_gguf, make_tenant, ok
 from tests.support.waiting import wait_until
 
@@ -55,7 +55,7 @@ def _deploy(w: World, name: str) -> dict:
 
 
 def _call(w: World, key: str, name: str, text: str = "one two three", max_tokens: int = 5) -> httpx.Response:
-    with httpx.Client(base_url=w.server.url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as c:
+    with loopback_client(base_url=w.server.url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as c:
         return c.post("/v1/chat/completions", json={"model": name, "messages": [{"role": "user", "content": text}],
                                                     "max_tokens": max_tokens})
 

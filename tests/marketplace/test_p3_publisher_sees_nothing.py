@@ -30,7 +30,7 @@ import pytest
 from tests.support.inference import CHAT_MODEL, create_deployment, kill, workers
 from tests.support.marketplace import Publisher, create_offer, make_publisher, subscribe
 from tests.support.runtimes import SLOW
-from tests.support.server import Server, start_server
+from tests.support.server import Server, loopback_client, start_server
 from tests.support.tenants import Tenant, make_tenant, ok
 from tests.support.waiting import wait_until
 
@@ -92,7 +92,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 def _every_inference_path(w: World, key: str) -> dict[str, object]:
     s = w.server
     seen: dict[str, object] = {}
-    with httpx.Client(base_url=s.url, headers={"Authorization": f"Bearer {key}"}, timeout=120) as c:
+    with loopback_client(base_url=s.url, headers={"Authorization": f"Bearer {key}"}, timeout=120) as c:
         def chat(text: str, **kw: object) -> httpx.Response:
             return c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": text}], **kw})
 
@@ -124,7 +124,7 @@ def _every_inference_path(w: World, key: str) -> dict[str, object]:
     got: list[str] = []
 
     def long_stream() -> None:
-        with httpx.Client(base_url=s.url, headers={"Authorization": f"Bearer {key}"}, timeout=120) as c2:
+        with loopback_client(base_url=s.url, headers={"Authorization": f"Bearer {key}"}, timeout=120) as c2:
             with c2.stream("POST", "/v1/chat/completions", json={
                     "messages": [{"role": "user", "content": f"{CANARY} crash"}], "max_tokens": 300,
                     "stream": True}) as r2:
@@ -197,7 +197,7 @@ def w_paths(world: World) -> None:
         assert seen["error"] == 400 and seen["bad_param"] == 400 and seen["prompt_blocked"] == 400, seen
         assert seen["worker_crash"] == 1 and seen["output_cut"] and seen["output_cut_stream"], seen
         # the killed worker is restarted by its supervisor before the next workspace's turn
-        with httpx.Client(base_url=world.server.url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as c:
+        with loopback_client(base_url=world.server.url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as c:
             wait_until(lambda: c.post("/v1/chat/completions", json={
                 "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}).status_code == 200, 120, 0.5,
                 "the restarted worker")

@@ -14,14 +14,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
 from tests.support.inference import create_deployment
 from tests.support.marketplace import Publisher, create_offer, make_publisher
-from tests.support.server import Server, start_lean
+from tests.support.server import Server, loopback_client, start_lean
 from tests.support.tenants import import_tiny_gguf, make_tenant, ok
 from tests.support.waiting import wait_until
 
@@ -106,7 +105,7 @@ class Subscriptions(RuleBasedStateMachine):
 
     @rule()
     def call(self) -> None:
-        with httpx.Client(base_url=self.server.url, headers={"Authorization": f"Bearer {self.dep_key}"},
+        with loopback_client(base_url=self.server.url, headers={"Authorization": f"Bearer {self.dep_key}"},
                           timeout=60) as c:
             def answer() -> int:
                 return c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "a b"}],

@@ -8,7 +8,6 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import openai
 import pytest
 from azure.ai.inference import ChatCompletionsClient
@@ -16,7 +15,7 @@ from azure.ai.inference.models import UserMessage
 from azure.core.credentials import AzureKeyCredential
 
 from tests.support.inference import wait_state
-from tests.support.server import Server, start_server
+from tests.support.server import Server, loopback_client, start_server
 from tests.support.tenants import ok
 from tests.support.waiting import wait_until
 
@@ -74,7 +73,7 @@ def test_smollm2_billing_is_exact(server: Server) -> None:
     body = {"model": "chat", "messages": [{"role": "user", "content": "Tell me a long story about a dragon."}],
             "max_tokens": 200, "stream": True}
     received = 0
-    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=300) as http:
+    with loopback_client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=300) as http:
         with http.stream("POST", "/v1/chat/completions", json=body) as r:
             for line in r.iter_lines():
                 if line.startswith("data: {") and json.loads(line[6:])["choices"][0]["delta"].get("content"):

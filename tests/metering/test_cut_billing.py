@@ -25,7 +25,7 @@ import pytest
 
 from tests.support.inference import CHAT_MODEL, create_deployment, kill, worker_health, workers
 from tests.support.runtimes import SLOW
-from tests.support.server import Server, lean_env, start_server
+from tests.support.server import Server, lean_env, loopback_client, start_server
 from tests.support.tenants import ok
 from tests.support.waiting import wait_until
 
@@ -66,7 +66,7 @@ def _body(name: str, **kw: object) -> dict:
 
 
 def _http(world: World, name: str) -> httpx.Client:
-    return httpx.Client(base_url=world.server.url, headers={"Authorization": f"Bearer {world.keys[name]}"},
+    return loopback_client(base_url=world.server.url, headers={"Authorization": f"Bearer {world.keys[name]}"},
                         timeout=120)
 
 

@@ -32,7 +32,7 @@ from azure.core.credentials import AzureKeyCredential
 from azure.core.exceptions import HttpResponseError
 
 from tests.support.inference import CHAT_MODEL, EMBED_MODEL, create_deployment, wait_state, worker_health, workers
-from tests.support.server import Server, start_server
+from tests.support.server import Server, loopback_client, start_server
 from tests.support.tenants import ok
 from tests.support.waiting import wait_until
 
@@ -226,7 +226,7 @@ def test_billed_tokens_equal_what_clients_received(world: World) -> None:
         rng = random.Random(1000 + i)
         oai = {n: openai.OpenAI(base_url=f"{s.url}/v1", api_key=k, max_retries=0, timeout=120)
                for n, k in world.keys.items()}
-        raw = {n: httpx.Client(base_url=s.url, headers={"Authorization": f"Bearer {k}"}, timeout=120,
+        raw = {n: loopback_client(base_url=s.url, headers={"Authorization": f"Bearer {k}"}, timeout=120,
                                limits=RAW_LIMITS)
                for n, k in world.keys.items()}
         try:
@@ -269,7 +269,7 @@ def test_billed_tokens_equal_what_clients_received(world: World) -> None:
 
     def cut(i: int) -> None:
         rng = random.Random(5000 + i)
-        with httpx.Client(base_url=s.url, headers={"Authorization": f"Bearer {world.keys['cutter']}"},
+        with loopback_client(base_url=s.url, headers={"Authorization": f"Bearer {world.keys['cutter']}"},
                           timeout=120, limits=RAW_LIMITS) as http:
             for _ in range(CUTS_PER_THREAD):
                 _cut(http, rng, seen["cutter"])

@@ -19,7 +19,7 @@ import pytest
 
 from tests.support.inference import CHAT_MODEL, create_deployment
 from tests.support.runtimes import SLOW
-from tests.support.server import lean_env, start_server
+from tests.support.server import lean_env, loopback_client, start_server
 from tests.support.tenants import ok
 
 ENV = lean_env({CHAT_MODEL: SLOW})
@@ -27,7 +27,7 @@ FLIGHT_MAX_TOKENS = 400  # 16 s at 40 ms a token: still generating at the kill
 
 
 def _usage(url: str, key: str, name: str) -> dict:
-    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as c:
+    with loopback_client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as c:
         return ok(c.get(f"/api/v1/deployments/{name}/usage")).json()
 
 
@@ -46,7 +46,7 @@ def test_sigkill_loses_no_sent_answer_and_bills_in_flight_at_most_generated(tmp_
             body = {"model": "flight", "messages": [{"role": "user", "content": f"long call {i}"}],
                     "max_tokens": FLIGHT_MAX_TOKENS, "stream": True}
             try:
-                with httpx.Client(base_url=s.url, headers={"Authorization": f"Bearer {keys['flight']}"},
+                with loopback_client(base_url=s.url, headers={"Authorization": f"Bearer {keys['flight']}"},
                                   timeout=120) as c, c.stream("POST", "/v1/chat/completions", json=body) as r:
                     for line in r.iter_lines():
                         if line.startswith("data: {"):
@@ -62,7 +62,7 @@ def test_sigkill_loses_no_sent_answer_and_bills_in_flight_at_most_generated(tmp_
 
         def complete(i: int) -> tuple[int, int]:
             body = {"model": "done", "messages": [{"role": "user", "content": "one two three"}], "max_tokens": 3}
-            with httpx.Client(base_url=s.url, headers={"Authorization": f"Bearer {keys['done']}"}, timeout=120) as c:
+            with loopback_client(base_url=s.url, headers={"Authorization": f"Bearer {keys['done']}"}, timeout=120) as c:
                 if i % 2:
                     u = ok(c.post("/v1/chat/completions", json=body)).json()["usage"]
                     return u["prompt_tokens"], u["completion_tokens"]

@@ -6,11 +6,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
-import httpx
 import pytest
 
 from tests.support.inference import CHAT_MODEL, create_deployment
-from tests.support.server import Server, start_lean
+from tests.support.server import Server, loopback_client, start_lean
 from tests.support.tenants import ok
 
 
@@ -26,7 +25,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 def test_responses_are_billed_what_they_report(server: Server) -> None:
     key = create_deployment(server, "resp", CHAT_MODEL, type="serverless")["keys"]["primary"]
     seen_in = seen_out = 0
-    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as c:
+    with loopback_client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as c:
         for i in range(6):
             body = {"model": "resp", "input": "one two three " * (i + 1), "max_output_tokens": 2 + i}
             if i % 2:

@@ -13,13 +13,12 @@ import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import httpx
 import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.inference import CHAT_MODEL, chat_body, create_deployment
-from tests.support.server import Server, start_lean
+from tests.support.server import Server, loopback_client, start_lean
 from tests.support.tenants import Tenant, make_tenant, ok
 
 CANARY = "canary" + secrets.token_hex(8)
@@ -81,7 +80,7 @@ def traffic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Traffic]:
                 for _ in range(12):  # 10 per 10 seconds
                     c.chat.completions.create(model=name, max_tokens=1, **chat_body(prompt))
                     admitted += 1
-        with httpx.Client(base_url=s.url, headers={"Authorization": f"Bearer {team.keys['reader']}"}) as c:
+        with loopback_client(base_url=s.url, headers={"Authorization": f"Bearer {team.keys['reader']}"}) as c:
             c.post("/v1/chat/completions", json=chat_body(prompt, model="no-such-" + CANARY))  # 404
         with s.client() as admin:
             text = ok(admin.get("/metrics")).text
@@ -92,7 +91,7 @@ def traffic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Traffic]:
 
 def test_only_platform_admins_read_metrics(traffic: Traffic) -> None:
     s = traffic.server
-    with httpx.Client(base_url=s.url) as anonymous:
+    with loopback_client(base_url=s.url) as anonymous:
         assert anonymous.get("/metrics").status_code == 401
     for role in ("owner", "contributor", "reader"):
         with s.client(traffic.team.keys[role]) as c:

@@ -15,13 +15,12 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-import httpx
 import pytest
 
 from tests.support.browser import SMOLLM2, screenshot, sign_in
 from tests.support.inference import chat, create_deployment, wait_state
 from tests.support.marketplace import create_offer, make_publisher, subscribe
-from tests.support.server import Server
+from tests.support.server import Server, loopback_client
 from tests.support.tenants import Tenant, make_tenant, ok, unique
 from tests.support.waiting import wait_until
 
@@ -158,7 +157,7 @@ def test_a_reader_sees_no_write_controls_and_forged_writes_are_refused(page, por
     other = make_tenant(portal_server)
     r = web(url, other.keys["owner"]).post(f"/marketplace/subscriptions/{sub['id']}/cancel")
     assert r.status_code == 404
-    with httpx.Client(base_url=url, timeout=30) as anon:
+    with loopback_client(base_url=url, timeout=30) as anon:
         r = anon.post(f"/marketplace/subscriptions/{sub['id']}/cancel", data={"csrf_token": "x"},
                       headers={"Origin": url})
         assert r.status_code == 401, r.status_code

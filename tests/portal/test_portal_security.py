@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from tests.support.browser import SMOLLM2, sign_in
-from tests.support.server import ECHO_MODEL, Server, free_port, start_lean
+from tests.support.server import ECHO_MODEL, Server, free_port, loopback_client, loopback_get, start_lean
 from tests.support.tenants import Tenant, import_tiny_gguf, make_tenant, ok, unique
 
 PAGES = ["/catalog", f"/catalog/{SMOLLM2}", "/deployments", "/deploy", "/playground", "/datasets", "/finetuning",
@@ -133,7 +133,7 @@ def test_forged_writes_are_refused(web, server: Server) -> None:
 
 
 def test_sign_in_needs_the_forms_own_token(server: Server) -> None:
-    with httpx.Client(base_url=server.url) as c:
+    with loopback_client(base_url=server.url) as c:
         r = c.post("/signin", data={"api_key": server.admin_key, "csrf_token": "x"})
         assert r.status_code == 403 and "mp_session" not in r.headers.get("set-cookie", "")
 
@@ -214,7 +214,7 @@ def test_another_workspaces_resources_are_404(web, server: Server, tenants: tupl
 # -- sessions ------------------------------------------------------------------------------------
 
 def test_session_cookie_flags_and_a_fixed_session_id_is_never_adopted(server: Server) -> None:
-    with httpx.Client(base_url=server.url) as c:
+    with loopback_client(base_url=server.url) as c:
         c.cookies.set("mp_session", "attacker-chosen-value", domain="127.0.0.1")
         form = c.get("/signin").text
         token = re.search(r'name="csrf_token" value="([^"]+)"', form).group(1)  # type: ignore[union-attr]
@@ -223,10 +223,10 @@ def test_session_cookie_flags_and_a_fixed_session_id_is_never_adopted(server: Se
         assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Secure" not in cookie
         issued = re.search(r"mp_session=([^;]+)", cookie).group(1)  # type: ignore[union-attr]
         assert issued != "attacker-chosen-value" and len(issued) >= 40
-    with httpx.Client(base_url=server.url, cookies={"mp_session": "attacker-chosen-value"}) as c:
+    with loopback_client(base_url=server.url, cookies={"mp_session": "attacker-chosen-value"}) as c:
         assert c.get("/catalog").status_code == 303
     # Over TLS (a trusted proxy says so), the cookie is Secure.
-    with httpx.Client(base_url=server.url, headers={"X-Forwarded-Proto": "https"}) as c:
+    with loopback_client(base_url=server.url, headers={"X-Forwarded-Proto": "https"}) as c:
         form = c.get("/signin")
         token = re.search(r'name="csrf_token" value="([^"]+)"', form.text).group(1)  # type: ignore[union-attr]
         c.cookies.set("mp_signin", form.cookies["mp_signin"], domain="127.0.0.1")
@@ -242,7 +242,7 @@ def test_a_new_sign_in_ends_the_previous_session_of_that_browser(page, server: S
     sign_in(page, server.url, server.admin_key)
     second = next(c["value"] for c in page.context.cookies() if c["name"] == "mp_session")
     assert first != second
-    with httpx.Client(base_url=server.url, cookies={"mp_session": first}) as c:
+    with loopback_client(base_url=server.url, cookies={"mp_session": first}) as c:
         assert c.get("/catalog").status_code == 303
 
 
@@ -281,7 +281,7 @@ def test_sign_out_ends_the_session_on_the_server(web, server: Server) -> None:
     ws = web(server.url, server.admin_key)
     cookie = ws.client.cookies["mp_session"]
     assert ws.post("/signout").status_code == 303
-    with httpx.Client(base_url=server.url, cookies={"mp_session": cookie}) as c:
+    with loopback_client(base_url=server.url, cookies={"mp_session": cookie}) as c:
         assert c.get("/catalog").status_code == 303
 
 
@@ -338,14 +338,14 @@ def test_serve_prints_the_signin_link_on_a_terminal_only(tmp_path: Path) -> None
 
         def up() -> bool:
             try:
-                return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
+                return loopback_get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
             except httpx.HTTPError:
                 return False
 
         while not up():
             assert time.monotonic() < deadline
             time.sleep(0.2)
-        with httpx.Client() as c:
+        with loopback_client() as c:
             assert c.get(url).status_code == 303 and "mp_session" in c.cookies
             assert c.get(url).status_code == 401
     finally:
@@ -384,7 +384,7 @@ def test_deleting_a_workspace_ends_its_sessions_and_leaves_no_session_row(web, s
 
 
 def test_an_unknown_page_is_a_readable_404_and_the_apis_keep_their_shape(server: Server) -> None:
-    with httpx.Client(base_url=server.url, headers={"Accept": "text/html"}) as browser:
+    with loopback_client(base_url=server.url, headers={"Accept": "text/html"}) as browser:
         r = browser.get("/no-such-page")
         assert r.status_code == 404 and "There is no such page" in r.text
         assert "default-src 'self'" in r.headers["content-security-policy"]

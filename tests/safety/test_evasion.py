@@ -15,7 +15,6 @@ import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import httpx
 import openai
 import pytest
 from azure.ai.inference import ChatCompletionsClient
@@ -24,7 +23,7 @@ from azure.core.credentials import AzureKeyCredential
 from azure.core.exceptions import HttpResponseError
 
 from tests.support.inference import CHAT_MODEL, create_deployment, wait_state
-from tests.support.server import Server, start_server
+from tests.support.server import Server, loopback_client, start_server
 from tests.support.tenants import ok
 
 
@@ -173,7 +172,7 @@ def test_a_name_that_is_not_a_plain_identifier_is_refused(world: World, name: st
         c.chat.completions.create(model="guard", messages=messages, max_tokens=5)
     err = caught.value.response.json()["error"]
     assert err["param"] == "messages.0.name" and "name" in err["message"]
-    with httpx.Client(base_url=world.server.url, timeout=60) as c:
+    with loopback_client(base_url=world.server.url, timeout=60) as c:
         az = c.post("/deployments/guard/chat/completions", params={"api-version": API_VERSION},
                     json={"messages": messages}, headers={"api-key": world.keys["guard"]})
     assert az.status_code == 400 and az.json()["error"]["param"] == "messages.0.name", az.text

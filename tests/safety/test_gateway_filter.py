@@ -25,7 +25,7 @@ from azure.core.credentials import AzureKeyCredential
 from azure.core.exceptions import HttpResponseError
 
 from tests.support.inference import CHAT_MODEL, EMBED_MODEL, create_deployment, wait_state
-from tests.support.server import Server, start_server
+from tests.support.server import Server, loopback_client, start_server
 from tests.support.tenants import Tenant, make_tenant, ok
 from tests.support.waiting import wait_until
 
@@ -96,7 +96,7 @@ def oai(w: World, name: str) -> openai.OpenAI:
 def post(w: World, name: str, api: str, body: dict, *, key: str | None = None) -> httpx.Response:
     """One chat request over raw HTTP on either API (`openai` or `azure`)."""
     key = key or w.keys[name]
-    with httpx.Client(base_url=w.server.url, timeout=120) as c:
+    with loopback_client(base_url=w.server.url, timeout=120) as c:
         if api == "openai":
             return c.post("/v1/chat/completions", json={"model": name, **body},
                           headers={"Authorization": f"Bearer {key}"})
@@ -177,7 +177,7 @@ def test_a_threat_is_refused_on_both_apis_before_the_worker(world: World) -> Non
     streamed_try = post(world, "guard", "openai", user(THREAT, stream=True, max_tokens=5))
     assert streamed_try.status_code == 400
     assert_blocked_body(streamed_try.json(), "violence")
-    with httpx.Client(base_url=world.server.url, headers={"Authorization": f"Bearer {world.keys['guard']}"}) as c:
+    with loopback_client(base_url=world.server.url, headers={"Authorization": f"Bearer {world.keys['guard']}"}) as c:
         legacy = c.post("/v1/completions", json={"model": "guard", "prompt": THREAT, "max_tokens": 5})
     assert legacy.status_code == 400
     assert_blocked_body(legacy.json(), "violence")
@@ -252,7 +252,7 @@ def test_non_streamed_answer_is_cut_the_same_way(world: World, api: str, name: s
 
 
 def test_non_streamed_legacy_completion_in_asynchronous_mode_is_cut_too(world: World) -> None:
-    with httpx.Client(base_url=world.server.url,
+    with loopback_client(base_url=world.server.url,
                       headers={"Authorization": f"Bearer {world.keys['wrap-async']}"}, timeout=120) as c:
         r = c.post("/v1/completions", json={"model": "wrap-async", "prompt": WRAP_PROMPT, "max_tokens": WRAP_TOKENS})
     assert r.status_code == 200, r.text
@@ -270,7 +270,7 @@ def test_asynchronous_stream_still_ends_with_content_filter(world: World) -> Non
 
 
 def test_embeddings_inputs_are_screened(world: World) -> None:
-    with httpx.Client(base_url=world.server.url, headers={"Authorization": f"Bearer {world.keys['embed']}"}) as c:
+    with loopback_client(base_url=world.server.url, headers={"Authorization": f"Bearer {world.keys['embed']}"}) as c:
         blocked = c.post("/v1/embeddings", json={"model": "embed", "input": ["fine words", f"the zork alpha {CANARY}"]})
         assert blocked.status_code == 400, blocked.text
         assert_blocked_body(blocked.json(), "custom_blocklists")
@@ -281,7 +281,7 @@ def test_embeddings_inputs_are_screened(world: World) -> None:
     assert [p["prompt_index"] for p in body["prompt_filter_results"]] == [0, 1]
     for p in body["prompt_filter_results"]:
         assert_schema(p["content_filter_results"])
-    with httpx.Client(base_url=world.server.url, headers={"api-key": world.keys["embed"]}) as c:
+    with loopback_client(base_url=world.server.url, headers={"api-key": world.keys["embed"]}) as c:
         az = c.post("/deployments/embed/embeddings", params={"api-version": API_VERSION},
                     json={"input": ["zork alpha"]})
     assert az.status_code == 400 and az.json()["error"]["code"] == "content_filter"
@@ -337,7 +337,7 @@ def test_counts_show_what_was_caught(world: World) -> None:
     assert post(world, "guard", "openai", user(THREAT, max_tokens=3)).status_code == 400
     assert streamed(events(post(world, "wrap", "openai", user(WRAP_PROMPT, max_tokens=WRAP_TOKENS,
                                                               stream=True))))[1] == ["content_filter"]
-    with httpx.Client(base_url=world.server.url, headers={"Authorization": f"Bearer {world.keys['embed']}"}) as c:
+    with loopback_client(base_url=world.server.url, headers={"Authorization": f"Bearer {world.keys['embed']}"}) as c:
         assert c.post("/v1/embeddings", json={"model": "embed", "input": ["the zork alpha"]}).status_code == 400
 
     def all_counted() -> bool:  # counts reach the database with the usage, about every second

@@ -25,7 +25,7 @@ import openai
 import pytest
 
 from tests.support.inference import CHAT_MODEL, EMBED_MODEL, create_deployment, wait_state
-from tests.support.server import Server, start_server
+from tests.support.server import Server, loopback_client, loopback_get, start_server
 from tests.support.tenants import Tenant, make_tenant, ok
 from tests.support.waiting import wait_until
 
@@ -90,7 +90,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 def chat(w: World, name: str, api: str, text: str, *, key: str | None = None, **kw: object) -> httpx.Response:
     key = key or w.keys[name]
     body = {"messages": [{"role": "user", "content": text}], "max_tokens": 3, **kw}
-    with httpx.Client(base_url=w.server.url, timeout=120) as c:
+    with loopback_client(base_url=w.server.url, timeout=120) as c:
         if api == "openai":
             return c.post("/v1/chat/completions", json={"model": name, **body},
                           headers={"Authorization": f"Bearer {key}"})
@@ -154,7 +154,7 @@ def test_health_answers_while_a_hostile_blocklist_is_matched_and_the_request_fai
     answered = 0
     with Hostile(world) as hostile:
         while hostile.pending and answered < 3:
-            assert httpx.get(f"{world.server.url}/healthz", timeout=60).status_code == 200
+            assert loopback_get(f"{world.server.url}/healthz", timeout=60).status_code == 200
             answered += hostile.pending
     assert answered == 3, "/healthz waited for the hostile blocklist: matching held the event loop"
     assert_failed_closed(hostile.response)
@@ -216,7 +216,7 @@ def test_the_openai_client_gets_the_context_error(world: World) -> None:
 
 
 def test_an_embeddings_input_that_cannot_fit_is_refused_before_screening(world: World) -> None:
-    with httpx.Client(base_url=world.server.url, headers={"Authorization": f"Bearer {world.keys['embed']}"}) as c:
+    with loopback_client(base_url=world.server.url, headers={"Authorization": f"Bearer {world.keys['embed']}"}) as c:
         r = c.post("/v1/embeddings", json={"model": "embed", "input": ["fine", f"{TERM} " + "word " * ECHO_CONTEXT]})
         assert r.status_code == 400, r.text
         err = r.json()["error"]

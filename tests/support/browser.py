@@ -16,6 +16,8 @@ from pathlib import Path
 
 import httpx
 
+from tests.support.server import loopback_client
+
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = ROOT / ".artifacts" / "portal"
 LAUNCH_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update",
@@ -77,7 +79,7 @@ class WebSession:
 
 
 def web_session(url: str, key: str) -> WebSession:
-    c = httpx.Client(base_url=url, timeout=300, follow_redirects=False)
+    c = loopback_client(base_url=url, timeout=300, follow_redirects=False)
     page = c.get("/signin")
     token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
     r = c.post("/signin", data={"csrf_token": token, "api_key": key, "next": "/catalog"})

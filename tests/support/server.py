@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from modelport.cli.client import tls_context
 from modelport.config import Settings
 from tests.support.cli import CliResult, run_cli, run_installed_cli
 from tests.support.waiting import wait_until
@@ -29,6 +30,20 @@ KEEP_ENV = {"MODELPORT_TEST_DATABASE_URL", "MODELPORT_TEST_REDIS_URL", "MODELPOR
 #: Deployments of a model with this name run on the echo runtime (a real worker process that
 #: answers without loading weights): enough for the control-plane tests, which never call it.
 ECHO_MODEL = "echo-tiny"
+
+
+def loopback_client(**kw) -> httpx.Client:  # type: ignore[no-untyped-def]
+    """An httpx.Client that shares the process's one TLS context (the CLI's): httpx builds a new
+    one for every client otherwise, about 20 ms of CPU each (loading the CA bundle), which the
+    suite paid thousands of times for clients of plain-HTTP servers on loopback."""
+    kw.setdefault("verify", tls_context())
+    return httpx.Client(**kw)
+
+
+def loopback_get(url: str, **kw) -> httpx.Response:  # type: ignore[no-untyped-def]
+    """`httpx.get` with the shared TLS context (see `loopback_client`)."""
+    with loopback_client() as c:
+        return c.get(url, **kw)
 
 
 def free_port() -> int:
@@ -59,7 +74,7 @@ class Server:
         headers = {"Authorization": f"Bearer {k}"} if k else {}
         headers.update(kw.pop("headers", {}))
         kw.setdefault("timeout", 300)  # a deadline for a loaded machine, not a timing assertion
-        return httpx.Client(base_url=self.url, headers=headers, **kw)
+        return loopback_client(base_url=self.url, headers=headers, **kw)
 
     def cli(self, *args: str, key: str | None = None, input: str | None = None, check: bool = False) -> CliResult:
         """Run `modelport ARGS` against this server, in this process (the admin key unless `key`)."""
@@ -117,7 +132,7 @@ def start_server(home: Path, *, env_extra: dict[str, str] | None = None, timeout
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}:\n{server.logs()}")
         try:
-            return httpx.get(f"{server.url}/readyz", timeout=1).status_code == 200
+            return loopback_get(f"{server.url}/readyz", timeout=1).status_code == 200
         except httpx.HTTPError:
             return False
 
